@@ -1,0 +1,38 @@
+"""Asset URIs for vendor objects, so downstream DAGs can be scheduled on an audience refresh.
+
+Schemes are registered in the provider info (``asset-uris``). A Lytics segment is
+``lytics://<account>/segment/<segment id>``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, quote
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset
+
+_PATH_KINDS = {"lytics": ("segment",)}
+
+
+def segment_uri(vendor: str, account: str, kind: str, object_id: str) -> str:
+    """The canonical URI of a vendor object, e.g. ``lytics://acme/segment/3f9a``."""
+    return f"{vendor}://{quote(str(account or 'default'), safe='')}/{kind}/{quote(str(object_id), safe='')}"
+
+
+def sanitize_uri(uri: SplitResult) -> SplitResult:
+    """Airflow's URI handler: accept only ``<scheme>://<account>/<kind>/<id>`` shapes."""
+    if not uri.netloc:
+        raise ValueError(f"{uri.scheme} asset URI needs an account: {uri.scheme}://<account>/<kind>/<id>")
+    parts = [p for p in uri.path.split("/") if p]
+    kinds = _PATH_KINDS.get(uri.scheme, ())
+    if len(parts) != 2 or (kinds and parts[0] not in kinds):
+        raise ValueError(f"{uri.scheme} asset URI must look like {uri.scheme}://<account>/<kind>/<id>")
+    return uri
+
+
+def create_asset(*, vendor: str, account: str, kind: str, object_id: str, **extra: Any) -> Asset:
+    """Asset factory registered for the vendor schemes."""
+    from airflow.sdk import Asset
+
+    return Asset(uri=segment_uri(vendor, account, kind, object_id), extra=extra or None)

@@ -1,0 +1,113 @@
+"""One source of truth for the connection forms of every vendor.
+
+``get_provider_info()`` (what the Airflow UI reads on 3.2+) and each hook's
+``get_ui_field_behaviour()`` / ``get_connection_form_widgets()`` (what 3.1 reads) are both
+generated from :data:`CONNECTION_SPECS`, so the two cannot drift. Importing this module is
+cheap: plain data, no Airflow imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConnField:
+    """One extra field of a connection form, stored in the connection's ``extra`` JSON."""
+
+    name: str
+    label: str
+    description: str
+    type: str = "string"  # string | integer | number | boolean
+    default: Any = None
+    secret: bool = False
+    enum: tuple[str, ...] = ()
+
+    def schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": [self.type, "null"]}
+        if self.default is not None:
+            schema["default"] = self.default
+        if self.secret:
+            schema["format"] = "password"
+        if self.enum:
+            schema["enum"] = list(self.enum)
+        return schema
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """A vendor's connection type: identity, standard-field behaviour and extra fields."""
+
+    conn_type: str
+    hook_name: str
+    hook_class: str
+    conn_name_attr: str
+    default_conn_name: str
+    hidden_fields: tuple[str, ...]
+    relabeling: dict[str, str]
+    placeholders: dict[str, str]
+    fields: tuple[ConnField, ...] = field(default_factory=tuple)
+
+    def ui_field_behaviour(self) -> dict[str, Any]:
+        return {
+            "hidden-fields": list(self.hidden_fields),
+            "relabeling": dict(self.relabeling),
+            "placeholders": dict(self.placeholders),
+        }
+
+    def conn_fields(self) -> dict[str, Any]:
+        return {f.name: {"label": f.label, "description": f.description, "schema": f.schema()} for f in self.fields}
+
+    def provider_entry(self) -> dict[str, Any]:
+        return {
+            "connection-type": self.conn_type,
+            "hook-class-name": self.hook_class,
+            "hook-name": self.hook_name,
+            "ui-field-behaviour": self.ui_field_behaviour(),
+            "conn-fields": self.conn_fields(),
+        }
+
+
+#: Transport settings every vendor connection accepts (see core.transport).
+TRANSPORT_FIELDS: tuple[ConnField, ...] = (
+    ConnField("connect_timeout", "Connect timeout (s)", "Seconds to wait for the TCP connection.", "number", 10),
+    ConnField("read_timeout", "Read timeout (s)", "Seconds to wait for each read of an answer.", "number", 60),
+    ConnField(
+        "max_retries",
+        "Max attempts",
+        "Attempts per request on connection errors, timeouts, 5xx and 429 (1 = no retry).",
+        "integer",
+        5,
+    ),
+)
+
+LYTICS = ConnectionSpec(
+    conn_type="lytics",
+    hook_name="Lytics",
+    hook_class="airflow_audience_provider.hooks.lytics.LyticsHook",
+    conn_name_attr="lytics_conn_id",
+    default_conn_name="lytics_default",
+    hidden_fields=("schema", "login", "port"),
+    relabeling={"host": "API base URL", "password": "API token"},
+    placeholders={
+        "host": "https://api.lytics.io",
+        "password": "Lytics access token (sent as the raw Authorization header)",
+    },
+    fields=(
+        ConnField(
+            "account_id",
+            "Account ID",
+            "Sent as account_id on every call so a multi-account token cannot touch the wrong account.",
+        ),
+        ConnField(
+            "web_app_url",
+            "Web app URL",
+            "Base URL of the Lytics web app, for the links to segments in the Airflow UI.",
+            default="https://app.lytics.com",
+        ),
+        *TRANSPORT_FIELDS,
+    ),
+)
+
+CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS,)}

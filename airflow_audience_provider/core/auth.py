@@ -1,0 +1,124 @@
+"""Authentication strategies for the five vendors, as ``requests`` auth objects.
+
+* :class:`TokenHeaderAuth` covers the static-token styles: the raw token (Lytics), ``OAuth <token>``
+  (Yandex.Audience) and ``Bearer <token>`` (Twilio Segment, Yandex Direct).
+* :class:`OAuth2ClientCredentials` mints, caches and refreshes short-lived tokens (Criteo).
+
+Every token, static or minted, is handed to Airflow's secret masker so it cannot reach a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from requests.auth import AuthBase
+
+log = logging.getLogger(__name__)
+
+
+def mask_secret(value: str, name: str | None = None) -> None:
+    """Register ``value`` with Airflow's secret masker (task and supervisor processes)."""
+    if not value:
+        return
+    try:
+        from airflow.sdk.log import mask_secret as _mask
+    except ImportError:  # pragma: no cover - Airflow 3.1 keeps it in the execution-time package
+        from airflow.sdk.execution_time.secrets_masker import mask_secret as _mask  # type: ignore[no-redef]
+    _mask(value, name)
+
+
+class TokenHeaderAuth(AuthBase):
+    """Put a static token in a header, with an optional scheme word before it.
+
+    :param token: the secret, usually the connection's password field.
+    :param scheme: ``None`` for the raw token, or ``"OAuth"`` / ``"Bearer"``.
+    :param header: the header name, ``Authorization`` for every vendor we know.
+    """
+
+    def __init__(self, token: str, scheme: str | None = None, header: str = "Authorization") -> None:
+        self._token = token
+        self.scheme = scheme
+        self.header = header
+        mask_secret(token)
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers[self.header] = f"{self.scheme} {self._token}" if self.scheme else self._token
+        return request
+
+    def __repr__(self) -> str:  # never print the token
+        return f"TokenHeaderAuth(scheme={self.scheme!r}, header={self.header!r})"
+
+
+class OAuth2ClientCredentials(AuthBase):
+    """OAuth2 client-credentials grant with a cached token refreshed before it expires.
+
+    The token is fetched lazily, cached until ``refresh_margin`` seconds before ``expires_in``
+    runs out (so a long upload never sends an expired token), and shared by every request of
+    the hook. :meth:`invalidate` forgets it; the transport calls that once on a 401 and retries.
+
+    :param token_url: the vendor's token endpoint.
+    :param post: callable doing the token POST (the transport passes its own session so the
+        token call gets timeouts and the User-Agent); it returns the decoded JSON answer.
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        post: Callable[[str, dict[str, str]], dict[str, Any]],
+        refresh_margin: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self._post = post
+        self.refresh_margin = refresh_margin
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self.tokens_minted = 0
+        mask_secret(client_secret)
+
+    def token(self) -> str:
+        """A valid access token, minting a new one when the cached one is (nearly) expired."""
+        with self._lock:
+            if self._token is None or self._clock() >= self._expires_at - self.refresh_margin:
+                answer = self._post(
+                    self.token_url,
+                    {
+                        "grant_type": "client_credentials",
+                        "client_id": self.client_id,
+                        "client_secret": self._client_secret,
+                    },
+                )
+                token = answer.get("access_token")
+                if not token:
+                    from airflow_audience_provider.core.errors import AudienceAuthenticationError
+
+                    raise AudienceAuthenticationError("The token endpoint answered without an access_token")
+                mask_secret(token)
+                self._token = str(token)
+                self._expires_at = self._clock() + float(answer.get("expires_in") or 0)
+                self.tokens_minted += 1
+                log.info("Minted an OAuth2 access token (valid %s s)", answer.get("expires_in"))
+            return self._token
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._token = None
+            self._expires_at = 0.0
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        return request
+
+    def __repr__(self) -> str:
+        return f"OAuth2ClientCredentials(token_url={self.token_url!r}, client_id={self.client_id!r})"

@@ -1,0 +1,240 @@
+"""The base hook every vendor hook extends: connection resolution (sync and async), the
+transport built from it, ``test_connection()`` and the connection-form classmethods.
+
+A vendor hook supplies its :class:`~airflow_audience_provider.connections.ConnectionSpec`,
+its :class:`~airflow_audience_provider.core.transport.VendorProfile`, a default host, how to
+authenticate (:meth:`AudienceHook.build_auth`) and one cheap read for :meth:`probe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import requests
+from airflow.sdk import BaseHook
+
+from airflow_audience_provider.connections import ConnectionSpec
+from airflow_audience_provider.core.errors import AudienceConfigurationError, AudienceError
+from airflow_audience_provider.core.transport import RetryPolicy, Timeouts, Transport, VendorProfile
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """The parts of an Airflow connection a vendor hook reads, already decoded."""
+
+    conn_id: str
+    conn_type: str | None
+    host: str | None
+    login: str | None
+    password: str | None
+    port: int | None
+    schema: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def get_extra(self, key: str, default: Any = None) -> Any:
+        """An extra field by its bare name, or by the ``extra__<type>__<key>`` name older UIs wrote."""
+        for name in (key, f"extra__{self.conn_type}__{key}"):
+            value = self.extra.get(name)
+            if value not in (None, ""):
+                return value
+        return default
+
+    def require(self, value: str | None, field_label: str) -> str:
+        if not value:
+            raise AudienceConfigurationError(
+                f"Airflow connection '{self.conn_id}' has no {field_label}; set it in the connection"
+            )
+        return value
+
+
+def _number(settings: ConnectionSettings, key: str, default: float) -> float:
+    raw = settings.get_extra(key, default)
+    try:
+        number = float(raw)  # URI-form extras arrive as strings
+    except (TypeError, ValueError):
+        raise AudienceConfigurationError(
+            f"Airflow connection '{settings.conn_id}': extra field '{key}' must be a number, got {raw!r}"
+        ) from None
+    if number <= 0:
+        raise AudienceConfigurationError(
+            f"Airflow connection '{settings.conn_id}': extra field '{key}' must be positive, got {raw!r}"
+        )
+    return number
+
+
+class AudienceHook(BaseHook):
+    """Shared machinery of the vendor hooks. Not used directly.
+
+    :param conn_id: the Airflow connection id.
+    :param timeouts: (connect, read) timeouts overriding the connection's.
+    :param retry: retry policy overriding the defaults and the connection's ``max_retries``.
+    """
+
+    spec: ClassVar[ConnectionSpec]
+    profile: ClassVar[VendorProfile]
+    default_host: ClassVar[str]
+
+    def __init__(
+        self,
+        conn_id: str,
+        *,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self._timeouts_override = timeouts
+        self._retry_override = retry
+        self._settings: ConnectionSettings | None = None
+        self._transport: Transport | None = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    @property
+    def vendor(self) -> str:
+        return self.profile.name
+
+    def settings(self) -> ConnectionSettings:
+        """The connection, resolved once per hook (sync path: operators and sensors)."""
+        if self._settings is None:
+            conn = self.get_connection(self.conn_id)
+            self._settings = self._decode(conn, conn.extra_dejson)
+        return self._settings
+
+    async def asettings(self) -> ConnectionSettings:
+        """The connection, resolved without blocking the event loop (triggers)."""
+        if self._settings is None:
+            try:
+                from airflow.providers.common.compat.connection import (
+                    get_async_connection,
+                    get_async_extra_dejson,
+                )
+            except ImportError:  # pragma: no cover - common-compat ships with every Airflow 3
+                conn = await asyncio.to_thread(self.get_connection, self.conn_id)
+                extra = await asyncio.to_thread(lambda: conn.extra_dejson)
+            else:
+                conn = await get_async_connection(self.conn_id, hook=self)
+                extra = await get_async_extra_dejson(conn)
+            self._settings = self._decode(conn, extra)
+        return self._settings
+
+    def _decode(self, conn: Any, extra: dict[str, Any]) -> ConnectionSettings:
+        conn_type = getattr(conn, "conn_type", None)
+        if conn_type and conn_type.replace("-", "_") != self.spec.conn_type:
+            raise AudienceConfigurationError(
+                f"Airflow connection '{self.conn_id}' is of type '{conn_type}', "
+                f"but {type(self).__name__} needs a '{self.spec.conn_type}' connection"
+            )
+        return ConnectionSettings(
+            conn_id=self.conn_id,
+            conn_type=self.spec.conn_type,
+            host=conn.host,
+            login=conn.login,
+            password=conn.password,
+            port=conn.port,
+            schema=conn.schema,
+            extra=dict(extra or {}),
+        )
+
+    # -- transport --------------------------------------------------------------------------
+
+    def base_url(self, settings: ConnectionSettings) -> str:
+        """Host from the connection (scheme optional, port honoured) or the vendor default."""
+        host = (settings.host or self.default_host).rstrip("/")
+        if "://" not in host:
+            host = f"https://{host}"
+        if settings.port and host.count(":") < 2:
+            host = f"{host}:{settings.port}"
+        return host
+
+    def build_auth(self, settings: ConnectionSettings, session: requests.Session) -> requests.auth.AuthBase:
+        raise NotImplementedError
+
+    def budget_key(self, settings: ConnectionSettings) -> str:
+        """Which quota bucket this connection draws from: by default the host and login/account."""
+        return f"{self.base_url(settings)}|{settings.login or ''}|{settings.get_extra('account_id', '')}"
+
+    def extra_headers(self, settings: ConnectionSettings) -> dict[str, str]:
+        return {}
+
+    def build_transport(self, settings: ConnectionSettings) -> Transport:
+        timeouts = self._timeouts_override or Timeouts(
+            connect=_number(settings, "connect_timeout", Timeouts.connect),
+            read=_number(settings, "read_timeout", Timeouts.read),
+        )
+        retry = self._retry_override or RetryPolicy(
+            max_attempts=int(_number(settings, "max_retries", RetryPolicy.max_attempts))
+        )
+        session = requests.Session()
+        return Transport(
+            self.profile,
+            self.base_url(settings),
+            self.build_auth(settings, session),
+            timeouts=timeouts,
+            retry=retry,
+            budget_key=self.budget_key(settings),
+            headers=self.extra_headers(settings),
+            session=session,
+        )
+
+    def get_conn(self) -> Transport:
+        """The authenticated transport for this connection (built once per hook)."""
+        if self._transport is None:
+            self._transport = self.build_transport(self.settings())
+        return self._transport
+
+    @property
+    def transport(self) -> Transport:
+        return self.get_conn()
+
+    async def aget_conn(self) -> Transport:
+        """:meth:`get_conn` for triggers: the connection is resolved asynchronously."""
+        if self._transport is None:
+            settings = await self.asettings()
+            self._transport = self.build_transport(settings)
+        return self._transport
+
+    # -- connection test --------------------------------------------------------------------
+
+    def probe(self) -> str:
+        """One cheap authenticated read; returns a short description of what it saw."""
+        raise NotImplementedError
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Used by the UI's Test button, ``airflow connections test`` and the REST API.
+
+        Never raises: a failure comes back as ``(False, <message naming what is wrong>)``.
+        """
+        try:
+            return True, self.probe()
+        except AudienceError as exc:
+            return False, str(exc)
+        except Exception as exc:  # the UI must show a message, never a stack trace
+            return False, f"{type(exc).__name__}: {exc}"
+
+    # -- connection form (Airflow 3.1 reads these; 3.2+ reads the provider info) -------------
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return cls.spec.ui_field_behaviour()
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        try:
+            from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+            from wtforms import IntegerField, PasswordField, StringField
+            from wtforms.validators import Optional
+        except ImportError:  # Airflow 3.2+ builds the form from the provider info instead
+            return {}
+        widgets: dict[str, Any] = {}
+        for f in cls.spec.fields:
+            if f.secret:
+                widgets[f.name] = PasswordField(f.label, widget=BS3PasswordFieldWidget())
+            elif f.type == "integer":
+                widgets[f.name] = IntegerField(f.label, validators=[Optional()], default=f.default)
+            else:
+                widgets[f.name] = StringField(f.label, widget=BS3TextFieldWidget(), default=f.default)
+        return widgets

@@ -1,0 +1,455 @@
+"""The one HTTP transport every vendor hook uses.
+
+What it does, once for all vendors:
+
+* a ``requests`` session per hook with a ``User-Agent`` naming this package and its version;
+* default (connect, read) timeouts, overridable from the connection and from operators;
+* retries with tenacity on connection errors, timeouts, 5xx and 429: exponential backoff with
+  jitter, ``Retry-After`` (seconds or HTTP date) and vendor reset headers honoured, bounded by
+  attempts *and* total time, each retry logged without secrets or bodies;
+* non-idempotent calls (POST by default) are retried only when the vendor surely did not apply
+  them (connection never established, 429); anything ambiguous raises so that the caller reads
+  back first (see :func:`call_with_read_back`);
+* one refresh-and-retry on 401 for OAuth2 client-credentials auth;
+* the client-side rate limiter (:mod:`.ratelimit`) per vendor and endpoint class;
+* typed errors (:mod:`.errors`) carrying the HTTP status, vendor code and request id.
+
+A vendor supplies a :class:`VendorProfile`: how to read its error envelope and request ids,
+its reset headers and its documented quotas. Triggers use :meth:`Transport.arequest`, which
+runs the same code in a worker thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
+
+from airflow_audience_provider.core.auth import OAuth2ClientCredentials
+from airflow_audience_provider.core.errors import (
+    AudienceError,
+    AudienceRateLimitError,
+    AudienceServerError,
+    AudienceTransportError,
+    AudienceValidationError,
+    error_class_for_status,
+)
+from airflow_audience_provider.core.ratelimit import QuotaWouldBlock, RateLimit, RateLimiter, default_rate_limiter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait for the TCP connection and for each read of the answer."""
+
+    connect: float = 10.0
+    read: float = 60.0
+
+    def as_requests(self) -> tuple[float, float]:
+        return (self.connect, self.read)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to retry. ``max_elapsed`` bounds the whole call, waits included."""
+
+    max_attempts: int = 5
+    max_elapsed: float = 300.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    retry_statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+    #: A Retry-After longer than this is not slept on: the call fails with AudienceRateLimitError.
+    max_retry_after: float = 300.0
+
+    def with_overrides(self, **overrides: Any) -> RetryPolicy:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class ErrorInfo:
+    """What a vendor's error envelope says, in our terms. Every field is optional."""
+
+    message: str | None = None
+    code: str | None = None
+    field: str | None = None
+    request_id: str | None = None
+    #: A vendor-specific error class (e.g. a quota error answered with HTTP 200); None = by status.
+    error_class: type[AudienceError] | None = None
+    #: Whether the vendor marks this error transient (None: decide by HTTP status).
+    retryable: bool | None = None
+    details: Any = None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def default_retry_after(response: requests.Response) -> float | None:
+    """``Retry-After`` first; then the common reset headers (epoch seconds or delta seconds)."""
+    wait = parse_retry_after(response.headers.get("Retry-After"))
+    if wait is not None:
+        return wait
+    for name in ("X-RateLimit-Reset", "RateLimit-Reset", "X-Rate-Limit-Reset"):
+        raw = response.headers.get(name)
+        if not raw:
+            continue
+        try:
+            number = float(raw)
+        except ValueError:
+            continue
+        # Epoch timestamps are large; small numbers are delta-seconds (RFC draft RateLimit-Reset).
+        return max(0.0, number - time.time()) if number > 1_000_000_000 else max(0.0, number)
+    return None
+
+
+def _no_error_info(response: requests.Response) -> ErrorInfo:
+    return ErrorInfo()
+
+
+@dataclass
+class VendorProfile:
+    """What one vendor plugs into the transport. Everything else is shared."""
+
+    name: str
+    parse_error: Callable[[requests.Response], ErrorInfo] = _no_error_info
+    request_id_headers: tuple[str, ...] = ("X-Request-Id", "Request-Id", "X-Correlation-Id")
+    retry_after: Callable[[requests.Response], float | None] = default_retry_after
+    #: endpoint class -> documented quota; "default" applies when a call names no class.
+    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+    #: Inspect a 2xx answer and return an ErrorInfo if it is really an error (HTTP-200 errors).
+    body_error: Callable[[requests.Response], ErrorInfo | None] | None = None
+
+
+class _RetryableAttempt(Exception):
+    """Internal: one attempt failed in a way worth retrying; carries the final error to raise."""
+
+    def __init__(self, error: AudienceError, wait_hint: float | None = None) -> None:
+        self.error = error
+        self.wait_hint = wait_hint
+        super().__init__(error.message)
+
+
+def _reached_server(exc: requests.RequestException) -> bool:
+    """False only when the request certainly never reached the vendor (safe to resend a POST)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return False
+    text = repr(exc)
+    return not ("NewConnectionError" in text or "Connection refused" in text or "NameResolutionError" in text)
+
+
+class Transport:
+    """An authenticated, retried, rate-limited HTTP client for one vendor connection."""
+
+    def __init__(
+        self,
+        profile: VendorProfile,
+        base_url: str,
+        auth: requests.auth.AuthBase | None,
+        *,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        budget_key: str = "",
+        limiter: RateLimiter | None = None,
+        user_agent: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.profile = profile
+        self.base_url = base_url.rstrip("/")
+        self.auth = auth
+        self.timeouts = timeouts or Timeouts()
+        self.retry = retry or RetryPolicy()
+        self.budget_key = budget_key
+        self.limiter = limiter or default_rate_limiter()
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = user_agent or _default_user_agent()
+        if headers:
+            self.session.headers.update(headers)
+        self._sleep = sleep
+        #: Count of HTTP requests actually sent (retries included); handy in logs and tests.
+        self.requests_sent = 0
+
+    # -- public API -------------------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        json: Any = None,
+        data: Any = None,
+        files: Any = None,
+        headers: Mapping[str, str] | None = None,
+        endpoint_class: str = "default",
+        idempotent: bool | None = None,
+        timeouts: Timeouts | None = None,
+        allowed_statuses: Iterable[int] = (),
+    ) -> requests.Response:
+        """Send one logical request; retry what may be retried; raise a typed error otherwise.
+
+        :param endpoint_class: which of the vendor's quotas this call counts against.
+        :param idempotent: whether resending cannot apply the change twice; defaults by method.
+        :param allowed_statuses: non-2xx statuses returned to the caller instead of raised.
+        """
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        allowed = frozenset(allowed_statuses)
+        policy = self.retry
+        url = self.url(path)
+        label = f"{self.profile.name} {method} {_path_only(path)}"
+        auth_refreshed = False
+
+        def attempt() -> requests.Response:
+            nonlocal auth_refreshed
+            self._throttle(endpoint_class, label)
+            try:
+                self.requests_sent += 1
+                response = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    data=data,
+                    files=files,
+                    headers=dict(headers or {}),
+                    auth=self.auth,
+                    timeout=(timeouts or self.timeouts).as_requests(),
+                )
+            except requests.RequestException as exc:
+                error = AudienceTransportError(
+                    f"{label} failed: {type(exc).__name__}"
+                    + ("" if idempotent else "; the vendor may have applied it, read back before resending"),
+                    vendor=self.profile.name,
+                )
+                if idempotent or not _reached_server(exc):
+                    raise _RetryableAttempt(error) from exc
+                raise error from exc
+            status = response.status_code
+            if 200 <= status < 300 and self.profile.body_error is not None:
+                info = self.profile.body_error(response)
+                if info is not None:
+                    self._raise_or_retry(response, info, label, idempotent)
+            if 200 <= status < 300 or status in allowed:
+                return response
+            if status == 401 and isinstance(self.auth, OAuth2ClientCredentials) and not auth_refreshed:
+                # A token revoked or expired early: mint a new one once, then resend.
+                auth_refreshed = True
+                self.auth.invalidate()
+                raise _RetryableAttempt(self._error_for(response, self._parse(response), label), 0.0)
+            self._raise_or_retry(response, self._parse(response), label, idempotent)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_RetryableAttempt),
+            wait=lambda state: self._wait(state, policy),
+            stop=lambda state: self._stop(state, policy),
+            before_sleep=lambda state: self._log_retry(state, policy, label),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _RetryableAttempt as final:
+            raise final.error from final.__cause__
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """:meth:`request` and decode the JSON answer; ``None`` for an empty body (204)."""
+        response = self.request(method, path, **kwargs)
+        if not response.content or response.status_code == 204:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise AudienceServerError(
+                f"{self.profile.name} {method} {_path_only(path)} answered {response.status_code} "
+                "with a body that is not JSON",
+                vendor=self.profile.name,
+                status=response.status_code,
+                request_id=self._request_id(response, ErrorInfo()),
+            ) from exc
+
+    async def arequest(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """:meth:`request` for triggers: runs in a worker thread, never blocking the event loop."""
+        return await asyncio.to_thread(self.request, method, path, **kwargs)
+
+    async def ajson(self, method: str, path: str, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self.json, method, path, **kwargs)
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _throttle(self, endpoint_class: str, label: str) -> None:
+        limit = self.profile.rate_limits.get(endpoint_class) or self.profile.rate_limits.get("default")
+        if limit is None:
+            return
+        key = f"{self.profile.name}:{self.budget_key}:{endpoint_class}"
+        try:
+            self.limiter.acquire(key, limit)
+        except QuotaWouldBlock as exc:
+            raise AudienceRateLimitError(
+                f"{label} not sent: client-side quota {exc.window.describe()} is used up "
+                f"for this {self.profile.name} account; it frees up in {exc.wait:.0f} s",
+                vendor=self.profile.name,
+                retry_after=exc.wait,
+                code="client_quota",
+            ) from exc
+
+    def _parse(self, response: requests.Response) -> ErrorInfo:
+        try:
+            return self.profile.parse_error(response)
+        except Exception:  # a malformed error body must not hide the HTTP status
+            log.debug("Could not parse the %s error body", self.profile.name, exc_info=True)
+            return ErrorInfo()
+
+    def _request_id(self, response: requests.Response, info: ErrorInfo) -> str | None:
+        if info.request_id:
+            return info.request_id
+        for name in self.profile.request_id_headers:
+            if response.headers.get(name):
+                return response.headers[name]
+        return None
+
+    def _error_for(self, response: requests.Response, info: ErrorInfo, label: str) -> AudienceError:
+        status = response.status_code
+        cls = info.error_class or error_class_for_status(status)
+        message = f"{label} failed with HTTP {status}"
+        if info.message:
+            message += f": {info.message}"
+        kwargs: dict[str, Any] = {
+            "vendor": self.profile.name,
+            "status": status,
+            "code": info.code,
+            "request_id": self._request_id(response, info),
+            "details": info.details,
+        }
+        if issubclass(cls, AudienceRateLimitError):
+            kwargs["retry_after"] = self.profile.retry_after(response)
+        if issubclass(cls, AudienceValidationError):
+            kwargs["field"] = info.field
+        return cls(message, **kwargs)
+
+    def _raise_or_retry(self, response: requests.Response, info: ErrorInfo, label: str, idempotent: bool) -> None:
+        error = self._error_for(response, info, label)
+        status = response.status_code
+        transient = info.retryable if info.retryable is not None else status in self.retry.retry_statuses
+        rate_limited = isinstance(error, AudienceRateLimitError) or status == 429
+        if not transient:
+            raise error
+        wait_hint = self.profile.retry_after(response)
+        if wait_hint is not None and wait_hint > self.retry.max_retry_after:
+            raise AudienceRateLimitError(
+                f"{label}: the vendor asks to wait {wait_hint:.0f} s, longer than the "
+                f"{self.retry.max_retry_after:.0f} s this task may wait",
+                vendor=self.profile.name,
+                status=status,
+                code=info.code,
+                request_id=error.request_id,
+                retry_after=wait_hint,
+            )
+        # A rate-limited request was refused, so resending cannot apply it twice.
+        if rate_limited or idempotent:
+            raise _RetryableAttempt(error, wait_hint)
+        raise error
+
+    def _wait(self, state: RetryCallState, policy: RetryPolicy) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _RetryableAttempt) and exc.wait_hint is not None:
+            # Honour the vendor's hint, with a little jitter so parallel tasks do not stampede.
+            return exc.wait_hint + random.uniform(0, min(1.0, policy.backoff_initial))
+        ceiling = min(policy.backoff_max, policy.backoff_initial * 2 ** (state.attempt_number - 1))
+        return random.uniform(ceiling / 2, ceiling)  # "equal jitter" exponential backoff
+
+    @staticmethod
+    def _stop(state: RetryCallState, policy: RetryPolicy) -> bool:
+        if state.attempt_number >= policy.max_attempts:
+            return True
+        return state.seconds_since_start + (state.upcoming_sleep or 0.0) > policy.max_elapsed
+
+    def _log_retry(self, state: RetryCallState, policy: RetryPolicy, label: str) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = exc.error.message if isinstance(exc, _RetryableAttempt) else repr(exc)
+        request_id = exc.error.request_id if isinstance(exc, _RetryableAttempt) else None
+        log.warning(
+            "%s (attempt %d of %d); retrying in %.1f s%s",
+            reason,
+            state.attempt_number,
+            policy.max_attempts,
+            state.upcoming_sleep,
+            f" [request_id={request_id}]" if request_id else "",
+        )
+
+
+def call_with_read_back(
+    send: Callable[[], T],
+    read_back: Callable[[], T | None],
+    *,
+    attempts: int = 3,
+    what: str = "request",
+) -> T:
+    """Safely repeat a non-idempotent call: after an ambiguous failure, look before resending.
+
+    ``send`` performs the write (e.g. create a segment); ``read_back`` looks for its effect
+    (e.g. the segment by slug) and returns it, or None if the write did not happen. Ambiguous
+    failures are 5xx answers and transport errors after the request may have reached the vendor.
+    """
+    last: AudienceError | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            return send()
+        except (AudienceServerError, AudienceTransportError) as exc:
+            last = exc
+            found = read_back()
+            if found is not None:
+                log.warning("%s failed ambiguously (%s) but had been applied; using it", what, exc.message)
+                return found
+            log.warning("%s failed (%s) and was not applied (attempt %d of %d)", what, exc.message, attempt, attempts)
+    assert last is not None
+    raise last
+
+
+def _path_only(path: str) -> str:
+    """The path without its query string, for logs (queries may carry filters)."""
+    return path.split("?", 1)[0]
+
+
+def _default_user_agent() -> str:
+    from airflow_audience_provider import __version__
+
+    return f"airflow-audience-provider/{__version__} (+https://pypi.org/project/airflow-audience-provider/)"

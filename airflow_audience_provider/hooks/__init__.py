@@ -1,0 +1,1 @@
+"""Vendor hooks: endpoint -> method maps and vendor states -> our statuses, on the shared core."""

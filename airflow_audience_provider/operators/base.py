@@ -1,0 +1,139 @@
+"""What every vendor operator shares: the hook factory, timeout overrides and asset emission."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.sdk import BaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_audience_provider.core.hook import AudienceHook
+
+log = logging.getLogger(__name__)
+
+
+class AudienceBaseOperator(BaseOperator):
+    """Base of the vendor operators. The hook is imported and built lazily in ``execute``.
+
+    :param connect_timeout: seconds to wait for a connection, overriding the Airflow connection.
+    :param read_timeout: seconds to wait for each read, overriding the Airflow connection.
+    :param emit_asset: add an Asset event for each segment this task changes, through the
+        vendor's asset alias (``asset_alias``), so downstream DAGs can be scheduled on it.
+    :param asset_alias: name of the AssetAlias the events are added to.
+    """
+
+    #: "module.Class" of the vendor hook, imported on first use (keeps DAG parsing cheap).
+    hook_path: ClassVar[str]
+    #: default alias name for the asset events of this vendor, e.g. "lytics-segments".
+    default_asset_alias: ClassVar[str | None] = None
+    emits_assets: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        emit_asset: bool = True,
+        asset_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        alias_name = asset_alias or self.default_asset_alias
+        if self.emits_assets and emit_asset and alias_name:
+            from airflow.sdk import AssetAlias
+
+            outlets = list(kwargs.pop("outlets", None) or [])
+            outlets.append(AssetAlias(name=alias_name))
+            kwargs["outlets"] = outlets
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.emit_asset = bool(self.emits_assets and emit_asset and alias_name)
+        self.asset_alias = alias_name
+        self._hook_instance: AudienceHook | None = None
+
+    @property
+    def hook(self) -> Any:
+        if self._hook_instance is None:
+            import importlib
+
+            from airflow_audience_provider.core.transport import Timeouts
+
+            module_name, class_name = self.hook_path.rsplit(".", 1)
+            hook_cls = getattr(importlib.import_module(module_name), class_name)
+            timeouts = None
+            if self.connect_timeout or self.read_timeout:
+                timeouts = Timeouts(
+                    connect=float(self.connect_timeout or Timeouts.connect),
+                    read=float(self.read_timeout or Timeouts.read),
+                )
+            self._hook_instance = hook_cls(self.conn_id, timeouts=timeouts)
+        return self._hook_instance
+
+    def emit_asset_event(self, context: Context, uri: str, extra: dict[str, Any]) -> None:
+        """Record an Asset event for ``uri`` through this task's alias (no-op when disabled)."""
+        if not self.emit_asset or not self.asset_alias:
+            return
+        from airflow.sdk import Asset, AssetAlias
+
+        context["outlet_events"][AssetAlias(name=self.asset_alias)].add(Asset(uri=uri), extra=extra)
+        log.info("Asset event recorded for %s", uri)
+
+
+def wait_in_worker(
+    status_fn: Any,
+    status_kwargs: dict[str, Any],
+    *,
+    poll_interval: float,
+    timeout: float,
+    subject: str,
+    vendor: str,
+    max_consecutive_failures: int = 3,
+) -> dict[str, Any]:
+    """Poll a hook status function in the worker (non-deferrable waits), same rules as the trigger.
+
+    :returns: the result data when done.
+    :raises AudienceJobFailedError: when the vendor reports failure.
+    :raises AudienceTimeoutError: when ``timeout`` passes first.
+    """
+    import time
+
+    from airflow_audience_provider.core.errors import (
+        AudienceError,
+        AudienceJobFailedError,
+        AudienceTimeoutError,
+    )
+    from airflow_audience_provider.core.results import Phase
+    from airflow_audience_provider.triggers.base import FATAL_ERRORS
+
+    deadline = time.monotonic() + timeout
+    failures = 0
+    last = None
+    while True:
+        try:
+            last = status_fn(**status_kwargs)
+            failures = 0
+        except FATAL_ERRORS:
+            raise
+        except AudienceError as exc:
+            failures += 1
+            if failures >= max_consecutive_failures:
+                raise
+            log.warning("Checking %s failed (%s); %d of %d tolerated", subject, exc, failures, max_consecutive_failures)
+        else:
+            log.info("%s: %s", subject, last.describe())
+            if last.phase is Phase.DONE:
+                return dict(last.data or {})
+            if last.phase is Phase.FAILED:
+                raise AudienceJobFailedError(last.message, vendor=vendor, code=last.vendor_status)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            seen = last.describe() if last else "no successful check"
+            raise AudienceTimeoutError(
+                f"Timed out after {timeout:g} s waiting for {subject}; last seen: {seen}", vendor=vendor
+            )
+        time.sleep(min(poll_interval, remaining))

@@ -1,0 +1,119 @@
+"""The sensor base shared by every vendor: poke, reschedule and deferrable modes on one status function."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+
+from airflow_audience_provider.core.errors import AudienceError, AudienceJobFailedError
+from airflow_audience_provider.core.results import Phase, PollResult, validate_event
+from airflow_audience_provider.triggers.base import FATAL_ERRORS, AudiencePollingTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+log = logging.getLogger(__name__)
+
+
+class AudienceWaitSensor(BaseSensorOperator):
+    """Wait for a vendor's asynchronous work; fail when the vendor reports failure.
+
+    Subclasses set :attr:`trigger_class` (which names the hook and its status function) and
+    implement :meth:`status_kwargs`. A vendor failure state fails the task: it never counts
+    as done. Unknown vendor states are logged verbatim and the sensor keeps waiting until
+    its ``timeout``.
+
+    :param deferrable: wait in the triggerer instead of a worker slot (default: Airflow's
+        ``[operators] default_deferrable``).
+    :param max_consecutive_failures: transient API errors in a row tolerated while waiting.
+    """
+
+    trigger_class: ClassVar[type[AudiencePollingTrigger]]
+    template_fields: Sequence[str] = ()
+
+    def __init__(
+        self,
+        *,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        max_consecutive_failures: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.deferrable = deferrable
+        self.max_consecutive_failures = max_consecutive_failures
+        self._consecutive_failures = 0
+
+    # -- for subclasses ---------------------------------------------------------------------
+
+    @property
+    def conn_id(self) -> str:
+        raise NotImplementedError
+
+    def status_kwargs(self, context: Context) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def result_value(self, result: PollResult) -> Any:
+        """What goes to XCom when the wait ends well."""
+        return result.data or {}
+
+    # -- modes ------------------------------------------------------------------------------
+
+    def _hook(self) -> Any:
+        return self.trigger_class(self.conn_id, {})._make_hook()
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        hook = self._hook()
+        status_fn = getattr(hook, self.trigger_class.status_method)
+        try:
+            result: PollResult = status_fn(**self.status_kwargs(context))
+        except FATAL_ERRORS:
+            raise
+        except AudienceError as exc:
+            self._consecutive_failures += 1
+            if self._consecutive_failures >= self.max_consecutive_failures:
+                raise
+            log.warning(
+                "Status check failed (%s); %d of %d consecutive failures tolerated",
+                exc,
+                self._consecutive_failures,
+                self.max_consecutive_failures,
+            )
+            return False
+        self._consecutive_failures = 0
+        log.info("%s", result.describe())
+        if result.phase is Phase.DONE:
+            return PokeReturnValue(is_done=True, xcom_value=self.result_value(result))
+        if result.phase is Phase.FAILED:
+            raise AudienceJobFailedError(result.message, vendor=hook.vendor, code=result.vendor_status)
+        return False
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        # One look before deferring: finished work needs no trip through the triggerer.
+        first = self.poke(context)
+        if isinstance(first, PokeReturnValue) and first.is_done:
+            return first.xcom_value
+        self.defer(
+            trigger=self.trigger_class(
+                conn_id=self.conn_id,
+                status_kwargs=self.status_kwargs(context),
+                poll_interval=self.poke_interval,
+                deadline=time.time() + float(self.timeout),
+                max_consecutive_failures=self.max_consecutive_failures,
+            ),
+            method_name="execute_complete",
+            # A little later than the trigger's own deadline, so its clear message wins.
+            timeout=timedelta(seconds=float(self.timeout) + 60),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Resume after the trigger: validate the event; failures and timeouts raise."""
+        event = validate_event(event, self.trigger_class.vendor)
+        log.info("%s", event["message"])
+        return event.get("result") or {}

@@ -1,0 +1,70 @@
+"""Lytics sensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_audience_provider.connections import LYTICS
+from airflow_audience_provider.links.lytics import LyticsSegmentLink
+from airflow_audience_provider.sensors.base import AudienceWaitSensor
+from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class LyticsSegmentReevaluatedSensor(AudienceWaitSensor):
+    """Wait until a Lytics segment reevaluation has finished.
+
+    Works in poke, reschedule and deferrable modes. A failed Lytics job (``failed``,
+    ``fault-N``, ``deleted``) or an invalid segment fails the task; unknown job states are
+    logged verbatim and waited on until ``timeout``, which ends the task with a message
+    naming the segment and the last state seen. The completion signal is documented in
+    :mod:`airflow_audience_provider.hooks.lytics`.
+
+    .. seealso:: :ref:`howto/operator:LyticsSegmentReevaluatedSensor`
+
+    :param segment_id: the segment's id (templated), e.g.
+        ``"{{ ti.xcom_pull('reevaluate')['segment_id'] }}"``.
+    :param requested_at: when the reevaluation was requested, RFC 3339 (templated); jobs
+        created before it are ignored. Take it from the reevaluate operator's result.
+    :param job_id: the job Lytics named for the reevaluation, if any (templated).
+    :param lytics_conn_id: the Lytics connection.
+    """
+
+    trigger_class = LyticsReevaluationTrigger
+    template_fields: Sequence[str] = ("segment_id", "requested_at", "job_id", "lytics_conn_id")
+    operator_extra_links = (LyticsSegmentLink(),)
+    ui_color = "#e6f0ff"
+
+    def __init__(
+        self,
+        *,
+        segment_id: str,
+        requested_at: str,
+        job_id: str | None = None,
+        lytics_conn_id: str = LYTICS.default_conn_name,
+        poke_interval: float = 60,
+        timeout: float = 6 * 60 * 60,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        self.segment_id = segment_id
+        self.requested_at = requested_at
+        self.job_id = job_id
+        self.lytics_conn_id = lytics_conn_id
+
+    @property
+    def conn_id(self) -> str:
+        return self.lytics_conn_id
+
+    def status_kwargs(self, context: Context) -> dict[str, Any]:
+        return {"segment_id": self.segment_id, "requested_at": self.requested_at, "job_id": self.job_id or None}
+
+    def execute(self, context: Context) -> Any:
+        from airflow_audience_provider.hooks.lytics import LyticsHook
+
+        hook = LyticsHook(self.lytics_conn_id)
+        LyticsSegmentLink.persist(context, hook.segment_url({"id": self.segment_id}))
+        return super().execute(context)

@@ -1,0 +1,1 @@
+"""Deferrable waits: one polling base, one small trigger per vendor."""

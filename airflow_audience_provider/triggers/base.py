@@ -1,0 +1,169 @@
+"""The one way to wait: a polling trigger with a deadline and a consecutive-failure budget.
+
+A vendor trigger names its hook and one *status function* of that hook (the same function
+the sensor's ``poke`` calls), so poke mode, reschedule mode, deferrable mode and operator
+waits all judge the vendor's answer by the same code. The trigger:
+
+* resolves the connection asynchronously and runs each status call in a worker thread, so the
+  triggerer's event loop never blocks;
+* yields exactly one event of the shape made by :func:`~airflow_audience_provider.core.results.make_event`;
+* stops at its own absolute deadline (``airflow dags test`` runs triggers inline with no
+  timeout, so the trigger must bound itself);
+* tolerates ``max_consecutive_failures`` transient errors (5xx, timeouts, 429 past the retry
+  budget) before giving up, and fails at once on authentication, permission and not-found errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_audience_provider.core.errors import (
+    AudienceAuthenticationError,
+    AudienceConfigurationError,
+    AudienceError,
+    AudienceNotFoundError,
+    AudiencePermissionError,
+    AudienceValidationError,
+)
+from airflow_audience_provider.core.results import EventStatus, Phase, PollResult, make_event
+
+log = logging.getLogger(__name__)
+
+#: Errors no amount of waiting will fix.
+FATAL_ERRORS = (
+    AudienceAuthenticationError,
+    AudiencePermissionError,
+    AudienceNotFoundError,
+    AudienceConfigurationError,
+    AudienceValidationError,
+)
+
+
+class AudiencePollingTrigger(BaseTrigger):
+    """Poll ``<hook>.<status_method>(**status_kwargs)`` until done, failed or the deadline.
+
+    :param conn_id: the Airflow connection id (never the token: kwargs are stored in the DB).
+    :param status_kwargs: JSON-simple arguments of the status function.
+    :param poll_interval: seconds between polls.
+    :param deadline: absolute UNIX time after which a ``timeout`` event is sent; None = no limit.
+    :param max_consecutive_failures: transient errors in a row tolerated before an ``error`` event.
+    """
+
+    #: dotted path of the hook class and the name of its status method; set by subclasses.
+    hook_path: ClassVar[str]
+    status_method: ClassVar[str]
+    vendor: ClassVar[str]
+    #: what is being waited for, for messages ("reevaluation of segment abc").
+    subject: ClassVar[str] = "work"
+
+    def __init__(
+        self,
+        conn_id: str,
+        status_kwargs: dict[str, Any],
+        poll_interval: float = 60.0,
+        deadline: float | None = None,
+        max_consecutive_failures: int = 3,
+    ) -> None:
+        super().__init__()
+        self.conn_id = conn_id
+        self.status_kwargs = dict(status_kwargs)
+        self.poll_interval = float(poll_interval)
+        self.deadline = float(deadline) if deadline is not None else None
+        self.max_consecutive_failures = int(max_consecutive_failures)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "conn_id": self.conn_id,
+                "status_kwargs": self.status_kwargs,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "max_consecutive_failures": self.max_consecutive_failures,
+            },
+        )
+
+    def _make_hook(self) -> Any:
+        module_name, class_name = self.hook_path.rsplit(".", 1)
+        return getattr(importlib.import_module(module_name), class_name)(self.conn_id)
+
+    def describe_subject(self) -> str:
+        return self.subject.format(**self.status_kwargs)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        subject = self.describe_subject()
+        failures = 0
+        last: PollResult | None = None
+        try:
+            hook = self._make_hook()
+            await hook.aget_conn()  # resolves the connection asynchronously, once
+        except AudienceError as exc:
+            yield TriggerEvent(make_event(EventStatus.ERROR, self.vendor, str(exc), **exc.to_dict()))
+            return
+        status_fn = getattr(hook, self.status_method)
+        while True:
+            try:
+                last = await asyncio.to_thread(status_fn, **self.status_kwargs)
+                failures = 0
+            except FATAL_ERRORS as exc:
+                yield TriggerEvent(make_event(EventStatus.ERROR, self.vendor, str(exc), **exc.to_dict()))
+                return
+            except Exception as exc:
+                failures += 1
+                log.warning(
+                    "Checking %s failed (%s: %s); %d of %d consecutive failures tolerated",
+                    subject,
+                    type(exc).__name__,
+                    exc,
+                    failures,
+                    self.max_consecutive_failures,
+                )
+                if failures >= self.max_consecutive_failures:
+                    yield TriggerEvent(
+                        make_event(
+                            EventStatus.ERROR,
+                            self.vendor,
+                            f"Gave up checking {subject} after {failures} consecutive failures: {exc}",
+                        )
+                    )
+                    return
+            else:
+                log.info("%s: %s", subject, last.describe())
+                if last.phase is Phase.DONE:
+                    yield TriggerEvent(
+                        make_event(
+                            EventStatus.SUCCESS,
+                            self.vendor,
+                            last.message,
+                            vendor_status=last.vendor_status,
+                            result=last.data or {},
+                        )
+                    )
+                    return
+                if last.phase is Phase.FAILED:
+                    yield TriggerEvent(
+                        make_event(
+                            EventStatus.FAILED,
+                            self.vendor,
+                            last.message,
+                            vendor_status=last.vendor_status,
+                            result=last.data or {},
+                        )
+                    )
+                    return
+            now = time.time()
+            if self.deadline is not None and now >= self.deadline:
+                seen = f"last seen: {last.describe()}" if last else "no successful check"
+                yield TriggerEvent(
+                    make_event(EventStatus.TIMEOUT, self.vendor, f"Timed out waiting for {subject}; {seen}")
+                )
+                return
+            pause = self.poll_interval if self.deadline is None else min(self.poll_interval, self.deadline - now)
+            await asyncio.sleep(max(pause, 0.0))
