@@ -1,0 +1,48 @@
+"""Test-wide setup: an isolated Airflow home, no examples, the package's example DAGs.
+
+This must run before anything imports airflow, so it sits at the top of the root conftest.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = Path(os.environ.get("AUDIENCE_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="aap-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_REPO / "example_dags")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+
+# ---- sandbox fixtures (below this line) ----
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """Every vendor fake served over real HTTP on 127.0.0.1 for the whole session.
+
+    Yields the running :class:`~airflow_audience_provider.sandbox.server.SandboxServer`.
+    Asynchronous vendor work takes 0.5 s here; tests that need another delay call
+    ``fake.configure(processing_seconds=...)`` (undone by the per-vendor fixtures' reset).
+    """
+    from airflow_audience_provider.sandbox.server import SandboxServer
+
+    with SandboxServer(processing_seconds=0.5) as server:
+        yield server
+
+
+@pytest.fixture
+def lytics_sandbox(sandbox, monkeypatch):
+    """The Lytics fake, reset (state, faults, request log, config), with AIRFLOW_CONN_LYTICS_DEFAULT set.
+
+    Yields the :class:`~airflow_audience_provider.sandbox.lytics.LyticsFake`; its URL is ``.base_url``.
+    """
+    fake = sandbox.fake("lytics")
+    fake.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_LYTICS_DEFAULT", sandbox.connections()["lytics_default"])
+    yield fake
+    fake.reset()
