@@ -1,0 +1,189 @@
+"""Vendor-neutral contact-list engine: read, normalise, validate, hash, chunk and sync identifiers.
+
+Vendor operators call :func:`sync_contact_list` (or :func:`plan_contact_list_sync` for a dry
+run, :func:`run_destinations` for one read feeding several destinations) with a rule from
+:func:`get_rule` and a :class:`ChunkSender` implemented by the vendor hook.
+
+Importing this package is cheap: names are resolved on first use, and nothing here imports
+Airflow, pyarrow or phonenumbers at module level.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    # rules
+    "IdentifierType": "rules",
+    "HashAlgorithm": "rules",
+    "PhoneFormat": "rules",
+    "NormalisationProfile": "rules",
+    "VendorRule": "rules",
+    "get_rule": "rules",
+    "list_rules": "rules",
+    "register_rule": "rules",
+    # normalise / hash
+    "InvalidIdentifier": "normalise",
+    "normalise_email": "normalise",
+    "normalise_phone": "normalise",
+    "normalise_maid": "normalise",
+    "normalise_opaque": "normalise",
+    "normalise_sha256": "normalise",
+    "hash_value": "hashing",
+    # accounting
+    "Accounting": "accounting",
+    "redact": "accounting",
+    # sources
+    "CsvSource": "sources",
+    "TextSource": "sources",
+    "JsonLinesSource": "sources",
+    "ParquetSource": "sources",
+    "IterableSource": "sources",
+    "IdentifierSource": "sources",
+    "open_source": "sources",
+    # chunking
+    "Chunk": "chunking",
+    "render_file": "chunking",
+    # snapshots
+    "SnapshotStore": "snapshot",
+    "default_snapshot_base": "snapshot",
+    # sync
+    "ChunkSender": "sync",
+    "ChunkResult": "sync",
+    "Destination": "sync",
+    "SyncOptions": "sync",
+    "sync_contact_list": "sync",
+    "plan_contact_list_sync": "sync",
+    "plan_allows": "sync",
+    "snapshot_for": "sync",
+    "run_destinations": "fanout",
+    # errors
+    "ContactListError": "errors",
+    "SourceError": "errors",
+    "WrongIdentifierTypeError": "errors",
+    "EmptyInputError": "errors",
+    "InvalidShareError": "errors",
+    "MinimumEntriesError": "errors",
+    "RemovalGuardError": "errors",
+    "SnapshotError": "errors",
+    "SendError": "errors",
+}
+
+__all__ = [
+    "Accounting",
+    "Chunk",
+    "ChunkResult",
+    "ChunkSender",
+    "ContactListError",
+    "CsvSource",
+    "Destination",
+    "EmptyInputError",
+    "HashAlgorithm",
+    "IdentifierSource",
+    "IdentifierType",
+    "InvalidIdentifier",
+    "InvalidShareError",
+    "IterableSource",
+    "JsonLinesSource",
+    "MinimumEntriesError",
+    "NormalisationProfile",
+    "ParquetSource",
+    "PhoneFormat",
+    "RemovalGuardError",
+    "SendError",
+    "SnapshotError",
+    "SnapshotStore",
+    "SourceError",
+    "SyncOptions",
+    "TextSource",
+    "VendorRule",
+    "WrongIdentifierTypeError",
+    "default_snapshot_base",
+    "get_rule",
+    "hash_value",
+    "list_rules",
+    "normalise_email",
+    "normalise_maid",
+    "normalise_opaque",
+    "normalise_phone",
+    "normalise_sha256",
+    "open_source",
+    "plan_allows",
+    "plan_contact_list_sync",
+    "redact",
+    "register_rule",
+    "render_file",
+    "run_destinations",
+    "snapshot_for",
+    "sync_contact_list",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from airflow_audience_provider.identifiers.accounting import Accounting, redact
+    from airflow_audience_provider.identifiers.chunking import Chunk, render_file
+    from airflow_audience_provider.identifiers.errors import (
+        ContactListError,
+        EmptyInputError,
+        InvalidShareError,
+        MinimumEntriesError,
+        RemovalGuardError,
+        SendError,
+        SnapshotError,
+        SourceError,
+        WrongIdentifierTypeError,
+    )
+    from airflow_audience_provider.identifiers.fanout import run_destinations
+    from airflow_audience_provider.identifiers.hashing import hash_value
+    from airflow_audience_provider.identifiers.normalise import (
+        InvalidIdentifier,
+        normalise_email,
+        normalise_maid,
+        normalise_opaque,
+        normalise_phone,
+        normalise_sha256,
+    )
+    from airflow_audience_provider.identifiers.rules import (
+        HashAlgorithm,
+        IdentifierType,
+        NormalisationProfile,
+        PhoneFormat,
+        VendorRule,
+        get_rule,
+        list_rules,
+        register_rule,
+    )
+    from airflow_audience_provider.identifiers.snapshot import SnapshotStore, default_snapshot_base
+    from airflow_audience_provider.identifiers.sources import (
+        CsvSource,
+        IdentifierSource,
+        IterableSource,
+        JsonLinesSource,
+        ParquetSource,
+        TextSource,
+        open_source,
+    )
+    from airflow_audience_provider.identifiers.sync import (
+        ChunkResult,
+        ChunkSender,
+        Destination,
+        SyncOptions,
+        plan_allows,
+        plan_contact_list_sync,
+        snapshot_for,
+        sync_contact_list,
+    )

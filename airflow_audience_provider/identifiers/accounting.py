@@ -1,0 +1,101 @@
+"""Accounting (every input row ends in exactly one bucket) and redaction of personal data.
+
+Row buckets, per destination:
+
+* ``invalid`` — the value failed validation (with a reason);
+* ``duplicate`` — the normalised output equals an earlier row's output;
+* ``unique`` — the first row of each distinct output: this identifier is in the list after the
+  sync. Under a full replace it was sent; under an incremental sync it was either sent as an
+  addition (``added``) or was already in the list (``unchanged``).
+
+Invariant: ``unique + invalid + duplicate == rows`` and ``added + unchanged == unique``.
+``sent_add`` and ``sent_remove`` count identifiers the destination acknowledged; they are updated
+chunk by chunk, so a run failing part way still reports how far it got.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_SAMPLES = 5
+
+
+def redact(value: str) -> str:
+    """Mask a raw identifier so it can appear in logs and XCom.
+
+    E-mail: ``j***@e***.com``; phone-like: ``+7******67``; anything else: first character and
+    length, e.g. ``a***(12)``. Never returns more than three characters of the original.
+    """
+    v = value.strip()
+    if not v:
+        return "<empty>"
+    if "@" in v:
+        local, _, domain = v.rpartition("@")
+        dom, dot, tld = domain.rpartition(".")
+        head = local[:1] or "?"
+        if dot and dom:
+            return f"{head}***@{dom[:1]}***.{tld[:6]}"
+        return f"{head}***@{domain[:1]}***"
+    digits = [c for c in v if c.isdigit()]
+    if len(digits) >= 7 and len(digits) >= len(v) * 0.6:
+        prefix = "+" if v.startswith("+") else ""
+        return f"{prefix}{digits[0]}{'*' * (len(digits) - 3)}{''.join(digits[-2:])}"
+    return f"{v[:1]}***({len(v)})"
+
+
+@dataclass
+class Accounting:
+    """Counters of one destination's run. Mutable; read with :meth:`as_dict` at any time."""
+
+    rows: int = 0
+    invalid: int = 0
+    duplicate: int = 0
+    unique: int = 0
+    added: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    sent_add: int = 0
+    sent_remove: int = 0
+    vendor_rejected: int = 0
+    chunks_sent: int = 0
+    chunks_total: int = 0
+    invalid_reasons: Counter[str] = field(default_factory=Counter)
+    invalid_samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_invalid(self, reason: str, raw: str, location: str) -> None:
+        """Count an invalid row; keep a redacted sample for the first few."""
+        self.invalid += 1
+        self.invalid_reasons[reason] += 1
+        if len(self.invalid_samples) < MAX_SAMPLES:
+            self.invalid_samples.append({"at": location, "reason": reason, "value": redact(raw)})
+
+    @property
+    def invalid_share(self) -> float:
+        """Share of rows that were invalid (0.0 for no rows)."""
+        return self.invalid / self.rows if self.rows else 0.0
+
+    def check(self) -> None:
+        """Assert the accounting invariant; raises AssertionError naming the counts."""
+        if self.unique + self.invalid + self.duplicate != self.rows:
+            raise AssertionError(f"accounting broken: {self.as_dict()}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small JSON-serialisable view for XCom and logs."""
+        return {
+            "rows": self.rows,
+            "unique": self.unique,
+            "invalid": self.invalid,
+            "duplicate": self.duplicate,
+            "added": self.added,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "sent_add": self.sent_add,
+            "sent_remove": self.sent_remove,
+            "vendor_rejected": self.vendor_rejected,
+            "chunks_sent": self.chunks_sent,
+            "chunks_total": self.chunks_total,
+            "invalid_reasons": dict(sorted(self.invalid_reasons.items())),
+            "invalid_samples": list(self.invalid_samples),
+        }

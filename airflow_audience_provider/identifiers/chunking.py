@@ -1,0 +1,210 @@
+"""Cutting identifier streams into vendor-sized chunks, and progress lines while sending them.
+
+A chunk never exceeds the rule's ``max_ids_per_chunk`` nor its ``max_bytes_per_chunk``; the byte
+size of a chunk is counted as the vendor file would hold it: the header, then each value plus
+``bytes_per_row_overhead`` (the newline).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from airflow_audience_provider.identifiers.rules import VendorRule
+
+log = logging.getLogger(__name__)
+
+ADD = "add"
+REMOVE = "remove"
+REPLACE = "replace"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One request's or one file's worth of output values.
+
+    :param operation: ``"add"``, ``"remove"`` or ``"replace"`` (the list becomes exactly this chunk;
+        later chunks of the same replace arrive as ``"add"``).
+    :param index: 1-based position among the chunks of this run.
+    :param total: number of chunks of this run (adds, removes and the replace together).
+    :param identifiers: hashed (or normalised) values, never raw input.
+    :param rule: the vendor rule (gives the vendor's identifier type name).
+    """
+
+    operation: str
+    index: int
+    total: int
+    identifiers: list[str] = field(repr=False)
+    rule: VendorRule = field(repr=False)
+
+    @property
+    def vendor_identifier_type(self) -> str:
+        """The identifier type name the vendor API expects."""
+        return self.rule.vendor_identifier_type
+
+    def __len__(self) -> int:
+        return len(self.identifiers)
+
+
+def _limits(rule: VendorRule) -> tuple[int, int | None, int]:
+    max_ids = rule.max_ids_per_chunk or (1 << 62)
+    budget = None
+    if rule.max_bytes_per_chunk is not None:
+        budget = rule.max_bytes_per_chunk - len(rule.header.encode())
+        if budget <= 0:
+            raise ValueError(f"rule {rule.key}: the header does not fit in max_bytes_per_chunk")
+    return max_ids, budget, rule.bytes_per_row_overhead
+
+
+def fixed_chunk_size(rule: VendorRule, value_length: int) -> int:
+    """Identifiers per chunk when every value has ``value_length`` ASCII characters."""
+    max_ids, budget, overhead = _limits(rule)
+    if budget is None:
+        return max_ids
+    per_bytes = budget // (value_length + overhead)
+    if per_bytes < 1:
+        raise ValueError(f"rule {rule.key}: one value does not fit in max_bytes_per_chunk")
+    return min(max_ids, per_bytes)
+
+
+def iter_chunk_lists(values: Iterable[str], rule: VendorRule) -> Iterator[list[str]]:
+    """Group values into lists that respect the rule's count and byte limits."""
+    max_ids, budget, overhead = _limits(rule)
+    fixed = rule.profile.output_length
+    it = iter(values)
+    if fixed is not None:
+        size = fixed_chunk_size(rule, fixed)
+        current: list[str] = []
+        for v in it:
+            current.append(v)
+            if len(current) >= size:
+                yield current
+                current = []
+        if current:
+            yield current
+        return
+    current = []
+    used = 0
+    for v in it:
+        cost = len(v.encode("utf-8", "surrogatepass")) + overhead
+        if budget is not None and cost > budget:
+            raise ValueError(f"rule {rule.key}: a value longer than max_bytes_per_chunk cannot be sent")
+        if current and (len(current) >= max_ids or (budget is not None and used + cost > budget)):
+            yield current
+            current, used = [], 0
+        current.append(v)
+        used += cost
+    if current:
+        yield current
+
+
+class ChunkCounter:
+    """Counts the chunks a stream of values will need without keeping the values."""
+
+    def __init__(self, rule: VendorRule) -> None:
+        self.rule = rule
+        self.values = 0
+        self._fixed = rule.profile.output_length
+        self._max_ids, self._budget, self._overhead = _limits(rule)
+        self._chunks = 0
+        self._in_chunk = 0
+        self._used = 0
+
+    def feed(self, values: list[str]) -> None:
+        """Account for values in stream order."""
+        self.values += len(values)
+        if self._fixed is not None:
+            return  # computed from the count alone in chunks()
+        for v in values:
+            cost = len(v.encode("utf-8", "surrogatepass")) + self._overhead
+            if self._in_chunk and (
+                self._in_chunk >= self._max_ids or (self._budget is not None and self._used + cost > self._budget)
+            ):
+                self._chunks += 1
+                self._in_chunk, self._used = 0, 0
+            self._in_chunk += 1
+            self._used += cost
+
+    @property
+    def chunks(self) -> int:
+        """Chunks needed for everything fed so far."""
+        if self._fixed is not None:
+            return math.ceil(self.values / fixed_chunk_size(self.rule, self._fixed)) if self.values else 0
+        return self._chunks + (1 if self._in_chunk else 0)
+
+
+def render_file(rule: VendorRule, identifiers: list[str]) -> bytes:
+    """The bytes of a file upload for vendors that take files (header, one value per line).
+
+    Hashed values and trimmed ids need no CSV quoting (no commas, quotes or newlines: normalisers
+    reject control characters and hex has none).
+    """
+    body = "\n".join(identifiers)
+    return (rule.header + body + ("\n" if identifiers else "")).encode("utf-8")
+
+
+class ProgressLogger:
+    """Logs one progress line every ``every_chunks`` chunks or ``every_seconds`` seconds.
+
+    Never per row: a line says chunk i of n, identifiers so far, identifiers per second and ETA.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total_chunks: int,
+        total_ids: int,
+        *,
+        every_chunks: int = 20,
+        every_seconds: float = 30.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.label = label
+        self.total_chunks = total_chunks
+        self.total_ids = total_ids
+        self.every_chunks = max(1, every_chunks)
+        self.every_seconds = every_seconds
+        self.log = logger or log
+        self.done_chunks = 0
+        self.done_ids = 0
+        self._start = time.monotonic()
+        self._last_log = self._start
+        self.lines = 0
+
+    def update(self, ids: int) -> None:
+        """Record one finished chunk of ``ids`` identifiers."""
+        self.done_chunks += 1
+        self.done_ids += ids
+        now = time.monotonic()
+        last = self.done_chunks == self.total_chunks
+        if last or self.done_chunks % self.every_chunks == 0 or now - self._last_log >= self.every_seconds:
+            elapsed = max(now - self._start, 1e-9)
+            rate = self.done_ids / elapsed
+            remaining = max(self.total_ids - self.done_ids, 0)
+            eta = remaining / rate if rate > 0 else float("inf")
+            self.log.info(
+                "%s: chunk %d of %d, %d of %d identifiers, %.0f ids/s, ETA %s",
+                self.label,
+                self.done_chunks,
+                self.total_chunks,
+                self.done_ids,
+                self.total_ids,
+                rate,
+                "0s" if last else _fmt_eta(eta),
+            )
+            self._last_log = now
+            self.lines += 1
+
+
+def _fmt_eta(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "unknown"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

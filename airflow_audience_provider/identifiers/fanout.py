@@ -1,0 +1,551 @@
+"""The engine: one read of a source feeding one or many destinations.
+
+Destinations whose rules share a :class:`~airflow_audience_provider.identifiers.rules.NormalisationProfile`
+(for example SHA-256 e-mails for Criteo and Yandex.Audience) share the normalise-and-hash work and
+the spill files; each destination still gets its own accounting, guards, snapshot and sending.
+Destinations with different profiles are computed from the same read.
+
+See :mod:`airflow_audience_provider.identifiers.sync` for the phases of a run.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from airflow_audience_provider.identifiers.accounting import Accounting
+from airflow_audience_provider.identifiers.chunking import (
+    ADD,
+    REMOVE,
+    REPLACE,
+    Chunk,
+    ChunkCounter,
+    ProgressLogger,
+    iter_chunk_lists,
+)
+from airflow_audience_provider.identifiers.errors import (
+    ContactListError,
+    EmptyInputError,
+    InvalidShareError,
+    MinimumEntriesError,
+    RemovalGuardError,
+    SendError,
+    WrongIdentifierTypeError,
+)
+from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch
+from airflow_audience_provider.identifiers.normalise import detect_type
+from airflow_audience_provider.identifiers.rules import NormalisationProfile
+from airflow_audience_provider.identifiers.snapshot import SnapshotReader
+from airflow_audience_provider.identifiers.sorting import (
+    DEFAULT_MAX_PARTITION_BYTES,
+    DEFAULT_SPILL_BYTES,
+    CountingIterator,
+    PartitionSpill,
+    external_sorted_unique,
+    merge_diff,
+)
+from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IdentifierSource, RawBatch
+from airflow_audience_provider.identifiers.sync import Destination, summarise
+
+log = logging.getLogger(__name__)
+
+_READ_PROGRESS_SECONDS = 30.0
+_WRONG_TYPE_MIN_ROWS = 20
+_WRONG_TYPE_INVALID_SHARE = 0.9
+
+FULL_REPLACE = "full_replace"
+INCREMENTAL = "incremental"
+CLEAR = "clear"
+NOOP = "noop"
+
+
+def _process_profiles(profiles: tuple[NormalisationProfile, ...], values: list[str]) -> list[BatchOutput]:
+    """Worker entry point: one batch through every profile."""
+    return [process_batch(p, values) for p in profiles]
+
+
+@dataclass
+class _DestState:
+    dest: Destination
+    acc: Accounting = field(default_factory=Accounting)
+    mode: str = FULL_REPLACE
+    previous_count: int | None = None
+    previous_rule: str | None = None
+    adds_path: Path | None = None
+    removes_path: Path | None = None
+    snapshot_path: Path | None = None
+    add_counter: ChunkCounter | None = None
+    remove_counter: ChunkCounter | None = None
+    blocked_by: list[dict[str, str]] = field(default_factory=list)
+    status: str = "reading"
+    error: str | None = None
+
+    def result(self, *, dry_run: bool) -> dict[str, Any]:
+        add_chunks = self.add_counter.chunks if self.add_counter else 0
+        remove_chunks = self.remove_counter.chunks if self.remove_counter else 0
+        extra = 1 if self.mode in (FULL_REPLACE, CLEAR) else 0
+        if self.mode == NOOP:
+            extra = 0
+        rule = self.dest.rule
+        return {
+            "destination": self.dest.name,
+            "vendor": rule.vendor,
+            "identifier_type": rule.identifier_type.value,
+            "rule": rule.key,
+            "mode": self.mode,
+            "status": self.status,
+            "dry_run": dry_run,
+            "counts": self.acc.as_dict(),
+            "chunks": {"add": add_chunks, "remove": remove_chunks, "total": add_chunks + remove_chunks},
+            # The replace/clear call counts as one request on top of the chunks (an upper bound:
+            # some vendors fold it into the first chunk).
+            "estimated_requests": add_chunks + remove_chunks + extra,
+            "snapshot": self.dest.snapshot.describe() if self.dest.snapshot is not None else None,
+            "snapshot_previous_count": self.previous_count,
+            "blocked_by": list(self.blocked_by),
+            "error": self.error,
+        }
+
+
+def _iter_processed(
+    source: IdentifierSource,
+    profiles: tuple[NormalisationProfile, ...],
+    batch_size: int,
+    workers: int,
+) -> Iterator[tuple[RawBatch, list[BatchOutput]]]:
+    """Read the source once; run each batch through every profile, in order."""
+    if workers <= 1:
+        for batch in source.iter_batches(batch_size):
+            yield batch, _process_profiles(profiles, batch.values)
+        return
+    import multiprocessing
+
+    # spawn: safe inside Airflow task processes that already run threads (fork is not).
+    ctx = multiprocessing.get_context("spawn")
+    pending: collections.deque[tuple[RawBatch, Future[list[BatchOutput]]]] = collections.deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # Bounded look-ahead keeps memory flat while every worker stays busy.
+        for batch in source.iter_batches(batch_size):
+            pending.append((batch, pool.submit(_process_profiles, profiles, batch.values)))
+            while len(pending) > workers * 3:
+                b, fut = pending.popleft()
+                yield b, fut.result()
+        while pending:
+            b, fut = pending.popleft()
+            yield b, fut.result()
+
+
+def _check_wrong_type(profile: NormalisationProfile, batch: RawBatch, out: BatchOutput) -> None:
+    """Raise when the first batch looks like another identifier type than the rule expects."""
+    n = len(batch.values)
+    if n < _WRONG_TYPE_MIN_ROWS or len(out.invalid) < n * _WRONG_TYPE_INVALID_SHARE:
+        return
+    sample = [batch.values[i] for i, _ in out.invalid[:50]]
+    guesses = collections.Counter(detect_type(v) for v in sample)
+    guess, hits = guesses.most_common(1)[0]
+    if guess is not None and guess is not profile.identifier_type and hits >= len(sample) * 0.8:
+        first = out.invalid[0][0]
+        raise WrongIdentifierTypeError(
+            f"values look like {guess.value} identifiers, but the rule expects {profile.identifier_type.value}",
+            origin=batch.origin,
+            line=batch.line_of(first),
+            column=batch.column if batch.column is not None else 1,
+        )
+
+
+def run_destinations(
+    source: IdentifierSource,
+    destinations: list[Destination],
+    *,
+    dry_run: bool = False,
+    workers: int = 1,
+    work_dir: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    spill_bytes: int = DEFAULT_SPILL_BYTES,
+    max_partition_bytes: int = DEFAULT_MAX_PARTITION_BYTES,
+) -> dict[str, dict[str, Any]]:
+    """Read ``source`` once and sync (or plan) every destination.
+
+    Nothing is sent to any destination until every destination passed its guards. If one
+    destination's sending fails, the others still run; a :class:`SendError` is raised at the end
+    with every destination's result in ``result``.
+
+    :returns: destination name -> result dict (JSON-serialisable).
+    """
+    names = [d.name for d in destinations]
+    if len(set(names)) != len(names):
+        raise ValueError(f"destination names must be unique, got {names!r}")
+    for d in destinations:
+        if d.sender is None and not dry_run:
+            raise ValueError(f"destination {d.name!r} has no sender; pass one or use dry_run=True")
+    states = {d.name: _DestState(d) for d in destinations}
+    groups: dict[NormalisationProfile, list[_DestState]] = {}
+    for st in states.values():
+        groups.setdefault(st.dest.rule.profile, []).append(st)
+    profiles = tuple(groups)
+
+    tmp = Path(tempfile.mkdtemp(prefix="aap-contacts-", dir=work_dir))
+    spills = {p: PartitionSpill(tmp, f"p{i}", spill_bytes) for i, p in enumerate(profiles)}
+    try:
+        try:
+            _read_phase(source, groups, spills, batch_size, workers)
+            _check_after_read(states)
+            _plan_phase(groups, spills, tmp, max_partition_bytes)
+            _check_after_plan(states, dry_run)
+        except ContactListError as exc:
+            if exc.result is None and len(states) == 1:
+                exc.result = next(iter(states.values())).result(dry_run=dry_run)
+            raise
+        finally:
+            for spill in spills.values():
+                spill.close()
+        if dry_run:
+            for st in states.values():
+                st.status = "planned"
+            results = {n: st.result(dry_run=True) for n, st in states.items()}
+            log.info("Contact-list plan (dry run, nothing sent):\n%s", summarise(results.values()))
+            return results
+        failures = []
+        for st in states.values():
+            try:
+                _send(st)
+            except Exception as exc:
+                st.status = "failed"
+                st.error = f"{type(exc).__name__}: {exc}"
+                failures.append(st.dest.name)
+                log.error("Sending to %s failed; its snapshot was not advanced: %s", st.dest.name, st.error)
+        results = {n: st.result(dry_run=False) for n, st in states.items()}
+        log.info("Contact-list sync:\n%s", summarise(results.values()))
+        if failures:
+            payload: dict[str, Any] = results[failures[0]] if len(states) == 1 else {"destinations": results}
+            raise SendError(f"sending failed for {', '.join(failures)}", result=payload)
+        return results
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_phase(
+    source: IdentifierSource,
+    groups: dict[NormalisationProfile, list[_DestState]],
+    spills: dict[NormalisationProfile, PartitionSpill],
+    batch_size: int,
+    workers: int,
+) -> None:
+    profiles = tuple(groups)
+    first = True
+    rows = 0
+    started = last_log = time.monotonic()
+    for batch, outputs in _iter_processed(source, profiles, batch_size, workers):
+        n = len(batch.values)
+        rows += n
+        for profile, out in zip(profiles, outputs, strict=True):
+            if first:
+                _check_wrong_type(profile, batch, out)
+            spills[profile].add(out.partitions, out.count)
+            for st in groups[profile]:
+                acc = st.acc
+                acc.rows += n
+                if out.invalid:
+                    # Reasons for all, redacted samples for the first few only.
+                    if len(acc.invalid_samples) >= 5:
+                        acc.invalid += len(out.invalid)
+                        acc.invalid_reasons.update(r for _, r in out.invalid)
+                    else:
+                        for i, reason in out.invalid:
+                            acc.record_invalid(reason, batch.values[i], batch.location(i))
+        first = False
+        now = time.monotonic()
+        if now - last_log >= _READ_PROGRESS_SECONDS:
+            log.info("Read %d rows from %s (%.0f rows/s)", rows, source.origin, rows / (now - started))
+            last_log = now
+
+
+def _check_after_read(states: dict[str, _DestState]) -> None:
+    for st in states.values():
+        opts, acc = st.dest.options, st.acc
+        if acc.rows == 0 and not opts.allow_empty:
+            raise EmptyInputError(
+                f"{st.dest.name}: the input has no rows; pass allow_empty=True to clear the list on purpose",
+                result=st.result(dry_run=False) if len(states) > 1 else None,
+            )
+        if acc.rows and acc.invalid_share > opts.max_invalid_share:
+            raise InvalidShareError(
+                f"{st.dest.name}: {acc.invalid} of {acc.rows} rows ({acc.invalid_share:.1%}) are invalid, "
+                f"more than the allowed {opts.max_invalid_share:.1%}; nothing was sent. "
+                f"Reasons: {dict(acc.invalid_reasons.most_common(5))}",
+                result=st.result(dry_run=False) if len(states) > 1 else None,
+            )
+
+
+def _open_out(path: Path) -> IO[str]:
+    return open(path, "w", encoding="utf-8", errors="surrogatepass", newline="\n")
+
+
+def _plan_phase(
+    groups: dict[NormalisationProfile, list[_DestState]],
+    spills: dict[NormalisationProfile, PartitionSpill],
+    tmp: Path,
+    max_partition_bytes: int,
+) -> None:
+    for gi, (profile, group) in enumerate(groups.items()):
+        spill = spills[profile]
+        readers: dict[str, SnapshotReader | None] = {}
+        handles: list[IO[str]] = []
+        outs: dict[str, tuple[IO[str], IO[str], IO[str]]] = {}
+        try:
+            for di, st in enumerate(group):
+                reader = None
+                store = st.dest.snapshot
+                if store is not None:
+                    reader, meta, fh = store.open(st.dest.rule)
+                    if fh is not None:
+                        handles.append(fh)
+                    if meta is not None:
+                        st.previous_count = int(meta.get("count", 0))
+                        st.previous_rule = meta.get("rule")
+                if st.dest.options.full_replace:
+                    reader = None
+                readers[st.dest.name] = reader
+                st.mode = INCREMENTAL if reader is not None else FULL_REPLACE
+                base = tmp / f"g{gi}d{di}"
+                st.adds_path, st.removes_path, st.snapshot_path = (
+                    base.with_suffix(".adds"),
+                    base.with_suffix(".removes"),
+                    base.with_suffix(".snapshot"),
+                )
+                outs[st.dest.name] = (_open_out(st.adds_path), _open_out(st.removes_path), _open_out(st.snapshot_path))
+                st.add_counter = ChunkCounter(st.dest.rule)
+                st.remove_counter = ChunkCounter(st.dest.rule)
+            for key in spill:
+                if spill.partition_bytes(key) <= max_partition_bytes:
+                    _diff_in_memory(key, spill.read(key), group, readers, outs)
+                else:
+                    _diff_streaming(key, spill, group, readers, outs, tmp)
+            for st in group:
+                reader = readers[st.dest.name]
+                if reader is not None:
+                    reader.finish()
+                st.acc.check()
+        finally:
+            for triple in outs.values():
+                for fh in triple:
+                    fh.close()
+            for fh in handles:
+                fh.close()
+
+
+def _write(fh: IO[str], values: list[str]) -> None:
+    if values:
+        fh.write("\n".join(values))
+        fh.write("\n")
+
+
+def _diff_in_memory(
+    key: str,
+    values: list[str],
+    group: list[_DestState],
+    readers: dict[str, SnapshotReader | None],
+    outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
+) -> None:
+    unique = set(values)
+    new_sorted = sorted(unique)
+    duplicates = len(values) - len(unique)
+    for st in group:
+        acc = st.acc
+        acc.duplicate += duplicates
+        acc.unique += len(unique)
+        adds_fh, removes_fh, snap_fh = outs[st.dest.name]
+        _write(snap_fh, new_sorted)
+        reader = readers[st.dest.name]
+        if reader is None:
+            adds, removes = new_sorted, []
+        else:
+            old = set(reader.iter_partition(key))
+            adds = sorted(unique - old) if old else new_sorted
+            removes = sorted(old - unique)
+        acc.added += len(adds)
+        acc.removed += len(removes)
+        acc.unchanged += len(unique) - len(adds)
+        _write(adds_fh, adds)
+        _write(removes_fh, removes)
+        assert st.add_counter is not None and st.remove_counter is not None
+        st.add_counter.feed(adds)
+        st.remove_counter.feed(removes)
+
+
+def _diff_streaming(
+    key: str,
+    spill: PartitionSpill,
+    group: list[_DestState],
+    readers: dict[str, SnapshotReader | None],
+    outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
+    tmp: Path,
+) -> None:
+    """Same as :func:`_diff_in_memory` for a partition too large for memory: external sort + merge."""
+    counted = CountingIterator(spill.iter_lines(key))
+    sorted_path = tmp / f"sorted-{key}.txt"
+    unique_count = 0
+    with _open_out(sorted_path) as fh:
+        for v in external_sorted_unique(counted, tmp):
+            fh.write(v)
+            fh.write("\n")
+            unique_count += 1
+    duplicates = counted.count - unique_count
+    for st in group:
+        acc = st.acc
+        acc.duplicate += duplicates
+        acc.unique += unique_count
+        adds_fh, removes_fh, snap_fh = outs[st.dest.name]
+        reader = readers[st.dest.name]
+        assert st.add_counter is not None and st.remove_counter is not None
+        with open(sorted_path, encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
+            new_iter = (line[:-1] for line in fh)
+            old_iter = reader.iter_partition(key) if reader is not None else iter(())
+            add_buf: list[str] = []
+            rem_buf: list[str] = []
+            snap_buf: list[str] = []
+            for sign, v in merge_diff(new_iter, old_iter):
+                if sign >= 0:
+                    snap_buf.append(v)
+                if sign > 0:
+                    add_buf.append(v)
+                elif sign < 0:
+                    rem_buf.append(v)
+                else:
+                    acc.unchanged += 1
+                if len(snap_buf) >= 50_000:
+                    _flush_stream(st, adds_fh, removes_fh, snap_fh, add_buf, rem_buf, snap_buf)
+                    add_buf, rem_buf, snap_buf = [], [], []
+            _flush_stream(st, adds_fh, removes_fh, snap_fh, add_buf, rem_buf, snap_buf)
+    sorted_path.unlink(missing_ok=True)
+
+
+def _flush_stream(
+    st: _DestState,
+    adds_fh: IO[str],
+    removes_fh: IO[str],
+    snap_fh: IO[str],
+    adds: list[str],
+    removes: list[str],
+    snap: list[str],
+) -> None:
+    assert st.add_counter is not None and st.remove_counter is not None
+    st.acc.added += len(adds)
+    st.acc.removed += len(removes)
+    _write(adds_fh, adds)
+    _write(removes_fh, removes)
+    _write(snap_fh, snap)
+    st.add_counter.feed(adds)
+    st.remove_counter.feed(removes)
+
+
+def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
+    """Guards that need the diff. In a dry run they are recorded in the plan instead of raised."""
+    first_error: ContactListError | None = None
+    for st in states.values():
+        opts, acc, rule = st.dest.options, st.acc, st.dest.rule
+        name = st.dest.name
+        checks: list[ContactListError] = []
+        if acc.unique == 0:
+            if opts.allow_empty:
+                st.mode = CLEAR
+            else:
+                checks.append(
+                    EmptyInputError(
+                        f"{name}: no valid identifier in {acc.rows} rows; pass allow_empty=True to clear the list"
+                    )
+                )
+        elif acc.unique < rule.min_entries and not opts.allow_below_minimum:
+            checks.append(
+                MinimumEntriesError(
+                    f"{name}: {acc.unique} identifiers, {rule.vendor} needs at least {rule.min_entries} "
+                    f"({rule.source}); pass allow_below_minimum=True to send anyway"
+                )
+            )
+        if st.mode == INCREMENTAL and acc.added == 0 and acc.removed == 0:
+            st.mode = NOOP
+        previous = st.previous_count or 0
+        if previous and not opts.allow_mass_removal:
+            # Full replace (rule changed, or forced): estimate from the old list's size.
+            going = acc.removed if st.mode in (INCREMENTAL, NOOP) else max(previous - acc.unique, 0)
+            emptying = acc.unique == 0
+            too_many = going > previous * opts.max_removal_share
+            if (emptying and not opts.allow_empty) or (too_many and not emptying):
+                checks.append(
+                    RemovalGuardError(
+                        f"{name}: the sync would remove {going} of {previous} identifiers "
+                        f"({going / previous:.1%}), more than the allowed {opts.max_removal_share:.0%}"
+                        f"{' (it would empty the list)' if emptying else ''}; nothing was sent. "
+                        "Pass allow_mass_removal=True (or raise max_removal_share) if this is intended."
+                    )
+                )
+        for err in checks:
+            st.blocked_by.append({"guard": type(err).__name__, "message": str(err)})
+        if checks:
+            st.status = "blocked"
+            if first_error is None:
+                first_error = checks[0]
+    if first_error is not None and not dry_run:
+        if len(states) == 1:
+            first_error.result = next(iter(states.values())).result(dry_run=False)
+        else:
+            first_error.result = {"destinations": {n: s.result(dry_run=False) for n, s in states.items()}}
+        raise first_error
+
+
+def _read_lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
+        for line in fh:
+            yield line[:-1]
+
+
+def _send(st: _DestState) -> None:
+    dest, acc = st.dest, st.acc
+    sender = dest.sender
+    assert sender is not None
+    assert st.adds_path is not None and st.removes_path is not None and st.snapshot_path is not None
+    assert st.add_counter is not None and st.remove_counter is not None
+    st.status = "sending"
+    total = st.add_counter.chunks + st.remove_counter.chunks
+    acc.chunks_total = total
+    label = f"{dest.name} ({dest.rule.key})"
+    progress = ProgressLogger(
+        label,
+        total,
+        acc.added + acc.removed,
+        every_chunks=dest.options.progress_every_chunks,
+        every_seconds=dest.options.progress_every_seconds,
+    )
+    index = 0
+    if st.mode == CLEAR:
+        sender.clear()
+    elif st.mode in (FULL_REPLACE, INCREMENTAL):
+        first_op = REPLACE if st.mode == FULL_REPLACE else ADD
+        for values in iter_chunk_lists(_read_lines(st.adds_path), dest.rule):
+            index += 1
+            op = first_op if index == 1 else ADD
+            chunk = Chunk(op, index, total, values, dest.rule)
+            res = sender.replace(chunk) if op == REPLACE else sender.add(chunk)
+            acc.sent_add += res.accepted
+            acc.vendor_rejected += res.rejected
+            acc.chunks_sent += 1
+            progress.update(len(values))
+        for values in iter_chunk_lists(_read_lines(st.removes_path), dest.rule):
+            index += 1
+            res = sender.remove(Chunk(REMOVE, index, total, values, dest.rule))
+            acc.sent_remove += res.accepted
+            acc.vendor_rejected += res.rejected
+            acc.chunks_sent += 1
+            progress.update(len(values))
+    if dest.snapshot is not None and st.mode != NOOP:
+        # Only now, with every chunk accepted, may the snapshot say these identifiers were sent.
+        dest.snapshot.commit(st.snapshot_path, rule=dest.rule, count=acc.unique)
+    st.status = "sent"

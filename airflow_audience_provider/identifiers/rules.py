@@ -1,0 +1,315 @@
+"""Vendor rules as data: how each vendor wants each identifier type normalised, hashed and chunked.
+
+A :class:`VendorRule` is a frozen, picklable value. The engine never branches on a vendor name: it
+reads the rule. Adding a vendor means registering rules with :func:`register_rule`.
+
+Rules are versioned (``version``). The version is written into every snapshot; when it changes,
+the stored hashes are no longer comparable, so the next sync is a full replace instead of a diff.
+Test vectors for every registered rule live in ``tests/identifiers/vectors/``.
+
+Sources of the rules are the project's vendor notes (``shared/vendors/criteo.md`` and
+``shared/vendors/yandex_audience.md``); each rule cites the section it follows in ``source``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class IdentifierType(StrEnum):
+    """Vendor-neutral identifier kinds the engine can normalise."""
+
+    EMAIL = "email"
+    PHONE = "phone"
+    #: Mobile advertising id (Apple IDFA or Google GAID), a UUID.
+    MAID = "maid"
+    #: Customer ids and other opaque ids (LiveRamp IdentityLink, Criteo GUM...): trimmed only.
+    CUSTOMER_ID = "customer_id"
+    #: Already SHA-256 hashed input (64 hex digits): validated and passed through.
+    SHA256 = "sha256"
+
+
+class HashAlgorithm(StrEnum):
+    """Hash applied to the normalised value. ``NONE`` sends the normalised value itself."""
+
+    SHA256 = "sha256"
+    MD5 = "md5"
+    NONE = "none"
+
+
+class PhoneFormat(StrEnum):
+    """How a phone number is written before hashing."""
+
+    #: ``+79995551111`` (E.164 with the plus sign).
+    E164 = "e164"
+    #: ``79995551111`` (E.164 digits, no plus, no spaces).
+    DIGITS = "digits"
+
+
+@dataclass(frozen=True)
+class NormalisationProfile:
+    """The part of a rule that decides the output value of one input string.
+
+    Two destinations with equal profiles get byte-identical outputs, so a source read once can
+    feed both (see :mod:`airflow_audience_provider.identifiers.fanout`).
+    """
+
+    identifier_type: IdentifierType
+    hash_algorithm: HashAlgorithm = HashAlgorithm.SHA256
+    phone_format: PhoneFormat = PhoneFormat.E164
+    #: ISO 3166 region used to read phone numbers written without a country code (e.g. ``"RU"``).
+    default_region: str | None = None
+    #: ``"lower"`` or ``"upper"``: case of a mobile advertising id before hashing.
+    maid_case: str = "lower"
+
+    @property
+    def hashed_output(self) -> bool:
+        """True when outputs are lower-case hex digests (uniformly distributed, fixed length)."""
+        return self.hash_algorithm is not HashAlgorithm.NONE or self.identifier_type is IdentifierType.SHA256
+
+    @property
+    def output_length(self) -> int | None:
+        """Fixed length of every output value, or None when outputs vary in length."""
+        if self.identifier_type is IdentifierType.SHA256:
+            return 64
+        if self.hash_algorithm is HashAlgorithm.SHA256:
+            return 64
+        if self.hash_algorithm is HashAlgorithm.MD5:
+            return 32
+        return None
+
+
+@dataclass(frozen=True)
+class VendorRule:
+    """One vendor's versioned rule for one identifier type.
+
+    :param vendor: vendor key, e.g. ``"criteo"``.
+    :param identifier_type: the vendor-neutral identifier kind.
+    :param version: rule version; bump it whenever an output value could change.
+    :param profile: normalisation and hashing (see :class:`NormalisationProfile`).
+    :param vendor_identifier_type: the name the vendor API uses for this type (e.g. ``"Email"``).
+    :param max_ids_per_chunk: most identifiers in one request or file; None = no count limit.
+    :param max_bytes_per_chunk: most bytes in one request body or file; None = no size limit.
+    :param bytes_per_row_overhead: bytes a row costs besides the value (newline, quotes, comma).
+    :param header: bytes a file chunk starts with (a CSV header row), counted in the size limit.
+    :param min_entries: fewest identifiers the vendor accepts for a list.
+    :param source: where the rule comes from (note file and section).
+    """
+
+    vendor: str
+    identifier_type: IdentifierType
+    version: str
+    profile: NormalisationProfile
+    vendor_identifier_type: str
+    max_ids_per_chunk: int | None = None
+    max_bytes_per_chunk: int | None = None
+    bytes_per_row_overhead: int = 1
+    header: str = ""
+    min_entries: int = 1
+    source: str = ""
+
+    @property
+    def key(self) -> str:
+        """Stable text key, e.g. ``"criteo/email@1"``."""
+        return f"{self.vendor}/{self.identifier_type.value}@{self.version}"
+
+    def with_options(self, **changes: object) -> VendorRule:
+        """Return a copy with rule or profile fields changed, and a version that says so.
+
+        Profile fields (``hash_algorithm``, ``phone_format``, ``default_region``, ``maid_case``) may be
+        given directly. The version gets a ``+custom`` suffix listing the changes, so a snapshot made
+        with the stock rule is not diffed against outputs of a customised one.
+
+        :param changes: field names of :class:`VendorRule` or :class:`NormalisationProfile`.
+        """
+        profile_fields = {f.name for f in dataclasses.fields(NormalisationProfile)}
+        profile_changes = {k: v for k, v in changes.items() if k in profile_fields}
+        rule_changes = {k: v for k, v in changes.items() if k not in profile_fields}
+        if "version" not in rule_changes and changes:
+            suffix = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+            rule_changes["version"] = f"{self.version}+custom({suffix})"
+        profile = dataclasses.replace(self.profile, **profile_changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self, profile=profile, **rule_changes)  # type: ignore[arg-type]
+
+
+_RULES: dict[tuple[str, IdentifierType], VendorRule] = {}
+
+
+def register_rule(rule: VendorRule, *, replace: bool = False) -> VendorRule:
+    """Add a rule to the registry.
+
+    :param rule: the rule.
+    :param replace: allow overwriting an existing (vendor, identifier type) rule.
+    :raises ValueError: if the rule exists and ``replace`` is false.
+    """
+    key = (rule.vendor, rule.identifier_type)
+    if key in _RULES and not replace:
+        raise ValueError(f"a rule for {rule.vendor}/{rule.identifier_type.value} is already registered")
+    _RULES[key] = rule
+    return rule
+
+
+def get_rule(vendor: str, identifier_type: IdentifierType | str) -> VendorRule:
+    """Look up the rule for a vendor and identifier type.
+
+    :raises KeyError: naming the identifier types the vendor supports.
+    """
+    id_type = IdentifierType(identifier_type)
+    try:
+        return _RULES[(vendor, id_type)]
+    except KeyError:
+        known = sorted(t.value for (v, t) in _RULES if v == vendor)
+        raise KeyError(
+            f"no rule for vendor {vendor!r} and identifier type {id_type.value!r}; "
+            f"supported: {known or 'none (unknown vendor)'}"
+        ) from None
+
+
+def list_rules() -> list[VendorRule]:
+    """All registered rules, sorted by vendor and identifier type."""
+    return sorted(_RULES.values(), key=lambda r: (r.vendor, r.identifier_type.value))
+
+
+# --------------------------------------------------------------------------------------------
+# Criteo (shared/vendors/criteo.md)
+# --------------------------------------------------------------------------------------------
+# §5.7 "Add / remove identifiers" and §7 "Limits summary": at most 50,000 identifiers per
+# add-remove request. §5.7 "Hashing / normalisation": the safe default is trim, lower-case,
+# SHA-256, lower-case hex (64 chars). Identifier type names: §5.7 (Retail Media, PascalCase).
+_CRITEO_CHUNK = 50_000
+_CRITEO_SRC = "shared/vendors/criteo.md §5.7 (add/remove, hashing), §7 (limits)"
+
+register_rule(
+    VendorRule(
+        vendor="criteo",
+        identifier_type=IdentifierType.EMAIL,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.EMAIL, HashAlgorithm.SHA256),
+        vendor_identifier_type="Email",
+        max_ids_per_chunk=_CRITEO_CHUNK,
+        source=_CRITEO_SRC,
+    )
+)
+# Phone: §11 lists the phone format as unverified ("E.164?"). Assumption: E.164 with the plus
+# sign, SHA-256 hashed like e-mail (the issue's rule: hash locally). Change with
+# ``rule.with_options(phone_format=PhoneFormat.DIGITS)`` once Criteo confirms otherwise.
+register_rule(
+    VendorRule(
+        vendor="criteo",
+        identifier_type=IdentifierType.PHONE,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.PHONE, HashAlgorithm.SHA256, PhoneFormat.E164),
+        vendor_identifier_type="PhoneNumber",
+        max_ids_per_chunk=_CRITEO_CHUNK,
+        source=_CRITEO_SRC + "; phone format unverified (§11), E.164 assumed",
+    )
+)
+# Mobile advertising ids: §8 ``madid``. Whether Criteo matches hashed MAIDs is not documented
+# (unverified); we hash by default because identifiers must not leave the process in clear text
+# unless the task asks for it: ``rule.with_options(hash_algorithm=HashAlgorithm.NONE)``.
+register_rule(
+    VendorRule(
+        vendor="criteo",
+        identifier_type=IdentifierType.MAID,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.MAID, HashAlgorithm.SHA256),
+        vendor_identifier_type="madid",
+        max_ids_per_chunk=_CRITEO_CHUNK,
+        source=_CRITEO_SRC + "; §8 madid; hashing of MAIDs unverified",
+    )
+)
+# Customer ids: §5.1 ``CustomerId`` is the retailer's own id, matched against the retailer's
+# records, so it is sent as given (trimmed): hashing it would make it unmatchable.
+register_rule(
+    VendorRule(
+        vendor="criteo",
+        identifier_type=IdentifierType.CUSTOMER_ID,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.CUSTOMER_ID, HashAlgorithm.NONE),
+        vendor_identifier_type="CustomerId",
+        max_ids_per_chunk=_CRITEO_CHUNK,
+        source=_CRITEO_SRC + "; §5.1 CustomerId (retailer id, not hashed)",
+    )
+)
+register_rule(
+    VendorRule(
+        vendor="criteo",
+        identifier_type=IdentifierType.SHA256,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.SHA256, HashAlgorithm.NONE),
+        vendor_identifier_type="Email",
+        max_ids_per_chunk=_CRITEO_CHUNK,
+        source=_CRITEO_SRC + "; pre-hashed SHA-256 e-mails",
+    )
+)
+
+# --------------------------------------------------------------------------------------------
+# Yandex.Audience (shared/vendors/yandex_audience.md)
+# --------------------------------------------------------------------------------------------
+# §5.3 and pitfall §10.4: MD5 uploads are refused since January 2025 -> SHA-256 only.
+# §6.2: file at most 1 GB, at least 100 entries. §6.3 CRM: CSV with a header row; phone as
+# digits with country code and no plus; e-mail lower-case; each cell hashed separately.
+# Chunks are files (modify_data addition/subtraction/replace, §6.4): no per-file count limit,
+# only the size limit. We keep 1 MiB of headroom under 1 GB for the multipart envelope.
+_YANDEX_MAX_BYTES = 1_000_000_000 - 1_048_576
+_YANDEX_SRC = "shared/vendors/yandex_audience.md §5.3, §6.2, §6.3, §10.4"
+
+register_rule(
+    VendorRule(
+        vendor="yandex_audience",
+        identifier_type=IdentifierType.EMAIL,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.EMAIL, HashAlgorithm.SHA256),
+        vendor_identifier_type="email",
+        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
+        header="email\n",
+        min_entries=100,
+        source=_YANDEX_SRC,
+    )
+)
+register_rule(
+    VendorRule(
+        vendor="yandex_audience",
+        identifier_type=IdentifierType.PHONE,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.PHONE, HashAlgorithm.SHA256, PhoneFormat.DIGITS),
+        vendor_identifier_type="phone",
+        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
+        header="phone\n",
+        min_entries=100,
+        source=_YANDEX_SRC,
+    )
+)
+# §6.3 "Device IDs": GAID is written lower-case, IDFA upper-case, each id hashed on its own.
+# A UUID does not say whether it is an IDFA or a GAID, so the stock rule uses the lower-case
+# (GAID) form; for IDFA lists use ``rule.with_options(maid_case="upper")``. Files of device ids
+# have no header (plain list, ``upload_file``).
+register_rule(
+    VendorRule(
+        vendor="yandex_audience",
+        identifier_type=IdentifierType.MAID,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.MAID, HashAlgorithm.SHA256, maid_case="lower"),
+        vendor_identifier_type="idfa_gaid",
+        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
+        min_entries=100,
+        source=_YANDEX_SRC + "; §6.3 device ids (GAID lower-case assumed)",
+    )
+)
+register_rule(
+    VendorRule(
+        vendor="yandex_audience",
+        identifier_type=IdentifierType.SHA256,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.SHA256, HashAlgorithm.NONE),
+        vendor_identifier_type="email",
+        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
+        header="email\n",
+        min_entries=100,
+        source=_YANDEX_SRC + "; pre-hashed SHA-256 e-mails",
+    )
+)
+# No Yandex customer_id rule on purpose: §6.3 says every CRM row must carry a phone or an
+# e-mail; a file of external ids alone is not a valid CRM upload.

@@ -1,0 +1,301 @@
+"""Snapshots of what was last sent to a destination, for incremental sync.
+
+A snapshot is a text file: one header line, then one output value (hash) per line in the
+engine's order (partition key, then value; for hashed rules that is plain sorted order)::
+
+    #aap-snapshot {"format": 1, "rule": "criteo/email@1", "hashed": true, "count": 3, ...}
+    0a1b...
+    5f0c...
+    e3b0...
+
+It lives at ``<base>/<vendor>/<destination key>/snapshot.txt``. The base is a local path or any
+``ObjectStoragePath`` URL; by default ``[audience] snapshot_base_path`` from the Airflow config or
+``$AIRFLOW_HOME/audience_snapshots``.
+
+Writes are atomic: locally a temporary file in the same directory is renamed over the old one;
+on object storage the whole file is one object written in a single upload, which readers see
+either complete or not at all. The engine writes a snapshot only after the destination accepted
+every chunk, so a failed run never records identifiers that were not sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from airflow_audience_provider.identifiers.errors import SnapshotError
+from airflow_audience_provider.identifiers.hashing import partition_of
+from airflow_audience_provider.identifiers.rules import VendorRule
+
+log = logging.getLogger(__name__)
+
+HEADER_PREFIX = "#aap-snapshot "
+FORMAT_VERSION = 1
+_READ_BYTES = 1 << 20
+_SAFE_KEY = re.compile(r"[A-Za-z0-9._-]{1,80}")
+
+
+def default_snapshot_base() -> str:
+    """``[audience] snapshot_base_path`` if configured, else ``$AIRFLOW_HOME/audience_snapshots``."""
+    configured = os.environ.get("AIRFLOW__AUDIENCE__SNAPSHOT_BASE_PATH")
+    if not configured:
+        try:
+            from airflow.configuration import conf  # lazy: importing Airflow is slow
+
+            configured = conf.get("audience", "snapshot_base_path", fallback=None)
+        except Exception:  # pragma: no cover - Airflow missing or misconfigured: use the default
+            configured = None
+    if configured:
+        return configured
+    home = os.environ.get("AIRFLOW_HOME") or os.path.join(os.path.expanduser("~"), "airflow")
+    return os.path.join(home, "audience_snapshots")
+
+
+def safe_key(text: str) -> str:
+    """A path-safe form of a destination key; unsafe keys get a short digest to stay unique."""
+    if _SAFE_KEY.fullmatch(text) and text not in (".", ".."):
+        return text
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60].strip("._") or "key"
+    return f"{cleaned}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _is_remote(location: object) -> bool:
+    """True for object-storage locations; local paths and ``file://`` use plain file I/O."""
+    if isinstance(location, str):
+        return "://" in location and not location.startswith("file://")
+    if isinstance(location, Path):
+        return False
+    return getattr(location, "protocol", "") not in ("", "file", "local")
+
+
+class SnapshotReader:
+    """Reads a snapshot's values partition by partition, checking their order as it goes.
+
+    :param fh: text stream positioned after the header line.
+    :param hashed: values are hex digests (order = sorted order).
+    :param origin: path for messages.
+    :param expected_count: count from the header; a mismatch at the end means truncation.
+    """
+
+    def __init__(self, fh: IO[str], *, hashed: bool, origin: str, expected_count: int | None) -> None:
+        self._fh = fh
+        self._hashed = hashed
+        self._origin = origin
+        self._expected = expected_count
+        self._buf: list[str] = []
+        self._pos = 0
+        self._carry = ""
+        self._eof = False
+        self._last: tuple[str, str] | None = None
+        self.count = 0
+
+    def _fill(self) -> bool:
+        """Load the next block of lines; False at end of file."""
+        while not self._eof:
+            data = self._fh.read(_READ_BYTES)
+            if not data:
+                self._eof = True
+                lines = [self._carry] if self._carry else []
+                self._carry = ""
+            else:
+                data = self._carry + data
+                cut = data.rfind("\n")
+                if cut < 0:
+                    self._carry = data
+                    continue
+                lines, self._carry = data[:cut].split("\n"), data[cut + 1 :]
+            if not lines:
+                continue
+            self._check_order(lines)
+            self._buf, self._pos = lines, 0
+            self.count += len(lines)
+            return True
+        return False
+
+    def _check_order(self, lines: list[str]) -> None:
+        keyed = [(partition_of(v, self._hashed), v) for v in lines] if not self._hashed else None
+        if self._hashed:
+            ordered = all(a < b for a, b in itertools.pairwise(lines))
+            first: tuple[str, str] = (lines[0][:2], lines[0])
+            last: tuple[str, str] = (lines[-1][:2], lines[-1])
+        else:
+            assert keyed is not None
+            ordered = all(a < b for a, b in itertools.pairwise(keyed))
+            first, last = keyed[0], keyed[-1]
+        if not ordered or (self._last is not None and not self._last < first) or not all(lines):
+            raise SnapshotError(
+                f"snapshot {self._origin} is not in sorted order or has blank lines; delete it to force a full replace"
+            )
+        self._last = last
+
+    def iter_partition(self, key: str) -> Iterator[str]:
+        """Yield the values of one partition. Partitions must be asked for in key order."""
+        while True:
+            if self._pos >= len(self._buf) and not self._fill():
+                return
+            buf = self._buf
+            if self._hashed:
+                if buf[self._pos][:2] < key:
+                    raise SnapshotError(f"snapshot {self._origin} has a value outside the partition order")
+                end = bisect_left(buf, key + "\U0010ffff", self._pos)
+                yield from buf[self._pos : end]
+                self._pos = end
+                if end < len(buf):
+                    return
+            else:
+                while self._pos < len(buf):
+                    k = partition_of(buf[self._pos], False)
+                    if k == key:
+                        yield buf[self._pos]
+                        self._pos += 1
+                    elif k > key:
+                        return
+                    else:
+                        raise SnapshotError(f"snapshot {self._origin} has a value outside the partition order")
+
+    def finish(self) -> int:
+        """Check nothing is left over and the count matches the header; return the count."""
+        if self._pos < len(self._buf) or self._fill():
+            raise SnapshotError(f"snapshot {self._origin} has values that belong to no partition")
+        if self._expected is not None and self._expected != self.count:
+            raise SnapshotError(
+                f"snapshot {self._origin} is truncated: header says {self._expected} values, found {self.count}"
+            )
+        return self.count
+
+
+class SnapshotStore:
+    """Where one destination's snapshot lives.
+
+    :param vendor: vendor key (first path level).
+    :param destination_key: e.g. the segment id; made path-safe.
+    :param base: local path, URL (``s3://bucket/prefix``) or ObjectStoragePath; None for the default.
+    """
+
+    FILE_NAME = "snapshot.txt"
+
+    def __init__(self, vendor: str, destination_key: str, base: Any = None) -> None:
+        self.vendor = vendor
+        self.destination_key = destination_key
+        self.base = base if base is not None else default_snapshot_base()
+        self._remote = _is_remote(self.base)
+
+    @property
+    def location(self) -> Any:
+        """The snapshot's full location (``Path`` locally, ``ObjectStoragePath`` otherwise)."""
+        parts = (safe_key(self.vendor), safe_key(self.destination_key), self.FILE_NAME)
+        if self._remote:
+            base = self.base
+            if isinstance(base, str):
+                from airflow.sdk import ObjectStoragePath  # lazy: only for object storage
+
+                base = ObjectStoragePath(base)
+            return base.joinpath(*parts)
+        base_str = str(self.base)
+        if base_str.startswith("file://"):
+            base_str = base_str[len("file://") :]
+        return Path(base_str).joinpath(*parts)
+
+    def describe(self) -> str:
+        """The location as text (for XCom and logs)."""
+        return str(self.location)
+
+    def read_header(self) -> dict[str, Any] | None:
+        """The header of the stored snapshot, or None if there is none."""
+        loc = self.location
+        if not loc.exists():
+            return None
+        with loc.open("r", encoding="utf-8") as fh:
+            return self._parse_header(fh.readline())
+
+    def _parse_header(self, line: str) -> dict[str, Any]:
+        if not line.startswith(HEADER_PREFIX):
+            raise SnapshotError(f"{self.describe()} is not a snapshot (no header); delete it to force a full replace")
+        try:
+            meta = json.loads(line[len(HEADER_PREFIX) :])
+        except json.JSONDecodeError:
+            raise SnapshotError(f"{self.describe()} has a corrupt header; delete it to force a full replace") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise SnapshotError(f"{self.describe()} has unknown snapshot format {meta.get('format')!r}")
+        return dict(meta)
+
+    def open(self, rule: VendorRule) -> tuple[SnapshotReader | None, dict[str, Any] | None, IO[str] | None]:
+        """Open the snapshot for a diff.
+
+        :returns: ``(reader, header, handle)``. ``reader`` is None when there is no snapshot or it
+            was made with another rule version (then the header is still returned, so the caller
+            can use its count for the removal guard). The caller closes ``handle``.
+        """
+        loc = self.location
+        if not loc.exists():
+            return None, None, None
+        fh = loc.open("r", encoding="utf-8", errors="surrogatepass", newline="\n")
+        try:
+            meta = self._parse_header(fh.readline())
+        except BaseException:
+            fh.close()
+            raise
+        if meta.get("rule") != rule.key:
+            log.warning(
+                "Snapshot %s was made with rule %s, this run uses %s: its hashes are not comparable, "
+                "so this run is a full replace.",
+                self.describe(),
+                meta.get("rule"),
+                rule.key,
+            )
+            fh.close()
+            return None, meta, None
+        reader = SnapshotReader(
+            fh, hashed=bool(meta.get("hashed")), origin=self.describe(), expected_count=meta.get("count")
+        )
+        return reader, meta, fh
+
+    def commit(self, data_path: Path, *, rule: VendorRule, count: int) -> None:
+        """Store ``data_path`` (ordered values, one per line) as the new snapshot, atomically."""
+        meta = {
+            "format": FORMAT_VERSION,
+            "rule": rule.key,
+            "vendor": rule.vendor,
+            "identifier_type": rule.identifier_type.value,
+            "hashed": rule.profile.hashed_output,
+            "count": count,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        header = HEADER_PREFIX + json.dumps(meta, sort_keys=True) + "\n"
+        loc = self.location
+        if self._remote:
+            # One object, one upload: readers never see a half-written snapshot.
+            with loc.open("wb") as out, open(data_path, "rb") as src:
+                out.write(header.encode())
+                shutil.copyfileobj(src, out, 1 << 20)
+            return
+        loc.parent.mkdir(parents=True, exist_ok=True)
+        tmp = loc.with_name(f".{loc.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as out, open(data_path, "rb") as src:
+                out.write(header.encode())
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, loc)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read_values(self) -> list[str]:
+        """All values of the snapshot (tests and small lists only)."""
+        loc = self.location
+        if not loc.exists():
+            return []
+        with loc.open("r", encoding="utf-8") as fh:
+            self._parse_header(fh.readline())
+            return [line.rstrip("\n") for line in fh if line.strip()]
