@@ -15,6 +15,10 @@ Behaviour worth knowing when writing clients (see ``../shared/vendors/lytics.md`
 * Update with a ``segment_ql`` that has no ``FROM`` resets the table to ``user``; for a non-user
   segment the update then creates a *new* segment (new id) and still answers 200 (pitfall 2).
   Update with a ``segment_ql`` whose ``ALIAS`` differs and no ``slug_name`` renames the slug.
+* ``GET /v2/segment/{id}``, ``/ancestors``, ``/jobs`` and reevaluate accept an id or a slug;
+  ``PUT`` and ``DELETE`` need the 32-hex id. ``DELETE /v2/segment/a,b`` (comma-separated) answers
+  ``models.SegmentDeleteResp``; a single id answers ``{"id", "deleted": true}``, or 400 when
+  another segment ``INCLUDE``s it (the batch form reports that in ``segments[].reason``).
 * The list hides invalid segments unless ``valid=false|all``; a segment is invalid while an
   ``INCLUDE`` names no existing segment.
 * Reevaluation (the completion signal of this provider)::
@@ -216,11 +220,11 @@ class LyticsFake(VendorFake):
                 if segment_id is None or job["segment_id"] == segment_id
             ]
 
-    def add_export_job(self, segment_id: str, status: str = "sleeping", *, _at: float | None = None) -> dict:
+    def add_export_job(self, segment_id: str, status: str = "sleeping", *, _at: float | None = None) -> dict[str, Any]:
         """Add an unrelated, older export job on a segment (clients must ignore it when waiting)."""
         with self.lock:
             created = _at if _at is not None else self.now() - 3600
-            job = {
+            job: dict[str, Any] = {
                 "id": _stable_id(f"export:{segment_id}:{len(self._jobs)}") if _at else new_hex_id(),
                 "name": f"export_{segment_id[:8]}",
                 "workflow": "export",
@@ -387,7 +391,7 @@ class LyticsFake(VendorFake):
                     f"of type {wanted}",
                     "JSON-BADREQ-025",
                 )
-            if key in ("tags", "groups") and not all(isinstance(item, str) for item in value):
+            if isinstance(value, list) and not all(isinstance(item, str) for item in value):
                 raise ApiError(400, f"{key} must be a list of strings", "JSON-BADREQ-025")
             clean[key] = value
         if "table" in clean and clean["table"] not in TABLES:
@@ -797,7 +801,7 @@ class LyticsFake(VendorFake):
             raise ApiError(400, "description must be a string", "JSON-BADREQ-025")
         with self.lock:
             now = rfc3339(self.now())
-            group = {
+            group: dict[str, Any] = {
                 "id": new_hex_id(),
                 "aid": self.aid,
                 "account_id": self.account_id,
