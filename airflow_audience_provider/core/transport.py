@@ -258,12 +258,13 @@ class Transport:
                     timeout=(timeouts or self.timeouts).as_requests(),
                 )
             except requests.RequestException as exc:
+                ambiguous = not idempotent and _reached_server(exc)
                 error = AudienceTransportError(
                     f"{label} failed: {type(exc).__name__}"
-                    + ("" if idempotent else "; the vendor may have applied it, read back before resending"),
+                    + ("; the vendor may have applied it, read back before resending" if ambiguous else ""),
                     vendor=self.profile.name,
                 )
-                if idempotent or not _reached_server(exc):
+                if not ambiguous:
                     raise _RetryableAttempt(error) from exc
                 raise error from exc
             status = response.status_code

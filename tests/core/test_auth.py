@@ -1,0 +1,115 @@
+"""Auth strategies: static token headers and OAuth2 client credentials; secrets reach the masker."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from airflow.sdk.log import redact
+
+from airflow_audience_provider.core.auth import OAuth2ClientCredentials, TokenHeaderAuth, mask_secret
+from airflow_audience_provider.core.errors import AudienceAuthenticationError
+
+
+def prepared(auth) -> requests.PreparedRequest:
+    return auth(requests.Request("GET", "https://vendor.example/x").prepare())
+
+
+@pytest.mark.parametrize(
+    ("scheme", "expected"),
+    [(None, "raw-token-12345"), ("OAuth", "OAuth raw-token-12345"), ("Bearer", "Bearer raw-token-12345")],
+)
+def test_token_header_styles(scheme, expected):
+    assert prepared(TokenHeaderAuth("raw-token-12345", scheme=scheme)).headers["Authorization"] == expected
+
+
+def test_token_header_custom_header_and_repr_without_token():
+    auth = TokenHeaderAuth("raw-token-67890", header="X-Api-Key")
+    assert prepared(auth).headers["X-Api-Key"] == "raw-token-67890"
+    assert "raw-token-67890" not in repr(auth)
+
+
+def test_static_token_is_masked():
+    TokenHeaderAuth("static-token-for-masking-1")
+    assert redact("sent static-token-for-masking-1 to the vendor") == "sent *** to the vendor"
+
+
+def test_mask_secret_ignores_empty_values():
+    mask_secret("")  # must not raise, nor mask everything
+    assert redact("nothing to hide") == "nothing to hide"
+
+
+class TokenEndpoint:
+    """A counting stand-in for the token POST."""
+
+    def __init__(self, expires_in: float | None = 100.0) -> None:
+        self.calls: list[tuple[str, dict[str, str]]] = []
+        self.expires_in = expires_in
+
+    def __call__(self, url: str, form: dict[str, str]) -> dict:
+        self.calls.append((url, form))
+        answer = {"access_token": f"minted-access-token-{len(self.calls):03d}", "token_type": "Bearer"}
+        if self.expires_in is not None:
+            answer["expires_in"] = self.expires_in
+        return answer
+
+
+def oauth(clock, endpoint, refresh_margin=10.0) -> OAuth2ClientCredentials:
+    return OAuth2ClientCredentials(
+        "https://vendor.example/oauth2/token",
+        "client-id-1",
+        "client-secret-abcdef",
+        endpoint,
+        refresh_margin=refresh_margin,
+        clock=clock,
+    )
+
+
+def test_token_is_fetched_lazily_and_cached(clock):
+    endpoint = TokenEndpoint()
+    auth = oauth(clock, endpoint)
+    assert endpoint.calls == []
+    assert auth.token() == "minted-access-token-001"
+    assert auth.token() == "minted-access-token-001"
+    assert prepared(auth).headers["Authorization"] == "Bearer minted-access-token-001"
+    assert len(endpoint.calls) == 1
+    url, form = endpoint.calls[0]
+    assert url == "https://vendor.example/oauth2/token"
+    assert form == {
+        "grant_type": "client_credentials",
+        "client_id": "client-id-1",
+        "client_secret": "client-secret-abcdef",
+    }
+
+
+def test_token_is_refreshed_refresh_margin_before_expiry(clock):
+    endpoint = TokenEndpoint(expires_in=100)
+    auth = oauth(clock, endpoint, refresh_margin=10)
+    auth.token()
+    clock.advance(89.9)
+    assert auth.token() == "minted-access-token-001"  # still more than the margin left
+    clock.advance(0.1)
+    assert auth.token() == "minted-access-token-002"  # 10 s before expiry: refreshed
+    assert auth.tokens_minted == 2
+
+
+def test_invalidate_forgets_the_token(clock):
+    endpoint = TokenEndpoint()
+    auth = oauth(clock, endpoint)
+    auth.token()
+    auth.invalidate()
+    assert auth.token() == "minted-access-token-002"
+    assert len(endpoint.calls) == 2
+
+
+def test_answer_without_access_token_is_an_authentication_error(clock):
+    auth = oauth(clock, lambda url, form: {"error": "invalid_client"})
+    with pytest.raises(AudienceAuthenticationError, match="without an access_token"):
+        auth.token()
+
+
+def test_minted_tokens_and_client_secret_are_masked(clock):
+    auth = oauth(clock, TokenEndpoint())
+    token = auth.token()
+    line = f"Authorization: Bearer {token}; secret client-secret-abcdef"
+    assert redact(line) == "Authorization: Bearer ***; secret ***"
+    assert "client-secret-abcdef" not in repr(auth)
