@@ -29,7 +29,7 @@ from airflow_audience_provider.identifiers.chunking import (
     Chunk,
     ChunkCounter,
     ProgressLogger,
-    iter_chunk_lists,
+    iter_chunk_lists_from_file,
 )
 from airflow_audience_provider.identifiers.errors import (
     ContactListError,
@@ -324,7 +324,7 @@ def _plan_phase(
                 outs[st.dest.name] = (_open_out(st.adds_path), _open_out(st.removes_path), _open_out(st.snapshot_path))
                 st.add_counter = ChunkCounter(st.dest.rule)
                 st.remove_counter = ChunkCounter(st.dest.rule)
-            for key in spill:
+            for key in spill.partition_keys():
                 if spill.partition_bytes(key) <= max_partition_bytes:
                     _diff_in_memory(key, spill.read(key), group, readers, outs)
                 else:
@@ -366,11 +366,13 @@ def _diff_in_memory(
         _write(snap_fh, new_sorted)
         reader = readers[st.dest.name]
         if reader is None:
-            adds, removes = new_sorted, []
-        else:
-            old = set(reader.iter_partition(key))
-            adds = sorted(unique - old) if old else new_sorted
-            removes = sorted(old - unique)
+            # Full replace: the additions are the new snapshot; _send reads that file instead.
+            acc.added += len(unique)
+            st.add_counter.feed(new_sorted)  # type: ignore[union-attr]
+            continue
+        old = set(reader.iter_partition(key))
+        adds = sorted(unique - old) if old else new_sorted
+        removes = sorted(old - unique)
         acc.added += len(adds)
         acc.removed += len(removes)
         acc.unchanged += len(unique) - len(adds)
@@ -501,12 +503,6 @@ def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
         raise first_error
 
 
-def _read_lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
-        for line in fh:
-            yield line[:-1]
-
-
 def _send(st: _DestState) -> None:
     dest, acc = st.dest, st.acc
     sender = dest.sender
@@ -525,11 +521,13 @@ def _send(st: _DestState) -> None:
         every_seconds=dest.options.progress_every_seconds,
     )
     index = 0
+    # A full replace sends the whole new list: that is the new snapshot file.
+    adds_path = st.snapshot_path if st.mode == FULL_REPLACE else st.adds_path
     if st.mode == CLEAR:
         sender.clear()
     elif st.mode in (FULL_REPLACE, INCREMENTAL):
         first_op = REPLACE if st.mode == FULL_REPLACE else ADD
-        for values in iter_chunk_lists(_read_lines(st.adds_path), dest.rule):
+        for values in iter_chunk_lists_from_file(adds_path, dest.rule):
             index += 1
             op = first_op if index == 1 else ADD
             chunk = Chunk(op, index, total, values, dest.rule)
@@ -538,7 +536,7 @@ def _send(st: _DestState) -> None:
             acc.vendor_rejected += res.rejected
             acc.chunks_sent += 1
             progress.update(len(values))
-        for values in iter_chunk_lists(_read_lines(st.removes_path), dest.rule):
+        for values in iter_chunk_lists_from_file(st.removes_path, dest.rule):
             index += 1
             res = sender.remove(Chunk(REMOVE, index, total, values, dest.rule))
             acc.sent_remove += res.accepted

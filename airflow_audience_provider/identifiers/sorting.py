@@ -103,7 +103,7 @@ class PartitionSpill:
         for text in self._buffers.get(key, ()):
             yield from text.split("\n")
 
-    def keys(self) -> tuple[str, ...]:
+    def partition_keys(self) -> tuple[str, ...]:
         """Partition keys in order (all 256; empty ones read as empty)."""
         return PARTITION_KEYS
 

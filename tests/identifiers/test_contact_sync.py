@@ -1,0 +1,406 @@
+"""Sync engine: accounting, guards, dry run, incremental sync across runs, snapshots, fan-out."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import emails, normalised_emails, sha
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_audience_provider.identifiers import (
+    Destination,
+    SyncOptions,
+    get_rule,
+    plan_contact_list_sync,
+    sync_contact_list,
+)
+from airflow_audience_provider.identifiers.errors import (
+    EmptyInputError,
+    InvalidShareError,
+    MinimumEntriesError,
+    RemovalGuardError,
+    SendError,
+    SnapshotError,
+    WrongIdentifierTypeError,
+)
+from airflow_audience_provider.identifiers.fanout import run_destinations
+from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_email
+from airflow_audience_provider.identifiers.rules import HashAlgorithm
+from airflow_audience_provider.identifiers.snapshot import SnapshotStore
+from airflow_audience_provider.identifiers.sources import IterableSource, RawBatch
+from airflow_audience_provider.identifiers.sync import plan_allows, snapshot_for
+from airflow_audience_provider.identifiers.testing import RecordingSender
+
+CRITEO = get_rule("criteo", "email")
+SMALL_CHUNKS = CRITEO.with_options(max_ids_per_chunk=10)
+
+
+def run(values: list[str], sender: RecordingSender | None, base: Path, **kw: Any) -> dict[str, Any]:
+    rule = kw.pop("rule", SMALL_CHUNKS)
+    if sender is None:
+        return plan_contact_list_sync(values, rule, destination_key="seg-1", snapshot_base=base, **kw)
+    return sync_contact_list(values, rule, sender, destination_key="seg-1", snapshot_base=base, **kw)
+
+
+def stored(base: Path, rule: Any = SMALL_CHUNKS, key: str = "seg-1") -> list[str]:
+    return SnapshotStore(rule.vendor, key, base).read_values()
+
+
+# ---- accounting -------------------------------------------------------------------------------
+
+row = st.one_of(
+    st.integers(min_value=0, max_value=40).map(lambda i: f" User{i}@Example.com"),  # valid, often repeated
+    st.integers(min_value=0, max_value=40).map(lambda i: f"user{i}@EXAMPLE.COM  "),  # same after normalising
+    st.sampled_from(["", "nope", "a@b", "x@@y.com", "   "]),  # invalid
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(values=st.lists(row, min_size=1, max_size=120))
+def test_every_row_ends_in_exactly_one_bucket(values: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tmp_path_factory.mktemp("snap")
+    sender = RecordingSender()
+    opts = SyncOptions(max_invalid_share=1.0, allow_empty=True)
+    result = run(values, sender, base, options=opts)
+    c = result["counts"]
+    assert c["unique"] + c["invalid"] + c["duplicate"] == c["rows"] == len(values)
+    expected = set()
+    for v in values:
+        with contextlib.suppress(InvalidIdentifier):
+            expected.add(sha(normalise_email(v)))
+    assert c["unique"] == len(expected)
+    assert sender.members == expected
+    assert c["sent_add"] == len(expected) == c["added"]
+    assert sum(c["invalid_reasons"].values()) == c["invalid"]
+    assert stored(base) == sorted(expected)
+
+
+def test_result_is_small_json_and_redacted(tmp_path: Path, sender: RecordingSender) -> None:
+    values = [*emails(30), "john.doe@", "jane.roe@@example.com", *[f"bad{i}" for i in range(10)]]
+    result = run(values, sender, tmp_path, options=SyncOptions(max_invalid_share=0.5))
+    text = json.dumps(result)
+    assert json.loads(text) == result
+    assert len(text) < 3000
+    assert len(result["counts"]["invalid_samples"]) == 5
+    assert "john.doe" not in text and "jane.roe" not in text
+    assert result["counts"]["invalid_samples"][0] == {
+        "at": "<iterable>:31",
+        "reason": "email_syntax",
+        "value": "j***@***",
+    }
+    assert result["counts"]["invalid_reasons"] == {"email_no_at": 10, "email_syntax": 2}
+
+
+def test_identifiers_never_reach_the_logs(
+    tmp_path: Path, sender: RecordingSender, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    values = [*emails(25), "secret.person@hidden.org", "not-an-email"]
+    run(values, sender, tmp_path, options=SyncOptions(max_invalid_share=0.5))
+    log_text = caplog.text.lower()
+    assert "user1.name" not in log_text and "secret.person" not in log_text and "not-an-email" not in log_text
+    assert not any(sha("user1.name@example1.com") in r.getMessage() for r in caplog.records)
+    assert "chunk 3 of 3" in caplog.text  # progress lines are there
+
+
+# ---- bad input and guards: fail before sending -------------------------------------------------
+
+
+def test_invalid_share_fails_before_sending(tmp_path: Path, sender: RecordingSender) -> None:
+    values = [*emails(8), "bad1", "bad2"]
+    with pytest.raises(InvalidShareError) as exc:
+        run(values, sender, tmp_path, options=SyncOptions(max_invalid_share=0.1))
+    assert sender.calls == []
+    assert exc.value.result is not None and exc.value.result["counts"]["invalid"] == 2
+    assert "20.0%" in str(exc.value)
+    assert stored(tmp_path) == []
+
+
+def test_empty_input_is_an_error_unless_allowed(tmp_path: Path, sender: RecordingSender) -> None:
+    with pytest.raises(EmptyInputError, match="no rows"):
+        run([], sender, tmp_path)
+    assert sender.calls == []
+    sender.members = {"old"}
+    result = run([], sender, tmp_path, options=SyncOptions(allow_empty=True))
+    assert result["mode"] == "clear" and sender.operations == ["clear"] and sender.members == set()
+
+
+def test_wrong_identifier_type_names_line_and_column(tmp_path: Path, sender: RecordingSender) -> None:
+    csv_path = tmp_path / "crm.csv"
+    csv_path.write_text("id,contact\n" + "".join(f"{i},+7 999 555 {i:02d} {i:02d}\n" for i in range(30)))
+    with pytest.raises(WrongIdentifierTypeError) as exc:
+        sync_contact_list(csv_path, CRITEO, sender, destination_key="seg-1", snapshot_base=tmp_path, column="contact")
+    assert exc.value.line == 2 and exc.value.column == "contact"
+    assert "look like phone" in str(exc.value)
+    assert sender.calls == []
+
+
+def test_undecodable_input_fails_before_sending(tmp_path: Path, sender: RecordingSender) -> None:
+    p = tmp_path / "ids.txt"
+    p.write_bytes(("\n".join(normalised_emails(20)) + "\n").encode() + b"bad\xfe@x.com\n")
+    with pytest.raises(Exception, match=r"line 21, column 4"):
+        sync_contact_list(p, CRITEO, sender, destination_key="seg-1", snapshot_base=tmp_path)
+    assert sender.calls == []
+
+
+def test_vendor_minimum_entries(tmp_path: Path, sender: RecordingSender) -> None:
+    yandex = get_rule("yandex_audience", "email")
+    with pytest.raises(MinimumEntriesError, match="at least 100"):
+        run(emails(99), sender, tmp_path, rule=yandex)
+    assert sender.calls == []
+    result = run(emails(99), sender, tmp_path, rule=yandex, options=SyncOptions(allow_below_minimum=True))
+    assert result["status"] == "sent" and len(sender.members) == 99
+
+
+def test_removal_guard_blocks_before_sending(tmp_path: Path, sender: RecordingSender) -> None:
+    run(emails(100), sender, tmp_path)
+    before = stored(tmp_path)
+    calls = len(sender.calls)
+    with pytest.raises(RemovalGuardError) as exc:
+        run(emails(70), sender, tmp_path)  # 30 of 100 would go
+    assert "remove 30 of 100" in str(exc.value)
+    assert len(sender.calls) == calls and stored(tmp_path) == before
+    # Exactly at the limit is fine; explicit permission lets a bigger removal through.
+    result = run(emails(80), sender, tmp_path)
+    assert result["counts"]["removed"] == 20
+    result = run(emails(40), sender, tmp_path, options=SyncOptions(allow_mass_removal=True))
+    assert result["counts"]["removed"] == 40
+    assert sender.members == {sha(v) for v in normalised_emails(40)}
+
+
+def test_emptying_the_list_needs_explicit_permission(tmp_path: Path, sender: RecordingSender) -> None:
+    run(emails(20), sender, tmp_path)
+    opts = SyncOptions(max_invalid_share=1.0)
+    with pytest.raises((RemovalGuardError, EmptyInputError)):
+        run(["bad"] * 5, sender, tmp_path, options=opts)
+    assert len(sender.members) == 20
+    result = run([], sender, tmp_path, options=SyncOptions(allow_empty=True))
+    assert result["mode"] == "clear" and sender.members == set() and stored(tmp_path) == []
+
+
+def test_rule_version_change_means_full_replace_but_guard_still_counts(tmp_path: Path, sender: RecordingSender) -> None:
+    run(emails(50), sender, tmp_path)
+    bumped = SMALL_CHUNKS.with_options(version="2")
+    with pytest.raises(RemovalGuardError):
+        run(emails(10), sender, tmp_path, rule=bumped)
+    result = run(emails(50), sender, tmp_path, rule=bumped)
+    assert result["mode"] == "full_replace" and sender.calls[-5][0] == "replace"
+    assert stored(tmp_path, bumped) == sorted(sha(v) for v in normalised_emails(50))
+
+
+# ---- dry run ------------------------------------------------------------------------------------
+
+
+def test_dry_run_sends_nothing_and_writes_no_snapshot(tmp_path: Path, sender: RecordingSender) -> None:
+    run(emails(100), sender, tmp_path)
+    snap_before = stored(tmp_path)
+    plan = run([*emails(60, start=10), *emails(5, start=10), "bad"], None, tmp_path)
+    assert json.loads(json.dumps(plan)) == plan
+    assert plan["status"] == "planned" and plan["dry_run"] is True
+    c = plan["counts"]
+    assert (c["added"], c["removed"], c["unchanged"], c["invalid"], c["duplicate"]) == (0, 40, 60, 1, 5)
+    assert plan["chunks"] == {"add": 0, "remove": 4, "total": 4}
+    assert plan["estimated_requests"] == 4
+    assert plan["blocked_by"][0]["guard"] == "RemovalGuardError"  # reported, not raised
+    assert plan_allows(plan) is False
+    assert stored(tmp_path) == snap_before
+    assert len(sender.calls) == 10  # only the first real run's chunks
+
+
+def test_plan_allows_on_numbers() -> None:
+    plan = {"blocked_by": [], "counts": {"added": 10, "removed": 3}}
+    assert plan_allows(plan)
+    assert not plan_allows(plan, max_removed=2)
+    assert not plan_allows(plan, max_added=9)
+
+
+# ---- incremental sync across runs ------------------------------------------------------------------
+
+
+def test_incremental_sync_across_runs_with_a_failed_middle_run(tmp_path: Path) -> None:
+    sender = RecordingSender()
+    list_a = emails(100)
+    first = run(list_a, sender, tmp_path)
+    assert first["mode"] == "full_replace"
+    assert sender.operations == ["replace"] + ["add"] * 9
+    snapshot_a = stored(tmp_path)
+    assert snapshot_a == sorted(sha(v) for v in normalised_emails(100))
+
+    # Run 2: 15 leave, 25 join. The vendor fails on the second add chunk.
+    list_b = emails(85, start=15) + emails(25, start=1000)
+    sender.calls.clear()
+    sender.fail_on_call = 2
+    with pytest.raises(SendError) as exc:
+        run(list_b, sender, tmp_path)
+    partial = exc.value.result
+    assert partial is not None
+    assert partial["status"] == "failed" and partial["counts"]["chunks_sent"] == 1
+    assert partial["counts"]["sent_add"] == 10 and partial["counts"]["added"] == 25
+    assert stored(tmp_path) == snapshot_a  # nothing recorded that was not fully sent
+
+    # Run 3: same input; diff is still against run 1's snapshot, so everything is resent.
+    sender.fail_on_call = None
+    sender.calls.clear()
+    third = run(list_b, sender, tmp_path)
+    c = third["counts"]
+    assert (c["added"], c["removed"], c["unchanged"]) == (25, 15, 85)
+    assert (c["sent_add"], c["sent_remove"]) == (25, 15)
+    assert sender.operations == ["add", "add", "add", "remove", "remove"]
+    expected = {sha(normalise_email(v)) for v in list_b}
+    assert sender.members == expected
+    assert stored(tmp_path) == sorted(expected)
+
+    # Run 4: nothing changed, nothing sent.
+    sender.calls.clear()
+    fourth = run(list(reversed(list_b)), sender, tmp_path)
+    assert fourth["mode"] == "noop" and sender.calls == [] and fourth["estimated_requests"] == 0
+
+
+def test_lost_snapshot_means_full_replace(tmp_path: Path, sender: RecordingSender) -> None:
+    run(emails(30), sender, tmp_path)
+    SnapshotStore("criteo", "seg-1", tmp_path).location.unlink()
+    sender.calls.clear()
+    result = run(emails(30), sender, tmp_path)
+    assert result["mode"] == "full_replace" and sender.operations[0] == "replace"
+
+
+def test_corrupt_snapshot_is_refused(tmp_path: Path, sender: RecordingSender) -> None:
+    run(emails(30), sender, tmp_path)
+    loc = SnapshotStore("criteo", "seg-1", tmp_path).location
+    lines = loc.read_text().splitlines()
+    loc.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    with pytest.raises(SnapshotError, match="not in sorted order"):
+        run(emails(30), sender, tmp_path)
+    loc.write_text("\n".join(lines[:-3]) + "\n")
+    with pytest.raises(SnapshotError, match="truncated"):
+        run(emails(30), sender, tmp_path)
+
+
+def test_vendor_rejected_identifiers_are_counted(tmp_path: Path) -> None:
+    bad_hash = sha("user3.name@example3.com")
+    sender = RecordingSender(reject=lambda h: h == bad_hash)
+    result = run(emails(20), sender, tmp_path)
+    assert result["counts"]["vendor_rejected"] == 1 and result["counts"]["sent_add"] == 19
+
+
+def test_clear_text_customer_ids_sync_incrementally(tmp_path: Path, sender: RecordingSender) -> None:
+    rule = get_rule("criteo", "customer_id").with_options(max_ids_per_chunk=7)
+    ids = [f" CUST-{i:05d} " for i in range(60)]
+    run(ids, sender, tmp_path, rule=rule)
+    assert sender.members == {f"CUST-{i:05d}" for i in range(60)}  # retailer ids are sent as given
+    result = run([*ids[5:], " NEW-1"], sender, tmp_path, rule=rule)
+    assert (result["counts"]["added"], result["counts"]["removed"]) == (1, 5)
+    assert sender.members == {f"CUST-{i:05d}" for i in range(5, 60)} | {"NEW-1"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_spilled_and_external_sort_paths_give_the_same_answer(tmp_path: Path, workers: int) -> None:
+    values = emails(3000) + emails(500)  # 500 duplicates
+    rule = SMALL_CHUNKS.with_options(max_ids_per_chunk=1000)
+
+    def dest(sender: RecordingSender, base: Path) -> Destination:
+        return Destination("seg", rule, sender, snapshot_for(rule, "seg", base))
+
+    plain = RecordingSender()
+    r1 = run_destinations(IterableSource(values), [dest(plain, tmp_path / "a")])["seg"]
+    forced = RecordingSender()
+    r2 = run_destinations(
+        IterableSource(values),
+        [dest(forced, tmp_path / "b")],
+        workers=workers,
+        batch_size=256,
+        spill_bytes=4096,  # many spills
+        max_partition_bytes=100,  # every partition through the external sort
+    )["seg"]
+    assert r1["counts"] == r2["counts"]
+    assert r1["counts"]["duplicate"] == 500
+    assert plain.members == forced.members
+    assert stored(tmp_path / "a", rule, "seg") == stored(tmp_path / "b", rule, "seg")
+    # second run through the streaming diff
+    r3 = run_destinations(IterableSource(values[100:3000]), [dest(forced, tmp_path / "b")], max_partition_bytes=100)[
+        "seg"
+    ]
+    assert (r3["counts"]["added"], r3["counts"]["removed"]) == (0, 100)
+
+
+def test_snapshot_on_object_storage(sender: RecordingSender) -> None:
+    import fsspec
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.io import attach
+
+    attach("memory", fs=fsspec.filesystem("memory"))
+    base = ObjectStoragePath("memory://audience-tests/snapshots")
+    run(emails(30), sender, base)  # type: ignore[arg-type]
+    store = SnapshotStore("criteo", "seg-1", "memory://audience-tests/snapshots")
+    assert str(store.location) == "memory://audience-tests/snapshots/criteo/seg-1/snapshot.txt"
+    assert store.read_values() == sorted(sha(v) for v in normalised_emails(30))
+    result = run(emails(28), sender, base)  # type: ignore[arg-type]
+    assert result["mode"] == "incremental" and result["counts"]["removed"] == 2
+
+
+def test_default_snapshot_base_is_under_airflow_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("AIRFLOW__AUDIENCE__SNAPSHOT_BASE_PATH", raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    store = SnapshotStore("criteo", "segment 42/x")
+    assert str(store.location).startswith(str(tmp_path / "audience_snapshots" / "criteo" / "segment_42_x-"))
+    monkeypatch.setenv("AIRFLOW__AUDIENCE__SNAPSHOT_BASE_PATH", str(tmp_path / "custom"))
+    assert SnapshotStore("criteo", "42").location == tmp_path / "custom" / "criteo" / "42" / "snapshot.txt"
+
+
+# ---- one read, many destinations ----------------------------------------------------------------
+
+
+class CountingSource(IterableSource):
+    reads = 0
+
+    def iter_batches(self, batch_size: int = 8192) -> Iterator[RawBatch]:
+        type(self).reads += 1
+        return super().iter_batches(batch_size)
+
+
+def test_one_read_feeds_several_destinations(tmp_path: Path) -> None:
+    criteo, yandex, broken = RecordingSender(), RecordingSender(), RecordingSender(fail_on_call=1)
+    clear_sender = RecordingSender()
+    yandex_rule = get_rule("yandex_audience", "email")
+    clear_rule = CRITEO.with_options(hash_algorithm=HashAlgorithm.NONE)
+    dests = [
+        Destination("criteo", CRITEO, criteo, snapshot_for(CRITEO, "c1", tmp_path)),
+        Destination("yandex", yandex_rule, yandex, snapshot_for(yandex_rule, "y1", tmp_path)),
+        Destination("broken", CRITEO, broken, snapshot_for(CRITEO, "c2", tmp_path)),
+        # A different profile (clear text, as a vendor option could ask) is fed from the same read.
+        Destination("clear", clear_rule, clear_sender, None),
+    ]
+    CountingSource.reads = 0
+    with pytest.raises(SendError, match="broken") as exc:
+        run_destinations(CountingSource(emails(150)), dests)
+    assert CountingSource.reads == 1
+    results = exc.value.result["destinations"]  # type: ignore[index]
+    assert results["criteo"]["status"] == results["yandex"]["status"] == "sent"
+    assert results["broken"]["status"] == "failed"
+    assert clear_sender.members == set(normalised_emails(150))
+    # SHA-256 e-mails agree between Criteo and Yandex: same hashes, separate snapshots.
+    assert criteo.members == yandex.members and len(criteo.members) == 150
+    assert SnapshotStore("criteo", "c1", tmp_path).read_values() == sorted(criteo.members)
+    assert SnapshotStore("yandex_audience", "y1", tmp_path).read_values() == sorted(criteo.members)
+    assert not SnapshotStore("criteo", "c2", tmp_path).location.exists()
+
+
+def test_a_blocked_destination_stops_all_before_any_send(tmp_path: Path) -> None:
+    a, b = RecordingSender(), RecordingSender()
+    yandex_rule = get_rule("yandex_audience", "email")
+    dests = [
+        Destination("criteo", CRITEO, a, None),
+        Destination("yandex", yandex_rule, b, None),  # 50 < 100 entries
+    ]
+    with pytest.raises(MinimumEntriesError):
+        run_destinations(IterableSource(emails(50)), dests)
+    assert a.calls == [] and b.calls == []
