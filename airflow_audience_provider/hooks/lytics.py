@@ -277,7 +277,9 @@ class LyticsHook(AudienceHook):
         """Delete several segments in one call: ``DELETE /v2/segment/{ids}`` (comma-separated)."""
         ids = ",".join(self._path_id(s) for s in segment_ids)
         data = self._data("DELETE", f"/v2/segment/{ids}", params=self._params())
-        if isinstance(data, dict) and ("deleted" in data or "not_deleted" in data):
+        # A list answer is the batch shape; one id goes down the single-delete path, whose
+        # answer is {"id", "deleted": true} (or 204): normalise both to the batch shape.
+        if isinstance(data, dict) and isinstance(data.get("deleted", data.get("not_deleted")), list):
             return data
         return {"deleted": list(segment_ids), "not_deleted": [], "segments": []}
 
