@@ -105,7 +105,7 @@ class AudiencePollingTrigger(BaseTrigger):
             hook = self._make_hook()
             await hook.aget_conn()  # resolves the connection asynchronously, once
         except AudienceError as exc:
-            yield TriggerEvent(make_event(EventStatus.ERROR, self.vendor, str(exc), **exc.to_dict()))
+            yield TriggerEvent(_error_event(self.vendor, exc))
             return
         status_fn = getattr(hook, self.status_method)
         while True:
@@ -113,7 +113,7 @@ class AudiencePollingTrigger(BaseTrigger):
                 last = await asyncio.to_thread(status_fn, **self.status_kwargs)
                 failures = 0
             except FATAL_ERRORS as exc:
-                yield TriggerEvent(make_event(EventStatus.ERROR, self.vendor, str(exc), **exc.to_dict()))
+                yield TriggerEvent(_error_event(self.vendor, exc))
                 return
             except Exception as exc:
                 failures += 1
@@ -167,3 +167,20 @@ class AudiencePollingTrigger(BaseTrigger):
                 return
             pause = self.poll_interval if self.deadline is None else min(self.poll_interval, self.deadline - now)
             await asyncio.sleep(max(pause, 0.0))
+
+
+def _error_event(vendor: str, exc: AudienceError) -> dict[str, Any]:
+    """An ``error`` event for a typed error, in the keys :func:`validate_event` reads back.
+
+    (``exc.to_dict()`` cannot be splatted into :func:`make_event`: its ``status``, ``vendor``
+    and ``message`` keys collide with make_event's own arguments.)
+    """
+    return make_event(
+        EventStatus.ERROR,
+        vendor,
+        str(exc),
+        error=type(exc).__name__,
+        http_status=exc.status,
+        code=exc.code,
+        request_id=exc.request_id,
+    )
