@@ -391,6 +391,7 @@ class LyticsHook(AudienceHook):
             "slug_name": segment.get("slug_name"),
             "size": segment.get("size"),
             "job_id": job_id,
+            "requested_at": requested_at,
             "url": self.segment_url(segment),
         }
         if segment.get("invalid"):
