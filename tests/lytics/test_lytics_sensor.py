@@ -1,0 +1,171 @@
+"""LyticsSegmentReevaluatedSensor: poke, failure, transient-error budget and the deferrable path."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from airflow.sdk import PokeReturnValue
+from airflow.sdk.exceptions import TaskDeferred
+
+from airflow_audience_provider.core.errors import (
+    AudienceAuthenticationError,
+    AudienceError,
+    AudienceJobFailedError,
+    AudienceNotFoundError,
+    AudienceServerError,
+    AudienceTimeoutError,
+)
+from airflow_audience_provider.sensors.lytics import LyticsSegmentReevaluatedSensor
+from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
+
+POLL = 0.05
+
+
+def sensor_for(started, **kwargs) -> LyticsSegmentReevaluatedSensor:
+    kwargs.setdefault("task_id", "wait")
+    kwargs.setdefault("poke_interval", POLL)
+    kwargs.setdefault("timeout", 30)
+    return LyticsSegmentReevaluatedSensor(
+        segment_id=started["segment_id"],
+        requested_at=started["requested_at"],
+        job_id=started["job_id"],
+        **kwargs,
+    )
+
+
+def poke_until_done(sensor, context, polls=100):
+    for _ in range(polls):
+        value = sensor.poke(context)
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("the sensor never finished")
+
+
+@pytest.fixture
+def started(hook):
+    return hook.reevaluate_segment(hook.get_segment("all_users")["id"])
+
+
+def test_poke_false_then_poke_return_value(lytics, context, started):
+    sensor = sensor_for(started)
+    assert sensor.poke(context) is False
+    done = poke_until_done(sensor, context)
+    assert isinstance(done, PokeReturnValue) and done.is_done
+    value = done.xcom_value
+    assert value["segment_id"] == started["segment_id"]
+    assert value["job_id"] == started["job_id"]
+    assert value["size"] == lytics.segment_size(started["segment_id"])
+    uri = f"lytics://{lytics.account_id}/segment/{started['segment_id']}"
+    assert context["outlet_events"].added == [
+        ("lytics-segments", uri, {"slug_name": "all_users", "size": value["size"], "action": "reevaluated"})
+    ]
+
+
+def test_job_id_is_optional(lytics, context, started):
+    done = poke_until_done(sensor_for({**started, "job_id": None}), context)
+    assert done.xcom_value["job_id"] == started["job_id"]
+
+
+@pytest.mark.parametrize("status", ["failed", "fault-4"])
+def test_failed_job_fails_the_poke(hook, lytics, context, status):
+    seg = hook.get_segment("all_users")
+    lytics.fail_next_reevaluation(seg["id"], status)
+    sensor = sensor_for(hook.reevaluate_segment(seg["id"]))
+    with pytest.raises(AudienceJobFailedError, match=f"'{status}'") as caught:
+        poke_until_done(sensor, context)
+    assert caught.value.code == status
+
+
+def test_unknown_segment_fails_at_once(lytics, context):
+    sensor = sensor_for({"segment_id": "0" * 32, "requested_at": "2026-01-01T00:00:00Z", "job_id": None})
+    with pytest.raises(AudienceNotFoundError):
+        sensor.poke(context)
+
+
+def test_transient_errors_are_tolerated_up_to_the_budget(lytics, context, set_lytics_conn, started):
+    conn_id = set_lytics_conn("lytics_one_try", extra={"max_retries": 1})
+    lytics.faults.inject("status", count=10, path_prefix=f"/v2/segment/{started['segment_id']}", status=503)
+    sensor = sensor_for(started, lytics_conn_id=conn_id, max_consecutive_failures=3)
+    assert sensor.poke(context) is False
+    assert sensor.poke(context) is False
+    with pytest.raises(AudienceServerError):
+        sensor.poke(context)
+
+
+def test_a_good_answer_resets_the_failure_count(lytics, context, set_lytics_conn, started):
+    conn_id = set_lytics_conn("lytics_one_try", extra={"max_retries": 1})
+    path = f"/v2/segment/{started['segment_id']}"
+    sensor = sensor_for(started, lytics_conn_id=conn_id, max_consecutive_failures=2)
+    lytics.faults.inject("status", count=1, path_prefix=path, status=503)
+    assert sensor.poke(context) is False  # failure 1 of 2
+    sensor.poke(context)  # a good look (running or done): no raise
+    lytics.faults.inject("status", count=1, path_prefix=path, status=503)
+    assert sensor.poke(context) is False  # failure 1 of 2 again, not 2 of 2
+
+
+def test_wrong_token_fails_at_once(lytics, context, set_lytics_conn, started):
+    conn_id = set_lytics_conn("lytics_bad_token", password="wrong-token-0000")
+    with pytest.raises(AudienceAuthenticationError):
+        sensor_for(started, lytics_conn_id=conn_id, max_consecutive_failures=5).poke(context)
+
+
+@pytest.mark.asyncio
+async def test_deferrable_path(lytics, context, started):
+    sensor = sensor_for(started, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, LyticsReevaluationTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    assert trigger.status_kwargs == {
+        "segment_id": started["segment_id"],
+        "requested_at": started["requested_at"],
+        "job_id": started["job_id"],
+    }
+    assert trigger.poll_interval == POLL
+    assert f"/audiences/{started['segment_id']}" in context["ti"].pushed["lytics_segment_url"]
+
+    event = (await anext(trigger.run())).payload
+    result = sensor_for(started, deferrable=True).execute_complete(context, event)
+    assert result["segment_id"] == started["segment_id"]
+    assert result["size"] == lytics.segment_size(started["segment_id"])
+
+
+def test_deferrable_sensor_does_not_defer_finished_work(lytics, context, started):
+    lytics.advance_time(60)  # the reevaluation is long done
+    result = sensor_for(started, deferrable=True).execute(context)
+    assert result["segment_id"] == started["segment_id"]
+
+
+@pytest.mark.asyncio
+async def test_deferrable_timeout_ends_with_a_clear_message(hook, lytics, context):
+    seg = hook.get_segment("all_users")
+    lytics.stall_next_reevaluation(seg["id"])
+    sensor = sensor_for(hook.reevaluate_segment(seg["id"]), deferrable=True, timeout=0.3)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context)
+    event = (await anext(deferred.value.trigger.run())).payload
+    with pytest.raises(AudienceTimeoutError, match=f"Timed out waiting for reevaluation of Lytics segment {seg['id']}"):
+        sensor.execute_complete(context, event)
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        (None, AudienceError),
+        ({"status": "nope", "vendor": "lytics"}, AudienceError),
+        ({"status": "success", "vendor": "criteo"}, AudienceError),
+        (
+            {"status": "failed", "vendor": "lytics", "message": "job j ended", "vendor_status": "failed"},
+            AudienceJobFailedError,
+        ),
+        ({"status": "error", "vendor": "lytics", "message": "denied", "http_status": 401}, AudienceError),
+    ],
+)
+def test_execute_complete_refuses_bad_events(context, event, error):
+    sensor = sensor_for({"segment_id": "s", "requested_at": "t", "job_id": None}, deferrable=True)
+    with pytest.raises(error):
+        sensor.execute_complete(context, event)
+    assert context["outlet_events"].added == []
