@@ -18,7 +18,8 @@ Behaviour worth knowing when writing clients (see ``../shared/vendors/lytics.md`
 * ``GET /v2/segment/{id}``, ``/ancestors``, ``/jobs`` and reevaluate accept an id or a slug;
   ``PUT`` and ``DELETE`` need the 32-hex id. ``DELETE /v2/segment/a,b`` (comma-separated) answers
   ``models.SegmentDeleteResp``; a single id answers ``{"id", "deleted": true}``, or 400 when
-  another segment ``INCLUDE``s it (the batch form reports that in ``segments[].reason``).
+  another segment ``INCLUDE``s it (the batch form reports that in ``segments[].reason``);
+  with ``configure(delete_no_content=1)`` the single form answers 204 without a body.
 * The list hides invalid segments unless ``valid=false|all``; a segment is invalid while an
   ``INCLUDE`` names no existing segment.
 * Reevaluation (the completion signal of this provider)::
@@ -144,6 +145,8 @@ class LyticsFake(VendorFake):
         "processing_seconds": 3.0,
         "rate_limit_per_second": None,
         "size_throttle_seconds": 10.0,
+        # 1 = single-id DELETE answers 204 with no body (the skills say many v2 deletes do)
+        "delete_no_content": 0.0,
     }
 
     token: str = SANDBOX_TOKEN
@@ -730,6 +733,8 @@ class LyticsFake(VendorFake):
                     names = ", ".join(user["slug_name"] for user in users)
                     raise ApiError(400, f"segment {seg['id']} is included by other segments: {names}")
                 self._delete(seg["id"])
+                if self.config.get("delete_no_content"):
+                    return Response(status_code=204)
                 return self._ok(request, {"id": seg["id"], "deleted": True})
             return self._ok(request, self._delete_many(ids))
 

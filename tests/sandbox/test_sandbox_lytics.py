@@ -250,6 +250,15 @@ def test_delete_single(api: LyticsApi) -> None:
     check_v2_error(api.delete(f"/v2/segment/{created['id']}"), 404, "NOTFOUND-003")
 
 
+def test_delete_can_answer_204(api: LyticsApi, lytics_sandbox) -> None:
+    lytics_sandbox.configure(delete_no_content=1)
+    created = api.create(name="Del204", segment_ql="FILTER *")
+    response = api.delete(f"/v2/segment/{created['id']}")
+    assert response.status_code == 204 and response.content == b""
+    assert response.headers["x-request-id"]
+    assert lytics_sandbox.get_segment(created["id"]) is None
+
+
 def test_delete_guarded_by_include(api: LyticsApi, lytics_sandbox) -> None:
     base = api.create(name="Base", slug_name="base", segment_ql="FILTER EXISTS email")
     user = api.create(name="User", segment_ql="FILTER AND (INCLUDE base, visitct > 1)")
