@@ -430,6 +430,10 @@ class LyticsHook(AudienceHook):
                 )
         if all(phase is Phase.DONE for _, phase in phases):
             result["job_id"] = result["job_id"] or tracked[-1].get("id")
+            # The segment was read before the jobs: if the job finished in between, that read
+            # predates the new membership. Read it again so the reported size is the new one.
+            segment = self.get_segment(segment_id, sizes=True)
+            result["size"] = segment.get("size")
             return PollResult(
                 Phase.DONE,
                 "completed",

@@ -116,3 +116,20 @@ def test_requested_at_is_the_vendor_time(hook, lytics):
     started = start(hook)
     job = next(j for j in lytics.jobs() if j["id"] == started["job_id"])
     assert from_iso(started["requested_at"].replace("Z", "+00:00")) == from_iso(job["created"].replace("Z", "+00:00"))
+
+
+def test_done_reports_the_size_after_the_job_even_if_it_finished_mid_poll(hook, lytics, monkeypatch):
+    """The job completes between the segment read and the jobs read: the size must be the new one."""
+    started = start(hook)
+    before = lytics.segment_size(started["segment_id"])
+    real_jobs = hook.get_segment_jobs
+
+    def jobs_after_the_job_finished(segment_id):
+        lytics.advance_time(60)  # the vendor finishes the reevaluation right now
+        return real_jobs(segment_id)
+
+    monkeypatch.setattr(hook, "get_segment_jobs", jobs_after_the_job_finished)
+    result = hook.reevaluation_status(started["segment_id"], started["requested_at"], started["job_id"])
+    assert result.phase is Phase.DONE
+    assert result.data["size"] == lytics.segment_size(started["segment_id"]) != before
+    assert f"size {result.data['size']}" in result.message
