@@ -197,7 +197,7 @@ def run_destinations(
     try:
         try:
             _read_phase(source, groups, spills, batch_size, workers)
-            _check_after_read(states)
+            _check_after_read(states, dry_run)
             _plan_phase(groups, spills, tmp, max_partition_bytes)
             _check_after_plan(states, dry_run)
         except ContactListError as exc:
@@ -209,7 +209,7 @@ def run_destinations(
                 spill.close()
         if dry_run:
             for st in states.values():
-                st.status = "planned"
+                st.status = "blocked" if st.blocked_by else "planned"
             results = {n: st.result(dry_run=True) for n, st in states.items()}
             log.info("Contact-list plan (dry run, nothing sent):\n%s", summarise(results.values()))
             return results
@@ -268,21 +268,39 @@ def _read_phase(
             last_log = now
 
 
-def _check_after_read(states: dict[str, _DestState]) -> None:
+def _check_after_read(states: dict[str, _DestState], dry_run: bool) -> None:
+    """Guards that need only the counts: empty input, invalid share.
+
+    In a dry run they are recorded in the plan's ``blocked_by`` instead of raised.
+    """
+    first_error: ContactListError | None = None
     for st in states.values():
         opts, acc = st.dest.options, st.acc
+        error: ContactListError | None = None
         if acc.rows == 0 and not opts.allow_empty:
-            raise EmptyInputError(
-                f"{st.dest.name}: the input has no rows; pass allow_empty=True to clear the list on purpose",
-                result=st.result(dry_run=False) if len(states) > 1 else None,
+            error = EmptyInputError(
+                f"{st.dest.name}: the input has no rows; pass allow_empty=True to clear the list on purpose"
             )
-        if acc.rows and acc.invalid_share > opts.max_invalid_share:
-            raise InvalidShareError(
+        elif acc.rows and acc.invalid_share > opts.max_invalid_share:
+            error = InvalidShareError(
                 f"{st.dest.name}: {acc.invalid} of {acc.rows} rows ({acc.invalid_share:.1%}) are invalid, "
                 f"more than the allowed {opts.max_invalid_share:.1%}; nothing was sent. "
-                f"Reasons: {dict(acc.invalid_reasons.most_common(5))}",
-                result=st.result(dry_run=False) if len(states) > 1 else None,
+                f"Reasons: {dict(acc.invalid_reasons.most_common(5))}"
             )
+        if error is not None:
+            st.blocked_by.append({"guard": type(error).__name__, "message": str(error)})
+            st.status = "blocked"
+            first_error = first_error or error
+    if first_error is not None and not dry_run:
+        _attach_results(first_error, states)
+        raise first_error
+
+
+def _attach_results(error: ContactListError, states: dict[str, _DestState]) -> None:
+    if len(states) == 1:
+        error.result = next(iter(states.values())).result(dry_run=False)
+    else:
+        error.result = {"destinations": {n: s.result(dry_run=False) for n, s in states.items()}}
 
 
 def _open_out(path: Path) -> IO[str]:
@@ -459,7 +477,7 @@ def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
         if acc.unique == 0:
             if opts.allow_empty:
                 st.mode = CLEAR
-            else:
+            elif not st.blocked_by:  # not already reported by the read-phase guards
                 checks.append(
                     EmptyInputError(
                         f"{name}: no valid identifier in {acc.rows} rows; pass allow_empty=True to clear the list"
@@ -496,10 +514,7 @@ def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
             if first_error is None:
                 first_error = checks[0]
     if first_error is not None and not dry_run:
-        if len(states) == 1:
-            first_error.result = next(iter(states.values())).result(dry_run=False)
-        else:
-            first_error.result = {"destinations": {n: s.result(dry_run=False) for n, s in states.items()}}
+        _attach_results(first_error, states)
         raise first_error
 
 

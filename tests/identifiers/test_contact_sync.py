@@ -205,7 +205,7 @@ def test_dry_run_sends_nothing_and_writes_no_snapshot(tmp_path: Path, sender: Re
     snap_before = stored(tmp_path)
     plan = run([*emails(60, start=10), *emails(5, start=10), "bad"], None, tmp_path)
     assert json.loads(json.dumps(plan)) == plan
-    assert plan["status"] == "planned" and plan["dry_run"] is True
+    assert plan["status"] == "blocked" and plan["dry_run"] is True
     c = plan["counts"]
     assert (c["added"], c["removed"], c["unchanged"], c["invalid"], c["duplicate"]) == (0, 40, 60, 1, 5)
     assert plan["chunks"] == {"add": 0, "remove": 4, "total": 4}
@@ -214,6 +214,17 @@ def test_dry_run_sends_nothing_and_writes_no_snapshot(tmp_path: Path, sender: Re
     assert plan_allows(plan) is False
     assert stored(tmp_path) == snap_before
     assert len(sender.calls) == 10  # only the first real run's chunks
+
+
+def test_dry_run_reports_input_guards_instead_of_raising(tmp_path: Path) -> None:
+    plan = run([*emails(5), "bad1", "bad2"], None, tmp_path)
+    assert plan["status"] == "blocked"
+    assert [b["guard"] for b in plan["blocked_by"]] == ["InvalidShareError"]
+    assert plan["counts"]["unique"] == 5  # the plan is still complete
+    empty = run([], None, tmp_path)
+    assert [b["guard"] for b in empty["blocked_by"]] == ["EmptyInputError"]
+    clean = run(emails(5), None, tmp_path)
+    assert clean["status"] == "planned" and clean["blocked_by"] == [] and plan_allows(clean)
 
 
 def test_plan_allows_on_numbers() -> None:
