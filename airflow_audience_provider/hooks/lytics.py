@@ -84,6 +84,13 @@ JOB_CLOCK_SKEW = timedelta(seconds=5)
 _ALIAS = re.compile(r"\bALIAS\s+`?([A-Za-z0-9_\-]+)`?", re.IGNORECASE)
 _FROM = re.compile(r"\bFROM\s+`?([A-Za-z0-9_\-]+)`?", re.IGNORECASE)
 _INCLUDE = re.compile(r"\bINCLUDE\s+`?([A-Za-z0-9_\-]+)`?", re.IGNORECASE)
+#: string literals and ``--`` comments, which may contain the words FROM, ALIAS or INCLUDE
+_LITERALS_AND_COMMENTS = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|--[^\n]*')
+
+
+def _code_only(segment_ql: str | None) -> str:
+    """The statement without string literals and comments, for keyword searches."""
+    return _LITERALS_AND_COMMENTS.sub(" ", segment_ql or "")
 
 
 def parse_lytics_error(response: requests.Response) -> ErrorInfo:
@@ -119,7 +126,7 @@ def _parse_time(value: Any) -> datetime | None:
 
 def segment_references(segment_ql: str | None) -> set[str]:
     """Slugs or ids a FilterQL statement ``INCLUDE``s."""
-    return set(_INCLUDE.findall(segment_ql or ""))
+    return set(_INCLUDE.findall(_code_only(segment_ql)))
 
 
 class LyticsHook(AudienceHook):
@@ -485,10 +492,11 @@ def desired_segment_body(
         problems.append("name is required")
     if not segment_ql or not segment_ql.strip():
         problems.append("segment_ql (the FilterQL definition) is required")
-    alias = _ALIAS.search(segment_ql or "")
+    code = _code_only(segment_ql)  # a string like "email from partner" is no FROM clause
+    alias = _ALIAS.search(code)
     if alias and alias.group(1) != slug_name:
         problems.append(f"ALIAS {alias.group(1)!r} in segment_ql differs from slug_name {slug_name!r}")
-    source = _FROM.search(segment_ql or "")
+    source = _FROM.search(code)
     if source and source.group(1) != table:
         problems.append(f"FROM {source.group(1)!r} in segment_ql differs from table {table!r}")
     if problems:

@@ -314,3 +314,11 @@ def test_update_body_strips_server_fields():
 def test_segment_references():
     assert segment_references("FILTER AND (INCLUDE a, NOT include `b1`) FROM user") == {"a", "b1"}
     assert segment_references(None) == set()
+
+
+def test_keywords_inside_strings_and_comments_are_not_clauses():
+    ql = 'FILTER AND (utm = "email from partner", note = "include vip alias x") -- from old_table\nFROM user ALIAS vip'
+    assert desired_segment_body(name="V", slug_name="vip", segment_ql=ql)["segment_ql"] == ql
+    assert segment_references('FILTER AND (note = "include vip", INCLUDE base) -- include old') == {"base"}
+    with pytest.raises(AudienceValidationError, match="FROM 'content'"):
+        desired_segment_body(name="V", slug_name="vip", segment_ql='FILTER a = "from user" FROM content')

@@ -332,3 +332,9 @@ def test_group_operators_are_idempotent(lytics, context):
 def test_operator_timeouts_reach_the_transport(lytics):
     op = upsert(connect_timeout=2, read_timeout=3)
     assert op.hook.get_conn().timeouts.as_requests() == (2.0, 3.0)
+
+
+def test_a_string_containing_from_is_not_a_table_mismatch(lytics, context):
+    ql = 'FILTER utm_source = "email from partner" FROM user ALIAS engaged'
+    assert upsert(segment_ql=ql).execute(context)["action"] == "created"
+    assert lytics.get_segment("engaged")["segment_ql"] == ql
