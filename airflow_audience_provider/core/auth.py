@@ -10,6 +10,7 @@ Every token, static or minted, is handed to Airflow's secret masker so it cannot
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -84,13 +85,14 @@ class OAuth2ClientCredentials(AuthBase):
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
+        self._margin = refresh_margin
         self.tokens_minted = 0
         mask_secret(client_secret)
 
     def token(self) -> str:
         """A valid access token, minting a new one when the cached one is (nearly) expired."""
         with self._lock:
-            if self._token is None or self._clock() >= self._expires_at - self.refresh_margin:
+            if self._token is None or self._clock() >= self._expires_at - self._margin:
                 answer = self._post(
                     self.token_url,
                     {
@@ -106,7 +108,15 @@ class OAuth2ClientCredentials(AuthBase):
                     raise AudienceAuthenticationError("The token endpoint answered without an access_token")
                 mask_secret(token)
                 self._token = str(token)
-                self._expires_at = self._clock() + float(answer.get("expires_in") or 0)
+                lifetime = answer.get("expires_in")
+                if lifetime in (None, ""):
+                    # No lifetime given (RFC 6749 makes it optional): keep the token until the
+                    # vendor refuses it; the transport then invalidates it once and retries.
+                    self._expires_at, self._margin = math.inf, 0.0
+                else:
+                    # A lifetime shorter than the margin must not mean "mint for every request".
+                    self._expires_at = self._clock() + float(lifetime)
+                    self._margin = min(self.refresh_margin, float(lifetime) / 2)
                 self.tokens_minted += 1
                 log.info("Minted an OAuth2 access token (valid %s s)", answer.get("expires_in"))
             return self._token

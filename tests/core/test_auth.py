@@ -113,3 +113,26 @@ def test_minted_tokens_and_client_secret_are_masked(clock):
     line = f"Authorization: Bearer {token}; secret client-secret-abcdef"
     assert redact(line) == "Authorization: Bearer ***; secret ***"
     assert "client-secret-abcdef" not in repr(auth)
+
+
+def test_token_without_expires_in_is_kept_until_invalidated(clock):
+    endpoint = TokenEndpoint(expires_in=None)
+    auth = oauth(clock, endpoint)
+    for _ in range(5):
+        auth.token()
+        clock.advance(3600)
+    assert len(endpoint.calls) == 1  # not one token per request
+    auth.invalidate()  # what the transport does on a 401
+    assert auth.token() == "minted-access-token-002"
+
+
+def test_lifetime_shorter_than_the_margin_still_caches(clock):
+    endpoint = TokenEndpoint(expires_in=30)
+    auth = oauth(clock, endpoint, refresh_margin=60)
+    auth.token()
+    clock.advance(14)
+    auth.token()
+    assert len(endpoint.calls) == 1  # refreshed at half its life, not on every call
+    clock.advance(1)
+    auth.token()
+    assert len(endpoint.calls) == 2
