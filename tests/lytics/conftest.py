@@ -60,6 +60,10 @@ class RecordingTI:
     def xcom_push(self, key: str, value: Any) -> None:
         self.pushed[key] = value
 
+    def get_first_reschedule_date(self, context: Any) -> None:
+        """Reschedule-mode sensors ask when they first ran; None = this is the first try."""
+        return None
+
 
 class RecordingOutletEvents:
     """``context["outlet_events"][AssetAlias(...)].add(asset, extra=...)`` recorded as tuples."""
@@ -81,4 +85,3 @@ class RecordingOutletEvents:
 def context() -> dict[str, Any]:
     ti = RecordingTI()
     return {"ti": ti, "task_instance": ti, "outlet_events": RecordingOutletEvents()}
-

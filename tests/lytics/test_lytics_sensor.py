@@ -169,3 +169,20 @@ def test_execute_complete_refuses_bad_events(context, event, error):
     with pytest.raises(error):
         sensor.execute_complete(context, event)
     assert context["outlet_events"].added == []
+
+
+def test_poke_mode_execute_waits_until_done(lytics, context, started):
+    result = sensor_for(started, mode="poke").execute(context)
+    assert result["segment_id"] == started["segment_id"]
+    assert result["size"] == lytics.segment_size(started["segment_id"])
+    assert context["ti"].pushed["lytics_segment_url"] == result["url"]
+
+
+def test_reschedule_mode_gives_the_slot_back_while_running(lytics, context, started):
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    with pytest.raises(AirflowRescheduleException):
+        sensor_for(started, mode="reschedule").execute(context)
+    lytics.advance_time(60)  # the next try, after the reevaluation finished
+    result = sensor_for(started, mode="reschedule").execute(context)
+    assert result["size"] == lytics.segment_size(started["segment_id"])
