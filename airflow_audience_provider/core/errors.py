@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 
 class AudienceError(AirflowException):
@@ -59,15 +59,19 @@ class AudienceError(AirflowException):
         }
 
 
-class AudienceConfigurationError(AudienceError):
+class AudienceNonRetryableError(AudienceError, AirflowFailException):
+    """An error that another try of the task cannot fix: Airflow fails the task without retrying."""
+
+
+class AudienceConfigurationError(AudienceNonRetryableError):
     """The Airflow connection or the task arguments are wrong (names the connection and field)."""
 
 
-class AudienceAuthenticationError(AudienceError):
+class AudienceAuthenticationError(AudienceNonRetryableError):
     """The vendor rejected the credentials (HTTP 401 or the vendor's equivalent). Never retried."""
 
 
-class AudiencePermissionError(AudienceError):
+class AudiencePermissionError(AudienceNonRetryableError):
     """The credentials are valid but may not do this (HTTP 403). Never retried."""
 
 
@@ -75,7 +79,7 @@ class AudienceNotFoundError(AudienceError):
     """The object does not exist, or not in this account (HTTP 404)."""
 
 
-class AudienceValidationError(AudienceError):
+class AudienceValidationError(AudienceNonRetryableError):
     """The vendor refused the request's content (HTTP 400/422); ``field`` names the culprit if known."""
 
     def __init__(self, message: str, *, field: str | None = None, **kwargs: Any) -> None:
@@ -115,8 +119,12 @@ class AudiencePartialFailure(AudienceError):
         super().__init__(message, **kwargs)
 
 
-class AudienceJobFailedError(AudienceError):
-    """An asynchronous vendor job (reevaluation, processing) ended in a failure state."""
+class AudienceJobFailedError(AudienceNonRetryableError):
+    """An asynchronous vendor job (reevaluation, processing) ended in a failure state.
+
+    Not retried by Airflow: waiting again would find the same failed job. Rerun the task
+    that started the work (e.g. the reevaluation) instead.
+    """
 
 
 class AudienceTimeoutError(AudienceError):

@@ -196,6 +196,14 @@ class LyticsHook(AudienceHook):
         aid = segment.get("aid") or self.account_id
         return f"{url}?aid={quote(str(aid), safe='')}" if aid else url
 
+    def segment_asset_uri(self, segment: dict[str, Any]) -> str:
+        """``lytics://<account>/segment/<id>``: the account is the connection's ``account_id``,
+        else the segment's own account, so every task of a DAG names the same Asset."""
+        from airflow_audience_provider.assets import segment_uri
+
+        account = self.account_id or segment.get("account_id") or segment.get("aid") or "default"
+        return segment_uri("lytics", str(account), "segment", str(segment.get("id") or segment.get("segment_id")))
+
     # -- segments ---------------------------------------------------------------------------
 
     def list_segments(
@@ -395,11 +403,13 @@ class LyticsHook(AudienceHook):
         segment = self.get_segment(segment_id, sizes=True)
         result = {
             "segment_id": segment.get("id", segment_id),
+            "account_id": segment.get("account_id") or segment.get("aid"),
             "slug_name": segment.get("slug_name"),
             "size": segment.get("size"),
             "job_id": job_id,
             "requested_at": requested_at,
             "url": self.segment_url(segment),
+            "asset_uri": self.segment_asset_uri(segment),
         }
         if segment.get("invalid"):
             return PollResult(

@@ -15,21 +15,54 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class AudienceBaseOperator(BaseOperator):
+class AssetEmitterMixin:
+    """Asset events for the vendor objects a task touched, through an ``AssetAlias``.
+
+    The object's id is known only at run time, so the task declares the alias as an outlet
+    at parse time and adds ``Asset("<vendor>://<account>/<kind>/<id>")`` events to it when
+    the object exists. Downstream DAGs schedule on the alias or on the concrete asset.
+    """
+
+    #: default alias name for the asset events of this vendor, e.g. "lytics-segments".
+    default_asset_alias: ClassVar[str | None] = None
+    emits_assets: ClassVar[bool] = False
+    emit_asset: bool
+    asset_alias: str | None
+
+    def _asset_outlets(self, kwargs: dict[str, Any], emit_asset: bool, asset_alias: str | None) -> None:
+        """Before ``BaseOperator.__init__``: add the alias to ``kwargs["outlets"]`` when emitting."""
+        alias_name = asset_alias or self.default_asset_alias
+        self.emit_asset = bool(self.emits_assets and emit_asset and alias_name)
+        self.asset_alias = alias_name if self.emit_asset else None
+        if self.emit_asset:
+            from airflow.sdk import AssetAlias
+
+            outlets = list(kwargs.pop("outlets", None) or [])
+            outlets.append(AssetAlias(name=str(alias_name)))
+            kwargs["outlets"] = outlets
+
+    def emit_asset_event(self, context: Context, uri: str, extra: dict[str, Any]) -> None:
+        """Record an Asset event for ``uri`` through this task's alias (no-op when disabled)."""
+        if not self.emit_asset or not self.asset_alias:
+            return
+        from airflow.sdk import Asset, AssetAlias
+
+        context["outlet_events"][AssetAlias(name=self.asset_alias)].add(Asset(uri=uri), extra=extra)
+        log.info("Asset event recorded for %s", uri)
+
+
+class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
     """Base of the vendor operators. The hook is imported and built lazily in ``execute``.
 
     :param connect_timeout: seconds to wait for a connection, overriding the Airflow connection.
     :param read_timeout: seconds to wait for each read, overriding the Airflow connection.
-    :param emit_asset: add an Asset event for each segment this task changes, through the
+    :param emit_asset: add an Asset event for each object this task changes, through the
         vendor's asset alias (``asset_alias``), so downstream DAGs can be scheduled on it.
     :param asset_alias: name of the AssetAlias the events are added to.
     """
 
     #: "module.Class" of the vendor hook, imported on first use (keeps DAG parsing cheap).
     hook_path: ClassVar[str]
-    #: default alias name for the asset events of this vendor, e.g. "lytics-segments".
-    default_asset_alias: ClassVar[str | None] = None
-    emits_assets: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -41,19 +74,11 @@ class AudienceBaseOperator(BaseOperator):
         asset_alias: str | None = None,
         **kwargs: Any,
     ) -> None:
-        alias_name = asset_alias or self.default_asset_alias
-        if self.emits_assets and emit_asset and alias_name:
-            from airflow.sdk import AssetAlias
-
-            outlets = list(kwargs.pop("outlets", None) or [])
-            outlets.append(AssetAlias(name=alias_name))
-            kwargs["outlets"] = outlets
+        self._asset_outlets(kwargs, emit_asset, asset_alias)
         super().__init__(**kwargs)
         self.conn_id = conn_id
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.emit_asset = bool(self.emits_assets and emit_asset and alias_name)
-        self.asset_alias = alias_name
         self._hook_instance: AudienceHook | None = None
 
     @property
@@ -73,15 +98,6 @@ class AudienceBaseOperator(BaseOperator):
                 )
             self._hook_instance = hook_cls(self.conn_id, timeouts=timeouts)
         return self._hook_instance
-
-    def emit_asset_event(self, context: Context, uri: str, extra: dict[str, Any]) -> None:
-        """Record an Asset event for ``uri`` through this task's alias (no-op when disabled)."""
-        if not self.emit_asset or not self.asset_alias:
-            return
-        from airflow.sdk import Asset, AssetAlias
-
-        context["outlet_events"][AssetAlias(name=self.asset_alias)].add(Asset(uri=uri), extra=extra)
-        log.info("Asset event recorded for %s", uri)
 
 
 def wait_in_worker(

@@ -41,20 +41,17 @@ class _LyticsOperator(AudienceBaseOperator):
 
     def _segment_result(self, context: Context, segment: dict[str, Any], **fields: Any) -> dict[str, Any]:
         """Push the id and link at once, and build the small XCom result."""
-        from airflow_audience_provider.assets import segment_uri
-
         hook = self.hook
         url = hook.segment_url(segment)
         LyticsSegmentLink.persist(context, url)
         context["ti"].xcom_push(key="segment_id", value=segment.get("id"))
-        account = str(segment.get("aid") or hook.account_id or "default")
         result = {
             "segment_id": segment.get("id"),
             "slug_name": segment.get("slug_name"),
             "name": segment.get("name"),
             "size": segment.get("size"),
             "url": url,
-            "asset_uri": segment_uri("lytics", account, "segment", str(segment.get("id"))),
+            "asset_uri": hook.segment_asset_uri(segment),
         }
         result.update(fields)
         return result
@@ -305,10 +302,7 @@ class LyticsReevaluateSegmentOperator(_LyticsOperator):
         return self._finish(context, {**event.get("result", {}), "status": "completed"})
 
     def _finish(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
-        from airflow_audience_provider.assets import segment_uri
-
-        account = str(self.hook.account_id or "default")
-        result.setdefault("asset_uri", segment_uri("lytics", account, "segment", str(result.get("segment_id"))))
+        result.setdefault("asset_uri", self.hook.segment_asset_uri(result))
         self.emit_asset_event(
             context,
             result["asset_uri"],

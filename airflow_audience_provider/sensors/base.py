@@ -61,6 +61,9 @@ class AudienceWaitSensor(BaseSensorOperator):
         """What goes to XCom when the wait ends well."""
         return result.data or {}
 
+    def on_done(self, context: Context, result: dict[str, Any]) -> None:
+        """Called once when the wait ends well, in every mode (e.g. to emit an Asset event)."""
+
     # -- modes ------------------------------------------------------------------------------
 
     def _hook(self) -> Any:
@@ -87,7 +90,9 @@ class AudienceWaitSensor(BaseSensorOperator):
         self._consecutive_failures = 0
         log.info("%s", result.describe())
         if result.phase is Phase.DONE:
-            return PokeReturnValue(is_done=True, xcom_value=self.result_value(result))
+            value = self.result_value(result)
+            self.on_done(context, value)
+            return PokeReturnValue(is_done=True, xcom_value=value)
         if result.phase is Phase.FAILED:
             raise AudienceJobFailedError(result.message, vendor=hook.vendor, code=result.vendor_status)
         return False
@@ -116,4 +121,6 @@ class AudienceWaitSensor(BaseSensorOperator):
         """Resume after the trigger: validate the event; failures and timeouts raise."""
         event = validate_event(event, self.trigger_class.vendor)
         log.info("%s", event["message"])
-        return event.get("result") or {}
+        result = event.get("result") or {}
+        self.on_done(context, result)
+        return result

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.connections import LYTICS
 from airflow_audience_provider.links.lytics import LyticsSegmentLink
+from airflow_audience_provider.operators.base import AssetEmitterMixin
 from airflow_audience_provider.sensors.base import AudienceWaitSensor
 from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class LyticsSegmentReevaluatedSensor(AudienceWaitSensor):
+class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
     """Wait until a Lytics segment reevaluation has finished.
 
     Works in poke, reschedule and deferrable modes. A failed Lytics job (``failed``,
@@ -31,12 +32,17 @@ class LyticsSegmentReevaluatedSensor(AudienceWaitSensor):
         created before it are ignored. Take it from the reevaluate operator's result.
     :param job_id: the job Lytics named for the reevaluation, if any (templated).
     :param lytics_conn_id: the Lytics connection.
+    :param emit_asset: when the reevaluation is done, record an Asset event
+        ``lytics://<account>/segment/<id>`` (with the new size) through the alias ``asset_alias``.
+    :param asset_alias: defaults to ``lytics-segments``.
     """
 
     trigger_class = LyticsReevaluationTrigger
     template_fields: Sequence[str] = ("segment_id", "requested_at", "job_id", "lytics_conn_id")
     operator_extra_links = (LyticsSegmentLink(),)
     ui_color = "#e6f0ff"
+    default_asset_alias = "lytics-segments"
+    emits_assets = True
 
     def __init__(
         self,
@@ -47,8 +53,11 @@ class LyticsSegmentReevaluatedSensor(AudienceWaitSensor):
         lytics_conn_id: str = LYTICS.default_conn_name,
         poke_interval: float = 60,
         timeout: float = 6 * 60 * 60,
+        emit_asset: bool = True,
+        asset_alias: str | None = None,
         **kwargs: Any,
     ) -> None:
+        self._asset_outlets(kwargs, emit_asset, asset_alias)
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.segment_id = segment_id
         self.requested_at = requested_at
@@ -68,3 +77,13 @@ class LyticsSegmentReevaluatedSensor(AudienceWaitSensor):
         hook = LyticsHook(self.lytics_conn_id)
         LyticsSegmentLink.persist(context, hook.segment_url({"id": self.segment_id}))
         return super().execute(context)
+
+    def on_done(self, context: Context, result: dict[str, Any]) -> None:
+        from airflow_audience_provider.hooks.lytics import LyticsHook
+
+        uri = result.get("asset_uri") or LyticsHook(self.lytics_conn_id).segment_asset_uri({"id": self.segment_id})
+        result["asset_uri"] = uri
+        LyticsSegmentLink.persist(context, result.get("url"))  # the full link, now that the segment was read
+        self.emit_asset_event(
+            context, uri, {"slug_name": result.get("slug_name"), "size": result.get("size"), "action": "reevaluated"}
+        )
