@@ -1,0 +1,61 @@
+# The project's command index. `make help` lists the targets.
+# Everything runs in .venv, created from the committed lock with uv (bootstrapped with pip).
+
+PYTHON ?= python3.11
+UV_VERSION ?= 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+LOCK := requirements/ci.lock
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help env demo test test-fast bench docs lint dist lock sandbox clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q "uv==$(UV_VERSION)"
+
+$(STAMP): $(LOCK) pyproject.toml | $(UV)
+	test -x $(PY) || $(UV) venv -q -p "$$(command -v $(PYTHON))" $(VENV)
+	$(UV) pip sync -q -p $(PY) $(LOCK)
+	$(UV) pip install -q -p $(PY) --no-deps -e .
+	touch $(STAMP)
+
+env: $(STAMP) ## Create or refresh .venv from the lock (Python 3.11, newest Airflow 3.x)
+
+demo: $(STAMP) ## Start the embedded sandbox and run every example DAG end to end with `airflow dags test`
+	$(PY) scripts/demo.py
+
+test: $(STAMP) ## Run the whole test suite (unit, sandbox, example DAGs under real Airflow)
+	$(PY) -m pytest -q --durations=15 --timeout=600 tests
+
+test-fast: $(STAMP) ## The test suite without the example-DAG runs
+	$(PY) -m pytest -q -m "not dag_run" --timeout=300 tests
+
+bench: $(STAMP) ## Contact-list engine benchmark (ratios against bare hashlib, peak memory, sync)
+	$(PY) benchmarks/bench_contact_list.py
+
+docs: $(STAMP) ## Build the Sphinx docs with warnings as errors
+	$(PY) -m sphinx -W --keep-going -b html -q docs docs/_build/html
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check airflow_audience_provider
+	$(VENV)/bin/mypy airflow_audience_provider
+
+dist: $(STAMP) ## Build the wheel and sdist into dist/
+	$(PY) -m build --no-isolation --outdir dist .
+
+sandbox: $(STAMP) ## Serve every vendor fake on local ports and print AIRFLOW_CONN_* lines
+	$(VENV)/bin/airflow-audience-sandbox
+
+lock: | $(UV) ## Re-resolve requirements/*.lock from requirements/*.in
+	$(UV) pip compile -q --python-version 3.11 requirements/ci.in -o requirements/ci.lock
+
+clean: ## Remove the environment and build outputs
+	rm -rf $(VENV) $(TOOLS) build dist docs/_build .demo

@@ -1,0 +1,133 @@
+"""Run DAGs end to end against the sandbox with ``airflow dags test``, and read what they did.
+
+Used by ``make demo`` and by the test suite, and useful for testing your own DAGs offline::
+
+    with SandboxServer() as sandbox:
+        env = dag_test_env(airflow_home, dags_folder, sandbox)
+        migrate_db(env)
+        outcome = run_dag_test("my_dag", env)
+        print(outcome.ok, read_run(airflow_home_env=env, dag_id="my_dag"))
+
+Reading the run needs the metadata DB of that ``AIRFLOW_HOME``; :func:`read_run` does it in a
+subprocess so the caller's own Airflow configuration is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_audience_provider.sandbox.server import SandboxServer
+
+AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
+
+
+def dag_test_env(
+    airflow_home: Path, dags_folder: Path, sandbox: SandboxServer | None = None, **extra: str
+) -> dict[str, str]:
+    """Environment for an isolated Airflow (SQLite) whose connections point at the sandbox."""
+    env = dict(os.environ)
+    env.update(
+        AIRFLOW_HOME=str(airflow_home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder),
+        AIRFLOW__CORE__TEST_CONNECTION="Enabled",
+    )
+    if sandbox is not None:
+        env.update(sandbox.env())
+    env.update(extra)
+    return env
+
+
+def migrate_db(env: dict[str, str], timeout: float = 300) -> None:
+    """``airflow db migrate`` for the environment's AIRFLOW_HOME (a fresh SQLite DB)."""
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [AIRFLOW_BIN, "db", "migrate"], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+@dataclass
+class DagTestOutcome:
+    dag_id: str
+    returncode: int
+    log: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def run_dag_test(dag_id: str, env: dict[str, str], timeout: float = 600, conf: dict | None = None) -> DagTestOutcome:
+    """``airflow dags test <dag_id>``; deferred tasks run their triggers inline.
+
+    Bounded by ``timeout`` because an inline trigger has no timeout of its own in Airflow.
+    """
+    command = [AIRFLOW_BIN, "dags", "test", dag_id]
+    if conf:
+        command += ["--conf", json.dumps(conf)]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        output = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return DagTestOutcome(dag_id, -1, output + f"\n[timed out after {timeout} s]")
+    return DagTestOutcome(dag_id, done.returncode, done.stdout + done.stderr)
+
+
+_READER = r"""
+import json, sys
+from airflow.models.dagrun import DagRun
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.xcom import XComModel
+from airflow.utils.session import create_session
+
+dag_id = sys.argv[1]
+out = {"dag_id": dag_id, "runs": []}
+with create_session() as session:
+    runs = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id).all()
+    for run in runs:
+        tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id)
+        tasks = {}
+        for ti in tis:
+            xcoms = {}
+            for row in session.query(XComModel).filter(
+                XComModel.dag_id == dag_id, XComModel.run_id == run.run_id, XComModel.task_id == ti.task_id
+            ):
+                value = row.value
+                try:
+                    value = json.loads(value) if isinstance(value, (str, bytes)) else value
+                except ValueError:
+                    pass
+                xcoms[row.key] = value
+            tasks[ti.task_id] = {"state": str(ti.state), "try_number": ti.try_number, "xcom": xcoms}
+        out["runs"].append({"run_id": run.run_id, "state": str(run.state), "tasks": tasks})
+    try:
+        from airflow.models.asset import AssetEvent, AssetModel
+        events = session.query(AssetEvent, AssetModel).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(
+            AssetEvent.source_dag_id == dag_id)
+        out["asset_events"] = [
+            {"uri": model.uri, "task_id": event.source_task_id, "extra": event.extra} for event, model in events
+        ]
+    except Exception as exc:  # the asset tables moved between Airflow versions
+        out["asset_events_error"] = repr(exc)
+print("AUDIENCE-RUN-JSON " + json.dumps(out, default=str))
+"""
+
+
+def read_run(env: dict[str, str], dag_id: str) -> dict[str, Any]:
+    """Task states, XComs and Asset events of every run of ``dag_id`` in that AIRFLOW_HOME."""
+    done = subprocess.run(
+        [sys.executable, "-c", _READER, dag_id], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("AUDIENCE-RUN-JSON "):
+            return json.loads(line.split(" ", 1)[1])
+    raise RuntimeError(f"Could not read the runs of {dag_id}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
