@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from airflow_audience_provider.identifiers.chunking import Chunk, fixed_chunk_size
-from airflow_audience_provider.identifiers.fanout import run_destinations
+from airflow_audience_provider.identifiers.fanout import default_mp_context, run_destinations
 from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch
 from airflow_audience_provider.identifiers.rules import get_rule
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IterableSource
@@ -119,7 +119,7 @@ def pipeline(values: list[str], workers: int) -> int:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(default_mp_context())) as pool:
             for out in pool.map(process_batch, [profile] * len(batches), batches, chunksize=4):
                 consume(out)
     return chunks + (1 if pending else 0)

@@ -115,11 +115,26 @@ class _DestState:
         }
 
 
+def default_mp_context() -> str:
+    """Start method of the read-phase worker processes.
+
+    ``fork`` where the platform has it: workers start in milliseconds and only run
+    :func:`process_batch` (pure computation, no logging, no locks), so the usual hazard of forking
+    a threaded process does not bite. ``spawn`` would re-import the parent's ``__main__`` in
+    every worker, which for an Airflow task is the Airflow CLI: seconds per worker. Override
+    with ``mp_context="spawn"`` (or ``"forkserver"``) where fork is not wanted.
+    """
+    import multiprocessing
+
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def _iter_processed(
     source: IdentifierSource,
     profiles: tuple[NormalisationProfile, ...],
     batch_size: int,
     workers: int,
+    mp_context: str | None = None,
 ) -> Iterator[tuple[RawBatch, list[BatchOutput]]]:
     """Read the source once; run each batch through every profile, in order."""
     if workers <= 1:
@@ -128,8 +143,7 @@ def _iter_processed(
         return
     import multiprocessing
 
-    # spawn: safe inside Airflow task processes that already run threads (fork is not).
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context(mp_context or default_mp_context())
     pending: collections.deque[tuple[RawBatch, Future[list[BatchOutput]]]] = collections.deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         # Bounded look-ahead keeps memory flat while every worker stays busy.
@@ -171,6 +185,7 @@ def run_destinations(
     batch_size: int = DEFAULT_BATCH_SIZE,
     spill_bytes: int = DEFAULT_SPILL_BYTES,
     max_partition_bytes: int = DEFAULT_MAX_PARTITION_BYTES,
+    mp_context: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Read ``source`` once and sync (or plan) every destination.
 
@@ -196,7 +211,7 @@ def run_destinations(
     spills = {p: PartitionSpill(tmp, f"p{i}", spill_bytes) for i, p in enumerate(profiles)}
     try:
         try:
-            _read_phase(source, groups, spills, batch_size, workers)
+            _read_phase(source, groups, spills, batch_size, workers, mp_context)
             _check_after_read(states, dry_run)
             _plan_phase(groups, spills, tmp, max_partition_bytes)
             _check_after_plan(states, dry_run)
@@ -214,10 +229,12 @@ def run_destinations(
             log.info("Contact-list plan (dry run, nothing sent):\n%s", summarise(results.values()))
             return results
         failures = []
+        first_cause: Exception | None = None
         for st in states.values():
             try:
                 _send(st)
             except Exception as exc:
+                first_cause = first_cause or exc
                 st.status = "failed"
                 st.error = f"{type(exc).__name__}: {exc}"
                 failures.append(st.dest.name)
@@ -226,7 +243,7 @@ def run_destinations(
         log.info("Contact-list sync:\n%s", summarise(results.values()))
         if failures:
             payload: dict[str, Any] = results[failures[0]] if len(states) == 1 else {"destinations": results}
-            raise SendError(f"sending failed for {', '.join(failures)}", result=payload)
+            raise SendError(f"sending failed for {', '.join(failures)}", result=payload) from first_cause
         return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -238,12 +255,13 @@ def _read_phase(
     spills: dict[NormalisationProfile, PartitionSpill],
     batch_size: int,
     workers: int,
+    mp_context: str | None,
 ) -> None:
     profiles = tuple(groups)
     first = True
     rows = 0
     started = last_log = time.monotonic()
-    for batch, outputs in _iter_processed(source, profiles, batch_size, workers):
+    for batch, outputs in _iter_processed(source, profiles, batch_size, workers, mp_context):
         n = len(batch.values)
         rows += n
         for profile, out in zip(profiles, outputs, strict=True):

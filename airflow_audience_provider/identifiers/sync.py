@@ -137,6 +137,7 @@ def sync_contact_list(
     options: SyncOptions | None = None,
     workers: int = 1,
     work_dir: str | None = None,
+    mp_context: str | None = None,
     **source_options: Any,
 ) -> dict[str, Any]:
     """Sync a contact list to one destination. This is what vendor operators call.
@@ -152,6 +153,7 @@ def sync_contact_list(
     :param options: guards and switches (:class:`SyncOptions`).
     :param workers: processes for the read phase (normalise + hash); 1 = in this process.
     :param work_dir: where spill files go (default: the system temp dir).
+    :param mp_context: start method of worker processes (default: see ``fanout.default_mp_context``).
     :param source_options: ``format``, ``column``, ``encoding``, ``delimiter``, ``has_header`` for
         path sources.
     :returns: a small JSON-serialisable result (see :func:`result_dict`).
@@ -171,7 +173,12 @@ def sync_contact_list(
         options=options or SyncOptions(),
     )
     results = run_destinations(
-        open_source(source, **source_options), [dest], dry_run=dry_run, workers=workers, work_dir=work_dir
+        open_source(source, **source_options),
+        [dest],
+        dry_run=dry_run,
+        workers=workers,
+        work_dir=work_dir,
+        mp_context=mp_context,
     )
     return results[destination_key]
 

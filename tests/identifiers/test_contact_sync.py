@@ -36,7 +36,7 @@ from airflow_audience_provider.identifiers.rules import HashAlgorithm
 from airflow_audience_provider.identifiers.snapshot import SnapshotStore
 from airflow_audience_provider.identifiers.sources import IterableSource, RawBatch
 from airflow_audience_provider.identifiers.sync import plan_allows, snapshot_for
-from airflow_audience_provider.identifiers.testing import RecordingSender
+from airflow_audience_provider.identifiers.testing import RecordingSender, SimulatedSendError
 
 CRITEO = get_rule("criteo", "email")
 SMALL_CHUNKS = CRITEO.with_options(max_ids_per_chunk=10)
@@ -253,6 +253,7 @@ def test_incremental_sync_across_runs_with_a_failed_middle_run(tmp_path: Path) -
     with pytest.raises(SendError) as exc:
         run(list_b, sender, tmp_path)
     partial = exc.value.result
+    assert isinstance(exc.value.__cause__, SimulatedSendError)  # the vendor's error is kept
     assert partial is not None
     assert partial["status"] == "failed" and partial["counts"]["chunks_sent"] == 1
     assert partial["counts"]["sent_add"] == 10 and partial["counts"]["added"] == 25
