@@ -12,23 +12,22 @@ __version__ = "0.1.0"
 
 _PKG = "airflow_audience_provider"
 
-#: vendor -> (integration name, docs URL). Extended as each vendor lands.
-_INTEGRATIONS: dict[str, tuple[str, str]] = {
-    "lytics": ("Lytics", "https://docs.lytics.com/reference"),
-}
-
 
 def get_provider_info() -> dict[str, Any]:
-    """Provider metadata for Airflow's ProvidersManager (entry point ``apache_airflow_provider``)."""
+    """Provider metadata for Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
+
+    Generated from :data:`airflow_audience_provider.connections.CONNECTION_SPECS`, the one
+    place a vendor is registered.
+    """
     from airflow_audience_provider.connections import CONNECTION_SPECS
 
-    vendors = list(_INTEGRATIONS)
+    specs = list(CONNECTION_SPECS.values())
 
-    def modules(kind: str, only: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    def modules(kind: str) -> list[dict[str, Any]]:
         return [
-            {"integration-name": _INTEGRATIONS[v][0], "python-modules": [f"{_PKG}.{kind}.{v}"]}
-            for v in vendors
-            if only is None or v in only
+            {"integration-name": s.integration_name, "python-modules": [f"{_PKG}.{kind}.{s.module_name}"]}
+            for s in specs
+            if kind in s.module_kinds
         ]
 
     return {
@@ -39,24 +38,26 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "integrations": [
             {
-                "integration-name": name,
-                "external-doc-url": url,
-                "how-to-guide": [f"/docs/{_PKG}/operators/{v}.rst"],
+                "integration-name": s.integration_name,
+                "external-doc-url": s.external_doc_url,
+                "how-to-guide": [f"/docs/{_PKG}/operators/{s.module_name}.rst"],
                 "tags": ["service"],
             }
-            for v, (name, url) in _INTEGRATIONS.items()
+            for s in specs
         ],
         "hooks": modules("hooks"),
         "operators": modules("operators"),
         "sensors": modules("sensors"),
         "triggers": modules("triggers"),
-        "connection-types": [spec.provider_entry() for spec in CONNECTION_SPECS.values()],
-        "extra-links": [f"{_PKG}.links.lytics.LyticsSegmentLink"],
+        "connection-types": [s.provider_entry() for s in specs],
+        "extra-links": [link for s in specs for link in s.extra_links],
         "asset-uris": [
             {
-                "schemes": ["lytics"],
+                "schemes": [s.asset_scheme],
                 "handler": f"{_PKG}.assets.sanitize_uri",
                 "factory": f"{_PKG}.assets.create_asset",
             }
+            for s in specs
+            if s.asset_scheme
         ],
     }

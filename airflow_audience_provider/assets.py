@@ -1,7 +1,7 @@
 """Asset URIs for vendor objects, so downstream DAGs can be scheduled on an audience refresh.
 
-Schemes are registered in the provider info (``asset-uris``). A Lytics segment is
-``lytics://<account>/segment/<segment id>``.
+Schemes are registered in the provider info (``asset-uris``) from each vendor's
+``ConnectionSpec.asset_scheme``. A Lytics segment is ``lytics://<account>/segment/<segment id>``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ from urllib.parse import SplitResult, quote
 if TYPE_CHECKING:
     from airflow.sdk import Asset
 
-_PATH_KINDS = {"lytics": ("segment",)}
+
+def _path_kinds(scheme: str) -> tuple[str, ...]:
+    from airflow_audience_provider.connections import CONNECTION_SPECS
+
+    return next((s.asset_kinds for s in CONNECTION_SPECS.values() if s.asset_scheme == scheme), ())
 
 
 def segment_uri(vendor: str, account: str, kind: str, object_id: str) -> str:
@@ -25,7 +29,7 @@ def sanitize_uri(uri: SplitResult) -> SplitResult:
     if not uri.netloc:
         raise ValueError(f"{uri.scheme} asset URI needs an account: {uri.scheme}://<account>/<kind>/<id>")
     parts = [p for p in uri.path.split("/") if p]
-    kinds = _PATH_KINDS.get(uri.scheme, ())
+    kinds = _path_kinds(uri.scheme)
     if len(parts) != 2 or (kinds and parts[0] not in kinds):
         raise ValueError(f"{uri.scheme} asset URI must look like {uri.scheme}://<account>/<kind>/<id>")
     return uri

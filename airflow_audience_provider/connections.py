@@ -37,7 +37,11 @@ class ConnField:
 
 @dataclass(frozen=True)
 class ConnectionSpec:
-    """A vendor's connection type: identity, standard-field behaviour and extra fields."""
+    """A vendor: its connection type (identity, standard-field behaviour, extra fields) and what
+    the provider info registers for it (integration, modules, extra links, asset URI scheme).
+
+    The vendor's modules are ``<kind>/<module>.py`` for each kind in ``module_kinds``.
+    """
 
     conn_type: str
     hook_name: str
@@ -48,6 +52,21 @@ class ConnectionSpec:
     relabeling: dict[str, str]
     placeholders: dict[str, str]
     fields: tuple[ConnField, ...] = field(default_factory=tuple)
+    #: provider-info integration name and the vendor's API docs
+    integration_name: str = ""
+    external_doc_url: str = ""
+    #: module name under hooks/, operators/, ... (defaults to conn_type)
+    module: str = ""
+    module_kinds: tuple[str, ...] = ("hooks", "operators", "sensors", "triggers")
+    #: dotted paths of the BaseOperatorLink classes
+    extra_links: tuple[str, ...] = ()
+    #: asset URI scheme and the object kinds allowed in its path (``<scheme>://<account>/<kind>/<id>``)
+    asset_scheme: str | None = None
+    asset_kinds: tuple[str, ...] = ()
+
+    @property
+    def module_name(self) -> str:
+        return self.module or self.conn_type
 
     def ui_field_behaviour(self) -> dict[str, Any]:
         return {
@@ -108,6 +127,12 @@ LYTICS = ConnectionSpec(
         ),
         *TRANSPORT_FIELDS,
     ),
+    integration_name="Lytics",
+    external_doc_url="https://docs.lytics.com/reference",
+    extra_links=("airflow_audience_provider.links.lytics.LyticsSegmentLink",),
+    asset_scheme="lytics",
+    asset_kinds=("segment",),
 )
 
+# Each vendor adds its ConnectionSpec above and its name to this tuple (one line per vendor).
 CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS,)}

@@ -16,8 +16,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / ".demo"
 
-# Upstream DAGs first: the downstream example reads the Asset events they emit.
-DAGS = ["example_lytics_segment_refresh", "example_lytics_downstream"]
+
+def example_dag_ids() -> list[str]:
+    """Every example DAG (convention: dag_id == file name); downstream DAGs after the others."""
+    ids = sorted(path.stem for path in (REPO / "example_dags").glob("example_*.py"))
+    return sorted(ids, key=lambda dag_id: "downstream" in dag_id)
 
 
 def _short(value: object, width: int = 110) -> str:
@@ -41,7 +44,7 @@ def main() -> int:
         )
         print("Preparing a throw-away Airflow home (airflow db migrate) ...")
         migrate_db(env)
-        for dag_id in DAGS:
+        for dag_id in example_dag_ids():
             started = time.monotonic()
             outcome = run_dag_test(dag_id, env, timeout=600)
             (DEMO / "logs" / f"{dag_id}.log").write_text(outcome.log)
