@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import emails, normalised_emails, sha
+from contact_helpers import emails, normalised_emails, sha
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
