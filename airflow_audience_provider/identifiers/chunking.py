@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 from airflow_audience_provider.identifiers.rules import VendorRule
 
@@ -27,27 +28,80 @@ REPLACE = "replace"
 class Chunk:
     """One request's or one file's worth of output values.
 
+    Small chunks hold their values; chunks of fixed-length values (hashes) point at a byte range
+    of the engine's work file instead, so a 1 GB Yandex.Audience file never sits in memory as a
+    list. Either way, :attr:`identifiers` gives the values and :meth:`write_to` streams the vendor
+    file. A file-backed chunk is valid only during the sender call that receives it.
+
     :param operation: ``"add"``, ``"remove"`` or ``"replace"`` (the list becomes exactly this chunk;
         later chunks of the same replace arrive as ``"add"``).
     :param index: 1-based position among the chunks of this run.
     :param total: number of chunks of this run (adds, removes and the replace together).
-    :param identifiers: hashed (or normalised) values, never raw input.
     :param rule: the vendor rule (gives the vendor's identifier type name).
+    :param values: the hashed (or normalised) values, never raw input; None when file-backed.
+    :param path: work file holding the values, one per line (file-backed chunks).
+    :param offset: byte offset of the first value in ``path``.
+    :param nbytes: bytes of the values in ``path`` (newlines included).
+    :param count: number of values in ``path``.
     """
 
     operation: str
     index: int
     total: int
-    identifiers: list[str] = field(repr=False)
     rule: VendorRule = field(repr=False)
+    values: list[str] | None = field(default=None, repr=False)
+    path: str | None = field(default=None, repr=False)
+    offset: int = 0
+    nbytes: int = 0
+    count: int = 0
 
     @property
     def vendor_identifier_type(self) -> str:
         """The identifier type name the vendor API expects."""
         return self.rule.vendor_identifier_type
 
+    @property
+    def identifiers(self) -> list[str]:
+        """The values as a list (read from the work file for file-backed chunks, on each access)."""
+        if self.values is not None:
+            return self.values
+        assert self.path is not None
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(self.nbytes)
+        return data.decode("utf-8", "surrogatepass").split("\n")[:-1]
+
     def __len__(self) -> int:
-        return len(self.identifiers)
+        return len(self.values) if self.values is not None else self.count
+
+    @property
+    def file_size(self) -> int:
+        """Bytes :meth:`write_to` writes (header included): the upload's size."""
+        if self.values is not None:
+            return len(render_file(self.rule, self.values))
+        return len(self.rule.header.encode()) + self.nbytes
+
+    def write_to(self, fh: IO[bytes], block: int = 1 << 20) -> int:
+        """Write the vendor file (the rule's header, then one value per line); return bytes written."""
+        if self.values is not None:
+            data = render_file(self.rule, self.values)
+            fh.write(data)
+            return len(data)
+        assert self.path is not None
+        header = self.rule.header.encode()
+        fh.write(header)
+        written = len(header)
+        with open(self.path, "rb") as src:
+            src.seek(self.offset)
+            left = self.nbytes
+            while left:
+                data = src.read(min(block, left))
+                if not data:
+                    raise OSError(f"work file {self.path} ended early")
+                fh.write(data)
+                written += len(data)
+                left -= len(data)
+        return written
 
 
 def _limits(rule: VendorRule) -> tuple[int, int | None, int]:
@@ -137,27 +191,40 @@ class ChunkCounter:
         return self._chunks + (1 if self._in_chunk else 0)
 
 
-def iter_chunk_lists_from_file(path: str | os.PathLike[str], rule: VendorRule) -> Iterator[list[str]]:
-    """Chunks of a file of values, one per line (the engine's additions and removals files).
+def iter_chunks_from_file(
+    path: str | os.PathLike[str], rule: VendorRule, operation: str, *, first_index: int = 1, total: int = 0
+) -> Iterator[Chunk]:
+    """Chunks of a work file of values, one per line (the engine's additions or removals).
 
-    With fixed-length values (hex digests) a chunk is read with one ``read`` call and split in C
-    instead of line by line, which matters when a full replace sends millions of hashes.
+    Fixed-length values (hex digests) give file-backed chunks: offsets are computed, nothing is
+    read until a sender asks. Other values are read line by line into list-backed chunks.
+
+    :param operation: operation of every chunk (the engine turns the first one of a full replace
+        into ``"replace"``).
+    :param first_index: index of the first chunk.
+    :param total: total chunks of the run, for :attr:`Chunk.total`.
     """
     fixed = rule.profile.output_length
+    index = first_index
     if fixed is None:
         with open(path, encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
-            yield from iter_chunk_lists((line[:-1] for line in fh), rule)
+            for values in iter_chunk_lists((line[:-1] for line in fh), rule):
+                yield Chunk(operation, index, total, rule, values=values)
+                index += 1
         return
     size = fixed_chunk_size(rule, fixed)
     width = fixed + 1
-    with open(path, "rb") as fh:
-        while True:
-            data = fh.read(size * width)
-            if not data:
-                return
-            if len(data) % width or data[fixed::width].strip(b"\n"):
-                raise ValueError(f"{path}: values are not all {fixed} characters long")
-            yield data.decode("ascii").split("\n")[:-1]
+    file_size = os.path.getsize(path)
+    if file_size % width:
+        raise ValueError(f"{path}: values are not all {fixed} characters long")
+    offset = 0
+    while offset < file_size:
+        nbytes = min(size * width, file_size - offset)
+        yield Chunk(
+            operation, index, total, rule, path=os.fspath(path), offset=offset, nbytes=nbytes, count=nbytes // width
+        )
+        offset += nbytes
+        index += 1
 
 
 def render_file(rule: VendorRule, identifiers: list[str]) -> bytes:

@@ -11,6 +11,8 @@ See :mod:`airflow_audience_provider.identifiers.sync` for the phases of a run.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import itertools
 import logging
 import shutil
 import tempfile
@@ -26,10 +28,9 @@ from airflow_audience_provider.identifiers.chunking import (
     ADD,
     REMOVE,
     REPLACE,
-    Chunk,
     ChunkCounter,
     ProgressLogger,
-    iter_chunk_lists_from_file,
+    iter_chunks_from_file,
 )
 from airflow_audience_provider.identifiers.errors import (
     ContactListError,
@@ -553,29 +554,29 @@ def _send(st: _DestState) -> None:
         every_chunks=dest.options.progress_every_chunks,
         every_seconds=dest.options.progress_every_seconds,
     )
-    index = 0
     # A full replace sends the whole new list: that is the new snapshot file.
     adds_path = st.snapshot_path if st.mode == FULL_REPLACE else st.adds_path
     if st.mode == CLEAR:
         sender.clear()
     elif st.mode in (FULL_REPLACE, INCREMENTAL):
-        first_op = REPLACE if st.mode == FULL_REPLACE else ADD
-        for values in iter_chunk_lists_from_file(adds_path, dest.rule):
-            index += 1
-            op = first_op if index == 1 else ADD
-            chunk = Chunk(op, index, total, values, dest.rule)
-            res = sender.replace(chunk) if op == REPLACE else sender.add(chunk)
-            acc.sent_add += res.accepted
+        chunks = itertools.chain(
+            iter_chunks_from_file(adds_path, dest.rule, ADD, total=total),
+            iter_chunks_from_file(
+                st.removes_path, dest.rule, REMOVE, first_index=st.add_counter.chunks + 1, total=total
+            ),
+        )
+        for planned in chunks:
+            first_of_replace = planned.index == 1 and st.mode == FULL_REPLACE
+            chunk = dataclasses.replace(planned, operation=REPLACE) if first_of_replace else planned
+            if chunk.operation == REMOVE:
+                res = sender.remove(chunk)
+                acc.sent_remove += res.accepted
+            else:
+                res = sender.replace(chunk) if chunk.operation == REPLACE else sender.add(chunk)
+                acc.sent_add += res.accepted
             acc.vendor_rejected += res.rejected
             acc.chunks_sent += 1
-            progress.update(len(values))
-        for values in iter_chunk_lists_from_file(st.removes_path, dest.rule):
-            index += 1
-            res = sender.remove(Chunk(REMOVE, index, total, values, dest.rule))
-            acc.sent_remove += res.accepted
-            acc.vendor_rejected += res.rejected
-            acc.chunks_sent += 1
-            progress.update(len(values))
+            progress.update(len(chunk))
     if dest.snapshot is not None and st.mode != NOOP:
         # Only now, with every chunk accepted, may the snapshot say these identifiers were sent.
         dest.snapshot.commit(st.snapshot_path, rule=dest.rule, count=acc.unique)

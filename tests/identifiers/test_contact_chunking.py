@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from airflow_audience_provider.identifiers.chunking import (
     ProgressLogger,
     fixed_chunk_size,
     iter_chunk_lists,
-    iter_chunk_lists_from_file,
+    iter_chunks_from_file,
     render_file,
 )
 from airflow_audience_provider.identifiers.rules import get_rule
@@ -61,12 +62,41 @@ def test_fixed_length_chunks_from_file(n: int, max_ids: int, tmp_path_factory: p
     values = [f"{i:064x}" for i in range(n)]
     path = tmp_path_factory.mktemp("chunks") / "adds"
     path.write_text("".join(v + "\n" for v in values))
-    chunks = list(iter_chunk_lists_from_file(path, rule))
-    assert [v for c in chunks for v in c] == values
-    assert all(1 <= len(c) <= max_ids for c in chunks)
+    chunks = list(iter_chunks_from_file(path, rule, "add", total=99))
+    assert [v for c in chunks for v in c.identifiers] == values
+    assert all(1 <= len(c) <= max_ids and c.total == 99 for c in chunks)
+    assert [c.index for c in chunks] == list(range(1, len(chunks) + 1))
     counter = ChunkCounter(rule)
     counter.feed(values)
     assert counter.chunks == len(chunks)
+
+
+def test_file_backed_chunk_streams_the_vendor_file(tmp_path: Path) -> None:
+    rule = YANDEX_EMAIL.with_options(max_bytes_per_chunk=len("email\n") + 4 * 65)
+    values = [f"{i:064x}" for i in range(10)]
+    path = tmp_path / "adds"
+    path.write_text("".join(v + "\n" for v in values))
+    chunks = list(iter_chunks_from_file(path, rule, "add"))
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    assert all(c.values is None for c in chunks)  # nothing materialised
+    out = io.BytesIO()
+    written = chunks[1].write_to(out)
+    assert out.getvalue() == render_file(rule, values[4:8]) and written == chunks[1].file_size
+    assert chunks[1].file_size <= rule.max_bytes_per_chunk  # type: ignore[operator]
+
+
+def test_variable_length_chunks_from_file(tmp_path: Path) -> None:
+    rule = CRITEO_CUSTOMER.with_options(max_ids_per_chunk=3)
+    path = tmp_path / "adds"
+    path.write_text("a\nbb\nccc\ndddd\n")
+    chunks = list(iter_chunks_from_file(path, rule, "remove", first_index=5))
+    assert [(c.index, c.operation, c.identifiers) for c in chunks] == [
+        (5, "remove", ["a", "bb", "ccc"]),
+        (6, "remove", ["dddd"]),
+    ]
+    out = io.BytesIO()
+    chunks[1].write_to(out)
+    assert out.getvalue() == b"dddd\n"
 
 
 def test_byte_limit_for_files(tmp_path: Path) -> None:
@@ -82,7 +112,7 @@ def test_file_with_a_short_value_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "adds"
     path.write_text("a" * 64 + "\n" + "b" * 63 + "\n")
     with pytest.raises(ValueError, match="not all 64 characters"):
-        list(iter_chunk_lists_from_file(path, CRITEO_EMAIL))
+        list(iter_chunks_from_file(path, CRITEO_EMAIL, "add"))
 
 
 def test_progress_logs_every_n_chunks_not_every_row(caplog: pytest.LogCaptureFixture) -> None:
