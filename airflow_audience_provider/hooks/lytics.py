@@ -125,7 +125,7 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def segment_references(segment_ql: str | None) -> set[str]:
-    """Slugs or ids a FilterQL statement ``INCLUDE``s."""
+    """Slugs or ids a FilterQL statement includes (``INCLUDE``)."""
     return set(_INCLUDE.findall(_code_only(segment_ql)))
 
 
@@ -359,7 +359,7 @@ class LyticsHook(AudienceHook):
         return data.get("size") if isinstance(data, dict) else None
 
     def find_dependents(self, segment: dict[str, Any]) -> list[dict[str, Any]]:
-        """Segments whose definition ``INCLUDE``s this one (by slug or id); Lytics does not guard deletes."""
+        """Segments whose definition ``INCLUDE`` this one (by slug or id); Lytics does not guard deletes."""
         keys = {segment.get("id"), segment.get("slug_name")} - {None, ""}
         return [
             s
