@@ -29,11 +29,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Window:
-    """At most ``limit`` requests in any ``seconds``-long sliding window."""
+    """At most ``limit`` requests in any ``seconds``-long sliding window.
+
+    By default a window counts the requests of its own endpoint class for one vendor account.
+    ``scope`` names a budget shared by several endpoint classes instead (e.g. a daily request
+    budget that reads and writes draw from alike); ``per_account=False`` makes it shared by
+    every account of the vendor on this host (a per-IP limit). Every endpoint class naming the
+    same scope must give it the same windows, in the same order.
+    """
 
     limit: int
     seconds: float
     label: str = ""
+    scope: str = ""
+    per_account: bool = True
 
     def describe(self) -> str:
         return self.label or f"{self.limit} requests per {self.seconds:g} s"

@@ -44,7 +44,13 @@ from airflow_audience_provider.core.errors import (
     AudienceValidationError,
     error_class_for_status,
 )
-from airflow_audience_provider.core.ratelimit import QuotaWouldBlock, RateLimit, RateLimiter, default_rate_limiter
+from airflow_audience_provider.core.ratelimit import (
+    QuotaWouldBlock,
+    RateLimit,
+    RateLimiter,
+    Window,
+    default_rate_limiter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -327,9 +333,15 @@ class Transport:
         limit = self.profile.rate_limits.get(endpoint_class) or self.profile.rate_limits.get("default")
         if limit is None:
             return
-        key = f"{self.profile.name}:{self.budget_key}:{endpoint_class}"
+        # Windows of a shared scope (a daily budget, a per-IP limit) have their own ledger.
+        groups: dict[tuple[str, bool], list[Window]] = {}
+        for window in limit.windows:
+            groups.setdefault((window.scope, window.per_account), []).append(window)
         try:
-            self.limiter.acquire(key, limit)
+            for (scope, per_account), windows in groups.items():
+                owner = self.budget_key if per_account else "*"
+                key = f"{self.profile.name}:{owner}:{scope or endpoint_class}"
+                self.limiter.acquire(key, limit if len(groups) == 1 else replace(limit, windows=tuple(windows)))
         except QuotaWouldBlock as exc:
             raise AudienceRateLimitError(
                 f"{label} not sent: client-side quota {exc.window.describe()} is used up "

@@ -327,3 +327,34 @@ async def test_arequest_runs_off_the_event_loop(lytics_sandbox, make_transport):
 def test_hook_transport_sends_the_package_user_agent(lytics_sandbox):
     LyticsHook().get_conn().request("GET", LIST)
     assert lytics_sandbox.requests[-1]["user_agent"].startswith("airflow-audience-provider/")
+
+
+def test_scoped_windows_share_one_budget_across_classes_and_accounts(lytics_sandbox, make_transport, clock):
+    # A daily budget shared by reads and writes of one account, and a per-host limit shared by all accounts.
+    daily = Window(3, 86400.0, "3 requests per day per login", scope="daily")
+    per_host = Window(100, 1.0, "100 per second per IP", scope="ip", per_account=False)
+    profile = VendorProfile(
+        name="lytics",
+        rate_limits={
+            "read": RateLimit((daily, per_host), max_wait=30.0),
+            "write": RateLimit((Window(10, 60.0), daily, per_host), max_wait=30.0),
+        },
+    )
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    one = make_transport(profile=profile, limiter=limiter, budget_key="acct-1")
+    other = make_transport(profile=profile, limiter=limiter, budget_key="acct-2")
+    one.request("GET", LIST, endpoint_class="read")
+    one.request("GET", LIST, endpoint_class="write")
+    one.request("GET", LIST, endpoint_class="read")
+    with pytest.raises(AudienceRateLimitError) as caught:
+        one.request("GET", LIST, endpoint_class="write")
+    assert "3 requests per day per login" in caught.value.message
+    assert caught.value.retry_after == pytest.approx(86400.0)
+    other.request("GET", LIST, endpoint_class="read")  # another account has its own daily budget
+    assert len(api_requests(lytics_sandbox)) == 4
+    assert set(limiter._ledgers) == {
+        "lytics:acct-1:daily",
+        "lytics:acct-2:daily",
+        "lytics:*:ip",
+        "lytics:acct-1:write",
+    }
