@@ -37,7 +37,9 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from airflow_audience_provider.core.auth import OAuth2ClientCredentials
 from airflow_audience_provider.core.errors import (
+    AudienceAuthenticationError,
     AudienceError,
+    AudiencePermissionError,
     AudienceRateLimitError,
     AudienceServerError,
     AudienceTransportError,
@@ -194,6 +196,7 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        credentials_hint: str | None = None,
     ) -> None:
         self.profile = profile
         self.base_url = base_url.rstrip("/")
@@ -209,6 +212,12 @@ class Transport:
         self._sleep = sleep
         #: Count of HTTP requests actually sent (retries included); handy in logs and tests.
         self.requests_sent = 0
+        #: Appended to authentication and permission errors, e.g. which connection field to fix.
+        self.credentials_hint = credentials_hint
+        #: Called with every HTTP response received, success or error, before it is judged: for
+        #: vendors that report quotas in headers on every answer (e.g. Yandex Direct ``Units``).
+        #: An observer must not raise; if one does, the error is logged and the call goes on.
+        self.response_observers: list[Callable[[requests.Response], None]] = []
 
     # -- public API -------------------------------------------------------------------------
 
@@ -273,6 +282,7 @@ class Transport:
                 if not ambiguous:
                     raise _RetryableAttempt(error) from exc
                 raise error from exc
+            self._observe(response)
             status = response.status_code
             if 200 <= status < 300 and self.profile.body_error is not None:
                 info = self.profile.body_error(response)
@@ -351,6 +361,13 @@ class Transport:
                 code="client_quota",
             ) from exc
 
+    def _observe(self, response: requests.Response) -> None:
+        for observer in self.response_observers:
+            try:
+                observer(response)
+            except Exception:  # bookkeeping must never turn an answer into a failure
+                log.warning("A %s response observer failed", self.profile.name, exc_info=True)
+
     def _parse(self, response: requests.Response) -> ErrorInfo:
         try:
             return self.profile.parse_error(response)
@@ -372,6 +389,8 @@ class Transport:
         message = f"{label} failed with HTTP {status}"
         if info.message:
             message += f": {info.message}"
+        if self.credentials_hint and issubclass(cls, (AudienceAuthenticationError, AudiencePermissionError)):
+            message += f"; {self.credentials_hint}"
         kwargs: dict[str, Any] = {
             "vendor": self.profile.name,
             "status": status,
