@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +27,7 @@ from airflow_audience_provider.identifiers.chunking import (
     ADD,
     REMOVE,
     REPLACE,
+    Chunk,
     ChunkCounter,
     ProgressLogger,
     iter_chunks_from_file,
@@ -54,7 +54,7 @@ from airflow_audience_provider.identifiers.sorting import (
     merge_diff,
 )
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IdentifierSource, RawBatch
-from airflow_audience_provider.identifiers.sync import Destination, summarise
+from airflow_audience_provider.identifiers.sync import ChunkResult, ChunkSender, Destination, summarise
 
 log = logging.getLogger(__name__)
 
@@ -537,6 +537,52 @@ def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
         raise first_error
 
 
+def _call(sender: ChunkSender, chunk: Chunk) -> ChunkResult:
+    if chunk.operation == REMOVE:
+        return sender.remove(chunk)
+    if chunk.operation == REPLACE:
+        return sender.replace(chunk)
+    return sender.add(chunk)
+
+
+def _send_phase(
+    sender: ChunkSender, chunks: Iterable[Chunk], concurrency: int, done: Callable[[Chunk, ChunkResult], None]
+) -> None:
+    """Send chunks, at most ``concurrency`` at a time; stop at the first failure and re-raise it.
+
+    Results are recorded (``done``) in this thread, so accounting needs no lock. On a failure no
+    new chunk is started; chunks already in flight finish and are counted.
+    """
+    if concurrency <= 1:
+        for chunk in chunks:
+            done(chunk, _call(sender, chunk))
+        return
+    error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="contact-list-send") as pool:
+        in_flight: dict[Future[ChunkResult], Chunk] = {}
+
+        def collect(futures: Iterable[Future[ChunkResult]]) -> None:
+            nonlocal error
+            for fut in futures:
+                chunk = in_flight.pop(fut)
+                exc = fut.exception()
+                if exc is not None:
+                    error = error or exc
+                else:
+                    done(chunk, fut.result())
+
+        for chunk in chunks:
+            if error is not None:
+                break
+            in_flight[pool.submit(_call, sender, chunk)] = chunk
+            if len(in_flight) >= concurrency:
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                collect(finished)
+        collect(list(in_flight))  # Future.exception() waits for each
+    if error is not None:
+        raise error
+
+
 def _send(st: _DestState) -> None:
     dest, acc = st.dest, st.acc
     sender = dest.sender
@@ -546,37 +592,42 @@ def _send(st: _DestState) -> None:
     st.status = "sending"
     total = st.add_counter.chunks + st.remove_counter.chunks
     acc.chunks_total = total
-    label = f"{dest.name} ({dest.rule.key})"
     progress = ProgressLogger(
-        label,
+        f"{dest.name} ({dest.rule.key})",
         total,
         acc.added + acc.removed,
         every_chunks=dest.options.progress_every_chunks,
         every_seconds=dest.options.progress_every_seconds,
     )
+
+    def done(chunk: Chunk, res: ChunkResult) -> None:
+        if chunk.operation == REMOVE:
+            acc.sent_remove += res.accepted
+        else:
+            acc.sent_add += res.accepted
+        acc.vendor_rejected += res.rejected
+        acc.chunks_sent += 1
+        progress.update(len(chunk))
+
+    concurrency = dest.options.send_concurrency
     # A full replace sends the whole new list: that is the new snapshot file.
     adds_path = st.snapshot_path if st.mode == FULL_REPLACE else st.adds_path
     if st.mode == CLEAR:
         sender.clear()
     elif st.mode in (FULL_REPLACE, INCREMENTAL):
-        chunks = itertools.chain(
-            iter_chunks_from_file(adds_path, dest.rule, ADD, total=total),
-            iter_chunks_from_file(
-                st.removes_path, dest.rule, REMOVE, first_index=st.add_counter.chunks + 1, total=total
-            ),
+        adds = iter_chunks_from_file(adds_path, dest.rule, ADD, total=total)
+        if st.mode == FULL_REPLACE:
+            # The replace must land before any addition, or it would wipe them.
+            first = next(adds, None)
+            if first is not None:
+                replace_chunk = dataclasses.replace(first, operation=REPLACE)
+                done(replace_chunk, sender.replace(replace_chunk))
+        _send_phase(sender, adds, concurrency, done)
+        # Removals after every addition: the list never dips below the new size.
+        removes = iter_chunks_from_file(
+            st.removes_path, dest.rule, REMOVE, first_index=st.add_counter.chunks + 1, total=total
         )
-        for planned in chunks:
-            first_of_replace = planned.index == 1 and st.mode == FULL_REPLACE
-            chunk = dataclasses.replace(planned, operation=REPLACE) if first_of_replace else planned
-            if chunk.operation == REMOVE:
-                res = sender.remove(chunk)
-                acc.sent_remove += res.accepted
-            else:
-                res = sender.replace(chunk) if chunk.operation == REPLACE else sender.add(chunk)
-                acc.sent_add += res.accepted
-            acc.vendor_rejected += res.rejected
-            acc.chunks_sent += 1
-            progress.update(len(chunk))
+        _send_phase(sender, removes, concurrency, done)
     if dest.snapshot is not None and st.mode != NOOP:
         # Only now, with every chunk accepted, may the snapshot say these identifiers were sent.
         dest.snapshot.commit(st.snapshot_path, rule=dest.rule, count=acc.unique)

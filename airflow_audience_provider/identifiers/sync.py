@@ -82,6 +82,9 @@ class SyncOptions:
     :param allow_mass_removal: let a sync remove any share (the removal guard is off).
     :param allow_below_minimum: send even if the list is below the vendor minimum (Yandex: 100).
     :param full_replace: ignore the snapshot and replace the whole list.
+    :param send_concurrency: chunks in flight at once (threads). 1 = one after the other. Raise it
+        only where the vendor's quotas allow (Criteo: 250 calls/minute per app; Yandex.Audience:
+        10 writes/minute per login, so keep 1 there).
     :param progress_every_chunks: log a progress line every this many chunks...
     :param progress_every_seconds: ...or this many seconds, whichever comes first.
     """
@@ -92,10 +95,13 @@ class SyncOptions:
     allow_mass_removal: bool = False
     allow_below_minimum: bool = False
     full_replace: bool = False
+    send_concurrency: int = 1
     progress_every_chunks: int = 20
     progress_every_seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.send_concurrency < 1:
+            raise ValueError(f"send_concurrency must be at least 1, got {self.send_concurrency!r}")
         for name in ("max_invalid_share", "max_removal_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -8,6 +8,7 @@ the snapshot.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,18 +28,28 @@ class RecordingSender:
     :param fail_on_call: 1-based call number (add/remove/replace/clear) that raises.
     :param fail_when: predicate on a chunk that makes the call raise.
     :param reject: predicate on an identifier the "vendor" counts as invalid (not stored).
+    :param before_call: hook run at the start of every call (tests use it to hold calls open).
     """
 
     members: set[str] = field(default_factory=set)
     fail_on_call: int | None = None
     fail_when: Callable[[Chunk], bool] | None = None
     reject: Callable[[str], bool] | None = None
+    before_call: Callable[[str], None] | None = None
     calls: list[tuple[str, int]] = field(default_factory=list)
     chunk_sizes: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Senders may be called from several threads (SyncOptions.send_concurrency).
+        self._lock = threading.Lock()
+
     def _enter(self, op: str, chunk: Chunk | None) -> None:
-        self.calls.append((op, len(chunk) if chunk is not None else 0))
-        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
+        with self._lock:
+            self.calls.append((op, len(chunk) if chunk is not None else 0))
+            call_number = len(self.calls)
+        if self.before_call is not None:
+            self.before_call(op)
+        if self.fail_on_call is not None and call_number == self.fail_on_call:
             raise SimulatedSendError(f"simulated failure on call {len(self.calls)} ({op})")
         if chunk is not None:
             if self.fail_when is not None and self.fail_when(chunk):
@@ -55,13 +66,15 @@ class RecordingSender:
         """Add identifiers."""
         self._enter("add", chunk)
         good, bad = self._split(chunk)
-        self.members.update(good)
+        with self._lock:
+            self.members.update(good)
         return ChunkResult(len(good), bad)
 
     def remove(self, chunk: Chunk) -> ChunkResult:
         """Remove identifiers."""
         self._enter("remove", chunk)
-        self.members.difference_update(chunk.identifiers)
+        with self._lock:
+            self.members.difference_update(chunk.identifiers)
         return ChunkResult(len(chunk.identifiers))
 
     def replace(self, chunk: Chunk) -> ChunkResult:

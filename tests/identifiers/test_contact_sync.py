@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -366,6 +367,42 @@ def test_default_snapshot_base_is_under_airflow_home(monkeypatch: pytest.MonkeyP
     assert str(store.location).startswith(str(tmp_path / "audience_snapshots" / "criteo" / "segment_42_x-"))
     monkeypatch.setenv("AIRFLOW__AUDIENCE__SNAPSHOT_BASE_PATH", str(tmp_path / "custom"))
     assert SnapshotStore("criteo", "42").location == tmp_path / "custom" / "criteo" / "42" / "snapshot.txt"
+
+
+# ---- bounded concurrency ------------------------------------------------------------------------
+
+
+def test_chunks_are_sent_concurrently_when_allowed(tmp_path: Path) -> None:
+    # Three add calls must be open at the same time to pass the barrier: proof of concurrency
+    # without timing anything (the timeout only keeps a broken engine from hanging the suite).
+    barrier = threading.Barrier(3, timeout=10)
+    held = {"adds": 0}
+
+    def hold_first_adds(op: str) -> None:
+        if op == "add" and held["adds"] < 3:
+            held["adds"] += 1
+            barrier.wait()
+
+    sender = RecordingSender(before_call=hold_first_adds)
+    result = run(emails(100), sender, tmp_path, options=SyncOptions(send_concurrency=3))
+    assert sender.operations[0] == "replace"  # the replace lands before any addition
+    assert sender.operations.count("add") == 9
+    assert sender.members == {sha(v) for v in normalised_emails(100)}
+    assert result["counts"]["chunks_sent"] == 10 and result["counts"]["sent_add"] == 100
+    # Removals start only after the additions.
+    sender.before_call = None
+    run(emails(90, start=10) + emails(5, start=500), sender, tmp_path, options=SyncOptions(send_concurrency=3))
+    ops = sender.operations[10:]
+    assert ops == ["add", "remove"]
+
+
+def test_concurrent_failure_stops_and_keeps_the_snapshot(tmp_path: Path) -> None:
+    sender = RecordingSender(fail_when=lambda c: c.index == 4)
+    with pytest.raises(SendError) as exc:
+        run(emails(100), sender, tmp_path, options=SyncOptions(send_concurrency=2))
+    counts = exc.value.result["counts"]  # type: ignore[index]
+    assert counts["chunks_sent"] < 10 and counts["sent_add"] == 10 * counts["chunks_sent"]
+    assert stored(tmp_path) == []
 
 
 # ---- one read, many destinations ----------------------------------------------------------------
