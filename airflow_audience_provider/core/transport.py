@@ -212,6 +212,8 @@ class Transport:
         self._sleep = sleep
         #: Count of HTTP requests actually sent (retries included); handy in logs and tests.
         self.requests_sent = 0
+        #: Endpoints already reported as deprecated (one warning per endpoint and transport).
+        self.deprecations_seen: dict[str, dict[str, str]] = {}
         #: Appended to authentication and permission errors, e.g. which connection field to fix.
         self.credentials_hint = credentials_hint
         #: Called with every HTTP response received, success or error, before it is judged: for
@@ -284,6 +286,7 @@ class Transport:
                 raise error from exc
             self._observe(response)
             status = response.status_code
+            self._warn_deprecation(response, label)
             if 200 <= status < 300 and self.profile.body_error is not None:
                 info = self.profile.body_error(response)
                 if info is not None:
@@ -367,6 +370,25 @@ class Transport:
                 observer(response)
             except Exception:  # bookkeeping must never turn an answer into a failure
                 log.warning("A %s response observer failed", self.profile.name, exc_info=True)
+
+    def _warn_deprecation(self, response: requests.Response, label: str) -> None:
+        """Warn once per endpoint when the vendor marks it deprecated (RFC 9745 / RFC 8594 headers).
+
+        ``Deprecation`` and ``Sunset`` announce that the API version stops working soon; the
+        connection's version setting should be raised before the sunset date.
+        """
+        deprecation = response.headers.get("Deprecation")
+        sunset = response.headers.get("Sunset")
+        if not (deprecation or sunset) or label in self.deprecations_seen:
+            return
+        self.deprecations_seen[label] = {"deprecation": deprecation or "", "sunset": sunset or ""}
+        log.warning(
+            "%s: the vendor marks this endpoint deprecated (Deprecation: %s, Sunset: %s); "
+            "move to a newer API version before the sunset date",
+            label,
+            deprecation or "-",
+            sunset or "-",
+        )
 
     def _parse(self, response: requests.Response) -> ErrorInfo:
         try:
