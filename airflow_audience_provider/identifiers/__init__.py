@@ -2,7 +2,24 @@
 
 Vendor operators call :func:`sync_contact_list` (or :func:`plan_contact_list_sync` for a dry
 run, :func:`run_destinations` for one read feeding several destinations) with a rule from
-:func:`get_rule` and a :class:`ChunkSender` implemented by the vendor hook.
+:func:`get_rule` and a :class:`ChunkSender` implemented by the vendor hook::
+
+    from airflow_audience_provider.identifiers import SyncOptions, get_rule, sync_contact_list
+
+    result = sync_contact_list(
+        "s3://crm-exports/loyal/2026-11-25.csv",  # or a path, an XCom reference, an iterable
+        get_rule("criteo", "email"),
+        sender,  # the hook's ChunkSender for segment 730011223344
+        destination_key="730011223344",  # names the snapshot directory
+        column="email",
+        options=SyncOptions(max_invalid_share=0.05, max_removal_share=0.2),
+    )
+    # result: small JSON-serialisable dict for XCom (counts, invalid reasons, redacted samples,
+    # chunks, estimated requests, snapshot location, guards that blocked)
+
+A sender implements ``add``, ``remove``, ``replace`` (the list becomes exactly this chunk) and
+``clear``; each receives a :class:`Chunk` within the vendor's limits. Request-based vendors use
+``chunk.identifiers``; file-based vendors stream ``chunk.write_to(fh)`` (header included).
 
 Importing this package is cheap: names are resolved on first use, and nothing here imports
 Airflow, pyarrow or phonenumbers at module level.

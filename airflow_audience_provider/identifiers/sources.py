@@ -420,7 +420,7 @@ class IterableSource:
             part = list(itertools.islice(it, batch_size))
             if not part:
                 return
-            if not all(type(v) is str for v in part):
+            if set(map(type, part)) != {str}:  # C-level check; the common case is all str
                 part = [self._text(v, position + i) for i, v in enumerate(part)]
             yield RawBatch(part, self.origin, first_line=position)
             position += len(part)
