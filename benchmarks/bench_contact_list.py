@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import resource
@@ -38,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from airflow_audience_provider.identifiers.chunking import Chunk, fixed_chunk_size
-from airflow_audience_provider.identifiers.fanout import default_mp_context, run_destinations
+from airflow_audience_provider.identifiers.fanout import process_profiles_text, default_mp_context, run_destinations
 from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch
 from airflow_audience_provider.identifiers.rules import get_rule
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IterableSource
@@ -119,9 +120,11 @@ def pipeline(values: list[str], workers: int) -> int:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        # Same hand-over as the engine: batches travel as one newline-joined string each.
+        texts = ("\n".join(b) for b in batches)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(default_mp_context())) as pool:
-            for out in pool.map(process_batch, [profile] * len(batches), batches, chunksize=4):
-                consume(out)
+            for outs in pool.map(process_profiles_text, itertools.repeat((profile,)), texts, chunksize=2):
+                consume(outs[0])
     return chunks + (1 if pending else 0)
 
 

@@ -69,8 +69,17 @@ NOOP = "noop"
 
 
 def _process_profiles(profiles: tuple[NormalisationProfile, ...], values: list[str]) -> list[BatchOutput]:
-    """Worker entry point: one batch through every profile."""
+    """One batch through every profile (in this process)."""
     return [process_batch(p, values) for p in profiles]
+
+
+def process_profiles_text(profiles: tuple[NormalisationProfile, ...], text: str) -> list[BatchOutput]:
+    """Worker entry point: the batch arrives as one newline-joined string.
+
+    Pickling one string is a copy; pickling 8,192 small strings costs the parent process about as
+    much as a tenth of the work it hands out.
+    """
+    return _process_profiles(profiles, text.split("\n"))
 
 
 @dataclass
@@ -149,7 +158,12 @@ def _iter_processed(
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         # Bounded look-ahead keeps memory flat while every worker stays busy.
         for batch in source.iter_batches(batch_size):
-            pending.append((batch, pool.submit(_process_profiles, profiles, batch.values)))
+            text = "\n".join(batch.values)
+            if text.count("\n") == len(batch.values) - 1:
+                fut = pool.submit(process_profiles_text, profiles, text)
+            else:  # a value holds a newline: ship the list as is
+                fut = pool.submit(_process_profiles, profiles, batch.values)
+            pending.append((batch, fut))
             while len(pending) > workers * 3:
                 b, fut = pending.popleft()
                 yield b, fut.result()
