@@ -39,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from airflow_audience_provider.identifiers.chunking import Chunk, fixed_chunk_size
-from airflow_audience_provider.identifiers.fanout import process_profiles_text, default_mp_context, run_destinations
+from airflow_audience_provider.identifiers.fanout import default_mp_context, process_profiles_text, run_destinations
 from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch
 from airflow_audience_provider.identifiers.rules import get_rule
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IterableSource
