@@ -48,10 +48,20 @@ def started(hook):
     return hook.reevaluate_segment(hook.get_segment("all_users")["id"])
 
 
-def test_poke_false_then_poke_return_value(lytics, context, started):
+@pytest.fixture
+def slow_started(hook, lytics):
+    """A reevaluation that finishes only when the test moves the fake's clock on."""
+    lytics.configure(processing_seconds=30)
+    return hook.reevaluate_segment(hook.get_segment("all_users")["id"])
+
+
+def test_poke_false_then_poke_return_value(lytics, context, slow_started):
+    started = slow_started
     sensor = sensor_for(started)
     assert sensor.poke(context) is False
-    done = poke_until_done(sensor, context)
+    assert context["outlet_events"].added == []
+    lytics.advance_time(60)
+    done = sensor.poke(context)
     assert isinstance(done, PokeReturnValue) and done.is_done
     value = done.xcom_value
     assert value["segment_id"] == started["segment_id"]
@@ -112,10 +122,12 @@ def test_wrong_token_fails_at_once(lytics, context, set_lytics_conn, started):
 
 
 @pytest.mark.asyncio
-async def test_deferrable_path(lytics, context, started):
+async def test_deferrable_path(lytics, context, slow_started):
+    started = slow_started
     sensor = sensor_for(started, deferrable=True)
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(context)
+    lytics.advance_time(60)
     trigger = deferred.value.trigger
     assert isinstance(trigger, LyticsReevaluationTrigger)
     assert deferred.value.method_name == "execute_complete"
@@ -178,7 +190,8 @@ def test_poke_mode_execute_waits_until_done(lytics, context, started):
     assert context["ti"].pushed["lytics_segment_url"] == result["url"]
 
 
-def test_reschedule_mode_gives_the_slot_back_while_running(lytics, context, started):
+def test_reschedule_mode_gives_the_slot_back_while_running(lytics, context, slow_started):
+    started = slow_started
     from airflow.sdk.exceptions import AirflowRescheduleException
 
     with pytest.raises(AirflowRescheduleException):
