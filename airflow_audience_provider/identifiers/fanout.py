@@ -251,7 +251,8 @@ def run_destinations(
             except Exception as exc:
                 first_cause = first_cause or exc
                 st.status = "failed"
-                st.error = f"{type(exc).__name__}: {exc}"
+                # Bounded: the text goes to XCom. Senders must keep identifiers out of messages.
+                st.error = f"{type(exc).__name__}: {exc}"[:500]
                 failures.append(st.dest.name)
                 log.error("Sending to %s failed; its snapshot was not advanced: %s", st.dest.name, st.error)
         results = {n: st.result(dry_run=False) for n, st in states.items()}

@@ -23,7 +23,7 @@ from typing import IO
 from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
 
 DEFAULT_SPILL_BYTES = 32 << 20
-DEFAULT_MAX_PARTITION_BYTES = 64 << 20
+DEFAULT_MAX_PARTITION_BYTES = 16 << 20  # in memory a partition takes ~4x its file size (set + sorted list)
 DEFAULT_RUN_ITEMS = 200_000
 
 
