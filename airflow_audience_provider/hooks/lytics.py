@@ -232,12 +232,21 @@ class LyticsHook(AudienceHook):
             ) from exc
         return dict(data or {})
 
-    def find_segment(self, segment: str, sizes: bool = False) -> dict[str, Any] | None:
-        """The segment with this id or slug, or None."""
+    def find_segment(self, segment: str, sizes: bool = False, table: str | None = None) -> dict[str, Any] | None:
+        """The segment with this id or slug, or None.
+
+        :param table: only a segment of this table. A slug is unique per table only, and a GET
+            by slug answers one of them (the ``user`` one first), so a ``content`` segment with
+            the slug of an audience is then looked up in the table's list.
+        """
         try:
-            return self.get_segment(segment, sizes=sizes)
+            found = self.get_segment(segment, sizes=sizes)
         except AudienceNotFoundError:
             return None
+        if table is None or found.get("table", table) == table:
+            return found
+        listed = self.list_segments(table=table, kind="all", sizes=sizes)
+        return next((s for s in listed if segment in (s.get("slug_name"), s.get("id"))), None)
 
     def create_segment(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a Segment: ``POST /v2/segment``.
@@ -251,7 +260,7 @@ class LyticsHook(AudienceHook):
             return dict(self._data("POST", "/v2/segment", params=self._params(), json=body) or {})
 
         def read_back() -> dict[str, Any] | None:
-            return self.find_segment(slug) if slug else None
+            return self.find_segment(slug, table=body.get("table")) if slug else None
 
         created = call_with_read_back(send, read_back, what=f"Creating Lytics segment {slug!r}")
         if slug and created.get("slug_name") not in (None, slug):

@@ -143,7 +143,7 @@ class LyticsCreateOrUpdateSegmentOperator(_LyticsOperator):
         )
         if self.validate:
             hook.validate_segment_ql(desired["segment_ql"])
-        current = hook.find_segment(self.slug_name)
+        current = hook.find_segment(self.slug_name, table=self.table)
         if current is None:
             segment, action, changed = hook.create_segment(desired), "created", sorted(desired)
         else:

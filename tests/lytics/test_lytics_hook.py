@@ -322,3 +322,19 @@ def test_keywords_inside_strings_and_comments_are_not_clauses():
     assert segment_references('FILTER AND (note = "include vip", INCLUDE base) -- include old') == {"base"}
     with pytest.raises(AudienceValidationError, match="FROM 'content'"):
         desired_segment_body(name="V", slug_name="vip", segment_ql='FILTER a = "from user" FROM content')
+
+
+def test_find_segment_in_a_table(hook, lytics):
+    audience = lytics.create_segment(**body("art"))
+    assert hook.find_segment("art", table="content") is None
+    assert hook.find_segment("art", table="user")["id"] == audience["id"]
+    content = lytics.create_segment(**body("art", "FILTER * FROM content ALIAS art"))
+    assert hook.find_segment("art", table="content")["id"] == content["id"]
+    assert hook.find_segment("art")["id"] == audience["id"]
+
+
+def test_create_read_back_stays_in_the_table(hook, lytics):
+    lytics.create_segment(**body("art"))
+    lytics.faults.inject("drop", count=1, path_prefix="/v2/segment", method="POST")
+    created = hook.create_segment({**body("art", "FILTER * FROM content ALIAS art"), "table": "content"})
+    assert created["table"] == "content"  # not the user-table audience the GET by slug answers

@@ -338,3 +338,18 @@ def test_a_string_containing_from_is_not_a_table_mismatch(lytics, context):
     ql = 'FILTER utm_source = "email from partner" FROM user ALIAS engaged'
     assert upsert(segment_ql=ql).execute(context)["action"] == "created"
     assert lytics.get_segment("engaged")["segment_ql"] == ql
+
+
+def test_same_slug_in_another_table_is_a_different_segment(lytics, context):
+    # Slugs are unique per table; a GET by slug answers the user-table audience first.
+    audience = lytics.create_segment(name="Art", slug_name="art", segment_ql="FILTER EXISTS email FROM user ALIAS art")
+    content = upsert(slug_name="art", name="Art", table="content", segment_ql="FILTER * FROM content ALIAS art")
+    first = content.execute(context)
+    assert first["action"] == "created"
+    assert first["segment_id"] != audience["id"]
+    assert content.execute(context)["action"] == "unchanged"  # rerun finds the content one
+    assert sorted((s["slug_name"], s["table"]) for s in lytics.segments if s["slug_name"].startswith("art")) == [
+        ("art", "content"),
+        ("art", "user"),
+    ]
+    assert lytics.get_segment(audience["id"])["segment_ql"] == "FILTER EXISTS email FROM user ALIAS art"
