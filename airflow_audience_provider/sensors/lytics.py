@@ -69,7 +69,10 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
         return self.lytics_conn_id
 
     def status_kwargs(self, context: Context) -> dict[str, Any]:
-        return {"segment_id": self.segment_id, "requested_at": self.requested_at, "job_id": self.job_id or None}
+        # A template like "{{ ti.xcom_pull('reevaluate')['job_id'] }}" renders a missing job id
+        # as the string "None"; tracking a job called "None" would wait until the timeout.
+        job_id = None if str(self.job_id or "").strip() in ("", "None", "null") else self.job_id
+        return {"segment_id": self.segment_id, "requested_at": self.requested_at, "job_id": job_id}
 
     def execute(self, context: Context) -> Any:
         from airflow_audience_provider.hooks.lytics import LyticsHook

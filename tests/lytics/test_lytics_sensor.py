@@ -199,3 +199,30 @@ def test_reschedule_mode_gives_the_slot_back_while_running(lytics, context, slow
     lytics.advance_time(60)  # the next try, after the reevaluation finished
     result = sensor_for(started, mode="reschedule").execute(context)
     assert result["size"] == lytics.segment_size(started["segment_id"])
+
+
+@pytest.mark.parametrize("rendered", ["None", "", "null"])
+def test_a_job_id_rendered_from_none_means_no_job_id(lytics, context, started, rendered):
+    # "{{ ti.xcom_pull('reevaluate')['job_id'] }}" renders a missing id as "None"
+    sensor = sensor_for({**started, "job_id": rendered})
+    assert sensor.status_kwargs(context)["job_id"] is None
+    lytics.advance_time(60)
+    assert sensor.poke(context).xcom_value["job_id"] == started["job_id"]
+
+
+def test_templated_fields_render(lytics, context, started):
+    sensor = LyticsSegmentReevaluatedSensor(
+        task_id="wait",
+        segment_id="{{ params.seg }}",
+        requested_at="{{ params.at }}",
+        job_id="{{ params.job }}",
+        poke_interval=POLL,
+    )
+    sensor.render_template_fields(
+        {"params": {"seg": started["segment_id"], "at": started["requested_at"], "job": started["job_id"]}}
+    )
+    assert sensor.status_kwargs(context) == {
+        "segment_id": started["segment_id"],
+        "requested_at": started["requested_at"],
+        "job_id": started["job_id"],
+    }
