@@ -35,8 +35,15 @@ def sanitize_uri(uri: SplitResult) -> SplitResult:
     return uri
 
 
-def create_asset(*, vendor: str, account: str, kind: str, object_id: str, **extra: Any) -> Asset:
-    """Asset factory registered for the vendor schemes."""
+def create_asset(
+    *, vendor: str, account: str, kind: str, object_id: str, extra: dict[str, Any] | None = None, **more: Any
+) -> Asset:
+    """Asset factory registered for the vendor schemes.
+
+    Airflow calls it as ``factory(**asset_kwargs, extra=asset_extra)`` (hook lineage), so
+    ``extra`` is the Asset's extra dict itself; other keyword arguments are merged into it.
+    """
     from airflow.sdk import Asset
 
-    return Asset(uri=segment_uri(vendor, account, kind, object_id), extra=extra or None)
+    merged = {**(extra or {}), **more}
+    return Asset(uri=segment_uri(vendor, account, kind, object_id), extra=merged or None)

@@ -112,6 +112,19 @@ def test_asset_uri_handler_and_factory():
             sanitize_uri(urlsplit(bad))
     asset = create_asset(vendor="lytics", account="acme", kind="segment", object_id="3f9a")
     assert asset.uri == "lytics://acme/segment/3f9a"
+    assert asset.extra == {}
+
+
+def test_airflow_hook_lineage_creates_assets_through_the_factory():
+    """Airflow calls the registered factory as factory(**asset_kwargs, extra=asset_extra)."""
+    from airflow.sdk.lineage import get_hook_lineage_collector
+
+    kwargs = {"vendor": "lytics", "account": "acme", "kind": "segment", "object_id": "3f9a"}
+    collector = get_hook_lineage_collector()
+    asset = collector.create_asset(scheme="lytics", asset_kwargs=kwargs, asset_extra={"size": 3})
+    assert asset.uri == "lytics://acme/segment/3f9a"
+    assert asset.extra == {"size": 3}
+    assert collector.create_asset(scheme="lytics", asset_kwargs=kwargs).extra == {}
 
 
 FORBIDDEN = (
