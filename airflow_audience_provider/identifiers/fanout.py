@@ -510,7 +510,9 @@ def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
         checks: list[ContactListError] = []
         if acc.unique == 0:
             if opts.allow_empty:
+                # One clear call instead of removal chunks.
                 st.mode = CLEAR
+                st.remove_counter = ChunkCounter(rule)
             elif not st.blocked_by:  # not already reported by the read-phase guards
                 checks.append(
                     EmptyInputError(
@@ -629,6 +631,7 @@ def _send(st: _DestState) -> None:
     adds_path = st.snapshot_path if st.mode == FULL_REPLACE else st.adds_path
     if st.mode == CLEAR:
         sender.clear()
+        acc.sent_remove = acc.removed
     elif st.mode in (FULL_REPLACE, INCREMENTAL):
         adds = iter_chunks_from_file(adds_path, dest.rule, ADD, total=total)
         if st.mode == FULL_REPLACE:

@@ -32,6 +32,7 @@ from airflow_audience_provider.identifiers.errors import (
     WrongIdentifierTypeError,
 )
 from airflow_audience_provider.identifiers.fanout import run_destinations
+from airflow_audience_provider.identifiers.hashing import sort_key
 from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_email
 from airflow_audience_provider.identifiers.rules import HashAlgorithm
 from airflow_audience_provider.identifiers.snapshot import SnapshotStore
@@ -276,6 +277,41 @@ def test_incremental_sync_across_runs_with_a_failed_middle_run(tmp_path: Path) -
     sender.calls.clear()
     fourth = run(list(reversed(list_b)), sender, tmp_path)
     assert fourth["mode"] == "noop" and sender.calls == [] and fourth["estimated_requests"] == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    runs=st.lists(st.sets(st.integers(min_value=0, max_value=60), max_size=40), min_size=1, max_size=5),
+    customer_ids=st.booleans(),
+)
+def test_any_sequence_of_syncs_converges(
+    runs: list[set[int]], customer_ids: bool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """After every run the list and the snapshot equal exactly the latest input, and only the
+    difference was sent (hashed e-mails, and clear-text ids with their CRC partitioning)."""
+    base = tmp_path_factory.mktemp("snap")
+    rule = get_rule("criteo", "customer_id") if customer_ids else CRITEO
+    rule = rule.with_options(max_ids_per_chunk=4)
+    sender = RecordingSender()
+    opts = SyncOptions(allow_mass_removal=True, allow_empty=True)
+    previous: set[str] = set()
+    for number, members in enumerate(runs):
+        raw = [f" User{i}@Example.com " if not customer_ids else f" C-{i} " for i in sorted(members)]
+        expected = {f"C-{i}" for i in members} if customer_ids else {sha(f"user{i}@example.com") for i in members}
+        calls_before = len(sender.calls)
+        run(raw, sender, base, rule=rule, options=opts)
+        assert sender.members == expected
+        assert stored(base, rule) == sorted(expected, key=lambda v: sort_key(v, not customer_ids))
+        new_calls = sender.calls[calls_before:]
+        sent = sum(n for op, n in new_calls if op in ("add", "remove"))
+        replaced = sum(n for op, n in new_calls if op == "replace")
+        if not expected:  # emptying (allowed here) is one explicit clear
+            assert [op for op, _ in new_calls] == ["clear"]
+        elif number == 0:  # no snapshot yet: a full replace of everything
+            assert sent + replaced == len(expected)
+        else:  # afterwards exactly the difference, never a replace
+            assert replaced == 0 and sent == len(expected ^ previous)
+        previous = expected
 
 
 def test_lost_snapshot_means_full_replace(tmp_path: Path, sender: RecordingSender) -> None:
