@@ -353,3 +353,19 @@ def test_same_slug_in_another_table_is_a_different_segment(lytics, context):
         ("art", "user"),
     ]
     assert lytics.get_segment(audience["id"])["segment_ql"] == "FILTER EXISTS email FROM user ALIAS art"
+
+
+def test_segment_link_reads_the_persisted_url(mocker, context):
+    from airflow_audience_provider.links.lytics import LyticsSegmentLink
+
+    LyticsSegmentLink.persist(context, "https://app.example/audiences/abc")
+    LyticsSegmentLink.persist(context, None)  # nothing to link: nothing pushed over it
+    assert context["ti"].pushed == {"lytics_segment_url": "https://app.example/audiences/abc"}
+
+    get_value = mocker.patch("airflow.sdk.execution_time.xcom.XCom.get_value", return_value="https://x/y")
+    link = LyticsSegmentLink()
+    assert link.get_link(upsert(), ti_key="key") == "https://x/y"
+    get_value.assert_called_once_with(key="lytics_segment_url", ti_key="key")
+    get_value.return_value = None
+    assert link.get_link(upsert(), ti_key="key") == ""
+    assert link in upsert().operator_extra_links
