@@ -307,7 +307,9 @@ def main() -> None:
         f"pipeline_{w}_processes > 1.0": t[f"pipeline_{w}_processes"] > 1.0,
         "incremental sent <= 1.05 x true difference": report["incremental"]["ratio_sent_to_true_difference"] <= 1.05,
     }
-    if "memory" in report and "ratio_peak_largest_to_smallest" in report["memory"]:
+    # In --quick mode the small size stays under the 32 MiB spill threshold, so its peak is not
+    # the engine's steady state and the ratio says nothing about the 1M/10M target.
+    if not args.quick and "memory" in report and "ratio_peak_largest_to_smallest" in report["memory"]:
         checks["peak memory largest <= 1.25 x smallest"] = report["memory"]["ratio_peak_largest_to_smallest"] <= 1.25
     print("\nTargets:")
     for name, ok in checks.items():
