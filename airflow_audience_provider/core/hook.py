@@ -160,6 +160,11 @@ class AudienceHook(BaseHook):
     def extra_headers(self, settings: ConnectionSettings) -> dict[str, str]:
         return {}
 
+    def credentials_hint(self, settings: ConnectionSettings) -> str:
+        """What to check when the vendor refuses the credentials: the connection and its field."""
+        field_label = self.spec.relabeling.get("password", "password")
+        return f"check the {field_label} (password field) of Airflow connection '{settings.conn_id}'"
+
     def build_transport(self, settings: ConnectionSettings) -> Transport:
         timeouts = self._timeouts_override or Timeouts(
             connect=_number(settings, "connect_timeout", Timeouts.connect),
@@ -178,6 +183,7 @@ class AudienceHook(BaseHook):
             budget_key=self.budget_key(settings),
             headers=self.extra_headers(settings),
             session=session,
+            credentials_hint=self.credentials_hint(settings),
         )
 
     def get_conn(self) -> Transport:
