@@ -134,5 +134,70 @@ LYTICS = ConnectionSpec(
     asset_kinds=("segment",),
 )
 
+YANDEX_AUDIENCE = ConnectionSpec(
+    conn_type="yandex_audience",
+    hook_name="Yandex.Audience",
+    hook_class="airflow_audience_provider.hooks.yandex_audience.YandexAudienceHook",
+    conn_name_attr="yandex_audience_conn_id",
+    default_conn_name="yandex_audience_default",
+    hidden_fields=("schema", "port"),
+    relabeling={"host": "API base URL", "login": "Yandex login", "password": "OAuth token"},
+    placeholders={
+        "host": "https://api-audience.yandex.ru",
+        "login": "the Yandex login the token belongs to (names the quota bucket, finds own segments)",
+        "password": "Yandex OAuth token with Audience rights (sent as 'Authorization: OAuth <token>')",
+    },
+    fields=(
+        ConnField(
+            "web_app_url",
+            "Web interface URL",
+            "Base URL of the Yandex.Audience web interface, for the links to segments in the Airflow UI.",
+            default="https://audience.yandex.ru",
+        ),
+        ConnField(
+            "writes_per_minute",
+            "Segment writes per minute",
+            "Client-side quota on segment create/modify requests per login (Yandex documents 10).",
+            "integer",
+            10,
+        ),
+        ConnField(
+            "writes_per_hour",
+            "Segment writes per hour",
+            "Client-side quota on segment create/modify requests per login (Yandex documents 100).",
+            "integer",
+            100,
+        ),
+        ConnField(
+            "writes_per_day",
+            "Segment writes per day",
+            "Client-side quota on segment create/modify requests per login (Yandex documents 500).",
+            "integer",
+            500,
+        ),
+        ConnField(
+            "requests_per_day",
+            "Requests per day",
+            "Client-side daily request budget per login, reads and writes together (Yandex documents 5000).",
+            "integer",
+            5000,
+        ),
+        ConnField(
+            "requests_per_second",
+            "Requests per second (per IP)",
+            "Client-side limit shared by every login on this host (Yandex documents 30 per IP).",
+            "integer",
+            30,
+        ),
+        *TRANSPORT_FIELDS,
+    ),
+    integration_name="Yandex.Audience",
+    external_doc_url="https://yandex.ru/dev/audience/",
+    module="yandex_audience",
+    extra_links=("airflow_audience_provider.links.yandex_audience.YandexAudienceSegmentLink",),
+    asset_scheme="yandex-audience",
+    asset_kinds=("segment",),
+)
+
 # Each vendor adds its ConnectionSpec above and its name to this tuple (one line per vendor).
 CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS,)}

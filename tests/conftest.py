@@ -46,3 +46,17 @@ def lytics_sandbox(sandbox, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_LYTICS_DEFAULT", sandbox.connections()["lytics_default"])
     yield fake
     fake.reset()
+
+
+@pytest.fixture
+def yandex_audience_sandbox(sandbox, monkeypatch):
+    """The Yandex.Audience fake, reset (state, faults, request log, config), with
+    AIRFLOW_CONN_YANDEX_AUDIENCE_DEFAULT set.
+
+    Yields the :class:`~airflow_audience_provider.sandbox.yandex_audience.YandexAudienceFake`.
+    """
+    fake = sandbox.fake("yandex_audience")
+    fake.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_YANDEX_AUDIENCE_DEFAULT", sandbox.connections()["yandex_audience_default"])
+    yield fake
+    fake.reset()

@@ -38,6 +38,7 @@ __all__ = ["VENDOR_FAKES", "SandboxServer", "available_vendors", "load_fake_clas
 #: (vendor i listens on port_base + i), so append new vendors at the end.
 VENDOR_FAKES: dict[str, str] = {
     "lytics": "airflow_audience_provider.sandbox.lytics:LyticsFake",
+    "yandex_audience": "airflow_audience_provider.sandbox.yandex_audience:YandexAudienceFake",
 }
 
 
