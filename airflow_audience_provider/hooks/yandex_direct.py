@@ -1,0 +1,1007 @@
+"""Yandex Direct API v5 hook: retargeting lists and audience targets built on Yandex.Audience segments.
+
+Method names follow Direct's service and method names (``RetargetingLists.add`` is
+:meth:`YandexDirectHook.add_retargeting_lists`, ``AudienceTargets.setBids`` is
+:meth:`YandexDirectHook.set_bids_audience_targets`, the v4 Live ``GetRetargetingGoals`` is
+:meth:`YandexDirectHook.get_retargeting_goals`), so Direct's reference is the index.
+
+The protocol, once, in :meth:`YandexDirectHook.call` (vendor notes ``yandex_direct.md`` §4):
+
+* every call is ``POST /json/v5/<service>`` with ``{"method": ..., "params": ...}``;
+* request-level errors come back **with HTTP 200** as ``{"error": {"error_code", "error_string",
+  "error_detail", "request_id"}}``; :func:`direct_body_error` turns them into typed errors and marks
+  the transient ones (52, 506, 1000-1002) for the shared transport's retries. Authentication and
+  permission errors are never retried. A write (anything but ``get``) is resent by the transport only
+  when Direct surely refused it (506, too many concurrent requests); other ambiguous failures of a
+  write are reconciled by reading back first (:func:`~airflow_audience_provider.core.transport.call_with_read_back`);
+* write methods answer one ``ActionResult`` per input item, in input order: :func:`item_results`
+  maps them back to the inputs (``Id``, ``Warnings``, ``Errors``), the caller decides fail or warn;
+* ``get`` is paged transparently (``Page.Limit``/``Offset``, continue at ``LimitedBy``); an empty
+  answer is ``{"result": {}}``;
+* the ``Units`` header (``spent/remaining/daily limit``) and ``RequestId`` of every answer, errors
+  included, are recorded (:attr:`YandexDirectHook.units`, :attr:`YandexDirectHook.units_spent`);
+  a call whose estimated price would dip below the remaining points (minus the connection's
+  ``units_reserve``) is not sent: :class:`YandexDirectUnitsError` says how many points are left.
+
+**From an Audience segment to a goal id** (notes §8.2, UNVERIFIED mapping): the ids usable in rules
+come from ``GetRetargetingGoals`` (v4 Live). This hook never assumes that an Audience segment id is
+a goal id. A segment named by *name* is matched against the names of the Audience goals that Direct
+lists; a segment given by *id* is recognised as the listed goal whose id is ``audience_goal_id_offset
++ segment id`` (connection extra, default 2 000 000 000, our assumption about Direct's numbering),
+and an explicit ``{"goal_id": ...}`` bypasses both. In every case the goal must be listed by Direct
+(i.e. the segment is ``processed`` and shared with the Direct login), otherwise a clear
+:class:`~airflow_audience_provider.core.errors.AudienceNotFoundError` names what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from airflow_audience_provider.connections import YANDEX_DIRECT
+from airflow_audience_provider.core.auth import TokenHeaderAuth
+from airflow_audience_provider.core.errors import (
+    AudienceAuthenticationError,
+    AudienceConfigurationError,
+    AudienceError,
+    AudienceNotFoundError,
+    AudiencePermissionError,
+    AudienceRateLimitError,
+    AudienceServerError,
+    AudienceValidationError,
+)
+from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
+from airflow_audience_provider.core.transport import ErrorInfo, VendorProfile
+
+log = logging.getLogger(__name__)
+
+VENDOR = "yandex_direct"
+PRODUCTION_HOST = "https://api.direct.yandex.com"
+SANDBOX_HOST = "https://api-sandbox.direct.yandex.com"
+LIVE4_PATH = "/live/v4/json/"
+
+RULE_OPERATORS = ("ALL", "ANY", "NONE")
+LIST_TYPES = ("RETARGETING", "AUDIENCE")
+STRATEGY_PRIORITIES = ("LOW", "NORMAL", "HIGH")
+#: Rules per list and arguments per list: the web UI's limits; the API's are UNVERIFIED (notes §6.1).
+MAX_RULES = 50
+MAX_ARGUMENTS = 250
+MAX_NAME = 250
+MAX_DESCRIPTION = 4096
+LIFE_SPAN_DAYS = (1, 540)
+#: Items per call (notes §5, §10.1); suspend/resume are UNVERIFIED and use the delete limit.
+BATCH = {
+    ("retargetinglists", "add"): 1000,
+    ("retargetinglists", "update"): 1000,
+    ("retargetinglists", "delete"): 1000,
+    ("audiencetargets", "add"): 1000,
+    ("audiencetargets", "delete"): 10000,
+    ("audiencetargets", "suspend"): 10000,
+    ("audiencetargets", "resume"): 10000,
+}
+PAGE_LIMIT = 10000
+#: AudienceTargets.get filter sizes (notes §10.1).
+TARGET_FILTER_LIMITS = {"Ids": 10000, "AdGroupIds": 1000, "CampaignIds": 100, "RetargetingListIds": 1000}
+
+RETARGETING_LIST_FIELDS = (
+    "Id",
+    "Name",
+    "Type",
+    "Description",
+    "Rules",
+    "IsAvailable",
+    "Scope",
+    "AvailableForTargetsInAdGroupTypes",
+)
+AUDIENCE_TARGET_FIELDS = (
+    "Id",
+    "AdGroupId",
+    "CampaignId",
+    "RetargetingListId",
+    "InterestId",
+    "ContextBid",
+    "StrategyPriority",
+    "State",
+)
+
+#: Request-level codes Direct marks transient (notes §9.2): OAuth server down, too many concurrent
+#: requests, internal errors. 152 (out of points) is not retried in the task: points come back hourly.
+TRANSIENT_CODES = frozenset({52, 506, 1000, 1001, 1002})
+_CLASS_BY_CODE: dict[int, type[AudienceError]] = {
+    53: AudienceAuthenticationError,
+    54: AudiencePermissionError,
+    55: AudienceValidationError,
+    58: AudiencePermissionError,
+    71: AudienceConfigurationError,  # v4 Live: a required parameter is missing (agency without Logins)
+    513: AudiencePermissionError,
+    3000: AudiencePermissionError,
+    3001: AudiencePermissionError,
+    3500: AudienceValidationError,
+    3600: AudiencePermissionError,
+    4000: AudienceValidationError,
+    4001: AudienceValidationError,
+    4002: AudienceValidationError,
+    4003: AudienceValidationError,
+    4004: AudienceValidationError,
+    4005: AudienceValidationError,
+    4006: AudienceValidationError,
+    8000: AudienceValidationError,
+    8800: AudienceNotFoundError,
+    9300: AudienceValidationError,
+    9301: AudienceValidationError,
+}
+
+
+class YandexDirectUnitsError(AudienceRateLimitError):
+    """Direct's points ("units") are used up (error 152), or too few are left for the next call.
+
+    Points come back hourly (notes §10.2); a task retry an hour later can succeed, so this is not a
+    non-retryable error. ``units`` carries the last ``Units`` header seen, if any.
+    """
+
+    def __init__(self, message: str, *, units: Units | None = None, **kwargs: Any) -> None:
+        self.units = units
+        kwargs.setdefault("vendor", VENDOR)
+        kwargs.setdefault("retry_after", 3600.0)
+        super().__init__(message, **kwargs)
+
+
+@dataclass(frozen=True)
+class Units:
+    """One ``Units`` header: points spent by the call, remaining, and the daily limit."""
+
+    spent: int
+    remaining: int
+    daily_limit: int
+
+    @classmethod
+    def parse(cls, value: str | None) -> Units | None:
+        """``"12/151407/168000"`` -> Units; a missing or malformed header is unknown (None), not zero."""
+        if not value:
+            return None
+        parts = value.strip().split("/")
+        if len(parts) != 3:
+            return None
+        try:
+            spent, remaining, limit = (int(p.strip()) for p in parts)
+        except ValueError:
+            return None
+        return cls(spent, remaining, limit)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"spent": self.spent, "remaining": self.remaining, "daily_limit": self.daily_limit}
+
+
+def estimate_units(service: str, method: str, items: int = 1) -> int:
+    """A floor for the price of a call, used only to stop before a call Direct would refuse (152).
+
+    From the observed prices (notes §10.2, UNVERIFIED): ``get`` 2, a write 10 + 2 per object; failed
+    items cost more, so the estimate can only be too low, never block a call that would pass.
+    """
+    if method in ("get", "GetRetargetingGoals"):
+        return 2
+    return 10 + 2 * max(1, items)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def _loads(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _error_info(code: Any, text: Any, detail: Any, request_id: Any) -> ErrorInfo:
+    try:
+        number = int(code)
+    except (TypeError, ValueError):
+        number = None
+    message = " - ".join(str(p) for p in (text, detail) if p) or "error"
+    if number == 8000 and "client-login" in message.lower():
+        message += " (agency tokens must name the client: set 'client_login' in the connection or the task)"
+    if number == 152:
+        message += " (Direct points are used up; they come back hourly, see the Units header)"
+    cls: type[AudienceError] | None
+    if number == 152:
+        cls = YandexDirectUnitsError
+    elif number == 506:
+        # Refused before execution: safe to resend, writes included (the transport does so for rate limits).
+        cls = AudienceRateLimitError
+    elif number is not None and number in TRANSIENT_CODES:
+        cls = AudienceServerError
+    else:
+        cls = _CLASS_BY_CODE.get(number or -1, AudienceError)
+    return ErrorInfo(
+        message=message,
+        code=str(number) if number is not None else (str(code) if code else None),
+        request_id=str(request_id) if request_id else None,
+        error_class=cls,
+        retryable=number in TRANSIENT_CODES if number is not None else None,
+        details={"error_code": number, "error_string": text, "error_detail": detail},
+    )
+
+
+def direct_body_error(response: requests.Response) -> ErrorInfo | None:
+    """The error inside an HTTP 200 answer: v5 ``{"error": {...}}`` or v4 Live top-level ``error_code``."""
+    body = _loads(response)
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict):
+        return _error_info(
+            error.get("error_code"),
+            error.get("error_string"),
+            error.get("error_detail"),
+            error.get("request_id") or response.headers.get("RequestId"),
+        )
+    if "error_code" in body:  # v4 Live: error_str, not error_string (notes §5)
+        return _error_info(
+            body.get("error_code"),
+            body.get("error_str"),
+            body.get("error_detail"),
+            response.headers.get("RequestId"),
+        )
+    return None
+
+
+def parse_direct_error(response: requests.Response) -> ErrorInfo:
+    """Non-2xx answers: the same envelopes if present; gateway HTML/empty bodies leave it to the status."""
+    info = direct_body_error(response)
+    if info is None:
+        return ErrorInfo(request_id=response.headers.get("RequestId"))
+    if response.status_code >= 500:
+        info.error_class = None  # a gateway 5xx: judged by status (retried for reads)
+        info.retryable = None
+    return info
+
+
+# -- per-item results ----------------------------------------------------------------------
+
+
+def _notifications(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        return []
+    return [
+        {"code": n.get("Code"), "message": n.get("Message"), "details": n.get("Details")}
+        for n in value
+        if isinstance(n, dict)
+    ]
+
+
+def item_results(result: Mapping[str, Any], key: str, inputs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Map a write method's ``<key>`` (``AddResults``, ...) back to its inputs, by position.
+
+    Each outcome: ``{"index", "input", "id", "ok", "errors", "warnings"}`` (plus ``AdGroupId`` /
+    ``CampaignId`` when Direct names them, as ``setBids`` does). ``Errors``/``Warnings`` may be absent
+    or empty (production sends ``[]``, the sandbox omits them).
+    """
+    answers = result.get(key)
+    if answers is None:
+        answers = []
+    if not isinstance(answers, list) or len(answers) != len(inputs):
+        raise AudienceServerError(
+            f"Yandex Direct answered {len(answers) if isinstance(answers, list) else 'no'} {key} "
+            f"for {len(inputs)} items; cannot map the results to the input",
+            vendor=VENDOR,
+        )
+    outcomes = []
+    for index, (raw, item) in enumerate(zip(answers, inputs, strict=True)):
+        answer = raw if isinstance(raw, dict) else {}
+        errors = _notifications(answer.get("Errors"))
+        outcome: dict[str, Any] = {
+            "index": index,
+            "input": item,
+            "id": answer.get("Id"),
+            "ok": not errors,
+            "errors": errors,
+            "warnings": _notifications(answer.get("Warnings")),
+        }
+        for extra in ("AdGroupId", "CampaignId"):
+            if answer.get(extra) is not None:
+                outcome[extra] = answer[extra]
+        outcomes.append(outcome)
+    return outcomes
+
+
+def describe_outcome(outcome: Mapping[str, Any]) -> str:
+    """One line per item for logs and error messages (never ids of people, only Direct object ids)."""
+    notes = outcome.get("errors") or outcome.get("warnings") or []
+    text = "; ".join(
+        f"{n.get('code')} {n.get('message')}" + (f" ({n.get('details')})" if n.get("details") else "") for n in notes
+    )
+    state = "failed" if outcome.get("errors") else ("warning" if outcome.get("warnings") else "ok")
+    return f"item {outcome.get('index')} {outcome.get('input')!r}: {state}" + (f": {text}" if text else "")
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+
+def validate_rules(
+    rules: Sequence[Mapping[str, Any]],
+    *,
+    max_rules: int = MAX_RULES,
+    max_arguments: int = MAX_ARGUMENTS,
+) -> None:
+    """Check Direct ``Rules`` locally before anything is sent (points are charged for errors too).
+
+    :raises AudienceValidationError: naming the rule and the limit, for: no rules, too many rules or
+        arguments, an unknown operator, an empty rule, a repeated goal in one rule, a bad
+        ``MembershipLifeSpan`` (1-540 days).
+    """
+    if not rules:
+        raise AudienceValidationError("A retargeting list needs at least one rule", vendor=VENDOR, field="Rules")
+    if len(rules) > max_rules:
+        raise AudienceValidationError(
+            f"A retargeting list may have at most {max_rules} rules, got {len(rules)}", vendor=VENDOR, field="Rules"
+        )
+    total = 0
+    for number, rule in enumerate(rules, start=1):
+        operator = rule.get("Operator")
+        if operator not in RULE_OPERATORS:
+            raise AudienceValidationError(
+                f"Rule {number}: operator must be one of {', '.join(RULE_OPERATORS)}, got {operator!r}",
+                vendor=VENDOR,
+                field="Operator",
+            )
+        arguments = rule.get("Arguments") or []
+        if not arguments:
+            raise AudienceValidationError(
+                f"Rule {number} ({operator}) has no segments or goals", vendor=VENDOR, field="Arguments"
+            )
+        seen: set[int] = set()
+        for argument in arguments:
+            external_id = argument.get("ExternalId")
+            if not isinstance(external_id, int) or isinstance(external_id, bool) or external_id <= 0:
+                raise AudienceValidationError(
+                    f"Rule {number}: ExternalId must be a positive integer, got {external_id!r}",
+                    vendor=VENDOR,
+                    field="ExternalId",
+                )
+            if external_id in seen:
+                raise AudienceValidationError(
+                    f"Rule {number}: goal {external_id} appears twice", vendor=VENDOR, field="ExternalId"
+                )
+            seen.add(external_id)
+            span = argument.get("MembershipLifeSpan")
+            if span is not None and not (
+                isinstance(span, int) and LIFE_SPAN_DAYS[0] <= span <= LIFE_SPAN_DAYS[1] and not isinstance(span, bool)
+            ):
+                raise AudienceValidationError(
+                    f"Rule {number}: membership life span of goal {external_id} must be "
+                    f"{LIFE_SPAN_DAYS[0]}-{LIFE_SPAN_DAYS[1]} days, got {span!r}",
+                    vendor=VENDOR,
+                    field="MembershipLifeSpan",
+                )
+        total += len(arguments)
+    if total > max_arguments:
+        raise AudienceValidationError(
+            f"A retargeting list may reference at most {max_arguments} goals and segments in total, got {total}",
+            vendor=VENDOR,
+            field="Arguments",
+        )
+
+
+def rules_signature(rules: Iterable[Mapping[str, Any]], compare_life_span: Iterable[int] = ()) -> list[Any]:
+    """A canonical form of ``Rules`` for "did anything change?".
+
+    Rule order and argument order do not matter. ``MembershipLifeSpan`` is compared only for the goal
+    ids in ``compare_life_span`` (Metrica goals the caller set it for): Direct ignores it for segments
+    and may read it back as ``null`` (pitfall 11), which must not look like drift.
+    """
+    keep = set(compare_life_span)
+    canonical = []
+    for rule in rules or []:
+        arguments = sorted(
+            (
+                int(a.get("ExternalId")),
+                a.get("MembershipLifeSpan") if int(a.get("ExternalId")) in keep else None,
+            )
+            for a in rule.get("Arguments") or []
+        )
+        canonical.append((str(rule.get("Operator")), arguments))
+    return sorted(canonical, key=json.dumps)
+
+
+# -- the hook ------------------------------------------------------------------------------
+
+
+class YandexDirectHook(AudienceHook):
+    """Talk to the Yandex Direct API v5 (RetargetingLists, AudienceTargets) and v4 Live goals.
+
+    :param yandex_direct_conn_id: Airflow connection of type ``yandex_direct``
+        (:ref:`howto/connection:yandex_direct`).
+    :param client_login: advertiser login for the ``Client-Login`` header, overriding the connection's.
+    """
+
+    spec = YANDEX_DIRECT
+    conn_name_attr = YANDEX_DIRECT.conn_name_attr
+    default_conn_name = YANDEX_DIRECT.default_conn_name
+    conn_type = YANDEX_DIRECT.conn_type
+    hook_name = YANDEX_DIRECT.hook_name
+    default_host = PRODUCTION_HOST
+    profile: ClassVar[VendorProfile] = VendorProfile(
+        name=VENDOR,
+        parse_error=parse_direct_error,
+        request_id_headers=("RequestId",),
+        body_error=direct_body_error,
+        # No client-side windows: Direct meters points (Units header, checked before each call) and
+        # concurrency (5 per advertiser, answered with 506 and retried); use an Airflow pool for the latter.
+        rate_limits={},
+    )
+
+    def __init__(
+        self,
+        yandex_direct_conn_id: str = YANDEX_DIRECT.default_conn_name,
+        *,
+        client_login: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(yandex_direct_conn_id, **kwargs)
+        self.yandex_direct_conn_id = yandex_direct_conn_id
+        self._client_login_override = client_login or None
+        #: the last ``Units`` header seen, and the points spent by this hook (one task) in total
+        self.units: Units | None = None
+        self.units_spent = 0
+        self.calls = 0
+        self.last_request_id: str | None = None
+        self._current_call = ""
+
+    # -- connection -------------------------------------------------------------------------
+
+    def base_url(self, settings: ConnectionSettings) -> str:
+        if not settings.host and _flag(settings.get_extra("sandbox")):
+            settings = dataclasses.replace(settings, host=SANDBOX_HOST)
+        return super().base_url(settings)
+
+    def build_auth(self, settings: ConnectionSettings, session: requests.Session) -> requests.auth.AuthBase:
+        token = settings.require(settings.password, "OAuth token (password field)")
+        for prefix in ("bearer ", "oauth "):
+            if token.lower().startswith(prefix):
+                token = token[len(prefix) :]  # Direct v5 wants exactly "Bearer <token>"
+        return TokenHeaderAuth(token.strip(), scheme="Bearer")
+
+    def budget_key(self, settings: ConnectionSettings) -> str:
+        return f"{self.base_url(settings)}|{self.client_login or ''}"
+
+    @property
+    def client_login(self) -> str | None:
+        value = self._client_login_override or self.settings().get_extra("client_login")
+        return str(value).strip() or None if value else None
+
+    def extra_headers(self, settings: ConnectionSettings) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Accept-Language": str(settings.get_extra("accept_language", "en")),
+        }
+        login = self._client_login_override or settings.get_extra("client_login")
+        if login:
+            headers["Client-Login"] = str(login).strip()
+        if _flag(settings.get_extra("use_operator_units")):
+            headers["Use-Operator-Units"] = "true"
+        return headers
+
+    def build_transport(self, settings: ConnectionSettings) -> Any:
+        if _flag(settings.get_extra("is_agency")) and not (
+            self._client_login_override or settings.get_extra("client_login")
+        ):
+            raise AudienceConfigurationError(
+                f"Airflow connection '{settings.conn_id}' is an agency token but names no client: set the "
+                "extra 'client_login' or the task's client_login (Direct would refuse with error 8000)",
+                vendor=VENDOR,
+            )
+        transport = super().build_transport(settings)
+        transport.response_observers.append(self._observe)
+        return transport
+
+    @property
+    def api_version(self) -> str:
+        return str(self.settings().get_extra("api_version", "v5"))
+
+    def _observe(self, response: requests.Response) -> None:
+        """Record ``Units`` and ``RequestId`` of every answer (errors included) and log the price."""
+        self.calls += 1
+        self.last_request_id = response.headers.get("RequestId") or self.last_request_id
+        units = Units.parse(response.headers.get("Units"))
+        if units is None:
+            log.info("Yandex Direct %s: no Units header [RequestId=%s]", self._current_call, self.last_request_id)
+            return
+        self.units = units
+        self.units_spent += units.spent
+        log.info(
+            "Yandex Direct %s: %d units spent, %d of %d left [RequestId=%s, units used by %s]",
+            self._current_call,
+            units.spent,
+            units.remaining,
+            units.daily_limit,
+            self.last_request_id,
+            response.headers.get("Units-Used-Login") or "?",
+        )
+
+    def units_report(self) -> dict[str, Any]:
+        """What this hook spent, for logs and XCom: ``{"spent", "remaining", "daily_limit", "calls"}``."""
+        report: dict[str, Any] = {"spent": self.units_spent, "calls": self.calls}
+        if self.units is not None:
+            report.update(remaining=self.units.remaining, daily_limit=self.units.daily_limit)
+        return report
+
+    def _check_units(self, service: str, method: str, items: int) -> None:
+        if self.units is None:
+            return  # unknown until the first answer: never guess zero
+        reserve = int(float(self.settings().get_extra("units_reserve", 0) or 0))
+        need = estimate_units(service, method, items)
+        if self.units.remaining - need < reserve:
+            raise YandexDirectUnitsError(
+                f"Not calling Yandex Direct {service}.{method}: it costs at least {need} units and only "
+                f"{self.units.remaining} of {self.units.daily_limit} are left"
+                + (f" (reserve {reserve})" if reserve else "")
+                + "; points come back hourly",
+                units=self.units,
+                code="units_low",
+            )
+
+    # -- the v5 envelope --------------------------------------------------------------------
+
+    def call(
+        self,
+        service: str,
+        method: str,
+        params: Mapping[str, Any],
+        *,
+        items: int = 1,
+        idempotent: bool | None = None,
+    ) -> dict[str, Any]:
+        """Send one v5 request ``{"method", "params"}`` to ``/json/<version>/<service>``; return ``result``.
+
+        :param service: lower-case service name (the URL is case-sensitive), e.g. ``retargetinglists``.
+        :param items: how many objects the call carries (for the points estimate).
+        :param idempotent: whether resending is harmless; default: only ``get``.
+        :raises YandexDirectUnitsError: before sending when too few points are left, or on error 152.
+        """
+        service = service.lower()
+        self.get_conn()
+        self._check_units(service, method, items)
+        self._current_call = f"{service}.{method}"
+        response = self.transport.request(
+            "POST",
+            f"/json/{self.api_version}/{service}",
+            json={"method": method, "params": dict(params)},
+            idempotent=method == "get" if idempotent is None else idempotent,
+        )
+        body = _loads(response)
+        result = body.get("result") if isinstance(body, dict) else None
+        if not isinstance(result, dict):
+            raise AudienceServerError(
+                f"Yandex Direct {service}.{method} answered without a result object",
+                vendor=VENDOR,
+                status=response.status_code,
+                request_id=response.headers.get("RequestId"),
+            )
+        return result
+
+    def get_all(
+        self,
+        service: str,
+        collection: str,
+        params: Mapping[str, Any],
+        *,
+        page_limit: int = PAGE_LIMIT,
+    ) -> list[dict[str, Any]]:
+        """``get`` every page: ``Page.Offset`` continues at ``LimitedBy`` until Direct stops sending it."""
+        objects: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            result = self.call(service, "get", {**params, "Page": {"Limit": page_limit, "Offset": offset}})
+            page = result.get(collection) or []  # {"result": {}} when nothing matches (pitfall 8)
+            objects.extend(page)
+            limited_by = result.get("LimitedBy")
+            if limited_by is None or not page:
+                return objects
+            if int(limited_by) <= offset:
+                raise AudienceServerError(
+                    f"Yandex Direct {service}.get paging does not advance (LimitedBy={limited_by})", vendor=VENDOR
+                )
+            offset = int(limited_by)
+
+    def write(
+        self,
+        service: str,
+        method: str,
+        items: Sequence[Any],
+        *,
+        params_key: str,
+        result_key: str,
+        selection: bool = False,
+        idempotent: bool = False,
+    ) -> list[dict[str, Any]]:
+        """A write method over ``items`` in batches of the documented size; outcomes in input order.
+
+        :param params_key: where the items go (``RetargetingLists``, ``Bids``; ``Ids`` with ``selection``).
+        :param selection: items are ids sent as ``SelectionCriteria.Ids``.
+        """
+        items = list(items)
+        size = BATCH.get((service, method), 1000)
+        outcomes: list[dict[str, Any]] = []
+        for start in range(0, len(items), size):
+            batch = items[start : start + size]
+            params = {"SelectionCriteria": {params_key: batch}} if selection else {params_key: batch}
+            result = self.call(service, method, params, items=len(batch), idempotent=idempotent)
+            for outcome in item_results(result, result_key, batch):
+                outcome["index"] += start
+                outcomes.append(outcome)
+        return outcomes
+
+    # -- RetargetingLists -------------------------------------------------------------------
+
+    def get_retargeting_lists(
+        self,
+        ids: Sequence[int] | None = None,
+        types: Sequence[str] | None = None,
+        field_names: Sequence[str] = RETARGETING_LIST_FIELDS,
+    ) -> list[dict[str, Any]]:
+        """RetargetingLists.get (all lists of the advertiser when no criteria are given)."""
+        criteria: dict[str, Any] = {}
+        if ids:
+            criteria["Ids"] = [int(i) for i in ids]
+        if types:
+            criteria["Types"] = list(types)
+        params: dict[str, Any] = {"FieldNames": list(field_names)}
+        if criteria:
+            params["SelectionCriteria"] = criteria
+        return self.get_all("retargetinglists", "RetargetingLists", params)
+
+    def get_retargeting_list(self, list_id: int) -> dict[str, Any]:
+        """One list by id. :raises AudienceNotFoundError: when the advertiser has no such list."""
+        found = self.get_retargeting_lists(ids=[int(list_id)])
+        if not found:
+            raise AudienceNotFoundError(
+                f"Yandex Direct retargeting list {list_id} does not exist for {self.client_login or 'this login'}",
+                vendor=VENDOR,
+            )
+        return found[0]
+
+    def find_retargeting_lists_by_name(self, name: str) -> list[dict[str, Any]]:
+        """Lists with exactly this name (Direct does not keep names unique)."""
+        return [item for item in self.get_retargeting_lists() if item.get("Name") == name]
+
+    def add_retargeting_lists(self, lists: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """RetargetingLists.add; one outcome per list. Not idempotent: see the operator's read-back."""
+        for item in lists:
+            validate_rules(item.get("Rules") or [])
+        return self.write(
+            "retargetinglists", "add", list(lists), params_key="RetargetingLists", result_key="AddResults"
+        )
+
+    def update_retargeting_lists(self, lists: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """RetargetingLists.update. ``Type`` is immutable and is refused locally (Direct: 8000)."""
+        for item in lists:
+            if "Type" in item:
+                raise AudienceValidationError(
+                    "A retargeting list's Type cannot be changed; create a new list instead",
+                    vendor=VENDOR,
+                    field="Type",
+                )
+            if "Rules" in item:
+                validate_rules(item["Rules"] or [])
+        # Replacing rules/name with the same values twice is harmless: safe to resend.
+        return self.write(
+            "retargetinglists",
+            "update",
+            list(lists),
+            params_key="RetargetingLists",
+            result_key="UpdateResults",
+            idempotent=True,
+        )
+
+    def delete_retargeting_lists(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """RetargetingLists.delete; a list still used by audience targets fails per item."""
+        return self.write(
+            "retargetinglists",
+            "delete",
+            [int(i) for i in ids],
+            params_key="Ids",
+            result_key="DeleteResults",
+            selection=True,
+            idempotent=True,
+        )
+
+    # -- AudienceTargets --------------------------------------------------------------------
+
+    def get_audience_targets(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        ad_group_ids: Sequence[int] | None = None,
+        campaign_ids: Sequence[int] | None = None,
+        retargeting_list_ids: Sequence[int] | None = None,
+        states: Sequence[str] | None = None,
+        field_names: Sequence[str] = AUDIENCE_TARGET_FIELDS,
+    ) -> list[dict[str, Any]]:
+        """AudienceTargets.get. At least one id filter is required (pitfall 9); long filters are split."""
+        filters = {
+            "Ids": ids,
+            "AdGroupIds": ad_group_ids,
+            "CampaignIds": campaign_ids,
+            "RetargetingListIds": retargeting_list_ids,
+        }
+        filters = {k: [int(i) for i in v] for k, v in filters.items() if v}
+        if not filters:
+            raise AudienceValidationError(
+                "AudienceTargets.get needs ids, ad group ids, campaign ids or retargeting list ids",
+                vendor=VENDOR,
+                field="SelectionCriteria",
+            )
+        # One filter may exceed its documented size: split on it, the others ride along.
+        key, values = max(filters.items(), key=lambda kv: len(kv[1]) / TARGET_FILTER_LIMITS[kv[0]])
+        size = TARGET_FILTER_LIMITS[key]
+        seen: dict[Any, dict[str, Any]] = {}
+        for start in range(0, len(values), size):
+            criteria: dict[str, Any] = {**filters, key: values[start : start + size]}
+            if states:
+                criteria["States"] = list(states)
+            for target in self.get_all(
+                "audiencetargets",
+                "AudienceTargets",
+                {"SelectionCriteria": criteria, "FieldNames": list(field_names)},
+            ):
+                seen[target.get("Id")] = target
+        return list(seen.values())
+
+    def add_audience_targets(self, targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """AudienceTargets.add; one outcome per target. Not idempotent: see the operator's read-back."""
+        for number, target in enumerate(targets, start=1):
+            if ("RetargetingListId" in target) == ("InterestId" in target):
+                raise AudienceValidationError(
+                    f"Audience target {number}: give exactly one of RetargetingListId and InterestId",
+                    vendor=VENDOR,
+                )
+            if target.get("StrategyPriority") not in (None, *STRATEGY_PRIORITIES):
+                raise AudienceValidationError(
+                    f"Audience target {number}: StrategyPriority must be one of {', '.join(STRATEGY_PRIORITIES)}",
+                    vendor=VENDOR,
+                    field="StrategyPriority",
+                )
+        return self.write(
+            "audiencetargets", "add", list(targets), params_key="AudienceTargets", result_key="AddResults"
+        )
+
+    def delete_audience_targets(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """AudienceTargets.delete."""
+        return self._by_ids("delete", "DeleteResults", ids)
+
+    def suspend_audience_targets(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """AudienceTargets.suspend (already suspended: warning 10242)."""
+        return self._by_ids("suspend", "SuspendResults", ids)
+
+    def resume_audience_targets(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """AudienceTargets.resume (not suspended: warning 10243)."""
+        return self._by_ids("resume", "ResumeResults", ids)
+
+    def _by_ids(self, method: str, result_key: str, ids: Sequence[int]) -> list[dict[str, Any]]:
+        return self.write(
+            "audiencetargets",
+            method,
+            [int(i) for i in ids],
+            params_key="Ids",
+            result_key=result_key,
+            selection=True,
+            idempotent=True,
+        )
+
+    def set_bids_audience_targets(self, bids: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """AudienceTargets.setBids. Every item names the same kind of id (``Id``, ``AdGroupId`` or
+        ``CampaignId``; mixing them is Direct's error 4005, refused here first). ``ContextBid`` is in
+        micros of the account currency."""
+        kinds = set()
+        for number, bid in enumerate(bids, start=1):
+            named = [k for k in ("Id", "AdGroupId", "CampaignId") if bid.get(k) is not None]
+            if len(named) != 1:
+                raise AudienceValidationError(
+                    f"Bid {number}: name exactly one of Id, AdGroupId, CampaignId", vendor=VENDOR, field="Bids"
+                )
+            if bid.get("ContextBid") is None and bid.get("StrategyPriority") is None:
+                raise AudienceValidationError(
+                    f"Bid {number}: give ContextBid (micros) and/or StrategyPriority", vendor=VENDOR, field="Bids"
+                )
+            kinds.add(named[0])
+        if len(kinds) > 1:
+            raise AudienceValidationError(
+                f"One setBids call must use one kind of id, got {', '.join(sorted(kinds))}",
+                vendor=VENDOR,
+                field="Bids",
+            )
+        size = {"Id": 10000, "AdGroupId": 1000, "CampaignId": 100}[kinds.pop()] if bids else 10000
+        outcomes: list[dict[str, Any]] = []
+        bids = list(bids)
+        for start in range(0, len(bids), size):
+            batch = bids[start : start + size]
+            result = self.call("audiencetargets", "setBids", {"Bids": batch}, items=len(batch), idempotent=True)
+            for outcome in item_results(result, "SetBidsResults", batch):
+                outcome["index"] += start
+                outcomes.append(outcome)
+        return outcomes
+
+    # -- GetRetargetingGoals (v4 Live) --------------------------------------------------------
+
+    def live4_url(self) -> str:
+        configured = self.settings().get_extra("live4_url")
+        if configured:
+            return str(configured)
+        parts = urlsplit(self.transport.base_url)
+        return f"{parts.scheme}://{parts.netloc}{LIVE4_PATH}"
+
+    def get_retargeting_goals(self, logins: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """v4 Live ``GetRetargetingGoals``: goals and segments (Metrica, Audience) usable in rules.
+
+        Agencies must name client logins (default: the Client-Login); advertisers need none.
+        Each item: ``{"GoalID", "Name", "GoalDomain", "Type", "Login"}``.
+        """
+        self.get_conn()
+        self._check_units("live4", "GetRetargetingGoals", 1)
+        settings = self.settings()
+        param: dict[str, Any] = {}
+        names = list(logins or ([self.client_login] if self.client_login else []))
+        if names:
+            param["Logins"] = names[:100]
+        self._current_call = "v4 GetRetargetingGoals"
+        body = {
+            "method": "GetRetargetingGoals",
+            "param": param,
+            "locale": str(settings.get_extra("accept_language", "en")),
+            # v4 Live documents the token in the body; the Bearer header is sent as well.
+            "token": settings.password,
+        }
+        response = self.transport.request("POST", self.live4_url(), json=body, idempotent=True)
+        data = _loads(response)
+        goals = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(goals, list):
+            raise AudienceServerError("Yandex Direct GetRetargetingGoals answered without data", vendor=VENDOR)
+        return [g for g in goals if isinstance(g, dict)]
+
+    # -- Audience segments -> goal ids ------------------------------------------------------
+
+    @property
+    def audience_goal_id_offset(self) -> int:
+        return int(float(self.settings().get_extra("audience_goal_id_offset", 2_000_000_000)))
+
+    @staticmethod
+    def is_audience_goal(goal: Mapping[str, Any], offset: int) -> bool:
+        """Whether a GetRetargetingGoals item is a Yandex.Audience segment.
+
+        The ``Type`` strings are UNVERIFIED (notes §6.4): any type mentioning "audience" counts, and
+        an item with no type counts when its id lies in the Audience id range of this connection.
+        """
+        kind = str(goal.get("Type") or "").lower()
+        if kind:
+            return "audience" in kind
+        try:
+            return offset <= int(goal.get("GoalID")) < offset + 1_000_000_000
+        except (TypeError, ValueError):
+            return False
+
+    def resolve_audience_segments(
+        self, segments: Sequence[Any], goals: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Goal ids of Audience segments given by id, by name, or as ``{"goal_id": n}``.
+
+        :param segments: ints or digit strings (segment ids), other strings (segment names), or dicts
+            with one of ``segment_id``, ``name``, ``goal_id``.
+        :param goals: a GetRetargetingGoals answer to reuse (saves a call).
+        :returns: ``[{"input", "goal_id", "name"}]`` in input order.
+        :raises AudienceNotFoundError: naming every segment Direct does not list (not processed yet,
+            not shared with this Direct login, or a wrong id/name).
+        :raises AudienceValidationError: for a name that matches several segments.
+        """
+        goals = list(goals) if goals is not None else self.get_retargeting_goals()
+        offset = self.audience_goal_id_offset
+        by_id = {int(g["GoalID"]): g for g in goals if str(g.get("GoalID", "")).lstrip("-").isdigit()}
+        audience = [g for g in goals if self.is_audience_goal(g, offset)]
+        resolved, missing = [], []
+        for raw in segments:
+            spec = _segment_spec(raw)
+            goal: Mapping[str, Any] | None = None
+            if "goal_id" in spec:
+                goal = by_id.get(spec["goal_id"])
+            elif "segment_id" in spec:
+                goal = by_id.get(offset + spec["segment_id"])
+            else:
+                matches = [g for g in audience if g.get("Name") == spec["name"]]
+                if len(matches) > 1:
+                    raise AudienceValidationError(
+                        f"Yandex.Audience segment name {spec['name']!r} matches several goals "
+                        f"({', '.join(str(g.get('GoalID')) for g in matches)}); give the segment id instead",
+                        vendor=VENDOR,
+                    )
+                goal = matches[0] if matches else None
+            if goal is None:
+                missing.append(raw)
+                continue
+            resolved.append({"input": raw, "goal_id": int(goal["GoalID"]), "name": goal.get("Name")})
+        if missing:
+            raise AudienceNotFoundError(
+                f"Yandex Direct lists no goal for the Yandex.Audience segment(s) {missing!r} "
+                f"(login {self.client_login or 'of the token'}): a segment appears only once it is processed "
+                "and owned by or shared with this Direct login",
+                vendor=VENDOR,
+            )
+        return resolved
+
+    def resolve_goals(
+        self, goal_ids: Sequence[int], goals: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Check Metrica goal ids against GetRetargetingGoals (Direct does not validate them, pitfall 12).
+
+        :raises AudienceNotFoundError: naming the goals Direct does not list for this login.
+        """
+        goals = list(goals) if goals is not None else self.get_retargeting_goals()
+        by_id = {int(g["GoalID"]): g for g in goals if str(g.get("GoalID", "")).lstrip("-").isdigit()}
+        missing = [g for g in goal_ids if int(g) not in by_id]
+        if missing:
+            raise AudienceNotFoundError(
+                f"Yandex Direct lists no goal {missing!r} for login {self.client_login or 'of the token'}",
+                vendor=VENDOR,
+            )
+        return [{"goal_id": int(g), "name": by_id[int(g)].get("Name")} for g in goal_ids]
+
+    # -- links, probe -----------------------------------------------------------------------
+
+    def retargeting_list_url(self, list_id: Any) -> str:
+        """Link to the list in the Direct web interface (the "Retargeting and audiences" library).
+
+        Assumption (not in the vendor notes): the library opens at ``<web_ui_url>/dna/retargeting``
+        and ``ulogin`` selects the client for agencies; the list id is passed along for reference.
+        """
+        base = str(self.settings().get_extra("web_ui_url", "https://direct.yandex.ru")).rstrip("/")
+        url = f"{base}/dna/retargeting?retargeting_list_id={quote(str(list_id), safe='')}"
+        return f"{url}&ulogin={quote(self.client_login, safe='')}" if self.client_login else url
+
+    def probe(self) -> str:
+        """One cheap authenticated read: the first retargeting list (2 points)."""
+        result = self.call("retargetinglists", "get", {"FieldNames": ["Id"], "Page": {"Limit": 1, "Offset": 0}})
+        seen = len(result.get("RetargetingLists") or [])
+        units = f"; {self.units.remaining} of {self.units.daily_limit} units left" if self.units else ""
+        return f"Connected to Yandex Direct as {self.client_login or 'the token owner'} ({seen} list seen{units})"
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _segment_spec(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        for key in ("goal_id", "segment_id"):
+            if raw.get(key) not in (None, ""):
+                return {key: _positive_int(raw[key], key)}
+        if raw.get("name"):
+            return {"name": str(raw["name"])}
+        raise AudienceValidationError(
+            f"A segment must be given as an id, a name, or a dict with segment_id, name or goal_id: {raw!r}",
+            vendor=VENDOR,
+        )
+    if isinstance(raw, bool):
+        raise AudienceValidationError(f"Not a segment id or name: {raw!r}", vendor=VENDOR)
+    if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit()):
+        return {"segment_id": _positive_int(raw, "segment id")}
+    if isinstance(raw, str) and raw.strip():
+        return {"name": raw.strip()}
+    raise AudienceValidationError(f"Not a segment id or name: {raw!r}", vendor=VENDOR)
+
+
+def _positive_int(value: Any, what: str) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise AudienceValidationError(f"{what} must be a positive integer, got {value!r}", vendor=VENDOR) from None
+    if number <= 0:
+        raise AudienceValidationError(f"{what} must be a positive integer, got {value!r}", vendor=VENDOR)
+    return number

@@ -1,0 +1,90 @@
+"""Fixtures for the Yandex Direct tests: a hook on the Direct fake and a tiny Airflow context double.
+
+The vendor is always the real Direct fake over HTTP; only the Airflow task context (``ti``) is a
+recording double.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def direct(yandex_direct_sandbox):
+    """The reset Direct fake."""
+    return yandex_direct_sandbox
+
+
+@pytest.fixture
+def make_hook(direct):
+    """Build YandexDirectHooks on the sandbox with short retry waits: ``make_hook(client_login=...)``."""
+    from airflow_audience_provider.core.transport import RetryPolicy
+    from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
+
+    made = []
+
+    def factory(conn_id: str = "yandex_direct_default", **kwargs: Any) -> YandexDirectHook:
+        kwargs.setdefault("retry", RetryPolicy(backoff_initial=0.01, backoff_max=0.02))
+        hook = YandexDirectHook(conn_id, **kwargs)
+        made.append(hook)
+        return hook
+
+    yield factory
+    for hook in made:
+        if hook._transport is not None:
+            hook._transport.close()
+
+
+@pytest.fixture
+def hook(make_hook):
+    return make_hook()
+
+
+@pytest.fixture
+def set_direct_conn(direct, monkeypatch):
+    """Point a connection id at the sandbox with changed fields: ``set_direct_conn("id", password="x")``."""
+
+    def setter(conn_id: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> str:
+        conn = direct.connection(direct.base_url)
+        conn.update(fields)
+        conn = {k: v for k, v in conn.items() if v is not None}
+        merged = {**conn.get("extra", {}), **(extra or {})}
+        conn["extra"] = {k: v for k, v in merged.items() if v is not None}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return setter
+
+
+class RecordingTI:
+    """Records xcom_push calls."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+@pytest.fixture
+def context() -> dict[str, Any]:
+    ti = RecordingTI()
+    return {"ti": ti, "task_instance": ti}
+
+
+@pytest.fixture
+def api_calls(direct):
+    """``api_calls(service=None)``: the fake's request log for the Direct API (v5 and v4 Live)."""
+
+    def calls(service: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in direct.requests
+            if (r["path"].startswith("/json/") or r["path"].startswith("/live/"))
+            and (service is None or r["path"].endswith("/" + service))
+        ]
+
+    return calls
