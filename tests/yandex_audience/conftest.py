@@ -1,0 +1,109 @@
+"""Fixtures for the Yandex.Audience tests: a fast sandbox, a hook on it, and a tiny Airflow context double.
+
+The vendor is always the real Yandex.Audience fake over HTTP; only the Airflow task context (``ti`` and
+``outlet_events``) is a recording double, and the client-side rate limiter runs on a fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from yandex_audience_helpers import PROCESSING, FakeClock
+
+
+@pytest.fixture
+def ya(yandex_audience_sandbox):
+    """The reset Yandex.Audience fake with fast processing and the per-login write quotas off.
+
+    Tests of the quotas turn them back on with ``ya.configure(writes_per_minute=10, ...)``.
+    """
+    yandex_audience_sandbox.configure(
+        processing_seconds=PROCESSING, writes_per_minute=None, writes_per_hour=None, writes_per_day=None
+    )
+    return yandex_audience_sandbox
+
+
+@pytest.fixture
+def limiter_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def patch_limiter(monkeypatch, limiter_clock):
+    """Every hook built in the test shares one in-memory limiter on a fake clock, and retries sleep on it."""
+    from airflow_audience_provider.core import transport as transport_module
+    from airflow_audience_provider.core.ratelimit import RateLimiter
+
+    limiter = RateLimiter(clock=limiter_clock, sleep=limiter_clock.sleep)
+    monkeypatch.setattr(transport_module, "default_rate_limiter", lambda: limiter)
+    original = transport_module.Transport.__init__
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["sleep"] = limiter_clock.sleep
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transport_module.Transport, "__init__", init)
+    return limiter
+
+
+@pytest.fixture
+def hook(ya, patch_limiter):
+    """A YandexAudienceHook on the sandbox with fast retries and a fake-clock limiter."""
+    from airflow_audience_provider.core.transport import RetryPolicy
+    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+
+    made = YandexAudienceHook(retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))
+    yield made
+    made.get_conn().close()
+
+
+@pytest.fixture
+def set_ya_conn(ya, monkeypatch):
+    """Point a connection id at the sandbox with changed fields: ``set_ya_conn("id", password="x")``."""
+
+    def setter(conn_id: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> str:
+        conn = ya.connection(ya.base_url)
+        conn.update(fields)
+        conn = {k: v for k, v in conn.items() if v is not None}
+        conn["extra"] = {**conn.get("extra", {}), **(extra or {})}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return setter
+
+
+class RecordingTI:
+    """Records xcom_push calls."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+    def get_first_reschedule_date(self, context: Any) -> None:
+        return None
+
+
+class RecordingOutletEvents:
+    """``context["outlet_events"][AssetAlias(...)].add(asset, extra=...)`` recorded as tuples."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getitem__(self, alias: Any) -> Any:
+        events = self
+
+        class Accessor:
+            def add(self, asset: Any, extra: dict[str, Any] | None = None) -> None:
+                events.added.append((alias.name, asset.uri, dict(extra or {})))
+
+        return Accessor()
+
+
+@pytest.fixture
+def context() -> dict[str, Any]:
+    ti = RecordingTI()
+    return {"ti": ti, "task_instance": ti, "outlet_events": RecordingOutletEvents()}
