@@ -199,5 +199,95 @@ YANDEX_AUDIENCE = ConnectionSpec(
     asset_kinds=("segment",),
 )
 
+YANDEX_DIRECT = ConnectionSpec(
+    conn_type="yandex_direct",
+    hook_name="Yandex Direct",
+    hook_class="airflow_audience_provider.hooks.yandex_direct.YandexDirectHook",
+    conn_name_attr="yandex_direct_conn_id",
+    default_conn_name="yandex_direct_default",
+    hidden_fields=("schema", "login", "port"),
+    relabeling={"host": "API base URL (optional)", "password": "OAuth token"},
+    placeholders={
+        "host": "https://api.direct.yandex.com (empty: production, or the sandbox host when 'sandbox' is set)",
+        "password": "Yandex OAuth token with Direct API access (sent as 'Authorization: Bearer <token>')",
+    },
+    fields=(
+        ConnField(
+            "client_login",
+            "Client-Login",
+            "Advertiser login to act for (Client-Login header). Required for agency tokens; "
+            "operators can override it per task.",
+        ),
+        ConnField(
+            "is_agency",
+            "Agency token",
+            "The token belongs to an agency: every call must name the client (Client-Login); "
+            "a missing login is reported before anything is sent.",
+            "boolean",
+            False,
+        ),
+        ConnField(
+            "accept_language",
+            "Accept-Language",
+            "Language of Direct's error and warning texts.",
+            default="en",
+            enum=("en", "ru", "tr", "uk"),
+        ),
+        ConnField(
+            "use_operator_units",
+            "Use-Operator-Units",
+            "Agency only: spend the agency's own points instead of the client's.",
+            "boolean",
+            False,
+        ),
+        ConnField(
+            "sandbox",
+            "Direct sandbox",
+            "Use Direct's own sandbox (api-sandbox.direct.yandex.com) when no host is set.",
+            "boolean",
+            False,
+        ),
+        ConnField(
+            "api_version",
+            "API version",
+            "Path version of the JSON API: v5, or v501 (knows unified ad groups).",
+            default="v5",
+            enum=("v5", "v501"),
+        ),
+        ConnField(
+            "live4_url",
+            "v4 Live URL",
+            "URL of the v4 Live JSON API used by GetRetargetingGoals (default: <host>/live/v4/json/).",
+        ),
+        ConnField(
+            "audience_goal_id_offset",
+            "Audience goal id offset",
+            "Used only to recognise a Yandex.Audience segment id among GetRetargetingGoals: goal id = "
+            "offset + segment id (an assumption, see the docs). The goal must still be listed by Direct.",
+            "integer",
+            2000000000,
+        ),
+        ConnField(
+            "units_reserve",
+            "Units reserve",
+            "Points to leave unspent: a call is not sent when the remaining points would drop below it.",
+            "integer",
+            0,
+        ),
+        ConnField(
+            "web_ui_url",
+            "Web interface URL",
+            "Base URL of the Direct web interface, for the links to retargeting lists.",
+            default="https://direct.yandex.ru",
+        ),
+        *TRANSPORT_FIELDS,
+    ),
+    integration_name="Yandex Direct",
+    external_doc_url="https://yandex.com/dev/direct/doc/en/",
+    module="yandex_direct",
+    module_kinds=("hooks",),
+    extra_links=("airflow_audience_provider.links.yandex_direct.YandexDirectRetargetingListLink",),
+)
+
 # Each vendor adds its ConnectionSpec above and its name to this tuple (one line per vendor).
-CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS,)}
+CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS, YANDEX_DIRECT)}

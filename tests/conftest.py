@@ -60,3 +60,19 @@ def yandex_audience_sandbox(sandbox, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_YANDEX_AUDIENCE_DEFAULT", sandbox.connections()["yandex_audience_default"])
     yield fake
     fake.reset()
+
+
+@pytest.fixture
+def yandex_direct_sandbox(sandbox, monkeypatch):
+    """The Yandex Direct fake, reset (state, faults, request log, config), with
+    AIRFLOW_CONN_YANDEX_DIRECT_DEFAULT set. Its retargeting goals come from its own seeded Audience
+    segments; ``fake.use_audience_fake(sandbox.fake("yandex_audience"))`` makes them follow the
+    Yandex.Audience fake's processed segments instead (undone by the reset).
+
+    Yields the :class:`~airflow_audience_provider.sandbox.yandex_direct.YandexDirectFake`.
+    """
+    fake = sandbox.fake("yandex_direct")
+    fake.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_YANDEX_DIRECT_DEFAULT", sandbox.connections()["yandex_direct_default"])
+    yield fake
+    fake.reset()

@@ -39,6 +39,7 @@ __all__ = ["VENDOR_FAKES", "SandboxServer", "available_vendors", "load_fake_clas
 VENDOR_FAKES: dict[str, str] = {
     "lytics": "airflow_audience_provider.sandbox.lytics:LyticsFake",
     "yandex_audience": "airflow_audience_provider.sandbox.yandex_audience:YandexAudienceFake",
+    "yandex_direct": "airflow_audience_provider.sandbox.yandex_direct:YandexDirectFake",
 }
 
 
