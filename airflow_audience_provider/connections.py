@@ -285,9 +285,65 @@ YANDEX_DIRECT = ConnectionSpec(
     integration_name="Yandex Direct",
     external_doc_url="https://yandex.com/dev/direct/doc/en/",
     module="yandex_direct",
-    module_kinds=("hooks", "operators"),
+    module_kinds=("hooks",),
     extra_links=("airflow_audience_provider.links.yandex_direct.YandexDirectRetargetingListLink",),
 )
 
+SEGMENT = ConnectionSpec(
+    conn_type="segment",
+    hook_name="Twilio Segment",
+    hook_class="airflow_audience_provider.hooks.segment.SegmentHook",
+    conn_name_attr="segment_conn_id",
+    default_conn_name="segment_default",
+    hidden_fields=("schema", "login", "port"),
+    relabeling={"host": "API base URL (optional)", "password": "Public API token"},
+    placeholders={
+        "host": "leave empty: derived from the region (https://api.segmentapis.com)",
+        "password": "Segment Public API token (sent as Bearer)",
+    },
+    fields=(
+        ConnField(
+            "region",
+            "Region",
+            "Where the workspace lives: 'us' (api.segmentapis.com) or 'eu' (eu1.api.segmentapis.com). "
+            "A token only works in its own region. Ignored when the host is set.",
+            default="us",
+            enum=("us", "eu"),
+        ),
+        ConnField(
+            "api_version",
+            "API version",
+            "Media-type version pinned on every call: v1 (stable), v1beta or v1alpha (workspaces still "
+            "on the alpha API; also selects the alpha rate limits).",
+            default="v1",
+            enum=("v1", "v1beta", "v1alpha"),
+        ),
+        ConnField("space_id", "Default space ID", "Engage space used when a task names none."),
+        ConnField(
+            "workspace_slug",
+            "Workspace slug",
+            "The workspace's slug in app.segment.com URLs, for the links to audiences in the Airflow UI.",
+        ),
+        ConnField(
+            "app_url",
+            "Segment app URL",
+            "Base URL of the Segment app for links; default by region (https://app.segment.com or "
+            "https://eu1.app.segment.com).",
+        ),
+        ConnField(
+            "rate_limits",
+            "Rate limits (JSON)",
+            "Client-side limits in requests per minute by operation, overriding the documented ones, e.g. "
+            '{"update_audience": 10, "create_audience_preview": 5}.',
+        ),
+        *TRANSPORT_FIELDS,
+    ),
+    integration_name="Twilio Segment",
+    external_doc_url="https://docs.segmentapis.com/tag/Audiences",
+    extra_links=("airflow_audience_provider.links.segment.SegmentAudienceLink",),
+    asset_scheme="segment",
+    asset_kinds=("audience",),
+)
+
 # Each vendor adds its ConnectionSpec above and its name to this tuple (one line per vendor).
-CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS, YANDEX_DIRECT)}
+CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS, YANDEX_DIRECT, SEGMENT)}

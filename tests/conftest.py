@@ -76,3 +76,16 @@ def yandex_direct_sandbox(sandbox, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_YANDEX_DIRECT_DEFAULT", sandbox.connections()["yandex_direct_default"])
     yield fake
     fake.reset()
+
+
+@pytest.fixture
+def segment_sandbox(sandbox, monkeypatch):
+    """The Segment fake, reset (state, faults, request log, config), with AIRFLOW_CONN_SEGMENT_DEFAULT set.
+
+    Yields the :class:`~airflow_audience_provider.sandbox.segment.SegmentFake`; its URL is ``.base_url``.
+    """
+    fake = sandbox.fake("segment")
+    fake.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_SEGMENT_DEFAULT", sandbox.connections()["segment_default"])
+    yield fake
+    fake.reset()

@@ -40,6 +40,7 @@ VENDOR_FAKES: dict[str, str] = {
     "lytics": "airflow_audience_provider.sandbox.lytics:LyticsFake",
     "yandex_audience": "airflow_audience_provider.sandbox.yandex_audience:YandexAudienceFake",
     "yandex_direct": "airflow_audience_provider.sandbox.yandex_direct:YandexDirectFake",
+    "segment": "airflow_audience_provider.sandbox.segment:SegmentFake",
 }
 
 

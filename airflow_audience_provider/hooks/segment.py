@@ -1,0 +1,950 @@
+"""Twilio Segment Public API hook: Engage audiences of a space (vendor notes ``segment.md``).
+
+Method names follow Segment's operations ("List Audiences", "Update Audience for Space",
+"Create Audience Preview", "Force Execute Audience Run", ...), so Segment's reference is the
+index. Every call pins the media type of the connection's ``api_version``
+(``application/vnd.segment.<version>+json``, default ``v1``) so a promotion of an endpoint
+cannot change shapes under a DAG; ``audience-references`` exists in ``v1alpha`` only and always
+uses it, and schedules/runs have no ``v1beta`` (``v1`` is used instead).
+
+**Statuses** (vendor notes section 6) are mapped as data in :data:`SEGMENT_AUDIENCE_STATUS`:
+``Live``, ``Not Computing`` and ``Disabled`` are done; ``Failed`` and ``Error`` failed;
+``Preparing``, ``Computing``, ``Backfilling``, ``Awaiting Destinations`` and ``Locked`` still
+working. The status is a free-text display string: it is compared case-insensitively and an
+unknown value is reported verbatim and waited on. Assumption (unverified in the notes): this
+mapping of the UI's compute statuses holds for the API.
+
+**The edit lock**: after an update Segment locks the audience until the change is
+incorporated. Following the notes, the audience counts as locked for edits while its status is
+one of :data:`EDIT_LOCKED_STATUSES` (``Locked``, ``Preparing``, ``Computing``, ``Backfilling``);
+:meth:`SegmentHook.audience_edit_status` is the status function the operators wait on before
+they edit. Assumption (unverified): the answer to an edit of a locked audience is 409 or 422;
+:meth:`SegmentHook.update_audience_for_space` reads the audience back on either and raises
+:class:`SegmentAudienceLockedError` when it is locked.
+
+**Rate limits** per operation are enforced client-side (current values of the notes, section 8;
+the alpha values when the connection pins ``v1alpha``; any of them overridable with the
+connection's ``rate_limits`` extra). A 429 is retried by the transport after ``Retry-After``,
+else the body's ``data.msBeforeNext``, else ``X-RateLimit-Reset`` (an RFC 5322 date).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import requests
+
+from airflow_audience_provider.connections import SEGMENT
+from airflow_audience_provider.core.auth import TokenHeaderAuth
+from airflow_audience_provider.core.errors import (
+    AudienceConfigurationError,
+    AudienceConflictError,
+    AudienceError,
+    AudienceNotFoundError,
+    AudienceValidationError,
+)
+from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
+from airflow_audience_provider.core.ratelimit import RateLimit, Window
+from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
+from airflow_audience_provider.core.transport import (
+    ErrorInfo,
+    Transport,
+    VendorProfile,
+    call_with_read_back,
+    parse_retry_after,
+)
+
+log = logging.getLogger(__name__)
+
+VENDOR = "segment"
+
+HOSTS = {"us": "https://api.segmentapis.com", "eu": "https://eu1.api.segmentapis.com"}
+APP_URLS = {"us": "https://app.segment.com", "eu": "https://eu1.app.segment.com"}
+API_VERSIONS = ("v1", "v1beta", "v1alpha")
+AUDIENCE_TYPES = ("USERS", "ACCOUNTS", "LINKED")
+SEARCH_TYPES = ("NAME", "KEY", "DEFINITION")
+
+#: Audience compute statuses (vendor notes section 6), lower-cased; unknown ones keep waiting.
+SEGMENT_AUDIENCE_STATUS = StatusMap.of(
+    done={"live", "not computing", "disabled"},
+    failed={"failed", "error"},
+    running={"preparing", "computing", "backfilling", "awaiting destinations", "locked"},
+)
+
+#: Statuses during which the audience must not be edited (the lock after an update, and the
+#: notes' advice not to edit before a (re)computation has been incorporated).
+EDIT_LOCKED_STATUSES = frozenset({"locked", "preparing", "computing", "backfilling"})
+
+#: Audience preview statuses.
+SEGMENT_PREVIEW_STATUS = StatusMap.of(done={"completed"}, failed={"failed"}, running={"running"})
+
+MINUTE = 60.0
+#: Documented per-operation limits, requests per minute (vendor notes section 8, since 2025-10-09).
+CURRENT_LIMITS: dict[str, int] = {
+    "list_audiences": 60,
+    "get_audience": 100,
+    "create_audience": 50,
+    "update_audience": 50,
+    "remove_audience": 50,
+    "create_audience_preview": 5,
+    "get_audience_preview": 300,
+    "audience_references": 25,
+    "write_schedule": 50,
+}
+#: The alpha-era limits of the seed page (used with ``api_version = v1alpha``).
+ALPHA_LIMITS: dict[str, int] = {
+    **CURRENT_LIMITS,
+    "list_audiences": 25,
+    "create_audience": 10,
+    "update_audience": 10,
+    "remove_audience": 20,
+    "get_audience_preview": 100,
+}
+#: Previews also have a monthly quota per space (700); a month is taken as 30 days.
+PREVIEW_MONTHLY_QUOTA = 700
+MONTH = 30 * 86400.0
+
+
+def _limits(per_minute: Mapping[str, int]) -> dict[str, RateLimit]:
+    limits: dict[str, RateLimit] = {}
+    for name, count in per_minute.items():
+        windows = [Window(int(count), MINUTE, f"{count} {name} requests per minute")]
+        if name == "create_audience_preview":
+            windows.append(Window(PREVIEW_MONTHLY_QUOTA, MONTH, f"{PREVIEW_MONTHLY_QUOTA} previews per month"))
+        # Waiting out a per-minute window is fine; a used-up monthly quota fails the call at once.
+        limits[name] = RateLimit(tuple(windows), max_wait=120.0)
+    return limits
+
+
+class SegmentAudienceLockedError(AudienceConflictError):
+    """The audience is locked until Segment has incorporated the previous edit. Retry later."""
+
+
+def _first_error(body: Any) -> dict[str, Any] | None:
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            return errors[0]
+    return None
+
+
+def parse_segment_error(response: requests.Response) -> ErrorInfo:
+    """Read the ``{"errors": [{"type", "message", "field", "data", "status"}]}`` envelope."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ErrorInfo()
+    first = _first_error(body)
+    if first is None:
+        return ErrorInfo()
+    errors = body["errors"]
+    messages = [str(e.get("message") or e.get("type")) for e in errors if isinstance(e, dict)]
+    return ErrorInfo(
+        message="; ".join(messages),
+        code=str(first.get("type")) if first.get("type") else None,
+        field=first.get("field"),
+        details=[{k: e.get(k) for k in ("type", "message", "field")} for e in errors if isinstance(e, dict)],
+    )
+
+
+def segment_retry_after(response: requests.Response) -> float | None:
+    """``Retry-After`` (seconds), else the 429 body's ``data.msBeforeNext``, else ``X-RateLimit-Reset``
+    (an RFC 5322 date, or epoch seconds), else None (the transport backs off exponentially)."""
+    wait = parse_retry_after(response.headers.get("Retry-After"))
+    if wait is not None:
+        return wait
+    try:
+        first = _first_error(response.json())
+    except ValueError:
+        first = None
+    data = first.get("data") if first else None
+    if isinstance(data, dict) and isinstance(data.get("msBeforeNext"), int | float):
+        return max(0.0, float(data["msBeforeNext"]) / 1000.0)
+    reset = response.headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            number = float(reset)
+        except ValueError:
+            return parse_retry_after(reset)
+        import time
+
+        return max(0.0, number - time.time()) if number > 1_000_000_000 else max(0.0, number)
+    return None
+
+
+def canonical_query(query: str | None) -> str:
+    """A definition with whitespace folded, for "did it change?" comparisons."""
+    return " ".join((query or "").split())
+
+
+class SegmentHook(AudienceHook):
+    """Talk to the Twilio Segment Public API (Engage audiences).
+
+    :param segment_conn_id: Airflow connection of type ``segment`` (:ref:`howto/connection:segment`).
+    """
+
+    spec = SEGMENT
+    conn_name_attr = SEGMENT.conn_name_attr
+    default_conn_name = SEGMENT.default_conn_name
+    conn_type = SEGMENT.conn_type
+    hook_name = SEGMENT.hook_name
+    default_host = HOSTS["us"]
+    profile: ClassVar[VendorProfile] = VendorProfile(
+        name=VENDOR,
+        parse_error=parse_segment_error,
+        request_id_headers=("X-Request-Id", "X-Amzn-Trace-Id"),
+        retry_after=segment_retry_after,
+        rate_limits=_limits(CURRENT_LIMITS),
+    )
+
+    def __init__(self, segment_conn_id: str = SEGMENT.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(segment_conn_id, **kwargs)
+        self.segment_conn_id = segment_conn_id
+
+    # -- connection -------------------------------------------------------------------------
+
+    def region(self, settings: ConnectionSettings | None = None) -> str:
+        settings = settings or self.settings()
+        region = str(settings.get_extra("region", "us")).strip().lower()
+        if region not in HOSTS:
+            raise AudienceConfigurationError(
+                f"Airflow connection '{settings.conn_id}': region must be 'us' or 'eu', got {region!r}"
+            )
+        return region
+
+    def base_url(self, settings: ConnectionSettings) -> str:
+        region = self.region(settings)  # validated even when the host is set: links use it
+        if settings.host:
+            return super().base_url(settings)
+        return HOSTS[region]
+
+    def build_auth(self, settings: ConnectionSettings, session: requests.Session) -> requests.auth.AuthBase:
+        token = settings.require(settings.password, "Public API token (password field)")
+        if token.lower().startswith("bearer "):
+            token = token[7:].strip()  # a pasted "Bearer x" would otherwise be sent as "Bearer Bearer x"
+        return TokenHeaderAuth(token, scheme="Bearer")
+
+    def budget_key(self, settings: ConnectionSettings) -> str:
+        # Segment counts per token (and IP); the token itself must not name a file, so hash it.
+        import hashlib
+
+        digest = hashlib.sha256((settings.password or "").encode()).hexdigest()[:16]
+        return f"{self.base_url(settings)}|{digest}"
+
+    def build_transport(self, settings: ConnectionSettings) -> Transport:
+        transport = super().build_transport(settings)
+        # Per-connection limits: the alpha values for v1alpha, then the connection's overrides.
+        limits = dict(ALPHA_LIMITS if self.api_version(settings) == "v1alpha" else CURRENT_LIMITS)
+        raw = settings.get_extra("rate_limits")
+        if raw:
+            try:
+                overrides = json.loads(raw) if isinstance(raw, str) else dict(raw)
+                limits.update({str(k): int(v) for k, v in overrides.items()})
+            except (TypeError, ValueError) as exc:
+                raise AudienceConfigurationError(
+                    f"Airflow connection '{settings.conn_id}': extra 'rate_limits' must be a JSON object of "
+                    f"operation -> requests per minute ({exc})"
+                ) from None
+            if any(v <= 0 for v in limits.values()):
+                raise AudienceConfigurationError(
+                    f"Airflow connection '{settings.conn_id}': every rate limit must be a positive integer"
+                )
+        transport.profile = replace(self.profile, rate_limits=_limits(limits))
+        return transport
+
+    def api_version(self, settings: ConnectionSettings | None = None) -> str:
+        settings = settings or self.settings()
+        version = str(settings.get_extra("api_version", "v1")).strip().lower()
+        if version not in API_VERSIONS:
+            raise AudienceConfigurationError(
+                f"Airflow connection '{settings.conn_id}': api_version must be one of {', '.join(API_VERSIONS)}, "
+                f"got {version!r}"
+            )
+        return version
+
+    def media_type(self, version: str | None = None) -> str:
+        return f"application/vnd.segment.{version or self.api_version()}+json"
+
+    def _headers(self, version: str | None = None, body: bool = False) -> dict[str, str]:
+        media = self.media_type(version)
+        return {"Accept": media, "Content-Type": media} if body else {"Accept": media}
+
+    def _no_beta(self) -> str:
+        """Schedules and runs exist in v1 and v1alpha only."""
+        version = self.api_version()
+        return "v1" if version == "v1beta" else version
+
+    def default_space_id(self) -> str | None:
+        value = self.settings().get_extra("space_id")
+        return str(value).strip() if value else None
+
+    def space(self, space_id: str | None) -> str:
+        """The space to use: the argument, else the connection's default; required."""
+        space = (space_id or "").strip() or self.default_space_id()
+        if not space:
+            raise AudienceConfigurationError(
+                f"No Segment space id: pass space_id or set the 'space_id' extra of connection '{self.conn_id}'"
+            )
+        return space
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint_class: str = "default",
+        version: str | None = None,
+        json_body: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """One call; returns the ``data`` object of the answer."""
+        body = self.transport.json(
+            method,
+            path,
+            headers=self._headers(version, body=json_body is not None),
+            json=json_body,
+            endpoint_class=endpoint_class,
+            **kwargs,
+        )
+        data = body.get("data") if isinstance(body, dict) else None
+        return data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def _seg(value: str, what: str) -> str:
+        if not value or not str(value).strip():
+            raise AudienceValidationError(f"A Segment {what} is required", vendor=VENDOR)
+        return quote(str(value).strip(), safe="")
+
+    def _audiences_path(self, space_id: str, *rest: str) -> str:
+        path = f"/spaces/{self._seg(space_id, 'space id')}/audiences"
+        return "/".join([path, *rest]) if rest else path
+
+    def _not_found(self, exc: AudienceNotFoundError, space_id: str, what: str) -> AudienceNotFoundError:
+        return AudienceNotFoundError(
+            f"Segment {what} was not found in space {space_id!r} (or the space does not exist, or the "
+            f"token's workspace has no Engage audiences): {exc.message}",
+            vendor=VENDOR,
+            status=exc.status,
+            code=exc.code,
+            request_id=exc.request_id,
+        )
+
+    # -- links and assets -------------------------------------------------------------------
+
+    def audience_url(self, space_id: str, audience_id: str) -> str:
+        """Link to the audience in the Segment app.
+
+        Assumption (unverified): audiences open at
+        ``<app>/<workspace slug>/engage/spaces/<space id>/audiences/<audience id>``; without a
+        ``workspace_slug`` extra the link goes to ``<app>/goto-my-workspace/...``, which the app
+        redirects to the user's workspace.
+        """
+        settings = self.settings()
+        app = str(settings.get_extra("app_url") or APP_URLS[self.region(settings)]).rstrip("/")
+        slug = str(settings.get_extra("workspace_slug") or "goto-my-workspace")
+        return (
+            f"{app}/{quote(slug, safe='')}/engage/spaces/{quote(str(space_id), safe='')}"
+            f"/audiences/{quote(str(audience_id), safe='')}"
+        )
+
+    @staticmethod
+    def audience_asset_uri(space_id: str, audience_id: str) -> str:
+        """``segment://<space id>/audience/<audience id>``."""
+        from airflow_audience_provider.assets import segment_uri
+
+        return segment_uri(VENDOR, str(space_id), "audience", str(audience_id))
+
+    # -- spaces -----------------------------------------------------------------------------
+
+    def list_spaces(self) -> list[dict[str, Any]]:
+        """List Spaces: ``GET /spaces``."""
+        return list(self._call("GET", "/spaces").get("spaces") or [])
+
+    def get_space(self, space_id: str) -> dict[str, Any]:
+        """Get Space: ``GET /spaces/{spaceId}``."""
+        try:
+            return dict(self._call("GET", f"/spaces/{self._seg(space_id, 'space id')}").get("space") or {})
+        except AudienceNotFoundError as exc:
+            raise AudienceNotFoundError(
+                f"Segment space {space_id!r} was not found in the token's workspace: {exc.message}",
+                vendor=VENDOR,
+                status=exc.status,
+                code=exc.code,
+                request_id=exc.request_id,
+            ) from exc
+
+    # -- audiences --------------------------------------------------------------------------
+
+    def list_audiences(
+        self,
+        space_id: str | None = None,
+        *,
+        search_type: str | None = None,
+        search_query: str | None = None,
+        include_schedules: bool = False,
+        page_size: int = 200,
+        max_pages: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """List Audiences: ``GET /spaces/{spaceId}/audiences``, every page (cursor pagination).
+
+        :param search_type: ``NAME``, ``KEY`` or ``DEFINITION`` (with ``search_query``).
+        :param page_size: ``pagination.count`` (1-200); always sent, as the alpha API required it.
+        """
+        space = self.space(space_id)
+        if not 1 <= int(page_size) <= 200:
+            raise AudienceValidationError("page_size must be between 1 and 200", vendor=VENDOR)
+        params: dict[str, Any] = {"pagination.count": int(page_size)}
+        if search_query is not None:
+            search_type = (search_type or "NAME").upper()
+            if search_type not in SEARCH_TYPES:
+                raise AudienceValidationError(f"search_type must be one of {SEARCH_TYPES}", vendor=VENDOR)
+            if len(search_query) > 255:
+                raise AudienceValidationError("search_query is limited to 255 characters", vendor=VENDOR)
+            params.update({"search.type": search_type, "search.query": search_query})
+        if include_schedules:
+            params["include"] = "schedules"
+        audiences: list[dict[str, Any]] = []
+        seen_cursors: set[str] = set()
+        for _ in range(max_pages):
+            try:
+                data = self._call("GET", self._audiences_path(space), params=params, endpoint_class="list_audiences")
+            except AudienceNotFoundError as exc:
+                raise self._not_found(exc, space, "space") from exc
+            audiences.extend(a for a in data.get("audiences") or [] if isinstance(a, dict))
+            cursor = (data.get("pagination") or {}).get("next")
+            if not cursor or cursor in seen_cursors:  # a repeated cursor would loop forever
+                return audiences
+            seen_cursors.add(cursor)
+            params = {**params, "pagination.cursor": cursor}
+        raise AudienceError(f"Listing audiences of space {space} exceeded {max_pages} pages", vendor=VENDOR)
+
+    def find_audiences_by_name(self, name: str, space_id: str | None = None) -> list[dict[str, Any]]:
+        """Audiences whose name is exactly ``name`` (Segment's NAME search may match more loosely)."""
+        if not name:
+            raise AudienceValidationError("An audience name is required", vendor=VENDOR)
+        found = self.list_audiences(space_id, search_type="NAME", search_query=name)
+        return [a for a in found if a.get("name") == name]
+
+    def find_audience_by_name(self, name: str, space_id: str | None = None) -> dict[str, Any] | None:
+        """The one audience named ``name``, or None.
+
+        :raises AudienceValidationError: when several audiences share the name (Segment allows
+            it; which one is meant cannot be guessed).
+        """
+        matches = self.find_audiences_by_name(name, space_id)
+        if len(matches) > 1:
+            ids = ", ".join(str(a.get("id")) for a in matches)
+            raise AudienceValidationError(
+                f"{len(matches)} Segment audiences are named {name!r} ({ids}); rename or remove the extra ones",
+                vendor=VENDOR,
+            )
+        return matches[0] if matches else None
+
+    def get_audience(
+        self, audience_id: str, space_id: str | None = None, *, include_schedules: bool = False
+    ) -> dict[str, Any]:
+        """Get Audience: ``GET /spaces/{spaceId}/audiences/{id}``.
+
+        :raises AudienceNotFoundError: naming the audience and the space.
+        """
+        space = self.space(space_id)
+        params = {"include": "schedules"} if include_schedules else None
+        try:
+            data = self._call(
+                "GET",
+                self._audiences_path(space, self._seg(audience_id, "audience id")),
+                params=params,
+                endpoint_class="get_audience",
+            )
+        except AudienceNotFoundError as exc:
+            raise self._not_found(exc, space, f"audience {audience_id!r}") from exc
+        return dict(data.get("audience") or {})
+
+    def find_audience(self, audience_id: str, space_id: str | None = None) -> dict[str, Any] | None:
+        """The audience with this id, or None."""
+        try:
+            return self.get_audience(audience_id, space_id)
+        except AudienceNotFoundError:
+            return None
+
+    def create_audience(
+        self,
+        name: str,
+        definition: str,
+        *,
+        space_id: str | None = None,
+        audience_type: str = "USERS",
+        enabled: bool | None = None,
+        description: str | None = None,
+        options: dict[str, Any] | None = None,
+        target_entity: str | None = None,
+    ) -> dict[str, Any]:
+        """Create Audience: ``POST /spaces/{spaceId}/audiences`` (answers 200 with ``AudienceSummary``).
+
+        Segment has no idempotency key and a timed-out create may have succeeded, so after an
+        ambiguous failure the audience is looked up by name before anything is resent.
+        """
+        space = self.space(space_id)
+        body = audience_body(
+            name=name,
+            definition=definition,
+            audience_type=audience_type,
+            enabled=enabled,
+            description=description,
+            options=options,
+            target_entity=target_entity,
+        )
+
+        def send() -> dict[str, Any]:
+            try:
+                data = self._call("POST", self._audiences_path(space), json_body=body, endpoint_class="create_audience")
+            except AudienceNotFoundError as exc:
+                raise self._not_found(exc, space, "space") from exc
+            return dict(data.get("audience") or {})
+
+        return call_with_read_back(
+            send, lambda: self.find_audience_by_name(name, space), what=f"Creating Segment audience {name!r}"
+        )
+
+    def update_audience_for_space(self, audience_id: str, space_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Update Audience for Space: ``PATCH /spaces/{spaceId}/audiences/{id}``.
+
+        ``fields``: any of ``enabled``, ``name``, ``description``, ``definition`` (``{"query"}``),
+        ``options``. The audience is locked afterwards until Segment has incorporated the change.
+
+        :raises SegmentAudienceLockedError: when Segment refuses the edit (409/422) and the
+            audience reads back as locked.
+        """
+        space = self.space(space_id)
+        allowed = {"enabled", "name", "description", "definition", "options"}
+        unknown = set(fields) - allowed
+        if unknown or not fields:
+            raise AudienceValidationError(
+                f"An audience update takes some of {sorted(allowed)}; got {sorted(fields)}", vendor=VENDOR
+            )
+        path = self._audiences_path(space, self._seg(audience_id, "audience id"))
+        try:
+            data = self._call("PATCH", path, json_body=fields, endpoint_class="update_audience", idempotent=True)
+        except AudienceNotFoundError as exc:
+            raise self._not_found(exc, space, f"audience {audience_id!r}") from exc
+        except (AudienceConflictError, AudienceValidationError) as exc:
+            if exc.status in (409, 422, 423):
+                current = self.find_audience(audience_id, space)
+                status = str((current or {}).get("status") or "")
+                if current is not None and (exc.status == 409 or status.lower() in EDIT_LOCKED_STATUSES):
+                    raise SegmentAudienceLockedError(
+                        f"Segment audience {audience_id} is locked (status {status!r}) until its previous edit "
+                        f"is incorporated; Segment said: {exc.message}",
+                        vendor=VENDOR,
+                        status=exc.status,
+                        code=exc.code,
+                        request_id=exc.request_id,
+                    ) from exc
+            raise
+        return dict(data.get("audience") or {})
+
+    def remove_audience_from_space(self, audience_id: str, space_id: str | None = None) -> None:
+        """Remove Audience from Space: ``DELETE /spaces/{spaceId}/audiences/{id}``."""
+        space = self.space(space_id)
+        try:
+            self._call(
+                "DELETE",
+                self._audiences_path(space, self._seg(audience_id, "audience id")),
+                endpoint_class="remove_audience",
+            )
+        except AudienceNotFoundError as exc:
+            raise self._not_found(exc, space, f"audience {audience_id!r}") from exc
+
+    def list_audience_consumers(self, audience_id: str, space_id: str | None = None) -> list[dict[str, Any]]:
+        """List Audience Consumers: ``GET .../audiences/{id}/audience-references`` (v1alpha only).
+
+        The audiences that reference this one (through ``trait('<key>')``), every page.
+        """
+        space = self.space(space_id)
+        path = self._audiences_path(space, self._seg(audience_id, "audience id"), "audience-references")
+        params: dict[str, Any] = {"pagination.count": 200}
+        found: list[dict[str, Any]] = []
+        for _ in range(1000):
+            try:
+                data = self._call("GET", path, params=params, version="v1alpha", endpoint_class="audience_references")
+            except AudienceNotFoundError as exc:
+                raise self._not_found(exc, space, f"audience {audience_id!r}") from exc
+            found.extend(a for a in data.get("audiences") or [] if isinstance(a, dict))
+            cursor = (data.get("pagination") or {}).get("next")
+            if not cursor or cursor == params.get("pagination.cursor"):
+                return found
+            params = {**params, "pagination.cursor": cursor}
+        return found
+
+    # -- previews ---------------------------------------------------------------------------
+
+    def create_audience_preview(
+        self,
+        definition: str,
+        *,
+        space_id: str | None = None,
+        audience_type: str = "USERS",
+        options: dict[str, Any] | None = None,
+        target_entity: str | None = None,
+    ) -> dict[str, Any]:
+        """Create Audience Preview: ``POST .../audiences/previews``; returns ``{"id", ...}``.
+
+        Previews cost 5 per minute and 700 per month per space; the client-side limiter waits
+        out the first and fails at once when the second is used up.
+        """
+        space = self.space(space_id)
+        check_definition(definition)
+        body: dict[str, Any] = {
+            "definition": _definition(definition, target_entity),
+            "audienceType": _audience_type(audience_type),
+        }
+        if options:
+            body["options"] = dict(options)
+        try:
+            # Retrying a refused (429) POST is safe; an ambiguous failure just costs a preview.
+            data = self._call(
+                "POST",
+                self._audiences_path(space, "previews"),
+                json_body=body,
+                endpoint_class="create_audience_preview",
+            )
+        except AudienceNotFoundError as exc:
+            raise self._not_found(exc, space, "space") from exc
+        return dict(data.get("audiencePreview") or {})
+
+    def get_audience_preview(self, preview_id: str, space_id: str | None = None) -> dict[str, Any]:
+        """Get Audience Preview: ``GET .../audiences/previews/{id}``."""
+        space = self.space(space_id)
+        try:
+            data = self._call(
+                "GET",
+                self._audiences_path(space, "previews", self._seg(preview_id, "preview id")),
+                endpoint_class="get_audience_preview",
+            )
+        except AudienceNotFoundError as exc:
+            raise self._not_found(exc, space, f"audience preview {preview_id!r}") from exc
+        return dict(data.get("audiencePreview") or {})
+
+    # -- runs and schedules (LINKED audiences) ----------------------------------------------
+
+    def force_execute_audience_run(self, audience_id: str, space_id: str | None = None) -> dict[str, Any]:
+        """Force Execute Audience Run: ``POST .../audiences/{id}/runs`` (LINKED audiences only).
+
+        Returns ``{"id"}`` of the started run. No endpoint reads a run's state (vendor notes).
+        """
+        space = self.space(space_id)
+        path = self._audiences_path(space, self._seg(audience_id, "audience id"), "runs")
+        try:
+            data = self._call("POST", path, version=self._no_beta(), json_body={})
+        except AudienceNotFoundError as exc:
+            raise self._not_found(exc, space, f"audience {audience_id!r}") from exc
+        return dict(data.get("run") or {})
+
+    def _schedules_path(self, space: str, audience_id: str, schedule_id: str | None = None) -> str:
+        parts = [self._seg(audience_id, "audience id"), "schedules"]
+        if schedule_id is not None:
+            parts.append(self._seg(schedule_id, "schedule id"))
+        return self._audiences_path(space, *parts)
+
+    def _schedule_call(
+        self, method: str, space_id: str | None, audience_id: str, schedule_id: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        space = self.space(space_id)
+        try:
+            return self._call(
+                method, self._schedules_path(space, audience_id, schedule_id), version=self._no_beta(), **kwargs
+            )
+        except AudienceNotFoundError as exc:
+            what = (
+                f"schedule {schedule_id!r} of audience {audience_id!r}" if schedule_id else f"audience {audience_id!r}"
+            )
+            raise self._not_found(exc, space, what) from exc
+
+    def list_audience_schedules(self, audience_id: str, space_id: str | None = None) -> list[dict[str, Any]]:
+        """List Audience Schedules: ``GET .../audiences/{id}/schedules``."""
+        return list(self._schedule_call("GET", space_id, audience_id).get("audienceSchedules") or [])
+
+    def add_audience_schedule(
+        self, audience_id: str, strategy: str, config: dict[str, Any], space_id: str | None = None
+    ) -> dict[str, Any]:
+        """Add Audience Schedule: ``POST .../audiences/{id}/schedules``.
+
+        :param strategy: ``PERIODIC`` (``config.interval``, e.g. ``"1h"``) or ``SPECIFIC_DAYS``
+            (``config.days``, ``config.hours``, ``config.timezone``).
+        """
+        body = schedule_body(strategy, config)
+        return dict(
+            self._schedule_call("POST", space_id, audience_id, json_body=body, endpoint_class="write_schedule").get(
+                "audienceSchedule"
+            )
+            or {}
+        )
+
+    def get_audience_schedule(self, audience_id: str, schedule_id: str, space_id: str | None = None) -> dict[str, Any]:
+        """Get Audience Schedule: ``GET .../audiences/{id}/schedules/{scheduleId}``."""
+        return dict(self._schedule_call("GET", space_id, audience_id, schedule_id).get("audienceSchedule") or {})
+
+    def update_audience_schedule(
+        self, audience_id: str, schedule_id: str, strategy: str, config: dict[str, Any], space_id: str | None = None
+    ) -> dict[str, Any]:
+        """Update Audience Schedule: ``PATCH .../audiences/{id}/schedules/{scheduleId}``."""
+        body = schedule_body(strategy, config)
+        return dict(
+            self._schedule_call(
+                "PATCH",
+                space_id,
+                audience_id,
+                schedule_id,
+                json_body=body,
+                endpoint_class="write_schedule",
+                idempotent=True,
+            ).get("audienceSchedule")
+            or {}
+        )
+
+    def remove_audience_schedule(self, audience_id: str, schedule_id: str, space_id: str | None = None) -> None:
+        """Remove Audience Schedule: ``DELETE .../audiences/{id}/schedules/{scheduleId}``."""
+        self._schedule_call("DELETE", space_id, audience_id, schedule_id, endpoint_class="write_schedule")
+
+    # -- status functions (sensor poke, triggers and operator waits) -----------------------
+
+    def _audience_result(self, space: str, audience: dict[str, Any]) -> dict[str, Any]:
+        audience_id = str(audience.get("id"))
+        size = audience.get("size") if isinstance(audience.get("size"), dict) else {}
+        return {
+            "audience_id": audience_id,
+            "space_id": space,
+            "name": audience.get("name"),
+            "key": audience.get("key"),
+            "enabled": audience.get("enabled"),
+            "status": audience.get("status"),
+            "size": size.get("count"),
+            "unique_size": size.get("uniqueCount"),
+            "compute_cadence": (audience.get("computeCadence") or {}).get("type"),
+            "url": self.audience_url(space, audience_id),
+            "asset_uri": self.audience_asset_uri(space, audience_id),
+        }
+
+    def audience_compute_status(self, audience_id: str, space_id: str | None = None) -> PollResult:
+        """Whether the audience has computed, by :data:`SEGMENT_AUDIENCE_STATUS`.
+
+        For a BATCH audience, ``Live`` right after an edit may predate the edit (vendor notes):
+        the new definition takes effect at the next scheduled compute.
+        """
+        space = self.space(space_id)
+        audience = self.get_audience(audience_id, space)
+        status = str(audience.get("status") or "")
+        result = self._audience_result(space, audience)
+        phase = SEGMENT_AUDIENCE_STATUS.phase(status)
+        subject = f"Segment audience {audience.get('name')!r} ({audience_id})"
+        if phase is Phase.DONE:
+            message = f"{subject} is {status}; size {result['size']}"
+        elif phase is Phase.FAILED:
+            message = f"{subject} is {status}; Segment advises contacting its support for failed audiences"
+        elif phase is Phase.UNKNOWN:
+            message = f"{subject} reports the unknown status {status!r}; still waiting"
+        else:
+            message = f"{subject} is {status}"
+        return PollResult(phase, status, message, result)
+
+    def audience_edit_status(self, audience_id: str, space_id: str | None = None) -> PollResult:
+        """Whether the audience may be edited: done when its status is not in :data:`EDIT_LOCKED_STATUSES`.
+
+        A failed audience may be edited (fixing its definition is the way out), so failure is
+        not a failure here.
+        """
+        space = self.space(space_id)
+        audience = self.get_audience(audience_id, space)
+        status = str(audience.get("status") or "")
+        result = self._audience_result(space, audience)
+        if status.strip().lower() in EDIT_LOCKED_STATUSES:
+            return PollResult(
+                Phase.RUNNING, status, f"Segment audience {audience_id} is {status}: locked for edits", result
+            )
+        return PollResult(
+            Phase.DONE, status, f"Segment audience {audience_id} is {status or 'unknown'}: editable", result
+        )
+
+    def audience_preview_status(self, preview_id: str, space_id: str | None = None) -> PollResult:
+        """Where a preview stands, by :data:`SEGMENT_PREVIEW_STATUS`; the result carries its size."""
+        space = self.space(space_id)
+        preview = self.get_audience_preview(preview_id, space)
+        status = str(preview.get("status") or "")
+        size = preview.get("size") if isinstance(preview.get("size"), dict) else {}
+        result = {
+            "preview_id": preview.get("id", preview_id),
+            "space_id": space,
+            "status": status,
+            "size": size.get("count"),
+            "size_type": size.get("type"),
+            "audience_type": preview.get("audienceType"),
+            "sample_count": len(preview.get("results") or []),
+        }
+        phase = SEGMENT_PREVIEW_STATUS.phase(status)
+        if phase is Phase.FAILED:
+            message = (
+                f"Segment audience preview {preview_id} failed: {preview.get('failureReason') or 'no reason given'}"
+            )
+        elif phase is Phase.DONE:
+            message = f"Segment audience preview {preview_id} completed; size {result['size']}"
+        elif phase is Phase.UNKNOWN:
+            message = f"Segment audience preview {preview_id} reports the unknown status {status!r}; still waiting"
+        else:
+            message = f"Segment audience preview {preview_id} is {status}"
+        return PollResult(phase, status, message, result)
+
+    # -- connection test --------------------------------------------------------------------
+
+    def probe(self) -> str:
+        """One cheap read: the default space when the connection names one, else the list of spaces."""
+        space = self.default_space_id()
+        if space:
+            found = self.get_space(space)
+            return f"Connected to Segment; space {found.get('name') or space!r} ({space}) is readable"
+        spaces = self.list_spaces()
+        return f"Connected to Segment; {len(spaces)} Engage space(s) visible"
+
+
+# -- request bodies ---------------------------------------------------------------------------
+
+
+def check_definition(definition: str) -> str:
+    """Syntax sanity of an audience query (balanced quotes and parentheses) before spending a call.
+
+    Segment validates the language itself (422); this only catches what surely cannot parse.
+    """
+    if not isinstance(definition, str) or not definition.strip():
+        raise AudienceValidationError(
+            "The audience definition (query) is required", vendor=VENDOR, field="definition.query"
+        )
+    depth, quoted, escaped = 0, False, False
+    for char in definition:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+            if depth < 0:
+                break
+    if quoted or depth != 0:
+        raise AudienceValidationError(
+            "The audience definition has unbalanced " + ("quotes" if quoted else "parentheses"),
+            vendor=VENDOR,
+            field="definition.query",
+        )
+    return definition.strip()
+
+
+def _audience_type(value: str) -> str:
+    kind = str(value or "").strip().upper()
+    if kind not in AUDIENCE_TYPES:
+        raise AudienceValidationError(
+            f"audience_type must be one of {', '.join(AUDIENCE_TYPES)}, got {value!r}",
+            vendor=VENDOR,
+            field="audienceType",
+        )
+    return kind
+
+
+def _definition(query: str, target_entity: str | None) -> dict[str, Any]:
+    definition: dict[str, Any] = {"query": check_definition(query)}
+    if target_entity:
+        definition["targetEntity"] = target_entity
+    return definition
+
+
+def audience_body(
+    *,
+    name: str,
+    definition: str,
+    audience_type: str = "USERS",
+    enabled: bool | None = None,
+    description: str | None = None,
+    options: dict[str, Any] | None = None,
+    target_entity: str | None = None,
+) -> dict[str, Any]:
+    """A ``CreateAudienceInput`` (v1/v1beta shape: top-level ``audienceType``)."""
+    if not name or not str(name).strip():
+        raise AudienceValidationError("An audience name is required", vendor=VENDOR, field="name")
+    kind = _audience_type(audience_type)
+    if target_entity and kind != "LINKED":
+        raise AudienceValidationError("target_entity applies to LINKED audiences only", vendor=VENDOR)
+    body: dict[str, Any] = {"name": name, "audienceType": kind, "definition": _definition(definition, target_entity)}
+    if enabled is not None:
+        body["enabled"] = bool(enabled)
+    if description is not None:
+        body["description"] = description
+    if options:
+        body["options"] = dict(options)
+    return body
+
+
+SCHEDULE_INTERVALS = ("15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
+
+
+def schedule_body(strategy: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A schedule body, checked against the documented strategies (vendor notes section 5)."""
+    strategy = str(strategy or "").upper()
+    config = dict(config or {})
+    if strategy == "PERIODIC":
+        if config.get("interval") not in SCHEDULE_INTERVALS:
+            raise AudienceValidationError(
+                f"PERIODIC schedules need config.interval in {', '.join(SCHEDULE_INTERVALS)}", vendor=VENDOR
+            )
+    elif strategy == "SPECIFIC_DAYS":
+        days, hours = config.get("days") or [], config.get("hours") or []
+        if not days or not all(isinstance(d, int) and 0 <= d <= 6 for d in days):
+            raise AudienceValidationError("SPECIFIC_DAYS needs config.days in 0 (Sunday) .. 6", vendor=VENDOR)
+        if not hours or not all(isinstance(h, int) and 0 <= h <= 23 for h in hours):
+            raise AudienceValidationError("SPECIFIC_DAYS needs config.hours in 0 .. 23", vendor=VENDOR)
+        if not config.get("timezone"):
+            raise AudienceValidationError("SPECIFIC_DAYS needs config.timezone (tz database name)", vendor=VENDOR)
+    else:
+        raise AudienceValidationError("strategy must be PERIODIC or SPECIFIC_DAYS", vendor=VENDOR)
+    return {"strategy": strategy, "config": config}
+
+
+def audience_changes(
+    current: dict[str, Any],
+    *,
+    name: str | None = None,
+    definition: str | None = None,
+    description: str | None = None,
+    enabled: bool | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``UpdateAudienceForSpaceInput`` that brings ``current`` to the desired state (empty: unchanged).
+
+    Definitions compare with whitespace folded; ``options`` compare key by key (Segment may echo
+    defaults back, e.g. force ``includeHistoricalData``), so only the keys the user set count.
+    """
+    changes: dict[str, Any] = {}
+    if name is not None and current.get("name") != name:
+        changes["name"] = name
+    if definition is not None and canonical_query((current.get("definition") or {}).get("query")) != canonical_query(
+        definition
+    ):
+        changes["definition"] = {"query": check_definition(definition)}
+    if description is not None and (current.get("description") or "") != description:
+        changes["description"] = description
+    if enabled is not None and bool(current.get("enabled")) != bool(enabled):
+        changes["enabled"] = bool(enabled)
+    if options:
+        have = current.get("options") or {}
+        if any(_canon_option(have.get(k)) != _canon_option(v) for k, v in options.items()):
+            changes["options"] = {**have, **options}
+    return changes
+
+
+def _canon_option(value: Any) -> Any:
+    return sorted(map(str, value)) if isinstance(value, list) else value

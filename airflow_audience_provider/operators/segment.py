@@ -1,0 +1,514 @@
+"""Twilio Segment operators: Engage audiences (create-or-update, enable/disable, remove, preview).
+
+Every operator is idempotent on rerun: audiences are found by name (Segment has no idempotency
+key) before anything is created, and an edit that would change nothing is not sent.
+
+**Never two edits back to back.** After an update Segment locks the audience until the change
+is incorporated. Every operator that edits an audience first waits, in the worker, until the
+audience is editable (see :meth:`~airflow_audience_provider.hooks.segment.SegmentHook.audience_edit_status`),
+polling every ``lock_poll_interval`` seconds for at most ``lock_timeout`` seconds; then it sends
+one PATCH with every change. A lock that does not clear in time fails the task with
+:class:`~airflow_audience_provider.hooks.segment.SegmentAudienceLockedError`, which Airflow
+retries (the lock clears by itself).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import conf
+
+from airflow_audience_provider.connections import SEGMENT
+from airflow_audience_provider.links.segment import SegmentAudienceLink
+from airflow_audience_provider.operators.base import AudienceBaseOperator, wait_in_worker
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_audience_provider.hooks.segment import SegmentHook
+
+_HOOK = "airflow_audience_provider.hooks.segment.SegmentHook"
+ASSET_ALIAS = "segment-audiences"
+
+
+class _SegmentOperator(AudienceBaseOperator):
+    """Shared arguments: the connection, the space, and how long to wait for the edit lock.
+
+    :param segment_conn_id: the Segment connection.
+    :param space_id: the Engage space (templated); default: the connection's ``space_id`` extra.
+    :param lock_timeout: seconds to wait for the audience's edit lock to clear before editing.
+    :param lock_poll_interval: seconds between looks while waiting for the lock.
+    """
+
+    hook_path = _HOOK
+    default_asset_alias = ASSET_ALIAS
+    ui_color = "#e8f5e9"
+
+    def __init__(
+        self,
+        *,
+        segment_conn_id: str = SEGMENT.default_conn_name,
+        space_id: str | None = None,
+        lock_timeout: float = 6 * 60 * 60,
+        lock_poll_interval: float = 60,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(conn_id=segment_conn_id, **kwargs)
+        self.segment_conn_id = segment_conn_id
+        self.space_id = space_id
+        self.lock_timeout = lock_timeout
+        self.lock_poll_interval = lock_poll_interval
+
+    @property
+    def hook(self) -> SegmentHook:
+        self.conn_id = self.segment_conn_id  # may have been templated
+        return super().hook
+
+    def _publish(self, context: Context, space: str, audience: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """Push the id and the link at once, and build the small XCom result."""
+        hook = self.hook
+        audience_id = str(audience.get("id"))
+        url = hook.audience_url(space, audience_id)
+        SegmentAudienceLink.persist(context, url)
+        context["ti"].xcom_push(key="audience_id", value=audience_id)
+        result = {
+            "audience_id": audience_id,
+            "space_id": space,
+            "name": audience.get("name"),
+            "key": audience.get("key"),
+            "enabled": audience.get("enabled"),
+            "status": audience.get("status"),
+            "url": url,
+            "asset_uri": hook.audience_asset_uri(space, audience_id),
+        }
+        result.update(fields)
+        return result
+
+    def _wait_until_editable(self, space: str, audience_id: str) -> None:
+        """Block until the audience's edit lock has cleared (see the module docstring)."""
+        from airflow_audience_provider.core.errors import AudienceTimeoutError
+        from airflow_audience_provider.hooks.segment import SegmentAudienceLockedError
+
+        hook = self.hook
+        try:
+            wait_in_worker(
+                hook.audience_edit_status,
+                {"audience_id": audience_id, "space_id": space},
+                poll_interval=float(self.lock_poll_interval),
+                timeout=float(self.lock_timeout),
+                subject=f"the edit lock of Segment audience {audience_id}",
+                vendor="segment",
+            )
+        except AudienceTimeoutError as exc:
+            raise SegmentAudienceLockedError(
+                f"Segment audience {audience_id} stayed locked for edits for {self.lock_timeout:g} s; "
+                f"{exc.message}. The task can be retried once Segment has incorporated the previous edit.",
+                vendor="segment",
+            ) from exc
+
+    def _edit(self, space: str, audience_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Wait for the lock, then send one PATCH with every change."""
+        self._wait_until_editable(space, audience_id)
+        return self.hook.update_audience_for_space(audience_id, space, **changes)
+
+    def _resolve(self, space: str, audience_id: str | None, audience_name: str | None) -> dict[str, Any] | None:
+        """The audience by id, else by exact name; None when it does not exist."""
+        from airflow_audience_provider.core.errors import AudienceValidationError
+
+        hook = self.hook
+        if bool(audience_id) == bool(audience_name):
+            raise AudienceValidationError("Pass exactly one of audience_id and audience_name", vendor="segment")
+        if audience_id:
+            return hook.find_audience(audience_id, space)
+        return hook.find_audience_by_name(str(audience_name), space)
+
+
+class SegmentCreateOrUpdateAudienceOperator(_SegmentOperator):
+    """Create a Segment Engage audience, or update the one with the same name.
+
+    The name is the idempotency key: it is searched (``search.type=NAME``, exact match) before
+    anything is created, and after an ambiguous create failure (a timeout may have created it).
+    An unchanged audience gets no write; a changed one gets exactly one PATCH with every change,
+    sent once the audience's edit lock has cleared. ``audienceType`` cannot change in Segment:
+    a different type fails the task naming the existing audience.
+
+    .. seealso:: :ref:`howto/operator:SegmentCreateOrUpdateAudienceOperator`
+
+    :param name: the audience's name, unique in the space (templated).
+    :param definition: the audience query (Segment query language), or a path to a
+        ``.segmentql`` file (templated).
+    :param audience_type: ``USERS``, ``ACCOUNTS`` or ``LINKED`` (templated).
+    :param description: (templated).
+    :param enabled: whether computation runs. ``None`` (default): a new audience is created
+        disabled (check it, e.g. with a preview, then enable it), an existing one keeps its switch.
+    :param options: ``includeHistoricalData``, ``backfillEventDataDays``, ``filterByExternalIds``
+        (templated); only the keys given are compared and changed.
+    :param target_entity: the data-graph entity of a LINKED audience (create only).
+    :param emit_asset: record an Asset event ``segment://<space>/audience/<id>`` (alias ``segment-audiences``)
+        when the audience is created or changed.
+    :return: ``{"audience_id", "space_id", "name", "key", "enabled", "status", "url", "asset_uri",
+        "action", "changed_fields"}``; ``action`` is ``created``, ``updated`` or ``unchanged``.
+    """
+
+    template_fields: Sequence[str] = (
+        "name",
+        "definition",
+        "audience_type",
+        "description",
+        "options",
+        "space_id",
+        "segment_conn_id",
+    )
+    template_ext: Sequence[str] = (".segmentql",)
+    template_fields_renderers = {"options": "json"}
+    operator_extra_links = (SegmentAudienceLink(),)
+    emits_assets = True
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        definition: str,
+        audience_type: str = "USERS",
+        description: str | None = None,
+        enabled: bool | None = None,
+        options: dict[str, Any] | None = None,
+        target_entity: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+        self.definition = definition
+        self.audience_type = audience_type
+        self.description = description
+        self.enabled = enabled
+        self.options = options
+        self.target_entity = target_entity
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceValidationError
+        from airflow_audience_provider.hooks.segment import audience_body, audience_changes
+
+        hook = self.hook
+        space = hook.space(self.space_id)
+        # Checked locally first, so bad input fails before any call.
+        audience_body(
+            name=self.name,
+            definition=self.definition,
+            audience_type=self.audience_type,
+            description=self.description,
+            options=self.options,
+            target_entity=self.target_entity,
+        )
+        current = hook.find_audience_by_name(self.name, space)
+        if current is None:
+            audience = hook.create_audience(
+                self.name,
+                self.definition,
+                space_id=space,
+                audience_type=self.audience_type,
+                enabled=bool(self.enabled),
+                description=self.description,
+                options=self.options,
+                target_entity=self.target_entity,
+            )
+            action, changed = "created", ["audience"]
+        else:
+            if str(current.get("audienceType", "")).upper() != str(self.audience_type).upper():
+                raise AudienceValidationError(
+                    f"Segment audience {self.name!r} ({current.get('id')}) is of type {current.get('audienceType')}, "
+                    f"not {self.audience_type}; Segment cannot change an audience's type: create a new audience",
+                    vendor="segment",
+                )
+            self._publish(context, space, current)  # the link exists before the edit is attempted
+            changes = audience_changes(
+                current,
+                definition=self.definition,
+                description=self.description,
+                enabled=self.enabled,
+                options=self.options,
+            )
+            changed = sorted(changes)
+            if changes:
+                audience, action = self._edit(space, str(current["id"]), changes), "updated"
+            else:
+                audience, action = current, "unchanged"
+        self.log.info("Segment audience %r (%s): %s %s", self.name, audience.get("id"), action, changed or "")
+        result = self._publish(context, space, audience, action=action, changed_fields=changed)
+        if action != "unchanged":
+            self.emit_asset_event(context, result["asset_uri"], {"name": self.name, "action": action})
+        return result
+
+
+class _SegmentSetEnabledOperator(_SegmentOperator):
+    """Switch an audience's computation on or off; nothing is sent when it already is."""
+
+    enabled_value: bool
+    template_fields: Sequence[str] = ("audience_id", "audience_name", "space_id", "segment_conn_id")
+    operator_extra_links = (SegmentAudienceLink(),)
+
+    def __init__(self, *, audience_id: str | None = None, audience_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.audience_id = audience_id
+        self.audience_name = audience_name
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceNotFoundError
+
+        hook = self.hook
+        space = hook.space(self.space_id)
+        audience = self._resolve(space, self.audience_id or None, self.audience_name or None)
+        if audience is None:
+            raise AudienceNotFoundError(
+                f"Segment audience {self.audience_id or self.audience_name!r} was not found in space {space!r}",
+                vendor="segment",
+            )
+        self._publish(context, space, audience)
+        word = "enabled" if self.enabled_value else "disabled"
+        if bool(audience.get("enabled")) == self.enabled_value:
+            self.log.info("Segment audience %s is already %s", audience["id"], word)
+            return self._publish(context, space, audience, action="unchanged")
+        updated = self._edit(space, str(audience["id"]), {"enabled": self.enabled_value})
+        self.log.info("Segment audience %s %s", audience["id"], word)
+        return self._publish(context, space, updated, action=word)
+
+
+class SegmentEnableAudienceOperator(_SegmentSetEnabledOperator):
+    """Enable a Segment audience (its membership starts computing), waiting for the edit lock first.
+
+    .. seealso:: :ref:`howto/operator:SegmentEnableAudienceOperator`
+
+    :param audience_id: the audience's id (templated); or
+    :param audience_name: its exact name (templated).
+    :return: the audience result with ``action`` ``enabled`` or ``unchanged``.
+    """
+
+    enabled_value = True
+
+
+class SegmentDisableAudienceOperator(_SegmentSetEnabledOperator):
+    """Disable a Segment audience (its computation stops), waiting for the edit lock first.
+
+    .. seealso:: :ref:`howto/operator:SegmentDisableAudienceOperator`
+
+    :param audience_id: the audience's id (templated); or
+    :param audience_name: its exact name (templated).
+    :return: the audience result with ``action`` ``disabled`` or ``unchanged``.
+    """
+
+    enabled_value = False
+
+
+class SegmentRemoveAudienceOperator(_SegmentOperator):
+    """Remove a Segment audience from its space, by id or exact name.
+
+    Other audiences may use this one through ``trait('<key>')``; what Segment does to them is
+    unverified, so the operator lists the consumers (``audience-references``, v1alpha) first and
+    refuses, naming them, unless ``force=True``. Keys are never reused by Segment: re-creating a
+    removed audience gives it a new key.
+
+    .. seealso:: :ref:`howto/operator:SegmentRemoveAudienceOperator`
+
+    :param audience_id: the audience's id (templated); or
+    :param audience_name: its exact name (templated).
+    :param missing_ok: an audience that does not exist counts as removed (reruns succeed).
+    :param force: remove even when other audiences reference it.
+    :return: ``{"audience_id", "space_id", "removed"}``.
+    """
+
+    template_fields: Sequence[str] = ("audience_id", "audience_name", "space_id", "segment_conn_id")
+    ui_color = "#ffebee"
+
+    def __init__(
+        self,
+        *,
+        audience_id: str | None = None,
+        audience_name: str | None = None,
+        missing_ok: bool = True,
+        force: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.audience_id = audience_id
+        self.audience_name = audience_name
+        self.missing_ok = missing_ok
+        self.force = force
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceNotFoundError, AudienceValidationError
+
+        hook = self.hook
+        space = hook.space(self.space_id)
+        audience = self._resolve(space, self.audience_id or None, self.audience_name or None)
+        wanted = self.audience_id or self.audience_name
+        if audience is None:
+            if not self.missing_ok:
+                raise AudienceNotFoundError(
+                    f"Segment audience {wanted!r} was not found in space {space!r}", vendor="segment"
+                )
+            self.log.info("Segment audience %r does not exist in space %s; nothing to remove", wanted, space)
+            return {"audience_id": self.audience_id, "space_id": space, "removed": False}
+        consumers = hook.list_audience_consumers(str(audience["id"]), space)
+        if consumers and not self.force:
+            names = ", ".join(f"{c.get('name')} ({c.get('id')})" for c in consumers)
+            raise AudienceValidationError(
+                f"Segment audience {audience.get('name')!r} ({audience['id']}) is referenced by {names}; "
+                "change those first or pass force=True",
+                vendor="segment",
+            )
+        hook.remove_audience_from_space(str(audience["id"]), space)
+        self.log.info("Removed Segment audience %r (%s)", audience.get("name"), audience["id"])
+        return {"audience_id": audience["id"], "space_id": space, "removed": True}
+
+
+class SegmentPreviewAudienceOperator(_SegmentOperator):
+    """Preview an audience definition and return its size before committing it.
+
+    Previews are scarce (5 per minute and 700 per month per space): the client-side limiter
+    waits out the first and fails at once on the second. With ``audience_name``, an audience
+    of that name whose definition is already the same is not previewed again: its computed
+    size is returned instead (``source: "audience"``), so a daily DAG spends no quota while
+    nothing changes.
+
+    .. seealso:: :ref:`howto/operator:SegmentPreviewAudienceOperator`
+
+    :param definition: the audience query, or a path to a ``.segmentql`` file (templated).
+    :param audience_type: ``USERS``, ``ACCOUNTS`` or ``LINKED`` (templated).
+    :param options: ``filterByExternalIds``, ``backfillEventDataDays`` (templated).
+    :param audience_name: skip the preview when this audience already has this definition (templated).
+    :param min_size: fail the task when the preview is smaller (a guard before enabling).
+    :param max_size: fail the task when the preview is larger.
+    :param deferrable: wait for the preview in the triggerer.
+    :param poll_interval: seconds between looks at the preview.
+    :param timeout: seconds to wait for the preview at most.
+    :return: ``{"preview_id", "space_id", "status", "size", "size_type", "audience_type",
+        "sample_count", "source"}``.
+    """
+
+    template_fields: Sequence[str] = (
+        "definition",
+        "audience_type",
+        "options",
+        "audience_name",
+        "space_id",
+        "segment_conn_id",
+    )
+    template_ext: Sequence[str] = (".segmentql",)
+    template_fields_renderers = {"options": "json"}
+
+    def __init__(
+        self,
+        *,
+        definition: str,
+        audience_type: str = "USERS",
+        options: dict[str, Any] | None = None,
+        target_entity: str | None = None,
+        audience_name: str | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 10,
+        timeout: float = 30 * 60,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.definition = definition
+        self.audience_type = audience_type
+        self.options = options
+        self.target_entity = target_entity
+        self.audience_name = audience_name
+        self.min_size = min_size
+        self.max_size = max_size
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+
+    def execute(self, context: Context) -> dict[str, Any] | None:
+        from airflow_audience_provider.hooks.segment import canonical_query, check_definition
+
+        hook = self.hook
+        space = hook.space(self.space_id)
+        check_definition(self.definition)
+        if self.audience_name:
+            current = hook.find_audience_by_name(self.audience_name, space)
+            same = current is not None and canonical_query((current.get("definition") or {}).get("query")) == (
+                canonical_query(self.definition)
+            )
+            if same and current is not None:
+                size = hook.audience_compute_status(str(current["id"]), space).data or {}
+                if size.get("size") is not None:
+                    self.log.info(
+                        "Audience %r already has this definition; its size %s is used, no preview quota is spent",
+                        self.audience_name,
+                        size.get("size"),
+                    )
+                    return self._finish(
+                        {
+                            "preview_id": None,
+                            "space_id": space,
+                            "status": size.get("status"),
+                            "size": size.get("size"),
+                            "size_type": current.get("audienceType"),
+                            "audience_type": current.get("audienceType"),
+                            "sample_count": 0,
+                            "source": "audience",
+                        }
+                    )
+        preview = hook.create_audience_preview(
+            self.definition,
+            space_id=space,
+            audience_type=self.audience_type,
+            options=self.options,
+            target_entity=self.target_entity,
+        )
+        preview_id = str(preview.get("id"))
+        context["ti"].xcom_push(key="preview_id", value=preview_id)
+        self.log.info("Segment audience preview %s started", preview_id)
+        status_kwargs = {"preview_id": preview_id, "space_id": space}
+        if self.deferrable:
+            from airflow_audience_provider.triggers.segment import SegmentAudiencePreviewTrigger
+
+            self.defer(
+                trigger=SegmentAudiencePreviewTrigger(
+                    conn_id=self.segment_conn_id,
+                    status_kwargs=status_kwargs,
+                    poll_interval=self.poll_interval,
+                    deadline=time.time() + float(self.timeout),
+                ),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=float(self.timeout) + 60),
+            )
+        done = wait_in_worker(
+            hook.audience_preview_status,
+            status_kwargs,
+            poll_interval=float(self.poll_interval),
+            timeout=float(self.timeout),
+            subject=f"Segment audience preview {preview_id}",
+            vendor="segment",
+        )
+        return self._finish({**done, "source": "preview"})
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger; the event carries the preview's result."""
+        from airflow_audience_provider.core.results import validate_event
+
+        event = validate_event(event, "segment")
+        return self._finish({**(event.get("result") or {}), "source": "preview"})
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceValidationError
+
+        size = result.get("size")
+        if size is not None and self.min_size is not None and size < self.min_size:
+            raise AudienceValidationError(
+                f"The audience definition previews at {size} members, below min_size {self.min_size}", vendor="segment"
+            )
+        if size is not None and self.max_size is not None and size > self.max_size:
+            raise AudienceValidationError(
+                f"The audience definition previews at {size} members, above max_size {self.max_size}", vendor="segment"
+            )
+        self.log.info("Segment audience preview size: %s (%s)", size, result.get("source"))
+        return result

@@ -1,0 +1,104 @@
+"""Segment sensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_audience_provider.connections import SEGMENT
+from airflow_audience_provider.links.segment import SegmentAudienceLink
+from airflow_audience_provider.operators.base import AssetEmitterMixin
+from airflow_audience_provider.sensors.base import AudienceWaitSensor
+from airflow_audience_provider.triggers.segment import SegmentAudienceComputedTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
+    """Wait until a Segment Engage audience has computed.
+
+    Works in poke, reschedule and deferrable modes, all judging the audience's ``status`` by
+    :data:`~airflow_audience_provider.hooks.segment.SEGMENT_AUDIENCE_STATUS`: ``Live``,
+    ``Not Computing`` and ``Disabled`` are done; ``Failed`` and ``Error`` fail the task (not
+    retried: waiting again finds the same failure); ``Preparing``, ``Computing``,
+    ``Backfilling``, ``Awaiting Destinations`` and ``Locked`` keep waiting. Statuses the provider
+    does not know are logged verbatim and waited on until ``timeout``, which ends the task with a
+    message naming the audience and the last status seen.
+
+    Segment advises allowing up to 24 hours for a new audience's first computation; size
+    ``timeout`` accordingly and prefer ``deferrable=True`` or ``mode="reschedule"``. Polling
+    faster than every few minutes gains nothing (the app refreshes progress about every 10
+    minutes) and the audience read is limited to 100 requests per minute.
+
+    .. seealso:: :ref:`howto/operator:SegmentAudienceComputedSensor`
+
+    :param audience_id: the audience's id (templated), e.g.
+        ``"{{ ti.xcom_pull(task_ids='upsert')['audience_id'] }}"``.
+    :param space_id: the Engage space (templated); default: the connection's ``space_id``.
+    :param segment_conn_id: the Segment connection.
+    :param emit_asset: when computed, record an Asset event ``segment://<space>/audience/<id>``
+        (with the size and status) through the alias ``asset_alias``.
+    :param asset_alias: defaults to ``segment-audiences``.
+    """
+
+    trigger_class = SegmentAudienceComputedTrigger
+    template_fields: Sequence[str] = ("audience_id", "space_id", "segment_conn_id")
+    operator_extra_links = (SegmentAudienceLink(),)
+    ui_color = "#e8f5e9"
+    default_asset_alias = "segment-audiences"
+    emits_assets = True
+
+    def __init__(
+        self,
+        *,
+        audience_id: str,
+        space_id: str | None = None,
+        segment_conn_id: str = SEGMENT.default_conn_name,
+        poke_interval: float = 5 * 60,
+        timeout: float = 24 * 60 * 60,
+        emit_asset: bool = True,
+        asset_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._asset_outlets(kwargs, emit_asset, asset_alias)
+        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        self.audience_id = audience_id
+        self.space_id = space_id
+        self.segment_conn_id = segment_conn_id
+
+    @property
+    def conn_id(self) -> str:
+        return self.segment_conn_id
+
+    def status_kwargs(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.hooks.segment import SegmentHook
+
+        # The space is resolved here, so the trigger's kwargs name it even when the task did not.
+        return {"audience_id": self.audience_id, "space_id": SegmentHook(self.segment_conn_id).space(self.space_id)}
+
+    def execute(self, context: Context) -> Any:
+        from airflow_audience_provider.hooks.segment import SegmentHook
+
+        hook = SegmentHook(self.segment_conn_id)
+        SegmentAudienceLink.persist(context, hook.audience_url(hook.space(self.space_id), self.audience_id))
+        return super().execute(context)
+
+    def on_done(self, context: Context, result: dict[str, Any]) -> None:
+        from airflow_audience_provider.hooks.segment import SegmentHook
+
+        hook = SegmentHook(self.segment_conn_id)
+        space = result.get("space_id") or hook.space(self.space_id)
+        uri = result.get("asset_uri") or hook.audience_asset_uri(space, self.audience_id)
+        result["asset_uri"] = uri
+        SegmentAudienceLink.persist(context, result.get("url"))
+        self.emit_asset_event(
+            context,
+            uri,
+            {
+                "name": result.get("name"),
+                "size": result.get("size"),
+                "status": result.get("status"),
+                "action": "computed",
+            },
+        )

@@ -1,0 +1,109 @@
+"""Fixtures for the Segment tests: a fast sandbox, a hook on it, and a tiny Airflow context double.
+
+The vendor is always the real Segment fake over HTTP; only the Airflow task context (``ti`` and
+``outlet_events``) is a recording double.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+#: how long asynchronous work takes in the sandbox for these tests, and how often we look
+PROCESSING = 0.3
+POLL = 0.05
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_budgets(monkeypatch):
+    """Every test starts with empty client-side budgets (previews allow only 5 a minute)."""
+    from airflow_audience_provider.core import ratelimit
+
+    monkeypatch.setattr(ratelimit, "_default_limiter", ratelimit.RateLimiter())
+
+
+@pytest.fixture
+def segment(segment_sandbox):
+    """The reset Segment fake with fast asynchronous work."""
+    segment_sandbox.configure(processing_seconds=PROCESSING)
+    return segment_sandbox
+
+
+@pytest.fixture
+def hook(segment):
+    """A SegmentHook on the sandbox with short retry waits."""
+    from airflow_audience_provider.core.transport import RetryPolicy
+    from airflow_audience_provider.hooks.segment import SegmentHook
+
+    made = SegmentHook(retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))
+    yield made
+    made.get_conn().close()
+
+
+@pytest.fixture
+def set_segment_conn(segment, monkeypatch):
+    """Point a connection id at the sandbox with changed fields: ``set_segment_conn("id", password=None)``."""
+
+    def setter(conn_id: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> str:
+        conn = segment.connection(segment.base_url)
+        conn.update(fields)
+        conn = {k: v for k, v in conn.items() if v is not None}
+        conn["extra"] = {k: v for k, v in {**conn.get("extra", {}), **(extra or {})}.items() if v is not None}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return setter
+
+
+@pytest.fixture
+def wait_until():
+    """``wait_until(predicate)``: poll until it returns something truthy (the sandbox clock runs in real time)."""
+    import time
+
+    def waiter(predicate, timeout: float = 10.0, step: float = 0.02):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(step)
+        raise AssertionError("condition not reached in time")
+
+    return waiter
+
+
+class RecordingTI:
+    """Records xcom_push calls."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+    def get_first_reschedule_date(self, context: Any) -> None:
+        return None
+
+
+class RecordingOutletEvents:
+    """``context["outlet_events"][AssetAlias(...)].add(asset, extra=...)`` recorded as tuples."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getitem__(self, alias: Any) -> Any:
+        events = self
+
+        class Accessor:
+            def add(self, asset: Any, extra: dict[str, Any] | None = None) -> None:
+                events.added.append((alias.name, asset.uri, dict(extra or {})))
+
+        return Accessor()
+
+
+@pytest.fixture
+def context() -> dict[str, Any]:
+    ti = RecordingTI()
+    return {"ti": ti, "task_instance": ti, "outlet_events": RecordingOutletEvents()}
