@@ -345,5 +345,61 @@ SEGMENT = ConnectionSpec(
     asset_kinds=("audience",),
 )
 
+CRITEO = ConnectionSpec(
+    conn_type="criteo",
+    hook_name="Criteo",
+    hook_class="airflow_audience_provider.hooks.criteo.CriteoHook",
+    conn_name_attr="criteo_conn_id",
+    default_conn_name="criteo_default",
+    hidden_fields=("schema", "port"),
+    relabeling={"host": "API base URL", "login": "Client ID", "password": "Client secret"},
+    placeholders={
+        "host": "https://api.criteo.com",
+        "login": "OAuth2 client id of the Criteo app",
+        "password": "OAuth2 client secret of the Criteo app",
+    },
+    fields=(
+        ConnField(
+            "api_version",
+            "API version",
+            "Criteo API version in every path (YYYY-MM, or 'preview'); audience create/update/delete of "
+            "Retail Media always use 'preview'.",
+            default="2026-07",
+        ),
+        ConnField(
+            "api",
+            "API",
+            "retail_media (accounts, retailers, line items) or marketing_solutions (advertisers, ad sets).",
+            default="retail_media",
+            enum=("retail_media", "marketing_solutions"),
+        ),
+        ConnField("account_id", "Default account ID", "Retail Media account used when a task names none."),
+        ConnField(
+            "advertiser_id", "Default advertiser ID", "Marketing Solutions advertiser used when a task names none."
+        ),
+        ConnField(
+            "token_url",
+            "Token URL",
+            "OAuth2 token endpoint; default <API base URL>/oauth2/token.",
+        ),
+        ConnField(
+            "ui_url",
+            "Criteo UI URL",
+            "Base URL of the Criteo web app, for the links to segments and audiences in the Airflow UI.",
+            default="https://app.criteo.com",
+        ),
+        *TRANSPORT_FIELDS,
+    ),
+    integration_name="Criteo",
+    external_doc_url="https://developers.criteo.com/retail-media/docs/audience-overview",
+    module_kinds=("hooks",),
+    extra_links=(
+        "airflow_audience_provider.links.criteo.CriteoSegmentLink",
+        "airflow_audience_provider.links.criteo.CriteoAudienceLink",
+    ),
+    asset_scheme="criteo",
+    asset_kinds=("segment", "audience"),
+)
+
 # Each vendor adds its ConnectionSpec above and its name to this tuple (one line per vendor).
-CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS, YANDEX_DIRECT, SEGMENT)}
+CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS, YANDEX_DIRECT, SEGMENT, CRITEO)}

@@ -89,3 +89,16 @@ def segment_sandbox(sandbox, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_SEGMENT_DEFAULT", sandbox.connections()["segment_default"])
     yield fake
     fake.reset()
+
+
+@pytest.fixture
+def criteo_sandbox(sandbox, monkeypatch):
+    """The Criteo fake, reset (state, faults, request log, config, clock), with AIRFLOW_CONN_CRITEO_DEFAULT set.
+
+    Yields the :class:`~airflow_audience_provider.sandbox.criteo.CriteoFake`; its URL is ``.base_url``.
+    """
+    fake = sandbox.fake("criteo")
+    fake.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_CRITEO_DEFAULT", sandbox.connections()["criteo_default"])
+    yield fake
+    fake.reset()

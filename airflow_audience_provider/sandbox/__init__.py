@@ -41,6 +41,7 @@ VENDOR_FAKES: dict[str, str] = {
     "yandex_audience": "airflow_audience_provider.sandbox.yandex_audience:YandexAudienceFake",
     "yandex_direct": "airflow_audience_provider.sandbox.yandex_direct:YandexDirectFake",
     "segment": "airflow_audience_provider.sandbox.segment:SegmentFake",
+    "criteo": "airflow_audience_provider.sandbox.criteo:CriteoFake",
 }
 
 

@@ -1,0 +1,1208 @@
+"""Criteo audience hook: Retail Media and Marketing Solutions audience segments, contact lists, audiences.
+
+Method names follow Criteo's operation names (the official SDK's snake_case ``operationId``), so
+Criteo's API reference is the index: ``bulk_create_audience_segments``, ``search_audience_segments``,
+``add_remove_contact_list_by_audience_segment``, ``search_audiences``... Marketing Solutions
+operations that carry another name in that API have an alias (``create_audience_segments``,
+``update_contact_list_by_audience_segment``, ...). One hook serves both APIs; the connection's
+``api`` extra picks the paths and body shapes (vendor notes §1, §8).
+
+**Authentication**: OAuth2 client credentials (client id = login, secret = password) through
+:class:`~airflow_audience_provider.core.auth.OAuth2ClientCredentials`: the token is cached,
+refreshed 60 s before its 900 s lifetime runs out (also between the chunks of a long upload) and,
+on a 401, minted again once and the request resent (done by the core transport).
+
+**Partial approval** (notes §4.3): bulk calls answer 200 with per-item problems in ``warnings``
+and/or ``errors``. Every bulk method returns a :class:`BulkResult` that maps each problem to its
+input item through ``instance`` (``@data/<index>``); the operators decide whether that fails the
+task. A delete refused with ``segment-must-not-be-used-in-audience`` is explained with the
+audiences that use the segment.
+
+**Retail Media audiences**: the stable API only searches audiences; create, update, delete and
+sizes exist in ``preview`` only (notes §1, pitfall 3), so those methods always call the preview
+version. Marketing Solutions offers them in the stable version.
+
+**Computation cycle** (notes §6): Criteo computes audiences at 00:00 and 12:00 UTC; a change takes
+about 5 hours more to reach live campaigns. :func:`next_computation_window`, :func:`live_at` and
+:func:`latest_safe_upload_time` do that arithmetic; :meth:`CriteoHook.computation_status` is the
+status function of the computation-cycle sensor and trigger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import requests
+
+from airflow_audience_provider.assets import segment_uri
+from airflow_audience_provider.connections import CRITEO
+from airflow_audience_provider.core.auth import OAuth2ClientCredentials
+from airflow_audience_provider.core.errors import (
+    AudienceAuthenticationError,
+    AudienceConfigurationError,
+    AudienceError,
+    AudienceRateLimitError,
+    AudienceValidationError,
+)
+from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
+from airflow_audience_provider.core.ratelimit import RateLimit, Window
+from airflow_audience_provider.core.results import Phase, PollResult
+from airflow_audience_provider.core.transport import (
+    ErrorInfo,
+    VendorProfile,
+    call_with_read_back,
+    parse_retry_after,
+)
+
+log = logging.getLogger(__name__)
+
+RETAIL_MEDIA = "retail_media"
+MARKETING_SOLUTIONS = "marketing_solutions"
+APIS = (RETAIL_MEDIA, MARKETING_SOLUTIONS)
+DEFAULT_API_VERSION = "2026-07"
+PREVIEW = "preview"
+
+#: Identifiers per add/remove request (notes §5.7, §7).
+MAX_IDENTIFIERS_PER_REQUEST = 50_000
+#: Page sizes: RM search ``limit`` 0..500, MS 0..100 (notes §7, pitfall 11).
+MAX_PAGE_SIZE = {RETAIL_MEDIA: 500, MARKETING_SOLUTIONS: 100}
+
+#: Retail Media identifier types (PascalCase) by the contact-list engine's identifier kind (notes §5.7).
+RM_IDENTIFIER_TYPES = {
+    "email": "Email",
+    "sha256": "Email",
+    "phone": "PhoneNumber",
+    "customer_id": "CustomerId",
+}
+#: Identifier types a Retail Media contact-list segment can be created with (spec RmContactListCreateV1).
+RM_SEGMENT_IDENTIFIER_TYPES = ("Email", "UserIdentifier", "IdentityLink", "CustomerId", "PhoneNumber")
+#: Amendment identifier types (spec RetailMediaContactlistAmendment); ``Gum`` has no caller id field in RM.
+RM_AMENDMENT_IDENTIFIER_TYPES = (*RM_SEGMENT_IDENTIFIER_TYPES, "Gum")
+#: Marketing Solutions identifier types (lower camel, spec ContactlistAmendment).
+MS_IDENTIFIER_TYPES = {"email": "email", "sha256": "email", "phone": "phoneNumber", "maid": "madid"}
+MS_AMENDMENT_IDENTIFIER_TYPES = ("email", "madid", "identityLink", "gum", "phoneNumber")
+
+#: Entity ``type`` strings (the spec's x-criteo-canonical names; unverified that the server checks them).
+SEGMENT_TYPE = {RETAIL_MEDIA: "RetailMediaAudienceSegment", MARKETING_SOLUTIONS: "AudienceSegment"}
+AUDIENCE_TYPE = {RETAIL_MEDIA: "RetailMediaAudience", MARKETING_SOLUTIONS: "Audience"}
+
+#: Audience computation (notes §6): hours (UTC) of the daily runs and the delay until live.
+COMPUTATION_HOURS_UTC: tuple[float, ...] = (0.0, 12.0)
+PROPAGATION_DELAY = timedelta(hours=5)
+
+_INSTANCE = re.compile(r"@data/(\d+)")
+TOKEN_ERROR_CODES = frozenset({"authorization-token-expired", "authorization-token-invalid"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Error envelope, rate-limit headers
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_criteo_error(response: requests.Response) -> ErrorInfo:
+    """Read Criteo's error envelope ``{"errors": [CommonProblem...]}`` or the OAuth ``{"error": ...}``."""
+    trace = response.headers.get("x-criteo-trace-id") or response.headers.get("X-Request-Id")
+    try:
+        body = response.json()
+    except ValueError:
+        return ErrorInfo(request_id=trace)
+    if not isinstance(body, dict):
+        return ErrorInfo(request_id=trace)
+    problems = body.get("errors") or body.get("warnings")
+    if isinstance(problems, list) and problems and isinstance(problems[0], dict):
+        first = problems[0]
+        message = first.get("detail") or first.get("title")
+        return ErrorInfo(
+            message=message,
+            code=first.get("code"),
+            field=first.get("instance"),
+            request_id=first.get("traceId") or first.get("traceIdentifier") or trace,
+            details=[{k: p.get(k) for k in ("code", "title", "detail", "instance")} for p in problems],
+        )
+    if "error" in body:  # the OAuth2 token endpoint (RFC 6749 §5.2)
+        return ErrorInfo(message=body.get("error_description") or body.get("error"), code=body.get("error"))
+    return ErrorInfo(message=body.get("message"), request_id=trace)
+
+
+def criteo_retry_after(response: requests.Response) -> float | None:
+    """Seconds to wait after a 429: ``Retry-After`` if sent, else ``x-ratelimit-reset``.
+
+    Notes §4.5: the reset header's format is unverified; epoch seconds, delta seconds and HTTP
+    dates are all read.
+    """
+    wait = parse_retry_after(response.headers.get("Retry-After"))
+    if wait is not None:
+        return wait
+    raw = response.headers.get("x-ratelimit-reset")
+    if not raw:
+        return None
+    try:
+        number = float(raw)
+    except ValueError:
+        return parse_retry_after(raw)  # an HTTP date
+    if not math.isfinite(number):
+        return None
+    return max(0.0, number - time.time()) if number > 1_000_000_000 else max(0.0, number)
+
+
+# ---------------------------------------------------------------------------------------------
+# Partial approval
+# ---------------------------------------------------------------------------------------------
+
+
+def problem_index(problem: dict[str, Any]) -> int | None:
+    """The input index a problem points at (``instance`` ``@data/3`` -> 3), or None for the whole call."""
+    match = _INSTANCE.search(str(problem.get("instance") or ""))
+    return int(match.group(1)) if match else None
+
+
+@dataclass
+class BulkResult:
+    """A bulk call's outcome, item by item.
+
+    :ivar data: the resources Criteo answered with (the applied items).
+    :ivar items: one entry per input item, in input order: ``index``, ``id``, ``name``, ``status``
+        (``ok`` or ``failed``) and ``problems`` (code, title, detail, severity, trace id).
+    :ivar problems: every problem of the answer, each with its ``index`` (None: the whole call).
+    """
+
+    operation: str
+    data: list[dict[str, Any]]
+    items: list[dict[str, Any]]
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [item for item in self.items if item["status"] == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def describe_failures(self) -> str:
+        parts = []
+        for item in self.failed:
+            label = item.get("name") or item.get("id") or f"item {item['index']}"
+            reasons = "; ".join(
+                f"{p.get('code')}: {p.get('detail') or p.get('title') or ''}".rstrip(": ") for p in item["problems"]
+            )
+            parts.append(f"{label} (@data/{item['index']}): {reasons or 'not applied, no reason given'}")
+        return " | ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Small JSON-safe form for XCom (no identifiers)."""
+        return {
+            "operation": self.operation,
+            "ok": self.ok,
+            "items": self.items,
+            "ids": [r.get("id") for r in self.data],
+        }
+
+
+def _clean_problem(problem: dict[str, Any], severity: str) -> dict[str, Any]:
+    return {
+        "severity": severity,
+        "code": problem.get("code"),
+        "type": problem.get("type"),
+        "title": problem.get("title"),
+        "detail": problem.get("detail"),
+        "instance": problem.get("instance"),
+        "trace_id": problem.get("traceId") or problem.get("traceIdentifier"),
+        "index": problem_index(problem),
+    }
+
+
+def map_partial_approval(
+    operation: str,
+    inputs: Sequence[dict[str, Any]],
+    body: dict[str, Any] | None,
+    *,
+    match_by: str = "id",
+) -> BulkResult:
+    """Map a bulk answer's ``data`` / ``warnings`` / ``errors`` back to the input items.
+
+    :param inputs: the request's ``data`` items (the ``attributes`` name is used for labels).
+    :param match_by: ``id`` (update/delete: answer items carry the input ids) or ``name`` (create:
+        a new item is recognised by its name).
+    """
+    body = body or {}
+    data = [r for r in (body.get("data") or []) if isinstance(r, dict)]
+    problems = [_clean_problem(p, "warning") for p in body.get("warnings") or [] if isinstance(p, dict)]
+    problems += [_clean_problem(p, "error") for p in body.get("errors") or [] if isinstance(p, dict)]
+    answered_ids = {str(r.get("id")) for r in data if r.get("id") is not None}
+    answered_names = [str((r.get("attributes") or {}).get("name")) for r in data]
+    whole_call = [p for p in problems if p["index"] is None]
+    items = []
+    for index, item in enumerate(inputs):
+        attributes = item.get("attributes") or {}
+        own = [p for p in problems if p["index"] == index]
+        item_id = item.get("id")
+        name = attributes.get("name")
+        if match_by == "name":
+            applied = name is not None and str(name) in answered_names
+            if applied:
+                matched = data[answered_names.index(str(name))]
+                item_id = matched.get("id")
+        else:
+            applied = item_id is not None and str(item_id) in answered_ids
+        # An item with its own problem failed; without one, it failed only when it is missing from
+        # the answer and the answer had problems (notes §4.3: empty data + problems = all failed).
+        failed = bool(own) or (not applied and bool(problems))
+        items.append(
+            {
+                "index": index,
+                "id": None if item_id is None else str(item_id),
+                "name": name,
+                "status": "failed" if failed else "ok",
+                "problems": own or (whole_call if failed else []),
+            }
+        )
+    return BulkResult(operation, data, items, problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# Algebra
+# ---------------------------------------------------------------------------------------------
+
+_ALGEBRA_KEYS = ("audienceSegmentId", "and", "or", "not")
+
+
+def validate_algebra(node: Any, path: str = "algebra") -> dict[str, Any]:
+    """Check an audience algebra and return it in Criteo's shape (ids as strings).
+
+    Each node has exactly one of ``audienceSegmentId`` (a segment id), ``and`` / ``or`` (a non-empty
+    list of nodes) or ``not`` (one node) (notes §5.9). ``segment`` is accepted as a short form of
+    ``audienceSegmentId``.
+
+    :raises AudienceValidationError: naming the path of the first bad node.
+    """
+    if not isinstance(node, dict):
+        raise AudienceValidationError(f"{path} must be an object, got {type(node).__name__}", vendor="criteo")
+    node = dict(node)
+    if "segment" in node and "audienceSegmentId" not in node:
+        node["audienceSegmentId"] = node.pop("segment")
+    unknown = sorted(set(node) - set(_ALGEBRA_KEYS))
+    if unknown:
+        raise AudienceValidationError(
+            f"{path} has unknown key(s) {unknown}; a node has exactly one of {list(_ALGEBRA_KEYS)}", vendor="criteo"
+        )
+    present = [k for k in _ALGEBRA_KEYS if node.get(k) is not None]
+    if len(present) != 1:
+        raise AudienceValidationError(
+            f"{path} must have exactly one of {list(_ALGEBRA_KEYS)}, has {present or 'none'}", vendor="criteo"
+        )
+    key = present[0]
+    value = node[key]
+    if key == "audienceSegmentId":
+        if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+            raise AudienceValidationError(f"{path}.audienceSegmentId must be a segment id", vendor="criteo")
+        return {"audienceSegmentId": str(value).strip()}
+    if key == "not":
+        return {"not": validate_algebra(value, f"{path}.not")}
+    if not isinstance(value, list) or not value:
+        raise AudienceValidationError(f"{path}.{key} must be a non-empty list of nodes", vendor="criteo")
+    return {key: [validate_algebra(child, f"{path}.{key}[{i}]") for i, child in enumerate(value)]}
+
+
+def algebra_segment_ids(node: dict[str, Any]) -> set[str]:
+    """Every segment id an algebra uses."""
+    if "audienceSegmentId" in node:
+        return {str(node["audienceSegmentId"])}
+    if "not" in node:
+        return algebra_segment_ids(node["not"])
+    return set().union(*(algebra_segment_ids(child) for child in node.get("and") or node.get("or") or []))
+
+
+def canonical_algebra(node: dict[str, Any] | None) -> Any:
+    """A comparable form of an algebra (``and``/``or`` children are unordered)."""
+    if not node:
+        return None
+    node = {k: v for k, v in node.items() if v is not None}
+    if "audienceSegmentId" in node:
+        return ("seg", str(node["audienceSegmentId"]))
+    if "not" in node:
+        return ("not", canonical_algebra(node["not"]))
+    for key in ("and", "or"):
+        if key in node:
+            return (key, tuple(sorted((canonical_algebra(c) for c in node[key]), key=repr)))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Computation cycle
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_utc(moment: datetime | str | float | None) -> datetime:
+    if moment is None:
+        return datetime.now(UTC)
+    if isinstance(moment, int | float):
+        return datetime.fromtimestamp(float(moment), UTC)
+    if isinstance(moment, str):
+        text = moment.strip()
+        if not text:
+            raise AudienceValidationError("an empty time was given", vendor="criteo")
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise AudienceValidationError(f"{text!r} is not an ISO-8601 time", vendor="criteo") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def next_computation_window(
+    after: datetime | str | float | None = None,
+    *,
+    hours_utc: Sequence[float] = COMPUTATION_HOURS_UTC,
+    interval_seconds: float | None = None,
+) -> datetime:
+    """The first audience computation at or after ``after`` (default: now).
+
+    :param hours_utc: hours of the day (UTC, fractions allowed) at which Criteo computes audiences;
+        default 0 and 12 (notes §6).
+    :param interval_seconds: instead of ``hours_utc``, a computation every this many seconds since
+        the UNIX epoch (for tests and demos that need windows seconds apart).
+    """
+    moment = _as_utc(after)
+    if interval_seconds is not None:
+        if interval_seconds <= 0:
+            raise AudienceValidationError("interval_seconds must be positive", vendor="criteo")
+        stamp = moment.timestamp()
+        return datetime.fromtimestamp(math.ceil(stamp / interval_seconds) * interval_seconds, UTC)
+    hours = sorted({float(h) for h in hours_utc})
+    if not hours or any(not 0 <= h < 24 for h in hours):
+        raise AudienceValidationError(f"hours_utc must be hours in [0, 24), got {list(hours_utc)}", vendor="criteo")
+    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    for day in (0, 1):
+        for hour in hours:
+            candidate = midnight + timedelta(days=day, hours=hour)
+            if candidate >= moment:
+                return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def live_at(
+    finished_at: datetime | str | float | None,
+    *,
+    hours_utc: Sequence[float] = COMPUTATION_HOURS_UTC,
+    interval_seconds: float | None = None,
+    propagation_delay: timedelta | float = PROPAGATION_DELAY,
+) -> datetime:
+    """When changes uploaded by ``finished_at`` reach live campaigns: next window + propagation delay."""
+    delay = propagation_delay if isinstance(propagation_delay, timedelta) else timedelta(seconds=propagation_delay)
+    return next_computation_window(finished_at, hours_utc=hours_utc, interval_seconds=interval_seconds) + delay
+
+
+def latest_safe_upload_time(
+    now: datetime | str | float | None = None,
+    *,
+    hours_utc: Sequence[float] = COMPUTATION_HOURS_UTC,
+    interval_seconds: float | None = None,
+    safety_margin: timedelta = timedelta(minutes=30),
+) -> datetime:
+    """The latest time an upload may finish to make the next computation window.
+
+    The next window after ``now`` minus ``safety_margin``; when that moment has already passed, the
+    cutoff of the window after. For example at 11:45 UTC with the default 30-minute margin the
+    answer is 23:30 UTC (11:30 is gone; the 00:00 run is next).
+    """
+    moment = _as_utc(now)
+    window = next_computation_window(moment, hours_utc=hours_utc, interval_seconds=interval_seconds)
+    while window - safety_margin < moment:
+        window = next_computation_window(
+            window + timedelta(microseconds=1), hours_utc=hours_utc, interval_seconds=interval_seconds
+        )
+    return window - safety_margin
+
+
+# ---------------------------------------------------------------------------------------------
+# The hook
+# ---------------------------------------------------------------------------------------------
+
+
+class CriteoHook(AudienceHook):
+    """Talk to Criteo's audience APIs (Retail Media or Marketing Solutions).
+
+    :param criteo_conn_id: Airflow connection of type ``criteo`` (:ref:`howto/connection:criteo`).
+    """
+
+    spec = CRITEO
+    conn_name_attr = CRITEO.conn_name_attr
+    default_conn_name = CRITEO.default_conn_name
+    conn_type = CRITEO.conn_type
+    hook_name = CRITEO.hook_name
+    default_host = "https://api.criteo.com"
+    profile: ClassVar[VendorProfile] = VendorProfile(
+        name="criteo",
+        parse_error=parse_criteo_error,
+        request_id_headers=("x-criteo-trace-id", "X-Request-Id"),
+        retry_after=criteo_retry_after,
+        # Notes §4.5: 250 calls per minute per app, all endpoints together.
+        rate_limits={"default": RateLimit((Window(250, 60.0, "250 calls per minute per Criteo app"),), max_wait=120)},
+    )
+
+    def __init__(self, criteo_conn_id: str = CRITEO.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(criteo_conn_id, **kwargs)
+        self.criteo_conn_id = criteo_conn_id
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def build_auth(self, settings: ConnectionSettings, session: requests.Session) -> requests.auth.AuthBase:
+        client_id = settings.require(settings.login, "client id (login field)")
+        secret = settings.require(settings.password, "client secret (password field)")
+        token_url = settings.get_extra("token_url") or f"{self.base_url(settings)}/oauth2/token"
+        conn_id = settings.conn_id
+
+        def post(url: str, form: dict[str, str]) -> dict[str, Any]:
+            # requests URL-encodes the form, so a secret with '+' stays intact (notes §3, pitfall 17).
+            try:
+                response = session.post(url, data=form, headers={"Accept": "application/json"}, timeout=(10.0, 60.0))
+            except requests.RequestException as exc:
+                raise AudienceAuthenticationError(
+                    f"Criteo token endpoint unreachable ({type(exc).__name__})", vendor="criteo"
+                ) from exc
+            if response.status_code != 200:
+                info = parse_criteo_error(response)
+                cls = AudienceRateLimitError if response.status_code == 429 else AudienceAuthenticationError
+                if response.status_code >= 500:
+                    cls = AudienceError
+                raise cls(
+                    f"Criteo refused the client credentials of connection '{conn_id}' "
+                    f"(HTTP {response.status_code}: {info.message or 'no reason given'}); check the client id "
+                    "(login) and client secret (password)",
+                    vendor="criteo",
+                    status=response.status_code,
+                    code=info.code,
+                )
+            return dict(response.json())
+
+        return OAuth2ClientCredentials(token_url, client_id, secret, post)
+
+    def budget_key(self, settings: ConnectionSettings) -> str:
+        # The quota is per Criteo app (client id), whatever the account.
+        return f"{self.base_url(settings)}|{settings.login or ''}"
+
+    def extra_headers(self, settings: ConnectionSettings) -> dict[str, str]:
+        return {"Accept": "application/json"}
+
+    @property
+    def api(self) -> str:
+        value = str(self.settings().get_extra("api", RETAIL_MEDIA)).strip().lower().replace("-", "_")
+        if value not in APIS:
+            raise AudienceConfigurationError(
+                f"Airflow connection '{self.criteo_conn_id}': extra 'api' must be one of {APIS}, got {value!r}",
+                vendor="criteo",
+            )
+        return value
+
+    @property
+    def api_version(self) -> str:
+        return str(self.settings().get_extra("api_version", DEFAULT_API_VERSION)).strip().strip("/")
+
+    @property
+    def is_retail_media(self) -> bool:
+        return self.api == RETAIL_MEDIA
+
+    def _prefix(self, version: str | None = None) -> str:
+        service = "retail-media" if self.is_retail_media else "marketing-solutions"
+        return f"/{version or self.api_version}/{service}"
+
+    def account(self, account_id: str | None = None) -> str:
+        """The Retail Media account of a call: the argument or the connection's ``account_id``."""
+        value = account_id or self.settings().get_extra("account_id")
+        if not value:
+            raise AudienceConfigurationError(
+                f"No Criteo Retail Media account id: pass account_id or set extra 'account_id' "
+                f"of connection '{self.criteo_conn_id}'",
+                vendor="criteo",
+            )
+        return str(value)
+
+    def advertiser(self, advertiser_id: str | None = None) -> str:
+        """The Marketing Solutions advertiser: the argument or the connection's ``advertiser_id``."""
+        value = advertiser_id or self.settings().get_extra("advertiser_id")
+        if not value:
+            raise AudienceConfigurationError(
+                f"No Criteo advertiser id: pass advertiser_id or set extra 'advertiser_id' "
+                f"of connection '{self.criteo_conn_id}'",
+                vendor="criteo",
+            )
+        return str(value)
+
+    def owner(self, owner_id: str | None = None) -> str:
+        """Account (Retail Media) or advertiser (Marketing Solutions) owning segments and audiences."""
+        return self.account(owner_id) if self.is_retail_media else self.advertiser(owner_id)
+
+    def _accounts_path(self, account_id: str | None, version: str | None = None) -> str:
+        return f"{self._prefix(version)}/accounts/{self.account(account_id)}"
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        body = self.transport.json(method, path, **kwargs)
+        return body if isinstance(body, dict) else {}
+
+    @staticmethod
+    def _path_id(value: Any) -> str:
+        text = str(value).strip()
+        if not re.fullmatch(r"[0-9A-Za-z_\-]+", text):
+            raise AudienceValidationError(f"{text!r} is not a Criteo id", vendor="criteo")
+        return text
+
+    # -- links and assets -----------------------------------------------------------------------
+
+    def ui_url(self) -> str:
+        return str(self.settings().get_extra("ui_url", "https://app.criteo.com")).rstrip("/")
+
+    def segment_url(self, segment_id: str, owner_id: str | None = None) -> str:
+        """Link to the segment in the Criteo UI (URL layout unverified; points at the audience builder)."""
+        owner = owner_id or self.settings().get_extra("account_id" if self.is_retail_media else "advertiser_id")
+        kind = "retail-media/accounts" if self.is_retail_media else "advertisers"
+        return f"{self.ui_url()}/{kind}/{owner}/audiences/segments/{segment_id}"
+
+    def audience_url(self, audience_id: str, owner_id: str | None = None) -> str:
+        """Link to the audience in the Criteo UI (URL layout unverified)."""
+        owner = owner_id or self.settings().get_extra("account_id" if self.is_retail_media else "advertiser_id")
+        kind = "retail-media/accounts" if self.is_retail_media else "advertisers"
+        return f"{self.ui_url()}/{kind}/{owner}/audiences/{audience_id}"
+
+    def asset_uri(self, kind: str, object_id: str, owner_id: str | None = None) -> str:
+        """``criteo://<account or advertiser>/<segment|audience>/<id>``."""
+        owner = owner_id or self.settings().get_extra("account_id" if self.is_retail_media else "advertiser_id")
+        return segment_uri("criteo", str(owner or "default"), kind, object_id)
+
+    # -- paging ---------------------------------------------------------------------------------
+
+    def _paged(self, path: str, body: dict[str, Any], page_size: int | None) -> Iterator[dict[str, Any]]:
+        """POST search pages with offset/limit until ``meta.totalItems`` (pitfall 11: always pass both)."""
+        limit = min(int(page_size or MAX_PAGE_SIZE[self.api]), MAX_PAGE_SIZE[self.api])
+        offset = 0
+        while True:
+            page = self._call("POST", path, params={"offset": offset, "limit": limit}, json=body, idempotent=True)
+            data = [r for r in page.get("data") or [] if isinstance(r, dict)]
+            yield from data
+            total = (page.get("meta") or {}).get("totalItems")
+            offset += len(data)
+            if not data or (total is not None and offset >= int(total)) or (total is None and len(data) < limit):
+                return
+
+    # -- segments -------------------------------------------------------------------------------
+
+    def search_audience_segments(
+        self,
+        *,
+        owner_id: str | None = None,
+        retailer_ids: Iterable[str] | None = None,
+        segment_ids: Iterable[str] | None = None,
+        segment_types: Iterable[str] | None = None,
+        page_size: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Search audience segments, every page: ``POST .../audience-segments/search``.
+
+        :param owner_id: RM account id (path) or MS advertiser id (filter); default from the connection.
+        :param retailer_ids: RM only: filter by retailers.
+        :param segment_types: ``ContactList``, ``Events`` (RM) or the MS types.
+        :returns: segment resources ``{"id", "type", "attributes"}``.
+        """
+        attributes: dict[str, Any] = {}
+        if segment_ids:
+            attributes["audienceSegmentIds"] = [str(s) for s in segment_ids]
+        if segment_types:
+            attributes["audienceSegmentTypes"] = list(segment_types)
+        if self.is_retail_media:
+            if retailer_ids:
+                attributes["retailerIds"] = [str(r) for r in retailer_ids]
+            path = f"{self._accounts_path(owner_id)}/audience-segments/search"
+        else:
+            attributes["advertiserIds"] = [self.advertiser(owner_id)]
+            path = f"{self._prefix()}/audience-segments/search"
+        body = {"data": {"type": SEGMENT_TYPE[self.api], "attributes": attributes}}
+        return list(self._paged(path, body, page_size))
+
+    def get_audience_segment(self, segment_id: str, owner_id: str | None = None) -> dict[str, Any] | None:
+        """One segment by id (a search with ``audienceSegmentIds``), or None."""
+        found = self.search_audience_segments(owner_id=owner_id, segment_ids=[str(segment_id)])
+        return next((s for s in found if str(s.get("id")) == str(segment_id)), None)
+
+    def find_segments_by_name(
+        self, name: str, *, owner_id: str | None = None, retailer_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Segments with exactly this name (pitfall 2: no search by name, so pages are compared here)."""
+        found = self.search_audience_segments(
+            owner_id=owner_id, retailer_ids=[retailer_id] if retailer_id and self.is_retail_media else None
+        )
+        return [s for s in found if (s.get("attributes") or {}).get("name") == name]
+
+    def bulk_create_audience_segments(
+        self, segments: Sequence[dict[str, Any]], owner_id: str | None = None
+    ) -> BulkResult:
+        """Create segments: ``POST .../audience-segments/create`` (partial approval).
+
+        :param segments: attribute dicts, e.g. RM ``{"name", "retailerId", "description",
+            "contactList": {"identifierType": "Email"}}``; MS ``{"name", "advertiserId", "contactList": {}}``
+            (``advertiserId`` defaults to the connection's).
+        """
+        items = []
+        for segment in segments:
+            attributes = dict(segment)
+            if not self.is_retail_media:
+                attributes.setdefault("advertiserId", self.advertiser(owner_id))
+            items.append({"type": SEGMENT_TYPE[self.api], "attributes": attributes})
+        path = (
+            f"{self._accounts_path(owner_id)}/audience-segments/create"
+            if self.is_retail_media
+            else f"{self._prefix()}/audience-segments/create"
+        )
+        names = [i["attributes"].get("name") for i in items]
+
+        def send() -> dict[str, Any]:
+            return self._call("POST", path, json={"data": items})
+
+        def read_back() -> dict[str, Any] | None:
+            # After an ambiguous failure: which of the names exist now? Reuse them, never resend blindly.
+            existing = [
+                s for s in self.search_audience_segments(owner_id=owner_id) if s["attributes"].get("name") in names
+            ]
+            if len({s["attributes"]["name"] for s in existing}) == len(set(names)):
+                return {"data": existing, "warnings": [], "errors": []}
+            return None
+
+        body = call_with_read_back(send, read_back, what=f"Creating {len(items)} Criteo segment(s)")
+        return map_partial_approval("create_segments", items, body, match_by="name")
+
+    create_audience_segments = bulk_create_audience_segments
+
+    def bulk_update_audience_segments(
+        self, updates: Sequence[dict[str, Any]], owner_id: str | None = None
+    ) -> BulkResult:
+        """Update segments: ``PATCH .../audience-segments``.
+
+        :param updates: ``{"id": ..., "name": ..., "description": ...}`` dicts; a plain description is
+            wrapped as Criteo's ``{"value": ...}`` (pitfall 5).
+        """
+        items = []
+        for update in updates:
+            attributes = {k: v for k, v in update.items() if k != "id"}
+            if "description" in attributes and not isinstance(attributes["description"], dict):
+                attributes["description"] = {"value": attributes["description"]}
+            items.append({"id": str(update["id"]), "type": SEGMENT_TYPE[self.api], "attributes": attributes})
+        path = (
+            f"{self._accounts_path(owner_id)}/audience-segments"
+            if self.is_retail_media
+            else f"{self._prefix()}/audience-segments"
+        )
+        body = self._call("PATCH", path, json={"data": items}, idempotent=True)  # same values twice: same state
+        return map_partial_approval("update_segments", items, body)
+
+    update_audience_segments = bulk_update_audience_segments
+
+    def bulk_delete_audience_segments(
+        self, segment_ids: Sequence[str], owner_id: str | None = None, explain: bool = True
+    ) -> BulkResult:
+        """Delete segments: ``POST .../audience-segments/delete``.
+
+        A segment used in an audience (or that served impressions) is refused with
+        ``segment-must-not-be-used-in-audience``; with ``explain`` the problem's detail then names the
+        audiences that use it (one audience search).
+        """
+        items = [{"id": str(s), "type": SEGMENT_TYPE[self.api], "attributes": {}} for s in segment_ids]
+        path = (
+            f"{self._accounts_path(owner_id)}/audience-segments/delete"
+            if self.is_retail_media
+            else f"{self._prefix()}/audience-segments/delete"
+        )
+        # Deleting twice is harmless (segment-not-found the second time), so transient errors are retried.
+        body = self._call("POST", path, json={"data": items}, idempotent=True)
+        result = map_partial_approval("delete_segments", items, body)
+        if explain:
+            self._explain_in_use(result, owner_id)
+        return result
+
+    delete_audience_segments = bulk_delete_audience_segments
+
+    def _explain_in_use(self, result: BulkResult, owner_id: str | None) -> None:
+        in_use = [
+            item
+            for item in result.failed
+            if any(p.get("code") == "segment-must-not-be-used-in-audience" for p in item["problems"])
+        ]
+        if not in_use:
+            return
+        try:
+            audiences = self.search_audiences(owner_id=owner_id, segment_ids=[i["id"] for i in in_use])
+        except AudienceError as exc:  # the explanation is a courtesy; the refusal stands without it
+            log.warning("Could not look up the audiences using the undeletable segments: %s", exc)
+            return
+        for item in in_use:
+            users = [
+                a
+                for a in audiences
+                if item["id"] in algebra_segment_ids((a.get("attributes") or {}).get("algebra") or {})
+            ]
+            item["used_by_audiences"] = [
+                {"id": a.get("id"), "name": (a.get("attributes") or {}).get("name")} for a in users
+            ]
+            names = ", ".join(f"{a['name']} ({a['id']})" for a in item["used_by_audiences"])
+            for problem in item["problems"]:
+                if problem.get("code") == "segment-must-not-be-used-in-audience":
+                    problem["detail"] = (
+                        f"{problem.get('detail') or 'The segment is used in an audience'}; used by: "
+                        f"{names or 'no audience found: the segment may have served impressions'}. "
+                        "Remove it from those audiences (or delete them) first"
+                    )
+
+    def compute_audience_segments_sizes(
+        self, segment_ids: Sequence[str], channel: str = "Offsite", owner_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Sizes of segments: RM ``preview`` (with ``channel``) or MS ``compute-sizes``."""
+        if self.is_retail_media:
+            path = f"{self._accounts_path(owner_id, PREVIEW)}/audience-segments/compute-sizes"
+            body: dict[str, Any] = {
+                "data": {"type": SEGMENT_TYPE[self.api], "attributes": {"ids": list(segment_ids), "channel": channel}}
+            }
+        else:
+            path = f"{self._prefix()}/audience-segments/compute-sizes"
+            body = {"data": [{"id": str(s), "type": SEGMENT_TYPE[self.api], "attributes": {}} for s in segment_ids]}
+        return list(self._call("POST", path, json=body, idempotent=True).get("data") or [])
+
+    # -- contact lists --------------------------------------------------------------------------
+
+    def vendor_identifier_type(self, identifier_type: str) -> str:
+        """The API's name for an identifier kind of the contact-list engine (or an API name as given).
+
+        :raises AudienceValidationError: for a kind this API does not take (e.g. MAIDs on Retail Media).
+        """
+        value = str(identifier_type)
+        if self.is_retail_media:
+            if value in RM_AMENDMENT_IDENTIFIER_TYPES:
+                return value
+            mapped = RM_IDENTIFIER_TYPES.get(value.lower())
+            allowed = sorted(set(RM_IDENTIFIER_TYPES) | set(RM_AMENDMENT_IDENTIFIER_TYPES))
+        else:
+            if value in MS_AMENDMENT_IDENTIFIER_TYPES:
+                return value
+            mapped = MS_IDENTIFIER_TYPES.get(value.lower())
+            allowed = sorted(set(MS_IDENTIFIER_TYPES) | set(MS_AMENDMENT_IDENTIFIER_TYPES))
+        if mapped is None:
+            raise AudienceValidationError(
+                f"Identifier type {value!r} is not accepted by the Criteo {self.api} API; use one of {allowed}",
+                vendor="criteo",
+            )
+        return mapped
+
+    def add_remove_contact_list_by_audience_segment(
+        self,
+        segment_id: str,
+        operation: str,
+        identifiers: Sequence[str],
+        identifier_type: str,
+        gum_caller_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Add or remove identifiers (RM ``POST .../contact-list/add-remove``, MS ``PATCH .../contact-list``).
+
+        Adding or removing the same identifiers twice leaves the same list, so transient failures are
+        retried (nothing is double-counted: the counts come from the answer that succeeded).
+
+        :returns: ``{"contact_list_id", "operation", "request_date", "identifier_type", "valid", "invalid",
+            "sample_invalid", "problems"}`` (RM and MS answers normalised; ids as strings, pitfall 10).
+        :raises AudienceValidationError: more than 50,000 identifiers, an unknown operation or type.
+        """
+        if operation not in ("add", "remove"):
+            raise AudienceValidationError(f"operation must be 'add' or 'remove', got {operation!r}", vendor="criteo")
+        if len(identifiers) > MAX_IDENTIFIERS_PER_REQUEST:
+            raise AudienceValidationError(
+                f"{len(identifiers)} identifiers in one Criteo request; at most {MAX_IDENTIFIERS_PER_REQUEST} "
+                "are allowed: split them (the upload operator chunks for you)",
+                vendor="criteo",
+            )
+        vendor_type = self.vendor_identifier_type(identifier_type)
+        attributes: dict[str, Any] = {
+            "operation": operation,
+            "identifierType": vendor_type,
+            "identifiers": list(identifiers),
+        }
+        sid = self._path_id(segment_id)
+        if self.is_retail_media:
+            body = {"data": {"type": "AddRemoveContactlist", "attributes": attributes}}
+            answer = self._call(
+                "POST", f"{self._prefix()}/audience-segments/{sid}/contact-list/add-remove", json=body, idempotent=True
+            )
+            data = answer.get("data") or {}  # flat (pitfall 8)
+        else:
+            if vendor_type == "gum":
+                if gum_caller_id is None:
+                    raise AudienceValidationError("identifier type 'gum' needs gum_caller_id", vendor="criteo")
+                attributes["gumCallerId"] = int(gum_caller_id)
+            body = {"data": {"type": "ContactlistAmendment", "attributes": attributes}}
+            answer = self._call(
+                "PATCH", f"{self._prefix()}/audience-segments/{sid}/contact-list", json=body, idempotent=True
+            )
+            data = (answer.get("data") or {}).get("attributes") or {}
+        problems = [_clean_problem(p, "warning") for p in answer.get("warnings") or [] if isinstance(p, dict)]
+        problems += [_clean_problem(p, "error") for p in answer.get("errors") or [] if isinstance(p, dict)]
+        valid = data.get("nbValidIdentifiers")
+        invalid = data.get("nbInvalidIdentifiers")
+        if any(p["severity"] == "error" for p in problems) and valid is None:
+            raise AudienceValidationError(
+                f"Criteo refused the contact-list {operation} of segment {segment_id}: "
+                + "; ".join(f"{p['code']}: {p['detail'] or p['title'] or ''}" for p in problems),
+                vendor="criteo",
+                code=problems[0]["code"],
+            )
+        return {
+            "contact_list_id": None if data.get("contactListId") is None else str(data.get("contactListId")),
+            "operation": data.get("operation", operation),
+            "request_date": data.get("requestDate"),
+            "identifier_type": data.get("identifierType", vendor_type),
+            # No count in the answer: assume all were accepted (Criteo only validates the format).
+            "valid": int(valid) if valid is not None else len(identifiers),
+            "invalid": int(invalid or 0),
+            "sample_invalid_count": len(data.get("sampleInvalidIdentifiers") or []),
+            "problems": problems,
+        }
+
+    def update_contact_list_by_audience_segment(
+        self,
+        segment_id: str,
+        operation: str,
+        identifiers: Sequence[str],
+        identifier_type: str,
+        gum_caller_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Marketing Solutions name of :meth:`add_remove_contact_list_by_audience_segment`."""
+        return self.add_remove_contact_list_by_audience_segment(
+            segment_id, operation, identifiers, identifier_type, gum_caller_id
+        )
+
+    def clear_contact_list_by_audience_segment(self, segment_id: str) -> None:
+        """Remove every identifier (the segment stays): RM ``POST .../contact-list/clear``, MS ``DELETE``.
+
+        Any 2xx counts (spec 204, docs 201, MS 200; pitfall 12). Clearing twice is harmless: retried.
+        """
+        sid = self._path_id(segment_id)
+        if self.is_retail_media:
+            self.transport.request(
+                "POST", f"{self._prefix()}/audience-segments/{sid}/contact-list/clear", idempotent=True
+            )
+        else:
+            self.transport.request("DELETE", f"{self._prefix()}/audience-segments/{sid}/contact-list")
+
+    delete_contact_list_by_audience_segment = clear_contact_list_by_audience_segment
+
+    def get_audience_segment_contact_list_statistics(
+        self, segment_id: str, owner_id: str | None = None
+    ) -> dict[str, Any]:
+        """Contact-list statistics: ``numberOfIdentifiers``, ``numberOfMatches``, ``matchRate``.
+
+        RM ``GET /accounts/{account}/audience-segments/{id}/contact-list``; MS ``GET
+        /audience-segments/{id}/contact-list/statistics`` (pitfall 7). ``matchRate`` is returned as
+        Criteo gives it (0-1 or percent is unverified).
+        """
+        sid = self._path_id(segment_id)
+        if self.is_retail_media:
+            path = f"{self._accounts_path(owner_id)}/audience-segments/{sid}/contact-list"
+        else:
+            path = f"{self._prefix()}/audience-segments/{sid}/contact-list/statistics"
+        attributes = ((self._call("GET", path).get("data") or {}).get("attributes")) or {}
+        return {
+            "segment_id": str(segment_id),
+            "number_of_identifiers": attributes.get("numberOfIdentifiers"),
+            "number_of_matches": attributes.get("numberOfMatches"),
+            "match_rate": attributes.get("matchRate"),
+        }
+
+    # -- audiences ------------------------------------------------------------------------------
+
+    def _audiences_path(self, owner_id: str | None, action: str = "", *, write: bool = False) -> str:
+        if self.is_retail_media:
+            # Stable RM offers only search; every write goes to preview (pitfall 3).
+            version = PREVIEW if write else None
+            return f"{self._accounts_path(owner_id, version)}/audiences{action}"
+        return f"{self._prefix()}/audiences{action}"
+
+    def search_audiences(
+        self,
+        *,
+        owner_id: str | None = None,
+        audience_ids: Iterable[str] | None = None,
+        segment_ids: Iterable[str] | None = None,
+        retailer_ids: Iterable[str] | None = None,
+        ad_set_ids: Iterable[str] | None = None,
+        page_size: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Search audiences, every page: ``POST .../audiences/search``."""
+        attributes: dict[str, Any] = {}
+        if audience_ids:
+            attributes["audienceIds"] = [str(a) for a in audience_ids]
+        if segment_ids:
+            attributes["audienceSegmentIds"] = [str(s) for s in segment_ids]
+        if self.is_retail_media:
+            if retailer_ids:
+                attributes["retailerIds"] = [str(r) for r in retailer_ids]
+        else:
+            attributes["advertiserIds"] = [self.advertiser(owner_id)]
+            if ad_set_ids:
+                attributes["adSetIds"] = [str(a) for a in ad_set_ids]
+        body = {"data": {"type": AUDIENCE_TYPE[self.api], "attributes": attributes}}
+        return list(self._paged(self._audiences_path(owner_id, "/search"), body, page_size))
+
+    def find_audiences_by_name(self, name: str, *, owner_id: str | None = None) -> list[dict[str, Any]]:
+        return [a for a in self.search_audiences(owner_id=owner_id) if (a.get("attributes") or {}).get("name") == name]
+
+    def bulk_create_audience(self, audiences: Sequence[dict[str, Any]], owner_id: str | None = None) -> BulkResult:
+        """Create audiences (RM preview / MS ``POST .../audiences/create``); algebras are validated first.
+
+        :param audiences: ``{"name", "algebra", "description", "retailerId" (RM)}`` dicts.
+        """
+        items = []
+        for audience in audiences:
+            attributes = dict(audience)
+            attributes["algebra"] = validate_algebra(attributes.get("algebra"))
+            if not self.is_retail_media:
+                attributes.setdefault("advertiserId", self.advertiser(owner_id))
+            items.append({"type": AUDIENCE_TYPE[self.api], "attributes": attributes})
+        names = [i["attributes"].get("name") for i in items]
+        path = self._audiences_path(owner_id, "/create", write=True)
+
+        def read_back() -> dict[str, Any] | None:
+            existing = [a for a in self.search_audiences(owner_id=owner_id) if a["attributes"].get("name") in names]
+            if len({a["attributes"]["name"] for a in existing}) == len(set(names)):
+                return {"data": existing}
+            return None
+
+        body = call_with_read_back(
+            lambda: self._call("POST", path, json={"data": items}), read_back, what="Creating Criteo audience(s)"
+        )
+        return map_partial_approval("create_audiences", items, body, match_by="name")
+
+    create_audiences = bulk_create_audience
+
+    def bulk_update_audience(self, updates: Sequence[dict[str, Any]], owner_id: str | None = None) -> BulkResult:
+        """Update audiences (``PATCH .../audiences``): ``{"id", "name", "description", "algebra"}`` dicts."""
+        items = []
+        for update in updates:
+            attributes = {k: v for k, v in update.items() if k != "id"}
+            if "algebra" in attributes:
+                attributes["algebra"] = validate_algebra(attributes["algebra"])
+            if "description" in attributes and not isinstance(attributes["description"], dict):
+                attributes["description"] = {"value": attributes["description"]}
+            items.append({"id": str(update["id"]), "type": AUDIENCE_TYPE[self.api], "attributes": attributes})
+        body = self._call("PATCH", self._audiences_path(owner_id, write=True), json={"data": items}, idempotent=True)
+        return map_partial_approval("update_audiences", items, body)
+
+    update_audiences = bulk_update_audience
+
+    def bulk_delete_audiences(self, audience_ids: Sequence[str], owner_id: str | None = None) -> BulkResult:
+        """Delete audiences (``POST .../audiences/delete``; 200 with ids, or 204)."""
+        items = [{"id": str(a), "type": AUDIENCE_TYPE[self.api], "attributes": {}} for a in audience_ids]
+        body = self._call(
+            "POST", self._audiences_path(owner_id, "/delete", write=True), json={"data": items}, idempotent=True
+        )
+        if not body:  # 204: everything deleted
+            body = {"data": [{"id": i["id"]} for i in items]}
+        return map_partial_approval("delete_audiences", items, body)
+
+    delete_audiences = bulk_delete_audiences
+
+    def compute_audiences_sizes(
+        self, audience_ids: Sequence[str], channel: str = "Offsite", owner_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Sizes of audiences: RM preview (``channel``) or MS ``compute-sizes``."""
+        if self.is_retail_media:
+            body: dict[str, Any] = {
+                "data": {"type": AUDIENCE_TYPE[self.api], "attributes": {"ids": list(audience_ids), "channel": channel}}
+            }
+        else:
+            body = {"data": [{"id": str(a), "type": AUDIENCE_TYPE[self.api], "attributes": {}} for a in audience_ids]}
+        path = self._audiences_path(owner_id, "/compute-sizes", write=True)
+        return list(self._call("POST", path, json=body, idempotent=True).get("data") or [])
+
+    def estimate_audience_size(
+        self,
+        algebra: dict[str, Any],
+        *,
+        retailer_id: str | None = None,
+        channel: str = "Offsite",
+        owner_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Size of an unsaved algebra (RM preview ``estimate-size`` / MS ``estimate-size``)."""
+        attributes: dict[str, Any] = {"algebra": validate_algebra(algebra)}
+        if self.is_retail_media:
+            if not retailer_id:
+                raise AudienceValidationError(
+                    "retailer_id is needed to estimate a Retail Media audience", vendor="criteo"
+                )
+            attributes.update(retailerId=str(retailer_id), channel=channel)
+        else:
+            attributes["advertiserId"] = self.advertiser(owner_id)
+        body = {"data": {"type": AUDIENCE_TYPE[self.api], "attributes": attributes}}
+        path = self._audiences_path(owner_id, "/estimate-size", write=True)
+        return dict((self._call("POST", path, json=body, idempotent=True).get("data") or {}).get("attributes") or {})
+
+    estimate_audiences_sizes = estimate_audience_size
+
+    # -- line items (RM) and ad sets (MS) -------------------------------------------------------
+
+    def _line_item_path(self, line_item_id: str, action: str = "") -> str:
+        if not self.is_retail_media:
+            raise AudienceConfigurationError("Line items exist in the Retail Media API only", vendor="criteo")
+        return f"{self._prefix()}/preferred-line-items/{self._path_id(line_item_id)}/targeting/audiences{action}"
+
+    @staticmethod
+    def _targets(answer: dict[str, Any]) -> dict[str, Any]:
+        attributes = (answer.get("data") or {}).get("attributes") or {}
+        return {"scope": attributes.get("scope"), "audience_ids": [str(a) for a in attributes.get("audienceIds") or []]}
+
+    def get_audience_targets_by_line_item_id(self, line_item_id: str) -> dict[str, Any]:
+        """Audiences a preferred line item targets: ``{"scope", "audience_ids"}``."""
+        return self._targets(self._call("GET", self._line_item_path(line_item_id)))
+
+    def put_audience_targets_by_line_item_id(
+        self, line_item_id: str, audience_ids: Sequence[str], scope: str = "include"
+    ) -> dict[str, Any]:
+        """Replace a line item's audience targeting (``scope`` include or exclude)."""
+        body = {"data": {"type": "AudienceTarget", "attributes": {"scope": scope, "audienceIds": list(audience_ids)}}}
+        return self._targets(self._call("PUT", self._line_item_path(line_item_id), json=body))
+
+    def append_audience_targets_by_line_item_id(self, line_item_id: str, audience_ids: Sequence[str]) -> dict[str, Any]:
+        """Attach audiences to a line item."""
+        body = {"data": {"type": "AudienceTarget", "attributes": {"audienceIds": list(audience_ids)}}}
+        return self._targets(
+            self._call("POST", self._line_item_path(line_item_id, "/append"), json=body, idempotent=True)
+        )
+
+    def delete_audience_targets_by_line_item_id(self, line_item_id: str, audience_ids: Sequence[str]) -> dict[str, Any]:
+        """Detach audiences from a line item."""
+        body = {"data": {"type": "AudienceTarget", "attributes": {"audienceIds": list(audience_ids)}}}
+        return self._targets(
+            self._call("POST", self._line_item_path(line_item_id, "/delete"), json=body, idempotent=True)
+        )
+
+    def update_ad_set_audience(self, ad_set_id: str, audience_id: str) -> dict[str, Any]:
+        """Marketing Solutions: link an audience to an ad set (``PUT /ad-sets/{id}/audience``)."""
+        if self.is_retail_media:
+            raise AudienceConfigurationError("Ad sets exist in the Marketing Solutions API only", vendor="criteo")
+        body = {"data": {"type": "AdSetAudienceLink", "attributes": {"audienceId": str(audience_id)}}}
+        answer = self._call("PUT", f"{self._prefix()}/ad-sets/{self._path_id(ad_set_id)}/audience", json=body)
+        return dict(answer.get("data") or {})
+
+    # -- waiting for the computation cycle -------------------------------------------------------
+
+    def computation_status(
+        self,
+        uploaded_at: str,
+        hours_utc: Sequence[float] = COMPUTATION_HOURS_UTC,
+        interval_seconds: float | None = None,
+        propagation_delay_seconds: float = PROPAGATION_DELAY.total_seconds(),
+        segment_id: str | None = None,
+        owner_id: str | None = None,
+        min_identifiers: int | None = None,
+    ) -> PollResult:
+        """Whether changes uploaded by ``uploaded_at`` are live: time-based, optionally confirmed by stats.
+
+        Live = the first computation window at or after ``uploaded_at`` plus the propagation delay
+        (notes §6). With ``segment_id`` and ``min_identifiers``, the segment's contact-list statistics
+        must also report at least that many identifiers (a confirmation Criteo does not document;
+        statistics may lag, so this only adds a condition after the time has come).
+        """
+        window = next_computation_window(uploaded_at, hours_utc=hours_utc, interval_seconds=interval_seconds)
+        live = window + timedelta(seconds=float(propagation_delay_seconds))
+        data: dict[str, Any] = {
+            "uploaded_at": _as_utc(uploaded_at).isoformat(),
+            "computation_window": window.isoformat(),
+            "live_at": live.isoformat(),
+            "segment_id": segment_id,
+        }
+        now = datetime.now(UTC)
+        if now < live:
+            remaining = (live - now).total_seconds()
+            return PollResult(
+                Phase.RUNNING,
+                "waiting_for_window" if now < window else "propagating",
+                f"Criteo computes at {window.isoformat()}; live at {live.isoformat()} ({remaining:.0f} s left)",
+                data,
+            )
+        if segment_id and min_identifiers is not None:
+            stats = self.get_audience_segment_contact_list_statistics(segment_id, owner_id)
+            data["statistics"] = stats
+            count = stats.get("number_of_identifiers") or 0
+            if count < int(min_identifiers):
+                return PollResult(
+                    Phase.RUNNING,
+                    "statistics_pending",
+                    f"Segment {segment_id} reports {count} identifiers, waiting for at least {min_identifiers}",
+                    data,
+                )
+        return PollResult(
+            Phase.DONE, "live", f"Changes uploaded at {data['uploaded_at']} are live since {data['live_at']}", data
+        )
+
+    # -- connection test ------------------------------------------------------------------------
+
+    def probe(self) -> str:
+        """``GET /{version}/{api}/me``: needs a valid token but no scope (notes §3)."""
+        answer = self._call("GET", f"{self._prefix()}/me")
+        attributes = (answer.get("data") or {}).get("attributes") or {}
+        return (
+            f"Connected to Criteo {self.api} {self.api_version} as application "
+            f"{attributes.get('name') or attributes.get('applicationId') or '?'}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Contact-list engine adapter
+# ---------------------------------------------------------------------------------------------
+
+
+class CriteoChunkSender:
+    """:class:`~airflow_audience_provider.identifiers.sync.ChunkSender` for one Criteo contact-list segment.
+
+    ``replace`` is clear then add (not atomic, pitfall 14). ``on_chunk`` is called with each chunk's
+    normalised answer (counts only), so the operator can report what Criteo accepted even when a
+    later chunk fails.
+    """
+
+    def __init__(
+        self,
+        hook: CriteoHook,
+        segment_id: str,
+        identifier_type: str | None = None,
+        on_chunk: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.hook = hook
+        self.segment_id = str(segment_id)
+        self.identifier_type = identifier_type
+        self.on_chunk = on_chunk
+        self.cleared = False
+
+    def _send(self, operation: str, chunk: Any) -> Any:
+        from airflow_audience_provider.identifiers.sync import ChunkResult
+
+        answer = self.hook.add_remove_contact_list_by_audience_segment(
+            self.segment_id, operation, chunk.identifiers, self.identifier_type or chunk.vendor_identifier_type
+        )
+        if self.on_chunk is not None:
+            self.on_chunk(operation, answer)
+        return ChunkResult(
+            accepted=answer["valid"],
+            rejected=answer["invalid"],
+            detail={"contact_list_id": answer["contact_list_id"], "request_date": answer["request_date"]},
+        )
+
+    def add(self, chunk: Any) -> Any:
+        return self._send("add", chunk)
+
+    def remove(self, chunk: Any) -> Any:
+        return self._send("remove", chunk)
+
+    def replace(self, chunk: Any) -> Any:
+        self.clear()
+        return self._send("add", chunk)
+
+    def clear(self) -> None:
+        self.hook.clear_contact_list_by_audience_segment(self.segment_id)
+        self.cleared = True

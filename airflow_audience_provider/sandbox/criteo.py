@@ -1,0 +1,1184 @@
+"""Fake Criteo audience APIs (Retail Media stable + preview, Marketing Solutions) following the vendor notes.
+
+Behaviour worth knowing when writing clients (``../shared/vendors/criteo.md``):
+
+* ``POST /oauth2/token`` (form ``client_id``, ``client_secret``, ``grant_type=client_credentials``)
+  answers ``{"access_token", "token_type": "Bearer", "expires_in": 900, "refresh_token": null}``; a wrong
+  pair answers 401 ``{"error": "invalid_client"}``. Tokens expire on the fake's clock
+  (``token_lifetime_seconds``); :meth:`CriteoFake.revoke_tokens` invalidates every token. Every other
+  path needs ``Authorization: Bearer <token>``, else 401 with ``errors[].code``
+  ``authorization-token-expired`` / ``authorization-token-invalid``.
+* Versions ``2026-07``, ``2027-01``, ``preview`` and ``2026-01``; the last answers with
+  ``Deprecation: true`` and ``Sunset`` headers (it sunsets on 27 January 2027). Unknown versions: 404.
+* Retail Media (account ``4242``, retailers ``311`` and ``312``) and Marketing Solutions (advertiser
+  ``98765``) share nothing. Retail Media audience create/update/delete/sizes exist in ``preview`` only.
+* Partial approval: bulk calls answer 200; refused items are left out of ``data`` and reported in
+  ``warnings`` (create/update: ``name-must-not-be-empty``, ``name-must-be-unique`` within the
+  account+retailer or advertiser, ``segment-not-found``, ``audience-not-found``) or in ``errors``
+  (delete of a segment used by an audience: ``segment-must-not-be-used-in-audience``, the seed's
+  example), each with ``instance`` ``@data/<index>``.
+* Contact lists: at most ``max_identifiers`` (50,000) per add/remove, else 400; an identifier type
+  other than the segment's: 400 ``identifier-type-mismatch`` (the real behaviour is unverified).
+  Invalid identifiers (an e-mail that is neither a SHA-256 hex nor has an ``@``; a phone that is
+  neither SHA-256 nor ``+digits``) are counted in ``nbInvalidIdentifiers``. Contact-list statistics
+  show the identifiers as of the last computation window (00:00 / 12:00 UTC on the fake's clock)
+  unless ``stats_after_window`` is 0; move the clock with :meth:`advance_time`.
+* 250 calls per minute per client id (``calls_per_minute``, ``rate_window_seconds``): over it, 429 with
+  ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and ``x-ratelimit-reset`` (epoch seconds) and no
+  ``Retry-After``. The window runs on the wall clock, not the movable one, so moving the clock
+  never makes a client sleep for hours.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from airflow_audience_provider.sandbox.base import ApiError, VendorFake, control_error, new_hex_id, request_id_of
+
+__all__ = ["CriteoFake"]
+
+CLIENT_ID = "criteo-sandbox-client"
+CLIENT_SECRET = "criteo-sandbox-secret+/=7e1"  # '+' on purpose: it must be URL-encoded (pitfall 17)
+ACCOUNT_ID = "4242"
+RETAILER_IDS = ("311", "312")
+ADVERTISER_ID = "98765"
+VERSIONS = ("2026-07", "2027-01", "2026-01", "preview")
+DEPRECATED = {"2026-01": "Wed, 27 Jan 2027 00:00:00 GMT"}
+COMPUTATION_HOURS = (0, 12)
+
+RM_SEGMENT_TYPES = ("Email", "UserIdentifier", "IdentityLink", "CustomerId", "PhoneNumber")
+RM_AMENDMENT_TYPES = (*RM_SEGMENT_TYPES, "Gum")
+MS_AMENDMENT_TYPES = ("email", "madid", "identityLink", "gum", "phoneNumber")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _last_window(ts: float) -> float:
+    """The latest computation window at or before ``ts``."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    candidates = [midnight + timedelta(days=d, hours=h) for d in (-1, 0) for h in COMPUTATION_HOURS]
+    return max(c for c in candidates if c <= moment).timestamp()
+
+
+class CriteoFake(VendorFake):
+    """In-memory Criteo Retail Media account and Marketing Solutions advertiser, served over HTTP.
+
+    Python API for tests: :attr:`segments`, :attr:`audiences`, :meth:`members`, :meth:`add_segment`,
+    :meth:`add_audience`, :meth:`revoke_tokens`, :meth:`rotate_secret`, :meth:`line_item_targets`,
+    plus the base class' faults, request log, configure, advance_time and reset.
+    """
+
+    name: ClassVar[str] = "criteo"
+    conn_id: ClassVar[str] = "criteo_default"
+    default_config: ClassVar[dict[str, float | None]] = {
+        "processing_seconds": 0.0,
+        "rate_limit_per_second": None,
+        "token_lifetime_seconds": 900.0,
+        "calls_per_minute": 250.0,
+        "rate_window_seconds": 60.0,
+        "max_identifiers": 50_000.0,
+        # 1 = statistics show the list as of the last 0h/12h window; 0 = at once.
+        "stats_after_window": 1.0,
+    }
+
+    client_id: str = CLIENT_ID
+    account_id: str = ACCOUNT_ID
+    advertiser_id: str = ADVERTISER_ID
+
+    # ------------------------------------------------------------------ state
+    def reset_state(self) -> None:
+        self._secret = CLIENT_SECRET
+        self._issued = 0
+        self._tokens: dict[str, float] = {}
+        self._calls: deque[float] = deque()
+        self._segments: dict[str, dict[str, Any]] = {}
+        self._audiences: dict[str, dict[str, Any]] = {}
+        self._ops: dict[str, list[tuple[float, str, frozenset[str]]]] = {}
+        self._targets: dict[str, dict[str, Any]] = {}
+        self._ad_sets: dict[str, str] = {}
+        self._next_id = {
+            "rm_segment": 730011223344,
+            "ms_segment": 120001,
+            "rm_audience": 830011220001,
+            "ms_audience": 220001,
+        }
+        seeded = self.now() - 30 * 86400
+        # An exclusion list every example can use, already computed and used by no audience.
+        self.add_segment("Opted-out customers", retailer_id="311", identifier_type="Email", at=seeded)
+        self.add_segment("All shoppers (events)", retailer_id="311", kind="Events", at=seeded)
+        self.add_segment("Newsletter readers", api="marketing_solutions", at=seeded)
+
+    def _new_id(self, kind: str) -> str:
+        value = self._next_id[kind]
+        self._next_id[kind] = value + 1
+        return str(value)
+
+    def add_segment(
+        self,
+        name: str,
+        *,
+        api: str = "retail_media",
+        retailer_id: str = "311",
+        identifier_type: str = "Email",
+        kind: str = "ContactList",
+        description: str | None = None,
+        at: float | None = None,
+    ) -> dict[str, Any]:
+        """Create a segment directly (e.g. an Events segment, which the API cannot create)."""
+        with self.lock:
+            now = self.now() if at is None else at
+            rm = api == "retail_media"
+            seg = {
+                "id": self._new_id("rm_segment" if rm else "ms_segment"),
+                "api": api,
+                "owner": self.account_id if rm else self.advertiser_id,
+                "retailerId": retailer_id if rm else None,
+                "name": name,
+                "description": description,
+                "type": kind,
+                "identifierType": identifier_type if (rm and kind == "ContactList") else None,
+                "createdAt": now,
+                "updatedAt": now,
+            }
+            self._segments[seg["id"]] = seg
+            self._ops[seg["id"]] = []
+            return self._render_segment(seg)
+
+    def add_audience(
+        self, name: str, algebra: dict[str, Any], *, api: str = "retail_media", retailer_id: str = "311"
+    ) -> dict[str, Any]:
+        """Create an audience directly."""
+        with self.lock:
+            rm = api == "retail_media"
+            now = self.now()
+            aud = {
+                "id": self._new_id("rm_audience" if rm else "ms_audience"),
+                "api": api,
+                "owner": self.account_id if rm else self.advertiser_id,
+                "retailerId": retailer_id if rm else None,
+                "name": name,
+                "description": None,
+                "algebra": algebra,
+                "createdAt": now,
+                "updatedAt": now,
+            }
+            self._audiences[aud["id"]] = aud
+            return self._render_audience(aud)
+
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [self._render_segment(s) for s in self._segments.values()]
+
+    @property
+    def audiences(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [self._render_audience(a) for a in self._audiences.values()]
+
+    def members(self, segment_id: str, *, as_of: float | None = None) -> set[str]:
+        """The identifiers in a contact list now (or as of a time on the fake's clock)."""
+        with self.lock:
+            members: set[str] = set()
+            for at, op, ids in self._ops.get(str(segment_id), []):
+                if as_of is not None and at > as_of:
+                    break
+                if op == "add":
+                    members |= ids
+                elif op == "remove":
+                    members -= ids
+                else:
+                    members = set()
+            return members
+
+    def revoke_tokens(self) -> None:
+        """Every issued token stops working (a 401 ``authorization-token-invalid`` follows)."""
+        with self.lock:
+            self._tokens.clear()
+
+    def rotate_secret(self, secret: str) -> None:
+        """The app's secret changes: the old one gets ``invalid_client``."""
+        with self.lock:
+            self._secret = secret
+            self._tokens.clear()
+
+    def line_item_targets(self, line_item_id: str) -> dict[str, Any]:
+        with self.lock:
+            return dict(self._targets.get(str(line_item_id), {"scope": "include", "audienceIds": []}))
+
+    @property
+    def tokens_issued(self) -> int:
+        with self.lock:
+            return self._issued
+
+    # ------------------------------------------------------------------ connection, envelopes
+    def connection(self, base_url: str) -> dict[str, Any]:
+        return {
+            "conn_type": "criteo",
+            "host": base_url,
+            "login": self.client_id,
+            "password": self._secret,
+            "extra": {
+                "api_version": "2026-07",
+                "api": "retail_media",
+                "account_id": self.account_id,
+                "advertiser_id": self.advertiser_id,
+                "ui_url": f"{base_url}/ui",
+            },
+        }
+
+    def error_response(
+        self,
+        path: str,
+        status: int,
+        message: str,
+        request_id: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        if path == "/oauth2/token" and status in (400, 401):
+            return JSONResponse(
+                {"error": code or "invalid_client", "error_description": message}, status, headers=headers
+            )
+        kind = {400: "validation", 401: "authentication", 403: "authorization", 404: "validation", 429: "quota"}
+        default_code = {
+            400: "validation-error",
+            401: "authorization-token-invalid",
+            403: "forbidden",
+            404: "resource-not-found",
+            410: "version-decommissioned",
+            429: "too-many-requests",
+        }
+        problem = {
+            "traceId": request_id,
+            "traceIdentifier": request_id,
+            "type": kind.get(status, "availability" if status >= 500 else "unknown"),
+            "code": code or default_code.get(status, "internal-error" if status >= 500 else "error"),
+            "instance": path,
+            "title": message,
+            "detail": message,
+        }
+        return JSONResponse({"errors": [problem], "warnings": []}, status, headers=headers)
+
+    def check_request(self, request: Request) -> Response | None:
+        path = request.url.path
+        if path == "/oauth2/token":
+            return None
+        rid = request_id_of(request)
+        header = request.headers.get("authorization") or ""
+        token = header[7:] if header.lower().startswith("bearer ") else ""
+        with self.lock:
+            expires = self._tokens.get(token)
+            if expires is None:
+                return self.error_response(path, 401, "Invalid token", rid, code="authorization-token-invalid")
+            if self.now() >= expires:
+                return self.error_response(path, 401, "Expired token", rid, code="authorization-token-expired")
+            limit = int(self.config.get("calls_per_minute") or 0)
+            window = float(self.config.get("rate_window_seconds") or 60.0)
+            wall = time.time()
+            while self._calls and self._calls[0] <= wall - window:
+                self._calls.popleft()
+            if limit and len(self._calls) >= limit:
+                reset = self._calls[0] + window
+                return self.error_response(
+                    path,
+                    429,
+                    f"API rate limit exceeded: {limit} calls per {window:g} s",
+                    rid,
+                    headers={
+                        "x-ratelimit-limit": str(limit),
+                        "x-ratelimit-remaining": "0",
+                        "x-ratelimit-reset": f"{reset:.3f}",
+                    },
+                )
+            self._calls.append(wall)
+        return None
+
+    def rate_limit_key(self, request: Request) -> str | None:
+        return None  # the per-minute quota above replaces the base's per-second one
+
+    # ------------------------------------------------------------------ helpers
+    def _answer(self, body: Any, version: str, status: int = 200) -> Response:
+        headers = {}
+        if version in DEPRECATED:
+            headers = {"Deprecation": "true", "Sunset": DEPRECATED[version]}
+        if status == 204:
+            return Response(status_code=204, headers=headers)
+        return JSONResponse(body, status, headers=headers)
+
+    @staticmethod
+    def _version(request: Request) -> str:
+        version = request.path_params["version"]
+        if version not in VERSIONS:
+            raise ApiError(404, f"API version {version!r} does not exist", "version-not-found")
+        return version
+
+    @staticmethod
+    async def _body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise ApiError(400, "The request body is not valid JSON", "invalid-json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object", "invalid-json")
+        return body
+
+    @staticmethod
+    def _items(body: dict[str, Any]) -> list[dict[str, Any]]:
+        data = body.get("data")
+        if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
+            raise ApiError(400, "'data' must be an array of resources", "validation-error")
+        return data
+
+    @staticmethod
+    def _single(body: dict[str, Any]) -> dict[str, Any]:
+        data = body.get("data")
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ApiError(400, "'data' must be an object", "validation-error")
+        attributes = data.get("attributes") or {}
+        if not isinstance(attributes, dict):
+            raise ApiError(400, "'data.attributes' must be an object", "validation-error")
+        return attributes
+
+    def _account(self, request: Request) -> None:
+        if request.path_params.get("account") != self.account_id:
+            raise ApiError(403, "The application has no consent for this account", "forbidden")
+
+    @staticmethod
+    def _problem(rid: str, code: str, index: int, title: str, detail: str) -> dict[str, Any]:
+        return {
+            "traceId": rid,
+            "traceIdentifier": rid,
+            "type": "validation",
+            "code": code,
+            "instance": f"@data/{index}",
+            "title": title,
+            "detail": detail,
+        }
+
+    def _render_segment(self, seg: dict[str, Any]) -> dict[str, Any]:
+        rm = seg["api"] == "retail_media"
+        attributes: dict[str, Any] = {
+            "name": seg["name"],
+            "description": seg["description"],
+            "type": seg["type"],
+            "createdAt": _iso(seg["createdAt"]),
+            "updatedAt": _iso(seg["updatedAt"]),
+        }
+        if rm:
+            attributes.update(
+                accountId=seg["owner"],
+                retailerId=seg["retailerId"],
+                channels=["Onsite", "Offsite"],
+                createdById=None,
+                contactList=(
+                    {"identifierType": seg["identifierType"], "isReadOnly": False, "sharingStatus": "NotShared"}
+                    if seg["type"] == "ContactList"
+                    else None
+                ),
+                events=(
+                    {"shopperActivity": "Buy", "lookbackDays": "Last30Days", "categoryIds": [], "brandIds": []}
+                    if seg["type"] == "Events"
+                    else None
+                ),
+            )
+        else:
+            attributes.update(advertiserId=seg["owner"], contactList={"isReadOnly": False})
+        return {
+            "id": seg["id"],
+            "type": "RetailMediaAudienceSegment" if rm else "AudienceSegment",
+            "attributes": attributes,
+        }
+
+    def _render_audience(self, aud: dict[str, Any]) -> dict[str, Any]:
+        rm = aud["api"] == "retail_media"
+        attributes: dict[str, Any] = {
+            "name": aud["name"],
+            "description": aud["description"],
+            "algebra": aud["algebra"],
+            "createdAt": _iso(aud["createdAt"]),
+            "updatedAt": _iso(aud["updatedAt"]),
+        }
+        if rm:
+            attributes.update(
+                accountId=aud["owner"], retailerId=aud["retailerId"], channels=["Onsite", "Offsite"], createdById=None
+            )
+        else:
+            attributes.update(
+                advertiserId=aud["owner"], adSetIds=sorted(k for k, v in self._ad_sets.items() if v == aud["id"])
+            )
+        return {"id": aud["id"], "type": "RetailMediaAudience" if rm else "Audience", "attributes": attributes}
+
+    def _owned(self, store: dict[str, dict[str, Any]], api: str, owner: str) -> list[dict[str, Any]]:
+        return [o for o in store.values() if o["api"] == api and o["owner"] == owner]
+
+    @staticmethod
+    def _page(request: Request, items: list[dict[str, Any]], max_limit: int) -> dict[str, Any]:
+        try:
+            offset = int(request.query_params.get("offset", 0))
+            limit = int(request.query_params.get("limit", 50))
+        except ValueError:
+            raise ApiError(400, "offset and limit must be integers", "validation-error") from None
+        if offset < 0 or not 0 <= limit <= max_limit:
+            raise ApiError(400, f"limit must be between 0 and {max_limit}", "validation-error")
+        return {
+            "data": items[offset : offset + limit],
+            "meta": {"limit": limit, "offset": offset, "totalItems": len(items)},
+            "warnings": [],
+            "errors": [],
+        }
+
+    def _algebra_problem(self, node: Any, api: str, owner: str) -> str | None:
+        """Why an algebra is invalid, or None (each node: exactly one of the four keys)."""
+        if not isinstance(node, dict):
+            return "algebra nodes must be objects"
+        present = [k for k in ("audienceSegmentId", "and", "or", "not") if node.get(k) is not None]
+        if len(present) != 1:
+            return f"an algebra node must have exactly one of audienceSegmentId, and, or, not (has {present})"
+        key = present[0]
+        if key == "audienceSegmentId":
+            seg = self._segments.get(str(node[key]))
+            if seg is None or seg["api"] != api or seg["owner"] != owner:
+                return f"segment {node[key]} not found"
+            return None
+        if key == "not":
+            return self._algebra_problem(node["not"], api, owner)
+        if not isinstance(node[key], list) or not node[key]:
+            return f"'{key}' must be a non-empty array"
+        for child in node[key]:
+            problem = self._algebra_problem(child, api, owner)
+            if problem:
+                return problem
+        return None
+
+    def _uses(self, node: dict[str, Any]) -> set[str]:
+        if node.get("audienceSegmentId") is not None:
+            return {str(node["audienceSegmentId"])}
+        if node.get("not") is not None:
+            return self._uses(node["not"])
+        return set().union(*(self._uses(c) for c in (node.get("and") or node.get("or") or [])))
+
+    def _visible_members(self, segment_id: str) -> set[str]:
+        as_of = _last_window(self.now()) if self.config.get("stats_after_window") else None
+        return self.members(segment_id, as_of=as_of)
+
+    def _evaluate(self, node: dict[str, Any], universe: set[str]) -> set[str]:
+        if node.get("audienceSegmentId") is not None:
+            return self._visible_members(str(node["audienceSegmentId"]))
+        if node.get("not") is not None:
+            return universe - self._evaluate(node["not"], universe)
+        children = [self._evaluate(c, universe) for c in (node.get("and") or node.get("or") or [])]
+        if node.get("and"):
+            return set.intersection(*children) if children else set()
+        return set().union(*children)
+
+    # ------------------------------------------------------------------ routes
+    def routes(self) -> list[BaseRoute]:
+        rm = "/{version}/retail-media"
+        acc = rm + "/accounts/{account}"
+        ms = "/{version}/marketing-solutions"
+        return [
+            Route("/oauth2/token", self._token, methods=["POST"]),
+            Route(rm + "/me", self._me, methods=["GET"]),
+            Route(ms + "/me", self._me, methods=["GET"]),
+            # Retail Media segments
+            Route(acc + "/audience-segments/create", self._seg_create, methods=["POST"]),
+            Route(acc + "/audience-segments", self._seg_update, methods=["PATCH"]),
+            Route(acc + "/audience-segments/delete", self._seg_delete, methods=["POST"]),
+            Route(acc + "/audience-segments/search", self._seg_search, methods=["POST"]),
+            Route(acc + "/audience-segments/compute-sizes", self._seg_sizes, methods=["POST"]),
+            Route(acc + "/audience-segments/{segment}/contact-list", self._stats, methods=["GET"]),
+            Route(rm + "/audience-segments/{segment}/contact-list/add-remove", self._amend, methods=["POST"]),
+            Route(rm + "/audience-segments/{segment}/contact-list/clear", self._clear, methods=["POST"]),
+            # Retail Media audiences (search stable, the rest preview)
+            Route(acc + "/audiences/search", self._aud_search, methods=["POST"]),
+            Route(acc + "/audiences/create", self._aud_create, methods=["POST"]),
+            Route(acc + "/audiences", self._aud_update, methods=["PATCH"]),
+            Route(acc + "/audiences/delete", self._aud_delete, methods=["POST"]),
+            Route(acc + "/audiences/compute-sizes", self._aud_sizes, methods=["POST"]),
+            Route(acc + "/audiences/estimate-size", self._aud_estimate, methods=["POST"]),
+            # Retail Media line-item targeting
+            Route(
+                rm + "/preferred-line-items/{line_item}/targeting/audiences", self._targeting, methods=["GET", "PUT"]
+            ),
+            Route(
+                rm + "/preferred-line-items/{line_item}/targeting/audiences/append",
+                self._targeting_append,
+                methods=["POST"],
+            ),
+            Route(
+                rm + "/preferred-line-items/{line_item}/targeting/audiences/delete",
+                self._targeting_delete,
+                methods=["POST"],
+            ),
+            # Marketing Solutions
+            Route(ms + "/audience-segments/create", self._seg_create, methods=["POST"]),
+            Route(ms + "/audience-segments", self._seg_update, methods=["PATCH"]),
+            Route(ms + "/audience-segments/delete", self._seg_delete, methods=["POST"]),
+            Route(ms + "/audience-segments/search", self._seg_search, methods=["POST"]),
+            Route(ms + "/audience-segments/compute-sizes", self._seg_sizes, methods=["POST"]),
+            Route(ms + "/audience-segments/{segment}/contact-list/statistics", self._stats, methods=["GET"]),
+            Route(ms + "/audience-segments/{segment}/contact-list", self._amend, methods=["PATCH"]),
+            Route(ms + "/audience-segments/{segment}/contact-list", self._clear, methods=["DELETE"]),
+            Route(ms + "/audiences/search", self._aud_search, methods=["POST"]),
+            Route(ms + "/audiences/create", self._aud_create, methods=["POST"]),
+            Route(ms + "/audiences", self._aud_update, methods=["PATCH"]),
+            Route(ms + "/audiences/delete", self._aud_delete, methods=["POST"]),
+            Route(ms + "/audiences/compute-sizes", self._aud_sizes, methods=["POST"]),
+            Route(ms + "/audiences/estimate-size", self._aud_estimate, methods=["POST"]),
+            Route(ms + "/ad-sets/{ad_set}/audience", self._ad_set_audience, methods=["PUT"]),
+        ]
+
+    def control_routes(self) -> list[BaseRoute]:
+        """``/_sandbox/criteo/{revoke_tokens,state}``."""
+
+        async def revoke(request: Request) -> Response:
+            self.revoke_tokens()
+            return JSONResponse({"revoked": True})
+
+        async def state(request: Request) -> Response:
+            return JSONResponse({"segments": self.segments, "audiences": self.audiences})
+
+        async def members(request: Request) -> Response:
+            try:
+                return JSONResponse({"count": len(self.members(request.path_params["segment"]))})
+            except KeyError as exc:
+                return control_error(str(exc), 404)
+
+        p = f"/_sandbox/{self.name}"
+        return [
+            Route(p + "/revoke_tokens", revoke, methods=["POST"]),
+            Route(p + "/state", state, methods=["GET"]),
+            Route(p + "/members/{segment}", members, methods=["GET"]),
+        ]
+
+    @staticmethod
+    def _api_of(request: Request) -> str:
+        return "retail_media" if "/retail-media" in request.url.path else "marketing_solutions"
+
+    # -- auth and /me
+    async def _token(self, request: Request) -> Response:
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        if form.get("grant_type") != "client_credentials":
+            raise ApiError(400, "grant_type must be client_credentials", "unsupported_grant_type")
+        with self.lock:
+            if form.get("client_id") != self.client_id or form.get("client_secret") != self._secret:
+                raise ApiError(401, "Client authentication failed", "invalid_client")
+            lifetime = float(self.config.get("token_lifetime_seconds") or 900)
+            token = "crt-" + new_hex_id()
+            self._tokens[token] = self.now() + lifetime
+            self._issued += 1
+        return JSONResponse(
+            {"access_token": token, "token_type": "Bearer", "expires_in": int(lifetime), "refresh_token": None}
+        )
+
+    async def _me(self, request: Request) -> Response:
+        version = self._version(request)
+        service = "RetailMedia" if self._api_of(request) == "retail_media" else "MarketingSolutions"
+        body = {
+            "data": {
+                "type": "Application",
+                "attributes": {
+                    "applicationId": 4711,
+                    "name": "airflow-audience-sandbox",
+                    "organizationId": 42,
+                    "criteoService": service,
+                    "description": "Criteo sandbox app",
+                },
+            },
+            "warnings": [],
+            "errors": [],
+        }
+        return self._answer(body, version)
+
+    # -- segments
+    def _owner_of(self, request: Request, attributes: dict[str, Any] | None = None) -> tuple[str, str]:
+        api = self._api_of(request)
+        if api == "retail_media":
+            self._account(request)
+            return api, self.account_id
+        return api, str((attributes or {}).get("advertiserId") or self.advertiser_id)
+
+    async def _seg_create(self, request: Request) -> Response:
+        version = self._version(request)
+        items = self._items(await self._body(request))
+        rid = request_id_of(request)
+        api = self._api_of(request)
+        data, warnings = [], []
+        with self.lock:
+            for index, item in enumerate(items):
+                attributes = item.get("attributes") or {}
+                _, owner = self._owner_of(request, attributes)
+                name = str(attributes.get("name") or "").strip()
+                retailer = str(attributes.get("retailerId") or "") if api == "retail_media" else None
+                if not name:
+                    warnings.append(
+                        self._problem(
+                            rid,
+                            "name-must-not-be-empty",
+                            index,
+                            "Name must not be empty",
+                            "Segment name property must not be empty",
+                        )
+                    )
+                    continue
+                if api == "retail_media" and retailer not in RETAILER_IDS:
+                    warnings.append(
+                        self._problem(
+                            rid,
+                            "retailer-not-found",
+                            index,
+                            "Retailer not found",
+                            f"Retailer {retailer!r} is not linked to account {owner}",
+                        )
+                    )
+                    continue
+                if api == "marketing_solutions" and owner != self.advertiser_id:
+                    raise ApiError(403, f"No consent for advertiser {owner}", "insufficient-advertisers-permissions")
+                if attributes.get("events") is not None or attributes.get("contactList") is None:
+                    warnings.append(
+                        self._problem(
+                            rid,
+                            "segment-type-not-supported",
+                            index,
+                            "Only contact-list segments can be created",
+                            "Only contact-list segments can be created through the API",
+                        )
+                    )
+                    continue
+                id_type = (attributes.get("contactList") or {}).get("identifierType") or "Email"
+                if api == "retail_media" and id_type not in RM_SEGMENT_TYPES:
+                    raise ApiError(400, f"Unknown identifierType {id_type!r}", "validation-error")
+                taken = any(
+                    s["name"] == name and s["retailerId"] == retailer for s in self._owned(self._segments, api, owner)
+                )
+                if taken:
+                    warnings.append(
+                        self._problem(
+                            rid,
+                            "name-must-be-unique",
+                            index,
+                            "Name must be unique",
+                            f"Segment name {name!r} is already used",
+                        )
+                    )
+                    continue
+                seg = self.add_segment(
+                    name,
+                    api=api,
+                    retailer_id=retailer or "",
+                    identifier_type=id_type,
+                    description=attributes.get("description"),
+                )
+                data.append(seg)
+        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+
+    async def _seg_update(self, request: Request) -> Response:
+        version = self._version(request)
+        items = self._items(await self._body(request))
+        rid = request_id_of(request)
+        api, owner = self._owner_of(request)
+        data, warnings = [], []
+        with self.lock:
+            for index, item in enumerate(items):
+                seg = self._segments.get(str(item.get("id")))
+                attributes = item.get("attributes") or {}
+                if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
+                    warnings.append(
+                        self._problem(
+                            rid,
+                            "segment-not-found",
+                            index,
+                            "Segment not found",
+                            f"Segment {item.get('id')} is not found",
+                        )
+                    )
+                    continue
+                if "name" in attributes:
+                    name = str(attributes.get("name") or "").strip()
+                    if not name:
+                        warnings.append(
+                            self._problem(
+                                rid,
+                                "name-must-not-be-empty",
+                                index,
+                                "Name must not be empty",
+                                "Segment name property must not be empty",
+                            )
+                        )
+                        continue
+                    if any(
+                        s["name"] == name and s["id"] != seg["id"] and s["retailerId"] == seg["retailerId"]
+                        for s in self._owned(self._segments, api, seg["owner"])
+                    ):
+                        warnings.append(
+                            self._problem(
+                                rid,
+                                "name-must-be-unique",
+                                index,
+                                "Name must be unique",
+                                f"Segment name {name!r} is already used",
+                            )
+                        )
+                        continue
+                    seg["name"] = name
+                if "description" in attributes:
+                    wrapper = attributes["description"]
+                    if wrapper is not None and not isinstance(wrapper, dict):
+                        raise ApiError(400, "description must be an object {'value': ...}", "validation-error")
+                    seg["description"] = (wrapper or {}).get("value")
+                seg["updatedAt"] = self.now()
+                data.append(self._render_segment(seg))
+        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+
+    async def _seg_delete(self, request: Request) -> Response:
+        version = self._version(request)
+        items = self._items(await self._body(request))
+        rid = request_id_of(request)
+        api, owner = self._owner_of(request)
+        data, warnings, errors = [], [], []
+        with self.lock:
+            for index, item in enumerate(items):
+                sid = str(item.get("id"))
+                seg = self._segments.get(sid)
+                if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
+                    warnings.append(
+                        self._problem(
+                            rid, "segment-not-found", index, "Segment not found", f"Segment {sid} is not found"
+                        )
+                    )
+                    continue
+                if any(sid in self._uses(a["algebra"]) for a in self._audiences.values()):
+                    errors.append(
+                        self._problem(
+                            rid,
+                            "segment-must-not-be-used-in-audience",
+                            index,
+                            "Segment must not be used in an audience",
+                            "The segment must be removed from all audiences to be able to delete it",
+                        )
+                    )
+                    continue
+                del self._segments[sid]
+                self._ops.pop(sid, None)
+                data.append({"id": sid, "type": item.get("type") or "AudienceSegment", "attributes": {}})
+        return self._answer({"data": data, "warnings": warnings, "errors": errors}, version)
+
+    async def _seg_search(self, request: Request) -> Response:
+        version = self._version(request)
+        attributes = self._single(await self._body(request))
+        api = self._api_of(request)
+        with self.lock:
+            if api == "retail_media":
+                self._account(request)
+                pool = self._owned(self._segments, api, self.account_id)
+            else:
+                owners = {str(a) for a in attributes.get("advertiserIds") or [self.advertiser_id]}
+                pool = [s for s in self._segments.values() if s["api"] == api and s["owner"] in owners]
+            if attributes.get("audienceSegmentIds"):
+                wanted = {str(i) for i in attributes["audienceSegmentIds"]}
+                pool = [s for s in pool if s["id"] in wanted]
+            if attributes.get("retailerIds"):
+                pool = [s for s in pool if s["retailerId"] in {str(r) for r in attributes["retailerIds"]}]
+            if attributes.get("audienceSegmentTypes"):
+                pool = [s for s in pool if s["type"] in attributes["audienceSegmentTypes"]]
+            rendered = [self._render_segment(s) for s in sorted(pool, key=lambda s: int(s["id"]))]
+        return self._answer(self._page(request, rendered, 500 if api == "retail_media" else 100), version)
+
+    async def _seg_sizes(self, request: Request) -> Response:
+        version = self._version(request)
+        body = await self._body(request)
+        api = self._api_of(request)
+        if api == "retail_media":
+            if version != "preview":
+                raise ApiError(404, "compute-sizes exists in the preview version only", "resource-not-found")
+            ids = [str(i) for i in self._single(body).get("ids") or []]
+        else:
+            ids = [str(i.get("id")) for i in self._items(body)]
+        with self.lock:
+            data = []
+            for sid in ids:
+                if sid in self._segments:
+                    size = len(self._visible_members(sid))
+                    data.append({"id": sid, "type": "AudienceSegmentSize", "attributes": {"size": size}})
+        return self._answer({"data": data, "warnings": [], "errors": []}, version)
+
+    def _segment_for_list(self, request: Request) -> dict[str, Any]:
+        api = self._api_of(request)
+        sid = request.path_params["segment"]
+        seg = self._segments.get(sid)
+        if seg is None or seg["api"] != api:
+            raise ApiError(404, f"Segment {sid} is not found", "segment-not-found")
+        if seg["type"] != "ContactList":
+            raise ApiError(400, f"Segment {sid} is not a contact list", "segment-not-contact-list")
+        return seg
+
+    async def _stats(self, request: Request) -> Response:
+        version = self._version(request)
+        with self.lock:
+            if self._api_of(request) == "retail_media":
+                self._account(request)
+            seg = self._segment_for_list(request)
+            count = len(self._visible_members(seg["id"]))
+            matches = (count * 68) // 100
+            attributes = {
+                "numberOfIdentifiers": count,
+                "numberOfMatches": matches,
+                "matchRate": round(matches / count, 4) if count else 0.0,
+            }
+        body = {
+            "data": {"id": seg["id"], "type": "ContactListStatistics", "attributes": attributes},
+            "warnings": [],
+            "errors": [],
+        }
+        return self._answer(body, version)
+
+    @staticmethod
+    def _valid_identifier(value: str, id_type: str) -> bool:
+        if not isinstance(value, str) or not value.strip():
+            return False
+        kind = id_type.lower()
+        if kind == "email":
+            return bool(_SHA256.match(value)) or ("@" in value and " " not in value.strip())
+        if kind == "phonenumber":
+            return bool(_SHA256.match(value) or _PHONE.match(value))
+        return True
+
+    async def _amend(self, request: Request) -> Response:
+        version = self._version(request)
+        body = await self._body(request)
+        api = self._api_of(request)
+        data = body.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("attributes"), dict):
+            raise ApiError(400, "'data.attributes' is required", "validation-error")
+        if api == "marketing_solutions" and not data.get("type"):
+            raise ApiError(400, "'data.type' is required", "validation-error")
+        attributes = data["attributes"]
+        operation = attributes.get("operation")
+        identifiers = attributes.get("identifiers")
+        if operation not in ("add", "remove"):
+            raise ApiError(400, "operation must be add or remove", "validation-error")
+        if not isinstance(identifiers, list):
+            raise ApiError(400, "identifiers must be an array", "validation-error")
+        limit = int(self.config.get("max_identifiers") or 50_000)
+        if len(identifiers) > limit:
+            raise ApiError(
+                400, f"At most {limit} identifiers per request, got {len(identifiers)}", "too-many-identifiers"
+            )
+        allowed = RM_AMENDMENT_TYPES if api == "retail_media" else MS_AMENDMENT_TYPES
+        id_type = attributes.get("identifierType") or ("Email" if api == "retail_media" else "email")
+        if id_type not in allowed:
+            raise ApiError(400, f"identifierType must be one of {list(allowed)}", "validation-error")
+        with self.lock:
+            seg = self._segment_for_list(request)
+            if api == "retail_media" and seg["identifierType"].lower() != id_type.lower():
+                raise ApiError(
+                    400,
+                    f"Segment {seg['id']} holds {seg['identifierType']} identifiers, not {id_type}",
+                    "identifier-type-mismatch",
+                )
+            valid = [v for v in identifiers if self._valid_identifier(v, id_type)]
+            invalid = len(identifiers) - len(valid)
+            now = self.now()
+            self._ops[seg["id"]].append((now, operation, frozenset(valid)))
+        fields = {
+            "contactListId": int(seg["id"]),
+            "operation": operation,
+            "requestDate": _iso(now),
+            "identifierType": id_type,
+            "nbValidIdentifiers": len(valid),
+            "nbInvalidIdentifiers": invalid,
+            "sampleInvalidIdentifiers": ["<redacted>"] * min(invalid, 3),
+        }
+        if api == "retail_media":
+            answer = {"type": "AddRemoveContactlistResult", "data": fields, "errors": [], "warnings": []}
+        else:
+            answer = {"data": {"type": "ContactlistAmendment", "attributes": fields}, "errors": [], "warnings": []}
+        return self._answer(answer, version)
+
+    async def _clear(self, request: Request) -> Response:
+        version = self._version(request)
+        with self.lock:
+            seg = self._segment_for_list(request)
+            self._ops[seg["id"]].append((self.now(), "clear", frozenset()))
+        if self._api_of(request) == "retail_media":
+            return self._answer(None, version, 204)
+        body = {
+            "data": {
+                "id": seg["id"],
+                "type": "AudienceSegment",
+                "attributes": {"name": seg["name"], "description": seg["description"]},
+            },
+            "errors": [],
+            "warnings": [],
+        }
+        return self._answer(body, version)
+
+    # -- audiences
+    def _preview_only(self, request: Request, version: str) -> None:
+        if self._api_of(request) == "retail_media" and version != "preview":
+            raise ApiError(404, "This audience operation exists in the preview version only", "resource-not-found")
+
+    async def _aud_search(self, request: Request) -> Response:
+        version = self._version(request)
+        attributes = self._single(await self._body(request))
+        api = self._api_of(request)
+        with self.lock:
+            if api == "retail_media":
+                self._account(request)
+                pool = self._owned(self._audiences, api, self.account_id)
+            else:
+                owners = {str(a) for a in attributes.get("advertiserIds") or [self.advertiser_id]}
+                pool = [a for a in self._audiences.values() if a["api"] == api and a["owner"] in owners]
+            if attributes.get("audienceIds"):
+                pool = [a for a in pool if a["id"] in {str(i) for i in attributes["audienceIds"]}]
+            if attributes.get("audienceSegmentIds"):
+                wanted = {str(i) for i in attributes["audienceSegmentIds"]}
+                pool = [a for a in pool if self._uses(a["algebra"]) & wanted]
+            if attributes.get("retailerIds"):
+                pool = [a for a in pool if a["retailerId"] in {str(r) for r in attributes["retailerIds"]}]
+            rendered = [self._render_audience(a) for a in sorted(pool, key=lambda a: int(a["id"]))]
+        return self._answer(self._page(request, rendered, 500 if api == "retail_media" else 100), version)
+
+    async def _aud_create(self, request: Request) -> Response:
+        version = self._version(request)
+        self._preview_only(request, version)
+        items = self._items(await self._body(request))
+        rid = request_id_of(request)
+        api = self._api_of(request)
+        data, warnings = [], []
+        with self.lock:
+            for index, item in enumerate(items):
+                attributes = item.get("attributes") or {}
+                _, owner = self._owner_of(request, attributes)
+                name = str(attributes.get("name") or "").strip()
+                if not name:
+                    warnings.append(
+                        self._problem(
+                            rid,
+                            "name-must-not-be-empty",
+                            index,
+                            "Name must not be empty",
+                            "Audience name must not be empty",
+                        )
+                    )
+                    continue
+                if any(a["name"] == name for a in self._owned(self._audiences, api, owner)):
+                    warnings.append(
+                        self._problem(
+                            rid,
+                            "name-must-be-unique",
+                            index,
+                            "Name must be unique",
+                            f"Audience name {name!r} is already used",
+                        )
+                    )
+                    continue
+                problem = self._algebra_problem(attributes.get("algebra"), api, owner)
+                if problem:
+                    code = "segment-not-found" if "not found" in problem else "invalid-algebra"
+                    warnings.append(self._problem(rid, code, index, "Invalid algebra", problem))
+                    continue
+                aud = self.add_audience(
+                    name, attributes["algebra"], api=api, retailer_id=str(attributes.get("retailerId") or "")
+                )
+                self._audiences[aud["id"]]["description"] = attributes.get("description")
+                data.append(self._render_audience(self._audiences[aud["id"]]))
+        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+
+    async def _aud_update(self, request: Request) -> Response:
+        version = self._version(request)
+        self._preview_only(request, version)
+        items = self._items(await self._body(request))
+        rid = request_id_of(request)
+        api, _ = self._owner_of(request)
+        data, warnings = [], []
+        with self.lock:
+            for index, item in enumerate(items):
+                aud = self._audiences.get(str(item.get("id")))
+                attributes = item.get("attributes") or {}
+                if aud is None or aud["api"] != api:
+                    warnings.append(
+                        self._problem(
+                            rid,
+                            "audience-not-found",
+                            index,
+                            "Audience not found",
+                            f"Audience {item.get('id')} is not found",
+                        )
+                    )
+                    continue
+                if "algebra" in attributes:
+                    problem = self._algebra_problem(attributes["algebra"], api, aud["owner"])
+                    if problem:
+                        warnings.append(self._problem(rid, "invalid-algebra", index, "Invalid algebra", problem))
+                        continue
+                    aud["algebra"] = attributes["algebra"]
+                if "name" in attributes:
+                    if not str(attributes["name"] or "").strip():
+                        warnings.append(
+                            self._problem(
+                                rid,
+                                "name-must-not-be-empty",
+                                index,
+                                "Name must not be empty",
+                                "Audience name must not be empty",
+                            )
+                        )
+                        continue
+                    aud["name"] = str(attributes["name"]).strip()
+                if "description" in attributes:
+                    aud["description"] = (attributes["description"] or {}).get("value")
+                aud["updatedAt"] = self.now()
+                data.append(self._render_audience(aud))
+        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+
+    async def _aud_delete(self, request: Request) -> Response:
+        version = self._version(request)
+        self._preview_only(request, version)
+        items = self._items(await self._body(request))
+        rid = request_id_of(request)
+        api, _ = self._owner_of(request)
+        data, warnings = [], []
+        with self.lock:
+            for index, item in enumerate(items):
+                aid = str(item.get("id"))
+                aud = self._audiences.get(aid)
+                if aud is None or aud["api"] != api:
+                    warnings.append(
+                        self._problem(
+                            rid, "audience-not-found", index, "Audience not found", f"Audience {aid} is not found"
+                        )
+                    )
+                    continue
+                del self._audiences[aid]
+                for target in self._targets.values():
+                    target["audienceIds"] = [a for a in target["audienceIds"] if a != aid]
+                data.append({"id": aid, "type": item.get("type") or "Audience", "attributes": {}})
+        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+
+    def _universe(self, api: str) -> set[str]:
+        return set().union(*(self._visible_members(s["id"]) for s in self._segments.values() if s["api"] == api))
+
+    async def _aud_sizes(self, request: Request) -> Response:
+        version = self._version(request)
+        self._preview_only(request, version)
+        body = await self._body(request)
+        api = self._api_of(request)
+        ids = (
+            [str(i) for i in self._single(body).get("ids") or []]
+            if api == "retail_media"
+            else [str(i.get("id")) for i in self._items(body)]
+        )
+        with self.lock:
+            universe = self._universe(api)
+            data = []
+            for aid in ids:
+                aud = self._audiences.get(aid)
+                if aud is not None:
+                    size = len(self._evaluate(aud["algebra"], universe))
+                    attributes: dict[str, Any] = {"size": size}
+                    if api == "retail_media":
+                        attributes["relativeSize"] = round(size / len(universe), 4) if universe else 0.0
+                    data.append({"id": aid, "type": "AudienceSize", "attributes": attributes})
+        return self._answer({"data": data, "warnings": [], "errors": []}, version)
+
+    async def _aud_estimate(self, request: Request) -> Response:
+        version = self._version(request)
+        self._preview_only(request, version)
+        attributes = self._single(await self._body(request))
+        api, owner = self._owner_of(request, attributes)
+        with self.lock:
+            problem = self._algebra_problem(attributes.get("algebra"), api, owner)
+            if problem:
+                raise ApiError(400, problem, "invalid-algebra")
+            universe = self._universe(api)
+            size = len(self._evaluate(attributes["algebra"], universe))
+        out: dict[str, Any] = {"size": size}
+        if api == "retail_media":
+            out["relativeSize"] = round(size / len(universe), 4) if universe else 0.0
+        return self._answer(
+            {"data": {"type": "AudienceSizeEstimation", "attributes": out}, "warnings": [], "errors": []}, version
+        )
+
+    # -- line items and ad sets
+    def _target_answer(self, line_item: str, version: str) -> Response:
+        target = self._targets.setdefault(line_item, {"scope": "include", "audienceIds": []})
+        body = {"data": {"type": "AudienceTarget", "attributes": dict(target)}, "warnings": [], "errors": []}
+        return self._answer(body, version)
+
+    def _known_audiences(self, ids: Any) -> list[str]:
+        if not isinstance(ids, list):
+            raise ApiError(400, "audienceIds must be an array", "validation-error")
+        unknown = [str(i) for i in ids if str(i) not in self._audiences]
+        if unknown:
+            raise ApiError(400, f"Unknown audience ids {unknown}", "audience-not-found")
+        return [str(i) for i in ids]
+
+    async def _targeting(self, request: Request) -> Response:
+        version = self._version(request)
+        line_item = request.path_params["line_item"]
+        with self.lock:
+            if request.method == "PUT":
+                attributes = self._single(await self._body(request))
+                if attributes.get("scope") not in ("include", "exclude"):
+                    raise ApiError(400, "scope must be include or exclude", "validation-error")
+                self._targets[line_item] = {
+                    "scope": attributes["scope"],
+                    "audienceIds": self._known_audiences(attributes.get("audienceIds")),
+                }
+            return self._target_answer(line_item, version)
+
+    async def _targeting_append(self, request: Request) -> Response:
+        version = self._version(request)
+        attributes = self._single(await self._body(request))
+        line_item = request.path_params["line_item"]
+        with self.lock:
+            ids = self._known_audiences(attributes.get("audienceIds"))
+            target = self._targets.setdefault(line_item, {"scope": "include", "audienceIds": []})
+            target["audienceIds"] = target["audienceIds"] + [i for i in ids if i not in target["audienceIds"]]
+            return self._target_answer(line_item, version)
+
+    async def _targeting_delete(self, request: Request) -> Response:
+        version = self._version(request)
+        attributes = self._single(await self._body(request))
+        line_item = request.path_params["line_item"]
+        with self.lock:
+            ids = {str(i) for i in attributes.get("audienceIds") or []}
+            target = self._targets.setdefault(line_item, {"scope": "include", "audienceIds": []})
+            target["audienceIds"] = [i for i in target["audienceIds"] if i not in ids]
+            return self._target_answer(line_item, version)
+
+    async def _ad_set_audience(self, request: Request) -> Response:
+        version = self._version(request)
+        attributes = self._single(await self._body(request))
+        ad_set = request.path_params["ad_set"]
+        with self.lock:
+            audience_id = str(attributes.get("audienceId") or "")
+            if audience_id not in self._audiences:
+                raise ApiError(400, f"Unknown audience {audience_id!r}", "audience-not-found")
+            self._ad_sets[ad_set] = audience_id
+        body = {
+            "data": {"id": ad_set, "type": "AdSetAudienceLink", "attributes": {"audienceId": audience_id}},
+            "warnings": [],
+            "errors": [],
+        }
+        return self._answer(body, version)
