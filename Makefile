@@ -11,7 +11,11 @@ LOCK := requirements/ci.lock
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help env demo test test-fast bench docs lint dist lock sandbox clean
+OLD_VENV := .venv-oldest
+OLD_LOCK := requirements/oldest.lock
+OLD_STAMP := $(OLD_VENV)/.installed
+
+.PHONY: help env demo test test-fast test-matrix bench docs lint dist lock sandbox clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +32,12 @@ $(STAMP): $(LOCK) pyproject.toml | $(UV)
 
 env: $(STAMP) ## Create or refresh .venv from the lock (Python 3.11, newest Airflow 3.x)
 
+$(OLD_STAMP): $(OLD_LOCK) pyproject.toml | $(UV)
+	test -x $(OLD_VENV)/bin/python || $(UV) venv -q -p "$$(command -v $(PYTHON))" $(OLD_VENV)
+	$(UV) pip sync -q -p $(OLD_VENV)/bin/python $(OLD_LOCK)
+	$(UV) pip install -q -p $(OLD_VENV)/bin/python --no-deps -e .
+	touch $(OLD_STAMP)
+
 demo: $(STAMP) ## Start the embedded sandbox and run every example DAG end to end with `airflow dags test`
 	$(PY) scripts/demo.py
 
@@ -36,6 +46,10 @@ test: $(STAMP) ## Run the whole test suite (unit, sandbox, example DAGs under re
 
 test-fast: $(STAMP) ## The test suite without the example-DAG runs
 	$(PY) -m pytest -q -m "not dag_run" --timeout=300 tests
+
+test-matrix: $(STAMP) $(OLD_STAMP) ## The suite on the oldest supported Airflow 3.x (3.1, oldest.lock), then the newest
+	$(OLD_VENV)/bin/python -m pytest -q --timeout=600 tests
+	$(PY) -m pytest -q --timeout=600 tests
 
 bench: $(STAMP) ## Contact-list engine benchmark (ratios against bare hashlib, peak memory, sync)
 	$(PY) benchmarks/bench_contact_list.py
@@ -56,6 +70,7 @@ sandbox: $(STAMP) ## Serve every vendor fake on local ports and print AIRFLOW_CO
 
 lock: | $(UV) ## Re-resolve requirements/*.lock from requirements/*.in
 	$(UV) pip compile -q --python-version 3.11 requirements/ci.in -o requirements/ci.lock
+	$(UV) pip compile -q --python-version 3.11 requirements/oldest.in -o requirements/oldest.lock
 
 clean: ## Remove the environment and build outputs
-	rm -rf $(VENV) $(TOOLS) build dist docs/_build .demo
+	rm -rf $(VENV) $(OLD_VENV) $(TOOLS) build dist docs/_build .demo

@@ -117,7 +117,10 @@ def test_asset_uri_handler_and_factory():
 
 def test_airflow_hook_lineage_creates_assets_through_the_factory():
     """Airflow calls the registered factory as factory(**asset_kwargs, extra=asset_extra)."""
-    from airflow.sdk.lineage import get_hook_lineage_collector
+    try:
+        from airflow.sdk.lineage import get_hook_lineage_collector
+    except ImportError:  # Airflow 3.1
+        from airflow.lineage.hook import get_hook_lineage_collector
 
     kwargs = {"vendor": "lytics", "account": "acme", "kind": "segment", "object_id": "3f9a"}
     collector = get_hook_lineage_collector()
@@ -144,7 +147,8 @@ import json, sys
 baseline = set(sys.modules)
 import airflow_audience_provider
 after_package = set(sys.modules)
-from airflow.sdk import BaseOperator, BaseOperatorLink, BaseSensorOperator, conf  # what any operator needs
+from airflow.sdk import BaseOperator, BaseOperatorLink, BaseSensorOperator  # what any operator needs
+from airflow.providers.common.compat.sdk import conf
 import airflow.triggers.base
 after_airflow = set(sys.modules)
 import airflow_audience_provider.operators.lytics

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+# common-compat picks airflow.sdk.exceptions on 3.2+ and airflow.exceptions on 3.1 (which lacks the sdk names).
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 
 class AudienceError(AirflowException):

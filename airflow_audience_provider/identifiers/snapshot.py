@@ -73,7 +73,8 @@ def _is_remote(location: object) -> bool:
     """True for object-storage locations; local paths and ``file://`` use plain file I/O."""
     if isinstance(location, str):
         return "://" in location and not location.startswith("file://")
-    if isinstance(location, Path):
+    if isinstance(location, Path) and not hasattr(location, "fs"):
+        # On Airflow 3.1 an ObjectStoragePath is also a pathlib.Path; only fsspec-less paths are local.
         return False
     return getattr(location, "protocol", "") not in ("", "file", "local")
 

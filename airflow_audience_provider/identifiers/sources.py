@@ -18,6 +18,7 @@ import gzip
 import itertools
 import json
 import os
+import pathlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
@@ -97,10 +98,16 @@ def open_binary(path: PathLike) -> IO[bytes]:
         from airflow.sdk import ObjectStoragePath  # lazy: pulls in the Task SDK and fsspec
 
         raw = ObjectStoragePath(path).open("rb")
-    elif isinstance(path, (str, os.PathLike)):
+    elif hasattr(path, "fs") and hasattr(path, "open"):
+        # An ObjectStoragePath (fsspec-backed): on Airflow 3.1 it is also a pathlib.Path whose
+        # fspath is a URL the built-in open() cannot read, so its own open() must win.
+        raw = path.open("rb")
+    elif isinstance(path, (str, pathlib.PurePath)):
         raw = open(path, "rb")  # noqa: SIM115 - the caller closes it
     elif hasattr(path, "open"):
         raw = path.open("rb")
+    elif isinstance(path, os.PathLike):
+        raw = open(path, "rb")  # noqa: SIM115 - the caller closes it
     else:
         raise TypeError(f"cannot open {type(path).__name__} as a file")
     if name.endswith(".gz"):

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_audience_provider.core.errors import AudienceError, AudienceJobFailedError
 from airflow_audience_provider.core.results import Phase, PollResult, validate_event

@@ -390,7 +390,8 @@ def test_snapshot_on_object_storage(sender: RecordingSender) -> None:
     base = ObjectStoragePath("memory://audience-tests/snapshots")
     run(emails(30), sender, base)  # type: ignore[arg-type]
     store = SnapshotStore("criteo", "seg-1", "memory://audience-tests/snapshots")
-    assert str(store.location) == "memory://audience-tests/snapshots/criteo/seg-1/snapshot.txt"
+    # Airflow 3.1 renders memory URLs with an empty host ("memory:///..."); both name the same object.
+    assert str(store.location).replace(":///", "://") == "memory://audience-tests/snapshots/criteo/seg-1/snapshot.txt"
     assert store.read_values() == sorted(sha(v) for v in normalised_emails(30))
     result = run(emails(28), sender, base)  # type: ignore[arg-type]
     assert result["mode"] == "incremental" and result["counts"]["removed"] == 2

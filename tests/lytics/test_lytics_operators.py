@@ -6,7 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.providers.common.compat.sdk import TaskDeferred
 
 from airflow_audience_provider.core.errors import (
     AudienceError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from airflow.providers.common.compat.sdk import TaskDeferred
 from airflow.sdk import PokeReturnValue
-from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_audience_provider.core.errors import (
     AudienceAuthenticationError,
@@ -192,7 +192,10 @@ def test_poke_mode_execute_waits_until_done(lytics, context, started):
 
 def test_reschedule_mode_gives_the_slot_back_while_running(lytics, context, slow_started):
     started = slow_started
-    from airflow.sdk.exceptions import AirflowRescheduleException
+    try:
+        from airflow.sdk.exceptions import AirflowRescheduleException
+    except ImportError:  # Airflow 3.1
+        from airflow.exceptions import AirflowRescheduleException
 
     with pytest.raises(AirflowRescheduleException):
         sensor_for(started, mode="reschedule").execute(context)

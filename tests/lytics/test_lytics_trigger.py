@@ -54,7 +54,10 @@ def test_serialize_round_trip():
 
 
 def test_kwargs_survive_airflow_serde():
-    from airflow.sdk import serde
+    try:
+        from airflow.sdk import serde  # 3.2+: trigger kwargs go through the task SDK's serde
+    except ImportError:  # Airflow 3.1
+        from airflow.serialization import serde
 
     _, kwargs = LyticsReevaluationTrigger("c", {"segment_id": "s", "requested_at": "t"}, deadline=None).serialize()
     assert serde.deserialize(serde.serialize(kwargs)) == kwargs
