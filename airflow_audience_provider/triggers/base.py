@@ -107,6 +107,16 @@ class AudiencePollingTrigger(BaseTrigger):
         except AudienceError as exc:
             yield TriggerEvent(_error_event(self.vendor, exc))
             return
+        except Exception as exc:  # e.g. the connection is not defined where the triggerer runs
+            yield TriggerEvent(
+                make_event(
+                    EventStatus.ERROR,
+                    self.vendor,
+                    f"Could not set up the {self.vendor} connection '{self.conn_id}' in the triggerer: "
+                    f"{type(exc).__name__}: {exc}",
+                )
+            )
+            return
         status_fn = getattr(hook, self.status_method)
         while True:
             try:

@@ -144,3 +144,15 @@ async def test_missing_token_is_an_error_event(set_lytics_conn, started):
     event = await first_event(trigger_for(started, conn_id=conn_id))
     assert event["status"] == "error"
     assert "'lytics_no_token' has no API token" in event["message"]
+
+
+@pytest.mark.asyncio
+async def test_undefined_connection_becomes_an_error_event(monkeypatch):
+    """A connection missing where the triggerer runs ends the wait with a clear error event, not a crash."""
+    monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_LYTICS", raising=False)
+    trigger = LyticsReevaluationTrigger(
+        "no_such_lytics", {"segment_id": "s", "requested_at": "2026-01-01T00:00:00Z"}, poll_interval=0.01
+    )
+    event = await first_event(trigger)
+    assert event["status"] == "error"
+    assert "no_such_lytics" in event["message"]
