@@ -402,4 +402,6 @@ CRITEO = ConnectionSpec(
 )
 
 # Each vendor adds its ConnectionSpec above and its name to this tuple (one line per vendor).
-CONNECTION_SPECS: dict[str, ConnectionSpec] = {spec.conn_type: spec for spec in (LYTICS, YANDEX_DIRECT, SEGMENT, CRITEO)}
+CONNECTION_SPECS: dict[str, ConnectionSpec] = {
+    spec.conn_type: spec for spec in (LYTICS, YANDEX_DIRECT, SEGMENT, CRITEO, YANDEX_AUDIENCE)
+}

@@ -944,7 +944,7 @@ class YandexAudienceSegmentSender:
                 hashed=self.hashed,
                 hashing_alg="SHA256" if self.hashed else None,
                 device_matching_type=self.device_matching_type,
-                check_size=self.check_size,
+                check_size=self._check_size(chunk),
             )
         except AudienceError:
             # Do not leave an unconfirmed draft behind (pitfall 2); the confirm error is the news.
@@ -978,10 +978,15 @@ class YandexAudienceSegmentSender:
         self.calls.append({"operation": modification_type, "entries": len(chunk)})
         return ChunkResult(accepted=len(chunk), detail={"operation": modification_type})
 
+    def _check_size(self, chunk: Any) -> bool:
+        # A list split over several files: its first file may hold fewer than 100 entries although
+        # the list does not; the engine's guard has checked the whole list's minimum already.
+        return self.check_size and getattr(chunk, "total", 1) <= 1
+
     def replace(self, chunk: Any) -> Any:
         if self.segment_id is None:
             return self._create(chunk)
-        return self._modify(chunk, "replace", self.check_size)
+        return self._modify(chunk, "replace", self._check_size(chunk))
 
     def add(self, chunk: Any) -> Any:
         # Increments may be small: the 100-entry minimum concerns the whole list, which the

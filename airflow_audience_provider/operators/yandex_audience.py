@@ -1,0 +1,936 @@
+"""Yandex.Audience operators: contact-list uploads into file segments, Metrica/AppMetrica/geo/pixel/lookalike
+segments, rename/delete/reprocess, grants, delegates and pixels.
+
+Every operator is idempotent on rerun: segments are found by name (among the login's own segments)
+and pixels by name before anything is created; grants and delegates are compared before they are
+written. Yandex cannot change anything but a segment's name, so a rerun with another definition for
+an existing non-file segment warns (or fails, ``on_definition_change="fail"``) instead of creating a twin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow_audience_provider.connections import YANDEX_AUDIENCE
+from airflow_audience_provider.links.yandex_audience import YandexAudienceSegmentLink
+from airflow_audience_provider.operators.base import AudienceBaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+
+_HOOK = "airflow_audience_provider.hooks.yandex_audience.YandexAudienceHook"
+ASSET_ALIAS = "yandex-audience-segments"
+VENDOR = "yandex_audience"
+UPLOAD_MODES = ("sync", "replace", "addition", "subtraction")
+#: identifier type -> the confirm content_type it is uploaded as
+CONTENT_TYPE_BY_IDENTIFIER = {"email": "crm", "phone": "crm", "sha256": "crm", "maid": "idfa_gaid"}
+
+
+class _YandexAudienceOperator(AudienceBaseOperator):
+    hook_path = _HOOK
+    default_asset_alias = ASSET_ALIAS
+
+    def __init__(self, *, yandex_audience_conn_id: str = YANDEX_AUDIENCE.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(conn_id=yandex_audience_conn_id, **kwargs)
+        self.yandex_audience_conn_id = yandex_audience_conn_id
+
+    @property
+    def hook(self) -> YandexAudienceHook:
+        self.conn_id = self.yandex_audience_conn_id  # may have been templated
+        return super().hook
+
+    def _push_segment(self, context: Context, segment_id: Any) -> None:
+        """Push the id and the link as soon as the segment exists, so a failed task still links to it."""
+        YandexAudienceSegmentLink.persist(context, self.hook.segment_url(segment_id))
+        context["ti"].xcom_push(key="segment_id", value=segment_id)
+
+    def _segment_result(self, context: Context, segment: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        self._push_segment(context, segment.get("id"))
+        result = self.hook.segment_result(segment)
+        result.update(fields)
+        return result
+
+    def _emit(self, context: Context, result: dict[str, Any]) -> None:
+        self.emit_asset_event(
+            context,
+            result["asset_uri"],
+            {"name": result.get("name"), "status": result.get("status"), "action": result.get("action")},
+        )
+
+
+def _segment_ref(value: Any) -> str:
+    return str(value).strip()
+
+
+class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
+    """Create or update a Yandex.Audience file segment from a contact list, idempotently by name.
+
+    The list (e-mails, phones, mobile advertising ids, or SHA-256 hashes of e-mails) is read,
+    normalised, validated and SHA-256 hashed by the contact-list engine
+    (:mod:`airflow_audience_provider.identifiers`) as Yandex requires, and written into files within
+    the 1 GB limit: CRM data as a CSV whose header names the column (``email`` or ``phone``),
+    device ids as a plain list. A list under 100 entries is refused before anything is sent, unless
+    ``allow_below_minimum``.
+
+    When no segment of the login has ``segment_name``, the first file is uploaded and confirmed in
+    one step (a confirm that fails deletes the draft, so no unconfirmed draft is left behind). When
+    it exists, a rerun never creates a twin; the data is changed with ``modify_data``:
+
+    * ``mode="sync"`` (default): incremental; only the difference to the last successful run is sent,
+      as an ``addition`` file and a ``subtraction`` file (the engine keeps a snapshot of what was sent;
+      without one, the first run is a ``replace``);
+    * ``mode="replace"``: the segment becomes exactly the list (``replace``);
+    * ``mode="addition"`` / ``mode="subtraction"``: the list is added to / removed from the segment.
+
+    Nothing is half-applied silently: if a file is refused (or a quota runs out) midway, the task
+    fails naming the cause and how much was applied, the snapshot is not advanced, and a rerun sends
+    the difference again (a file already applied is answered ``no_changes``, which counts as done).
+    Yandex reports no per-identifier errors for files; invalid input rows are counted by the engine.
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceUploadContactListOperator`
+
+    :param segment_name: the segment's name, its idempotency key (templated).
+    :param source: the contact list: a path or URL, an upstream XCom value (path or
+        ``{"path", "format", "column"}``), or an iterable of values (templated).
+    :param identifier_type: ``email``, ``phone``, ``sha256`` (already hashed e-mails) or ``maid``.
+    :param mode: ``sync``, ``replace``, ``addition`` or ``subtraction``.
+    :param column: the input column holding the identifiers (CSV/JSON/Parquet sources) (templated).
+    :param source_options: other source options: ``format``, ``encoding``, ``delimiter``, ``has_header``.
+    :param content_type: the confirm content type; derived from ``identifier_type`` (``crm`` or ``idfa_gaid``).
+    :param device_matching_type: passed to confirm (e.g. ``CROSS_DEVICE``).
+    :param default_region: ISO region for phone numbers written without a country code (e.g. ``RU``).
+    :param maid_case: ``upper`` for IDFA lists (GAIDs are lower-case, the default).
+    :param allow_below_minimum: send a list under 100 entries (confirm with ``check_size=false``;
+        such a segment is not usable in Direct until it grows).
+    :param max_invalid_share: fail before sending when more input rows are invalid.
+    :param max_removal_share: fail before sending when a sync would remove more of the segment.
+    :param allow_mass_removal: turn the removal guard off.
+    :param create_if_missing: create the segment when none has the name (otherwise fail).
+    :param dry_run: plan only: count, diff and check, send nothing.
+    :param snapshot_base: where the engine keeps snapshots (default under ``$AIRFLOW_HOME``).
+    :param emit_asset: record an Asset event ``yandex-audience://<login>/segment/<id>`` when data was sent.
+    :return: ``{"segment_id", "name", "status", "action", "mode", "content_type", "counts", "url",
+        "asset_uri", "files"}``; ``action`` is ``created``, ``updated``, ``unchanged`` or ``planned``.
+    """
+
+    template_fields: Sequence[str] = (
+        "segment_name",
+        "source",
+        "column",
+        "source_options",
+        "identifier_type",
+        "mode",
+        "yandex_audience_conn_id",
+    )
+    template_fields_renderers = {"source_options": "json"}
+    operator_extra_links = (YandexAudienceSegmentLink(),)
+    emits_assets = True
+    ui_color = "#fff3cc"
+
+    def __init__(
+        self,
+        *,
+        segment_name: str,
+        source: Any,
+        identifier_type: str = "email",
+        mode: str = "sync",
+        column: str | None = None,
+        source_options: dict[str, Any] | None = None,
+        content_type: str | None = None,
+        device_matching_type: str | None = None,
+        default_region: str | None = None,
+        maid_case: str | None = None,
+        allow_below_minimum: bool = False,
+        max_invalid_share: float = 0.1,
+        max_removal_share: float = 0.2,
+        allow_mass_removal: bool = False,
+        create_if_missing: bool = True,
+        dry_run: bool = False,
+        snapshot_base: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.segment_name = segment_name
+        self.source = source
+        self.identifier_type = identifier_type
+        self.mode = mode
+        self.column = column
+        self.source_options = source_options
+        self.content_type = content_type
+        self.device_matching_type = device_matching_type
+        self.default_region = default_region
+        self.maid_case = maid_case
+        self.allow_below_minimum = allow_below_minimum
+        self.max_invalid_share = max_invalid_share
+        self.max_removal_share = max_removal_share
+        self.allow_mass_removal = allow_mass_removal
+        self.create_if_missing = create_if_missing
+        self.dry_run = dry_run
+        self.snapshot_base = snapshot_base
+
+    def _rule(self) -> Any:
+        from airflow_audience_provider.identifiers import get_rule
+
+        try:
+            rule = get_rule(VENDOR, self.identifier_type)
+        except (KeyError, ValueError) as exc:
+            from airflow_audience_provider.core.errors import AudienceConfigurationError
+
+            raise AudienceConfigurationError(f"identifier_type {self.identifier_type!r}: {exc}") from None
+        changes = {k: v for k, v in (("default_region", self.default_region), ("maid_case", self.maid_case)) if v}
+        return rule.with_options(**changes) if changes else rule
+
+    def _destination_key(self, hook: YandexAudienceHook) -> str:
+        """One snapshot per login and segment name (readable prefix, hash for uniqueness)."""
+        owner = hook.login or self.yandex_audience_conn_id
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.segment_name)[:60]
+        digest = hashlib.sha256(f"{owner}\0{self.segment_name}".encode()).hexdigest()[:12]
+        return f"{slug}-{digest}"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import (
+            AudienceConfigurationError,
+            AudienceError,
+            AudienceNotFoundError,
+            AudienceValidationError,
+        )
+        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceSegmentSender, one_way_sender
+        from airflow_audience_provider.identifiers import ContactListError, SendError, SyncOptions, sync_contact_list
+
+        if self.mode not in UPLOAD_MODES:
+            raise AudienceConfigurationError(f"mode must be one of {', '.join(UPLOAD_MODES)}, got {self.mode!r}")
+        rule = self._rule()
+        content_type = self.content_type or CONTENT_TYPE_BY_IDENTIFIER.get(rule.identifier_type.value, "crm")
+        hook = self.hook
+        segment = hook.find_segment(self.segment_name, "uploading")
+        if segment is None and (self.mode == "subtraction" or not self.create_if_missing):
+            raise AudienceNotFoundError(
+                f"No Yandex.Audience file segment of this login is named {self.segment_name!r}; "
+                + ("nothing to subtract from" if self.mode == "subtraction" else "create_if_missing is off"),
+                vendor=VENDOR,
+            )
+        if segment is not None:
+            self._push_segment(context, segment["id"])
+            if segment.get("content_type") not in (None, content_type):
+                raise AudienceValidationError(
+                    f"Yandex.Audience segment {segment['id']} ({self.segment_name!r}) holds "
+                    f"{segment.get('content_type')} data; a {content_type} file cannot modify it",
+                    vendor=VENDOR,
+                )
+            if segment.get("hashed") is False and rule.profile.hashed_output:
+                raise AudienceValidationError(
+                    f"Yandex.Audience segment {segment['id']} holds unhashed data; modify_data files must keep "
+                    "the form of the first upload, so hashed identifiers cannot be added to it",
+                    vendor=VENDOR,
+                )
+
+        sender = YandexAudienceSegmentSender(
+            hook,
+            self.segment_name,
+            content_type,
+            segment_id=segment["id"] if segment else None,
+            hashed=rule.profile.hashed_output,
+            device_matching_type=self.device_matching_type,
+            check_size=not self.allow_below_minimum,
+            on_created=lambda created: self._push_segment(context, created["id"]),
+        )
+        one_way = self.mode in ("addition", "subtraction")
+        options = SyncOptions(
+            allow_below_minimum=self.allow_below_minimum or one_way,
+            max_invalid_share=self.max_invalid_share,
+            max_removal_share=self.max_removal_share,
+            allow_mass_removal=self.allow_mass_removal,
+            # A new segment, or an explicit replace: send the whole list (a leftover snapshot of a
+            # deleted segment of the same name must not be diffed against).
+            full_replace=self.mode == "replace" or segment is None,
+        )
+        source_options = dict(self.source_options or {})
+        if self.column:
+            source_options["column"] = self.column
+        try:
+            outcome = sync_contact_list(
+                self.source,
+                rule,
+                one_way_sender(sender, self.mode) if one_way else sender,
+                destination_key=self._destination_key(hook),
+                snapshot_base=self.snapshot_base,
+                incremental=not one_way,
+                dry_run=self.dry_run,
+                options=options,
+                **source_options,
+            )
+        except SendError as exc:
+            applied = ", ".join(f"{c['operation']} of {c['entries']}" for c in sender.calls) or "nothing"
+            cause = exc.__cause__
+            note = (
+                f"Yandex.Audience segment {self.segment_name!r}: applied before the failure: {applied}; "
+                "the snapshot was not advanced, so a rerun sends the difference again"
+            )
+            self.log.error("%s", note)
+            if isinstance(cause, AudienceError):
+                cause.message = f"{cause.message} ({note})"
+                cause.args = (cause._render(),)
+                raise cause from exc
+            raise AudienceError(f"{exc} ({note})", vendor=VENDOR) from exc
+        except ContactListError as exc:
+            raise AudienceValidationError(
+                f"Contact list for Yandex.Audience segment {self.segment_name!r} not sent: {exc}", vendor=VENDOR
+            ) from exc
+
+        if self.dry_run:
+            action = "planned"
+        elif sender.created:
+            action = "created"
+        elif sender.calls and not all(c.get("no_changes") for c in sender.calls):
+            action = "updated"
+        else:
+            action = "unchanged"
+        segment_id = sender.segment_id
+        result: dict[str, Any] = {
+            "segment_id": segment_id,
+            "name": self.segment_name,
+            # what Yandex said last, without spending a list request of the daily budget
+            "status": {"created": "is_processed", "updated": "is_updated"}.get(action, (segment or {}).get("status")),
+            "action": action,
+            "mode": self.mode,
+            "content_type": content_type,
+            "counts": outcome.get("counts", {}),
+            "files": [dict(c) for c in sender.calls],
+            "url": hook.segment_url(segment_id) if segment_id is not None else None,
+            "asset_uri": hook.segment_asset_uri(segment_id) if segment_id is not None else None,
+        }
+        if self.dry_run:
+            result["blocked_by"] = outcome.get("blocked_by", [])
+        self.log.info(
+            "Yandex.Audience segment %r (%s): %s, %s", self.segment_name, segment_id, action, result["files"] or ""
+        )
+        if action in ("created", "updated"):
+            self._emit(context, result)
+        return result
+
+
+class _CreateSegmentOperator(_YandexAudienceOperator):
+    """Find a segment of ``segment_type`` by name, or create it; differences are warned about or fail."""
+
+    segment_type: ClassVar[str]
+    emits_assets = True
+    operator_extra_links = (YandexAudienceSegmentLink(),)
+    ui_color = "#fff3cc"
+
+    def __init__(self, *, name: str, on_definition_change: str = "warn", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if on_definition_change not in ("warn", "fail"):
+            raise ValueError("on_definition_change must be 'warn' or 'fail'")
+        self.name = name
+        self.on_definition_change = on_definition_change
+
+    def definition(self) -> dict[str, Any]:
+        """The fields to send (None = not sent), as the list answer names them."""
+        raise NotImplementedError
+
+    def create(self, hook: YandexAudienceHook) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceValidationError
+
+        hook = self.hook
+        existing = hook.find_segment(self.name, self.segment_type)
+        if existing is None:
+            segment, action = self.create(hook), "created"
+        else:
+            segment, action = existing, "exists"
+            wanted = {k: v for k, v in self.definition().items() if v is not None}
+            changed = sorted(k for k, v in wanted.items() if k in existing and existing[k] != v)
+            if changed:
+                message = (
+                    f"Yandex.Audience {self.segment_type} segment {existing['id']} ({self.name!r}) differs in "
+                    f"{', '.join(changed)}; Yandex can only rename segments, so it was left as it is. "
+                    "Delete it, or choose another name, to build it anew"
+                )
+                if self.on_definition_change == "fail":
+                    raise AudienceValidationError(message, vendor=VENDOR)
+                self.log.warning("%s", message)
+        result = self._segment_result(context, segment, action=action)
+        self.log.info("Yandex.Audience %s segment %r (%s): %s", self.segment_type, self.name, segment.get("id"), action)
+        if action == "created":
+            self._emit(context, result)
+        return result
+
+
+_CREATE_DOC = """
+    Idempotent by name: when one of the login's own {kind} segments has ``name``, it is reused
+    (``action="exists"``); Yandex cannot change a segment's definition, so a differing definition is
+    logged as a warning, or fails the task with ``on_definition_change="fail"``.
+
+    :param name: the segment's name, its idempotency key (templated).
+    :param on_definition_change: ``warn`` (default) or ``fail`` when the existing segment differs.
+    :return: ``{{"segment_id", "name", "type", "status", "url", "asset_uri", "action", ...}}``;
+        ``action`` is ``created`` or ``exists``. Wait for ``processed`` with
+        :class:`~airflow_audience_provider.sensors.yandex_audience.YandexAudienceSegmentProcessedSensor`.
+"""
+
+
+class YandexAudienceCreateMetrikaSegmentOperator(_CreateSegmentOperator):
+    __doc__ = """Create a segment from a Yandex Metrica counter, goal or Metrica segment (``create_metrika``).
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceCreateMetrikaSegmentOperator`
+
+    :param metrika_segment_type: ``counter_id``, ``goal_id`` or ``segment_id`` (templated).
+    :param metrika_segment_id: the Metrica object's id (templated).
+    :param device_matching_type: optional matching setting.""" + _CREATE_DOC.format(kind="Metrica")
+
+    segment_type = "metrika"
+    template_fields: Sequence[str] = ("name", "metrika_segment_type", "metrika_segment_id", "yandex_audience_conn_id")
+
+    def __init__(
+        self,
+        *,
+        metrika_segment_type: str,
+        metrika_segment_id: int | str,
+        device_matching_type: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.metrika_segment_type = metrika_segment_type
+        self.metrika_segment_id = metrika_segment_id
+        self.device_matching_type = device_matching_type
+
+    def definition(self) -> dict[str, Any]:
+        return {"metrika_segment_type": self.metrika_segment_type, "metrika_segment_id": int(self.metrika_segment_id)}
+
+    def create(self, hook: YandexAudienceHook) -> dict[str, Any]:
+        return hook.create_metrika_segment(
+            self.name, self.metrika_segment_type, self.metrika_segment_id, self.device_matching_type
+        )
+
+
+class YandexAudienceCreateAppMetricaSegmentOperator(_CreateSegmentOperator):
+    __doc__ = """Create a segment from an AppMetrica app or AppMetrica segment (``create_appmetrica``).
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceCreateAppMetricaSegmentOperator`
+
+    :param app_metrica_segment_type: ``api_key`` or ``segment_id`` (templated).
+    :param app_metrica_segment_id: the AppMetrica object's id (templated).
+    :param device_matching_type: optional matching setting.""" + _CREATE_DOC.format(kind="AppMetrica")
+
+    segment_type = "appmetrica"
+    template_fields: Sequence[str] = (
+        "name",
+        "app_metrica_segment_type",
+        "app_metrica_segment_id",
+        "yandex_audience_conn_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        app_metrica_segment_type: str,
+        app_metrica_segment_id: int | str,
+        device_matching_type: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.app_metrica_segment_type = app_metrica_segment_type
+        self.app_metrica_segment_id = app_metrica_segment_id
+        self.device_matching_type = device_matching_type
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "app_metrica_segment_type": self.app_metrica_segment_type,
+            "app_metrica_segment_id": int(self.app_metrica_segment_id),
+        }
+
+    def create(self, hook: YandexAudienceHook) -> dict[str, Any]:
+        return hook.create_appmetrica_segment(
+            self.name, self.app_metrica_segment_type, self.app_metrica_segment_id, self.device_matching_type
+        )
+
+
+class YandexAudienceCreateGeoSegmentOperator(_CreateSegmentOperator):
+    __doc__ = """Create a geo segment: circles around ``points`` (``create_geo``) or ``polygons``
+    (``create_geo_polygon``). To change the places, create a new segment (``update_geo_points`` is
+    switched off by Yandex).
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceCreateGeoSegmentOperator`
+
+    :param geo_segment_type: ``last``, ``regular``, ``home``, ``work`` or ``condition`` (templated).
+    :param points: ``[{"latitude", "longitude", "description"?}]`` for circles (templated).
+    :param radius: circle radius in metres (with ``points``).
+    :param polygons: ``[{"points": [...]}]`` instead of circles (templated).
+    :param period_length: days (1-90); with ``times_quantity`` required for ``condition``.
+    :param times_quantity: how many visit days within the period.
+    :param device_matching_type: optional matching setting.""" + _CREATE_DOC.format(kind="geo")
+
+    segment_type = "geo"
+    template_fields: Sequence[str] = ("name", "geo_segment_type", "points", "polygons", "yandex_audience_conn_id")
+    template_fields_renderers = {"points": "json", "polygons": "json"}
+
+    def __init__(
+        self,
+        *,
+        geo_segment_type: str,
+        points: list[dict[str, Any]] | None = None,
+        radius: int | None = None,
+        polygons: list[dict[str, Any]] | None = None,
+        period_length: int | None = None,
+        times_quantity: int | None = None,
+        device_matching_type: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (points is None) == (polygons is None):
+            raise ValueError("give either points (with radius) or polygons")
+        if points is not None and radius is None:
+            raise ValueError("circle geo segments need a radius in metres")
+        self.geo_segment_type = geo_segment_type
+        self.points = points
+        self.radius = radius
+        self.polygons = polygons
+        self.period_length = period_length
+        self.times_quantity = times_quantity
+        self.device_matching_type = device_matching_type
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "geo_segment_type": self.geo_segment_type,
+            "radius": self.radius,
+            "points": self.points,
+            "polygons": self.polygons,
+            "period_length": self.period_length,
+            "times_quantity": self.times_quantity,
+        }
+
+    def create(self, hook: YandexAudienceHook) -> dict[str, Any]:
+        common = {
+            "period_length": self.period_length,
+            "times_quantity": self.times_quantity,
+            "device_matching_type": self.device_matching_type,
+        }
+        if self.polygons is not None:
+            return hook.create_geo_polygon_segment(self.name, self.geo_segment_type, self.polygons, **common)
+        assert self.points is not None and self.radius is not None
+        return hook.create_geo_segment(self.name, self.geo_segment_type, self.radius, self.points, **common)
+
+
+class YandexAudienceCreatePixelSegmentOperator(_CreateSegmentOperator):
+    __doc__ = """Create a segment of the users a pixel saw (``create_pixel``).
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceCreatePixelSegmentOperator`
+
+    :param pixel_id: the pixel (templated).
+    :param period_length: days (1-90).
+    :param times_quantity: threshold of times the pixel saw the user.
+    :param times_quantity_operation: ``lt``, ``eq`` or ``gt`` (clients' values; unverified).
+    :param utm: optional filters: ``utm_source``, ``utm_medium``, ``utm_campaign``, ``utm_content``, ``utm_term``.
+    """ + _CREATE_DOC.format(kind="pixel")
+
+    segment_type = "pixel"
+    template_fields: Sequence[str] = ("name", "pixel_id", "utm", "yandex_audience_conn_id")
+
+    def __init__(
+        self,
+        *,
+        pixel_id: int | str,
+        period_length: int | None = None,
+        times_quantity: int | None = None,
+        times_quantity_operation: str | None = None,
+        utm: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.pixel_id = pixel_id
+        self.period_length = period_length
+        self.times_quantity = times_quantity
+        self.times_quantity_operation = times_quantity_operation
+        self.utm = utm
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "pixel_id": int(self.pixel_id),
+            "period_length": self.period_length,
+            "times_quantity": self.times_quantity,
+            "times_quantity_operation": self.times_quantity_operation,
+            **(self.utm or {}),
+        }
+
+    def create(self, hook: YandexAudienceHook) -> dict[str, Any]:
+        return hook.create_pixel_segment(
+            self.name,
+            self.pixel_id,
+            period_length=self.period_length,
+            times_quantity=self.times_quantity,
+            times_quantity_operation=self.times_quantity_operation,
+            **(self.utm or {}),
+        )
+
+
+class YandexAudienceCreateLookalikeSegmentOperator(_CreateSegmentOperator):
+    __doc__ = """Create a lookalike (similar users) segment from one of the login's own segments (``create_lookalike``).
+
+    The source must be ``processed``; Yandex builds lookalikes only from own segments, not shared ones.
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceCreateLookalikeSegmentOperator`
+
+    :param source_segment_id: the source segment (``lookalike_link``) (templated).
+    :param lookalike_value: the similarity setting, passed as is (its direction is ambiguous in the
+        docs we read) (templated).
+    :param maintain_device_distribution: keep the source's device mix.
+    :param maintain_geo_distribution: keep the source's city mix.""" + _CREATE_DOC.format(kind="lookalike")
+
+    segment_type = "lookalike"
+    template_fields: Sequence[str] = ("name", "source_segment_id", "lookalike_value", "yandex_audience_conn_id")
+
+    def __init__(
+        self,
+        *,
+        source_segment_id: int | str,
+        lookalike_value: int | str,
+        maintain_device_distribution: bool | None = None,
+        maintain_geo_distribution: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.source_segment_id = source_segment_id
+        self.lookalike_value = lookalike_value
+        self.maintain_device_distribution = maintain_device_distribution
+        self.maintain_geo_distribution = maintain_geo_distribution
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "lookalike_link": int(_segment_ref(self.source_segment_id)),
+            "lookalike_value": int(self.lookalike_value),
+            "maintain_device_distribution": self.maintain_device_distribution,
+            "maintain_geo_distribution": self.maintain_geo_distribution,
+        }
+
+    def create(self, hook: YandexAudienceHook) -> dict[str, Any]:
+        return hook.create_lookalike_segment(
+            self.name,
+            _segment_ref(self.source_segment_id),
+            int(self.lookalike_value),
+            maintain_device_distribution=self.maintain_device_distribution,
+            maintain_geo_distribution=self.maintain_geo_distribution,
+        )
+
+
+class YandexAudienceRenameSegmentOperator(_YandexAudienceOperator):
+    """Rename a segment (the only editable field). Renaming to the current name sends nothing.
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceRenameSegmentOperator`
+
+    :param segment_id: (templated).
+    :param name: the new name (templated).
+    :return: the segment result with ``action`` ``renamed`` or ``unchanged``.
+    """
+
+    template_fields: Sequence[str] = ("segment_id", "name", "yandex_audience_conn_id")
+    operator_extra_links = (YandexAudienceSegmentLink(),)
+
+    def __init__(self, *, segment_id: int | str, name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.segment_id = segment_id
+        self.name = name
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook
+        segment = hook.get_segment(_segment_ref(self.segment_id))
+        if segment.get("name") == self.name:
+            return self._segment_result(context, segment, action="unchanged")
+        renamed = hook.update_segment(segment["id"], self.name)
+        return self._segment_result(context, {**segment, **renamed}, action="renamed")
+
+
+class YandexAudienceDeleteSegmentOperator(_YandexAudienceOperator):
+    """Delete segments for good (Yandex has no undelete for segments).
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceDeleteSegmentOperator`
+
+    :param segment_ids: one id or a list of ids (templated).
+    :param missing_ok: a segment that is already gone counts as deleted (reruns succeed).
+    :return: ``{"deleted": [ids], "missing": [ids]}``.
+    """
+
+    template_fields: Sequence[str] = ("segment_ids", "yandex_audience_conn_id")
+    ui_color = "#ffe6e6"
+
+    def __init__(self, *, segment_ids: int | str | list[int | str], missing_ok: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.segment_ids = segment_ids
+        self.missing_ok = missing_ok
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceNotFoundError
+
+        hook = self.hook
+        ids = self.segment_ids if isinstance(self.segment_ids, list | tuple) else [self.segment_ids]
+        deleted: list[str] = []
+        missing: list[str] = []
+        for ref in (_segment_ref(i) for i in ids):
+            try:
+                hook.delete_segment(ref)
+            except AudienceNotFoundError:
+                if not self.missing_ok:
+                    raise
+                missing.append(ref)
+                continue
+            deleted.append(ref)
+            self.log.info("Deleted Yandex.Audience segment %s", ref)
+        return {"deleted": deleted, "missing": missing}
+
+
+class YandexAudienceReprocessSegmentOperator(_YandexAudienceOperator):
+    """Re-run a segment's matching (e.g. after ``few_data``); Yandex allows two per segment per day.
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceReprocessSegmentOperator`
+
+    :param segment_id: (templated).
+    :return: the segment result with ``status`` ``is_processed``.
+    """
+
+    template_fields: Sequence[str] = ("segment_id", "yandex_audience_conn_id")
+    operator_extra_links = (YandexAudienceSegmentLink(),)
+
+    def __init__(self, *, segment_id: int | str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.segment_id = segment_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook
+        segment = hook.get_segment(_segment_ref(self.segment_id))
+        self._push_segment(context, segment["id"])
+        hook.reprocess_segment(segment["id"])
+        return self._segment_result(context, {**segment, "status": "is_processed"}, action="reprocessed")
+
+
+class YandexAudienceGrantSegmentAccessOperator(_YandexAudienceOperator):
+    """Share a segment with other Yandex logins (e.g. an agency's Direct login), idempotently.
+
+    A login that already has a grant with the same comment is left alone.
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceGrantSegmentAccessOperator`
+
+    :param segment_id: (templated).
+    :param user_logins: one login or a list (templated).
+    :param comment: up to 255 characters (templated).
+    :param permission: ``view`` or ``edit``; sent only when given (undocumented field, clients send it).
+    :return: ``{"segment_id", "granted": [logins], "unchanged": [logins]}``.
+    """
+
+    template_fields: Sequence[str] = ("segment_id", "user_logins", "comment", "yandex_audience_conn_id")
+    operator_extra_links = (YandexAudienceSegmentLink(),)
+
+    def __init__(
+        self,
+        *,
+        segment_id: int | str,
+        user_logins: str | list[str],
+        comment: str | None = None,
+        permission: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.segment_id = segment_id
+        self.user_logins = user_logins
+        self.comment = comment
+        self.permission = permission
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook
+        sid = _segment_ref(self.segment_id)
+        self._push_segment(context, sid)
+        logins = [self.user_logins] if isinstance(self.user_logins, str) else list(self.user_logins)
+        current = {g.get("user_login"): g for g in hook.list_grants(sid)}
+        granted, unchanged = [], []
+        for login in logins:
+            grant = current.get(login)
+            if grant is not None and (self.comment is None or (grant.get("comment") or "") == self.comment):
+                unchanged.append(login)
+                continue
+            hook.create_grant(sid, login, comment=self.comment, permission=self.permission)
+            granted.append(login)
+        self.log.info("Yandex.Audience segment %s: granted to %s, already granted to %s", sid, granted, unchanged)
+        return {"segment_id": int(sid), "granted": granted, "unchanged": unchanged}
+
+
+class YandexAudienceRevokeSegmentAccessOperator(_YandexAudienceOperator):
+    """Remove grants from a segment.
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceRevokeSegmentAccessOperator`
+
+    :param segment_id: (templated).
+    :param user_logins: one login or a list (templated).
+    :param missing_ok: a login without a grant counts as revoked.
+    :return: ``{"segment_id", "revoked": [logins], "missing": [logins]}``.
+    """
+
+    template_fields: Sequence[str] = ("segment_id", "user_logins", "yandex_audience_conn_id")
+
+    def __init__(
+        self, *, segment_id: int | str, user_logins: str | list[str], missing_ok: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.segment_id = segment_id
+        self.user_logins = user_logins
+        self.missing_ok = missing_ok
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceNotFoundError
+
+        hook = self.hook
+        sid = _segment_ref(self.segment_id)
+        logins = [self.user_logins] if isinstance(self.user_logins, str) else list(self.user_logins)
+        current = {g.get("user_login") for g in hook.list_grants(sid)}
+        revoked, missing = [], []
+        for login in logins:
+            if login not in current:
+                if not self.missing_ok:
+                    raise AudienceNotFoundError(f"{login} has no grant on segment {sid}", vendor=VENDOR)
+                missing.append(login)
+                continue
+            hook.delete_grant(sid, login)
+            revoked.append(login)
+        return {"segment_id": int(sid), "revoked": revoked, "missing": missing}
+
+
+class YandexAudienceAddDelegateOperator(_YandexAudienceOperator):
+    """Add a delegate to the login's account, or change its rights; unchanged delegates are left alone.
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceAddDelegateOperator`
+
+    :param user_login: the delegate's login (templated).
+    :param perm: ``view`` (read-only) or ``edit`` (full access) (templated).
+    :param comment: up to 255 characters (templated).
+    :return: ``{"user_login", "perm", "action"}``; ``action`` is ``added``, ``changed`` or ``unchanged``.
+    """
+
+    template_fields: Sequence[str] = ("user_login", "perm", "comment", "yandex_audience_conn_id")
+
+    def __init__(self, *, user_login: str, perm: str = "view", comment: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.user_login = user_login
+        self.perm = perm
+        self.comment = comment
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook
+        current = next((d for d in hook.list_delegates() if d.get("user_login") == self.user_login), None)
+        if (
+            current is not None
+            and current.get("perm") == self.perm
+            and (self.comment is None or (current.get("comment") or "") == self.comment)
+        ):
+            action = "unchanged"
+        else:
+            hook.add_delegate(self.user_login, self.perm, self.comment)
+            action = "added" if current is None else "changed"
+        return {"user_login": self.user_login, "perm": self.perm, "action": action}
+
+
+class YandexAudienceRemoveDelegateOperator(_YandexAudienceOperator):
+    """Remove a delegate from the login's account.
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceRemoveDelegateOperator`
+
+    :param user_login: (templated).
+    :param missing_ok: a login that is no delegate counts as removed.
+    :return: ``{"user_login", "removed"}``.
+    """
+
+    template_fields: Sequence[str] = ("user_login", "yandex_audience_conn_id")
+
+    def __init__(self, *, user_login: str, missing_ok: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.user_login = user_login
+        self.missing_ok = missing_ok
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceNotFoundError
+
+        try:
+            self.hook.delete_delegate(self.user_login)
+        except AudienceNotFoundError:
+            if not self.missing_ok:
+                raise
+            return {"user_login": self.user_login, "removed": False}
+        return {"user_login": self.user_login, "removed": True}
+
+
+class YandexAudienceCreateOrUpdatePixelOperator(_YandexAudienceOperator):
+    """Create a pixel, idempotently by name; or, given ``pixel_id``, rename that pixel.
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceCreateOrUpdatePixelOperator`
+
+    :param name: the pixel's name (templated).
+    :param pixel_id: rename this pixel instead of finding one by name (templated).
+    :return: ``{"pixel_id", "name", "url", "action"}``; ``action`` is ``created``, ``renamed`` or ``unchanged``.
+    """
+
+    template_fields: Sequence[str] = ("name", "pixel_id", "yandex_audience_conn_id")
+
+    def __init__(self, *, name: str, pixel_id: int | str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+        self.pixel_id = pixel_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceNotFoundError
+
+        hook = self.hook
+        pixels = hook.list_pixels()
+        if self.pixel_id not in (None, ""):
+            pixel = next((p for p in pixels if str(p.get("id")) == _segment_ref(self.pixel_id)), None)
+            if pixel is None:
+                raise AudienceNotFoundError(f"Yandex.Audience pixel {self.pixel_id} not found", vendor=VENDOR)
+            if pixel.get("name") == self.name:
+                action = "unchanged"
+            else:
+                pixel, action = hook.update_pixel(pixel["id"], self.name), "renamed"
+        else:
+            pixel = next((p for p in pixels if p.get("name") == self.name), None)
+            action = "unchanged"
+            if pixel is None:
+                pixel, action = hook.create_pixel(self.name), "created"
+        return {"pixel_id": pixel.get("id"), "name": pixel.get("name"), "url": pixel.get("url"), "action": action}
+
+
+class YandexAudienceDeletePixelOperator(_YandexAudienceOperator):
+    """Delete a pixel (or restore a deleted one with ``undelete=True``).
+
+    .. seealso:: :ref:`howto/operator:YandexAudienceDeletePixelOperator`
+
+    :param pixel_id: (templated).
+    :param undelete: restore the pixel instead of deleting it.
+    :param missing_ok: a pixel already in the wanted state counts as done.
+    :return: ``{"pixel_id", "action"}``; ``action`` is ``deleted``, ``undeleted`` or ``unchanged``.
+    """
+
+    template_fields: Sequence[str] = ("pixel_id", "yandex_audience_conn_id")
+    ui_color = "#ffe6e6"
+
+    def __init__(self, *, pixel_id: int | str, undelete: bool = False, missing_ok: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pixel_id = pixel_id
+        self.undelete = undelete
+        self.missing_ok = missing_ok
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceNotFoundError
+
+        hook = self.hook
+        pid = _segment_ref(self.pixel_id)
+        try:
+            if self.undelete:
+                hook.undelete_pixel(pid)
+            else:
+                hook.delete_pixel(pid)
+        except AudienceNotFoundError:
+            if not self.missing_ok:
+                raise
+            return {"pixel_id": int(pid), "action": "unchanged"}
+        return {"pixel_id": int(pid), "action": "undeleted" if self.undelete else "deleted"}

@@ -1,0 +1,295 @@
+"""Yandex.Audience operators run with op.execute(context) against the fake; only the Airflow context is a double."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from yandex_audience_helpers import PROCESSING, emails
+
+from airflow_audience_provider.core.errors import (
+    AudienceNotFoundError,
+    AudiencePermissionError,
+    AudienceRateLimitError,
+    AudienceValidationError,
+)
+from airflow_audience_provider.operators.yandex_audience import (
+    YandexAudienceAddDelegateOperator,
+    YandexAudienceCreateAppMetricaSegmentOperator,
+    YandexAudienceCreateGeoSegmentOperator,
+    YandexAudienceCreateLookalikeSegmentOperator,
+    YandexAudienceCreateMetrikaSegmentOperator,
+    YandexAudienceCreateOrUpdatePixelOperator,
+    YandexAudienceCreatePixelSegmentOperator,
+    YandexAudienceDeletePixelOperator,
+    YandexAudienceDeleteSegmentOperator,
+    YandexAudienceGrantSegmentAccessOperator,
+    YandexAudienceRemoveDelegateOperator,
+    YandexAudienceRenameSegmentOperator,
+    YandexAudienceReprocessSegmentOperator,
+    YandexAudienceRevokeSegmentAccessOperator,
+    YandexAudienceUploadContactListOperator,
+)
+
+SHARED_ID = 30000002
+METRIKA_ID = 30000001
+
+
+@pytest.fixture
+def snapshots(tmp_path):
+    return str(tmp_path / "snapshots")
+
+
+def upload(snapshots, values, **overrides) -> YandexAudienceUploadContactListOperator:
+    kwargs = {"task_id": "upload", "segment_name": "crm buyers", "source": values, "snapshot_base": snapshots}
+    kwargs.update(overrides)
+    return YandexAudienceUploadContactListOperator(**kwargs)
+
+
+def writes(fake) -> list[tuple[str, str, str]]:
+    return [(r["method"], r["path"].removeprefix("/v1/management/"), r["query"]) for r in fake.requests
+            if r["method"] != "GET"]  # fmt: skip
+
+
+def settle(fake, segment_id, want="processed", timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while fake.get_segment(segment_id)["status"] != want:
+        assert time.monotonic() < deadline, fake.get_segment(segment_id)["status"]
+        time.sleep(PROCESSING / 4)
+
+
+def named(fake, name):
+    return [s for s in fake.segments() if s["name"] == name]
+
+
+# -- contact lists -----------------------------------------------------------------------------
+
+
+def test_create_then_rerun_then_incremental_sync(ya, hook, context, snapshots):
+    first = upload(snapshots, emails(150)).execute(context)
+    sid = first["segment_id"]
+    assert first["action"] == "created" and first["status"] == "is_processed"
+    assert first["content_type"] == "crm" and first["counts"]["unique"] == 150
+    assert [w[:2] for w in writes(ya)] == [("POST", "segments/upload_csv_file"), ("POST", f"segment/{sid}/confirm")]
+    segment = ya.get_segment(sid)
+    assert segment["name"] == "crm buyers" and segment["hashed"] is True and segment["used_hashing_alg"] == "SHA256"
+    assert segment["valid_unique_quantity"] == 150
+    assert context["ti"].pushed == {"segment_id": sid, "yandex_audience_segment_url": first["url"]}
+    assert context["outlet_events"].added == [
+        ("yandex-audience-segments", f"yandex-audience://sandbox-login/segment/{sid}",
+         {"name": "crm buyers", "status": "is_processed", "action": "created"}),
+    ]  # fmt: skip
+    settle(ya, sid)
+
+    ya.clear_requests()
+    again = upload(snapshots, emails(150)).execute(context)
+    assert again["action"] == "unchanged" and again["segment_id"] == sid
+    assert writes(ya) == []
+
+    changed = upload(snapshots, emails(140, start=10) + emails(10, start=1000)).execute(context)
+    assert changed["action"] == "updated"
+    assert changed["files"] == [{"operation": "addition", "entries": 10}, {"operation": "subtraction", "entries": 10}]
+    assert [w[1] for w in writes(ya)] == [f"segment/{sid}/modify_data"] * 2
+    assert "modification_type=addition" in writes(ya)[0][2] and "modification_type=subtraction" in writes(ya)[1][2]
+    assert ya.get_segment(sid)["valid_unique_quantity"] == 150
+    assert len(named(ya, "crm buyers")) == 1  # never a twin
+
+
+def test_replace_addition_subtraction_modes(ya, hook, context, snapshots):
+    sid = upload(snapshots, emails(150)).execute(context)["segment_id"]
+    ya.clear_requests()
+    replaced = upload(snapshots, emails(120, start=500), mode="replace").execute(context)
+    assert replaced["files"] == [{"operation": "replace", "entries": 120}]
+    assert "check_size=true" in writes(ya)[0][2]
+    added = upload(snapshots, emails(5, start=900), mode="addition").execute(context)
+    assert added["files"] == [{"operation": "addition", "entries": 5}]  # small increments are allowed
+    removed = upload(snapshots, emails(3, start=500), mode="subtraction").execute(context)
+    assert removed["files"] == [{"operation": "subtraction", "entries": 3}]
+    assert ya.get_segment(sid)["valid_unique_quantity"] == 122
+    with pytest.raises(AudienceNotFoundError, match="nothing to subtract from"):
+        upload(snapshots, emails(3), segment_name="no such", mode="subtraction").execute(context)
+
+
+def test_phones_and_device_ids(ya, hook, context, snapshots):
+    phones = [f"+7 (999) 555-{i:02d}-{i:02d}" for i in range(100)] + [f"8 999 444 {i:04d}" for i in range(50)]
+    result = upload(snapshots, phones, segment_name="phones", identifier_type="phone", default_region="RU").execute(
+        context
+    )
+    assert result["counts"]["unique"] == 150 and result["content_type"] == "crm"
+    maids = [f"AAAAAAAA-BBBB-CCCC-1111-{i:012X}" for i in range(150)]
+    devices = upload(snapshots, maids, segment_name="devices", identifier_type="maid").execute(context)
+    assert devices["content_type"] == "idfa_gaid"
+    upload_path = [w[1] for w in writes(ya)]
+    assert upload_path.count("segments/upload_csv_file") == 1 and upload_path.count("segments/upload_file") == 1
+    segment = ya.get_segment(devices["segment_id"])
+    assert segment["content_type"] == "idfa_gaid" and segment["valid_unique_quantity"] == 150
+    with pytest.raises(AudienceValidationError, match="holds idfa_gaid data"):
+        upload(snapshots, emails(150), segment_name="devices").execute(context)
+
+
+def test_csv_source_with_a_column(ya, hook, context, snapshots, tmp_path):
+    path = tmp_path / "crm.csv"
+    path.write_text("id,Email,city\n" + "".join(f"{i},{e},Moscow\n" for i, e in enumerate(emails(150))))
+    result = upload(snapshots, str(path), column="Email").execute(context)
+    assert result["action"] == "created" and result["counts"]["unique"] == 150
+    with pytest.raises(AudienceValidationError, match="not sent"):
+        upload(snapshots, str(path), column="mail", segment_name="other").execute(context)
+
+
+def test_below_the_minimum_is_refused_before_sending(ya, hook, context, snapshots):
+    with pytest.raises(AudienceValidationError) as caught:
+        upload(snapshots, emails(50)).execute(context)
+    assert "100" in caught.value.message
+    assert writes(ya) == []
+    small = upload(snapshots, emails(50), allow_below_minimum=True).execute(context)
+    assert "check_size=false" in writes(ya)[1][2]
+    settle(ya, small["segment_id"], want="few_data")
+
+
+def test_dry_run_sends_nothing(ya, hook, context, snapshots):
+    plan = upload(snapshots, emails(150), dry_run=True).execute(context)
+    assert plan["action"] == "planned" and plan["segment_id"] is None and plan["blocked_by"] == []
+    assert writes(ya) == []
+
+
+def test_a_failed_confirm_leaves_no_draft(ya, hook, context, snapshots):
+    ya.faults.inject("status", count=1, path_prefix="/v1/management/segment/", method="POST", status=400)
+    with pytest.raises(AudienceValidationError):
+        upload(snapshots, emails(150)).execute(context)
+    assert [s["status"] for s in ya.segments() if s["owner"] == "sandbox-login"] == ["processed"]  # the seeded one
+    assert writes(ya)[-1][0] == "DELETE"
+
+
+def test_files_stay_within_the_size_limit(ya, hook, snapshots):
+    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceSegmentSender
+    from airflow_audience_provider.identifiers import get_rule, sync_contact_list
+
+    ya.configure(max_file_bytes=3000)
+    rule = get_rule("yandex_audience", "email").with_options(max_bytes_per_chunk=3000)
+    sender = YandexAudienceSegmentSender(hook, "chunked", "crm")
+    sync_contact_list(emails(150), rule, sender, destination_key="chunked", snapshot_base=snapshots)
+    assert [c["operation"] for c in sender.calls] == ["upload+confirm", "addition", "addition", "addition"]
+    assert sum(c["entries"] for c in sender.calls) == 150
+    assert ya.get_segment(sender.segment_id)["valid_unique_quantity"] == 150
+
+
+def test_quota_exhaustion_midway_is_reported_and_a_rerun_completes(ya, hook, context, snapshots):
+    sid = upload(snapshots, emails(150)).execute(context)["segment_id"]
+    ya.configure(writes_per_hour=1)  # counted from now on: the addition passes, the subtraction does not
+    with pytest.raises(AudienceRateLimitError) as caught:
+        upload(snapshots, emails(140, start=10) + emails(10, start=1000)).execute(context)
+    message = caught.value.message
+    assert "per hour" in message and "frees up in about" in message
+    assert "applied before the failure: addition of 10" in message and "rerun sends the difference" in message
+    ya.configure(writes_per_hour=None)
+    rerun = upload(snapshots, emails(140, start=10) + emails(10, start=1000)).execute(context)
+    assert rerun["files"] == [
+        {"operation": "addition", "entries": 10, "no_changes": True},  # applied already: Yandex says no_changes
+        {"operation": "subtraction", "entries": 10},
+    ]
+    assert ya.get_segment(sid)["valid_unique_quantity"] == 150
+
+
+# -- other segment kinds -----------------------------------------------------------------------
+
+
+def test_metrika_segment_is_idempotent_by_name(ya, hook, context):
+    op = YandexAudienceCreateMetrikaSegmentOperator(
+        task_id="m", name="goal buyers", metrika_segment_type="goal_id", metrika_segment_id=77
+    )
+    first = op.execute(context)
+    second = op.execute(context)
+    assert first["action"] == "created" and second["action"] == "exists"
+    assert first["segment_id"] == second["segment_id"] and len(named(ya, "goal buyers")) == 1
+    changed = YandexAudienceCreateMetrikaSegmentOperator(
+        task_id="m", name="goal buyers", metrika_segment_type="goal_id", metrika_segment_id=78,
+        on_definition_change="fail",
+    )  # fmt: skip
+    with pytest.raises(AudienceValidationError, match="differs in metrika_segment_id"):
+        changed.execute(context)
+
+
+def test_appmetrica_geo_pixel_lookalike(ya, hook, context, snapshots):
+    app = YandexAudienceCreateAppMetricaSegmentOperator(
+        task_id="a", name="app users", app_metrica_segment_type="api_key", app_metrica_segment_id=123
+    ).execute(context)
+    geo = YandexAudienceCreateGeoSegmentOperator(
+        task_id="g", name="near store", geo_segment_type="condition", radius=1000, period_length=30,
+        times_quantity=3, points=[{"latitude": 55.75, "longitude": 37.62}],
+    ).execute(context)  # fmt: skip
+    pixel = YandexAudienceCreateOrUpdatePixelOperator(task_id="p", name="banner").execute(context)
+    seen = YandexAudienceCreatePixelSegmentOperator(
+        task_id="ps", name="seen banner", pixel_id=pixel["pixel_id"], period_length=7
+    ).execute(context)
+    assert [r["type"] for r in (app, geo, seen)] == ["appmetrica", "geo", "pixel"]
+    source = upload(snapshots, emails(150)).execute(context)["segment_id"]
+    settle(ya, source)
+    lal = YandexAudienceCreateLookalikeSegmentOperator(
+        task_id="l", name="lal", source_segment_id=str(source), lookalike_value="3"
+    )
+    first, second = lal.execute(context), lal.execute(context)
+    assert first["action"] == "created" and second["action"] == "exists" and first["type"] == "lookalike"
+    with pytest.raises(ValueError, match="either points"):
+        YandexAudienceCreateGeoSegmentOperator(task_id="bad", name="x", geo_segment_type="last")
+
+
+def test_rename_delete_reprocess(ya, hook, context, snapshots):
+    sid = upload(snapshots, emails(150)).execute(context)["segment_id"]
+    rename = YandexAudienceRenameSegmentOperator(task_id="r", segment_id=str(sid), name="crm buyers v2")
+    assert rename.execute(context)["action"] == "renamed"
+    assert rename.execute(context)["action"] == "unchanged"
+    with pytest.raises(AudiencePermissionError):
+        YandexAudienceRenameSegmentOperator(task_id="r", segment_id=SHARED_ID, name="mine").execute(context)
+    settle(ya, sid)
+    assert YandexAudienceReprocessSegmentOperator(task_id="rp", segment_id=sid).execute(context)["status"] == (
+        "is_processed"
+    )
+    delete = YandexAudienceDeleteSegmentOperator(task_id="d", segment_ids=[sid])
+    assert delete.execute(context) == {"deleted": [str(sid)], "missing": []}
+    assert delete.execute(context) == {"deleted": [], "missing": [str(sid)]}
+    with pytest.raises(AudienceNotFoundError):
+        YandexAudienceDeleteSegmentOperator(task_id="d", segment_ids=sid, missing_ok=False).execute(context)
+
+
+def test_grants_delegates_pixels(ya, hook, context):
+    grant = YandexAudienceGrantSegmentAccessOperator(
+        task_id="g", segment_id=METRIKA_ID, user_logins=["agency", "analyst"], comment="Direct"
+    )
+    assert grant.execute(context)["granted"] == ["agency", "analyst"]
+    assert grant.execute(context) == {"segment_id": METRIKA_ID, "granted": [], "unchanged": ["agency", "analyst"]}
+    revoke = YandexAudienceRevokeSegmentAccessOperator(task_id="rv", segment_id=METRIKA_ID, user_logins="analyst")
+    assert revoke.execute(context)["revoked"] == ["analyst"]
+    assert revoke.execute(context)["missing"] == ["analyst"]
+    assert [g["user_login"] for g in ya.grants(METRIKA_ID)] == ["agency"]
+
+    add = YandexAudienceAddDelegateOperator(task_id="dg", user_login="analyst", perm="view")
+    assert add.execute(context)["action"] == "added"
+    assert add.execute(context)["action"] == "unchanged"
+    edit = YandexAudienceAddDelegateOperator(task_id="dg", user_login="analyst", perm="edit")
+    assert edit.execute(context)["action"] == "changed"
+    remove = YandexAudienceRemoveDelegateOperator(task_id="rd", user_login="analyst")
+    assert remove.execute(context)["removed"] is True and remove.execute(context)["removed"] is False
+
+    created = YandexAudienceCreateOrUpdatePixelOperator(task_id="p", name="q4").execute(context)
+    assert created["action"] == "created"
+    assert YandexAudienceCreateOrUpdatePixelOperator(task_id="p", name="q4").execute(context)["action"] == "unchanged"
+    renamed = YandexAudienceCreateOrUpdatePixelOperator(task_id="p", name="q1", pixel_id=created["pixel_id"])
+    assert renamed.execute(context)["action"] == "renamed"
+    delete = YandexAudienceDeletePixelOperator(task_id="dp", pixel_id=created["pixel_id"])
+    assert delete.execute(context)["action"] == "deleted" and delete.execute(context)["action"] == "unchanged"
+    restore = YandexAudienceDeletePixelOperator(task_id="up", pixel_id=created["pixel_id"], undelete=True)
+    assert restore.execute(context)["action"] == "undeleted"
+
+
+def test_operator_modules_import_cheaply():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import airflow_audience_provider.operators.yandex_audience, "
+        "airflow_audience_provider.sensors.yandex_audience; "
+        "print(sorted(m for m in ('requests', 'tenacity', 'airflow_audience_provider.hooks.yandex_audience') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "airflow_audience_provider.hooks.yandex_audience" not in out
