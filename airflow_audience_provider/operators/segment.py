@@ -378,7 +378,8 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
     :param definition: the audience query, or a path to a ``.segmentql`` file (templated).
     :param audience_type: ``USERS``, ``ACCOUNTS`` or ``LINKED`` (templated).
     :param options: ``filterByExternalIds``, ``backfillEventDataDays`` (templated).
-    :param audience_name: skip the preview when this audience already has this definition (templated).
+    :param audience_name: skip the preview when this audience already has this definition, is
+        enabled and has computed (templated).
     :param min_size: fail the task when the preview is smaller (a guard before enabling).
     :param max_size: fail the task when the preview is larger.
     :param deferrable: wait for the preview in the triggerer.
@@ -427,6 +428,7 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
         self.timeout = timeout
 
     def execute(self, context: Context) -> dict[str, Any] | None:
+        from airflow_audience_provider.core.results import Phase
         from airflow_audience_provider.hooks.segment import canonical_query, check_definition
 
         hook = self.hook
@@ -437,9 +439,12 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
             same = current is not None and canonical_query((current.get("definition") or {}).get("query")) == (
                 canonical_query(self.definition)
             )
-            if same and current is not None:
-                size = hook.audience_compute_status(str(current["id"]), space).data or {}
-                if size.get("size") is not None:
+            if same and current is not None and current.get("enabled"):
+                # Only a computed, enabled audience has a size that belongs to this definition:
+                # while an edit is being incorporated, the size is the old definition's.
+                look = hook.audience_compute_status(str(current["id"]), space)
+                size = look.data or {}
+                if look.phase is Phase.DONE and size.get("size") is not None:
                     self.log.info(
                         "Audience %r already has this definition; its size %s is used, no preview quota is spent",
                         self.audience_name,
