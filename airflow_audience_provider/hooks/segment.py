@@ -325,9 +325,10 @@ class SegmentHook(AudienceHook):
         return "/".join([path, *rest]) if rest else path
 
     def _not_found(self, exc: AudienceNotFoundError, space_id: str, what: str) -> AudienceNotFoundError:
+        where = f"Segment space {space_id!r}" if what == "space" else f"Segment {what} in space {space_id!r}"
         return AudienceNotFoundError(
-            f"Segment {what} was not found in space {space_id!r} (or the space does not exist, or the "
-            f"token's workspace has no Engage audiences): {exc.message}",
+            f"{where} was not found (or the space does not exist, or the token's workspace has no "
+            f"Engage audiences): {exc.message}",
             vendor=VENDOR,
             status=exc.status,
             code=exc.code,
@@ -536,6 +537,14 @@ class SegmentHook(AudienceHook):
             if exc.status in (409, 422, 423):
                 current = self.find_audience(audience_id, space)
                 status = str((current or {}).get("status") or "")
+                if current is not None and not _pending(current, fields):
+                    # A resent PATCH (after a 5xx or timeout) finds the audience locked by its own
+                    # first, applied attempt: the change is there, so this is success.
+                    log.warning(
+                        "Segment refused an edit of audience %s as locked, but it already carries the change",
+                        audience_id,
+                    )
+                    return current
                 if current is not None and (exc.status == 409 or status.lower() in EDIT_LOCKED_STATUSES):
                     raise SegmentAudienceLockedError(
                         f"Segment audience {audience_id} is locked (status {status!r}) until its previous edit "
@@ -944,6 +953,19 @@ def audience_changes(
         if any(_canon_option(have.get(k)) != _canon_option(v) for k, v in options.items()):
             changes["options"] = {**have, **options}
     return changes
+
+
+def _pending(current: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """The part of an update ``fields`` that ``current`` does not carry yet."""
+    definition = fields.get("definition")
+    return audience_changes(
+        current,
+        name=fields.get("name"),
+        definition=definition.get("query") if isinstance(definition, dict) else None,
+        description=fields.get("description"),
+        enabled=fields.get("enabled"),
+        options=fields.get("options"),
+    )
 
 
 def _canon_option(value: Any) -> Any:

@@ -206,6 +206,17 @@ def test_locked_edit_answered_422_is_recognised(hook, segment):
         hook.update_audience_for_space(created["id"], enabled=True)
 
 
+def test_a_resent_edit_already_applied_is_a_success(hook, segment):
+    """After a 5xx the transport resends the PATCH; the first attempt applied it and locked the audience."""
+    segment.configure(processing_seconds=30)
+    created = make(hook, enabled=False)
+    hook.update_audience_for_space(created["id"], description="applied")
+    again = hook.update_audience_for_space(created["id"], description="applied")  # refused as locked
+    assert again["description"] == "applied" and segment.refused_edits == 1
+    with pytest.raises(SegmentAudienceLockedError):  # a different change is still refused
+        hook.update_audience_for_space(created["id"], description="other")
+
+
 def test_update_rejects_unknown_fields(hook):
     with pytest.raises(AudienceValidationError, match="audienceType"):
         hook.update_audience_for_space(SEED, audienceType="ACCOUNTS")
