@@ -22,6 +22,14 @@ they edit. Assumption (unverified): the answer to an edit of a locked audience i
 :meth:`SegmentHook.update_audience_for_space` reads the audience back on either and raises
 :class:`SegmentAudienceLockedError` when it is locked.
 
+**Query parameters**: object parameters use the dot notation the docs show for pagination
+(``pagination.count=50&pagination.cursor=...``); using the same form for ``search.type`` /
+``search.query`` is an inference (unverified). ``pagination.count`` is always sent (the alpha
+API required it). The NAME search may match loosely, so names are compared exactly here.
+
+**Versions**: with ``api_version = v1alpha`` the hook refuses what the alpha shapes lack
+(``LINKED`` audiences, ``options`` in an update) before sending anything.
+
 **Rate limits** per operation are enforced client-side (current values of the notes, section 8;
 the alpha values when the connection pins ``v1alpha``; any of them overridable with the
 connection's ``rate_limits`` extra). A 429 is retried by the transport after ``Retry-After``,
@@ -279,6 +287,23 @@ class SegmentHook(AudienceHook):
         version = self.api_version()
         return "v1" if version == "v1beta" else version
 
+    def _check_alpha(self, *, audience_type: str | None = None, update_options: bool = False) -> None:
+        """Refuse what the v1alpha shapes do not have (vendor notes section 5) before sending it."""
+        if self.api_version() != "v1alpha":
+            return
+        if audience_type is not None and str(audience_type).strip().upper() == "LINKED":
+            raise AudienceValidationError(
+                "LINKED audiences need api_version v1 or v1beta; v1alpha knows USERS and ACCOUNTS only",
+                vendor=VENDOR,
+                field="audienceType",
+            )
+        if update_options:
+            raise AudienceValidationError(
+                "v1alpha updates cannot change options; set api_version v1 on the connection",
+                vendor=VENDOR,
+                field="options",
+            )
+
     def default_space_id(self) -> str | None:
         value = self.settings().get_extra("space_id")
         return str(value).strip() if value else None
@@ -491,6 +516,7 @@ class SegmentHook(AudienceHook):
         ambiguous failure the audience is looked up by name before anything is resent.
         """
         space = self.space(space_id)
+        self._check_alpha(audience_type=audience_type)
         body = audience_body(
             name=name,
             definition=definition,
@@ -528,6 +554,7 @@ class SegmentHook(AudienceHook):
             raise AudienceValidationError(
                 f"An audience update takes some of {sorted(allowed)}; got {sorted(fields)}", vendor=VENDOR
             )
+        self._check_alpha(update_options="options" in fields)
         path = self._audiences_path(space, self._seg(audience_id, "audience id"))
         try:
             data = self._call("PATCH", path, json_body=fields, endpoint_class="update_audience", idempotent=True)
@@ -608,6 +635,7 @@ class SegmentHook(AudienceHook):
         """
         space = self.space(space_id)
         check_definition(definition)
+        self._check_alpha(audience_type=audience_type)
         body: dict[str, Any] = {
             "definition": _definition(definition, target_entity),
             "audienceType": _audience_type(audience_type),

@@ -78,6 +78,15 @@ def test_alpha_version_is_selectable(segment, set_segment_conn):
     assert hook.get_conn().profile.rate_limits["update_audience"].windows[0].limit == 10  # the seed's alpha limit
 
 
+def test_alpha_refuses_what_its_shapes_lack(segment, set_segment_conn):
+    hook = SegmentHook(set_segment_conn("seg_alpha2", extra={"api_version": "v1alpha"}))
+    with pytest.raises(AudienceValidationError, match="LINKED"):
+        hook.create_audience("L", "entity('orders').count() >= 1", audience_type="LINKED")
+    with pytest.raises(AudienceValidationError, match="options"):
+        hook.update_audience_for_space(SEED, options={"includeHistoricalData": True})
+    assert segment.requests == []
+
+
 def test_references_always_use_the_alpha_media_type(hook, segment):
     hook.list_audience_consumers(SEED)
     assert segment.accepts[-1] == "application/vnd.segment.v1alpha+json"
