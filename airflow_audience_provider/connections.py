@@ -392,7 +392,6 @@ CRITEO = ConnectionSpec(
     ),
     integration_name="Criteo",
     external_doc_url="https://developers.criteo.com/retail-media/docs/audience-overview",
-    module_kinds=("hooks",),
     extra_links=(
         "airflow_audience_provider.links.criteo.CriteoSegmentLink",
         "airflow_audience_provider.links.criteo.CriteoAudienceLink",

@@ -1,0 +1,166 @@
+"""Criteo sensors: wait until uploaded changes are live after Criteo's audience computation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import StartTriggerArgs
+
+from airflow_audience_provider.connections import CRITEO
+from airflow_audience_provider.hooks.criteo_cycle import (
+    COMPUTATION_HOURS_UTC,
+    PROPAGATION_DELAY,
+    latest_safe_upload_time,
+    live_at,
+    next_computation_window,
+)
+from airflow_audience_provider.links.criteo import CriteoSegmentLink
+from airflow_audience_provider.operators.base import AssetEmitterMixin
+from airflow_audience_provider.sensors.base import AudienceWaitSensor
+from airflow_audience_provider.triggers.criteo import CriteoComputationWindowTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+__all__ = ["CriteoAudienceLiveSensor", "latest_safe_upload_time", "live_at", "next_computation_window"]
+
+_TRIGGER = f"{CriteoComputationWindowTrigger.__module__}.{CriteoComputationWindowTrigger.__qualname__}"
+
+
+class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
+    """Wait until the changes of an upstream Criteo upload are live in campaigns.
+
+    Criteo computes audiences at 00:00 and 12:00 UTC; changes reach live campaigns about 5 hours
+    after the computation starts. The sensor waits for the first computation window at or after
+    ``uploaded_at`` plus ``propagation_delay``, and, with ``segment_id`` and ``min_identifiers``,
+    until the segment's contact-list statistics report at least that many identifiers.
+
+    By default it **starts in the triggerer** (``start_from_trigger=True``): no worker slot is taken
+    while waiting, and the wait survives triggerer restarts because the target time follows from the
+    arguments alone. Where the task is run by a worker anyway (``airflow dags test``, or
+    ``start_from_trigger=False``) it defers to the same trigger, or pokes with ``deferrable=False``.
+
+    Window hours, an interval in seconds (for tests and demos) and the delay are parameters.
+
+    .. seealso:: :ref:`howto/operator:CriteoAudienceLiveSensor`
+
+    :param uploaded_at: when the upload finished, ISO-8601 (templated), e.g.
+        ``"{{ ti.xcom_pull(task_ids='upload')['finished_at'] }}"``.
+    :param hours_utc: hours of the day (UTC) of Criteo's computations; default ``(0, 12)``.
+    :param interval_seconds: instead of ``hours_utc``, a computation every this many seconds.
+    :param propagation_delay: time from a computation to live campaigns (timedelta or seconds); 5 h.
+    :param segment_id: the uploaded segment (templated): shown as a link, used for the Asset event and
+        for the statistics confirmation.
+    :param min_identifiers: confirm with the statistics: at least this many identifiers (templated).
+    :param owner_id: account or advertiser of the statistics read; default from the connection (templated).
+    :param start_from_trigger: start directly in the triggerer (Airflow 3.3+ renders the templates there).
+    :param emit_asset: when live, record an Asset event ``criteo://<account>/segment/<id>``
+        (alias ``criteo-segments``).
+    :return: ``{"uploaded_at", "computation_window", "live_at", "segment_id", "statistics"?, "asset_uri"}``.
+    """
+
+    trigger_class = CriteoComputationWindowTrigger
+    template_fields: Sequence[str] = ("uploaded_at", "segment_id", "owner_id", "min_identifiers", "criteo_conn_id")
+    operator_extra_links = (CriteoSegmentLink(),)
+    ui_color = "#fff0e6"
+    default_asset_alias = "criteo-segments"
+    emits_assets = True
+    start_trigger_args = StartTriggerArgs(
+        trigger_cls=_TRIGGER, trigger_kwargs={}, next_method="execute_complete", next_kwargs=None, timeout=None
+    )
+    start_from_trigger = False
+
+    def __init__(
+        self,
+        *,
+        uploaded_at: str,
+        hours_utc: Sequence[float] = COMPUTATION_HOURS_UTC,
+        interval_seconds: float | None = None,
+        propagation_delay: timedelta | float = PROPAGATION_DELAY,
+        segment_id: str | None = None,
+        min_identifiers: int | str | None = None,
+        owner_id: str | None = None,
+        criteo_conn_id: str = CRITEO.default_conn_name,
+        poke_interval: float = 300,
+        timeout: float = 24 * 60 * 60,
+        start_from_trigger: bool = True,
+        deferrable: bool = True,
+        emit_asset: bool = True,
+        asset_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._asset_outlets(kwargs, emit_asset, asset_alias)
+        super().__init__(poke_interval=poke_interval, timeout=timeout, deferrable=deferrable, **kwargs)
+        delay = propagation_delay.total_seconds() if isinstance(propagation_delay, timedelta) else propagation_delay
+        next_computation_window(0, hours_utc=hours_utc, interval_seconds=interval_seconds)  # validates both
+        self.uploaded_at = uploaded_at
+        self.hours_utc = [float(h) for h in hours_utc]
+        self.interval_seconds = interval_seconds
+        self.propagation_delay_seconds = float(delay)
+        self.segment_id = segment_id
+        self.min_identifiers = min_identifiers
+        self.owner_id = owner_id
+        self.criteo_conn_id = criteo_conn_id
+        self.start_from_trigger = start_from_trigger
+        if start_from_trigger:
+            self.start_trigger_args = StartTriggerArgs(
+                trigger_cls=_TRIGGER,
+                trigger_kwargs=self._trigger_kwargs(),
+                next_method="execute_complete",
+                next_kwargs=None,
+                timeout=timedelta(seconds=float(timeout)),
+            )
+
+    @property
+    def conn_id(self) -> str:
+        return self.criteo_conn_id
+
+    def _hook(self) -> Any:
+        from airflow_audience_provider.hooks.criteo import CriteoHook
+
+        return CriteoHook(self.criteo_conn_id)
+
+    def _trigger_kwargs(self, deadline: float | None = None) -> dict[str, Any]:
+        return {
+            "criteo_conn_id": self.criteo_conn_id,
+            "uploaded_at": self.uploaded_at,
+            "hours_utc": list(self.hours_utc),
+            "interval_seconds": self.interval_seconds,
+            "propagation_delay_seconds": self.propagation_delay_seconds,
+            "segment_id": self.segment_id,
+            "owner_id": self.owner_id,
+            "min_identifiers": self.min_identifiers,
+            "poll_interval": float(self.poke_interval),
+            "deadline": deadline,
+            "max_consecutive_failures": self.max_consecutive_failures,
+        }
+
+    def status_kwargs(self, context: Context) -> dict[str, Any]:
+        return CriteoComputationWindowTrigger(**self._trigger_kwargs()).current_status_kwargs()
+
+    def execute(self, context: Context) -> Any:
+        if self.segment_id:
+            CriteoSegmentLink.persist(context, self._hook().segment_url(str(self.segment_id), self.owner_id or None))
+        if not self.deferrable:
+            return super().execute(context)
+        first = self.poke(context)
+        if getattr(first, "is_done", False):
+            return first.xcom_value  # type: ignore[union-attr]
+        self.defer(
+            trigger=CriteoComputationWindowTrigger(**self._trigger_kwargs(time.time() + float(self.timeout))),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=float(self.timeout) + 60),
+        )
+
+    def on_done(self, context: Context, result: dict[str, Any]) -> None:
+        segment_id = result.get("segment_id") or self.segment_id
+        if not segment_id:
+            return
+        uri = self._hook().asset_uri("segment", str(segment_id), self.owner_id or None)
+        result["asset_uri"] = uri
+        self.emit_asset_event(
+            context, uri, {"live_at": result.get("live_at"), "uploaded_at": result.get("uploaded_at")}
+        )

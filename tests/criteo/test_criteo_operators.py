@@ -1,0 +1,306 @@
+"""Criteo operators executed against the Criteo fake with a recording task context."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow_audience_provider.core.errors import AudienceError, AudiencePartialFailure, AudienceValidationError
+from airflow_audience_provider.operators.criteo import (
+    CriteoCreateOrUpdateAudienceOperator,
+    CriteoCreateOrUpdateSegmentOperator,
+    CriteoDeleteAudiencesOperator,
+    CriteoDeleteSegmentsOperator,
+    CriteoUploadContactListOperator,
+)
+
+ADD_REMOVE = "/2026-07/retail-media/audience-segments/"
+
+
+def sha(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def write_emails(path: Path, emails: list[str]) -> dict[str, str]:
+    """A CSV export with an ``email`` column, as the upstream XCom dict the engine reads."""
+    path.write_text("email\n" + "\n".join(emails) + "\n")
+    return {"path": str(path), "format": "csv", "column": "email"}
+
+
+@pytest.fixture
+def fast_conn(set_criteo_conn):
+    """The default connection with few attempts, so failing retries end quickly."""
+    return set_criteo_conn("criteo_default", extra={"max_retries": 3})
+
+
+def upsert(context, name="crm-loyal", **kwargs):
+    kwargs.setdefault("retailer_id", "311")
+    return CriteoCreateOrUpdateSegmentOperator(task_id="upsert", name=name, **kwargs).execute(context)
+
+
+# -- segments -----------------------------------------------------------------------------------
+
+
+def test_create_or_update_segment_is_idempotent(criteo, context):
+    first = upsert(context, description="nightly CRM export")
+    assert first["action"] == "created" and first["identifier_type"] == "Email"
+    assert context["ti"].pushed["segment_id"] == first["segment_id"]
+    assert first["segment_id"] in context["ti"].pushed["criteo_segment_url"]
+    assert context["outlet_events"].added == [
+        ("criteo-segments", f"criteo://4242/segment/{first['segment_id']}", {"name": "crm-loyal", "action": "created"})
+    ]
+    again = upsert(context, description="nightly CRM export")
+    assert again["action"] == "unchanged" and again["segment_id"] == first["segment_id"]
+    changed = upsert(context, description="rolling list")
+    assert changed["action"] == "updated"
+    assert [s["attributes"]["name"] for s in criteo.segments].count("crm-loyal") == 1
+    # Same name at another retailer is another segment.
+    other = upsert(context, retailer_id="312")
+    assert other["action"] == "created" and other["segment_id"] != first["segment_id"]
+
+
+def test_identifier_type_of_an_existing_segment_cannot_change(criteo, context):
+    upsert(context)
+    with pytest.raises(AudienceValidationError, match="cannot change"):
+        upsert(context, identifier_type="CustomerId")
+    with pytest.raises(AudienceValidationError, match="maid"):
+        upsert(context, name="devices", identifier_type="maid")
+
+
+def test_create_race_reuses_the_segment_another_run_created(criteo, context, monkeypatch):
+    from airflow_audience_provider.hooks.criteo import CriteoHook
+
+    criteo.add_segment("raced", retailer_id="311")
+    real = CriteoHook.find_segments_by_name
+    calls = []
+
+    def first_blind(self, *args, **kwargs):  # the other run creates it right after our search
+        calls.append(1)
+        return [] if len(calls) == 1 else real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CriteoHook, "find_segments_by_name", first_blind)
+    result = upsert(context, name="raced")
+    assert result["action"] == "unchanged"
+    assert [s["attributes"]["name"] for s in criteo.segments].count("raced") == 1
+
+
+def test_refused_segment_fails_or_warns(criteo, context):
+    with pytest.raises(AudiencePartialFailure, match="retailer-not-found") as caught:
+        upsert(context, name="nowhere", retailer_id="999")
+    assert caught.value.items[0]["problems"][0]["instance"] == "@data/0"
+    warned = upsert(context, name="nowhere", retailer_id="999", on_partial_failure="warn")
+    assert warned["action"] == "failed" and warned["problems"][0]["problems"][0]["code"] == "retailer-not-found"
+
+
+def test_delete_segments_reports_what_cannot_be_deleted(criteo, context):
+    used = upsert(context, name="used")["segment_id"]
+    free = upsert(context, name="free")["segment_id"]
+    audience = criteo.add_audience("Uses it", {"audienceSegmentId": used})
+    op = CriteoDeleteSegmentsOperator(task_id="delete", segment_ids=[used, free, "1"])
+    with pytest.raises(AudiencePartialFailure, match=f"Uses it \\({audience['id']}\\)"):
+        op.execute(context)
+    assert context["ti"].pushed["delete_result"]["deleted"] == [free]
+    warned = CriteoDeleteSegmentsOperator(task_id="delete", segment_ids=f"{used},1", on_partial_failure="warn")
+    summary = warned.execute(context)
+    assert summary["missing"] == ["1"]
+    assert summary["not_deleted"][0]["used_by_audiences"] == [{"id": audience["id"], "name": "Uses it"}]
+    assert summary["not_deleted"][0]["code"] == "segment-must-not-be-used-in-audience"
+
+
+# -- uploads ------------------------------------------------------------------------------------
+
+
+def test_incremental_sync_sends_only_the_difference(criteo, context, tmp_path):
+    sid = upsert(context)["segment_id"]
+    emails = [f"user{n}@example.com" for n in range(10)]
+    source = write_emails(tmp_path / "a.csv", [*emails, "not-an-email", emails[0].upper()])
+    op = CriteoUploadContactListOperator(
+        task_id="upload", segment_id=sid, source=source, snapshot_base=str(tmp_path / "snap"), max_invalid_share=0.5
+    )
+    first = op.execute(context)
+    assert first["engine_mode"] == "full_replace"
+    assert (first["rows"], first["valid"], first["invalid"], first["duplicate"]) == (12, 10, 1, 1)
+    assert first["sent"] == first["criteo_valid"] == 10 and first["criteo_invalid"] == 0
+    assert first["statistics"]["number_of_identifiers"] == 10
+    assert criteo.members(sid) == {sha(e) for e in emails}
+    # Next day: two gone, three new.
+    source = write_emails(tmp_path / "b.csv", [*emails[2:], "new1@example.com", "new2@example.com", "new3@example.com"])
+    second = CriteoUploadContactListOperator(
+        task_id="upload", segment_id=sid, source=source, snapshot_base=str(tmp_path / "snap")
+    ).execute(context)
+    assert second["engine_mode"] == "incremental"
+    assert (second["added"], second["removed"], second["sent"]) == (3, 2, 5)
+    assert second["statistics"]["number_of_identifiers"] == 11
+    assert second["finished_at"] and second["asset_uri"] == f"criteo://4242/segment/{sid}"
+    assert not any("contact-list/clear" in r["path"] for r in criteo.requests[-5:])
+
+
+def test_add_remove_and_replace_modes(criteo, context, tmp_path):
+    sid = upsert(context)["segment_id"]
+    base = write_emails(tmp_path / "base.csv", ["a@x.com", "b@x.com"])
+    CriteoUploadContactListOperator(task_id="u", segment_id=sid, source=base, mode="add").execute(context)
+    more = write_emails(tmp_path / "more.csv", ["c@x.com"])
+    CriteoUploadContactListOperator(task_id="u", segment_id=sid, source=more, mode="add").execute(context)
+    assert criteo.members(sid) == {sha("a@x.com"), sha("b@x.com"), sha("c@x.com")}
+    gone = CriteoUploadContactListOperator(task_id="u", segment_id=sid, source=base, mode="remove").execute(context)
+    assert gone["removed"] == 2 and gone["sent"] == 2
+    assert criteo.members(sid) == {sha("c@x.com")}
+    replaced = CriteoUploadContactListOperator(task_id="u", segment_id=sid, source=base, mode="replace").execute(
+        context
+    )
+    assert replaced["added"] == 2
+    assert criteo.members(sid) == {sha("a@x.com"), sha("b@x.com")}
+    assert any(r["path"].endswith("/contact-list/clear") for r in criteo.requests)
+
+
+def test_upload_refuses_a_type_the_segment_does_not_hold(criteo, context, tmp_path):
+    sid = upsert(context)["segment_id"]
+    source = write_emails(tmp_path / "ids.csv", ["c-1", "c-2"])
+    with pytest.raises(AudienceValidationError, match="holds Email"):
+        CriteoUploadContactListOperator(
+            task_id="u", segment_id=sid, source=source, identifier_type="customer_id"
+        ).execute(context)
+    with pytest.raises(AudienceValidationError, match="Unknown identifier type"):
+        CriteoUploadContactListOperator(task_id="u", segment_id=sid, source=source, identifier_type="fax").execute(
+            context
+        )
+    with pytest.raises(ValueError, match="50,000"):
+        CriteoUploadContactListOperator(task_id="u", segment_id=sid, source=source, max_identifiers_per_request=50_001)
+
+
+def _inject_after(criteo, n_chunks: int, **fault) -> threading.Thread:
+    """Inject a fault once ``n_chunks`` add/remove requests have been answered (mid-upload)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sum(1 for r in criteo.requests if r["path"].endswith("/add-remove")) >= n_chunks:
+                criteo.faults.inject("status", path_prefix=ADD_REMOVE, **fault)
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_40_chunk_upload_survives_a_transient_5xx_and_the_counts_add_up(criteo, context, tmp_path, fast_conn):
+    sid = upsert(context)["segment_id"]
+    emails = [f"user{n}@example.com" for n in range(200)]
+    source = write_emails(tmp_path / "big.csv", emails)
+    watcher = _inject_after(criteo, 20, status=503, count=2)
+    result = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, mode="add", max_identifiers_per_request=5
+    ).execute(context)
+    watcher.join()
+    assert result["chunks_total"] == result["chunks_sent"] == 40
+    assert result["sent"] == result["criteo_valid"] == 200 and result["requests"] == 40
+    assert [r["status"] for r in criteo.requests if r["path"].endswith("/add-remove")].count(503) == 2
+    assert criteo.members(sid) == {sha(e) for e in emails}
+
+
+def test_40_chunk_upload_failing_for_good_reports_what_was_accepted(criteo, context, tmp_path, fast_conn):
+    sid = upsert(context)["segment_id"]
+    emails = [f"user{n}@example.com" for n in range(200)]
+    source = write_emails(tmp_path / "big.csv", emails)
+    snapshots = str(tmp_path / "snap")
+    watcher = _inject_after(criteo, 21, status=500, count=3)  # chunk 1 is the replace's first add
+    op = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5
+    )
+    with pytest.raises(AudienceError, match="failed after 21 of 40 chunk") as caught:
+        op.execute(context)
+    watcher.join()
+    partial = context["ti"].pushed["upload_result"]
+    assert partial["status"] == "failed"
+    assert partial["criteo_valid"] == 105 == len(criteo.members(sid))  # accepted before the failure is known
+    assert "snapshot was not advanced" in str(caught.value)
+    # The rerun (faults gone) completes the list; nothing is lost or doubled.
+    rerun = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5
+    ).execute(context)
+    assert rerun["valid"] == 200 and criteo.members(sid) == {sha(e) for e in emails}
+
+
+# -- audiences ----------------------------------------------------------------------------------
+
+
+def test_create_or_update_audience_from_an_algebra(criteo, context):
+    include = upsert(context, name="buyers")["segment_id"]
+    exclude = criteo.segments[0]["id"]
+    algebra = {"and": [{"segment": include}, {"not": {"audienceSegmentId": exclude}}]}
+    op = CriteoCreateOrUpdateAudienceOperator(
+        task_id="aud", name="Buyers minus opt-outs", algebra=algebra, retailer_id="311"
+    )
+    created = op.execute(context)
+    assert created["action"] == "created" and created["segment_ids"] == sorted([include, exclude])
+    assert context["ti"].pushed["audience_id"] == created["audience_id"]
+    assert created["audience_id"] in context["ti"].pushed["criteo_audience_url"]
+    assert context["outlet_events"].added[-1][:2] == (
+        "criteo-audiences",
+        f"criteo://4242/audience/{created['audience_id']}",
+    )
+    # Same algebra with the operands swapped: unchanged. A JSON string works too.
+    swapped = {"and": [{"not": {"audienceSegmentId": exclude}}, {"audienceSegmentId": include}]}
+    assert (
+        CriteoCreateOrUpdateAudienceOperator(
+            task_id="aud", name="Buyers minus opt-outs", algebra=swapped, retailer_id="311"
+        ).execute(context)["action"]
+        == "unchanged"
+    )
+    updated = CriteoCreateOrUpdateAudienceOperator(
+        task_id="aud", name="Buyers minus opt-outs", algebra=f'{{"audienceSegmentId": "{include}"}}', retailer_id="311"
+    ).execute(context)
+    assert updated["action"] == "updated" and updated["audience_id"] == created["audience_id"]
+    assert len(criteo.audiences) == 1
+
+
+def test_audience_algebra_is_validated_before_sending(criteo, context):
+    before = len(criteo.requests)
+    for bad in ({"and": [{"segment": "1"}], "or": []}, {"not": {}}, "not json"):
+        with pytest.raises(AudienceValidationError):
+            CriteoCreateOrUpdateAudienceOperator(task_id="a", name="x", algebra=bad, retailer_id="311").execute(context)
+    assert len(criteo.requests) == before
+
+
+def test_audience_with_unknown_segment_is_a_partial_failure(criteo, context):
+    with pytest.raises(AudiencePartialFailure, match="segment-not-found"):
+        CriteoCreateOrUpdateAudienceOperator(
+            task_id="a", name="ghost", algebra={"audienceSegmentId": "12345"}, retailer_id="311"
+        ).execute(context)
+
+
+def test_delete_audiences(criteo, context):
+    aid = criteo.add_audience("old", {"audienceSegmentId": criteo.segments[0]["id"]})["id"]
+    summary = CriteoDeleteAudiencesOperator(task_id="d", audience_ids=[aid, "999"]).execute(context)
+    assert summary == {"deleted": [aid], "missing": ["999"], "not_deleted": []}
+    with pytest.raises(AudiencePartialFailure):
+        CriteoDeleteAudiencesOperator(task_id="d", audience_ids="999", missing_ok=False).execute(context)
+
+
+def test_marketing_solutions_segment_and_upload(criteo, context, tmp_path, set_criteo_conn):
+    conn = set_criteo_conn("criteo_ms", extra={"api": "marketing_solutions"})
+    segment = CriteoCreateOrUpdateSegmentOperator(task_id="s", name="ms-list", criteo_conn_id=conn).execute(context)
+    assert segment["action"] == "created" and segment["asset_uri"].startswith("criteo://98765/segment/")
+    source = write_emails(tmp_path / "ms.csv", ["a@x.com", "b@x.com"])
+    result = CriteoUploadContactListOperator(
+        task_id="u", segment_id=segment["segment_id"], source=source, criteo_conn_id=conn, mode="add"
+    ).execute(context)
+    assert result["identifier_type"] == "email" and result["statistics"]["number_of_identifiers"] == 2
+
+
+def test_operator_modules_do_not_import_the_hook_at_parse_time():
+    # (tenacity is not checked: airflow.sdk itself imports it)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, airflow_audience_provider.operators.criteo, airflow_audience_provider.sensors.criteo; "
+        "print(sorted(m for m in ('requests', 'airflow_audience_provider.hooks.criteo') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
