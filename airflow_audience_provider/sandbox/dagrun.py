@@ -45,11 +45,20 @@ def dag_test_env(
     return env
 
 
-def migrate_db(env: dict[str, str], timeout: float = 300) -> None:
-    """``airflow db migrate`` for the environment's AIRFLOW_HOME (a fresh SQLite DB)."""
+def migrate_db(env: dict[str, str], timeout: float = 300, airflow_bin: str | None = None) -> None:
+    """``airflow db migrate`` for the environment's AIRFLOW_HOME (a fresh SQLite DB).
+
+    :param airflow_bin: the ``airflow`` executable to run (default: the one next to this Python),
+        e.g. that of another virtual environment the provider was installed into.
+    """
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [AIRFLOW_BIN, "db", "migrate"], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [airflow_bin or AIRFLOW_BIN, "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -66,12 +75,20 @@ class DagTestOutcome:
         return self.returncode == 0
 
 
-def run_dag_test(dag_id: str, env: dict[str, str], timeout: float = 600, conf: dict | None = None) -> DagTestOutcome:
+def run_dag_test(
+    dag_id: str,
+    env: dict[str, str],
+    timeout: float = 600,
+    conf: dict | None = None,
+    airflow_bin: str | None = None,
+) -> DagTestOutcome:
     """``airflow dags test <dag_id>``; deferred tasks run their triggers inline.
 
     Bounded by ``timeout`` because an inline trigger has no timeout of its own in Airflow.
+
+    :param airflow_bin: the ``airflow`` executable to run (default: the one next to this Python).
     """
-    command = [AIRFLOW_BIN, "dags", "test", dag_id]
+    command = [airflow_bin or AIRFLOW_BIN, "dags", "test", dag_id]
     if conf:
         command += ["--conf", json.dumps(conf)]
     try:
