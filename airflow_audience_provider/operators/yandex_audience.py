@@ -111,7 +111,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
     :param max_removal_share: fail before sending when a sync would remove more of the segment.
     :param allow_mass_removal: turn the removal guard off.
     :param create_if_missing: create the segment when none has the name (otherwise fail).
-    :param dry_run: plan only: count, diff and check, send nothing.
+    :param plan_only: a dry run: count, diff and check, send nothing (``action`` is ``planned``).
     :param snapshot_base: where the engine keeps snapshots (default under ``$AIRFLOW_HOME``).
     :param emit_asset: record an Asset event ``yandex-audience://<login>/segment/<id>`` when data was sent.
     :return: ``{"segment_id", "name", "status", "action", "mode", "content_type", "counts", "url",
@@ -150,7 +150,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         max_removal_share: float = 0.2,
         allow_mass_removal: bool = False,
         create_if_missing: bool = True,
-        dry_run: bool = False,
+        plan_only: bool = False,
         snapshot_base: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -170,7 +170,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         self.max_removal_share = max_removal_share
         self.allow_mass_removal = allow_mass_removal
         self.create_if_missing = create_if_missing
-        self.dry_run = dry_run
+        self.plan_only = plan_only
         self.snapshot_base = snapshot_base
 
     def _rule(self) -> Any:
@@ -260,7 +260,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
                 destination_key=self._destination_key(hook),
                 snapshot_base=self.snapshot_base,
                 incremental=not one_way,
-                dry_run=self.dry_run,
+                dry_run=self.plan_only,
                 options=options,
                 **source_options,
             )
@@ -282,7 +282,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
                 f"Contact list for Yandex.Audience segment {self.segment_name!r} not sent: {exc}", vendor=VENDOR
             ) from exc
 
-        if self.dry_run:
+        if self.plan_only:
             action = "planned"
         elif sender.created:
             action = "created"
@@ -304,7 +304,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
             "url": hook.segment_url(segment_id) if segment_id is not None else None,
             "asset_uri": hook.segment_asset_uri(segment_id) if segment_id is not None else None,
         }
-        if self.dry_run:
+        if self.plan_only:
             result["blocked_by"] = outcome.get("blocked_by", [])
         self.log.info(
             "Yandex.Audience segment %r (%s): %s, %s", self.segment_name, segment_id, action, result["files"] or ""
@@ -507,15 +507,25 @@ class YandexAudienceCreateGeoSegmentOperator(_CreateSegmentOperator):
         }
 
     def create(self, hook: YandexAudienceHook) -> dict[str, Any]:
-        common = {
-            "period_length": self.period_length,
-            "times_quantity": self.times_quantity,
-            "device_matching_type": self.device_matching_type,
-        }
         if self.polygons is not None:
-            return hook.create_geo_polygon_segment(self.name, self.geo_segment_type, self.polygons, **common)
+            return hook.create_geo_polygon_segment(
+                self.name,
+                self.geo_segment_type,
+                self.polygons,
+                period_length=self.period_length,
+                times_quantity=self.times_quantity,
+                device_matching_type=self.device_matching_type,
+            )
         assert self.points is not None and self.radius is not None
-        return hook.create_geo_segment(self.name, self.geo_segment_type, self.radius, self.points, **common)
+        return hook.create_geo_segment(
+            self.name,
+            self.geo_segment_type,
+            self.radius,
+            self.points,
+            period_length=self.period_length,
+            times_quantity=self.times_quantity,
+            device_matching_type=self.device_matching_type,
+        )
 
 
 class YandexAudienceCreatePixelSegmentOperator(_CreateSegmentOperator):

@@ -147,7 +147,7 @@ def test_below_the_minimum_is_refused_before_sending(ya, hook, context, snapshot
 
 
 def test_dry_run_sends_nothing(ya, hook, context, snapshots):
-    plan = upload(snapshots, emails(150), dry_run=True).execute(context)
+    plan = upload(snapshots, emails(150), plan_only=True).execute(context)
     assert plan["action"] == "planned" and plan["segment_id"] is None and plan["blocked_by"] == []
     assert writes(ya) == []
 
@@ -279,17 +279,3 @@ def test_grants_delegates_pixels(ya, hook, context):
     assert delete.execute(context)["action"] == "deleted" and delete.execute(context)["action"] == "unchanged"
     restore = YandexAudienceDeletePixelOperator(task_id="up", pixel_id=created["pixel_id"], undelete=True)
     assert restore.execute(context)["action"] == "undeleted"
-
-
-def test_operator_modules_import_cheaply():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; import airflow_audience_provider.operators.yandex_audience, "
-        "airflow_audience_provider.sensors.yandex_audience; "
-        "print(sorted(m for m in ('requests', 'tenacity', 'airflow_audience_provider.hooks.yandex_audience') "
-        "if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "airflow_audience_provider.hooks.yandex_audience" not in out
