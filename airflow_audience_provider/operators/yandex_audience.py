@@ -67,6 +67,23 @@ def _segment_ref(value: Any) -> str:
     return str(value).strip()
 
 
+def _settle_items(operator: Any, what: str, failures: list[dict[str, Any]], on_item_error: str) -> None:
+    """Report per-item failures of a multi-item operator: fail (default) or warn, each mapped to its input."""
+    if not failures:
+        return
+    from airflow_audience_provider.core.errors import AudiencePartialFailure
+
+    lines = "; ".join(f"{f['input']}: {f['message']}" for f in failures)
+    if on_item_error == "warn":
+        operator.log.warning("%s: %d item(s) failed: %s", what, len(failures), lines)
+        return
+    raise AudiencePartialFailure(f"{what}: {len(failures)} item(s) failed: {lines}", items=failures, vendor=VENDOR)
+
+
+def _item_error(ref: Any, exc: Any) -> dict[str, Any]:
+    return {"input": ref, "error": type(exc).__name__, "code": exc.code, "message": exc.message}
+
+
 class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
     """Create or update a Yandex.Audience file segment from a contact list, idempotently by name.
 
@@ -663,35 +680,57 @@ class YandexAudienceDeleteSegmentOperator(_YandexAudienceOperator):
 
     :param segment_ids: one id or a list of ids (templated).
     :param missing_ok: a segment that is already gone counts as deleted (reruns succeed).
-    :return: ``{"deleted": [ids], "missing": [ids]}``.
+    :param on_item_error: ``fail`` (default): after trying every id, fail listing the ids Yandex refused
+        (e.g. segments of another login); ``warn``: log them and succeed.
+    :return: ``{"deleted": [ids], "missing": [ids], "failed": [{"input", "error", "code", "message"}]}``.
     """
 
     template_fields: Sequence[str] = ("segment_ids", "yandex_audience_conn_id")
     ui_color = "#ffe6e6"
 
-    def __init__(self, *, segment_ids: int | str | list[int | str], missing_ok: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        segment_ids: int | str | list[int | str],
+        missing_ok: bool = True,
+        on_item_error: str = "fail",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        if on_item_error not in ("fail", "warn"):
+            raise ValueError("on_item_error must be 'fail' or 'warn'")
         self.segment_ids = segment_ids
         self.missing_ok = missing_ok
+        self.on_item_error = on_item_error
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError
+        from airflow_audience_provider.core.errors import (
+            AudienceNotFoundError,
+            AudiencePermissionError,
+            AudienceValidationError,
+        )
 
         hook = self.hook
         ids = self.segment_ids if isinstance(self.segment_ids, list | tuple) else [self.segment_ids]
         deleted: list[str] = []
         missing: list[str] = []
+        failed: list[dict[str, Any]] = []
         for ref in (_segment_ref(i) for i in ids):
             try:
                 hook.delete_segment(ref)
-            except AudienceNotFoundError:
+            except AudienceNotFoundError as exc:
                 if not self.missing_ok:
-                    raise
-                missing.append(ref)
+                    failed.append(_item_error(ref, exc))
+                else:
+                    missing.append(ref)
+                continue
+            except (AudiencePermissionError, AudienceValidationError) as exc:
+                failed.append(_item_error(ref, exc))
                 continue
             deleted.append(ref)
             self.log.info("Deleted Yandex.Audience segment %s", ref)
-        return {"deleted": deleted, "missing": missing}
+        _settle_items(self, "Deleting Yandex.Audience segments", failed, self.on_item_error)
+        return {"deleted": deleted, "missing": missing, "failed": failed}
 
 
 class YandexAudienceReprocessSegmentOperator(_YandexAudienceOperator):
@@ -729,7 +768,9 @@ class YandexAudienceGrantSegmentAccessOperator(_YandexAudienceOperator):
     :param user_logins: one login or a list (templated).
     :param comment: up to 255 characters (templated).
     :param permission: ``view`` or ``edit``; sent only when given (undocumented field, clients send it).
-    :return: ``{"segment_id", "granted": [logins], "unchanged": [logins]}``.
+    :param on_item_error: ``fail`` (default): after trying every login, fail listing the logins Yandex
+        refused; ``warn``: log them and succeed.
+    :return: ``{"segment_id", "granted": [logins], "unchanged": [logins], "failed": [{"input", ...}]}``.
     """
 
     template_fields: Sequence[str] = ("segment_id", "user_logins", "comment", "yandex_audience_conn_id")
@@ -742,30 +783,43 @@ class YandexAudienceGrantSegmentAccessOperator(_YandexAudienceOperator):
         user_logins: str | list[str],
         comment: str | None = None,
         permission: str | None = None,
+        on_item_error: str = "fail",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if on_item_error not in ("fail", "warn"):
+            raise ValueError("on_item_error must be 'fail' or 'warn'")
         self.segment_id = segment_id
         self.user_logins = user_logins
         self.comment = comment
         self.permission = permission
+        self.on_item_error = on_item_error
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_audience_provider.core.errors import AudienceValidationError
+
         hook = self.hook
         sid = _segment_ref(self.segment_id)
         self._push_segment(context, sid)
         logins = [self.user_logins] if isinstance(self.user_logins, str) else list(self.user_logins)
         current = {g.get("user_login"): g for g in hook.list_grants(sid)}
-        granted, unchanged = [], []
+        granted: list[str] = []
+        unchanged: list[str] = []
+        failed: list[dict[str, Any]] = []
         for login in logins:
             grant = current.get(login)
             if grant is not None and (self.comment is None or (grant.get("comment") or "") == self.comment):
                 unchanged.append(login)
                 continue
-            hook.create_grant(sid, login, comment=self.comment, permission=self.permission)
+            try:
+                hook.create_grant(sid, login, comment=self.comment, permission=self.permission)
+            except AudienceValidationError as exc:  # this login refused; the others may still be granted
+                failed.append(_item_error(login, exc))
+                continue
             granted.append(login)
         self.log.info("Yandex.Audience segment %s: granted to %s, already granted to %s", sid, granted, unchanged)
-        return {"segment_id": int(sid), "granted": granted, "unchanged": unchanged}
+        _settle_items(self, f"Granting Yandex.Audience segment {sid}", failed, self.on_item_error)
+        return {"segment_id": int(sid), "granted": granted, "unchanged": unchanged, "failed": failed}
 
 
 class YandexAudienceRevokeSegmentAccessOperator(_YandexAudienceOperator):

@@ -9,6 +9,7 @@ from yandex_audience_helpers import PROCESSING, emails
 
 from airflow_audience_provider.core.errors import (
     AudienceNotFoundError,
+    AudiencePartialFailure,
     AudiencePermissionError,
     AudienceRateLimitError,
     AudienceValidationError,
@@ -245,10 +246,29 @@ def test_rename_delete_reprocess(ya, hook, context, snapshots):
         "is_processed"
     )
     delete = YandexAudienceDeleteSegmentOperator(task_id="d", segment_ids=[sid])
-    assert delete.execute(context) == {"deleted": [str(sid)], "missing": []}
-    assert delete.execute(context) == {"deleted": [], "missing": [str(sid)]}
-    with pytest.raises(AudienceNotFoundError):
+    assert delete.execute(context) == {"deleted": [str(sid)], "missing": [], "failed": []}
+    assert delete.execute(context) == {"deleted": [], "missing": [str(sid)], "failed": []}
+    with pytest.raises(AudiencePartialFailure) as caught:
         YandexAudienceDeleteSegmentOperator(task_id="d", segment_ids=sid, missing_ok=False).execute(context)
+    assert [i["code"] for i in caught.value.items] == ["not_found"]
+
+
+def test_multi_item_failures_are_reported_per_item(ya, hook, context):
+    other = hook.create_metrika_segment("to delete", "counter_id", 1)["id"]
+    mixed = YandexAudienceDeleteSegmentOperator(task_id="d", segment_ids=[SHARED_ID, other])
+    with pytest.raises(AudiencePartialFailure) as caught:
+        mixed.execute(context)
+    assert caught.value.items == [
+        {"input": str(SHARED_ID), "error": "AudiencePermissionError", "code": "access_denied",
+         "message": caught.value.items[0]["message"]},
+    ]  # fmt: skip
+    assert ya.get_segment(other) is None  # the good id was still deleted
+    grant = YandexAudienceGrantSegmentAccessOperator(
+        task_id="g", segment_id=METRIKA_ID, user_logins=["sandbox-login", "agency"], on_item_error="warn"
+    )
+    result = grant.execute(context)
+    assert result["granted"] == ["agency"]
+    assert [(f["input"], f["code"]) for f in result["failed"]] == [("sandbox-login", "invalid_parameter")]
 
 
 def test_grants_delegates_pixels(ya, hook, context):
@@ -256,7 +276,9 @@ def test_grants_delegates_pixels(ya, hook, context):
         task_id="g", segment_id=METRIKA_ID, user_logins=["agency", "analyst"], comment="Direct"
     )
     assert grant.execute(context)["granted"] == ["agency", "analyst"]
-    assert grant.execute(context) == {"segment_id": METRIKA_ID, "granted": [], "unchanged": ["agency", "analyst"]}
+    assert grant.execute(context) == {
+        "segment_id": METRIKA_ID, "granted": [], "unchanged": ["agency", "analyst"], "failed": [],
+    }  # fmt: skip
     revoke = YandexAudienceRevokeSegmentAccessOperator(task_id="rv", segment_id=METRIKA_ID, user_logins="analyst")
     assert revoke.execute(context)["revoked"] == ["analyst"]
     assert revoke.execute(context)["missing"] == ["analyst"]
