@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -96,6 +97,8 @@ ERROR_TYPES: dict[str, type[AudienceError]] = {
     "backend_error": AudienceServerError,
     "timeout": AudienceServerError,
 }
+_PERIODS = ("day", "hour", "minute", "second")
+_PER_PERIOD = re.compile(r"\b(?:per|a|an|each)\s+(day|hour|minute|second)\b")
 #: Above this many seconds a quota is not slept on in the task: the error is raised at once.
 LONG_QUOTA_SECONDS = 300.0
 
@@ -111,14 +114,16 @@ def quota_reset_seconds(text: str, now: float | None = None) -> float | None:
     period ("per second/minute/hour/day"). Daily quotas reset at midnight Moscow time.
     """
     lowered = text.lower()
-    if "day" in lowered or "daily" in lowered or "24 h" in lowered:
+    # "per <period>" first: a login named e.g. "holiday-ads" must not turn a minute quota into a daily one
+    match = _PER_PERIOD.search(lowered)
+    period = match.group(1) if match else next((p for p in _PERIODS if re.search(rf"\b{p}", lowered)), None)
+    if period is None and ("daily" in lowered or "24 h" in lowered):
+        period = "day"
+    if period == "day":
         current = datetime.fromtimestamp(time.time() if now is None else now, tz=MOSCOW)
         midnight = (current + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
         return max(1.0, (midnight - current).total_seconds())
-    for word, seconds in (("hour", 3600.0), ("minute", 60.0), ("second", 1.0)):
-        if word in lowered:
-            return seconds
-    return None
+    return {"hour": 3600.0, "minute": 60.0, "second": 1.0}.get(period or "")
 
 
 def _describe_reset(seconds: float) -> str:

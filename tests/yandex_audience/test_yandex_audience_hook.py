@@ -384,6 +384,8 @@ def test_vendor_daily_quota_resets_at_moscow_midnight():
     assert quota_reset_seconds("Request quota exceeded: 5000 requests per day", now=now) == pytest.approx(3600.0)
     assert quota_reset_seconds("10 segment create/modify requests per minute") == 60.0
     assert quota_reset_seconds("something else") is None
+    assert quota_reset_seconds("10 segment create/modify requests per minute for login holiday-ads") == 60.0
+    assert quota_reset_seconds("daily limit reached", now=now) == pytest.approx(3600.0)
 
 
 def test_vendor_per_ip_quota(ya, set_ya_conn, patch_limiter):
