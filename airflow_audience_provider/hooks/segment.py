@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -179,8 +180,6 @@ def segment_retry_after(response: requests.Response) -> float | None:
             number = float(reset)
         except ValueError:
             return parse_retry_after(reset)
-        import time
-
         return max(0.0, number - time.time()) if number > 1_000_000_000 else max(0.0, number)
     return None
 
@@ -205,7 +204,7 @@ class SegmentHook(AudienceHook):
     profile: ClassVar[VendorProfile] = VendorProfile(
         name=VENDOR,
         parse_error=parse_segment_error,
-        request_id_headers=("X-Request-Id", "X-Amzn-Trace-Id"),
+        request_id_headers=("X-Request-Id", "Request-Id"),
         retry_after=segment_retry_after,
         rate_limits=_limits(CURRENT_LIMITS),
     )

@@ -240,11 +240,14 @@ def test_consumers_are_the_audiences_referencing_the_key(hook, segment):
 # -- previews -----------------------------------------------------------------------------------
 
 
-def test_preview_lifecycle(hook, segment, wait_until):
+def test_preview_lifecycle(hook, segment):
+    segment.configure(processing_seconds=30)  # the fake's clock moves only when told: no race with load
     preview = hook.create_audience_preview(QUERY)
     first = hook.audience_preview_status(preview["id"])
     assert first.phase is Phase.RUNNING and first.data["size"] is None
-    done = wait_until(lambda: (r := hook.audience_preview_status(preview["id"])).phase is Phase.DONE and r)
+    segment.advance_time(31)
+    done = hook.audience_preview_status(preview["id"])
+    assert done.phase is Phase.DONE
     assert done.vendor_status == "COMPLETED" and done.data["size"] > 0 and done.data["sample_count"] == 3
 
 
@@ -328,11 +331,16 @@ def test_bad_schedules_are_refused_locally(strategy, config):
 # -- status functions ---------------------------------------------------------------------------
 
 
-def test_compute_status_progression(hook, segment, wait_until):
+def test_compute_status_progression(hook, segment):
+    segment.configure(processing_seconds=30)
     created = make(hook, enabled=True)
-    first = hook.audience_compute_status(created["id"])
-    assert first.phase is Phase.RUNNING and first.vendor_status == "Preparing"
-    done = wait_until(lambda: (r := hook.audience_compute_status(created["id"])).phase is Phase.DONE and r)
+    seen = [hook.audience_compute_status(created["id"])]
+    for _ in range(3):
+        segment.advance_time(10.5)
+        seen.append(hook.audience_compute_status(created["id"]))
+    assert [r.vendor_status for r in seen] == ["Preparing", "Computing", "Computing", "Live"]
+    assert [r.phase for r in seen[:3]] == [Phase.RUNNING] * 3
+    done = seen[-1]
     assert done.vendor_status == "Live" and done.data["size"] > 0
     assert done.data["asset_uri"] == f"segment://{segment.space_id}/audience/{created['id']}"
 

@@ -73,7 +73,7 @@ def test_update_sends_one_patch_with_every_change(segment, context):
 
 
 def test_back_to_back_edits_wait_for_the_lock(segment, context):
-    segment.configure(processing_seconds=1.5)  # a 0.5 s lock: long enough to see, short enough to wait out
+    segment.configure(processing_seconds=3)  # a 1 s lock: long enough to see under load, short enough to wait out
     created = upsert().execute(context)
     upsert(description="first edit").execute(context)
     assert segment.audience(created["audience_id"])["status"] == "Locked"
