@@ -33,7 +33,10 @@ API required it). The NAME search may match loosely, so names are compared exact
 **Rate limits** per operation are enforced client-side (current values of the notes, section 8;
 the alpha values when the connection pins ``v1alpha``; any of them overridable with the
 connection's ``rate_limits`` extra). A 429 is retried by the transport after ``Retry-After``,
-else the body's ``data.msBeforeNext``, else ``X-RateLimit-Reset`` (an RFC 5322 date).
+else the body's ``data.msBeforeNext``, else ``X-RateLimit-Reset`` (an RFC 5322 date). Segment
+counts per token, so other users of the token spend the same budget: when an answer says
+``X-RateLimit-Remaining: 0``, the next call of that operation waits for ``X-RateLimit-Reset``
+(at most :attr:`SegmentHook.max_header_pause` seconds) instead of collecting a 429.
 """
 
 from __future__ import annotations
@@ -209,9 +212,17 @@ class SegmentHook(AudienceHook):
         rate_limits=_limits(CURRENT_LIMITS),
     )
 
+    #: The longest pause before a call whose operation Segment reported used up
+    #: (``X-RateLimit-Remaining: 0``); a longer wait is left to the 429 path, which fails fast.
+    max_header_pause: ClassVar[float] = 60.0
+
     def __init__(self, segment_conn_id: str = SEGMENT.default_conn_name, **kwargs: Any) -> None:
         super().__init__(segment_conn_id, **kwargs)
         self.segment_conn_id = segment_conn_id
+        #: operation -> time (epoch) until which Segment said its budget is used up
+        self._exhausted: dict[str, float] = {}
+        self._current_class = "default"
+        self._sleep = time.sleep
 
     # -- connection -------------------------------------------------------------------------
 
@@ -262,7 +273,38 @@ class SegmentHook(AudienceHook):
                     f"Airflow connection '{settings.conn_id}': every rate limit must be a positive integer"
                 )
         transport.profile = replace(self.profile, rate_limits=_limits(limits))
+        transport.response_observers.append(self._observe_limits)
         return transport
+
+    def _observe_limits(self, response: requests.Response) -> None:
+        """Remember when Segment reports an operation's budget used up (``X-RateLimit-Remaining: 0``).
+
+        The budget is per token, so other tasks or tools using the same token may have spent it;
+        the next call of that operation then waits for ``X-RateLimit-Reset`` instead of
+        collecting a 429.
+        """
+        raw = response.headers.get("X-RateLimit-Remaining")
+        if raw is None:
+            return
+        try:
+            remaining = int(float(raw))
+        except ValueError:
+            return
+        if remaining > 0:
+            self._exhausted.pop(self._current_class, None)
+            return
+        wait = parse_retry_after(response.headers.get("X-RateLimit-Reset"))
+        if wait is not None:
+            # The reset is an RFC 5322 date, whole seconds: a second more so the slot surely is free.
+            self._exhausted[self._current_class] = time.time() + wait + 1.0
+
+    def _pause_if_exhausted(self, endpoint_class: str) -> None:
+        until = self._exhausted.pop(endpoint_class, None)
+        wait = (until or 0.0) - time.time()
+        if wait <= 0 or wait > self.max_header_pause:
+            return
+        log.info("Segment reported the %s budget used up; waiting %.1f s for it to reset", endpoint_class, wait)
+        self._sleep(wait)
 
     def api_version(self, settings: ConnectionSettings | None = None) -> str:
         settings = settings or self.settings()
@@ -327,7 +369,10 @@ class SegmentHook(AudienceHook):
         **kwargs: Any,
     ) -> dict[str, Any]:
         """One call; returns the ``data`` object of the answer."""
-        body = self.transport.json(
+        transport = self.transport
+        self._pause_if_exhausted(endpoint_class)
+        self._current_class = endpoint_class
+        body = transport.json(
             method,
             path,
             headers=self._headers(version, body=json_body is not None),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from airflow_audience_provider.core.errors import (
@@ -395,11 +397,32 @@ def test_too_long_retry_after_fails_at_once(hook, segment):
 def test_vendor_limit_headers_are_honoured(hook, segment):
     """The fake's per-operation limit answers 429 with Retry-After and X-RateLimit-*; the hook waits, succeeds."""
     segment.configure(limit_get_audience=1, rate_window_seconds=1)
-    hook.get_conn().profile.rate_limits.clear()  # no client-side limit: let the vendor's 429 speak
+    other = SegmentHook(retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))  # another task, same token
+    for made in (hook, other):
+        made.get_conn().profile.rate_limits.clear()  # no client-side limit: let the vendor's 429 speak
     hook.get_audience(SEED)
-    hook.get_audience(SEED)
+    other.get_audience(SEED)  # knows nothing of the used-up budget: collects a 429, waits, succeeds
     statuses = [r["status"] for r in segment.requests]
     assert statuses[0] == 200 and 429 in statuses and statuses[-1] == 200
+
+
+def test_a_used_up_budget_reported_in_headers_is_waited_out(hook, segment):
+    """X-RateLimit-Remaining: 0 on a success makes the next call of that operation wait for the reset, not 429."""
+    segment.configure(limit_get_audience=2, rate_window_seconds=1)
+    hook.get_conn().profile.rate_limits.clear()  # only Segment's headers guide the client here
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    hook._sleep = sleep
+    for _ in range(3):
+        hook.get_audience(SEED)
+    assert [r["status"] for r in segment.requests] == [200, 200, 200]
+    assert len(slept) == 1 and 0 < slept[0] <= 2.0  # the reset has whole-second precision
+    hook.list_audiences()  # another operation's budget is untouched: no pause
+    assert len(slept) == 1
 
 
 def test_retry_after_falls_back_to_the_body_and_reset_headers():
