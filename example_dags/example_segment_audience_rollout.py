@@ -71,6 +71,7 @@ with DAG(
     enable = SegmentEnableAudienceOperator(
         task_id="enable_audience",
         audience_id="{{ ti.xcom_pull(task_ids='upsert_audience')['audience_id'] }}",
+        deferrable=True,  # a lock left by an edit is waited out in the triggerer, not in a worker slot
         lock_poll_interval=POLL_SECONDS,
         lock_timeout=6 * 60 * 60,
     )

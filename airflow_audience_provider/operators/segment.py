@@ -7,7 +7,10 @@ key) before anything is created, and an edit that would change nothing is not se
 is incorporated. Every operator that edits an audience first waits, in the worker, until the
 audience is editable (see :meth:`~airflow_audience_provider.hooks.segment.SegmentHook.audience_edit_status`),
 polling every ``lock_poll_interval`` seconds for at most ``lock_timeout`` seconds; then it sends
-one PATCH with every change. A lock that does not clear in time fails the task with
+one PATCH with every change. With ``deferrable=True`` the wait happens in the triggerer
+instead (a lock can last as long as a backfill); the task then resumes by running its
+``execute`` again, which re-reads the audience, so nothing stale is sent. A lock that does not
+clear in time fails the task with
 :class:`~airflow_audience_provider.hooks.segment.SegmentAudienceLockedError`, which Airflow
 retries (the lock clears by itself).
 """
@@ -41,6 +44,7 @@ class _SegmentOperator(AudienceBaseOperator):
     :param space_id: the Engage space (templated); default: the connection's ``space_id`` extra.
     :param lock_timeout: seconds to wait for the audience's edit lock to clear before editing.
     :param lock_poll_interval: seconds between looks while waiting for the lock.
+    :param deferrable: wait for the lock in the triggerer (default: ``[operators] default_deferrable``).
     """
 
     hook_path = _HOOK
@@ -54,6 +58,7 @@ class _SegmentOperator(AudienceBaseOperator):
         space_id: str | None = None,
         lock_timeout: float = 6 * 60 * 60,
         lock_poll_interval: float = 60,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=segment_conn_id, **kwargs)
@@ -61,6 +66,7 @@ class _SegmentOperator(AudienceBaseOperator):
         self.space_id = space_id
         self.lock_timeout = lock_timeout
         self.lock_poll_interval = lock_poll_interval
+        self.deferrable = deferrable
 
     @property
     def hook(self) -> SegmentHook:
@@ -110,9 +116,43 @@ class _SegmentOperator(AudienceBaseOperator):
             ) from exc
 
     def _edit(self, space: str, audience_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Wait for the lock, then send one PATCH with every change."""
-        self._wait_until_editable(space, audience_id)
+        """Wait for the lock (in the worker, or deferred to the triggerer), then send one PATCH."""
+        if self.deferrable:
+            from airflow_audience_provider.core.results import Phase
+
+            look = self.hook.audience_edit_status(audience_id, space)
+            if look.phase is not Phase.DONE:
+                from airflow_audience_provider.triggers.segment import SegmentAudienceEditableTrigger
+
+                self.log.info("%s; deferring until it is editable", look.message)
+                self.defer(
+                    trigger=SegmentAudienceEditableTrigger(
+                        conn_id=self.segment_conn_id,
+                        status_kwargs={"audience_id": audience_id, "space_id": space},
+                        poll_interval=float(self.lock_poll_interval),
+                        deadline=time.time() + float(self.lock_timeout),
+                    ),
+                    method_name="resume_after_lock",
+                    timeout=timedelta(seconds=float(self.lock_timeout) + 60),
+                )
+        else:
+            self._wait_until_editable(space, audience_id)
         return self.hook.update_audience_for_space(audience_id, space, **changes)
+
+    def resume_after_lock(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Back from the triggerer: the lock has cleared, so run again from a fresh read."""
+        from airflow_audience_provider.core.errors import AudienceTimeoutError
+        from airflow_audience_provider.core.results import validate_event
+        from airflow_audience_provider.hooks.segment import SegmentAudienceLockedError
+
+        try:
+            validate_event(event, "segment")
+        except AudienceTimeoutError as exc:
+            raise SegmentAudienceLockedError(
+                f"{exc.message}. The task can be retried once Segment has incorporated the previous edit.",
+                vendor="segment",
+            ) from exc
+        return self.execute(context)
 
     def _resolve(self, space: str, audience_id: str | None, audience_name: str | None) -> dict[str, Any] | None:
         """The audience by id, else by exact name; None when it does not exist."""

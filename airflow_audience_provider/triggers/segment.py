@@ -29,3 +29,17 @@ class SegmentAudiencePreviewTrigger(AudiencePollingTrigger):
     status_method = "audience_preview_status"
     vendor = "segment"
     subject = "Segment audience preview {preview_id}"
+
+
+class SegmentAudienceEditableTrigger(AudiencePollingTrigger):
+    """Wait until a Segment audience's edit lock has cleared (its status is no longer
+    ``Locked``, ``Preparing``, ``Computing`` or ``Backfilling``).
+
+    ``status_kwargs``: ``audience_id`` and ``space_id``; see
+    :meth:`~airflow_audience_provider.hooks.segment.SegmentHook.audience_edit_status`.
+    """
+
+    hook_path = "airflow_audience_provider.hooks.segment.SegmentHook"
+    status_method = "audience_edit_status"
+    vendor = "segment"
+    subject = "the edit lock of Segment audience {audience_id}"

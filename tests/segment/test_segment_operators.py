@@ -20,7 +20,7 @@ from airflow_audience_provider.operators.segment import (
     SegmentPreviewAudienceOperator,
     SegmentRemoveAudienceOperator,
 )
-from airflow_audience_provider.triggers.segment import SegmentAudiencePreviewTrigger
+from airflow_audience_provider.triggers.segment import SegmentAudienceEditableTrigger, SegmentAudiencePreviewTrigger
 
 QUERY = "event('Order Completed').within(30 days).count() >= 1"
 SEED = "aud_sandboxSeedAudience000000001"
@@ -94,6 +94,35 @@ def test_a_lock_that_does_not_clear_fails_retryably(segment, context):
     assert not isinstance(caught.value, AudienceJobFailedError)  # Airflow may retry it
     assert patches(segment) == []
     assert context["ti"].pushed["audience_id"] == created["audience_id"]  # linked before failing
+
+
+@pytest.mark.asyncio
+async def test_deferrable_lock_wait_resumes_from_a_fresh_read(segment, context):
+    segment.configure(processing_seconds=30)
+    created = upsert().execute(context)
+    upsert(description="first").execute(context)  # the audience is now locked
+    op = upsert(description="second", deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, SegmentAudienceEditableTrigger)
+    assert deferred.value.method_name == "resume_after_lock"
+    assert trigger.status_kwargs == {"audience_id": created["audience_id"], "space_id": segment.space_id}
+    assert len(patches(segment)) == 1  # nothing was sent to the locked audience
+
+    segment.advance_time(31)  # the first edit has been incorporated
+    event = (await anext(trigger.run())).payload
+    assert event["status"] == "success"
+    result = op.resume_after_lock(context, event)
+    assert result["action"] == "updated" and result["changed_fields"] == ["description"]
+    assert segment.audience(created["audience_id"])["description"] == "second"
+    assert segment.refused_edits == 0
+
+
+def test_deferred_lock_timeout_is_a_lock_error(segment, context):
+    event = {"status": "timeout", "vendor": "segment", "message": "Timed out waiting for the edit lock"}
+    with pytest.raises(SegmentAudienceLockedError, match="Timed out"):
+        upsert(deferrable=True).resume_after_lock(context, event)
 
 
 def test_type_change_is_refused(segment, context):

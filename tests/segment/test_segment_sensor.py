@@ -18,7 +18,11 @@ from airflow_audience_provider.core.errors import (
 )
 from airflow_audience_provider.core.results import validate_event
 from airflow_audience_provider.sensors.segment import SegmentAudienceComputedSensor
-from airflow_audience_provider.triggers.segment import SegmentAudienceComputedTrigger, SegmentAudiencePreviewTrigger
+from airflow_audience_provider.triggers.segment import (
+    SegmentAudienceComputedTrigger,
+    SegmentAudienceEditableTrigger,
+    SegmentAudiencePreviewTrigger,
+)
 
 POLL = 0.05
 QUERY = "event('Order Completed').count() >= 1"
@@ -169,7 +173,9 @@ async def test_trigger_gives_up_on_a_missing_audience(segment):
     assert event["status"] == "error" and event["http_status"] == 404 and "aud_gone" in event["message"]
 
 
-@pytest.mark.parametrize("cls", [SegmentAudienceComputedTrigger, SegmentAudiencePreviewTrigger])
+@pytest.mark.parametrize(
+    "cls", [SegmentAudienceComputedTrigger, SegmentAudiencePreviewTrigger, SegmentAudienceEditableTrigger]
+)
 def test_trigger_serialize_round_trip(cls):
     from airflow.sdk import serde
 
