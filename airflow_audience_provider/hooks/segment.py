@@ -268,6 +268,12 @@ class SegmentHook(AudienceHook):
                     f"Airflow connection '{settings.conn_id}': extra 'rate_limits' must be a JSON object of "
                     f"operation -> requests per minute ({exc})"
                 ) from None
+            unknown = sorted(set(limits) - set(CURRENT_LIMITS))
+            if unknown:
+                raise AudienceConfigurationError(
+                    f"Airflow connection '{settings.conn_id}': extra 'rate_limits' names unknown operations "
+                    f"{unknown}; known: {', '.join(sorted(CURRENT_LIMITS))}"
+                )
             if any(v <= 0 for v in limits.values()):
                 raise AudienceConfigurationError(
                     f"Airflow connection '{settings.conn_id}': every rate limit must be a positive integer"

@@ -101,6 +101,7 @@ def test_references_always_use_the_alpha_media_type(hook, segment):
         ({"api_version": "v2"}, "api_version"),
         ({"rate_limits": "not json"}, "rate_limits"),
         ({"rate_limits": '{"get_audience": 0}'}, "positive"),
+        ({"rate_limits": '{"update_audiences": 5}'}, "unknown operations"),
     ],
 )
 def test_bad_connection_extras_name_the_field(set_segment_conn, extra, needle):
