@@ -186,7 +186,7 @@ class SegmentCreateOrUpdateAudienceOperator(_SegmentOperator):
         disabled (check it, e.g. with a preview, then enable it), an existing one keeps its switch.
     :param options: ``includeHistoricalData``, ``backfillEventDataDays``, ``filterByExternalIds``
         (templated); only the keys given are compared and changed.
-    :param target_entity: the data-graph entity of a LINKED audience (create only).
+    :param target_entity: the data-graph entity of a LINKED audience (create only; templated).
     :param emit_asset: record an Asset event ``segment://<space>/audience/<id>`` (alias ``segment-audiences``)
         when the audience is created or changed.
     :return: ``{"audience_id", "space_id", "name", "key", "enabled", "status", "url", "asset_uri",
@@ -199,6 +199,7 @@ class SegmentCreateOrUpdateAudienceOperator(_SegmentOperator):
         "audience_type",
         "description",
         "options",
+        "target_entity",
         "space_id",
         "segment_conn_id",
     )
@@ -433,6 +434,7 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
         "definition",
         "audience_type",
         "options",
+        "target_entity",
         "audience_name",
         "space_id",
         "segment_conn_id",
