@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 import requests
 
@@ -24,9 +27,51 @@ def api(segment_sandbox):
     session.close()
 
 
+#: The 2022 spec's envelope and pagination schemas (it predates audiences; the audience shapes come from the notes).
+SPEC = json.loads((Path(__file__).parent / "specs" / "segment-public-api-2022.envelope-excerpt.json").read_text())
+
+#: AudienceSummary as the vendor notes (SDK 73.2.0) describe it; GET/LIST add computeCadence and size.
+AUDIENCE_SUMMARY = {
+    "type": "object",
+    "required": ["id", "spaceId", "name", "key", "enabled", "definition", "audienceType",
+                 "createdBy", "updatedBy", "createdAt", "updatedAt"],
+    "properties": {
+        "id": {"type": "string"}, "spaceId": {"type": "string"}, "name": {"type": "string"},
+        "description": {"type": "string"}, "key": {"type": "string"}, "enabled": {"type": "boolean"},
+        "definition": {"type": ["object", "null"], "required": ["query"],
+                       "properties": {"query": {"type": "string"}, "targetEntity": {"type": ["string", "null"]}}},
+        "status": {"type": "string"},
+        "audienceType": {"enum": ["USERS", "ACCOUNTS", "LINKED"]},
+        "options": {"type": "object", "properties": {
+            "filterByExternalIds": {"type": "array", "items": {"type": "string"}},
+            "includeHistoricalData": {"type": "boolean"}, "backfillEventDataDays": {"type": "number"}}},
+        "createdBy": {"type": "string"}, "updatedBy": {"type": "string"},
+        "createdAt": {"type": "string"}, "updatedAt": {"type": "string"},
+    },
+}  # fmt: skip
+AUDIENCE_FULL = {
+    **AUDIENCE_SUMMARY,
+    "required": [*AUDIENCE_SUMMARY["required"], "computeCadence"],
+    "properties": {
+        **AUDIENCE_SUMMARY["properties"],
+        "computeCadence": {"type": "object", "required": ["type"],
+                           "properties": {"type": {"enum": ["BATCH", "REALTIME"]}}},
+        "size": {"type": "object", "required": ["type"], "properties": {
+            "count": {"type": "number"}, "uniqueCount": {"type": "number"},
+            "type": {"enum": ["USERS", "ACCOUNTS", "ENTITIES"]}}},
+    },
+}  # fmt: skip
+
+
+def spec_validate(instance, name: str) -> None:
+    schema = {"$ref": f"#/components/schemas/{name}", "components": SPEC["components"]}
+    jsonschema.Draft7Validator(schema).validate(instance)
+
+
 def check_error(response: requests.Response, status: int, error_type: str) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
+    spec_validate(body, "RequestErrorEnvelope")
     assert set(body) == {"errors"}  # never both data and errors
     first = body["errors"][0]
     assert first["type"] == error_type and first["message"]
@@ -47,7 +92,10 @@ def test_create_answers_200_with_the_summary(api, segment_sandbox):
     audience = response.json()["data"]["audience"]
     assert audience["status"] == "Preparing" and audience["key"] == "n"
     assert "size" not in audience and "computeCadence" not in audience  # AudienceSummary
-    assert "size" in api("GET", f"/{audience['id']}").json()["data"]["audience"]
+    jsonschema.Draft7Validator(AUDIENCE_SUMMARY).validate(audience)
+    full = api("GET", f"/{audience['id']}").json()["data"]["audience"]
+    jsonschema.Draft7Validator(AUDIENCE_FULL).validate(full)
+    assert "size" in full
 
 
 def test_validation_errors_name_each_field(api):
@@ -79,6 +127,9 @@ def test_pagination_cursor(api, segment_sandbox):
         segment_sandbox.create_audience(name=f"P{i}", audienceType="USERS", definition={"query": QUERY})
     first = api("GET", params={"pagination.count": 3}).json()["data"]
     assert len(first["audiences"]) == 3 and first["pagination"]["totalEntries"] == 4
+    spec_validate(first["pagination"], "PaginationOutput")
+    for audience in first["audiences"]:
+        jsonschema.Draft7Validator(AUDIENCE_FULL).validate(audience)
     second = api("GET", params={"pagination.count": 3, "pagination.cursor": first["pagination"]["next"]}).json()
     assert len(second["data"]["audiences"]) == 1 and second["data"]["pagination"]["next"] is None
     check_error(api("GET", params={"pagination.count": 201}), 422, "ValidationFailure")
