@@ -194,17 +194,23 @@ class YandexAudienceFake(VendorFake):
             seg = self._segments.get(int(segment_id))
             return self._render(seg) if seg else None
 
-    def processed_segments(self) -> list[dict[str, Any]]:
+    def processed_segments(self, for_login: str | None = None) -> list[dict[str, Any]]:
         """``[{"id", "name", "status"}]`` of the segments the sandbox login sees that are ``processed``.
 
         For fakes that consume Audience segments (Yandex Direct shows a segment's goals only once
         it is processed) when both run in one SandboxServer: ``server.fake("yandex_audience")``.
+
+        :param for_login: only the segments this login may use: it owns them or holds a grant
+            (Direct lists a segment only for such a login). None = every segment the sandbox login sees.
         """
-        return [
-            {"id": s["id"], "name": s["name"], "status": s["status"]}
-            for s in self.segments()
-            if s["status"] == "processed"
-        ]
+        with self.lock:
+            return [
+                {"id": s["id"], "name": s["name"], "status": "processed"}
+                for s in self._segments.values()
+                if self._visible(s)
+                and self._status(s) == "processed"
+                and (for_login is None or s["owner"] == for_login or for_login in s["_grants"])
+            ]
 
     def fail_next_processing(self, segment_id: int | str, status: str = "processing_failed") -> None:
         """The next processing of this segment ends in ``status`` (``processing_failed``, ``few_data``,

@@ -161,3 +161,14 @@ def test_connection_points_at_the_fake(fake):
     assert set(conn) <= {"conn_type", "host", "port", "login", "password", "schema", "extra"}
     assert conn["conn_type"] == "yandex_audience" and conn["login"] == "sandbox-login"
     assert YandexAudienceFake.conn_id == "yandex_audience_default"
+
+
+def test_processed_segments_for_a_login(fake, http):
+    assert [s["id"] for s in fake.processed_segments()] == [30000001, 30000002]
+    assert fake.processed_segments(for_login="agency") == []
+    http("PUT", "segment/30000001/grant", json={"grant": {"user_login": "agency"}})
+    assert fake.processed_segments(for_login="agency") == [
+        {"id": 30000001, "name": "Site visitors (Metrica)", "status": "processed"}
+    ]
+    # its own segment, and the one another login shared with it
+    assert [s["id"] for s in fake.processed_segments(for_login="sandbox-login")] == [30000001, 30000002]
