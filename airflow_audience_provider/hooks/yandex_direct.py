@@ -30,7 +30,7 @@ lists; a segment given by *id* is recognised as the listed goal whose id is ``au
 + segment id`` (connection extra, default 2 000 000 000, our assumption about Direct's numbering),
 and an explicit ``{"goal_id": ...}`` bypasses both. In every case the goal must be listed by Direct
 (i.e. the segment is ``processed`` and shared with the Direct login), otherwise a clear
-:class:`~airflow_audience_provider.core.errors.AudienceNotFoundError` names what is missing.
+:class:`YandexDirectGoalNotFoundError` (not retried by Airflow) names what is missing.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from airflow_audience_provider.core.errors import (
     AudienceAuthenticationError,
     AudienceConfigurationError,
     AudienceError,
+    AudienceNonRetryableError,
     AudienceNotFoundError,
     AudiencePermissionError,
     AudienceRateLimitError,
@@ -137,6 +138,15 @@ _CLASS_BY_CODE: dict[int, type[AudienceError]] = {
     9300: AudienceValidationError,
     9301: AudienceValidationError,
 }
+
+
+class YandexDirectGoalNotFoundError(AudienceNotFoundError, AudienceNonRetryableError):
+    """Direct lists no goal for a Yandex.Audience segment or Metrica goal named in the rules.
+
+    Not retried by Airflow: Direct lists a segment as soon as Audience reports it ``processed`` and it
+    is shared with the Direct login (notes section 8), so a missing one is a wrong id or name, or a
+    missing grant; wait for processing with the Audience sensor before this task instead.
+    """
 
 
 class YandexDirectUnitsError(AudienceRateLimitError):
@@ -896,7 +906,7 @@ class YandexDirectHook(AudienceHook):
             with one of ``segment_id``, ``name``, ``goal_id``.
         :param goals: a GetRetargetingGoals answer to reuse (saves a call).
         :returns: ``[{"input", "goal_id", "name"}]`` in input order.
-        :raises AudienceNotFoundError: naming every segment Direct does not list (not processed yet,
+        :raises YandexDirectGoalNotFoundError: naming every segment Direct does not list (not processed yet,
             not shared with this Direct login, or a wrong id/name).
         :raises AudienceValidationError: for a name that matches several segments.
         """
@@ -926,7 +936,7 @@ class YandexDirectHook(AudienceHook):
                 continue
             resolved.append({"input": raw, "goal_id": int(goal["GoalID"]), "name": goal.get("Name")})
         if missing:
-            raise AudienceNotFoundError(
+            raise YandexDirectGoalNotFoundError(
                 f"Yandex Direct lists no goal for the Yandex.Audience segment(s) {missing!r} "
                 f"(login {self.client_login or 'of the token'}): a segment appears only once it is processed "
                 "and owned by or shared with this Direct login",
@@ -939,13 +949,13 @@ class YandexDirectHook(AudienceHook):
     ) -> list[dict[str, Any]]:
         """Check Metrica goal ids against GetRetargetingGoals (Direct does not validate them, pitfall 12).
 
-        :raises AudienceNotFoundError: naming the goals Direct does not list for this login.
+        :raises YandexDirectGoalNotFoundError: naming the goals Direct does not list for this login.
         """
         goals = list(goals) if goals is not None else self.get_retargeting_goals()
         by_id = {int(g["GoalID"]): g for g in goals if str(g.get("GoalID", "")).lstrip("-").isdigit()}
         missing = [g for g in goal_ids if int(g) not in by_id]
         if missing:
-            raise AudienceNotFoundError(
+            raise YandexDirectGoalNotFoundError(
                 f"Yandex Direct lists no goal {missing!r} for login {self.client_login or 'of the token'}",
                 vendor=VENDOR,
             )

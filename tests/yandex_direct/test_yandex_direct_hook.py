@@ -323,8 +323,11 @@ def test_segments_resolve_by_id_name_and_goal_id(hook):
 
 
 def test_unknown_or_unprocessed_segment_is_a_clear_not_found(hook, direct):
-    with pytest.raises(AudienceNotFoundError, match=r"\[1003, 'Nobody'\].*processed"):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AudienceNotFoundError, match=r"\[1003, 'Nobody'\].*processed") as info:
         hook.resolve_audience_segments([1001, 1003, "Nobody"])
+    assert isinstance(info.value, AirflowFailException)  # a retry of the task cannot fix it
     direct.set_segment_status(1003, "processed")  # the goal appears once the segment is processed
     assert hook.resolve_audience_segments([1003])[0]["name"] == "Newsletter signups"
 
