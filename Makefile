@@ -15,7 +15,7 @@ OLD_VENV := .venv-oldest
 OLD_LOCK := requirements/oldest.lock
 OLD_STAMP := $(OLD_VENV)/.installed
 
-.PHONY: help env demo test test-fast test-matrix bench docs lint dist lock sandbox clean
+.PHONY: help env demo test test-fast test-matrix test-ui ui-deps bench docs lint dist lock sandbox clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,17 @@ test: $(STAMP) ## Run the whole test suite (unit, sandbox, example DAGs under re
 
 test-fast: $(STAMP) ## The test suite without the example-DAG runs
 	$(PY) -m pytest -q -m "not dag_run" --timeout=300 tests
+
+# The UI test drives Debian's chromium through chromedriver; `make test-ui` installs them when missing.
+CHROMIUM ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+
+ui-deps: ## Install Debian's chromium, chromium-driver and a font for the UI test (apt-get, as root)
+	apt-get update -q && apt-get install -y -q chromium chromium-driver fonts-dejavu-core
+
+test-ui: $(STAMP) ## The UI test: real Airflow API server + headless Chromium; screenshots into docs/_static/screenshots
+	@test -x $(CHROMIUM) && test -x $(CHROMEDRIVER) || $(MAKE) ui-deps
+	AUDIENCE_UI_TESTS=1 $(PY) -m pytest -q -m ui --timeout=900 tests/ui
 
 test-matrix: $(STAMP) $(OLD_STAMP) ## The suite on the oldest supported Airflow 3.x (3.1, oldest.lock), then the newest
 	$(OLD_VENV)/bin/python -m pytest -q --timeout=600 tests

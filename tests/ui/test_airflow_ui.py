@@ -1,0 +1,452 @@
+"""The provider in the real Airflow UI: ``airflow api-server`` (simple auth manager, everyone admin)
+on a free local port, driven over its HTTP API and in headless Chromium.
+
+Covers every registered connection type (``CONNECTION_SPECS``) and every sandbox fake, so a new
+vendor is checked as soon as it is registered:
+
+- ``GET /ui/connections/hook_meta``: each type with its relabelled/hidden standard fields, its extra
+  fields (labels, defaults, enums) and secrets marked ``format: password``;
+- ``POST /api/v2/connections`` + ``POST /api/v2/connections/test`` against the sandbox succeed, and
+  malformed extras give a clear message, never a stack trace;
+- the Add Connection form in Chromium shows each type's labelled fields with the secret as a
+  password input (screenshots into ``docs/_static/screenshots``);
+- a finished example DAG run (``airflow dags test`` into the server's DB) has its operators' extra
+  links pointing at the sandbox's vendor pages, and its emitted Asset is listed.
+
+Opt-in, because it starts servers and a browser: ``make test-ui`` (sets ``AUDIENCE_UI_TESTS=1`` and
+installs Debian's chromium/chromium-driver when missing). The browser tests are skipped when
+``/usr/bin/chromium`` or chromedriver is absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_audience_provider.connections import CONNECTION_SPECS, TRANSPORT_FIELDS
+from airflow_audience_provider.sandbox.dagrun import AIRFLOW_BIN, dag_test_env, migrate_db, read_run, run_dag_test
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "example_dags"
+SCREENSHOTS = Path(os.environ.get("AUDIENCE_UI_SCREENSHOTS") or REPO / "docs" / "_static" / "screenshots")
+CHROMIUM = os.environ.get("AUDIENCE_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("AUDIENCE_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1000",
+)
+DAG_ID = "example_lytics_segment_refresh"
+START_TIMEOUT = 120.0
+HTTP_TIMEOUT = 60.0
+UI_TIMEOUT = 30.0
+
+pytestmark = [
+    pytest.mark.ui,
+    pytest.mark.skipif(
+        os.environ.get("AUDIENCE_UI_TESTS") != "1",
+        reason="UI test: starts the Airflow API server and Chromium; run it with `make test-ui` (AUDIENCE_UI_TESTS=1)",
+    ),
+]
+
+_have_browser = os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
+needs_browser = pytest.mark.skipif(
+    not _have_browser,
+    reason=f"headless Chromium not installed ({CHROMIUM} and chromedriver): `make ui-deps` installs them",
+)
+
+# The standard form fields as /ui/connections/hook_meta names them, and their default labels.
+_STANDARD_FIELD_KEY = {"schema": "url_schema"}
+_DEFAULT_LABELS = {"host": "Host", "login": "Login", "password": "Password", "port": "Port", "schema": "Schema"}
+_STACK_TRACE_MARKERS = ("Traceback (most recent call last)", 'File "/', '\n  File "')
+
+
+# ---------------------------------------------------------------------------------------------- servers
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """TERM the process group (started with a new session), then KILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+
+
+class Api:
+    """A tiny REST client for the API server (Bearer token from the simple auth manager)."""
+
+    def __init__(self, base_url: str) -> None:
+        import requests
+
+        self.base_url = base_url
+        self.session = requests.Session()
+        token = self.session.get(f"{base_url}/auth/token", timeout=HTTP_TIMEOUT)
+        token.raise_for_status()
+        self.session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+
+    def get(self, path: str, **params: Any):
+        return self.session.get(f"{self.base_url}{path}", params=params or None, timeout=HTTP_TIMEOUT)
+
+    def post(self, path: str, body: dict[str, Any]):
+        return self.session.post(f"{self.base_url}{path}", json=body, timeout=HTTP_TIMEOUT)
+
+    def delete(self, path: str):
+        return self.session.delete(f"{self.base_url}{path}", timeout=HTTP_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def ui_sandbox(sandbox):
+    """The session sandbox (every vendor fake), reset for this module."""
+    sandbox.reset()
+    yield sandbox
+    sandbox.reset()
+
+
+@pytest.fixture(scope="module")
+def airflow_env(ui_sandbox, tmp_path_factory) -> dict[str, str]:
+    env = dag_test_env(
+        tmp_path_factory.mktemp("ui_airflow_home"),
+        EXAMPLES,
+        ui_sandbox,
+        AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
+        AIRFLOW__CORE__TEST_CONNECTION="Enabled",
+        AIRFLOW__CORE__PARALLELISM="2",
+    )
+    migrate_db(env, timeout=180)
+    return env
+
+
+@pytest.fixture(scope="module")
+def api_server(airflow_env) -> Iterator[str]:
+    """``airflow api-server`` on 127.0.0.1:<free port>, one worker, in its own process group."""
+    import requests
+
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log_path = Path(airflow_env["AIRFLOW_HOME"]) / "api-server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [AIRFLOW_BIN, "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
+            env=airflow_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"airflow api-server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                log_tail = log_path.read_text()[-4000:]
+                pytest.fail(f"airflow api-server not healthy after {START_TIMEOUT:.0f} s:\n{log_tail}")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        _stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def api(api_server) -> Api:
+    return Api(api_server)
+
+
+def _sandbox_connections(sandbox) -> dict[str, dict[str, Any]]:
+    """``{conn_type: connection dict}`` of every sandbox fake (host = the fake's URL)."""
+    connections = {}
+    for vendor in sandbox.vendors:
+        connection = sandbox.fake(vendor).connection(sandbox.url(vendor))
+        connections[connection["conn_type"]] = connection
+    return connections
+
+
+def _rest_body(connection_id: str, connection: dict[str, Any], **extra_overrides: Any) -> dict[str, Any]:
+    body = {key: value for key, value in connection.items() if key != "extra"}
+    extra = {**(connection.get("extra") or {}), **extra_overrides}
+    return {**body, "connection_id": connection_id, "extra": json.dumps(extra)}
+
+
+def _assert_no_stack_trace(text: str) -> None:
+    for marker in _STACK_TRACE_MARKERS:
+        assert marker not in text, f"stack trace in a user-facing message: {text[:2000]}"
+
+
+# ---------------------------------------------------------------------------------------------- HTTP API
+def test_every_connection_type_has_a_sandbox_fake(ui_sandbox):
+    assert set(_sandbox_connections(ui_sandbox)) == set(CONNECTION_SPECS)
+
+
+def test_hook_meta_lists_every_connection_type_with_its_fields(api):
+    answer = api.get("/ui/connections/hook_meta")
+    assert answer.status_code == 200, answer.text
+    by_type = {entry["connection_type"]: entry for entry in answer.json()}
+    missing = set(CONNECTION_SPECS) - set(by_type)
+    assert not missing, f"connection types missing from the UI: {sorted(missing)}"
+
+    for conn_type, spec in CONNECTION_SPECS.items():
+        meta = by_type[conn_type]
+        assert meta["hook_name"] == spec.hook_name
+        assert meta["hook_class_name"] == spec.hook_class
+        standard = meta["standard_fields"]
+        for field in spec.hidden_fields:
+            assert standard[_STANDARD_FIELD_KEY.get(field, field)]["hidden"] is True, (conn_type, field)
+        for field, label in spec.relabeling.items():
+            entry = standard[_STANDARD_FIELD_KEY.get(field, field)]
+            assert entry["hidden"] is False, (conn_type, field)
+            assert entry["title"] == label, (conn_type, field)
+        for field, placeholder in spec.placeholders.items():
+            assert standard[_STANDARD_FIELD_KEY.get(field, field)]["placeholder"] == placeholder, (conn_type, field)
+
+        extra = meta["extra_fields"]
+        assert list(extra) == [f.name for f in spec.fields], conn_type
+        for field in spec.fields:
+            schema = extra[field.name]["schema"]
+            assert schema["title"] == field.label, (conn_type, field.name)
+            assert extra[field.name]["description"] == field.description, (conn_type, field.name)
+            assert field.type in schema["type"], (conn_type, field.name)
+            if field.default is not None:
+                assert schema["default"] == field.default, (conn_type, field.name)
+            if field.enum:
+                assert schema["enum"] == list(field.enum), (conn_type, field.name)
+            # secrets are masked in the form (format: password); nothing else is
+            assert (schema.get("format") == "password") is field.secret, (conn_type, field.name)
+
+
+@pytest.mark.parametrize("conn_type", sorted(CONNECTION_SPECS))
+def test_create_and_test_each_sandbox_connection(api, ui_sandbox, conn_type):
+    connection = _sandbox_connections(ui_sandbox)[conn_type]
+    connection_id = f"{conn_type}_ui"
+    api.delete(f"/api/v2/connections/{connection_id}")  # left by an earlier run of this module
+    created = api.post("/api/v2/connections", _rest_body(connection_id, connection))
+    assert created.status_code == 201, created.text
+    read_back = api.get(f"/api/v2/connections/{connection_id}").json()
+    assert read_back["conn_type"] == conn_type
+    if connection.get("password"):
+        assert read_back["password"] != connection["password"]  # masked by the API
+
+    tested = api.post("/api/v2/connections/test", _rest_body(connection_id, connection))
+    assert tested.status_code == 200, tested.text
+    outcome = tested.json()
+    assert outcome["status"] is True, f"{conn_type}: {outcome['message']}"
+    assert outcome["message"]
+    _assert_no_stack_trace(outcome["message"])
+
+
+@pytest.mark.parametrize("conn_type", sorted(CONNECTION_SPECS))
+def test_malformed_extras_give_a_clear_message(api, ui_sandbox, conn_type):
+    connection = _sandbox_connections(ui_sandbox)[conn_type]
+    body = _rest_body(f"{conn_type}_bad", connection)
+
+    # not JSON at all: refused by Airflow's own validation with a readable error
+    for bad_extra in ("{not json", "[1, 2]"):
+        refused = api.post("/api/v2/connections/test", {**body, "extra": bad_extra})
+        assert refused.status_code == 422, refused.text
+        messages = " ".join(detail["msg"] for detail in refused.json()["detail"])
+        assert "JSON object" in messages, messages
+        _assert_no_stack_trace(refused.text)
+
+    # a wrong value in one of the transport settings every vendor shares: the hook names the field
+    spec = CONNECTION_SPECS[conn_type]
+    numeric = [f for f in TRANSPORT_FIELDS if f in spec.fields and f.type in ("number", "integer")]
+    assert numeric, f"{conn_type} does not take the shared transport settings"
+    for field in numeric:
+        bad = _rest_body(f"{conn_type}_bad", connection, **{field.name: "soon"})
+        tested = api.post("/api/v2/connections/test", bad)
+        assert tested.status_code == 200, tested.text
+        outcome = tested.json()
+        assert outcome["status"] is False, (conn_type, field.name, outcome)
+        assert field.name in outcome["message"], outcome["message"]
+        _assert_no_stack_trace(outcome["message"])
+
+
+# ---------------------------------------------------------------------------------------------- example DAG run
+@pytest.fixture(scope="module")
+def example_run(api, airflow_env, ui_sandbox) -> dict[str, Any]:
+    """The Lytics example DAG run with ``airflow dags test`` into the API server's DB."""
+    ui_sandbox.fake("lytics").reset()
+    outcome = run_dag_test(DAG_ID, airflow_env, timeout=300)
+    assert outcome.ok, outcome.log[-4000:]
+    summary = read_run(airflow_env, DAG_ID)
+    run = summary["runs"][-1]
+    assert run["state"] == "success"
+    listed = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run['run_id'], safe='')}")
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["state"] == "success"
+    return {"run_id": run["run_id"], "tasks": run["tasks"], "asset_events": summary.get("asset_events", [])}
+
+
+def _links(api, run_id: str, task_id: str) -> dict[str, str | None]:
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}/links"
+    answer = api.get(path)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["extra_links"]
+
+
+def test_example_run_extra_links_point_at_the_sandbox_vendor_pages(api, ui_sandbox, example_run):
+    vendor_urls = tuple(ui_sandbox.url(vendor) for vendor in ui_sandbox.vendors)
+    links = {task_id: _links(api, example_run["run_id"], task_id) for task_id in example_run["tasks"]}
+    for task_id, task_links in links.items():
+        for name, url in task_links.items():
+            if url:
+                assert url.startswith(vendor_urls), (task_id, name, url)
+
+    segment_id = example_run["tasks"]["upsert_segment"]["xcom"]["return_value"]["segment_id"]
+    lytics_url = ui_sandbox.url("lytics")
+    for task_id in ("upsert_segment", "reevaluate", "wait_for_reevaluation"):
+        url = links[task_id].get("Lytics segment")
+        assert url and url.startswith(lytics_url) and segment_id in url, (task_id, links[task_id])
+
+
+def test_example_run_emitted_asset_is_listed(api, example_run):
+    asset_uri = example_run["tasks"]["wait_for_reevaluation"]["xcom"]["return_value"]["asset_uri"]
+    # Assets materialised through an AssetAlias are activated by the scheduler's periodic sweep in a
+    # deployment; `dags test` runs no scheduler, so ask for inactive assets too.
+    assets = api.get("/api/v2/assets", only_active="false", uri_pattern=asset_uri)
+    assert assets.status_code == 200, assets.text
+    listed = [asset for asset in assets.json()["assets"] if asset["uri"] == asset_uri]
+    assert listed, assets.json()
+    events = api.get("/api/v2/assets/events", source_dag_id=DAG_ID, asset_id=listed[0]["id"])
+    assert events.status_code == 200, events.text
+    emitted = [e for e in events.json()["asset_events"] if e["source_run_id"] == example_run["run_id"]]
+    assert [e["source_task_id"] for e in emitted] == ["wait_for_reevaluation"]
+    assert emitted[0]["extra"]["size"] == example_run["tasks"]["wait_for_reevaluation"]["xcom"]["return_value"]["size"]
+
+
+# ---------------------------------------------------------------------------------------------- Chromium
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in CHROMIUM_ARGS:
+        options.add_argument(argument)
+    profile = tempfile.mkdtemp(prefix="aap-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _screenshot(element_or_driver, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    save = getattr(element_or_driver, "save_screenshot", None) or element_or_driver.screenshot
+    save(str(SCREENSHOTS / name))
+
+
+def _open_add_connection(browser, api_server, hook_name: str):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, UI_TIMEOUT)
+    browser.get(f"{api_server}/connections")
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Add Connection']"))).click()
+    dialog = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "[role=dialog]")))
+    dialog.find_element(By.CSS_SELECTOR, "input[role=combobox]").send_keys(hook_name)
+    options = wait.until(ec.presence_of_all_elements_located((By.CSS_SELECTOR, "[role=option]")))
+    names = [option.text for option in options]
+    assert hook_name in names, names
+    options[names.index(hook_name)].click()
+    wait.until(lambda _: dialog.find_elements(By.XPATH, ".//button[normalize-space()='Extra Fields']"))
+    return dialog
+
+
+def _visible_labels(dialog) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [label.text.replace("*", "").strip() for label in dialog.find_elements(By.TAG_NAME, "label") if label.text]
+
+
+@needs_browser
+@pytest.mark.parametrize("conn_type", sorted(CONNECTION_SPECS))
+def test_add_connection_form_shows_the_labelled_fields(browser, api_server, conn_type):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    spec = CONNECTION_SPECS[conn_type]
+    dialog = _open_add_connection(browser, api_server, spec.hook_name)
+
+    labels = _visible_labels(dialog)
+    for field, label in spec.relabeling.items():
+        assert label in labels, (conn_type, field, labels)
+    for field in spec.hidden_fields:
+        assert _DEFAULT_LABELS[field] not in labels, (conn_type, field, labels)
+    if "password" not in spec.hidden_fields:
+        password = dialog.find_element(By.CSS_SELECTOR, "input[name=password]")
+        assert password.get_attribute("type") == "password", conn_type
+    for field, placeholder in spec.placeholders.items():
+        if field in ("host", "login", "password"):
+            shown = dialog.find_element(By.CSS_SELECTOR, f"input[name={field}]").get_attribute("placeholder")
+            assert shown == placeholder, (conn_type, field)
+    _screenshot(dialog, f"add-connection-{conn_type}.png")
+
+    dialog.find_element(By.XPATH, ".//button[normalize-space()='Extra Fields']").click()
+    wanted = [field.label for field in spec.fields]
+    WebDriverWait(browser, UI_TIMEOUT).until(lambda _: set(wanted) <= set(_visible_labels(dialog)))
+    for field in spec.fields:
+        if field.secret:
+            element = dialog.find_element(By.CSS_SELECTOR, f"input[name=element_{field.name}]")
+            assert element.get_attribute("type") == "password", (conn_type, field.name)
+    first_extra = dialog.find_element(By.XPATH, f".//label[contains(normalize-space(), {json.dumps(wanted[0])})]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", first_extra)
+    _screenshot(dialog, f"add-connection-{conn_type}-extra.png")
+
+
+@needs_browser
+def test_dag_run_grid_and_extra_link_in_the_browser(browser, api_server, example_run):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, UI_TIMEOUT)
+    run_path = f"/dags/{DAG_ID}/runs/{urllib.parse.quote(example_run['run_id'], safe='')}"
+    browser.get(f"{api_server}{run_path}")
+    for task_id in example_run["tasks"]:
+        wait.until(ec.presence_of_element_located((By.XPATH, f"//*[normalize-space()='{task_id}']")))
+    wait.until(lambda driver: "Success" in driver.find_element(By.TAG_NAME, "body").text)
+    _screenshot(browser, "dag-run-grid.png")
+
+    browser.get(f"{api_server}{run_path}/tasks/upsert_segment/details")
+    link = wait.until(ec.presence_of_element_located((By.XPATH, "//a[normalize-space()='Lytics segment']")))
+    segment_id = example_run["tasks"]["upsert_segment"]["xcom"]["return_value"]["segment_id"]
+    assert segment_id in link.get_attribute("href")
+    _screenshot(browser, "task-extra-link.png")
