@@ -1,4 +1,8 @@
-"""example_segment_audience_rollout end to end under real Airflow (`airflow dags test`) against the sandbox."""
+"""example_segment_audience_rollout end to end under real Airflow (`airflow dags test`) against the sandbox.
+
+A failed computation failing the sensor is covered in test_segment_sensor.py (poke and deferred
+events); a third `airflow dags test` here would cost ~15 s on a loaded box for no new code path.
+"""
 
 from __future__ import annotations
 
@@ -77,19 +81,3 @@ def test_rollout_end_to_end_then_an_idempotent_rerun(airflow_env, segment_fake):
     assert rerun["enable_audience"]["xcom"]["return_value"]["action"] == "unchanged"
     assert [a["name"] for a in segment_fake.audiences].count(NAME) == 1
     assert {r["method"] for r in segment_fake.requests} == {"GET"}
-
-
-def test_rollout_fails_when_the_computation_fails(airflow_env, segment_fake):
-    existing = next((a for a in segment_fake.audiences if a["name"] == NAME), None)
-    if existing is None:  # run alone: let a first run create it
-        ready = run_dag_test(DAG_ID, airflow_env, timeout=300)
-        assert ready.ok, ready.log[-4000:]
-        existing = next(a for a in segment_fake.audiences if a["name"] == NAME)
-    segment_fake.set_status(existing["id"], "Failed")
-
-    failed = run_dag_test(DAG_ID, airflow_env, timeout=300)
-    assert not failed.ok
-    assert "is Failed" in failed.log
-    tasks = _last_run(airflow_env)["tasks"]
-    assert tasks["wait_until_computed"]["state"] == "failed"
-    assert tasks["report"]["state"] in {"upstream_failed", "None"}
