@@ -3,7 +3,7 @@
 1. The DAG is scheduled on the Yandex.Audience segment Assets (alias ``yandex-audience-segments``),
    which the Audience column records when a segment is ``processed``. ``pick_segment`` reads the
    segment id from the triggering Asset event (``yandex-audience://<login>/segment/<id>``); a run
-   started by hand takes it from the ``segment_id`` param instead.
+   started by hand takes it from the ``segment_id`` param instead (its default suits the sandbox).
 2. ``upsert_retargeting_list`` keeps one retargeting list per segment: people in the segment
    (``ANY``) who are not converted customers (``NONE`` of the purchase goal in the last 90 days).
    The segment id is resolved to its Direct goal id through ``GetRetargetingGoals``; a rerun finds
@@ -34,7 +34,8 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     params={
-        "segment_id": Param(None, type=["null", "integer", "string"], description="Audience segment id (manual runs)"),
+        # For runs started by hand. 1001 is a processed segment of the Direct sandbox fake (make demo).
+        "segment_id": Param(1001, type=["null", "integer", "string"], description="Audience segment id"),
         "converted_goal_id": Param(12345678, type="integer", description="Metrica goal reached by buyers"),
         "ad_group_ids": Param([5757000001, 5757000002], type="array", description="Ad groups to target"),
     },
