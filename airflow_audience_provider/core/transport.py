@@ -461,7 +461,7 @@ class Transport:
     def _stop(state: RetryCallState, policy: RetryPolicy) -> bool:
         if state.attempt_number >= policy.max_attempts:
             return True
-        return state.seconds_since_start + (state.upcoming_sleep or 0.0) > policy.max_elapsed
+        return (state.seconds_since_start or 0.0) + (state.upcoming_sleep or 0.0) > policy.max_elapsed
 
     def _log_retry(self, state: RetryCallState, policy: RetryPolicy, label: str) -> None:
         exc = state.outcome.exception() if state.outcome else None

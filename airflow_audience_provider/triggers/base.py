@@ -120,7 +120,8 @@ class AudiencePollingTrigger(BaseTrigger):
         status_fn = getattr(hook, self.status_method)
         while True:
             try:
-                last = await asyncio.to_thread(status_fn, **self.status_kwargs)
+                polled: PollResult = await asyncio.to_thread(status_fn, **self.status_kwargs)
+                last = polled
                 failures = 0
             except FATAL_ERRORS as exc:
                 yield TriggerEvent(_error_event(self.vendor, exc))
@@ -145,26 +146,26 @@ class AudiencePollingTrigger(BaseTrigger):
                     )
                     return
             else:
-                log.info("%s: %s", subject, last.describe())
-                if last.phase is Phase.DONE:
+                log.info("%s: %s", subject, polled.describe())
+                if polled.phase is Phase.DONE:
                     yield TriggerEvent(
                         make_event(
                             EventStatus.SUCCESS,
                             self.vendor,
-                            last.message,
-                            vendor_status=last.vendor_status,
-                            result=last.data or {},
+                            polled.message,
+                            vendor_status=polled.vendor_status,
+                            result=polled.data or {},
                         )
                     )
                     return
-                if last.phase is Phase.FAILED:
+                if polled.phase is Phase.FAILED:
                     yield TriggerEvent(
                         make_event(
                             EventStatus.FAILED,
                             self.vendor,
-                            last.message,
-                            vendor_status=last.vendor_status,
-                            result=last.data or {},
+                            polled.message,
+                            vendor_status=polled.vendor_status,
+                            result=polled.data or {},
                         )
                     )
                     return
