@@ -159,7 +159,8 @@ class YandexDirectUnitsError(AudienceRateLimitError):
     def __init__(self, message: str, *, units: Units | None = None, **kwargs: Any) -> None:
         self.units = units
         kwargs.setdefault("vendor", VENDOR)
-        kwargs.setdefault("retry_after", 3600.0)
+        if kwargs.get("retry_after") is None:  # the transport passes None: Direct sends no wait hint
+            kwargs["retry_after"] = 3600.0
         super().__init__(message, **kwargs)
 
 

@@ -77,7 +77,20 @@ class _YandexDirectOperator(AudienceBaseOperator):
             )
         return self._hook_instance  # type: ignore[return-value]
 
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Run the operation; whatever happens, log the points this task spent (Direct charges errors too)."""
+        self._units_logged = False
+        try:
+            return self._execute(context)
+        finally:
+            if not self._units_logged and self._hook_instance is not None and self.hook.calls:
+                self._units()
+
+    def _execute(self, context: Context) -> dict[str, Any]:
+        raise NotImplementedError
+
     def _units(self) -> dict[str, Any]:
+        self._units_logged = True
         report = self.hook.units_report()
         self.log.info(
             "Yandex Direct: this task spent %s units in %s calls; %s of %s left today",
@@ -235,7 +248,7 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
         self.max_rules = max_rules
         self.max_arguments = max_arguments
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def _execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import AudienceValidationError
         from airflow_audience_provider.core.transport import call_with_read_back
         from airflow_audience_provider.hooks.yandex_direct import (
@@ -389,7 +402,7 @@ class YandexDirectDeleteRetargetingListsOperator(_YandexDirectOperator):
         self.names = names
         self.missing_ok = missing_ok
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def _execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import AudienceNotFoundError
 
         hook = self.hook
@@ -491,7 +504,7 @@ class YandexDirectAddAudienceTargetsOperator(_YandexDirectOperator):
         self.context_bid = context_bid
         self.strategy_priority = strategy_priority
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def _execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.transport import call_with_read_back
 
         hook = self.hook
@@ -614,7 +627,7 @@ class _AudienceTargetsByIdOperator(_YandexDirectOperator):
         )
         return [int(t["Id"]) for t in found]
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def _execute(self, context: Context) -> dict[str, Any]:
         ids = self._select()
         if not ids:
             self.log.info("No audience targets selected; nothing to %s", self.verb)
@@ -687,7 +700,7 @@ class YandexDirectSetAudienceTargetBidsOperator(_YandexDirectOperator):
         super().__init__(**kwargs)
         self.bids = bids
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def _execute(self, context: Context) -> dict[str, Any]:
         items = [_direct_bid(b) for b in _as_list(self.bids)]
         raw = self.hook.set_bids_audience_targets(items)
         outcomes = []

@@ -292,6 +292,7 @@ def test_units_exhausted_152_from_direct(hook, direct):
     with pytest.raises(YandexDirectUnitsError, match="points are used up") as info:
         hook.get_retargeting_lists()
     assert info.value.code == "152"
+    assert info.value.retry_after == 3600.0  # points come back hourly: retry the task later, not now
 
 
 def test_stops_before_a_call_the_remaining_units_cannot_pay(hook, direct, api_calls):
