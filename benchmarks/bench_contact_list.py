@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import os
 import resource
@@ -38,9 +37,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from airflow_audience_provider.identifiers.chunking import Chunk, fixed_chunk_size
-from airflow_audience_provider.identifiers.fanout import default_mp_context, process_profiles_text, run_destinations
-from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch
+from airflow_audience_provider.identifiers.chunking import Chunk, FixedWidthChunker
+from airflow_audience_provider.identifiers.fanout import iter_processed, run_destinations
+from airflow_audience_provider.identifiers.hashing import process_batch
 from airflow_audience_provider.identifiers.rules import get_rule
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IterableSource
 from airflow_audience_provider.identifiers.sync import ChunkResult, Destination, snapshot_for
@@ -97,35 +96,20 @@ def bare_loop(values: list[str]) -> None:
 def pipeline(values: list[str], workers: int) -> int:
     """Normalise, validate, hash, chunk: the engine's read phase plus cutting its output in chunks.
 
+    Both modes run the engine's own read path (``fanout.iter_processed``: source batches, then
+    ``hashing.process_batch`` in this process or in ``workers`` worker processes, outputs partitioned
+    by hash prefix) and cut the hashes into vendor chunks of 50,000 with the engine's chunker for
+    fixed-length values (offsets into the text, as for the engine's file-backed chunks).
     No de-duplication or snapshot diff: that is what ``full_engine`` adds.
     """
-    profile = RULE.profile
-    size = fixed_chunk_size(RULE, 64)
-    batches = [values[i : i + DEFAULT_BATCH_SIZE] for i in range(0, len(values), DEFAULT_BATCH_SIZE)]
-    pending: list[str] = []
+    chunker = FixedWidthChunker(RULE)
     chunks = 0
-
-    def consume(out: BatchOutput) -> None:
-        nonlocal pending, chunks
-        if out.count:
-            pending.extend("\n".join(out.partitions.values()).split("\n"))
-        while len(pending) >= size:
-            del pending[:size]  # a chunk of `size` hashes is ready
+    for _batch, outs in iter_processed(IterableSource(values), (RULE.profile,), DEFAULT_BATCH_SIZE, workers):
+        for _chunk in chunker.feed(outs[0].partitions.values()):
             chunks += 1
-
-    if workers <= 1:
-        for b in batches:
-            consume(process_batch(profile, b))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # Same hand-over as the engine: batches travel as one newline-joined string each.
-        texts = ("\n".join(b) for b in batches)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(default_mp_context())) as pool:
-            for outs in pool.map(process_profiles_text, itertools.repeat((profile,)), texts, chunksize=2):
-                consume(outs[0])
-    return chunks + (1 if pending else 0)
+    for _chunk in chunker.finish():
+        chunks += 1
+    return chunks
 
 
 def full_engine(values: Any, workers: int, work_dir: str) -> dict[str, Any]:

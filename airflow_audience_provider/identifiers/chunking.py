@@ -42,7 +42,9 @@ class Chunk:
     :param path: work file holding the values, one per line (file-backed chunks).
     :param offset: byte offset of the first value in ``path``.
     :param nbytes: bytes of the values in ``path`` (newlines included).
-    :param count: number of values in ``path``.
+    :param count: number of values in ``path`` or ``text``.
+    :param text: the values as one string, one per line, each line ending with a newline (chunks
+        cut from in-memory output by :class:`FixedWidthChunker`; no per-value list until asked).
     """
 
     operation: str
@@ -54,6 +56,7 @@ class Chunk:
     offset: int = 0
     nbytes: int = 0
     count: int = 0
+    text: str | None = field(default=None, repr=False)
 
     @property
     def vendor_identifier_type(self) -> str:
@@ -65,6 +68,8 @@ class Chunk:
         """The values as a list (read from the work file for file-backed chunks, on each access)."""
         if self.values is not None:
             return self.values
+        if self.text is not None:
+            return self.text.split("\n")[:-1]
         assert self.path is not None
         with open(self.path, "rb") as fh:
             fh.seek(self.offset)
@@ -79,12 +84,17 @@ class Chunk:
         """Bytes :meth:`write_to` writes (header included): the upload's size."""
         if self.values is not None:
             return len(render_file(self.rule, self.values))
+        if self.text is not None:
+            return len(self.rule.header.encode()) + len(self.text.encode("utf-8", "surrogatepass"))
         return len(self.rule.header.encode()) + self.nbytes
 
     def write_to(self, fh: IO[bytes], block: int = 1 << 20) -> int:
         """Write the vendor file (the rule's header, then one value per line); return bytes written."""
-        if self.values is not None:
-            data = render_file(self.rule, self.values)
+        if self.values is not None or self.text is not None:
+            if self.text is not None:
+                data = (self.rule.header + self.text).encode("utf-8", "surrogatepass")
+            else:
+                data = render_file(self.rule, self.values or [])
             fh.write(data)
             return len(data)
         assert self.path is not None
@@ -225,6 +235,79 @@ def iter_chunks_from_file(
         )
         offset += nbytes
         index += 1
+
+
+class FixedWidthChunker:
+    """Cuts in-memory fixed-length outputs (hex digests) into chunks without a per-value list.
+
+    Feed it newline-joined texts of values (what :func:`~.hashing.process_batch` puts in each
+    partition); it yields :class:`Chunk` objects of exactly ``fixed_chunk_size`` values, each
+    holding its values as one text cut at a computed offset (every line is ``value_length + 1``
+    characters), like the file-backed chunks of :func:`iter_chunks_from_file`.
+    """
+
+    def __init__(self, rule: VendorRule, operation: str = ADD) -> None:
+        fixed = rule.profile.output_length
+        if fixed is None:
+            raise ValueError(f"rule {rule.key}: outputs have no fixed length")
+        self.rule = rule
+        self.operation = operation
+        self.size = fixed_chunk_size(rule, fixed)
+        self.width = fixed + 1
+        self._pending: list[str] = []
+        self._count = 0
+        self.chunks = 0
+
+    def feed(self, texts: Iterable[str]) -> Iterator[Chunk]:
+        """Add values (each text: values joined by newlines); yield the chunks that are full."""
+        for t in texts:
+            if t:
+                self._pending.append(t)
+                self._count += (len(t) + 1) // self.width
+        if self._count >= self.size:
+            yield from self._cut(final=False)
+
+    def finish(self) -> Iterator[Chunk]:
+        """Yield the last, partial chunk (if any values are left)."""
+        if self._count:
+            yield from self._cut(final=True)
+
+    def _cut(self, *, final: bool) -> Iterator[Chunk]:
+        # Each value is copied once, into its chunk's text: pieces are taken whole while they fit
+        # and only the piece that straddles a chunk boundary is sliced.
+        width = self.width
+        pieces = self._pending
+        self._pending = []
+        parts: list[str] = []
+        in_chunk = 0
+        for whole in pieces:
+            piece = whole
+            while piece:
+                count = (len(piece) + 1) // width
+                room = self.size - in_chunk
+                if count <= room:
+                    parts.append(piece)
+                    in_chunk += count
+                    piece = ""
+                else:
+                    parts.append(piece[: room * width - 1])
+                    in_chunk += room
+                    piece = piece[room * width :]
+                if in_chunk == self.size:
+                    parts.append("")  # the final newline, without another copy
+                    yield self._chunk("\n".join(parts), in_chunk)
+                    self._count -= in_chunk
+                    parts, in_chunk = [], 0
+        if in_chunk and final:
+            parts.append("")
+            yield self._chunk("\n".join(parts), in_chunk)
+            self._count -= in_chunk
+        elif in_chunk:
+            self._pending = parts
+
+    def _chunk(self, text: str, count: int) -> Chunk:
+        self.chunks += 1
+        return Chunk(self.operation, self.chunks, 0, self.rule, text=text, count=count)
 
 
 def render_file(rule: VendorRule, identifiers: list[str]) -> bytes:

@@ -41,7 +41,7 @@ from airflow_audience_provider.identifiers.errors import (
     SendError,
     WrongIdentifierTypeError,
 )
-from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch
+from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch, process_text
 from airflow_audience_provider.identifiers.normalise import detect_type
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
 from airflow_audience_provider.identifiers.snapshot import SnapshotReader
@@ -73,13 +73,25 @@ def _process_profiles(profiles: tuple[NormalisationProfile, ...], values: list[s
     return [process_batch(p, values) for p in profiles]
 
 
-def process_profiles_text(profiles: tuple[NormalisationProfile, ...], text: str) -> list[BatchOutput]:
-    """Worker entry point: the batch arrives as one newline-joined string.
+def process_profiles_text(
+    profiles: tuple[NormalisationProfile, ...], text: str, n: int | None = None
+) -> list[BatchOutput] | None:
+    """Worker entry point: the batch arrives as its values joined by newlines.
 
     Pickling one string is a copy; pickling 8,192 small strings costs the parent process about as
-    much as a tenth of the work it hands out.
+    much as a tenth of the work it hands out. The parent does not scan the text: when it does not
+    hold exactly ``n`` lines (a value contained a newline) this returns None and the parent
+    processes that batch itself from its list of values.
     """
-    return _process_profiles(profiles, text.split("\n"))
+    if n is None:
+        n = text.count("\n") + 1
+    outs = []
+    for p in profiles:
+        out = process_text(p, text, n, strict=True)
+        if out is None:
+            return None
+        outs.append(out)
+    return outs
 
 
 @dataclass
@@ -139,14 +151,24 @@ def default_mp_context() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _iter_processed(
+#: Rows per task handed to a worker process: large enough that the per-task cost in the parent
+#: (pickling, the pool's queues, a result of 256 partition texts) is small per row.
+MP_TASK_ROWS = 32768
+
+
+def iter_processed(
     source: IdentifierSource,
     profiles: tuple[NormalisationProfile, ...],
-    batch_size: int,
-    workers: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 1,
     mp_context: str | None = None,
 ) -> Iterator[tuple[RawBatch, list[BatchOutput]]]:
-    """Read the source once; run each batch through every profile, in order."""
+    """Read the source once; run each batch through every profile, in order.
+
+    This is the engine's read phase without the spilling. With ``workers > 1`` the batches go to a
+    pool of worker processes as newline-joined text (at least :data:`MP_TASK_ROWS` rows each) and
+    come back as :class:`BatchOutput` (counts, invalid indices and the partitioned hex digests).
+    """
     if workers <= 1:
         for batch in source.iter_batches(batch_size):
             yield batch, _process_profiles(profiles, batch.values)
@@ -154,22 +176,28 @@ def _iter_processed(
     import multiprocessing
 
     ctx = multiprocessing.get_context(mp_context or default_mp_context())
-    pending: collections.deque[tuple[RawBatch, Future[list[BatchOutput]]]] = collections.deque()
+    pending: collections.deque[tuple[RawBatch, Future[list[BatchOutput] | None]]] = collections.deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         # Bounded look-ahead keeps memory flat while every worker stays busy.
-        for batch in source.iter_batches(batch_size):
-            text = "\n".join(batch.values)
-            if text.count("\n") == len(batch.values) - 1:
-                fut = pool.submit(process_profiles_text, profiles, text)
-            else:  # a value holds a newline: ship the list as is
-                fut = pool.submit(_process_profiles, profiles, batch.values)
-            pending.append((batch, fut))
-            while len(pending) > workers * 3:
-                b, fut = pending.popleft()
-                yield b, fut.result()
+        for batch in source.iter_batches(max(batch_size, MP_TASK_ROWS)):
+            values = batch.values
+            pending.append((batch, pool.submit(process_profiles_text, profiles, "\n".join(values), len(values))))
+            while len(pending) > workers * 2:
+                yield _result(profiles, *pending.popleft())
         while pending:
-            b, fut = pending.popleft()
-            yield b, fut.result()
+            yield _result(profiles, *pending.popleft())
+
+
+def _result(
+    profiles: tuple[NormalisationProfile, ...], batch: RawBatch, fut: Future[list[BatchOutput] | None]
+) -> tuple[RawBatch, list[BatchOutput]]:
+    outs = fut.result()
+    if outs is None:  # a value held a newline: the text was not one row per line
+        outs = _process_profiles(profiles, batch.values)
+    return batch, outs
+
+
+_iter_processed = iter_processed
 
 
 def _check_wrong_type(profile: NormalisationProfile, batch: RawBatch, out: BatchOutput) -> None:
