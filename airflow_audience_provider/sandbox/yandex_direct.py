@@ -152,6 +152,7 @@ class YandexDirectFake(VendorFake):
             account = Account(login)
             account.ad_groups = {g["Id"]: dict(g) for g in SEED_AD_GROUPS}
             self.accounts[login] = account
+        self.accounts[AGENCY] = Account(AGENCY)  # only its points are used (Use-Operator-Units)
         self._segments: list[dict[str, Any]] = [dict(s) for s in SEED_SEGMENTS]
         self._goal_source: Callable[[], Iterable[Any]] = lambda: list(self._segments)
         self._next_list_id = 41500001
@@ -313,10 +314,12 @@ class YandexDirectFake(VendorFake):
         if version not in ("v5", "v501") or service not in SERVICES:
             return PlainTextResponse("Not Found", status_code=404, headers={"RequestId": request_id})
         account: Account | None = None
+        wallet: Account | None = None  # whose points pay: the advertiser's, or the agency's
         headers = {"RequestId": request_id}
         holding = False
         try:
             account, payer = self._authenticate(request)
+            wallet = self.accounts[payer]
             headers["Units-Used-Login"] = payer
             with self.lock:
                 if account.in_flight >= int(self.config.get("max_concurrent") or 5):
@@ -341,19 +344,19 @@ class YandexDirectFake(VendorFake):
                 raise DirectError(8000, "Invalid request", "Field params is required")
             with self.lock:
                 result, cost = getattr(self, f"_{service}_{method.lower()}")(account, params)
-                if self.daily_limit - account.units_spent < cost:
+                if self.daily_limit - wallet.units_spent < cost:
                     raise DirectError(152, "Not enough units", "Daily points limit reached")
                 self._commit(account)
-                account.units_spent += cost
-                headers.update(self._units_header(account, cost))
+                wallet.units_spent += cost
+                headers.update(self._units_header(wallet, cost))
             return JSONResponse({"result": result}, headers=headers)
         except DirectError as exc:
-            if account is not None:
+            if wallet is not None:
                 with self.lock:
-                    self._rollback(account)
-                    cost = 0 if exc.code in (152, 506) else min(2, max(0, self.daily_limit - account.units_spent))
-                    account.units_spent += cost
-                    headers.update(self._units_header(account, cost))
+                    self._rollback(wallet)
+                    cost = 0 if exc.code in (152, 506) else min(2, max(0, self.daily_limit - wallet.units_spent))
+                    wallet.units_spent += cost
+                    headers.update(self._units_header(wallet, cost))
             error = {
                 "request_id": request_id,
                 "error_code": exc.code,

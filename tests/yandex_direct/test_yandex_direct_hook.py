@@ -422,3 +422,16 @@ def test_headers_sent(set_direct_conn, make_hook):
     assert headers["Use-Operator-Units"] == "true"
     assert headers["Accept-Language"] == "ru"
     assert headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+def test_use_operator_units_spends_the_agencys_points(set_direct_conn, make_hook, direct):
+    set_direct_conn(
+        "agency_units",
+        password=AGENCY_TOKEN,
+        extra={"client_login": "sandbox-client", "is_agency": True, "use_operator_units": True},
+    )
+    hook = make_hook("agency_units")
+    hook.add_retargeting_lists([a_list("paid by the agency", SEGMENT_GOAL)])
+    assert direct.account("sandbox-agency").units_spent == hook.units_spent > 0
+    assert direct.account("sandbox-client").units_spent == 0
+    assert [x["Name"] for x in direct.account("sandbox-client").lists.values()] == ["paid by the agency"]
