@@ -68,6 +68,18 @@ class _CriteoOperator(AudienceBaseOperator):
         return failed
 
 
+def _native(value: Any) -> Any:
+    """An upstream dict or list rendered into a template string (``"{'path': ...}"``) back as the value."""
+    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+        import ast
+
+        try:
+            return ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            return value
+    return value
+
+
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
@@ -428,9 +440,10 @@ class CriteoUploadContactListOperator(_CriteoOperator):
             allow_mass_removal=self.allow_mass_removal,
         )
         source_options = dict(self.source_options or {})
+        source = _native(self.source)
         try:
             sync_result = sync_contact_list(
-                self.source,
+                source,
                 rule,
                 sender,
                 destination_key=f"{hook.api}-{segment_id}",

@@ -111,6 +111,8 @@ class CriteoFake(VendorFake):
         self._ops: dict[str, list[tuple[float, str, frozenset[str]]]] = {}
         self._targets: dict[str, dict[str, Any]] = {}
         self._ad_sets: dict[str, str] = {}
+        self._amendments = 0
+        self._amendment_faults: list[tuple[int, int]] = []  # (after this many amendments, status), one each
         self._next_id = {
             "rm_segment": 730011223344,
             "ms_segment": 120001,
@@ -204,6 +206,12 @@ class CriteoFake(VendorFake):
                 else:
                     members = set()
             return members
+
+    def fail_amendments(self, after: int, count: int = 1, status: int = 500) -> None:
+        """Deterministic mid-upload faults: once ``after`` add/remove calls succeeded, the next ``count``
+        answer ``status`` (without applying anything)."""
+        with self.lock:
+            self._amendment_faults.extend([(int(after), int(status))] * int(count))
 
     def revoke_tokens(self) -> None:
         """Every issued token stops working (a 401 ``authorization-token-invalid`` follows)."""
@@ -888,6 +896,9 @@ class CriteoFake(VendorFake):
         if id_type not in allowed:
             raise ApiError(400, f"identifierType must be one of {list(allowed)}", "validation-error")
         with self.lock:
+            if self._amendment_faults and self._amendments >= self._amendment_faults[0][0]:
+                _, status = self._amendment_faults.pop(0)
+                raise ApiError(status, "Injected failure of a contact-list amendment", "internal-error")
             seg = self._segment_for_list(request)
             if api == "retail_media" and seg["identifierType"].lower() != id_type.lower():
                 raise ApiError(
@@ -899,6 +910,7 @@ class CriteoFake(VendorFake):
             invalid = len(identifiers) - len(valid)
             now = self.now()
             self._ops[seg["id"]].append((now, operation, frozenset(valid)))
+            self._amendments += 1
         fields = {
             "contactListId": int(seg["id"]),
             "operation": operation,

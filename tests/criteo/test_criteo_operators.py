@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,6 @@ from airflow_audience_provider.operators.criteo import (
     CriteoDeleteSegmentsOperator,
     CriteoUploadContactListOperator,
 )
-
-ADD_REMOVE = "/2026-07/retail-media/audience-segments/"
 
 
 def sha(email: str) -> str:
@@ -172,31 +168,14 @@ def test_upload_refuses_a_type_the_segment_does_not_hold(criteo, context, tmp_pa
         CriteoUploadContactListOperator(task_id="u", segment_id=sid, source=source, max_identifiers_per_request=50_001)
 
 
-def _inject_after(criteo, n_chunks: int, **fault) -> threading.Thread:
-    """Inject a fault once ``n_chunks`` add/remove requests have been answered (mid-upload)."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if sum(1 for r in criteo.requests if r["path"].endswith("/add-remove")) >= n_chunks:
-                criteo.faults.inject("status", path_prefix=ADD_REMOVE, **fault)
-                return
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_40_chunk_upload_survives_a_transient_5xx_and_the_counts_add_up(criteo, context, tmp_path, fast_conn):
     sid = upsert(context)["segment_id"]
     emails = [f"user{n}@example.com" for n in range(200)]
     source = write_emails(tmp_path / "big.csv", emails)
-    watcher = _inject_after(criteo, 20, status=503, count=2)
+    criteo.fail_amendments(after=20, count=2, status=503)  # chunk 21 fails twice, then goes through
     result = CriteoUploadContactListOperator(
         task_id="u", segment_id=sid, source=source, mode="add", max_identifiers_per_request=5
     ).execute(context)
-    watcher.join()
     assert result["chunks_total"] == result["chunks_sent"] == 40
     assert result["sent"] == result["criteo_valid"] == 200 and result["requests"] == 40
     assert [r["status"] for r in criteo.requests if r["path"].endswith("/add-remove")].count(503) == 2
@@ -208,13 +187,12 @@ def test_40_chunk_upload_failing_for_good_reports_what_was_accepted(criteo, cont
     emails = [f"user{n}@example.com" for n in range(200)]
     source = write_emails(tmp_path / "big.csv", emails)
     snapshots = str(tmp_path / "snap")
-    watcher = _inject_after(criteo, 21, status=500, count=3)  # chunk 1 is the replace's first add
+    criteo.fail_amendments(after=21, count=3, status=500)  # chunk 22 fails on every attempt (3)
     op = CriteoUploadContactListOperator(
         task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5
     )
     with pytest.raises(AudienceError, match="failed after 21 of 40 chunk") as caught:
         op.execute(context)
-    watcher.join()
     partial = context["ti"].pushed["upload_result"]
     assert partial["status"] == "failed"
     assert partial["criteo_valid"] == 105 == len(criteo.members(sid))  # accepted before the failure is known
@@ -304,3 +282,10 @@ def test_operator_modules_do_not_import_the_hook_at_parse_time():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_upload_source_rendered_into_a_template_string_is_read_back(criteo, context, tmp_path):
+    sid = upsert(context)["segment_id"]
+    source = str(write_emails(tmp_path / "s.csv", ["a@x.com"]))  # what "{{ ti.xcom_pull(...) }}" renders to
+    result = CriteoUploadContactListOperator(task_id="u", segment_id=sid, source=source, mode="add").execute(context)
+    assert result["sent"] == 1
