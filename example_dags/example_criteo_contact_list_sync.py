@@ -30,10 +30,12 @@ from airflow_audience_provider.operators.criteo import (
 from airflow_audience_provider.sensors.criteo import CriteoAudienceLiveSensor
 
 POLL_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_POLL_SECONDS", "300"))
-# Criteo's real cycle (00:00 and 12:00 UTC, live 5 hours later); the tests and the demo set a
-# window every few seconds and a short delay through the environment.
-WINDOW_SECONDS = os.environ.get("AUDIENCE_EXAMPLE_CRITEO_WINDOW_SECONDS")
-DELAY_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_CRITEO_DELAY_SECONDS", "18000"))  # 5 h
+# Criteo's real cycle: 00:00 and 12:00 UTC, live 5 hours later. Against the sandbox (``make demo``
+# and the tests set AUDIENCE_EXAMPLE_POLL_SECONDS) the cycle shrinks to a window every 2 seconds and
+# a 3-second delay, unless AUDIENCE_EXAMPLE_CRITEO_WINDOW_SECONDS / _DELAY_SECONDS say otherwise.
+_SANDBOX_RUN = "AUDIENCE_EXAMPLE_POLL_SECONDS" in os.environ
+WINDOW_SECONDS = os.environ.get("AUDIENCE_EXAMPLE_CRITEO_WINDOW_SECONDS", "2" if _SANDBOX_RUN else "")
+DELAY_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_CRITEO_DELAY_SECONDS", "3" if _SANDBOX_RUN else "18000"))
 RETAILER_ID = "311"
 
 with DAG(

@@ -63,6 +63,8 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
     def current_status_kwargs(self) -> dict[str, Any]:
         """The status function's arguments from the (possibly just rendered) attributes."""
         minimum = self.min_identifiers
+        if isinstance(minimum, str) and minimum.strip().lower() in ("", "none", "null"):
+            minimum = None  # a template that rendered nothing
         return {
             "uploaded_at": str(self.uploaded_at or ""),
             "hours_utc": list(self.hours_utc),
@@ -70,7 +72,7 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
             "propagation_delay_seconds": self.propagation_delay_seconds,
             "segment_id": str(self.segment_id) if self.segment_id else None,
             "owner_id": str(self.owner_id) if self.owner_id else None,
-            "min_identifiers": None if minimum in (None, "") else int(minimum),
+            "min_identifiers": None if minimum is None else int(minimum),
         }
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
