@@ -386,8 +386,10 @@ class CriteoHook(AudienceHook):
                 ) from exc
             if response.status_code != 200:
                 info = parse_criteo_error(response)
-                cls = AudienceRateLimitError if response.status_code == 429 else AudienceAuthenticationError
-                if response.status_code >= 500:
+                cls: type[AudienceError] = AudienceAuthenticationError
+                if response.status_code == 429:
+                    cls = AudienceRateLimitError
+                elif response.status_code >= 500:
                     cls = AudienceError
                 raise cls(
                     f"Criteo refused the client credentials of connection '{conn_id}' "
@@ -563,7 +565,7 @@ class CriteoHook(AudienceHook):
             "contactList": {"identifierType": "Email"}}``; MS ``{"name", "advertiserId", "contactList": {}}``
             (``advertiserId`` defaults to the connection's).
         """
-        items = []
+        items: list[dict[str, Any]] = []
         for segment in segments:
             attributes = dict(segment)
             if not self.is_retail_media:
@@ -875,7 +877,7 @@ class CriteoHook(AudienceHook):
 
         :param audiences: ``{"name", "algebra", "description", "retailerId" (RM)}`` dicts.
         """
-        items = []
+        items: list[dict[str, Any]] = []
         for audience in audiences:
             attributes = dict(audience)
             attributes["algebra"] = validate_algebra(attributes.get("algebra"))

@@ -145,7 +145,7 @@ class CriteoFake(VendorFake):
         with self.lock:
             now = self.now() if at is None else at
             rm = api == "retail_media"
-            seg = {
+            seg: dict[str, Any] = {
                 "id": self._new_id("rm_segment" if rm else "ms_segment"),
                 "api": api,
                 "owner": self.account_id if rm else self.advertiser_id,
@@ -168,7 +168,7 @@ class CriteoFake(VendorFake):
         with self.lock:
             rm = api == "retail_media"
             now = self.now()
-            aud = {
+            aud: dict[str, Any] = {
                 "id": self._new_id("rm_audience" if rm else "ms_audience"),
                 "api": api,
                 "owner": self.account_id if rm else self.advertiser_id,
@@ -630,7 +630,8 @@ class CriteoFake(VendorFake):
         items = self._items(await self._body(request))
         rid = request_id_of(request)
         api = self._api_of(request)
-        data, warnings = [], []
+        data: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []
         with self.lock:
             for index, item in enumerate(items):
                 attributes = item.get("attributes") or {}
@@ -704,7 +705,8 @@ class CriteoFake(VendorFake):
         items = self._items(await self._body(request))
         rid = request_id_of(request)
         api, owner = self._owner_of(request)
-        data, warnings = [], []
+        data: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []
         with self.lock:
             for index, item in enumerate(items):
                 seg = self._segments.get(str(item.get("id")))
@@ -762,7 +764,9 @@ class CriteoFake(VendorFake):
         items = self._items(await self._body(request))
         rid = request_id_of(request)
         api, owner = self._owner_of(request)
-        data, warnings, errors = [], [], []
+        data: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
         with self.lock:
             for index, item in enumerate(items):
                 sid = str(item.get("id"))
@@ -976,7 +980,8 @@ class CriteoFake(VendorFake):
         items = self._items(await self._body(request))
         rid = request_id_of(request)
         api = self._api_of(request)
-        data, warnings = [], []
+        data: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []
         with self.lock:
             for index, item in enumerate(items):
                 attributes = item.get("attributes") or {}
@@ -1022,7 +1027,8 @@ class CriteoFake(VendorFake):
         items = self._items(await self._body(request))
         rid = request_id_of(request)
         api, _ = self._owner_of(request)
-        data, warnings = [], []
+        data: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []
         with self.lock:
             for index, item in enumerate(items):
                 aud = self._audiences.get(str(item.get("id")))
@@ -1069,7 +1075,8 @@ class CriteoFake(VendorFake):
         items = self._items(await self._body(request))
         rid = request_id_of(request)
         api, _ = self._owner_of(request)
-        data, warnings = [], []
+        data: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []
         with self.lock:
             for index, item in enumerate(items):
                 aid = str(item.get("id"))

@@ -331,3 +331,34 @@ def test_marketing_solutions_segments_contact_lists_and_audiences(ms_hook, crite
     assert any(r["path"].startswith("/2026-07/marketing-solutions/") for r in criteo.requests)
     ok, message = ms_hook.test_connection()
     assert ok and "marketing_solutions" in message
+
+
+def test_token_is_refreshed_between_the_chunks_of_a_long_upload(hook, criteo):
+    from airflow_audience_provider.hooks.criteo import CriteoChunkSender
+    from airflow_audience_provider.identifiers import get_rule
+    from airflow_audience_provider.identifiers.chunking import Chunk
+
+    sid = create_segment(hook, "long-upload")
+    auth = hook.get_conn().auth
+    now = [time.time()]  # the token minted above expires 900 s from the real now
+
+    def clock() -> float:  # every look at the clock is five minutes later: a 40-chunk upload takes hours
+        now[0] += 300
+        return now[0]
+
+    auth._clock = clock
+    sender = CriteoChunkSender(hook, sid, "Email")
+    rule = get_rule("criteo", "sha256")
+    for index in range(1, 41):
+        sender.add(Chunk("add", index, 40, rule, values=[sha(index)]))
+    assert len(criteo.members(sid)) == 40
+    assert criteo.tokens_issued >= 10  # refreshed ahead of expiry...
+    assert not [r for r in criteo.requests if r["status"] == 401]  # ...so no request was refused
+
+
+def test_revoked_tokens_are_replaced_once_transparently(hook, criteo):
+    hook.probe()
+    criteo.revoke_tokens()
+    hook.probe()
+    statuses = [r["status"] for r in criteo.requests if r["path"].endswith("/me")]
+    assert statuses == [200, 401, 200] and criteo.tokens_issued == 2
