@@ -36,6 +36,23 @@ def spec_check(_spec_check, criteo):
 
 
 @pytest.fixture
+def validate_exchanges(spec_check, monkeypatch):
+    """Every CriteoHook the test builds (operators and sensors build their own) records its exchanges
+    for the OpenAPI check at teardown."""
+    from airflow_audience_provider.hooks.criteo import CriteoHook
+
+    real = CriteoHook.build_transport
+
+    def build_transport(self, settings):
+        transport = real(self, settings)
+        spec_check.attach(transport.session)
+        return transport
+
+    monkeypatch.setattr(CriteoHook, "build_transport", build_transport)
+    return spec_check
+
+
+@pytest.fixture
 def set_criteo_conn(criteo, monkeypatch):
     """Point a connection id at the fake with changed fields: ``set_criteo_conn("id", extra={"api": ...})``."""
 

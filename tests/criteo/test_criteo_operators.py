@@ -16,6 +16,9 @@ from airflow_audience_provider.operators.criteo import (
     CriteoUploadContactListOperator,
 )
 
+# Every request the operators send and every answer they get is checked against Criteo's OpenAPI documents.
+pytestmark = pytest.mark.usefixtures("validate_exchanges")
+
 
 def sha(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()
@@ -110,7 +113,7 @@ def test_delete_segments_reports_what_cannot_be_deleted(criteo, context):
 # -- uploads ------------------------------------------------------------------------------------
 
 
-def test_incremental_sync_sends_only_the_difference(criteo, context, tmp_path):
+def test_incremental_sync_sends_only_the_difference(criteo, context, tmp_path, validate_exchanges):
     sid = upsert(context)["segment_id"]
     emails = [f"user{n}@example.com" for n in range(10)]
     source = write_emails(tmp_path / "a.csv", [*emails, "not-an-email", emails[0].upper()])
@@ -133,6 +136,7 @@ def test_incremental_sync_sends_only_the_difference(criteo, context, tmp_path):
     assert second["statistics"]["number_of_identifiers"] == 11
     assert second["finished_at"] and second["asset_uri"] == f"criteo://4242/segment/{sid}"
     assert not any("contact-list/clear" in r["path"] for r in criteo.requests[-5:])
+    assert validate_exchanges.checked() >= 10  # these exchanges are checked against the OpenAPI documents
 
 
 def test_add_remove_and_replace_modes(criteo, context, tmp_path):
