@@ -9,7 +9,9 @@ default), fails the task naming them, or with ``"warn"`` logs them and carries o
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -408,7 +410,8 @@ class CriteoUploadContactListOperator(_CriteoOperator):
             raise AudienceValidationError(f"Unknown identifier type for Criteo: {exc}", vendor="criteo") from None
         vendor_type = hook.vendor_identifier_type(rule.identifier_type.value)
         if self.max_identifiers_per_request < (rule.max_ids_per_chunk or 50_000):
-            rule = rule.with_options(max_ids_per_chunk=self.max_identifiers_per_request)
+            # Smaller requests change no output value: keep the rule version, so snapshots stay comparable.
+            rule = dataclasses.replace(rule, max_ids_per_chunk=self.max_identifiers_per_request)
         segment = hook.get_audience_segment(segment_id, owner)
         if segment is None:
             raise AudienceValidationError(
@@ -426,11 +429,13 @@ class CriteoUploadContactListOperator(_CriteoOperator):
         context["ti"].xcom_push(key="segment_id", value=segment_id)
 
         accepted = {"criteo_valid": 0, "criteo_invalid": 0, "requests": 0}
+        lock = threading.Lock()  # the engine may send chunks concurrently
 
         def on_chunk(operation: str, answer: dict[str, Any]) -> None:
-            accepted["criteo_valid"] += answer["valid"]
-            accepted["criteo_invalid"] += answer["invalid"]
-            accepted["requests"] += 1
+            with lock:
+                accepted["criteo_valid"] += answer["valid"]
+                accepted["criteo_invalid"] += answer["invalid"]
+                accepted["requests"] += 1
 
         sender = _ModeSender(hook, segment_id, vendor_type, on_chunk, self.mode)
         options = SyncOptions(

@@ -159,7 +159,10 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
         segment_id = result.get("segment_id") or self.segment_id
         if not segment_id:
             return
-        uri = self._hook().asset_uri("segment", str(segment_id), self.owner_id or None)
+        hook = self._hook()
+        # Started in the triggerer, the task never ran execute(): the link is stored here.
+        CriteoSegmentLink.persist(context, hook.segment_url(str(segment_id), self.owner_id or None))
+        uri = hook.asset_uri("segment", str(segment_id), self.owner_id or None)
         result["asset_uri"] = uri
         self.emit_asset_event(
             context, uri, {"live_at": result.get("live_at"), "uploaded_at": result.get("uploaded_at")}
