@@ -9,7 +9,9 @@ vendor is checked as soon as it is registered:
 - ``POST /api/v2/connections`` + ``POST /api/v2/connections/test`` against the sandbox succeed, and
   malformed extras give a clear message, never a stack trace;
 - the Add Connection form in Chromium shows each type's labelled fields with the secret as a
-  password input (screenshots into ``docs/_static/screenshots``);
+  password input (screenshots into ``docs/_static/screenshots``); malformed extra JSON is a form
+  error; the connection list's Test button (expected to fail on an Airflow whose UI sends port 0 for
+  a connection without a port, apache/airflow#73298: reported as xfail there);
 - a finished example DAG run (``airflow dags test`` into the server's DB) has its operators' extra
   links pointing at the sandbox's vendor pages, and its emitted Asset is listed.
 
@@ -372,12 +374,26 @@ def _screenshot(element_or_driver, name: str) -> None:
     save(str(SCREENSHOTS / name))
 
 
+def _wait(browser):
+    """A WebDriverWait that retries when React re-rendered the element it was looking at."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, UI_TIMEOUT, ignored_exceptions=(StaleElementReferenceException,))
+
+
+def _dialog(browser):
+    """The open dialog, found afresh (React replaces its elements while it renders)."""
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.CSS_SELECTOR, "[role=dialog]")
+
+
 def _open_add_connection(browser, api_server, hook_name: str):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, UI_TIMEOUT)
+    wait = _wait(browser)
     browser.get(f"{api_server}/connections")
     wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Add Connection']"))).click()
     dialog = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "[role=dialog]")))
@@ -386,26 +402,43 @@ def _open_add_connection(browser, api_server, hook_name: str):
     names = [option.text for option in options]
     assert hook_name in names, names
     options[names.index(hook_name)].click()
-    wait.until(lambda _: dialog.find_elements(By.XPATH, ".//button[normalize-space()='Extra Fields']"))
-    return dialog
+    wait.until(lambda _: _dialog(browser).find_elements(By.XPATH, ".//button[normalize-space()='Extra Fields']"))
 
 
-def _visible_labels(dialog) -> list[str]:
+def _visible_labels(browser) -> list[str]:
     from selenium.webdriver.common.by import By
 
-    return [label.text.replace("*", "").strip() for label in dialog.find_elements(By.TAG_NAME, "label") if label.text]
+    labels = _dialog(browser).find_elements(By.TAG_NAME, "label")
+    return [label.text.replace("*", "").strip() for label in labels if label.text]
+
+
+def _click(browser, xpath: str, within_dialog: bool = True) -> None:
+    """Click the element at ``xpath`` (in the open dialog), retrying while React re-renders it; by
+    script when a tooltip covers it."""
+    from selenium.common.exceptions import ElementClickInterceptedException
+    from selenium.webdriver.common.by import By
+
+    def attempt(_) -> bool:
+        element = (_dialog(browser) if within_dialog else browser).find_element(By.XPATH, xpath)
+        try:
+            element.click()
+        except ElementClickInterceptedException:
+            browser.execute_script("arguments[0].click();", element)
+        return True
+
+    _wait(browser).until(attempt)
 
 
 @needs_browser
 @pytest.mark.parametrize("conn_type", sorted(CONNECTION_SPECS))
 def test_add_connection_form_shows_the_labelled_fields(browser, api_server, conn_type):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     spec = CONNECTION_SPECS[conn_type]
-    dialog = _open_add_connection(browser, api_server, spec.hook_name)
+    _open_add_connection(browser, api_server, spec.hook_name)
+    dialog = _dialog(browser)
 
-    labels = _visible_labels(dialog)
+    labels = _visible_labels(browser)
     for field, label in spec.relabeling.items():
         assert label in labels, (conn_type, field, labels)
     for field in spec.hidden_fields:
@@ -419,9 +452,10 @@ def test_add_connection_form_shows_the_labelled_fields(browser, api_server, conn
             assert shown == placeholder, (conn_type, field)
     _screenshot(dialog, f"add-connection-{conn_type}.png")
 
-    dialog.find_element(By.XPATH, ".//button[normalize-space()='Extra Fields']").click()
+    _click(browser, ".//button[normalize-space()='Extra Fields']")
     wanted = [field.label for field in spec.fields]
-    WebDriverWait(browser, UI_TIMEOUT).until(lambda _: set(wanted) <= set(_visible_labels(dialog)))
+    _wait(browser).until(lambda _: set(wanted) <= set(_visible_labels(browser)))
+    dialog = _dialog(browser)
     for field in spec.fields:
         if field.secret:
             element = dialog.find_element(By.CSS_SELECTOR, f"input[name=element_{field.name}]")
@@ -435,9 +469,8 @@ def test_add_connection_form_shows_the_labelled_fields(browser, api_server, conn
 def test_dag_run_grid_and_extra_link_in_the_browser(browser, api_server, example_run):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, UI_TIMEOUT)
+    wait = _wait(browser)
     run_path = f"/dags/{DAG_ID}/runs/{urllib.parse.quote(example_run['run_id'], safe='')}"
     browser.get(f"{api_server}{run_path}")
     for task_id in example_run["tasks"]:
@@ -450,3 +483,78 @@ def test_dag_run_grid_and_extra_link_in_the_browser(browser, api_server, example
     segment_id = example_run["tasks"]["upsert_segment"]["xcom"]["return_value"]["segment_id"]
     assert segment_id in link.get_attribute("href")
     _screenshot(browser, "task-extra-link.png")
+
+
+@needs_browser
+@pytest.mark.parametrize("conn_type", sorted(CONNECTION_SPECS))
+def test_malformed_extra_json_in_the_form_is_a_form_error(browser, api_server, conn_type):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _open_add_connection(browser, api_server, CONNECTION_SPECS[conn_type].hook_name)
+    _dialog(browser).find_element(By.NAME, "connection_id").send_keys(f"{conn_type}_form_bad_json")
+    _click(browser, ".//button[normalize-space()='Extra Fields JSON']")
+    editor = _wait(browser).until(
+        lambda _: _dialog(browser).find_element(By.CSS_SELECTOR, ".monaco-editor .view-lines")
+    )
+    select_all = Keys.CONTROL
+    ActionChains(browser).click(editor).key_down(select_all).send_keys("a").key_up(select_all).send_keys(
+        Keys.DELETE
+    ).send_keys("{not json").perform()
+    _click(browser, ".//button[contains(., 'Save')]")
+    # the form's own check ("Invalid JSON format: ...") or, past it, the API's 422 shown in the form
+    _wait(browser).until(
+        lambda _: any(error in _dialog(browser).text for error in ("Invalid JSON", "valid JSON object"))
+    )
+    _assert_no_stack_trace(_dialog(browser).text)
+    if conn_type == "lytics":
+        _screenshot(_dialog(browser), "add-connection-bad-extra-json.png")
+
+
+def _airflow_refuses_portless_row_test() -> bool:
+    """Airflow 3.3.2's UI sends ``port: 0`` for a connection without a port when its row's Test
+    button is pressed, and the API then answers 400 "host or port ... differs from the stored
+    connection" (apache/airflow#73298, fixed upstream by treating 0 like an empty port)."""
+    try:
+        from airflow.api_fastapi.core_api.routes.public.connections import _same_endpoint
+    except ImportError:
+        return False
+    return not _same_endpoint(0, None)
+
+
+@needs_browser
+@pytest.mark.parametrize("conn_type", sorted(CONNECTION_SPECS))
+def test_connection_list_test_button(browser, api, api_server, ui_sandbox, conn_type):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    connection = _sandbox_connections(ui_sandbox)[conn_type]
+    connection_id = f"{conn_type}_row"
+    api.delete(f"/api/v2/connections/{connection_id}")
+    created = api.post("/api/v2/connections", _rest_body(connection_id, connection))
+    assert created.status_code == 201, created.text
+
+    wait = _wait(browser)
+    browser.get(f"{api_server}/connections")
+    row = f"//tr[.//td[normalize-space()='{connection_id}']]"
+    button = f"{row}//button[@aria-label='Test Connection']"
+    wait.until(ec.presence_of_element_located((By.XPATH, button)))
+    _click(browser, button, within_dialog=False)
+    wait.until(
+        lambda driver: any(
+            outcome in driver.find_element(By.TAG_NAME, "body").text
+            for outcome in ("Test Connection Successful", "Test Connection Failed")
+        )
+    )
+    text = browser.find_element(By.TAG_NAME, "body").text
+    _assert_no_stack_trace(text)
+    if "Test Connection Failed" in text and connection.get("port") is None and _airflow_refuses_portless_row_test():
+        assert "Bad Request" in text, text[-2000:]
+        pytest.xfail(
+            "this Airflow's UI sends port 0 for a connection without a port and its API refuses the test "
+            "(apache/airflow#73298); POST /api/v2/connections/test itself succeeds (test above)"
+        )
+    assert "Test Connection Successful" in text, text[-2000:]
+    if conn_type == "lytics":
+        _screenshot(browser, "connection-list-test.png")
