@@ -1,14 +1,16 @@
 """Put a freshly processed Yandex.Audience segment to work in Yandex Direct.
 
 1. The DAG is scheduled on the Yandex.Audience segment Assets (alias ``yandex-audience-segments``),
-   which the Audience column records when a segment is ``processed``. ``pick_segment`` reads the
-   segment id from the triggering Asset event (``yandex-audience://<login>/segment/<id>``); a run
-   started by hand takes it from the ``segment_id`` param instead (its default suits the sandbox).
-2. ``upsert_retargeting_list`` keeps one retargeting list per segment: people in the segment
+   which the Audience column records when a segment is ``processed``. ``segments_to_target`` reads
+   the segment ids from the triggering Asset events (``yandex-audience://<login>/segment/<id>``; one
+   run may bring several); a run started by hand takes the ``segment_id`` param instead (its
+   default suits the sandbox).
+2. ``upsert_retargeting_list`` (mapped per segment) keeps one retargeting list per segment: people in the segment
    (``ANY``) who are not converted customers (``NONE`` of the purchase goal in the last 90 days).
    The segment id is resolved to its Direct goal id through ``GetRetargetingGoals``; a rerun finds
    the list by name and writes nothing when nothing changed.
-3. ``attach_to_ad_groups`` adds the list as an audience target to the ad groups, once per group.
+3. ``attach_to_ad_groups`` (mapped per list) adds each list as an audience target to the ad groups,
+   once per group.
 
 Direct allows 5 concurrent requests per advertiser: give Direct tasks an Airflow pool with at most
 4 slots per advertiser when several DAGs share one. Run it offline against the sandbox: ``make demo``.
@@ -44,39 +46,48 @@ with DAG(
 ) as dag:
 
     @task
-    def pick_segment(**context) -> int:
-        """The processed segment: from the triggering Asset event, else from the ``segment_id`` param."""
-        for uri in context.get("triggering_asset_events") or {}:
-            text = str(getattr(uri, "uri", uri))
-            if text.startswith("yandex-audience://"):
-                return int(text.rstrip("/").rsplit("/", 1)[-1])
-        segment_id = context["params"].get("segment_id")
-        if segment_id in (None, ""):
-            raise ValueError("No Yandex.Audience segment: not triggered by its Asset and no segment_id param")
-        return int(segment_id)
+    def segments_to_target(**context) -> list[int]:
+        """Processed segments: one per triggering Asset event, else the ``segment_id`` param."""
+        found = set()
+        for asset in context.get("triggering_asset_events") or {}:  # keys: the Assets and the alias
+            uri = str(getattr(asset, "uri", "") or "")
+            if uri.startswith("yandex-audience://"):
+                found.add(int(uri.rstrip("/").rsplit("/", 1)[-1]))
+        if not found:
+            segment_id = context["params"].get("segment_id")
+            if segment_id in (None, ""):
+                raise ValueError("No Yandex.Audience segment: not triggered by its Asset and no segment_id param")
+            found.add(int(segment_id))
+        return sorted(found)
 
-    segment = pick_segment()
+    @task
+    def list_definition(segment_id: int, **context) -> dict:
+        """One retargeting list per segment: in the segment, and not a buyer in the last 90 days."""
+        converted_goal = int(context["params"]["converted_goal_id"])
+        return {
+            "name": f"airflow: audience segment {segment_id} minus buyers",
+            "rules": [
+                {"operator": "ANY", "segments": [segment_id]},
+                {"operator": "NONE", "goals": [{"goal_id": converted_goal, "membership_life_span": 90}]},
+            ],
+        }
+
+    definitions = list_definition.expand(segment_id=segments_to_target())
 
     # [START howto_operator_yandex_direct_retargeting_list]
-    upsert = YandexDirectCreateOrUpdateRetargetingListOperator(
+    upsert = YandexDirectCreateOrUpdateRetargetingListOperator.partial(
         task_id="upsert_retargeting_list",
-        name="airflow: audience segment {{ ti.xcom_pull(task_ids='pick_segment') }} minus buyers",
-        rules=[
-            {"operator": "ANY", "segments": ["{{ ti.xcom_pull(task_ids='pick_segment') }}"]},
-            {"operator": "NONE", "goals": [{"goal_id": "{{ params.converted_goal_id }}", "membership_life_span": 90}]},
-        ],
         description="Managed by Airflow ({{ dag.dag_id }}); edit the DAG, not the web interface",
-    )
+    ).expand_kwargs(definitions)  # name and rules per segment, e.g.
+    # {"name": "...", "rules": [{"operator": "ANY", "segments": [segment_id]},
+    #                           {"operator": "NONE", "goals": [{"goal_id": 12345678, "membership_life_span": 90}]}]}
     # [END howto_operator_yandex_direct_retargeting_list]
 
     # [START howto_operator_yandex_direct_add_targets]
-    attach = YandexDirectAddAudienceTargetsOperator(
+    attach = YandexDirectAddAudienceTargetsOperator.partial(
         task_id="attach_to_ad_groups",
-        retargeting_list_id="{{ ti.xcom_pull(task_ids='upsert_retargeting_list')['retargeting_list_id'] }}",
         ad_group_ids="{{ params.ad_group_ids }}",
         strategy_priority="HIGH",  # automatic strategies; manual ones take context_bid=<currency units>
         on_item_error="warn",  # one archived ad group must not block the others; outcomes are in XCom
-    )
+    ).expand(retargeting_list_id=upsert.output.map(lambda result: result["retargeting_list_id"]))
     # [END howto_operator_yandex_direct_add_targets]
-
-    segment >> upsert >> attach

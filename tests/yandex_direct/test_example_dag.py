@@ -77,9 +77,10 @@ def test_example_dag_end_to_end_and_idempotent_rerun(airflow_env, wired):
     run = read_run(airflow_env, DAG_ID)["runs"][-1]
     tasks = run["tasks"]
     assert {t: v["state"] for t, v in tasks.items()} == dict.fromkeys(
-        ["pick_segment", "upsert_retargeting_list", "attach_to_ad_groups"], "success"
+        ["segments_to_target", "list_definition", "upsert_retargeting_list", "attach_to_ad_groups"], "success"
     )
-    upsert = tasks["upsert_retargeting_list"]["xcom"]["return_value"]
+    assert tasks["segments_to_target"]["xcom"]["return_value"] == [segment_id]
+    upsert = tasks["upsert_retargeting_list"]["xcom"]["return_value"]  # one mapped task per segment
     assert upsert["action"] == "created" and upsert["is_available"] == "YES"
     list_id = upsert["retargeting_list_id"]
     assert [g["goal_id"] for g in upsert["goals"]] == [AUDIENCE_GOAL_OFFSET + segment_id, 12345678]
@@ -100,3 +101,25 @@ def test_example_dag_end_to_end_and_idempotent_rerun(airflow_env, wired):
     assert rerun["upsert_retargeting_list"]["xcom"]["return_value"]["action"] == "unchanged"
     assert sorted(rerun["attach_to_ad_groups"]["xcom"]["return_value"]["existing"]) == GROUPS
     assert len(direct.account().lists) == 1 and len(direct.account().targets) == 2
+
+
+def test_segments_come_from_the_triggering_audience_assets():
+    import importlib.util
+
+    from airflow.sdk import Asset, AssetAlias
+
+    spec = importlib.util.spec_from_file_location("example_direct_dag", EXAMPLES / f"{DAG_ID}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.dag
+    pick = dag.get_task("segments_to_target").python_callable
+    events = {  # what Airflow's accessor iterates: each Asset, and the alias they came through
+        Asset(uri="yandex-audience://sandbox-login/segment/30000007"): [],
+        AssetAlias(name="yandex-audience-segments"): [],
+        Asset(uri="yandex-audience://sandbox-login/segment/30000003"): [],
+        Asset(uri="lytics://acme/segment/3f9a"): [],
+    }
+    assert pick(triggering_asset_events=events, params={"segment_id": 1001}) == [30000003, 30000007]
+    assert pick(triggering_asset_events={}, params={"segment_id": "1001"}) == [1001]
+    with pytest.raises(ValueError, match="no segment_id param"):
+        pick(triggering_asset_events={}, params={"segment_id": None})
