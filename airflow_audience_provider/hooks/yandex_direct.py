@@ -743,19 +743,19 @@ class YandexDirectHook(AudienceHook):
             "CampaignIds": campaign_ids,
             "RetargetingListIds": retargeting_list_ids,
         }
-        filters = {k: [int(i) for i in v] for k, v in filters.items() if v}
-        if not filters:
+        given = {k: [int(i) for i in v] for k, v in filters.items() if v}
+        if not given:
             raise AudienceValidationError(
                 "AudienceTargets.get needs ids, ad group ids, campaign ids or retargeting list ids",
                 vendor=VENDOR,
                 field="SelectionCriteria",
             )
         # One filter may exceed its documented size: split on it, the others ride along.
-        key, values = max(filters.items(), key=lambda kv: len(kv[1]) / TARGET_FILTER_LIMITS[kv[0]])
+        key, values = max(given.items(), key=lambda kv: len(kv[1]) / TARGET_FILTER_LIMITS[kv[0]])
         size = TARGET_FILTER_LIMITS[key]
         seen: dict[Any, dict[str, Any]] = {}
         for start in range(0, len(values), size):
-            criteria: dict[str, Any] = {**filters, key: values[start : start + size]}
+            criteria: dict[str, Any] = {**given, key: values[start : start + size]}
             if states:
                 criteria["States"] = list(states)
             for target in self.get_all(
@@ -894,7 +894,7 @@ class YandexDirectHook(AudienceHook):
         if kind:
             return "audience" in kind
         try:
-            return offset <= int(goal.get("GoalID")) < offset + 1_000_000_000
+            return offset <= int(str(goal.get("GoalID"))) < offset + 1_000_000_000
         except (TypeError, ValueError):
             return False
 

@@ -172,7 +172,7 @@ def build_rules(
         for goal in lowered.get("goals") or []:
             spec = goal if isinstance(goal, dict) else {"goal_id": goal}
             try:
-                goal_id = int(spec.get("goal_id") or spec.get("id"))
+                goal_id = int(str(spec.get("goal_id") or spec.get("id")))
             except (TypeError, ValueError):
                 raise AudienceValidationError(
                     f"Rule {number}: a goal must be an id or {{'goal_id', 'membership_life_span'}}: {goal!r}",

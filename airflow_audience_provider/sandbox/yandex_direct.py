@@ -150,7 +150,7 @@ class YandexDirectFake(VendorFake):
         self.accounts: dict[str, Account] = {}
         for login in (ADVERTISER, *AGENCY_CLIENTS):
             account = Account(login)
-            account.ad_groups = {g["Id"]: dict(g) for g in SEED_AD_GROUPS}
+            account.ad_groups = {int(str(g["Id"])): dict(g) for g in SEED_AD_GROUPS}
             self.accounts[login] = account
         self.accounts[AGENCY] = Account(AGENCY)  # only its points are used (Use-Operator-Units)
         self._segments: list[dict[str, Any]] = [dict(s) for s in SEED_SEGMENTS]
@@ -207,7 +207,12 @@ class YandexDirectFake(VendorFake):
                 self.set_goal_source(source)
                 return True
             if source is not None:
-                self.set_goal_source(lambda a=audience_fake, n=attr: getattr(a, n))
+                name = attr
+
+                def read(fake: Any = audience_fake, attribute: str = name) -> Iterable[Any]:
+                    return getattr(fake, attribute)  # type: ignore[no-any-return]
+
+                self.set_goal_source(read)
                 return True
         return False
 
@@ -220,18 +225,18 @@ class YandexDirectFake(VendorFake):
         except Exception:  # the peer fake changed shape: no segments rather than a crash
             segments = []
         for segment in segments:
-            get = segment.get if isinstance(segment, dict) else lambda k, s=segment: getattr(s, k, None)
-            status = get("status")
+            fields = segment if isinstance(segment, dict) else vars(segment) if hasattr(segment, "__dict__") else {}
+            status = fields.get("status")
             if status not in (None, "processed"):
                 continue
             try:
-                segment_id = int(get("id"))
+                segment_id = int(str(fields.get("id")))
             except (TypeError, ValueError):
                 continue
             goals.append(
                 {
                     "GoalID": AUDIENCE_GOAL_OFFSET + segment_id,
-                    "Name": str(get("name") or ""),
+                    "Name": str(fields.get("name") or ""),
                     "GoalDomain": "",
                     "Type": "audience",
                     "Login": login,
@@ -412,6 +417,8 @@ class YandexDirectFake(VendorFake):
     def _stage(self, account: Account, kind: str, key: int, value: dict[str, Any] | None) -> None:
         self._staged.append((account, kind, key, value))
 
+    _staged: list[tuple[Account, str, int, dict[str, Any] | None]]
+
     def _commit(self, account: Account) -> None:
         for acct, kind, key, value in getattr(self, "_staged", []):
             store = getattr(acct, kind)
@@ -425,7 +432,7 @@ class YandexDirectFake(VendorFake):
         self._staged = []
 
     def _begin(self) -> None:
-        self._staged: list[tuple[Account, str, int, dict[str, Any] | None]] = []
+        self._staged = []
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -539,7 +546,8 @@ class YandexDirectFake(VendorFake):
             raise DirectError(8000, "Invalid request", "Field RetargetingLists is required")
         if len(items) > 1000:
             raise DirectError(9300, "Too many objects in request", "At most 1000 lists per call")
-        results, count = [], len(account.lists)
+        results: list[dict[str, Any]] = []
+        count = len(account.lists)
         for item in items:
             if not isinstance(item, dict):
                 raise DirectError(8000, "Invalid request", "RetargetingLists items must be objects")
