@@ -435,3 +435,10 @@ def test_use_operator_units_spends_the_agencys_points(set_direct_conn, make_hook
     assert direct.account("sandbox-agency").units_spent == hook.units_spent > 0
     assert direct.account("sandbox-client").units_spent == 0
     assert [x["Name"] for x in direct.account("sandbox-client").lists.values()] == ["paid by the agency"]
+
+
+def test_test_connection_reports_a_refused_token_without_raising(set_direct_conn, make_hook):
+    set_direct_conn("direct_refused", password="revoked")
+    ok, message = make_hook("direct_refused").test_connection()
+    assert not ok
+    assert "Authorization error" in message and "code=53" in message
