@@ -14,7 +14,7 @@ about 1% invalid rows and 1% duplicates (same address, other case and blanks). R
    * *full engine*: the same plus de-duplication, snapshot diff, the snapshot file and handing
      every chunk to a no-op sender (everything a real sync does except the network);
 
-2. peak memory (``ru_maxrss`` of a fresh subprocess per size) of a full engine run over 1M and
+2. peak memory (``VmHWM`` of a fresh subprocess per size) of a full engine run over 1M and
    10M rows streamed from a generator, and the ratio of the two;
 3. incremental sync of a 1M list where 1% of the members were replaced: identifiers sent divided
    by the true difference.

@@ -5,10 +5,10 @@ Each normaliser takes one raw string and returns the normalised string, or raise
 into the accounting histogram; the raw value never goes into the exception text.
 
 :func:`normalise_batch` is the hot path: for e-mail, MAID and pre-hashed input it validates a
-whole batch with one regular-expression pass in C and only falls back to the per-value functions
-when the batch holds at least one value the fast pattern rejects. The fast pattern accepts
-exactly the values the per-value function accepts (a property test checks this), so results do
-not depend on which path ran.
+whole batch with one regular-expression pass in C and sends only the values the fast pattern
+refuses through the per-value functions, which decide and give the reason. The fast pattern
+accepts only values the per-value function accepts, with the same output (property tests check
+this), so results do not depend on which path ran.
 """
 
 from __future__ import annotations

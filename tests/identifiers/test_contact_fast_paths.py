@@ -134,3 +134,29 @@ def test_fixed_width_chunker_cuts_every_value_once_in_order(sizes: list[int], ma
     for c in chunks:
         with contextlib.closing(__import__("io").BytesIO()) as fh:
             assert c.write_to(fh) == c.file_size == len(fh.getvalue())
+
+
+@pytest.mark.parametrize("source_kind", ["list", "generator"])
+def test_worker_read_path_matches_one_process(source_kind: str) -> None:
+    """Worker processes give what one process gives (values to convert, a newline inside a value)."""
+    values: list[object] = [f" User{i}@Example.COM " if i % 7 else f"bad{i}" for i in range(300)]
+    values[5] = b"Bytes@Example.com"  # converted like IterableSource does
+    values[9] = "new@\nline.com"
+
+    def run(workers: int) -> list[tuple[int, int, list[tuple[int, str]], list[str]]]:
+        src = IterableSource(values if source_kind == "list" else iter(values))
+        return [
+            (b.first_line, o[0].count, o[0].invalid, sorted(h for t in o[0].partitions.values() for h in t.split("\n")))
+            for b, o in iter_processed(src, (EMAIL,), batch_size=64, workers=workers)
+        ]
+
+    from airflow_audience_provider.identifiers import fanout
+
+    old = fanout.MP_TASK_ROWS
+    fanout.MP_TASK_ROWS = 64
+    try:
+        one = run(1)
+        assert [r[:3] for r in run(2)] == [r[:3] for r in one]
+        assert run(2) == one
+    finally:
+        fanout.MP_TASK_ROWS = old
