@@ -802,7 +802,8 @@ class SegmentHook(AudienceHook):
 
     def _audience_result(self, space: str, audience: dict[str, Any]) -> dict[str, Any]:
         audience_id = str(audience.get("id"))
-        size = audience.get("size") if isinstance(audience.get("size"), dict) else {}
+        raw_size = audience.get("size")
+        size: dict[str, Any] = raw_size if isinstance(raw_size, dict) else {}
         return {
             "audience_id": audience_id,
             "space_id": space,
@@ -862,7 +863,8 @@ class SegmentHook(AudienceHook):
         space = self.space(space_id)
         preview = self.get_audience_preview(preview_id, space)
         status = str(preview.get("status") or "")
-        size = preview.get("size") if isinstance(preview.get("size"), dict) else {}
+        raw_size = preview.get("size")
+        size: dict[str, Any] = raw_size if isinstance(raw_size, dict) else {}
         result = {
             "preview_id": preview.get("id", preview_id),
             "space_id": space,

@@ -182,8 +182,8 @@ def hash_partition(values: list[bytes], algorithm: HashAlgorithm) -> dict[str, s
     buckets: list[list[bytes]] = [[] for _ in range(256)]
     appends = [b.append for b in buckets]
     take = iter(digests).__next__
-    for key in b"".join(digests)[::width]:  # the first byte of every digest
-        appends[key](take())
+    for first_byte in b"".join(digests)[::width]:  # the first byte of every digest
+        appends[first_byte](take())
     text = b"".join(itertools.chain.from_iterable(buckets)).hex("\n", width)
     step = 2 * width + 1
     out: dict[str, str] = {}

@@ -243,8 +243,9 @@ class SegmentFake(VendorFake):
             "message": message,
             "status": status,
         }
-        if status == 429 and "Retry-After" in (headers or {}):
-            error["data"] = {"remainingPoints": 0, "msBeforeNext": int(float(headers["Retry-After"]) * 1000)}
+        retry_after = (headers or {}).get("Retry-After")
+        if status == 429 and retry_after is not None:
+            error["data"] = {"remainingPoints": 0, "msBeforeNext": int(float(retry_after) * 1000)}
         return JSONResponse({"errors": [error]}, status, headers=dict(headers or {}))
 
     def check_request(self, request: Request) -> Response | None:
@@ -357,11 +358,12 @@ class SegmentFake(VendorFake):
             raise _validation(problems)
         return self._store(body, at=self.now())
 
-    def _require(self, space_id: str, audience_id: str | None = None) -> dict[str, Any] | None:
+    def _require_space(self, space_id: str) -> None:
         if space_id != self.space_id:
             raise ApiError(404, f"Space {space_id} not found", "NotFound")
-        if audience_id is None:
-            return None
+
+    def _require(self, space_id: str, audience_id: str) -> dict[str, Any]:
+        self._require_space(space_id)
         stored = self._audiences.get(audience_id)
         if stored is None:
             raise ApiError(404, f"Audience {audience_id} not found in space {space_id}", "NotFound")
@@ -498,7 +500,7 @@ class SegmentFake(VendorFake):
     async def _h_space(self, request: Request) -> Response:
         self._version(request)
         with self.lock:
-            self._require(request.path_params["space_id"])
+            self._require_space(request.path_params["space_id"])
         return self._ok({"space": {"id": self.space_id, "name": "Sandbox space", "slug": "sandbox"}})
 
     async def _h_audiences(self, request: Request) -> Response:
@@ -507,13 +509,13 @@ class SegmentFake(VendorFake):
             self._version(request, body=True)
             body = await self._json(request)
             with self.lock:
-                self._require(space_id)
+                self._require_space(space_id)
                 headers = self._limit("create_audience")
                 return self._ok({"audience": self._render(self._create(body), full=False)}, headers)
         self._version(request)
         params = request.query_params
         with self.lock:
-            self._require(space_id)
+            self._require_space(space_id)
             headers = self._limit("list_audiences")
             items = [
                 self._render(a, full=True, schedules=params.get("include") == "schedules")
@@ -655,7 +657,7 @@ class SegmentFake(VendorFake):
         self._version(request, body=True)
         body = await self._json(request)
         with self.lock:
-            self._require(request.path_params["space_id"])
+            self._require_space(request.path_params["space_id"])
             problems = []
             definition = body.get("definition")
             problem = _definition_problem(definition.get("query") if isinstance(definition, dict) else None)
@@ -669,7 +671,7 @@ class SegmentFake(VendorFake):
             preview = {
                 "id": _id("prv_"),
                 "audienceType": body["audienceType"],
-                "definition": dict(definition),
+                "definition": dict(definition or {}),
                 "options": dict(body.get("options") or {}),
                 "ready_at": self.now() + self.processing_seconds,
                 "failure": self._next_preview_failure,
@@ -681,7 +683,7 @@ class SegmentFake(VendorFake):
     async def _h_preview(self, request: Request) -> Response:
         self._version(request)
         with self.lock:
-            self._require(request.path_params["space_id"])
+            self._require_space(request.path_params["space_id"])
             preview_id = request.path_params["preview_id"]
             preview = self._previews.get(preview_id)
             if preview is None:
