@@ -102,3 +102,45 @@ def criteo_sandbox(sandbox, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_CRITEO_DEFAULT", sandbox.connections()["criteo_default"])
     yield fake
     fake.reset()
+
+
+# ---- the Airflow task context double shared by the operator and sensor tests ----
+# The vendor is always a real sandbox fake over HTTP; only ``ti`` and ``outlet_events`` of the
+# Airflow context are recording doubles, because tests call ``execute`` outside the task runner.
+
+
+class RecordingTI:
+    """Records xcom_push calls."""
+
+    def __init__(self) -> None:
+        self.pushed: dict = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+    def get_first_reschedule_date(self, context: object) -> None:
+        """Reschedule-mode sensors ask when they first ran; None = this is the first try."""
+        return None
+
+
+class RecordingOutletEvents:
+    """``context["outlet_events"][AssetAlias(...)].add(asset, extra=...)`` recorded as tuples."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, str, dict]] = []
+
+    def __getitem__(self, alias: object) -> object:
+        events = self
+
+        class Accessor:
+            def add(self, asset: object, extra: dict | None = None) -> None:
+                events.added.append((alias.name, asset.uri, dict(extra or {})))  # type: ignore[attr-defined]
+
+        return Accessor()
+
+
+@pytest.fixture
+def context() -> dict:
+    """A minimal task context: a recording ``ti`` and recording ``outlet_events``."""
+    ti = RecordingTI()
+    return {"ti": ti, "task_instance": ti, "outlet_events": RecordingOutletEvents()}

@@ -81,6 +81,42 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
         self.read_timeout = read_timeout
         self._hook_instance: AudienceHook | None = None
 
+    def wait_for(
+        self,
+        trigger_class: Any,
+        status_kwargs: dict[str, Any],
+        *,
+        deferrable: bool,
+        poll_interval: float,
+        timeout: float,
+        method_name: str = "execute_complete",
+    ) -> dict[str, Any]:
+        """The one way an operator waits for vendor work: defer to the vendor's trigger, or poll
+        the same hook status function in the worker. Returns the result data (worker mode);
+        in deferrable mode the task resumes in ``method_name`` with the trigger's event.
+        """
+        import time
+        from datetime import timedelta
+
+        hook = self.hook  # resolves a templated connection id
+        trigger = trigger_class(
+            conn_id=self.conn_id,
+            status_kwargs=status_kwargs,
+            poll_interval=float(poll_interval),
+            deadline=time.time() + float(timeout),
+        )
+        if deferrable:
+            # A little later than the trigger's own deadline, so its clear timeout message wins.
+            self.defer(trigger=trigger, method_name=method_name, timeout=timedelta(seconds=float(timeout) + 60))
+        return wait_in_worker(
+            getattr(hook, trigger_class.status_method),
+            status_kwargs,
+            poll_interval=float(poll_interval),
+            timeout=float(timeout),
+            subject=trigger.describe_subject(),
+            vendor=trigger_class.vendor,
+        )
+
     @property
     def hook(self) -> Any:
         if self._hook_instance is None:

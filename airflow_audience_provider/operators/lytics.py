@@ -6,16 +6,14 @@ name before anything is created, so a retried task updates instead of duplicatin
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 
 from airflow_audience_provider.connections import LYTICS
 from airflow_audience_provider.links.lytics import LyticsSegmentLink
-from airflow_audience_provider.operators.base import AudienceBaseOperator, wait_in_worker
+from airflow_audience_provider.operators.base import AudienceBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -271,26 +269,14 @@ class LyticsReevaluateSegmentOperator(_LyticsOperator):
             "requested_at": started["requested_at"],
             "job_id": started["job_id"],
         }
-        if self.deferrable:
-            from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
+        from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
 
-            self.defer(
-                trigger=LyticsReevaluationTrigger(
-                    conn_id=self.lytics_conn_id,
-                    status_kwargs=status_kwargs,
-                    poll_interval=self.poll_interval,
-                    deadline=time.time() + float(self.timeout),
-                ),
-                method_name="execute_complete",
-                timeout=timedelta(seconds=float(self.timeout) + 60),
-            )
-        done = wait_in_worker(
-            hook.reevaluation_status,
+        done = self.wait_for(
+            LyticsReevaluationTrigger,
             status_kwargs,
+            deferrable=self.deferrable,
             poll_interval=self.poll_interval,
-            timeout=float(self.timeout),
-            subject=f"reevaluation of Lytics segment {segment['id']}",
-            vendor="lytics",
+            timeout=self.timeout,
         )
         return self._finish(context, {**result, **done, "status": "completed"})
 

@@ -515,26 +515,14 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
         context["ti"].xcom_push(key="preview_id", value=preview_id)
         self.log.info("Segment audience preview %s started", preview_id)
         status_kwargs = {"preview_id": preview_id, "space_id": space}
-        if self.deferrable:
-            from airflow_audience_provider.triggers.segment import SegmentAudiencePreviewTrigger
+        from airflow_audience_provider.triggers.segment import SegmentAudiencePreviewTrigger
 
-            self.defer(
-                trigger=SegmentAudiencePreviewTrigger(
-                    conn_id=self.segment_conn_id,
-                    status_kwargs=status_kwargs,
-                    poll_interval=self.poll_interval,
-                    deadline=time.time() + float(self.timeout),
-                ),
-                method_name="execute_complete",
-                timeout=timedelta(seconds=float(self.timeout) + 60),
-            )
-        done = wait_in_worker(
-            hook.audience_preview_status,
+        done = self.wait_for(
+            SegmentAudiencePreviewTrigger,
             status_kwargs,
-            poll_interval=float(self.poll_interval),
-            timeout=float(self.timeout),
-            subject=f"Segment audience preview {preview_id}",
-            vendor="segment",
+            deferrable=self.deferrable,
+            poll_interval=self.poll_interval,
+            timeout=self.timeout,
         )
         return self._finish({**done, "source": "preview"})
 

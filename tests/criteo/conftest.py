@@ -100,38 +100,3 @@ def hook(make_hook):
 def ms_hook(make_hook, set_criteo_conn):
     """A Marketing Solutions hook (advertiser 98765)."""
     return make_hook(set_criteo_conn("criteo_ms", extra={"api": "marketing_solutions"}))
-
-
-class RecordingTI:
-    """Records xcom_push calls."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
-
-    def get_first_reschedule_date(self, context: Any) -> None:
-        return None
-
-
-class RecordingOutletEvents:
-    """``context["outlet_events"][AssetAlias(...)].add(asset, extra=...)`` recorded as tuples."""
-
-    def __init__(self) -> None:
-        self.added: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __getitem__(self, alias: Any) -> Any:
-        events = self
-
-        class Accessor:
-            def add(self, asset: Any, extra: dict[str, Any] | None = None) -> None:
-                events.added.append((alias.name, asset.uri, dict(extra or {})))
-
-        return Accessor()
-
-
-@pytest.fixture
-def context() -> dict[str, Any]:
-    ti = RecordingTI()
-    return {"ti": ti, "task_instance": ti, "outlet_events": RecordingOutletEvents()}

@@ -72,38 +72,3 @@ def wait_until():
         raise AssertionError("condition not reached in time")
 
     return waiter
-
-
-class RecordingTI:
-    """Records xcom_push calls."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
-
-    def get_first_reschedule_date(self, context: Any) -> None:
-        return None
-
-
-class RecordingOutletEvents:
-    """``context["outlet_events"][AssetAlias(...)].add(asset, extra=...)`` recorded as tuples."""
-
-    def __init__(self) -> None:
-        self.added: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __getitem__(self, alias: Any) -> Any:
-        events = self
-
-        class Accessor:
-            def add(self, asset: Any, extra: dict[str, Any] | None = None) -> None:
-                events.added.append((alias.name, asset.uri, dict(extra or {})))
-
-        return Accessor()
-
-
-@pytest.fixture
-def context() -> dict[str, Any]:
-    ti = RecordingTI()
-    return {"ti": ti, "task_instance": ti, "outlet_events": RecordingOutletEvents()}

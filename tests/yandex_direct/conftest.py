@@ -59,22 +59,6 @@ def set_direct_conn(direct, monkeypatch):
     return setter
 
 
-class RecordingTI:
-    """Records xcom_push calls."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
-
-
-@pytest.fixture
-def context() -> dict[str, Any]:
-    ti = RecordingTI()
-    return {"ti": ti, "task_instance": ti}
-
-
 @pytest.fixture
 def api_calls(direct):
     """``api_calls(service=None)``: the fake's request log for the Direct API (v5 and v4 Live)."""
