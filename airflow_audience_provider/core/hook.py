@@ -186,6 +186,47 @@ class AudienceHook(BaseHook):
             credentials_hint=self.credentials_hint(settings),
         )
 
+    def oauth2_token_poster(self, settings: ConnectionSettings, session: requests.Session) -> Any:
+        """The token POST for :class:`~airflow_audience_provider.core.auth.OAuth2ClientCredentials`,
+        sent through the shared transport (timeouts, retries, rate limit, typed errors).
+
+        Minting a second token is harmless, so the POST is retried like an idempotent call. A
+        400/401 from a token endpoint (RFC 6749 §5.2: ``invalid_client``, ``invalid_grant``) is
+        a credentials problem and raised as :class:`AudienceAuthenticationError` naming the
+        connection fields.
+        """
+        from airflow_audience_provider.core.errors import AudienceAuthenticationError, AudienceValidationError
+
+        token_transport = Transport(
+            self.profile,
+            self.base_url(settings),
+            None,
+            timeouts=self._timeouts_override,
+            retry=self._retry_override,
+            budget_key=self.budget_key(settings),
+            headers={"Accept": "application/json"},
+            session=session,
+        )
+        hint = (
+            f"check the {self.spec.relabeling.get('login', 'login')} (login) and "
+            f"{self.spec.relabeling.get('password', 'password')} (password) of Airflow connection '{settings.conn_id}'"
+        )
+
+        def post(url: str, form: dict[str, str]) -> dict[str, Any]:
+            try:
+                answer = token_transport.json("POST", url, data=form, idempotent=True, endpoint_class="token")
+            except (AudienceAuthenticationError, AudienceValidationError) as exc:
+                raise AudienceAuthenticationError(
+                    f"{self.vendor} refused the client credentials: {exc.message}; {hint}",
+                    vendor=self.vendor,
+                    status=exc.status,
+                    code=exc.code,
+                    request_id=exc.request_id,
+                ) from exc
+            return dict(answer or {})
+
+        return post
+
     def get_conn(self) -> Transport:
         """The authenticated transport for this connection (built once per hook)."""
         if self._transport is None:

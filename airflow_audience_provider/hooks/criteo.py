@@ -45,10 +45,8 @@ from airflow_audience_provider.assets import segment_uri
 from airflow_audience_provider.connections import CRITEO
 from airflow_audience_provider.core.auth import OAuth2ClientCredentials
 from airflow_audience_provider.core.errors import (
-    AudienceAuthenticationError,
     AudienceConfigurationError,
     AudienceError,
-    AudienceRateLimitError,
     AudienceValidationError,
 )
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
@@ -374,33 +372,8 @@ class CriteoHook(AudienceHook):
         client_id = settings.require(settings.login, "client id (login field)")
         secret = settings.require(settings.password, "client secret (password field)")
         token_url = settings.get_extra("token_url") or f"{self.base_url(settings)}/oauth2/token"
-        conn_id = settings.conn_id
-
-        def post(url: str, form: dict[str, str]) -> dict[str, Any]:
-            # requests URL-encodes the form, so a secret with '+' stays intact (notes §3, pitfall 17).
-            try:
-                response = session.post(url, data=form, headers={"Accept": "application/json"}, timeout=(10.0, 60.0))
-            except requests.RequestException as exc:
-                raise AudienceAuthenticationError(
-                    f"Criteo token endpoint unreachable ({type(exc).__name__})", vendor="criteo"
-                ) from exc
-            if response.status_code != 200:
-                info = parse_criteo_error(response)
-                cls: type[AudienceError] = AudienceAuthenticationError
-                if response.status_code == 429:
-                    cls = AudienceRateLimitError
-                elif response.status_code >= 500:
-                    cls = AudienceError
-                raise cls(
-                    f"Criteo refused the client credentials of connection '{conn_id}' "
-                    f"(HTTP {response.status_code}: {info.message or 'no reason given'}); check the client id "
-                    "(login) and client secret (password)",
-                    vendor="criteo",
-                    status=response.status_code,
-                    code=info.code,
-                )
-            return dict(response.json())
-
+        # requests URL-encodes the form, so a secret with '+' stays intact (notes §3, pitfall 17).
+        post = self.oauth2_token_poster(settings, session)
         return OAuth2ClientCredentials(token_url, client_id, secret, post)
 
     def budget_key(self, settings: ConnectionSettings) -> str:

@@ -163,7 +163,7 @@ def test_sensor_poke_mode_done_emits_the_segment_asset(criteo, context):
 
 
 def test_sensor_defers_from_a_worker_and_completes_from_the_event(criteo, context):
-    from airflow.exceptions import TaskDeferred
+    from airflow.providers.common.compat.sdk import TaskDeferred
 
     sensor = CriteoAudienceLiveSensor(
         task_id="live", uploaded_at=datetime.now(UTC).isoformat(), interval_seconds=3600, timeout=30
