@@ -104,8 +104,31 @@ def test_cli_serves_until_signalled(tmp_path: Path, stop_signal: signal.Signals)
         requests.get(conn["host"] + "/_sandbox/health", timeout=2)
 
 
+def _free_port_block(size: int) -> int:
+    """A base port with ``size`` consecutive free ports (``--port-base`` serves vendor i on base + i)."""
+    import random
+
+    for _ in range(100):
+        base = random.randint(20_000, 60_000)
+        sockets = []
+        try:
+            for offset in range(size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no block of free ports found")
+
+
 def test_cli_fixed_ports(tmp_path: Path) -> None:
-    port = _free_port()
+    from airflow_audience_provider.sandbox import available_vendors
+
+    port = _free_port_block(len(available_vendors()))
     proc = _start("--port-base", str(port))
     try:
         conn = json.loads(_exports(_read_until_ready(proc))["AIRFLOW_CONN_LYTICS_DEFAULT"])
