@@ -1,0 +1,59 @@
+"""The plan-review-sync example under real Airflow: a plan is sent only when it passes review."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db, read_run, run_dag_test
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "example_dags"
+DAG_ID = "example_yandex_audience_reviewed_sync"
+
+pytestmark = pytest.mark.dag_run
+
+
+@pytest.fixture(scope="module")
+def audience(sandbox):
+    fake = sandbox.fake("yandex_audience")
+    fake.reset()
+    yield fake
+    fake.reset()
+
+
+@pytest.fixture(scope="module")
+def airflow_env(sandbox, audience, tmp_path_factory):
+    env = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
+    migrate_db(env)
+    return env
+
+
+def _segments_named(audience, name):
+    return [s for s in audience.segments() if s.get("name") == name]
+
+
+def test_plan_is_reviewed_then_sent_and_a_mass_removal_is_stopped(airflow_env, audience):
+    first = run_dag_test(DAG_ID, airflow_env, timeout=300)
+    assert first.ok, first.log[-4000:]
+    tasks = read_run(airflow_env, DAG_ID)["runs"][-1]["tasks"]
+    plan = tasks["plan_sync"]["xcom"]["return_value"]
+    assert plan["action"] == "planned" and plan["files"] == []  # the plan sent nothing
+    assert plan["counts"]["unique"] == 300 and not plan["blocked_by"]
+    assert tasks["review_plan"]["state"] == "success"
+    synced = tasks["sync_crm"]["xcom"]["return_value"]
+    assert synced["action"] == "created" and synced["counts"]["unique"] == 300
+    [segment] = _segments_named(audience, "CRM reviewed (Airflow)")
+    requests_before = len(audience.requests)
+
+    # Two thirds of the customers leave: the plan says so, the review stops the run, nothing is sent.
+    second = run_dag_test(DAG_ID, airflow_env, timeout=300, conf={"shift": 200})
+    assert second.ok, second.log[-4000:]
+    tasks = read_run(airflow_env, DAG_ID)["runs"][-1]["tasks"]
+    plan = tasks["plan_sync"]["xcom"]["return_value"]
+    assert plan["counts"]["removed"] == 200 and plan["counts"]["added"] == 200
+    assert tasks["sync_crm"]["state"] == "skipped"
+    writes = [r for r in audience.requests[requests_before:] if r["method"] != "GET"]
+    assert writes == []
+    assert [s["id"] for s in _segments_named(audience, "CRM reviewed (Airflow)")] == [segment["id"]]
