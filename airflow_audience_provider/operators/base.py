@@ -42,13 +42,38 @@ class AssetEmitterMixin:
             kwargs["outlets"] = outlets
 
     def emit_asset_event(self, context: Context, uri: str, extra: dict[str, Any]) -> None:
-        """Record an Asset event for ``uri`` through this task's alias (no-op when disabled)."""
+        """Record an Asset event for ``uri`` through this task's alias (no-op when disabled).
+
+        The object is also remembered for OpenLineage (:meth:`get_openlineage_facets_on_complete`),
+        whether or not Asset events are emitted.
+        """
+        touched = self.__dict__.setdefault("_lineage_uris", [])
+        if uri not in touched:
+            touched.append(uri)
         if not self.emit_asset or not self.asset_alias:
             return
         from airflow.sdk import Asset, AssetAlias
 
         context["outlet_events"][AssetAlias(name=self.asset_alias)].add(Asset(uri=uri), extra=extra)
         log.info("Asset event recorded for %s", uri)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the vendor objects (segments, audiences) this task changed, as output datasets.
+
+        Called by the OpenLineage provider when it is installed (the ``openlineage`` extra);
+        imported only here, so the provider costs nothing otherwise. Each object's Asset URI
+        ``<scheme>://<account>/<kind>/<id>`` becomes namespace ``<scheme>://<account>`` and
+        name ``<kind>/<id>``.
+        """
+        from airflow.providers.openlineage.extractors import OperatorLineage
+        from openlineage.client.event_v2 import Dataset
+
+        outputs = []
+        for uri in self.__dict__.get("_lineage_uris", []):
+            scheme, rest = uri.split("://", 1)
+            account, _, path = rest.partition("/")
+            outputs.append(Dataset(namespace=f"{scheme}://{account}", name=path))
+        return OperatorLineage(outputs=outputs)
 
 
 class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
