@@ -18,7 +18,8 @@ FORBIDDEN = (
 
 _PROBE = """
 import json, sys
-from airflow.sdk import BaseOperator, BaseOperatorLink, BaseSensorOperator, conf
+from airflow.sdk import BaseOperator, BaseOperatorLink, BaseSensorOperator
+from airflow.providers.common.compat.sdk import conf
 import airflow.triggers.base
 before = set(sys.modules)
 import airflow_audience_provider.operators.segment

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from airflow.sdk import PokeReturnValue
-from airflow.sdk.exceptions import AirflowRescheduleException, TaskDeferred
+from airflow_compat import AirflowRescheduleException, TaskDeferred
 
 from airflow_audience_provider.core.errors import (
     AudienceAuthenticationError,
@@ -177,7 +177,7 @@ async def test_trigger_gives_up_on_a_missing_audience(segment):
     "cls", [SegmentAudienceComputedTrigger, SegmentAudiencePreviewTrigger, SegmentAudienceEditableTrigger]
 )
 def test_trigger_serialize_round_trip(cls):
-    from airflow.sdk import serde
+    from airflow_compat import serde
 
     trigger = cls("segment_x", {"audience_id": "a", "preview_id": "p", "space_id": "s"}, 5, 1234.5, 4)
     path, kwargs = trigger.serialize()

@@ -23,6 +23,9 @@ pytestmark = pytest.mark.dag_run
 def audience(sandbox):
     fake = sandbox.fake("yandex_audience")
     fake.reset()
+    # Long enough that the sensor's first poke finds the segment still processing, so it really
+    # defers (Airflow 3.1 starts tasks more slowly than 3.3).
+    fake.configure(processing_seconds=4)
     yield fake
     fake.reset()
 

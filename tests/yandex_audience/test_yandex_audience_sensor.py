@@ -6,7 +6,7 @@ import time
 
 import pytest
 from airflow.sdk import PokeReturnValue
-from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
+from airflow_compat import AirflowSensorTimeout, TaskDeferred
 from yandex_audience_helpers import POLL, PROCESSING
 
 from airflow_audience_provider.core.errors import (
@@ -60,7 +60,7 @@ def test_poke_mode_execute_and_link(ya, hook, context, segment_id):
 
 
 def test_reschedule_mode_pokes_once(ya, hook, context, segment_id):
-    from airflow.sdk.exceptions import AirflowRescheduleException
+    from airflow_compat import AirflowRescheduleException
 
     with pytest.raises(AirflowRescheduleException):
         sensor_for(segment_id, mode="reschedule").execute(context)

@@ -113,12 +113,14 @@ def test_segments_come_from_the_triggering_audience_assets():
     spec.loader.exec_module(module)
     dag = module.dag
     pick = dag.get_task("segments_to_target").python_callable
-    events = {  # what Airflow's accessor iterates: each Asset, and the alias they came through
-        Asset(uri="yandex-audience://sandbox-login/segment/30000007"): [],
-        AssetAlias(name="yandex-audience-segments"): [],
-        Asset(uri="yandex-audience://sandbox-login/segment/30000003"): [],
-        Asset(uri="lytics://acme/segment/3f9a"): [],
-    }
+    # What iterating Airflow's accessor yields: each Asset, and the alias they came through. (A list,
+    # not a dict keyed by Asset: on Airflow 3.1 an Asset with its extra dict is not hashable.)
+    events = [
+        Asset(uri="yandex-audience://sandbox-login/segment/30000007"),
+        AssetAlias(name="yandex-audience-segments"),
+        Asset(uri="yandex-audience://sandbox-login/segment/30000003"),
+        Asset(uri="lytics://acme/segment/3f9a"),
+    ]
     assert pick(triggering_asset_events=events, params={"segment_id": 1001}) == [30000003, 30000007]
     assert pick(triggering_asset_events={}, params={"segment_id": "1001"}) == [1001]
     with pytest.raises(ValueError, match="no segment_id param"):

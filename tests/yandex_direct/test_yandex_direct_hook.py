@@ -324,7 +324,7 @@ def test_segments_resolve_by_id_name_and_goal_id(hook):
 
 
 def test_unknown_or_unprocessed_segment_is_a_clear_not_found(hook, direct):
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_compat import AirflowFailException
 
     with pytest.raises(AudienceNotFoundError, match=r"\[1003, 'Nobody'\].*processed") as info:
         hook.resolve_audience_segments([1001, 1003, "Nobody"])
