@@ -331,6 +331,41 @@ def test_example_run_extra_links_point_at_the_sandbox_vendor_pages(api, ui_sandb
         assert url and url.startswith(lytics_url) and segment_id in url, (task_id, links[task_id])
 
 
+OTHER_EXAMPLES = sorted(
+    path.stem
+    for path in EXAMPLES.glob("example_*.py")
+    if path.stem != DAG_ID and "downstream" not in path.stem
+)
+
+
+@pytest.mark.parametrize("dag_id", OTHER_EXAMPLES)
+def test_every_example_run_links_to_the_vendor_pages_and_lists_its_assets(api, ui_sandbox, airflow_env, dag_id):
+    """Each vendor's example DAG: its tasks' extra links open the sandbox vendor's pages, and every
+    Asset it emitted is listed by the API server."""
+    outcome = run_dag_test(dag_id, airflow_env, timeout=300)
+    assert outcome.ok, outcome.log[-4000:]
+    summary = read_run(airflow_env, dag_id)
+    run = summary["runs"][-1]
+    assert run["state"] == "success"
+    vendor_urls = tuple(ui_sandbox.url(vendor) for vendor in ui_sandbox.vendors)
+    linked = []
+    for task_id in run["tasks"]:
+        run_path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['run_id'], safe='')}"
+        answer = api.get(f"{run_path}/taskInstances/{task_id}/links")
+        if answer.status_code == 404:  # a mapped task: its links live on the map indexes
+            answer = api.get(f"{run_path}/taskInstances/{task_id}/links", map_index="0")
+        assert answer.status_code == 200, (task_id, answer.text)
+        for name, url in answer.json()["extra_links"].items():
+            if url:
+                assert url.startswith(vendor_urls), (task_id, name, url)
+                linked.append((task_id, name))
+    assert linked, f"no task of {dag_id} shows a link to the object it touched"
+    for event in summary.get("asset_events", []):
+        assets = api.get("/api/v2/assets", only_active="false", uri_pattern=event["uri"])
+        assert assets.status_code == 200, assets.text
+        assert [a for a in assets.json()["assets"] if a["uri"] == event["uri"]], event
+
+
 def test_example_run_emitted_asset_is_listed(api, example_run):
     asset_uri = example_run["tasks"]["wait_for_reevaluation"]["xcom"]["return_value"]["asset_uri"]
     # Assets materialised through an AssetAlias are activated by the scheduler's periodic sweep in a
