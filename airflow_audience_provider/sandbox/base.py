@@ -68,6 +68,28 @@ def rfc3339(ts: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+async def json_object_body(
+    request: Request,
+    bad_json: Any,
+    not_an_object: Any,
+    empty: bytes = b"{}",
+) -> dict[str, Any]:
+    """The request's JSON object body, or the vendor's error for anything else.
+
+    :param bad_json: ``callable(detail) -> Exception`` for a body that is not JSON.
+    :param not_an_object: ``callable() -> Exception`` for JSON that is not an object.
+    :param empty: what an empty body means (``b"{}"``, or ``b"null"`` where the vendor refuses it).
+    """
+    raw = await request.body()
+    try:
+        body = json.loads(raw or empty)
+    except ValueError as exc:
+        raise bad_json(str(exc)) from None
+    if not isinstance(body, dict):
+        raise not_an_object()
+    return body
+
+
 def new_hex_id() -> str:
     """A random 32-character lowercase hex id."""
     return uuid.uuid4().hex

@@ -31,7 +31,6 @@ Behaviour worth knowing when writing clients (``../shared/vendors/criteo.md``):
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import deque
@@ -43,7 +42,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from airflow_audience_provider.sandbox.base import ApiError, VendorFake, control_error, new_hex_id, request_id_of
+from airflow_audience_provider.sandbox.base import (
+    ApiError,
+    VendorFake,
+    control_error,
+    json_object_body,
+    new_hex_id,
+    request_id_of,
+)
 
 __all__ = ["CriteoFake"]
 
@@ -338,14 +344,11 @@ class CriteoFake(VendorFake):
 
     @staticmethod
     async def _body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError:
-            raise ApiError(400, "The request body is not valid JSON", "invalid-json") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object", "invalid-json")
-        return body
+        return await json_object_body(
+            request,
+            lambda detail: ApiError(400, "The request body is not valid JSON", "invalid-json"),
+            lambda: ApiError(400, "The request body must be a JSON object", "invalid-json"),
+        )
 
     @staticmethod
     def _items(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -62,6 +62,7 @@ from airflow_audience_provider.sandbox.base import (
     ApiError,
     VendorFake,
     control_error,
+    json_object_body,
     new_hex_id,
     request_id_of,
     rfc3339,
@@ -648,14 +649,12 @@ class LyticsFake(VendorFake):
 
     @staticmethod
     async def _json(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError as exc:
-            raise ApiError(400, f"invalid JSON body: {exc}", "JSON-BADREQ-025") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "request body must be a JSON object", "JSON-BADREQ-025")
-        return body
+        return await json_object_body(
+            request,
+            lambda detail: ApiError(400, f"invalid JSON body: {detail}", "JSON-BADREQ-025"),
+            lambda: ApiError(400, "request body must be a JSON object", "JSON-BADREQ-025"),
+            empty=b"null",
+        )
 
     @staticmethod
     async def _text(request: Request) -> str:

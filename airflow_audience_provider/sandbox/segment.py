@@ -54,7 +54,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from airflow_audience_provider.sandbox.base import ApiError, VendorFake, control_error, request_id_of, rfc3339
+from airflow_audience_provider.sandbox.base import (
+    ApiError,
+    VendorFake,
+    control_error,
+    json_object_body,
+    request_id_of,
+    rfc3339,
+)
 
 __all__ = ["SANDBOX_SPACE_ID", "SegmentFake"]
 
@@ -429,14 +436,11 @@ class SegmentFake(VendorFake):
 
     @staticmethod
     async def _json(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError as exc:
-            raise ApiError(400, f"Request body is not JSON: {exc}", "BadRequest") from None
-        if not isinstance(body, dict):
-            raise ApiError(422, "Request body must be an object", "ValidationFailure")
-        return body
+        return await json_object_body(
+            request,
+            lambda detail: ApiError(400, f"Request body is not JSON: {detail}", "BadRequest"),
+            lambda: ApiError(422, "Request body must be an object", "ValidationFailure"),
+        )
 
     @staticmethod
     def _ok(data: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:

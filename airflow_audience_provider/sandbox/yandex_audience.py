@@ -51,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from airflow_audience_provider.sandbox.base import ApiError, VendorFake, control_error, rfc3339
+from airflow_audience_provider.sandbox.base import ApiError, VendorFake, control_error, json_object_body, rfc3339
 
 __all__ = ["YandexAudienceFake"]
 
@@ -478,14 +478,12 @@ class YandexAudienceFake(VendorFake):
     # ------------------------------------------------------------------ HTTP helpers
     @staticmethod
     async def _json(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError:
-            raise _fail(400, "invalid_parameter", "The request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise _fail(400, "invalid_parameter", "The request body must be a JSON object")
-        return body
+        return await json_object_body(
+            request,
+            lambda detail: _fail(400, "invalid_parameter", "The request body is not valid JSON"),
+            lambda: _fail(400, "invalid_parameter", "The request body must be a JSON object"),
+            empty=b"null",
+        )
 
     @staticmethod
     def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
