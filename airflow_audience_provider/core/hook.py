@@ -9,6 +9,7 @@ authenticate (:meth:`AudienceHook.build_auth`) and one cheap read for :meth:`pro
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -47,6 +48,44 @@ class ConnectionSettings:
                 f"Airflow connection '{self.conn_id}' has no {field_label}; set it in the connection"
             )
         return value
+
+
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "off", ""})
+
+
+def check_extras(spec: ConnectionSpec, settings: ConnectionSettings) -> None:
+    """Check the connection's extra fields against the form's declared types, before any request.
+
+    A malformed value (``"soon"`` for a timeout, ``"maybe"`` for a flag, a value outside the
+    field's choices) raises :class:`AudienceConfigurationError` naming the connection and the
+    field, instead of surfacing later as a bare vendor error. URI-form connections carry every
+    extra as a string, so numbers and flags are accepted in their string forms too.
+    """
+    for spec_field in spec.fields:
+        value = settings.get_extra(spec_field.name)
+        if value is None:
+            continue
+        problem = None
+        if spec_field.type == "boolean":
+            if not isinstance(value, bool) and str(value).strip().lower() not in _TRUE_WORDS | _FALSE_WORDS:
+                problem = "must be true or false"
+        elif spec_field.type in ("integer", "number"):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = None
+            if number is None or isinstance(value, bool) or not math.isfinite(number):
+                problem = f"must be a{'n integer' if spec_field.type == 'integer' else ' number'}"
+            elif spec_field.type == "integer" and not number.is_integer():
+                problem = "must be an integer"
+        if problem is None and spec_field.enum and str(value) not in spec_field.enum:
+            problem = f"must be one of {', '.join(spec_field.enum)}"
+        if problem:
+            raise AudienceConfigurationError(
+                f"Airflow connection '{settings.conn_id}': extra field '{spec_field.name}' {problem}, "
+                f"got {value!r} ({spec_field.label})"
+            )
 
 
 def _number(settings: ConnectionSettings, key: str, default: float) -> float:
@@ -128,7 +167,7 @@ class AudienceHook(BaseHook):
                 f"Airflow connection '{self.conn_id}' is of type '{conn_type}', "
                 f"but {type(self).__name__} needs a '{self.spec.conn_type}' connection"
             )
-        return ConnectionSettings(
+        settings = ConnectionSettings(
             conn_id=self.conn_id,
             conn_type=self.spec.conn_type,
             host=conn.host,
@@ -138,6 +177,8 @@ class AudienceHook(BaseHook):
             schema=conn.schema,
             extra=dict(extra or {}),
         )
+        check_extras(self.spec, settings)
+        return settings
 
     # -- transport --------------------------------------------------------------------------
 

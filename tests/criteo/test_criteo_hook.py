@@ -99,9 +99,8 @@ def test_deprecation_and_sunset_headers_are_logged_once(make_hook, set_criteo_co
 
 
 def test_unknown_api_flavour_is_a_configuration_error(make_hook, set_criteo_conn):
-    hook = make_hook(set_criteo_conn("criteo_weird", extra={"api": "display"}))
-    with pytest.raises(AudienceConfigurationError, match="api"):
-        hook.probe()
+    with pytest.raises(AudienceConfigurationError, match="'api' must be one of retail_media, marketing_solutions"):
+        make_hook(set_criteo_conn("criteo_weird", extra={"api": "display"})).probe()
 
 
 # -- segments (Retail Media) --------------------------------------------------------------------
