@@ -661,6 +661,72 @@ class CriteoHook(AudienceHook):
             body = {"data": [{"id": str(s), "type": SEGMENT_TYPE[self.api], "attributes": {}} for s in segment_ids]}
         return list(self._call("POST", path, json=body, idempotent=True).get("data") or [])
 
+    def _marketing_solutions_only(self, what: str) -> None:
+        if self.is_retail_media:
+            raise AudienceConfigurationError(
+                f"{what} exists in the Marketing Solutions API only (set the connection's extra 'api')",
+                vendor="criteo",
+            )
+
+    def estimate_audience_segments_sizes(
+        self,
+        *,
+        in_market: dict[str, Any] | None = None,
+        location: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+    ) -> int | None:
+        """Size of an unsaved in-market or location segment (MS ``audience-segments/estimate-size``).
+
+        :param in_market: e.g. ``{"country": "FR", "interestIds": ["12"], "gender": "Female"}``.
+        :param location: e.g. ``{"pointsOfInterest": [{"latitude": 48.85, "longitude": 2.35}], "radiusInKm": 5}``.
+        """
+        self._marketing_solutions_only("Estimating a segment's size")
+        if (in_market is None) == (location is None):
+            raise AudienceValidationError("Give exactly one of in_market or location to estimate", vendor="criteo")
+        attributes: dict[str, Any] = {"advertiserId": self.advertiser(owner_id)}
+        if in_market is not None:
+            if not in_market.get("country"):
+                raise AudienceValidationError("in_market needs a country", vendor="criteo", field="country")
+            attributes["inMarket"] = dict(in_market)
+        else:
+            assert location is not None
+            if not location.get("pointsOfInterest") or location.get("radiusInKm") is None:
+                raise AudienceValidationError(
+                    "location needs pointsOfInterest and radiusInKm", vendor="criteo", field="location"
+                )
+            attributes["location"] = dict(location)
+        body = {"data": {"type": "AudienceSegmentSizeEstimation", "attributes": attributes}}
+        answer = self._call("POST", f"{self._prefix()}/audience-segments/estimate-size", json=body, idempotent=True)
+        return ((answer.get("data") or {}).get("attributes") or {}).get("size")
+
+    def _in_market_lookup(self, kind: str, country: str, owner_id: str | None) -> list[dict[str, Any]]:
+        self._marketing_solutions_only(f"In-market {kind}")
+        if not country:
+            raise AudienceValidationError(f"Looking up in-market {kind} needs a country", vendor="criteo")
+        answer = self._call(
+            "GET",
+            f"{self._prefix()}/audience-segments/in-market-{kind}",
+            params={"advertiser-id": self.advertiser(owner_id), "country": country},
+        )
+        return [
+            {"id": item.get("id"), **(item.get("attributes") or {})}
+            for item in answer.get("data") or []
+            if isinstance(item, dict)
+        ]
+
+    def get_audience_segments_in_market_brands(self, country: str, owner_id: str | None = None) -> list[dict[str, Any]]:
+        """In-market brands for a country (MS ``audience-segments/in-market-brands``): ``[{id, name, size}]``."""
+        return self._in_market_lookup("brands", country, owner_id)
+
+    def get_audience_segments_in_market_interests(
+        self, country: str, owner_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """In-market interests for a country (MS ``audience-segments/in-market-interests``).
+
+        :returns: ``[{id, name, parentId}]``.
+        """
+        return self._in_market_lookup("interests", country, owner_id)
+
     # -- contact lists --------------------------------------------------------------------------
 
     def vendor_identifier_type(self, identifier_type: str) -> str:

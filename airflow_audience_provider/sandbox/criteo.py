@@ -546,6 +546,9 @@ class CriteoFake(VendorFake):
             Route(ms + "/audience-segments/delete", self._seg_delete, methods=["POST"]),
             Route(ms + "/audience-segments/search", self._seg_search, methods=["POST"]),
             Route(ms + "/audience-segments/compute-sizes", self._seg_sizes, methods=["POST"]),
+            Route(ms + "/audience-segments/estimate-size", self._seg_estimate, methods=["POST"]),
+            Route(ms + "/audience-segments/in-market-brands", self._in_market_brands, methods=["GET"]),
+            Route(ms + "/audience-segments/in-market-interests", self._in_market_interests, methods=["GET"]),
             Route(ms + "/audience-segments/{segment}/contact-list/statistics", self._stats, methods=["GET"]),
             Route(ms + "/audience-segments/{segment}/contact-list", self._amend, methods=["PATCH"]),
             Route(ms + "/audience-segments/{segment}/contact-list", self._clear, methods=["DELETE"]),
@@ -835,6 +838,71 @@ class CriteoFake(VendorFake):
                     size = len(self._visible_members(sid))
                     data.append({"id": sid, "type": "AudienceSegmentSize", "attributes": {"size": size}})
         return self._answer({"data": data, "warnings": [], "errors": []}, version)
+
+    # -- Marketing Solutions in-market lookups and size estimation (notes §8)
+    #: A small fixed catalogue per country; sizes are deterministic so tests can assert them.
+    _IN_MARKET_BRANDS: ClassVar[dict[str, list[tuple[str, str, int]]]] = {
+        "FR": [("101", "Acme", 120_000), ("102", "Globex", 80_000)],
+        "US": [("201", "Initech", 300_000), ("202", "Umbrella", 150_000)],
+    }
+    _IN_MARKET_INTERESTS: ClassVar[dict[str, list[tuple[str, str, str | None]]]] = {
+        "FR": [("1", "Home", None), ("12", "Home > Kitchen", "1")],
+        "US": [("2", "Sports", None), ("21", "Sports > Running", "2")],
+    }
+
+    def _lookup_query(self, request: Request) -> tuple[str, str]:
+        advertiser = request.query_params.get("advertiser-id")
+        country = (request.query_params.get("country") or "").upper()
+        if not advertiser or not country:
+            raise ApiError(400, "advertiser-id and country are required", "validation-error")
+        if advertiser != self.advertiser_id:
+            raise ApiError(403, f"Advertiser {advertiser} is not accessible", "forbidden")
+        return advertiser, country
+
+    async def _in_market_brands(self, request: Request) -> Response:
+        version = self._version(request)
+        _, country = self._lookup_query(request)
+        data = [
+            {"id": bid, "type": "InMarketAudienceSegmentBrand", "attributes": {"name": name, "size": size}}
+            for bid, name, size in self._IN_MARKET_BRANDS.get(country, [])
+        ]
+        return self._answer({"data": data, "warnings": [], "errors": []}, version)
+
+    async def _in_market_interests(self, request: Request) -> Response:
+        version = self._version(request)
+        _, country = self._lookup_query(request)
+        data = [
+            {"id": iid, "type": "InMarketAudienceSegmentInterest", "attributes": {"name": name, "parentId": parent}}
+            for iid, name, parent in self._IN_MARKET_INTERESTS.get(country, [])
+        ]
+        return self._answer({"data": data, "warnings": [], "errors": []}, version)
+
+    async def _seg_estimate(self, request: Request) -> Response:
+        version = self._version(request)
+        attributes = self._single(await self._body(request))
+        if str(attributes.get("advertiserId") or "") != self.advertiser_id:
+            raise ApiError(403, f"Advertiser {attributes.get('advertiserId')} is not accessible", "forbidden")
+        in_market, location = attributes.get("inMarket"), attributes.get("location")
+        if (in_market is None) == (location is None):
+            raise ApiError(400, "Exactly one of inMarket or location is required", "validation-error")
+        if in_market is not None:
+            if not isinstance(in_market, dict) or not in_market.get("country"):
+                raise ApiError(400, "inMarket.country is required", "validation-error")
+            brands = self._IN_MARKET_BRANDS.get(str(in_market["country"]).upper(), [])
+            wanted = set(in_market.get("brandIds") or [b[0] for b in brands])
+            size = sum(s for bid, _, s in brands if bid in wanted) // (2 if in_market.get("gender") else 1)
+        else:
+            if not isinstance(location, dict) or not location.get("pointsOfInterest") or "radiusInKm" not in location:
+                raise ApiError(
+                    400, "location.pointsOfInterest and location.radiusInKm are required", "validation-error"
+                )
+            size = len(location["pointsOfInterest"]) * int(location["radiusInKm"]) * 1_000
+        body = {
+            "data": {"type": "AudienceSegmentSizeEstimation", "attributes": {"size": size}},
+            "warnings": [],
+            "errors": [],
+        }
+        return self._answer(body, version)
 
     def _segment_for_list(self, request: Request) -> dict[str, Any]:
         api = self._api_of(request)

@@ -1,0 +1,39 @@
+"""Marketing Solutions in-market lookups and segment size estimation, against the fake; the exchanges are
+validated against Criteo's OpenAPI document by the ``make_hook`` fixture."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_audience_provider.core.errors import AudienceConfigurationError, AudienceValidationError
+
+
+def test_in_market_brands_and_interests(ms_hook):
+    brands = ms_hook.get_audience_segments_in_market_brands("FR")
+    assert [(b["id"], b["name"], b["size"]) for b in brands] == [("101", "Acme", 120_000), ("102", "Globex", 80_000)]
+    interests = ms_hook.get_audience_segments_in_market_interests("FR")
+    assert {i["id"]: i["parentId"] for i in interests} == {"1": None, "12": "1"}
+    assert ms_hook.get_audience_segments_in_market_brands("ZZ") == []
+
+
+def test_estimate_in_market_and_location_sizes(ms_hook):
+    assert ms_hook.estimate_audience_segments_sizes(in_market={"country": "FR", "brandIds": ["101"]}) == 120_000
+    assert ms_hook.estimate_audience_segments_sizes(in_market={"country": "FR", "gender": "Female"}) == 100_000
+    poi = [{"latitude": 48.85661, "longitude": 2.35222, "name": "Paris"}]
+    assert ms_hook.estimate_audience_segments_sizes(location={"pointsOfInterest": poi, "radiusInKm": 5}) == 5_000
+
+
+def test_bad_estimate_input_is_refused_before_sending(ms_hook, criteo):
+    before = len(criteo.requests)
+    with pytest.raises(AudienceValidationError, match="exactly one"):
+        ms_hook.estimate_audience_segments_sizes()
+    with pytest.raises(AudienceValidationError, match="country"):
+        ms_hook.estimate_audience_segments_sizes(in_market={"gender": "Male"})
+    with pytest.raises(AudienceValidationError, match="radiusInKm"):
+        ms_hook.estimate_audience_segments_sizes(location={"pointsOfInterest": []})
+    assert len(criteo.requests) == before
+
+
+def test_retail_media_has_no_in_market_lookups(hook):
+    with pytest.raises(AudienceConfigurationError, match="Marketing Solutions API only"):
+        hook.get_audience_segments_in_market_brands("FR")
