@@ -661,6 +661,43 @@ class CriteoHook(AudienceHook):
             body = {"data": [{"id": str(s), "type": SEGMENT_TYPE[self.api], "attributes": {}} for s in segment_ids]}
         return list(self._call("POST", path, json=body, idempotent=True).get("data") or [])
 
+    def estimate_audience_segment_size(
+        self,
+        events: dict[str, Any],
+        *,
+        retailer_id: str,
+        channel: str = "Offsite",
+        owner_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Size of an unsaved events definition (RM preview ``audience-segments/estimate-size``).
+
+        Events segments cannot be created through the API (notes §9 pitfall 4: they are built in
+        the retailer UI), but their reach can be estimated before asking for one.
+
+        :param events: e.g. ``{"shopperActivity": "Buy", "lookbackDays": "Last30Days", "categoryIds": ["42"]}``.
+        :returns: ``{"size", "relativeSize"}``.
+        """
+        if not self.is_retail_media:
+            raise AudienceConfigurationError(
+                "Estimating an events segment exists in the Retail Media API only", vendor="criteo"
+            )
+        missing = [key for key in ("shopperActivity", "lookbackDays") if not events.get(key)]
+        if missing or not retailer_id:
+            raise AudienceValidationError(
+                "An events estimate needs retailer_id, shopperActivity and lookbackDays; "
+                f"missing {missing or ['retailer_id']}",
+                vendor="criteo",
+            )
+        body = {
+            "data": {
+                "type": "AudienceSegmentSizeEstimation",
+                "attributes": {"retailerId": str(retailer_id), "channel": channel, "events": dict(events)},
+            }
+        }
+        path = f"{self._accounts_path(owner_id, PREVIEW)}/audience-segments/estimate-size"
+        answer = self._call("POST", path, json=body, idempotent=True)
+        return dict((answer.get("data") or {}).get("attributes") or {})
+
     def _marketing_solutions_only(self, what: str) -> None:
         if self.is_retail_media:
             raise AudienceConfigurationError(

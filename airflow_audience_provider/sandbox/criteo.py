@@ -516,6 +516,7 @@ class CriteoFake(VendorFake):
             Route(acc + "/audience-segments/delete", self._seg_delete, methods=["POST"]),
             Route(acc + "/audience-segments/search", self._seg_search, methods=["POST"]),
             Route(acc + "/audience-segments/compute-sizes", self._seg_sizes, methods=["POST"]),
+            Route(acc + "/audience-segments/estimate-size", self._rm_seg_estimate, methods=["POST"]),
             Route(acc + "/audience-segments/{segment}/contact-list", self._stats, methods=["GET"]),
             Route(rm + "/audience-segments/{segment}/contact-list/add-remove", self._amend, methods=["POST"]),
             Route(rm + "/audience-segments/{segment}/contact-list/clear", self._clear, methods=["POST"]),
@@ -876,6 +877,29 @@ class CriteoFake(VendorFake):
             for iid, name, parent in self._IN_MARKET_INTERESTS.get(country, [])
         ]
         return self._answer({"data": data, "warnings": [], "errors": []}, version)
+
+    async def _rm_seg_estimate(self, request: Request) -> Response:
+        version = self._version(request)
+        self._preview_only(request, version)
+        attributes = self._single(await self._body(request))
+        self._owner_of(request, attributes)
+        events = attributes.get("events")
+        if not attributes.get("retailerId") or attributes.get("channel") not in ("Onsite", "Offsite"):
+            raise ApiError(400, "retailerId and channel (Onsite or Offsite) are required", "validation-error")
+        if not isinstance(events, dict) or not events.get("shopperActivity") or not events.get("lookbackDays"):
+            raise ApiError(400, "events.shopperActivity and events.lookbackDays are required", "validation-error")
+        days = int("".join(ch for ch in str(events["lookbackDays"]) if ch.isdigit()) or 0)
+        size = days * 1_000 * (1 + len(events.get("categoryIds") or []) + len(events.get("brandIds") or []))
+        universe = max(len(self._universe("retail_media")), 1)
+        body = {
+            "data": {
+                "type": "AudienceSegmentSizeEstimation",
+                "attributes": {"size": size, "relativeSize": round(min(size / (universe * 1_000), 1.0), 4)},
+            },
+            "warnings": [],
+            "errors": [],
+        }
+        return self._answer(body, version)
 
     async def _seg_estimate(self, request: Request) -> Response:
         version = self._version(request)

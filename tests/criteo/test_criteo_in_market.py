@@ -37,3 +37,20 @@ def test_bad_estimate_input_is_refused_before_sending(ms_hook, criteo):
 def test_retail_media_has_no_in_market_lookups(hook):
     with pytest.raises(AudienceConfigurationError, match="Marketing Solutions API only"):
         hook.get_audience_segments_in_market_brands("FR")
+
+
+def test_retail_media_events_segment_estimate(hook):
+    estimate = hook.estimate_audience_segment_size(
+        {"shopperActivity": "Buy", "lookbackDays": "Last30Days", "categoryIds": ["42"]}, retailer_id="311"
+    )
+    assert estimate["size"] == 60_000
+    assert 0 < estimate["relativeSize"] <= 1
+
+
+def test_events_estimate_input_is_checked_before_sending(hook, ms_hook, criteo):
+    before = len(criteo.requests)
+    with pytest.raises(AudienceValidationError, match="lookbackDays"):
+        hook.estimate_audience_segment_size({"shopperActivity": "Buy"}, retailer_id="311")
+    with pytest.raises(AudienceConfigurationError, match="Retail Media API only"):
+        ms_hook.estimate_audience_segment_size({"shopperActivity": "Buy", "lookbackDays": "Last7Days"}, retailer_id="1")
+    assert len(criteo.requests) == before
