@@ -48,6 +48,23 @@ class AudienceError(AirflowException):
         ]
         return f"{self.message} [{', '.join(facts)}]" if facts else self.message
 
+    def restated(self, message: str, as_class: type[AudienceError] | None = None) -> AudienceError:
+        """The same failure told better: a new error (of ``as_class``, default this class) with
+        ``message`` and this error's vendor, HTTP status, vendor code and request id.
+
+        Hooks use it to name what was looked for (``segment 'x' was not found in account y``)
+        without losing the facts the vendor's support needs.
+        """
+        cls = as_class or type(self)
+        return cls(
+            message,
+            vendor=self.vendor,
+            status=self.status,
+            code=self.code,
+            request_id=self.request_id,
+            details=self.details,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A small JSON-safe description, for trigger events and XCom."""
         return {

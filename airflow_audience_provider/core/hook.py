@@ -257,12 +257,9 @@ class AudienceHook(BaseHook):
             try:
                 answer = token_transport.json("POST", url, data=form, idempotent=True, endpoint_class="token")
             except (AudienceAuthenticationError, AudienceValidationError) as exc:
-                raise AudienceAuthenticationError(
+                raise exc.restated(
                     f"{self.vendor} refused the client credentials: {exc.message}; {hint}",
-                    vendor=self.vendor,
-                    status=exc.status,
-                    code=exc.code,
-                    request_id=exc.request_id,
+                    as_class=AudienceAuthenticationError,
                 ) from exc
             return dict(answer or {})
 

@@ -223,12 +223,8 @@ class LyticsHook(AudienceHook):
                 "GET", f"/v2/segment/{self._path_id(segment)}", params=self._params(sizes="true" if sizes else None)
             )
         except AudienceNotFoundError as exc:
-            raise AudienceNotFoundError(
-                f"Lytics segment {segment!r} was not found in account {self.account_id or '(token default)'}",
-                vendor="lytics",
-                status=exc.status,
-                code=exc.code,
-                request_id=exc.request_id,
+            raise exc.restated(
+                f"Lytics segment {segment!r} was not found in account {self.account_id or '(token default)'}"
             ) from exc
         return dict(data or {})
 

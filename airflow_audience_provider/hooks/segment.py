@@ -399,15 +399,11 @@ class SegmentHook(AudienceHook):
         path = f"/spaces/{self._seg(space_id, 'space id')}/audiences"
         return "/".join([path, *rest]) if rest else path
 
-    def _not_found(self, exc: AudienceNotFoundError, space_id: str, what: str) -> AudienceNotFoundError:
+    def _not_found(self, exc: AudienceNotFoundError, space_id: str, what: str) -> AudienceError:
         where = f"Segment space {space_id!r}" if what == "space" else f"Segment {what} in space {space_id!r}"
-        return AudienceNotFoundError(
+        return exc.restated(
             f"{where} was not found (or the space does not exist, or the token's workspace has no "
-            f"Engage audiences): {exc.message}",
-            vendor=VENDOR,
-            status=exc.status,
-            code=exc.code,
-            request_id=exc.request_id,
+            f"Engage audiences): {exc.message}"
         )
 
     # -- links and assets -------------------------------------------------------------------
@@ -446,12 +442,8 @@ class SegmentHook(AudienceHook):
         try:
             return dict(self._call("GET", f"/spaces/{self._seg(space_id, 'space id')}").get("space") or {})
         except AudienceNotFoundError as exc:
-            raise AudienceNotFoundError(
-                f"Segment space {space_id!r} was not found in the token's workspace: {exc.message}",
-                vendor=VENDOR,
-                status=exc.status,
-                code=exc.code,
-                request_id=exc.request_id,
+            raise exc.restated(
+                f"Segment space {space_id!r} was not found in the token's workspace: {exc.message}"
             ) from exc
 
     # -- audiences --------------------------------------------------------------------------
@@ -623,13 +615,10 @@ class SegmentHook(AudienceHook):
                     )
                     return current
                 if current is not None and (exc.status == 409 or status.lower() in EDIT_LOCKED_STATUSES):
-                    raise SegmentAudienceLockedError(
+                    raise exc.restated(
                         f"Segment audience {audience_id} is locked (status {status!r}) until its previous edit "
                         f"is incorporated; Segment said: {exc.message}",
-                        vendor=VENDOR,
-                        status=exc.status,
-                        code=exc.code,
-                        request_id=exc.request_id,
+                        as_class=SegmentAudienceLockedError,
                     ) from exc
             raise
         return dict(data.get("audience") or {})
