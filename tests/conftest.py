@@ -38,73 +38,49 @@ def sandbox():
         yield server
 
 
-@pytest.fixture
-def lytics_sandbox(sandbox, monkeypatch):
-    """The Lytics fake, reset (state, faults, request log, config), with AIRFLOW_CONN_LYTICS_DEFAULT set.
-
-    Yields the :class:`~airflow_audience_provider.sandbox.lytics.LyticsFake`; its URL is ``.base_url``.
-    """
-    fake = sandbox.fake("lytics")
+def _vendor_sandbox(sandbox, monkeypatch, vendor: str):
+    """A vendor's fake, reset (state, faults, request log, config, clock) before and after the test,
+    with ``AIRFLOW_CONN_<VENDOR>_DEFAULT`` pointing at it."""
+    fake = sandbox.fake(vendor)
     fake.reset()
-    monkeypatch.setenv("AIRFLOW_CONN_LYTICS_DEFAULT", sandbox.connections()["lytics_default"])
+    monkeypatch.setenv(f"AIRFLOW_CONN_{vendor.upper()}_DEFAULT", sandbox.connections()[f"{vendor}_default"])
     yield fake
     fake.reset()
+
+
+@pytest.fixture
+def lytics_sandbox(sandbox, monkeypatch):
+    """The :class:`~airflow_audience_provider.sandbox.lytics.LyticsFake`, reset; its URL is ``.base_url``."""
+    yield from _vendor_sandbox(sandbox, monkeypatch, "lytics")
 
 
 @pytest.fixture
 def yandex_audience_sandbox(sandbox, monkeypatch):
-    """The Yandex.Audience fake, reset (state, faults, request log, config), with
-    AIRFLOW_CONN_YANDEX_AUDIENCE_DEFAULT set.
-
-    Yields the :class:`~airflow_audience_provider.sandbox.yandex_audience.YandexAudienceFake`.
-    """
-    fake = sandbox.fake("yandex_audience")
-    fake.reset()
-    monkeypatch.setenv("AIRFLOW_CONN_YANDEX_AUDIENCE_DEFAULT", sandbox.connections()["yandex_audience_default"])
-    yield fake
-    fake.reset()
+    """The :class:`~airflow_audience_provider.sandbox.yandex_audience.YandexAudienceFake`, reset."""
+    yield from _vendor_sandbox(sandbox, monkeypatch, "yandex_audience")
 
 
 @pytest.fixture
 def yandex_direct_sandbox(sandbox, monkeypatch):
-    """The Yandex Direct fake, reset (state, faults, request log, config), with
-    AIRFLOW_CONN_YANDEX_DIRECT_DEFAULT set. Its retargeting goals come from its own seeded Audience
-    segments; ``fake.use_audience_fake(sandbox.fake("yandex_audience"))`` makes them follow the
-    Yandex.Audience fake's processed segments instead (undone by the reset).
+    """The :class:`~airflow_audience_provider.sandbox.yandex_direct.YandexDirectFake`, reset.
 
-    Yields the :class:`~airflow_audience_provider.sandbox.yandex_direct.YandexDirectFake`.
+    Its retargeting goals come from its own seeded Audience segments;
+    ``fake.use_audience_fake(sandbox.fake("yandex_audience"))`` makes them follow the Yandex.Audience
+    fake's processed segments instead (undone by the reset).
     """
-    fake = sandbox.fake("yandex_direct")
-    fake.reset()
-    monkeypatch.setenv("AIRFLOW_CONN_YANDEX_DIRECT_DEFAULT", sandbox.connections()["yandex_direct_default"])
-    yield fake
-    fake.reset()
+    yield from _vendor_sandbox(sandbox, monkeypatch, "yandex_direct")
 
 
 @pytest.fixture
 def segment_sandbox(sandbox, monkeypatch):
-    """The Segment fake, reset (state, faults, request log, config), with AIRFLOW_CONN_SEGMENT_DEFAULT set.
-
-    Yields the :class:`~airflow_audience_provider.sandbox.segment.SegmentFake`; its URL is ``.base_url``.
-    """
-    fake = sandbox.fake("segment")
-    fake.reset()
-    monkeypatch.setenv("AIRFLOW_CONN_SEGMENT_DEFAULT", sandbox.connections()["segment_default"])
-    yield fake
-    fake.reset()
+    """The :class:`~airflow_audience_provider.sandbox.segment.SegmentFake`, reset."""
+    yield from _vendor_sandbox(sandbox, monkeypatch, "segment")
 
 
 @pytest.fixture
 def criteo_sandbox(sandbox, monkeypatch):
-    """The Criteo fake, reset (state, faults, request log, config, clock), with AIRFLOW_CONN_CRITEO_DEFAULT set.
-
-    Yields the :class:`~airflow_audience_provider.sandbox.criteo.CriteoFake`; its URL is ``.base_url``.
-    """
-    fake = sandbox.fake("criteo")
-    fake.reset()
-    monkeypatch.setenv("AIRFLOW_CONN_CRITEO_DEFAULT", sandbox.connections()["criteo_default"])
-    yield fake
-    fake.reset()
+    """The :class:`~airflow_audience_provider.sandbox.criteo.CriteoFake`, reset (its clock too)."""
+    yield from _vendor_sandbox(sandbox, monkeypatch, "criteo")
 
 
 # ---- the Airflow task context double shared by the operator and sensor tests ----
