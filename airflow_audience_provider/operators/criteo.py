@@ -54,6 +54,13 @@ class _CriteoOperator(AudienceBaseOperator):
         self.conn_id = self.criteo_conn_id  # may have been templated
         return super().hook
 
+    def _remember_deleted(self, context: Context, kind: str, ids: list[str]) -> None:
+        """Report deleted objects to OpenLineage: they changed. Delete operators do not emit Asset
+        events (``emits_assets`` is off), so this records lineage only."""
+        owner = self.hook.owner(getattr(self, "owner_id", None) or None)
+        for object_id in ids:
+            self.emit_asset_event(context, self.hook.asset_uri(kind, str(object_id), owner), {"action": "deleted"})
+
     def check_bulk(self, result: BulkResult, what: str) -> list[dict[str, Any]]:
         """Fail or warn on the refused items of a bulk call; returns them (JSON-safe)."""
         from airflow_audience_provider.core.errors import AudiencePartialFailure
@@ -287,6 +294,7 @@ class CriteoDeleteSegmentsOperator(_CriteoOperator):
                 )
         summary = {"deleted": deleted, "missing": missing, "not_deleted": not_deleted}
         self.log.info("Criteo segments deleted %s, missing %s, not deleted %s", deleted, missing, not_deleted)
+        self._remember_deleted(context, "segment", deleted)
         if not_deleted:
             message = "Criteo did not delete segment(s): " + " | ".join(
                 f"{n['id']}: {n['reason']}" for n in not_deleted
@@ -719,6 +727,7 @@ class CriteoDeleteAudiencesOperator(_CriteoOperator):
                     {"id": item["id"], "code": ",".join(sorted(c for c in codes if c)), "reason": reason}
                 )
         summary = {"deleted": deleted, "missing": missing, "not_deleted": not_deleted}
+        self._remember_deleted(context, "audience", deleted)
         if not_deleted:
             message = "Criteo did not delete audience(s): " + " | ".join(
                 f"{n['id']}: {n['reason']}" for n in not_deleted
