@@ -314,7 +314,10 @@ class _SegmentSetEnabledOperator(_SegmentOperator):
             return self._publish(context, space, audience, action="unchanged")
         updated = self._edit(space, str(audience["id"]), {"enabled": self.enabled_value})
         self.log.info("Segment audience %s %s", audience["id"], word)
-        return self._publish(context, space, updated, action=word)
+        result = self._publish(context, space, updated, action=word)
+        # Lineage only (these operators emit no Asset events): the audience changed.
+        self.emit_asset_event(context, result["asset_uri"], {"action": word})
+        return result
 
 
 class SegmentEnableAudienceOperator(_SegmentSetEnabledOperator):
@@ -402,6 +405,8 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
             )
         hook.remove_audience_from_space(str(audience["id"]), space)
         self.log.info("Removed Segment audience %r (%s)", audience.get("name"), audience["id"])
+        # Lineage only (no Asset event for a removal): the audience changed.
+        self.emit_asset_event(context, hook.audience_asset_uri(space, str(audience["id"])), {"action": "removed"})
         return {"audience_id": audience["id"], "space_id": space, "removed": True}
 
 
