@@ -58,16 +58,20 @@ def _builtin_hasher(algorithm: HashAlgorithm) -> Callable[[bytes], Any]:
 _FAST_HASHERS = {algo: _builtin_hasher(algo) for algo in _HASHERS}
 
 
-def hash_value(normalised: str, algorithm: HashAlgorithm | str) -> str:
+def hash_value(normalised: str, algorithm: HashAlgorithm | str, *, raw_bytes: bool = False) -> str:
     """Hash one normalised value; lower-case hex. ``NONE`` returns the value unchanged.
 
     Used by the test vectors and by callers that need a single value; the pipeline hashes whole
     batches in :func:`process_batch`.
+
+    :param raw_bytes: hash the bytes the hex value spells (a MAC address's 6 bytes), not its text
+        (see :attr:`~airflow_audience_provider.identifiers.rules.NormalisationProfile.hashes_raw_bytes`).
     """
     algo = HashAlgorithm(algorithm)
     if algo is HashAlgorithm.NONE:
         return normalised
-    return _HASHERS[algo](normalised.encode("utf-8")).hexdigest()
+    data = bytes.fromhex(normalised) if raw_bytes else normalised.encode("utf-8")
+    return _HASHERS[algo](data).hexdigest()
 
 
 def partition_of(value: str, hashed: bool) -> str:
@@ -156,7 +160,9 @@ def _process_values(profile: NormalisationProfile, values: list[str]) -> BatchOu
     normalised, invalid = normalise_batch(profile, values)
     outputs: list[str]
     if algo in _FAST_HASHERS:
-        if normalised and not isinstance(normalised[0], bytes):
+        if profile.hashes_raw_bytes:  # MAC: the hash goes over the bytes the hex digits spell
+            normalised = [bytes.fromhex(v.decode() if isinstance(v, bytes) else v) for v in normalised]
+        elif normalised and not isinstance(normalised[0], bytes):
             normalised = [v.encode("utf-8") for v in normalised]  # type: ignore[union-attr]
         return BatchOutput(len(normalised), hash_partition(normalised, algo), invalid)  # type: ignore[arg-type]
     if normalised and isinstance(normalised[0], bytes):

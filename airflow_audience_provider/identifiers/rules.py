@@ -29,6 +29,12 @@ class IdentifierType(StrEnum):
     CUSTOMER_ID = "customer_id"
     #: Already SHA-256 hashed input (64 hex digits): validated and passed through.
     SHA256 = "sha256"
+    #: Device MAC address (12 hex digits; separators ``:``, ``-``, ``.`` removed). Hashed over its
+    #: 6 raw bytes, not over the text (Yandex.Audience, yandex_audience.md §6.3).
+    MAC = "mac"
+    #: Yandex Metrica ClientID: the unsigned 64-bit number Metrica gives a browser. It is
+    #: Metrica's own pseudonymous id and is matched as written, so it is never hashed.
+    CLIENT_ID = "client_id"
 
 
 class HashAlgorithm(StrEnum):
@@ -68,6 +74,21 @@ class NormalisationProfile:
     def hashed_output(self) -> bool:
         """True when outputs are lower-case hex digests (uniformly distributed, fixed length)."""
         return self.hash_algorithm is not HashAlgorithm.NONE or self.identifier_type is IdentifierType.SHA256
+
+    @property
+    def hashes_raw_bytes(self) -> bool:
+        """True when the hash is taken over the bytes a hex value spells, not over its text.
+
+        Yandex.Audience hashes a MAC address as its 6 raw bytes (yandex_audience.md §6.3):
+        ``AE123456D0A1`` -> ``b"\\xae\\x12\\x34\\x56\\xd0\\xa1"`` -> SHA-256.
+        """
+        return self.identifier_type is IdentifierType.MAC
+
+    def hash_input(self, normalised: str) -> bytes:
+        """The bytes the hash is taken over for one normalised value."""
+        if self.hashes_raw_bytes:
+            return bytes.fromhex(normalised)
+        return normalised.encode("utf-8")
 
     @property
     def output_length(self) -> int | None:
@@ -309,6 +330,40 @@ register_rule(
         header="email\n",
         min_entries=100,
         source=_YANDEX_SRC + "; pre-hashed SHA-256 e-mails",
+    )
+)
+# §6.3 "MAC": bare hex, no separators, case does not matter; hashed over the 6 raw bytes (the
+# notes' anchor: AE123456D0A1 -> f74c5e09...). Plain file (``upload_file``), confirm
+# ``content_type: "mac"``. Upper-case is the form the docs print; since hashing goes over the
+# bytes, the case of an unhashed upload is the only place it shows.
+register_rule(
+    VendorRule(
+        vendor="yandex_audience",
+        identifier_type=IdentifierType.MAC,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.MAC, HashAlgorithm.SHA256),
+        vendor_identifier_type="mac",
+        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
+        min_entries=100,
+        source=_YANDEX_SRC + "; §6.3 MAC (hashed over the raw bytes)",
+    )
+)
+# §4 op 5 and §6.1: Metrica ClientIDs go into a plain file (``upload_file``; which upload path is
+# UNVERIFIED in the notes, upload_file is the one the plain-list examples use) and are confirmed
+# with ``segment/client_id/{id}/confirm`` and the Metrica ``counter_id``. That confirm has no
+# ``hashed`` flag: Yandex matches ClientIDs against its own Metrica data as written, so they are
+# sent unhashed (they are Metrica's pseudonymous ids, not contact data). Assumption: a ClientID
+# is an unsigned 64-bit integer written in decimal (Metrica's Logs API types it UInt64).
+register_rule(
+    VendorRule(
+        vendor="yandex_audience",
+        identifier_type=IdentifierType.CLIENT_ID,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.CLIENT_ID, HashAlgorithm.NONE),
+        vendor_identifier_type="client_id",
+        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
+        min_entries=100,
+        source=_YANDEX_SRC + "; §4 op 5, §6.1 Metrica ClientID (sent as written: the confirm takes no hashed flag)",
     )
 )
 # No Yandex customer_id rule on purpose: §6.3 says every CRM row must carry a phone or an

@@ -16,7 +16,9 @@ from airflow_audience_provider.identifiers.normalise import (
     InvalidIdentifier,
     detect_type,
     normalise_batch,
+    normalise_client_id,
     normalise_email,
+    normalise_mac,
     normalise_maid,
     normalise_opaque,
     normalise_phone,
@@ -239,6 +241,56 @@ def test_yandex_published_vectors() -> None:
     assert normalised == "79995551111"
     assert hash_value(normalised, "sha256") == "22846ab8f79870871eb44f653419a4a5069301827d8ae75b6c2a88e4989a364e"
     assert hash_value("mail@yandex.ru", "md5") == "3c56ff8fef0f6c65b36b2d25720fe276"
+    # MAC: hashed over the 6 raw bytes; both digests are the ones printed in §6.3.
+    mac = normalise_mac("ae:12:34:56:d0:a1")
+    assert mac == "AE123456D0A1"
+    assert hash_value(mac, "md5", raw_bytes=True) == "c5c32c30c07abbb7580a0925d995fee4"
+    assert hash_value(mac, "sha256", raw_bytes=True) == (
+        "f74c5e094cea3ecc6289924b11903e8d9920ec4faf38f7ff82b949c5b1214b6c"
+    )
+
+
+MAC = NormalisationProfile(IdentifierType.MAC)
+
+
+@given(st.binary(min_size=6, max_size=6), st.sampled_from(["", ":", "-", "."]), st.booleans(), blank)
+def test_mac_forms_normalise_to_the_bytes_they_spell(raw: bytes, sep: str, upper: bool, pad: str) -> None:
+    assume(raw not in (b"\0" * 6, b"\xff" * 6))
+    text = raw.hex().upper() if upper else raw.hex()
+    if sep == ".":
+        written = ".".join(text[i : i + 4] for i in range(0, 12, 4))
+    else:
+        written = sep.join(text[i : i + 2] for i in range(0, 12, 2))
+    assert normalise_mac(pad + written + pad) == raw.hex().upper()
+    out = process_batch(MAC, [written])
+    assert list(out.partitions.values()) == [hashlib.sha256(raw).hexdigest()]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [("", "empty"), ("AE123456D0A", "mac_syntax"), ("AE123456D0A1B2", "mac_syntax"),
+     ("AE:12:34:56:D0:AZ", "mac_syntax"), ("00-00-00-00-00-00", "mac_reserved"), ("FFFFFFFFFFFF", "mac_reserved")],
+)  # fmt: skip
+def test_mac_invalid(raw: str, reason: str) -> None:
+    with pytest.raises(InvalidIdentifier) as exc:
+        normalise_mac(raw)
+    assert exc.value.reason == reason
+
+
+@given(st.integers(min_value=1, max_value=2**64 - 1), st.integers(min_value=0, max_value=3), blank)
+def test_client_id_is_the_decimal_uint64(number: int, zeros: int, pad: str) -> None:
+    assert normalise_client_id(pad + "0" * zeros + str(number) + pad) == str(number)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [("", "empty"), ("0", "client_id_range"), (str(2**64), "client_id_range"), ("9" * 40, "client_id_range"),
+     ("12.5", "client_id_syntax"), ("-1", "client_id_syntax"), ("١٢٣", "client_id_syntax")],
+)  # fmt: skip
+def test_client_id_invalid(raw: str, reason: str) -> None:
+    with pytest.raises(InvalidIdentifier) as exc:
+        normalise_client_id(raw)
+    assert exc.value.reason == reason
 
 
 @given(st.lists(st.one_of(raw_emails(), junk), max_size=30))
@@ -263,6 +315,9 @@ def test_detect_type() -> None:
     assert detect_type(str(uuid.uuid4())) is IdentifierType.MAID
     assert detect_type("a" * 64) is IdentifierType.SHA256
     assert detect_type("hello") is None
+    assert detect_type("AE:12:34:56:D0:A1") is IdentifierType.MAC
+    assert detect_type("ae123456d0a1") is IdentifierType.MAC
+    assert detect_type("123456789012") is not IdentifierType.MAC  # digits alone: more likely a phone
 
 
 @given(st.emails())
