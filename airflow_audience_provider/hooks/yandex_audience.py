@@ -894,12 +894,14 @@ class YandexAudienceSegmentSender:
 
     :param hook: the hook.
     :param name: the segment's name (used on confirm).
-    :param content_type: ``crm`` (CSV with a header, ``upload_csv_file``) or ``idfa_gaid``/``mac``
-        (plain file, ``upload_file``).
+    :param content_type: ``crm`` (CSV with a header, ``upload_csv_file``), ``idfa_gaid``/``mac``
+        (plain file, ``upload_file``) or ``client_id`` (plain file of Metrica ClientIDs, confirmed
+        with :meth:`YandexAudienceHook.confirm_client_id_segment`).
     :param segment_id: the existing segment, or None to create it on the first replace chunk.
     :param hashed: whether the values are hashed (SHA-256).
     :param device_matching_type: passed to confirm.
     :param check_size: send ``check_size=true`` on confirm and replace (Yandex refuses < 100 entries).
+    :param counter_id: the Metrica counter of a ``client_id`` list (required for it).
     :param on_created: called with the new segment as soon as it exists (push id and link early).
     """
 
@@ -913,8 +915,11 @@ class YandexAudienceSegmentSender:
         hashed: bool = True,
         device_matching_type: str | None = None,
         check_size: bool = True,
+        counter_id: int | str | None = None,
         on_created: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        if content_type == "client_id" and counter_id in (None, ""):
+            raise AudienceValidationError("a ClientID segment needs the Metrica counter_id", vendor=VENDOR)
         self.hook = hook
         self.name = name
         self.content_type = content_type
@@ -922,6 +927,7 @@ class YandexAudienceSegmentSender:
         self.hashed = hashed
         self.device_matching_type = device_matching_type
         self.check_size = check_size
+        self.counter_id = counter_id
         self.on_created = on_created
         self.created = False
         self.calls: list[dict[str, Any]] = []
@@ -942,15 +948,19 @@ class YandexAudienceSegmentSender:
         upload = self.hook.upload_csv_file if self._is_csv else self.hook.upload_file
         draft = upload(content, filename)
         try:
-            segment = self.hook.confirm_segment(
-                draft["id"],
-                self.name,
-                self.content_type,
-                hashed=self.hashed,
-                hashing_alg="SHA256" if self.hashed else None,
-                device_matching_type=self.device_matching_type,
-                check_size=self._check_size(chunk),
-            )
+            if self.content_type == "client_id":
+                # ClientID files have their own confirm (notes §4.1 op 5): counter, no hashing flags.
+                segment = self.hook.confirm_client_id_segment(draft["id"], self.name, self.counter_id)  # type: ignore[arg-type]
+            else:
+                segment = self.hook.confirm_segment(
+                    draft["id"],
+                    self.name,
+                    self.content_type,
+                    hashed=self.hashed,
+                    hashing_alg="SHA256" if self.hashed else None,
+                    device_matching_type=self.device_matching_type,
+                    check_size=self._check_size(chunk),
+                )
         except AudienceError:
             # Do not leave an unconfirmed draft behind (pitfall 2); the confirm error is the news.
             try:

@@ -28,7 +28,14 @@ ASSET_ALIAS = "yandex-audience-segments"
 VENDOR = "yandex_audience"
 UPLOAD_MODES = ("sync", "replace", "addition", "subtraction")
 #: identifier type -> the confirm content_type it is uploaded as
-CONTENT_TYPE_BY_IDENTIFIER = {"email": "crm", "phone": "crm", "sha256": "crm", "maid": "idfa_gaid"}
+CONTENT_TYPE_BY_IDENTIFIER = {
+    "email": "crm",
+    "phone": "crm",
+    "sha256": "crm",
+    "maid": "idfa_gaid",
+    "mac": "mac",
+    "client_id": "client_id",
+}
 
 
 class _YandexAudienceOperator(AudienceBaseOperator):
@@ -87,12 +94,15 @@ def _item_error(ref: Any, exc: Any) -> dict[str, Any]:
 class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
     """Create or update a Yandex.Audience file segment from a contact list, idempotently by name.
 
-    The list (e-mails, phones, mobile advertising ids, or SHA-256 hashes of e-mails) is read,
-    normalised, validated and SHA-256 hashed by the contact-list engine
+    The list (e-mails, phones, mobile advertising ids, MAC addresses, Metrica ClientIDs, or SHA-256
+    hashes of e-mails) is read, normalised, validated and hashed by the contact-list engine
     (:mod:`airflow_audience_provider.identifiers`) as Yandex requires, and written into files within
     the 1 GB limit: CRM data as a CSV whose header names the column (``email`` or ``phone``),
-    device ids as a plain list. A list under 100 entries is refused before anything is sent, unless
-    ``allow_below_minimum``.
+    device ids, MACs and ClientIDs as a plain list. MAC addresses are SHA-256 hashed over their 6
+    raw bytes; Metrica ClientIDs are sent as written (Yandex matches them against Metrica's own
+    data; their confirm takes no ``hashed`` flag) and are confirmed with the Metrica
+    ``counter_id`` through ``segment/client_id/{id}/confirm``. A list under 100 entries is refused
+    before anything is sent, unless ``allow_below_minimum``.
 
     When no segment of the login has ``segment_name``, the first file is uploaded and confirmed in
     one step (a confirm that fails deletes the draft, so no unconfirmed draft is left behind). When
@@ -114,11 +124,15 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
     :param segment_name: the segment's name, its idempotency key (templated).
     :param source: the contact list: a path or URL, an upstream XCom value (path or
         ``{"path", "format", "column"}``), or an iterable of values (templated).
-    :param identifier_type: ``email``, ``phone``, ``sha256`` (already hashed e-mails) or ``maid``.
+    :param identifier_type: ``email``, ``phone``, ``sha256`` (already hashed e-mails), ``maid``,
+        ``mac`` or ``client_id`` (Yandex Metrica ClientIDs; needs ``counter_id``).
     :param mode: ``sync``, ``replace``, ``addition`` or ``subtraction``.
     :param column: the input column holding the identifiers (CSV/JSON/Parquet sources) (templated).
     :param source_options: other source options: ``format``, ``encoding``, ``delimiter``, ``has_header``.
-    :param content_type: the confirm content type; derived from ``identifier_type`` (``crm`` or ``idfa_gaid``).
+    :param content_type: the confirm content type; derived from ``identifier_type`` (``crm``,
+        ``idfa_gaid``, ``mac`` or ``client_id``).
+    :param counter_id: the Yandex Metrica counter whose ClientIDs the list holds (templated);
+        required for ``identifier_type="client_id"``, refused otherwise.
     :param device_matching_type: passed to confirm (e.g. ``CROSS_DEVICE``).
     :param default_region: ISO region for phone numbers written without a country code (e.g. ``RU``).
     :param maid_case: ``upper`` for IDFA lists (GAIDs are lower-case, the default).
@@ -142,6 +156,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         "source_options",
         "identifier_type",
         "mode",
+        "counter_id",
         "yandex_audience_conn_id",
     )
     template_fields_renderers = {"source_options": "json"}
@@ -159,6 +174,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         column: str | None = None,
         source_options: dict[str, Any] | None = None,
         content_type: str | None = None,
+        counter_id: int | str | None = None,
         device_matching_type: str | None = None,
         default_region: str | None = None,
         maid_case: str | None = None,
@@ -179,6 +195,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         self.column = column
         self.source_options = source_options
         self.content_type = content_type
+        self.counter_id = counter_id
         self.device_matching_type = device_matching_type
         self.default_region = default_region
         self.maid_case = maid_case
@@ -202,6 +219,27 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         changes = {k: v for k, v in (("default_region", self.default_region), ("maid_case", self.maid_case)) if v}
         return rule.with_options(**changes) if changes else rule
 
+    def _check_content_type(self, identifier_type: str, content_type: str) -> None:
+        """Refuse combinations Yandex would refuse only after the upload (or never notice)."""
+        from airflow_audience_provider.core.errors import AudienceConfigurationError
+
+        expected = CONTENT_TYPE_BY_IDENTIFIER.get(identifier_type)
+        if expected is not None and content_type != expected:
+            raise AudienceConfigurationError(
+                f"identifier_type {identifier_type!r} is uploaded as content_type {expected!r}, "
+                f"not {content_type!r}: Yandex would read the file as the wrong kind of data"
+            )
+        if content_type == "client_id" and self.counter_id in (None, ""):
+            raise AudienceConfigurationError(
+                "identifier_type 'client_id' needs counter_id: "
+                "the Yandex Metrica counter whose ClientIDs the list holds"
+            )
+        if content_type != "client_id" and self.counter_id not in (None, ""):
+            raise AudienceConfigurationError(
+                f"counter_id is only used for Metrica ClientID lists (identifier_type 'client_id'), "
+                f"not for {identifier_type!r}"
+            )
+
     def _destination_key(self, hook: YandexAudienceHook) -> str:
         """One snapshot per login and segment name (readable prefix, hash for uniqueness)."""
         owner = hook.login or self.yandex_audience_conn_id
@@ -223,6 +261,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
             raise AudienceConfigurationError(f"mode must be one of {', '.join(UPLOAD_MODES)}, got {self.mode!r}")
         rule = self._rule()
         content_type = self.content_type or CONTENT_TYPE_BY_IDENTIFIER.get(rule.identifier_type.value, "crm")
+        self._check_content_type(rule.identifier_type.value, content_type)
         hook = self.hook
         segment = hook.find_segment(self.segment_name, "uploading")
         if segment is None and (self.mode == "subtraction" or not self.create_if_missing):
@@ -254,6 +293,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
             hashed=rule.profile.hashed_output,
             device_matching_type=self.device_matching_type,
             check_size=not self.allow_below_minimum,
+            counter_id=self.counter_id,
             on_created=lambda created: self._push_segment(context, created["id"]),
         )
         one_way = self.mode in ("addition", "subtraction")
@@ -670,7 +710,9 @@ class YandexAudienceRenameSegmentOperator(_YandexAudienceOperator):
         if segment.get("name") == self.name:
             return self._segment_result(context, segment, action="unchanged")
         renamed = hook.update_segment(segment["id"], self.name)
-        return self._segment_result(context, {**segment, **renamed}, action="renamed")
+        result = self._segment_result(context, {**segment, **renamed}, action="renamed")
+        self._emit(context, result)  # lineage only: this operator emits no Asset events
+        return result
 
 
 class YandexAudienceDeleteSegmentOperator(_YandexAudienceOperator):
@@ -729,6 +771,8 @@ class YandexAudienceDeleteSegmentOperator(_YandexAudienceOperator):
                 continue
             deleted.append(ref)
             self.log.info("Deleted Yandex.Audience segment %s", ref)
+            # lineage only: delete operators emit no Asset events
+            self.emit_asset_event(context, hook.segment_asset_uri(ref), {"action": "deleted"})
         _settle_items(self, "Deleting Yandex.Audience segments", failed, self.on_item_error)
         return {"deleted": deleted, "missing": missing, "failed": failed}
 
@@ -754,7 +798,9 @@ class YandexAudienceReprocessSegmentOperator(_YandexAudienceOperator):
         segment = hook.get_segment(_segment_ref(self.segment_id))
         self._push_segment(context, segment["id"])
         hook.reprocess_segment(segment["id"])
-        return self._segment_result(context, {**segment, "status": "is_processed"}, action="reprocessed")
+        result = self._segment_result(context, {**segment, "status": "is_processed"}, action="reprocessed")
+        self._emit(context, result)  # lineage only: this operator emits no Asset events
+        return result
 
 
 class YandexAudienceGrantSegmentAccessOperator(_YandexAudienceOperator):

@@ -194,6 +194,14 @@ class YandexAudienceFake(VendorFake):
             seg = self._segments.get(int(segment_id))
             return self._render(seg) if seg else None
 
+    def segment_values(self, segment_id: int | str) -> list[str]:
+        """The values a file segment holds after processing (what matching would use), sorted.
+
+        For tests that check what reached the vendor (hashes, or ClientIDs as written).
+        """
+        with self.lock:
+            return sorted(self._segments[int(segment_id)].get("_values") or ())
+
     def processed_segments(self, for_login: str | None = None) -> list[dict[str, Any]]:
         """``[{"id", "name", "status"}]`` of the segments the sandbox login sees that are ``processed``.
 

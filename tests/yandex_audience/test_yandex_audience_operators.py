@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
 from yandex_audience_helpers import PROCESSING, emails
 
 from airflow_audience_provider.core.errors import (
+    AudienceConfigurationError,
     AudienceNotFoundError,
     AudiencePartialFailure,
     AudiencePermissionError,
@@ -126,6 +128,61 @@ def test_phones_and_device_ids(ya, hook, context, snapshots):
     assert segment["content_type"] == "idfa_gaid" and segment["valid_unique_quantity"] == 150
     with pytest.raises(AudienceValidationError, match="holds idfa_gaid data"):
         upload(snapshots, emails(150), segment_name="devices").execute(context)
+
+
+def test_mac_addresses_are_hashed_over_their_bytes(ya, hook, context, snapshots):
+    macs = [f"AE:12:34:{i >> 8:02X}:{i & 0xFF:02x}:A1" for i in range(1, 151)]
+    result = upload(snapshots, [*macs, "not-a-mac"], segment_name="routers", identifier_type="mac").execute(context)
+    assert result["content_type"] == "mac" and result["action"] == "created"
+    assert result["counts"]["added"] == 150 and result["counts"]["invalid"] == 1
+    assert [w[1] for w in writes(ya)][:2] == ["segments/upload_file", f"segment/{result['segment_id']}/confirm"]
+    segment = ya.get_segment(result["segment_id"])
+    assert segment["content_type"] == "mac" and segment["hashed"] is True
+    # Yandex's rule (notes §6.3): SHA-256 of the 6 bytes, not of the text, whatever the separators.
+    expected = sorted(hashlib.sha256(bytes.fromhex(m.replace(":", ""))).hexdigest() for m in macs)
+    assert ya.segment_values(result["segment_id"]) == expected
+
+    settle(ya, result["segment_id"])
+    changed = [*macs[1:], "ae-12-34-ff-ff-a1"]
+    again = upload(snapshots, changed, segment_name="routers", identifier_type="mac").execute(context)
+    assert again["action"] == "updated" and again["segment_id"] == result["segment_id"]
+    assert [(f["operation"], f["entries"]) for f in again["files"]] == [("addition", 1), ("subtraction", 1)]
+    assert ya.segment_values(result["segment_id"]) == sorted(
+        hashlib.sha256(bytes.fromhex(m.replace(":", "").replace("-", ""))).hexdigest() for m in changed
+    )
+
+
+def test_metrica_client_ids_are_confirmed_with_the_counter(ya, hook, context, snapshots):
+    client_ids = [str(1554974736542896811 + 7919 * i) for i in range(150)]
+    result = upload(
+        snapshots, [" 00" + client_ids[0], *client_ids[1:]], segment_name="site visitors",
+        identifier_type="client_id", counter_id="{{ params.counter }}",
+    )  # fmt: skip
+    result.render_template_fields({**context, "params": {"counter": "44147844"}})
+    assert result.counter_id == "44147844"
+    out = result.execute(context)
+    assert out["content_type"] == "client_id" and out["counts"]["added"] == 150
+    assert [w[1] for w in writes(ya)][:2] == ["segments/upload_file", f"segment/client_id/{out['segment_id']}/confirm"]
+    segment = ya.get_segment(out["segment_id"])
+    assert segment["content_type"] == "client_id" and segment["counter_id"] == 44147844
+    # ClientIDs are Metrica's own ids: sent as written (leading zeros dropped), never hashed.
+    assert ya.segment_values(out["segment_id"]) == sorted(client_ids)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"identifier_type": "client_id"}, "needs counter_id"),
+        ({"identifier_type": "email", "counter_id": 44147844}, "only used for Metrica ClientID"),
+        ({"identifier_type": "mac", "content_type": "idfa_gaid"}, "uploaded as content_type 'mac'"),
+    ],
+)
+def test_identifier_and_content_type_mismatches_are_refused_before_sending(
+    ya, hook, context, snapshots, overrides, message
+):
+    with pytest.raises(AudienceConfigurationError, match=message):
+        upload(snapshots, emails(150), segment_name="mismatch", **overrides).execute(context)
+    assert writes(ya) == []
 
 
 def test_csv_source_with_a_column(ya, hook, context, snapshots, tmp_path):
