@@ -89,6 +89,15 @@ class _YandexDirectOperator(AudienceBaseOperator):
     def _execute(self, context: Context) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _remember_list(self, context: Context, list_id: Any, action: str) -> None:
+        """Report a retargeting list this task changed to OpenLineage, as
+        ``yandex-direct://<client login>/retargeting-list/<id>``. Lineage only: Direct objects have
+        no Asset scheme, so no Asset event is emitted."""
+        from airflow_audience_provider.assets import segment_uri
+
+        uri = segment_uri("yandex-direct", self.hook.client_login or "default", "retargeting-list", str(list_id))
+        self.emit_asset_event(context, uri, {"action": action})
+
     def _units(self) -> dict[str, Any]:
         self._units_logged = True
         report = self.hook.units_report()
@@ -332,6 +341,8 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
         url = hook.retargeting_list_url(list_id)
         YandexDirectRetargetingListLink.persist(context, url)
         context["ti"].xcom_push(key="retargeting_list_id", value=list_id)
+        if action != "unchanged":
+            self._remember_list(context, list_id, action)
 
         stored = hook.get_retargeting_list(list_id)
         available = stored.get("IsAvailable")
@@ -437,6 +448,8 @@ class YandexDirectDeleteRetargetingListsOperator(_YandexDirectOperator):
             for o in (hook.delete_retargeting_lists(deletable) if deletable else [])
         ]
         deleted = [o["retargeting_list_id"] for o in outcomes if o["status"] != "error"]
+        for list_id in deleted:
+            self._remember_list(context, list_id, "deleted")
         for list_id, targets in in_use.items():
             outcomes.append(
                 {
