@@ -137,6 +137,7 @@ FORBIDDEN = (
     "airflow_audience_provider.core.transport",
     "phonenumbers",
     "pyarrow",
+    "polars",
     "fastapi",
     "uvicorn",
     "starlette",
@@ -155,6 +156,8 @@ import airflow_audience_provider.operators.lytics
 import airflow_audience_provider.sensors.lytics
 import airflow_audience_provider.triggers.lytics
 import airflow_audience_provider.links.lytics
+import airflow_audience_provider.operators.yandex_audience
+import airflow_audience_provider.operators.criteo
 after_modules = set(sys.modules)
 print(json.dumps({
     "package": sorted(after_package - baseline),

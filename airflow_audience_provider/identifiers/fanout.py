@@ -41,7 +41,7 @@ from airflow_audience_provider.identifiers.errors import (
     SendError,
     WrongIdentifierTypeError,
 )
-from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch, process_text
+from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch, process_text, uses_kernel
 from airflow_audience_provider.identifiers.normalise import detect_type
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
 from airflow_audience_provider.identifiers.snapshot import SnapshotReader
@@ -145,10 +145,18 @@ def default_mp_context() -> str:
     a threaded process does not bite. ``spawn`` would re-import the parent's ``__main__`` in
     every worker, which for an Airflow task is the Airflow CLI: seconds per worker. Override
     with ``mp_context="spawn"`` (or ``"forkserver"``) where fork is not wanted.
+
+    Once polars is imported (the compiled kernel, or the task's own code) its thread pool may
+    hold locks that a forked child would inherit locked; then ``forkserver`` is used, whose
+    server process starts clean.
     """
     import multiprocessing
+    import sys
 
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    methods = multiprocessing.get_all_start_methods()
+    if "polars" in sys.modules and "forkserver" in methods:
+        return "forkserver"
+    return "fork" if "fork" in methods else "spawn"
 
 
 #: Rows per task handed to a worker process: large enough that the per-task cost in the parent
@@ -165,13 +173,30 @@ def iter_processed(
 ) -> Iterator[tuple[RawBatch, list[BatchOutput]]]:
     """Read the source once; run each batch through every profile, in order.
 
-    This is the engine's read phase without the spilling. With ``workers > 1`` the batches go to a
-    pool of worker processes as newline-joined text (at least :data:`MP_TASK_ROWS` rows each) and
-    come back as :class:`BatchOutput` (counts, invalid indices and the partitioned hex digests).
+    This is the engine's read phase without the spilling. With ``workers > 1`` the batches (at
+    least :data:`MP_TASK_ROWS` rows each) run in parallel: in threads of this process when every
+    profile uses the compiled kernel (:func:`~airflow_audience_provider.identifiers.hashing.uses_kernel`;
+    it releases the GIL), otherwise in a pool of worker processes that receive newline-joined text.
+    Either way they come back in order as :class:`BatchOutput` (counts, invalid indices and the
+    partitioned hex digests).
     """
     if workers <= 1:
         for batch in source.iter_batches(batch_size):
             yield batch, _process_profiles(profiles, batch.values)
+        return
+    if all(uses_kernel(p) for p in profiles):
+        # The compiled kernel releases the GIL: threads of this process run batches in parallel
+        # without pickling, and no process is forked after polars started its thread pool.
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="identifiers") as threads:
+            ahead: collections.deque[tuple[RawBatch, Future[list[BatchOutput]]]] = collections.deque()
+            for batch in source.iter_batches(max(batch_size, MP_TASK_ROWS)):
+                ahead.append((batch, threads.submit(_process_profiles, profiles, batch.values)))
+                while len(ahead) > workers * 2:
+                    done, fut = ahead.popleft()
+                    yield done, fut.result()
+            while ahead:
+                done, fut = ahead.popleft()
+                yield done, fut.result()
         return
     import multiprocessing
 

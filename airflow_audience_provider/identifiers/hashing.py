@@ -21,7 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-from airflow_audience_provider.identifiers.normalise import email_text_unordered, normalise_batch
+from airflow_audience_provider.identifiers.normalise import (
+    InvalidIdentifier,
+    email_text_unordered,
+    normalise_batch,
+    normalise_email,
+)
 from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile
 
 #: The 256 partition keys in their order.
@@ -105,10 +110,59 @@ def process_batch(profile: NormalisationProfile, values: list[str]) -> BatchOutp
     """Normalise, validate, hash and partition one batch of raw values.
 
     This is a module-level function of picklable arguments so a process pool can run it.
+    SHA-256 e-mails go through the compiled kernel when the ``fast`` extra is installed
+    (:mod:`~airflow_audience_provider.identifiers.kernel`; same results, about twice as fast).
     """
     if profile.identifier_type is IdentifierType.EMAIL and profile.hash_algorithm in _FAST_HASHERS:
+        if uses_kernel(profile):
+            out = _process_with_kernel(values)
+            if out is not None:
+                return out
         return process_text(profile, "\n".join(values), len(values), values)
     return _process_values(profile, values)
+
+
+def uses_kernel(profile: NormalisationProfile) -> bool:
+    """True when :func:`process_batch` runs this profile through the compiled kernel."""
+    if profile.identifier_type is not IdentifierType.EMAIL or profile.hash_algorithm is not HashAlgorithm.SHA256:
+        return False
+    from airflow_audience_provider.identifiers.kernel import load_email_kernel
+
+    return load_email_kernel() is not None
+
+
+def _process_with_kernel(values: list[str]) -> BatchOutput | None:
+    """SHA-256 e-mails through the kernel; rows it refuses are decided by the exact rule.
+
+    Returns None when the kernel raised (for instance on a string polars cannot hold, such as a
+    lone surrogate): the caller then runs the pure-Python path on the batch.
+    """
+    from airflow_audience_provider.identifiers.kernel import load_email_kernel
+
+    kernel = load_email_kernel()
+    if kernel is None or not values:
+        return None
+    try:
+        out = kernel.run(values)
+    except Exception:
+        return None
+    text, bounds = out.digests, out.bounds
+    step = 65  # 64 hex digits and a newline
+    partitions: dict[str, str] = {}
+    for key, lo, hi in zip(PARTITION_KEYS, bounds, bounds[1:], strict=False):
+        if hi > lo:
+            partitions[key] = text[lo * step : hi * step - 1]
+    invalid: list[tuple[int, str]] = []
+    if out.refused:
+        rescued: list[bytes] = []
+        for i in out.refused:
+            try:
+                rescued.append(normalise_email(values[i]).encode("utf-8"))
+            except InvalidIdentifier as exc:
+                invalid.append((i, exc.reason))
+        for key, more in hash_partition(rescued, HashAlgorithm.SHA256).items():
+            partitions[key] = f"{partitions[key]}\n{more}" if key in partitions else more
+    return BatchOutput(len(values) - len(invalid), partitions, invalid)
 
 
 @overload

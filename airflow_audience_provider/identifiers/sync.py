@@ -157,7 +157,8 @@ def sync_contact_list(
     :param incremental: keep a snapshot and send only the difference; False = full replace, no snapshot.
     :param dry_run: plan only; nothing is sent and no snapshot is written.
     :param options: guards and switches (:class:`SyncOptions`).
-    :param workers: processes for the read phase (normalise + hash); 1 = in this process.
+    :param workers: parallel read-phase workers (normalise + hash); 1 = in this thread. Threads
+        when the compiled kernel handles every rule (the ``fast`` extra), processes otherwise.
     :param work_dir: where spill files go (default: the system temp dir).
     :param mp_context: start method of worker processes (default: see ``fanout.default_mp_context``).
     :param source_options: ``format``, ``column``, ``encoding``, ``delimiter``, ``has_header`` for

@@ -1,0 +1,125 @@
+"""The optional compiled per-batch step: e-mails trimmed, validated and SHA-256 hashed outside Python.
+
+Installed with the ``fast`` extra (``pip install "airflow-audience-provider[fast]"``): `polars`_
+runs the column operations (trim, regex, lower-case) and the `polars-hash`_ plugin the SHA-256,
+both in Rust and without the GIL. Per value this costs about what a bare
+``hashlib.sha256(s.encode()).hexdigest()`` loop costs, where the pure-Python path needs twice
+that (``benchmarks/README.md``), and two threads of one process run batches in parallel with no
+pickling (:func:`~airflow_audience_provider.identifiers.fanout.iter_processed`).
+
+What the kernel decides is a strict subset of what the exact rule decides, with the same output:
+
+* it trims only ASCII blanks and accepts only values whose trimmed form matches :data:`PATTERN`,
+  the same grammar as :func:`~airflow_audience_provider.identifiers.normalise.normalise_email`'s
+  (written without possessive quantifiers, which the Rust engine lacks, and with ``A-Z`` because
+  it runs before lower-casing) and at most 254 characters long;
+* so every accepted value is ASCII, and lower-casing it cannot depend on Unicode tables;
+* every other row (about 1% in practice: invalid ones, and valid ones in forms the kernel does
+  not cover, such as a no-break space around the address) goes through ``normalise_email``, which
+  decides and gives the reason.
+
+Property tests (``tests/identifiers/test_contact_kernel.py``) check kernel == exact on inputs
+built for the grammar's edges. The kernel is loaded lazily (importing polars costs ~0.1 s, never
+paid at DAG parse time), checked against ``hashlib`` on known values before first use, and
+skipped with a warning if that check fails. Set ``AUDIENCE_IDENTIFIERS_KERNEL=python`` to run
+the pure-Python path even where polars is installed.
+
+.. _polars: https://pola.rs
+.. _polars-hash: https://github.com/ion-elgreco/polars-hash
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Environment variable choosing the per-batch step: ``auto`` (the kernel when installed) or ``python``.
+KERNEL_ENV = "AUDIENCE_IDENTIFIERS_KERNEL"
+
+_ATEXT = r"[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]"
+_LABEL = r"[a-zA-Z0-9]+(?:-+[a-zA-Z0-9]+)*"
+#: ``normalise._EMAIL_CORE`` for the Rust regex engine, applied to the trimmed value before lower-casing.
+PATTERN = rf"^(?:{_ATEXT}+(?:\.{_ATEXT}+)*@{_LABEL}(?:\.{_LABEL})+)$"
+#: The blanks the kernel trims: ASCII only (``str.strip`` trims more; such rows take the exact path).
+ASCII_BLANKS = " \t\n\r\x0b\x0c"
+_MAX_EMAIL = 254
+
+
+@dataclass(frozen=True)
+class KernelOutput:
+    """One batch through the kernel.
+
+    :param digests: the accepted values' SHA-256 hex digests, sorted, joined with ``"\\n"``.
+    :param bounds: 257 offsets (in digests) of the 256 hash-prefix partitions: partition ``k`` is
+        digests ``bounds[k]`` to ``bounds[k + 1]``.
+    :param refused: indices (in the batch) of the rows the kernel did not accept.
+    """
+
+    digests: str
+    bounds: list[int]
+    refused: list[int]
+
+
+class EmailKernel:
+    """Trim, validate, lower-case and SHA-256 a batch of e-mails with polars (see module docstring)."""
+
+    def __init__(self, pl: Any, plh: Any) -> None:
+        self._pl = pl
+        self._plh = plh
+        self._keys = pl.Series([f"{i:02x}" for i in range(256)])
+
+    def run(self, values: list[str]) -> KernelOutput:
+        """Process one batch. Raises whatever polars raises (the caller falls back to Python)."""
+        pl, plh = self._pl, self._plh
+        frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)}).select(
+            pl.col("v").str.strip_chars(ASCII_BLANKS)
+        )
+        frame = frame.with_columns(ok=pl.col("v").str.contains(PATTERN) & (pl.col("v").str.len_bytes() <= _MAX_EMAIL))
+        digests = (
+            frame.filter(pl.col("ok"))
+            .select(plh.col("v").str.to_lowercase().chash.sha2_256().alias("h"))
+            .to_series()
+            .sort()
+        )
+        refused = frame.select(pl.arg_where(~pl.col("ok"))).to_series().to_list()
+        # Sorted hex digests: partition "3f" starts at the first digest >= "3f".
+        bounds = digests.search_sorted(self._keys, "left").to_list()
+        bounds.append(len(digests))
+        text = digests.str.join("\n").item() if len(digests) else ""
+        return KernelOutput(text, bounds, refused)
+
+
+_SELF_TEST = [" Mail@Yandex.RU ", "a.b-c+d@sub.example.org", "not an e-mail", "x@y"]
+
+
+@functools.cache
+def load_email_kernel() -> EmailKernel | None:
+    """The kernel, or None when the ``fast`` extra is missing, disabled, or fails its self-test."""
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower()
+    if choice == "python":
+        return None
+    try:
+        import polars as pl
+        import polars_hash as plh
+    except ImportError:
+        if choice == "polars":
+            log.warning("%s=polars, but polars and polars-hash are not installed: using Python", KERNEL_ENV)
+        return None
+    kernel = EmailKernel(pl, plh)
+    try:
+        out = kernel.run(_SELF_TEST)
+        expected = sorted(hashlib.sha256(v.strip().lower().encode()).hexdigest() for v in _SELF_TEST[:2])
+        ok = out.digests.split("\n") == expected and out.refused == [2, 3] and out.bounds[-1] == 2
+    except Exception as exc:  # a broken or incompatible install must not break uploads
+        log.warning("The polars e-mail kernel failed its self-test (%s); using the Python path", exc)
+        return None
+    if not ok:
+        log.warning("The polars e-mail kernel gave unexpected digests in its self-test; using the Python path")
+        return None
+    return kernel

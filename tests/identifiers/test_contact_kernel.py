@@ -1,0 +1,102 @@
+"""The compiled e-mail kernel (the ``fast`` extra) decides exactly what the exact rule decides."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from test_contact_fast_paths import EMAIL, expected, values_strategy
+
+from airflow_audience_provider.identifiers import fanout, kernel
+from airflow_audience_provider.identifiers.fanout import iter_processed
+from airflow_audience_provider.identifiers.hashing import _process_with_kernel, process_batch, uses_kernel
+from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile
+from airflow_audience_provider.identifiers.sources import IterableSource
+
+pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
+
+
+@pytest.fixture(autouse=True)
+def fresh_kernel(monkeypatch):
+    monkeypatch.delenv(kernel.KERNEL_ENV, raising=False)
+    kernel.load_email_kernel.cache_clear()
+    yield
+    kernel.load_email_kernel.cache_clear()
+
+
+def digests(out) -> list[str]:
+    return sorted(h for text in out.partitions.values() for h in text.split("\n"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values_strategy)
+def test_kernel_accepts_exactly_what_the_exact_rule_accepts(values: list[str]) -> None:
+    want_out, want_invalid = expected(values)
+    out = _process_with_kernel(values) if values else None
+    if not values:
+        return
+    assert out is not None
+    assert digests(out) == sorted(hashlib.sha256(v.encode()).hexdigest() for v in want_out)
+    assert out.count == len(want_out)
+    assert sorted(out.invalid) == want_invalid
+    assert all(h[:2] == key for key, text in out.partitions.items() for h in text.split("\n"))
+
+
+def test_process_batch_uses_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
+    values = [f" User{i}@Example.COM " if i % 9 else f"bad{i}" for i in range(500)] + ["\u00a0nbsp@example.com"]
+    assert uses_kernel(EMAIL)
+    with_kernel = process_batch(EMAIL, values)
+    monkeypatch.setenv(kernel.KERNEL_ENV, "python")
+    kernel.load_email_kernel.cache_clear()
+    assert not uses_kernel(EMAIL)
+    python = process_batch(EMAIL, values)
+    assert digests(with_kernel) == digests(python) and len(digests(python)) == 445
+    assert sorted(with_kernel.invalid) == python.invalid
+    assert with_kernel.count == python.count
+
+
+def test_only_sha256_e_mails_use_the_kernel() -> None:
+    assert not uses_kernel(NormalisationProfile(IdentifierType.EMAIL, HashAlgorithm.MD5))
+    assert not uses_kernel(NormalisationProfile(IdentifierType.PHONE))
+    assert not uses_kernel(NormalisationProfile(IdentifierType.SHA256, HashAlgorithm.NONE))
+
+
+def test_a_batch_polars_cannot_hold_falls_back_to_python() -> None:
+    values = ["a@example.com", "b\udcff@example.com", "C@Example.com"]  # a lone surrogate
+    assert _process_with_kernel(values) is None
+    out = process_batch(EMAIL, values)
+    assert out.count == 2 and [reason for _, reason in out.invalid] == ["email_non_ascii"]
+
+
+def test_a_kernel_that_fails_its_self_test_is_not_used(monkeypatch, caplog) -> None:
+    def wrong(self, values):
+        return kernel.KernelOutput("0" * 64, [0] * 256 + [1], [])
+
+    monkeypatch.setattr(kernel.EmailKernel, "run", wrong)
+    with caplog.at_level(logging.WARNING, logger=kernel.__name__):
+        assert kernel.load_email_kernel() is None
+    assert "self-test" in caplog.text
+    assert process_batch(EMAIL, ["a@example.com"]).count == 1  # the Python path
+
+
+def test_parallel_read_uses_threads_not_processes(monkeypatch) -> None:
+    """With the kernel, workers are threads (no fork after polars started its pool), results in order."""
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("a process pool was started")
+
+    monkeypatch.setattr(fanout, "ProcessPoolExecutor", no_processes)
+    monkeypatch.setattr(fanout, "MP_TASK_ROWS", 64)
+    values = [f" User{i}@Example.COM " if i % 7 else f"bad{i}" for i in range(1000)]
+
+    def run(workers: int) -> list[tuple[int, int, list[tuple[int, str]], list[str]]]:
+        return [
+            (b.first_line, o[0].count, sorted(o[0].invalid), digests(o[0]))
+            for b, o in iter_processed(IterableSource(values), (EMAIL,), batch_size=64, workers=workers)
+        ]
+
+    one = run(1)
+    assert len(one) == 16
+    assert run(2) == one
