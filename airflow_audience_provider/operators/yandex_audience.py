@@ -144,6 +144,9 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
     :param create_if_missing: create the segment when none has the name (otherwise fail).
     :param plan_only: a dry run: count, diff and check, send nothing (``action`` is ``planned``).
     :param snapshot_base: where the engine keeps snapshots (default under ``$AIRFLOW_HOME``).
+    :param read_workers: parallel workers that normalise and hash the list: threads with the
+        ``fast`` extra (its compiled kernel releases the GIL), processes without. 1 (default) works
+        in the task's own thread; 2 suits a worker slot with two cores.
     :param emit_asset: record an Asset event ``yandex-audience://<login>/segment/<id>`` when data was sent.
     :return: ``{"segment_id", "name", "status", "action", "mode", "content_type", "counts", "url",
         "asset_uri", "files"}``; ``action`` is ``created``, ``updated``, ``unchanged`` or ``planned``.
@@ -185,6 +188,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         create_if_missing: bool = True,
         plan_only: bool = False,
         snapshot_base: str | None = None,
+        read_workers: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -206,6 +210,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         self.create_if_missing = create_if_missing
         self.plan_only = plan_only
         self.snapshot_base = snapshot_base
+        self.read_workers = read_workers
 
     def _rule(self) -> Any:
         from airflow_audience_provider.identifiers import get_rule
@@ -319,6 +324,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
                 incremental=not one_way,
                 dry_run=self.plan_only,
                 options=options,
+                workers=self.read_workers,
                 **source_options,
             )
         except SendError as exc:

@@ -152,6 +152,27 @@ def test_mac_addresses_are_hashed_over_their_bytes(ya, hook, context, snapshots)
     )
 
 
+@pytest.mark.parametrize("read_workers", [1, 2])
+def test_parallel_read_workers_send_the_same_hashes(ya, hook, context, snapshots, read_workers, monkeypatch):
+    from airflow_audience_provider.identifiers import fanout
+
+    used: list[int] = []
+    read = fanout._iter_processed
+
+    def spy(source, profiles, batch_size, workers, mp_context):
+        used.append(workers)
+        return read(source, profiles, batch_size, workers, mp_context)
+
+    monkeypatch.setattr(fanout, "_iter_processed", spy)
+    values = [*emails(400), "bad address", " USER7@example.COM "]  # one invalid, one duplicate
+    result = upload(snapshots, values, segment_name="parallel", read_workers=read_workers).execute(context)
+    assert used == [read_workers]
+    assert result["counts"]["unique"] == 400 and result["counts"]["invalid"] == 1
+    assert result["counts"]["duplicate"] == 1
+    expected = sorted(hashlib.sha256(v.lower().encode()).hexdigest() for v in emails(400))
+    assert ya.segment_values(result["segment_id"]) == expected
+
+
 def test_metrica_client_ids_are_confirmed_with_the_counter(ya, hook, context, snapshots):
     client_ids = [str(1554974736542896811 + 7919 * i) for i in range(150)]
     result = upload(
