@@ -332,21 +332,41 @@ def test_example_run_extra_links_point_at_the_sandbox_vendor_pages(api, ui_sandb
 
 
 OTHER_EXAMPLES = sorted(
-    path.stem
-    for path in EXAMPLES.glob("example_*.py")
-    if path.stem != DAG_ID and "downstream" not in path.stem
+    path.stem for path in EXAMPLES.glob("example_*.py") if path.stem != DAG_ID and "downstream" not in path.stem
 )
 
 
+@pytest.fixture(scope="module")
+def example_runs(airflow_env, request) -> Any:
+    """``example_runs(dag_id)``: that example DAG run once with ``airflow dags test`` into the API
+    server's DB (cached for the module, so the REST and browser checks share one run; the Lytics
+    one is ``example_run``), as ``{"run_id", "tasks", "asset_events"}``."""
+    runs: dict[str, dict[str, Any]] = {}
+
+    def run_once(dag_id: str) -> dict[str, Any]:
+        if dag_id == DAG_ID:
+            return request.getfixturevalue("example_run")
+        if dag_id not in runs:
+            outcome = run_dag_test(dag_id, airflow_env, timeout=300)
+            assert outcome.ok, outcome.log[-4000:]
+            summary = read_run(airflow_env, dag_id)
+            run = summary["runs"][-1]
+            assert run["state"] == "success"
+            runs[dag_id] = {
+                "run_id": run["run_id"],
+                "tasks": run["tasks"],
+                "asset_events": summary.get("asset_events", []),
+            }
+        return runs[dag_id]
+
+    return run_once
+
+
 @pytest.mark.parametrize("dag_id", OTHER_EXAMPLES)
-def test_every_example_run_links_to_the_vendor_pages_and_lists_its_assets(api, ui_sandbox, airflow_env, dag_id):
+def test_every_example_run_links_to_the_vendor_pages_and_lists_its_assets(api, ui_sandbox, example_runs, dag_id):
     """Each vendor's example DAG: its tasks' extra links open the sandbox vendor's pages, and every
     Asset it emitted is listed by the API server."""
-    outcome = run_dag_test(dag_id, airflow_env, timeout=300)
-    assert outcome.ok, outcome.log[-4000:]
-    summary = read_run(airflow_env, dag_id)
-    run = summary["runs"][-1]
-    assert run["state"] == "success"
+    run = example_runs(dag_id)
     vendor_urls = tuple(ui_sandbox.url(vendor) for vendor in ui_sandbox.vendors)
     linked = []
     for task_id in run["tasks"]:
@@ -360,7 +380,7 @@ def test_every_example_run_links_to_the_vendor_pages_and_lists_its_assets(api, u
                 assert url.startswith(vendor_urls), (task_id, name, url)
                 linked.append((task_id, name))
     assert linked, f"no task of {dag_id} shows a link to the object it touched"
-    for event in summary.get("asset_events", []):
+    for event in run["asset_events"]:
         assets = api.get("/api/v2/assets", only_active="false", uri_pattern=event["uri"])
         assert assets.status_code == 200, assets.text
         assert [a for a in assets.json()["assets"] if a["uri"] == event["uri"]], event
@@ -518,6 +538,97 @@ def test_dag_run_grid_and_extra_link_in_the_browser(browser, api_server, example
     segment_id = example_run["tasks"]["upsert_segment"]["xcom"]["return_value"]["segment_id"]
     assert segment_id in link.get_attribute("href")
     _screenshot(browser, "task-extra-link.png")
+
+
+# Every example DAG whose tasks have extra links (the downstream one only reads Asset events).
+LINKED_EXAMPLES = sorted(path.stem for path in EXAMPLES.glob("example_*.py") if "downstream" not in path.stem)
+#: the XCom key naming the object a link opens, by the last word of the link's label
+_ID_KEYS = {"segment": "segment_id", "audience": "audience_id", "list": "retargeting_list_id"}
+
+
+def _link_vendors() -> dict[str, str]:
+    """``{extra link label: vendor}`` from the links each connection type registers."""
+    import importlib
+
+    vendors = {}
+    for conn_type, spec in CONNECTION_SPECS.items():
+        for dotted in spec.extra_links:
+            module, name = dotted.rsplit(".", 1)
+            vendors[getattr(importlib.import_module(module), name).name] = conn_type
+    return vendors
+
+
+def _xcom(api, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> Any:
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
+    answer = api.get(f"{path}/xcomEntries/{key}", map_index=str(map_index))
+    if answer.status_code == 404:
+        return None
+    assert answer.status_code == 200, (task_id, key, answer.text)
+    value = answer.json()["value"]
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    return value
+
+
+def _touched_id(api, dag_id: str, run_id: str, task_id: str, map_index: int, label: str) -> str | None:
+    """The id of the object the link labelled ``label`` opens, from the task's XCom: the id key the
+    operators push, else the same key of its return value (sensors); None when it touched none."""
+    key = _ID_KEYS[label.rsplit(" ", 1)[-1].lower()]
+    value = _xcom(api, dag_id, run_id, task_id, map_index, key)
+    if value in (None, ""):
+        returned = _xcom(api, dag_id, run_id, task_id, map_index, "return_value")
+        value = returned.get(key) if isinstance(returned, dict) else None
+    return None if value in (None, "") else str(value)
+
+
+def _names_object(href: str, object_id: str) -> bool:
+    """The URL names the object: as a path segment or a query value."""
+    parts = urllib.parse.urlsplit(href)
+    query = [v for values in urllib.parse.parse_qs(parts.query).values() for v in values]
+    return object_id in [urllib.parse.unquote(p) for p in parts.path.split("/")] or object_id in query
+
+
+@needs_browser
+@pytest.mark.parametrize("dag_id", LINKED_EXAMPLES)
+def test_every_example_task_shows_its_extra_links_in_the_browser(
+    browser, api, api_server, ui_sandbox, example_runs, dag_id
+):
+    """Each example DAG: every task instance that touched a vendor object shows each of its operator's
+    extra link buttons, labelled as declared, opening that object's page in the sandbox vendor."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    run = example_runs(dag_id)
+    run_path = f"/dags/{dag_id}/runs/{urllib.parse.quote(run['run_id'], safe='')}"
+    api_run_path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['run_id'], safe='')}"
+    link_vendors = _link_vendors()
+    wait = _wait(browser)
+    shown = []
+    for task_id in sorted(run["tasks"]):
+        map_indexes = [-1]
+        links = api.get(f"{api_run_path}/taskInstances/{task_id}/links")
+        if links.status_code == 404:  # a mapped task: its links live on the map indexes
+            mapped = api.get(f"{api_run_path}/taskInstances/{task_id}/listMapped")
+            assert mapped.status_code == 200, mapped.text
+            map_indexes = sorted(ti["map_index"] for ti in mapped.json()["task_instances"])
+        for map_index in map_indexes:
+            if map_index >= 0:
+                links = api.get(f"{api_run_path}/taskInstances/{task_id}/links", map_index=str(map_index))
+            assert links.status_code == 200, (task_id, map_index, links.text)
+            page = f"{run_path}/tasks/{task_id}" + (f"/mapped/{map_index}" if map_index >= 0 else "")
+            for label in links.json()["extra_links"]:  # every link the operator declares, by label
+                object_id = _touched_id(api, dag_id, run["run_id"], task_id, map_index, label)
+                if object_id is None:  # e.g. a plan-only upload: no object, so no link to show
+                    continue
+                browser.get(f"{api_server}{page}/details")
+                link = wait.until(ec.presence_of_element_located((By.XPATH, f"//a[normalize-space()='{label}']")))
+                href = link.get_attribute("href")
+                vendor_url = ui_sandbox.url(link_vendors[label])
+                assert href.startswith(vendor_url), (task_id, map_index, label, href, vendor_url)
+                assert _names_object(href, object_id), (task_id, map_index, label, href, object_id)
+                shown.append((task_id, map_index, label))
+    assert shown, f"no task of {dag_id} showed a link to the object it touched"
 
 
 @needs_browser
