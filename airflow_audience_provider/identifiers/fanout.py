@@ -162,6 +162,9 @@ def default_mp_context() -> str:
 #: Rows per task handed to a worker process: large enough that the per-task cost in the parent
 #: (pickling, the pool's queues, a result of 256 partition texts) is small per row.
 MP_TASK_ROWS = 32768
+#: Rows per batch for the compiled kernel: each call has a fixed cost (building frames, handing
+#: results back) that 65,536 rows make small; measured with ``make bench``.
+KERNEL_BATCH_ROWS = 65536
 
 
 def iter_processed(
@@ -180,16 +183,19 @@ def iter_processed(
     Either way they come back in order as :class:`BatchOutput` (counts, invalid indices and the
     partitioned hex digests).
     """
+    kernel = all(uses_kernel(p) for p in profiles)
+    if kernel:
+        batch_size = max(batch_size, KERNEL_BATCH_ROWS)
     if workers <= 1:
         for batch in source.iter_batches(batch_size):
             yield batch, _process_profiles(profiles, batch.values)
         return
-    if all(uses_kernel(p) for p in profiles):
+    if kernel:
         # The compiled kernel releases the GIL: threads of this process run batches in parallel
         # without pickling, and no process is forked after polars started its thread pool.
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="identifiers") as threads:
             ahead: collections.deque[tuple[RawBatch, Future[list[BatchOutput]]]] = collections.deque()
-            for batch in source.iter_batches(max(batch_size, MP_TASK_ROWS)):
+            for batch in source.iter_batches(batch_size):
                 ahead.append((batch, threads.submit(_process_profiles, profiles, batch.values)))
                 while len(ahead) > workers * 2:
                     done, fut = ahead.popleft()
