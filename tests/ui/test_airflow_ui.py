@@ -669,14 +669,30 @@ def _airflow_refuses_portless_row_test() -> bool:
     return not _same_endpoint(0, None)
 
 
+def _with_port_field(connection: dict[str, Any]) -> dict[str, Any]:
+    """The same connection with the sandbox port in the Port field instead of the host URL."""
+    url = urllib.parse.urlsplit(connection["host"])
+    assert url.port, connection["host"]
+    return {**connection, "host": f"{url.scheme}://{url.hostname}{url.path}", "port": url.port}
+
+
 @needs_browser
+@pytest.mark.parametrize("port_in", ["host", "port_field"])
 @pytest.mark.parametrize("conn_type", sorted(CONNECTION_SPECS))
-def test_connection_list_test_button(browser, api, api_server, ui_sandbox, conn_type):
+def test_connection_list_test_button(browser, api, api_server, ui_sandbox, conn_type, port_in):
+    """The row's Test button runs the hook's test_connection against the sandbox.
+
+    With the port in the Port field, the button succeeds on every Airflow. With no port (the usual
+    form of a vendor connection) Airflow 3.3.2's UI sends port 0 and its API refuses the test
+    before our hook runs (apache/airflow#73298): reported as xfail there.
+    """
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
     connection = _sandbox_connections(ui_sandbox)[conn_type]
-    connection_id = f"{conn_type}_row"
+    if port_in == "port_field":
+        connection = _with_port_field(connection)
+    connection_id = f"{conn_type}_row_{port_in}"
     api.delete(f"/api/v2/connections/{connection_id}")
     created = api.post("/api/v2/connections", _rest_body(connection_id, connection))
     assert created.status_code == 201, created.text
@@ -702,5 +718,5 @@ def test_connection_list_test_button(browser, api, api_server, ui_sandbox, conn_
             "(apache/airflow#73298); POST /api/v2/connections/test itself succeeds (test above)"
         )
     assert "Test Connection Successful" in text, text[-2000:]
-    if conn_type == "lytics":
+    if conn_type == "lytics" and port_in == "port_field":
         _screenshot(browser, "connection-list-test.png")
