@@ -209,6 +209,8 @@ class LyticsDeleteSegmentOperator(_LyticsOperator):
             hook.delete_segment(segment["id"])
             deleted.append(segment["id"])
             self.log.info("Deleted Lytics segment %s (%s)", segment.get("slug_name"), segment["id"])
+            # Lineage only: the delete operator emits no Asset events (emits_assets is off).
+            self.emit_asset_event(context, hook.segment_asset_uri(segment), {"action": "deleted"})
         return {"deleted": deleted, "missing": missing}
 
 
