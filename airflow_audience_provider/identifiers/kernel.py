@@ -83,9 +83,7 @@ class EmailKernel:
         )
         frame = frame.with_columns(ok=pl.col("v").str.contains(PATTERN) & (pl.col("v").str.len_bytes() <= _MAX_EMAIL))
         digests = (
-            frame.filter(pl.col("ok"))
-            .select(plh.col("v").str.to_lowercase().chash.sha2_256().alias("h"))
-            .to_series()
+            frame.filter(pl.col("ok")).select(plh.col("v").str.to_lowercase().chash.sha2_256().alias("h")).to_series()
         )
         # Group by partition (the first byte): sorting on that byte alone is cheaper than sorting
         # the digests, and leaves them ordered by prefix, so partition "3f" starts at the first
