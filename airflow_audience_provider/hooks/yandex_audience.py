@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -902,6 +903,8 @@ class YandexAudienceSegmentSender:
     :param device_matching_type: passed to confirm.
     :param check_size: send ``check_size=true`` on confirm and replace (Yandex refuses < 100 entries).
     :param counter_id: the Metrica counter of a ``client_id`` list (required for it).
+    :param cancel: set when the task is being stopped: a draft uploaded meanwhile is deleted
+        instead of confirmed.
     :param on_created: called with the new segment as soon as it exists (push id and link early).
     """
 
@@ -916,6 +919,7 @@ class YandexAudienceSegmentSender:
         device_matching_type: str | None = None,
         check_size: bool = True,
         counter_id: int | str | None = None,
+        cancel: threading.Event | None = None,
         on_created: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if content_type == "client_id" and counter_id in (None, ""):
@@ -928,9 +932,12 @@ class YandexAudienceSegmentSender:
         self.device_matching_type = device_matching_type
         self.check_size = check_size
         self.counter_id = counter_id
+        self.cancel = cancel
         self.on_created = on_created
         self.created = False
         self.calls: list[dict[str, Any]] = []
+        #: id of a draft uploaded but not yet confirmed (what ``discard_pending_draft`` deletes)
+        self.pending_draft: int | str | None = None
 
     @property
     def _is_csv(self) -> bool:
@@ -947,6 +954,13 @@ class YandexAudienceSegmentSender:
         content, filename = self._file(chunk)
         upload = self.hook.upload_csv_file if self._is_csv else self.hook.upload_file
         draft = upload(content, filename)
+        self.pending_draft = draft["id"]
+        if self.cancel is not None and self.cancel.is_set():
+            # Stopped while the file was uploading: do not start processing a list nobody waits for.
+            from airflow_audience_provider.identifiers import SyncCancelled
+
+            self.discard_pending_draft()
+            raise SyncCancelled("the task was stopped during the upload; the draft was deleted, not confirmed")
         try:
             if self.content_type == "client_id":
                 # ClientID files have their own confirm (notes §4.1 op 5): counter, no hashing flags.
@@ -967,13 +981,30 @@ class YandexAudienceSegmentSender:
                 self.hook.delete_segment(draft["id"])
             except AudienceError as cleanup:
                 log.warning("Could not delete the unconfirmed draft %s: %s", draft["id"], cleanup.message)
+            self.pending_draft = None
             raise
+        self.pending_draft = None
         self.segment_id = segment["id"]
         self.created = True
         self.calls.append({"operation": "upload+confirm", "entries": len(chunk)})
         if self.on_created:
             self.on_created(segment)
         return ChunkResult(accepted=len(chunk), detail={"segment_id": segment["id"], "operation": "create"})
+
+    def discard_pending_draft(self) -> None:
+        """Delete the draft uploaded but not yet confirmed, if any (the task is being stopped).
+
+        Without this a stopped task would leave a nameless ``uploaded`` draft in the account
+        (pitfall 2; whether drafts expire is not documented).
+        """
+        draft, self.pending_draft = self.pending_draft, None
+        if draft is None:
+            return
+        try:
+            self.hook.delete_segment(draft)
+            log.info("Deleted the unconfirmed Yandex.Audience draft %s of the stopped upload", draft)
+        except AudienceError as exc:
+            log.warning("Could not delete the unconfirmed draft %s: %s", draft, exc.message)
 
     def _modify(self, chunk: Any, modification_type: str, check_size: bool) -> Any:
         from airflow_audience_provider.identifiers import ChunkResult

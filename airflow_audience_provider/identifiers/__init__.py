@@ -85,6 +85,7 @@ _EXPORTS: dict[str, str] = {
     "RemovalGuardError": "errors",
     "SnapshotError": "errors",
     "SendError": "errors",
+    "SyncCancelled": "errors",
 }
 
 __all__ = [
@@ -112,6 +113,7 @@ __all__ = [
     "SnapshotError",
     "SnapshotStore",
     "SourceError",
+    "SyncCancelled",
     "SyncOptions",
     "TextSource",
     "VendorRule",
@@ -162,6 +164,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         SendError,
         SnapshotError,
         SourceError,
+        SyncCancelled,
         WrongIdentifierTypeError,
     )
     from airflow_audience_provider.identifiers.fanout import run_destinations

@@ -74,3 +74,7 @@ class SnapshotError(ContactListError):
 
 class SendError(ContactListError):
     """A destination refused or failed a chunk; the snapshot was not advanced."""
+
+
+class SyncCancelled(ContactListError):
+    """The sync was cancelled (the task was stopped) between two chunks; the snapshot was not advanced."""

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -39,6 +40,7 @@ from airflow_audience_provider.identifiers.errors import (
     MinimumEntriesError,
     RemovalGuardError,
     SendError,
+    SyncCancelled,
     WrongIdentifierTypeError,
 )
 from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch, process_text, uses_kernel
@@ -613,6 +615,18 @@ def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
         raise first_error
 
 
+def _unless_cancelled(chunks: Iterable[Chunk], cancel: threading.Event | None) -> Iterator[Chunk]:
+    """The chunks, checking before each one that the sync was not cancelled (``SyncOptions.cancel``)."""
+    for chunk in chunks:
+        _check_cancel(cancel)
+        yield chunk
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise SyncCancelled("the sync was cancelled (the task was stopped); no further chunk was sent")
+
+
 def _call(sender: ChunkSender, chunk: Chunk) -> ChunkResult:
     if chunk.operation == REMOVE:
         return sender.remove(chunk)
@@ -686,13 +700,15 @@ def _send(st: _DestState) -> None:
         progress.update(len(chunk))
 
     concurrency = dest.options.send_concurrency
+    cancel = dest.options.cancel
     # A full replace sends the whole new list: that is the new snapshot file.
     adds_path = st.snapshot_path if st.mode == FULL_REPLACE else st.adds_path
+    _check_cancel(cancel)
     if st.mode == CLEAR:
         sender.clear()
         acc.sent_remove = acc.removed
     elif st.mode in (FULL_REPLACE, INCREMENTAL):
-        adds = iter_chunks_from_file(adds_path, dest.rule, ADD, total=total)
+        adds = _unless_cancelled(iter_chunks_from_file(adds_path, dest.rule, ADD, total=total), cancel)
         if st.mode == FULL_REPLACE:
             # The replace must land before any addition, or it would wipe them.
             first = next(adds, None)
@@ -701,8 +717,11 @@ def _send(st: _DestState) -> None:
                 done(replace_chunk, sender.replace(replace_chunk))
         _send_phase(sender, adds, concurrency, done)
         # Removals after every addition: the list never dips below the new size.
-        removes = iter_chunks_from_file(
-            st.removes_path, dest.rule, REMOVE, first_index=st.add_counter.chunks + 1, total=total
+        removes = _unless_cancelled(
+            iter_chunks_from_file(
+                st.removes_path, dest.rule, REMOVE, first_index=st.add_counter.chunks + 1, total=total
+            ),
+            cancel,
         )
         _send_phase(sender, removes, concurrency, done)
     if dest.snapshot is not None and st.mode != NOOP:

@@ -18,6 +18,7 @@ A run has three phases and sends nothing before the third:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -87,6 +88,9 @@ class SyncOptions:
         10 writes/minute per login, so keep 1 there).
     :param progress_every_chunks: log a progress line every this many chunks...
     :param progress_every_seconds: ...or this many seconds, whichever comes first.
+    :param cancel: when set (an operator's ``on_kill`` sets it), no further chunk is sent and the
+        sync fails with :class:`~airflow_audience_provider.identifiers.errors.SyncCancelled`;
+        chunks already sent stay applied and the snapshot is not advanced.
     """
 
     allow_empty: bool = False
@@ -98,6 +102,7 @@ class SyncOptions:
     send_concurrency: int = 1
     progress_every_chunks: int = 20
     progress_every_seconds: float = 30.0
+    cancel: threading.Event | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.send_concurrency < 1:

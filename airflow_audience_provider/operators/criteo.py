@@ -404,6 +404,13 @@ class CriteoUploadContactListOperator(_CriteoOperator):
         self.fetch_statistics = fetch_statistics
         self.owner_id = owner_id
 
+    def on_kill(self) -> None:
+        """Send no further chunk. Chunks Criteo already accepted stay applied (Criteo has no way to
+        undo them); the snapshot is not advanced, so the next sync sends the difference again."""
+        cancel = self.__dict__.get("_cancel")
+        if cancel is not None:
+            cancel.set()
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import AudienceError, AudienceValidationError
         from airflow_audience_provider.identifiers import (
@@ -414,6 +421,7 @@ class CriteoUploadContactListOperator(_CriteoOperator):
             sync_contact_list,
         )
 
+        self._cancel = threading.Event()
         hook = self.hook
         segment_id = str(self.segment_id).strip()
         owner = self.owner_id or None
@@ -456,6 +464,7 @@ class CriteoUploadContactListOperator(_CriteoOperator):
             max_invalid_share=self.max_invalid_share,
             max_removal_share=self.max_removal_share,
             allow_mass_removal=self.allow_mass_removal,
+            cancel=self._cancel,
         )
         source_options = dict(self.source_options or {})
         source = _native(self.source)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -224,6 +225,19 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         changes = {k: v for k, v in (("default_region", self.default_region), ("maid_case", self.maid_case)) if v}
         return rule.with_options(**changes) if changes else rule
 
+    def on_kill(self) -> None:
+        """Send no further file, and delete a draft uploaded but not yet confirmed (pitfall 2).
+
+        Files Yandex already applied stay applied; the snapshot is not advanced, so the next run
+        sends the difference again.
+        """
+        cancel = self.__dict__.get("_cancel")
+        if cancel is not None:
+            cancel.set()
+        sender = self.__dict__.get("_sender")
+        if sender is not None:
+            sender.discard_pending_draft()
+
     def _check_content_type(self, identifier_type: str, content_type: str) -> None:
         """Refuse combinations Yandex would refuse only after the upload (or never notice)."""
         from airflow_audience_provider.core.errors import AudienceConfigurationError
@@ -267,6 +281,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         rule = self._rule()
         content_type = self.content_type or CONTENT_TYPE_BY_IDENTIFIER.get(rule.identifier_type.value, "crm")
         self._check_content_type(rule.identifier_type.value, content_type)
+        self._cancel = threading.Event()
         hook = self.hook
         segment = hook.find_segment(self.segment_name, "uploading")
         if segment is None and (self.mode == "subtraction" or not self.create_if_missing):
@@ -299,6 +314,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
             device_matching_type=self.device_matching_type,
             check_size=not self.allow_below_minimum,
             counter_id=self.counter_id,
+            cancel=self._cancel,
             on_created=lambda created: self._push_segment(context, created["id"]),
         )
         one_way = self.mode in ("addition", "subtraction")
@@ -310,7 +326,9 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
             # A new segment, or an explicit replace: send the whole list (a leftover snapshot of a
             # deleted segment of the same name must not be diffed against).
             full_replace=self.mode == "replace" or segment is None,
+            cancel=self._cancel,
         )
+        self._sender = sender
         source_options = dict(self.source_options or {})
         if self.column:
             source_options["column"] = self.column
@@ -339,7 +357,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
                 cause.message = f"{cause.message} ({note})"
                 cause.args = (cause._render(),)
                 raise cause from exc
-            raise AudienceError(f"{exc} ({note})", vendor=VENDOR) from exc
+            raise AudienceError(f"{exc}: {cause or 'unknown cause'} ({note})", vendor=VENDOR) from exc
         except ContactListError as exc:
             raise AudienceValidationError(
                 f"Contact list for Yandex.Audience segment {self.segment_name!r} not sent: {exc}", vendor=VENDOR

@@ -217,6 +217,37 @@ def test_40_chunk_upload_failing_for_good_reports_what_was_accepted(criteo, cont
     assert rerun["valid"] == 200 and criteo.members(sid) == {sha(e) for e in emails}
 
 
+def test_on_kill_sends_no_further_chunk_and_the_next_sync_completes(criteo, context, tmp_path, fast_conn, monkeypatch):
+    from airflow_audience_provider.hooks.criteo import CriteoHook
+
+    sid = upsert(context)["segment_id"]
+    emails = [f"user{n}@example.com" for n in range(40)]
+    source = write_emails(tmp_path / "list.csv", emails)
+    snapshots = str(tmp_path / "snap")
+    op = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5
+    )
+    original = CriteoHook.add_remove_contact_list_by_audience_segment
+    calls = []
+
+    def chunk_then_killed(self, *args, **kwargs):
+        calls.append(args[1])
+        answer = original(self, *args, **kwargs)
+        if len(calls) == 3:
+            op.on_kill()  # SIGTERM while the third chunk was in flight
+        return answer
+
+    monkeypatch.setattr(CriteoHook, "add_remove_contact_list_by_audience_segment", chunk_then_killed)
+    with pytest.raises(AudienceError, match="cancelled"):
+        op.execute(context)
+    assert len(calls) == 3 and len(criteo.members(sid)) < 40  # stopped part way, no chunk after the kill
+    monkeypatch.setattr(CriteoHook, "add_remove_contact_list_by_audience_segment", original)
+    rerun = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5
+    ).execute(context)
+    assert rerun["valid"] == 40 and criteo.members(sid) == {sha(e) for e in emails}
+
+
 # -- audiences ----------------------------------------------------------------------------------
 
 

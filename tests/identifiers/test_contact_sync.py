@@ -29,6 +29,7 @@ from airflow_audience_provider.identifiers.errors import (
     RemovalGuardError,
     SendError,
     SnapshotError,
+    SyncCancelled,
     WrongIdentifierTypeError,
 )
 from airflow_audience_provider.identifiers.fanout import run_destinations
@@ -277,6 +278,27 @@ def test_incremental_sync_across_runs_with_a_failed_middle_run(tmp_path: Path) -
     sender.calls.clear()
     fourth = run(list(reversed(list_b)), sender, tmp_path)
     assert fourth["mode"] == "noop" and sender.calls == [] and fourth["estimated_requests"] == 0
+
+
+def test_a_cancelled_sync_stops_between_chunks_and_keeps_the_old_snapshot(tmp_path: Path) -> None:
+    sender = RecordingSender()
+    run(emails(100), sender, tmp_path)
+    snapshot = stored(tmp_path)
+    cancel = threading.Event()
+    # The task is stopped (on_kill) while the second chunk is being sent.
+    sender.calls.clear()
+    sender.before_call = lambda op: cancel.set() if len(sender.calls) == 2 else None
+    with pytest.raises(SendError) as exc:
+        run(emails(100, start=50), sender, tmp_path, options=SyncOptions(cancel=cancel, allow_mass_removal=True))
+    assert isinstance(exc.value.__cause__, SyncCancelled)
+    assert sender.operations == ["add", "add"]  # the chunk in flight finished; no third one started
+    assert exc.value.result["counts"]["chunks_sent"] == 2
+    assert stored(tmp_path) == snapshot
+    # The next run sends the whole difference again.
+    sender.calls.clear()
+    sender.before_call = None
+    again = run(emails(100, start=50), sender, tmp_path, options=SyncOptions(allow_mass_removal=True))
+    assert (again["counts"]["sent_add"], again["counts"]["sent_remove"]) == (50, 50)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -10,6 +10,7 @@ from yandex_audience_helpers import PROCESSING, emails
 
 from airflow_audience_provider.core.errors import (
     AudienceConfigurationError,
+    AudienceError,
     AudienceNotFoundError,
     AudiencePartialFailure,
     AudiencePermissionError,
@@ -204,6 +205,53 @@ def test_identifier_and_content_type_mismatches_are_refused_before_sending(
     with pytest.raises(AudienceConfigurationError, match=message):
         upload(snapshots, emails(150), segment_name="mismatch", **overrides).execute(context)
     assert writes(ya) == []
+
+
+def test_on_kill_between_upload_and_confirm_leaves_no_draft(ya, hook, context, snapshots, monkeypatch):
+    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+
+    op = upload(snapshots, emails(150), segment_name="stopped")
+    original = YandexAudienceHook.upload_csv_file
+
+    def upload_then_killed(self, *args, **kwargs):
+        draft = original(self, *args, **kwargs)
+        op.on_kill()  # SIGTERM arrives right after the upload (Airflow calls on_kill in the task)
+        return draft
+
+    monkeypatch.setattr(YandexAudienceHook, "upload_csv_file", upload_then_killed)
+    with pytest.raises(AudienceError, match="stopped during the upload"):
+        op.execute(context)
+    # The draft was deleted, never confirmed: nothing is left behind, nothing is processing.
+    calls = [(method, path.split("/")[-1]) for method, path, _query in writes(ya)]
+    assert calls[0] == ("POST", "upload_csv_file") and calls[1][0] == "DELETE"
+    assert all(path != "confirm" for _method, path in calls)
+    assert [s for s in ya.segments(include_invisible=True) if s.get("status") == "uploaded"] == []
+    assert named(ya, "stopped") == []
+
+
+def test_on_kill_between_files_sends_no_further_file(ya, hook, context, snapshots, monkeypatch):
+    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+
+    first = upload(snapshots, emails(150), segment_name="stopped later").execute(context)
+    settle(ya, first["segment_id"])
+    op = upload(snapshots, emails(150, start=20), segment_name="stopped later")
+    original = YandexAudienceHook.modify_data
+
+    def modify_then_killed(self, *args, **kwargs):
+        answer = original(self, *args, **kwargs)
+        op.on_kill()
+        return answer
+
+    monkeypatch.setattr(YandexAudienceHook, "modify_data", modify_then_killed)
+    with pytest.raises(AudienceError, match="cancelled"):
+        op.execute(context)
+    modifications = [w[2].split("&")[0] for w in writes(ya) if w[1].endswith("modify_data")]
+    assert modifications == ["modification_type=addition"]  # the subtraction file was not sent
+    monkeypatch.setattr(YandexAudienceHook, "modify_data", original)
+    settle(ya, first["segment_id"], want="processed", timeout=10)
+    rerun = upload(snapshots, emails(150, start=20), segment_name="stopped later").execute(context)
+    assert [(f["operation"], f["entries"]) for f in rerun["files"]] == [("addition", 20), ("subtraction", 20)]
+    assert rerun["files"][0].get("no_changes") is True  # the addition Yandex already applied
 
 
 def test_csv_source_with_a_column(ya, hook, context, snapshots, tmp_path):
