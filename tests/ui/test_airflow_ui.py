@@ -644,6 +644,9 @@ def test_malformed_extra_json_in_the_form_is_a_form_error(browser, api_server, c
     editor = _wait(browser).until(
         lambda _: _dialog(browser).find_element(By.CSS_SELECTOR, ".monaco-editor .view-lines")
     )
+    # Forms with many fields (yandex_audience) put the editor below the dialog's fold, where a
+    # click does not focus it and Ctrl+A would select the page instead.
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", editor)
     select_all = Keys.CONTROL
     ActionChains(browser).click(editor).key_down(select_all).send_keys("a").key_up(select_all).send_keys(
         Keys.DELETE
