@@ -100,3 +100,12 @@ def test_parallel_read_uses_threads_not_processes(monkeypatch) -> None:
     one = run(1)
     assert len(one) == 16
     assert run(2) == one
+
+
+def test_process_pools_avoid_fork_once_polars_is_loaded() -> None:
+    """polars' thread pool is not fork-safe: a forked child could inherit its locks held."""
+    import multiprocessing
+
+    assert kernel.load_email_kernel() is not None  # polars is imported now
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        assert fanout.default_mp_context() == "forkserver"
