@@ -29,6 +29,20 @@ from airflow_audience_provider.identifiers.rules import HashAlgorithm, Identifie
 from airflow_audience_provider.identifiers.sources import IterableSource
 
 EMAIL = NormalisationProfile(IdentifierType.EMAIL)
+
+
+@pytest.fixture(autouse=True)
+def python_path(monkeypatch):
+    """This module tests the pure-Python path (and its worker processes) even where the ``fast``
+    extra is installed; tests/identifiers/test_contact_kernel.py covers the compiled kernel."""
+    from airflow_audience_provider.identifiers import kernel
+
+    monkeypatch.setenv(kernel.KERNEL_ENV, "python")
+    kernel.load_email_kernel.cache_clear()
+    yield
+    kernel.load_email_kernel.cache_clear()
+
+
 EMAIL_MD5 = NormalisationProfile(IdentifierType.EMAIL, HashAlgorithm.MD5)
 
 # Few characters, so that adjacent pairs like ".-", "-.", "..", ".@", "@-" come up often.
