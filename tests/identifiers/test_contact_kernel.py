@@ -109,3 +109,25 @@ def test_process_pools_avoid_fork_once_polars_is_loaded() -> None:
     assert kernel.load_email_kernel() is not None  # polars is imported now
     if "forkserver" in multiprocessing.get_all_start_methods():
         assert fanout.default_mp_context() == "forkserver"
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "1 False"), ("2", "2 2")])
+def test_polars_gets_a_one_thread_pool_unless_the_task_chose_one(preset, expected) -> None:
+    """A fresh process: the kernel sizes polars' pool to one thread (read workers parallelise by
+    batch) and leaves the environment as it found it; a size the task set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in (kernel.POLARS_THREADS_ENV, kernel.KERNEL_ENV)}
+    if preset is not None:
+        env[kernel.POLARS_THREADS_ENV] = preset
+    probe = (
+        "import os; from airflow_audience_provider.identifiers.kernel import load_email_kernel;"
+        "assert load_email_kernel() is not None; import polars;"
+        "print(polars.thread_pool_size(), os.environ.get('POLARS_MAX_THREADS', False))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split("\n")[-2] == expected
