@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.connections import CRITEO
 from airflow_audience_provider.links.criteo import CriteoAudienceLink, CriteoSegmentLink
-from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.operators.base import AudienceBaseOperator, ContactListUploadMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -306,7 +306,7 @@ class CriteoDeleteSegmentsOperator(_CriteoOperator):
         return summary
 
 
-class CriteoUploadContactListOperator(_CriteoOperator):
+class CriteoUploadContactListOperator(ContactListUploadMixin, _CriteoOperator):
     """Upload identifiers to a Criteo contact-list segment with the contact-list engine.
 
     Identifiers are read from a file or an upstream result, normalised, validated and hashed by the
@@ -404,13 +404,6 @@ class CriteoUploadContactListOperator(_CriteoOperator):
         self.fetch_statistics = fetch_statistics
         self.owner_id = owner_id
 
-    def on_kill(self) -> None:
-        """Send no further chunk. Chunks Criteo already accepted stay applied (Criteo has no way to
-        undo them); the snapshot is not advanced, so the next sync sends the difference again."""
-        cancel = self.__dict__.get("_cancel")
-        if cancel is not None:
-            cancel.set()
-
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import AudienceError, AudienceValidationError
         from airflow_audience_provider.identifiers import (
@@ -421,7 +414,7 @@ class CriteoUploadContactListOperator(_CriteoOperator):
             sync_contact_list,
         )
 
-        self._cancel = threading.Event()
+        cancel = self.cancel_event()
         hook = self.hook
         segment_id = str(self.segment_id).strip()
         owner = self.owner_id or None
@@ -464,7 +457,7 @@ class CriteoUploadContactListOperator(_CriteoOperator):
             max_invalid_share=self.max_invalid_share,
             max_removal_share=self.max_removal_share,
             allow_mass_removal=self.allow_mass_removal,
-            cancel=self._cancel,
+            cancel=cancel,
         )
         source_options = dict(self.source_options or {})
         source = _native(self.source)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_audience_provider.connections import YANDEX_AUDIENCE
 from airflow_audience_provider.links.yandex_audience import YandexAudienceSegmentLink
-from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.operators.base import AudienceBaseOperator, ContactListUploadMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -92,7 +91,7 @@ def _item_error(ref: Any, exc: Any) -> dict[str, Any]:
     return {"input": ref, "error": type(exc).__name__, "code": exc.code, "message": exc.message}
 
 
-class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
+class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAudienceOperator):
     """Create or update a Yandex.Audience file segment from a contact list, idempotently by name.
 
     The list (e-mails, phones, mobile advertising ids, MAC addresses, Metrica ClientIDs, or SHA-256
@@ -231,9 +230,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         Files Yandex already applied stay applied; the snapshot is not advanced, so the next run
         sends the difference again.
         """
-        cancel = self.__dict__.get("_cancel")
-        if cancel is not None:
-            cancel.set()
+        super().on_kill()
         sender = self.__dict__.get("_sender")
         if sender is not None:
             sender.discard_pending_draft()
@@ -281,7 +278,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
         rule = self._rule()
         content_type = self.content_type or CONTENT_TYPE_BY_IDENTIFIER.get(rule.identifier_type.value, "crm")
         self._check_content_type(rule.identifier_type.value, content_type)
-        self._cancel = threading.Event()
+        cancel = self.cancel_event()
         hook = self.hook
         segment = hook.find_segment(self.segment_name, "uploading")
         if segment is None and (self.mode == "subtraction" or not self.create_if_missing):
@@ -314,7 +311,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
             device_matching_type=self.device_matching_type,
             check_size=not self.allow_below_minimum,
             counter_id=self.counter_id,
-            cancel=self._cancel,
+            cancel=cancel,
             on_created=lambda created: self._push_segment(context, created["id"]),
         )
         one_way = self.mode in ("addition", "subtraction")
@@ -326,7 +323,7 @@ class YandexAudienceUploadContactListOperator(_YandexAudienceOperator):
             # A new segment, or an explicit replace: send the whole list (a leftover snapshot of a
             # deleted segment of the same name must not be diffed against).
             full_replace=self.mode == "replace" or segment is None,
-            cancel=self._cancel,
+            cancel=cancel,
         )
         self._sender = sender
         source_options = dict(self.source_options or {})
