@@ -10,8 +10,13 @@ and implements
 * :meth:`VendorFake.connection` - the Airflow connection (JSON form) that points at the fake,
 
 and optionally :meth:`VendorFake.check_request` (authentication before routing),
-:meth:`VendorFake.rate_limit_key` and :meth:`VendorFake.control_routes` (vendor specific
-``/_sandbox/<name>/...`` endpoints). :meth:`VendorFake.create_app` turns it into an ASGI app.
+:meth:`VendorFake.rate_limit_key`, :meth:`VendorFake.rate_account` and
+:meth:`VendorFake.control_routes` (vendor specific ``/_sandbox/<name>/...`` endpoints).
+:meth:`VendorFake.create_app` turns it into an ASGI app.
+
+Every request that reaches a fake (answered, refused or faulted alike) is counted per account
+for :meth:`VendorFake.request_rates` (``GET /_sandbox/rates``): the busiest sliding window seen,
+so a test can check that clients on several workers together stayed within a vendor's limit.
 
 Everything under ``/_sandbox`` is the sandbox's own control API: it needs no authentication,
 is never faulted or rate limited, and is not written to the request log.
@@ -20,6 +25,8 @@ is never faulted or rate limited, and is not written to the request log.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import hashlib
 import json
 import math
 import threading
@@ -46,6 +53,7 @@ __all__ = [
     "Fault",
     "FaultInjector",
     "RateLimiter",
+    "RequestRates",
     "VendorFake",
     "new_hex_id",
     "request_id_of",
@@ -246,6 +254,55 @@ class RateLimiter:
             self._hits.clear()
 
 
+class RequestRates:
+    """Arrival times of requests per account, and the busiest sliding window among them (thread-safe).
+
+    Times are the sandbox's monotonic clock at arrival (not the fake's adjustable clock), so
+    :meth:`VendorFake.advance_time` does not distort them. At most ``keep`` arrivals are kept per account.
+    """
+
+    def __init__(self, keep: int = 200_000) -> None:
+        self._lock = threading.Lock()
+        self._keep = keep
+        self._arrivals: dict[str, deque[float]] = {}
+
+    def record(self, account: str, at: float | None = None) -> None:
+        with self._lock:
+            arrivals = self._arrivals.get(account)
+            if arrivals is None:
+                arrivals = self._arrivals[account] = deque(maxlen=self._keep)
+            arrivals.append(time.monotonic() if at is None else at)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._arrivals.clear()
+
+    @staticmethod
+    def peak(arrivals: list[float], window: float) -> int:
+        """The most arrivals within any half-open interval ``(t - window, t]``."""
+        best = 0
+        for index, at in enumerate(arrivals):
+            first = bisect.bisect_right(arrivals, at - window, 0, index + 1)
+            best = max(best, index + 1 - first)
+        return best
+
+    def report(self, window: float) -> dict[str, Any]:
+        """``{"window_seconds", "total": {"requests", "peak"}, "accounts": {account: {"requests", "peak"}}}``."""
+        if not window > 0 or math.isinf(window):
+            raise ValueError("window must be a positive number of seconds")
+        with self._lock:
+            per_account = {account: sorted(arrivals) for account, arrivals in self._arrivals.items()}
+        everything = sorted(at for arrivals in per_account.values() for at in arrivals)
+        return {
+            "window_seconds": window,
+            "total": {"requests": len(everything), "peak": self.peak(everything, window)},
+            "accounts": {
+                account: {"requests": len(arrivals), "peak": self.peak(arrivals, window)}
+                for account, arrivals in sorted(per_account.items())
+            },
+        }
+
+
 def _redact_query(query_string: str) -> str:
     pairs = parse_qsl(query_string, keep_blank_values=True)
     return urlencode([(k, "***" if k.lower() in SECRET_QUERY_PARAMS else v) for k, v in pairs])
@@ -277,6 +334,7 @@ class VendorFake:
         self.base_url: str | None = None
         self._requests: list[dict[str, Any]] = []
         self._rate_limiter = RateLimiter()
+        self.rates = RequestRates()
         self._clock_offset = 0.0
         initial: dict[str, float | None] = dict(self.default_config)
         if processing_seconds is not None:
@@ -293,6 +351,7 @@ class VendorFake:
             self.faults.clear()
             self._requests.clear()
             self._rate_limiter.clear()
+            self.rates.clear()
             self._clock_offset = 0.0
             self.config = dict(self._initial_config)
             self.reset_state()
@@ -406,6 +465,25 @@ class VendorFake:
         """Key of the general rate limit (default: the ``Authorization`` header); ``None`` = not limited."""
         return request.headers.get("authorization")
 
+    def rate_account(self, request: Request) -> str:
+        """Which account a request counts for in :meth:`request_rates`; never a secret in clear.
+
+        Default: a short hash of the credentials (:meth:`rate_limit_key`, else the ``Authorization``
+        header), ``"anonymous"`` without any. Fakes whose vendor counts per app or login override it.
+        """
+        credentials = self.rate_limit_key(request) or request.headers.get("authorization")
+        if not credentials:
+            return "anonymous"
+        return "credentials-" + hashlib.sha256(credentials.encode()).hexdigest()[:12]
+
+    def request_rates(self, window: float = 1.0) -> dict[str, Any]:
+        """The busiest ``window``-second sliding window per account and over all requests.
+
+        Every request to the vendor API counts, whatever the answer (429s and injected faults
+        included: the client sent them). See :class:`RequestRates.report` for the shape.
+        """
+        return {"vendor": self.name, **self.rates.report(window)}
+
     def connection(self, base_url: str) -> dict[str, Any]:
         """The Airflow connection (JSON form) that points at this fake served at ``base_url``.
 
@@ -500,6 +578,16 @@ def _control_routes(fake: VendorFake) -> list[BaseRoute]:
             return JSONResponse({"requests": []})
         return JSONResponse({"requests": fake.requests})
 
+    async def rates(request: Request) -> Response:
+        if request.method == "DELETE":
+            fake.rates.clear()
+            return JSONResponse({"vendor": fake.name, "cleared": True})
+        try:
+            window = float(request.query_params.get("window", "1"))
+            return JSONResponse(fake.request_rates(window))
+        except ValueError as exc:
+            return control_error(f"window: {exc}")
+
     async def config(request: Request) -> Response:
         if request.method == "GET":
             return JSONResponse({"config": dict(fake.config)})
@@ -523,6 +611,7 @@ def _control_routes(fake: VendorFake) -> list[BaseRoute]:
         Route(f"{p}/reset", reset, methods=["POST"]),
         Route(f"{p}/faults", faults, methods=["GET", "POST", "DELETE"]),
         Route(f"{p}/requests", requests_log, methods=["GET", "DELETE"]),
+        Route(f"{p}/rates", rates, methods=["GET", "DELETE"]),
         Route(f"{p}/config", config, methods=["GET", "POST"]),
         Route(f"{p}/clock", clock, methods=["GET", "POST"]),
     ]
@@ -574,6 +663,7 @@ class _SandboxMiddleware:
             "time": rfc3339(fake.now()),
         }
         fake._log_request(entry)
+        fake.rates.record(fake.rate_account(Request(scope)))
 
         fault = fake.faults.take(method, path)
         if fault is not None:

@@ -326,6 +326,14 @@ class CriteoFake(VendorFake):
     def rate_limit_key(self, request: Request) -> str | None:
         return None  # the per-minute quota above replaces the base's per-second one
 
+    def rate_account(self, request: Request) -> str:
+        """Criteo counts calls per app: every request with a token this fake issued is the app's."""
+        header = request.headers.get("authorization") or ""
+        with self.lock:
+            if header[7:] in self._tokens:
+                return f"app-{self.client_id}"
+        return super().rate_account(request)
+
     # ------------------------------------------------------------------ helpers
     def _answer(self, body: Any, version: str, status: int = 200) -> Response:
         headers = {}
