@@ -93,13 +93,16 @@ TRANSPORT_FIELDS: tuple[ConnField, ...] = (
     ConnField("connect_timeout", "Connect timeout (s)", "Seconds to wait for the TCP connection.", "number", 10),
     ConnField("read_timeout", "Read timeout (s)", "Seconds to wait for each read of an answer.", "number", 60),
     ConnField(
-        "max_retries",
-        "Max attempts",
-        "Attempts per request on connection errors, timeouts, 5xx and 429 (1 = no retry).",
+        "max_attempts",
+        "Max attempts (1 = no retry)",
+        "Attempts per request, the first included, on connection errors, timeouts, 5xx and 429.",
         "integer",
         5,
     ),
 )
+
+#: Extras still read under their former name: former name -> current name (same meaning).
+RENAMED_EXTRAS: dict[str, str] = {"max_retries": "max_attempts"}
 
 LYTICS = ConnectionSpec(
     conn_type="lytics",

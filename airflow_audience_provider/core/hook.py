@@ -9,6 +9,7 @@ authenticate (:meth:`AudienceHook.build_auth`) and one cheap read for :meth:`pro
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -16,9 +17,11 @@ from typing import Any, ClassVar
 import requests
 from airflow.sdk import BaseHook
 
-from airflow_audience_provider.connections import ConnectionSpec
+from airflow_audience_provider.connections import RENAMED_EXTRAS, ConnectionSpec
 from airflow_audience_provider.core.errors import AudienceConfigurationError, AudienceError
 from airflow_audience_provider.core.transport import RetryPolicy, Timeouts, Transport, VendorProfile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,11 @@ def check_extras(spec: ConnectionSpec, settings: ConnectionSettings) -> None:
     field, instead of surfacing later as a bare vendor error. URI-form connections carry every
     extra as a string, so numbers and flags are accepted in their string forms too.
     """
-    for spec_field in spec.fields:
-        value = settings.get_extra(spec_field.name)
+    fields = {f.name: f for f in spec.fields}
+    checks = [(f.name, f) for f in spec.fields]
+    checks += [(old, fields[new]) for old, new in RENAMED_EXTRAS.items() if new in fields]
+    for name, spec_field in checks:
+        value = settings.get_extra(name)
         if value is None:
             continue
         problem = None
@@ -83,9 +89,21 @@ def check_extras(spec: ConnectionSpec, settings: ConnectionSettings) -> None:
             problem = f"must be one of {', '.join(spec_field.enum)}"
         if problem:
             raise AudienceConfigurationError(
-                f"Airflow connection '{settings.conn_id}': extra field '{spec_field.name}' {problem}, "
+                f"Airflow connection '{settings.conn_id}': extra field '{name}' {problem}, "
                 f"got {value!r} ({spec_field.label})"
             )
+
+
+def _max_attempts(settings: ConnectionSettings) -> int:
+    """Attempts per request from the ``max_attempts`` extra (``max_retries`` is its former name)."""
+    if settings.get_extra("max_attempts") is None and settings.get_extra("max_retries") is not None:
+        log.warning(
+            "Airflow connection '%s': extra 'max_retries' is deprecated; it means attempts, so rename it "
+            "to 'max_attempts' (same value)",
+            settings.conn_id,
+        )
+        return int(_number(settings, "max_retries", RetryPolicy.max_attempts))
+    return int(_number(settings, "max_attempts", RetryPolicy.max_attempts))
 
 
 def _number(settings: ConnectionSettings, key: str, default: float) -> float:
@@ -211,9 +229,7 @@ class AudienceHook(BaseHook):
             connect=_number(settings, "connect_timeout", Timeouts.connect),
             read=_number(settings, "read_timeout", Timeouts.read),
         )
-        retry = self._retry_override or RetryPolicy(
-            max_attempts=int(_number(settings, "max_retries", RetryPolicy.max_attempts))
-        )
+        retry = self._retry_override or RetryPolicy(max_attempts=_max_attempts(settings))
         session = requests.Session()
         return Transport(
             self.profile,

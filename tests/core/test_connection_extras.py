@@ -25,7 +25,8 @@ def _settings(conn_type: str, **extra: object) -> ConnectionSettings:
         ("segment", "region", "asia", "must be one of us, eu"),
         ("criteo", "api", "display", "must be one of retail_media, marketing_solutions"),
         ("lytics", "read_timeout", "soon", "must be a number"),
-        ("lytics", "max_retries", True, "must be an integer"),
+        ("lytics", "max_attempts", True, "must be an integer"),
+        ("lytics", "max_retries", "often", "must be an integer"),  # the former name is checked too
     ],
 )
 def test_malformed_extra_names_connection_field_and_value(conn_type, field, bad, expected):

@@ -60,12 +60,21 @@ def test_transport_settings_come_from_the_connection(monkeypatch):
         host="http://127.0.0.1:1",
         password="tok-12345",
         # URI-form connections give strings: accepted
-        extra={"connect_timeout": "3", "read_timeout": 7.5, "max_retries": 2},
+        extra={"connect_timeout": "3", "read_timeout": 7.5, "max_attempts": 2},
     )
     transport = LyticsHook(conn_id).get_conn()
     assert transport.timeouts == Timeouts(connect=3.0, read=7.5)
     assert transport.retry.max_attempts == 2
     assert transport.base_url == "http://127.0.0.1:1"
+
+
+def test_max_retries_is_the_former_name_of_max_attempts(monkeypatch, caplog):
+    conn_id = set_conn(monkeypatch, password="tok-12345", extra={"max_retries": 2})
+    with caplog.at_level("WARNING"):
+        assert LyticsHook(conn_id).get_conn().retry.max_attempts == 2
+    assert "'max_retries' is deprecated" in caplog.text and "'max_attempts'" in caplog.text
+    conn_id = set_conn(monkeypatch, password="tok-12345", extra={"max_retries": 9, "max_attempts": 1})
+    assert LyticsHook(conn_id).get_conn().retry.max_attempts == 1  # the current name wins
 
 
 def test_operator_overrides_win_over_the_connection(monkeypatch):
