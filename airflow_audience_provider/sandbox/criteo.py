@@ -10,7 +10,7 @@ Behaviour worth knowing when writing clients (``../shared/vendors/criteo.md``):
   ``authorization-token-expired`` / ``authorization-token-invalid``.
 * Versions ``2026-07``, ``2027-01``, ``preview`` and ``2026-01``; the last answers with
   ``Deprecation: true`` and ``Sunset`` headers (it sunsets on 27 January 2027). Unknown versions: 404.
-* Retail Media (account ``4242``, retailers ``311`` and ``312``) and Marketing Solutions (advertiser
+* Retail Media (account ``424242``, retailers ``311`` and ``312``) and Marketing Solutions (advertiser
   ``98765``) share nothing. Retail Media audience create/update/delete/sizes exist in ``preview`` only.
 * Partial approval: bulk calls answer 200; refused items are left out of ``data`` and reported in
   ``warnings`` (create/update: ``name-must-not-be-empty``, ``name-must-be-unique`` within the
@@ -55,7 +55,7 @@ __all__ = ["CriteoFake"]
 
 CLIENT_ID = "criteo-sandbox-client"
 CLIENT_SECRET = "criteo-sandbox-secret+/=7e1"  # '+' on purpose: it must be URL-encoded (pitfall 17)
-ACCOUNT_ID = "4242"
+ACCOUNT_ID = "424242"
 RETAILER_IDS = ("311", "312")
 ADVERTISER_ID = "98765"
 VERSIONS = ("2026-07", "2027-01", "2026-01", "preview")

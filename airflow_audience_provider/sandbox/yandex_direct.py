@@ -250,7 +250,7 @@ class YandexDirectFake(VendorFake):
             "conn_type": "yandex_direct",
             "host": base_url,
             "password": SANDBOX_TOKEN,
-            "extra": {"client_login": ADVERTISER, "accept_language": "en", "web_ui_url": f"{base_url}/web"},
+            "extra": {"client_login": ADVERTISER, "web_ui_url": f"{base_url}/web"},
         }
 
     # ------------------------------------------------------------------ envelopes

@@ -92,7 +92,7 @@ def make_hook(criteo, spec_check):
 
 @pytest.fixture
 def hook(make_hook):
-    """A Retail Media hook (the sandbox connection: account 4242, API 2026-07)."""
+    """A Retail Media hook (the sandbox connection: account 424242, API 2026-07)."""
     return make_hook()
 
 

@@ -157,8 +157,8 @@ def test_sensor_poke_mode_done_emits_the_segment_asset(criteo, context):
         task_id="live", uploaded_at="2026-01-01T00:00:00Z", segment_id=sid, deferrable=False, poke_interval=0.01
     )
     result = sensor.execute(context)
-    assert result["asset_uri"] == f"criteo://4242/segment/{sid}"
-    assert context["outlet_events"].added[0][:2] == ("criteo-segments", f"criteo://4242/segment/{sid}")
+    assert result["asset_uri"] == f"criteo://424242/segment/{sid}"
+    assert context["outlet_events"].added[0][:2] == ("criteo-segments", f"criteo://424242/segment/{sid}")
     assert sid in context["ti"].pushed["criteo_segment_url"]
 
 

@@ -73,8 +73,8 @@ def test_sync_audience_and_wait_for_the_window_then_an_idempotent_rerun(airflow_
     assert live["segment_id"] == segment["segment_id"]
     assert live["live_at"] >= live["computation_window"] >= upload["finished_at"][:19]
     events = {(e["task_id"], e["uri"]) for e in summary["asset_events"]}
-    assert ("wait_until_live", f"criteo://4242/segment/{segment['segment_id']}") in events
-    assert ("ensure_audience", f"criteo://4242/audience/{audience['audience_id']}") in events
+    assert ("wait_until_live", f"criteo://424242/segment/{segment['segment_id']}") in events
+    assert ("ensure_audience", f"criteo://424242/audience/{audience['audience_id']}") in events
 
     second = run_dag_test(DAG_ID, airflow_env, timeout=300)
     assert second.ok, second.log[-5000:]

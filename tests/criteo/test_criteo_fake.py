@@ -57,7 +57,7 @@ def test_statistics_follow_the_computation_windows_of_the_fakes_clock(criteo):
     body = {"data": {"attributes": {"operation": "add", "identifierType": "Email", "identifiers": ["a" * 64]}}}
     url = f"{criteo.base_url}/2026-07/retail-media/audience-segments/{sid}/contact-list/add-remove"
     assert requests.post(url, json=body, headers=headers, timeout=10).status_code == 200
-    stats_url = f"{criteo.base_url}/2026-07/retail-media/accounts/4242/audience-segments/{sid}/contact-list"
+    stats_url = f"{criteo.base_url}/2026-07/retail-media/accounts/424242/audience-segments/{sid}/contact-list"
 
     def count() -> int:
         return requests.get(stats_url, headers=headers, timeout=10).json()["data"]["attributes"]["numberOfIdentifiers"]

@@ -265,7 +265,7 @@ def test_retail_media_audiences_use_preview_for_writes(hook, criteo, spec_check)
     created = hook.bulk_create_audience([{"name": "Buyers minus opt-outs", "retailerId": "311", "algebra": algebra}])
     assert created.ok, created.describe_failures()
     aid = created.items[0]["id"]
-    assert any(r["path"].startswith("/preview/retail-media/accounts/4242/audiences/create") for r in criteo.requests)
+    assert any(r["path"].startswith("/preview/retail-media/accounts/424242/audiences/create") for r in criteo.requests)
     found = hook.search_audiences(segment_ids=[exclude])
     assert [a["id"] for a in found] == [aid]
     hook.add_remove_contact_list_by_audience_segment(include, "add", [sha(1), sha(2)], "email")

@@ -62,7 +62,7 @@ def test_stable_retail_media_has_no_audience_writes(criteo, _spec_check):
     _spec_check.start(criteo.base_url)
     session = _session(_spec_check, _token(criteo))
     answer = session.post(
-        f"{criteo.base_url}/2026-07/retail-media/accounts/4242/audiences/create",
+        f"{criteo.base_url}/2026-07/retail-media/accounts/424242/audiences/create",
         json={"data": [{"attributes": {"name": "x", "retailerId": "311", "algebra": {"audienceSegmentId": "1"}}}]},
         timeout=10,
     )

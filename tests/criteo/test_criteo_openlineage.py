@@ -16,7 +16,7 @@ from airflow_audience_provider.operators.criteo import (
 
 pytest.importorskip("airflow.providers.openlineage", reason="the openlineage extra is not installed")
 
-ACCOUNT = "criteo://4242"  # the sandbox connection's Retail Media account
+ACCOUNT = "criteo://424242"  # the sandbox connection's Retail Media account
 
 
 def outputs(op) -> list[tuple[str, str]]:

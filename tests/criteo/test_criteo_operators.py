@@ -50,7 +50,7 @@ def test_create_or_update_segment_is_idempotent(criteo, context):
     assert context["ti"].pushed["segment_id"] == first["segment_id"]
     assert first["segment_id"] in context["ti"].pushed["criteo_segment_url"]
     assert context["outlet_events"].added == [
-        ("criteo-segments", f"criteo://4242/segment/{first['segment_id']}", {"name": "crm-loyal", "action": "created"})
+        ("criteo-segments", f"criteo://424242/segment/{first['segment_id']}", {"name": "crm-loyal", "action": "created"})
     ]
     again = upsert(context, description="nightly CRM export")
     assert again["action"] == "unchanged" and again["segment_id"] == first["segment_id"]
@@ -134,7 +134,7 @@ def test_incremental_sync_sends_only_the_difference(criteo, context, tmp_path, v
     assert second["engine_mode"] == "incremental"
     assert (second["added"], second["removed"], second["sent"]) == (3, 2, 5)
     assert second["statistics"]["number_of_identifiers"] == 11
-    assert second["finished_at"] and second["asset_uri"] == f"criteo://4242/segment/{sid}"
+    assert second["finished_at"] and second["asset_uri"] == f"criteo://424242/segment/{sid}"
     assert not any("contact-list/clear" in r["path"] for r in criteo.requests[-5:])
     assert validate_exchanges.checked() >= 10  # these exchanges are checked against the OpenAPI documents
     # Smaller requests next time: the snapshot stays comparable (no full replace), nothing to send.
@@ -264,7 +264,7 @@ def test_create_or_update_audience_from_an_algebra(criteo, context):
     assert created["audience_id"] in context["ti"].pushed["criteo_audience_url"]
     assert context["outlet_events"].added[-1][:2] == (
         "criteo-audiences",
-        f"criteo://4242/audience/{created['audience_id']}",
+        f"criteo://424242/audience/{created['audience_id']}",
     )
     # Same algebra with the operands swapped: unchanged. A JSON string works too.
     swapped = {"and": [{"not": {"audienceSegmentId": exclude}}, {"audienceSegmentId": include}]}
