@@ -158,6 +158,12 @@ YANDEX_AUDIENCE = ConnectionSpec(
             default="https://audience.yandex.ru",
         ),
         ConnField(
+            "default_region",
+            "Default phone region",
+            "ISO 3166 region (e.g. RU) for phone numbers written without a country code, such as "
+            "8 (999) 555-11-11; an upload operator's default_region overrides it.",
+        ),
+        ConnField(
             "writes_per_minute",
             "Segment writes per minute",
             "Client-side quota on segment create/modify requests per login (Yandex documents 10).",

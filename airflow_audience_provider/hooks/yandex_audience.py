@@ -301,6 +301,28 @@ class YandexAudienceHook(AudienceHook):
         """The connection's Yandex login, if set."""
         return self.settings().login or None
 
+    @property
+    def default_region(self) -> str | None:
+        """The connection's ``default_region`` extra: the ISO 3166 region of phone numbers written
+        without a country code (``RU`` reads ``8 (999) 555-11-11`` as ``+79995551111``).
+
+        :raises AudienceConfigurationError: when the value is not a region the phone library knows.
+        """
+        raw = self.settings().get_extra("default_region")
+        if raw in (None, ""):
+            return None
+        region = str(raw).strip().upper()
+        import phonenumbers
+
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            from airflow_audience_provider.core.errors import AudienceConfigurationError
+
+            raise AudienceConfigurationError(
+                f"Airflow connection '{self.yandex_audience_conn_id}': extra field 'default_region' must be an "
+                f"ISO 3166 alpha-2 region such as 'RU', got {raw!r}"
+            )
+        return region
+
     def probe(self) -> str:
         """One cheap authenticated read: the accounts the login is a delegate of."""
         accounts = self.list_accounts()

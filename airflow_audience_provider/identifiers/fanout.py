@@ -44,7 +44,7 @@ from airflow_audience_provider.identifiers.errors import (
     WrongIdentifierTypeError,
 )
 from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch, process_text, uses_kernel
-from airflow_audience_provider.identifiers.normalise import detect_type
+from airflow_audience_provider.identifiers.normalise import REASON_HINTS, detect_type
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
 from airflow_audience_provider.identifiers.snapshot import SnapshotReader
 from airflow_audience_provider.identifiers.sorting import (
@@ -241,7 +241,7 @@ def _check_wrong_type(profile: NormalisationProfile, batch: RawBatch, out: Batch
     sample = [batch.values[i] for i, _ in out.invalid[:50]]
     guesses = collections.Counter(detect_type(v) for v in sample)
     guess, hits = guesses.most_common(1)[0]
-    if guess is not None and guess is not profile.identifier_type and hits >= len(sample) * 0.8:
+    if guess is not None and guess is not profile.identifier_type.family and hits >= len(sample) * 0.8:
         first = out.invalid[0][0]
         raise WrongIdentifierTypeError(
             f"values look like {guess.value} identifiers, but the rule expects {profile.identifier_type.value}",
@@ -381,6 +381,7 @@ def _check_after_read(states: dict[str, _DestState], dry_run: bool) -> None:
                 f"{st.dest.name}: {acc.invalid} of {acc.rows} rows ({acc.invalid_share:.1%}) are invalid, "
                 f"more than the allowed {opts.max_invalid_share:.1%}; nothing was sent. "
                 f"Reasons: {dict(acc.invalid_reasons.most_common(5))}"
+                + "".join(f". {REASON_HINTS[r]}" for r in sorted(acc.invalid_reasons) if r in REASON_HINTS)
             )
         if error is not None:
             st.blocked_by.append({"guard": type(error).__name__, "message": str(error)})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from airflow_audience_provider.identifiers.rules import IdentifierType, NormalisationProfile, PhoneFormat
 
@@ -206,12 +207,26 @@ def normalise_sha256(value: str) -> str:
     return v
 
 
+#: Reason codes whose fix is an option, with the hint the "too many invalid rows" error gives.
+REASON_HINTS: dict[str, str] = {
+    "phone_no_country": (
+        "phone_no_country: numbers written without a country code (8 999 555-11-11, 999 555 11 11) "
+        "cannot be read without a region; set default_region (e.g. 'RU') on the operator or in the "
+        "connection's extra"
+    ),
+}
+
+
 def normalise_phone(value: str, fmt: PhoneFormat = PhoneFormat.E164, default_region: str | None = None) -> str:
     """Normalise a phone number to E.164 with the ``phonenumbers`` library.
 
-    Numbers written without a country code are read in ``default_region``. Without a default
-    region, a value of 11 to 15 bare digits is read as international (Yandex's own examples are
-    written that way: ``79995551111``, yandex_audience.md §6.3).
+    A number starting with ``+`` or ``00`` (``007 999 ...``) is international. Other numbers are
+    read in ``default_region`` (``8 (999) 555-11-11`` with ``"RU"`` is ``+79995551111``); a value of
+    11 to 15 digits that is not a valid number there is then tried as international
+    (``79995551111`` is Yandex's own example, yandex_audience.md §6.3). Without a default region
+    only that international reading is tried, and a number it does not explain is refused as
+    ``phone_no_country``: it is probably written the national way (``8 999 ...`` in Russia) and
+    needs ``default_region``.
 
     :param fmt: :attr:`PhoneFormat.E164` (``+79995551111``) or :attr:`PhoneFormat.DIGITS`
         (``79995551111``).
@@ -225,23 +240,41 @@ def normalise_phone(value: str, fmt: PhoneFormat = PhoneFormat.E164, default_reg
         raise InvalidIdentifier("empty")
     if not _PHONE_CHARS_RE.fullmatch(v):
         raise InvalidIdentifier("phone_syntax")
-    candidate = v
-    region = default_region
-    if not v.startswith("+") and region is None:
-        digits = re.sub(r"\D", "", v)
-        if v.startswith("00"):
-            candidate = "+" + digits[2:]
-        elif 11 <= len(digits) <= 15:
-            candidate = "+" + digits
-        else:
-            raise InvalidIdentifier("phone_no_country")
+    if v.startswith("00"):
+        # 00 is the international call prefix in most of the world, whatever the default region.
+        v = "+" + v[2:].lstrip()
+    if v.startswith("+"):
+        number = _parse_phone(phonenumbers, v, None)
+        if number is None:
+            raise InvalidIdentifier("phone_syntax")
+        if not phonenumbers.is_valid_number(number):
+            raise InvalidIdentifier("phone_invalid")
+        return _format_phone(phonenumbers, number, fmt)
+    digits = re.sub(r"\D", "", v)
+    if default_region is not None:
+        number = _parse_phone(phonenumbers, v, default_region)
+        if number is not None and phonenumbers.is_valid_number(number):
+            return _format_phone(phonenumbers, number, fmt)
+    if 11 <= len(digits) <= 15:
+        number = _parse_phone(phonenumbers, "+" + v, None)
+        if number is not None and phonenumbers.is_valid_number(number):
+            return _format_phone(phonenumbers, number, fmt)
+    if default_region is None:
+        raise InvalidIdentifier("phone_no_country")
+    if _parse_phone(phonenumbers, v, default_region) is None:
+        raise InvalidIdentifier("phone_syntax")
+    raise InvalidIdentifier("phone_invalid")
+
+
+def _parse_phone(phonenumbers: Any, text: str, region: str | None) -> Any:
     try:
-        number = phonenumbers.parse(candidate, region)
+        return phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        raise InvalidIdentifier("phone_syntax") from None
-    if not phonenumbers.is_valid_number(number):
-        raise InvalidIdentifier("phone_invalid")
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return None
+
+
+def _format_phone(phonenumbers: Any, number: Any, fmt: PhoneFormat) -> str:
+    e164: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     return e164[1:] if fmt is PhoneFormat.DIGITS else e164
 
 
@@ -250,8 +283,8 @@ def normaliser_for(profile: NormalisationProfile) -> Callable[[str], str]:
     t = profile.identifier_type
     if t is IdentifierType.EMAIL:
         return normalise_email
-    if t is IdentifierType.MAID:
-        case = profile.maid_case
+    if t.family is IdentifierType.MAID:
+        case = "upper" if profile.upper_case_maid else "lower"
         return lambda v: normalise_maid(v, case)
     if t is IdentifierType.CUSTOMER_ID:
         return normalise_opaque
@@ -270,6 +303,8 @@ def normaliser_for(profile: NormalisationProfile) -> Callable[[str], str]:
 _BLOCK_PATTERNS: dict[IdentifierType, re.Pattern[bytes]] = {
     IdentifierType.EMAIL: _EMAIL_BLOCK_RE,
     IdentifierType.MAID: _UUID_BLOCK_RE,
+    IdentifierType.IDFA: _UUID_BLOCK_RE,
+    IdentifierType.GAID: _UUID_BLOCK_RE,
     IdentifierType.SHA256: _SHA256_BLOCK_RE,
 }
 
@@ -431,7 +466,7 @@ def _normalise_block(
     t = profile.identifier_type
     if t is IdentifierType.EMAIL and found and max(map(len, found)) > _MAX_EMAIL:
         found = [b"" if len(v) > _MAX_EMAIL else v for v in found]
-    elif t is IdentifierType.MAID:
+    elif t.family is IdentifierType.MAID:
         zero = _ZERO_UUID.encode()
         if zero in found:
             found = [b"" if v == zero else v for v in found]
@@ -444,7 +479,7 @@ def _normalise_block(
             misses.append(i)
     except ValueError:
         pass
-    case_upper = t is IdentifierType.MAID and profile.maid_case == "upper"
+    case_upper = profile.upper_case_maid
     if not misses:
         return ([v.upper() for v in found] if case_upper else found), []
     # The per-value normaliser decides the misses: most are invalid (and give the reason), a few

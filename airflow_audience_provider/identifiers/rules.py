@@ -25,6 +25,10 @@ class IdentifierType(StrEnum):
     PHONE = "phone"
     #: Mobile advertising id (Apple IDFA or Google GAID), a UUID.
     MAID = "maid"
+    #: Apple's IDFA, a UUID written upper-case (a list known to hold only IDFAs).
+    IDFA = "idfa"
+    #: Google's advertising id (GAID), a UUID written lower-case (a list known to hold only GAIDs).
+    GAID = "gaid"
     #: Customer ids and other opaque ids (LiveRamp IdentityLink, Criteo GUM...): trimmed only.
     CUSTOMER_ID = "customer_id"
     #: Already SHA-256 hashed input (64 hex digits): validated and passed through.
@@ -35,6 +39,11 @@ class IdentifierType(StrEnum):
     #: Yandex Metrica ClientID: the unsigned 64-bit number Metrica gives a browser. It is
     #: Metrica's own pseudonymous id and is matched as written, so it is never hashed.
     CLIENT_ID = "client_id"
+
+    @property
+    def family(self) -> IdentifierType:
+        """The kind a value's syntax shows: IDFA and GAID are both mobile advertising ids (UUIDs)."""
+        return IdentifierType.MAID if self in (IdentifierType.IDFA, IdentifierType.GAID) else self
 
 
 class HashAlgorithm(StrEnum):
@@ -67,8 +76,15 @@ class NormalisationProfile:
     phone_format: PhoneFormat = PhoneFormat.E164
     #: ISO 3166 region used to read phone numbers written without a country code (e.g. ``"RU"``).
     default_region: str | None = None
-    #: ``"lower"`` or ``"upper"``: case of a mobile advertising id before hashing.
+    #: ``"lower"`` or ``"upper"``: case of a mobile advertising id before hashing (IDFA profiles
+    #: are always upper-case and GAID profiles lower-case, whatever this says).
     maid_case: str = "lower"
+
+    @property
+    def upper_case_maid(self) -> bool:
+        """True when mobile advertising ids are written upper-case before hashing."""
+        t = self.identifier_type
+        return t is IdentifierType.IDFA or (t is IdentifierType.MAID and self.maid_case == "upper")
 
     @property
     def hashed_output(self) -> bool:
@@ -213,6 +229,8 @@ register_rule(
         source=_CRITEO_SRC,
     )
 )
+# Phone version 2: with a default region, numbers written with 00 or as 11-15 bare digits are read
+# as international when the region does not explain them (version 1 refused them).
 # Phone: §11 lists the phone format as unverified ("E.164?"). Assumption: E.164 with the plus
 # sign, SHA-256 hashed like e-mail (the issue's rule: hash locally). Change with
 # ``rule.with_options(phone_format=PhoneFormat.DIGITS)`` once Criteo confirms otherwise.
@@ -220,7 +238,7 @@ register_rule(
     VendorRule(
         vendor="criteo",
         identifier_type=IdentifierType.PHONE,
-        version="1",
+        version="2",
         profile=NormalisationProfile(IdentifierType.PHONE, HashAlgorithm.SHA256, PhoneFormat.E164),
         vendor_identifier_type="PhoneNumber",
         max_ids_per_chunk=_CRITEO_CHUNK,
@@ -294,7 +312,7 @@ register_rule(
     VendorRule(
         vendor="yandex_audience",
         identifier_type=IdentifierType.PHONE,
-        version="1",
+        version="2",
         profile=NormalisationProfile(IdentifierType.PHONE, HashAlgorithm.SHA256, PhoneFormat.DIGITS),
         vendor_identifier_type="phone",
         max_bytes_per_chunk=_YANDEX_MAX_BYTES,
@@ -303,10 +321,11 @@ register_rule(
         source=_YANDEX_SRC,
     )
 )
-# §6.3 "Device IDs": GAID is written lower-case, IDFA upper-case, each id hashed on its own.
-# A UUID does not say whether it is an IDFA or a GAID, so the stock rule uses the lower-case
-# (GAID) form; for IDFA lists use ``rule.with_options(maid_case="upper")``. Files of device ids
-# have no header (plain list, ``upload_file``).
+# §6.3 "Device IDs": GAID is written lower-case, IDFA upper-case, each id hashed on its own, so
+# the case changes the hash. A UUID does not say whether it is an IDFA or a GAID: lists of one
+# platform use the ``idfa`` (upper-case) or ``gaid`` (lower-case) rule. The ``maid`` rule keeps
+# the lower-case (GAID) form for lists whose platform is unknown. Files of device ids have no
+# header (plain list, ``upload_file``); all three are confirmed as ``idfa_gaid``.
 register_rule(
     VendorRule(
         vendor="yandex_audience",
@@ -317,6 +336,30 @@ register_rule(
         max_bytes_per_chunk=_YANDEX_MAX_BYTES,
         min_entries=100,
         source=_YANDEX_SRC + "; §6.3 device ids (GAID lower-case assumed)",
+    )
+)
+register_rule(
+    VendorRule(
+        vendor="yandex_audience",
+        identifier_type=IdentifierType.IDFA,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.IDFA, HashAlgorithm.SHA256, maid_case="upper"),
+        vendor_identifier_type="idfa_gaid",
+        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
+        min_entries=100,
+        source=_YANDEX_SRC + "; §6.3 device ids (IDFA upper-case)",
+    )
+)
+register_rule(
+    VendorRule(
+        vendor="yandex_audience",
+        identifier_type=IdentifierType.GAID,
+        version="1",
+        profile=NormalisationProfile(IdentifierType.GAID, HashAlgorithm.SHA256, maid_case="lower"),
+        vendor_identifier_type="idfa_gaid",
+        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
+        min_entries=100,
+        source=_YANDEX_SRC + "; §6.3 device ids (GAID lower-case)",
     )
 )
 register_rule(

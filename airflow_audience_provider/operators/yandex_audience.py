@@ -33,6 +33,8 @@ CONTENT_TYPE_BY_IDENTIFIER = {
     "phone": "crm",
     "sha256": "crm",
     "maid": "idfa_gaid",
+    "idfa": "idfa_gaid",
+    "gaid": "idfa_gaid",
     "mac": "mac",
     "client_id": "client_id",
 }
@@ -124,8 +126,9 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
     :param segment_name: the segment's name, its idempotency key (templated).
     :param source: the contact list: a path or URL, an upstream XCom value (path or
         ``{"path", "format", "column"}``), or an iterable of values (templated).
-    :param identifier_type: ``email``, ``phone``, ``sha256`` (already hashed e-mails), ``maid``,
-        ``mac`` or ``client_id`` (Yandex Metrica ClientIDs; needs ``counter_id``).
+    :param identifier_type: ``email``, ``phone``, ``sha256`` (already hashed e-mails), ``idfa``
+        (hashed upper-case), ``gaid`` (hashed lower-case), ``maid`` (either platform, hashed
+        lower-case), ``mac`` or ``client_id`` (Yandex Metrica ClientIDs; needs ``counter_id``).
     :param mode: ``sync``, ``replace``, ``addition`` or ``subtraction``.
     :param column: the input column holding the identifiers (CSV/JSON/Parquet sources) (templated).
     :param source_options: other source options: ``format``, ``encoding``, ``delimiter``, ``has_header``.
@@ -134,8 +137,11 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
     :param counter_id: the Yandex Metrica counter whose ClientIDs the list holds (templated);
         required for ``identifier_type="client_id"``, refused otherwise.
     :param device_matching_type: passed to confirm (e.g. ``CROSS_DEVICE``).
-    :param default_region: ISO region for phone numbers written without a country code (e.g. ``RU``).
-    :param maid_case: ``upper`` for IDFA lists (GAIDs are lower-case, the default).
+    :param default_region: ISO region for phone numbers written without a country code (e.g. ``RU``,
+        which reads ``8 (999) 555-11-11``); default: the connection's ``default_region`` extra.
+        Without one, such numbers are counted invalid as ``phone_no_country``.
+    :param maid_case: ``upper`` to hash a ``maid`` list in the IDFA form; prefer
+        ``identifier_type="idfa"`` (upper-case) or ``"gaid"`` (lower-case) for lists of one platform.
     :param allow_below_minimum: send a list under 100 entries (confirm with ``check_size=false``;
         such a segment is not usable in Direct until it grows).
     :param max_invalid_share: fail before sending when more input rows are invalid.
@@ -221,7 +227,8 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
             from airflow_audience_provider.core.errors import AudienceConfigurationError
 
             raise AudienceConfigurationError(f"identifier_type {self.identifier_type!r}: {exc}") from None
-        changes = {k: v for k, v in (("default_region", self.default_region), ("maid_case", self.maid_case)) if v}
+        region = self.default_region or (self.hook.default_region if rule.identifier_type.value == "phone" else None)
+        changes = {k: v for k, v in (("default_region", region), ("maid_case", self.maid_case)) if v}
         return rule.with_options(**changes) if changes else rule
 
     def on_kill(self) -> None:

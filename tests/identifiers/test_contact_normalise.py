@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from airflow_audience_provider.identifiers.accounting import redact
 from airflow_audience_provider.identifiers.hashing import hash_value, process_batch
 from airflow_audience_provider.identifiers.normalise import (
+    REASON_HINTS,
     InvalidIdentifier,
     detect_type,
     normalise_batch,
@@ -23,6 +24,7 @@ from airflow_audience_provider.identifiers.normalise import (
     normalise_opaque,
     normalise_phone,
     normalise_sha256,
+    normaliser_for,
 )
 from airflow_audience_provider.identifiers.rules import (
     HashAlgorithm,
@@ -156,6 +158,27 @@ def test_phone_invalid(raw: str, region: str | None, reason: str) -> None:
     assert exc.value.reason == reason
 
 
+@pytest.mark.parametrize("raw", ["89995551111", "8 (999) 555-11-11", "8-999-555-11-11"])
+def test_russian_national_phones_need_a_region(raw: str) -> None:
+    """The way Russian CRMs store numbers: refused with a reason that points at the option, read with it."""
+    with pytest.raises(InvalidIdentifier) as exc:
+        normalise_phone(raw, PhoneFormat.DIGITS, None)
+    assert exc.value.reason == "phone_no_country"
+    assert "default_region" in REASON_HINTS["phone_no_country"]
+    assert normalise_phone(raw, PhoneFormat.DIGITS, "RU") == "79995551111"
+
+
+@pytest.mark.parametrize("region", [None, "RU", "US"])
+def test_phone_with_00_prefix_is_international_in_any_region(region: str | None) -> None:
+    assert normalise_phone("007 999 555 11 11", PhoneFormat.E164, region) == "+79995551111"
+    assert normalise_phone("0079995551111", PhoneFormat.DIGITS, region) == "79995551111"
+
+
+def test_eleven_digits_fall_back_to_international_when_the_region_does_not_explain_them() -> None:
+    assert normalise_phone("79995551111", PhoneFormat.DIGITS, "DE") == "79995551111"
+    assert normalise_phone("442079460958", PhoneFormat.E164, "RU") == "+442079460958"
+
+
 @settings(max_examples=60)
 @given(st.sampled_from(["RU", "US", "GB", "DE", "FR", "IN", "BR", "TR", "KZ", "JP"]), st.data())
 def test_phone_normalisation_is_idempotent_on_library_examples(region: str, data: st.DataObject) -> None:
@@ -183,6 +206,23 @@ def test_maid_forms(u: uuid.UUID, upper: bool, strip_hyphens: bool) -> None:
         raw = raw.replace("-", "")
     assert normalise_maid(f" {raw} ") == str(u)
     assert normalise_maid(raw, "upper") == str(u).upper()
+
+
+def test_idfa_is_upper_case_and_gaid_lower_case_before_hashing() -> None:
+    """Yandex's data requirements: IDFA upper-case, GAID lower-case; the case changes the hash."""
+    raw = ["aaaaaaaa-bbbb-cccc-1111-222222222200", "6D92078A8246496BA4B3E9E1C4C2D7A5", "bad"]
+    idfa = get_rule("yandex_audience", "idfa")
+    gaid = get_rule("yandex_audience", "gaid")
+    assert idfa.vendor_identifier_type == gaid.vendor_identifier_type == "idfa_gaid"
+    for rule, upper in ((idfa, True), (gaid, False)):
+        out, invalid = normalise_batch(rule.profile, raw)
+        expected = ["aaaaaaaa-bbbb-cccc-1111-222222222200", "6d92078a-8246-496b-a4b3-e9e1c4c2d7a5"]
+        expected = [v.upper() for v in expected] if upper else expected
+        assert [v.decode() if isinstance(v, bytes) else v for v in out] == expected
+        assert invalid == [(2, "maid_syntax")]
+        assert normaliser_for(rule.profile)(raw[0]) == expected[0]
+    # a customised maid_case cannot turn a GAID rule upper-case
+    assert normaliser_for(gaid.with_options(maid_case="upper").profile)(raw[0]) == raw[0]
 
 
 def test_maid_rejects_zero_and_garbage() -> None:

@@ -118,6 +118,18 @@ def test_identifiers_never_reach_the_logs(
 # ---- bad input and guards: fail before sending -------------------------------------------------
 
 
+def test_invalid_share_of_national_phones_names_default_region(tmp_path: Path, sender: RecordingSender) -> None:
+    """A Russian CRM list written 8 (999) ... fails with a hint at the option, not only a reason code."""
+    rule = get_rule("yandex_audience", "phone").with_options(min_entries=1)
+    values = [f"8 (999) 555-{i // 100 % 100:02d}-{i % 100:02d}" for i in range(20)]
+    with pytest.raises(InvalidShareError) as exc:
+        run(values, sender, tmp_path, rule=rule)
+    assert sender.calls == []
+    assert "phone_no_country" in str(exc.value) and "default_region" in str(exc.value)
+    result = run(values, sender, tmp_path, rule=rule.with_options(default_region="RU"))
+    assert result["counts"]["invalid"] == 0
+
+
 def test_invalid_share_fails_before_sending(tmp_path: Path, sender: RecordingSender) -> None:
     values = [*emails(8), "bad1", "bad2"]
     with pytest.raises(InvalidShareError) as exc:

@@ -131,6 +131,34 @@ def test_phones_and_device_ids(ya, hook, context, snapshots):
         upload(snapshots, emails(150), segment_name="devices").execute(context)
 
 
+def test_idfa_lists_are_hashed_upper_case_and_gaid_lists_lower_case(ya, hook, context, snapshots):
+    ids = [f"aaaaaaaa-bbbb-cccc-1111-{i:012x}" for i in range(150)]
+    idfa = upload(snapshots, ids, segment_name="ios", identifier_type="idfa").execute(context)
+    gaid = upload(snapshots, ids, segment_name="android", identifier_type="gaid").execute(context)
+    assert idfa["content_type"] == gaid["content_type"] == "idfa_gaid"
+    digest = lambda v: hashlib.sha256(v.encode()).hexdigest()  # noqa: E731
+    assert ya.segment_values(idfa["segment_id"]) == sorted(digest(v.upper()) for v in ids)
+    assert ya.segment_values(gaid["segment_id"]) == sorted(digest(v) for v in ids)
+
+
+def test_national_phones_use_the_connections_default_region(ya, context, snapshots, set_ya_conn):
+    phones = [f"8 (999) 555-{i // 100:02d}-{i % 100:02d}" for i in range(150)]
+    with pytest.raises(AudienceError, match="default_region"):
+        upload(snapshots, phones, segment_name="ru phones", identifier_type="phone").execute(context)
+    conn_id = set_ya_conn("ya_ru", extra={"default_region": "RU"})
+    result = upload(
+        snapshots, phones, segment_name="ru phones", identifier_type="phone", yandex_audience_conn_id=conn_id
+    ).execute(context)
+    assert result["counts"]["invalid"] == 0 and result["counts"]["unique"] == 150
+    expected = sorted(hashlib.sha256(f"7999555{i // 100:02d}{i % 100:02d}".encode()).hexdigest() for i in range(150))
+    assert ya.segment_values(result["segment_id"]) == expected
+    bad = set_ya_conn("ya_bad_region", extra={"default_region": "Russia"})
+    with pytest.raises(AudienceConfigurationError, match="default_region"):
+        upload(snapshots, phones, segment_name="x", identifier_type="phone", yandex_audience_conn_id=bad).execute(
+            context
+        )
+
+
 def test_mac_addresses_are_hashed_over_their_bytes(ya, hook, context, snapshots):
     macs = [f"AE:12:34:{i >> 8:02X}:{i & 0xFF:02x}:A1" for i in range(1, 151)]
     result = upload(snapshots, [*macs, "not-a-mac"], segment_name="routers", identifier_type="mac").execute(context)
