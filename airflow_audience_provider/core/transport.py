@@ -220,6 +220,9 @@ class Transport:
         #: vendors that report quotas in headers on every answer (e.g. Yandex Direct ``Units``).
         #: An observer must not raise; if one does, the error is logged and the call goes on.
         self.response_observers: list[Callable[[requests.Response], None]] = []
+        #: ``time.monotonic()`` of the last attempt abandoned after it may have reached the vendor
+        #: (read timeout, dropped connection): that request may still be applied later.
+        self.last_unknown_outcome: float | None = None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -275,6 +278,8 @@ class Transport:
                     timeout=(timeouts or self.timeouts).as_requests(),
                 )
             except requests.RequestException as exc:
+                if _reached_server(exc):
+                    self.last_unknown_outcome = time.monotonic()
                 ambiguous = not idempotent and _reached_server(exc)
                 error = AudienceTransportError(
                     f"{label} failed: {type(exc).__name__}"

@@ -47,6 +47,7 @@ from airflow_audience_provider.core.auth import OAuth2ClientCredentials
 from airflow_audience_provider.core.errors import (
     AudienceConfigurationError,
     AudienceError,
+    AudienceTransportError,
     AudienceValidationError,
 )
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
@@ -1156,9 +1157,20 @@ class CriteoHook(AudienceHook):
 class CriteoChunkSender:
     """:class:`~airflow_audience_provider.identifiers.sync.ChunkSender` for one Criteo contact-list segment.
 
-    ``replace`` is clear then add (not atomic, pitfall 14). ``on_chunk`` is called with each chunk's
-    normalised answer (counts only), so the operator can report what Criteo accepted even when a
-    later chunk fails.
+    ``replace`` is clear then add (not atomic). The adds depend on the clear: a clear whose answer
+    never came (read timeout, dropped connection) may still be applied later and wipe them. So
+    a clear counts as confirmed only when no attempt of it had an unknown outcome; otherwise the
+    sender waits ``settle_seconds`` (for the abandoned request to land or die) and clears again,
+    at most ``clear_attempts`` times, then fails the chunk.
+
+    ``unsettled_until()`` tells the engine until when a request of unknown outcome may still land
+    (the engine keeps the lease until then). ``on_chunk`` is called with each chunk's normalised
+    answer (counts only), so the operator can report what Criteo accepted even when a later chunk
+    fails.
+
+    :param settle_seconds: how long an abandoned request may still be applied by Criteo
+        (assumption; default: three read timeouts of the connection).
+    :param clear_attempts: clears tried before a replace gives up.
     """
 
     def __init__(
@@ -1167,12 +1179,27 @@ class CriteoChunkSender:
         segment_id: str,
         identifier_type: str | None = None,
         on_chunk: Callable[[str, dict[str, Any]], None] | None = None,
+        *,
+        settle_seconds: float | None = None,
+        clear_attempts: int = 3,
     ) -> None:
         self.hook = hook
         self.segment_id = str(segment_id)
         self.identifier_type = identifier_type
         self.on_chunk = on_chunk
         self.cleared = False
+        self.settle_seconds = settle_seconds
+        self.clear_attempts = clear_attempts
+
+    def _settle_seconds(self) -> float:
+        if self.settle_seconds is not None:
+            return self.settle_seconds
+        return 3 * float(self.hook.get_conn().timeouts.read)
+
+    def unsettled_until(self) -> float:
+        """``time.monotonic()`` until which a request of this hook with unknown outcome may still land."""
+        last = self.hook.get_conn().last_unknown_outcome
+        return 0.0 if last is None else last + self._settle_seconds()
 
     def _send(self, operation: str, chunk: Any) -> Any:
         from airflow_audience_provider.identifiers.sync import ChunkResult
@@ -1199,5 +1226,29 @@ class CriteoChunkSender:
         return self._send("add", chunk)
 
     def clear(self) -> None:
-        self.hook.clear_contact_list_by_audience_segment(self.segment_id)
-        self.cleared = True
+        """Clear, and confirm it: no attempt of the clear that succeeded had an unknown outcome."""
+        import time
+
+        transport = self.hook.get_conn()
+        for attempt in range(1, self.clear_attempts + 1):
+            wait = self.unsettled_until() - time.monotonic()
+            if wait > 0:
+                log.warning("Waiting %.1f s for an unanswered Criteo request to settle before clearing", wait)
+                time.sleep(wait)
+            before = transport.last_unknown_outcome
+            self.hook.clear_contact_list_by_audience_segment(self.segment_id)
+            if transport.last_unknown_outcome == before:
+                self.cleared = True
+                return
+            log.warning(
+                "A clear of Criteo segment %s went unanswered before it succeeded (attempt %d of %d): the "
+                "unanswered one may still land, so the list is cleared again after it settles",
+                self.segment_id,
+                attempt,
+                self.clear_attempts,
+            )
+        raise AudienceTransportError(
+            f"could not confirm the clear of Criteo segment {self.segment_id}: every attempt had a request of "
+            "unknown outcome; nothing was added after it",
+            vendor="criteo",
+        )

@@ -74,7 +74,15 @@ _EXPORTS: dict[str, str] = {
     "plan_contact_list_sync": "sync",
     "plan_allows": "sync",
     "snapshot_for": "sync",
+    "lease_for": "sync",
+    "MODES": "sync",
     "run_destinations": "fanout",
+    # state: lease and journal
+    "DestinationLease": "lease",
+    "LeaseBusyError": "lease",
+    "LeaseLostError": "lease",
+    "Journal": "journal",
+    "StateFileError": "state",
     # errors
     "ContactListError": "errors",
     "SourceError": "errors",
@@ -89,6 +97,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "MODES",
     "Accounting",
     "Chunk",
     "ChunkResult",
@@ -96,6 +105,7 @@ __all__ = [
     "ContactListError",
     "CsvSource",
     "Destination",
+    "DestinationLease",
     "EmptyInputError",
     "HashAlgorithm",
     "IdentifierSource",
@@ -103,7 +113,10 @@ __all__ = [
     "InvalidIdentifier",
     "InvalidShareError",
     "IterableSource",
+    "Journal",
     "JsonLinesSource",
+    "LeaseBusyError",
+    "LeaseLostError",
     "MinimumEntriesError",
     "NormalisationProfile",
     "ParquetSource",
@@ -113,6 +126,7 @@ __all__ = [
     "SnapshotError",
     "SnapshotStore",
     "SourceError",
+    "StateFileError",
     "SyncCancelled",
     "SyncOptions",
     "TextSource",
@@ -121,6 +135,7 @@ __all__ = [
     "default_snapshot_base",
     "get_rule",
     "hash_value",
+    "lease_for",
     "list_rules",
     "normalise_email",
     "normalise_maid",
@@ -169,6 +184,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from airflow_audience_provider.identifiers.fanout import run_destinations
     from airflow_audience_provider.identifiers.hashing import hash_value
+    from airflow_audience_provider.identifiers.journal import Journal
+    from airflow_audience_provider.identifiers.lease import DestinationLease, LeaseBusyError, LeaseLostError
     from airflow_audience_provider.identifiers.normalise import (
         InvalidIdentifier,
         normalise_email,
@@ -197,11 +214,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         TextSource,
         open_source,
     )
+    from airflow_audience_provider.identifiers.state import StateFileError
     from airflow_audience_provider.identifiers.sync import (
+        MODES,
         ChunkResult,
         ChunkSender,
         Destination,
         SyncOptions,
+        lease_for,
         plan_allows,
         plan_contact_list_sync,
         snapshot_for,

@@ -11,6 +11,7 @@ See :mod:`airflow_audience_provider.identifiers.sync` for the phases of a run.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from airflow_audience_provider.identifiers.accounting import Accounting
 from airflow_audience_provider.identifiers.chunking import (
@@ -43,7 +44,13 @@ from airflow_audience_provider.identifiers.errors import (
     SyncCancelled,
     WrongIdentifierTypeError,
 )
-from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch, process_text, uses_kernel
+from airflow_audience_provider.identifiers.hashing import (
+    BatchOutput,
+    partition_of,
+    process_batch,
+    process_text,
+    uses_kernel,
+)
 from airflow_audience_provider.identifiers.normalise import REASON_HINTS, detect_type
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
 from airflow_audience_provider.identifiers.snapshot import SnapshotReader
@@ -58,6 +65,9 @@ from airflow_audience_provider.identifiers.sorting import (
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IdentifierSource, RawBatch
 from airflow_audience_provider.identifiers.sync import ChunkResult, ChunkSender, Destination, summarise
 
+if TYPE_CHECKING:
+    from airflow_audience_provider.identifiers.journal import Journal, Recovery
+
 log = logging.getLogger(__name__)
 
 _READ_PROGRESS_SECONDS = 30.0
@@ -68,6 +78,8 @@ FULL_REPLACE = "full_replace"
 INCREMENTAL = "incremental"
 CLEAR = "clear"
 NOOP = "noop"
+#: ``add``/``remove`` mode without a usable snapshot: the input is sent as it is, the state stays unknown.
+ONE_WAY = "one_way"
 
 
 def _process_profiles(profiles: tuple[NormalisationProfile, ...], values: list[str]) -> list[BatchOutput]:
@@ -111,6 +123,15 @@ class _DestState:
     blocked_by: list[dict[str, str]] = field(default_factory=list)
     status: str = "reading"
     error: str | None = None
+    snapshot_meta: dict[str, Any] | None = None
+    journal: Journal | None = None
+    recovery: Recovery | None = None
+    uncertain: dict[str, set[str]] | None = None
+    inherited_path: Path | None = None
+    lease: Any = None
+    own_lease: bool = False
+    full_replace_reason: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def result(self, *, dry_run: bool) -> dict[str, Any]:
         add_chunks = self.add_counter.chunks if self.add_counter else 0
@@ -136,6 +157,15 @@ class _DestState:
             "snapshot_previous_count": self.previous_count,
             "blocked_by": list(self.blocked_by),
             "error": self.error,
+            "sync_mode": self.dest.mode,
+            "state": {
+                "recovered": self.recovery is not None,
+                "uncertain": sum(len(v) for v in self.uncertain.values()) if self.uncertain else 0,
+                "snapshot_uncertain": bool(self.recovery and self.recovery.snapshot_uncertain),
+                "full_replace_reason": self.full_replace_reason,
+                "lease_token": getattr(self.lease, "token", None) if self.lease is not None else None,
+                "notes": list(self.notes),
+            },
         }
 
 
@@ -289,6 +319,9 @@ def run_destinations(
         try:
             _read_phase(source, groups, spills, batch_size, workers, mp_context)
             _check_after_read(states, dry_run)
+            if not dry_run:
+                # The state is read under the lease: another run may be writing it until then.
+                _acquire_leases(states)
             _plan_phase(groups, spills, tmp, max_partition_bytes)
             _check_after_plan(states, dry_run)
         except ContactListError as exc:
@@ -318,12 +351,70 @@ def run_destinations(
                 log.error("Sending to %s failed; its snapshot was not advanced: %s", st.dest.name, st.error)
         results = {n: st.result(dry_run=False) for n, st in states.items()}
         log.info("Contact-list sync:\n%s", summarise(results.values()))
+        for st in states.values():
+            for note in st.notes:
+                log.warning("%s: %s", st.dest.name, note)
         if failures:
             payload: dict[str, Any] = results[failures[0]] if len(states) == 1 else {"destinations": results}
             raise SendError(f"sending failed for {', '.join(failures)}", result=payload) from first_cause
         return results
     finally:
+        for st in states.values():
+            _release(st)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _settle(sender: Any) -> None:
+    """Wait until requests of unknown outcome (timeouts) have had time to land at the vendor.
+
+    A sender may expose ``unsettled_until()`` (a ``time.monotonic()`` deadline): a request it
+    gave up on may still be applied until then, so nothing that depends on it may follow, and
+    the lease is kept until then so the next run is not overtaken by it.
+    """
+    until = getattr(sender, "unsettled_until", None)
+    if not callable(until):
+        return
+    delay = float(until()) - time.monotonic()
+    if delay > 0:
+        log.info("Waiting %.1f s for requests of unknown outcome to settle before going on", delay)
+        time.sleep(delay)
+
+
+def _acquire_leases(states: dict[str, _DestState]) -> None:
+    for st in states.values():
+        dest, opts = st.dest, st.dest.options
+        if dest.lease is not None:
+            # Acquired by the caller (e.g. with try_acquire before deferring) or not yet: the engine
+            # holds it through the send and releases it at the end either way.
+            st.lease = dest.lease
+            st.own_lease = True
+            if st.lease.token is None:
+                st.lease.acquire(opts.lease_timeout, opts.lease_poll_interval)
+            continue
+        if dest.snapshot is None or not opts.use_lease:
+            continue
+        from airflow_audience_provider.identifiers.lease import DestinationLease
+
+        st.lease = DestinationLease(
+            dest.snapshot.directory / "lease", ttl=opts.lease_ttl, max_clock_skew=opts.max_clock_skew
+        )
+        st.own_lease = True
+        try:
+            st.lease.acquire(opts.lease_timeout, opts.lease_poll_interval)
+        except ContactListError:
+            st.status = "blocked"
+            st.lease = None
+            raise
+
+
+def _release(st: _DestState) -> None:
+    if st.lease is None:
+        return
+    if st.status not in ("reading", "blocked", "planned") and st.dest.sender is not None:
+        with contextlib.suppress(BaseException):
+            _settle(st.dest.sender)
+    if st.own_lease:
+        st.lease.release()
 
 
 def _read_phase(
@@ -416,19 +507,8 @@ def _plan_phase(
         outs: dict[str, tuple[IO[str], IO[str], IO[str]]] = {}
         try:
             for di, st in enumerate(group):
-                reader = None
-                store = st.dest.snapshot
-                if store is not None:
-                    reader, meta, fh = store.open(st.dest.rule)
-                    if fh is not None:
-                        handles.append(fh)
-                    if meta is not None:
-                        st.previous_count = int(meta.get("count", 0))
-                        st.previous_rule = meta.get("rule")
-                if st.dest.options.full_replace:
-                    reader = None
+                reader = _open_state(st, handles, tmp / f"g{gi}d{di}.inherited")
                 readers[st.dest.name] = reader
-                st.mode = INCREMENTAL if reader is not None else FULL_REPLACE
                 base = tmp / f"g{gi}d{di}"
                 st.adds_path, st.removes_path, st.snapshot_path = (
                     base.with_suffix(".adds"),
@@ -456,6 +536,76 @@ def _plan_phase(
                 fh.close()
 
 
+def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) -> SnapshotReader | None:
+    """Read the destination's snapshot and journal; choose the engine mode; return the diff base.
+
+    The base is the snapshot's reader (None = no usable confirmed state). Uncertain identifiers
+    of an unfinished run go to ``st.uncertain`` (by partition) and ``inherited_path``.
+    """
+    dest = st.dest
+    store = dest.snapshot
+    reader = None
+    if store is not None and dest.keep_state:
+        reader, meta, fh = store.open(dest.rule)
+        if fh is not None:
+            handles.append(fh)
+        if meta is not None:
+            st.previous_count = int(meta.get("count", 0))
+            st.previous_rule = meta.get("rule")
+            st.snapshot_meta = meta
+            if reader is None:
+                st.full_replace_reason = f"the snapshot was made with rule {meta.get('rule')}"
+    if store is not None and dest.keep_state:
+        from airflow_audience_provider.identifiers.journal import Journal
+
+        st.journal = Journal(store.directory)
+        rec = st.journal.recover(dest.rule.key)
+        st.recovery = rec
+        if rec is not None and rec.unusable:
+            st.notes.append(
+                f"the journal of an unfinished run is unusable ({rec.unusable}); this run is a full replace"
+            )
+            st.full_replace_reason = "unusable journal"
+            reader = None
+        elif rec is not None:
+            hashed = dest.rule.profile.hashed_output
+            parts: dict[str, set[str]] = {}
+            for v in rec.values:
+                parts.setdefault(partition_of(v, hashed), set()).add(v)
+            st.uncertain = parts
+            with _open_out(inherited_path) as out:
+                _write(out, sorted(rec.values))
+            st.inherited_path = inherited_path
+            st.notes.append(
+                f"an earlier run did not finish ({rec.previous.get('state')}, run {rec.previous.get('run')}): "
+                f"{len(rec.values)} identifier(s) are uncertain"
+                + (" and so is every identifier of the snapshot (its clear may land)" if rec.snapshot_uncertain else "")
+                + "; this run re-sends them so the list converges"
+            )
+    if not dest.keep_state:
+        reader = None
+    opts, mode = dest.options, dest.mode
+    full = mode == "replace" or opts.full_replace
+    if full:
+        st.full_replace_reason = st.full_replace_reason or ("mode replace" if mode == "replace" else "full_replace")
+    elif mode == "sync" and reader is None:
+        full = True
+        st.full_replace_reason = st.full_replace_reason or "no snapshot"
+    elif mode == "sync" and opts.full_refresh_every is not None and st.snapshot_meta is not None:
+        last = st.snapshot_meta.get("full_replace_at")
+        if not isinstance(last, (int, float)) or time.time() - last >= opts.full_refresh_every.total_seconds():
+            full = True
+            st.full_replace_reason = f"full_refresh_every ({opts.full_refresh_every}) has passed"
+    if mode in ("add", "remove") and reader is None:
+        st.mode = ONE_WAY
+        return None
+    if full:
+        st.mode = FULL_REPLACE
+        return None
+    st.mode = INCREMENTAL
+    return reader
+
+
 def _write(fh: IO[str], values: list[str]) -> None:
     if values:
         fh.write("\n".join(values))
@@ -477,14 +627,26 @@ def _diff_in_memory(
         acc.duplicate += duplicates
         acc.unique += len(unique)
         adds_fh, removes_fh, snap_fh = outs[st.dest.name]
-        _write(snap_fh, new_sorted)
         reader = readers[st.dest.name]
+        if reader is None:
+            _write(snap_fh, new_sorted)
+        assert st.add_counter is not None and st.remove_counter is not None
+        if st.mode == ONE_WAY and st.dest.mode == "remove":
+            acc.removed += len(unique)
+            _write(removes_fh, new_sorted)
+            st.remove_counter.feed(new_sorted)
+            continue
         if reader is None:
             # Full replace: the additions are the new snapshot; _send reads that file instead.
             acc.added += len(unique)
-            st.add_counter.feed(new_sorted)  # type: ignore[union-attr]
+            st.add_counter.feed(new_sorted)
             continue
         old = set(reader.iter_partition(key))
+        unc = st.uncertain.get(key) if st.uncertain else None
+        if st.dest.mode != "sync" or unc or (st.recovery is not None and st.recovery.snapshot_uncertain):
+            _diff_generic(st, unique, old, unc or set(), snap_fh, adds_fh, removes_fh)
+            continue
+        _write(snap_fh, new_sorted)
         adds = sorted(unique - old) if old else new_sorted
         removes = sorted(old - unique)
         acc.added += len(adds)
@@ -495,6 +657,58 @@ def _diff_in_memory(
         assert st.add_counter is not None and st.remove_counter is not None
         st.add_counter.feed(adds)
         st.remove_counter.feed(removes)
+
+
+def _decide(mode: str, in_new: bool, in_old: bool, uncertain: bool) -> tuple[bool, bool, bool]:
+    """For one identifier: (in the target list, send an add, send a remove).
+
+    The target is the input (``sync``), the snapshot plus the input (``add``) or the snapshot
+    minus the input (``remove``). An identifier is sent when the confirmed state differs from the
+    target, or when its state is uncertain (an unfinished run may have changed it).
+    """
+    if mode == "add":
+        target = in_old or in_new
+    elif mode == "remove":
+        target = in_old and not in_new
+    else:
+        target = in_new
+    return target, target and (not in_old or uncertain), (not target) and (in_old or uncertain)
+
+
+def _diff_generic(
+    st: _DestState,
+    new: set[str],
+    old: set[str],
+    unc: set[str],
+    snap_fh: IO[str],
+    adds_fh: IO[str],
+    removes_fh: IO[str],
+) -> None:
+    """The diff of one partition in any mode, with uncertain identifiers (see :func:`_decide`)."""
+    acc, mode = st.acc, st.dest.mode
+    all_old_uncertain = st.recovery is not None and st.recovery.snapshot_uncertain
+    snap: list[str] = []
+    adds: list[str] = []
+    removes: list[str] = []
+    for v in sorted(new | old | unc):
+        in_new, in_old = v in new, v in old
+        target, add, remove = _decide(mode, in_new, in_old, v in unc or (in_old and all_old_uncertain))
+        if target:
+            snap.append(v)
+        if add:
+            adds.append(v)
+        elif remove:
+            removes.append(v)
+        elif in_new:
+            acc.unchanged += 1
+    acc.added += len(adds)
+    acc.removed += len(removes)
+    _write(snap_fh, snap)
+    _write(adds_fh, adds)
+    _write(removes_fh, removes)
+    assert st.add_counter is not None and st.remove_counter is not None
+    st.add_counter.feed(adds)
+    st.remove_counter.feed(removes)
 
 
 def _diff_streaming(
@@ -528,18 +742,42 @@ def _diff_streaming(
             add_buf: list[str] = []
             rem_buf: list[str] = []
             snap_buf: list[str] = []
+            mode = st.dest.mode
+            unc = set(st.uncertain.get(key, ())) if st.uncertain else set()
+            all_old_uncertain = st.recovery is not None and st.recovery.snapshot_uncertain
+            one_way_remove = st.mode == ONE_WAY and mode == "remove"
+            generic = reader is not None and (mode != "sync" or unc or all_old_uncertain)
             for sign, v in merge_diff(new_iter, old_iter):
-                if sign >= 0:
-                    snap_buf.append(v)
-                if sign > 0:
-                    add_buf.append(v)
-                elif sign < 0:
+                if one_way_remove:
                     rem_buf.append(v)
+                elif generic:
+                    in_old = sign <= 0
+                    uncertain = v in unc or (in_old and all_old_uncertain)
+                    unc.discard(v)
+                    target, add, remove = _decide(mode, sign >= 0, in_old, uncertain)
+                    if target:
+                        snap_buf.append(v)
+                    if add:
+                        add_buf.append(v)
+                    elif remove:
+                        rem_buf.append(v)
+                    elif sign >= 0:
+                        acc.unchanged += 1
                 else:
-                    acc.unchanged += 1
-                if len(snap_buf) >= 50_000:
+                    if sign >= 0:
+                        snap_buf.append(v)
+                    if sign > 0:
+                        add_buf.append(v)
+                    elif sign < 0:
+                        rem_buf.append(v)
+                    else:
+                        acc.unchanged += 1
+                if len(snap_buf) + len(rem_buf) >= 50_000:
                     _flush_stream(st, adds_fh, removes_fh, snap_fh, add_buf, rem_buf, snap_buf)
                     add_buf, rem_buf, snap_buf = [], [], []
+            if generic:
+                # Uncertain identifiers in neither list are not in the target: remove them again.
+                rem_buf.extend(sorted(unc))
             _flush_stream(st, adds_fh, removes_fh, snap_fh, add_buf, rem_buf, snap_buf)
     sorted_path.unlink(missing_ok=True)
 
@@ -570,8 +808,11 @@ def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
         opts, acc, rule = st.dest.options, st.acc, st.dest.rule
         name = st.dest.name
         checks: list[ContactListError] = []
+        one_way = st.dest.mode in ("add", "remove")
         if acc.unique == 0:
-            if opts.allow_empty:
+            if opts.allow_empty and one_way:
+                pass  # nothing to add or remove (uncertain identifiers may still be repaired)
+            elif opts.allow_empty:
                 # One clear call instead of removal chunks.
                 st.mode = CLEAR
                 st.remove_counter = ChunkCounter(rule)
@@ -581,17 +822,17 @@ def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
                         f"{name}: no valid identifier in {acc.rows} rows; pass allow_empty=True to clear the list"
                     )
                 )
-        elif acc.unique < rule.min_entries and not opts.allow_below_minimum:
+        elif acc.unique < rule.min_entries and not opts.allow_below_minimum and not one_way:
             checks.append(
                 MinimumEntriesError(
                     f"{name}: {acc.unique} identifiers, {rule.vendor} needs at least {rule.min_entries} "
                     f"({rule.source}); pass allow_below_minimum=True to send anyway"
                 )
             )
-        if st.mode == INCREMENTAL and acc.added == 0 and acc.removed == 0:
+        if st.mode in (INCREMENTAL, ONE_WAY) and acc.added == 0 and acc.removed == 0:
             st.mode = NOOP
         previous = st.previous_count or 0
-        if previous and not opts.allow_mass_removal:
+        if previous and not opts.allow_mass_removal and not one_way:
             # Full replace (rule changed, or forced): estimate from the old list's size.
             going = acc.removed if st.mode in (INCREMENTAL, NOOP) else max(previous - acc.unique, 0)
             emptying = acc.unique == 0
@@ -616,10 +857,18 @@ def _check_after_plan(states: dict[str, _DestState], dry_run: bool) -> None:
         raise first_error
 
 
-def _unless_cancelled(chunks: Iterable[Chunk], cancel: threading.Event | None) -> Iterator[Chunk]:
-    """The chunks, checking before each one that the sync was not cancelled (``SyncOptions.cancel``)."""
+def _unless_cancelled(
+    chunks: Iterable[Chunk], cancel: threading.Event | None, before: Callable[[Chunk], None] | None = None
+) -> Iterator[Chunk]:
+    """The chunks, checking before each one that the sync was not cancelled (``SyncOptions.cancel``).
+
+    ``before`` runs just before a chunk is handed to the sender (the lease's fencing check and the
+    journal's "attempting" record).
+    """
     for chunk in chunks:
         _check_cancel(cancel)
+        if before is not None:
+            before(chunk)
         yield chunk
 
 
@@ -690,6 +939,16 @@ def _send(st: _DestState) -> None:
         every_chunks=dest.options.progress_every_chunks,
         every_seconds=dest.options.progress_every_seconds,
     )
+    journal, lease, store = st.journal, st.lease, dest.snapshot
+    sent_lines = 0
+
+    def before(chunk: Chunk) -> None:
+        nonlocal sent_lines
+        if lease is not None:
+            lease.check()  # fencing: a run whose lease was lost sends nothing more
+        sent_lines += len(chunk)
+        if journal is not None:
+            journal.attempting(sent_lines)
 
     def done(chunk: Chunk, res: ChunkResult) -> None:
         if chunk.operation == REMOVE:
@@ -699,33 +958,93 @@ def _send(st: _DestState) -> None:
         acc.vendor_rejected += res.rejected
         acc.chunks_sent += 1
         progress.update(len(chunk))
+        if journal is not None:
+            journal.acked(len(chunk))
 
     concurrency = dest.options.send_concurrency
     cancel = dest.options.cancel
     # A full replace sends the whole new list: that is the new snapshot file.
-    adds_path = st.snapshot_path if st.mode == FULL_REPLACE else st.adds_path
+    whole_input = st.mode == FULL_REPLACE or (st.mode == ONE_WAY and dest.mode == "add")
+    adds_path = st.snapshot_path if whole_input else st.adds_path
     _check_cancel(cancel)
-    if st.mode == CLEAR:
-        sender.clear()
-        acc.sent_remove = acc.removed
-    elif st.mode in (FULL_REPLACE, INCREMENTAL):
-        adds = _unless_cancelled(iter_chunks_from_file(adds_path, dest.rule, ADD, total=total), cancel)
-        if st.mode == FULL_REPLACE:
-            # The replace must land before any addition, or it would wipe them.
-            first = next(adds, None)
-            if first is not None:
-                replace_chunk = dataclasses.replace(first, operation=REPLACE)
-                done(replace_chunk, sender.replace(replace_chunk))
-        _send_phase(sender, adds, concurrency, done)
-        # Removals after every addition: the list never dips below the new size.
-        removes = _unless_cancelled(
-            iter_chunks_from_file(
-                st.removes_path, dest.rule, REMOVE, first_index=st.add_counter.chunks + 1, total=total
-            ),
-            cancel,
+    if store is not None and (not dest.keep_state or st.mode == ONE_WAY) and st.mode != NOOP:
+        # What this run sends is not tracked: the next sync must not trust the old snapshot.
+        if store.invalidate():
+            st.notes.append("the snapshot was deleted (this send keeps no state); the next sync is a full replace")
+        if journal is not None:
+            journal.clear_stale()
+        journal = st.journal = None
+    if journal is not None and st.mode != NOOP:
+        from airflow_audience_provider.identifiers.journal import KIND_DIFF, KIND_REPLACE, new_run_id
+
+        journal.begin(
+            run=new_run_id(),
+            owner=getattr(lease, "owner", ""),
+            rule_key=dest.rule.key,
+            kind=KIND_REPLACE if st.mode in (FULL_REPLACE, CLEAR) else KIND_DIFF,
+            parts=[st.inherited_path, adds_path, st.removes_path],
+            inherited=len(st.recovery.values) if st.recovery is not None else 0,
+            token=getattr(lease, "token", None),
         )
-        _send_phase(sender, removes, concurrency, done)
-    if dest.snapshot is not None and st.mode != NOOP:
-        # Only now, with every chunk accepted, may the snapshot say these identifiers were sent.
-        dest.snapshot.commit(st.snapshot_path, rule=dest.rule, count=acc.unique)
+    try:
+        if st.mode == CLEAR:
+            if lease is not None:
+                lease.check()
+            if journal is not None:
+                journal.clearing()
+            sender.clear()
+            acc.sent_remove = acc.removed
+        elif st.mode in (FULL_REPLACE, INCREMENTAL, ONE_WAY):
+            adds = _unless_cancelled(iter_chunks_from_file(adds_path, dest.rule, ADD, total=total), cancel, before)
+            if st.mode == FULL_REPLACE:
+                # The replace must land before any addition, or it would wipe them.
+                if journal is not None:
+                    journal.clearing()
+                first = next(adds, None)
+                if first is not None:
+                    replace_chunk = dataclasses.replace(first, operation=REPLACE)
+                    done(replace_chunk, sender.replace(replace_chunk))
+                    # The additions depend on the replace: a replace request of unknown outcome
+                    # could still land and wipe them, so wait until it cannot.
+                    _settle(sender)
+            _send_phase(sender, adds, concurrency, done)
+            # Removals after every addition: the list never dips below the new size.
+            removes = _unless_cancelled(
+                iter_chunks_from_file(
+                    st.removes_path, dest.rule, REMOVE, first_index=st.add_counter.chunks + 1, total=total
+                ),
+                cancel,
+                before,
+            )
+            _send_phase(sender, removes, concurrency, done)
+        if st.mode != NOOP:
+            _settle(sender)
+            if lease is not None:
+                lease.check()  # still ours: nobody else sent meanwhile, so the snapshot is true
+        if store is not None and dest.keep_state and st.mode not in (NOOP, ONE_WAY):
+            # Only now, with every chunk accepted, may the snapshot say these identifiers were sent.
+            meta = st.snapshot_meta or {}
+            full = st.mode in (FULL_REPLACE, CLEAR)
+            same_rule = st.previous_rule == dest.rule.key
+            last_full = time.time() if full else meta.get("full_replace_at") if same_rule else None
+            store.commit(
+                st.snapshot_path,
+                rule=dest.rule,
+                count=_count_lines(st.snapshot_path),
+                extra={"full_replace_at": last_full} if last_full is not None else None,
+            )
+        if journal is not None:
+            if st.mode == NOOP:
+                journal.clear_stale()
+            else:
+                journal.finish()
+    except BaseException as exc:
+        if journal is not None:
+            journal.failed(f"{type(exc).__name__}: {exc}")
+        raise
     st.status = "sent"
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))

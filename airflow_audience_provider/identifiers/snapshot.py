@@ -207,6 +207,19 @@ class SnapshotStore:
             base_str = base_str[len("file://") :]
         return Path(base_str).joinpath(*parts)
 
+    @property
+    def directory(self) -> Any:
+        """The destination's state directory (snapshot, journal and lease live here)."""
+        return self.location.parent
+
+    def invalidate(self) -> bool:
+        """Delete the snapshot, so the next sync is a full replace. True if there was one."""
+        loc = self.location
+        if not loc.exists():
+            return False
+        loc.unlink()
+        return True
+
     def describe(self) -> str:
         """The location as text (for XCom and logs)."""
         return str(self.location)
@@ -261,9 +274,13 @@ class SnapshotStore:
         )
         return reader, meta, fh
 
-    def commit(self, data_path: Path, *, rule: VendorRule, count: int) -> None:
-        """Store ``data_path`` (ordered values, one per line) as the new snapshot, atomically."""
+    def commit(self, data_path: Path, *, rule: VendorRule, count: int, extra: dict[str, Any] | None = None) -> None:
+        """Store ``data_path`` (ordered values, one per line) as the new snapshot, atomically.
+
+        :param extra: more header fields (e.g. ``full_replace_at``, the time of the last full replace).
+        """
         meta = {
+            **(extra or {}),
             "format": FORMAT_VERSION,
             "rule": rule.key,
             "vendor": rule.vendor,

@@ -13,6 +13,37 @@ A run has three phases and sends nothing before the third:
    invalid share, vendor minimum, removal guard). A dry run stops here and returns the plan;
 3. **send** the chunks (additions first, so the list never dips, then removals), and only when
    every chunk was accepted, store the new snapshot.
+
+Around the send phase each destination's state directory (beside the snapshot, same storage)
+holds a **lease** (:mod:`~airflow_audience_provider.identifiers.lease`: one run sends at a time,
+fenced before every chunk) and a **journal** (:mod:`~airflow_audience_provider.identifiers.journal`:
+what may be half applied, so the next run converges).
+
+Modes (:data:`MODES`), each keeping the state truthful so that any sequence converges:
+
+* ``sync``: the list becomes the input; only the difference against the last confirmed state
+  (snapshot plus the uncertain identifiers of an unfinished run) is sent; a full replace when
+  there is no usable state or ``full_refresh_every`` has passed;
+* ``replace``: the list becomes the input by a full replace (clear, then additions); the new
+  snapshot is the input;
+* ``add`` / ``remove``: the input is added to / removed from the list; the snapshot becomes
+  snapshot | input (snapshot - input). Without a usable snapshot the input is sent as it is and
+  the state stays unknown (no snapshot), so the next ``sync`` is a full replace.
+
+Which requests depend on which (a request whose outcome is unknown is never followed by one
+that depends on it):
+
+* Criteo: a full replace is ``clear`` then ``add`` chunks; the adds depend on the clear (a clear
+  landing late would wipe them). The chunk sender confirms the clear: if any attempt's outcome
+  was unknown (timeout, dropped connection, 5xx) it waits ``settle_seconds`` and clears again
+  until one clear succeeds with no unknown attempt, or fails the run (the journal then marks
+  the snapshot's identifiers uncertain). ``add``/``remove`` chunks of one run touch disjoint
+  identifiers and do not depend on each other.
+* Yandex.Audience: the first chunk of a full replace is ``modify_data replace`` (or
+  upload + confirm for a new segment); later chunks (``addition``) depend on it.
+* Across runs: an add and a later remove of the same identifier depend on each other; a run
+  whose sender reports requests of unknown outcome (``unsettled_until``) keeps its lease until
+  they have had ``settle_seconds`` to land, so the next run cannot be overtaken by them.
 """
 
 from __future__ import annotations
@@ -21,6 +52,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from airflow_audience_provider.identifiers.chunking import Chunk
@@ -28,6 +60,9 @@ from airflow_audience_provider.identifiers.rules import VendorRule
 from airflow_audience_provider.identifiers.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
+
+#: The modes of a contact-list upload (see the module docstring).
+MODES = ("sync", "replace", "add", "remove")
 
 
 @dataclass(frozen=True)
@@ -91,6 +126,17 @@ class SyncOptions:
     :param cancel: when set (an operator's ``on_kill`` sets it), no further chunk is sent and the
         sync fails with :class:`~airflow_audience_provider.identifiers.errors.SyncCancelled`;
         chunks already sent stay applied and the snapshot is not advanced.
+    :param use_lease: take the destination's lease before sending (one run at a time).
+    :param lease_timeout: seconds to wait for another run's lease before failing with
+        :class:`~airflow_audience_provider.identifiers.lease.LeaseBusyError` (nothing is sent);
+        0 = fail at once (deferrable operators use ``try_acquire`` and defer instead).
+    :param lease_poll_interval: seconds between two looks at a busy lease while waiting.
+    :param lease_ttl: seconds a lease lasts without renewal; a heartbeat renews it every third of
+        that, so only a crashed run's lease expires.
+    :param max_clock_skew: assumed bound (seconds) on the clock difference between the hosts
+        that write one destination; an expired lease is taken over only this much later.
+    :param full_refresh_every: in ``sync`` mode, force a full replace when the last one is older
+        than this (the time is kept in the snapshot); None = only when needed.
     """
 
     allow_empty: bool = False
@@ -103,8 +149,18 @@ class SyncOptions:
     progress_every_chunks: int = 20
     progress_every_seconds: float = 30.0
     cancel: threading.Event | None = field(default=None, compare=False, repr=False)
+    use_lease: bool = True
+    lease_timeout: float = 300.0
+    lease_poll_interval: float = 5.0
+    lease_ttl: float = 120.0
+    max_clock_skew: float = 60.0
+    full_refresh_every: timedelta | None = None
 
     def __post_init__(self) -> None:
+        if self.lease_timeout < 0 or self.lease_ttl <= 0 or self.max_clock_skew < 0:
+            raise ValueError("lease_timeout and max_clock_skew must be >= 0 and lease_ttl > 0")
+        if self.full_refresh_every is not None and self.full_refresh_every <= timedelta(0):
+            raise ValueError(f"full_refresh_every must be positive, got {self.full_refresh_every!r}")
         if self.send_concurrency < 1:
             raise ValueError(f"send_concurrency must be at least 1, got {self.send_concurrency!r}")
         for name in ("max_invalid_share", "max_removal_share"):
@@ -122,6 +178,9 @@ class Destination:
     :param sender: the transport; may be None for a dry run.
     :param snapshot: where the last sent state is kept; None = always a full replace.
     :param options: guards and switches.
+    :param mode: ``sync``, ``replace``, ``add`` or ``remove`` (see :data:`MODES`).
+    :param lease: the destination's lease; None = one is made beside the snapshot when
+        ``options.use_lease`` (pass one already acquired, e.g. by a deferrable operator).
     """
 
     name: str
@@ -129,11 +188,35 @@ class Destination:
     sender: ChunkSender | None = None
     snapshot: SnapshotStore | None = None
     options: SyncOptions = field(default_factory=SyncOptions)
+    mode: str = "sync"
+    lease: Any = None
+    #: False = a send that keeps no snapshot (the legacy ``incremental=False``): it invalidates one.
+    keep_state: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
 
 def snapshot_for(rule: VendorRule, destination_key: str, base: Any = None) -> SnapshotStore:
     """The default snapshot store of a destination: ``<base>/<vendor>/<destination_key>/``."""
     return SnapshotStore(rule.vendor, destination_key, base)
+
+
+def lease_for(rule: VendorRule, destination_key: str, base: Any = None, options: SyncOptions | None = None) -> Any:
+    """The lease of a destination (``<state dir>/lease``), not yet acquired.
+
+    A deferrable operator calls ``lease.try_acquire()`` and defers while it returns False, then
+    passes the acquired lease to :func:`sync_contact_list` (``lease=``).
+    """
+    from airflow_audience_provider.identifiers.lease import DestinationLease
+
+    opts = options or SyncOptions()
+    return DestinationLease(
+        snapshot_for(rule, destination_key, base).directory / "lease",
+        ttl=opts.lease_ttl,
+        max_clock_skew=opts.max_clock_skew,
+    )
 
 
 def sync_contact_list(
@@ -149,6 +232,8 @@ def sync_contact_list(
     workers: int = 1,
     work_dir: str | None = None,
     mp_context: str | None = None,
+    mode: str | None = None,
+    lease: Any = None,
     **source_options: Any,
 ) -> dict[str, Any]:
     """Sync a contact list to one destination. This is what vendor operators call.
@@ -159,13 +244,19 @@ def sync_contact_list(
     :param sender: the vendor transport (:class:`ChunkSender`); may be None when ``dry_run``.
     :param destination_key: identifies the list (segment id); names the snapshot directory.
     :param snapshot_base: base location of snapshots (default under ``$AIRFLOW_HOME``).
-    :param incremental: keep a snapshot and send only the difference; False = full replace, no snapshot.
+    :param incremental: keep a snapshot and send only the difference; False = full replace that
+        keeps no state (an existing snapshot is deleted, so the next sync is a full replace).
+        Ignored when ``mode`` is given.
     :param dry_run: plan only; nothing is sent and no snapshot is written.
     :param options: guards and switches (:class:`SyncOptions`).
     :param workers: parallel read-phase workers (normalise + hash); 1 = in this thread. Threads
         when the compiled kernel handles every rule (the ``fast`` extra), processes otherwise.
     :param work_dir: where spill files go (default: the system temp dir).
     :param mp_context: start method of worker processes (default: see ``fanout.default_mp_context``).
+    :param mode: ``sync``, ``replace``, ``add`` or ``remove`` (:data:`MODES`); every mode keeps the
+        destination's state truthful. None = ``sync`` (or the stateless replace of ``incremental=False``).
+    :param lease: an already acquired :class:`~airflow_audience_provider.identifiers.lease.DestinationLease`
+        (from :func:`lease_for`); None = acquire one here, waiting up to ``options.lease_timeout``.
     :param source_options: ``format``, ``column``, ``encoding``, ``delimiter``, ``has_header`` for
         path sources.
     :returns: a small JSON-serialisable result (see :func:`result_dict`).
@@ -177,13 +268,18 @@ def sync_contact_list(
 
     if sender is None and not dry_run:
         raise ValueError("a sender is needed unless dry_run=True")
+    stateless = mode is None and not incremental
     dest = Destination(
         name=destination_key,
         rule=rule,
         sender=sender,
-        snapshot=snapshot_for(rule, destination_key, snapshot_base) if incremental else None,
+        snapshot=snapshot_for(rule, destination_key, snapshot_base),
         options=options or SyncOptions(),
+        mode=mode or ("replace" if stateless else "sync"),
+        lease=lease,
     )
+    if stateless:
+        dest.keep_state = False
     results = run_destinations(
         open_source(source, **source_options),
         [dest],

@@ -1,0 +1,242 @@
+"""The journal of a destination: what a run is about to send, so a run that did not finish is repaired.
+
+Before the first chunk a run writes, beside the snapshot on the same storage:
+
+* ``journal-ids-<run>.txt``: every identifier this run may touch, in send order (the uncertain
+  identifiers it inherited from an unfinished run first, then its additions, then its removals);
+* ``journal.json``: ``{"format", "run", "rule", "kind", "inherited", "attempted", "acked", ...}``.
+
+Before each chunk ``attempted`` moves to the end of that chunk's lines; after the vendor
+acknowledged it, ``acked`` follows (one small write per chunk). When the run completes, the
+snapshot is written first and the journal removed after; a failed run leaves its journal
+(``state: "failed"``), a killed one leaves it as it was.
+
+A run that finds a journal treats as **uncertain** the first ``attempted`` lines of the ids
+file, and, when that run was a full replace whose clear may have landed (``kind: "replace"``),
+every identifier of the snapshot too. It then plans against "last confirmed state + uncertain
+set": uncertain identifiers that belong in the list are (re)added, the others are (re)removed,
+so the vendor equals the new target whatever the interrupted run had applied.
+
+Unusable journals: a corrupt one, one whose ids file is missing, or one made with another rule
+make the run a full replace (logged with the reason); one written by a newer provider version is
+refused with instructions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from airflow_audience_provider.identifiers.state import (
+    StateFileError,
+    delete,
+    dump_json,
+    is_local,
+    read_json,
+    write_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FORMAT = 1
+JOURNAL_FILE = "journal.json"
+KIND_DIFF = "diff"
+KIND_REPLACE = "replace"
+
+
+@dataclass
+class Recovery:
+    """What an unfinished run left: the uncertain identifiers, or why they cannot be known.
+
+    :param values: the uncertain identifiers (held in memory: they are at most one run's chunks).
+    :param snapshot_uncertain: the interrupted run was a full replace that may have cleared the
+        list: every identifier of the snapshot is uncertain too.
+    :param unusable: why the journal cannot be used (the run becomes a full replace), or None.
+    :param previous: the journal's metadata (for the result and logs).
+    """
+
+    values: set[str] = field(default_factory=set)
+    snapshot_uncertain: bool = False
+    unusable: str | None = None
+    previous: dict[str, Any] = field(default_factory=dict)
+
+
+class Journal:
+    """The journal of one destination.
+
+    :param directory: the destination's state directory (``Path`` or ``ObjectStoragePath``).
+    """
+
+    def __init__(self, directory: Any) -> None:
+        self.directory = directory
+        self.meta: dict[str, Any] | None = None
+        self._ids_name: str | None = None
+
+    @property
+    def location(self) -> Any:
+        return self.directory / JOURNAL_FILE
+
+    # -- reading what a previous run left ---------------------------------------------------
+
+    def recover(self, rule_key: str) -> Recovery | None:
+        """Read an unfinished run's journal; None when there is none.
+
+        :raises StateFileError: written by a newer provider version (refused: upgrade first).
+        """
+        fix = "delete it to make the next run a full replace"
+        try:
+            meta = read_json(self.location, what="journal", fmt=JOURNAL_FORMAT, fix=fix)
+        except StateFileError as exc:
+            if "newer version" in str(exc):
+                raise
+            return Recovery(unusable=str(exc))
+        if meta is None:
+            return None
+        previous = {k: meta.get(k) for k in ("run", "kind", "state", "attempted", "acked", "started_at", "owner")}
+        if meta.get("rule") != rule_key:
+            return Recovery(
+                unusable=f"the unfinished run's journal was made with rule {meta.get('rule')!r}, this run uses "
+                f"{rule_key!r}; its identifiers are not comparable",
+                previous=previous,
+            )
+        try:
+            limit = int(meta.get("inherited", 0)) + int(meta.get("attempted", 0))
+            name = str(meta["ids_file"])
+        except (KeyError, TypeError, ValueError):
+            return Recovery(unusable=f"the journal {self.location} misses fields", previous=previous)
+        snapshot_uncertain = meta.get("kind") == KIND_REPLACE and bool(
+            meta.get("clear_attempted") or int(meta.get("attempted", 0)) > 0
+        )
+        values: set[str] = set()
+        if limit > 0:
+            src = self.directory / name
+            try:
+                fh = open(src, "rb") if is_local(src) else src.open("rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                return Recovery(unusable=f"the journal's identifier file {src} is missing", previous=previous)
+            with fh:
+                for i, line in enumerate(fh):
+                    if i >= limit:
+                        break
+                    value = line.decode("utf-8", "surrogatepass").rstrip("\n")
+                    if value:
+                        values.add(value)
+        return Recovery(values=values, snapshot_uncertain=snapshot_uncertain, previous=previous)
+
+    # -- writing this run's journal ---------------------------------------------------------
+
+    def begin(
+        self,
+        *,
+        run: str,
+        owner: str,
+        rule_key: str,
+        kind: str,
+        parts: list[Path | None],
+        inherited: int,
+        token: int | None,
+    ) -> None:
+        """Store the identifiers this run may touch (``parts`` concatenated) and open the journal."""
+        old = self._read_quietly()
+        self._ids_name = f"journal-ids-{run}.txt"
+        target = self.directory / self._ids_name
+        if is_local(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            with open(tmp, "wb") as out:
+                _concat(parts, out)
+            os.replace(tmp, target)
+        else:
+            with target.open("wb") as out:
+                _concat(parts, out)
+        self.meta = {
+            "format": JOURNAL_FORMAT,
+            "run": run,
+            "owner": owner,
+            "rule": rule_key,
+            "kind": kind,
+            "ids_file": self._ids_name,
+            "inherited": inherited,
+            "attempted": 0,
+            "acked": 0,
+            "state": "sending",
+            "lease_token": token,
+            "started_at": time.time(),
+        }
+        self._write()
+        if old is not None and old.get("ids_file") and old.get("ids_file") != self._ids_name:
+            delete(self.directory / str(old["ids_file"]))
+
+    def _read_quietly(self) -> dict[str, Any] | None:
+        try:
+            return read_json(self.location, what="journal", fmt=JOURNAL_FORMAT, fix="")
+        except StateFileError:
+            return None
+
+    def _write(self) -> None:
+        assert self.meta is not None
+        self.meta["updated_at"] = time.time()
+        write_atomic(self.location, dump_json(self.meta))
+
+    def attempting(self, lines_through: int) -> None:
+        """Before a chunk: the identifiers up to line ``lines_through`` (of this run's part) may change."""
+        if self.meta is not None and lines_through > self.meta["attempted"]:
+            self.meta["attempted"] = lines_through
+            self._write()
+
+    def clearing(self) -> None:
+        """Before a clear (or a replace): every identifier of the snapshot becomes uncertain."""
+        if self.meta is not None and not self.meta.get("clear_attempted"):
+            self.meta["clear_attempted"] = True
+            self._write()
+
+    def acked(self, lines: int) -> None:
+        """After a chunk: ``lines`` more identifiers were acknowledged."""
+        if self.meta is not None:
+            self.meta["acked"] += lines
+            self._write()
+
+    def failed(self, reason: str) -> None:
+        """The run stops with its journal in place: the next run repairs what it may have applied."""
+        if self.meta is not None:
+            self.meta["state"] = "failed"
+            self.meta["error"] = reason[:300]
+            try:
+                self._write()
+            except Exception as exc:
+                log.warning("Could not mark the journal %s failed: %s", self.location, exc)
+
+    def finish(self) -> None:
+        """The run completed and its snapshot is stored: remove the journal."""
+        ids = self._ids_name or (self.meta or {}).get("ids_file")
+        delete(self.location)
+        if ids:
+            delete(self.directory / str(ids))
+        self.meta = None
+
+    def clear_stale(self) -> None:
+        """Remove a journal this run has made redundant (e.g. it completed a full replace)."""
+        old = self._read_quietly()
+        delete(self.location)
+        if old is not None and old.get("ids_file"):
+            delete(self.directory / str(old["ids_file"]))
+
+
+def _concat(parts: list[Path | None], out: IO[bytes]) -> None:
+    for part in parts:
+        if part is not None and part.exists():
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+__all__ = ["Journal", "Recovery", "new_run_id"]

@@ -1,0 +1,311 @@
+"""A lease per destination: at most one run sends to a contact list at a time, across DAGs and hosts.
+
+The lease is a directory of small files beside the destination's snapshot, on the same storage
+(``<state dir>/lease/<token>.json``). Each acquisition creates the file of the next **fencing
+token** with an exclusive create (see :mod:`~airflow_audience_provider.identifiers.state` for
+what each backend guarantees), so of two runs that race for token ``n + 1`` exactly one wins.
+The highest token is the current lease; its file holds the owner, the expiry and whether it
+was released::
+
+    {"format": 1, "token": 7, "owner": "worker-3:4121:9f2c...", "expires_at": 1765097000.0,
+     "released": false, ...}
+
+* **Acquire** (:meth:`DestinationLease.try_acquire`): the newest lease is free when it was
+  released or expired more than ``max_clock_skew`` seconds ago by our clock; then we create the
+  next token's file. :meth:`DestinationLease.acquire` waits (polling) up to a timeout; operators
+  that defer call ``try_acquire`` and defer when it returns False.
+* **Hold**: a heartbeat thread rewrites our own token file with a later expiry every
+  ``ttl / 3`` seconds. Before each chunk the engine calls :meth:`DestinationLease.check`, which
+  raises :class:`LeaseLostError` when a higher token exists, our file is gone, or our own
+  expiry passed (renewals failed): a run whose lease was lost sends nothing more.
+* **Release**: our token file is rewritten with ``released: true``. A run that crashed never
+  releases; its lease expires after ``ttl`` and the next run takes it over (logged).
+
+Clock skew: expiry is written by the holder's clock and judged by the taker's. A taker waits
+until ``expires_at + max_clock_skew`` by its own clock, and a holder stops sending once its own
+clock passes ``expires_at``; so two runs never send together as long as the clocks of the hosts
+differ by less than ``max_clock_skew`` (default 60 s; NTP keeps hosts within milliseconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_audience_provider.identifiers.errors import ContactListError
+from airflow_audience_provider.identifiers.state import (
+    StateFileError,
+    create_exclusive,
+    default_owner,
+    delete,
+    dump_json,
+    list_names,
+    read_json,
+    utc_iso,
+    write_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+LEASE_FORMAT = 1
+_SUFFIX = ".json"
+
+
+class LeaseBusyError(ContactListError):
+    """Another run holds the destination's lease (and the wait for it timed out); nothing was sent."""
+
+
+class LeaseLostError(ContactListError):
+    """This run's lease expired or was taken over; it sent nothing more."""
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """The newest lease of a destination as read from storage."""
+
+    token: int
+    owner: str
+    expires_at: float
+    released: bool
+    acquired_at: float
+
+    def describe(self) -> str:
+        state = "released" if self.released else f"expires {utc_iso(self.expires_at)}"
+        return f"token {self.token} held by {self.owner} since {utc_iso(self.acquired_at)} ({state})"
+
+
+class DestinationLease:
+    """The lease of one destination.
+
+    :param directory: the lease directory (``Path`` or ``ObjectStoragePath``), usually
+        ``<state dir>/lease``.
+    :param ttl: seconds a lease lasts without renewal (the heartbeat renews every ``ttl / 3``).
+    :param max_clock_skew: assumed bound on the clock difference between hosts (seconds).
+    :param owner: text naming this run in the lease file (default: host, pid, random suffix).
+    :param clock: wall clock (seconds since the epoch); tests pass their own.
+    """
+
+    def __init__(
+        self,
+        directory: Any,
+        *,
+        ttl: float = 120.0,
+        max_clock_skew: float = 60.0,
+        owner: str | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError(f"lease ttl must be positive, got {ttl!r}")
+        self.directory = directory
+        self.ttl = float(ttl)
+        self.max_clock_skew = float(max_clock_skew)
+        self.owner = owner or default_owner()
+        self._clock = clock
+        self.token: int | None = None
+        self._expires_at = 0.0
+        self._acquired_at = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._renew_error: BaseException | None = None
+        #: the lease this run took over from a run that had not released it (crashed), if any
+        self.took_over: LeaseInfo | None = None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _path(self, token: int) -> Any:
+        return self.directory / f"{token:012d}{_SUFFIX}"
+
+    def _tokens(self) -> list[int]:
+        tokens = []
+        for name in list_names(self.directory):
+            stem = name[: -len(_SUFFIX)] if name.endswith(_SUFFIX) else None
+            if stem is not None and stem.isdigit():
+                tokens.append(int(stem))
+        return sorted(tokens)
+
+    def _read(self, token: int) -> LeaseInfo | None:
+        fix = (
+            f"if no run is writing this destination now, delete the directory {self.directory} "
+            "(the next run then starts with a fresh lease and its journal makes it converge)"
+        )
+        meta = read_json(self._path(token), what="lease", fmt=LEASE_FORMAT, fix=fix)
+        if meta is None:
+            return None
+        try:
+            return LeaseInfo(
+                token=int(meta["token"]),
+                owner=str(meta["owner"]),
+                expires_at=float(meta["expires_at"]),
+                released=bool(meta.get("released", False)),
+                acquired_at=float(meta.get("acquired_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise StateFileError(f"the lease file {self._path(token)} misses a field; {fix}") from None
+
+    def current(self) -> LeaseInfo | None:
+        """The newest lease (held, expired or released), or None when there never was one."""
+        for token in reversed(self._tokens()):
+            info = self._read(token)
+            if info is not None:
+                return info
+        return None
+
+    def _is_free(self, info: LeaseInfo | None, now: float) -> bool:
+        return info is None or info.released or now > info.expires_at + self.max_clock_skew
+
+    # -- acquiring --------------------------------------------------------------------------
+
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free, without waiting. True = this run holds it now."""
+        if self.token is not None:
+            return True
+        info = self.current()
+        now = self._clock()
+        if not self._is_free(info, now):
+            return False
+        token = (info.token if info is not None else 0) + 1
+        expires = now + self.ttl
+        body = {
+            "format": LEASE_FORMAT,
+            "token": token,
+            "owner": self.owner,
+            "acquired_at": now,
+            "expires_at": expires,
+            "released": False,
+        }
+        if not create_exclusive(self._path(token), dump_json(body)):
+            return False  # another run created this token first
+        self.token, self._expires_at, self._acquired_at = token, expires, now
+        if info is not None and not info.released:
+            self.took_over = info
+            log.warning(
+                "Took over the expired lease of %s (%s): that run stopped without releasing it "
+                "(crashed or killed); its journal tells this run what may be half applied.",
+                self.directory,
+                info.describe(),
+            )
+        for old in self._tokens():
+            if old < token - 1:
+                delete(self._path(old))
+        self._start_heartbeat()
+        return True
+
+    def acquire(self, timeout: float = 0.0, poll_interval: float = 5.0) -> None:
+        """Take the lease, waiting up to ``timeout`` seconds for the current holder to finish.
+
+        :raises LeaseBusyError: still held when the timeout passed; names the holder.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while not self.try_acquire():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                info = self.current()
+                holder = info.describe() if info is not None else "another run"
+                raise LeaseBusyError(
+                    f"another run is sending to this destination ({holder}); waited {timeout:.0f} s for "
+                    f"its lease {self.directory}; nothing was sent. Retry later, raise lease_timeout, or "
+                    "make the operator deferrable so it waits without holding a worker slot."
+                )
+            time.sleep(min(poll_interval, left))
+
+    def wait_seconds(self) -> float | None:
+        """Seconds until the current lease can be taken over (0 = free now), None when held indefinitely."""
+        info = self.current()
+        now = self._clock()
+        if self._is_free(info, now):
+            return 0.0
+        assert info is not None
+        return max(info.expires_at + self.max_clock_skew - now, 0.0)
+
+    # -- holding ----------------------------------------------------------------------------
+
+    def _write_own(self, *, released: bool = False) -> None:
+        assert self.token is not None
+        now = self._clock()
+        expires = now + self.ttl
+        body = {
+            "format": LEASE_FORMAT,
+            "token": self.token,
+            "owner": self.owner,
+            "acquired_at": self._acquired_at,
+            "expires_at": now if released else expires,
+            "released": released,
+            "renewed_at": now,
+        }
+        write_atomic(self._path(self.token), dump_json(body))
+        if not released:
+            self._expires_at = expires
+
+    def renew(self) -> None:
+        """Extend our lease by ``ttl`` (the heartbeat calls this); raises LeaseLostError if lost."""
+        with self._lock:
+            self._check_locked()
+            self._write_own()
+
+    def _check_locked(self) -> None:
+        if self.token is None:
+            raise LeaseLostError(f"this run does not hold the lease {self.directory}")
+        if self._renew_error is not None:
+            raise LeaseLostError(
+                f"the lease {self.directory} could not be renewed ({self._renew_error}); no further chunk is sent"
+            )
+        if self._clock() >= self._expires_at:
+            raise LeaseLostError(
+                f"the lease {self.directory} (token {self.token}) expired at {utc_iso(self._expires_at)} before "
+                "it was renewed; another run may be sending, so this run sends nothing more"
+            )
+        tokens = self._tokens()
+        if self.token not in tokens or tokens[-1] > self.token:
+            newest = tokens[-1] if tokens else "?"
+            raise LeaseLostError(
+                f"the lease {self.directory} (token {self.token}) was taken over by token {newest} or removed; "
+                "this run sends nothing more"
+            )
+
+    def check(self) -> None:
+        """Fencing check before a chunk: raise :class:`LeaseLostError` unless we still hold the lease."""
+        with self._lock:
+            self._check_locked()
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._heartbeat = threading.Thread(target=self._beat, name="contact-list-lease", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.renew()
+            except LeaseLostError:
+                return
+            except Exception as exc:
+                self._renew_error = exc
+                log.error("Renewing the lease %s failed: %s", self.directory, exc)
+                return
+
+    def release(self) -> None:
+        """Give the lease up (idempotent). Leaves it alone if it was taken over meanwhile."""
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+            self._heartbeat = None
+        with self._lock:
+            if self.token is None:
+                return
+            try:
+                tokens = self._tokens()
+                if tokens and tokens[-1] == self.token:
+                    self._write_own(released=True)
+            except Exception as exc:
+                log.warning("Could not release the lease %s (it expires by itself): %s", self.directory, exc)
+            self.token = None
+
+    def __enter__(self) -> DestinationLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,164 @@
+"""Small-file primitives for a destination's state directory, on local disk or object storage.
+
+A destination's state lives in one directory, ``<base>/<vendor>/<destination key>/``, beside
+each other on the same storage::
+
+    snapshot.txt              what the destination held after the last complete run
+    journal.json              the run in progress (or the one that did not finish)
+    journal-ids-<run>.txt     identifiers that run may have touched, in send order
+    lease/<token>.json        who may send to the destination now (one file per fencing token)
+
+Guarantees by backend:
+
+* **local paths** (``Path`` or ``file://``): writes go to a temporary file that is renamed over
+  the target (atomic on POSIX); an exclusive create is ``os.link`` of a complete temporary file
+  (fails if the target exists; atomic on local file systems and NFSv3+), so no reader ever sees
+  a half-written file;
+* **object storage** (``ObjectStoragePath``): an object is written in one upload, so readers
+  see it complete or not at all; an exclusive create is ``open(mode="xb")``, which fsspec
+  backends implement with a conditional write where the store has one (local, memory, S3
+  ``If-None-Match`` in recent s3fs). A backend without exclusive create is refused by
+  :func:`create_exclusive` with a message naming it, unless ``allow_unsafe`` is set (then the
+  lease is best effort: create, wait, read back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from airflow_audience_provider.identifiers.errors import ContactListError
+
+
+class StateFileError(ContactListError):
+    """A state file (journal, lease) is corrupt, from a newer version, or cannot be written."""
+
+
+def is_local(location: Any) -> bool:
+    """True for plain local paths (``Path``), False for ``ObjectStoragePath`` locations."""
+    return isinstance(location, Path) and not hasattr(location, "fs")
+
+
+def write_atomic(location: Any, data: bytes) -> None:
+    """Replace ``location`` with ``data``: whole or not at all for any reader."""
+    if is_local(location):
+        location.parent.mkdir(parents=True, exist_ok=True)
+        tmp = location.with_name(f".{location.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.replace(tmp, location)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    with location.open("wb") as out:
+        out.write(data)
+
+
+def create_exclusive(location: Any, data: bytes) -> bool:
+    """Create ``location`` holding ``data`` only if it does not exist. True = we created it."""
+    if is_local(location):
+        location.parent.mkdir(parents=True, exist_ok=True)
+        tmp = location.with_name(f".{location.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+            try:
+                os.link(tmp, location)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+    with contextlib.suppress(Exception):
+        location.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with location.open("xb") as out:
+            out.write(data)
+    except FileExistsError:
+        return False
+    except (ValueError, NotImplementedError, TypeError) as exc:
+        raise StateFileError(
+            f"{location}: this storage does not support exclusive create (mode 'xb'), which the "
+            "destination lease needs; keep snapshot_base on local disk, S3 (s3fs with conditional "
+            f"writes) or another store that supports it ({type(exc).__name__})"
+        ) from exc
+    return True
+
+
+def read_bytes(location: Any) -> bytes | None:
+    """The file's bytes, or None when it does not exist."""
+    try:
+        if is_local(location):
+            return location.read_bytes()
+        with location.open("rb") as fh:
+            data: bytes = fh.read()
+            return data
+    except FileNotFoundError:
+        return None
+
+
+def delete(location: Any) -> None:
+    """Remove the file if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        location.unlink()
+
+
+def list_names(directory: Any) -> list[str]:
+    """File names in ``directory`` (empty when it does not exist)."""
+    try:
+        if is_local(directory):
+            return sorted(p.name for p in directory.iterdir())
+        if not directory.exists():
+            return []
+        return sorted(p.name for p in directory.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def read_json(location: Any, *, what: str, fmt: int, fix: str) -> dict[str, Any] | None:
+    """Read a small JSON state file; None when absent.
+
+    :param what: what the file is, for messages (``"journal"``, ``"lease"``).
+    :param fmt: the newest format this code understands.
+    :param fix: what the user should do when the file is unusable.
+    :raises StateFileError: corrupt, or written by a newer version.
+    """
+    data = read_bytes(location)
+    if data is None:
+        return None
+    try:
+        meta = json.loads(data.decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError):
+        raise StateFileError(f"the {what} file {location} is corrupt (not a JSON object); {fix}") from None
+    version = meta.get("format")
+    if not isinstance(version, int):
+        raise StateFileError(f"the {what} file {location} has no format version; {fix}")
+    if version > fmt:
+        raise StateFileError(
+            f"the {what} file {location} has format {version}, written by a newer version of "
+            f"airflow-audience-provider (this one reads up to {fmt}); upgrade the provider on every "
+            f"worker that writes this destination, or {fix}"
+        )
+    return meta
+
+
+def dump_json(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, sort_keys=True).encode()
+
+
+def default_owner() -> str:
+    """Who this process is, for lease and journal files: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def utc_iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

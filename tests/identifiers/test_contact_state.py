@@ -1,0 +1,265 @@
+"""Engine-level state guarantees: modes, journal recovery, lease, bad state files, periodic refresh."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from contact_helpers import emails, sha
+
+from airflow_audience_provider.identifiers import (
+    DestinationLease,
+    LeaseBusyError,
+    LeaseLostError,
+    StateFileError,
+    SyncOptions,
+    get_rule,
+    lease_for,
+    sync_contact_list,
+)
+from airflow_audience_provider.identifiers.errors import SendError
+from airflow_audience_provider.identifiers.snapshot import SnapshotStore
+from airflow_audience_provider.identifiers.testing import RecordingSender
+
+RULE = get_rule("criteo", "email").with_options(max_ids_per_chunk=10)
+
+
+def hashes(values: list[str]) -> set[str]:
+    return {sha(v.strip().lower()) for v in values}
+
+
+def run(values: list[str], sender: RecordingSender, base: Path, mode: str | None = None, **opts: Any) -> dict:
+    options = SyncOptions(allow_mass_removal=True, allow_empty=True, lease_timeout=0, **opts)
+    return sync_contact_list(values, RULE, sender, destination_key="seg", snapshot_base=base, mode=mode, options=options)
+
+
+def state_dir(base: Path) -> Path:
+    return SnapshotStore(RULE.vendor, "seg", base).directory
+
+
+# ---- modes keep the state truthful -------------------------------------------------------------
+
+
+def test_sync_replace_sync_converges(tmp_path: Path) -> None:
+    vendor = RecordingSender()
+    run(emails(30), vendor, tmp_path, "sync")
+    replaced = run(emails(20, start=100), vendor, tmp_path, "replace")
+    assert replaced["mode"] == "full_replace" and vendor.members == hashes(emails(20, start=100))
+    again = run(emails(30), vendor, tmp_path, "sync")
+    # The replace recorded its list: the sync sends the difference instead of a no-op.
+    assert again["mode"] == "incremental" and vendor.members == hashes(emails(30))
+
+
+def test_add_and_remove_update_the_snapshot(tmp_path: Path) -> None:
+    vendor = RecordingSender()
+    run(emails(30), vendor, tmp_path, "sync")
+    added = run(emails(5, start=200), vendor, tmp_path, "add")
+    assert added["mode"] == "incremental" and added["counts"]["added"] == 5
+    removed = run(emails(3), vendor, tmp_path, "remove")
+    assert removed["counts"]["removed"] == 3
+    expected = (hashes(emails(30)) | hashes(emails(5, start=200))) - hashes(emails(3))
+    assert vendor.members == expected
+    assert set(SnapshotStore(RULE.vendor, "seg", tmp_path).read_values()) == expected
+    final = run(emails(30), vendor, tmp_path, "sync")
+    assert final["counts"]["added"] == 3 and final["counts"]["removed"] == 5
+    assert vendor.members == hashes(emails(30))
+
+
+def test_add_without_state_keeps_the_state_unknown(tmp_path: Path) -> None:
+    vendor = RecordingSender(members={"stale"})
+    result = run(emails(5), vendor, tmp_path, "add")
+    assert result["mode"] == "one_way" and vendor.members == {"stale"} | hashes(emails(5))
+    assert not SnapshotStore(RULE.vendor, "seg", tmp_path).location.exists()
+    assert run(emails(5), vendor, tmp_path, "sync")["mode"] == "full_replace"
+    assert vendor.members == hashes(emails(5))
+
+
+def test_stateless_send_invalidates_the_snapshot(tmp_path: Path) -> None:
+    vendor = RecordingSender()
+    run(emails(30), vendor, tmp_path, "sync")
+    options = SyncOptions(lease_timeout=0)
+    sync_contact_list(
+        emails(10, start=50), RULE, vendor, destination_key="seg", snapshot_base=tmp_path, incremental=False,
+        options=options,
+    )  # fmt: skip
+    assert not SnapshotStore(RULE.vendor, "seg", tmp_path).location.exists()
+    assert run(emails(30), vendor, tmp_path)["mode"] == "full_replace"
+
+
+def test_unknown_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        run(emails(3), RecordingSender(), tmp_path, "merge")
+
+
+def test_full_refresh_every_forces_a_periodic_full_replace(tmp_path: Path) -> None:
+    vendor = RecordingSender()
+    first = run(emails(30), vendor, tmp_path, full_refresh_every=timedelta(days=7))
+    assert first["mode"] == "full_replace"
+    header = SnapshotStore(RULE.vendor, "seg", tmp_path).read_header()
+    assert header is not None and header["full_replace_at"] > 0
+    second = run(emails(31), vendor, tmp_path, full_refresh_every=timedelta(days=7))
+    assert second["mode"] == "incremental"
+    # Pretend the last full replace was 8 days ago.
+    store = SnapshotStore(RULE.vendor, "seg", tmp_path)
+    text = store.location.read_text().split("\n", 1)
+    meta = json.loads(text[0][len("#aap-snapshot ") :])
+    meta["full_replace_at"] -= 8 * 86400
+    store.location.write_text("#aap-snapshot " + json.dumps(meta) + "\n" + text[1])
+    third = run(emails(31), vendor, tmp_path, full_refresh_every=timedelta(days=7))
+    assert third["mode"] == "full_replace" and "full_refresh_every" in third["state"]["full_replace_reason"]
+
+
+# ---- journal: a failed run followed by another input converges ------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "replace"])
+def test_failed_run_then_another_input_converges(tmp_path: Path, mode: str) -> None:
+    vendor = RecordingSender()
+    run(emails(50), vendor, tmp_path)
+    # Removes 30 and adds 30 in chunks of 10; dies on the 5th call, after some chunks applied.
+    vendor.fail_on_call = len(vendor.calls) + 5
+    with pytest.raises(SendError):
+        run(emails(50, start=30), vendor, tmp_path, mode)
+    assert (state_dir(tmp_path) / "journal.json").exists()
+    vendor.fail_on_call = None
+    # The next input is the original list: a plain diff against the snapshot would be a no-op.
+    result = run(emails(50), vendor, tmp_path)
+    assert result["state"]["recovered"] and result["state"]["uncertain"] > 0
+    assert vendor.members == hashes(emails(50))
+    assert not (state_dir(tmp_path) / "journal.json").exists()
+    assert run(emails(50), vendor, tmp_path)["mode"] == "noop"
+
+
+def test_corrupt_journal_means_a_full_replace(tmp_path: Path) -> None:
+    vendor = RecordingSender()
+    run(emails(20), vendor, tmp_path)
+    (state_dir(tmp_path) / "journal.json").write_text("{not json")
+    vendor.members.add("left-by-someone")
+    result = run(emails(20), vendor, tmp_path)
+    assert result["mode"] == "full_replace" and "unusable" in result["state"]["notes"][0]
+    assert vendor.members == hashes(emails(20))
+
+
+def test_journal_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    vendor = RecordingSender()
+    run(emails(20), vendor, tmp_path)
+    (state_dir(tmp_path) / "journal.json").write_text(json.dumps({"format": 99}))
+    with pytest.raises(StateFileError, match="newer version.*upgrade"):
+        run(emails(20), vendor, tmp_path)
+
+
+# ---- lease --------------------------------------------------------------------------------------
+
+
+def test_lease_is_exclusive_and_fenced(tmp_path: Path) -> None:
+    now = [1000.0]
+    first = DestinationLease(tmp_path / "lease", ttl=30, max_clock_skew=5, clock=lambda: now[0])
+    second = DestinationLease(tmp_path / "lease", ttl=30, max_clock_skew=5, clock=lambda: now[0])
+    assert first.try_acquire() and first.token == 1
+    assert not second.try_acquire()
+    assert second.wait_seconds() == pytest.approx(35)
+    now[0] += 31  # expired by the holder's clock: it stops sending...
+    with pytest.raises(LeaseLostError, match="expired"):
+        first.check()
+    assert not second.try_acquire()  # ...but the skew margin is not over yet
+    now[0] += 5
+    assert second.try_acquire() and second.token == 2 and second.took_over is not None
+    now[0] -= 30  # even with its clock back in time, the old holder sees the higher token
+    with pytest.raises(LeaseLostError, match="taken over"):
+        first.check()
+    first.release()  # does not release someone else's lease
+    assert not DestinationLease(tmp_path / "lease", clock=lambda: now[0]).try_acquire()
+    second.release()
+    third = DestinationLease(tmp_path / "lease", clock=lambda: now[0])
+    assert third.try_acquire() and third.token == 3 and third.took_over is None
+    third.release()
+
+
+def test_only_one_of_racing_runs_gets_the_lease(tmp_path: Path) -> None:
+    leases = [DestinationLease(tmp_path / "lease", ttl=60) for _ in range(8)]
+    barrier = threading.Barrier(len(leases))
+    won: list[bool] = []
+
+    def race(lease: DestinationLease) -> None:
+        barrier.wait()
+        won.append(lease.try_acquire())
+
+    threads = [threading.Thread(target=race, args=(lease,)) for lease in leases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert won.count(True) == 1
+    for lease in leases:
+        lease.release()
+
+
+def test_second_run_fails_before_sending_while_the_lease_is_held(tmp_path: Path) -> None:
+    vendor = RecordingSender()
+    holder = lease_for(RULE, "seg", tmp_path)
+    assert holder.try_acquire()
+    try:
+        with pytest.raises(LeaseBusyError, match="another run is sending"):
+            run(emails(20), vendor, tmp_path)
+        assert vendor.calls == []
+    finally:
+        holder.release()
+    run(emails(20), vendor, tmp_path)
+    assert vendor.members == hashes(emails(20))
+
+
+def test_acquired_lease_can_be_passed_in(tmp_path: Path) -> None:
+    vendor = RecordingSender()
+    lease = lease_for(RULE, "seg", tmp_path)
+    assert lease.try_acquire()
+    sync_contact_list(emails(20), RULE, vendor, destination_key="seg", snapshot_base=tmp_path, lease=lease)
+    assert lease.token is None  # released by the engine at the end
+    assert lease_for(RULE, "seg", tmp_path).try_acquire()
+
+
+def test_run_whose_lease_is_lost_sends_nothing_more(tmp_path: Path) -> None:
+    stolen = {"done": False}
+
+    def steal(op: str) -> None:
+        if len(vendor.calls) == 2 and not stolen["done"]:
+            stolen["done"] = True
+            # Another run creates the next token (as after an expiry).
+            lease_dir = state_dir(tmp_path) / "lease"
+            newest = max(int(p.stem) for p in lease_dir.glob("*.json"))
+            (lease_dir / f"{newest + 1:012d}.json").write_text(
+                json.dumps({"format": 1, "token": newest + 1, "owner": "other", "expires_at": 9e12})
+            )
+
+    vendor = RecordingSender(before_call=steal)
+    with pytest.raises(SendError) as caught:
+        run(emails(50), vendor, tmp_path)
+    assert isinstance(caught.value.__cause__, LeaseLostError)
+    assert len(vendor.calls) == 2  # the chunk in hand when it was stolen, none after
+
+
+def test_corrupt_lease_is_refused_with_instructions(tmp_path: Path) -> None:
+    lease_dir = state_dir(tmp_path) / "lease"
+    lease_dir.mkdir(parents=True)
+    (lease_dir / "000000000001.json").write_text("garbage")
+    with pytest.raises(StateFileError, match="corrupt.*delete the directory"):
+        run(emails(20), RecordingSender(), tmp_path)
+
+
+def test_lease_on_object_storage() -> None:
+    import fsspec
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.io import attach
+
+    attach("memory", fs=fsspec.filesystem("memory"))
+    base = ObjectStoragePath("memory://audience-tests/leases")
+    first = DestinationLease(base / "seg" / "lease", ttl=30)
+    second = DestinationLease(base / "seg" / "lease", ttl=30)
+    assert first.try_acquire() and not second.try_acquire()
+    first.check()
+    first.release()
+    assert second.try_acquire() and second.token == 2
+    second.release()
