@@ -34,7 +34,9 @@ def hashes(values: list[str]) -> set[str]:
 
 def run(values: list[str], sender: RecordingSender, base: Path, mode: str | None = None, **opts: Any) -> dict:
     options = SyncOptions(allow_mass_removal=True, allow_empty=True, lease_timeout=0, **opts)
-    return sync_contact_list(values, RULE, sender, destination_key="seg", snapshot_base=base, mode=mode, options=options)
+    return sync_contact_list(
+        values, RULE, sender, destination_key="seg", snapshot_base=base, mode=mode, options=options
+    )
 
 
 def state_dir(base: Path) -> Path:
@@ -148,7 +150,7 @@ def test_journal_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     vendor = RecordingSender()
     run(emails(20), vendor, tmp_path)
     (state_dir(tmp_path) / "journal.json").write_text(json.dumps({"format": 99}))
-    with pytest.raises(StateFileError, match="newer version.*upgrade"):
+    with pytest.raises(StateFileError, match=r"newer version.*upgrade"):
         run(emails(20), vendor, tmp_path)
 
 
@@ -245,7 +247,7 @@ def test_corrupt_lease_is_refused_with_instructions(tmp_path: Path) -> None:
     lease_dir = state_dir(tmp_path) / "lease"
     lease_dir.mkdir(parents=True)
     (lease_dir / "000000000001.json").write_text("garbage")
-    with pytest.raises(StateFileError, match="corrupt.*delete the directory"):
+    with pytest.raises(StateFileError, match=r"corrupt.*delete the directory"):
         run(emails(20), RecordingSender(), tmp_path)
 
 
