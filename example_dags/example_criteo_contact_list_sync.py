@@ -10,7 +10,9 @@ campaigns. This DAG runs at 10:30 and 22:30 UTC so that its upload finishes befo
 3. ``sync_contact_list`` sends only the difference since the last run (incremental sync);
 4. ``ensure_audience`` combines the list with the exclusion segment: customers who did not opt out;
 5. ``wait_until_live`` waits in the triggerer until the next computation window plus the
-   propagation delay, then records the Asset event ``criteo://<account>/segment/<id>``.
+   propagation delay, then records the Asset event ``criteo://<account>/segment/<id>``. It starts
+   there on Airflow 3.3+, whose triggerer renders its templates; on 3.1 and 3.2 it starts on a
+   worker and defers.
 
 Run it offline against the sandbox: ``make demo`` (the windows are seconds apart there).
 """
@@ -120,6 +122,7 @@ with DAG(
     # [START howto_sensor_criteo_live]
     wait = CriteoAudienceLiveSensor(
         task_id="wait_until_live",
+        # Rendered by the triggerer: an unmapped task's XCom is one read, which the triggerer serves.
         uploaded_at="{{ ti.xcom_pull(task_ids='sync_contact_list')['finished_at'] }}",
         segment_id="{{ ti.xcom_pull(task_ids='sync_contact_list')['segment_id'] }}",
         interval_seconds=float(WINDOW_SECONDS) if WINDOW_SECONDS else None,  # None: 00:00 and 12:00 UTC

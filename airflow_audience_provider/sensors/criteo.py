@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow import __version__ as _airflow_version
 from airflow.triggers.base import StartTriggerArgs
 
 from airflow_audience_provider.connections import CRITEO
@@ -28,6 +30,12 @@ if TYPE_CHECKING:
 __all__ = ["CriteoAudienceLiveSensor", "latest_safe_upload_time", "live_at", "next_computation_window"]
 
 _TRIGGER = f"{CriteoComputationWindowTrigger.__module__}.{CriteoComputationWindowTrigger.__qualname__}"
+#: Airflow 3.3 is the first whose triggerer renders the templated arguments of a task started there.
+_TRIGGERER_RENDERS_TEMPLATES = tuple(int(part) for part in _airflow_version.split(".")[:2]) >= (3, 3)
+
+
+def _is_template(value: Any) -> bool:
+    return isinstance(value, str) and any(mark in value for mark in ("{{", "{%", "{#"))
 
 
 class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
@@ -38,10 +46,12 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
     ``uploaded_at`` plus ``propagation_delay``, and, with ``segment_id`` and ``min_identifiers``,
     until the segment's contact-list statistics report at least that many identifiers.
 
-    By default it **starts in the triggerer** (``start_from_trigger=True``): no worker slot is taken
+    By default it **starts in the triggerer** (``start_from_trigger``): no worker slot is taken
     while waiting, and the wait survives triggerer restarts because the target time follows from the
-    arguments alone. Where the task is run by a worker anyway (``airflow dags test``, or
-    ``start_from_trigger=False``) it defers to the same trigger, or pokes with ``deferrable=False``.
+    arguments alone. Airflow 3.3 is the first whose triggerer renders templated arguments; on older
+    versions a sensor with templated arguments starts on a worker and defers from there. Where the
+    task is run by a worker anyway (``airflow dags test``, or ``start_from_trigger=False``) it
+    defers to the same trigger, or pokes with ``deferrable=False``.
 
     Window hours, an interval in seconds (for tests and demos) and the delay are parameters.
 
@@ -56,7 +66,9 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
         for the statistics confirmation.
     :param min_identifiers: confirm with the statistics: at least this many identifiers (templated).
     :param owner_id: account or advertiser of the statistics read; default from the connection (templated).
-    :param start_from_trigger: start directly in the triggerer (Airflow 3.3+ renders the templates there).
+    :param start_from_trigger: start directly in the triggerer. Default: yes where the triggerer can
+        render the templated arguments (Airflow 3.3+, or none is templated), else on a worker. True on
+        an older Airflow with templated arguments warns and starts on a worker.
     :param emit_asset: when live, record an Asset event ``criteo://<account>/segment/<id>``
         (alias ``criteo-segments``).
     :return: ``{"uploaded_at", "computation_window", "live_at", "segment_id", "statistics"?, "asset_uri"}``.
@@ -86,7 +98,7 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
         criteo_conn_id: str = CRITEO.default_conn_name,
         poke_interval: float = 300,
         timeout: float = 24 * 60 * 60,
-        start_from_trigger: bool = True,
+        start_from_trigger: bool | None = None,
         deferrable: bool = True,
         emit_asset: bool = True,
         asset_alias: str | None = None,
@@ -104,8 +116,8 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
         self.min_identifiers = min_identifiers
         self.owner_id = owner_id
         self.criteo_conn_id = criteo_conn_id
-        self.start_from_trigger = start_from_trigger
-        if start_from_trigger:
+        self.start_from_trigger = self._can_start_from_trigger(start_from_trigger)
+        if self.start_from_trigger:
             self.start_trigger_args = StartTriggerArgs(
                 trigger_cls=_TRIGGER,
                 trigger_kwargs=self._trigger_kwargs(),
@@ -113,6 +125,20 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
                 next_kwargs=None,
                 timeout=timedelta(seconds=float(timeout)),
             )
+
+    def _can_start_from_trigger(self, requested: bool | None) -> bool:
+        """Whether the triggerer can start this task: it renders templates from Airflow 3.3 on."""
+        if requested is False or _TRIGGERER_RENDERS_TEMPLATES:
+            return requested is not False
+        templated = sorted(name for name in self.template_fields if _is_template(getattr(self, name)))
+        if templated and requested:
+            warnings.warn(
+                f"start_from_trigger=True with templated {', '.join(templated)} needs Airflow 3.3 or later, "
+                f"whose triggerer renders templates; task {self.task_id!r} starts on a worker and defers.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return not templated
 
     @property
     def conn_id(self) -> str:

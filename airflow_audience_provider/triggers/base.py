@@ -10,7 +10,10 @@ waits all judge the vendor's answer by the same code. The trigger:
 * stops at its own absolute deadline (``airflow dags test`` runs triggers inline with no
   timeout, so the trigger must bound itself);
 * tolerates ``max_consecutive_failures`` transient errors (5xx, timeouts, 429 past the retry
-  budget) before giving up, and fails at once on authentication, permission and not-found errors.
+  budget) before giving up, and fails at once on authentication, permission and not-found errors;
+* for a task that starts in the triggerer (``start_from_trigger``), renders the templated
+  arguments itself, bounded in time and reading XComs only in the way the triggerer serves, and
+  fails with a clear ``error`` event when that is not possible.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -62,6 +66,8 @@ class AudiencePollingTrigger(BaseTrigger):
     vendor: ClassVar[str]
     #: what is being waited for, for messages ("reevaluation of segment abc").
     subject: ClassVar[str] = "work"
+    #: seconds the triggerer may take to render the templated arguments of a task started there.
+    render_timeout: ClassVar[float] = 120.0
 
     def __init__(
         self,
@@ -97,7 +103,53 @@ class AudiencePollingTrigger(BaseTrigger):
     def describe_subject(self) -> str:
         return self.subject.format(**self.status_kwargs)
 
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Keep the context; :meth:`run` renders the templated arguments, bounded by :attr:`render_timeout`.
+
+        Airflow 3.3+ calls this in the triggerer, before ``run``, for a task with ``start_from_trigger``.
+        The triggerer's supervisor never answers a request type it does not serve, so rendering a
+        template that needs one here would wait forever without a word in the task's log.
+        """
+        self.__dict__["_pending_render"] = (context, jinja_env)
+
+    def resolve_arguments(self) -> None:
+        """Called as :meth:`run` starts, after any rendering: derive what depends on templated attributes."""
+
+    async def _render_in_triggerer(self) -> str | None:
+        """Render what :meth:`render_template_fields` kept; a message saying why not on failure."""
+        pending = self.__dict__.pop("_pending_render", None)
+        if pending is None:
+            return None
+        context, jinja_env = pending
+        fields = ", ".join(self.template_fields) or "none"
+
+        async def render() -> None:
+            if os.environ.get("AIRFLOW_DISABLE_GREENBACK_PORTAL", "").lower() != "true":
+                import greenback  # a dependency of Airflow's triggerer
+
+                # Sync SDK calls made by templates (xcom_pull, var, conn) then suspend this task, not the loop.
+                await greenback.ensure_portal()
+            BaseTrigger.render_template_fields(self, _triggerer_context(context), jinja_env)  # type: ignore[arg-type]
+
+        try:
+            await asyncio.wait_for(render(), timeout=self.render_timeout)
+        except TimeoutError:
+            return (
+                f"The triggerer did not answer while rendering the templated arguments ({fields}) within "
+                f"{self.render_timeout:g} s: a template asks for something the triggerer does not serve. "
+                "Use only ti.xcom_pull(...) of unmapped tasks, var, conn, params and the run's dates "
+                "in these fields, or start the task on a worker (start_from_trigger=False)."
+            )
+        except Exception as exc:
+            return f"Could not render the templated arguments ({fields}) in the triggerer: {type(exc).__name__}: {exc}"
+        return None
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        problem = await self._render_in_triggerer()
+        if problem is not None:
+            yield TriggerEvent(make_event(EventStatus.ERROR, self.vendor, problem))
+            return
+        self.resolve_arguments()
         subject = self.describe_subject()
         failures = 0
         last: PollResult | None = None
@@ -178,6 +230,34 @@ class AudiencePollingTrigger(BaseTrigger):
                 return
             pause = self.poll_interval if self.deadline is None else min(self.poll_interval, self.deadline - now)
             await asyncio.sleep(max(pause, 0.0))
+
+
+class _TriggererTaskInstance:
+    """The task instance templates see in the triggerer: ``xcom_pull`` reads one value per task.
+
+    By default ``xcom_pull(task_ids=...)`` reads every map index (``GetXComSequenceSlice``), which the
+    triggerer of Airflow 3.3 does not serve; it serves single reads (``GetXCom``), and map index -1
+    is an unmapped task's value. Everything else is the task instance's own.
+    """
+
+    def __init__(self, ti: Any) -> None:
+        self._ti = ti
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ti, name)
+
+    def xcom_pull(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("map_indexes", -1)
+        return self._ti.xcom_pull(*args, **kwargs)
+
+
+def _triggerer_context(context: Any) -> dict[str, Any]:
+    """A copy of ``context`` whose task instance reads XComs the way the triggerer serves them."""
+    rendered = dict(context)
+    for key in ("ti", "task_instance"):
+        if rendered.get(key) is not None:
+            rendered[key] = _TriggererTaskInstance(rendered[key])
+    return rendered
 
 
 def _error_event(vendor: str, exc: AudienceError) -> dict[str, Any]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-from airflow.triggers.base import TriggerEvent
 
 from airflow_audience_provider.hooks.criteo_cycle import COMPUTATION_HOURS_UTC, PROPAGATION_DELAY
 from airflow_audience_provider.triggers.base import AudiencePollingTrigger
@@ -21,7 +19,7 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
 
     The kwargs carry the sensor's parameter names so that, when the sensor starts in the triggerer
     (``start_from_trigger``), the triggerer renders the templated ones (``uploaded_at``,
-    ``segment_id``, ``owner_id``, ``criteo_conn_id``) in place before :meth:`run`.
+    ``segment_id``, ``owner_id``, ``criteo_conn_id``) at the start of :meth:`run`.
     """
 
     hook_path = "airflow_audience_provider.hooks.criteo.CriteoHook"
@@ -96,9 +94,7 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
     def describe_subject(self) -> str:
         return f"Criteo computation of the changes uploaded at {self.uploaded_at}"
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    def resolve_arguments(self) -> None:
         # Rendering (start_from_trigger) happens after __init__: read the attributes again.
         self.conn_id = self.criteo_conn_id
         self.status_kwargs = self.current_status_kwargs()
-        async for event in super().run():
-            yield event

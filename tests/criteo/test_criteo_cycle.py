@@ -9,7 +9,7 @@ import pytest
 
 from airflow_audience_provider.core.errors import AudienceTimeoutError, AudienceValidationError
 from airflow_audience_provider.hooks.criteo_cycle import latest_safe_upload_time, live_at, next_computation_window
-from airflow_audience_provider.sensors.criteo import CriteoAudienceLiveSensor
+from airflow_audience_provider.sensors.criteo import _TRIGGERER_RENDERS_TEMPLATES, CriteoAudienceLiveSensor
 from airflow_audience_provider.triggers.criteo import CriteoComputationWindowTrigger
 
 
@@ -132,6 +132,7 @@ def test_trigger_with_a_bad_time_reports_an_error(criteo):
 # -- sensor -------------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(not _TRIGGERER_RENDERS_TEMPLATES, reason="Airflow 3.3 is the first whose triggerer renders")
 def test_sensor_starts_in_the_triggerer_with_templated_kwargs():
     sensor = CriteoAudienceLiveSensor(
         task_id="live",
@@ -149,6 +150,25 @@ def test_sensor_starts_in_the_triggerer_with_templated_kwargs():
     trigger = CriteoComputationWindowTrigger(**args.trigger_kwargs)
     templated = {f for f in sensor.template_fields if f in args.trigger_kwargs and hasattr(trigger, f)}
     assert templated == {"uploaded_at", "segment_id", "owner_id", "min_identifiers", "criteo_conn_id"}
+
+
+def test_where_the_triggerer_cannot_render_templates_the_sensor_starts_on_a_worker(monkeypatch):
+    import airflow_audience_provider.sensors.criteo as module
+
+    monkeypatch.setattr(module, "_TRIGGERER_RENDERS_TEMPLATES", False)  # Airflow 3.1 and 3.2
+    templated = "{{ ti.xcom_pull(task_ids='upload')['finished_at'] }}"
+    assert CriteoAudienceLiveSensor(task_id="a", uploaded_at=templated).start_from_trigger is False
+    with pytest.warns(UserWarning, match="uploaded_at needs Airflow 3.3"):
+        sensor = CriteoAudienceLiveSensor(task_id="b", uploaded_at=templated, start_from_trigger=True)
+    assert sensor.start_from_trigger is False
+    plain = CriteoAudienceLiveSensor(task_id="c", uploaded_at="2026-01-01T00:00:00Z")
+    assert plain.start_from_trigger is True and plain.start_trigger_args.trigger_kwargs["uploaded_at"] == (
+        "2026-01-01T00:00:00Z"
+    )
+    assert (
+        CriteoAudienceLiveSensor(task_id="d", uploaded_at=templated, start_from_trigger=False).start_from_trigger
+        is False
+    )
 
 
 def test_sensor_poke_mode_done_emits_the_segment_asset(criteo, context):
@@ -182,55 +202,3 @@ def test_sensor_defers_from_a_worker_and_completes_from_the_event(criteo, contex
     assert sensor.execute_complete(context, event)["live_at"] == "x"
     with pytest.raises(AudienceTimeoutError):
         sensor.execute_complete(context, {"status": "timeout", "vendor": "criteo", "message": "too long"})
-
-
-def test_start_from_trigger_survives_dag_serialisation_and_the_triggerer_renders_the_templates(criteo):
-    """What the scheduler and the triggerer do with a sensor that starts in the triggerer, step by step:
-    the serialised DAG keeps the StartTriggerArgs; the trigger is built from its kwargs; the triggerer
-    renders the operator's templated fields that are also trigger kwargs; then the trigger runs."""
-    pytest.importorskip(
-        "airflow.serialization.decoders",
-        reason="this replays Airflow 3.2+'s scheduler/triggerer internals step by step; 3.1 has other internals",
-    )
-    from airflow.sdk import DAG
-    from airflow.serialization.decoders import smart_decode_trigger_kwargs
-    from airflow.serialization.serialized_objects import DagSerialization
-
-    with DAG(dag_id="criteo_start_from_trigger", schedule=None) as dag:
-        CriteoAudienceLiveSensor(
-            task_id="live",
-            uploaded_at="{{ ti.xcom_pull(task_ids='upload')['finished_at'] }}",
-            segment_id="{{ ti.xcom_pull(task_ids='upload')['segment_id'] }}",
-            interval_seconds=0.2,
-            propagation_delay=0.1,
-            poke_interval=0.05,
-            timeout=60,
-        )
-    task = DagSerialization.from_dict(DagSerialization.to_dict(dag)).get_task("live")
-    assert task.start_from_trigger is True
-    args = task.start_trigger_args
-    kwargs = {k: smart_decode_trigger_kwargs(v) for k, v in smart_decode_trigger_kwargs(args.trigger_kwargs).items()}
-    trigger = CriteoComputationWindowTrigger(**kwargs)
-
-    class RuntimeTI:  # the parts of the runtime task instance the triggerer hands to the trigger
-        task_id = "live"
-
-        def __init__(self, operator):
-            self.task = operator
-
-        def xcom_pull(self, task_ids=None, **_):
-            return {"finished_at": "2026-01-01T00:00:00+00:00", "segment_id": "730011223344"}
-
-    ti = RuntimeTI(dag.get_task("live"))
-    trigger.task_instance = ti
-    assert set(trigger.template_fields) == {
-        "uploaded_at",
-        "segment_id",
-        "owner_id",
-        "min_identifiers",
-        "criteo_conn_id",
-    }
-    trigger.render_template_fields(context={"ti": ti})
-    assert trigger.uploaded_at == "2026-01-01T00:00:00+00:00" and trigger.segment_id == "730011223344"
-    event = _run(trigger)
-    assert event["status"] == "success" and event["result"]["segment_id"] == "730011223344"
