@@ -48,6 +48,16 @@ def _vendor_sandbox(sandbox, monkeypatch, vendor: str):
     fake.reset()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_oauth_tokens():
+    """OAuth tokens are cached per process; a fake's reset revokes them, so each test starts without."""
+    from airflow_audience_provider.core.auth import PROCESS_TOKENS
+
+    PROCESS_TOKENS.clear()
+    yield
+    PROCESS_TOKENS.clear()
+
+
 @pytest.fixture
 def lytics_sandbox(sandbox, monkeypatch):
     """The :class:`~airflow_audience_provider.sandbox.lytics.LyticsFake`, reset; its URL is ``.base_url``."""

@@ -3,14 +3,18 @@ transport built from it, ``test_connection()`` and the connection-form classmeth
 
 A vendor hook supplies its :class:`~airflow_audience_provider.connections.ConnectionSpec`,
 its :class:`~airflow_audience_provider.core.transport.VendorProfile`, a default host, how to
-authenticate (:meth:`AudienceHook.build_auth`) and one cheap read for :meth:`probe`.
+authenticate (:meth:`AudienceHook.build_auth`) and one cheap read for :meth:`probe`. It may
+adjust the client-side quotas per connection (:meth:`AudienceHook.rate_limits`) and watch every
+answer with the endpoint class that was called (:meth:`AudienceHook.observe_response`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,7 +22,9 @@ import requests
 from airflow.sdk import BaseHook
 
 from airflow_audience_provider.connections import RENAMED_EXTRAS, ConnectionSpec
+from airflow_audience_provider.core.auth import PROCESS_TOKENS, OAuth2ClientCredentials
 from airflow_audience_provider.core.errors import AudienceConfigurationError, AudienceError
+from airflow_audience_provider.core.ratelimit import RateLimit
 from airflow_audience_provider.core.transport import RetryPolicy, Timeouts, Transport, VendorProfile
 
 log = logging.getLogger(__name__)
@@ -224,6 +230,22 @@ class AudienceHook(BaseHook):
         field_label = self.spec.relabeling.get("password", "password")
         return f"check the {field_label} (password field) of Airflow connection '{settings.conn_id}'"
 
+    def rate_limits(self, settings: ConnectionSettings) -> Mapping[str, RateLimit]:
+        """The client-side quotas of this connection by endpoint class (``"default"`` for the rest).
+
+        The vendor's documented quotas (``profile.rate_limits``) unless a vendor reads overrides
+        from the connection (an API version with other limits, a contract with higher ones).
+        """
+        return self.profile.rate_limits
+
+    def observe_response(self, response: requests.Response, endpoint_class: str) -> None:
+        """Called with every answer, errors included, and the endpoint class the call named.
+
+        For vendors that report quotas or prices in headers on every answer. It must not raise
+        (the transport logs and ignores an error). A vendor's "budget used up" header belongs in
+        ``VendorProfile.budget_spent`` instead, where the rate limiter shares it with every client.
+        """
+
     def build_transport(self, settings: ConnectionSettings) -> Transport:
         timeouts = self._timeouts_override or Timeouts(
             connect=_number(settings, "connect_timeout", Timeouts.connect),
@@ -231,8 +253,8 @@ class AudienceHook(BaseHook):
         )
         retry = self._retry_override or RetryPolicy(max_attempts=_max_attempts(settings))
         session = requests.Session()
-        return Transport(
-            self.profile,
+        transport = Transport(
+            dataclasses.replace(self.profile, rate_limits=dict(self.rate_limits(settings))),
             self.base_url(settings),
             self.build_auth(settings, session),
             timeouts=timeouts,
@@ -241,6 +263,22 @@ class AudienceHook(BaseHook):
             headers=self.extra_headers(settings),
             session=session,
             credentials_hint=self.credentials_hint(settings),
+        )
+        if type(self).observe_response is not AudienceHook.observe_response:
+            transport.response_observers.append(self.observe_response)
+        return transport
+
+    def oauth2_client_credentials(
+        self, settings: ConnectionSettings, session: requests.Session, token_url: str, client_id: str, secret: str
+    ) -> OAuth2ClientCredentials:
+        """OAuth2 client-credentials auth whose token every hook and trigger of this process shares.
+
+        A worker's task threads and a triggerer's triggers using the same connection identity
+        (token URL, client id, secret) reuse one token until shortly before it expires, instead
+        of minting one per hook; a 401 replaces it once for all of them.
+        """
+        return OAuth2ClientCredentials(
+            token_url, client_id, secret, self.oauth2_token_poster(settings, session), cache=PROCESS_TOKENS
         )
 
     def oauth2_token_poster(self, settings: ConnectionSettings, session: requests.Session) -> Any:

@@ -47,6 +47,7 @@ from airflow_audience_provider.core.errors import (
     error_class_for_status,
 )
 from airflow_audience_provider.core.ratelimit import (
+    Budget,
     QuotaWouldBlock,
     RateLimit,
     RateLimiter,
@@ -160,6 +161,12 @@ class VendorProfile:
     rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
     #: Inspect a 2xx answer and return an ErrorInfo if it is really an error (HTTP-200 errors).
     body_error: Callable[[requests.Response], ErrorInfo | None] | None = None
+    #: For vendors that report a budget's state in every answer: seconds until the endpoint class'
+    #: budget frees up when the answer says it is used up, 0 when it says some is left, None when
+    #: it says nothing. The rate limiter then holds the budget for every client (see RateLimiter.hold).
+    budget_spent: Callable[[requests.Response], float | None] | None = None
+    #: A reported hold longer than this is ignored: the call goes ahead and the vendor's 429 decides.
+    max_budget_pause: float = 60.0
 
 
 class _RetryableAttempt(Exception):
@@ -216,10 +223,12 @@ class Transport:
         self.deprecations_seen: dict[str, dict[str, str]] = {}
         #: Appended to authentication and permission errors, e.g. which connection field to fix.
         self.credentials_hint = credentials_hint
-        #: Called with every HTTP response received, success or error, before it is judged: for
-        #: vendors that report quotas in headers on every answer (e.g. Yandex Direct ``Units``).
-        #: An observer must not raise; if one does, the error is logged and the call goes on.
-        self.response_observers: list[Callable[[requests.Response], None]] = []
+        #: Called as ``observer(response, endpoint_class)`` with every HTTP response received, success
+        #: or error, before it is judged: for vendors that report quotas in headers on every answer
+        #: (e.g. Yandex Direct ``Units``). The endpoint class is the one the call named, so observers
+        #: need no state on the hook and calls may run on threads. An observer must not raise; if
+        #: one does, the error is logged and the call goes on.
+        self.response_observers: list[Callable[[requests.Response, str], None]] = []
         #: ``time.monotonic()`` of the last attempt abandoned after it may have reached the vendor
         #: (read timeout, dropped connection): that request may still be applied later.
         self.last_unknown_outcome: float | None = None
@@ -289,7 +298,7 @@ class Transport:
                 if not ambiguous:
                     raise _RetryableAttempt(error) from exc
                 raise error from exc
-            self._observe(response)
+            self._observe(response, endpoint_class)
             status = response.status_code
             self._warn_deprecation(response, label)
             if 200 <= status < 300 and self.profile.body_error is not None:
@@ -301,7 +310,7 @@ class Transport:
             if status == 401 and isinstance(self.auth, OAuth2ClientCredentials) and not auth_refreshed:
                 # A token revoked or expired early: mint a new one once, then resend.
                 auth_refreshed = True
-                self.auth.invalidate()
+                self.auth.invalidate(_bearer_of(response))
                 raise _RetryableAttempt(self._error_for(response, self._parse(response), label), 0.0)
             self._raise_or_retry(response, self._parse(response), label, idempotent)
             raise AssertionError("unreachable")  # pragma: no cover
@@ -347,19 +356,26 @@ class Transport:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _ledger_key(self, scope: str, per_account: bool = True) -> str:
+        owner = self.budget_key if per_account else "*"
+        return f"{self.profile.name}:{owner}:{scope}"
+
     def _throttle(self, endpoint_class: str, label: str) -> None:
         limit = self.profile.rate_limits.get(endpoint_class) or self.profile.rate_limits.get("default")
-        if limit is None:
-            return
         # Windows of a shared scope (a daily budget, a per-IP limit) have their own ledger.
         groups: dict[tuple[str, bool], list[Window]] = {}
-        for window in limit.windows:
-            groups.setdefault((window.scope, window.per_account), []).append(window)
+        for window in limit.windows if limit is not None else ():
+            groups.setdefault((window.scope or endpoint_class, window.per_account), []).append(window)
+        if self.profile.budget_spent is not None:
+            groups.setdefault((endpoint_class, True), [])  # where the vendor's "used up" holds live
+        if not groups:
+            return
+        budgets = [
+            Budget(self._ledger_key(scope, per_account), tuple(ws)) for (scope, per_account), ws in groups.items()
+        ]
+        max_wait = limit.max_wait if limit is not None else self.profile.max_budget_pause
         try:
-            for (scope, per_account), windows in groups.items():
-                owner = self.budget_key if per_account else "*"
-                key = f"{self.profile.name}:{owner}:{scope or endpoint_class}"
-                self.limiter.acquire(key, limit if len(groups) == 1 else replace(limit, windows=tuple(windows)))
+            self.limiter.acquire_all(budgets, max_wait)
         except QuotaWouldBlock as exc:
             raise AudienceRateLimitError(
                 f"{label} not sent: client-side quota {exc.window.describe()} is used up "
@@ -369,10 +385,17 @@ class Transport:
                 code="client_quota",
             ) from exc
 
-    def _observe(self, response: requests.Response) -> None:
+    def _observe(self, response: requests.Response, endpoint_class: str) -> None:
+        if self.profile.budget_spent is not None:
+            try:
+                spent = self.profile.budget_spent(response)
+                if spent is not None and spent <= self.profile.max_budget_pause:
+                    self.limiter.hold(self._ledger_key(endpoint_class), spent)
+            except Exception:
+                log.warning("Could not record the %s budget state", self.profile.name, exc_info=True)
         for observer in self.response_observers:
             try:
-                observer(response)
+                observer(response, endpoint_class)
             except Exception:  # bookkeeping must never turn an answer into a failure
                 log.warning("A %s response observer failed", self.profile.name, exc_info=True)
 
@@ -508,6 +531,12 @@ def call_with_read_back(
             log.warning("%s failed (%s) and was not applied (attempt %d of %d)", what, exc.message, attempt, attempts)
     assert last is not None
     raise last
+
+
+def _bearer_of(response: requests.Response) -> str | None:
+    """The bearer token a refused request carried, so only that token is forgotten."""
+    header = str(response.request.headers.get("Authorization", "")) if response.request is not None else ""
+    return header[7:] if header.lower().startswith("bearer ") else None
 
 
 def _path_only(path: str) -> str:

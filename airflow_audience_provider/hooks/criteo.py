@@ -43,7 +43,6 @@ import requests
 
 from airflow_audience_provider.assets import segment_uri
 from airflow_audience_provider.connections import CRITEO
-from airflow_audience_provider.core.auth import OAuth2ClientCredentials
 from airflow_audience_provider.core.errors import (
     AudienceConfigurationError,
     AudienceError,
@@ -374,8 +373,8 @@ class CriteoHook(AudienceHook):
         secret = settings.require(settings.password, "client secret (password field)")
         token_url = settings.get_extra("token_url") or f"{self.base_url(settings)}/oauth2/token"
         # requests URL-encodes the form, so a secret with '+' stays intact (notes §3, pitfall 17).
-        post = self.oauth2_token_poster(settings, session)
-        return OAuth2ClientCredentials(token_url, client_id, secret, post)
+        # One token per process and app: every Criteo hook and trigger here reuses it until near expiry.
+        return self.oauth2_client_credentials(settings, session, token_url, client_id, secret)
 
     def budget_key(self, settings: ConnectionSettings) -> str:
         # The quota is per Criteo app (client id), whatever the account.

@@ -45,7 +45,6 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -65,7 +64,6 @@ from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
 from airflow_audience_provider.core.transport import (
     ErrorInfo,
-    Transport,
     VendorProfile,
     call_with_read_back,
     parse_retry_after,
@@ -187,6 +185,23 @@ def segment_retry_after(response: requests.Response) -> float | None:
     return None
 
 
+def segment_budget_spent(response: requests.Response) -> float | None:
+    """Seconds until an operation's budget frees up when ``X-RateLimit-Remaining`` is 0; 0 while some
+    is left; None without the header. The reset is an RFC 5322 date in whole seconds: one more
+    second makes sure the slot is free."""
+    raw = response.headers.get("X-RateLimit-Remaining")
+    if raw is None:
+        return None
+    try:
+        remaining = int(float(raw))
+    except ValueError:
+        return None
+    if remaining > 0:
+        return 0.0
+    wait = parse_retry_after(response.headers.get("X-RateLimit-Reset"))
+    return None if wait is None else wait + 1.0
+
+
 def canonical_query(query: str | None) -> str:
     """A definition with whitespace folded, for "did it change?" comparisons."""
     return " ".join((query or "").split())
@@ -210,19 +225,15 @@ class SegmentHook(AudienceHook):
         request_id_headers=("X-Request-Id", "Request-Id"),
         retry_after=segment_retry_after,
         rate_limits=_limits(CURRENT_LIMITS),
+        # X-RateLimit-Remaining: 0 holds the operation's budget until X-RateLimit-Reset, for every
+        # client of the rate limiter; a pause over a minute is left to the 429 path, which fails fast.
+        budget_spent=segment_budget_spent,
+        max_budget_pause=60.0,
     )
-
-    #: The longest pause before a call whose operation Segment reported used up
-    #: (``X-RateLimit-Remaining: 0``); a longer wait is left to the 429 path, which fails fast.
-    max_header_pause: ClassVar[float] = 60.0
 
     def __init__(self, segment_conn_id: str = SEGMENT.default_conn_name, **kwargs: Any) -> None:
         super().__init__(segment_conn_id, **kwargs)
         self.segment_conn_id = segment_conn_id
-        #: operation -> time (epoch) until which Segment said its budget is used up
-        self._exhausted: dict[str, float] = {}
-        self._current_class = "default"
-        self._sleep = time.sleep
 
     # -- connection -------------------------------------------------------------------------
 
@@ -254,8 +265,7 @@ class SegmentHook(AudienceHook):
         digest = hashlib.sha256((settings.password or "").encode()).hexdigest()[:16]
         return f"{self.base_url(settings)}|{digest}"
 
-    def build_transport(self, settings: ConnectionSettings) -> Transport:
-        transport = super().build_transport(settings)
+    def rate_limits(self, settings: ConnectionSettings) -> dict[str, RateLimit]:
         # Per-connection limits: the alpha values for v1alpha, then the connection's overrides.
         limits = dict(ALPHA_LIMITS if self.api_version(settings) == "v1alpha" else CURRENT_LIMITS)
         raw = settings.get_extra("rate_limits")
@@ -278,39 +288,7 @@ class SegmentHook(AudienceHook):
                 raise AudienceConfigurationError(
                     f"Airflow connection '{settings.conn_id}': every rate limit must be a positive integer"
                 )
-        transport.profile = replace(self.profile, rate_limits=_limits(limits))
-        transport.response_observers.append(self._observe_limits)
-        return transport
-
-    def _observe_limits(self, response: requests.Response) -> None:
-        """Remember when Segment reports an operation's budget used up (``X-RateLimit-Remaining: 0``).
-
-        The budget is per token, so other tasks or tools using the same token may have spent it;
-        the next call of that operation then waits for ``X-RateLimit-Reset`` instead of
-        collecting a 429.
-        """
-        raw = response.headers.get("X-RateLimit-Remaining")
-        if raw is None:
-            return
-        try:
-            remaining = int(float(raw))
-        except ValueError:
-            return
-        if remaining > 0:
-            self._exhausted.pop(self._current_class, None)
-            return
-        wait = parse_retry_after(response.headers.get("X-RateLimit-Reset"))
-        if wait is not None:
-            # The reset is an RFC 5322 date, whole seconds: a second more so the slot surely is free.
-            self._exhausted[self._current_class] = time.time() + wait + 1.0
-
-    def _pause_if_exhausted(self, endpoint_class: str) -> None:
-        until = self._exhausted.pop(endpoint_class, None)
-        wait = (until or 0.0) - time.time()
-        if wait <= 0 or wait > self.max_header_pause:
-            return
-        log.info("Segment reported the %s budget used up; waiting %.1f s for it to reset", endpoint_class, wait)
-        self._sleep(wait)
+        return _limits(limits)
 
     def api_version(self, settings: ConnectionSettings | None = None) -> str:
         settings = settings or self.settings()
@@ -376,8 +354,6 @@ class SegmentHook(AudienceHook):
     ) -> dict[str, Any]:
         """One call; returns the ``data`` object of the answer."""
         transport = self.transport
-        self._pause_if_exhausted(endpoint_class)
-        self._current_class = endpoint_class
         body = transport.json(
             method,
             path,

@@ -24,7 +24,6 @@ There is no GET-one-segment operation: status checks list the segments and pick 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import threading
@@ -51,7 +50,7 @@ from airflow_audience_provider.core.errors import (
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
 from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
-from airflow_audience_provider.core.transport import ErrorInfo, Transport, VendorProfile, call_with_read_back
+from airflow_audience_provider.core.transport import ErrorInfo, VendorProfile, call_with_read_back
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +267,8 @@ class YandexAudienceHook(AudienceHook):
         """Quotas are per login: the host and the login (or, without a login, the connection id)."""
         return f"{self.base_url(settings)}|{settings.login or settings.conn_id}"
 
-    def build_transport(self, settings: ConnectionSettings) -> Transport:
-        transport = super().build_transport(settings)
+    def rate_limits(self, settings: ConnectionSettings) -> dict[str, RateLimit]:
+        """The documented quotas, or the connection's own numbers (a contract with other limits)."""
         numbers = {}
         for key in (
             "writes_per_minute",
@@ -292,9 +291,7 @@ class YandexAudienceHook(AudienceHook):
                     f"Airflow connection '{settings.conn_id}': extra field '{key}' must be a positive integer, "
                     f"got {raw!r}"
                 )
-        if numbers:
-            transport.profile = dataclasses.replace(self.profile, rate_limits=yandex_audience_rate_limits(**numbers))
-        return transport
+        return yandex_audience_rate_limits(**numbers) if numbers else dict(self.profile.rate_limits)
 
     @property
     def login(self) -> str | None:

@@ -464,7 +464,6 @@ class YandexDirectHook(AudienceHook):
         self.units_spent = 0
         self.calls = 0
         self.last_request_id: str | None = None
-        self._current_call = ""
 
     # -- connection -------------------------------------------------------------------------
 
@@ -489,6 +488,14 @@ class YandexDirectHook(AudienceHook):
         return str(value).strip() or None if value else None
 
     def extra_headers(self, settings: ConnectionSettings) -> dict[str, str]:
+        if _flag(settings.get_extra("is_agency")) and not (
+            self._client_login_override or settings.get_extra("client_login")
+        ):
+            raise AudienceConfigurationError(
+                f"Airflow connection '{settings.conn_id}' is an agency token but names no client: set the "
+                "extra 'client_login' or the task's client_login (Direct would refuse with error 8000)",
+                vendor=VENDOR,
+            )
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "Accept-Language": str(settings.get_extra("accept_language", "en")),
@@ -500,36 +507,26 @@ class YandexDirectHook(AudienceHook):
             headers["Use-Operator-Units"] = "true"
         return headers
 
-    def build_transport(self, settings: ConnectionSettings) -> Any:
-        if _flag(settings.get_extra("is_agency")) and not (
-            self._client_login_override or settings.get_extra("client_login")
-        ):
-            raise AudienceConfigurationError(
-                f"Airflow connection '{settings.conn_id}' is an agency token but names no client: set the "
-                "extra 'client_login' or the task's client_login (Direct would refuse with error 8000)",
-                vendor=VENDOR,
-            )
-        transport = super().build_transport(settings)
-        transport.response_observers.append(self._observe)
-        return transport
-
     @property
     def api_version(self) -> str:
         return str(self.settings().get_extra("api_version", "v5"))
 
-    def _observe(self, response: requests.Response) -> None:
-        """Record ``Units`` and ``RequestId`` of every answer (errors included) and log the price."""
+    def observe_response(self, response: requests.Response, endpoint_class: str) -> None:
+        """Record ``Units`` and ``RequestId`` of every answer (errors included) and log the price.
+
+        ``endpoint_class`` is the call (``service.method``) that was answered.
+        """
         self.calls += 1
         self.last_request_id = response.headers.get("RequestId") or self.last_request_id
         units = Units.parse(response.headers.get("Units"))
         if units is None:
-            log.info("Yandex Direct %s: no Units header [RequestId=%s]", self._current_call, self.last_request_id)
+            log.info("Yandex Direct %s: no Units header [RequestId=%s]", endpoint_class, self.last_request_id)
             return
         self.units = units
         self.units_spent += units.spent
         log.info(
             "Yandex Direct %s: %d units spent, %d of %d left [RequestId=%s, units used by %s]",
-            self._current_call,
+            endpoint_class,
             units.spent,
             units.remaining,
             units.daily_limit,
@@ -580,12 +577,12 @@ class YandexDirectHook(AudienceHook):
         service = service.lower()
         self.get_conn()
         self._check_units(service, method, items)
-        self._current_call = f"{service}.{method}"
         response = self.transport.request(
             "POST",
             f"/json/{self.api_version}/{service}",
             json={"method": method, "params": dict(params)},
             idempotent=method == "get" if idempotent is None else idempotent,
+            endpoint_class=f"{service}.{method}",
         )
         body = _loads(response)
         result = body.get("result") if isinstance(body, dict) else None
@@ -862,7 +859,6 @@ class YandexDirectHook(AudienceHook):
         names = list(logins or ([self.client_login] if self.client_login else []))
         if names:
             param["Logins"] = names[:100]
-        self._current_call = "v4 GetRetargetingGoals"
         body = {
             "method": "GetRetargetingGoals",
             "param": param,
@@ -870,7 +866,9 @@ class YandexDirectHook(AudienceHook):
             # v4 Live documents the token in the body; the Bearer header is sent as well.
             "token": settings.password,
         }
-        response = self.transport.request("POST", self.live4_url(), json=body, idempotent=True)
+        response = self.transport.request(
+            "POST", self.live4_url(), json=body, idempotent=True, endpoint_class="v4 GetRetargetingGoals"
+        )
         data = _loads(response)
         goals = data.get("data") if isinstance(data, dict) else None
         if not isinstance(goals, list):

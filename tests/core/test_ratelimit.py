@@ -1,4 +1,5 @@
-"""The client-side rate limiter, on a fake clock: windows, max_wait, the shared file ledger."""
+"""The client-side rate limiter, on a fake clock: windows, max_wait, the shared file ledger, several
+budgets at once, holds and the choice of backend (the Redis backend: test_ratelimit_redis.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ import os
 
 import pytest
 
-from airflow_audience_provider.core.ratelimit import QuotaWouldBlock, RateLimit, RateLimiter, Window
+from airflow_audience_provider.core.ratelimit import (
+    HOLD,
+    Budget,
+    MemoryBackend,
+    QuotaWouldBlock,
+    RateLimit,
+    RateLimiter,
+    RedisBackend,
+    Window,
+    limiter_from_setting,
+)
 
 
 def limiter_on(clock, state_dir=None) -> RateLimiter:
@@ -121,3 +132,91 @@ def test_file_ledger_is_shared_across_processes(tmp_path):
     verdict, wait = outputs[1].split()
     assert verdict == "blocked"
     assert 3000 < int(wait) <= 3600  # the slot the first process took, minus the time in between
+
+
+# -- several budgets at once: all or none ---------------------------------------------------------
+
+
+def test_a_refusing_budget_takes_no_slot_in_the_others(clock):
+    limiter = limiter_on(clock)
+    hourly, short = Window(1, 3600.0), Window(1, 10.0)
+    limiter.acquire_all([Budget("b", (short,))], max_wait=5)  # someone else used the short budget
+    with pytest.raises(QuotaWouldBlock):
+        limiter.acquire_all([Budget("a", (hourly,)), Budget("b", (short,))], max_wait=5)
+    clock.advance(10)
+    # "a" was never used: the refused request above must not have spent its only slot
+    assert limiter.acquire_all([Budget("a", (hourly,)), Budget("b", (short,))], max_wait=5) == 0.0
+
+
+def test_a_waiting_request_takes_its_slots_together_when_it_goes(clock, tmp_path):
+    limiter = limiter_on(clock, tmp_path)
+    limiter.acquire_all([Budget("b", (Window(1, 2.0),))], max_wait=5)
+    assert limiter.acquire_all([Budget("a", (Window(5, 60.0),)), Budget("b", (Window(1, 2.0),))], max_wait=5) == 2.0
+    stored = {json.loads(p.read_text())["0"][-1] for p in tmp_path.iterdir()}
+    assert stored == {clock.now}  # both stamps are the moment it was sent, not when it started waiting
+
+
+def test_shared_scope_leak_is_fixed_in_the_transport(lytics_sandbox, make_transport, clock):
+    """A request refused by a shared budget leaves no slot used in its own class' budget."""
+    from airflow_audience_provider.core.errors import AudienceRateLimitError
+    from airflow_audience_provider.core.transport import VendorProfile
+
+    per_ip = Window(1, 10.0, "1 request per 10 s per IP", scope="ip", per_account=False)
+    profile = VendorProfile(
+        name="lytics",
+        rate_limits={"read": RateLimit((Window(1, 3600.0, "1 read per hour per account"), per_ip), max_wait=5)},
+    )
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    one = make_transport(profile=profile, limiter=limiter, budget_key="acct-1")
+    two = make_transport(profile=profile, limiter=limiter, budget_key="acct-2")
+    one.request("GET", "/v2/segment", endpoint_class="read")
+    with pytest.raises(AudienceRateLimitError, match="per IP"):
+        two.request("GET", "/v2/segment", endpoint_class="read")  # the per-IP budget refuses
+    clock.advance(10)
+    # acct-2 never sent a read: its hourly budget is untouched, so this goes at once
+    assert two.request("GET", "/v2/segment", endpoint_class="read").status_code == 200
+
+
+# -- holds: the vendor says a budget is used up ---------------------------------------------------
+
+
+def test_a_hold_makes_the_next_request_wait_until_it_ends(clock):
+    limiter = limiter_on(clock)
+    limit = RateLimit((Window(100, 60.0),))
+    limiter.hold("k", 7.5)
+    assert limiter.acquire("k", limit) == pytest.approx(7.5)
+    assert limiter.acquire("k", limit) == 0.0  # the hold has passed
+    limiter.hold("k", 30)
+    limiter.hold("k", 0)  # the vendor reports budget left again: the hold is lifted
+    assert limiter.acquire("k", limit) == 0.0
+
+
+def test_a_hold_longer_than_max_wait_refuses_and_is_shared_through_files(clock, tmp_path):
+    limiter_on(clock, tmp_path).hold("k", 120)
+    with pytest.raises(QuotaWouldBlock) as caught:
+        limiter_on(clock, tmp_path).acquire("k", RateLimit((Window(5, 1.0),), max_wait=60))
+    assert caught.value.window is HOLD and caught.value.wait == pytest.approx(120)
+    assert "used up" in str(caught.value)
+
+
+# -- choosing the backend -------------------------------------------------------------------------
+
+
+def test_backend_setting_chooses_the_ledger(tmp_path, monkeypatch):
+    from airflow_audience_provider.core import ratelimit
+    from airflow_audience_provider.core.errors import AudienceConfigurationError
+
+    assert isinstance(limiter_from_setting("memory").backend, MemoryBackend)
+    assert limiter_from_setting(f"file://{tmp_path}").backend.state_dir == tmp_path
+    assert limiter_from_setting(str(tmp_path / "x")).backend.state_dir == tmp_path / "x"
+    redis_limiter = limiter_from_setting("redis://:hunter2@127.0.0.1:1/0")
+    assert isinstance(redis_limiter.backend, RedisBackend)
+    assert "hunter2" not in repr(redis_limiter.backend)
+    with pytest.raises(AudienceConfigurationError, match="unknown backend"):
+        limiter_from_setting("s3://bucket/ratelimits")
+    monkeypatch.setenv("AUDIENCE_RATELIMIT_DIR", str(tmp_path / "dir"))
+    assert limiter_from_setting(None).backend.state_dir == tmp_path / "dir"
+    assert limiter_from_setting("file").backend.state_dir == tmp_path / "dir"
+    monkeypatch.setenv("AIRFLOW__AUDIENCE__RATE_LIMIT_BACKEND", "memory")
+    monkeypatch.setattr(ratelimit, "_default_limiter", None)
+    assert isinstance(ratelimit.default_rate_limiter().backend, MemoryBackend)

@@ -352,7 +352,7 @@ def test_scoped_windows_share_one_budget_across_classes_and_accounts(lytics_sand
     assert caught.value.retry_after == pytest.approx(86400.0)
     other.request("GET", LIST, endpoint_class="read")  # another account has its own daily budget
     assert len(api_requests(lytics_sandbox)) == 4
-    assert set(limiter._ledgers) == {
+    assert set(limiter.backend._ledgers) == {
         "lytics:acct-1:daily",
         "lytics:acct-2:daily",
         "lytics:*:ip",

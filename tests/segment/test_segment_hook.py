@@ -399,6 +399,7 @@ def test_vendor_limit_headers_are_honoured(hook, segment):
     """The fake's per-operation limit answers 429 with Retry-After and X-RateLimit-*; the hook waits, succeeds."""
     segment.configure(limit_get_audience=1, rate_window_seconds=1)
     other = SegmentHook(retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))  # another task, same token
+    other.get_conn().limiter = RateLimiter()  # ...on another host: it shares no budget with ``hook``
     for made in (hook, other):
         made.get_conn().profile.rate_limits.clear()  # no client-side limit: let the vendor's 429 speak
     hook.get_audience(SEED)
@@ -417,7 +418,7 @@ def test_a_used_up_budget_reported_in_headers_is_waited_out(hook, segment):
         slept.append(seconds)
         time.sleep(seconds)
 
-    hook._sleep = sleep
+    hook.get_conn().limiter = RateLimiter(sleep=sleep)  # the hold is the rate limiter's
     for _ in range(3):
         hook.get_audience(SEED)
     assert [r["status"] for r in segment.requests] == [200, 200, 200]
