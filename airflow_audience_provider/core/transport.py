@@ -232,6 +232,8 @@ class Transport:
         #: ``time.monotonic()`` of the last attempt abandoned after it may have reached the vendor
         #: (read timeout, dropped connection): that request may still be applied later.
         self.last_unknown_outcome: float | None = None
+        #: Seconds such a request may still be applied by the vendor (assumption); None = 3 read timeouts.
+        self.settle_seconds: float | None = None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -327,6 +329,13 @@ class Transport:
             return retrying(attempt)
         except _RetryableAttempt as final:
             raise final.error from final.__cause__
+
+    def unsettled_until(self) -> float:
+        """``time.monotonic()`` until which an abandoned request of this transport may still land (0 = none)."""
+        if self.last_unknown_outcome is None:
+            return 0.0
+        settle = self.settle_seconds if self.settle_seconds is not None else 3 * float(self.timeouts.read)
+        return self.last_unknown_outcome + settle
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """:meth:`request` and decode the JSON answer; ``None`` for an empty body (204)."""

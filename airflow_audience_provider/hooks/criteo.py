@@ -1168,7 +1168,7 @@ class CriteoChunkSender:
     fails.
 
     :param settle_seconds: how long an abandoned request may still be applied by Criteo
-        (assumption; default: three read timeouts of the connection).
+        (assumption; default: the transport's ``settle_seconds``, three read timeouts).
     :param clear_attempts: clears tried before a replace gives up.
     """
 
@@ -1190,15 +1190,12 @@ class CriteoChunkSender:
         self.settle_seconds = settle_seconds
         self.clear_attempts = clear_attempts
 
-    def _settle_seconds(self) -> float:
-        if self.settle_seconds is not None:
-            return self.settle_seconds
-        return 3 * float(self.hook.get_conn().timeouts.read)
-
     def unsettled_until(self) -> float:
         """``time.monotonic()`` until which a request of this hook with unknown outcome may still land."""
-        last = self.hook.get_conn().last_unknown_outcome
-        return 0.0 if last is None else last + self._settle_seconds()
+        transport = self.hook.get_conn()
+        if self.settle_seconds is None or transport.last_unknown_outcome is None:
+            return transport.unsettled_until()
+        return transport.last_unknown_outcome + self.settle_seconds
 
     def _send(self, operation: str, chunk: Any) -> Any:
         from airflow_audience_provider.identifiers.sync import ChunkResult

@@ -371,13 +371,31 @@ def _settle(sender: Any) -> None:
     gave up on may still be applied until then, so nothing that depends on it may follow, and
     the lease is kept until then so the next run is not overtaken by it.
     """
-    until = getattr(sender, "unsettled_until", None)
-    if not callable(until):
+    until = _unsettled_source(sender)
+    if until is None:
         return
     delay = float(until()) - time.monotonic()
     if delay > 0:
         log.info("Waiting %.1f s for requests of unknown outcome to settle before going on", delay)
         time.sleep(delay)
+
+
+def _unsettled_source(sender: Any) -> Callable[[], float] | None:
+    """The sender's ``unsettled_until``; else that of the transport of its ``hook`` (through adapters)."""
+    seen = 0
+    while sender is not None and seen < 4:
+        until = getattr(sender, "unsettled_until", None)
+        if callable(until):
+            return until  # type: ignore[no-any-return]
+        hook = getattr(sender, "hook", None)
+        conn = getattr(hook, "get_conn", None)
+        if callable(conn):
+            transport = conn()
+            if callable(getattr(transport, "unsettled_until", None)):
+                return transport.unsettled_until  # type: ignore[no-any-return]
+        sender = getattr(sender, "inner", None) or getattr(sender, "sender", None)
+        seen += 1
+    return None
 
 
 def _acquire_leases(states: dict[str, _DestState]) -> None:

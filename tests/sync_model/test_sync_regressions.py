@@ -1,0 +1,128 @@
+"""Regressions of issue 12's failures 1-4, on the real Criteo fake with the real hook and chunk sender.
+
+1. a full replace whose clear answers late (after the client gave up and resent it);
+2. a failed or killed run followed by a different input;
+3. two runs at once on one destination;
+4. mixing modes: sync, then replace, then sync.
+
+Each fails on the engine before the journal, the lease, the confirmed clear and the modes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sync_model_helpers import (
+    SLOW,
+    CriteoTarget,
+    FaultAtChunk,
+    YandexTarget,
+    expected,
+    in_threads,
+    make_input,
+    run_killed,
+    wait_quiet,
+)
+
+from airflow_audience_provider.identifiers.errors import SendError
+
+
+@pytest.fixture
+def criteo(criteo_sandbox, tmp_path: Path):
+    target = CriteoTarget(criteo_sandbox, tmp_path / "state")
+    yield target
+    wait_quiet(criteo_sandbox)
+    target.close()
+
+
+@pytest.fixture
+def yandex(yandex_audience_sandbox, tmp_path: Path):
+    target = YandexTarget(yandex_audience_sandbox, tmp_path / "state")
+    yield target
+    wait_quiet(yandex_audience_sandbox)
+    target.close()
+
+
+def test_1_late_clear_does_not_wipe_the_additions(criteo: CriteoTarget) -> None:
+    criteo.sync(make_input(0, 100), "sync")
+    # The clear's answer comes after the read timeout: the client resends it, and the first one
+    # lands later. Before the fix the additions went out at once and the late clear wiped them.
+    criteo.fake.faults.inject("slow", path_prefix=criteo.clear_prefix, delay=SLOW)
+    rows = make_input(50, 100)
+    result = criteo.sync(rows, "replace")
+    wait_quiet(criteo.fake)
+    assert result["status"] == "sent"
+    assert criteo.members() == expected(rows)
+    clears = [r for r in criteo.fake.requests if r["path"] == criteo.clear_prefix]
+    assert len(clears) >= 4  # the first sync's, the abandoned one, its resend, the confirming one
+
+
+@pytest.mark.parametrize("how", ["failed", "killed"])
+def test_2_failed_or_killed_run_then_another_input(criteo: CriteoTarget, how: str) -> None:
+    original = make_input(0, 120)
+    criteo.sync(original, "sync")
+    shifted = make_input(30, 120)  # 30 removals and 30 additions, in chunks of 20
+    if how == "failed":
+        sender = FaultAtChunk(
+            criteo.sender(criteo.hook()),
+            criteo.fake,
+            {3: [{"kind": "status", "status": 503, "count": 3, "path_prefix": criteo.fault_prefix}]},
+        )
+        with pytest.raises(SendError):
+            criteo.sync(shifted, "sync", sender=sender)
+    else:
+        assert run_killed(criteo, shifted, "sync", kill_at=3, after_send=True) == -9
+    wait_quiet(criteo.fake)
+    assert criteo.members() not in (expected(original), expected(shifted))  # half applied
+    # The next run has the original list again: a diff against the snapshot alone is a no-op.
+    result = criteo.sync(original, "sync")
+    assert result["state"]["recovered"] and result["status"] == "sent"
+    assert criteo.members() == expected(original)
+
+
+def test_3_overlapping_runs_do_not_interleave(criteo: CriteoTarget) -> None:
+    criteo.sync(make_input(0, 120), "sync")
+    a, b = make_input(0, 140), make_input(60, 140)
+    results = in_threads(lambda: criteo.sync(a, "sync"), lambda: criteo.sync(b, "sync"))
+    assert all(isinstance(r, dict) and r["status"] == "sent" for r in results), results
+    tokens = [r["state"]["lease_token"] for r in results]
+    last = a if tokens[0] > tokens[1] else b  # the later lease ran entirely after the other
+    assert criteo.members() == expected(last)
+    # The state is true too: the next sync of the other list converges.
+    other = b if last is a else a
+    criteo.sync(other, "sync")
+    assert criteo.members() == expected(other)
+
+
+def test_3_two_full_replaces_at_once(criteo: CriteoTarget) -> None:
+    a, b = make_input(0, 100), make_input(500, 100)
+    results = in_threads(lambda: criteo.sync(a, "replace"), lambda: criteo.sync(b, "replace"))
+    assert all(isinstance(r, dict) and r["status"] == "sent" for r in results), results
+    last = a if results[0]["state"]["lease_token"] > results[1]["state"]["lease_token"] else b
+    assert criteo.members() == expected(last)
+
+
+def test_4_sync_replace_sync(criteo: CriteoTarget) -> None:
+    first = make_input(0, 100)
+    criteo.sync(first, "sync")
+    criteo.sync(make_input(300, 80), "replace")
+    result = criteo.sync(first, "sync")
+    assert result["mode"] == "incremental" and result["counts"]["added"] == 100
+    assert criteo.members() == expected(first)
+
+
+def test_yandex_failed_replace_then_original_list(yandex: YandexTarget) -> None:
+    original = make_input(0, 150)
+    yandex.sync(original, "sync")
+    shifted = make_input(40, 150)
+    sender = FaultAtChunk(
+        yandex.sender(yandex.hook()),
+        yandex.fake,
+        {2: [{"kind": "status", "status": 503, "count": 3, "path_prefix": yandex.fault_prefix}]},
+    )
+    with pytest.raises(SendError):
+        yandex.sync(shifted, "replace", sender=sender)
+    wait_quiet(yandex.fake)
+    result = yandex.sync(original, "sync")
+    assert result["state"]["snapshot_uncertain"] and yandex.members() == expected(original)
