@@ -2,10 +2,11 @@
 
 Method names follow Segment's operations ("List Audiences", "Update Audience for Space",
 "Create Audience Preview", "Force Execute Audience Run", ...), so Segment's reference is the
-index. Every call pins the media type of the connection's ``api_version``
-(``application/vnd.segment.<version>+json``, default ``v1``) so a promotion of an endpoint
-cannot change shapes under a DAG; ``audience-references`` exists in ``v1alpha`` only and always
-uses it, and schedules/runs have no ``v1beta`` (``v1`` is used instead).
+index. Every call pins a media type (``application/vnd.segment.<version>+json``) so a promotion of an
+endpoint cannot change shapes under a DAG: the connection's ``api_version`` (default ``v1``)
+where the operation offers it, else the operation's own (:data:`OPERATION_VERSIONS`): spaces and
+``audience-references`` exist in ``v1alpha`` only, schedules/runs have no ``v1beta`` (``v1`` is
+used instead). A ``Content-Type`` goes only with a body; Force Execute Audience Run has none.
 
 **Statuses** (vendor notes section 6) are mapped as data in :data:`SEGMENT_AUDIENCE_STATUS`:
 ``Live``, ``Not Computing`` and ``Disabled`` are done; ``Failed`` and ``Error`` failed;
@@ -78,6 +79,16 @@ APP_URLS = {"us": "https://app.segment.com", "eu": "https://eu1.app.segment.com"
 API_VERSIONS = ("v1", "v1beta", "v1alpha")
 AUDIENCE_TYPES = ("USERS", "ACCOUNTS", "LINKED")
 SEARCH_TYPES = ("NAME", "KEY", "DEFINITION")
+
+#: The media-type versions each group of operations offers (SDK 73.2.0), most stable first. The
+#: connection's ``api_version`` is sent where the group offers it, else the group's first version.
+OPERATION_VERSIONS: dict[str, tuple[str, ...]] = {
+    "spaces": ("v1alpha",),
+    "audiences": ("v1", "v1beta", "v1alpha"),
+    "runs": ("v1", "v1alpha"),
+    "schedules": ("v1", "v1alpha"),
+    "references": ("v1alpha",),
+}
 
 #: Audience compute statuses (vendor notes section 6), lower-cased; unknown ones keep waiting.
 SEGMENT_AUDIENCE_STATUS = StatusMap.of(
@@ -307,10 +318,14 @@ class SegmentHook(AudienceHook):
         media = self.media_type(version)
         return {"Accept": media, "Content-Type": media} if body else {"Accept": media}
 
-    def _no_beta(self) -> str:
-        """Schedules and runs exist in v1 and v1alpha only."""
+    def operation_version(self, group: str) -> str:
+        """The version to pin for a group of :data:`OPERATION_VERSIONS`: the connection's where offered.
+
+        Spaces and audience references exist in ``v1alpha`` only; schedules and runs have no ``v1beta``.
+        """
         version = self.api_version()
-        return "v1" if version == "v1beta" else version
+        offered = OPERATION_VERSIONS[group]
+        return version if version in offered else offered[0]
 
     def _check_alpha(self, *, audience_type: str | None = None, update_options: bool = False) -> None:
         """Refuse what the v1alpha shapes do not have (vendor notes section 5) before sending it."""
@@ -411,12 +426,24 @@ class SegmentHook(AudienceHook):
 
     def list_spaces(self) -> list[dict[str, Any]]:
         """List Spaces: ``GET /spaces``."""
-        return list(self._call("GET", "/spaces").get("spaces") or [])
+        spaces: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"pagination.count": 200}
+        for _ in range(1000):
+            data = self._call("GET", "/spaces", params=params, version=self.operation_version("spaces"))
+            spaces.extend(s for s in data.get("spaces") or [] if isinstance(s, dict))
+            cursor = (data.get("pagination") or {}).get("next")
+            if not cursor or cursor == params.get("pagination.cursor"):
+                break
+            params = {**params, "pagination.cursor": cursor}
+        return spaces
 
     def get_space(self, space_id: str) -> dict[str, Any]:
         """Get Space: ``GET /spaces/{spaceId}``."""
         try:
-            return dict(self._call("GET", f"/spaces/{self._seg(space_id, 'space id')}").get("space") or {})
+            data = self._call(
+                "GET", f"/spaces/{self._seg(space_id, 'space id')}", version=self.operation_version("spaces")
+            )
+            return dict(data.get("space") or {})
         except AudienceNotFoundError as exc:
             raise exc.restated(
                 f"Segment space {space_id!r} was not found in the token's workspace: {exc.message}"
@@ -622,7 +649,13 @@ class SegmentHook(AudienceHook):
         found: list[dict[str, Any]] = []
         for _ in range(1000):
             try:
-                data = self._call("GET", path, params=params, version="v1alpha", endpoint_class="audience_references")
+                data = self._call(
+                    "GET",
+                    path,
+                    params=params,
+                    version=self.operation_version("references"),
+                    endpoint_class="audience_references",
+                )
             except AudienceNotFoundError as exc:
                 raise self._not_found(exc, space, f"audience {audience_id!r}") from exc
             found.extend(a for a in data.get("audiences") or [] if isinstance(a, dict))
@@ -692,7 +725,8 @@ class SegmentHook(AudienceHook):
         space = self.space(space_id)
         path = self._audiences_path(space, self._seg(audience_id, "audience id"), "runs")
         try:
-            data = self._call("POST", path, version=self._no_beta(), json_body={})
+            # The operation takes no body, so no body and no Content-Type are sent.
+            data = self._call("POST", path, version=self.operation_version("runs"))
         except AudienceNotFoundError as exc:
             raise self._not_found(exc, space, f"audience {audience_id!r}") from exc
         return dict(data.get("run") or {})
@@ -709,7 +743,10 @@ class SegmentHook(AudienceHook):
         space = self.space(space_id)
         try:
             return self._call(
-                method, self._schedules_path(space, audience_id, schedule_id), version=self._no_beta(), **kwargs
+                method,
+                self._schedules_path(space, audience_id, schedule_id),
+                version=self.operation_version("schedules"),
+                **kwargs,
             )
         except AudienceNotFoundError as exc:
             what = (

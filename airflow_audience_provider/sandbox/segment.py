@@ -6,11 +6,16 @@ Behaviour worth knowing when writing clients:
   envelope ``{"errors": [{"type": "Unauthorized", "message": ..., "status": 401}]}``. Every
   answer carries ``X-Request-Id``; successes are ``{"data": {...}}``, errors ``{"errors": [...]}``
   (never both). Create answers 200, not 201.
-* Media types: ``Accept`` / ``Content-Type`` may be ``application/vnd.segment.{v1,v1beta,v1alpha}+json``
-  or ``application/json``; a version the operation does not have (``v1beta`` on schedules/runs,
-  anything but ``v1alpha``/``application/json`` on ``audience-references``) answers 415 (the real
-  answer is unverified). The request log keeps the ``Content-Type``; :attr:`SegmentFake.accepts`
-  the ``Accept`` of each call.
+* Media types per operation, as Segment's SDK 73.2.0 declares them: ``Accept`` / ``Content-Type``
+  may be ``application/vnd.segment.{v1,v1beta,v1alpha}+json`` or ``application/json`` where the
+  operation offers them; a version the operation does not have (``v1beta`` on schedules/runs,
+  anything but ``v1alpha``/``application/json`` on ``audience-references``, ``GET /spaces`` and
+  ``GET /spaces/{id}``) answers 415 (the real answer is unverified). Force Execute Audience Run
+  takes no body: a body or a ``Content-Type`` answers 400. The request log keeps the
+  ``Content-Type``; :attr:`SegmentFake.accepts` the ``Accept`` of each call.
+* Answers follow the 73.2.0 schemas: ``options.filterByExternalIds`` is always present (default
+  ``user_id``, ``email``, ``android.idfa``, ``ios.idfa``), ``size.type`` is the unit counted
+  (``ENTITIES`` for LINKED audiences), ``GET /spaces`` is paginated.
 * One workspace with the space :data:`SANDBOX_SPACE_ID` ("Sandbox space"); another space id
   answers 404 naming it. Audiences ``aud_...``, previews ``prv_...``, schedules ``sch_...``.
 * Lifecycle on the fake's clock (``p`` = ``processing_seconds``): a created, enabled audience is
@@ -79,6 +84,13 @@ MEDIA_VERSIONS = {
 _ALL_VERSIONS = frozenset({"v1", "v1beta", "v1alpha", "json"})
 _NO_BETA = frozenset({"v1", "v1alpha", "json"})
 _ALPHA_ONLY = frozenset({"v1alpha", "json"})
+#: ``listSpaces`` / ``getSpace`` produce v1alpha and application/json only (SDK 73.2.0).
+_SPACES = _ALPHA_ONLY
+
+#: Profiles qualify through these external ids unless ``options.filterByExternalIds`` says otherwise.
+DEFAULT_EXTERNAL_IDS = ("user_id", "email", "android.idfa", "ios.idfa")
+#: ``size.type`` is the unit counted: LINKED audiences count entities.
+_SIZE_TYPES = {"USERS": "USERS", "ACCOUNTS": "ACCOUNTS", "LINKED": "ENTITIES"}
 
 _TYPES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
           415: "UnsupportedMediaType", 422: "ValidationFailure", 429: "RequestError"}  # fmt: skip
@@ -269,6 +281,7 @@ class SegmentFake(VendorFake):
     def _store(self, body: dict[str, Any], *, at: float, audience_id: str | None = None) -> dict[str, Any]:
         p = self.processing_seconds
         options = dict(body.get("options") or {})
+        options.setdefault("filterByExternalIds", list(DEFAULT_EXTERNAL_IDS))
         if options.get("backfillEventDataDays") is not None:
             options["includeHistoricalData"] = True  # Segment forces it and echoes it back
         stored = {
@@ -339,11 +352,12 @@ class SegmentFake(VendorFake):
         out["status"] = status
         if full:
             out["computeCadence"] = {"type": "REALTIME" if "within" not in stored["definition"]["query"] else "BATCH"}
+            size_type = _SIZE_TYPES[stored["audienceType"]]
             if stored["computed_query"] is not None:
                 count = _size_of(stored["computed_query"])
-                out["size"] = {"type": stored["audienceType"], "count": count, "uniqueCount": count - count // 50}
+                out["size"] = {"type": size_type, "count": count, "uniqueCount": count - count // 50}
             else:
-                out["size"] = {"type": stored["audienceType"]}
+                out["size"] = {"type": size_type}
             if schedules:
                 out["schedules"] = [dict(s) for s in stored["schedules"].values()]
         return out
@@ -498,11 +512,12 @@ class SegmentFake(VendorFake):
         return self._ok({"workspace": {"id": "ws_sandbox", "slug": SANDBOX_WORKSPACE_SLUG, "name": "Sandbox"}})
 
     async def _h_spaces(self, request: Request) -> Response:
-        self._version(request)
-        return self._ok({"spaces": [{"id": self.space_id, "name": "Sandbox space", "slug": "sandbox"}]})
+        self._version(request, _SPACES)
+        page, pagination = self._page(request, [{"id": self.space_id, "name": "Sandbox space", "slug": "sandbox"}])
+        return self._ok({"spaces": page, "pagination": pagination})
 
     async def _h_space(self, request: Request) -> Response:
-        self._version(request)
+        self._version(request, _SPACES)
         with self.lock:
             self._require_space(request.path_params["space_id"])
         return self._ok({"space": {"id": self.space_id, "name": "Sandbox space", "slug": "sandbox"}})
@@ -619,6 +634,8 @@ class SegmentFake(VendorFake):
 
     async def _h_runs(self, request: Request) -> Response:
         self._version(request, _NO_BETA)
+        if await request.body() or request.headers.get("content-type"):
+            raise ApiError(400, "Force Execute Audience Run takes no request body", "BadRequest")
         with self.lock:
             stored = self._require(request.path_params["space_id"], request.path_params["audience_id"])
             if stored["audienceType"] != "LINKED":
@@ -702,7 +719,7 @@ class SegmentFake(VendorFake):
                 count = _size_of(preview["definition"]["query"])
                 out.update(
                     status="COMPLETED",
-                    size={"type": preview["audienceType"], "count": count},
+                    size={"type": _SIZE_TYPES[preview["audienceType"]], "count": count},
                     results=[
                         {
                             "id": f"user_{i}",

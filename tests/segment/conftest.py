@@ -1,7 +1,10 @@
 """Fixtures for the Segment tests: a fast sandbox, a hook on it, and a tiny Airflow context double.
 
 The vendor is always the real Segment fake over HTTP; only the Airflow task context (``ti`` and
-``outlet_events``) is a recording double.
+``outlet_events``) is a recording double. Every SegmentHook a test builds (operators and sensors
+build their own) records its exchanges, and ``segment_spec`` validates them against Segment's
+Public API document at the end of each test (requests with their Accept and Content-Type, and
+every answer the fake gives).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 from typing import Any
 
 import pytest
+from openapi_check import SegmentSpecCheck
 
 #: how long asynchronous work takes in the sandbox for these tests, and how often we look
 PROCESSING = 0.3
@@ -22,6 +26,34 @@ def fresh_rate_budgets(monkeypatch):
     from airflow_audience_provider.core import ratelimit
 
     monkeypatch.setattr(ratelimit, "_default_limiter", ratelimit.RateLimiter())
+
+
+@pytest.fixture(scope="session")
+def _segment_spec():
+    return SegmentSpecCheck()
+
+
+@pytest.fixture(autouse=True)
+def segment_spec(_segment_spec, monkeypatch):
+    """Records every SegmentHook exchange of the test; validated against the spec at teardown.
+
+    A test that sends what the spec forbids on purpose sets ``segment_spec.enabled = False``.
+    """
+    from airflow_audience_provider.hooks.segment import SegmentHook
+
+    real = SegmentHook.build_transport
+
+    def build_transport(self, settings):
+        transport = real(self, settings)
+        _segment_spec.attach(transport.session)
+        return transport
+
+    monkeypatch.setattr(SegmentHook, "build_transport", build_transport)
+    _segment_spec.start("")
+    _segment_spec.enabled = True
+    yield _segment_spec
+    if _segment_spec.enabled:
+        _segment_spec.assert_valid()
 
 
 @pytest.fixture
