@@ -10,7 +10,6 @@ answer with the endpoint class that was called (:meth:`AudienceHook.observe_resp
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import requests
+from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
 
 from airflow_audience_provider.connections import RENAMED_EXTRAS, ConnectionSpec
@@ -170,17 +170,8 @@ class AudienceHook(BaseHook):
     async def asettings(self) -> ConnectionSettings:
         """The connection, resolved without blocking the event loop (triggers)."""
         if self._settings is None:
-            try:
-                from airflow.providers.common.compat.connection import (
-                    get_async_connection,
-                    get_async_extra_dejson,
-                )
-            except ImportError:  # pragma: no cover - common-compat ships with every Airflow 3
-                conn = await asyncio.to_thread(self.get_connection, self.conn_id)
-                extra = await asyncio.to_thread(lambda: conn.extra_dejson)
-            else:
-                conn = await get_async_connection(self.conn_id, hook=self)
-                extra = await get_async_extra_dejson(conn)
+            conn = await get_async_connection(self.conn_id, hook=self)
+            extra = await get_async_extra_dejson(conn)
             self._settings = self._decode(conn, extra)
         return self._settings
 

@@ -4,8 +4,9 @@ A vendor trigger names its hook and one *status function* of that hook (the same
 the sensor's ``poke`` calls), so poke mode, reschedule mode, deferrable mode and operator
 waits all judge the vendor's answer by the same code. The trigger:
 
-* resolves the connection asynchronously and runs each status call in a worker thread, so the
-  triggerer's event loop never blocks;
+* builds its hook (the first one imports the vendor module) and runs each status call in a
+  worker thread and resolves the connection asynchronously, so the triggerer's event loop
+  never blocks;
 * yields exactly one event of the shape made by :func:`~airflow_audience_provider.core.results.make_event`;
 * stops at its own absolute deadline (``airflow dags test`` runs triggers inline with no
   timeout, so the trigger must bound itself);
@@ -154,7 +155,8 @@ class AudiencePollingTrigger(BaseTrigger):
         failures = 0
         last: PollResult | None = None
         try:
-            hook = self._make_hook()
+            # Off the loop: the first hook of a vendor imports its module (requests, tenacity: ~0.5 s).
+            hook = await asyncio.to_thread(self._make_hook)
             await hook.aget_conn()  # resolves the connection asynchronously, once
         except AudienceError as exc:
             yield TriggerEvent(_error_event(self.vendor, exc))
