@@ -16,7 +16,7 @@ _PKG = "airflow_audience_provider"
 def get_provider_info() -> dict[str, Any]:
     """Provider metadata for Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
 
-    Generated from :data:`airflow_audience_provider.connections.CONNECTION_SPECS`, the one
+    Generated from ``airflow_audience_provider.connections.CONNECTION_SPECS``, the one
     place a vendor is registered.
     """
     from airflow_audience_provider.connections import CONNECTION_SPECS

@@ -2,7 +2,7 @@
 
 ``get_provider_info()`` (what the Airflow UI reads on 3.2+) and each hook's
 ``get_ui_field_behaviour()`` / ``get_connection_form_widgets()`` (what 3.1 reads) are both
-generated from :data:`CONNECTION_SPECS`, so the two cannot drift. Importing this module is
+generated from ``CONNECTION_SPECS``, so the two cannot drift. Importing this module is
 cheap: plain data, no Airflow imports.
 """
 

@@ -39,6 +39,12 @@ _SANDBOX_RUN = "AUDIENCE_EXAMPLE_POLL_SECONDS" in os.environ
 WINDOW_SECONDS = os.environ.get("AUDIENCE_EXAMPLE_CRITEO_WINDOW_SECONDS", "2" if _SANDBOX_RUN else "")
 DELAY_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_CRITEO_DELAY_SECONDS", "3" if _SANDBOX_RUN else "18000"))
 RETAILER_ID = "311"
+# Where the stand-in customer export is written: every worker must read it, so with several workers
+# point AUDIENCE_EXAMPLE_DATA_DIR at shared storage. Files are private to the user and removed after the sync.
+DATA_DIR = os.path.expanduser(
+    os.environ.get("AUDIENCE_EXAMPLE_DATA_DIR")
+    or os.path.join(os.environ.get("AIRFLOW_HOME", "~/airflow"), "audience_example_data")
+)
 
 with DAG(
     dag_id="example_criteo_contact_list_sync",
@@ -53,21 +59,21 @@ with DAG(
 ) as dag:
     # [START howto_criteo_latest_safe_upload_time]
     @task
-    def export_customers(data_interval_end=None) -> dict:
+    def export_customers(run_id=None) -> dict:
         """Write the customer list; warn when the upload may miss the next computation window."""
         import csv
         import logging
-        import tempfile
         from datetime import UTC
 
         from airflow_audience_provider.hooks.criteo_cycle import latest_safe_upload_time
 
         cutoff = latest_safe_upload_time(datetime.now(UTC), safety_margin=timedelta(minutes=30))
         logging.getLogger(__name__).info("Finish this upload before %s to make the next window", cutoff)
-        folder = os.path.join(os.environ.get("AIRFLOW_HOME") or tempfile.gettempdir(), "criteo_example")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "customers.csv")
-        with open(path, "w", newline="") as handle:
+        os.makedirs(DATA_DIR, mode=0o700, exist_ok=True)
+        safe_run = "".join(c if c.isalnum() else "_" for c in str(run_id or "manual"))
+        path = os.path.join(DATA_DIR, f"criteo_customers_{safe_run}.csv")
+        # Clear-text e-mails: readable by this user only.
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["customer_id", "email"])
             for n in range(250):
@@ -132,5 +138,13 @@ with DAG(
     )
     # [END howto_sensor_criteo_live]
 
-    exported >> ensure_segment >> sync
+    @task(trigger_rule="all_done")
+    def remove_export(export: dict) -> None:
+        """Delete the clear-text export once the sync has finished, whatever its outcome."""
+        import contextlib
+
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(export["path"])
+
+    exported >> ensure_segment >> sync >> remove_export(exported)
     [sync, ensure_exclusion] >> audience >> wait

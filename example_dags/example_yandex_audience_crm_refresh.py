@@ -18,9 +18,9 @@ incremental run (five customers leave, five join).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-import tempfile
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, task
@@ -36,6 +36,12 @@ from airflow_audience_provider.sensors.yandex_audience import YandexAudienceSegm
 # tests shorten this through the environment.
 POLL_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_POLL_SECONDS", "300"))
 AGENCY_LOGIN = "agency-direct-login"
+# Where the stand-in CRM export is written: every worker must read it, so with several workers point
+# AUDIENCE_EXAMPLE_DATA_DIR at shared storage. Files are private to the user and removed after the sync.
+DATA_DIR = os.path.expanduser(
+    os.environ.get("AUDIENCE_EXAMPLE_DATA_DIR")
+    or os.path.join(os.environ.get("AIRFLOW_HOME", "~/airflow"), "audience_example_data")
+)
 
 with DAG(
     dag_id="example_yandex_audience_crm_refresh",
@@ -50,16 +56,25 @@ with DAG(
 ) as dag:
 
     @task
-    def export_crm(dag_run=None) -> dict:
+    def export_crm(dag_run=None, run_id=None) -> dict:
         """Write the CRM export (a stand-in for a real one): 300 customers, shifted by ``conf["shift"]``."""
         shift = int((dag_run.conf or {}).get("shift", 0)) if dag_run else 0
-        path = os.path.join(tempfile.gettempdir(), f"yandex_audience_crm_{os.getpid()}.csv")
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        os.makedirs(DATA_DIR, mode=0o700, exist_ok=True)
+        safe_run = "".join(c if c.isalnum() else "_" for c in str(run_id or "manual"))
+        path = os.path.join(DATA_DIR, f"yandex_audience_crm_{safe_run}.csv")
+        # Clear-text e-mails: readable by this user only.
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["customer_id", "email", "city"])
             for i in range(shift, shift + 300):
                 writer.writerow([i, f"Customer.{i}@Example.com", "Moscow"])
         return {"path": path, "format": "csv", "column": "email"}
+
+    @task(trigger_rule="all_done")
+    def remove_export(export: dict) -> None:
+        """Delete the clear-text export once the sync has finished, whatever its outcome."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(export["path"])
 
     # [START howto_operator_yandex_audience_upload]
     sync = YandexAudienceUploadContactListOperator(
@@ -108,5 +123,7 @@ with DAG(
     )
     # [END howto_operator_yandex_audience_grant]
 
-    export_crm() >> sync >> wait >> [lookalike, grant_crm]
+    exported = export_crm()
+    exported >> sync >> wait >> [lookalike, grant_crm]
+    sync >> remove_export(exported)
     lookalike >> grant_lookalike

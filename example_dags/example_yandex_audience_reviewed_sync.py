@@ -16,9 +16,9 @@ two thirds of the list.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-import tempfile
 from datetime import datetime
 
 from airflow.sdk import DAG, Param, task
@@ -26,6 +26,12 @@ from airflow.sdk import DAG, Param, task
 from airflow_audience_provider.operators.yandex_audience import YandexAudienceUploadContactListOperator
 
 SEGMENT_NAME = "CRM reviewed (Airflow)"
+# Where the stand-in CRM export is written: every worker must read it, so with several workers point
+# AUDIENCE_EXAMPLE_DATA_DIR at shared storage. Files are private to the user and removed at the end.
+DATA_DIR = os.path.expanduser(
+    os.environ.get("AUDIENCE_EXAMPLE_DATA_DIR")
+    or os.path.join(os.environ.get("AIRFLOW_HOME", "~/airflow"), "audience_example_data")
+)
 
 with DAG(
     dag_id="example_yandex_audience_reviewed_sync",
@@ -39,11 +45,14 @@ with DAG(
 ) as dag:
 
     @task
-    def export_crm(dag_run=None) -> str:
+    def export_crm(dag_run=None, run_id=None) -> str:
         """300 customers, shifted by ``conf["shift"]`` to simulate customers leaving and joining."""
         shift = int((dag_run.conf or {}).get("shift", 0)) if dag_run else 0
-        path = os.path.join(tempfile.gettempdir(), f"yandex_audience_reviewed_{os.getpid()}.csv")
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        os.makedirs(DATA_DIR, mode=0o700, exist_ok=True)
+        safe_run = "".join(c if c.isalnum() else "_" for c in str(run_id or "manual"))
+        path = os.path.join(DATA_DIR, f"yandex_audience_reviewed_{safe_run}.csv")
+        # Clear-text e-mails: readable by this user only.
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["email"])
             for i in range(shift, shift + 300):
@@ -51,6 +60,12 @@ with DAG(
         return path
 
     exported = export_crm()
+
+    @task(trigger_rule="all_done")
+    def remove_export(path: str) -> None:
+        """Delete the clear-text export once the run is over, whether the sync ran or was stopped."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
     # [START howto_operator_yandex_audience_plan]
     plan = YandexAudienceUploadContactListOperator(
@@ -63,7 +78,7 @@ with DAG(
         plan_only=True,  # count, diff and check; send nothing
     )
 
-    @task.short_circuit
+    @task.short_circuit(ignore_downstream_trigger_rules=False)  # the clean-up still runs after a stop
     def review_plan(planned: dict, params=None) -> bool:
         """Go on only when no guard blocked the plan and it removes few enough members."""
         from airflow_audience_provider.identifiers import plan_allows
@@ -82,4 +97,4 @@ with DAG(
     )
     # [END howto_operator_yandex_audience_plan]
 
-    review_plan(plan.output) >> sync
+    review_plan(plan.output) >> sync >> remove_export(exported)

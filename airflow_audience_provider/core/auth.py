@@ -111,7 +111,8 @@ class OAuth2ClientCredentials(AuthBase):
     The token is fetched lazily, cached until ``refresh_margin`` seconds before ``expires_in``
     runs out (so a long upload never sends an expired token), and shared by every request of
     the hook; with ``cache=PROCESS_TOKENS`` also by every hook of the process with the same
-    connection identity (token URL, client id, secret). :meth:`invalidate` forgets it; the
+    connection identity (token URL, client id, secret).
+    :meth:`~airflow_audience_provider.core.auth.OAuth2ClientCredentials.invalidate` forgets it; the
     transport calls that once on a 401 and retries.
 
     :param token_url: the vendor's token endpoint.

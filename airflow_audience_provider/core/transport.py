@@ -12,7 +12,7 @@ What it does, once for all vendors:
   back first (see :func:`call_with_read_back`);
 * one refresh-and-retry on 401 for OAuth2 client-credentials auth;
 * the client-side rate limiter (:mod:`.ratelimit`) per vendor and endpoint class;
-* typed errors (:mod:`.errors`) carrying the HTTP status, vendor code and request id.
+* typed errors (:mod:`airflow_audience_provider.core.errors`) carrying the HTTP status, vendor code and request id.
 
 A vendor supplies a :class:`VendorProfile`: how to read its error envelope and request ids,
 its reset headers and its documented quotas. Triggers use :meth:`Transport.arequest`, which

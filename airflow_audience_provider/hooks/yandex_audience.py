@@ -908,7 +908,7 @@ class YandexAudienceHook(AudienceHook):
 
 
 class YandexAudienceSegmentSender:
-    """The contact-list engine's :class:`~airflow_audience_provider.identifiers.ChunkSender` for one
+    """The contact-list engine's :class:`~airflow_audience_provider.identifiers.sync.ChunkSender` for one
     file segment: the first full upload creates it (upload + confirm), later chunks go to
     ``modify_data`` (``replace``, ``addition``, ``subtraction``).
 

@@ -19,7 +19,7 @@ The protocol, once, in :meth:`YandexDirectHook.call` (vendor notes ``yandex_dire
 * ``get`` is paged transparently (``Page.Limit``/``Offset``, continue at ``LimitedBy``); an empty
   answer is ``{"result": {}}``;
 * the ``Units`` header (``spent/remaining/daily limit``) and ``RequestId`` of every answer, errors
-  included, are recorded (:attr:`YandexDirectHook.units`, :attr:`YandexDirectHook.units_spent`);
+  included, are recorded (:attr:`YandexDirectHook.units`, ``units_spent``);
   a call whose estimated price would dip below the remaining points (minus the connection's
   ``units_reserve``) is not sent: :class:`YandexDirectUnitsError` says how many points are left.
 

@@ -212,7 +212,7 @@ def iter_chunks_from_file(
     :param operation: operation of every chunk (the engine turns the first one of a full replace
         into ``"replace"``).
     :param first_index: index of the first chunk.
-    :param total: total chunks of the run, for :attr:`Chunk.total`.
+    :param total: total chunks of the run, for ``Chunk.total``.
     """
     fixed = rule.profile.output_length
     index = first_index

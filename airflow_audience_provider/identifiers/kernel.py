@@ -23,7 +23,7 @@ built for the grammar's edges. The kernel is loaded lazily (importing polars cos
 paid at DAG parse time), checked against ``hashlib`` on known values before first use, and
 skipped with a warning if that check fails. Set ``AUDIENCE_IDENTIFIERS_KERNEL=python`` to run
 the pure-Python path even where polars is installed. polars is imported with a one-thread pool
-(see :func:`_import_polars`): the read workers parallelise by batch.
+(see ``_import_polars()``): the read workers parallelise by batch.
 
 .. _polars: https://pola.rs
 .. _polars-hash: https://github.com/ion-elgreco/polars-hash

@@ -228,7 +228,7 @@ def normalise_phone(value: str, fmt: PhoneFormat = PhoneFormat.E164, default_reg
     ``phone_no_country``: it is probably written the national way (``8 999 ...`` in Russia) and
     needs ``default_region``.
 
-    :param fmt: :attr:`PhoneFormat.E164` (``+79995551111``) or :attr:`PhoneFormat.DIGITS`
+    :param fmt: ``PhoneFormat.E164`` (``+79995551111``) or ``PhoneFormat.DIGITS``
         (``79995551111``).
     :param default_region: ISO 3166 alpha-2 region, e.g. ``"RU"``.
     :raises InvalidIdentifier: ``empty``, ``phone_syntax``, ``phone_no_country``, ``phone_invalid``.

@@ -239,7 +239,7 @@ def sync_contact_list(
     """Sync a contact list to one destination. This is what vendor operators call.
 
     :param source: a path / URL / ObjectStoragePath, an upstream XCom value (path or
-        ``{"path", "format", "column"}`` dict), an :class:`IdentifierSource`, or an iterable of values.
+        ``{"path", "format", "column"}`` dict), an :class:`~airflow_audience_provider.identifiers.sources.IdentifierSource`, or an iterable of values.
     :param rule: the vendor rule, e.g. ``get_rule("criteo", "email")``.
     :param sender: the vendor transport (:class:`ChunkSender`); may be None when ``dry_run``.
     :param destination_key: identifies the list (segment id); names the snapshot directory.
@@ -259,7 +259,7 @@ def sync_contact_list(
         (from :func:`lease_for`); None = acquire one here, waiting up to ``options.lease_timeout``.
     :param source_options: ``format``, ``column``, ``encoding``, ``delimiter``, ``has_header`` for
         path sources.
-    :returns: a small JSON-serialisable result (see :func:`result_dict`).
+    :returns: a small JSON-serialisable result (counts, rule, mode, status).
     :raises ContactListError: subclasses for bad input and guards; the exception's ``result``
         holds the counts so far.
     """

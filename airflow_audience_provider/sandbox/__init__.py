@@ -20,7 +20,7 @@ Typical use::
 From a shell: ``airflow-audience-sandbox`` (see :mod:`airflow_audience_provider.sandbox.server`).
 
 Adding a vendor: write ``sandbox/<vendor>.py`` with a :class:`~.base.VendorFake` subclass and
-add one line to :data:`VENDOR_FAKES`.
+add one line to ``VENDOR_FAKES``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What every vendor fake shares: state lock, clock, fault injection, request log, control API.
 
 A vendor fake is a :class:`VendorFake` subclass that sets :attr:`VendorFake.name` and
-:attr:`VendorFake.conn_id`, keeps its state in attributes guarded by :attr:`VendorFake.lock`,
+:attr:`VendorFake.conn_id`, keeps its state in attributes guarded by ``VendorFake.lock``,
 and implements
 
 * :meth:`VendorFake.reset_state` - (re)build the initial state,
@@ -52,7 +52,7 @@ __all__ = [
     "ApiError",
     "Fault",
     "FaultInjector",
-    "RateLimiter",
+    "FakeRateLimiter",
     "RequestRates",
     "VendorFake",
     "new_hex_id",
@@ -230,7 +230,7 @@ class FaultInjector:
             self._faults.clear()
 
 
-class RateLimiter:
+class FakeRateLimiter:
     """Sliding one-second window per key (thread-safe)."""
 
     def __init__(self) -> None:
@@ -333,7 +333,7 @@ class VendorFake:
         self.faults = FaultInjector()
         self.base_url: str | None = None
         self._requests: list[dict[str, Any]] = []
-        self._rate_limiter = RateLimiter()
+        self._rate_limiter = FakeRateLimiter()
         self.rates = RequestRates()
         self._clock_offset = 0.0
         initial: dict[str, float | None] = dict(self.default_config)
@@ -357,7 +357,7 @@ class VendorFake:
             self.reset_state()
 
     def reset_state(self) -> None:
-        """(Re)build the vendor's initial data. Called under :attr:`lock`."""
+        """(Re)build the vendor's initial data. Called under ``lock``."""
         raise NotImplementedError
 
     def now(self) -> float:

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 class AudienceWaitSensor(BaseSensorOperator):
     """Wait for a vendor's asynchronous work; fail when the vendor reports failure.
 
-    Subclasses set :attr:`trigger_class` (which names the hook and its status function) and
-    implement :meth:`status_kwargs`. A vendor failure state fails the task: it never counts
+    Subclasses set ``trigger_class`` (which names the hook and its status function) and
+    implement ``status_kwargs()``. A vendor failure state fails the task: it never counts
     as done. Unknown vendor states are logged verbatim and the sensor keeps waiting until
     its ``timeout``.
 
