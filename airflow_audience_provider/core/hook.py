@@ -3,7 +3,7 @@ transport built from it, ``test_connection()`` and the connection-form classmeth
 
 A vendor hook supplies its :class:`~airflow_audience_provider.connections.ConnectionSpec`,
 its :class:`~airflow_audience_provider.core.transport.VendorProfile`, a default host, how to
-authenticate (:meth:`~airflow_audience_provider.core.hook.AudienceHook.build_auth`) and one cheap
+authenticate (``build_auth()``) and one cheap
 read for ``probe()``. It may adjust the client-side quotas per connection
 (:meth:`~airflow_audience_provider.core.hook.AudienceHook.rate_limits`) and watch every answer
 with the endpoint class that was called
@@ -69,7 +69,8 @@ def check_extras(spec: ConnectionSpec, settings: ConnectionSettings) -> None:
     """Check the connection's extra fields against the form's declared types, before any request.
 
     A malformed value (``"soon"`` for a timeout, ``"maybe"`` for a flag, a value outside the
-    field's choices) raises :class:`~airflow_audience_provider.core.errors.AudienceConfigurationError` naming the connection and the
+    field's choices) raises
+    :class:`~airflow_audience_provider.core.errors.AudienceConfigurationError` naming the connection and the
     field, instead of surfacing later as a bare vendor error. URI-form connections carry every
     extra as a string, so numbers and flags are accepted in their string forms too.
     """
@@ -280,7 +281,8 @@ class AudienceHook(BaseHook):
 
         Minting a second token is harmless, so the POST is retried like an idempotent call. A
         400/401 from a token endpoint (RFC 6749 §5.2: ``invalid_client``, ``invalid_grant``) is
-        a credentials problem and raised as :class:`~airflow_audience_provider.core.errors.AudienceAuthenticationError` naming the
+        a credentials problem and raised as
+        :class:`~airflow_audience_provider.core.errors.AudienceAuthenticationError` naming the
         connection fields.
         """
         from airflow_audience_provider.core.errors import AudienceAuthenticationError, AudienceValidationError

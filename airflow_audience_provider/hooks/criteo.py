@@ -23,8 +23,11 @@ sizes exist in ``preview`` only (notes §1, pitfall 3), so those methods always 
 version. Marketing Solutions offers them in the stable version.
 
 **Computation cycle** (notes §6): Criteo computes audiences at 00:00 and 12:00 UTC; a change takes
-about 5 hours more to reach live campaigns. :func:`~airflow_audience_provider.hooks.criteo_cycle.next_computation_window`, :func:`~airflow_audience_provider.hooks.criteo_cycle.live_at` and
-:func:`~airflow_audience_provider.hooks.criteo_cycle.latest_safe_upload_time` do that arithmetic; :meth:`CriteoHook.computation_status` is the
+about 5 hours more to reach live campaigns.
+:func:`~airflow_audience_provider.hooks.criteo_cycle.next_computation_window`,
+:func:`~airflow_audience_provider.hooks.criteo_cycle.live_at` and
+:func:`~airflow_audience_provider.hooks.criteo_cycle.latest_safe_upload_time` do that arithmetic;
+:meth:`CriteoHook.computation_status` is the
 status function of the computation-cycle sensor and trigger.
 """
 

@@ -37,7 +37,7 @@ connection's ``rate_limits`` extra). A 429 is retried by the transport after ``R
 else the body's ``data.msBeforeNext``, else ``X-RateLimit-Reset`` (an RFC 5322 date). Segment
 counts per token, so other users of the token spend the same budget: when an answer says
 ``X-RateLimit-Remaining: 0``, the next call of that operation waits for ``X-RateLimit-Reset``
-(at most :attr:`SegmentHook.max_header_pause` seconds) instead of collecting a 429.
+(at most ``max_header_pause`` seconds) instead of collecting a 429.
 """
 
 from __future__ import annotations

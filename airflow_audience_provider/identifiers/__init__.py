@@ -1,8 +1,11 @@
 """Vendor-neutral contact-list engine: read, normalise, validate, hash, chunk and sync identifiers.
 
-Vendor operators call :func:`~airflow_audience_provider.identifiers.sync.sync_contact_list` (or :func:`~airflow_audience_provider.identifiers.sync.plan_contact_list_sync` for a dry
-run, :func:`~airflow_audience_provider.identifiers.fanout.run_destinations` for one read feeding several destinations) with a rule from
-:func:`~airflow_audience_provider.identifiers.rules.get_rule` and a :class:`~airflow_audience_provider.identifiers.sync.ChunkSender` implemented by the vendor hook::
+Vendor operators call :func:`~airflow_audience_provider.identifiers.sync.sync_contact_list` (or
+:func:`~airflow_audience_provider.identifiers.sync.plan_contact_list_sync` for a dry
+run, :func:`~airflow_audience_provider.identifiers.fanout.run_destinations` for one read feeding
+several destinations) with a rule from
+:func:`~airflow_audience_provider.identifiers.rules.get_rule` and a
+:class:`~airflow_audience_provider.identifiers.sync.ChunkSender` implemented by the vendor hook::
 
     from airflow_audience_provider.identifiers import SyncOptions, get_rule, sync_contact_list
 
@@ -18,7 +21,8 @@ run, :func:`~airflow_audience_provider.identifiers.fanout.run_destinations` for 
     # chunks, estimated requests, snapshot location, guards that blocked)
 
 A sender implements ``add``, ``remove``, ``replace`` (the list becomes exactly this chunk) and
-``clear``; each receives a :class:`~airflow_audience_provider.identifiers.chunking.Chunk` within the vendor's limits. Request-based vendors use
+``clear``; each receives a :class:`~airflow_audience_provider.identifiers.chunking.Chunk` within
+the vendor's limits. Request-based vendors use
 ``chunk.identifiers``; file-based vendors stream ``chunk.write_to(fh)`` (header included).
 
 Importing this package is cheap: names are resolved on first use, and nothing here imports

@@ -173,7 +173,8 @@ def default_mp_context() -> str:
     """Start method of the read-phase worker processes.
 
     ``fork`` where the platform has it: workers start in milliseconds and only run
-    :func:`~airflow_audience_provider.identifiers.hashing.process_batch` (pure computation, no logging, no locks), so the usual hazard of forking
+    :func:`~airflow_audience_provider.identifiers.hashing.process_batch` (pure computation, no
+    logging, no locks), so the usual hazard of forking
     a threaded process does not bite. ``spawn`` would re-import the parent's ``__main__`` in
     every worker, which for an Airflow task is the Airflow CLI: seconds per worker. Override
     with ``mp_context="spawn"`` (or ``"forkserver"``) where fork is not wanted.
@@ -212,7 +213,8 @@ def iter_processed(
     least :data:`MP_TASK_ROWS` rows each) run in parallel: in threads of this process when every
     profile uses the compiled kernel (:func:`~airflow_audience_provider.identifiers.hashing.uses_kernel`;
     it releases the GIL), otherwise in a pool of worker processes that receive newline-joined text.
-    Either way they come back in order as :class:`~airflow_audience_provider.identifiers.hashing.BatchOutput` (counts, invalid indices and the
+    Either way they come back in order as
+    :class:`~airflow_audience_provider.identifiers.hashing.BatchOutput` (counts, invalid indices and the
     partitioned hex digests).
     """
     kernel = all(uses_kernel(p) for p in profiles)
@@ -296,7 +298,8 @@ def run_destinations(
     """Read ``source`` once and sync (or plan) every destination.
 
     Nothing is sent to any destination until every destination passed its guards. If one
-    destination's sending fails, the others still run; a :class:`~airflow_audience_provider.identifiers.errors.SendError` is raised at the end
+    destination's sending fails, the others still run; a
+    :class:`~airflow_audience_provider.identifiers.errors.SendError` is raised at the end
     with every destination's result in ``result``.
 
     :returns: destination name -> result dict (JSON-serialisable).

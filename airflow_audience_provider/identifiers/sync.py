@@ -239,7 +239,8 @@ def sync_contact_list(
     """Sync a contact list to one destination. This is what vendor operators call.
 
     :param source: a path / URL / ObjectStoragePath, an upstream XCom value (path or
-        ``{"path", "format", "column"}`` dict), an :class:`~airflow_audience_provider.identifiers.sources.IdentifierSource`, or an iterable of values.
+        ``{"path", "format", "column"}`` dict), an
+        :class:`~airflow_audience_provider.identifiers.sources.IdentifierSource`, or an iterable of values.
     :param rule: the vendor rule, e.g. ``get_rule("criteo", "email")``.
     :param sender: the vendor transport (:class:`ChunkSender`); may be None when ``dry_run``.
     :param destination_key: identifies the list (segment id); names the snapshot directory.

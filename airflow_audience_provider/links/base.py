@@ -1,6 +1,6 @@
 """Extra links persisted at execute time (the Google marketing-platform ``persist()`` pattern).
 
-An operator calls :meth:`~airflow_audience_provider.links.base.AudienceLink.persist` as soon as the vendor object exists, so a task
+An operator calls ``AudienceLink.persist()`` as soon as the vendor object exists, so a task
 that fails later still links to what it touched. ``get_link`` only reads XCom: it needs no
 connection and no network at render time.
 """

@@ -449,6 +449,7 @@ class _CreateSegmentOperator(_YandexAudienceOperator):
 
 
 _CREATE_DOC = """
+
     Idempotent by name: when one of the login's own {kind} segments has ``name``, it is reused
     (``action="exists"``); Yandex cannot change a segment's definition, so a differing definition is
     logged as a warning, or fails the task with ``on_definition_change="fail"``.

@@ -105,7 +105,7 @@ class AudiencePollingTrigger(BaseTrigger):
         return self.subject.format(**self.status_kwargs)
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
-        """Keep the context; :meth:`run` renders the templated arguments, bounded by :attr:`render_timeout`.
+        """Keep the context; ``run()`` renders the templated arguments, bounded by :attr:`render_timeout`.
 
         Airflow 3.3+ calls this in the triggerer, before ``run``, for a task with ``start_from_trigger``.
         The triggerer's supervisor never answers a request type it does not serve, so rendering a
@@ -114,7 +114,7 @@ class AudiencePollingTrigger(BaseTrigger):
         self.__dict__["_pending_render"] = (context, jinja_env)
 
     def resolve_arguments(self) -> None:
-        """Called as :meth:`run` starts, after any rendering: derive what depends on templated attributes."""
+        """Called as ``run()`` starts, after any rendering: derive what depends on templated attributes."""
 
     async def _render_in_triggerer(self) -> str | None:
         """Render what :meth:`render_template_fields` kept; a message saying why not on failure."""

@@ -19,7 +19,7 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
 
     The kwargs carry the sensor's parameter names so that, when the sensor starts in the triggerer
     (``start_from_trigger``), the triggerer renders the templated ones (``uploaded_at``,
-    ``segment_id``, ``owner_id``, ``criteo_conn_id``) at the start of :meth:`run`.
+    ``segment_id``, ``owner_id``, ``criteo_conn_id``) at the start of ``run()``.
     """
 
     hook_path = "airflow_audience_provider.hooks.criteo.CriteoHook"
