@@ -137,7 +137,8 @@ class OAuth2ClientCredentials(AuthBase):
         self._post = post
         self.refresh_margin = refresh_margin
         self._clock = clock
-        self._slot = (cache or TokenCache()).slot(TokenCache.identity(token_url, client_id, client_secret))
+        cache = cache if cache is not None else TokenCache()  # an empty cache is falsy: test for None
+        self._slot = cache.slot(TokenCache.identity(token_url, client_id, client_secret))
         #: tokens this object minted itself (a shared cache may have handed it one minted elsewhere)
         self.tokens_minted = 0
         mask_secret(client_secret)

@@ -6,7 +6,7 @@ import pytest
 import requests
 from airflow.sdk.log import redact
 
-from airflow_audience_provider.core.auth import OAuth2ClientCredentials, TokenHeaderAuth, mask_secret
+from airflow_audience_provider.core.auth import OAuth2ClientCredentials, TokenCache, TokenHeaderAuth, mask_secret
 from airflow_audience_provider.core.errors import AudienceAuthenticationError
 
 
@@ -136,3 +136,52 @@ def test_lifetime_shorter_than_the_margin_still_caches(clock):
     clock.advance(1)
     auth.token()
     assert len(endpoint.calls) == 2
+
+
+# -- a token cache shared by several auth objects ------------------------------------------------
+
+
+def shared(clock, endpoint, cache, secret="client-secret-abcdef") -> OAuth2ClientCredentials:
+    return OAuth2ClientCredentials(
+        "https://vendor.example/oauth2/token",
+        "client-id-1",
+        secret,
+        endpoint,
+        refresh_margin=10,
+        clock=clock,
+        cache=cache,
+    )
+
+
+def test_a_shared_cache_serves_one_token_to_every_auth_of_the_same_identity(clock):
+    endpoint, cache = TokenEndpoint(), TokenCache()
+    first, second = shared(clock, endpoint, cache), shared(clock, endpoint, cache)
+    assert first.token() == second.token() == "minted-access-token-001"
+    assert len(endpoint.calls) == 1
+    other_secret = shared(clock, endpoint, cache, secret="another-secret-98765")
+    assert other_secret.token() == "minted-access-token-002"  # another identity, another token
+    assert "client-secret-abcdef" not in repr(cache._slots) and "another-secret-98765" not in repr(cache._slots)
+
+
+def test_invalidating_a_token_already_replaced_keeps_the_new_one(clock):
+    endpoint, cache = TokenEndpoint(), TokenCache()
+    first, second = shared(clock, endpoint, cache), shared(clock, endpoint, cache)
+    old = first.token()
+    first.invalidate(old)  # first saw a 401 and forgot the token...
+    assert second.token() == "minted-access-token-002"  # ...second minted the replacement
+    second.invalidate(old)  # second's own late 401 for the old token must not drop the new one
+    assert first.token() == "minted-access-token-002"
+    assert len(endpoint.calls) == 2
+
+
+def test_atoken_mints_off_the_event_loop(clock):
+    import asyncio
+
+    endpoint, cache = TokenEndpoint(), TokenCache()
+    auths = [shared(clock, endpoint, cache) for _ in range(5)]
+
+    async def many() -> list[str]:
+        return await asyncio.gather(*(auth.atoken() for auth in auths))
+
+    assert set(asyncio.run(many())) == {"minted-access-token-001"}
+    assert len(endpoint.calls) == 1
