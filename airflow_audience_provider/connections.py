@@ -164,6 +164,21 @@ YANDEX_AUDIENCE = ConnectionSpec(
             "8 (999) 555-11-11; an upload operator's default_region overrides it.",
         ),
         ConnField(
+            "processing_poll_interval",
+            "Processing poll interval (s)",
+            "How often a task that must wait for a segment to finish processing (modify_data between "
+            "files) looks at it; each look is one read from the daily budget.",
+            "number",
+            30,
+        ),
+        ConnField(
+            "processing_wait_timeout",
+            "Processing wait timeout (s)",
+            "How long such a task waits for processing before it fails (Yandex: usually up to 2 hours).",
+            "number",
+            10800,
+        ),
+        ConnField(
             "writes_per_minute",
             "Segment writes per minute",
             "Client-side quota on segment create/modify requests per login (Yandex documents 10).",

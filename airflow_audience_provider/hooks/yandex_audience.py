@@ -28,7 +28,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -67,6 +67,13 @@ YANDEX_AUDIENCE_SEGMENT_STATUS = StatusMap.of(
 #: Confirm ``content_type`` values and the upload operation each needs (notes §6.1).
 CONTENT_TYPES = {"crm": "upload_csv_file", "idfa_gaid": "upload_file", "mac": "upload_file"}
 MODIFICATION_TYPES = ("addition", "subtraction", "replace")
+#: ``type`` values of segments made from uploaded files: ``uploading``, and ``universal`` for the
+#: newer one-file-many-columns segments of the web interface (how the API names them is unverified).
+FILE_SEGMENT_TYPES = frozenset({"uploading", "universal"})
+#: Page size of ``GET segments`` (the default page clients report; limit/offset are unverified).
+SEGMENTS_PAGE_SIZE = 10_000
+#: Yandex mail domains a login may be written with (``name@yandex.ru`` is the login ``name``).
+_YANDEX_MAIL_DOMAINS = re.compile(r"@(?:yandex\.(?:ru|com|by|kz|ua|com\.tr)|ya\.ru|narod\.ru)$")
 GEO_SEGMENT_TYPES = ("last", "regular", "home", "work", "condition")
 DELEGATE_PERMS = ("view", "edit")
 #: Moscow time (UTC+3, no DST): the daily quotas reset at its midnight (notes §9).
@@ -161,7 +168,25 @@ def parse_yandex_audience_error(response: requests.Response) -> ErrorInfo:
             # An hourly or daily quota is not slept on: fail now, saying which quota and when.
             if wait > LONG_QUOTA_SECONDS:
                 info.retryable = False
+        else:
+            # The body does not say which period the quota covers in words we read: it may be an
+            # hourly or daily one, so retrying blindly would only spend minutes and more quota.
+            text = message or _body_text(response) or "request quota exceeded"
+            info.message = (
+                f"{text} (Yandex did not say in a form this provider reads when the quota frees up; "
+                "not retried: rerun later, or lower the client-side quotas in the connection's extras)"
+            )
+            info.retryable = False
     return info
+
+
+def _body_text(response: requests.Response, limit: int = 500) -> str:
+    """The answer's text, shortened, for an error message (Yandex error bodies carry no identifiers)."""
+    try:
+        text = response.text.strip()
+    except (UnicodeDecodeError, ValueError):
+        return ""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -219,6 +244,24 @@ def yandex_audience_rate_limits(
         "reprocess": RateLimit((reprocess, daily, per_ip), max_wait=65.0),
         "default": RateLimit((daily, per_ip), max_wait=65.0),
     }
+
+
+def canonical_login(login: str) -> str:
+    """A Yandex login in one comparable form: lower-case, without a Yandex mail domain, ``.`` as ``-``.
+
+    Yandex treats ``Ivan.Petrov``, ``ivan-petrov`` and ``ivan-petrov@yandex.ru`` as the same login,
+    and the ``owner`` the API reports need not be written the way the connection's login is.
+    """
+    text = login.strip().lower()
+    text = _YANDEX_MAIL_DOMAINS.sub("", text)
+    return text.replace(".", "-")
+
+
+def same_login(a: str | None, b: str | None) -> bool:
+    """Whether two spellings name the same Yandex login (see :func:`canonical_login`)."""
+    if not a or not b:
+        return False
+    return canonical_login(a) == canonical_login(b)
 
 
 def _few_data_advice(segment_id: Any) -> str:
@@ -373,25 +416,68 @@ class YandexAudienceHook(AudienceHook):
     ) -> list[dict[str, Any]]:
         """List segments: ``GET segments`` (own and shared, every type mixed).
 
-        ``limit``/``offset`` are sent only when given (documented by clients, not in the reference we
-        read; the default page is 10000).
+        With ``limit`` or ``offset`` one page is fetched as asked. Without them every page is read
+        (see :meth:`iter_segments`).
         """
-        params = self._clean({"pixel": pixel, "limit": limit, "offset": offset})
-        return list(self._unwrap(self._call("GET", "segments", params=params or None), "segments") or [])
+        if limit is not None or offset is not None:
+            params = self._clean({"pixel": pixel, "limit": limit, "offset": offset})
+            return list(self._unwrap(self._call("GET", "segments", params=params), "segments") or [])
+        return list(self.iter_segments(pixel))
+
+    def iter_segments(self, pixel: int | str | None = None, page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every segment the login sees, page by page (``limit``/``offset``), read lazily.
+
+        ``limit``/``offset`` are documented by clients, not in the reference we read. Assumption:
+        a page shorter than the ``limit`` asked is the last one. A server that ignored the
+        parameters would answer the same page again: a page without a new id ends the listing.
+        """
+        size = page_size or self.segments_page_size
+        offset = 0
+        seen: set[Any] = set()
+        while True:
+            params = self._clean({"pixel": pixel, "limit": size, "offset": offset})
+            page = list(self._unwrap(self._call("GET", "segments", params=params), "segments") or [])
+            fresh = [s for s in page if s.get("id") not in seen]
+            for segment in fresh:
+                seen.add(segment.get("id"))
+                yield segment
+            if len(page) < size or not fresh:
+                return
+            offset += len(page)
+
+    #: segments asked for per ``GET segments`` page
+    segments_page_size: int = SEGMENTS_PAGE_SIZE
+
+    def is_own(self, segment: dict[str, Any]) -> bool:
+        """Whether the connection's login owns the segment (any spelling of it, see :func:`same_login`).
+
+        Without a login on the connection every segment counts as own; a segment without
+        ``owner`` too.
+        """
+        owner = segment.get("owner")
+        return not self.login or owner in (None, "") or same_login(str(owner), self.login)
+
+    @staticmethod
+    def _type_matches(segment: dict[str, Any], segment_type: str | None) -> bool:
+        if not segment_type:
+            return True
+        kind = segment.get("type")
+        if segment_type in FILE_SEGMENT_TYPES:
+            return kind in FILE_SEGMENT_TYPES
+        return bool(kind == segment_type)
 
     def find_segments(self, name: str, segment_type: str | None = None, own_only: bool = True) -> list[dict[str, Any]]:
         """Segments named ``name`` (optionally of one ``type``); by default only the login's own ones.
 
         Segments shared with the login (another ``owner``) can be neither modified nor renamed, so
-        they never count as the segment an idempotent operator should reuse.
+        they never count as the segment an idempotent operator should reuse. The file segment
+        types ``uploading`` and ``universal`` match each other.
         """
         found = []
-        for segment in self.list_segments():
-            if segment.get("name") != name:
+        for segment in self.iter_segments():
+            if segment.get("name") != name or not self._type_matches(segment, segment_type):
                 continue
-            if segment_type and segment.get("type") != segment_type:
-                continue
-            if own_only and self.login and segment.get("owner") not in (None, self.login):
+            if own_only and not self.is_own(segment):
                 continue
             found.append(segment)
         return found
@@ -409,12 +495,12 @@ class YandexAudienceHook(AudienceHook):
         return found[0] if found else None
 
     def get_segment(self, segment_id: int | str) -> dict[str, Any]:
-        """One segment, from the list (Yandex has no GET-one-segment operation).
+        """One segment, from the list (Yandex has no GET-one-segment operation); stops at the page holding it.
 
         :raises AudienceNotFoundError: naming the id when the login does not see it.
         """
         wanted = self._id(segment_id)
-        for segment in self.list_segments():
+        for segment in self.iter_segments():
             if str(segment.get("id")) == wanted:
                 return segment
         who = f"login {self.login!r}" if self.login else "this token"
@@ -525,12 +611,19 @@ class YandexAudienceHook(AudienceHook):
         *,
         check_size: bool = True,
         filename: str = "data.csv",
+        wait_until_processed: bool = True,
     ) -> dict[str, Any]:
         """Add, remove or replace a file segment's data: ``POST segment/{id}/modify_data``.
 
         The file must have the structure and hashed form of the first upload. Resending the same
         file is harmless (Yandex answers ``no_changes``), so an ambiguous failure is retried; a
         ``no_changes`` answer raises :class:`YandexAudienceNoChangesError`.
+
+        Clients say modify_data needs a ``processed`` segment (unverified): by default the call
+        first waits while the segment is still processing (after a confirm or the previous file,
+        e.g. between an addition and a subtraction), see :meth:`wait_until_settled`.
+
+        :param wait_until_processed: wait while the segment is processing before sending.
         """
         sid = self._id(segment_id)
         if modification_type not in MODIFICATION_TYPES:
@@ -538,6 +631,8 @@ class YandexAudienceHook(AudienceHook):
                 f"modification_type must be one of {', '.join(MODIFICATION_TYPES)}, got {modification_type!r}",
                 vendor=VENDOR,
             )
+        if wait_until_processed:
+            self.wait_until_settled(sid)
         body = self._call(
             "POST",
             f"segment/{sid}/modify_data",
@@ -547,6 +642,35 @@ class YandexAudienceHook(AudienceHook):
             idempotent=True,
         )
         return dict(self._unwrap(body, "segment"))
+
+    def wait_until_settled(self, segment_id: int | str, timeout: float | None = None) -> dict[str, Any]:
+        """Block while a segment is processing (``is_processed``, ``is_updated``); return it settled.
+
+        Polls ``GET segments`` every ``processing_poll_interval`` seconds (connection extra, default
+        30) for at most ``processing_wait_timeout`` seconds (default 3 hours: processing usually takes
+        up to two). Any other status (processed, few_data, failed, unknown) returns at once.
+
+        :raises AudienceServerError: when the segment is still processing after the timeout.
+        """
+        settings = self.settings()
+        interval = float(settings.get_extra("processing_poll_interval", 30.0) or 30.0)
+        limit = float(timeout if timeout is not None else settings.get_extra("processing_wait_timeout", 10800.0))
+        deadline = time.monotonic() + limit
+        while True:
+            segment = self.get_segment(segment_id)
+            status = segment.get("status")
+            if YANDEX_AUDIENCE_SEGMENT_STATUS.phase(str(status)) is not Phase.RUNNING:
+                return segment
+            if time.monotonic() + interval > deadline:
+                raise AudienceServerError(
+                    f"Yandex.Audience segment {segment_id} is still processing (status {status}) after "
+                    f"{limit:.0f} s; its data can be changed only once it is processed. Rerun later "
+                    "(the snapshot was not advanced, so the rerun sends the difference again)",
+                    vendor=VENDOR,
+                )
+            log.info("Yandex.Audience segment %s is %s; waiting %g s before changing its data", segment_id, status,
+                     interval)  # fmt: skip
+            time.sleep(interval)
 
     def _create(self, path: str, segment: dict[str, Any], segment_type: str) -> dict[str, Any]:
         """A create_* call; after an ambiguous failure the segment is looked up by name first."""
@@ -759,11 +883,23 @@ class YandexAudienceHook(AudienceHook):
     def reprocess_segment(self, segment_id: int | str) -> bool:
         """Re-run matching (useful for ``few_data``): ``PUT segment/{id}/reprocess``.
 
-        Yandex allows two per segment per day and 20 per login per 24 h.
+        Yandex allows two per segment per day and 20 per login per 24 h. After a timeout or a 5xx
+        the segment's status is read back: processing again means the reprocess was applied, and
+        it is not sent a second time.
         """
         sid = self._id(segment_id)
-        body = self._call("PUT", f"segment/{sid}/reprocess", endpoint_class="reprocess")
-        return bool(body.get("success", True)) if isinstance(body, dict) else True
+
+        def send() -> bool:
+            # Not resent blindly: each run counts against the two a day, and a resend of an applied
+            # reprocess is refused (the segment is processing again).
+            body = self._call("PUT", f"segment/{sid}/reprocess", endpoint_class="reprocess", idempotent=False)
+            return bool(body.get("success", True)) if isinstance(body, dict) else True
+
+        def read_back() -> bool | None:
+            status = self.get_segment(sid).get("status")
+            return True if YANDEX_AUDIENCE_SEGMENT_STATUS.phase(str(status)) is Phase.RUNNING else None
+
+        return call_with_read_back(send, read_back, what=f"Reprocessing Yandex.Audience segment {sid}")
 
     # ===================================================================== grants
 

@@ -63,7 +63,7 @@ __all__ = [
 #: Path prefix of the sandbox control API (no auth, no faults, not logged).
 CONTROL_PREFIX = "/_sandbox"
 #: Fault kinds understood by :meth:`FaultInjector.inject`.
-FAULT_KINDS = ("status", "drop", "slow")
+FAULT_KINDS = ("status", "drop", "slow", "lost")
 #: Query parameters whose values are secrets and are redacted in the request log.
 SECRET_QUERY_PARAMS = frozenset({"access_token", "key", "token", "api_key", "apikey", "client_secret"})
 
@@ -172,7 +172,8 @@ class FaultInjector:
         :param kind: ``"status"`` - answer ``status`` in the vendor's error envelope (with a
             ``Retry-After: <retry_after>`` header when given); ``"drop"`` - close the connection
             without answering (clients see a connection error); ``"slow"`` - wait ``delay``
-            seconds, then answer normally (to trip client read timeouts).
+            seconds, then answer normally (to trip client read timeouts); ``"lost"`` - apply the
+            request, then close the connection without answering (the outcome the client cannot know).
         :param count: how many matching requests are affected (>= 1).
         :param path_prefix: only requests whose path starts with this; ``None`` = any path.
         :param method: only this HTTP method; ``None`` = any method.
@@ -691,6 +692,14 @@ class _SandboxMiddleware:
                 rejection = fake.error_response(path, 429, "Too Many Requests", request_id)
         if rejection is not None:
             await rejection(scope, receive, send_with_id)
+            return
+        if fault is not None and fault.kind == "lost":
+
+            async def discard(message: Any) -> None:
+                return None
+
+            await self.app(scope, receive, discard)
+            await _drop_connection(send)
             return
         await self.app(scope, receive, send_with_id)
 

@@ -32,6 +32,18 @@ Behaviour worth knowing when writing clients:
   slide on the fake's clock (:meth:`advance_time`) and are configurable.
 * ``segment/{id}/update_geo_points`` answers 400: the feature is switched off (notes §4.1 #11).
 
+Strict choices where the notes leave a point open (each has a setting for the other reading):
+
+* ``modify_data`` on a segment still processing (``is_processed``/``is_updated``) is refused with 400
+  ``invalid_parameter`` (clients say it needs ``processed``); ``modify_while_processing=1`` accepts it.
+* ``owner`` is written the way Yandex spells the login, not the way the client does: hyphens as
+  dots (``sandbox.login`` for the login ``sandbox-login``; Yandex treats both as one login).
+* CRM (CSV) file segments are listed with ``type`` ``universal`` (the newer file segments of the
+  web interface); ``universal_file_segments=0`` lists them as ``uploading``.
+* ``GET segments`` answers at most ``max_page_size`` segments (``limit``/``offset``, default page 10000);
+  a larger ``limit`` is refused with 400.
+* ``quota_names_period=0`` words 429 messages without the quota's period.
+
 Python API for tests and other fakes: :meth:`segments`, :meth:`get_segment`,
 :meth:`processed_segments` (for the Yandex Direct fake), :meth:`fail_next_processing`,
 :meth:`grants`, :meth:`pixels`, :meth:`delegates`.
@@ -110,6 +122,14 @@ class YandexAudienceFake(VendorFake):
         "max_file_bytes": 1_000_000_000,
         "min_entries": 100,
         "min_matched_ids": 100,
+        #: largest ``limit`` of ``GET segments`` (also the page given without one)
+        "max_page_size": 10000,
+        #: 1: modify_data is accepted while the segment is still processing (0: refused, 400)
+        "modify_while_processing": 0,
+        #: 1: CRM (CSV) file segments are listed with ``type`` ``universal``; 0: ``uploading``
+        "universal_file_segments": 1,
+        #: 1: 429 quota messages name the quota and its period ("... per minute ..."); 0: they do not
+        "quota_names_period": 1,
     }
 
     token: str = SANDBOX_TOKEN
@@ -240,13 +260,14 @@ class YandexAudienceFake(VendorFake):
 
     # ------------------------------------------------------------------ connection, envelopes
     def connection(self, base_url: str) -> dict[str, Any]:
-        """``{"conn_type": "yandex_audience", "host", "login", "password", "extra": {"web_app_url"}}``."""
+        """``{"conn_type": "yandex_audience", "host", "login", "password", "extra"}``; the extra polls
+        processing every 0.25 s (the sandbox processes in seconds, not hours)."""
         return {
             "conn_type": "yandex_audience",
             "host": base_url,
             "login": self.login,
             "password": self.token,
-            "extra": {"web_app_url": f"{base_url}/app"},
+            "extra": {"web_app_url": f"{base_url}/app", "processing_poll_interval": 0.25},
         }
 
     def error_response(
@@ -333,10 +354,11 @@ class YandexAudienceFake(VendorFake):
                 while hits and hits[0] <= now - seconds:
                     hits.popleft()
                 if len(hits) >= limit:
-                    return self.error_response(
-                        path, 429, f"Request quota exceeded: {int(limit)} {label} {self.login}".rstrip(), rid,
-                        code="quota",
-                    )  # fmt: skip
+                    text = f"Request quota exceeded: {int(limit)} {label} {self.login}".rstrip()
+                    if not self.config.get("quota_names_period"):
+                        group = {"ip": "ip", "day": "user_login"}.get(key.split(":")[0], "client_write")
+                        text = f"Quota exceeded: {group}"
+                    return self.error_response(path, 429, text, rid, code="quota")
             for key, setting, _seconds, _label in checks:
                 if self.config.get(setting) is not None:
                     self._hits.setdefault(key, deque()).append(now)
@@ -380,6 +402,9 @@ class YandexAudienceFake(VendorFake):
     def _render(self, seg: dict[str, Any]) -> dict[str, Any]:
         status = self._status(seg)
         out: dict[str, Any] = {k: v for k, v in seg.items() if not k.startswith("_")}
+        out["owner"] = seg["owner"].replace("-", ".")  # Yandex's spelling of the login, not the client's
+        if seg["type"] == "uploading" and seg.get("_kind") == "csv" and self.config.get("universal_file_segments"):
+            out["type"] = "universal"
         grants = seg["_grants"]
         derivatives = [s["id"] for s in self._segments.values() if s.get("lookalike_link") == seg["id"]]
         out.update(
@@ -560,11 +585,14 @@ class YandexAudienceFake(VendorFake):
             segs = [s for s in self._segments.values() if self._visible(s)]
             if params.get("pixel"):
                 segs = [s for s in segs if str(s.get("pixel_id")) == params["pixel"]]
+            most = int(self.config.get("max_page_size") or 10000)
             try:
                 offset = int(params.get("offset") or 0)
-                limit = int(params.get("limit") or 10000)
+                limit = int(params.get("limit") or most)
             except ValueError:
                 raise _fail(400, "invalid_parameter", "limit and offset must be integers") from None
+            if limit < 1 or limit > most or offset < 0:
+                raise _fail(400, "invalid_parameter", f"limit must be between 1 and {most}, offset >= 0", "limit")
             return JSONResponse({"segments": [self._render(s) for s in segs[offset : offset + limit]]})
 
     async def _h_upload_file(self, request: Request) -> Response:
@@ -666,6 +694,12 @@ class YandexAudienceFake(VendorFake):
             seg = self._segment(request.path_params["sid"])
             if seg["type"] != "uploading" or not seg["_confirmed"]:
                 raise _fail(400, "invalid_parameter", f"Segment {seg['id']} is not a confirmed file segment", "segment")
+            status = self._status(seg)
+            if status in ("is_processed", "is_updated") and not self.config.get("modify_while_processing"):
+                raise _fail(
+                    400, "invalid_parameter",
+                    f"Segment {seg['id']} is {status}; its data can be changed once it is processed", "segment",
+                )  # fmt: skip
             if seg["_kind"] == "csv":
                 header, values, rows = self._parse_csv(text)
                 if set(header) != set(seg["_header"]):
@@ -879,6 +913,8 @@ class YandexAudienceFake(VendorFake):
                 while hits and hits[0] <= now - 86400:
                     hits.popleft()
                 if limit is not None and len(hits) >= limit:
+                    if not self.config.get("quota_names_period"):
+                        raise _fail(429, "quota", "Reprocess quota exceeded")
                     raise _fail(429, "quota", f"Reprocess quota exceeded: {int(limit)} {what}")
             for key in (f"seg:{seg['id']}", f"login:{self.login}"):
                 self._reprocess[key].append(now)

@@ -105,7 +105,7 @@ def test_listed_file_segment_has_the_documented_fields(fake, http):
                 "can_create_dependent", "has_derivatives", "derivatives", "cookies_matched_quantity",
                 "hashed", "content_type", "item_quantity", "valid_unique_quantity", "matched_quantity"):  # fmt: skip
         assert key in listed, key
-    assert listed["status"] == "processed" and listed["type"] == "uploading"
+    assert listed["status"] == "processed" and listed["type"] == "universal"  # CRM files: the newer type
     assert listed["create_time"].endswith("Z")
     assert listed["valid_unique_quantity"] == 300  # e-mail and phone cells, each a value
     assert fake.processed_segments()[-1] == {"id": draft["id"], "name": "crm", "status": "processed"}

@@ -20,6 +20,7 @@ from airflow_audience_provider.hooks.yandex_audience import (
     YandexAudienceHook,
     YandexAudienceNoChangesError,
     quota_reset_seconds,
+    same_login,
 )
 
 SHARED_ID = 30000002  # "Partner CRM buyers": owned by another login, shared with the sandbox login
@@ -94,7 +95,7 @@ def test_bad_quota_extra_is_a_configuration_error(ya, set_ya_conn, patch_limiter
 def test_list_segments_mixes_own_and_shared(ya, hook):
     segments = {s["id"]: s for s in hook.list_segments()}
     assert set(segments) == {METRIKA_ID, SHARED_ID}
-    assert segments[SHARED_ID]["owner"] == "other-login"
+    assert segments[SHARED_ID]["owner"] == "other.login"  # Yandex's spelling of the login
     assert hook.find_segment("Partner CRM buyers") is None  # shared segments are never reused
     assert hook.find_segment("Site visitors (Metrica)")["id"] == METRIKA_ID
     assert hook.list_segments(limit=1, offset=1)[0]["id"] == SHARED_ID
@@ -401,3 +402,69 @@ def test_authentication_error_type(ya, set_ya_conn, patch_limiter):
     with pytest.raises(AudienceAuthenticationError) as caught:
         YandexAudienceHook(set_ya_conn("ya_bad2", password="nope")).list_pixels()
     assert caught.value.code == "unauthorized"
+
+
+# -- fidelity: reprocess read-back, unnamed quotas, owners, file types, paging, modify_data ----
+
+
+def test_reprocess_whose_answer_is_lost_is_read_back_not_resent(ya, hook):
+    segment = file_segment(hook)
+    wait_status(hook, segment["id"])
+    ya.faults.inject("lost", path_prefix=f"/v1/management/segment/{segment['id']}/reprocess", method="PUT")
+    assert hook.reprocess_segment(segment["id"]) is True
+    assert api_calls(ya, "PUT").count(("PUT", f"/v1/management/segment/{segment['id']}/reprocess")) == 1
+    assert ya.get_segment(segment["id"])["status"] == "is_processed"  # applied once, not refused as busy
+
+
+def test_quota_answer_without_its_period_fails_fast_with_the_body_text(ya, hook, limiter_clock):
+    ya.configure(writes_per_hour=1, quota_names_period=0)
+    hook.create_metrika_segment("a", "counter_id", 1)
+    with pytest.raises(AudienceRateLimitError) as caught:
+        hook.create_metrika_segment("b", "counter_id", 1)
+    assert "Quota exceeded: client_write" in caught.value.message and "not retried" in caught.value.message
+    assert len(api_calls(ya, "POST")) == 2  # the refused request was not resent
+    assert limiter_clock.sleeps == []
+
+
+@pytest.mark.parametrize("login", ["sandbox-login", "Sandbox.Login", "SANDBOX-LOGIN@yandex.ru", "sandbox.login@ya.ru"])
+def test_own_segments_match_the_login_in_any_spelling(ya, set_ya_conn, patch_limiter, login):
+    hook = YandexAudienceHook(set_ya_conn("ya_spelling", login=login))
+    assert hook.find_segment("Site visitors (Metrica)")["id"] == METRIKA_ID
+    assert hook.find_segment("Partner CRM buyers") is None  # shared with the login, not its own
+    assert same_login("ivan.petrov", "Ivan-Petrov@yandex.ru") and not same_login("ivan", "ivan2")
+
+
+def test_universal_file_segments_count_as_file_segments(ya, hook):
+    segment = file_segment(hook, name="crm universal")
+    listed = hook.get_segment(segment["id"])
+    assert listed["type"] == "universal"
+    assert hook.find_segment("crm universal", "uploading")["id"] == segment["id"]
+    assert hook.find_segment("crm universal", "metrika") is None
+
+
+def test_segments_are_read_page_by_page(ya, hook):
+    ya.configure(max_page_size=2)
+    hook.segments_page_size = 2
+    created = [hook.create_metrika_segment(f"m{i}", "counter_id", 1)["id"] for i in range(3)]
+    assert {s["id"] for s in hook.list_segments()} == {METRIKA_ID, SHARED_ID, *created}
+    assert hook.get_segment(created[-1])["name"] == "m2"
+    assert hook.find_segment("m2")["id"] == created[-1]
+    queries = [r["query"] for r in ya.requests if r["path"].endswith("/segments")]
+    assert any("offset=4" in q for q in queries)
+
+
+def test_modify_data_waits_until_the_segment_is_processed(ya, hook):
+    segment = file_segment(hook)
+    hook.modify_data(
+        segment["id"], crm_csv(20, start=1000), "addition", check_size=False
+    )  # waits for the confirm's processing
+    hook.modify_data(segment["id"], crm_csv(10, start=0), "subtraction", check_size=False)  # and for the addition's
+    wait_status(hook, segment["id"])
+    assert ya.get_segment(segment["id"])["valid_unique_quantity"] == 160
+    hook.modify_data(segment["id"], crm_csv(5, start=2000), "addition", check_size=False)
+    with pytest.raises(AudienceValidationError, match="is_updated"):
+        hook.modify_data(
+            segment["id"], crm_csv(5, start=3000), "addition", check_size=False, wait_until_processed=False
+        )
+    ya.configure(modify_while_processing=1)  # the lenient reading
+    hook.modify_data(segment["id"], crm_csv(5, start=3000), "addition", check_size=False, wait_until_processed=False)

@@ -311,7 +311,7 @@ def test_a_failed_confirm_leaves_no_draft(ya, hook, context, snapshots):
     ya.faults.inject("status", count=1, path_prefix="/v1/management/segment/", method="POST", status=400)
     with pytest.raises(AudienceValidationError):
         upload(snapshots, emails(150)).execute(context)
-    assert [s["status"] for s in ya.segments() if s["owner"] == "sandbox-login"] == ["processed"]  # the seeded one
+    assert [s["status"] for s in ya.segments() if s["owner"] == "sandbox.login"] == ["processed"]  # the seeded one
     assert writes(ya)[-1][0] == "DELETE"
 
 
