@@ -70,7 +70,7 @@ def test_lytics_refresh_dag_end_to_end_and_idempotent_rerun(airflow_env, lytics_
     events = [e for e in summary["asset_events"] if e["task_id"] == "wait_for_reevaluation"]
     assert [e["uri"] for e in events] == [reevaluated["asset_uri"]]
     assert reevaluated["asset_uri"].startswith("lytics://") and reevaluated["asset_uri"].endswith(segment_id)
-    assert events[0]["extra"]["size"] == reevaluated["size"]
+    assert events[0]["extra"]["vendor_size"] == reevaluated["size"]
 
     # A rerun finds the segment by slug: nothing is created twice, an unchanged definition is not rewritten.
     second = run_dag_test("example_lytics_segment_refresh", airflow_env, timeout=300)

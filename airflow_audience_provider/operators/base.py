@@ -45,9 +45,14 @@ class AssetEmitterMixin:
     def emit_asset_event(self, context: Context, uri: str, extra: dict[str, Any]) -> None:
         """Record an Asset event for ``uri`` through this task's alias (no-op when disabled).
 
-        The object is also remembered for OpenLineage (:meth:`get_openlineage_facets_on_complete`),
-        whether or not Asset events are emitted.
+        ``extra`` holds fields of the audience event shape (:mod:`airflow_audience_provider.core.events`),
+        e.g. ``{"object_name": ..., "action": ..., "vendor_size": ...}``; vendor, account and id come
+        from ``uri``. The object is also remembered for OpenLineage
+        (:meth:`get_openlineage_facets_on_complete`), whether or not Asset events are emitted.
         """
+        from airflow_audience_provider.core.events import audience_event_extra
+
+        shaped = audience_event_extra(uri, **extra)  # a bad field fails here, in every mode
         touched = self.__dict__.setdefault("_lineage_uris", [])
         if uri not in touched:
             touched.append(uri)
@@ -55,7 +60,7 @@ class AssetEmitterMixin:
             return
         from airflow.sdk import Asset, AssetAlias
 
-        context["outlet_events"][AssetAlias(name=self.asset_alias)].add(Asset(uri=uri), extra=extra)
+        context["outlet_events"][AssetAlias(name=self.asset_alias)].add(Asset(uri=uri), extra=shaped)
         log.info("Asset event recorded for %s", uri)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

@@ -225,7 +225,7 @@ class CriteoCreateOrUpdateSegmentOperator(_CriteoOperator):
         context["ti"].xcom_push(key="segment_id", value=segment_id)
         asset_uri = hook.asset_uri("segment", segment_id, owner)
         self.log.info("Criteo segment %r (%s): %s", name, segment_id, action)
-        self.emit_asset_event(context, asset_uri, {"name": name, "action": action})
+        self.emit_asset_event(context, asset_uri, {"object_name": name, "action": action, "link": url})
         return {
             "segment_id": segment_id,
             "name": name,
@@ -504,8 +504,12 @@ class CriteoUploadContactListOperator(ContactListUploadMixin, _CriteoOperator):
             result["criteo_invalid"],
             result.get("statistics"),
         )
+        from airflow_audience_provider.core.events import upload_counts
+
+        fields = upload_counts(sync_result.get("counts") or {}, mode=self.mode)
+        fields.update(added=result["added"], removed=result["removed"])  # as the mode applied them
         self.emit_asset_event(
-            context, result["asset_uri"], {"mode": self.mode, "sent": result["sent"], "added": result["added"]}
+            context, result["asset_uri"], {**fields, "action": "synced", "mode": self.mode, "link": url}
         )
         return result
 
@@ -681,7 +685,7 @@ class CriteoCreateOrUpdateAudienceOperator(_CriteoOperator):
         context["ti"].xcom_push(key="audience_id", value=audience_id)
         asset_uri = hook.asset_uri("audience", audience_id, owner)
         self.log.info("Criteo audience %r (%s): %s", name, audience_id, action)
-        self.emit_asset_event(context, asset_uri, {"name": name, "action": action})
+        self.emit_asset_event(context, asset_uri, {"object_name": name, "action": action, "link": url})
         return {
             "audience_id": audience_id,
             "name": name,

@@ -155,7 +155,14 @@ class LyticsCreateOrUpdateSegmentOperator(_LyticsOperator):
         )
         result = self._segment_result(context, segment, action=action, changed_fields=changed)
         self.emit_asset_event(
-            context, result["asset_uri"], {"slug_name": result["slug_name"], "action": action, "size": result["size"]}
+            context,
+            result["asset_uri"],
+            {
+                "object_name": result["slug_name"],
+                "action": action,
+                "vendor_size": result["size"],
+                "link": result["url"],
+            },
         )
         return result
 
@@ -294,7 +301,12 @@ class LyticsReevaluateSegmentOperator(_LyticsOperator):
         self.emit_asset_event(
             context,
             result["asset_uri"],
-            {"slug_name": result.get("slug_name"), "size": result.get("size"), "action": "reevaluated"},
+            {
+                "object_name": result.get("slug_name"),
+                "vendor_size": result.get("size"),
+                "action": "reevaluated",
+                "link": result.get("url"),
+            },
         )
         self.log.info(
             "Reevaluation of Lytics segment %s completed; size %s", result.get("segment_id"), result.get("size")

@@ -280,7 +280,9 @@ class SegmentCreateOrUpdateAudienceOperator(_SegmentOperator):
         self.log.info("Segment audience %r (%s): %s %s", self.name, audience.get("id"), action, changed or "")
         result = self._publish(context, space, audience, action=action, changed_fields=changed)
         if action != "unchanged":
-            self.emit_asset_event(context, result["asset_uri"], {"name": self.name, "action": action})
+            self.emit_asset_event(
+                context, result["asset_uri"], {"object_name": self.name, "action": action, "link": result.get("url")}
+            )
         return result
 
 

@@ -65,10 +65,21 @@ class _YandexAudienceOperator(AudienceBaseOperator):
         return result
 
     def _emit(self, context: Context, result: dict[str, Any]) -> None:
+        from airflow_audience_provider.core.events import upload_counts
+
+        counts = result.get("counts")
+        fields = upload_counts(counts, mode=result.get("mode")) if counts else {}
         self.emit_asset_event(
             context,
             result["asset_uri"],
-            {"name": result.get("name"), "status": result.get("status"), "action": result.get("action")},
+            {
+                **fields,
+                "object_name": result.get("name"),
+                "state": result.get("status"),
+                "action": result.get("action"),
+                "mode": result.get("mode"),
+                "link": result.get("url"),
+            },
         )
 
 

@@ -187,9 +187,8 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
             return
         hook = self._hook()
         # Started in the triggerer, the task never ran execute(): the link is stored here.
-        CriteoSegmentLink.persist(context, hook.segment_url(str(segment_id), self.owner_id or None))
+        url = hook.segment_url(str(segment_id), self.owner_id or None)
+        CriteoSegmentLink.persist(context, url)
         uri = hook.asset_uri("segment", str(segment_id), self.owner_id or None)
         result["asset_uri"] = uri
-        self.emit_asset_event(
-            context, uri, {"live_at": result.get("live_at"), "uploaded_at": result.get("uploaded_at")}
-        )
+        self.emit_asset_event(context, uri, {"live_at": result.get("live_at"), "action": "live", "link": url})

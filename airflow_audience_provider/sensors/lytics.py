@@ -88,5 +88,12 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
         result["asset_uri"] = uri
         LyticsSegmentLink.persist(context, result.get("url"))  # the full link, now that the segment was read
         self.emit_asset_event(
-            context, uri, {"slug_name": result.get("slug_name"), "size": result.get("size"), "action": "reevaluated"}
+            context,
+            uri,
+            {
+                "object_name": result.get("slug_name"),
+                "vendor_size": result.get("size"),
+                "action": "reevaluated",
+                "link": result.get("url"),
+            },
         )

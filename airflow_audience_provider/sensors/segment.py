@@ -96,9 +96,10 @@ class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
             context,
             uri,
             {
-                "name": result.get("name"),
-                "size": result.get("size"),
-                "status": result.get("status"),
+                "object_name": result.get("name"),
+                "vendor_size": result.get("size"),
+                "state": result.get("status"),
                 "action": "computed",
+                "link": result.get("url"),
             },
         )

@@ -85,9 +85,19 @@ class YandexAudienceSegmentProcessedSensor(AssetEmitterMixin, AudienceWaitSensor
                 context,
                 uri,
                 {
-                    "name": result.get("name"),
-                    "status": result.get("status"),
-                    "cookies_matched_quantity": result.get("cookies_matched_quantity"),
+                    "object_name": result.get("name"),
+                    "state": result.get("status"),
+                    "vendor_size": result.get("item_quantity"),
+                    "match_rate": _match_rate(result),
                     "action": "processed",
+                    "link": result.get("url"),
                 },
             )
+
+
+def _match_rate(result: dict[str, Any]) -> float | None:
+    """Matched users per uploaded item, when Yandex reports both (None otherwise)."""
+    items, matched = result.get("item_quantity"), result.get("matched_quantity")
+    if not isinstance(items, int) or not isinstance(matched, int) or items <= 0:
+        return None
+    return min(1.0, matched / items)

@@ -49,9 +49,19 @@ def test_create_or_update_segment_is_idempotent(criteo, context):
     assert first["action"] == "created" and first["identifier_type"] == "Email"
     assert context["ti"].pushed["segment_id"] == first["segment_id"]
     assert first["segment_id"] in context["ti"].pushed["criteo_segment_url"]
-    assert context["outlet_events"].added == [
-        ("criteo-segments", f"criteo://424242/segment/{first['segment_id']}", {"name": "crm-loyal", "action": "created"})
-    ]
+    ((alias, uri, extra),) = context["outlet_events"].added
+    assert (alias, uri) == ("criteo-segments", f"criteo://424242/segment/{first['segment_id']}")
+    assert {
+        k: extra[k] for k in ("audience_extra_version", "vendor", "account", "object_id", "object_name", "action")
+    } == {
+        "audience_extra_version": 1,
+        "vendor": "criteo",
+        "account": "424242",
+        "object_id": first["segment_id"],
+        "object_name": "crm-loyal",
+        "action": "created",
+    }
+    assert extra["link"].endswith(f"/segments/{first['segment_id']}")
     again = upsert(context, description="nightly CRM export")
     assert again["action"] == "unchanged" and again["segment_id"] == first["segment_id"]
     changed = upsert(context, description="rolling list")

@@ -59,7 +59,20 @@ def test_create_then_rerun_is_unchanged(lytics, context):
     assert result["asset_uri"] == f"lytics://{lytics.account_id}/segment/{seg['id']}"
     assert context["ti"].pushed == {"segment_id": seg["id"], "lytics_segment_url": result["url"]}
     assert context["outlet_events"].added == [
-        ("lytics-segments", result["asset_uri"], {"slug_name": "engaged", "action": "created", "size": None})
+        (
+            "lytics-segments",
+            result["asset_uri"],
+            {
+                "audience_extra_version": 1,
+                "vendor": "lytics",
+                "account": lytics.account_id,
+                "kind": "segment",
+                "object_id": seg["id"],
+                "object_name": "engaged",
+                "action": "created",
+                "link": result["url"],
+            },
+        )
     ]
 
     lytics.clear_requests()
@@ -235,7 +248,9 @@ def test_reevaluate_with_wait_in_the_worker(lytics, context):
     ((alias, uri, extra),) = context["outlet_events"].added
     assert alias == "lytics-segments"
     assert uri == result["asset_uri"] == f"lytics://{lytics.account_id}/segment/{result['segment_id']}"
-    assert extra == {"slug_name": "all_users", "size": result["size"], "action": "reevaluated"}
+    assert extra["audience_extra_version"] == 1
+    assert (extra["object_name"], extra["vendor_size"], extra["action"]) == ("all_users", result["size"], "reevaluated")
+    assert (extra["vendor"], extra["object_id"], extra["link"]) == ("lytics", result["segment_id"], result["url"])
 
 
 def test_reevaluate_wait_fails_on_a_failed_job(lytics, context):

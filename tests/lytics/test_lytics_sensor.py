@@ -68,9 +68,19 @@ def test_poke_false_then_poke_return_value(lytics, context, slow_started):
     assert value["job_id"] == started["job_id"]
     assert value["size"] == lytics.segment_size(started["segment_id"])
     uri = f"lytics://{lytics.account_id}/segment/{started['segment_id']}"
-    assert context["outlet_events"].added == [
-        ("lytics-segments", uri, {"slug_name": "all_users", "size": value["size"], "action": "reevaluated"})
-    ]
+    ((alias, event_uri, extra),) = context["outlet_events"].added
+    assert (alias, event_uri) == ("lytics-segments", uri)
+    assert extra == {
+        "audience_extra_version": 1,
+        "vendor": "lytics",
+        "account": lytics.account_id,
+        "kind": "segment",
+        "object_id": started["segment_id"],
+        "object_name": "all_users",
+        "action": "reevaluated",
+        "vendor_size": value["size"],
+        "link": value["url"],
+    }
 
 
 def test_job_id_is_optional(lytics, context, started):

@@ -64,7 +64,7 @@ def test_rollout_end_to_end_then_an_idempotent_rerun(airflow_env, segment_fake):
     assert tasks["report"]["xcom"]["return_value"]["size"] == computed["size"]
     events = [e for e in summary["asset_events"] if e["task_id"] == "wait_until_computed"]
     assert [e["uri"] for e in events] == [f"segment://{segment_fake.space_id}/audience/{audience_id}"]
-    assert events[0]["extra"]["size"] == computed["size"]
+    assert events[0]["extra"]["vendor_size"] == computed["size"]
 
     stored = segment_fake.audience(audience_id)
     assert stored["enabled"] is True and stored["options"]["backfillEventDataDays"] == 30

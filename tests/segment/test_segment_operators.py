@@ -52,7 +52,18 @@ def test_creates_then_reruns_unchanged(segment, context):
     assert first["url"].endswith(f"/engage/spaces/{segment.space_id}/audiences/{audience_id}")
     uri = f"segment://{segment.space_id}/audience/{audience_id}"
     assert first["asset_uri"] == uri
-    assert context["outlet_events"].added == [("segment-audiences", uri, {"name": "Buyers", "action": "created"})]
+    ((alias, event_uri, extra),) = context["outlet_events"].added
+    assert (alias, event_uri) == ("segment-audiences", uri)
+    assert extra == {
+        "audience_extra_version": 1,
+        "vendor": "segment",
+        "account": segment.space_id,
+        "kind": "audience",
+        "object_id": audience_id,
+        "object_name": "Buyers",
+        "action": "created",
+        "link": first["url"],
+    }
 
     segment.clear_requests()
     second = upsert(description="d", definition="  " + QUERY + "\n").execute(context)

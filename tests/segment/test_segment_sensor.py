@@ -60,9 +60,20 @@ def test_poke_false_then_done_with_asset(segment, context, computing):
     value = done.xcom_value
     assert value["status"] == "Live" and value["size"] == segment.audience(computing["id"])["size"]["count"]
     uri = f"segment://{segment.space_id}/audience/{computing['id']}"
-    assert context["outlet_events"].added == [
-        ("segment-audiences", uri, {"name": "Computing", "size": value["size"], "status": "Live", "action": "computed"})
-    ]
+    ((alias, event_uri, extra),) = context["outlet_events"].added
+    assert (alias, event_uri) == ("segment-audiences", uri)
+    assert extra == {
+        "audience_extra_version": 1,
+        "vendor": "segment",
+        "account": segment.space_id,
+        "kind": "audience",
+        "object_id": computing["id"],
+        "object_name": "Computing",
+        "action": "computed",
+        "state": "Live",
+        "vendor_size": value["size"],
+        "link": value["url"],
+    }
 
 
 @pytest.mark.parametrize("status", ["Failed", "Error"])

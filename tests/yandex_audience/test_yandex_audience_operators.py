@@ -79,10 +79,14 @@ def test_create_then_rerun_then_incremental_sync(ya, hook, context, snapshots):
     assert segment["name"] == "crm buyers" and segment["hashed"] is True and segment["used_hashing_alg"] == "SHA256"
     assert segment["valid_unique_quantity"] == 150
     assert context["ti"].pushed == {"segment_id": sid, "yandex_audience_segment_url": first["url"]}
-    assert context["outlet_events"].added == [
-        ("yandex-audience-segments", f"yandex-audience://sandbox-login/segment/{sid}",
-         {"name": "crm buyers", "status": "is_processed", "action": "created"}),
-    ]  # fmt: skip
+    ((alias, uri, extra),) = context["outlet_events"].added
+    assert (alias, uri) == ("yandex-audience-segments", f"yandex-audience://sandbox-login/segment/{sid}")
+    assert extra == {
+        "audience_extra_version": 1, "vendor": "yandex-audience", "account": "sandbox-login", "kind": "segment",
+        "object_id": str(sid), "object_name": "crm buyers", "action": "created", "state": "is_processed",
+        "mode": "sync", "rows": 150, "valid": 150, "invalid": {}, "duplicates": 0, "added": 150, "removed": 0,
+        "snapshot_size": 150, "link": first["url"],
+    }  # fmt: skip
     settle(ya, sid)
 
     ya.clear_requests()
