@@ -102,6 +102,8 @@ class ErrorInfo:
     #: Whether the vendor marks this error transient (None: decide by HTTP status).
     retryable: bool | None = None
     details: Any = None
+    #: What to check, replacing the connection's credentials hint (e.g. a consent, not the secret).
+    hint: str | None = None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -448,8 +450,9 @@ class Transport:
         message = f"{label} failed with HTTP {status}"
         if info.message:
             message += f": {info.message}"
-        if self.credentials_hint and issubclass(cls, (AudienceAuthenticationError, AudiencePermissionError)):
-            message += f"; {self.credentials_hint}"
+        hint = info.hint if info.hint is not None else self.credentials_hint
+        if hint and issubclass(cls, (AudienceAuthenticationError, AudiencePermissionError)):
+            message += f"; {hint}"
         kwargs: dict[str, Any] = {
             "vendor": self.profile.name,
             "status": status,

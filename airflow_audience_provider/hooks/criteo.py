@@ -49,6 +49,7 @@ from airflow_audience_provider.connections import CRITEO
 from airflow_audience_provider.core.errors import (
     AudienceConfigurationError,
     AudienceError,
+    AudiencePermissionError,
     AudienceTransportError,
     AudienceValidationError,
 )
@@ -123,16 +124,30 @@ def parse_criteo_error(response: requests.Response) -> ErrorInfo:
     if isinstance(problems, list) and problems and isinstance(problems[0], dict):
         first = problems[0]
         message = first.get("detail") or first.get("title")
-        return ErrorInfo(
+        info = ErrorInfo(
             message=message,
             code=first.get("code"),
             field=first.get("instance"),
             request_id=first.get("traceId") or first.get("traceIdentifier") or trace,
             details=[{k: p.get(k) for k in ("code", "title", "detail", "instance")} for p in problems],
         )
-    if "error" in body:  # the OAuth2 token endpoint (RFC 6749 §5.2)
+    elif "error" in body:  # the OAuth2 token endpoint (RFC 6749 §5.2)
         return ErrorInfo(message=body.get("error_description") or body.get("error"), code=body.get("error"))
-    return ErrorInfo(message=body.get("message"), request_id=trace)
+    else:
+        info = ErrorInfo(message=body.get("message"), request_id=trace)
+    if response.status_code == 403:
+        # A 403 from the API comes after a token was issued: the client id and secret are fine.
+        info.hint = CONSENT_HINT
+    return info
+
+
+#: What a 403 of the API means (notes §3: missing consent, or a missing permission of the app).
+CONSENT_HINT = (
+    "the token is valid (the client id and secret are fine), but the application may not act on this "
+    "account or advertiser: its owner must grant the application consent (the consent link of the app in "
+    "the Criteo Partners Portal), and the app needs the Audience Read/Manage permissions; check also that "
+    "the connection's account_id / advertiser_id is the one that consented"
+)
 
 
 def criteo_retry_after(response: requests.Response) -> float | None:
@@ -755,7 +770,10 @@ class CriteoHook(AudienceHook):
         ]
 
     def get_audience_segments_in_market_brands(self, country: str, owner_id: str | None = None) -> list[dict[str, Any]]:
-        """In-market brands for a country (MS ``audience-segments/in-market-brands``): ``[{id, name, size}]``."""
+        """In-market brands for a country (MS ``audience-segments/in-market-brands``).
+
+        :returns: ``[{"id", "name", "size"}]`` (``name`` and ``size`` may be null).
+        """
         return self._in_market_lookup("brands", country, owner_id)
 
     def get_audience_segments_in_market_interests(
@@ -763,7 +781,11 @@ class CriteoHook(AudienceHook):
     ) -> list[dict[str, Any]]:
         """In-market interests for a country (MS ``audience-segments/in-market-interests``).
 
-        :returns: ``[{id, name, parentId}]``.
+        The interests follow the Google product taxonomy. Criteo's document gives each interest
+        an ``id`` and a ``parentId`` only, no name: look names up in the Google product taxonomy
+        by id. Other attributes Criteo may add are passed through.
+
+        :returns: ``[{"id", "parentId", ...}]``.
         """
         return self._in_market_lookup("interests", country, owner_id)
 
@@ -1142,13 +1164,41 @@ class CriteoHook(AudienceHook):
     # -- connection test ------------------------------------------------------------------------
 
     def probe(self) -> str:
-        """``GET /{version}/{api}/me``: needs a valid token but no scope (notes §3)."""
+        """``GET /{version}/{api}/me`` (a valid token, no scope needed, notes §3), then the configured
+        account or advertiser: a token alone does not say that the app may use it.
+
+        * Retail Media with ``account_id``: a one-item segment search in the account (needs the
+          account's consent and the Audience Read permission, as every call of the provider does).
+        * Marketing Solutions with ``advertiser_id``: ``GET /{version}/advertisers/me`` (the
+          advertisers that consented to the app) must list it.
+        """
         answer = self._call("GET", f"{self._prefix()}/me")
         attributes = (answer.get("data") or {}).get("attributes") or {}
-        return (
-            f"Connected to Criteo {self.api} {self.api_version} as application "
-            f"{attributes.get('name') or attributes.get('applicationId') or '?'}"
-        )
+        app = attributes.get("name") or attributes.get("applicationId") or "?"
+        message = f"Connected to Criteo {self.api} {self.api_version} as application {app}"
+        settings = self.settings()
+        if self.is_retail_media:
+            account = settings.get_extra("account_id")
+            if not account:
+                return message + "; no account_id is configured, so no account was checked"
+            path = f"{self._accounts_path(str(account))}/audience-segments/search"
+            body = {"data": {"type": SEGMENT_TYPE[self.api], "attributes": {}}}
+            self._call("POST", path, params={"offset": 0, "limit": 1}, json=body, idempotent=True)
+            return message + f"; account {account} is reachable"
+        advertiser = settings.get_extra("advertiser_id")
+        if not advertiser:
+            return message + "; no advertiser_id is configured, so no advertiser was checked"
+        portfolio = self._call("GET", f"/{self.api_version}/advertisers/me")
+        ids = [str(a.get("id")) for a in portfolio.get("data") or [] if isinstance(a, dict)]
+        if str(advertiser) not in ids:
+            raise AudiencePermissionError(
+                f"Criteo advertiser {advertiser} (extra 'advertiser_id' of connection '{self.criteo_conn_id}') is "
+                f"not among the advertisers that consented to application {app} ({', '.join(ids) or 'none'}); "
+                + CONSENT_HINT,
+                vendor="criteo",
+                status=403,
+            )
+        return message + f"; advertiser {advertiser} is reachable"
 
 
 # ---------------------------------------------------------------------------------------------

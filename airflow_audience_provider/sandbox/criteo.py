@@ -518,6 +518,7 @@ class CriteoFake(VendorFake):
             Route("/oauth2/token", self._token, methods=["POST"]),
             Route(rm + "/me", self._me, methods=["GET"]),
             Route(ms + "/me", self._me, methods=["GET"]),
+            Route("/{version}/advertisers/me", self._advertisers_me, methods=["GET"]),
             # Retail Media segments
             Route(acc + "/audience-segments/create", self._seg_create, methods=["POST"]),
             Route(acc + "/audience-segments", self._seg_update, methods=["PATCH"]),
@@ -868,6 +869,14 @@ class CriteoFake(VendorFake):
             raise ApiError(403, f"Advertiser {advertiser} is not accessible", "forbidden")
         return advertiser, country
 
+    async def _advertisers_me(self, request: Request) -> Response:
+        """``GET /{version}/advertisers/me`` (ListAdvertisers): the advertisers that consented to the app."""
+        version = self._version(request)
+        data = [
+            {"type": "advertiser", "id": self.advertiser_id, "attributes": {"advertiserName": "Sandbox advertiser"}}
+        ]
+        return self._answer({"data": data, "warnings": [], "errors": []}, version)
+
     async def _in_market_brands(self, request: Request) -> Response:
         version = self._version(request)
         _, country = self._lookup_query(request)
@@ -881,8 +890,9 @@ class CriteoFake(VendorFake):
         version = self._version(request)
         _, country = self._lookup_query(request)
         data = [
-            {"id": iid, "type": "InMarketAudienceSegmentInterest", "attributes": {"name": name, "parentId": parent}}
-            for iid, name, parent in self._IN_MARKET_INTERESTS.get(country, [])
+            # Criteo's document gives an interest a parentId only: no name is invented here.
+            {"id": iid, "type": "InMarketAudienceSegmentInterest", "attributes": {"parentId": parent}}
+            for iid, _name, parent in self._IN_MARKET_INTERESTS.get(country, [])
         ]
         return self._answer({"data": data, "warnings": [], "errors": []}, version)
 

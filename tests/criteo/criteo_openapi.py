@@ -22,6 +22,7 @@ DOCUMENTS = {
     ("2026-07", "retail-media"): "criteo-retailmedia-2026-07.json",
     ("preview", "retail-media"): "criteo-retailmedia-preview.json",
     ("2026-07", "marketing-solutions"): "criteo-marketingsolutions-2026-07.json",
+    ("2026-07", "advertisers"): "criteo-marketingsolutions-2026-07.json",  # ListAdvertisers
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 from airflow_audience_provider.core.errors import (
     AudienceAuthenticationError,
     AudienceConfigurationError,
+    AudiencePermissionError,
     AudienceServerError,
     AudienceValidationError,
 )
@@ -41,7 +42,7 @@ def test_probe_reads_me_with_a_minted_token(hook, criteo, spec_check):
     assert ok, message
     assert "retail_media 2026-07" in message and "airflow-audience-sandbox" in message
     assert criteo.tokens_issued == 1
-    assert spec_check.checked() == 1
+    assert spec_check.checked() == 2  # /me, then the configured account
 
 
 def test_wrong_secret_is_a_clear_non_retryable_error(make_hook, set_criteo_conn, criteo):
@@ -51,6 +52,29 @@ def test_wrong_secret_is_a_clear_non_retryable_error(make_hook, set_criteo_conn,
     assert "criteo_bad" in message and "invalid_client" in message
     with pytest.raises(AudienceAuthenticationError):
         hook.probe()
+
+
+def test_forbidden_account_is_about_consent_not_the_secret(make_hook, set_criteo_conn, criteo, spec_check):
+    hook = make_hook(set_criteo_conn("criteo_other_account", extra={"account_id": "999999"}))
+    ok, message = hook.test_connection()
+    assert not ok
+    assert "HTTP 403" in message and "consent" in message and "the client id and secret are fine" in message
+    assert "check the Client secret" not in message
+    with pytest.raises(AudiencePermissionError, match="consent"):
+        hook.search_audience_segments()
+
+
+def test_connection_test_reaches_the_configured_account_and_advertiser(make_hook, set_criteo_conn, criteo, spec_check):
+    ok, message = make_hook().test_connection()
+    assert ok and "account 424242 is reachable" in message
+    assert any(r["path"].endswith("/accounts/424242/audience-segments/search") for r in criteo.requests)
+    ms = make_hook(set_criteo_conn("criteo_ms_ok", extra={"api": "marketing_solutions"}))
+    ok, message = ms.test_connection()
+    assert ok and f"advertiser {criteo.advertiser_id} is reachable" in message
+    other = make_hook(set_criteo_conn("criteo_ms_other", extra={"api": "marketing_solutions", "advertiser_id": "1"}))
+    ok, message = other.test_connection()
+    assert not ok and "advertiser 1" in message and "consent" in message
+    assert spec_check.checked() >= 5
 
 
 def test_missing_client_id_names_the_field(make_hook, set_criteo_conn):
@@ -94,8 +118,8 @@ def test_deprecation_and_sunset_headers_are_logged_once(make_hook, set_criteo_co
         hook.probe()
         hook.probe()
     warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
-    assert len(warnings) == 1
-    assert "Sunset: Wed, 27 Jan 2027" in warnings[0]
+    assert len(warnings) == 2  # once per endpoint (the probe reads /me and searches the account)
+    assert all("Sunset: Wed, 27 Jan 2027" in w for w in warnings)
 
 
 def test_unknown_api_flavour_is_a_configuration_error(make_hook, set_criteo_conn):

@@ -54,3 +54,18 @@ def test_events_estimate_input_is_checked_before_sending(hook, ms_hook, criteo):
     with pytest.raises(AudienceConfigurationError, match="Retail Media API only"):
         ms_hook.estimate_audience_segment_size({"shopperActivity": "Buy", "lookbackDays": "Last7Days"}, retailer_id="1")
     assert len(criteo.requests) == before
+
+
+def test_interests_carry_only_what_criteos_document_defines(ms_hook, criteo):
+    """The spec gives an interest ``parentId`` and no name: the fake invents none, the hook promises none."""
+    import json
+
+    from criteo_openapi import SPECS
+
+    from airflow_audience_provider.hooks.criteo import CriteoHook
+
+    spec = json.loads((SPECS / "criteo-marketingsolutions-2026-07.json").read_text())
+    allowed = set(spec["components"]["schemas"]["InMarketAudienceSegmentInterestEntityV1"]["properties"])
+    interests = ms_hook.get_audience_segments_in_market_interests("FR")
+    assert interests and all(set(i) - {"id", "type"} <= allowed for i in interests)
+    assert "name" not in (CriteoHook.get_audience_segments_in_market_interests.__doc__ or "").split(":returns:")[1]
