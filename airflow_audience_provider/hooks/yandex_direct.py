@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -464,6 +465,7 @@ class YandexDirectHook(AudienceHook):
         self.units_spent = 0
         self.calls = 0
         self.last_request_id: str | None = None
+        self._units_lock = threading.Lock()
 
     # -- connection -------------------------------------------------------------------------
 
@@ -514,23 +516,27 @@ class YandexDirectHook(AudienceHook):
     def observe_response(self, response: requests.Response, endpoint_class: str) -> None:
         """Record ``Units`` and ``RequestId`` of every answer (errors included) and log the price.
 
-        ``endpoint_class`` is the call (``service.method``) that was answered.
+        ``endpoint_class`` is the call (``service.method``) that was answered. The log line uses
+        only this answer's values, so calls of one hook on several threads are reported apart.
         """
-        self.calls += 1
-        self.last_request_id = response.headers.get("RequestId") or self.last_request_id
+        request_id = response.headers.get("RequestId")
         units = Units.parse(response.headers.get("Units"))
+        with self._units_lock:
+            self.calls += 1
+            self.last_request_id = request_id or self.last_request_id
+            if units is not None:
+                self.units = units
+                self.units_spent += units.spent
         if units is None:
-            log.info("Yandex Direct %s: no Units header [RequestId=%s]", endpoint_class, self.last_request_id)
+            log.info("Yandex Direct %s: no Units header [RequestId=%s]", endpoint_class, request_id)
             return
-        self.units = units
-        self.units_spent += units.spent
         log.info(
             "Yandex Direct %s: %d units spent, %d of %d left [RequestId=%s, units used by %s]",
             endpoint_class,
             units.spent,
             units.remaining,
             units.daily_limit,
-            self.last_request_id,
+            request_id,
             response.headers.get("Units-Used-Login") or "?",
         )
 
