@@ -68,6 +68,7 @@ from airflow_audience_provider.hooks.criteo_cycle import (
     _as_utc,
     next_computation_window,
 )
+from airflow_audience_provider.identifiers.rules import list_rules
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +78,31 @@ APIS = (RETAIL_MEDIA, MARKETING_SOLUTIONS)
 DEFAULT_API_VERSION = "2026-07"
 PREVIEW = "preview"
 
-#: Identifiers per add/remove request (notes §5.7, §7).
-MAX_IDENTIFIERS_PER_REQUEST = 50_000
 #: Page sizes: RM search ``limit`` 0..500, MS 0..100 (notes §7, pitfall 11).
 MAX_PAGE_SIZE = {RETAIL_MEDIA: 500, MARKETING_SOLUTIONS: 100}
 
-#: Retail Media identifier types (PascalCase) by the contact-list engine's identifier kind (notes §5.7).
-RM_IDENTIFIER_TYPES = {
-    "email": "Email",
-    "sha256": "Email",
-    "phone": "PhoneNumber",
-    "customer_id": "CustomerId",
-}
 #: Identifier types a Retail Media contact-list segment can be created with (spec RmContactListCreateV1).
 RM_SEGMENT_IDENTIFIER_TYPES = ("Email", "UserIdentifier", "IdentityLink", "CustomerId", "PhoneNumber")
 #: Amendment identifier types (spec RetailMediaContactlistAmendment); ``Gum`` has no caller id field in RM.
 RM_AMENDMENT_IDENTIFIER_TYPES = (*RM_SEGMENT_IDENTIFIER_TYPES, "Gum")
-#: Marketing Solutions identifier types (lower camel, spec ContactlistAmendment).
-MS_IDENTIFIER_TYPES = {"email": "email", "sha256": "email", "phone": "phoneNumber", "maid": "madid"}
+
+
+def _rule_names(api: str) -> dict[str, str]:
+    """The contact-list engine's identifier kinds -> the name ``api`` uses, from the ``criteo`` rules."""
+    names = {}
+    for rule in list_rules():
+        name = rule.api_identifier_type(api) if rule.vendor == "criteo" else None
+        if name:
+            names[rule.identifier_type.value] = name
+    return names
+
+
+#: Identifiers per add/remove request: the limit of the ``criteo`` rules.
+MAX_IDENTIFIERS_PER_REQUEST = max(r.max_ids_per_chunk or 0 for r in list_rules() if r.vendor == "criteo")
+#: Retail Media identifier types (PascalCase) by the contact-list engine's identifier kind (the rules).
+RM_IDENTIFIER_TYPES = _rule_names(RETAIL_MEDIA)
+#: Marketing Solutions identifier types (lower camel, spec ContactlistAmendment) (the rules).
+MS_IDENTIFIER_TYPES = _rule_names(MARKETING_SOLUTIONS)
 MS_AMENDMENT_IDENTIFIER_TYPES = ("email", "madid", "identityLink", "gum", "phoneNumber")
 
 #: Entity ``type`` strings (the spec's x-criteo-canonical names; unverified that the server checks them).

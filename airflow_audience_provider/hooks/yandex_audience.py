@@ -1204,42 +1204,11 @@ class YandexAudienceSegmentSender:
         )
 
 
-class _OneWaySender:
-    """Adapts a segment sender so that every chunk is an ``addition`` (or every one a ``subtraction``)."""
-
-    def __init__(self, sender: YandexAudienceSegmentSender, operation: str) -> None:
-        self.sender = sender
-        self.operation = operation
-
-    def _send(self, chunk: Any) -> Any:
-        return self.sender.add(chunk) if self.operation == "addition" else self.sender.remove(chunk)
-
-    def add(self, chunk: Any) -> Any:
-        return self._send(chunk)
-
-    def remove(self, chunk: Any) -> Any:
-        return self._send(chunk)
-
-    def replace(self, chunk: Any) -> Any:
-        return self._send(chunk)
-
-    def clear(self) -> None:
-        self.sender.clear()
-
-
-def one_way_sender(sender: YandexAudienceSegmentSender, operation: str) -> _OneWaySender:
-    """A sender that applies every chunk as ``addition`` or as ``subtraction`` (one-off files)."""
-    if operation not in ("addition", "subtraction"):
-        raise ValueError(f"operation must be addition or subtraction, got {operation!r}")
-    return _OneWaySender(sender, operation)
-
-
 __all__ = [
     "YANDEX_AUDIENCE_SEGMENT_STATUS",
     "YandexAudienceHook",
     "YandexAudienceNoChangesError",
     "YandexAudienceSegmentSender",
-    "one_way_sender",
     "parse_yandex_audience_error",
     "quota_reset_seconds",
 ]

@@ -133,6 +133,8 @@ class VendorRule:
     :param header: bytes a file chunk starts with (a CSV header row), counted in the size limit.
     :param min_entries: fewest identifiers the vendor accepts for a list.
     :param source: where the rule comes from (note file and section).
+    :param api_identifier_types: ``(api, name)`` pairs where a vendor's APIs spell the type differently
+        (Criteo Retail Media ``Email``, Marketing Solutions ``email``); an API not listed does not take it.
     """
 
     vendor: str
@@ -146,6 +148,13 @@ class VendorRule:
     header: str = ""
     min_entries: int = 1
     source: str = ""
+    api_identifier_types: tuple[tuple[str, str], ...] = ()
+
+    def api_identifier_type(self, api: str | None = None) -> str | None:
+        """The name ``api`` uses for this type (None: that API does not take it); no ``api``: the default name."""
+        if api is None or not self.api_identifier_types:
+            return self.vendor_identifier_type
+        return dict(self.api_identifier_types).get(api)
 
     @property
     def key(self) -> str:
@@ -226,6 +235,7 @@ register_rule(
         profile=NormalisationProfile(IdentifierType.EMAIL, HashAlgorithm.SHA256),
         vendor_identifier_type="Email",
         max_ids_per_chunk=_CRITEO_CHUNK,
+        api_identifier_types=(("retail_media", "Email"), ("marketing_solutions", "email")),
         source=_CRITEO_SRC,
     )
 )
@@ -242,6 +252,7 @@ register_rule(
         profile=NormalisationProfile(IdentifierType.PHONE, HashAlgorithm.SHA256, PhoneFormat.E164),
         vendor_identifier_type="PhoneNumber",
         max_ids_per_chunk=_CRITEO_CHUNK,
+        api_identifier_types=(("retail_media", "PhoneNumber"), ("marketing_solutions", "phoneNumber")),
         source=_CRITEO_SRC + "; phone format unverified (§11), E.164 assumed",
     )
 )
@@ -256,6 +267,7 @@ register_rule(
         profile=NormalisationProfile(IdentifierType.MAID, HashAlgorithm.SHA256),
         vendor_identifier_type="madid",
         max_ids_per_chunk=_CRITEO_CHUNK,
+        api_identifier_types=(("marketing_solutions", "madid"),),
         source=_CRITEO_SRC + "; §8 madid; hashing of MAIDs unverified",
     )
 )
@@ -269,6 +281,7 @@ register_rule(
         profile=NormalisationProfile(IdentifierType.CUSTOMER_ID, HashAlgorithm.NONE),
         vendor_identifier_type="CustomerId",
         max_ids_per_chunk=_CRITEO_CHUNK,
+        api_identifier_types=(("retail_media", "CustomerId"),),
         source=_CRITEO_SRC + "; §5.1 CustomerId (retailer id, not hashed)",
     )
 )
@@ -280,6 +293,7 @@ register_rule(
         profile=NormalisationProfile(IdentifierType.SHA256, HashAlgorithm.NONE),
         vendor_identifier_type="Email",
         max_ids_per_chunk=_CRITEO_CHUNK,
+        api_identifier_types=(("retail_media", "Email"), ("marketing_solutions", "email")),
         source=_CRITEO_SRC + "; pre-hashed SHA-256 e-mails",
     )
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
@@ -80,27 +79,6 @@ class AssetEmitterMixin:
             account, _, path = rest.partition("/")
             outputs.append(Dataset(namespace=f"{scheme}://{account}", name=path))
         return OperatorLineage(outputs=outputs)
-
-
-class ContactListUploadMixin:
-    """``on_kill`` for contact-list uploads: the engine sends no further chunk.
-
-    ``execute`` passes :meth:`cancel_event` as ``SyncOptions.cancel``. Airflow 3 calls ``on_kill``
-    on SIGTERM and lets the task run on, so setting the event is enough: the engine stops before
-    the next chunk, chunks already applied stay applied and the snapshot is not advanced.
-    """
-
-    def cancel_event(self) -> threading.Event:
-        """A fresh event for this run of ``execute`` (``on_kill`` sets it)."""
-        event = threading.Event()
-        self.__dict__["_cancel"] = event
-        return event
-
-    def on_kill(self) -> None:
-        """Send no further chunk; the next sync sends what was not applied."""
-        cancel = self.__dict__.get("_cancel")
-        if cancel is not None:
-            cancel.set()
 
 
 class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):

@@ -9,7 +9,6 @@ default), fails the task naming them, or with ``"warn"`` logs them and carries o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from collections.abc import Sequence
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.connections import CRITEO
 from airflow_audience_provider.links.criteo import CriteoAudienceLink, CriteoSegmentLink
-from airflow_audience_provider.operators.base import AudienceBaseOperator, ContactListUploadMixin
+from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.operators.contact_list import MODES, ContactListUploadOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -29,7 +29,7 @@ _HOOK = "airflow_audience_provider.hooks.criteo.CriteoHook"
 SEGMENT_ASSET_ALIAS = "criteo-segments"
 AUDIENCE_ASSET_ALIAS = "criteo-audiences"
 PARTIAL_FAILURE_MODES = ("fail", "warn")
-UPLOAD_MODES = ("add", "remove", "replace", "sync")
+UPLOAD_MODES = MODES
 
 
 class _CriteoOperator(AudienceBaseOperator):
@@ -75,18 +75,6 @@ class _CriteoOperator(AudienceBaseOperator):
             raise AudiencePartialFailure(message, vendor="criteo", items=failed)
         self.log.warning("%s (on_partial_failure='warn': carrying on)", message)
         return failed
-
-
-def _native(value: Any) -> Any:
-    """An upstream dict or list rendered into a template string (``"{'path': ...}"``) back as the value."""
-    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
-        import ast
-
-        try:
-            return ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            return value
-    return value
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
@@ -306,12 +294,12 @@ class CriteoDeleteSegmentsOperator(_CriteoOperator):
         return summary
 
 
-class CriteoUploadContactListOperator(ContactListUploadMixin, _CriteoOperator):
+class CriteoUploadContactListOperator(ContactListUploadOperator, _CriteoOperator):
     """Upload identifiers to a Criteo contact-list segment with the contact-list engine.
 
     Identifiers are read from a file or an upstream result, normalised, validated and hashed by the
     engine (the ``criteo`` rules: e-mails trimmed, lower-cased and SHA-256 hashed; customer ids sent
-    as given), de-duplicated and sent in requests of at most 50,000. Modes:
+    as given), de-duplicated and sent in requests within the rule's limit (50,000). Modes:
 
     * ``sync`` (incremental): the engine keeps a snapshot of what was sent last time and sends only the
       additions and removals; the first run replaces the list;
@@ -324,6 +312,15 @@ class CriteoUploadContactListOperator(ContactListUploadMixin, _CriteoOperator):
     double-counted. If a chunk fails for good, the task fails with the counts of what Criteo accepted
     before, and the snapshot is not advanced (the next sync sends the difference again).
 
+    Snapshots live by default under ``$AIRFLOW_HOME/audience_snapshots``, on the host that runs the
+    task. In production, with workers on several hosts, set ``snapshot_base`` to shared storage (an
+    ``ObjectStoragePath`` URL such as ``s3://bucket/audience_snapshots``); a host-local base with a
+    distributed executor is warned about, or refused with ``require_shared_state=True``.
+
+    Before sending, once a 00:00 / 12:00 UTC computation has run since the last change, Criteo's
+    ``numberOfIdentifiers`` is compared with the list the snapshot records (``drift`` in the
+    result; ``drift_tolerance``).
+
     .. seealso:: :ref:`howto/operator:CriteoUploadContactListOperator`
 
     :param segment_id: the contact-list segment (templated), e.g. from
@@ -332,29 +329,41 @@ class CriteoUploadContactListOperator(ContactListUploadMixin, _CriteoOperator):
         "column"}``) (templated).
     :param identifier_type: ``email`` (default), ``phone``, ``customer_id``, ``sha256`` (already hashed
         e-mails) or, Marketing Solutions only, ``maid`` (templated).
-    :param mode: ``sync`` (default), ``replace``, ``add`` or ``remove``.
+    :param mode: ``sync`` (default), ``replace``, ``add`` or ``remove`` (templated).
     :param source_options: ``format``, ``column``, ``encoding``, ``delimiter``, ``has_header`` (templated).
-    :param snapshot_base: where ``sync`` keeps snapshots (default under ``$AIRFLOW_HOME``) (templated).
+    :param snapshot_base: where snapshots are kept; default ``$AIRFLOW_HOME/audience_snapshots``
+        (host-local; use shared storage in production) (templated).
+    :param require_shared_state: refuse to run with a host-local ``snapshot_base`` and a distributed executor.
     :param read_workers: parallel workers that normalise and hash the list: threads with the
         ``fast`` extra (its compiled kernel releases the GIL), processes without. 1 (default) works
         in the task's own thread; 2 suits a worker slot with two cores.
-    :param max_identifiers_per_request: at most 50,000 (Criteo's limit).
+    :param max_identifiers_per_request: fewer than Criteo's limit per request (the rule's 50,000).
     :param max_invalid_share: fail before sending when more rows than this share are invalid.
     :param max_removal_share: ``sync`` fails before sending when it would remove more than this share.
     :param allow_mass_removal: let ``sync`` remove any share.
     :param allow_empty: an input without valid identifiers clears the list (``sync``/``replace``).
+    :param plan_only: a dry run: read, count, diff and check; nothing is sent (``status`` is ``planned``).
+    :param full_refresh_every: a ``timedelta``: force a full replace when the last one is older.
+    :param drift_tolerance: relative difference between Criteo's count and ours that is not drift (0.01).
+    :param on_drift: ``warn`` (default) or ``fail`` when the counts drift apart.
+    :param lease_timeout: seconds to wait while another run holds the segment's lease.
+    :param lease_poll_interval: seconds between attempts to take the lease.
+    :param deferrable: wait for the lease in the triggerer (default: ``[operators] default_deferrable``).
     :param fetch_statistics: read the contact-list statistics after the upload.
     :param owner_id: account or advertiser for the segment and statistics reads (templated).
     :return: ``{"segment_id", "mode", "identifier_type", "rows", "valid", "invalid", "duplicate", "added",
         "removed", "sent", "criteo_valid", "criteo_invalid", "chunks_sent", "chunks_total", "status",
-        "statistics", "finished_at", "url", "asset_uri"}``. ``invalid`` is our count (rows we could not
-        normalise), ``criteo_invalid`` Criteo's ``nbInvalidIdentifiers``.
+        "statistics", "drift", "finished_at", "url", "asset_uri"}``. ``invalid`` is our count (rows we
+        could not normalise), ``criteo_invalid`` Criteo's ``nbInvalidIdentifiers``.
     """
 
+    vendor = "criteo"
+    vendor_label = "Criteo"
     template_fields: Sequence[str] = (
         "segment_id",
         "source",
         "identifier_type",
+        "mode",
         "source_options",
         "snapshot_base",
         "owner_id",
@@ -369,63 +378,27 @@ class CriteoUploadContactListOperator(ContactListUploadMixin, _CriteoOperator):
         self,
         *,
         segment_id: str,
-        source: Any,
-        identifier_type: str = "email",
-        mode: str = "sync",
-        source_options: dict[str, Any] | None = None,
-        snapshot_base: str | None = None,
-        read_workers: int = 1,
-        max_identifiers_per_request: int = 50_000,
-        max_invalid_share: float = 0.1,
-        max_removal_share: float = 0.2,
-        allow_mass_removal: bool = False,
-        allow_empty: bool = False,
         fetch_statistics: bool = True,
         owner_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if mode not in UPLOAD_MODES:
-            raise ValueError(f"mode must be one of {UPLOAD_MODES}, got {mode!r}")
-        if not 1 <= int(max_identifiers_per_request) <= 50_000:
-            raise ValueError("max_identifiers_per_request must be between 1 and 50,000 (Criteo's limit)")
         self.segment_id = segment_id
-        self.source = source
-        self.identifier_type = identifier_type
-        self.mode = mode
-        self.source_options = source_options
-        self.snapshot_base = snapshot_base
-        self.read_workers = read_workers
-        self.max_identifiers_per_request = int(max_identifiers_per_request)
-        self.max_invalid_share = max_invalid_share
-        self.max_removal_share = max_removal_share
-        self.allow_mass_removal = allow_mass_removal
-        self.allow_empty = allow_empty
         self.fetch_statistics = fetch_statistics
         self.owner_id = owner_id
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceError, AudienceValidationError
-        from airflow_audience_provider.identifiers import (
-            ContactListError,
-            SendError,
-            SyncOptions,
-            get_rule,
-            sync_contact_list,
-        )
+    def describe_destination(self) -> str:
+        return f"Criteo segment {str(self.segment_id).strip()}"
 
-        cancel = self.cancel_event()
-        hook = self.hook
+    def destination_key(self, hook: Any) -> str:
+        return f"{hook.api}-{str(self.segment_id).strip()}"
+
+    def prepare(self, context: Context, hook: Any, rule: Any) -> None:
+        from airflow_audience_provider.core.errors import AudienceValidationError
+
         segment_id = str(self.segment_id).strip()
         owner = self.owner_id or None
-        try:
-            rule = get_rule("criteo", str(self.identifier_type).lower())
-        except (KeyError, ValueError) as exc:
-            raise AudienceValidationError(f"Unknown identifier type for Criteo: {exc}", vendor="criteo") from None
         vendor_type = hook.vendor_identifier_type(rule.identifier_type.value)
-        if self.max_identifiers_per_request < (rule.max_ids_per_chunk or 50_000):
-            # Smaller requests change no output value: keep the rule version, so snapshots stay comparable.
-            rule = dataclasses.replace(rule, max_ids_per_chunk=self.max_identifiers_per_request)
         segment = hook.get_audience_segment(segment_id, owner)
         if segment is None:
             raise AudienceValidationError(
@@ -438,152 +411,51 @@ class CriteoUploadContactListOperator(ContactListUploadMixin, _CriteoOperator):
                 f"{self.identifier_type!r} sends {vendor_type}",
                 vendor="criteo",
             )
-        url = hook.segment_url(segment_id, owner)
-        CriteoSegmentLink.persist(context, url)
+        self._vendor_type = vendor_type
+        CriteoSegmentLink.persist(context, hook.segment_url(segment_id, owner))
         context["ti"].xcom_push(key="segment_id", value=segment_id)
 
-        accepted = {"criteo_valid": 0, "criteo_invalid": 0, "requests": 0}
-        lock = threading.Lock()  # the engine may send chunks concurrently
+    def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> Any:
+        from airflow_audience_provider.hooks.criteo import CriteoChunkSender
 
-        def on_chunk(operation: str, answer: dict[str, Any]) -> None:
-            with lock:
-                accepted["criteo_valid"] += answer["valid"]
-                accepted["criteo_invalid"] += answer["invalid"]
-                accepted["requests"] += 1
+        return CriteoChunkSender(hook, str(self.segment_id).strip(), self._vendor_type)
 
-        sender = _ModeSender(hook, segment_id, vendor_type, on_chunk, self.mode)
-        options = SyncOptions(
-            allow_empty=self.allow_empty and self.mode in ("sync", "replace"),
-            max_invalid_share=self.max_invalid_share,
-            max_removal_share=self.max_removal_share,
-            allow_mass_removal=self.allow_mass_removal,
-            cancel=cancel,
-        )
-        source_options = dict(self.source_options or {})
-        source = _native(self.source)
-        try:
-            sync_result = sync_contact_list(
-                source,
-                rule,
-                sender,
-                destination_key=f"{hook.api}-{segment_id}",
-                snapshot_base=self.snapshot_base,
-                incremental=self.mode == "sync",
-                options=options,
-                workers=self.read_workers,
-                **source_options,
-            )
-        except SendError as exc:
-            partial = self._result(exc.result or {}, accepted, segment_id, vendor_type, url, hook, owner, "failed")
-            context["ti"].xcom_push(key="upload_result", value=partial)
-            raise AudienceError(
-                f"Upload to Criteo segment {segment_id} failed after {partial['chunks_sent']} of "
-                f"{partial['chunks_total']} chunk(s); Criteo accepted {partial['criteo_valid']} identifier(s) "
-                f"before the failure (reported in XCom 'upload_result'); the snapshot was not advanced, so the "
-                f"next sync sends the rest: {exc.__cause__ or exc}",
-                vendor="criteo",
-            ) from exc
-        except ContactListError as exc:
-            raise AudienceValidationError(
-                f"Contact list for Criteo segment {segment_id}: {exc}", vendor="criteo"
-            ) from exc
-        result = self._result(sync_result, accepted, segment_id, vendor_type, url, hook, owner, "sent")
-        if self.fetch_statistics:
-            result["statistics"] = hook.get_audience_segment_contact_list_statistics(segment_id, owner)
-        self.log.info(
-            "Criteo segment %s (%s): %d row(s), %d valid, %d invalid (ours), %d duplicate; sent %d; Criteo "
-            "counted %d valid and %d invalid; statistics %s",
-            segment_id,
-            self.mode,
-            result["rows"],
-            result["valid"],
-            result["invalid"],
-            result["duplicate"],
-            result["sent"],
-            result["criteo_valid"],
-            result["criteo_invalid"],
-            result.get("statistics"),
-        )
-        from airflow_audience_provider.core.events import upload_counts
+    def vendor_count(self, hook: Any, when: str, recorded: dict[str, Any] | None) -> tuple[int | None, str] | None:
+        # Statistics show the list as of the last 00:00 / 12:00 UTC computation: they are settled
+        # only once a computation has run since our last change.
+        from airflow_audience_provider.hooks.criteo_cycle import next_computation_window
 
-        fields = upload_counts(sync_result.get("counts") or {}, mode=self.mode)
-        fields.update(added=result["added"], removed=result["removed"])  # as the mode applied them
-        self.emit_asset_event(
-            context, result["asset_uri"], {**fields, "action": "synced", "mode": self.mode, "link": url}
-        )
-        return result
+        if when != "before" or not self.fetch_statistics or not (recorded or {}).get("written_at"):
+            return None
+        if next_computation_window(str(recorded["written_at"])) > datetime.now(UTC):  # type: ignore[index]
+            return None
+        stats = hook.get_audience_segment_contact_list_statistics(str(self.segment_id).strip(), self.owner_id or None)
+        return stats.get("number_of_identifiers"), "contact-list statistics numberOfIdentifiers"
 
-    def _result(
-        self,
-        engine: dict[str, Any],
-        accepted: dict[str, int],
-        segment_id: str,
-        vendor_type: str,
-        url: str,
-        hook: CriteoHook,
-        owner: str | None,
-        status: str,
+    def vendor_result(
+        self, context: Context, hook: Any, rule: Any, engine: dict[str, Any], status: str
     ) -> dict[str, Any]:
         counts = engine.get("counts") or {}
-        sent = int(counts.get("sent_add", 0)) + int(counts.get("sent_remove", 0))
-        added, removed = int(counts.get("added", 0)), int(counts.get("removed", 0))
-        if self.mode == "remove":  # the engine planned "additions"; the sender turned them into removals
-            added, removed = 0, int(counts.get("unique", 0))
-        elif self.mode in ("add", "replace"):
-            added = int(counts.get("unique", 0))
+        segment_id = str(self.segment_id).strip()
+        owner = self.owner_id or None
         return {
             "segment_id": segment_id,
-            "mode": self.mode,
-            "engine_mode": engine.get("mode"),
-            "identifier_type": vendor_type,
-            "rows": int(counts.get("rows", 0)),
-            "valid": int(counts.get("unique", 0)),
-            "invalid": int(counts.get("invalid", 0)),
-            "duplicate": int(counts.get("duplicate", 0)),
-            "added": added,
-            "removed": removed,
-            "sent": sent,
-            "criteo_valid": accepted["criteo_valid"],
-            "criteo_invalid": accepted["criteo_invalid"],
-            "requests": accepted["requests"],
-            "chunks_sent": int(counts.get("chunks_sent", 0)),
-            "chunks_total": int(counts.get("chunks_total", 0)),
-            "invalid_reasons": counts.get("invalid_reasons", {}),
-            "status": status,
+            "identifier_type": self._vendor_type,
+            "criteo_valid": int(counts.get("sent_add", 0)) + int(counts.get("sent_remove", 0)),
+            "criteo_invalid": int(counts.get("vendor_rejected", 0)),
+            "requests": int(counts.get("chunks_sent", 0)),
             "statistics": None,
-            "finished_at": datetime.now(UTC).isoformat(),
-            "url": url,
+            "url": hook.segment_url(segment_id, owner),
             "asset_uri": hook.asset_uri("segment", segment_id, owner),
         }
 
-
-class _ModeSender:
-    """Adapts :class:`~airflow_audience_provider.hooks.criteo.CriteoChunkSender` to the upload modes.
-
-    ``add`` and ``remove`` run the engine as a full send without snapshot; its "replace" and "adds"
-    then become plain adds (or removals), and its "clear" (empty input) does nothing.
-    """
-
-    def __init__(self, hook: Any, segment_id: str, vendor_type: str, on_chunk: Any, mode: str) -> None:
-        from airflow_audience_provider.hooks.criteo import CriteoChunkSender
-
-        self.inner = CriteoChunkSender(hook, segment_id, vendor_type, on_chunk)
-        self.mode = mode
-
-    def add(self, chunk: Any) -> Any:
-        return self.inner.remove(chunk) if self.mode == "remove" else self.inner.add(chunk)
-
-    def remove(self, chunk: Any) -> Any:
-        return self.inner.remove(chunk)
-
-    def replace(self, chunk: Any) -> Any:
-        if self.mode in ("add", "remove"):
-            return self.add(chunk)
-        return self.inner.replace(chunk)
-
-    def clear(self) -> None:
-        if self.mode in ("sync", "replace"):
-            self.inner.clear()
+    def execute(self, context: Context) -> dict[str, Any]:
+        result = super().execute(context)
+        if self.fetch_statistics and result["status"] == "sent":
+            result["statistics"] = self.hook.get_audience_segment_contact_list_statistics(
+                str(self.segment_id).strip(), self.owner_id or None
+            )
+        return result
 
 
 class CriteoCreateOrUpdateAudienceOperator(_CriteoOperator):

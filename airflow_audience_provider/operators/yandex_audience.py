@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_audience_provider.connections import YANDEX_AUDIENCE
 from airflow_audience_provider.links.yandex_audience import YandexAudienceSegmentLink
-from airflow_audience_provider.operators.base import AudienceBaseOperator, ContactListUploadMixin
+from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.operators.contact_list import MODES, ContactListUploadOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 _HOOK = "airflow_audience_provider.hooks.yandex_audience.YandexAudienceHook"
 ASSET_ALIAS = "yandex-audience-segments"
 VENDOR = "yandex_audience"
-UPLOAD_MODES = ("sync", "replace", "addition", "subtraction")
+UPLOAD_MODES = MODES
 #: identifier type -> the confirm content_type it is uploaded as
 CONTENT_TYPE_BY_IDENTIFIER = {
     "email": "crm",
@@ -104,7 +106,7 @@ def _item_error(ref: Any, exc: Any) -> dict[str, Any]:
     return {"input": ref, "error": type(exc).__name__, "code": exc.code, "message": exc.message}
 
 
-class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAudienceOperator):
+class YandexAudienceUploadContactListOperator(ContactListUploadOperator, _YandexAudienceOperator):
     """Create or update a Yandex.Audience file segment from a contact list, idempotently by name.
 
     The list (e-mails, phones, mobile advertising ids, MAC addresses, Metrica ClientIDs, or SHA-256
@@ -125,12 +127,21 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
       as an ``addition`` file and a ``subtraction`` file (the engine keeps a snapshot of what was sent;
       without one, the first run is a ``replace``);
     * ``mode="replace"``: the segment becomes exactly the list (``replace``);
-    * ``mode="addition"`` / ``mode="subtraction"``: the list is added to / removed from the segment.
+    * ``mode="add"`` / ``mode="remove"``: the list is added to / removed from the segment (the old
+      names ``addition`` / ``subtraction`` still work, with a deprecation warning).
 
     Nothing is half-applied silently: if a file is refused (or a quota runs out) midway, the task
     fails naming the cause and how much was applied, the snapshot is not advanced, and a rerun sends
     the difference again (a file already applied is answered ``no_changes``, which counts as done).
     Yandex reports no per-identifier errors for files; invalid input rows are counted by the engine.
+
+    Snapshots live by default under ``$AIRFLOW_HOME/audience_snapshots``, on the host that runs the
+    task. In production, with workers on several hosts, set ``snapshot_base`` to shared storage (an
+    ``ObjectStoragePath`` URL such as ``s3://bucket/audience_snapshots``); a host-local base with a
+    distributed executor is warned about, or refused with ``require_shared_state=True``.
+
+    When the segment is processed, its ``valid_unique_quantity`` is compared with the list the
+    snapshot records before anything is sent (``drift`` in the result; ``drift_tolerance``).
 
     .. seealso:: :ref:`howto/operator:YandexAudienceUploadContactListOperator`
 
@@ -140,7 +151,7 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
     :param identifier_type: ``email``, ``phone``, ``sha256`` (already hashed e-mails), ``idfa``
         (hashed upper-case), ``gaid`` (hashed lower-case), ``maid`` (either platform, hashed
         lower-case), ``mac`` or ``client_id`` (Yandex Metrica ClientIDs; needs ``counter_id``).
-    :param mode: ``sync``, ``replace``, ``addition`` or ``subtraction``.
+    :param mode: ``sync``, ``replace``, ``add`` or ``remove`` (templated).
     :param column: the input column holding the identifiers (CSV/JSON/Parquet sources) (templated).
     :param source_options: other source options: ``format``, ``encoding``, ``delimiter``, ``has_header``.
     :param content_type: the confirm content type; derived from ``identifier_type`` (``crm``,
@@ -160,15 +171,28 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
     :param allow_mass_removal: turn the removal guard off.
     :param create_if_missing: create the segment when none has the name (otherwise fail).
     :param plan_only: a dry run: count, diff and check, send nothing (``action`` is ``planned``).
-    :param snapshot_base: where the engine keeps snapshots (default under ``$AIRFLOW_HOME``).
+    :param snapshot_base: where snapshots are kept; default ``$AIRFLOW_HOME/audience_snapshots``
+        (host-local; use shared storage in production) (templated).
+    :param require_shared_state: refuse to run with a host-local ``snapshot_base`` and a distributed executor.
+    :param full_refresh_every: a ``timedelta``: force a full replace when the last one is older.
+    :param drift_tolerance: relative difference between Yandex's count and ours that is not drift (0.01).
+    :param on_drift: ``warn`` (default) or ``fail`` when the counts drift apart.
+    :param lease_timeout: seconds to wait while another run holds the segment's lease.
+    :param lease_poll_interval: seconds between attempts to take the lease.
+    :param deferrable: wait for the lease in the triggerer (default: ``[operators] default_deferrable``).
     :param read_workers: parallel workers that normalise and hash the list: threads with the
         ``fast`` extra (its compiled kernel releases the GIL), processes without. 1 (default) works
         in the task's own thread; 2 suits a worker slot with two cores.
     :param emit_asset: record an Asset event ``yandex-audience://<login>/segment/<id>`` when data was sent.
     :return: ``{"segment_id", "name", "status", "action", "mode", "content_type", "counts", "url",
-        "asset_uri", "files"}``; ``action`` is ``created``, ``updated``, ``unchanged`` or ``planned``.
+        "asset_uri", "files", "drift"}`` and the counts every upload reports (``rows``, ``valid``,
+        ``invalid``, ``added``, ``removed``, ``sent``...); ``action`` is ``created``, ``updated``,
+        ``unchanged`` or ``planned``.
     """
 
+    vendor = VENDOR
+    vendor_label = "Yandex.Audience"
+    mode_aliases: ClassVar[dict[str, str]] = {"addition": "add", "subtraction": "remove"}
     template_fields: Sequence[str] = (
         "segment_name",
         "source",
@@ -177,6 +201,7 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
         "identifier_type",
         "mode",
         "counter_id",
+        "snapshot_base",
         "yandex_audience_conn_id",
     )
     template_fields_renderers = {"source_options": "json"}
@@ -188,62 +213,35 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
         self,
         *,
         segment_name: str,
-        source: Any,
-        identifier_type: str = "email",
-        mode: str = "sync",
         column: str | None = None,
-        source_options: dict[str, Any] | None = None,
         content_type: str | None = None,
         counter_id: int | str | None = None,
         device_matching_type: str | None = None,
         default_region: str | None = None,
         maid_case: str | None = None,
-        allow_below_minimum: bool = False,
-        max_invalid_share: float = 0.1,
-        max_removal_share: float = 0.2,
-        allow_mass_removal: bool = False,
         create_if_missing: bool = True,
-        plan_only: bool = False,
-        snapshot_base: str | None = None,
-        read_workers: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.segment_name = segment_name
-        self.source = source
-        self.identifier_type = identifier_type
-        self.mode = mode
         self.column = column
-        self.source_options = source_options
         self.content_type = content_type
         self.counter_id = counter_id
         self.device_matching_type = device_matching_type
         self.default_region = default_region
         self.maid_case = maid_case
-        self.allow_below_minimum = allow_below_minimum
-        self.max_invalid_share = max_invalid_share
-        self.max_removal_share = max_removal_share
-        self.allow_mass_removal = allow_mass_removal
         self.create_if_missing = create_if_missing
-        self.plan_only = plan_only
-        self.snapshot_base = snapshot_base
-        self.read_workers = read_workers
 
-    def _rule(self) -> Any:
-        from airflow_audience_provider.identifiers import get_rule
-
-        try:
-            rule = get_rule(VENDOR, self.identifier_type)
-        except (KeyError, ValueError) as exc:
-            from airflow_audience_provider.core.errors import AudienceConfigurationError
-
-            raise AudienceConfigurationError(f"identifier_type {self.identifier_type!r}: {exc}") from None
+    def customise_rule(self, rule: Any) -> Any:
         region = self.default_region or (self.hook.default_region if rule.identifier_type.value == "phone" else None)
         changes = {k: v for k, v in (("default_region", region), ("maid_case", self.maid_case)) if v}
         return rule.with_options(**changes) if changes else rule
 
+    def extra_source_options(self) -> dict[str, Any]:
+        return {"column": self.column} if self.column else {}
+
     def on_kill(self) -> None:
-        """Send no further file, and delete a draft uploaded but not yet confirmed (pitfall 2).
+        """Send no further file, and delete a draft uploaded but not yet confirmed.
 
         Files Yandex already applied stay applied; the snapshot is not advanced, so the next run
         sends the difference again.
@@ -274,35 +272,27 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
                 f"not for {identifier_type!r}"
             )
 
-    def _destination_key(self, hook: YandexAudienceHook) -> str:
+    def describe_destination(self) -> str:
+        return f"Yandex.Audience segment {self.segment_name!r}"
+
+    def destination_key(self, hook: Any) -> str:
         """One snapshot per login and segment name (readable prefix, hash for uniqueness)."""
         owner = hook.login or self.yandex_audience_conn_id
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.segment_name)[:60]
         digest = hashlib.sha256(f"{owner}\0{self.segment_name}".encode()).hexdigest()[:12]
         return f"{slug}-{digest}"
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import (
-            AudienceConfigurationError,
-            AudienceError,
-            AudienceNotFoundError,
-            AudienceValidationError,
-        )
-        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceSegmentSender, one_way_sender
-        from airflow_audience_provider.identifiers import ContactListError, SendError, SyncOptions, sync_contact_list
+    def prepare(self, context: Context, hook: Any, rule: Any) -> None:
+        from airflow_audience_provider.core.errors import AudienceNotFoundError, AudienceValidationError
 
-        if self.mode not in UPLOAD_MODES:
-            raise AudienceConfigurationError(f"mode must be one of {', '.join(UPLOAD_MODES)}, got {self.mode!r}")
-        rule = self._rule()
         content_type = self.content_type or CONTENT_TYPE_BY_IDENTIFIER.get(rule.identifier_type.value, "crm")
         self._check_content_type(rule.identifier_type.value, content_type)
-        cancel = self.cancel_event()
-        hook = self.hook
+        self._content_type = content_type
         segment = hook.find_segment(self.segment_name, "uploading")
-        if segment is None and (self.mode == "subtraction" or not self.create_if_missing):
+        if segment is None and (self.mode == "remove" or not self.create_if_missing):
             raise AudienceNotFoundError(
                 f"No Yandex.Audience file segment of this login is named {self.segment_name!r}; "
-                + ("nothing to subtract from" if self.mode == "subtraction" else "create_if_missing is off"),
+                + ("nothing to subtract from" if self.mode == "remove" else "create_if_missing is off"),
                 vendor=VENDOR,
             )
         if segment is not None:
@@ -319,11 +309,19 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
                     "the form of the first upload, so hashed identifiers cannot be added to it",
                     vendor=VENDOR,
                 )
+        self._segment = segment
 
-        sender = YandexAudienceSegmentSender(
+    def force_full_replace(self) -> bool:
+        return self._segment is None
+
+    def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> Any:
+        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceSegmentSender
+
+        segment = self._segment
+        return YandexAudienceSegmentSender(
             hook,
             self.segment_name,
-            content_type,
+            self._content_type,
             segment_id=segment["id"] if segment else None,
             hashed=rule.profile.hashed_output,
             device_matching_type=self.device_matching_type,
@@ -332,82 +330,54 @@ class YandexAudienceUploadContactListOperator(ContactListUploadMixin, _YandexAud
             cancel=cancel,
             on_created=lambda created: self._push_segment(context, created["id"]),
         )
-        one_way = self.mode in ("addition", "subtraction")
-        options = SyncOptions(
-            allow_below_minimum=self.allow_below_minimum or one_way,
-            max_invalid_share=self.max_invalid_share,
-            max_removal_share=self.max_removal_share,
-            allow_mass_removal=self.allow_mass_removal,
-            # A new segment, or an explicit replace: send the whole list (a leftover snapshot of a
-            # deleted segment of the same name must not be diffed against).
-            full_replace=self.mode == "replace" or segment is None,
-            cancel=cancel,
-        )
-        self._sender = sender
-        source_options = dict(self.source_options or {})
-        if self.column:
-            source_options["column"] = self.column
-        try:
-            outcome = sync_contact_list(
-                self.source,
-                rule,
-                one_way_sender(sender, self.mode) if one_way else sender,
-                destination_key=self._destination_key(hook),
-                snapshot_base=self.snapshot_base,
-                incremental=not one_way,
-                dry_run=self.plan_only,
-                options=options,
-                workers=self.read_workers,
-                **source_options,
-            )
-        except SendError as exc:
-            applied = ", ".join(f"{c['operation']} of {c['entries']}" for c in sender.calls) or "nothing"
-            cause = exc.__cause__
-            note = (
-                f"Yandex.Audience segment {self.segment_name!r}: applied before the failure: {applied}; "
-                "the snapshot was not advanced, so a rerun sends the difference again"
-            )
-            self.log.error("%s", note)
-            if isinstance(cause, AudienceError):
-                cause.message = f"{cause.message} ({note})"
-                cause.args = (cause._render(),)
-                raise cause from exc
-            raise AudienceError(f"{exc}: {cause or 'unknown cause'} ({note})", vendor=VENDOR) from exc
-        except ContactListError as exc:
-            raise AudienceValidationError(
-                f"Contact list for Yandex.Audience segment {self.segment_name!r} not sent: {exc}", vendor=VENDOR
-            ) from exc
 
-        if self.plan_only:
+    def vendor_count(self, hook: Any, when: str, recorded: dict[str, Any] | None) -> tuple[int | None, str] | None:
+        # Yandex processes a file for minutes: only a processed segment's count is settled, and the
+        # one seen before sending is the previous run's list.
+        segment = self._segment
+        if when != "before" or segment is None or segment.get("status") != "processed":
+            return None
+        return segment.get("valid_unique_quantity"), "valid_unique_quantity of the processed segment"
+
+    def describe_applied(self) -> str:
+        sender = self.__dict__.get("_sender")
+        calls = sender.calls if sender is not None else []
+        return "applied before the failure: " + (
+            ", ".join(f"{c['operation']} of {c['entries']}" for c in calls) or "nothing"
+        )
+
+    def vendor_result(
+        self, context: Context, hook: Any, rule: Any, engine: dict[str, Any], status: str
+    ) -> dict[str, Any]:
+        sender = self.__dict__.get("_sender")
+        segment = self._segment
+        calls = list(sender.calls) if sender is not None else []
+        if status == "planned":
             action = "planned"
-        elif sender.created:
+        elif sender is not None and sender.created:
             action = "created"
-        elif sender.calls and not all(c.get("no_changes") for c in sender.calls):
+        elif calls and not all(c.get("no_changes") for c in calls):
             action = "updated"
         else:
-            action = "unchanged"
-        segment_id = sender.segment_id
-        result: dict[str, Any] = {
+            action = "unchanged" if status == "sent" else "failed"
+        segment_id = sender.segment_id if sender is not None else (segment or {}).get("id")
+        return {
             "segment_id": segment_id,
             "name": self.segment_name,
             # what Yandex said last, without spending a list request of the daily budget
             "status": {"created": "is_processed", "updated": "is_updated"}.get(action, (segment or {}).get("status")),
             "action": action,
-            "mode": self.mode,
-            "content_type": content_type,
-            "counts": outcome.get("counts", {}),
-            "files": [dict(c) for c in sender.calls],
+            "content_type": self._content_type,
+            "files": [dict(c) for c in calls],
             "url": hook.segment_url(segment_id) if segment_id is not None else None,
             "asset_uri": hook.segment_asset_uri(segment_id) if segment_id is not None else None,
         }
-        if self.plan_only:
-            result["blocked_by"] = outcome.get("blocked_by", [])
-        self.log.info(
-            "Yandex.Audience segment %r (%s): %s, %s", self.segment_name, segment_id, action, result["files"] or ""
-        )
-        if action in ("created", "updated"):
-            self._emit(context, result)
-        return result
+
+    def should_emit(self, result: dict[str, Any]) -> bool:
+        return result.get("action") in ("created", "updated")
+
+    def asset_extra_fields(self, result: dict[str, Any]) -> dict[str, Any]:
+        return {"object_name": result.get("name"), "state": result.get("status"), "action": result.get("action")}
 
 
 class _CreateSegmentOperator(_YandexAudienceOperator):

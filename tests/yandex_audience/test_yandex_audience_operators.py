@@ -109,13 +109,13 @@ def test_replace_addition_subtraction_modes(ya, hook, context, snapshots):
     replaced = upload(snapshots, emails(120, start=500), mode="replace").execute(context)
     assert replaced["files"] == [{"operation": "replace", "entries": 120}]
     assert "check_size=true" in writes(ya)[0][2]
-    added = upload(snapshots, emails(5, start=900), mode="addition").execute(context)
+    added = upload(snapshots, emails(5, start=900), mode="add").execute(context)
     assert added["files"] == [{"operation": "addition", "entries": 5}]  # small increments are allowed
-    removed = upload(snapshots, emails(3, start=500), mode="subtraction").execute(context)
+    removed = upload(snapshots, emails(3, start=500), mode="remove").execute(context)
     assert removed["files"] == [{"operation": "subtraction", "entries": 3}]
     assert ya.get_segment(sid)["valid_unique_quantity"] == 122
     with pytest.raises(AudienceNotFoundError, match="nothing to subtract from"):
-        upload(snapshots, emails(3), segment_name="no such", mode="subtraction").execute(context)
+        upload(snapshots, emails(3), segment_name="no such", mode="remove").execute(context)
 
 
 def test_phones_and_device_ids(ya, hook, context, snapshots):
