@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -92,29 +93,6 @@ def native_source(value: Any) -> Any:
         except (ValueError, SyntaxError):
             return value
     return value
-
-
-class _OneWaySender:
-    """``add``/``remove`` modes: every chunk the engine plans is applied as an addition (or a removal)."""
-
-    def __init__(self, sender: Any, mode: str) -> None:
-        self.sender = sender
-        self.mode = mode
-
-    def _send(self, chunk: Any) -> Any:
-        return self.sender.remove(chunk) if self.mode == "remove" else self.sender.add(chunk)
-
-    def add(self, chunk: Any) -> Any:
-        return self._send(chunk)
-
-    def remove(self, chunk: Any) -> Any:
-        return self._send(chunk)
-
-    def replace(self, chunk: Any) -> Any:
-        return self._send(chunk)
-
-    def clear(self) -> None:
-        """Nothing to add or remove."""
 
 
 class ContactListUploadOperator(AudienceBaseOperator):
@@ -323,31 +301,29 @@ class ContactListUploadOperator(AudienceBaseOperator):
 
     def sync_options(self, mode: str, cancel: threading.Event) -> Any:
         """The engine's options for this run."""
-        import dataclasses
-
         from airflow_audience_provider.identifiers import SyncOptions
 
-        known = {f.name for f in dataclasses.fields(SyncOptions)}
         one_way = mode in ("add", "remove")
-        options: dict[str, Any] = {
-            "allow_empty": self.allow_empty and not one_way,
-            "allow_below_minimum": self.allow_below_minimum or one_way,
-            "max_invalid_share": self.max_invalid_share,
-            "max_removal_share": self.max_removal_share,
-            "allow_mass_removal": self.allow_mass_removal,
-            # A new destination, or an explicit replace: send the whole list (a leftover snapshot of a
-            # deleted list with the same key must not be diffed against).
-            "full_replace": mode == "replace" or self.force_full_replace(),
-            "cancel": cancel,
-        }
         refresh = self.full_refresh_every
-        if refresh not in (None, ""):
-            refresh = refresh if isinstance(refresh, timedelta) else timedelta(seconds=float(refresh))
-            if "full_refresh_every" in known:
-                options["full_refresh_every"] = refresh
-            else:
-                self.log.warning("full_refresh_every is not supported by this version of the engine; ignored")
-        return SyncOptions(**{k: v for k, v in options.items() if k in known})
+        if refresh in (None, ""):
+            refresh = None
+        elif not isinstance(refresh, timedelta):
+            refresh = timedelta(seconds=float(refresh))
+        return SyncOptions(
+            allow_empty=self.allow_empty and not one_way,
+            allow_below_minimum=self.allow_below_minimum or one_way,
+            max_invalid_share=self.max_invalid_share,
+            max_removal_share=self.max_removal_share,
+            allow_mass_removal=self.allow_mass_removal,
+            # A new destination: send the whole list (a leftover snapshot of a deleted list with the
+            # same key must not be diffed against).
+            full_replace=self.force_full_replace() and mode == "sync",
+            cancel=cancel,
+            # The operator takes the lease itself (before it looks the destination up) and hands it over.
+            lease_timeout=0.0,
+            lease_poll_interval=float(self.lease_poll_interval),
+            full_refresh_every=refresh,
+        )
 
     # -- where state lives -------------------------------------------------------------------
 
@@ -410,16 +386,15 @@ class ContactListUploadOperator(AudienceBaseOperator):
         rule = self.rule()
         cancel = self.cancel_event()
         hook = self.hook
-        self.prepare(context, hook, rule)
         self._rule, self._key = rule, self.destination_key(hook)
         self.check_shared_state()
+        # The lease comes first: the destination is looked up (or created) by one run at a time.
         lease = None if self.plan_only else self.acquire_lease(context, lease_deadline)
         try:
+            self.prepare(context, hook, rule)
             before = self.check_drift(hook, "before") if not self.plan_only else None
             sender = None if self.plan_only else self.make_sender(context, hook, rule, cancel)
             self.__dict__["_sender"] = sender
-            if sender is not None and mode in ("add", "remove"):
-                sender = _OneWaySender(sender, mode)
             source_options = dict(self.source_options or {})
             source_options.update(self.extra_source_options())
             try:
@@ -429,7 +404,8 @@ class ContactListUploadOperator(AudienceBaseOperator):
                     sender,
                     destination_key=self._key,
                     snapshot_base=self.snapshot_base,
-                    incremental=mode in ("sync", "replace"),
+                    mode=mode,
+                    lease=lease,
                     dry_run=self.plan_only,
                     options=self.sync_options(mode, cancel),
                     workers=self.read_workers,
@@ -447,13 +423,11 @@ class ContactListUploadOperator(AudienceBaseOperator):
             result = self.build_result(context, hook, rule, engine, status)
             if self.plan_only:
                 result["blocked_by"] = engine.get("blocked_by", [])
-                result["drift"] = None
             else:
-                after = self.check_drift(hook, "after", engine=engine, result=result)
-                result["drift"] = after or before
+                result["drift"] = self.check_drift(hook, "after", engine=engine, result=result) or before
         finally:
             if lease is not None:
-                self.release_lease(lease)
+                lease.release()  # idempotent: the engine releases it too once it has settled
         self.log.info(
             "%s (%s): %d row(s), %d valid, %d invalid, %d duplicate; added %d, removed %d, sent %d; drift %s",
             self.describe_destination(),
@@ -489,13 +463,10 @@ class ContactListUploadOperator(AudienceBaseOperator):
         counts = engine.get("counts") or {}
         unique = int(counts.get("unique", 0))
         added, removed = int(counts.get("added", 0)), int(counts.get("removed", 0))
-        if self.mode == "remove":  # the engine planned additions; the one-way sender made them removals
-            added, removed = 0, unique
-        elif self.mode in ("add", "replace"):
-            added = unique
         result: dict[str, Any] = {
             "mode": self.mode,
             "engine_mode": engine.get("mode"),
+            "state": engine.get("state"),
             "rows": int(counts.get("rows", 0)),
             "valid": unique,
             "invalid": int(counts.get("invalid", 0)),
@@ -610,16 +581,58 @@ class ContactListUploadOperator(AudienceBaseOperator):
     # -- the destination's lease ---------------------------------------------------------------
 
     def acquire_lease(self, context: Context, deadline: float | None) -> Any:
-        """Take the destination's lease, waiting (or deferring) while another run holds it.
+        """Take the destination's lease before anything is looked up or sent.
 
-        :returns: the lease, released after the run; None when the engine keeps no lease.
+        While another run holds it, a deferrable task waits in the triggerer (a timer, no worker
+        slot) and tries again; otherwise it waits in the worker. Either way it fails after
+        ``lease_timeout`` seconds naming the holder, before sending anything.
         """
-        return None
+        from airflow_audience_provider.identifiers import SyncOptions
+        from airflow_audience_provider.identifiers.sync import lease_for
 
-    def release_lease(self, lease: Any) -> None:
-        release = getattr(lease, "release", None)
-        if release is not None:
-            release()
+        lease = lease_for(self._rule, self._key, self.snapshot_base, SyncOptions())
+        timeout = float(self.lease_timeout)
+        if not self.deferrable:
+            from airflow_audience_provider.identifiers.lease import LeaseBusyError
+
+            try:
+                lease.acquire(timeout, float(self.lease_poll_interval))
+            except LeaseBusyError as exc:
+                raise self.lease_busy_error(str(exc)) from None
+            return lease
+        if lease.try_acquire():
+            return lease
+        now = time.time()
+        deadline = float(deadline) if deadline else now + timeout
+        info = lease.current()
+        holder = info.describe() if info is not None else "another run"
+        if now >= deadline:
+            raise self.lease_busy_error(
+                f"another run is sending to this destination ({holder}); waited {timeout:.0f} s for its lease "
+                f"{lease.directory}; nothing was sent. Retry later or raise lease_timeout"
+            )
+        wait = max(min(float(self.lease_poll_interval), deadline - now), 1.0)
+        self.log.info(
+            "%s is being written by another run (%s); waiting %.0f s in the triggerer, then trying again (until %s)",
+            self.describe_destination(),
+            holder,
+            wait,
+            datetime.fromtimestamp(deadline, UTC).isoformat(timespec="seconds"),
+        )
+        from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(seconds=wait)),
+            method_name="execute_after_lease_wait",
+            kwargs={"lease_deadline": deadline},
+        )
+        raise AssertionError("defer() returns only by raising")  # pragma: no cover
+
+    def lease_busy_error(self, reason: str) -> Exception:
+        """The task's error when the destination's lease stayed busy: names the holder, nothing sent."""
+        from airflow_audience_provider.core.errors import AudienceConflictError
+
+        return AudienceConflictError(f"{self.describe_destination()}: {reason}", vendor=self.vendor)
 
 
 __all__: Sequence[str] = (

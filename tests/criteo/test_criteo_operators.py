@@ -341,5 +341,7 @@ def test_operator_modules_do_not_import_the_hook_at_parse_time():
 def test_upload_source_rendered_into_a_template_string_is_read_back(criteo, context, tmp_path):
     sid = upsert(context)["segment_id"]
     source = str(write_emails(tmp_path / "s.csv", ["a@x.com"]))  # what "{{ ti.xcom_pull(...) }}" renders to
-    result = CriteoUploadContactListOperator(task_id="u", segment_id=sid, source=source, mode="add").execute(context)
+    result = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, mode="add", snapshot_base=str(tmp_path / "snap")
+    ).execute(context)
     assert result["sent"] == 1

@@ -101,6 +101,8 @@ def test_host_local_snapshots_with_a_distributed_executor_warn_or_refuse(
 ):
     sid = segment(context)
     source = write_emails(tmp_path / "a.csv", ["a@x.com"])
+    # The default base (host-local), kept per test here.
+    monkeypatch.setenv("AIRFLOW__AUDIENCE__SNAPSHOT_BASE_PATH", str(tmp_path / "audience_snapshots"))
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
     with pytest.raises(AudienceConfigurationError, match=r"CeleryExecutor.*shared storage.*nothing was sent"):
         CriteoUploadContactListOperator(
@@ -138,3 +140,65 @@ def test_modes_and_limits_come_from_one_place():
         CriteoUploadContactListOperator(task_id="u", segment_id="1", source="x.csv", mode="upsert")
     with pytest.raises(ValueError, match="between 1 and 50,000"):
         CriteoUploadContactListOperator(task_id="u", segment_id="1", source="x.csv", max_identifiers_per_request=0)
+
+
+def hold_lease(snapshots: str, sid: str):
+    """Another run holding the segment's lease (as a run in another DAG or on another host would)."""
+    from airflow_audience_provider.identifiers import get_rule
+    from airflow_audience_provider.identifiers.sync import lease_for
+
+    other = lease_for(get_rule("criteo", "email"), f"retail_media-{sid}", snapshots)
+    assert other.try_acquire()
+    return other
+
+
+def test_a_busy_lease_fails_in_the_worker_naming_the_holder_before_sending(criteo, context, tmp_path):
+    from airflow_audience_provider.core.errors import AudienceConflictError
+
+    sid = segment(context)
+    snapshots = str(tmp_path / "snap")
+    source = write_emails(tmp_path / "a.csv", ["a@x.com", "b@x.com"])
+    other = hold_lease(snapshots, sid)
+    op = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, lease_timeout=0.3, lease_poll_interval=0.1
+    )
+    with pytest.raises(AudienceConflictError, match=f"Criteo segment {sid}: another run is sending.*token 1 held by"):
+        op.execute(context)
+    assert amendments(criteo) == [] and criteo.members(sid) == set()
+    other.release()
+    assert op.execute(context)["sent"] == 2
+
+
+def test_a_deferrable_upload_waits_for_the_lease_in_the_triggerer(criteo, context, tmp_path):
+    import time
+
+    from airflow.providers.common.compat.sdk import TaskDeferred
+    from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+    from airflow_audience_provider.core.errors import AudienceConflictError
+
+    sid = segment(context)
+    snapshots = str(tmp_path / "snap")
+    source = write_emails(tmp_path / "a.csv", ["a@x.com", "b@x.com"])
+    other = hold_lease(snapshots, sid)
+    op = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, deferrable=True, lease_timeout=600
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    assert isinstance(deferred.value.trigger, DateTimeTrigger)  # a timer: no worker slot, no vendor call
+    assert deferred.value.method_name == "execute_after_lease_wait"
+    deadline = deferred.value.kwargs["lease_deadline"]
+    assert deadline == pytest.approx(time.time() + 600, abs=30)
+    # Still held when the timer fires: defer again, keeping the first deadline.
+    with pytest.raises(TaskDeferred) as again:
+        op.execute_after_lease_wait(context, event=None, lease_deadline=deadline)
+    assert again.value.kwargs["lease_deadline"] == deadline
+    assert amendments(criteo) == []
+    # The deadline has passed: fail naming the holder, before sending anything.
+    with pytest.raises(AudienceConflictError, match="token 1 held by"):
+        op.execute_after_lease_wait(context, event=None, lease_deadline=time.time() - 1)
+    assert amendments(criteo) == []
+    other.release()
+    result = op.execute_after_lease_wait(context, event=None, lease_deadline=deadline)
+    assert result["sent"] == 2 and criteo.members(sid) == {sha("a@x.com"), sha("b@x.com")}
