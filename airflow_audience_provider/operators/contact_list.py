@@ -204,7 +204,7 @@ class ContactListUploadOperator(AudienceBaseOperator):
         """Find the remote list and check it can take this rule's identifiers (before anything is read)."""
 
     def make_sender(self, context: Context, hook: Any, rule: VendorRule, cancel: threading.Event) -> Any:
-        """The vendor's :class:`~airflow_audience_provider.identifiers.ChunkSender` for this destination."""
+        """The vendor's :class:`~airflow_audience_provider.identifiers.sync.ChunkSender` for this destination."""
         raise NotImplementedError
 
     def force_full_replace(self) -> bool:
