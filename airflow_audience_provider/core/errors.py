@@ -167,3 +167,13 @@ def error_class_for_status(status: int) -> type[AudienceError]:
     if status >= 500:
         return AudienceServerError
     return ERROR_BY_STATUS.get(status, AudienceError)
+
+
+#: Errors no amount of waiting will fix: a wait ends at once on them.
+FATAL_ERRORS: tuple[type[AudienceError], ...] = (
+    AudienceAuthenticationError,
+    AudiencePermissionError,
+    AudienceNotFoundError,
+    AudienceConfigurationError,
+    AudienceValidationError,
+)

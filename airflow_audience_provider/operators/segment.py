@@ -17,16 +17,14 @@ retries (the lock clears by itself).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 
 from airflow_audience_provider.connections import SEGMENT
 from airflow_audience_provider.links.segment import SegmentAudienceLink
-from airflow_audience_provider.operators.base import AudienceBaseOperator, wait_in_worker
+from airflow_audience_provider.operators.base import AudienceBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -93,20 +91,21 @@ class _SegmentOperator(AudienceBaseOperator):
         result.update(fields)
         return result
 
-    def _wait_until_editable(self, space: str, audience_id: str) -> None:
-        """Block until the audience's edit lock has cleared (see the module docstring)."""
+    def _edit(self, space: str, audience_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Wait for the edit lock to clear (in the worker, or deferred to the triggerer), then send one PATCH."""
         from airflow_audience_provider.core.errors import AudienceTimeoutError
         from airflow_audience_provider.hooks.segment import SegmentAudienceLockedError
+        from airflow_audience_provider.triggers.segment import SegmentAudienceEditableTrigger
 
-        hook = self.hook
         try:
-            wait_in_worker(
-                hook.audience_edit_status,
+            self.wait_for(
+                SegmentAudienceEditableTrigger,
                 {"audience_id": audience_id, "space_id": space},
+                deferrable=self.deferrable,
                 poll_interval=float(self.lock_poll_interval),
                 timeout=float(self.lock_timeout),
-                subject=f"the edit lock of Segment audience {audience_id}",
-                vendor="segment",
+                method_name="resume_after_lock",
+                look_first=True,
             )
         except AudienceTimeoutError as exc:
             raise SegmentAudienceLockedError(
@@ -114,29 +113,6 @@ class _SegmentOperator(AudienceBaseOperator):
                 f"{exc.message}. The task can be retried once Segment has incorporated the previous edit.",
                 vendor="segment",
             ) from exc
-
-    def _edit(self, space: str, audience_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Wait for the lock (in the worker, or deferred to the triggerer), then send one PATCH."""
-        if self.deferrable:
-            from airflow_audience_provider.core.results import Phase
-
-            look = self.hook.audience_edit_status(audience_id, space)
-            if look.phase is not Phase.DONE:
-                from airflow_audience_provider.triggers.segment import SegmentAudienceEditableTrigger
-
-                self.log.info("%s; deferring until it is editable", look.message)
-                self.defer(
-                    trigger=SegmentAudienceEditableTrigger(
-                        conn_id=self.segment_conn_id,
-                        status_kwargs={"audience_id": audience_id, "space_id": space},
-                        poll_interval=float(self.lock_poll_interval),
-                        deadline=time.time() + float(self.lock_timeout),
-                    ),
-                    method_name="resume_after_lock",
-                    timeout=timedelta(seconds=float(self.lock_timeout) + 60),
-                )
-        else:
-            self._wait_until_editable(space, audience_id)
         return self.hook.update_audience_for_space(audience_id, space, **changes)
 
     def resume_after_lock(self, context: Context, event: dict[str, Any] | None = None) -> Any:

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_audience_provider.core.errors import AudienceError, AudienceJobFailedError
-from airflow_audience_provider.core.results import Phase, PollResult, validate_event
-from airflow_audience_provider.triggers.base import FATAL_ERRORS, AudiencePollingTrigger
+from airflow_audience_provider.core.errors import AudienceError
+from airflow_audience_provider.core.results import PollResult, validate_event
+from airflow_audience_provider.core.waiting import Verdict, judge, log_judgement, outcome
+from airflow_audience_provider.triggers.base import AudiencePollingTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -56,11 +57,19 @@ class AudienceWaitSensor(BaseSensorOperator):
         raise NotImplementedError
 
     def status_kwargs(self, context: Context) -> dict[str, Any]:
-        raise NotImplementedError
+        """The status function's arguments. Default: the trigger's ``status_fields``, read
+        from this sensor's attributes of the same names."""
+        fields = self.trigger_class.status_fields
+        if not fields:
+            raise NotImplementedError
+        return self.trigger_class.read_status_fields({name: getattr(self, name) for name in fields})
 
     def result_value(self, result: PollResult) -> Any:
         """What goes to XCom when the wait ends well."""
         return result.data or {}
+
+    def on_start(self, context: Context) -> None:
+        """Called as ``execute`` starts on a worker (e.g. to store an extra link)."""
 
     def on_done(self, context: Context, result: dict[str, Any]) -> None:
         """Called once when the wait ends well, in every mode (e.g. to emit an Asset event)."""
@@ -68,37 +77,28 @@ class AudienceWaitSensor(BaseSensorOperator):
     # -- modes ------------------------------------------------------------------------------
 
     def _hook(self) -> Any:
-        return self.trigger_class(self.conn_id, {})._make_hook()
+        return self.trigger_class.build_hook(self.conn_id)
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         hook = self._hook()
         status_fn = getattr(hook, self.trigger_class.status_method)
         try:
-            result: PollResult = status_fn(**self.status_kwargs(context))
-        except FATAL_ERRORS:
-            raise
+            answer: PollResult | AudienceError = status_fn(**self.status_kwargs(context))
         except AudienceError as exc:
-            self._consecutive_failures += 1
-            if self._consecutive_failures >= self.max_consecutive_failures:
-                raise
-            log.warning(
-                "Status check failed (%s); %d of %d consecutive failures tolerated",
-                exc,
-                self._consecutive_failures,
-                self.max_consecutive_failures,
-            )
-            return False
-        self._consecutive_failures = 0
-        log.info("%s", result.describe())
-        if result.phase is Phase.DONE:
-            value = self.result_value(result)
+            answer = exc
+        judgement = judge(answer, self._consecutive_failures, self.max_consecutive_failures)
+        self._consecutive_failures = judgement.failures
+        log_judgement(log, judgement, self.task_id, self.max_consecutive_failures)
+        if judgement.verdict is Verdict.DONE and judgement.result is not None:
+            value = self.result_value(judgement.result)
             self.on_done(context, value)
             return PokeReturnValue(is_done=True, xcom_value=value)
-        if result.phase is Phase.FAILED:
-            raise AudienceJobFailedError(result.message, vendor=hook.vendor, code=result.vendor_status)
+        if judgement.final:
+            outcome(judgement, hook.vendor)  # raises
         return False
 
     def execute(self, context: Context) -> Any:
+        self.on_start(context)
         if not self.deferrable:
             return super().execute(context)
         # One look before deferring: finished work needs no trip through the triggerer.
@@ -106,9 +106,9 @@ class AudienceWaitSensor(BaseSensorOperator):
         if isinstance(first, PokeReturnValue) and first.is_done:
             return first.xcom_value
         self.defer(
-            trigger=self.trigger_class(
-                conn_id=self.conn_id,
-                status_kwargs=self.status_kwargs(context),
+            trigger=self.trigger_class.for_wait(
+                self.conn_id,
+                self.status_kwargs(context),
                 poll_interval=self.poke_interval,
                 deadline=time.time() + float(self.timeout),
                 max_consecutive_failures=self.max_consecutive_failures,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow import __version__ as _airflow_version
 from airflow.triggers.base import StartTriggerArgs
 
+from airflow_audience_provider.assets import AssetEmitterMixin
 from airflow_audience_provider.connections import CRITEO
 from airflow_audience_provider.hooks.criteo_cycle import (
     COMPUTATION_HOURS_UTC,
@@ -20,7 +20,6 @@ from airflow_audience_provider.hooks.criteo_cycle import (
     next_computation_window,
 )
 from airflow_audience_provider.links.criteo import CriteoSegmentLink
-from airflow_audience_provider.operators.base import AssetEmitterMixin
 from airflow_audience_provider.sensors.base import AudienceWaitSensor
 from airflow_audience_provider.triggers.criteo import CriteoComputationWindowTrigger
 
@@ -118,9 +117,16 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
         self.criteo_conn_id = criteo_conn_id
         self.start_from_trigger = self._can_start_from_trigger(start_from_trigger)
         if self.start_from_trigger:
+            trigger = CriteoComputationWindowTrigger.for_wait(
+                self.criteo_conn_id,
+                {name: getattr(self, name) for name in CriteoComputationWindowTrigger.status_fields},
+                poll_interval=float(self.poke_interval),
+                deadline=None,  # the task's trigger timeout bounds a wait started in the triggerer
+                max_consecutive_failures=self.max_consecutive_failures,
+            )
             self.start_trigger_args = StartTriggerArgs(
                 trigger_cls=_TRIGGER,
-                trigger_kwargs=self._trigger_kwargs(),
+                trigger_kwargs=trigger.serialize()[1],
                 next_method="execute_complete",
                 next_kwargs=None,
                 timeout=timedelta(seconds=float(timeout)),
@@ -144,42 +150,9 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
     def conn_id(self) -> str:
         return self.criteo_conn_id
 
-    def _hook(self) -> Any:
-        from airflow_audience_provider.hooks.criteo import CriteoHook
-
-        return CriteoHook(self.criteo_conn_id)
-
-    def _trigger_kwargs(self, deadline: float | None = None) -> dict[str, Any]:
-        return {
-            "criteo_conn_id": self.criteo_conn_id,
-            "uploaded_at": self.uploaded_at,
-            "hours_utc": list(self.hours_utc),
-            "interval_seconds": self.interval_seconds,
-            "propagation_delay_seconds": self.propagation_delay_seconds,
-            "segment_id": self.segment_id,
-            "owner_id": self.owner_id,
-            "min_identifiers": self.min_identifiers,
-            "poll_interval": float(self.poke_interval),
-            "deadline": deadline,
-            "max_consecutive_failures": self.max_consecutive_failures,
-        }
-
-    def status_kwargs(self, context: Context) -> dict[str, Any]:
-        return CriteoComputationWindowTrigger(**self._trigger_kwargs()).current_status_kwargs()
-
-    def execute(self, context: Context) -> Any:
+    def on_start(self, context: Context) -> None:
         if self.segment_id:
             CriteoSegmentLink.persist(context, self._hook().segment_url(str(self.segment_id), self.owner_id or None))
-        if not self.deferrable:
-            return super().execute(context)
-        first = self.poke(context)
-        if getattr(first, "is_done", False):
-            return first.xcom_value  # type: ignore[union-attr]
-        self.defer(
-            trigger=CriteoComputationWindowTrigger(**self._trigger_kwargs(time.time() + float(self.timeout))),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=float(self.timeout) + 60),
-        )
 
     def on_done(self, context: Context, result: dict[str, Any]) -> None:
         segment_id = result.get("segment_id") or self.segment_id

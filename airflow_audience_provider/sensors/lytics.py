@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_audience_provider.assets import AssetEmitterMixin
 from airflow_audience_provider.connections import LYTICS
 from airflow_audience_provider.links.lytics import LyticsSegmentLink
-from airflow_audience_provider.operators.base import AssetEmitterMixin
 from airflow_audience_provider.sensors.base import AudienceWaitSensor
 from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_audience_provider.assets import AssetEmitterMixin
 from airflow_audience_provider.connections import YANDEX_AUDIENCE
 from airflow_audience_provider.links.yandex_audience import YandexAudienceSegmentLink
-from airflow_audience_provider.operators.base import AssetEmitterMixin
 from airflow_audience_provider.sensors.base import AudienceWaitSensor
 from airflow_audience_provider.triggers.yandex_audience import YandexAudienceSegmentProcessedTrigger
 

@@ -24,31 +24,16 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_audience_provider.core.errors import (
-    AudienceAuthenticationError,
-    AudienceConfigurationError,
-    AudienceError,
-    AudienceNotFoundError,
-    AudiencePermissionError,
-    AudienceValidationError,
-)
-from airflow_audience_provider.core.results import EventStatus, Phase, PollResult, make_event
+from airflow_audience_provider.core.errors import AudienceError
+from airflow_audience_provider.core.results import EventStatus, PollResult, make_event
+from airflow_audience_provider.core.waiting import Judgement, error_event, final_event, judge, log_judgement
 
 log = logging.getLogger(__name__)
-
-#: Errors no amount of waiting will fix.
-FATAL_ERRORS = (
-    AudienceAuthenticationError,
-    AudiencePermissionError,
-    AudienceNotFoundError,
-    AudienceConfigurationError,
-    AudienceValidationError,
-)
 
 
 class AudiencePollingTrigger(BaseTrigger):
@@ -65,10 +50,17 @@ class AudiencePollingTrigger(BaseTrigger):
     hook_path: ClassVar[str]
     status_method: ClassVar[str]
     vendor: ClassVar[str]
-    #: what is being waited for, for messages ("reevaluation of segment abc").
+    #: what is being waited for, for messages ("reevaluation of segment abc"); formatted with the status kwargs.
     subject: ClassVar[str] = "work"
     #: seconds the triggerer may take to render the templated arguments of a task started there.
     render_timeout: ClassVar[float] = 120.0
+    #: A trigger whose status arguments are its own keyword arguments and attributes, named like its
+    #: sensor's parameters so that the triggerer renders the templated ones (``start_from_trigger``),
+    #: declares them here: each name, and how to read a value that may be a rendered string. Empty:
+    #: the arguments travel as the ``status_kwargs`` dict.
+    status_fields: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+    #: the keyword argument and attribute naming the connection.
+    conn_field: ClassVar[str] = "conn_id"
 
     def __init__(
         self,
@@ -85,24 +77,66 @@ class AudiencePollingTrigger(BaseTrigger):
         self.deadline = float(deadline) if deadline is not None else None
         self.max_consecutive_failures = int(max_consecutive_failures)
 
+    @classmethod
+    def for_wait(
+        cls,
+        conn_id: str,
+        status_kwargs: dict[str, Any],
+        *,
+        poll_interval: float,
+        deadline: float | None,
+        max_consecutive_failures: int = 3,
+    ) -> AudiencePollingTrigger:
+        """The trigger for one wait, whichever way the subclass carries its status arguments."""
+        common: dict[str, Any] = {
+            "poll_interval": float(poll_interval),
+            "deadline": deadline,
+            "max_consecutive_failures": max_consecutive_failures,
+        }
+        arguments: dict[str, Any] = (
+            {cls.conn_field: conn_id, **status_kwargs}
+            if cls.status_fields
+            else {"conn_id": conn_id, "status_kwargs": status_kwargs}
+        )
+        return cls(**arguments, **common)
+
+    @classmethod
+    def read_status_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The status function's arguments from raw (possibly rendered) values of :attr:`status_fields`."""
+        return {name: read(values.get(name)) for name, read in cls.status_fields.items()}
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        if self.status_fields:
+            arguments = {self.conn_field: getattr(self, self.conn_field)}
+            arguments.update({name: getattr(self, name) for name in self.status_fields})
+        else:
+            arguments = {"conn_id": self.conn_id, "status_kwargs": self.status_kwargs}
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "conn_id": self.conn_id,
-                "status_kwargs": self.status_kwargs,
+                **arguments,
                 "poll_interval": self.poll_interval,
                 "deadline": self.deadline,
                 "max_consecutive_failures": self.max_consecutive_failures,
             },
         )
 
+    @classmethod
+    def build_hook(cls, conn_id: str) -> Any:
+        module_name, class_name = cls.hook_path.rsplit(".", 1)
+        return getattr(importlib.import_module(module_name), class_name)(conn_id)
+
     def _make_hook(self) -> Any:
-        module_name, class_name = self.hook_path.rsplit(".", 1)
-        return getattr(importlib.import_module(module_name), class_name)(self.conn_id)
+        return self.build_hook(self.conn_id)
+
+    def current_status_kwargs(self) -> dict[str, Any]:
+        """The status function's arguments, read from the (possibly just rendered) attributes."""
+        if not self.status_fields:
+            return dict(self.status_kwargs)
+        return self.read_status_fields({name: getattr(self, name) for name in self.status_fields})
 
     def describe_subject(self) -> str:
-        return self.subject.format(**self.status_kwargs)
+        return self.subject.format(**self.current_status_kwargs())
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         """Keep the context; ``run()`` renders the templated arguments, bounded by :attr:`render_timeout`.
@@ -114,7 +148,9 @@ class AudiencePollingTrigger(BaseTrigger):
         self.__dict__["_pending_render"] = (context, jinja_env)
 
     def resolve_arguments(self) -> None:
-        """Called as ``run()`` starts, after any rendering: derive what depends on templated attributes."""
+        """Called as ``run()`` starts, after any rendering: read the connection and status arguments."""
+        self.conn_id = getattr(self, self.conn_field)
+        self.status_kwargs = self.current_status_kwargs()
 
     async def _render_in_triggerer(self) -> str | None:
         """Render what :meth:`render_template_fields` kept; a message saying why not on failure."""
@@ -147,19 +183,21 @@ class AudiencePollingTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         problem = await self._render_in_triggerer()
+        if problem is None:
+            try:
+                self.resolve_arguments()
+            except (TypeError, ValueError) as exc:
+                problem = f"Invalid arguments for the {self.vendor} wait: {exc}"
         if problem is not None:
             yield TriggerEvent(make_event(EventStatus.ERROR, self.vendor, problem))
             return
-        self.resolve_arguments()
         subject = self.describe_subject()
-        failures = 0
-        last: PollResult | None = None
         try:
             # Off the loop: the first hook of a vendor imports its module (requests, tenacity: ~0.5 s).
             hook = await asyncio.to_thread(self._make_hook)
             await hook.aget_conn()  # resolves the connection asynchronously, once
         except AudienceError as exc:
-            yield TriggerEvent(_error_event(self.vendor, exc))
+            yield TriggerEvent(error_event(self.vendor, exc))
             return
         except Exception as exc:  # e.g. the connection is not defined where the triggerer runs
             yield TriggerEvent(
@@ -172,57 +210,19 @@ class AudiencePollingTrigger(BaseTrigger):
             )
             return
         status_fn = getattr(hook, self.status_method)
+        failures = 0
+        last: PollResult | None = None
         while True:
             try:
-                polled: PollResult = await asyncio.to_thread(status_fn, **self.status_kwargs)
-                last = polled
-                failures = 0
-            except FATAL_ERRORS as exc:
-                yield TriggerEvent(_error_event(self.vendor, exc))
-                return
+                answer: PollResult | Exception = await asyncio.to_thread(status_fn, **self.status_kwargs)
             except Exception as exc:
-                failures += 1
-                log.warning(
-                    "Checking %s failed (%s: %s); %d of %d consecutive failures tolerated",
-                    subject,
-                    type(exc).__name__,
-                    exc,
-                    failures,
-                    self.max_consecutive_failures,
-                )
-                if failures >= self.max_consecutive_failures:
-                    yield TriggerEvent(
-                        make_event(
-                            EventStatus.ERROR,
-                            self.vendor,
-                            f"Gave up checking {subject} after {failures} consecutive failures: {exc}",
-                        )
-                    )
-                    return
-            else:
-                log.info("%s: %s", subject, polled.describe())
-                if polled.phase is Phase.DONE:
-                    yield TriggerEvent(
-                        make_event(
-                            EventStatus.SUCCESS,
-                            self.vendor,
-                            polled.message,
-                            vendor_status=polled.vendor_status,
-                            result=polled.data or {},
-                        )
-                    )
-                    return
-                if polled.phase is Phase.FAILED:
-                    yield TriggerEvent(
-                        make_event(
-                            EventStatus.FAILED,
-                            self.vendor,
-                            polled.message,
-                            vendor_status=polled.vendor_status,
-                            result=polled.data or {},
-                        )
-                    )
-                    return
+                answer = exc
+            judgement: Judgement = judge(answer, failures, self.max_consecutive_failures)
+            failures, last = judgement.failures, judgement.result or last
+            log_judgement(log, judgement, subject, self.max_consecutive_failures)
+            if judgement.final:
+                yield TriggerEvent(final_event(judgement, self.vendor, subject))
+                return
             now = time.time()
             if self.deadline is not None and now >= self.deadline:
                 seen = f"last seen: {last.describe()}" if last else "no successful check"
@@ -260,20 +260,3 @@ def _triggerer_context(context: Any) -> dict[str, Any]:
         if rendered.get(key) is not None:
             rendered[key] = _TriggererTaskInstance(rendered[key])
     return rendered
-
-
-def _error_event(vendor: str, exc: AudienceError) -> dict[str, Any]:
-    """An ``error`` event for a typed error, in the keys :func:`validate_event` reads back.
-
-    (``exc.to_dict()`` cannot be splatted into :func:`make_event`: its ``status``, ``vendor``
-    and ``message`` keys collide with make_event's own arguments.)
-    """
-    return make_event(
-        EventStatus.ERROR,
-        vendor,
-        str(exc),
-        error=type(exc).__name__,
-        http_status=exc.status,
-        code=exc.code,
-        request_id=exc.request_id,
-    )

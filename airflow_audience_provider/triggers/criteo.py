@@ -9,6 +9,30 @@ from airflow_audience_provider.hooks.criteo_cycle import COMPUTATION_HOURS_UTC, 
 from airflow_audience_provider.triggers.base import AudiencePollingTrigger
 
 
+def _text(value: Any) -> str:
+    return str(value or "")
+
+
+def _optional_text(value: Any) -> str | None:
+    """An optional id; a template that rendered nothing is None."""
+    return str(value) if value else None
+
+
+def _hours(value: Any) -> list[float]:
+    return [float(hour) for hour in value]
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    """An optional count; a template that rendered nothing ("", "None") is None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    return int(value)
+
+
 class CriteoComputationWindowTrigger(AudiencePollingTrigger):
     """Wait in the triggerer until changes uploaded to Criteo are live in campaigns.
 
@@ -17,15 +41,26 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
     statistics; see :meth:`~airflow_audience_provider.hooks.criteo.CriteoHook.computation_status`.
     The target is computed from the kwargs alone, so a triggerer restart resumes the same wait.
 
-    The kwargs carry the sensor's parameter names so that, when the sensor starts in the triggerer
-    (``start_from_trigger``), the triggerer renders the templated ones (``uploaded_at``,
-    ``segment_id``, ``owner_id``, ``criteo_conn_id``) at the start of ``run()``.
+    The status arguments are the trigger's own kwargs (``status_fields``), named like the sensor's
+    parameters so that, when the sensor starts in the triggerer (``start_from_trigger``), the
+    templated ones (``uploaded_at``, ``segment_id``, ``owner_id``, ``min_identifiers``,
+    ``criteo_conn_id``) are rendered at the start of ``run()``.
     """
 
     hook_path = "airflow_audience_provider.hooks.criteo.CriteoHook"
     status_method = "computation_status"
     vendor = "criteo"
-    subject = "Criteo audience computation"
+    subject = "Criteo computation of the changes uploaded at {uploaded_at}"
+    conn_field = "criteo_conn_id"
+    status_fields = {
+        "uploaded_at": _text,
+        "hours_utc": _hours,
+        "interval_seconds": _optional_float,
+        "propagation_delay_seconds": float,
+        "segment_id": _optional_text,
+        "owner_id": _optional_text,
+        "min_identifiers": _optional_int,
+    }
 
     def __init__(
         self,
@@ -36,19 +71,11 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
         propagation_delay_seconds: float = PROPAGATION_DELAY.total_seconds(),
         segment_id: str | None = None,
         owner_id: str | None = None,
-        min_identifiers: int | None = None,
+        min_identifiers: int | str | None = None,
         poll_interval: float = 300.0,
         deadline: float | None = None,
         max_consecutive_failures: int = 3,
     ) -> None:
-        self.criteo_conn_id = criteo_conn_id
-        self.uploaded_at = uploaded_at
-        self.hours_utc = [float(h) for h in hours_utc]
-        self.interval_seconds = None if interval_seconds in (None, "") else float(interval_seconds)
-        self.propagation_delay_seconds = float(propagation_delay_seconds)
-        self.segment_id = segment_id
-        self.owner_id = owner_id
-        self.min_identifiers = min_identifiers
         super().__init__(
             conn_id=criteo_conn_id,
             status_kwargs={},
@@ -56,45 +83,11 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
             deadline=deadline,
             max_consecutive_failures=max_consecutive_failures,
         )
-        self.status_kwargs = self.current_status_kwargs()
-
-    def current_status_kwargs(self) -> dict[str, Any]:
-        """The status function's arguments from the (possibly just rendered) attributes."""
-        minimum = self.min_identifiers
-        if isinstance(minimum, str) and minimum.strip().lower() in ("", "none", "null"):
-            minimum = None  # a template that rendered nothing
-        return {
-            "uploaded_at": str(self.uploaded_at or ""),
-            "hours_utc": list(self.hours_utc),
-            "interval_seconds": self.interval_seconds,
-            "propagation_delay_seconds": self.propagation_delay_seconds,
-            "segment_id": str(self.segment_id) if self.segment_id else None,
-            "owner_id": str(self.owner_id) if self.owner_id else None,
-            "min_identifiers": None if minimum is None else int(minimum),
-        }
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "criteo_conn_id": self.criteo_conn_id,
-                "uploaded_at": self.uploaded_at,
-                "hours_utc": list(self.hours_utc),
-                "interval_seconds": self.interval_seconds,
-                "propagation_delay_seconds": self.propagation_delay_seconds,
-                "segment_id": self.segment_id,
-                "owner_id": self.owner_id,
-                "min_identifiers": self.min_identifiers,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "max_consecutive_failures": self.max_consecutive_failures,
-            },
-        )
-
-    def describe_subject(self) -> str:
-        return f"Criteo computation of the changes uploaded at {self.uploaded_at}"
-
-    def resolve_arguments(self) -> None:
-        # Rendering (start_from_trigger) happens after __init__: read the attributes again.
-        self.conn_id = self.criteo_conn_id
-        self.status_kwargs = self.current_status_kwargs()
+        self.criteo_conn_id = criteo_conn_id
+        self.uploaded_at = uploaded_at
+        self.hours_utc = _hours(hours_utc)
+        self.interval_seconds = _optional_float(interval_seconds)
+        self.propagation_delay_seconds = float(propagation_delay_seconds)
+        self.segment_id = segment_id
+        self.owner_id = owner_id
+        self.min_identifiers = min_identifiers
