@@ -22,11 +22,23 @@ from typing import Any
 MAX_SAMPLES = 5
 
 
+#: most characters of any one part (local part, domain name, top-level domain, digits) a redaction keeps
+REDACT_KEEP = 3
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (CR, LF, tab, NUL, U+2028...) as ``?``,
+    so a value can never start a new line in a log or forge one."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def redact(value: str) -> str:
     """Mask a raw identifier so it can appear in logs and XCom.
 
     E-mail: ``j***@e***.com``; phone-like: ``+7******67``; anything else: first character and
-    length, e.g. ``a***(12)``. Never returns more than three characters of the original.
+    length, e.g. ``a***(12)``. Keeps at most three characters of any part (one of the local part and
+    of the domain name, three of the top-level domain, three digits of a phone), and never passes a
+    CR, LF or other unprintable character through (it becomes ``?``).
     """
     v = value.strip()
     if not v:
@@ -34,15 +46,16 @@ def redact(value: str) -> str:
     if "@" in v:
         local, _, domain = v.rpartition("@")
         dom, dot, tld = domain.rpartition(".")
-        head = local[:1] or "?"
+        head = printable(local[:1]) or "?"
         if dot and dom:
-            return f"{head}***@{dom[:1]}***.{tld[:6]}"
-        return f"{head}***@{domain[:1]}***"
+            return f"{head}***@{printable(dom[:1])}***.{printable(tld[:REDACT_KEEP])}"
+        return f"{head}***@{printable(domain[:1])}***"
     digits = [c for c in v if c.isdigit()]
     if len(digits) >= 7 and len(digits) >= len(v) * 0.6:
         prefix = "+" if v.startswith("+") else ""
+        # str.isdigit also holds for other scripts' digits; they are printable, so kept as they are.
         return f"{prefix}{digits[0]}{'*' * (len(digits) - 3)}{''.join(digits[-2:])}"
-    return f"{v[:1]}***({len(v)})"
+    return f"{printable(v[:1])}***({len(v)})"
 
 
 @dataclass
@@ -69,7 +82,8 @@ class Accounting:
         self.invalid += 1
         self.invalid_reasons[reason] += 1
         if len(self.invalid_samples) < MAX_SAMPLES:
-            self.invalid_samples.append({"at": location, "reason": reason, "value": redact(raw)})
+            sample = {"at": printable(location)[:200], "reason": printable(reason), "value": redact(raw)}
+            self.invalid_samples.append(sample)
 
     @property
     def invalid_share(self) -> float:

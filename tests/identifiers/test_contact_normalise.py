@@ -367,7 +367,7 @@ def test_redacted_email_does_not_reveal_the_address(address: str) -> None:
     masked_local, _, masked_domain = masked.rpartition("@")
     assert masked_local == local[:1] + "***"  # one character of the local part, no more
     name, _, tld = domain.rpartition(".")
-    assert masked_domain == f"{name[:1]}***.{tld[:6]}"
+    assert masked_domain == f"{name[:1]}***.{tld[:3]}"  # at most three characters of any part
     if len(local) > 1:
         assert address not in masked
 
