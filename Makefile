@@ -15,7 +15,7 @@ OLD_VENV := .venv-oldest
 OLD_LOCK := requirements/oldest.lock
 OLD_STAMP := $(OLD_VENV)/.installed
 
-.PHONY: help env demo test test-fast test-oldest-fast test-matrix test-ui ui-deps bench docs lint dist lock sandbox clean
+.PHONY: help env demo test test-fast test-oldest-fast test-matrix test-ui ui-deps bench soak docs lint dist lock sandbox clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,10 @@ test-matrix: $(STAMP) $(OLD_STAMP) ## The suite on the oldest supported Airflow 
 
 bench: $(STAMP) ## Contact-list engine benchmark (ratios against bare hashlib, peak memory, sync)
 	$(PY) benchmarks/bench_contact_list.py
+
+SCENARIOS ?= 200
+soak: $(STAMP) ## Sync model (faults, kills, overlapping runs) for SCENARIOS scenarios per vendor; SEED=n replays
+	$(PY) tests/sync_model/soak.py $(SCENARIOS) $(if $(SEED),--seed $(SEED))
 
 docs: $(STAMP) ## Build the Sphinx docs with warnings as errors
 	$(PY) -m sphinx -W --keep-going -b html -q docs docs/_build/html

@@ -28,9 +28,9 @@ READ_TIMEOUT = 0.4
 #: A "slow" answer: longer than the read timeout, so the client gives up while the fake still applies it.
 SLOW = 1.0
 #: How long an abandoned request may still land (the fakes apply a slow request after SLOW seconds).
-SETTLE = 2.5
+SETTLE = 2.0
 ATTEMPTS = 3
-LEASE_TTL = 3.0
+LEASE_TTL = 2.0
 LEASE_SKEW = 0.5
 
 KILL_CHILD = Path(__file__).with_name("kill_child.py")

@@ -1,0 +1,270 @@
+"""Model-based randomized test of contact-list syncs over the Criteo and Yandex.Audience fakes.
+
+Hypothesis drives random sequences of runs against one destination: inputs that shift, carry
+duplicates and invalid rows; the four modes; fault plans armed at a random chunk (5xx, 429 with
+Retry-After, dropped connections, answers slower than the read timeout, a slow clear); failures
+that exhaust the retries; SIGKILL of a worker process at a random chunk; two runs at once.
+
+The model keeps the list the destination should hold after the last successful run (``None``
+once an ``add``/``remove`` without state made it unknown). Invariants:
+
+* every run's accounting adds up (rows = unique + invalid + duplicate; a successful run sent
+  exactly what it planned);
+* a run that reports success left the vendor equal to its target, and its snapshot says so;
+* after one final clean ``sync`` the vendor holds exactly the last input.
+
+CI runs a bounded, derandomized number of scenarios and prints how many it explored.
+``make soak`` runs the same machine longer (``AUDIENCE_SYNC_MODEL_SCENARIOS``,
+``AUDIENCE_SYNC_MODEL_STEPS``, seed from ``--hypothesis-seed``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
+from sync_model_helpers import (
+    ATTEMPTS,
+    SLOW,
+    CriteoTarget,
+    FaultAtChunk,
+    Target,
+    YandexTarget,
+    expected,
+    in_threads,
+    make_input,
+    run_killed,
+    wait_quiet,
+)
+
+from airflow_audience_provider.identifiers import MODES
+from airflow_audience_provider.identifiers.errors import ContactListError
+from airflow_audience_provider.identifiers.snapshot import SnapshotStore
+
+SCENARIOS = int(os.environ.get("AUDIENCE_SYNC_MODEL_SCENARIOS", "0"))
+SOAK = SCENARIOS > 0
+STEPS = int(os.environ.get("AUDIENCE_SYNC_MODEL_STEPS", "10" if SOAK else "5"))
+CI_SCENARIOS = {"criteo": 6, "yandex_audience": 4}
+STATS: dict[str, int] = {"scenarios": 0, "steps": 0, "runs": 0, "failed_runs": 0, "kills": 0, "diverged": 0}
+
+FAULT_KINDS = ["503", "429", "drop", "slow", "slow_clear"]
+
+
+def fault_dicts(target: Target, kind: str) -> list[dict[str, Any]]:
+    prefix = target.fault_prefix
+    if kind == "503":
+        return [{"kind": "status", "status": 503, "count": 1, "path_prefix": prefix}]
+    if kind == "429":
+        return [{"kind": "status", "status": 429, "retry_after": 0.2, "path_prefix": prefix}]
+    if kind == "drop":
+        return [{"kind": "drop", "path_prefix": prefix}]
+    if kind == "slow":
+        return [{"kind": "slow", "delay": SLOW, "path_prefix": prefix}]
+    return [{"kind": "slow", "delay": SLOW, "path_prefix": target.clear_prefix or prefix}]
+
+
+def apply_mode(current: set[str] | None, mode: str, rows: list[str]) -> set[str] | None:
+    new = expected(rows)
+    if mode in ("sync", "replace"):
+        return new
+    if current is None:
+        return None
+    return current | new if mode == "add" else current - new
+
+
+class SyncMachine(RuleBasedStateMachine):
+    """One destination, many runs. ``fake``, ``target_cls`` and ``work`` are set by the test."""
+
+    fake: Any = None
+    target_cls: type[Target] = CriteoTarget
+    work: Path = Path(tempfile.gettempdir())
+
+    def __init__(self) -> None:
+        super().__init__()
+        STATS["scenarios"] += 1
+        self.fake.reset()
+        self.dir = Path(tempfile.mkdtemp(dir=self.work))
+        self.target = self.target_cls(self.fake, self.dir / "state")
+        self.kills = 0
+        # A first clean run creates the destination's list (Yandex creates the segment here).
+        self.last_input = make_input(0, 110)
+        self.target.sync(self.last_input, "sync")
+        self.intended: set[str] | None = expected(self.last_input)
+
+    # -- strategies ---------------------------------------------------------------------------
+
+    inputs = st.builds(
+        make_input,
+        start=st.integers(0, 80),
+        size=st.integers(100, 160),
+        duplicates=st.integers(0, 8),
+        invalid=st.integers(0, 6),
+    )
+    modes = st.sampled_from(MODES)
+    faults = st.lists(st.tuples(st.integers(1, 5), st.sampled_from(FAULT_KINDS)), min_size=1, max_size=3)
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _accounting(self, result: dict[str, Any] | None, rows: list[str], success: bool) -> None:
+        if not result or "counts" not in result:
+            return
+        c = result["counts"]
+        assert c["rows"] == len(rows), c
+        assert c["unique"] + c["invalid"] + c["duplicate"] == c["rows"], c
+        if success:
+            assert c["sent_add"] == c["added"] and c["sent_remove"] == c["removed"], c
+            assert c["chunks_sent"] == c["chunks_total"], c
+
+    def _succeeded(self, result: dict[str, Any], rows: list[str], mode: str) -> None:
+        assert result["status"] == "sent", result
+        self._accounting(result, rows, True)
+        self.last_input = rows if mode in ("sync", "replace") else self.last_input
+        self.intended = apply_mode(self.intended, mode, rows)
+        wait_quiet(self.fake)
+        vendor = self.target.members()
+        if self.intended is not None:
+            assert vendor == self.intended, f"run reported success but the vendor differs ({mode})"
+            store = SnapshotStore(self.target.rule.vendor, self.target.key, self.target.snapshot_base)
+            assert set(store.read_values()) == self.intended, "the snapshot does not say what the vendor holds"
+        elif mode == "add":
+            assert expected(rows) <= vendor
+        else:
+            assert not expected(rows) & vendor
+
+    def _run(self, rows: list[str], mode: str, plan: dict[int, list[dict[str, Any]]] | None = None) -> None:
+        STATS["steps"] += 1
+        STATS["runs"] += 1
+        self.fake.faults.clear()
+        hook = self.target.hook()
+        sender: Any = self.target.sender(hook)
+        if plan:
+            sender = FaultAtChunk(sender, self.fake, plan)
+        try:
+            result = self.target.sync(rows, mode, sender=sender)
+        except ContactListError as exc:
+            STATS["failed_runs"] += 1
+            self._accounting(exc.result, rows, False)
+            self.fake.faults.clear()
+            return
+        self.fake.faults.clear()
+        self._succeeded(result, rows, mode)
+
+    # -- rules --------------------------------------------------------------------------------
+
+    @rule(rows=inputs, mode=modes)
+    def clean_run(self, rows: list[str], mode: str) -> None:
+        self._run(rows, mode)
+
+    @rule(rows=inputs, mode=modes, faults=faults)
+    def faulty_run(self, rows: list[str], mode: str, faults: list[tuple[int, str]]) -> None:
+        plan: dict[int, list[dict[str, Any]]] = {}
+        for at, kind in faults:
+            plan.setdefault(at, []).extend(fault_dicts(self.target, kind))
+        self._run(rows, mode, plan)
+
+    @rule(rows=inputs, mode=modes, at=st.integers(1, 5))
+    def retries_exhausted(self, rows: list[str], mode: str, at: int) -> None:
+        fault = {"kind": "status", "status": 503, "count": ATTEMPTS, "path_prefix": self.target.fault_prefix}
+        self._run(rows, mode, {at: [fault]})
+
+    @precondition(lambda self: self.kills < 1)
+    @rule(rows=inputs, mode=modes, at=st.integers(1, 5), after_send=st.booleans())
+    def killed_run(self, rows: list[str], mode: str, at: int, after_send: bool) -> None:
+        STATS["steps"] += 1
+        STATS["runs"] += 1
+        self.kills += 1
+        self.fake.faults.clear()
+        code = run_killed(self.target, rows, mode, at, after_send)
+        if code == -9:
+            STATS["kills"] += 1
+        if code == 0:
+            self._succeeded({"status": "sent"}, rows, mode)
+        elif code == 1:
+            STATS["failed_runs"] += 1
+
+    @rule(a=inputs, mode_a=modes, b=inputs, mode_b=modes)
+    def overlapping_runs(self, a: list[str], mode_a: str, b: list[str], mode_b: str) -> None:
+        STATS["steps"] += 1
+        STATS["runs"] += 2
+        self.fake.faults.clear()
+        results = in_threads(lambda: self.target.sync(a, mode_a), lambda: self.target.sync(b, mode_b))
+        done = []
+        for result, rows, mode in zip(results, (a, b), (mode_a, mode_b), strict=True):
+            if isinstance(result, ContactListError):
+                STATS["failed_runs"] += 1
+                self._accounting(result.result, rows, False)
+                continue
+            assert isinstance(result, dict), result
+            self._accounting(result, rows, True)
+            done.append((result["state"]["lease_token"], rows, mode, result))
+        # The lease serialises them: the run with the higher token ran entirely after the other.
+        for _, rows, mode, _result in sorted(done, key=lambda d: d[0]):
+            self.intended = apply_mode(self.intended, mode, rows)
+            if mode in ("sync", "replace"):
+                self.last_input = rows
+        if len(done) == 2 and self.intended is not None:
+            wait_quiet(self.fake)
+            assert self.target.members() == self.intended, "overlapping runs left the vendor off its state"
+
+    def teardown(self) -> None:
+        try:
+            wait_quiet(self.fake)
+            self.fake.faults.clear()
+            result = self.target.sync(self.last_input, "sync")
+            assert result["status"] == "sent"
+            wait_quiet(self.fake)
+            if self.target.members() != expected(self.last_input):
+                STATS["diverged"] += 1
+                raise AssertionError("after a final clean sync the vendor still differs from the last input")
+        finally:
+            self.target.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _report(capsys: pytest.CaptureFixture[str], vendor: str) -> None:
+    counts = f"{STATS['scenarios']} scenarios, {STATS['steps']} steps, {STATS['diverged']} diverged"
+    line = f"sync model ({vendor}): {counts}"
+    detail = f"  runs {STATS['runs']}, failed {STATS['failed_runs']}, killed {STATS['kills']}"
+    with capsys.disabled():
+        print(f"\n{line}\n{detail}")
+    out = os.environ.get("AUDIENCE_SYNC_MODEL_STATS")
+    if out:
+        previous = json.loads(Path(out).read_text()) if Path(out).exists() else {}
+        previous[vendor] = dict(STATS)
+        Path(out).write_text(json.dumps(previous))
+
+
+@pytest.mark.parametrize("vendor", ["criteo", "yandex_audience"])
+def test_sync_model(vendor: str, request: pytest.FixtureRequest, tmp_path: Path, capsys: Any) -> None:
+    fake = request.getfixturevalue(f"{vendor}_sandbox")
+    machine = type(
+        f"SyncMachine_{vendor}",
+        (SyncMachine,),
+        {"fake": fake, "target_cls": CriteoTarget if vendor == "criteo" else YandexTarget, "work": tmp_path},
+    )
+    for key in STATS:
+        STATS[key] = 0
+    config = settings(
+        max_examples=SCENARIOS if SOAK else CI_SCENARIOS[vendor],
+        stateful_step_count=STEPS,
+        deadline=None,
+        derandomize=not SOAK,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    try:
+        run_state_machine_as_test(machine, settings=config)
+    except BaseException:
+        STATS["diverged"] = max(STATS["diverged"], 1)
+        raise
+    finally:
+        _report(capsys, vendor)
