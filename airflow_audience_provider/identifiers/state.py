@@ -18,8 +18,7 @@ Guarantees by backend:
   see it complete or not at all; an exclusive create is ``open(mode="xb")``, which fsspec
   backends implement with a conditional write where the store has one (local, memory, S3
   ``If-None-Match`` in recent s3fs). A backend without exclusive create is refused by
-  :func:`create_exclusive` with a message naming it, unless ``allow_unsafe`` is set (then the
-  lease is best effort: create, wait, read back).
+  :func:`create_exclusive` with a message naming it; it is never used unsafely.
 """
 
 from __future__ import annotations
