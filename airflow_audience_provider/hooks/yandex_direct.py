@@ -78,6 +78,10 @@ MAX_ARGUMENTS = 250
 MAX_NAME = 250
 MAX_DESCRIPTION = 4096
 LIFE_SPAN_DAYS = (1, 540)
+#: Days a Metrica goal counts when the rule does not say (our default; Direct requires a value).
+DEFAULT_LIFE_SPAN = 90
+#: The Crypta catalogues of ``Dictionaries.get`` used by ``AUDIENCE`` lists and interest targets.
+AUDIENCE_DICTIONARIES = ("AudienceInterests", "AudienceDemographicProfiles", "AudienceCriteriaTypes")
 #: Items per call (notes §5, §10.1); suspend/resume are UNVERIFIED and use the delete limit.
 BATCH = {
     ("retargetinglists", "add"): 1000,
@@ -342,13 +346,17 @@ def validate_rules(
     *,
     max_rules: int = MAX_RULES,
     max_arguments: int = MAX_ARGUMENTS,
+    metrica_goals: Iterable[int] = (),
 ) -> None:
     """Check Direct ``Rules`` locally before anything is sent (points are charged for errors too).
 
+    :param metrica_goals: ids of Metrica goals in the rules: each needs a ``MembershipLifeSpan``
+        (Direct requires it for goals; it ignores it for segments).
     :raises AudienceValidationError: naming the rule and the limit, for: no rules, too many rules or
-        arguments, an unknown operator, an empty rule, a repeated goal in one rule, a bad
+        arguments, an unknown operator, an empty rule, a repeated goal in one rule, a missing or bad
         ``MembershipLifeSpan`` (1-540 days).
     """
+    needs_span = {int(g) for g in metrica_goals}
     if not rules:
         raise AudienceValidationError("A retargeting list needs at least one rule", vendor=VENDOR, field="Rules")
     if len(rules) > max_rules:
@@ -384,6 +392,13 @@ def validate_rules(
                 )
             seen.add(external_id)
             span = argument.get("MembershipLifeSpan")
+            if span is None and external_id in needs_span:
+                raise AudienceValidationError(
+                    f"Rule {number}: Metrica goal {external_id} needs a membership life span "
+                    f"({LIFE_SPAN_DAYS[0]}-{LIFE_SPAN_DAYS[1]} days)",
+                    vendor=VENDOR,
+                    field="MembershipLifeSpan",
+                )
             if span is not None and not (
                 isinstance(span, int) and LIFE_SPAN_DAYS[0] <= span <= LIFE_SPAN_DAYS[1] and not isinstance(span, bool)
             ):
@@ -843,6 +858,23 @@ class YandexDirectHook(AudienceHook):
                 outcomes.append(outcome)
         return outcomes
 
+    # -- Dictionaries ---------------------------------------------------------------------------
+
+    def get_dictionaries(self, names: Sequence[str] = AUDIENCE_DICTIONARIES) -> dict[str, list[dict[str, Any]]]:
+        """``Dictionaries.get``: the Crypta catalogues ``AUDIENCE`` lists and interest targets refer to.
+
+        :param names: ``AudienceInterests`` (interest ids: ``ExternalId`` of AUDIENCE rules and
+            ``InterestId`` of audience targets), ``AudienceDemographicProfiles``, ``AudienceCriteriaTypes``;
+            other dictionary names of Direct are passed through.
+        :returns: one list of items per name asked for (items as Direct sends them; beyond ``Id``
+            their fields are not documented in what we read).
+        """
+        wanted = [str(n) for n in names]
+        if not wanted:
+            raise AudienceValidationError("Name at least one dictionary", vendor=VENDOR, field="DictionaryNames")
+        result = self.call("dictionaries", "get", {"DictionaryNames": wanted})
+        return {name: [i for i in result.get(name) or [] if isinstance(i, dict)] for name in wanted}
+
     # -- GetRetargetingGoals (v4 Live) --------------------------------------------------------
 
     def live4_url(self) -> str:
@@ -859,6 +891,15 @@ class YandexDirectHook(AudienceHook):
         Each item: ``{"GoalID", "Name", "GoalDomain", "Type", "Login"}``.
         """
         self.get_conn()
+        url = self.live4_url()
+        if urlsplit(url).netloc.startswith("api-sandbox.direct.yandex."):
+            raise AudienceConfigurationError(
+                "Yandex Direct's own sandbox does not support GetRetargetingGoals (v4 Live answers it with "
+                "error 500, and real Audience segments do not exist there), so segments cannot be resolved "
+                "to goal ids against it: give goal ids directly ({'goal_id': ...}), point the connection's "
+                "'live4_url' at production, or test against this provider's sandbox",
+                vendor=VENDOR,
+            )
         self._check_units("live4", "GetRetargetingGoals", 1)
         settings = self.settings()
         param: dict[str, Any] = {}
@@ -873,7 +914,7 @@ class YandexDirectHook(AudienceHook):
             "token": settings.password,
         }
         response = self.transport.request(
-            "POST", self.live4_url(), json=body, idempotent=True, endpoint_class="v4 GetRetargetingGoals"
+            "POST", url, json=body, idempotent=True, endpoint_class="v4 GetRetargetingGoals"
         )
         data = _loads(response)
         goals = data.get("data") if isinstance(data, dict) else None

@@ -146,15 +146,22 @@ def _compact(outcome: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 def build_rules(
-    hook: YandexDirectHook, rules: Sequence[dict[str, Any]], goals: list[dict[str, Any]]
+    hook: YandexDirectHook,
+    rules: Sequence[dict[str, Any]],
+    goals: list[dict[str, Any]],
+    default_life_span: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]:
-    """Our rule spec -> Direct ``Rules``; also the goal ids whose life span is ours to compare, and
-    how each segment/goal was resolved.
+    """Our rule spec -> Direct ``Rules``; also the Metrica goal ids (each carries a life span, ours to
+    compare), and how each segment/goal was resolved.
 
     A rule: ``{"operator": "ALL"|"ANY"|"NONE", "segments": [...], "goals": [...]}`` where segments are
     Yandex.Audience segment ids or names (or ``{"segment_id"|"name"|"goal_id": ...}``) and goals are
-    Metrica goal ids or ``{"goal_id": id, "membership_life_span": days}``.
+    Metrica goal ids or ``{"goal_id": id, "membership_life_span": days}``. A goal without its own life
+    span gets ``default_life_span`` (Direct requires one for Metrica goals).
     """
+    from airflow_audience_provider.hooks.yandex_direct import DEFAULT_LIFE_SPAN
+
+    default_span = DEFAULT_LIFE_SPAN if default_life_span is None else default_life_span
     from airflow_audience_provider.core.errors import AudienceValidationError
 
     if not isinstance(rules, list | tuple):
@@ -190,15 +197,14 @@ def build_rules(
             (found,) = hook.resolve_goals([goal_id], goals)
             argument: dict[str, Any] = {"ExternalId": goal_id}
             span = spec.get("membership_life_span")
-            if span is not None:
-                try:
-                    argument["MembershipLifeSpan"] = int(span)
-                except (TypeError, ValueError):
-                    raise AudienceValidationError(
-                        f"Rule {number}: membership_life_span must be a number of days, got {span!r}",
-                        vendor="yandex_direct",
-                    ) from None
-                compare_life_span.append(goal_id)
+            try:
+                argument["MembershipLifeSpan"] = default_span if span is None else int(span)
+            except (TypeError, ValueError):
+                raise AudienceValidationError(
+                    f"Rule {number}: membership_life_span must be a number of days, got {span!r}",
+                    vendor="yandex_direct",
+                ) from None
+            compare_life_span.append(goal_id)
             arguments.append(argument)
             resolved.append({"kind": "goal", "input": goal, **found})
         direct_rules.append({"Operator": operator, "Arguments": arguments})
@@ -222,6 +228,8 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
         (templated). Segments: Audience segment ids (int or digit string) or names, or
         ``{"segment_id"|"name"|"goal_id": ...}``; goals: Metrica goal ids or
         ``{"goal_id": id, "membership_life_span": days}`` (1-540; ignored by Direct for segments).
+    :param membership_life_span: days a Metrica goal counts when its rule does not say (1-540,
+        default 90): Direct requires a life span for every Metrica goal.
     :param description: (templated).
     :param list_type: ``RETARGETING`` (default) or ``AUDIENCE``; immutable once created.
     :param require_available: fail when Direct reports the list unavailable after the write.
@@ -246,11 +254,13 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
         require_available: bool = True,
         max_rules: int = 50,
         max_arguments: int = 250,
+        membership_life_span: int = 90,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.name = name
         self.rules = rules
+        self.membership_life_span = membership_life_span
         self.description = description
         self.list_type = list_type
         self.require_available = require_available
@@ -261,6 +271,7 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
         from airflow_audience_provider.core.errors import AudienceValidationError
         from airflow_audience_provider.core.transport import call_with_read_back
         from airflow_audience_provider.hooks.yandex_direct import (
+            LIFE_SPAN_DAYS,
             LIST_TYPES,
             MAX_DESCRIPTION,
             MAX_NAME,
@@ -279,10 +290,17 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
             )
         if self.list_type not in LIST_TYPES:
             raise AudienceValidationError(f"list_type must be one of {LIST_TYPES}", vendor="yandex_direct")
+        span = self.membership_life_span
+        if isinstance(span, bool) or not isinstance(span, int) or not LIFE_SPAN_DAYS[0] <= span <= LIFE_SPAN_DAYS[1]:
+            raise AudienceValidationError(
+                f"membership_life_span must be {LIFE_SPAN_DAYS[0]}-{LIFE_SPAN_DAYS[1]} days, got {span!r}",
+                vendor="yandex_direct",
+                field="MembershipLifeSpan",
+            )
         hook = self.hook
         goals = hook.get_retargeting_goals()
-        rules, life_span_ids, resolved = build_rules(hook, self.rules, goals)
-        validate_rules(rules, max_rules=self.max_rules, max_arguments=self.max_arguments)
+        rules, life_span_ids, resolved = build_rules(hook, self.rules, goals, span)
+        validate_rules(rules, max_rules=self.max_rules, max_arguments=self.max_arguments, metrica_goals=life_span_ids)
         for item in resolved:
             self.log.info(
                 "Resolved %s %r to Direct goal %s (%s)", item["kind"], item["input"], item["goal_id"], item.get("name")

@@ -61,6 +61,28 @@ AUDIENCE_GOAL_OFFSET = 2_000_000_000
 SERVICES = {
     "retargetinglists": ("add", "get", "update", "delete"),
     "audiencetargets": ("add", "get", "delete", "suspend", "resume", "setBids"),
+    "dictionaries": ("get",),
+}
+#: Dictionaries.get catalogues. Items carry what the notes saw (``Id``, ``InterestType``); the rest of
+#: Direct's item fields are unverified, so the fake adds only a ``Name`` and ``ParentId`` of its own.
+DICTIONARIES: dict[str, list[dict[str, Any]]] = {
+    "AudienceInterests": [
+        {"Id": 2499000001, "ParentId": 0, "Name": "Travel", "InterestType": "LONG_TERM"},
+        {"Id": 2499000002, "ParentId": 2499000001, "Name": "Air travel", "InterestType": "SHORT_TERM"},
+    ],
+    "AudienceDemographicProfiles": [
+        {"Id": 2499001001, "Type": "GENDER", "Name": "Female"},
+        {"Id": 2499001002, "Type": "AGE", "Name": "25-34"},
+    ],
+    "AudienceCriteriaTypes": [
+        {
+            "Id": 2499002001,
+            "Type": "SOCIAL_DEMO",
+            "BlockElementType": "GENDER",
+            "Name": "Gender",
+            "CanSelect": "ONE",
+        },
+    ],
 }
 LIST_FIELDS = (
     "Id",
@@ -473,6 +495,18 @@ class YandexDirectFake(VendorFake):
             raise DirectError(8000, "Invalid request", "Field SelectionCriteria.Ids is required")
         return criteria["Ids"]
 
+    def _dictionaries_get(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        names = params.get("DictionaryNames")
+        if not isinstance(names, list) or not names:
+            raise DirectError(8000, "Invalid request", "Field DictionaryNames is required")
+        unknown = [n for n in names if n not in DICTIONARIES]
+        if unknown:
+            raise DirectError(8000, "Invalid request", f"Unknown value {unknown[0]!r} in DictionaryNames")
+        return {name: [dict(i) for i in DICTIONARIES[name]] for name in names}, 1
+
+    def _metrica_goal_ids(self, account: Account) -> set[int]:
+        return {g["GoalID"] for g in self.goals(account.login) if g["Type"] == "goal"}
+
     def _goal_ids(self, account: Account) -> set[int]:
         return {g["GoalID"] for g in self.goals(account.login)}
 
@@ -480,7 +514,7 @@ class YandexDirectFake(VendorFake):
         return {g["GoalID"] for g in self.goals(account.login) if g["Type"] == "audience"}
 
     @staticmethod
-    def _rule_errors(rules: Any) -> list[dict[str, Any]]:
+    def _rule_errors(rules: Any, metrica_goals: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
         if not isinstance(rules, list) or not rules:
             return [_note(5000, "Required field not specified", "Rules")]
         if len(rules) > MAX_RULES:
@@ -502,6 +536,8 @@ class YandexDirectFake(VendorFake):
                     return [_note(9802, "Element appears more than once", str(external_id))]
                 seen.add(external_id)
                 span = argument.get("MembershipLifeSpan")
+                if span is None and external_id in metrica_goals:
+                    return [_note(5000, "Required field not specified", f"MembershipLifeSpan of goal {external_id}")]
                 if span is not None and (not isinstance(span, int) or not 1 <= span <= 540):
                     return [_note(5005, "Invalid value", "MembershipLifeSpan must be 1-540")]
         if total > MAX_ARGUMENTS:
@@ -554,7 +590,7 @@ class YandexDirectFake(VendorFake):
             unknown = set(item) - {"Name", "Type", "Description", "Rules"}
             if unknown:
                 raise DirectError(8000, "Invalid request", f"Unknown field {sorted(unknown)[0]}")
-            errors = self._list_errors(item, require=True)
+            errors = self._list_errors(item, require=True, account=account)
             if not errors and count >= MAX_LISTS:
                 errors = [_note(7001, "Maximum number of objects reached", f"At most {MAX_LISTS} lists")]
             if errors:
@@ -574,7 +610,7 @@ class YandexDirectFake(VendorFake):
             results.append({"Id": list_id})
         return {"AddResults": results}, self._write_cost(results)
 
-    def _list_errors(self, item: dict[str, Any], require: bool) -> list[dict[str, Any]]:
+    def _list_errors(self, item: dict[str, Any], require: bool, account: Account | None = None) -> list[dict[str, Any]]:
         name = item.get("Name")
         if require or "Name" in item:
             if not isinstance(name, str) or not name.strip():
@@ -587,7 +623,7 @@ class YandexDirectFake(VendorFake):
         if "Type" in item and item["Type"] not in ("RETARGETING", "AUDIENCE"):
             return [_note(5005, "Invalid value", "Type must be RETARGETING or AUDIENCE")]
         if require or "Rules" in item:
-            return self._rule_errors(item.get("Rules"))
+            return self._rule_errors(item.get("Rules"), self._metrica_goal_ids(account) if account else set())
         return []
 
     def _retargetinglists_get(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -616,7 +652,7 @@ class YandexDirectFake(VendorFake):
         for item in items:
             current = account.lists.get(item["Id"])
             errors = [_note(8800, "Object not found", f"Retargeting list {item['Id']}")] if current is None else []
-            errors = errors or self._list_errors(item, require=False)
+            errors = errors or self._list_errors(item, require=False, account=account)
             if not errors and "Rules" in item:
                 was_none = all(r["Operator"] == "NONE" for r in current["Rules"])  # type: ignore[index]
                 now_none = all(r["Operator"] == "NONE" for r in item["Rules"])

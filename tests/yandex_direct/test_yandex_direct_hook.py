@@ -442,3 +442,26 @@ def test_test_connection_reports_a_refused_token_without_raising(set_direct_conn
     ok, message = make_hook("direct_refused").test_connection()
     assert not ok
     assert "Authorization error" in message and "code=53" in message
+
+
+# -- fidelity: Dictionaries, Direct's own sandbox ---------------------------------------------------
+
+
+def test_dictionaries_get_reads_the_audience_catalogues(hook, direct):
+    catalogues = hook.get_dictionaries()
+    assert set(catalogues) == {"AudienceInterests", "AudienceDemographicProfiles", "AudienceCriteriaTypes"}
+    assert all(catalogues[name] and all("Id" in i for i in catalogues[name]) for name in catalogues)
+    assert {i["InterestType"] for i in hook.get_dictionaries(["AudienceInterests"])["AudienceInterests"]} <= {
+        "SHORT_TERM",
+        "LONG_TERM",
+        "ANY",
+    }
+    calls = [r["path"] for r in direct.requests if r["path"].endswith("/dictionaries")]
+    assert calls == ["/json/v5/dictionaries"] * 2
+
+
+def test_goals_in_directs_own_sandbox_are_refused_with_a_clear_message(make_hook, set_direct_conn, direct):
+    hook = make_hook(set_direct_conn("direct_real_sandbox", host="", extra={"sandbox": True}))
+    with pytest.raises(AudienceConfigurationError, match="own sandbox does not support GetRetargetingGoals"):
+        hook.get_retargeting_goals()
+    assert not [r for r in direct.requests if r["path"].startswith("/live/")]

@@ -324,3 +324,34 @@ def test_operator_module_import_is_cheap():
         "airflow_audience_provider.core.transport",
     ):
         assert heavy not in added, heavy
+
+
+# -- fidelity: Metrica goals need a membership life span ----------------------------------------
+
+
+def test_metrica_goals_get_a_membership_life_span_by_default_and_by_parameter(direct, context):
+    rules = [{"operator": "ANY", "segments": [1001], "goals": [PURCHASE_GOAL]}]
+    upsert(name="default span", rules=rules).execute(context)
+    upsert(name="own span", rules=rules, membership_life_span=540).execute(context)
+    spans = {
+        item["Name"]: [a.get("MembershipLifeSpan") for r in item["Rules"] for a in r["Arguments"]]
+        for item in stored_lists(direct)
+    }
+    assert spans == {"default span": [None, 90], "own span": [None, 540]}  # segments carry none
+
+
+@pytest.mark.parametrize("span", [0, 541, "30", True])
+def test_a_bad_membership_life_span_fails_before_anything_is_sent(direct, context, api_calls, span):
+    with pytest.raises(AudienceValidationError, match="membership_life_span"):
+        upsert(rules=[{"operator": "ANY", "goals": [PURCHASE_GOAL]}], membership_life_span=span).execute(context)
+    assert api_calls() == []
+
+
+def test_direct_refuses_a_metrica_goal_without_a_life_span(hook):
+    rules = [{"Operator": "ANY", "Arguments": [{"ExternalId": PURCHASE_GOAL}]}]
+    (outcome,) = hook.add_retargeting_lists([{"Name": "no span", "Rules": rules}])
+    assert outcome["errors"][0]["code"] == 5000 and "MembershipLifeSpan" in outcome["errors"][0]["details"]
+    from airflow_audience_provider.hooks.yandex_direct import validate_rules
+
+    with pytest.raises(AudienceValidationError, match="needs a membership life span"):
+        validate_rules(rules, metrica_goals=[PURCHASE_GOAL])
