@@ -402,30 +402,42 @@ def _unsettled_source(sender: Any) -> Callable[[], float] | None:
 
 
 def _acquire_leases(states: dict[str, _DestState]) -> None:
-    for st in states.values():
-        dest, opts = st.dest, st.dest.options
-        if dest.lease is not None:
-            # Acquired by the caller (e.g. with try_acquire before deferring) or not yet: the engine
-            # holds it through the send and releases it at the end either way.
-            st.lease = dest.lease
-            st.own_lease = True
-            if st.lease.token is None:
-                st.lease.acquire(opts.lease_timeout, opts.lease_poll_interval)
-            continue
-        if dest.snapshot is None or not opts.use_lease:
-            continue
-        from airflow_audience_provider.identifiers.lease import DestinationLease
+    # One order for every run, so two fan-outs over the same destinations cannot hold one each.
+    ordered = sorted(states.values(), key=lambda s: str(s.dest.snapshot.location) if s.dest.snapshot else s.dest.name)
+    for st in ordered:
+        _acquire_lease(st)
+        took_over = getattr(st.lease, "took_over", None)
+        if took_over is not None:
+            st.notes.append(
+                f"took over the lease of a run that did not release it ({took_over.describe()}): "
+                "it crashed or was killed"
+            )
 
-        st.lease = DestinationLease(
-            dest.snapshot.directory / "lease", ttl=opts.lease_ttl, max_clock_skew=opts.max_clock_skew
-        )
+
+def _acquire_lease(st: _DestState) -> None:
+    dest, opts = st.dest, st.dest.options
+    if dest.lease is not None:
+        # Acquired by the caller (e.g. with try_acquire before deferring) or not yet: the engine
+        # holds it through the send and releases it at the end either way.
+        st.lease = dest.lease
         st.own_lease = True
-        try:
+        if st.lease.token is None:
             st.lease.acquire(opts.lease_timeout, opts.lease_poll_interval)
-        except ContactListError:
-            st.status = "blocked"
-            st.lease = None
-            raise
+        return
+    if dest.snapshot is None or not opts.use_lease:
+        return
+    from airflow_audience_provider.identifiers.lease import DestinationLease
+
+    st.lease = DestinationLease(
+        dest.snapshot.directory / "lease", ttl=opts.lease_ttl, max_clock_skew=opts.max_clock_skew
+    )
+    st.own_lease = True
+    try:
+        st.lease.acquire(opts.lease_timeout, opts.lease_poll_interval)
+    except ContactListError:
+        st.status = "blocked"
+        st.lease = None
+        raise
 
 
 def _release(st: _DestState) -> None:

@@ -265,3 +265,24 @@ def test_lease_on_object_storage() -> None:
     first.release()
     assert second.try_acquire() and second.token == 2
     second.release()
+
+
+def test_journal_and_lease_on_object_storage() -> None:
+    import fsspec
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.io import attach
+
+    attach("memory", fs=fsspec.filesystem("memory"))
+    base = ObjectStoragePath("memory://audience-tests/journal-state")
+    vendor = RecordingSender()
+    run(emails(40), vendor, base)  # type: ignore[arg-type]
+    vendor.fail_on_call = len(vendor.calls) + 3
+    with pytest.raises(SendError):
+        run(emails(40, start=25), vendor, base)  # type: ignore[arg-type]
+    directory = SnapshotStore(RULE.vendor, "seg", base).directory
+    assert (directory / "journal.json").exists()
+    vendor.fail_on_call = None
+    result = run(emails(40), vendor, base)  # type: ignore[arg-type]
+    assert result["state"]["recovered"] and vendor.members == hashes(emails(40))
+    assert not (directory / "journal.json").exists()
+    assert [p.name for p in (directory / "lease").iterdir()]  # the lease lives beside the snapshot

@@ -176,7 +176,7 @@ class SyncMachine(RuleBasedStateMachine):
         self._run(rows, mode, {at: [fault]})
 
     @precondition(lambda self: self.kills < 1)
-    @rule(rows=inputs, mode=modes, at=st.integers(1, 5), after_send=st.booleans())
+    @rule(rows=inputs, mode=modes, at=st.integers(1, 3), after_send=st.booleans())
     def killed_run(self, rows: list[str], mode: str, at: int, after_send: bool) -> None:
         STATS["steps"] += 1
         STATS["runs"] += 1
