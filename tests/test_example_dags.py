@@ -47,11 +47,16 @@ def _last_run(env, dag_id):
 
 
 def test_lytics_refresh_dag_end_to_end_and_idempotent_rerun(airflow_env, lytics_fake):
-    first = run_dag_test("example_lytics_segment_refresh", airflow_env, timeout=300)
+    streamed: list[str] = []
+    first = run_dag_test("example_lytics_segment_refresh", airflow_env, timeout=300, on_line=streamed.append)
     assert first.ok, first.log[-4000:]
     assert "running trigger in line" in first.log  # the sensor really deferred
+    assert "\n".join(streamed).strip() == first.log.strip()  # progress sees every line as it comes
 
     summary = read_run(airflow_env, "example_lytics_segment_refresh")
+    # make demo prints the tasks in dependency order
+    assert summary["order"] == ["ensure_group", "upsert_segment", "reevaluate", "wait_for_reevaluation", "report"]
+    assert summary["asset_scheduled"] is False
     run = summary["runs"][-1]
     assert run["state"] == "success"
     tasks = run["tasks"]
@@ -104,4 +109,6 @@ def test_lytics_refresh_dag_fails_when_the_reevaluation_job_fails(airflow_env, l
 def test_lytics_downstream_dag_runs(airflow_env):
     outcome = run_dag_test("example_lytics_downstream", airflow_env, timeout=300)
     assert outcome.ok, outcome.log[-4000:]
-    assert _last_run(airflow_env, "example_lytics_downstream")["tasks"]["use_refreshed_audience"]["state"] == "success"
+    summary = read_run(airflow_env, "example_lytics_downstream")
+    assert summary["runs"][-1]["tasks"]["use_refreshed_audience"]["state"] == "success"
+    assert summary["asset_scheduled"] is True  # make demo explains its empty result by this

@@ -18,6 +18,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,22 +83,41 @@ def run_dag_test(
     timeout: float = 600,
     conf: dict | None = None,
     airflow_bin: str | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> DagTestOutcome:
     """``airflow dags test <dag_id>``; deferred tasks run their triggers inline.
 
     Bounded by ``timeout`` because an inline trigger has no timeout of its own in Airflow.
 
     :param airflow_bin: the ``airflow`` executable to run (default: the one next to this Python).
+    :param on_line: called with each line of output as it is printed (progress reporting).
     """
     command = [airflow_bin or AIRFLOW_BIN, "dags", "test", dag_id]
     if conf:
         command += ["--conf", json.dumps(conf)]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        output = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return DagTestOutcome(dag_id, -1, output + f"\n[timed out after {timeout} s]")
-    return DagTestOutcome(dag_id, done.returncode, done.stdout + done.stderr)
+    lines: list[str] = []
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
+        assert process.stdout is not None
+
+        def pump() -> None:
+            for line in process.stdout:  # type: ignore[union-attr]
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            reader.join(timeout=5)
+            return DagTestOutcome(dag_id, -1, "".join(lines) + f"\n[timed out after {timeout} s]")
+        reader.join(timeout=30)
+    return DagTestOutcome(dag_id, returncode, "".join(lines))
 
 
 _READER = r"""
@@ -108,6 +129,22 @@ from airflow.utils.session import create_session
 
 dag_id = sys.argv[1]
 out = {"dag_id": dag_id, "runs": []}
+try:  # the tasks in dependency order, and whether the DAG is scheduled on Assets
+    from airflow.models.serialized_dag import SerializedDagModel
+    dag = SerializedDagModel.get_dag(dag_id)
+    upstream = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
+    order, done = [], set()
+    while len(order) < len(upstream):
+        ready = sorted(t for t, ups in upstream.items() if t not in done and ups <= done)
+        if not ready:
+            break
+        order += ready
+        done.update(ready)
+    out["order"] = order
+    out["asset_scheduled"] = "Asset" in type(dag.timetable).__name__
+    out["description"] = dag.description
+except Exception as exc:  # an unserialised DAG: keep the database order
+    out["order_error"] = repr(exc)
 with create_session() as session:
     runs = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id).all()
     for run in runs:
