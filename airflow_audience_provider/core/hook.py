@@ -288,7 +288,7 @@ class AudienceHook(BaseHook):
         from airflow_audience_provider.core.errors import AudienceAuthenticationError, AudienceValidationError
 
         token_transport = Transport(
-            self.profile,
+            dataclasses.replace(self.profile, rate_limits=dict(self.rate_limits(settings))),  # the same budgets
             self.base_url(settings),
             None,
             timeouts=self._timeouts_override,
