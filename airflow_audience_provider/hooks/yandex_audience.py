@@ -449,7 +449,7 @@ class YandexAudienceHook(AudienceHook):
     segments_page_size: int = SEGMENTS_PAGE_SIZE
 
     def is_own(self, segment: dict[str, Any]) -> bool:
-        """Whether the connection's login owns the segment (any spelling of it, see :func:`same_login`).
+        """Whether the connection's login owns the segment (any spelling of it, see ``same_login``).
 
         Without a login on the connection every segment counts as own; a segment without
         ``owner`` too.
