@@ -30,8 +30,8 @@ SLOW = 1.0
 #: How long an abandoned request may still land (the fakes apply a slow request after SLOW seconds).
 SETTLE = 2.0
 ATTEMPTS = 3
-LEASE_TTL = 2.0
-LEASE_SKEW = 0.5
+LEASE_TTL = 4.0
+LEASE_SKEW = 1.0
 
 KILL_CHILD = Path(__file__).with_name("kill_child.py")
 
