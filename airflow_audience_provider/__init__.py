@@ -60,4 +60,30 @@ def get_provider_info() -> dict[str, Any]:
             for s in specs
             if s.asset_scheme
         ],
+        "config": {
+            "audience": {
+                "description": "Where the provider keeps state that several workers must share.",
+                "options": {
+                    "snapshot_base_path": {
+                        "description": "Contact-list snapshots, journals and leases: a directory or an "
+                        "ObjectStoragePath URL every worker reaches. Unset: $AIRFLOW_HOME/audience_snapshots, "
+                        "which is local to each host.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "s3://my-bucket/airflow/audience-state",
+                        "default": None,
+                    },
+                    "rate_limit_backend": {
+                        "description": "Client-side rate budgets: file (the default, "
+                        "$AIRFLOW_HOME/audience_ratelimits, shared by one host), memory, a directory, or "
+                        "redis://host:port/db to share them between hosts (needs the redis extra).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "redis://redis:6379/1",
+                        "default": None,
+                        "sensitive": True,
+                    },
+                },
+            }
+        },
     }
