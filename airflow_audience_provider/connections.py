@@ -179,6 +179,14 @@ YANDEX_AUDIENCE = ConnectionSpec(
             10800,
         ),
         ConnField(
+            "upload_bytes_per_second",
+            "Slowest upload rate (bytes/s)",
+            "A file upload's read timeout is the connection's read timeout plus the file's size at this rate, "
+            "because Yandex answers only after checking the whole file.",
+            "number",
+            1_000_000,
+        ),
+        ConnField(
             "writes_per_minute",
             "Segment writes per minute",
             "Client-side quota on segment create/modify requests per login (Yandex documents 10).",

@@ -28,6 +28,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
@@ -50,7 +51,7 @@ from airflow_audience_provider.core.errors import (
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
 from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
-from airflow_audience_provider.core.transport import ErrorInfo, VendorProfile, call_with_read_back
+from airflow_audience_provider.core.transport import ErrorInfo, Timeouts, VendorProfile, call_with_read_back
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ YANDEX_AUDIENCE_SEGMENT_STATUS = StatusMap.of(
 #: Confirm ``content_type`` values and the upload operation each needs (notes §6.1).
 CONTENT_TYPES = {"crm": "upload_csv_file", "idfa_gaid": "upload_file", "mac": "upload_file"}
 MODIFICATION_TYPES = ("addition", "subtraction", "replace")
+#: Slowest upload rate assumed when the read timeout of a file upload is scaled (bytes per second).
+UPLOAD_BYTES_PER_SECOND = 1_000_000.0
 #: ``type`` values of segments made from uploaded files: ``uploading``, and ``universal`` for the
 #: newer one-file-many-columns segments of the web interface (how the API names them is unverified).
 FILE_SEGMENT_TYPES = frozenset({"uploading", "universal"})
@@ -262,6 +265,19 @@ def same_login(a: str | None, b: str | None) -> bool:
     if not a or not b:
         return False
     return canonical_login(a) == canonical_login(b)
+
+
+def _epoch(value: Any) -> float | None:
+    """An ISO-8601 ``create_time`` (``Z`` or an offset) as seconds since the epoch, or None."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _few_data_advice(segment_id: Any) -> str:
@@ -482,9 +498,26 @@ class YandexAudienceHook(AudienceHook):
             found.append(segment)
         return found
 
-    def find_segment(self, name: str, segment_type: str | None = None) -> dict[str, Any] | None:
-        """The login's own segment named ``name``, or None. Several with that name is an error."""
+    def find_segment(
+        self, name: str, segment_type: str | None = None, *, adopt_oldest: bool = False
+    ) -> dict[str, Any] | None:
+        """The login's own segment named ``name``, or None.
+
+        :param adopt_oldest: with several of that name (twins created elsewhere), use the oldest and
+            warn; otherwise several is an error.
+        """
         found = [s for s in self.find_segments(name, segment_type) if s.get("status") != "uploaded"]
+        if len(found) > 1 and adopt_oldest:
+            found.sort(key=lambda s: (_epoch(s.get("create_time")) or 0.0, int(s.get("id") or 0)))
+            others = ", ".join(str(s.get("id")) for s in found[1:])
+            log.warning(
+                "Several Yandex.Audience segments are named %r: using the oldest, %s; the others (%s) are left "
+                "alone and receive nothing; delete or rename them",
+                name,
+                found[0].get("id"),
+                others,
+            )
+            return found[0]
         if len(found) > 1:
             ids = ", ".join(str(s.get("id")) for s in found)
             raise AudienceConflictError(
@@ -510,29 +543,116 @@ class YandexAudienceHook(AudienceHook):
             vendor=VENDOR,
         )
 
+    def upload_timeouts(self, size: int) -> Timeouts:
+        """Timeouts of a file upload of ``size`` bytes: the read timeout grows with the file.
+
+        Yandex answers an upload only after it has read and checked the whole file, so a fixed read
+        timeout fails large files with no fault at all. Assumption: at least
+        ``upload_bytes_per_second`` (connection extra, default 1 MB/s) on top of the connection's
+        read timeout.
+        """
+        base = self.transport.timeouts
+        rate = float(self.settings().get_extra("upload_bytes_per_second", UPLOAD_BYTES_PER_SECOND) or 0)
+        rate = rate if rate > 0 else UPLOAD_BYTES_PER_SECOND
+        return Timeouts(connect=base.connect, read=float(base.read) + size / rate)
+
     def upload_file(self, content: bytes, filename: str = "data.tsv") -> dict[str, Any]:
         """Create a draft from a plain data file (device ids, MACs): ``POST segments/upload_file``.
 
-        The draft is ``uploaded`` until :meth:`confirm_segment`. Not retried after an ambiguous
-        failure (a second upload would leave a second draft).
+        The draft is ``uploaded`` until :meth:`confirm_segment`. Retried safely (see :meth:`upload_draft`).
         """
-        body = self._call(
-            "POST",
-            "segments/upload_file",
-            files={"file": (filename, content, "application/octet-stream")},
-            endpoint_class="write",
-        )
-        return dict(self._unwrap(body, "segment"))
+        return self.upload_draft("segments/upload_file", content, filename)
 
     def upload_csv_file(self, content: bytes, filename: str = "data.csv") -> dict[str, Any]:
-        """Create a draft from a CRM CSV with a header row: ``POST segments/upload_csv_file``."""
-        body = self._call(
-            "POST",
-            "segments/upload_csv_file",
-            files={"file": (filename, content, "application/octet-stream")},
-            endpoint_class="write",
-        )
-        return dict(self._unwrap(body, "segment"))
+        """Create a draft from a CRM CSV with a header row: ``POST segments/upload_csv_file``.
+
+        Retried safely (see :meth:`upload_draft`).
+        """
+        return self.upload_draft("segments/upload_csv_file", content, filename)
+
+    def upload_draft(self, path: str, content: bytes, filename: str) -> dict[str, Any]:
+        """Upload a file as a draft; after a timeout, a dropped connection or a 5xx, find the draft the
+        lost request may have created before sending the file again.
+
+        The file is sent under a name unique to this call (``<stem>-<random>.<ext>``); the draft's
+        ``name`` is that file name until it is confirmed (assumption, as the sandbox does: Yandex
+        names a draft after its file). Before resending, the abandoned request is given time to land,
+        then the segment list is read: a draft of that name is adopted (extra copies are deleted),
+        otherwise the file is sent again.
+        """
+        stem, dot, ext = filename.rpartition(".")
+        unique = f"{stem or filename}-{uuid.uuid4().hex[:12]}{dot}{ext if stem else ''}"
+        timeouts = self.upload_timeouts(len(content))
+
+        def send() -> dict[str, Any]:
+            body = self._call(
+                "POST",
+                path,
+                files={"file": (unique, content, "application/octet-stream")},
+                endpoint_class="write",
+                timeouts=timeouts,
+            )
+            return dict(self._unwrap(body, "segment"))
+
+        def read_back() -> dict[str, Any] | None:
+            self._wait_for_abandoned(2 * timeouts.read)
+            drafts = self.find_drafts(lambda name: name == unique)
+            if not drafts:
+                return None
+            keep, *extra = drafts
+            for twin in extra:
+                self._delete_draft(twin, "a second copy of a resent upload")
+            log.info("Adopted the draft %s of a lost upload instead of uploading again", keep.get("id"))
+            return keep
+
+        return call_with_read_back(send, read_back, what=f"Uploading a file to Yandex.Audience ({path})")
+
+    def _wait_for_abandoned(self, most: float) -> None:
+        """Sleep until an abandoned request of this hook may have landed (at most ``most`` seconds)."""
+        abandoned = self.transport.last_unknown_outcome
+        if abandoned is None:
+            return
+        left = min(abandoned + most, self.transport.unsettled_until() or abandoned + most) - time.monotonic()
+        if left > 0:
+            log.info("Waiting %.0f s for a request whose answer was lost to land before reading back", left)
+            time.sleep(min(left, most))
+
+    def find_drafts(self, name_matches: Callable[[str], bool], since: float | None = None) -> list[dict[str, Any]]:
+        """The login's own unconfirmed drafts (``uploaded``) whose name matches, oldest first.
+
+        :param since: only drafts created at or after this time (seconds since the epoch).
+        """
+        drafts = []
+        for segment in self.iter_segments():
+            if segment.get("status") != "uploaded" or not self.is_own(segment):
+                continue
+            if not name_matches(str(segment.get("name") or "")):
+                continue
+            created = _epoch(segment.get("create_time"))
+            if since is not None and created is not None and created < since:
+                continue
+            drafts.append(segment)
+        return sorted(drafts, key=lambda d: (_epoch(d.get("create_time")) or 0.0, int(d.get("id") or 0)))
+
+    def delete_orphaned_drafts(self, prefix: str) -> list[Any]:
+        """Delete the unconfirmed drafts whose file name starts with ``prefix`` (a destination's drafts
+        left by a run that was killed or timed out); returns their ids."""
+        deleted = []
+        for draft in self.find_drafts(lambda name: name.startswith(prefix)):
+            if self._delete_draft(draft, "left unconfirmed by an earlier run"):
+                deleted.append(draft.get("id"))
+        return deleted
+
+    def _delete_draft(self, draft: dict[str, Any], why: str) -> bool:
+        try:
+            self.delete_segment(draft["id"])
+        except AudienceNotFoundError:
+            return False
+        except AudienceError as exc:
+            log.warning("Could not delete the Yandex.Audience draft %s (%s): %s", draft.get("id"), why, exc.message)
+            return False
+        log.warning("Deleted the unconfirmed Yandex.Audience draft %s: %s", draft.get("id"), why)
+        return True
 
     def confirm_segment(
         self,
@@ -640,6 +760,7 @@ class YandexAudienceHook(AudienceHook):
             files={"file": (filename, content, "application/octet-stream")},
             endpoint_class="write",
             idempotent=True,
+            timeouts=self.upload_timeouts(len(content)),
         )
         return dict(self._unwrap(body, "segment"))
 
@@ -1061,6 +1182,8 @@ class YandexAudienceSegmentSender:
     :param cancel: set when the task is being stopped: a draft uploaded meanwhile is deleted
         instead of confirmed.
     :param on_created: called with the new segment as soon as it exists (push id and link early).
+    :param draft_prefix: the start of the file name of every draft this destination uploads, so the
+        drafts a killed run left behind can be found and deleted by the next run.
     """
 
     def __init__(
@@ -1076,6 +1199,7 @@ class YandexAudienceSegmentSender:
         counter_id: int | str | None = None,
         cancel: threading.Event | None = None,
         on_created: Callable[[dict[str, Any]], None] | None = None,
+        draft_prefix: str = "data",
     ) -> None:
         if content_type == "client_id" and counter_id in (None, ""):
             raise AudienceValidationError("a ClientID segment needs the Metrica counter_id", vendor=VENDOR)
@@ -1089,10 +1213,13 @@ class YandexAudienceSegmentSender:
         self.counter_id = counter_id
         self.cancel = cancel
         self.on_created = on_created
+        self.draft_prefix = draft_prefix
         self.created = False
         self.calls: list[dict[str, Any]] = []
         #: id of a draft uploaded but not yet confirmed (what ``discard_pending_draft`` deletes)
         self.pending_draft: int | str | None = None
+        #: True while a confirm is in flight: its outcome is unknown, so the draft is not deleted then
+        self.confirming = False
 
     @property
     def _is_csv(self) -> bool:
@@ -1101,7 +1228,7 @@ class YandexAudienceSegmentSender:
     def _file(self, chunk: Any) -> tuple[bytes, str]:
         from airflow_audience_provider.identifiers import render_file
 
-        return render_file(chunk.rule, chunk.identifiers), "data.csv" if self._is_csv else "data.tsv"
+        return render_file(chunk.rule, chunk.identifiers), f"{self.draft_prefix}.{'csv' if self._is_csv else 'tsv'}"
 
     def _create(self, chunk: Any) -> Any:
         from airflow_audience_provider.identifiers import ChunkResult
@@ -1116,6 +1243,7 @@ class YandexAudienceSegmentSender:
 
             self.discard_pending_draft()
             raise SyncCancelled("the task was stopped during the upload; the draft was deleted, not confirmed")
+        self.confirming = True
         try:
             if self.content_type == "client_id":
                 # ClientID files have their own confirm (notes §4.1 op 5): counter, no hashing flags.
@@ -1138,6 +1266,8 @@ class YandexAudienceSegmentSender:
                 log.warning("Could not delete the unconfirmed draft %s: %s", draft["id"], cleanup.message)
             self.pending_draft = None
             raise
+        finally:
+            self.confirming = False
         self.pending_draft = None
         self.segment_id = segment["id"]
         self.created = True
@@ -1152,6 +1282,13 @@ class YandexAudienceSegmentSender:
         Without this a stopped task would leave a nameless ``uploaded`` draft in the account
         (pitfall 2; whether drafts expire is not documented).
         """
+        if self.confirming:
+            # The confirm may land: deleting now could delete the new segment. If it does not land, the
+            # next run deletes the draft (its file name carries this destination's draft prefix).
+            log.warning(
+                "Stopped during the confirm of draft %s; the next run cleans it up if needed", self.pending_draft
+            )
+            return
         draft, self.pending_draft = self.pending_draft, None
         if draft is None:
             return

@@ -275,6 +275,11 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator, _Yandex
     def describe_destination(self) -> str:
         return f"Yandex.Audience segment {self.segment_name!r}"
 
+    def draft_prefix(self, hook: Any) -> str:
+        """The start of the file name (a draft's name until confirmed) of every draft this segment uploads."""
+        owner = hook.login or self.yandex_audience_conn_id
+        return "aap-" + hashlib.sha256(f"{owner}\0{self.segment_name}".encode()).hexdigest()[:12]
+
     def destination_key(self, hook: Any) -> str:
         """One snapshot per login and segment name (readable prefix, hash for uniqueness)."""
         owner = hook.login or self.yandex_audience_conn_id
@@ -288,7 +293,12 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator, _Yandex
         content_type = self.content_type or CONTENT_TYPE_BY_IDENTIFIER.get(rule.identifier_type.value, "crm")
         self._check_content_type(rule.identifier_type.value, content_type)
         self._content_type = content_type
-        segment = hook.find_segment(self.segment_name, "uploading")
+        # Under the destination's lease: no other run of this segment is uploading now, so drafts
+        # of ours still unconfirmed were left by a run that was killed or lost its answer.
+        orphans = hook.delete_orphaned_drafts(f"{self.draft_prefix(hook)}-")
+        if orphans:
+            self.log.warning("Deleted %d unconfirmed draft(s) an earlier run left: %s", len(orphans), orphans)
+        segment = hook.find_segment(self.segment_name, "uploading", adopt_oldest=True)
         if segment is None and (self.mode == "remove" or not self.create_if_missing):
             raise AudienceNotFoundError(
                 f"No Yandex.Audience file segment of this login is named {self.segment_name!r}; "
@@ -329,6 +339,7 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator, _Yandex
             counter_id=self.counter_id,
             cancel=cancel,
             on_created=lambda created: self._push_segment(context, created["id"]),
+            draft_prefix=self.draft_prefix(hook),
         )
 
     def vendor_count(self, hook: Any, when: str, recorded: dict[str, Any] | None) -> tuple[int | None, str] | None:

@@ -673,6 +673,9 @@ class _SandboxMiddleware:
                 await _drop_connection(send)
                 return
             if fault.kind == "slow":
+                # The request is read whole before the delay: a client that gives up meanwhile does not
+                # undo it, as on a real server (the request is applied, its answer comes too late).
+                receive = await _buffered(receive)
                 await asyncio.sleep(fault.delay)
             elif fault.kind == "status":
                 extra = {}
@@ -702,6 +705,29 @@ class _SandboxMiddleware:
             await _drop_connection(send)
             return
         await self.app(scope, receive, send_with_id)
+
+
+async def _buffered(receive: Receive) -> Receive:
+    """Read the whole request body now; the returned ``receive`` replays it, then defers to the original."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _reason(status: int) -> str:
