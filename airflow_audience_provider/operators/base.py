@@ -70,7 +70,7 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
             trip through the triggerer.
         """
         hook = self.hook  # resolves a templated connection id
-        status_fn = getattr(hook, trigger_class.status_method)
+        status_fn = trigger_class.status_function(hook)
         trigger = trigger_class.for_wait(
             self.conn_id, status_kwargs, poll_interval=float(poll_interval), deadline=time.time() + float(timeout)
         )

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
@@ -76,12 +77,14 @@ class AudienceWaitSensor(BaseSensorOperator):
 
     # -- modes ------------------------------------------------------------------------------
 
-    def _hook(self) -> Any:
+    @cached_property
+    def hook(self) -> Any:
+        """The vendor hook of this task, built once on first use (after the connection id is rendered)."""
         return self.trigger_class.build_hook(self.conn_id)
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
-        hook = self._hook()
-        status_fn = getattr(hook, self.trigger_class.status_method)
+        hook = self.hook
+        status_fn = self.trigger_class.status_function(hook)
         try:
             answer: PollResult | AudienceError = status_fn(**self.status_kwargs(context))
         except AudienceError as exc:

@@ -152,13 +152,13 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
 
     def on_start(self, context: Context) -> None:
         if self.segment_id:
-            CriteoSegmentLink.persist(context, self._hook().segment_url(str(self.segment_id), self.owner_id or None))
+            CriteoSegmentLink.persist(context, self.hook.segment_url(str(self.segment_id), self.owner_id or None))
 
     def on_done(self, context: Context, result: dict[str, Any]) -> None:
         segment_id = result.get("segment_id") or self.segment_id
         if not segment_id:
             return
-        hook = self._hook()
+        hook = self.hook
         # Started in the triggerer, the task never ran execute(): the link is stored here.
         url = hook.segment_url(str(segment_id), self.owner_id or None)
         CriteoSegmentLink.persist(context, url)

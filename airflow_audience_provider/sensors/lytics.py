@@ -75,16 +75,12 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
         return {"segment_id": self.segment_id, "requested_at": self.requested_at, "job_id": job_id}
 
     def execute(self, context: Context) -> Any:
-        from airflow_audience_provider.hooks.lytics import LyticsHook
-
-        hook = LyticsHook(self.lytics_conn_id)
+        hook = self.hook
         LyticsSegmentLink.persist(context, hook.segment_url({"id": self.segment_id}))
         return super().execute(context)
 
     def on_done(self, context: Context, result: dict[str, Any]) -> None:
-        from airflow_audience_provider.hooks.lytics import LyticsHook
-
-        uri = result.get("asset_uri") or LyticsHook(self.lytics_conn_id).segment_asset_uri({"id": self.segment_id})
+        uri = result.get("asset_uri") or self.hook.segment_asset_uri({"id": self.segment_id})
         result["asset_uri"] = uri
         LyticsSegmentLink.persist(context, result.get("url"))  # the full link, now that the segment was read
         self.emit_asset_event(

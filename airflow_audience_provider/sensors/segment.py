@@ -72,22 +72,16 @@ class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
         return self.segment_conn_id
 
     def status_kwargs(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.hooks.segment import SegmentHook
-
         # The space is resolved here, so the trigger's kwargs name it even when the task did not.
-        return {"audience_id": self.audience_id, "space_id": SegmentHook(self.segment_conn_id).space(self.space_id)}
+        return {"audience_id": self.audience_id, "space_id": self.hook.space(self.space_id)}
 
     def execute(self, context: Context) -> Any:
-        from airflow_audience_provider.hooks.segment import SegmentHook
-
-        hook = SegmentHook(self.segment_conn_id)
+        hook = self.hook
         SegmentAudienceLink.persist(context, hook.audience_url(hook.space(self.space_id), self.audience_id))
         return super().execute(context)
 
     def on_done(self, context: Context, result: dict[str, Any]) -> None:
-        from airflow_audience_provider.hooks.segment import SegmentHook
-
-        hook = SegmentHook(self.segment_conn_id)
+        hook = self.hook
         space = result.get("space_id") or hook.space(self.space_id)
         uri = result.get("asset_uri") or hook.audience_asset_uri(space, self.audience_id)
         result["asset_uri"] = uri

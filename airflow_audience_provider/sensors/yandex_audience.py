@@ -72,9 +72,7 @@ class YandexAudienceSegmentProcessedSensor(AssetEmitterMixin, AudienceWaitSensor
         return {"segment_id": str(self.segment_id).strip()}
 
     def execute(self, context: Context) -> Any:
-        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
-
-        hook = YandexAudienceHook(self.yandex_audience_conn_id)
+        hook = self.hook
         YandexAudienceSegmentLink.persist(context, hook.segment_url(str(self.segment_id).strip()))
         return super().execute(context)
 

@@ -20,7 +20,6 @@ waits all judge the vendor's answer by the same code. The trigger:
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import time
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class AudiencePollingTrigger(BaseTrigger):
-    """Poll ``<hook>.<status_method>(**status_kwargs)`` until done, failed or the deadline.
+    """Poll the hook's status function (:meth:`status_function`) until done, failed or the deadline.
 
     :param conn_id: the Airflow connection id (never the token: kwargs are stored in the DB).
     :param status_kwargs: JSON-simple arguments of the status function.
@@ -46,9 +45,6 @@ class AudiencePollingTrigger(BaseTrigger):
     :param max_consecutive_failures: transient errors in a row tolerated before an ``error`` event.
     """
 
-    #: dotted path of the hook class and the name of its status method; set by subclasses.
-    hook_path: ClassVar[str]
-    status_method: ClassVar[str]
     vendor: ClassVar[str]
     #: what is being waited for, for messages ("reevaluation of segment abc"); formatted with the status kwargs.
     subject: ClassVar[str] = "work"
@@ -123,8 +119,13 @@ class AudiencePollingTrigger(BaseTrigger):
 
     @classmethod
     def build_hook(cls, conn_id: str) -> Any:
-        module_name, class_name = cls.hook_path.rsplit(".", 1)
-        return getattr(importlib.import_module(module_name), class_name)(conn_id)
+        """The vendor hook for ``conn_id``; the vendor module imports its hook class here, on first use."""
+        raise NotImplementedError
+
+    @staticmethod
+    def status_function(hook: Any) -> Callable[..., PollResult]:
+        """The hook's status function this trigger polls: the one its sensor's ``poke`` calls."""
+        raise NotImplementedError
 
     def _make_hook(self) -> Any:
         return self.build_hook(self.conn_id)
@@ -209,7 +210,7 @@ class AudiencePollingTrigger(BaseTrigger):
                 )
             )
             return
-        status_fn = getattr(hook, self.status_method)
+        status_fn = self.status_function(hook)
         failures = 0
         last: PollResult | None = None
         while True:

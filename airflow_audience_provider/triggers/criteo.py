@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.hooks.criteo_cycle import COMPUTATION_HOURS_UTC, PROPAGATION_DELAY
 from airflow_audience_provider.triggers.base import AudiencePollingTrigger
+
+if TYPE_CHECKING:
+    from airflow_audience_provider.core.results import PollResult
+    from airflow_audience_provider.hooks.criteo import CriteoHook
 
 
 def _text(value: Any) -> str:
@@ -47,8 +51,6 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
     ``criteo_conn_id``) are rendered at the start of ``run()``.
     """
 
-    hook_path = "airflow_audience_provider.hooks.criteo.CriteoHook"
-    status_method = "computation_status"
     vendor = "criteo"
     subject = "Criteo computation of the changes uploaded at {uploaded_at}"
     conn_field = "criteo_conn_id"
@@ -61,6 +63,16 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
         "owner_id": _optional_text,
         "min_identifiers": _optional_int,
     }
+
+    @classmethod
+    def build_hook(cls, conn_id: str) -> CriteoHook:
+        from airflow_audience_provider.hooks.criteo import CriteoHook
+
+        return CriteoHook(conn_id)
+
+    @staticmethod
+    def status_function(hook: CriteoHook) -> Callable[..., PollResult]:
+        return hook.computation_status
 
     def __init__(
         self,

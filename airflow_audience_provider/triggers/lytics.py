@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from airflow_audience_provider.triggers.base import AudiencePollingTrigger
+
+if TYPE_CHECKING:
+    from airflow_audience_provider.core.results import PollResult
+    from airflow_audience_provider.hooks.lytics import LyticsHook
 
 
 class LyticsReevaluationTrigger(AudiencePollingTrigger):
@@ -13,7 +20,15 @@ class LyticsReevaluationTrigger(AudiencePollingTrigger):
     the completion signal.
     """
 
-    hook_path = "airflow_audience_provider.hooks.lytics.LyticsHook"
-    status_method = "reevaluation_status"
     vendor = "lytics"
     subject = "reevaluation of Lytics segment {segment_id}"
+
+    @classmethod
+    def build_hook(cls, conn_id: str) -> LyticsHook:
+        from airflow_audience_provider.hooks.lytics import LyticsHook
+
+        return LyticsHook(conn_id)
+
+    @staticmethod
+    def status_function(hook: LyticsHook) -> Callable[..., PollResult]:
+        return hook.reevaluation_status

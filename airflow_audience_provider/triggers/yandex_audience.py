@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from airflow_audience_provider.triggers.base import AudiencePollingTrigger
+
+if TYPE_CHECKING:
+    from airflow_audience_provider.core.results import PollResult
+    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
 
 
 class YandexAudienceSegmentProcessedTrigger(AudiencePollingTrigger):
@@ -13,7 +20,15 @@ class YandexAudienceSegmentProcessedTrigger(AudiencePollingTrigger):
     each poll costs one request of the login's daily budget, so poll every few minutes.
     """
 
-    hook_path = "airflow_audience_provider.hooks.yandex_audience.YandexAudienceHook"
-    status_method = "segment_status"
     vendor = "yandex_audience"
     subject = "processing of Yandex.Audience segment {segment_id}"
+
+    @classmethod
+    def build_hook(cls, conn_id: str) -> YandexAudienceHook:
+        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+
+        return YandexAudienceHook(conn_id)
+
+    @staticmethod
+    def status_function(hook: YandexAudienceHook) -> Callable[..., PollResult]:
+        return hook.segment_status
