@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
@@ -16,12 +17,15 @@ from airflow_audience_provider.core.waiting import judge, log_judgement, outcome
 if TYPE_CHECKING:
     from airflow_audience_provider.core.hook import AudienceHook
     from airflow_audience_provider.core.results import PollResult
+    from airflow_audience_provider.core.transport import Timeouts
 
 log = logging.getLogger(__name__)
 
 
 class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
-    """Base of the vendor operators. The hook is imported and built lazily in ``execute``.
+    """Base of the vendor operators. Each vendor base names its connection attribute
+    (``<vendor>_conn_id``, returned by :attr:`conn_id`) and builds its hook in a cached ``hook``
+    property that imports the hook class on first use, so DAG parsing stays cheap.
 
     :param connect_timeout: seconds to wait for a connection, overriding the Airflow connection.
     :param read_timeout: seconds to wait for each read, overriding the Airflow connection.
@@ -30,13 +34,9 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
     :param asset_alias: name of the AssetAlias the events are added to.
     """
 
-    #: "module.Class" of the vendor hook, imported on first use (keeps DAG parsing cheap).
-    hook_path: ClassVar[str]
-
     def __init__(
         self,
         *,
-        conn_id: str,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
         emit_asset: bool = True,
@@ -45,10 +45,29 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
     ) -> None:
         self._asset_outlets(kwargs, emit_asset, asset_alias)
         super().__init__(**kwargs)
-        self.conn_id = conn_id
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._hook_instance: AudienceHook | None = None
+
+    @property
+    def conn_id(self) -> str:
+        """The Airflow connection id: the vendor base's ``<vendor>_conn_id`` (possibly rendered)."""
+        raise NotImplementedError
+
+    @cached_property
+    def hook(self) -> AudienceHook:
+        """The vendor hook of this task, built on first use (after the connection id is rendered)."""
+        raise NotImplementedError
+
+    def timeouts(self) -> Timeouts | None:
+        """The connect and read timeouts the task sets over the connection's, if any."""
+        if not (self.connect_timeout or self.read_timeout):
+            return None
+        from airflow_audience_provider.core.transport import Timeouts  # requests: not at DAG parse
+
+        return Timeouts(
+            connect=float(self.connect_timeout or Timeouts.connect),
+            read=float(self.read_timeout or Timeouts.read),
+        )
 
     def wait_for(
         self,
@@ -69,7 +88,7 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
         :param look_first: in deferrable mode, look once before deferring: finished work needs no
             trip through the triggerer.
         """
-        hook = self.hook  # resolves a templated connection id
+        hook = self.hook
         status_fn = trigger_class.status_function(hook)
         trigger = trigger_class.for_wait(
             self.conn_id, status_kwargs, poll_interval=float(poll_interval), deadline=time.time() + float(timeout)
@@ -94,24 +113,6 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
             subject=trigger.describe_subject(),
             vendor=trigger_class.vendor,
         )
-
-    @property
-    def hook(self) -> Any:
-        if self._hook_instance is None:
-            import importlib
-
-            from airflow_audience_provider.core.transport import Timeouts
-
-            module_name, class_name = self.hook_path.rsplit(".", 1)
-            hook_cls = getattr(importlib.import_module(module_name), class_name)
-            timeouts = None
-            if self.connect_timeout or self.read_timeout:
-                timeouts = Timeouts(
-                    connect=float(self.connect_timeout or Timeouts.connect),
-                    read=float(self.read_timeout or Timeouts.read),
-                )
-            self._hook_instance = hook_cls(self.conn_id, timeouts=timeouts)
-        return self._hook_instance
 
 
 def wait_in_worker(

@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.connections import CRITEO
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
     from airflow_audience_provider.hooks.criteo import BulkResult, CriteoHook
 
-_HOOK = "airflow_audience_provider.hooks.criteo.CriteoHook"
 SEGMENT_ASSET_ALIAS = "criteo-segments"
 AUDIENCE_ASSET_ALIAS = "criteo-audiences"
 PARTIAL_FAILURE_MODES = ("fail", "warn")
@@ -33,7 +33,6 @@ UPLOAD_MODES = MODES
 
 
 class _CriteoOperator(AudienceBaseOperator):
-    hook_path = _HOOK
     default_asset_alias = SEGMENT_ASSET_ALIAS
 
     def __init__(
@@ -43,16 +42,21 @@ class _CriteoOperator(AudienceBaseOperator):
         on_partial_failure: str = "fail",
         **kwargs: Any,
     ) -> None:
-        super().__init__(conn_id=criteo_conn_id, **kwargs)
+        super().__init__(**kwargs)
         if on_partial_failure not in PARTIAL_FAILURE_MODES:
             raise ValueError(f"on_partial_failure must be one of {PARTIAL_FAILURE_MODES}, got {on_partial_failure!r}")
         self.criteo_conn_id = criteo_conn_id
         self.on_partial_failure = on_partial_failure
 
     @property
+    def conn_id(self) -> str:
+        return self.criteo_conn_id
+
+    @cached_property
     def hook(self) -> CriteoHook:
-        self.conn_id = self.criteo_conn_id  # may have been templated
-        return super().hook
+        from airflow_audience_provider.hooks.criteo import CriteoHook
+
+        return CriteoHook(self.criteo_conn_id, timeouts=self.timeouts())
 
     def _remember_deleted(self, context: Context, kind: str, ids: list[str]) -> None:
         """Report deleted objects to OpenLineage: they changed. Delete operators do not emit Asset

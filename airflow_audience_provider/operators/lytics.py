@@ -7,6 +7,7 @@ name before anything is created, so a retried task updates instead of duplicatin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
@@ -20,22 +21,25 @@ if TYPE_CHECKING:
 
     from airflow_audience_provider.hooks.lytics import LyticsHook
 
-_HOOK = "airflow_audience_provider.hooks.lytics.LyticsHook"
 ASSET_ALIAS = "lytics-segments"
 
 
 class _LyticsOperator(AudienceBaseOperator):
-    hook_path = _HOOK
     default_asset_alias = ASSET_ALIAS
 
     def __init__(self, *, lytics_conn_id: str = LYTICS.default_conn_name, **kwargs: Any) -> None:
-        super().__init__(conn_id=lytics_conn_id, **kwargs)
+        super().__init__(**kwargs)
         self.lytics_conn_id = lytics_conn_id
 
     @property
+    def conn_id(self) -> str:
+        return self.lytics_conn_id
+
+    @cached_property
     def hook(self) -> LyticsHook:
-        self.conn_id = self.lytics_conn_id  # may have been templated
-        return super().hook
+        from airflow_audience_provider.hooks.lytics import LyticsHook
+
+        return LyticsHook(self.lytics_conn_id, timeouts=self.timeouts())
 
     def _segment_result(self, context: Context, segment: dict[str, Any], **fields: Any) -> dict[str, Any]:
         """Push the id and link at once, and build the small XCom result."""

@@ -18,6 +18,7 @@ retries (the lock clears by itself).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
     from airflow_audience_provider.hooks.segment import SegmentHook
 
-_HOOK = "airflow_audience_provider.hooks.segment.SegmentHook"
 ASSET_ALIAS = "segment-audiences"
 
 
@@ -45,7 +45,6 @@ class _SegmentOperator(AudienceBaseOperator):
     :param deferrable: wait for the lock in the triggerer (default: ``[operators] default_deferrable``).
     """
 
-    hook_path = _HOOK
     default_asset_alias = ASSET_ALIAS
     ui_color = "#e8f5e9"
 
@@ -59,7 +58,7 @@ class _SegmentOperator(AudienceBaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(conn_id=segment_conn_id, **kwargs)
+        super().__init__(**kwargs)
         self.segment_conn_id = segment_conn_id
         self.space_id = space_id
         self.lock_timeout = lock_timeout
@@ -67,9 +66,14 @@ class _SegmentOperator(AudienceBaseOperator):
         self.deferrable = deferrable
 
     @property
+    def conn_id(self) -> str:
+        return self.segment_conn_id
+
+    @cached_property
     def hook(self) -> SegmentHook:
-        self.conn_id = self.segment_conn_id  # may have been templated
-        return super().hook
+        from airflow_audience_provider.hooks.segment import SegmentHook
+
+        return SegmentHook(self.segment_conn_id, timeouts=self.timeouts())
 
     def _publish(self, context: Context, space: str, audience: dict[str, Any], **fields: Any) -> dict[str, Any]:
         """Push the id and the link at once, and build the small XCom result."""

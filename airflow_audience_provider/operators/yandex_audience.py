@@ -13,6 +13,7 @@ import hashlib
 import re
 import threading
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_audience_provider.connections import YANDEX_AUDIENCE
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
     from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
 
-_HOOK = "airflow_audience_provider.hooks.yandex_audience.YandexAudienceHook"
 ASSET_ALIAS = "yandex-audience-segments"
 VENDOR = "yandex_audience"
 UPLOAD_MODES = MODES
@@ -43,17 +43,21 @@ CONTENT_TYPE_BY_IDENTIFIER = {
 
 
 class _YandexAudienceOperator(AudienceBaseOperator):
-    hook_path = _HOOK
     default_asset_alias = ASSET_ALIAS
 
     def __init__(self, *, yandex_audience_conn_id: str = YANDEX_AUDIENCE.default_conn_name, **kwargs: Any) -> None:
-        super().__init__(conn_id=yandex_audience_conn_id, **kwargs)
+        super().__init__(**kwargs)
         self.yandex_audience_conn_id = yandex_audience_conn_id
 
     @property
+    def conn_id(self) -> str:
+        return self.yandex_audience_conn_id
+
+    @cached_property
     def hook(self) -> YandexAudienceHook:
-        self.conn_id = self.yandex_audience_conn_id  # may have been templated
-        return super().hook
+        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+
+        return YandexAudienceHook(self.yandex_audience_conn_id, timeouts=self.timeouts())
 
     def _push_segment(self, context: Context, segment_id: Any) -> None:
         """Push the id and the link as soon as the segment exists, so a failed task still links to it."""

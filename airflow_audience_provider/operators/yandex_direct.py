@@ -17,6 +17,7 @@ carries the points this task spent (``units``), read from Direct's ``Units`` hea
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.connections import YANDEX_DIRECT
@@ -42,8 +43,6 @@ class _YandexDirectOperator(AudienceBaseOperator):
         were applied; ``"warn"`` logs it and succeeds.
     """
 
-    hook_path = "airflow_audience_provider.hooks.yandex_direct.YandexDirectHook"
-
     def __init__(
         self,
         *,
@@ -53,7 +52,7 @@ class _YandexDirectOperator(AudienceBaseOperator):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("emit_asset", False)  # Direct objects have no Asset scheme
-        super().__init__(conn_id=yandex_direct_conn_id, **kwargs)
+        super().__init__(**kwargs)
         if on_item_error not in ON_ITEM_ERROR:
             raise ValueError(f"on_item_error must be one of {ON_ITEM_ERROR}, got {on_item_error!r}")
         self.yandex_direct_conn_id = yandex_direct_conn_id
@@ -61,21 +60,16 @@ class _YandexDirectOperator(AudienceBaseOperator):
         self.on_item_error = on_item_error
 
     @property
-    def hook(self) -> YandexDirectHook:
-        if self._hook_instance is None:
-            from airflow_audience_provider.core.transport import Timeouts
-            from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
+    def conn_id(self) -> str:
+        return self.yandex_direct_conn_id
 
-            timeouts = None
-            if self.connect_timeout or self.read_timeout:
-                timeouts = Timeouts(
-                    connect=float(self.connect_timeout or Timeouts.connect),
-                    read=float(self.read_timeout or Timeouts.read),
-                )
-            self._hook_instance = YandexDirectHook(
-                self.yandex_direct_conn_id, client_login=self.client_login or None, timeouts=timeouts
-            )
-        return self._hook_instance  # type: ignore[return-value]
+    @cached_property
+    def hook(self) -> YandexDirectHook:
+        from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
+
+        return YandexDirectHook(
+            self.yandex_direct_conn_id, client_login=self.client_login or None, timeouts=self.timeouts()
+        )
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Run the operation; whatever happens, log the points this task spent (Direct charges errors too)."""
@@ -83,7 +77,7 @@ class _YandexDirectOperator(AudienceBaseOperator):
         try:
             return self._execute(context)
         finally:
-            if not self._units_logged and self._hook_instance is not None and self.hook.calls:
+            if not self._units_logged and "hook" in self.__dict__ and self.hook.calls:
                 self._units()
 
     def _execute(self, context: Context) -> dict[str, Any]:
