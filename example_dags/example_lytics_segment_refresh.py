@@ -27,6 +27,7 @@ from airflow_audience_provider.sensors.lytics import LyticsSegmentReevaluatedSen
 # Lytics has no published completion signal or quota for reevaluation; poll every few minutes.
 # The demo and the tests shorten this through the environment.
 POLL_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_POLL_SECONDS", "300"))
+SETTLE_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_SETTLE_SECONDS", "900"))
 
 with DAG(
     dag_id="example_lytics_segment_refresh",
@@ -72,7 +73,9 @@ with DAG(
         task_id="wait_for_reevaluation",
         segment_id="{{ ti.xcom_pull(task_ids='reevaluate')['segment_id'] }}",
         requested_at="{{ ti.xcom_pull(task_ids='reevaluate')['requested_at'] }}",
-        job_id="{{ ti.xcom_pull(task_ids='reevaluate')['job_id'] or '' }}",
+        # Lytics documents no "done" signal: a job of the segment completing, or the size staying
+        # the same over 3 readings this far apart, ends the wait (see the sensor's docs).
+        settle_interval=SETTLE_SECONDS,
         deferrable=True,
         poke_interval=POLL_SECONDS,
         timeout=2 * 60 * 60,

@@ -45,6 +45,8 @@ class OpenApiCheck:
     check_media_types = False
     #: Also validate error answers whose status the operation declares (the rest are skipped).
     check_error_answers = False
+    #: The path of the document's server under the base URL (Lytics: ``/v2``).
+    server_path = ""
 
     def __init__(self, documents: Mapping[Hashable, Path]) -> None:
         self._paths = dict(documents)
@@ -99,7 +101,7 @@ class OpenApiCheck:
         cache_key = (key, base_url)
         if cache_key not in self._apis:
             spec = copy.deepcopy(self.raw(key))
-            spec["servers"] = [{"url": base_url}]
+            spec["servers"] = [{"url": base_url + self.server_path}]
             # openapi-core cannot check every scheme (OAuth2 warns "Unsupported scheme type"); the fakes check auth.
             spec.pop("security", None)
             for operations in spec["paths"].values():
@@ -131,7 +133,7 @@ class OpenApiCheck:
             # Literal segments win over parameters (``/audiences/previews`` before ``/audiences/{id}``).
             routes.sort(key=lambda route: route[2].count("{"))
             self._routes[key] = routes
-        prefix = requests.utils.urlparse(base_url or self.base_url).path.rstrip("/")
+        prefix = requests.utils.urlparse(base_url or self.base_url).path.rstrip("/") + self.server_path
         relative = path[len(prefix) :] if prefix and path.startswith(prefix) else path
         for pattern, name, _template, operation in self._routes[key]:
             if name == method.lower() and pattern.match(relative):
@@ -271,3 +273,54 @@ class SegmentSpecCheck(OpenApiCheck):
         copied = prepared.copy()
         copied.url = urlunsplit(parts._replace(query=urlencode(pairs)))
         return copied
+
+
+# -- Lytics -------------------------------------------------------------------------------------
+
+#: The excerpt of Lytics' API v2 document: every segment path it has (provenance in SOURCES.md).
+LYTICS_DOCUMENT = Path(__file__).resolve().parent / "sandbox" / "specs" / "lytics-api-v2-openapi.segments-excerpt.json"
+
+
+class LyticsSpecCheck(OpenApiCheck):
+    """Lytics' v2 segment exchanges against the excerpt, where it covers the operation.
+
+    Paths the excerpt does not have (groups, jobs, ancestors, reevaluate, every v1 path) are
+    skipped. The document declares list answers as ``allOf: [ApiResponse, {data: array}]`` while
+    ``ApiResponse.data`` is an object; the two parts are merged (later wins) so the document's
+    meaning, "an ApiResponse with this data", is what gets checked.
+    """
+
+    vendor = "Lytics"
+    check_error_answers = True
+    server_path = "/v2"
+
+    def __init__(self) -> None:
+        super().__init__({"lytics": LYTICS_DOCUMENT})
+
+    def document_for(self, path: str) -> str | None:
+        if not path.startswith("/v2/segment"):
+            return None
+        rest = path[len("/v2") :]
+        if rest.split("/")[2:3] in (["group"], ["reevaluate"]) or (rest.count("/") > 2 and "exclude" not in rest):
+            return None
+        return "lytics"
+
+    def prepare(self, spec: dict[str, Any]) -> None:
+        schemas = spec["components"]["schemas"]
+        for operations in spec["paths"].values():
+            for operation in operations.values():
+                body = (operation.get("requestBody") or {}).get("content") or {}
+                if "*/*" in body:  # Lytics reads JSON; the document leaves the type open
+                    body["application/json"] = body.pop("*/*")
+                for answer in (operation.get("responses") or {}).values():
+                    for media in (answer.get("content") or {}).values():
+                        if "allOf" in media.get("schema", {}):
+                            media["schema"] = _merge_all_of(media["schema"], schemas)
+
+
+def _merge_all_of(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {"type": "object", "properties": {}}
+    for part in schema["allOf"]:
+        resolved = schemas[part["$ref"].rsplit("/", 1)[1]] if "$ref" in part else part
+        merged["properties"].update(copy.deepcopy(resolved.get("properties", {})))
+    return merged

@@ -36,8 +36,9 @@ def airflow_env(sandbox, tmp_path_factory):
 def lytics_fake(sandbox):
     fake = sandbox.fake("lytics")
     fake.reset()
-    # Long enough that the sensor's first poke finds the job still running, so it really defers.
-    fake.configure(processing_seconds=4)
+    # Long enough that the sensor's first poke finds the job still running, so it really defers;
+    # the reevaluation is listed as a job, so the sensor ends on the job signal.
+    fake.configure(processing_seconds=4, list_reevaluation_jobs=1)
     yield fake
     fake.reset()
 

@@ -4,32 +4,36 @@ Method names follow the Lytics operations in the seed document ("List Segments",
 a Segment", ...), so the vendor's docs are the index. Paths follow the seed where it and the
 older published specs disagree; the alternative is noted where relevant.
 
-Authentication: the API token is sent as the raw ``Authorization`` value (no ``Bearer``).
-``account_id`` from the connection is sent on every call so that a token with access to
-several accounts can never touch the wrong one.
+Authentication: the API token is sent as the raw ``Authorization`` value (no ``Bearer``), on
+v2 and v1 paths alike. ``account_id`` from the connection is sent on every v2 call so that a
+token with access to several accounts can never touch the wrong one; it is a v2 parameter, so
+v1 calls (sizes, validate, ad-hoc size) do not send it.
+
+**Reevaluate** posts to the seed's ``POST /v2/segment/{id}/reevaluate``; when that path answers
+404, to ``POST /v2/segment/reevaluate`` with ``{"id"}`` (the form Lytics' own tooling uses). No
+document shows the answer's shape, so nothing is read from it.
 
 **When is a reevaluation finished?** Lytics documents no completion signal (the segment has no
-status field). This provider defines one from the seed's endpoints, see
-:meth:`LyticsHook.reevaluation_status`:
+status field). This provider uses a *heuristic* built from what the API does offer, see
+:meth:`LyticsHook.reevaluation_status`; whichever of these comes first ends the wait:
 
-1. ``POST /v2/segment/{id}/reevaluate`` starts it. If the answer names a job
-   (``data.job_id``), that job is tracked; otherwise the jobs of the segment
-   (``GET /v2/segment/{id}/jobs``) created at or after the request time are tracked.
-2. The reevaluation is **done** when every tracked job is ``completed``; it has **failed** as
-   soon as one is ``failed``, ``deleted``, ``deleting`` or ``fault-N``, or when the segment
-   turns ``invalid``. Any other job state (``running``, ``initializing``, ``sleeping``, ...)
-   means still working; states we do not know are reported verbatim and waited on.
-3. Until a tracked job is listed, the reevaluation counts as still working.
+1. **A job of the segment completes**: a job listed by ``GET /v2/segment/{id}/jobs`` (if the
+   account serves that path) created at or after the request, or the job named by the user.
+   Such a job ending ``failed``, ``deleted``, ``deleting`` or ``fault-N`` fails the wait.
+2. **The size settles**: the segment's size, read after the request in polls at least
+   ``settle_interval`` seconds apart, is the same in ``settle_polls`` consecutive polls.
+   This cannot tell a reevaluation that has not started from one that has finished; choose an
+   interval longer than the account's reevaluations take.
 
-Assumption (unverified against a live account): Lytics lists reevaluation work among the
-segment's jobs. If your account does not, the sensor waits until its timeout; the sandbox
-behaves as described above.
+An ``invalid`` segment fails the wait at once. Unknown job states are reported verbatim and
+waited on.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -80,6 +84,10 @@ SERVER_MANAGED_FIELDS = frozenset(
 
 #: Clock skew tolerated when matching jobs to a reevaluation request by creation time.
 JOB_CLOCK_SKEW = timedelta(seconds=5)
+#: "The size has settled": this many consecutive equal readings ...
+DEFAULT_SETTLE_POLLS = 3
+#: ... at least this many seconds apart (longer than a typical reevaluation takes).
+DEFAULT_SETTLE_INTERVAL = 600.0
 
 _ALIAS = re.compile(r"\bALIAS\s+`?([A-Za-z0-9_\-]+)`?", re.IGNORECASE)
 _FROM = re.compile(r"\bFROM\s+`?([A-Za-z0-9_\-]+)`?", re.IGNORECASE)
@@ -89,8 +97,168 @@ _LITERALS_AND_COMMENTS = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|--[
 
 
 def _code_only(segment_ql: str | None) -> str:
-    """The statement without string literals and comments, for keyword searches."""
-    return _LITERALS_AND_COMMENTS.sub(" ", segment_ql or "")
+    """The statement without string literals and comments, for keyword searches.
+
+    Each literal or comment becomes as many spaces as it had characters, so positions hold.
+    """
+    return _LITERALS_AND_COMMENTS.sub(lambda m: " " * len(m.group(0)), segment_ql or "")
+
+
+_TRAILING_CLAUSE = re.compile(r"\b(WITH|ALIAS)\b", re.IGNORECASE)
+
+
+def with_table(segment_ql: str, table: str) -> str:
+    """The statement with ``FROM <table>`` when it names no table.
+
+    Lytics reads a statement without ``FROM`` as ``FROM user``, and an update that changes the
+    table creates another segment (pitfall 2), so the segment's table is always written out.
+    """
+    code = _code_only(segment_ql)
+    if _FROM.search(code):
+        return segment_ql
+    clause = _TRAILING_CLAUSE.search(code)
+    if clause is None:
+        return f"{segment_ql.rstrip()} FROM {table}"
+    at = clause.start()
+    return f"{segment_ql[:at].rstrip()} FROM {table} {segment_ql[at:]}"
+
+
+_QL_TOKEN = re.compile(
+    r"""\s+|--[^\n]*
+    |(?P<str>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')
+    |(?P<bt>`[^`]*`)
+    |(?P<op>==|!=|>=|<=|=|>|<)
+    |(?P<punct>[(),*])
+    |(?P<word>[^\s(),`"'=!<>]+)""",
+    re.VERBOSE,
+)
+_QL_OPS = {"==": "=", "=": "=", "!=": "!=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
+_QL_LIST_OPS = {"IN", "INTERSECTS"}
+_QL_CLAUSES = {"FROM", "WITH", "ALIAS"}
+
+
+class _QLUnsupported(ValueError):
+    """A statement this small reader does not know how to turn into Lytics' parsed form."""
+
+
+def parse_segment_ql(segment_ql: str) -> dict[str, Any] | None:
+    """The parsed form (``models.Expr``: ``op``/``args``/``ident``/``val``) of the ``FILTER`` part,
+    in the shape the vendor notes show for Lytics' ``ast``, or None when the statement uses
+    something this reader does not cover (functions, ``WITH`` settings): callers then fall back
+    to comparing text, which at worst costs an unneeded update, never a missed one.
+    """
+    tokens: list[tuple[str, str]] = []
+    for match in _QL_TOKEN.finditer(segment_ql or ""):
+        kind = match.lastgroup
+        if kind is None:
+            continue
+        value = match.group(kind)
+        if kind == "str":
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        elif kind == "bt":
+            value = value[1:-1]
+        tokens.append((kind, value))
+    tokens.append(("eof", ""))
+    position = 0
+
+    def peek(ahead: int = 0) -> tuple[str, str]:
+        return tokens[min(position + ahead, len(tokens) - 1)]
+
+    def take() -> tuple[str, str]:
+        nonlocal position
+        token = tokens[position]
+        position += 1
+        return token
+
+    def keyword(token: tuple[str, str], *words: str) -> bool:
+        return token[0] == "word" and token[1].upper() in words
+
+    def expect(char: str) -> None:
+        if take() != ("punct", char):
+            raise _QLUnsupported(char)
+
+    def literal() -> str:
+        kind, value = take()
+        if kind not in ("str", "word"):
+            raise _QLUnsupported(value)
+        return value
+
+    def ident() -> dict[str, Any]:
+        kind, value = take()
+        if kind not in ("bt", "word") or (kind == "word" and value.upper() in _QL_CLAUSES):
+            raise _QLUnsupported(value)
+        return {"ident": value}
+
+    def phrase() -> dict[str, Any]:
+        token = peek()
+        if keyword(token, "AND", "OR") and peek(1) == ("punct", "("):
+            take()
+            take()
+            args = [phrase()]
+            while peek() == ("punct", ","):
+                take()
+                args.append(phrase())
+            expect(")")
+            return {"op": token[1].lower(), "args": args}
+        if keyword(token, "NOT"):
+            take()
+            return {"op": "not", "args": [phrase()]}
+        if token == ("punct", "("):
+            take()
+            inner = phrase()
+            expect(")")
+            return inner
+        if keyword(token, "EXISTS"):
+            take()
+            return {"op": "exists", "args": [ident()]}
+        if keyword(token, "INCLUDE"):
+            take()
+            return {"op": "include", "args": [ident()]}
+        if peek(1) == ("punct", "("):
+            raise _QLUnsupported("function")
+        field = ident()
+        kind, value = peek()
+        if kind == "op":
+            take()
+            return {"op": _QL_OPS[value], "args": [field, {"val": literal()}]}
+        negated = keyword((kind, value), "NOT")
+        if negated:
+            take()
+            kind, value = peek()
+        word = value.upper() if kind == "word" else ""
+        if word in _QL_LIST_OPS:
+            take()
+            expect("(")
+            values = [literal()]
+            while peek() == ("punct", ","):
+                take()
+                values.append(literal())
+            expect(")")
+            node: dict[str, Any] = {"op": word.lower(), "args": [field, *({"val": v} for v in values)]}
+        elif word in ("CONTAINS", "LIKE"):
+            take()
+            node = {"op": word.lower(), "args": [field, {"val": literal()}]}
+        else:
+            raise _QLUnsupported(value)
+        return {"op": "not", "args": [node]} if negated else node
+
+    try:
+        if not keyword(take(), "FILTER"):
+            return None
+        if peek() == ("punct", "*") or keyword(peek(), "MATCH_ALL"):
+            take()
+            ast: dict[str, Any] = {"op": "*"}
+        else:
+            ast = phrase()
+        while peek()[0] != "eof":
+            clause = take()
+            if keyword(clause, "FROM", "ALIAS"):
+                take()
+            else:
+                return None
+    except (_QLUnsupported, IndexError, KeyError):
+        return None
+    return ast
 
 
 def parse_lytics_error(response: requests.Response) -> ErrorInfo:
@@ -112,6 +280,31 @@ def parse_lytics_error(response: requests.Response) -> ErrorInfo:
             details=[{"code": e.get("code"), "message": e.get("message")} for e in errors if isinstance(e, dict)],
         )
     return ErrorInfo(message=body.get("message"), request_id=body.get("request_id"))
+
+
+def _size_settled(
+    history: list[list[float]] | None,
+    size: Any,
+    since: datetime | None,
+    polls: int,
+    interval: float,
+) -> bool:
+    """Record a size reading in ``history`` (in place) and say whether the last ``polls`` agree.
+
+    A reading counts only after the request and at least ``interval`` seconds after the last
+    counted one; a reading that differs restarts the count.
+    """
+    if history is None or polls <= 0 or not isinstance(size, int | float) or isinstance(size, bool):
+        return False
+    now = time.time()
+    if since is not None and now < since.timestamp():
+        return False
+    if history and now - history[-1][0] < interval:
+        return False
+    if history and history[-1][1] != size:
+        history.clear()
+    history.append([now, float(size)])
+    return len(history) >= polls
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -169,10 +362,16 @@ class LyticsHook(AudienceHook):
         return str(value) if value else None
 
     def _params(self, **params: Any) -> dict[str, Any]:
+        """Query parameters of a v2 call: the given ones plus the connection's ``account_id``."""
         clean = {k: v for k, v in params.items() if v is not None}
         if self.account_id:
             clean["account_id"] = self.account_id
         return clean
+
+    @staticmethod
+    def _v1_params(**params: Any) -> dict[str, Any]:
+        """Query parameters of a v1 (``/api``) call: ``account_id`` is a v2 parameter, not sent."""
+        return {k: v for k, v in params.items() if v is not None}
 
     def _data(self, method: str, path: str, **kwargs: Any) -> Any:
         body = self.transport.json(method, path, **kwargs)
@@ -228,21 +427,12 @@ class LyticsHook(AudienceHook):
             ) from exc
         return dict(data or {})
 
-    def find_segment(self, segment: str, sizes: bool = False, table: str | None = None) -> dict[str, Any] | None:
-        """The segment with this id or slug, or None.
-
-        :param table: only a segment of this table. A slug is unique per table only, and a GET
-            by slug answers one of them (the ``user`` one first), so a ``content`` segment with
-            the slug of an audience is then looked up in the table's list.
-        """
+    def find_segment(self, segment: str, sizes: bool = False) -> dict[str, Any] | None:
+        """The segment with this id or slug, or None. Slugs are unique per account, whatever the table."""
         try:
-            found = self.get_segment(segment, sizes=sizes)
+            return self.get_segment(segment, sizes=sizes)
         except AudienceNotFoundError:
             return None
-        if table is None or found.get("table", table) == table:
-            return found
-        listed = self.list_segments(table=table, kind="all", sizes=sizes)
-        return next((s for s in listed if segment in (s.get("slug_name"), s.get("id"))), None)
 
     def create_segment(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a Segment: ``POST /v2/segment``.
@@ -256,7 +446,7 @@ class LyticsHook(AudienceHook):
             return dict(self._data("POST", "/v2/segment", params=self._params(), json=body) or {})
 
         def read_back() -> dict[str, Any] | None:
-            return self.find_segment(slug, table=body.get("table")) if slug else None
+            return self.find_segment(slug) if slug else None
 
         created = call_with_read_back(send, read_back, what=f"Creating Lytics segment {slug!r}")
         if slug and created.get("slug_name") not in (None, slug):
@@ -304,22 +494,32 @@ class LyticsHook(AudienceHook):
         return {"deleted": list(segment_ids), "not_deleted": [], "segments": []}
 
     def reevaluate_segment(self, segment_id: str) -> dict[str, Any]:
-        """Reevaluate a Segment: ``POST /v2/segment/{id}/reevaluate`` (the seed's path).
+        """Reevaluate a Segment: ``POST /v2/segment/{id}/reevaluate`` (the seed's path), and on 404
+        ``POST /v2/segment/reevaluate`` with ``{"id"}`` (the form Lytics' tooling uses).
 
         Asking twice is harmless, so the call is retried like an idempotent one. Returns
-        ``{"segment_id", "job_id" (or None), "requested_at"}``; ``requested_at`` is the
-        vendor's time when it says, else ours.
+        ``{"segment_id", "requested_at"}`` (our clock, taken before the request); nothing is read
+        from the answer, whose shape no document shows.
+
+        :raises AudienceNotFoundError: when both forms answer 404.
         """
         requested_at = datetime.now(UTC).isoformat()
-        data = self._data(
-            "POST", f"/v2/segment/{self._path_id(segment_id)}/reevaluate", params=self._params(), idempotent=True
-        )
-        data = data if isinstance(data, dict) else {}
-        return {
-            "segment_id": segment_id,
-            "job_id": data.get("job_id") or None,
-            "requested_at": data.get("requested") or requested_at,
-        }
+        try:
+            self._data(
+                "POST", f"/v2/segment/{self._path_id(segment_id)}/reevaluate", params=self._params(), idempotent=True
+            )
+        except AudienceNotFoundError:
+            log.info("POST /v2/segment/{id}/reevaluate answered 404; using POST /v2/segment/reevaluate")
+            try:
+                self._data(
+                    "POST", "/v2/segment/reevaluate", params=self._params(), json={"id": segment_id}, idempotent=True
+                )
+            except AudienceNotFoundError as exc:
+                raise exc.restated(
+                    f"Lytics segment {segment_id!r} was not found in account "
+                    f"{self.account_id or '(token default)'} (both reevaluate forms answered 404)"
+                ) from exc
+        return {"segment_id": segment_id, "requested_at": requested_at}
 
     def get_segment_ancestors(self, segment_id: str) -> list[dict[str, Any]]:
         """Segment Ancestry: ``GET /v2/segment/{id}/ancestors``."""
@@ -333,7 +533,7 @@ class LyticsHook(AudienceHook):
 
     def get_segment_sizes(self, segment_ids: list[str]) -> dict[str, int | None]:
         """Sizes of saved segments: v1 ``GET /api/segment/sizes?ids=a,b`` -> {id: size}."""
-        data = self._data("GET", "/api/segment/sizes", params=self._params(ids=",".join(segment_ids)))
+        data = self._data("GET", "/api/segment/sizes", params=self._v1_params(ids=",".join(segment_ids)))
         return {str(item.get("id")): item.get("size") for item in data or [] if isinstance(item, dict)}
 
     def validate_segment_ql(self, segment_ql: str) -> None:
@@ -344,7 +544,6 @@ class LyticsHook(AudienceHook):
         self.transport.request(
             "POST",
             "/api/segment/validate",
-            params=self._params(),
             data=segment_ql.encode(),
             headers={"Content-Type": "text/plain"},
             idempotent=True,
@@ -355,7 +554,6 @@ class LyticsHook(AudienceHook):
         data = self._data(
             "POST",
             "/api/segment/size",
-            params=self._params(),
             data=segment_ql.encode(),
             headers={"Content-Type": "text/plain"},
             idempotent=True,
@@ -403,8 +601,24 @@ class LyticsHook(AudienceHook):
 
     # -- waiting ----------------------------------------------------------------------------
 
-    def reevaluation_status(self, segment_id: str, requested_at: str, job_id: str | None = None) -> PollResult:
-        """Where a reevaluation stands, by the completion signal in the module docstring."""
+    def reevaluation_status(
+        self,
+        segment_id: str,
+        requested_at: str,
+        job_id: str | None = None,
+        settle_polls: int = DEFAULT_SETTLE_POLLS,
+        settle_interval: float = DEFAULT_SETTLE_INTERVAL,
+        size_history: list[list[float]] | None = None,
+    ) -> PollResult:
+        """Where a reevaluation stands, by the heuristic in the module docstring.
+
+        :param job_id: a job the user knows belongs to the reevaluation; else the segment's jobs
+            created at or after ``requested_at`` are tracked.
+        :param settle_polls: how many consecutive equal sizes count as settled (0: job signal only).
+        :param settle_interval: the least time between two size readings that count.
+        :param size_history: ``[[time, size], ...]`` kept by the caller between polls (updated in
+            place); None keeps no history, so only the job signal can end the wait.
+        """
         segment = self.get_segment(segment_id, sizes=True)
         result = {
             "segment_id": segment.get("id", segment_id),
@@ -424,22 +638,7 @@ class LyticsHook(AudienceHook):
                 result,
             )
         since = _parse_time(requested_at)
-        jobs = self.get_segment_jobs(segment_id)
-        if job_id:
-            tracked = [j for j in jobs if str(j.get("id")) == str(job_id)]
-        else:
-            tracked = [
-                j
-                for j in jobs
-                if since is None or ((created := _parse_time(j.get("created"))) and created >= since - JOB_CLOCK_SKEW)
-            ]
-        if not tracked:
-            return PollResult(
-                Phase.RUNNING,
-                "not_listed",
-                f"No job for the reevaluation of segment {segment_id} is listed yet",
-                result,
-            )
+        tracked = self._reevaluation_jobs(segment_id, since, job_id)
         phases = [(j, LYTICS_JOB_STATUS.phase(j.get("status"))) for j in tracked]
         for job, phase in phases:
             if phase is Phase.FAILED:
@@ -450,16 +649,27 @@ class LyticsHook(AudienceHook):
                     f"Lytics job {job.get('id')} for segment {segment_id} ended in state {job.get('status')!r}",
                     result,
                 )
-        if all(phase is Phase.DONE for _, phase in phases):
+        if phases and all(phase is Phase.DONE for _, phase in phases):
             result["job_id"] = result["job_id"] or tracked[-1].get("id")
             # The segment was read before the jobs: if the job finished in between, that read
             # predates the new membership. Read it again so the reported size is the new one.
             segment = self.get_segment(segment_id, sizes=True)
-            result["size"] = segment.get("size")
+            result.update(size=segment.get("size"), signal="job")
             return PollResult(
                 Phase.DONE,
                 "completed",
-                f"Reevaluation of Lytics segment {segment_id} completed; size {segment.get('size')}",
+                f"Reevaluation of Lytics segment {segment_id} completed (job {result['job_id']}); "
+                f"size {segment.get('size')}",
+                result,
+            )
+        settled = _size_settled(size_history, segment.get("size"), since, settle_polls, settle_interval)
+        if settled:
+            result["signal"] = "size_settled"
+            return PollResult(
+                Phase.DONE,
+                "size_settled",
+                f"Lytics segment {segment_id} kept size {segment.get('size')} over {settle_polls} readings "
+                f"at least {settle_interval:g} s apart since the reevaluation request; taken as reevaluated",
                 result,
             )
         unknown = [str(j.get("status")) for j, phase in phases if phase is Phase.UNKNOWN]
@@ -470,10 +680,33 @@ class LyticsHook(AudienceHook):
                 f"Lytics reports unknown job state(s) {unknown} for segment {segment_id}; still waiting",
                 result,
             )
+        if not phases:
+            readings = len(size_history or [])
+            return PollResult(
+                Phase.RUNNING,
+                "waiting",
+                f"No job of segment {segment_id} is listed since the request; size {segment.get('size')} "
+                f"({readings} of {settle_polls} equal readings needed)",
+                result,
+            )
         states = sorted({str(j.get("status")) for j, _ in phases})
         return PollResult(
             Phase.RUNNING, states[0], f"Reevaluation of segment {segment_id} is {', '.join(states)}", result
         )
+
+    def _reevaluation_jobs(self, segment_id: str, since: datetime | None, job_id: str | None) -> list[dict[str, Any]]:
+        """The named job, or the segment's jobs created since the request; none where the path is absent."""
+        try:
+            jobs = self.get_segment_jobs(segment_id)
+        except AudienceNotFoundError:
+            return []  # the segment was just read, so the jobs path itself is what is missing
+        if job_id:
+            return [j for j in jobs if str(j.get("id")) == str(job_id)]
+        return [
+            j
+            for j in jobs
+            if since is None or ((created := _parse_time(j.get("created"))) and created >= since - JOB_CLOCK_SKEW)
+        ]
 
     # -- connection test --------------------------------------------------------------------
 
@@ -498,7 +731,8 @@ def desired_segment_body(
     """The Segment body for a create or update, checked against Lytics' pitfalls first.
 
     * an ``ALIAS`` in the definition must equal ``slug_name`` (pitfall 3: else the slug changes);
-    * a ``FROM`` in the definition must equal ``table`` (pitfall 2: else another segment is made).
+    * a ``FROM`` in the definition must equal ``table`` (pitfall 2: else another segment is made);
+      a definition without ``FROM`` gets ``FROM <table>`` written out.
     """
     problems = []
     if not slug_name or not re.fullmatch(r"[A-Za-z0-9_\-]+", slug_name):
@@ -519,7 +753,7 @@ def desired_segment_body(
     body: dict[str, Any] = {
         "name": name,
         "slug_name": slug_name,
-        "segment_ql": segment_ql.strip(),
+        "segment_ql": with_table(segment_ql.strip(), table),
         "table": table,
         "kind": kind,
     }
@@ -530,17 +764,55 @@ def desired_segment_body(
     return body
 
 
+def same_definition(current: dict[str, Any], segment_ql: str) -> bool:
+    """Whether ``current`` already holds the definition ``segment_ql``.
+
+    Lytics may store its own rendering of a statement (pitfall 10), so the text alone would
+    differ on every run: the statement's parsed form is compared with the server's ``ast``
+    (and its table with the segment's). Where the statement cannot be read here, the text is
+    compared, whitespace and back-ticks folded.
+    """
+    have_text = current.get("segment_ql")
+    if isinstance(have_text, str) and _fold(have_text) == _fold(segment_ql):
+        return True
+    wanted, have = parse_segment_ql(segment_ql), current.get("ast")
+    if wanted is None or not isinstance(have, dict):
+        return False
+    source = _FROM.search(_code_only(segment_ql))
+    table = source.group(1) if source else "user"
+    return table == current.get("table", "user") and _canon_ast(wanted) == _canon_ast(have)
+
+
+def _fold(segment_ql: str) -> str:
+    return " ".join(segment_ql.replace("`", "").split())
+
+
+def _canon_ast(node: Any) -> Any:
+    """An ``ast`` without empty keys, operators lower-case (so equal forms compare equal)."""
+    if isinstance(node, dict):
+        out = {k: _canon_ast(v) for k, v in node.items() if v not in (None, "", [])}
+        if isinstance(out.get("op"), str):
+            out["op"] = out["op"].lower()
+        return out
+    if isinstance(node, list):
+        return [_canon_ast(item) for item in node]
+    return str(node) if isinstance(node, int | float) and not isinstance(node, bool) else node
+
+
 def segment_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """Fields of ``desired`` that differ from ``current`` (definitions compared whitespace-folded)."""
+    """Fields of ``desired`` that differ from ``current`` (definitions by :func:`same_definition`)."""
 
-    def canon(key: str, value: Any) -> Any:
+    def canon(value: Any) -> Any:
+        return sorted(map(str, value)) if isinstance(value, list) else value
+
+    changes = {}
+    for key, value in desired.items():
         if key == "segment_ql" and isinstance(value, str):
-            return " ".join(value.replace("`", "").split())
-        if isinstance(value, list):
-            return sorted(map(str, value))
-        return value
-
-    return {k: v for k, v in desired.items() if canon(k, current.get(k)) != canon(k, v)}
+            if not same_definition(current, value):
+                changes[key] = value
+        elif canon(current.get(key)) != canon(value):
+            changes[key] = value
+    return changes
 
 
 def update_body(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
@@ -551,4 +823,7 @@ def update_body(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, A
     """
     body = {k: v for k, v in current.items() if k not in SERVER_MANAGED_FIELDS}
     body.update(desired)
+    table = str(current.get("table") or body.get("table") or "user")
+    if isinstance(body.get("segment_ql"), str):
+        body["segment_ql"] = with_table(body["segment_ql"], table)  # never let the table reset to user
     return body

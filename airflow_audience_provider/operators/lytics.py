@@ -145,7 +145,17 @@ class LyticsCreateOrUpdateSegmentOperator(_LyticsOperator):
         )
         if self.validate:
             hook.validate_segment_ql(desired["segment_ql"])
-        current = hook.find_segment(self.slug_name, table=self.table)
+        current = hook.find_segment(self.slug_name)
+        if current is not None and current.get("table", self.table) != self.table:
+            from airflow_audience_provider.core.errors import AudienceValidationError
+
+            # Slugs are unique per account: the slug belongs to a segment of another table.
+            raise AudienceValidationError(
+                f"Lytics slug {self.slug_name!r} is used by segment {current.get('id')} of table "
+                f"{current.get('table')!r}, not {self.table!r}; slugs are unique per account, so choose another "
+                "slug (a segment's table cannot be changed)",
+                vendor="lytics",
+            )
         if current is None:
             segment, action, changed = hook.create_segment(desired), "created", sorted(desired)
         else:
@@ -239,7 +249,11 @@ class LyticsReevaluateSegmentOperator(_LyticsOperator):
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     :param poll_interval: seconds between status checks while waiting.
     :param timeout: seconds to wait at most; then the task fails naming the last state.
-    :return: ``{"segment_id", "slug_name", "job_id", "requested_at", "size", "url", "status"}``.
+    :param settle_polls: the size counts as settled after this many equal readings (0: only a
+        completed job of the segment ends the wait; default 3).
+    :param settle_interval: the least seconds between two size readings that count (default 600).
+    :return: ``{"segment_id", "slug_name", "requested_at", "size", "url", "status"}`` (plus
+        ``job_id`` and ``signal``, ``job`` or ``size_settled``, after a wait).
     """
 
     template_fields: Sequence[str] = ("segment", "lytics_conn_id")
@@ -255,6 +269,8 @@ class LyticsReevaluateSegmentOperator(_LyticsOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 60,
         timeout: float = 6 * 60 * 60,
+        settle_polls: int | None = None,
+        settle_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -263,25 +279,27 @@ class LyticsReevaluateSegmentOperator(_LyticsOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.settle_polls = settle_polls
+        self.settle_interval = settle_interval
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         hook = self.hook
         segment = hook.get_segment(self.segment)
         started = hook.reevaluate_segment(segment["id"])
-        result = self._segment_result(
-            context, segment, job_id=started["job_id"], requested_at=started["requested_at"], status="requested"
-        )
+        result = self._segment_result(context, segment, requested_at=started["requested_at"], status="requested")
         context["ti"].xcom_push(key="requested_at", value=started["requested_at"])
-        self.log.info(
-            "Reevaluation of Lytics segment %s requested (job %s)", segment["id"], started["job_id"] or "not named"
-        )
+        self.log.info("Reevaluation of Lytics segment %s requested", segment["id"])
         if not self.wait_for_completion:
             return result
-        status_kwargs = {
+        status_kwargs: dict[str, Any] = {
             "segment_id": segment["id"],
             "requested_at": started["requested_at"],
-            "job_id": started["job_id"],
+            "size_history": [],
         }
+        if self.settle_polls is not None:
+            status_kwargs["settle_polls"] = int(self.settle_polls)
+        if self.settle_interval is not None:
+            status_kwargs["settle_interval"] = float(self.settle_interval)
         from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
 
         done = self.wait_for(

@@ -6,36 +6,43 @@ Behaviour worth knowing when writing clients (see ``../shared/vendors/lytics.md`
   ``?access_token=``. A missing/wrong token (or ``Bearer <token>``) gets 401 in the v1 shape
   ``{"message": "Not authorized", "status": 401}``, before routing, on every path.
 * ``account_id`` (v2, optional) must be the sandbox account id (or its numeric ``aid``), else
-  404 ``ACCOUNT-NOTFOUND-021``.
+  404 ``ACCOUNT-NOTFOUND-021``. It is a v2 parameter: on a v1 (``/api``) path it answers 400
+  (``configure(v1_accepts_account_id=1)`` accepts it).
 * v2 answers ``{"status", "request_id", "data"}``; v2 errors
   ``{"status", "errors": [{"code", "level", "message", "timestamp"}], "request_id"}``; v1 answers
   ``{"status", "message", "data"}``. Every answer carries ``X-Request-Id``.
 * Create never answers 409: a taken slug becomes ``<slug>_1``, ``<slug>_2``... (slugs are unique
-  per table). Update to a slug used by another segment: 400 ``Slug is already used.``
+  per account, whatever the table). Update to a slug used by another segment: 400 ``Slug is already used.``
+* ``segment_ql`` is stored re-serialised from its parsed form (back-ticks dropped, keywords
+  upper-case, ``FROM``/``ALIAS`` at the end), as Lytics may do (pitfall 10);
+  ``configure(keep_segment_ql_text=1)`` stores the text as sent.
 * Update with a ``segment_ql`` that has no ``FROM`` resets the table to ``user``; for a non-user
   segment the update then creates a *new* segment (new id) and still answers 200 (pitfall 2).
   Update with a ``segment_ql`` whose ``ALIAS`` differs and no ``slug_name`` renames the slug.
 * ``GET /v2/segment/{id}``, ``/ancestors``, ``/jobs`` and reevaluate accept an id or a slug;
   ``PUT`` and ``DELETE`` need the 32-hex id. ``DELETE /v2/segment/a,b`` (comma-separated) answers
-  ``models.SegmentDeleteResp``; a single id answers ``{"id", "deleted": true}``, or 400 when
-  another segment ``INCLUDE``s it (the batch form reports that in ``segments[].reason``);
-  with ``configure(delete_no_content=1)`` the single form answers 204 without a body.
+  ``models.SegmentDeleteResp``, and so does a single id (the document's two DELETE paths collide;
+  ``configure(single_delete_answers_id=1)`` answers ``{"id", "deleted": true}`` instead, and
+  ``configure(delete_no_content=1)`` 204 without a body). A segment other
+  segments ``INCLUDE`` is deleted like any other (Lytics documents no guard); they turn invalid.
 * The list hides invalid segments unless ``valid=false|all``; a segment is invalid while an
   ``INCLUDE`` names no existing segment.
-* Reevaluation (the completion signal of this provider)::
+* Reevaluation::
 
-      POST /v2/segment/{id}/reevaluate   (or POST /v2/segment/reevaluate {"id": ...})
-      -> 200 {"status": 200, "request_id": ..., "data": {"id": <segment id>, "job_id": <job id>,
-                                                       "requested": <RFC 3339>}}
+      POST /v2/segment/reevaluate {"id": ...}  -> 200 {"status": 200, "request_id": ...}
 
-  creates a job ``{"id", "name", "workflow": "segment_reevaluate", "status", "created",
-  "updated", "config": {"segment_id": ...}, "aid", "account_id"}`` listed by
-  ``GET /v2/segment/{id}/jobs``. Its status is computed from the clock: ``initializing`` for the
-  first third of ``processing_seconds``, then ``running``, then ``completed`` (or the status
+  The answer carries nothing else (no document shows its shape). The seed's
+  ``POST /v2/segment/{id}/reevaluate`` answers 404 (no other source shows it) unless
+  ``configure(seed_reevaluate_path=1)``. The work is a job ``{"id", "name", "workflow":
+  "segment_reevaluate", "status", "created", "updated", "config": {"segment_id": ...}, "aid",
+  "account_id"}``, listed by ``GET /v2/segment/{id}/jobs`` only with
+  ``configure(list_reevaluation_jobs=1)`` (no document shows reevaluations among jobs). Its
+  status is computed from the clock: ``initializing`` for the first third of
+  ``processing_seconds``, then ``running``, then ``completed`` (or the status
   injected with :meth:`LyticsFake.fail_next_reevaluation`; ``running`` forever after
   :meth:`LyticsFake.stall_next_reevaluation`). When the job completes, the segment's ``size``
-  changes to a new deterministic value and its ``updated`` and ``last_evaluated`` move to the
-  completion time. A failed job changes neither.
+  changes to a new deterministic value and its ``updated`` moves to the completion time. A
+  failed job changes neither. Segments carry only the fields of ``models.Segment``.
 * ``POST /api/segment/size`` is throttled to one call per ``size_throttle_seconds`` (10) per
   token: 429 (v1 shape) with ``Retry-After``. The general limit ``rate_limit_per_second``
   (default off) answers 429 in the v2 envelope without ``Retry-After``.
@@ -148,6 +155,17 @@ class LyticsFake(VendorFake):
         "size_throttle_seconds": 10.0,
         # 1 = single-id DELETE answers 204 with no body (the skills say many v2 deletes do)
         "delete_no_content": 0.0,
+        # 1 = single-id DELETE answers {"id", "deleted": true} (else the batch handler's SegmentDeleteResp)
+        "single_delete_answers_id": 0.0,
+        # Strict readings of points the vendor notes leave unverified (1 = the lenient reading):
+        # the seed's POST /v2/segment/{id}/reevaluate exists (else 404: only POST /v2/segment/reevaluate)
+        "seed_reevaluate_path": 0.0,
+        # a reevaluation is listed as a job of the segment (else no document shows one, so none is)
+        "list_reevaluation_jobs": 0.0,
+        # v1 (/api) paths accept the v2 query parameter account_id (else 400)
+        "v1_accepts_account_id": 0.0,
+        # segment_ql is stored as sent (else re-serialised from the parsed form, back-ticks dropped)
+        "keep_segment_ql_text": 0.0,
     }
 
     token: str = SANDBOX_TOKEN
@@ -322,6 +340,10 @@ class LyticsFake(VendorFake):
         if token != self.token:
             return self.error_response(path, 401, "Not authorized", request_id_of(request))
         account = request.query_params.get("account_id")
+        if is_v1 and account is not None and not self.config.get("v1_accepts_account_id"):
+            return self.error_response(
+                path, 400, "unknown query parameter account_id (a v2 parameter)", request_id_of(request)
+            )
         if is_v2 and account is not None and account not in (self.account_id, str(self.aid)):
             return self.error_response(
                 path,
@@ -353,9 +375,10 @@ class LyticsFake(VendorFake):
             raise ApiError(404, f"segment {ref!r} not found", "NOTFOUND-003")
         return seg
 
-    def _slug_owner(self, slug: str, table: str) -> dict[str, Any] | None:
+    def _slug_owner(self, slug: str) -> dict[str, Any] | None:
+        """The segment with this slug: slugs are unique per account, whatever the table."""
         for seg in self._segments.values():
-            if seg["slug_name"] == slug and seg["table"] == table:
+            if seg["slug_name"] == slug:
                 return seg
         return None
 
@@ -410,7 +433,11 @@ class LyticsFake(VendorFake):
 
     def _definition(self, fields: dict[str, Any]) -> tuple[str, ParsedQL]:
         if "segment_ql" in fields:
-            return fields["segment_ql"], self._parse(fields["segment_ql"])
+            parsed = self._parse(fields["segment_ql"])
+            if self.config.get("keep_segment_ql_text"):
+                return fields["segment_ql"], parsed
+            # Lytics may store its own rendering of the statement (pitfall 10).
+            return ast_to_ql(parsed.ast, table=parsed.table, alias=parsed.alias), parsed
         try:
             text = ast_to_ql(fields["ast"], table=fields.get("table"), alias=fields.get("slug_name"))
         except FilterQLError as exc:
@@ -427,7 +454,7 @@ class LyticsFake(VendorFake):
         if not _SLUG_RE.match(slug):
             raise ApiError(400, f"invalid slug_name {slug!r}: use letters, digits, _ and -")
         base, suffix = slug, 0
-        while self._slug_owner(slug, table) is not None:  # pitfall 1: silently renamed, never 409
+        while self._slug_owner(slug) is not None:  # pitfall 1: silently renamed, never 409
             suffix += 1
             slug = f"{base}_{suffix}"
         is_public = bool(fields.get("is_public", False))
@@ -504,7 +531,7 @@ class LyticsFake(VendorFake):
             merged.update({"segment_ql": segment_ql, "table": table, "slug_name": slug})
             merged.pop("ast", None)
             return self._store_new(merged)
-        owner = self._slug_owner(slug, table)
+        owner = self._slug_owner(slug)
         if owner is not None and owner["id"] != seg["id"]:
             raise ApiError(400, "Slug is already used.", "BADREQ-001")
         for key in ("name", "description", "kind", "tags", "groups", "save_hist", "schedule_exit", "category"):
@@ -570,6 +597,7 @@ class LyticsFake(VendorFake):
             "outcome": outcome,
             "fixed_status": None,
             "applied": False,
+            "listed": bool(self.config.get("list_reevaluation_jobs")),
         }
         self._jobs[job["id"]] = job
         return {"id": seg["id"], "job_id": job["id"], "requested": rfc3339(now)}
@@ -603,7 +631,8 @@ class LyticsFake(VendorFake):
 
     def _render(self, seg: dict[str, Any], *, sizes: bool) -> dict[str, Any]:
         out = {k: (list(v) if isinstance(v, list) else v) for k, v in seg.items() if not k.startswith("_")}
-        for key in ("created", "updated", "last_evaluated"):
+        out.pop("last_evaluated", None)  # kept internally; models.Segment has no such field
+        for key in ("created", "updated"):
             out[key] = rfc3339(seg[key])
         missing = [ref for ref in seg["_includes"] if self._lookup(ref, allow_slug=True, table=seg["table"]) is None]
         out["invalid"] = bool(missing)
@@ -726,39 +755,27 @@ class LyticsFake(VendorFake):
         ids = [part.strip() for part in ref.split(",") if part.strip()]
         with self.lock:
             if len(ids) == 1 and "," not in ref:
+                # Lytics documents no guard for a segment other segments INCLUDE: they turn invalid.
                 seg = self._require(ids[0], allow_slug=False)
-                users = self._included_by(seg["id"])
-                if users:
-                    names = ", ".join(user["slug_name"] for user in users)
-                    raise ApiError(400, f"segment {seg['id']} is included by other segments: {names}")
-                self._delete(seg["id"])
                 if self.config.get("delete_no_content"):
+                    self._delete(seg["id"])
                     return Response(status_code=204)
-                return self._ok(request, {"id": seg["id"], "deleted": True})
+                if self.config.get("single_delete_answers_id"):
+                    self._delete(seg["id"])
+                    return self._ok(request, {"id": seg["id"], "deleted": True})
+                # The document's /segment/{id} and /segment/{ids} collide; the batch handler answers.
+                return self._ok(request, self._delete_many([seg["id"]]))
             return self._ok(request, self._delete_many(ids))
 
     def _delete_many(self, ids: list[str]) -> dict[str, Any]:
         deleted: list[str] = []
         not_deleted: list[str] = []
         statuses: list[dict[str, Any]] = []
-        batch = set(ids)
         for segment_id in ids:
             seg = self._segments.get(segment_id)
             if seg is None:
                 not_deleted.append(segment_id)
                 statuses.append({"id": segment_id, "deleted": False, "reason": "segment not found", "segments": {}})
-                continue
-            users = [user for user in self._included_by(segment_id) if user["id"] not in batch]
-            if users:
-                not_deleted.append(segment_id)
-                statuses.append(
-                    {
-                        "id": segment_id,
-                        "deleted": False,
-                        "reason": "segment is included by other segments",
-                        "segments": {"included_by": [user["id"] for user in users]},
-                    }
-                )
                 continue
             deleted.append(segment_id)
             statuses.append({"id": segment_id, "deleted": True, "reason": "", "segments": {}})
@@ -767,9 +784,16 @@ class LyticsFake(VendorFake):
         return {"deleted": deleted, "not_deleted": not_deleted, "segments": statuses}
 
     async def _h_reevaluate(self, request: Request) -> Response:
+        if not self.config.get("seed_reevaluate_path"):
+            raise ApiError(404, f"route not found: POST {request.url.path}", "NOTFOUND-003")
         with self.lock:
             self._settle()
-            return self._ok(request, self._reevaluate(request.path_params["segment_id"]))
+            self._reevaluate(request.path_params["segment_id"])
+        return self._accepted(request)
+
+    def _accepted(self, request: Request) -> JSONResponse:
+        """The reevaluate answer: no document shows its shape, so it carries nothing beyond the envelope."""
+        return JSONResponse({"status": 200, "request_id": request_id_of(request)}, 200)
 
     async def _h_reevaluate_body(self, request: Request) -> Response:
         body = await self._json(request)
@@ -778,7 +802,8 @@ class LyticsFake(VendorFake):
             raise ApiError(400, "id is required")
         with self.lock:
             self._settle()
-            return self._ok(request, self._reevaluate(ref))
+            self._reevaluate(ref)
+        return self._accepted(request)
 
     async def _h_ancestors(self, request: Request) -> Response:
         with self.lock:
@@ -790,7 +815,11 @@ class LyticsFake(VendorFake):
         with self.lock:
             self._settle()
             seg = self._require(request.path_params["segment_id"], allow_slug=True)
-            jobs = [self._render_job(job) for job in self._jobs.values() if job["segment_id"] == seg["id"]]
+            jobs = [
+                self._render_job(job)
+                for job in self._jobs.values()
+                if job["segment_id"] == seg["id"] and job.get("listed", True)
+            ]
             return self._ok(request, jobs)
 
     async def _h_groups(self, request: Request) -> Response:

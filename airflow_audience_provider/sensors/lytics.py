@@ -18,11 +18,16 @@ if TYPE_CHECKING:
 class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
     """Wait until a Lytics segment reevaluation has finished.
 
-    Works in poke, reschedule and deferrable modes. A failed Lytics job (``failed``,
-    ``fault-N``, ``deleted``) or an invalid segment fails the task; unknown job states are
-    logged verbatim and waited on until ``timeout``, which ends the task with a message
-    naming the segment and the last state seen. The completion signal is documented in
-    :mod:`airflow_audience_provider.hooks.lytics`.
+    Lytics documents no completion signal, so this is a heuristic (documented in
+    :mod:`airflow_audience_provider.hooks.lytics`): the wait ends when a job of the segment
+    created since the request completes, or when the segment's size has stayed the same over
+    ``settle_polls`` readings at least ``settle_interval`` seconds apart, whichever comes first.
+    A failed Lytics job (``failed``, ``fault-N``, ``deleted``) or an invalid segment fails the
+    task; unknown job states are logged verbatim and waited on until ``timeout``, which ends the
+    task with a message naming the segment and the last state seen.
+
+    Works in poke and deferrable modes. In reschedule mode the size readings do not survive
+    between tries, so only a job of the segment can end the wait there.
 
     .. seealso:: :ref:`howto/operator:LyticsSegmentReevaluatedSensor`
 
@@ -30,7 +35,11 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
         ``"{{ ti.xcom_pull('reevaluate')['segment_id'] }}"``.
     :param requested_at: when the reevaluation was requested, RFC 3339 (templated); jobs
         created before it are ignored. Take it from the reevaluate operator's result.
-    :param job_id: the job Lytics named for the reevaluation, if any (templated).
+    :param job_id: a job you know belongs to the reevaluation, if any (templated).
+    :param settle_polls: equal size readings that count as settled (0: the job signal only;
+        default 3).
+    :param settle_interval: the least seconds between two size readings that count (default
+        600); make it longer than the account's reevaluations take.
     :param lytics_conn_id: the Lytics connection.
     :param emit_asset: when the reevaluation is done, record an Asset event
         ``lytics://<account>/segment/<id>`` (with the new size) through the alias ``asset_alias``.
@@ -55,6 +64,8 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
         timeout: float = 6 * 60 * 60,
         emit_asset: bool = True,
         asset_alias: str | None = None,
+        settle_polls: int | None = None,
+        settle_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
         self._asset_outlets(kwargs, emit_asset, asset_alias)
@@ -63,6 +74,10 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
         self.requested_at = requested_at
         self.job_id = job_id
         self.lytics_conn_id = lytics_conn_id
+        self.settle_polls = settle_polls
+        self.settle_interval = settle_interval
+        #: size readings kept between pokes of this try, ``[[time, size], ...]``
+        self._size_history: list[list[float]] = []
 
     @property
     def conn_id(self) -> str:
@@ -72,7 +87,17 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
         # A template like "{{ ti.xcom_pull('reevaluate')['job_id'] }}" renders a missing job id
         # as the string "None"; tracking a job called "None" would wait until the timeout.
         job_id = None if str(self.job_id or "").strip() in ("", "None", "null") else self.job_id
-        return {"segment_id": self.segment_id, "requested_at": self.requested_at, "job_id": job_id}
+        kwargs: dict[str, Any] = {
+            "segment_id": self.segment_id,
+            "requested_at": self.requested_at,
+            "job_id": job_id,
+            "size_history": self._size_history,
+        }
+        if self.settle_polls is not None:
+            kwargs["settle_polls"] = int(self.settle_polls)
+        if self.settle_interval is not None:
+            kwargs["settle_interval"] = float(self.settle_interval)
+        return kwargs
 
     def execute(self, context: Context) -> Any:
         hook = self.hook

@@ -10,10 +10,37 @@ import json
 from typing import Any
 
 import pytest
+from openapi_check import LyticsSpecCheck
 
 #: how long a reevaluation takes in the sandbox for these tests, and how often we look
 PROCESSING = 0.2
 POLL = 0.05
+
+
+@pytest.fixture(scope="session")
+def _lytics_spec():
+    return LyticsSpecCheck()
+
+
+@pytest.fixture(autouse=True)
+def lytics_spec(_lytics_spec, monkeypatch):
+    """Every LyticsHook exchange of the test, validated against Lytics' v2 document (where it covers
+    the operation) at teardown. A test that breaks the document on purpose sets ``enabled = False``."""
+    from airflow_audience_provider.hooks.lytics import LyticsHook
+
+    real = LyticsHook.build_transport
+
+    def build_transport(self, settings):
+        transport = real(self, settings)
+        _lytics_spec.attach(transport.session)
+        return transport
+
+    monkeypatch.setattr(LyticsHook, "build_transport", build_transport)
+    _lytics_spec.start("")
+    _lytics_spec.enabled = True
+    yield _lytics_spec
+    if _lytics_spec.enabled:
+        _lytics_spec.assert_valid()
 
 
 @pytest.fixture
@@ -49,3 +76,17 @@ def set_lytics_conn(lytics, monkeypatch):
         return conn_id
 
     return setter
+
+
+@pytest.fixture
+def reevaluated(hook, lytics):
+    """``reevaluated(segment_id)``: ask for a reevaluation with the job listed (the lenient reading),
+    and return the hook's answer plus the ``job_id`` the sandbox gave the work."""
+    lytics.configure(list_reevaluation_jobs=1)
+
+    def start(segment_id: str) -> dict[str, Any]:
+        started = hook.reevaluate_segment(segment_id)
+        jobs = [j for j in lytics.jobs(segment_id) if j["workflow"] == "segment_reevaluate"]
+        return {**started, "job_id": jobs[-1]["id"]}
+
+    return start

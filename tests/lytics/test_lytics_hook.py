@@ -69,18 +69,28 @@ def test_ids_and_slugs_are_url_encoded(hook, lytics):
         hook.get_segment("  ")
 
 
-def test_account_id_is_sent_on_every_call(hook, lytics):
+def test_account_id_is_sent_on_every_v2_call_and_no_v1_call(hook, lytics):
     seg = hook.get_segment("all_users")
     hook.list_segments()
     hook.get_segment_jobs(seg["id"])
     hook.get_segment_ancestors(seg["id"])
+    hook.list_segment_groups()
+    hook.reevaluate_segment(seg["id"])  # the seed's path (404), then the body form
     hook.get_segment_sizes([seg["id"]])
     hook.validate_segment_ql("FILTER * FROM user")
-    hook.list_segment_groups()
-    hook.reevaluate_segment(seg["id"])
-    assert len(lytics.requests) == 8
+    assert hook.size_segment_ql("FILTER * FROM user") > 0
+    assert len(lytics.requests) == 10
     for entry in lytics.requests:
-        assert parse_qs(entry["query"])["account_id"] == [lytics.account_id], entry
+        if entry["path"].startswith("/v2/"):
+            assert parse_qs(entry["query"])["account_id"] == [lytics.account_id], entry
+        else:
+            assert "account_id" not in parse_qs(entry["query"]), entry  # a v2 parameter; the fake refuses it
+            assert entry["status"] == 200
+
+
+def test_v1_calls_authenticate_by_header(hook, lytics):
+    hook.get_segment_sizes([hook.get_segment("all_users")["id"]])
+    assert "access_token" not in lytics.requests[-1]["query"] and lytics.requests[-1]["status"] == 200
 
 
 def test_wrong_account_is_refused(set_lytics_conn):
@@ -152,20 +162,20 @@ def test_delete_unknown_segment_is_not_found(hook):
 
 
 def test_reevaluate_and_jobs(hook, lytics):
+    lytics.configure(list_reevaluation_jobs=1)
     seg = hook.get_segment("all_users")
     started = hook.reevaluate_segment(seg["id"])
     assert started["segment_id"] == seg["id"]
-    assert started["job_id"]
-    assert started["requested_at"].endswith("Z")
+    assert started["requested_at"].endswith("+00:00")
     jobs = hook.get_segment_jobs(seg["id"])
-    assert started["job_id"] in {j["id"] for j in jobs}
-    assert len(jobs) == 2  # plus the seeded export job
+    assert sorted(j["workflow"] for j in jobs) == ["export", "segment_reevaluate"]
 
 
 def test_reevaluate_is_retried_like_an_idempotent_call(hook, lytics):
     seg = hook.get_segment("all_users")
-    lytics.faults.inject("status", count=1, path_prefix=f"/v2/segment/{seg['id']}/reevaluate", status=503)
-    assert hook.reevaluate_segment(seg["id"])["job_id"]
+    lytics.faults.inject("status", count=1, path_prefix="/v2/segment/reevaluate", status=503)
+    assert hook.reevaluate_segment(seg["id"])["segment_id"] == seg["id"]
+    assert [r["status"] for r in lytics.requests[-2:]] == [503, 200]
 
 
 def test_ancestors(hook, lytics):
@@ -324,17 +334,14 @@ def test_keywords_inside_strings_and_comments_are_not_clauses():
         desired_segment_body(name="V", slug_name="vip", segment_ql='FILTER a = "from user" FROM content')
 
 
-def test_find_segment_in_a_table(hook, lytics):
+def test_slugs_are_unique_per_account_not_per_table(hook, lytics):
     audience = lytics.create_segment(**body("art"))
-    assert hook.find_segment("art", table="content") is None
-    assert hook.find_segment("art", table="user")["id"] == audience["id"]
-    content = lytics.create_segment(**body("art", "FILTER * FROM content ALIAS art"))
-    assert hook.find_segment("art", table="content")["id"] == content["id"]
     assert hook.find_segment("art")["id"] == audience["id"]
+    content = hook.create_segment({**body("art", "FILTER * FROM content ALIAS art"), "table": "content"})
+    assert content["slug_name"] == "art_1"  # the slug was taken in the account, so Lytics renamed it
 
 
-def test_create_read_back_stays_in_the_table(hook, lytics):
-    lytics.create_segment(**body("art"))
+def test_create_read_back_finds_the_segment_by_slug(hook, lytics):
     lytics.faults.inject("drop", count=1, path_prefix="/v2/segment", method="POST")
     created = hook.create_segment({**body("art", "FILTER * FROM content ALIAS art"), "table": "content"})
-    assert created["table"] == "content"  # not the user-table audience the GET by slug answers
+    assert created["table"] == "content" and [s["slug_name"] for s in lytics.segments].count("art") == 1

@@ -199,14 +199,13 @@ def test_delete_with_dependents_is_refused_without_a_request(lytics, context):
 
 
 def test_delete_with_force_sends_the_delete(lytics, context):
-    lytics.create_segment(name="Base", slug_name="base", segment_ql="FILTER * FROM user ALIAS base")
+    base = lytics.create_segment(name="Base", slug_name="base", segment_ql="FILTER * FROM user ALIAS base")
     lytics.create_segment(name="User", slug_name="uses_base", segment_ql="FILTER INCLUDE base FROM user")
-    # The operator no longer guards; the sandbox (unlike the notes' "not guarded") refuses with 400.
-    with pytest.raises(AudienceValidationError) as caught:
-        LyticsDeleteSegmentOperator(task_id="d", segments="base", force=True).execute(context)
-    assert caught.value.status == 400
-    assert "included by other segments" in caught.value.message
+    # Lytics documents no guard, so the delete goes through and the dependent turns invalid.
+    result = LyticsDeleteSegmentOperator(task_id="d", segments="base", force=True).execute(context)
+    assert result == {"deleted": [base["id"]], "missing": []}
     assert [m for m, _ in writes(lytics)] == ["DELETE"]
+    assert lytics.get_segment("uses_base")["invalid"] is True
 
 
 def test_delete_dependent_first_then_base(lytics, context):
@@ -232,17 +231,21 @@ def test_reevaluate_without_wait(lytics, context):
     seg = lytics.get_segment("all_users")
     assert result["status"] == "requested"
     assert result["segment_id"] == seg["id"]
-    assert result["job_id"] in {j["id"] for j in lytics.jobs(seg["id"])}
+    assert [j["workflow"] for j in lytics.jobs(seg["id"])] == ["export", "segment_reevaluate"]
     assert context["ti"].pushed["segment_id"] == seg["id"]
     assert context["ti"].pushed["requested_at"] == result["requested_at"]
     assert context["ti"].pushed["lytics_segment_url"] == result["url"]
     assert context["outlet_events"].added == []  # nothing changed yet
 
 
-def test_reevaluate_with_wait_in_the_worker(lytics, context):
+@pytest.mark.parametrize("jobs_listed", [False, True])
+def test_reevaluate_with_wait_in_the_worker(lytics, context, jobs_listed):
+    """Either signal ends the wait with the new size: the job, or (none listed) the settled size."""
+    lytics.configure(list_reevaluation_jobs=int(jobs_listed))
     before = lytics.segment_size("all_users")
-    result = reevaluate(deferrable=False).execute(context)
+    result = reevaluate(deferrable=False, settle_interval=0.15).execute(context)
     assert result["status"] == "completed"
+    assert result["signal"] == ("job" if jobs_listed else "size_settled")
     assert set(RESULT_KEYS) <= set(result)
     assert result["size"] == lytics.segment_size("all_users") != before
     ((alias, uri, extra),) = context["outlet_events"].added
@@ -254,6 +257,7 @@ def test_reevaluate_with_wait_in_the_worker(lytics, context):
 
 
 def test_reevaluate_wait_fails_on_a_failed_job(lytics, context):
+    lytics.configure(list_reevaluation_jobs=1)
     lytics.fail_next_reevaluation(lytics.get_segment("all_users")["id"], "fault-2")
     with pytest.raises(AudienceJobFailedError, match="fault-2") as caught:
         reevaluate(deferrable=False).execute(context)
@@ -267,7 +271,7 @@ def test_reevaluate_wait_times_out_with_a_clear_message(lytics, context):
     with pytest.raises(
         AudienceTimeoutError, match=f"Timed out after 0.3 s waiting for reevaluation of Lytics segment {seg_id}"
     ):
-        reevaluate(deferrable=False, timeout=0.3).execute(context)
+        reevaluate(deferrable=False, timeout=0.3, settle_polls=0).execute(context)
 
 
 def test_reevaluate_unknown_segment(lytics, context):
@@ -277,6 +281,7 @@ def test_reevaluate_unknown_segment(lytics, context):
 
 @pytest.mark.asyncio
 async def test_reevaluate_deferrable(lytics, context):
+    lytics.configure(list_reevaluation_jobs=1)
     op = reevaluate(deferrable=True, timeout=30)
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
@@ -288,11 +293,10 @@ async def test_reevaluate_deferrable(lytics, context):
     assert trigger.conn_id == "lytics_default"
     assert 0 < trigger.deadline - time.time() <= 30
     seg_id = lytics.get_segment("all_users")["id"]
-    (job,) = [j for j in lytics.jobs(seg_id) if j["workflow"] == "segment_reevaluate"]
     assert trigger.status_kwargs == {
         "segment_id": seg_id,
         "requested_at": context["ti"].pushed["requested_at"],
-        "job_id": job["id"],
+        "size_history": [],
     }
 
     event = (await anext(trigger.run())).payload
@@ -355,19 +359,14 @@ def test_a_string_containing_from_is_not_a_table_mismatch(lytics, context):
     assert lytics.get_segment("engaged")["segment_ql"] == ql
 
 
-def test_same_slug_in_another_table_is_a_different_segment(lytics, context):
-    # Slugs are unique per table; a GET by slug answers the user-table audience first.
+def test_a_slug_taken_in_another_table_is_refused_naming_it(lytics, context):
+    # Slugs are unique per account: the content segment cannot have the audience's slug.
     audience = lytics.create_segment(name="Art", slug_name="art", segment_ql="FILTER EXISTS email FROM user ALIAS art")
     content = upsert(slug_name="art", name="Art", table="content", segment_ql="FILTER * FROM content ALIAS art")
-    first = content.execute(context)
-    assert first["action"] == "created"
-    assert first["segment_id"] != audience["id"]
-    assert content.execute(context)["action"] == "unchanged"  # rerun finds the content one
-    assert sorted((s["slug_name"], s["table"]) for s in lytics.segments if s["slug_name"].startswith("art")) == [
-        ("art", "content"),
-        ("art", "user"),
-    ]
-    assert lytics.get_segment(audience["id"])["segment_ql"] == "FILTER EXISTS email FROM user ALIAS art"
+    with pytest.raises(AudienceValidationError, match=f"used by segment {audience['id']} of table 'user'"):
+        content.execute(context)
+    assert [w for w in writes(lytics) if w[1].startswith("/v2/")] == []
+    assert lytics.get_segment(audience["id"])["table"] == "user"
 
 
 def test_segment_link_reads_the_persisted_url(mocker, context):
@@ -384,3 +383,26 @@ def test_segment_link_reads_the_persisted_url(mocker, context):
     get_value.return_value = None
     assert link.get_link(upsert(), ti_key="key") == ""
     assert link in upsert().operator_extra_links
+
+
+def test_a_definition_without_from_keeps_the_segments_table(lytics, context):
+    """Lytics reads no FROM as FROM user and would make a new segment: the table is written out."""
+    first = upsert(slug_name="art", name="Art", table="content", segment_ql="FILTER * ALIAS art").execute(context)
+    assert first["action"] == "created" and lytics.get_segment("art")["table"] == "content"
+    changed = upsert(slug_name="art", name="Art", table="content", segment_ql="FILTER EXISTS title ALIAS art")
+    second = changed.execute(context)
+    assert second["action"] == "updated" and second["segment_id"] == first["segment_id"]
+    assert [s["slug_name"] for s in lytics.segments].count("art") == 1
+    assert lytics.get_segment("art")["table"] == "content"
+
+
+def test_a_reserialised_definition_is_not_rewritten_on_every_run(lytics, context):
+    """Lytics stores its own rendering of the statement; the parsed forms are compared, not the text."""
+    ql = "FILTER AND (`country` == 'US', visitct > 5) FROM user ALIAS us_active"
+    assert upsert(slug_name="us_active", segment_ql=ql).execute(context)["action"] == "created"
+    stored = lytics.get_segment("us_active")["segment_ql"]
+    assert stored != ql  # the sandbox, like Lytics, re-serialised it
+    assert upsert(slug_name="us_active", segment_ql=ql).execute(context)["action"] == "unchanged"
+    assert [w for w in writes(lytics) if w[1].startswith("/v2/")] == [("POST", "/v2/segment")]
+    other = upsert(slug_name="us_active", segment_ql=ql.replace("> 5", "> 6")).execute(context)
+    assert other["action"] == "updated"

@@ -44,15 +44,15 @@ def poke_until_done(sensor, context, polls=100):
 
 
 @pytest.fixture
-def started(hook):
-    return hook.reevaluate_segment(hook.get_segment("all_users")["id"])
+def started(hook, reevaluated):
+    return reevaluated(hook.get_segment("all_users")["id"])
 
 
 @pytest.fixture
-def slow_started(hook, lytics):
+def slow_started(hook, lytics, reevaluated):
     """A reevaluation that finishes only when the test moves the fake's clock on."""
     lytics.configure(processing_seconds=30)
-    return hook.reevaluate_segment(hook.get_segment("all_users")["id"])
+    return reevaluated(hook.get_segment("all_users")["id"])
 
 
 def test_poke_false_then_poke_return_value(lytics, context, slow_started):
@@ -89,10 +89,10 @@ def test_job_id_is_optional(lytics, context, started):
 
 
 @pytest.mark.parametrize("status", ["failed", "fault-4"])
-def test_failed_job_fails_the_poke(hook, lytics, context, status):
+def test_failed_job_fails_the_poke(hook, lytics, context, status, reevaluated):
     seg = hook.get_segment("all_users")
     lytics.fail_next_reevaluation(seg["id"], status)
-    sensor = sensor_for(hook.reevaluate_segment(seg["id"]))
+    sensor = sensor_for(reevaluated(seg["id"]))
     with pytest.raises(AudienceJobFailedError, match=f"'{status}'") as caught:
         poke_until_done(sensor, context)
     assert caught.value.code == status
@@ -141,6 +141,8 @@ async def test_deferrable_path(lytics, context, slow_started):
     trigger = deferred.value.trigger
     assert isinstance(trigger, LyticsReevaluationTrigger)
     assert deferred.value.method_name == "execute_complete"
+    history = trigger.status_kwargs.pop("size_history")
+    assert len(history) == 1  # the first poke's size reading goes along into the trigger
     assert trigger.status_kwargs == {
         "segment_id": started["segment_id"],
         "requested_at": started["requested_at"],
@@ -162,10 +164,10 @@ def test_deferrable_sensor_does_not_defer_finished_work(lytics, context, started
 
 
 @pytest.mark.asyncio
-async def test_deferrable_timeout_ends_with_a_clear_message(hook, lytics, context):
+async def test_deferrable_timeout_ends_with_a_clear_message(hook, lytics, context, reevaluated):
     seg = hook.get_segment("all_users")
     lytics.stall_next_reevaluation(seg["id"])
-    sensor = sensor_for(hook.reevaluate_segment(seg["id"]), deferrable=True, timeout=0.3)
+    sensor = sensor_for(reevaluated(seg["id"]), deferrable=True, timeout=0.3)
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(context)
     event = (await anext(deferred.value.trigger.run())).payload
@@ -238,4 +240,27 @@ def test_templated_fields_render(lytics, context, started):
         "segment_id": started["segment_id"],
         "requested_at": started["requested_at"],
         "job_id": started["job_id"],
+        "size_history": [],
     }
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+async def test_without_a_listed_job_the_settled_size_ends_the_wait(hook, lytics, context, mode):
+    """The strict sandbox lists no reevaluation job: the size readings, kept across pokes and into
+    the trigger, end the wait with the new size."""
+    seg = hook.get_segment("all_users")
+    before = lytics.segment_size(seg["id"])
+    started = hook.reevaluate_segment(seg["id"])
+    sensor = sensor_for({**started, "job_id": None}, settle_polls=3, settle_interval=0.15)
+    if mode == "poke":
+        done = poke_until_done(sensor, context, polls=200)
+        value = done.xcom_value
+    else:
+        sensor.deferrable = True
+        with pytest.raises(TaskDeferred) as deferred:
+            sensor.execute(context)
+        event = (await anext(deferred.value.trigger.run())).payload
+        value = sensor.execute_complete(context, event)
+    assert value["signal"] == "size_settled"
+    assert value["size"] == lytics.segment_size(seg["id"]) != before

@@ -33,8 +33,8 @@ async def first_event(trigger) -> dict:
 
 
 @pytest.fixture
-def started(hook):
-    return hook.reevaluate_segment(hook.get_segment("all_users")["id"])
+def started(hook, reevaluated):
+    return reevaluated(hook.get_segment("all_users")["id"])
 
 
 def test_serialize_round_trip():
@@ -76,20 +76,20 @@ async def test_success_event(lytics, started):
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("status", ["failed", "fault-7"])
-async def test_failed_event(hook, lytics, status):
+async def test_failed_event(hook, lytics, status, reevaluated):
     seg = hook.get_segment("all_users")
     lytics.fail_next_reevaluation(seg["id"], status)
-    started = hook.reevaluate_segment(seg["id"])
+    started = reevaluated(seg["id"])
     event = await first_event(trigger_for(started))
     assert (event["status"], event["vendor_status"]) == ("failed", status)
     assert started["job_id"] in event["message"]
 
 
 @pytest.mark.asyncio
-async def test_timeout_event_names_the_last_state(hook, lytics):
+async def test_timeout_event_names_the_last_state(hook, lytics, reevaluated):
     seg = hook.get_segment("all_users")
     lytics.stall_next_reevaluation(seg["id"])
-    started = hook.reevaluate_segment(seg["id"])
+    started = reevaluated(seg["id"])
     event = await first_event(trigger_for(started, deadline_in=0.4))
     assert event["status"] == "timeout"
     assert f"Timed out waiting for reevaluation of Lytics segment {seg['id']}" in event["message"]

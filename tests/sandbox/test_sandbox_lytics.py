@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import requests
@@ -244,8 +245,8 @@ def test_delete_single(api: LyticsApi) -> None:
     created = api.create(name="Del", segment_ql="FILTER *")
     response = api.delete(f"/v2/segment/{created['id']}")
     assert response.status_code == 200
-    validate(response.json(), spec_response_schema("/segment/{id}", "delete", 200))
-    assert response.json()["data"] == {"id": created["id"], "deleted": True}
+    validate(response.json(), spec_response_schema("/segment/{ids}", "delete", 200))
+    assert response.json()["data"]["deleted"] == [created["id"]]  # the batch handler's answer
     check_v2_error(api.get(f"/v2/segment/{created['id']}"), 404, "NOTFOUND-003")
     check_v2_error(api.delete(f"/v2/segment/{created['id']}"), 404, "NOTFOUND-003")
 
@@ -259,29 +260,25 @@ def test_delete_can_answer_204(api: LyticsApi, lytics_sandbox) -> None:
     assert lytics_sandbox.get_segment(created["id"]) is None
 
 
-def test_delete_guarded_by_include(api: LyticsApi, lytics_sandbox) -> None:
+def test_delete_of_an_included_segment_is_not_guarded(api: LyticsApi, lytics_sandbox) -> None:
+    """Lytics documents no guard: the delete goes through and the includer turns invalid."""
     base = api.create(name="Base", slug_name="base", segment_ql="FILTER EXISTS email")
     user = api.create(name="User", segment_ql="FILTER AND (INCLUDE base, visitct > 1)")
-    message = check_v2_error(api.delete(f"/v2/segment/{base['id']}"), 400, "BADREQ-001")
-    assert "included by" in message and user["slug_name"] in message
+    response = api.delete(f"/v2/segment/{base['id']}")
+    assert response.status_code == 200 and response.json()["data"]["deleted"] == [base["id"]]
+    assert lytics_sandbox.get_segment(user["id"])["invalid"] is True
 
+    other = api.create(name="Other", slug_name="other", segment_ql="FILTER EXISTS email")
+    api.create(name="Uses other", segment_ql="FILTER INCLUDE other")
     loose = api.create(name="Loose", segment_ql="FILTER *")
-    response = api.delete(f"/v2/segment/{base['id']},{loose['id']},{'f' * 32}")
+    response = api.delete(f"/v2/segment/{other['id']},{loose['id']},{'f' * 32}")
     assert response.status_code == 200
     validate(response.json(), spec_response_schema("/segment/{ids}", "delete", 200))
     data = response.json()["data"]
     validate(data, schema_for("models.SegmentDeleteResp", required=["deleted", "not_deleted", "segments"]))
-    assert data["deleted"] == [loose["id"]]
-    assert data["not_deleted"] == [base["id"], "f" * 32]
-    status = {s["id"]: s for s in data["segments"]}
-    assert status[base["id"]]["deleted"] is False
-    assert status[base["id"]]["segments"] == {"included_by": [user["id"]]}
-    assert "included" in status[base["id"]]["reason"]
-    assert status["f" * 32]["reason"] == "segment not found"
-    # deleting both in one call works: the includer goes with it
-    both = api.delete(f"/v2/segment/{user['id']},{base['id']}").json()["data"]
-    assert sorted(both["deleted"]) == sorted([user["id"], base["id"]])
-    assert lytics_sandbox.get_segment(base["id"]) is None
+    assert data["deleted"] == [other["id"], loose["id"]]
+    assert data["not_deleted"] == ["f" * 32]
+    assert {s["id"]: s["reason"] for s in data["segments"]}["f" * 32] == "segment not found"
 
 
 # ---------------------------------------------------------------------------- ancestors, invalid
@@ -316,16 +313,38 @@ def _job(api: LyticsApi, segment_id: str, job_id: str) -> dict:
     return next(job for job in jobs if job["id"] == job_id)
 
 
+def _reevaluate(api: LyticsApi, fake, segment_id: str) -> dict[str, Any]:
+    """Reevaluate through the documented body form; ``{"job_id", "requested"}`` from the fake's own state."""
+    response = api.post("/v2/segment/reevaluate", json={"id": segment_id})
+    assert response.status_code == 200, response.text
+    job = [j for j in fake.jobs(segment_id) if j["workflow"] == "segment_reevaluate"][-1]
+    return {"job_id": job["id"], "requested": job["created"]}
+
+
+def test_reevaluate_answers_minimally_and_the_seed_path_is_a_switch(api: LyticsApi, lytics_sandbox) -> None:
+    seg_id = lytics_sandbox.get_segment("all_users")["id"]
+    body = api.post("/v2/segment/reevaluate", json={"id": seg_id}).json()
+    assert set(body) == {"status", "request_id"} and body["status"] == 200  # nothing no document shows
+    check_v2_error(api.post(f"/v2/segment/{seg_id}/reevaluate"), 404, "NOTFOUND-003")
+    lytics_sandbox.configure(seed_reevaluate_path=1)
+    assert set(api.post(f"/v2/segment/{seg_id}/reevaluate").json()) == {"status", "request_id"}
+
+
+def test_reevaluation_jobs_are_listed_only_when_switched_on(api: LyticsApi, lytics_sandbox) -> None:
+    seg_id = lytics_sandbox.get_segment("all_users")["id"]
+    _reevaluate(api, lytics_sandbox, seg_id)
+    assert [j["workflow"] for j in api.get(f"/v2/segment/{seg_id}/jobs").json()["data"]] == ["export"]
+    lytics_sandbox.configure(list_reevaluation_jobs=1)
+    _reevaluate(api, lytics_sandbox, seg_id)
+    listed = [j["workflow"] for j in api.get(f"/v2/segment/{seg_id}/jobs").json()["data"]]
+    assert listed == ["export", "segment_reevaluate"]
+
+
 def test_reevaluation_lifecycle(api: LyticsApi, lytics_sandbox) -> None:
-    lytics_sandbox.configure(processing_seconds=0.6)
+    lytics_sandbox.configure(processing_seconds=0.6, list_reevaluation_jobs=1)
     created = api.create(name="Re", segment_ql="FILTER visitct > 1")
     before = _seg(api, created["id"], sizes="true")
-    response = api.post(f"/v2/segment/{created['id']}/reevaluate")
-    assert response.status_code == 200
-    body = response.json()
-    assert set(body) == {"status", "request_id", "data"} and body["status"] == 200
-    data = body["data"]
-    assert set(data) == {"id", "job_id", "requested"} and data["id"] == created["id"]
+    data = _reevaluate(api, lytics_sandbox, created["id"])
     job = _job(api, created["id"], data["job_id"])
     assert job["status"] == "initializing"
     assert job["workflow"] == "segment_reevaluate"
@@ -347,7 +366,7 @@ def test_reevaluation_lifecycle(api: LyticsApi, lytics_sandbox) -> None:
     assert done["updated"] > done["created"]
     after = _seg(api, created["id"], sizes="true")
     assert after["size"] != before["size"]
-    assert after["last_evaluated"] == done["updated"] > before["last_evaluated"]
+    assert "last_evaluated" not in after  # models.Segment has no such field
     assert after["updated"] == done["updated"]
     # the v1 sizes endpoint agrees
     sizes = api.get("/api/segment/sizes", params={"ids": created["id"]}).json()
@@ -355,11 +374,10 @@ def test_reevaluation_lifecycle(api: LyticsApi, lytics_sandbox) -> None:
 
 
 def test_reevaluate_by_body_path_and_clock(api: LyticsApi, lytics_sandbox) -> None:
-    lytics_sandbox.configure(processing_seconds=600)
+    lytics_sandbox.configure(processing_seconds=600, list_reevaluation_jobs=1)
     created = api.create(name="Body", segment_ql="FILTER *")
     size0 = lytics_sandbox.segment_size(created["id"])
-    data = api.post("/v2/segment/reevaluate", json={"id": created["id"]}).json()["data"]
-    assert data["id"] == created["id"]
+    data = _reevaluate(api, lytics_sandbox, created["id"])
     assert _job(api, created["id"], data["job_id"])["status"] == "initializing"
     lytics_sandbox.advance_time(300)
     assert _job(api, created["id"], data["job_id"])["status"] == "running"
@@ -375,7 +393,7 @@ def test_same_history_gives_same_sizes(api: LyticsApi, lytics_sandbox) -> None:
     seg_id = lytics_sandbox.get_segment("all_users")["id"]
     sizes = [lytics_sandbox.segment_size(seg_id)]
     for _ in range(2):
-        api.post(f"/v2/segment/{seg_id}/reevaluate")
+        api.post("/v2/segment/reevaluate", json={"id": seg_id})
         sizes.append(lytics_sandbox.segment_size(seg_id))
     lytics_sandbox.reset()
     lytics_sandbox.configure(processing_seconds=0)
@@ -389,7 +407,7 @@ def test_same_history_gives_same_sizes(api: LyticsApi, lytics_sandbox) -> None:
 @pytest.mark.parametrize("via_http", [False, True])
 @pytest.mark.parametrize("status", ["failed", "fault-3"])
 def test_injected_reevaluation_failure(api: LyticsApi, lytics_sandbox, via_http: bool, status: str) -> None:
-    lytics_sandbox.configure(processing_seconds=60)
+    lytics_sandbox.configure(processing_seconds=60, list_reevaluation_jobs=1)
     created = api.create(name="Fails", segment_ql="FILTER *")
     if via_http:
         answer = requests.post(
@@ -401,14 +419,14 @@ def test_injected_reevaluation_failure(api: LyticsApi, lytics_sandbox, via_http:
     else:
         lytics_sandbox.fail_next_reevaluation(created["id"], status=status)
     size0 = lytics_sandbox.segment_size(created["id"])
-    job_id = api.post(f"/v2/segment/{created['id']}/reevaluate").json()["data"]["job_id"]
+    job_id = _reevaluate(api, lytics_sandbox, created["id"])["job_id"]
     lytics_sandbox.advance_time(30)
     assert _job(api, created["id"], job_id)["status"] == "running"
     lytics_sandbox.advance_time(31)
     assert _job(api, created["id"], job_id)["status"] == status
     assert lytics_sandbox.segment_size(created["id"]) == size0
     # only the next one fails
-    next_job = api.post(f"/v2/segment/{created['id']}/reevaluate").json()["data"]["job_id"]
+    next_job = _reevaluate(api, lytics_sandbox, created["id"])["job_id"]
     lytics_sandbox.advance_time(61)
     assert _job(api, created["id"], next_job)["status"] == "completed"
 
@@ -432,7 +450,8 @@ def test_stalled_reevaluation_runs_forever(api: LyticsApi, lytics_sandbox, via_h
         assert requests.post(url, json={"segment_id": created["id"]}, timeout=5).status_code == 200
     else:
         lytics_sandbox.stall_next_reevaluation(created["id"])
-    job_id = api.post(f"/v2/segment/{created['id']}/reevaluate").json()["data"]["job_id"]
+    lytics_sandbox.configure(list_reevaluation_jobs=1)
+    job_id = _reevaluate(api, lytics_sandbox, created["id"])["job_id"]
     lytics_sandbox.advance_time(10 * 86400)
     assert _job(api, created["id"], job_id)["status"] == "running"
 
@@ -445,7 +464,8 @@ def test_jobs_include_unrelated_export_jobs(api: LyticsApi, lytics_sandbox) -> N
     via_http = requests.post(
         lytics_sandbox.base_url + "/_sandbox/lytics/export_job", json={"segment_id": created["id"]}, timeout=5
     ).json()["job"]
-    job_id = api.post(f"/v2/segment/{created['id']}/reevaluate").json()["data"]["job_id"]
+    lytics_sandbox.configure(list_reevaluation_jobs=1)
+    job_id = _reevaluate(api, lytics_sandbox, created["id"])["job_id"]
     jobs = api.get(f"/v2/segment/{created['id']}/jobs").json()
     assert jobs["status"] == 200
     assert [j["id"] for j in jobs["data"]] == [export["id"], via_http["id"], job_id]
