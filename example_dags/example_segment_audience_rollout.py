@@ -29,6 +29,8 @@ from airflow_audience_provider.sensors.segment import SegmentAudienceComputedSen
 # Segment refreshes compute progress about every 10 minutes; polling faster gains nothing.
 # The demo and the tests shorten this through the environment.
 POLL_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_POLL_SECONDS", "600"))
+# An edited BATCH audience reads Live before its next scheduled compute applies the edit.
+BATCH_WAIT_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_BATCH_WAIT_SECONDS", str(24 * 60 * 60)))
 AUDIENCE_NAME = "Recent purchasers (Airflow)"
 
 with DAG(
@@ -60,6 +62,7 @@ with DAG(
         definition="recent_purchasers.segmentql",
         audience_type="USERS",
         audience_name=AUDIENCE_NAME,  # unchanged and computed: reuse its size, spend no preview
+        batch_compute_wait=BATCH_WAIT_SECONDS,
         min_size=1,
         deferrable=True,
         poll_interval=POLL_SECONDS,
@@ -83,7 +86,10 @@ with DAG(
         audience_id="{{ ti.xcom_pull(task_ids='upsert_audience')['audience_id'] }}",
         deferrable=True,
         poke_interval=POLL_SECONDS,
-        timeout=24 * 60 * 60,  # Segment advises allowing a day for a first computation
+        # Segment reports no batch compute time: an edited BATCH audience counts as computed this
+        # long after its last change (see the sensor's docs).
+        batch_compute_wait=BATCH_WAIT_SECONDS,
+        timeout=30 * 60 * 60,  # Segment advises allowing a day for a first computation
     )
     # [END howto_sensor_segment_computed]
 

@@ -97,7 +97,13 @@ def main() -> int:
     with SandboxServer(processing_seconds=3) as sandbox:
         for vendor in sandbox.vendors:
             print(f"  {vendor:16s} {sandbox.url(vendor)}")
-        env = dag_test_env(DEMO / "airflow_home", REPO / "example_dags", sandbox, AUDIENCE_EXAMPLE_POLL_SECONDS="1")
+        env = dag_test_env(
+            DEMO / "airflow_home",
+            REPO / "example_dags",
+            sandbox,
+            AUDIENCE_EXAMPLE_POLL_SECONDS="1",
+            AUDIENCE_EXAMPLE_BATCH_WAIT_SECONDS="5",
+        )
         step(2, total, "Creating a throw-away Airflow home in .demo/airflow_home (airflow db migrate, ~10 s)")
         migrate_db(env)
         for number, dag_id in enumerate(dag_ids, start=3):

@@ -46,6 +46,8 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -101,6 +103,10 @@ SEGMENT_AUDIENCE_STATUS = StatusMap.of(
 #: notes' advice not to edit before a (re)computation has been incorporated).
 EDIT_LOCKED_STATUSES = frozenset({"locked", "preparing", "computing", "backfilling"})
 
+#: How long after an edit a BATCH audience counts as computed: Segment applies the edit at the next
+#: scheduled compute and reports neither the schedule nor the time of a compute.
+DEFAULT_BATCH_COMPUTE_WAIT = 24 * 3600.0
+
 #: Audience preview statuses.
 SEGMENT_PREVIEW_STATUS = StatusMap.of(done={"completed"}, failed={"failed"}, running={"running"})
 
@@ -135,11 +141,26 @@ def _limits(per_minute: Mapping[str, int]) -> dict[str, RateLimit]:
     limits: dict[str, RateLimit] = {}
     for name, count in per_minute.items():
         windows = [Window(int(count), MINUTE, f"{count} {name} requests per minute")]
-        if name == "create_audience_preview":
-            windows.append(Window(PREVIEW_MONTHLY_QUOTA, MONTH, f"{PREVIEW_MONTHLY_QUOTA} previews per month"))
         # Waiting out a per-minute window is fine; a used-up monthly quota fails the call at once.
         limits[name] = RateLimit(tuple(windows), max_wait=120.0)
     return limits
+
+
+def _preview_limit(per_minute: RateLimit, space_id: str) -> RateLimit:
+    """The preview limit for one space: the token's per-minute window plus the space's monthly quota.
+
+    The monthly quota belongs to the space, whichever token spends it, so its ledger is shared by
+    every connection on this host (space ids are unique across workspaces).
+    """
+    monthly = Window(
+        PREVIEW_MONTHLY_QUOTA,
+        MONTH,
+        f"{PREVIEW_MONTHLY_QUOTA} previews per month in space {space_id}",
+        scope=f"previews_per_month:{space_id}",
+        per_account=False,
+    )
+    minute = tuple(w for w in per_minute.windows if w.scope == "")
+    return replace(per_minute, windows=(*minute, monthly))
 
 
 class SegmentAudienceLockedError(AudienceConflictError):
@@ -678,18 +699,27 @@ class SegmentHook(AudienceHook):
     ) -> dict[str, Any]:
         """Create Audience Preview: ``POST .../audiences/previews``; returns ``{"id", ...}``.
 
-        Previews cost 5 per minute and 700 per month per space; the client-side limiter waits
-        out the first and fails at once when the second is used up.
+        Previews cost 5 per minute (per token) and 700 per month per space (whichever token);
+        the client-side limiter waits out the first and fails at once when the second is used up.
+
+        :param options: ``filterByExternalIds`` (list of strings) and ``backfillEventDataDays``
+            (a number), the fields of the SDK's ``CreateAudiencePreviewOptions``.
         """
         space = self.space(space_id)
         check_definition(definition)
-        self._check_alpha(audience_type=audience_type)
+        # Every version's preview input, v1alpha's included, takes USERS, ACCOUNTS and LINKED.
         body: dict[str, Any] = {
             "definition": _definition(definition, target_entity),
             "audienceType": _audience_type(audience_type),
         }
         if options:
-            body["options"] = dict(options)
+            body["options"] = preview_options(options)
+        transport = self.transport
+        limits = transport.profile.rate_limits
+        if "create_audience_preview" in limits:
+            # The monthly quota is the space's: point the preview budget at this space's ledger.
+            per_space = _preview_limit(limits["create_audience_preview"], space)
+            transport.profile = replace(transport.profile, rate_limits={**limits, "create_audience_preview": per_space})
         try:
             # Retrying a refused (429) POST is safe; an ambiguous failure just costs a preview.
             data = self._call(
@@ -820,11 +850,22 @@ class SegmentHook(AudienceHook):
             "asset_uri": self.audience_asset_uri(space, audience_id),
         }
 
-    def audience_compute_status(self, audience_id: str, space_id: str | None = None) -> PollResult:
-        """Whether the audience has computed, by :data:`SEGMENT_AUDIENCE_STATUS`.
+    def audience_compute_status(
+        self,
+        audience_id: str,
+        space_id: str | None = None,
+        changed_at: str | None = None,
+        batch_compute_wait: float = DEFAULT_BATCH_COMPUTE_WAIT,
+    ) -> PollResult:
+        """Whether the audience's latest change has computed, by :data:`SEGMENT_AUDIENCE_STATUS`
+        and, for BATCH audiences, the time since the change.
 
-        For a BATCH audience, ``Live`` right after an edit may predate the edit (vendor notes):
-        the new definition takes effect at the next scheduled compute.
+        A status in the done set means computed, except for an edited BATCH audience: Segment
+        shows it ``Live`` at once and applies the edit at the next scheduled compute, and the API
+        reports neither that schedule nor when a compute ran. Such an audience counts as
+        computed only ``batch_compute_wait`` seconds after the change: ``changed_at`` (RFC 3339)
+        when given, else the audience's ``updatedAt`` (an audience never edited since its
+        creation is judged by its status alone). ``Disabled`` is done at once.
         """
         space = self.space(space_id)
         audience = self.get_audience(audience_id, space)
@@ -832,6 +873,18 @@ class SegmentHook(AudienceHook):
         result = self._audience_result(space, audience)
         phase = SEGMENT_AUDIENCE_STATUS.phase(status)
         subject = f"Segment audience {audience.get('name')!r} ({audience_id})"
+        if phase is Phase.DONE and status.strip().lower() != "disabled":
+            due = _batch_edit_due(audience, changed_at, batch_compute_wait)
+            if due is not None and time.time() < due:
+                result["computed_after"] = datetime.fromtimestamp(due, UTC).isoformat()
+                return PollResult(
+                    Phase.RUNNING,
+                    status,
+                    f"{subject} is {status}, but it computes in BATCH and was changed since its creation: Segment "
+                    f"applies a change at the next scheduled compute and does not report it, so it counts as "
+                    f"computed from {result['computed_after']} (batch_compute_wait {batch_compute_wait:g} s)",
+                    result,
+                )
         if phase is Phase.DONE:
             message = f"{subject} is {status}; size {result['size']}"
         elif phase is Phase.FAILED:
@@ -980,6 +1033,32 @@ def audience_body(
     return body
 
 
+#: The fields of ``CreateAudiencePreviewOptions`` (SDK 73.2.0) and what each must be.
+PREVIEW_OPTIONS = {"filterByExternalIds": "a list of strings", "backfillEventDataDays": "a number"}
+
+
+def preview_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Preview options checked against the SDK model before a preview (and its quota) is spent."""
+    unknown = sorted(set(options) - set(PREVIEW_OPTIONS))
+    if unknown:
+        raise AudienceValidationError(
+            f"Preview options {unknown} are not preview options; a preview takes {', '.join(PREVIEW_OPTIONS)}",
+            vendor=VENDOR,
+            field="options",
+        )
+    ids = options.get("filterByExternalIds")
+    if ids is not None and (not isinstance(ids, list | tuple) or not all(isinstance(i, str) for i in ids)):
+        raise AudienceValidationError(
+            "options.filterByExternalIds must be a list of strings", vendor=VENDOR, field="options.filterByExternalIds"
+        )
+    days = options.get("backfillEventDataDays")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int | float)):
+        raise AudienceValidationError(
+            "options.backfillEventDataDays must be a number", vendor=VENDOR, field="options.backfillEventDataDays"
+        )
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items() if v is not None}
+
+
 SCHEDULE_INTERVALS = ("15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
 
 
@@ -1048,6 +1127,29 @@ def _pending(current: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         enabled=fields.get("enabled"),
         options=fields.get("options"),
     )
+
+
+def _parse_time(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _batch_edit_due(audience: dict[str, Any], changed_at: str | None, wait: float) -> float | None:
+    """When an edited BATCH audience counts as computed (epoch), or None when its status says it all."""
+    if str((audience.get("computeCadence") or {}).get("type") or "").upper() != "BATCH" or wait <= 0:
+        return None
+    changed = _parse_time(changed_at)
+    if changed is None:
+        updated, created = _parse_time(audience.get("updatedAt")), _parse_time(audience.get("createdAt"))
+        if updated is None or (created is not None and updated <= created + 1.0):
+            return None  # never edited: Preparing/Computing came before this Live
+        changed = updated
+    return changed + wait
 
 
 def _canon_option(value: Any) -> Any:

@@ -333,8 +333,10 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
 
     Other audiences may use this one through ``trait('<key>')``; what Segment does to them is
     unverified, so the operator lists the consumers (``audience-references``, v1alpha) first and
-    refuses, naming them, unless ``force=True``. Keys are never reused by Segment: re-creating a
-    removed audience gives it a new key.
+    refuses, naming them, unless ``force=True``. That endpoint exists in the alpha version only:
+    where the workspace does not offer it (403, 404, 405, 415 or 501), the removal goes ahead
+    with a warning, unless ``check_references=True`` asked for the check. Keys are never reused
+    by Segment: re-creating a removed audience gives it a new key.
 
     .. seealso:: :ref:`howto/operator:SegmentRemoveAudienceOperator`
 
@@ -342,7 +344,9 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
     :param audience_name: its exact name (templated).
     :param missing_ok: an audience that does not exist counts as removed (reruns succeed).
     :param force: remove even when other audiences reference it.
-    :return: ``{"audience_id", "space_id", "removed"}``.
+    :param check_references: ``None`` (default): check where the references endpoint is offered,
+        warn where it is not; ``True``: refuse when the check cannot be made; ``False``: do not check.
+    :return: ``{"audience_id", "space_id", "removed", "references_checked"}``.
     """
 
     template_fields: Sequence[str] = ("audience_id", "audience_name", "space_id", "segment_conn_id")
@@ -355,6 +359,7 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
         audience_name: str | None = None,
         missing_ok: bool = True,
         force: bool = False,
+        check_references: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -362,6 +367,7 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
         self.audience_name = audience_name
         self.missing_ok = missing_ok
         self.force = force
+        self.check_references = check_references
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import AudienceNotFoundError, AudienceValidationError
@@ -377,7 +383,7 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
                 )
             self.log.info("Segment audience %r does not exist in space %s; nothing to remove", wanted, space)
             return {"audience_id": self.audience_id, "space_id": space, "removed": False}
-        consumers = hook.list_audience_consumers(str(audience["id"]), space)
+        consumers, checked = self._consumers(hook, audience, space)
         if consumers and not self.force:
             names = ", ".join(f"{c.get('name')} ({c.get('id')})" for c in consumers)
             raise AudienceValidationError(
@@ -389,7 +395,38 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
         self.log.info("Removed Segment audience %r (%s)", audience.get("name"), audience["id"])
         # Lineage only (no Asset event for a removal): the audience changed.
         self.emit_asset_event(context, hook.audience_asset_uri(space, str(audience["id"])), {"action": "removed"})
-        return {"audience_id": audience["id"], "space_id": space, "removed": True}
+        return {"audience_id": audience["id"], "space_id": space, "removed": True, "references_checked": checked}
+
+    #: Answers of the alpha-only references endpoint that mean "not offered here".
+    _UNAVAILABLE = frozenset({403, 404, 405, 410, 415, 501})
+
+    def _consumers(self, hook: Any, audience: dict[str, Any], space: str) -> tuple[list[dict[str, Any]], bool]:
+        """The audiences referencing this one, and whether the check could be made."""
+        from airflow_audience_provider.core.errors import AudienceError, AudienceValidationError
+
+        if self.check_references is False:
+            return [], False
+        try:
+            return hook.list_audience_consumers(str(audience["id"]), space), True
+        except AudienceError as exc:
+            if exc.status not in self._UNAVAILABLE:
+                raise
+            # The audience was just read, so a 404 here is the endpoint, not the audience.
+            if self.check_references:
+                raise AudienceValidationError(
+                    f"Cannot check which audiences reference {audience.get('name')!r} ({audience['id']}): the "
+                    f"alpha-only audience-references endpoint answered {exc.status} ({exc.message}); "
+                    "pass check_references=None to remove with a warning, or False to skip the check",
+                    vendor="segment",
+                ) from exc
+            self.log.warning(
+                "Could not check which audiences reference %r (%s): audience-references answered %s; removing "
+                "anyway (pass check_references=True to refuse instead)",
+                audience.get("name"),
+                audience["id"],
+                exc.status,
+            )
+            return [], False
 
 
 class SegmentPreviewAudienceOperator(_SegmentOperator):
@@ -407,7 +444,10 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
     :param audience_type: ``USERS``, ``ACCOUNTS`` or ``LINKED`` (templated).
     :param options: ``filterByExternalIds``, ``backfillEventDataDays`` (templated).
     :param audience_name: skip the preview when this audience already has this definition, is
-        enabled and has computed (templated).
+        enabled and has computed (templated); an edited BATCH audience counts as computed only
+        ``batch_compute_wait`` seconds after its last change (see
+        :class:`~airflow_audience_provider.sensors.segment.SegmentAudienceComputedSensor`).
+    :param batch_compute_wait: that wait, in seconds (default 24 h).
     :param min_size: fail the task when the preview is smaller (a guard before enabling).
     :param max_size: fail the task when the preview is larger.
     :param deferrable: wait for the preview in the triggerer.
@@ -442,6 +482,7 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 10,
         timeout: float = 30 * 60,
+        batch_compute_wait: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -455,6 +496,7 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.batch_compute_wait = batch_compute_wait
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         from airflow_audience_provider.core.results import Phase
@@ -471,7 +513,12 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
             if same and current is not None and current.get("enabled"):
                 # Only a computed, enabled audience has a size that belongs to this definition:
                 # while an edit is being incorporated, the size is the old definition's.
-                look = hook.audience_compute_status(str(current["id"]), space)
+                if self.batch_compute_wait is None:
+                    look = hook.audience_compute_status(str(current["id"]), space)
+                else:
+                    look = hook.audience_compute_status(
+                        str(current["id"]), space, batch_compute_wait=float(self.batch_compute_wait)
+                    )
                 size = look.data or {}
                 if look.phase is Phase.DONE and size.get("size") is not None:
                     self.log.info(

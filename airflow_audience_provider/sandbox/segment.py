@@ -39,7 +39,11 @@ Behaviour worth knowing when writing clients:
   ``X-RateLimit-Remaining``, ``X-RateLimit-Reset`` (RFC 5322 date) and the docs' body
   ``{"errors": [{"type": "RequestError", "message": "Too many requests", "data": {"remainingPoints",
   "msBeforeNext", "consumedPoints"}}]}``; successful limited calls carry the ``X-RateLimit-*``
-  headers too. Previews also count against ``preview_monthly_quota`` (700 per 30 days).
+  headers too. Previews also count against ``preview_monthly_quota`` (700 per 30 days), which
+  belongs to the space (this fake has one space), whatever token spends it.
+* Preview options are those of the SDK's ``CreateAudiencePreviewOptions`` (``filterByExternalIds``,
+  ``backfillEventDataDays``); any other key answers 422. Every version, v1alpha included, takes
+  ``LINKED`` previews.
 """
 
 from __future__ import annotations
@@ -163,6 +167,11 @@ class SegmentFake(VendorFake):
         "limit_write_schedule": 50,
         "preview_monthly_quota": 700,
         "locked_edit_status": 409,
+        # BATCH audiences compute on a schedule: an edit of the definition or options waits for this
+        # long (the fake's clock) and the audience reads Live meanwhile, as Segment documents.
+        "batch_compute_seconds": 3600.0,
+        # 0 = the alpha-only audience-references endpoint is not offered (404), as in workspaces without it
+        "references_endpoint": 1,
     }
 
     token: str = SANDBOX_TOKEN
@@ -306,6 +315,9 @@ class SegmentFake(VendorFake):
             "final": "Live",
             "computed_query": None,
             "schedules": {},
+            # Segment decides the cadence from the definition; an edit cannot switch it.
+            "cadence": "BATCH" if "within" in body["definition"]["query"] else "REALTIME",
+            "batch_due": None,
         }
         if audience_id is None and stored["enabled"]:
             middle = "Backfilling" if options.get("includeHistoricalData") else "Computing"
@@ -327,6 +339,10 @@ class SegmentFake(VendorFake):
 
     def _status(self, stored: dict[str, Any]) -> str:
         now = self.now()
+        if stored["batch_due"] is not None and now >= stored["batch_due"]:
+            stored["batch_due"] = None  # the scheduled compute has run: the edit is applied now
+            if stored["final"] == "Live":
+                stored["computed_query"] = stored["definition"]["query"]
         if now < stored["locked_until"]:
             return "Locked"
         if not stored["enabled"] and stored["final"] in ("Live", "Disabled"):
@@ -345,13 +361,13 @@ class SegmentFake(VendorFake):
         out = {
             k: v
             for k, v in stored.items()
-            if k not in ("locked_until", "timeline", "final", "computed_query", "schedules")
+            if k not in ("locked_until", "timeline", "final", "computed_query", "schedules", "cadence", "batch_due")
         }
         out["definition"] = dict(stored["definition"])
         out["options"] = dict(stored["options"])
         out["status"] = status
         if full:
-            out["computeCadence"] = {"type": "REALTIME" if "within" not in stored["definition"]["query"] else "BATCH"}
+            out["computeCadence"] = {"type": stored["cadence"]}
             size_type = _SIZE_TYPES[stored["audienceType"]]
             if stored["computed_query"] is not None:
                 count = _size_of(stored["computed_query"])
@@ -611,7 +627,12 @@ class SegmentFake(VendorFake):
             stored["options"] = {**stored["options"], **body["options"]}
         stored["updatedAt"] = rfc3339(now)
         stored["locked_until"] = now + p / 3
-        if stored["enabled"]:
+        recompute = "definition" in body or "options" in body
+        if stored["enabled"] and stored["cadence"] == "BATCH" and recompute and stored["computed_query"] is not None:
+            # A BATCH audience shows Live at once and applies the edit at its next scheduled compute.
+            stored["timeline"], stored["final"] = [], self._next_compute.pop(stored["id"], "Live")
+            stored["batch_due"] = now + float(self.config.get("batch_compute_seconds") or 0.0)
+        elif stored["enabled"]:
             stored["timeline"] = [("Computing", now + p)]
             stored["final"] = self._next_compute.pop(stored["id"], "Live")
         else:
@@ -619,6 +640,8 @@ class SegmentFake(VendorFake):
         return stored
 
     async def _h_references(self, request: Request) -> Response:
+        if not self.config.get("references_endpoint"):
+            raise ApiError(404, "Not found", "NotFound")
         self._version(request, _ALPHA_ONLY)
         with self.lock:
             stored = self._require(request.path_params["space_id"], request.path_params["audience_id"])
@@ -686,6 +709,7 @@ class SegmentFake(VendorFake):
                 problems.append(("definition.query", problem))
             if body.get("audienceType") not in ("USERS", "ACCOUNTS", "LINKED"):
                 problems.append(("audienceType", "audienceType must be one of USERS, ACCOUNTS, LINKED"))
+            problems.extend(_preview_options_problems(body.get("options")))
             if problems:
                 raise _validation(problems)
             headers = self._limit("create_audience_preview")
@@ -815,6 +839,29 @@ class _FieldError(ApiError):
 
 def _validation(problems: list[tuple[str, str]]) -> ApiError:
     return _FieldError(problems)
+
+
+#: CreateAudiencePreviewOptions of the SDK (73.2.0): its only fields.
+_PREVIEW_OPTIONS = ("filterByExternalIds", "backfillEventDataDays")
+
+
+def _preview_options_problems(options: Any) -> list[tuple[str, str]]:
+    if options is None:
+        return []
+    if not isinstance(options, dict):
+        return [("options", "options must be an object")]
+    problems = [
+        (f"options.{key}", f"options.{key} is not a preview option ({', '.join(_PREVIEW_OPTIONS)})")
+        for key in options
+        if key not in _PREVIEW_OPTIONS
+    ]
+    ids = options.get("filterByExternalIds")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        problems.append(("options.filterByExternalIds", "options.filterByExternalIds must be an array of strings"))
+    days = options.get("backfillEventDataDays")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int | float)):
+        problems.append(("options.backfillEventDataDays", "options.backfillEventDataDays must be a number"))
+    return problems
 
 
 def _schedule(body: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,10 @@ class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
 
     Works in poke, reschedule and deferrable modes, all judging the audience's ``status`` by
     :data:`~airflow_audience_provider.hooks.segment.SEGMENT_AUDIENCE_STATUS`: ``Live``,
-    ``Not Computing`` and ``Disabled`` are done; ``Failed`` and ``Error`` fail the task (not
+    ``Not Computing`` and ``Disabled`` are done, except for an edited BATCH audience: Segment
+    shows it ``Live`` at once, applies the edit at its next scheduled compute and reports no
+    compute time, so it counts as computed ``batch_compute_wait`` seconds (default 24 h) after
+    ``changed_at`` (default: the audience's ``updatedAt``); ``Failed`` and ``Error`` fail the task (not
     retried: waiting again finds the same failure); ``Preparing``, ``Computing``,
     ``Backfilling``, ``Awaiting Destinations`` and ``Locked`` keep waiting. Statuses the provider
     does not know are logged verbatim and waited on until ``timeout``, which ends the task with a
@@ -37,13 +40,17 @@ class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
         ``"{{ ti.xcom_pull(task_ids='upsert')['audience_id'] }}"``.
     :param space_id: the Engage space (templated); default: the connection's ``space_id``.
     :param segment_conn_id: the Segment connection.
+    :param changed_at: when the change to wait for was made, RFC 3339 (templated); default: the
+        audience's ``updatedAt``.
+    :param batch_compute_wait: seconds after a change from which an edited BATCH audience counts
+        as computed (default 24 h; keep ``timeout`` above it).
     :param emit_asset: when computed, record an Asset event ``segment://<space>/audience/<id>``
         (with the size and status) through the alias ``asset_alias``.
     :param asset_alias: defaults to ``segment-audiences``.
     """
 
     trigger_class = SegmentAudienceComputedTrigger
-    template_fields: Sequence[str] = ("audience_id", "space_id", "segment_conn_id")
+    template_fields: Sequence[str] = ("audience_id", "space_id", "changed_at", "segment_conn_id")
     operator_extra_links = (SegmentAudienceLink(),)
     ui_color = "#e8f5e9"
     default_asset_alias = "segment-audiences"
@@ -56,9 +63,11 @@ class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
         space_id: str | None = None,
         segment_conn_id: str = SEGMENT.default_conn_name,
         poke_interval: float = 5 * 60,
-        timeout: float = 24 * 60 * 60,
+        timeout: float = 30 * 60 * 60,
         emit_asset: bool = True,
         asset_alias: str | None = None,
+        changed_at: str | None = None,
+        batch_compute_wait: float | None = None,
         **kwargs: Any,
     ) -> None:
         self._asset_outlets(kwargs, emit_asset, asset_alias)
@@ -66,6 +75,8 @@ class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
         self.audience_id = audience_id
         self.space_id = space_id
         self.segment_conn_id = segment_conn_id
+        self.changed_at = changed_at
+        self.batch_compute_wait = batch_compute_wait
 
     @property
     def conn_id(self) -> str:
@@ -73,7 +84,12 @@ class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
 
     def status_kwargs(self, context: Context) -> dict[str, Any]:
         # The space is resolved here, so the trigger's kwargs name it even when the task did not.
-        return {"audience_id": self.audience_id, "space_id": self.hook.space(self.space_id)}
+        kwargs: dict[str, Any] = {"audience_id": self.audience_id, "space_id": self.hook.space(self.space_id)}
+        if self.changed_at and str(self.changed_at).strip() not in ("None", "null"):
+            kwargs["changed_at"] = str(self.changed_at)
+        if self.batch_compute_wait is not None:
+            kwargs["batch_compute_wait"] = float(self.batch_compute_wait)
+        return kwargs
 
     def execute(self, context: Context) -> Any:
         hook = self.hook

@@ -22,7 +22,13 @@ pytestmark = pytest.mark.dag_run
 
 @pytest.fixture(scope="module")
 def airflow_env(sandbox, tmp_path_factory):
-    env = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
+    env = dag_test_env(
+        tmp_path_factory.mktemp("airflow_home"),
+        EXAMPLES,
+        sandbox,
+        AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
+        AUDIENCE_EXAMPLE_BATCH_WAIT_SECONDS="2",
+    )
     migrate_db(env)
     return env
 

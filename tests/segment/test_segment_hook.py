@@ -475,3 +475,54 @@ def test_check_definition_ignores_parentheses_in_strings():
     assert check_definition("event('a (b').count() >= 1") == "event('a (b').count() >= 1"
     with pytest.raises(AudienceValidationError):
         check_definition("   ")
+
+
+# -- previews: the SDK model, LINKED on v1alpha, the space's monthly quota ---------------------
+
+
+def test_preview_options_are_checked_against_the_sdk_model(hook, segment):
+    from airflow_audience_provider.hooks.segment import preview_options
+
+    with pytest.raises(AudienceValidationError, match="includeHistoricalData"):
+        hook.create_audience_preview(QUERY, options={"includeHistoricalData": True})
+    with pytest.raises(AudienceValidationError, match="list of strings"):
+        hook.create_audience_preview(QUERY, options={"filterByExternalIds": "email"})
+    with pytest.raises(AudienceValidationError, match="a number"):
+        hook.create_audience_preview(QUERY, options={"backfillEventDataDays": "7"})
+    assert segment.requests == []  # refused before any call or quota
+    good = {"filterByExternalIds": ["email"], "backfillEventDataDays": 7}
+    assert preview_options(good) == good
+    assert hook.create_audience_preview(QUERY, options=good)["id"].startswith("prv_")
+
+
+def test_the_fake_refuses_options_a_preview_does_not_have(segment):
+    import requests
+
+    answer = requests.post(
+        f"{segment.base_url}/spaces/{segment.space_id}/audiences/previews",
+        headers={"Authorization": f"Bearer {segment.token}"},
+        json={"definition": {"query": QUERY}, "audienceType": "USERS", "options": {"includeHistoricalData": True}},
+        timeout=10,
+    )
+    assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "options.includeHistoricalData"
+
+
+def test_linked_previews_are_legal_on_v1alpha(segment, set_segment_conn):
+    hook = SegmentHook(set_segment_conn("seg_alpha_linked", extra={"api_version": "v1alpha"}))
+    preview = hook.create_audience_preview("entity('orders').count() >= 1", audience_type="LINKED")
+    assert preview["id"].startswith("prv_")
+    assert segment.accepts[-1] == "application/vnd.segment.v1alpha+json"
+
+
+def test_the_monthly_preview_quota_is_the_spaces_whatever_the_token(segment, set_segment_conn, monkeypatch):
+    from airflow_audience_provider.hooks import segment as module
+
+    monkeypatch.setattr(module, "PREVIEW_MONTHLY_QUOTA", 2)
+    first = SegmentHook(set_segment_conn("seg_token_a"))
+    second = SegmentHook(set_segment_conn("seg_token_b", password=f"Bearer {segment.token}"))  # another budget key
+    assert first.budget_key(first.settings()) != second.budget_key(second.settings())
+    first.create_audience_preview(QUERY)
+    second.create_audience_preview(QUERY)
+    with pytest.raises(AudienceRateLimitError, match=f"2 previews per month in space {segment.space_id}"):
+        first.create_audience_preview(QUERY)
+    assert sum(r["path"].endswith("/previews") for r in segment.requests) == 2

@@ -204,7 +204,12 @@ def test_enable_needs_exactly_one_reference(segment, context):
 def test_remove_and_rerun(segment, context):
     created = upsert().execute(context)
     op = SegmentRemoveAudienceOperator(task_id="rm", audience_name="Buyers")
-    assert op.execute(context) == {"audience_id": created["audience_id"], "space_id": segment.space_id, "removed": True}
+    assert op.execute(context) == {
+        "audience_id": created["audience_id"],
+        "space_id": segment.space_id,
+        "removed": True,
+        "references_checked": True,
+    }
     assert op.execute(context)["removed"] is False
     with pytest.raises(AudienceNotFoundError):
         SegmentRemoveAudienceOperator(task_id="rm", audience_name="Buyers", missing_ok=False).execute(context)
@@ -218,6 +223,28 @@ def test_remove_refuses_a_referenced_audience(segment, context):
     assert segment.audience(SEED) is not None
     SegmentRemoveAudienceOperator(task_id="rm", audience_id=SEED, force=True).execute(context)
     assert segment.audience(SEED) is None
+
+
+def test_remove_goes_ahead_with_a_warning_where_references_are_not_offered(segment, context):
+    """The references endpoint is alpha-only: a workspace without it must still be able to remove."""
+    segment.configure(references_endpoint=0)
+    created = upsert().execute(context)
+    result = SegmentRemoveAudienceOperator(task_id="rm", audience_id=created["audience_id"]).execute(context)
+    assert result["removed"] is True and result["references_checked"] is False
+    assert segment.audience(created["audience_id"]) is None
+
+
+def test_remove_refuses_when_the_asked_for_check_cannot_be_made(segment, context):
+    segment.configure(references_endpoint=0)
+    created = upsert().execute(context)
+    with pytest.raises(AudienceValidationError, match="audience-references endpoint answered 404"):
+        SegmentRemoveAudienceOperator(task_id="rm", audience_id=created["audience_id"], check_references=True).execute(
+            context
+        )
+    assert segment.audience(created["audience_id"]) is not None
+    skipped = SegmentRemoveAudienceOperator(task_id="rm", audience_id=created["audience_id"], check_references=False)
+    assert skipped.execute(context)["references_checked"] is False
+    assert not any(r["path"].endswith("/audience-references") and r["status"] == 200 for r in segment.requests)
 
 
 # -- preview ------------------------------------------------------------------------------------
