@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 class LyticsReevaluationTrigger(AudiencePollingTrigger):
     """Wait in the triggerer until a Lytics segment reevaluation completes or fails.
 
-    ``status_kwargs``: ``segment_id``, ``requested_at`` (RFC 3339) and optionally ``job_id``;
-    see :meth:`~airflow_audience_provider.hooks.lytics.LyticsHook.reevaluation_status` for
-    the completion signal.
+    ``status_kwargs``: ``segment_id``, ``requested_at`` (RFC 3339), and optionally ``job_id``,
+    ``settle_polls``, ``settle_interval`` and ``size_history`` (the size readings so far, kept
+    in place between polls); see
+    :meth:`~airflow_audience_provider.hooks.lytics.LyticsHook.reevaluation_status` for the
+    heuristic that ends the wait.
     """
 
     vendor = "lytics"
