@@ -317,7 +317,7 @@ YANDEX_DIRECT = ConnectionSpec(
     integration_name="Yandex Direct",
     external_doc_url="https://yandex.com/dev/direct/doc/en/",
     module="yandex_direct",
-    module_kinds=("hooks",),
+    module_kinds=("hooks", "operators", "triggers"),
     extra_links=("airflow_audience_provider.links.yandex_direct.YandexDirectRetargetingListLink",),
 )
 

@@ -8,7 +8,11 @@
 2. ``upsert_retargeting_list`` (mapped per segment) keeps one retargeting list per segment: people in the segment
    (``ANY``) who are not converted customers (``NONE`` of the purchase goal in the last 90 days).
    The segment id is resolved to its Direct goal id through ``GetRetargetingGoals``; a rerun finds
-   the list by name and writes nothing when nothing changed.
+   the list by name and writes nothing when nothing changed. Direct lists a segment only once it is
+   processed **and** owned by or granted to the Direct login, and the Asset event comes when the
+   segment is processed, before the Audience DAG's grant task: so the task first waits, in the
+   triggerer, until Direct lists the segment (at most ``segment_wait_timeout``), and writes nothing
+   before the grant exists.
 3. ``attach_to_ad_groups`` (mapped per list) adds each list as an audience target to the ad groups,
    once per group.
 
@@ -78,6 +82,11 @@ with DAG(
     upsert = YandexDirectCreateOrUpdateRetargetingListOperator.partial(
         task_id="upsert_retargeting_list",
         description="Managed by Airflow ({{ dag.dag_id }}); edit the DAG, not the web interface",
+        # Wait (in the triggerer) until Direct lists the segment: the grant to the Direct login may
+        # come after the Asset event. Give up after 6 hours, naming what Direct lists.
+        deferrable=True,
+        segment_wait_timeout=6 * 3600,
+        poll_interval=600,
     ).expand_kwargs(definitions)  # name and rules per segment, e.g.
     # {"name": "...", "rules": [{"operator": "ANY", "segments": [segment_id]},
     #                           {"operator": "NONE", "goals": [{"goal_id": 12345678, "membership_life_span": 90}]}]}

@@ -25,12 +25,16 @@ The protocol, once, in :meth:`YandexDirectHook.call` (vendor notes ``yandex_dire
 
 **From an Audience segment to a goal id** (notes §8.2, UNVERIFIED mapping): the ids usable in rules
 come from ``GetRetargetingGoals`` (v4 Live). This hook never assumes that an Audience segment id is
-a goal id. A segment named by *name* is matched against the names of the Audience goals that Direct
-lists; a segment given by *id* is recognised as the listed goal whose id is ``audience_goal_id_offset
-+ segment id`` (connection extra, default 2 000 000 000, our assumption about Direct's numbering),
-and an explicit ``{"goal_id": ...}`` bypasses both. In every case the goal must be listed by Direct
-(i.e. the segment is ``processed`` and shared with the Direct login), otherwise a clear
-:class:`YandexDirectGoalNotFoundError` (not retried by Airflow) names what is missing.
+a goal id, nor that the ``Type`` of an Audience goal says "audience". A segment named by *name* is
+the listed item with that name. A segment given by *id* is the listed goal numbered
+``audience_goal_id_offset + segment id`` (connection extra, default 2 000 000 000, our assumption
+about Direct's numbering), else an item field naming the segment id, else a non-Metrica goal
+numbered with the id itself, else its name when given along. An explicit ``{"goal_id": ...}``
+bypasses all that. In every case the goal must be listed by Direct (the segment is ``processed``
+and owned by or granted to the Direct login), otherwise a clear
+:class:`YandexDirectGoalNotFoundError` (not retried by Airflow) names what is missing and lists
+what Direct does list; :meth:`YandexDirectHook.audience_goals_status` is the status function of
+the wait until Direct lists a fresh segment.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from airflow_audience_provider.core.errors import (
     AudienceValidationError,
 )
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
+from airflow_audience_provider.core.results import Phase, PollResult
 from airflow_audience_provider.core.transport import ErrorInfo, VendorProfile
 
 log = logging.getLogger(__name__)
@@ -929,66 +934,131 @@ class YandexDirectHook(AudienceHook):
         return int(float(self.settings().get_extra("audience_goal_id_offset", 2_000_000_000)))
 
     @staticmethod
-    def is_audience_goal(goal: Mapping[str, Any], offset: int) -> bool:
-        """Whether a GetRetargetingGoals item is a Yandex.Audience segment.
+    def is_metrica_goal(goal: Mapping[str, Any]) -> bool:
+        """Whether a GetRetargetingGoals item says it is a Metrica goal (``Type`` ``goal``; strings unverified)."""
+        return str(goal.get("Type") or "").strip().lower() == "goal"
 
-        The ``Type`` strings are UNVERIFIED (notes §6.4): any type mentioning "audience" counts, and
-        an item with no type counts when its id lies in the Audience id range of this connection.
+    @staticmethod
+    def is_audience_goal(goal: Mapping[str, Any], offset: int) -> bool:
+        """Whether a GetRetargetingGoals item looks like a Yandex.Audience segment.
+
+        Only a hint for choosing among equal names and for error messages: the ``Type`` strings are
+        UNVERIFIED (notes §6.4), so a type mentioning "audience", or an id in this connection's
+        Audience id range, counts.
         """
         kind = str(goal.get("Type") or "").lower()
-        if kind:
-            return "audience" in kind
+        if "audience" in kind:
+            return True
         try:
             return offset <= int(str(goal.get("GoalID"))) < offset + 1_000_000_000
         except (TypeError, ValueError):
             return False
+
+    def _segment_matches(self, spec: Mapping[str, Any], goals: Sequence[Mapping[str, Any]], offset: int) -> list[Any]:
+        """The goals a segment spec may be, best evidence first (each list holds one kind of evidence)."""
+        if "goal_id" in spec:
+            return [g for g in goals if _goal_id(g) == spec["goal_id"]]
+        if "segment_id" in spec:
+            sid = spec["segment_id"]
+            # 1. the numbering this connection assumes; 2. a field of the item naming the segment id;
+            # 3. a goal numbered like the segment itself (not a Metrica goal); 4. the segment's name.
+            for found in (
+                [g for g in goals if _goal_id(g) == offset + sid],
+                [g for g in goals if any(str(g.get(k)) == str(sid) for k in SEGMENT_ID_FIELDS if g.get(k) is not None)],
+                [g for g in goals if _goal_id(g) == sid and not self.is_metrica_goal(g)],
+            ):
+                if found:
+                    return found
+            if not spec.get("name"):
+                return []
+        named = [g for g in goals if str(g.get("Name") or "") == spec["name"]]
+        if len(named) > 1:
+            # Equal names: keep the ones that look like Audience segments, if that tells them apart.
+            audience = [g for g in named if self.is_audience_goal(g, offset) or not self.is_metrica_goal(g)]
+            named = audience or named
+        return named
+
+    def match_audience_segments(
+        self, segments: Sequence[Any], goals: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[Any]]:
+        """Goal ids of the segments Direct lists, and the segments it does not list (in input order).
+
+        :raises AudienceValidationError: for a segment that matches several goals.
+        """
+        offset = self.audience_goal_id_offset
+        resolved, missing = [], []
+        for raw in segments:
+            spec = _segment_spec(raw)
+            matches = self._segment_matches(spec, goals, offset)
+            if len(matches) > 1:
+                raise AudienceValidationError(
+                    f"Yandex.Audience segment {raw!r} matches several Direct goals "
+                    f"({_describe_goals(matches)}); give it as {{'goal_id': ...}} instead",
+                    vendor=VENDOR,
+                )
+            if not matches:
+                missing.append(raw)
+                continue
+            goal = matches[0]
+            resolved.append({"input": raw, "goal_id": _goal_id(goal), "name": goal.get("Name")})
+        return resolved, missing
+
+    def _not_listed_message(self, missing: Sequence[Any], goals: Sequence[Mapping[str, Any]]) -> str:
+        candidates = [g for g in goals if not self.is_metrica_goal(g)]
+        return (
+            f"Yandex Direct lists no goal for the Yandex.Audience segment(s) {list(missing)!r} "
+            f"(login {self.client_login or 'of the token'}): a segment appears only once it is processed and owned "
+            "by or granted to this Direct login (a fresh grant may take a while to show). Segments and other "
+            f"non-goal items Direct lists now: {_describe_goals(candidates) or 'none'}. A segment given by id is "
+            f"matched as goal {self.audience_goal_id_offset:_} + id (extra 'audience_goal_id_offset'), by an id "
+            "field of the item, or as a goal with its own id; add its name ({'segment_id': ..., 'name': ...}) or "
+            "give {'goal_id': ...} when Direct numbers it otherwise"
+        )
 
     def resolve_audience_segments(
         self, segments: Sequence[Any], goals: Sequence[Mapping[str, Any]] | None = None
     ) -> list[dict[str, Any]]:
         """Goal ids of Audience segments given by id, by name, or as ``{"goal_id": n}``.
 
+        How a segment is recognised in the ``GetRetargetingGoals`` answer (the mapping is not
+        documented): by id, the goal numbered ``audience_goal_id_offset + id``, else an item field
+        naming the segment id, else a goal (not a Metrica goal) numbered with the id itself, else
+        the segment's name when given (``{"segment_id": ..., "name": ...}``); by name, the item with
+        that ``Name`` (among equal names, the ones that look like Audience segments).
+
         :param segments: ints or digit strings (segment ids), other strings (segment names), or dicts
-            with one of ``segment_id``, ``name``, ``goal_id``.
+            with one of ``segment_id`` (optionally with ``name``), ``name``, ``goal_id``.
         :param goals: a GetRetargetingGoals answer to reuse (saves a call).
         :returns: ``[{"input", "goal_id", "name"}]`` in input order.
-        :raises YandexDirectGoalNotFoundError: naming every segment Direct does not list (not processed yet,
-            not shared with this Direct login, or a wrong id/name).
-        :raises AudienceValidationError: for a name that matches several segments.
+        :raises YandexDirectGoalNotFoundError: naming every segment Direct does not list, and listing
+            what Direct does list (not processed yet, not shared with this Direct login, or a wrong id/name).
+        :raises AudienceValidationError: for a segment that matches several goals.
         """
         goals = list(goals) if goals is not None else self.get_retargeting_goals()
-        offset = self.audience_goal_id_offset
-        by_id = {int(g["GoalID"]): g for g in goals if str(g.get("GoalID", "")).lstrip("-").isdigit()}
-        audience = [g for g in goals if self.is_audience_goal(g, offset)]
-        resolved, missing = [], []
-        for raw in segments:
-            spec = _segment_spec(raw)
-            goal: Mapping[str, Any] | None = None
-            if "goal_id" in spec:
-                goal = by_id.get(spec["goal_id"])
-            elif "segment_id" in spec:
-                goal = by_id.get(offset + spec["segment_id"])
-            else:
-                matches = [g for g in audience if g.get("Name") == spec["name"]]
-                if len(matches) > 1:
-                    raise AudienceValidationError(
-                        f"Yandex.Audience segment name {spec['name']!r} matches several goals "
-                        f"({', '.join(str(g.get('GoalID')) for g in matches)}); give the segment id instead",
-                        vendor=VENDOR,
-                    )
-                goal = matches[0] if matches else None
-            if goal is None:
-                missing.append(raw)
-                continue
-            resolved.append({"input": raw, "goal_id": int(goal["GoalID"]), "name": goal.get("Name")})
+        resolved, missing = self.match_audience_segments(segments, goals)
         if missing:
-            raise YandexDirectGoalNotFoundError(
-                f"Yandex Direct lists no goal for the Yandex.Audience segment(s) {missing!r} "
-                f"(login {self.client_login or 'of the token'}): a segment appears only once it is processed "
-                "and owned by or shared with this Direct login",
-                vendor=VENDOR,
-            )
+            raise YandexDirectGoalNotFoundError(self._not_listed_message(missing, goals), vendor=VENDOR)
         return resolved
+
+    def audience_goals_status(self, segments: list[Any], client_login: str | None = None) -> PollResult:
+        """Whether Direct lists every segment yet (the status function of the "segments visible" wait).
+
+        A segment granted to the Direct login a moment ago, or processed a moment ago, may not be
+        listed at once; this is what a task waits on. Costs one ``GetRetargetingGoals`` call.
+
+        :param segments: as for :meth:`resolve_audience_segments`.
+        :param client_login: the task's ``Client-Login`` override (a trigger builds its own hook).
+        """
+        if client_login and not self._client_login_override:
+            self._client_login_override = client_login
+        goals = self.get_retargeting_goals()
+        resolved, missing = self.match_audience_segments(segments, goals)
+        if missing:
+            return PollResult(
+                Phase.RUNNING, "not_listed", self._not_listed_message(missing, goals), {"missing": list(missing)}
+            )
+        found = ", ".join(f"{r['input']!r} = goal {r['goal_id']}" for r in resolved)
+        return PollResult(Phase.DONE, "listed", f"Yandex Direct lists every segment: {found}", {"goals": resolved})
 
     def resolve_goals(
         self, goal_ids: Sequence[int], goals: Sequence[Mapping[str, Any]] | None = None
@@ -1027,6 +1097,23 @@ class YandexDirectHook(AudienceHook):
         return f"Connected to Yandex Direct as {self.client_login or 'the token owner'} ({seen} list seen{units})"
 
 
+#: Fields of a GetRetargetingGoals item that might carry the Audience segment id (none is documented).
+SEGMENT_ID_FIELDS = ("SegmentID", "SegmentId", "AudienceSegmentId", "AudienceSegmentID")
+
+
+def _goal_id(goal: Mapping[str, Any]) -> int | None:
+    try:
+        return int(str(goal.get("GoalID")))
+    except (TypeError, ValueError):
+        return None
+
+
+def _describe_goals(goals: Sequence[Mapping[str, Any]], limit: int = 20) -> str:
+    shown = [f"{g.get('GoalID')} {str(g.get('Name') or '')!r} (Type {g.get('Type')!r})" for g in goals[:limit]]
+    more = f" and {len(goals) - limit} more" if len(goals) > limit else ""
+    return ", ".join(shown) + more
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
@@ -1035,9 +1122,13 @@ def _flag(value: Any) -> bool:
 
 def _segment_spec(raw: Any) -> dict[str, Any]:
     if isinstance(raw, Mapping):
-        for key in ("goal_id", "segment_id"):
-            if raw.get(key) not in (None, ""):
-                return {key: _positive_int(raw[key], key)}
+        if raw.get("goal_id") not in (None, ""):
+            return {"goal_id": _positive_int(raw["goal_id"], "goal_id")}
+        if raw.get("segment_id") not in (None, ""):
+            spec: dict[str, Any] = {"segment_id": _positive_int(raw["segment_id"], "segment_id")}
+            if raw.get("name"):
+                spec["name"] = str(raw["name"])
+            return spec
         if raw.get("name"):
             return {"name": str(raw["name"])}
         raise AudienceValidationError(

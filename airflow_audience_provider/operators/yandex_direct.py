@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
+
 from airflow_audience_provider.connections import YANDEX_DIRECT
 from airflow_audience_provider.links.yandex_direct import YandexDirectRetargetingListLink
 from airflow_audience_provider.operators.base import AudienceBaseOperator
@@ -205,6 +207,16 @@ def build_rules(
     return direct_rules, compare_life_span, resolved
 
 
+def _rule_segments(rules: Any) -> list[Any]:
+    """Every segment named in the rules (for the wait until Direct lists them)."""
+    found: list[Any] = []
+    for rule in rules if isinstance(rules, list | tuple) else []:
+        if isinstance(rule, dict):
+            lowered = {str(k).lower(): v for k, v in rule.items()}
+            found.extend(lowered.get("segments") or [])
+    return found
+
+
 class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
     """Create the Yandex Direct retargeting list with this name, or bring the existing one in line.
 
@@ -224,6 +236,13 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
         ``{"goal_id": id, "membership_life_span": days}`` (1-540; ignored by Direct for segments).
     :param membership_life_span: days a Metrica goal counts when its rule does not say (1-540,
         default 90): Direct requires a life span for every Metrica goal.
+    :param wait_for_segments: when Direct does not list a segment yet (just processed, or just
+        granted to the Direct login), wait for it instead of failing; default True.
+    :param segment_wait_timeout: seconds to wait for the segments (default 3600), then fail naming
+        the missing ones and what Direct lists.
+    :param poll_interval: seconds between looks at ``GetRetargetingGoals`` while waiting (default
+        300; each look costs a few points).
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     :param description: (templated).
     :param list_type: ``RETARGETING`` (default) or ``AUDIENCE``; immutable once created.
     :param require_available: fail when Direct reports the list unavailable after the write.
@@ -249,12 +268,20 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
         max_rules: int = 50,
         max_arguments: int = 250,
         membership_life_span: int = 90,
+        wait_for_segments: bool = True,
+        segment_wait_timeout: float = 3600.0,
+        poll_interval: float = 300.0,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.name = name
         self.rules = rules
         self.membership_life_span = membership_life_span
+        self.wait_for_segments = wait_for_segments
+        self.segment_wait_timeout = segment_wait_timeout
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
         self.description = description
         self.list_type = list_type
         self.require_available = require_available
@@ -292,6 +319,19 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
                 field="MembershipLifeSpan",
             )
         hook = self.hook
+        segments = _rule_segments(self.rules)
+        if segments and self.wait_for_segments:
+            from airflow_audience_provider.triggers.yandex_direct import YandexDirectSegmentsListedTrigger
+
+            # A segment processed or granted a moment ago may not be listed yet: wait, do not fail for good.
+            self.wait_for(
+                YandexDirectSegmentsListedTrigger,
+                {"segments": segments, "client_login": hook.client_login},
+                deferrable=self.deferrable,
+                poll_interval=self.poll_interval,
+                timeout=self.segment_wait_timeout,
+                look_first=True,
+            )
         goals = hook.get_retargeting_goals()
         rules, life_span_ids, resolved = build_rules(hook, self.rules, goals, span)
         validate_rules(rules, max_rules=self.max_rules, max_arguments=self.max_arguments, metrica_goals=life_span_ids)
@@ -379,6 +419,13 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
                 raise AudienceValidationError(message, vendor="yandex_direct")
             self.log.warning(message)
         return result
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume once Direct lists the segments (or fail on the trigger's timeout, naming what is missing)."""
+        from airflow_audience_provider.core.results import validate_event
+
+        validate_event(event, "yandex_direct")
+        return self.execute(context)
 
     def _judge_single(self, outcome: dict[str, Any], what: str) -> None:
         """One list per call: its item error is the task's error, whatever on_item_error says."""

@@ -27,11 +27,17 @@ Follows ``../shared/vendors/yandex_direct.md``; what a client should expect from
   returned) when more remain; nothing found is ``{"result": {}}``. ``AudienceTargets.get`` needs an id
   filter (none: 8000; ``{}``: 4001). ``update`` with ``Type``: 8000. setBids mixing id kinds: 4005.
 * Goals (``GetRetargetingGoals``, ``POST /live/v4/json/``, errors in the v4 top-level shape with
-  ``error_str``): two Metrica goals plus one goal per **processed** Yandex.Audience segment, with
-  ``GoalID = 2_000_000_000 + segment id`` and ``Type: "audience"`` (both our assumptions). The segments
-  come from a goal source: by default the fake's own seeded segments (``1001`` "CRM buyers 2026",
-  ``1002`` "Converted customers" processed, ``1003`` "Newsletter signups" still ``is_processed``);
-  :meth:`YandexDirectFake.use_audience_fake` reads them from the Yandex.Audience fake instead. Direct
+  ``error_str``): two Metrica goals (``Type: "goal"``) plus one goal per **processed**
+  Yandex.Audience segment that the Direct login owns or holds a grant on, with
+  ``GoalID = 2_000_000_000 + segment id`` (our assumption; ``audience_goal_numbering=0`` numbers
+  them unrelated to the id) and ``Type: "segment"`` (strings unverified: by default the fake does
+  not say "audience"; ``audience_goal_type_named=1`` does). The segments come from a goal source:
+  by default the fake's own seeded segments (``1001`` "CRM buyers 2026", ``1002`` "Converted
+  customers" processed, ``1003`` "Newsletter signups" still ``is_processed``; granted to both
+  Direct logins of the fake); :meth:`YandexDirectFake.use_audience_fake` reads them from the
+  Yandex.Audience fake instead, per Direct login (owner or grant).
+* ``Dictionaries.get`` (``POST /json/v5/dictionaries``) answers ``AudienceInterests``,
+  ``AudienceDemographicProfiles`` and ``AudienceCriteriaTypes``. Direct
   does not validate ``ExternalId`` at add time (pitfall 12): a list naming an unknown goal is created
   with ``IsAvailable: "NO"``; ``MembershipLifeSpan`` of a segment reads back as ``null`` (pitfall 11).
 """
@@ -58,6 +64,8 @@ ADVERTISER = "sandbox-advertiser"
 AGENCY = "sandbox-agency"
 AGENCY_CLIENTS = ("sandbox-client",)
 AUDIENCE_GOAL_OFFSET = 2_000_000_000
+#: Base of the GoalIDs of Audience segments when the fake numbers them unrelated to the segment id.
+OPAQUE_GOAL_BASE = 3_100_000_000
 SERVICES = {
     "retargetinglists": ("add", "get", "update", "delete"),
     "audiencetargets": ("add", "get", "delete", "suspend", "resume", "setBids"),
@@ -166,6 +174,10 @@ class YandexDirectFake(VendorFake):
         "units_daily_limit": 160000.0,
         "max_concurrent": 5.0,
         "request_seconds": 0.0,
+        #: 1: an Audience segment's GoalID is 2_000_000_000 + its id (our assumption); 0: unrelated
+        "audience_goal_numbering": 1.0,
+        #: 1: Audience goals have Type "audience"; 0: "segment", like Metrica segments (strings unverified)
+        "audience_goal_type_named": 0.0,
     }
 
     def reset_state(self) -> None:
@@ -176,7 +188,8 @@ class YandexDirectFake(VendorFake):
             self.accounts[login] = account
         self.accounts[AGENCY] = Account(AGENCY)  # only its points are used (Use-Operator-Units)
         self._segments: list[dict[str, Any]] = [dict(s) for s in SEED_SEGMENTS]
-        self._goal_source: Callable[[], Iterable[Any]] = lambda: list(self._segments)
+        self._goal_source: Callable[..., Iterable[Any]] = lambda: list(self._segments)
+        self._source_takes_login = False
         self._next_list_id = 41500001
         self._next_target_id = 104000001
         self._request_counter = 8695244274068600000
@@ -201,10 +214,18 @@ class YandexDirectFake(VendorFake):
     def daily_limit(self) -> int:
         return int(self.config.get("units_daily_limit") or 0)
 
-    def add_audience_segment(self, segment_id: int, name: str, status: str = "processed") -> None:
-        """A Yandex.Audience segment in the fake's own goal source."""
+    def add_audience_segment(
+        self, segment_id: int, name: str, status: str = "processed", logins: Iterable[str] | None = None
+    ) -> None:
+        """A Yandex.Audience segment in the fake's own goal source.
+
+        :param logins: the Direct logins that own it or hold a grant (None: every login of the fake).
+        """
         with self.lock:
-            self._segments.append({"id": int(segment_id), "name": name, "status": status})
+            segment: dict[str, Any] = {"id": int(segment_id), "name": name, "status": status}
+            if logins is not None:
+                segment["logins"] = list(logins)
+            self._segments.append(segment)
 
     def set_segment_status(self, segment_id: int, status: str) -> None:
         with self.lock:
@@ -212,18 +233,34 @@ class YandexDirectFake(VendorFake):
                 if segment["id"] == int(segment_id):
                     segment["status"] = status
 
-    def set_goal_source(self, source: Callable[[], Iterable[Any]]) -> None:
+    def set_goal_source(self, source: Callable[..., Iterable[Any]]) -> None:
         """Where Audience segments come from: a callable returning segments (dicts or objects with
-        ``id``, ``name`` and optionally ``status``); only ``processed`` ones become goals."""
+        ``id``, ``name`` and optionally ``status``); only ``processed`` ones become goals.
+
+        A callable with a parameter is given the Direct login and must return only the segments
+        that login may use (it owns them or holds a grant); one without lists them for every login.
+        """
+        import inspect
+
+        try:
+            takes_login = bool(inspect.signature(source).parameters)
+        except (TypeError, ValueError):
+            takes_login = False
         with self.lock:
             self._goal_source = source
+            self._source_takes_login = takes_login
 
     def use_audience_fake(self, audience_fake: Any) -> bool:
         """Read segments from the Yandex.Audience fake (its ``processed_segments()`` or ``segments``).
 
         :returns: whether the Audience fake offered something to read.
         """
-        for attr in ("processed_segments", "segments"):
+        processed = getattr(audience_fake, "processed_segments", None)
+        if callable(processed):
+            # Direct lists a segment only to a login that owns it or holds a grant.
+            self.set_goal_source(lambda login: processed(for_login=login))
+            return True
+        for attr in ("segments",):
             source = getattr(audience_fake, attr, None)
             if callable(source):
                 self.set_goal_source(source)
@@ -238,12 +275,22 @@ class YandexDirectFake(VendorFake):
                 return True
         return False
 
+    def audience_goal_id(self, segment_id: int) -> int:
+        """The GoalID Direct lists for an Audience segment: ``2_000_000_000 + id`` (our assumption), or
+        with ``audience_goal_numbering=0`` a number unrelated to the segment id (the stricter reading)."""
+        if self.config.get("audience_goal_numbering"):
+            return AUDIENCE_GOAL_OFFSET + int(segment_id)
+        return OPAQUE_GOAL_BASE + (int(segment_id) * 7919) % 1_000_000_000
+
     def goals(self, login: str = ADVERTISER) -> list[dict[str, Any]]:
         """What GetRetargetingGoals lists for ``login`` now."""
+        return [{k: v for k, v in g.items() if not k.startswith("_")} for g in self._goals(login)]
+
+    def _goals(self, login: str) -> list[dict[str, Any]]:
         goals = [{**g, "Login": login} for g in SEED_GOALS]
         try:
-            source = self._goal_source() or []
-            segments = list(source.values() if isinstance(source, dict) else source)
+            source = self._goal_source(login) if self._source_takes_login else self._goal_source()
+            segments = list(source.values() if isinstance(source, dict) else source or [])
         except Exception:  # the peer fake changed shape: no segments rather than a crash
             segments = []
         for segment in segments:
@@ -251,17 +298,22 @@ class YandexDirectFake(VendorFake):
             status = fields.get("status")
             if status not in (None, "processed"):
                 continue
+            logins = fields.get("logins")
+            if logins is not None and login not in logins:
+                continue  # neither owned by nor granted to this Direct login
             try:
                 segment_id = int(str(fields.get("id")))
             except (TypeError, ValueError):
                 continue
             goals.append(
                 {
-                    "GoalID": AUDIENCE_GOAL_OFFSET + segment_id,
+                    "GoalID": self.audience_goal_id(segment_id),
                     "Name": str(fields.get("name") or ""),
                     "GoalDomain": "",
-                    "Type": "audience",
+                    # Type strings are unverified: the fake does not say "audience" by default.
+                    "Type": "audience" if self.config.get("audience_goal_type_named") else "segment",
                     "Login": login,
+                    "_audience": True,
                 }
             )
         return goals
@@ -508,10 +560,10 @@ class YandexDirectFake(VendorFake):
         return {g["GoalID"] for g in self.goals(account.login) if g["Type"] == "goal"}
 
     def _goal_ids(self, account: Account) -> set[int]:
-        return {g["GoalID"] for g in self.goals(account.login)}
+        return {g["GoalID"] for g in self._goals(account.login)}
 
     def _segment_goal_ids(self, account: Account) -> set[int]:
-        return {g["GoalID"] for g in self.goals(account.login) if g["Type"] == "audience"}
+        return {g["GoalID"] for g in self._goals(account.login) if g.get("_audience")}
 
     @staticmethod
     def _rule_errors(rules: Any, metrica_goals: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:

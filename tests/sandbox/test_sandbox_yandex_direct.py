@@ -200,10 +200,24 @@ def test_goal_source_follows_the_audience_fake(sandbox, fake):
     if "yandex_audience" not in sandbox.vendors:
         pytest.skip("the Yandex.Audience fake is not served")
     audience = sandbox.fake("yandex_audience")
+    audience.reset()
     assert fake.use_audience_fake(audience)
     processed = {AUDIENCE_GOAL_OFFSET + int(s["id"]) for s in audience.processed_segments()}
-    listed = {g["GoalID"] for g in fake.goals() if g["Type"] == "audience"}
-    assert listed == processed and processed
+    assert processed
+    # Direct lists a segment only to a login that owns it or holds a grant: none yet.
+    assert {g["GoalID"] for g in fake.goals() if g["Type"] != "goal"} == set()
+    sid = min(int(s["id"]) for s in audience.processed_segments())
+    granted = requests.put(
+        f"{audience.base_url}/v1/management/segment/{sid}/grant",
+        json={"grant": {"user_login": "sandbox-advertiser"}},
+        headers={"Authorization": f"OAuth {audience.token}"},
+        timeout=10,
+    )
+    assert granted.ok, granted.text
+    listed = {g["GoalID"]: g for g in fake.goals() if g["Type"] != "goal"}
+    assert set(listed) == {AUDIENCE_GOAL_OFFSET + sid} and listed[AUDIENCE_GOAL_OFFSET + sid]["Type"] == "segment"
+    assert fake.goals("sandbox-client") == [g for g in fake.goals("sandbox-client") if g["Type"] == "goal"]
+    audience.reset()
     fake.reset()
     assert AUDIENCE_GOAL_OFFSET + 1001 in {g["GoalID"] for g in fake.goals()}  # reset: own seeds again
 

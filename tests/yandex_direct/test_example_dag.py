@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import requests
 
 from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db, read_run, run_dag_test
+from airflow_audience_provider.sandbox.yandex_direct import ADVERTISER as DIRECT_LOGIN
 from airflow_audience_provider.sandbox.yandex_direct import AUDIENCE_GOAL_OFFSET
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,14 +61,25 @@ def test_audience_segment_becomes_a_direct_goal_only_once_processed(sandbox, wir
     goal_ids = {g["GoalID"] for g in direct.goals()}
     assert AUDIENCE_GOAL_OFFSET + segment_id not in goal_ids  # still is_processed
     audience.advance_time(3601)
+    assert AUDIENCE_GOAL_OFFSET + segment_id not in {g["GoalID"] for g in direct.goals()}  # not granted yet
+    YandexAudienceHook().create_grant(segment_id, DIRECT_LOGIN)
     goal_ids = {g["GoalID"]: g["Name"] for g in direct.goals()}
     assert goal_ids[AUDIENCE_GOAL_OFFSET + segment_id] == "Cart abandoners"
 
 
 def _segment_id(audience) -> int:
+    """A processed segment granted to the Direct login (Direct lists no other)."""
     if audience is None:
         return 1001  # the Direct fake's own seeded, processed segment
-    return int(audience.processed_segments()[0]["id"])
+    segment_id = int(audience.processed_segments()[0]["id"])
+    granted = requests.put(
+        f"{audience.base_url}/v1/management/segment/{segment_id}/grant",
+        json={"grant": {"user_login": DIRECT_LOGIN}},
+        headers={"Authorization": f"OAuth {audience.token}"},
+        timeout=10,
+    )
+    assert granted.ok, granted.text
+    return segment_id
 
 
 def test_example_dag_end_to_end_and_idempotent_rerun(airflow_env, wired):

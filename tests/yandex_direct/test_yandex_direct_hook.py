@@ -354,7 +354,7 @@ def test_goals_follow_an_injected_source(hook, direct):
     direct.set_goal_source(
         lambda: [{"id": 7, "name": "from elsewhere", "status": "processed"}, {"id": 8, "name": "no"}]
     )
-    names = {g["Name"] for g in hook.get_retargeting_goals() if g["Type"] == "audience"}
+    names = {g["Name"] for g in hook.get_retargeting_goals() if g["Type"] != "goal"}
     assert names == {"from elsewhere", "no"}  # status absent: the source vouches for it
 
 
@@ -465,3 +465,42 @@ def test_goals_in_directs_own_sandbox_are_refused_with_a_clear_message(make_hook
     with pytest.raises(AudienceConfigurationError, match="own sandbox does not support GetRetargetingGoals"):
         hook.get_retargeting_goals()
     assert not [r for r in direct.requests if r["path"].startswith("/live/")]
+
+
+# -- fidelity: goal ids are matched on what the answer carries -----------------------------------
+
+
+def test_segments_resolve_without_an_audience_type_or_the_assumed_numbering(hook, direct):
+    assert {g["Type"] for g in hook.get_retargeting_goals()} == {"goal", "segment"}  # no "audience" anywhere
+    direct.configure(audience_goal_numbering=0)  # Direct numbers the goals otherwise
+    goal = direct.audience_goal_id(1001)
+    with pytest.raises(AudienceNotFoundError) as missing:
+        hook.resolve_audience_segments([1001])
+    assert f"{goal} 'CRM buyers 2026' (Type 'segment')" in missing.value.message  # what Direct does list
+    assert "'name'" in missing.value.message and "goal_id" in missing.value.message  # and how to say more
+    (by_name,) = hook.resolve_audience_segments([{"segment_id": 1001, "name": "CRM buyers 2026"}])
+    assert by_name["goal_id"] == goal
+    assert hook.resolve_audience_segments(["Converted customers"])[0]["goal_id"] == direct.audience_goal_id(1002)
+
+
+def test_a_field_naming_the_segment_or_the_bare_id_is_recognised(hook):
+    goals = [
+        {"GoalID": 12345678, "Name": "Purchase", "Type": "goal"},
+        {"GoalID": 555, "Name": "x", "Type": "segment", "SegmentID": 1001},
+        {"GoalID": 1002, "Name": "y", "Type": "audience_segment"},
+    ]
+    resolved = hook.resolve_audience_segments([1001, 1002], goals)
+    assert [r["goal_id"] for r in resolved] == [555, 1002]
+    with pytest.raises(AudienceNotFoundError):
+        hook.resolve_audience_segments([12345678], goals)  # a Metrica goal is not a segment
+
+
+def test_goals_status_waits_for_a_segment_direct_does_not_list_yet(hook, direct):
+    waiting = hook.audience_goals_status([1001, 1003])
+    assert waiting.phase.value == "running" and waiting.data == {"missing": [1003]}
+    direct.set_segment_status(1003, "processed")
+    done = hook.audience_goals_status([1001, 1003])
+    assert done.phase.value == "done" and [g["goal_id"] for g in done.data["goals"]] == [
+        AUDIENCE_GOAL_OFFSET + 1001,
+        AUDIENCE_GOAL_OFFSET + 1003,
+    ]

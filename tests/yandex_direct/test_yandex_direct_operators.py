@@ -12,6 +12,7 @@ from airflow_audience_provider.core.errors import (
     AudienceNotFoundError,
     AudiencePartialFailure,
     AudienceServerError,
+    AudienceTimeoutError,
     AudienceValidationError,
 )
 from airflow_audience_provider.hooks.yandex_direct import YandexDirectUnitsError
@@ -37,6 +38,8 @@ def upsert(**kwargs):
     kwargs.setdefault("task_id", "upsert")
     kwargs.setdefault("name", "airflow: buyers minus converted")
     kwargs.setdefault("rules", RULES)
+    kwargs.setdefault("poll_interval", 0.1)
+    kwargs.setdefault("segment_wait_timeout", 0.5)
     return YandexDirectCreateOrUpdateRetargetingListOperator(**kwargs)
 
 
@@ -84,7 +87,9 @@ def test_create_then_rerun_is_unchanged_then_update(direct, context, api_calls):
 
 def test_unknown_segment_fails_before_any_write(direct, context, api_calls):
     with pytest.raises(AudienceNotFoundError, match="424242"):
-        upsert(rules=[{"operator": "ANY", "segments": [424242]}]).execute(context)
+        upsert(rules=[{"operator": "ANY", "segments": [424242]}], wait_for_segments=False).execute(context)
+    with pytest.raises(AudienceTimeoutError, match=r"424242.*Segments and other non-goal items Direct lists now"):
+        upsert(rules=[{"operator": "ANY", "segments": [424242]}]).execute(context)  # waited, then gave up
     assert stored_lists(direct) == []
     assert api_calls("retargetinglists") == []
 
@@ -128,9 +133,9 @@ def test_list_unavailable_after_the_write_fails_or_warns(direct, context):
     segments = [{"id": 1001, "name": "CRM buyers 2026"}, {"id": 1002, "name": "Converted customers"}]
     looks: list[int] = []
 
-    def revoked_after_the_first_look():
+    def revoked_after_the_first_look():  # the wait for the segments, then the goal lookup
         looks.append(1)
-        return segments if len(looks) == 1 else segments[:1]
+        return segments if len(looks) <= 2 else segments[:1]
 
     direct.set_goal_source(revoked_after_the_first_look)
     with pytest.raises(AudienceValidationError, match="IsAvailable=NO"):
@@ -355,3 +360,41 @@ def test_direct_refuses_a_metrica_goal_without_a_life_span(hook):
 
     with pytest.raises(AudienceValidationError, match="needs a membership life span"):
         validate_rules(rules, metrica_goals=[PURCHASE_GOAL])
+
+
+# -- fidelity: wait while Direct does not list a segment yet ------------------------------------
+
+
+def test_a_segment_listed_late_is_waited_for_in_the_worker(direct, context):
+    import threading
+
+    timer = threading.Timer(0.3, direct.set_segment_status, args=(1003, "processed"))  # e.g. a fresh grant
+    timer.start()
+    try:
+        result = upsert(name="late", rules=[{"operator": "ANY", "segments": [1003]}], segment_wait_timeout=10).execute(
+            context
+        )
+    finally:
+        timer.cancel()
+    assert result["action"] == "created" and [g["goal_id"] for g in result["goals"]] == [AUDIENCE_GOAL_OFFSET + 1003]
+
+
+@pytest.mark.asyncio
+async def test_a_segment_listed_late_is_waited_for_in_the_triggerer(direct, context):
+    from airflow.providers.common.compat.sdk import TaskDeferred
+
+    from airflow_audience_provider.triggers.yandex_direct import YandexDirectSegmentsListedTrigger
+
+    op = upsert(
+        name="deferred", rules=[{"operator": "ANY", "segments": [1003]}], deferrable=True, segment_wait_timeout=30
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, YandexDirectSegmentsListedTrigger)
+    assert trigger.status_kwargs == {"segments": [1003], "client_login": "sandbox-advertiser"}
+    assert stored_lists(direct) == []  # nothing written while waiting
+    direct.set_segment_status(1003, "processed")
+    event = (await anext(trigger.run())).payload
+    resumed = upsert(name="deferred", rules=[{"operator": "ANY", "segments": [1003]}], deferrable=True)
+    assert resumed.execute_complete(context, event)["action"] == "created"
