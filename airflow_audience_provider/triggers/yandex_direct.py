@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from airflow_audience_provider.triggers.base import AudiencePollingTrigger
+
+if TYPE_CHECKING:
+    from airflow_audience_provider.core.results import PollResult
+    from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
 
 
 class YandexDirectSegmentsListedTrigger(AudiencePollingTrigger):
@@ -16,7 +23,15 @@ class YandexDirectSegmentsListedTrigger(AudiencePollingTrigger):
     each poll costs a few Direct points.
     """
 
-    hook_path = "airflow_audience_provider.hooks.yandex_direct.YandexDirectHook"
-    status_method = "audience_goals_status"
     vendor = "yandex_direct"
     subject = "Yandex Direct to list the Yandex.Audience segments {segments}"
+
+    @classmethod
+    def build_hook(cls, conn_id: str) -> YandexDirectHook:
+        from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
+
+        return YandexDirectHook(conn_id)
+
+    @staticmethod
+    def status_function(hook: YandexDirectHook) -> Callable[..., PollResult]:
+        return hook.audience_goals_status
