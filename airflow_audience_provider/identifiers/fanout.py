@@ -13,7 +13,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
 import logging
+import operator
 import shutil
 import tempfile
 import threading
@@ -645,6 +647,21 @@ def _write(fh: IO[str], values: list[str]) -> None:
         fh.write("\n")
 
 
+def sorted_unique(values: list[str]) -> list[str]:
+    """``sorted(set(values))``, computed without hashing: sort, then drop each value equal to its predecessor.
+
+    Partitions reach the plan phase as a few sorted runs (the compiled kernel sorts each batch),
+    which the sort merges in a few comparisons per value; neighbours in sorted order are compared
+    by C loops (``map``/``compress``), with no Python bytecode per value.
+    """
+    ordered = sorted(values)
+    if len(ordered) < 2:
+        return ordered
+    rest = itertools.islice(ordered, 1, None)
+    keep = map(operator.ne, ordered, itertools.islice(ordered, 1, None))
+    return [ordered[0], *itertools.compress(rest, keep)]
+
+
 def _diff_in_memory(
     key: str,
     values: list[str],
@@ -652,28 +669,31 @@ def _diff_in_memory(
     readers: dict[str, SnapshotReader | None],
     outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
 ) -> None:
-    unique = set(values)
-    new_sorted = sorted(unique)
-    duplicates = len(values) - len(unique)
+    new_sorted = sorted_unique(values)
+    duplicates = len(values) - len(new_sorted)
+    unique_set: set[str] | None = None
     for st in group:
         acc = st.acc
         acc.duplicate += duplicates
-        acc.unique += len(unique)
+        acc.unique += len(new_sorted)
         adds_fh, removes_fh, snap_fh = outs[st.dest.name]
         reader = readers[st.dest.name]
         if reader is None:
             _write(snap_fh, new_sorted)
         assert st.add_counter is not None and st.remove_counter is not None
         if st.mode == ONE_WAY and st.dest.mode == "remove":
-            acc.removed += len(unique)
+            acc.removed += len(new_sorted)
             _write(removes_fh, new_sorted)
             st.remove_counter.feed(new_sorted)
             continue
         if reader is None:
             # Full replace: the additions are the new snapshot; _send reads that file instead.
-            acc.added += len(unique)
+            acc.added += len(new_sorted)
             st.add_counter.feed(new_sorted)
             continue
+        if unique_set is None:
+            unique_set = set(new_sorted)
+        unique = unique_set
         old = set(reader.iter_partition(key))
         unc = st.uncertain.get(key) if st.uncertain else None
         if st.dest.mode != "sync" or unc or (st.recovery is not None and st.recovery.snapshot_uncertain):

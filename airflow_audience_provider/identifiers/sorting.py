@@ -28,7 +28,12 @@ DEFAULT_RUN_ITEMS = 200_000
 
 
 class PartitionSpill:
-    """Per-partition buffers of output values, spilled to one append-only file per partition.
+    """Per-partition buffers of output values, spilled to disk one segment file per spill.
+
+    Each spill writes every buffered partition into one new segment file, one after the other,
+    and remembers where each partition's piece lies; a partition is read back from its pieces.
+    One file per spill (not one per partition) keeps file creations at a few per run: on a
+    loaded host, creating and opening 256 partition files cost more than writing them.
 
     :param directory: private working directory (removed by the caller).
     :param name: file name prefix, unique per normalisation profile.
@@ -41,7 +46,9 @@ class PartitionSpill:
         self.spill_bytes = spill_bytes
         self._buffers: dict[str, list[str]] = {}
         self._buffered = 0
-        self._files: dict[str, IO[str]] = {}
+        self._segments: list[IO[bytes]] = []
+        #: partition key -> (segment index, offset, length in bytes) of each spilled piece
+        self._pieces: dict[str, list[tuple[int, int, int]]] = {}
         self.count = 0
 
     def add(self, partitions: dict[str, str], count: int) -> None:
@@ -56,50 +63,58 @@ class PartitionSpill:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffers to the partition files."""
-        for key, pieces in self._buffers.items():
-            fh = self._files.get(key)
-            if fh is None:
-                fh = self._files[key] = open(  # noqa: SIM115 - kept open across spills, closed in close()
-                    self._path(key), "a", encoding="utf-8", errors="surrogatepass", newline="\n"
-                )
-            fh.write("\n".join(pieces))
-            fh.write("\n")
+        """Write the buffers to a new segment file."""
+        if not self._buffers:
+            return
+        index = len(self._segments)
+        fh = open(self._path(index), "w+b")  # noqa: SIM115 - kept open for reading back, closed in close()
+        self._segments.append(fh)
+        offset = 0
+        for key in sorted(self._buffers):
+            data = ("\n".join(self._buffers[key]) + "\n").encode("utf-8", "surrogatepass")
+            fh.write(data)
+            self._pieces.setdefault(key, []).append((index, offset, len(data)))
+            offset += len(data)
+        fh.flush()
         self._buffers = {}
         self._buffered = 0
 
-    def _path(self, key: str) -> Path:
-        return self.directory / f"{self.name}-{key}.part"
+    def _path(self, index: int) -> Path:
+        return self.directory / f"{self.name}-{index}.spill"
 
     def partition_bytes(self, key: str) -> int:
         """Bytes of a partition (on disk plus buffered)."""
         size = sum(len(t) + 1 for t in self._buffers.get(key, ()))
-        if key in self._files:
-            self._files[key].flush()
-            size += os.path.getsize(self._path(key))
-        return size
+        return size + sum(length for _, _, length in self._pieces.get(key, ()))
+
+    def _read_piece(self, index: int, offset: int, length: int) -> str:
+        fh = self._segments[index]
+        fh.seek(offset)
+        return fh.read(length).decode("utf-8", "surrogatepass")
 
     def read(self, key: str) -> list[str]:
         """All values of a partition, with duplicates, in no particular order."""
-        parts: list[str] = []
-        if key in self._files:
-            self._files[key].flush()
-            with open(self._path(key), encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
-                text = fh.read()
-            if text:
-                parts.append(text[:-1])  # drop the final newline
+        parts = [self._read_piece(*piece)[:-1] for piece in self._pieces.get(key, ())]
         parts.extend(self._buffers.get(key, ()))
         if not parts:
             return []
         return "\n".join(parts).split("\n")
 
-    def iter_lines(self, key: str) -> Iterator[str]:
+    def iter_lines(self, key: str, block: int = 1 << 20) -> Iterator[str]:
         """Stream a partition's values (for partitions too big for memory)."""
-        if key in self._files:
-            self._files[key].flush()
-            with open(self._path(key), encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
-                for line in fh:
-                    yield line[:-1]
+        for index, offset, length in self._pieces.get(key, ()):
+            rest = b""
+            done = 0
+            while done < length:
+                size = min(block, length - done)
+                fh = self._segments[index]
+                fh.seek(offset + done)
+                data = rest + fh.read(size)
+                done += size
+                lines = data.split(b"\n")
+                rest = lines.pop()  # the piece ends with a newline: the last one is always empty
+                for line in lines:
+                    yield line.decode("utf-8", "surrogatepass")
         for text in self._buffers.get(key, ()):
             yield from text.split("\n")
 
@@ -108,10 +123,10 @@ class PartitionSpill:
         return PARTITION_KEYS
 
     def close(self) -> None:
-        """Close partition files (the directory is removed by the owner)."""
-        for fh in self._files.values():
+        """Close the segment files (the directory is removed by the owner)."""
+        for fh in self._segments:
             fh.close()
-        self._files = {}
+        self._segments = []
 
 
 class CountingIterator:
