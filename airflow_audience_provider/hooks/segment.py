@@ -13,7 +13,10 @@ used instead). A ``Content-Type`` goes only with a body; Force Execute Audience 
 ``Preparing``, ``Computing``, ``Backfilling``, ``Awaiting Destinations`` and ``Locked`` still
 working. The status is a free-text display string: it is compared case-insensitively and an
 unknown value is reported verbatim and waited on. Assumption (unverified in the notes): this
-mapping of the UI's compute statuses holds for the API.
+mapping of the UI's compute statuses holds for the API. One documented exception: an edited
+BATCH audience shows ``Live`` at once and applies the edit at its next scheduled compute, which
+the API does not report, so :meth:`SegmentHook.audience_compute_status` counts it as computed
+only ``batch_compute_wait`` seconds after the change.
 
 **The edit lock**: after an update Segment locks the audience until the change is
 incorporated. Following the notes, the audience counts as locked for edits while its status is
@@ -29,7 +32,8 @@ they edit. Assumption (unverified): the answer to an edit of a locked audience i
 API required it). The NAME search may match loosely, so names are compared exactly here.
 
 **Versions**: with ``api_version = v1alpha`` the hook refuses what the alpha shapes lack
-(``LINKED`` audiences, ``options`` in an update) before sending anything.
+(creating ``LINKED`` audiences, ``options`` in an update) before sending anything; previews take
+``LINKED`` in every version.
 
 **Rate limits** per operation are enforced client-side (current values of the notes, section 8;
 the alpha values when the connection pins ``v1alpha``; any of them overridable with the
@@ -37,7 +41,8 @@ connection's ``rate_limits`` extra). A 429 is retried by the transport after ``R
 else the body's ``data.msBeforeNext``, else ``X-RateLimit-Reset`` (an RFC 5322 date). Segment
 counts per token, so other users of the token spend the same budget: when an answer says
 ``X-RateLimit-Remaining: 0``, the next call of that operation waits for ``X-RateLimit-Reset``
-(at most ``max_header_pause`` seconds) instead of collecting a 429.
+(at most ``max_header_pause`` seconds) instead of collecting a 429. The monthly preview quota
+(700) belongs to the space, whichever token spends it, and is counted per space.
 """
 
 from __future__ import annotations
