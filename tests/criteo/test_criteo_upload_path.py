@@ -202,3 +202,24 @@ def test_a_deferrable_upload_waits_for_the_lease_in_the_triggerer(criteo, contex
     other.release()
     result = op.execute_after_lease_wait(context, event=None, lease_deadline=deadline)
     assert result["sent"] == 2 and criteo.members(sid) == {sha("a@x.com"), sha("b@x.com")}
+
+
+def test_full_refresh_every_forces_a_periodic_full_replace(criteo, context, tmp_path):
+    from datetime import timedelta
+
+    sid = segment(context)
+    source = write_emails(tmp_path / "a.csv", [f"u{i}@x.com" for i in range(10)])
+    snapshots = str(tmp_path / "snap")
+
+    def upload(every):
+        return CriteoUploadContactListOperator(
+            task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, full_refresh_every=every
+        ).execute(context)
+
+    assert upload(timedelta(days=7))["engine_mode"] == "full_replace"  # the first run
+    assert upload(timedelta(days=7))["engine_mode"] == "noop"  # the last full replace is recent
+    refreshed = upload(timedelta(microseconds=1))
+    assert (
+        refreshed["engine_mode"] == "full_replace" and "full_refresh_every" in refreshed["state"]["full_replace_reason"]
+    )
+    assert criteo.members(sid) == {sha(f"u{i}@x.com") for i in range(10)}
