@@ -165,3 +165,19 @@ def test_two_first_runs_at_once_create_one_segment(ya, hook, context, snapshots,
     assert errors == []
     assert len(named(ya)) == 1 and drafts(ya) == []
     assert sorted(r["action"] for r in results) == ["created", "updated"]
+
+
+def test_a_stop_during_confirm_does_not_delete_what_the_confirm_makes(ya, hook, context, snapshots, monkeypatch):
+    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+
+    op = upload(snapshots, emails(150))
+    original = YandexAudienceHook.confirm_segment
+
+    def stopped_while_confirming(self, *args, **kwargs):
+        op.on_kill()  # SIGTERM arrives while the confirm is on its way
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(YandexAudienceHook, "confirm_segment", stopped_while_confirming)
+    op.execute(context)  # the one file was applied; nothing further to stop
+    assert [r["method"] for r in ya.requests if r["method"] == "DELETE"] == []
+    assert len(named(ya)) == 1 and drafts(ya) == []
