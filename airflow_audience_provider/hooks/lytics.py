@@ -7,7 +7,7 @@ older published specs disagree; the alternative is noted where relevant.
 Authentication: the API token is sent as the raw ``Authorization`` value (no ``Bearer``), on
 v2 and v1 paths alike. ``account_id`` from the connection is sent on every v2 call so that a
 token with access to several accounts can never touch the wrong one; it is a v2 parameter, so
-v1 calls (sizes, validate, ad-hoc size) do not send it.
+v1 calls (sizes, validate, ad-hoc size) do not send it and act in the token's default account.
 
 **Reevaluate** posts to the seed's ``POST /v2/segment/{id}/reevaluate``; when that path answers
 404, to ``POST /v2/segment/reevaluate`` with ``{"id"}`` (the form Lytics' own tooling uses). No
