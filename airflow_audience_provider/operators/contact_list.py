@@ -480,6 +480,8 @@ class ContactListUploadOperator(AudienceBaseOperator):
             "invalid_reasons": counts.get("invalid_reasons", {}),
             "counts": counts,
             "status": status,
+            # the run's own outcome in every vendor's result (a vendor may report its object's state as status)
+            "upload_status": status,
             "drift": None,
             "finished_at": datetime.now(UTC).isoformat(),
         }

@@ -48,6 +48,7 @@ def test_drift_of_the_processed_segment_is_reported_before_sending(ya, hook, con
     settle(ya, sid)
     clean = upload(snapshots, emails(150)).execute(context)
     assert clean["drift"]["drifted"] is False and clean["drift"]["vendor"] == 150
+    assert clean["upload_status"] == "sent" and clean["status"] == "processed"  # ours, and the segment's
     # Another tool adds ten identifiers to the segment.
     rule = get_rule("yandex_audience", "email")
     extra = [f"other{i}@example.com" for i in range(10)]
