@@ -113,37 +113,49 @@ def process_batch(profile: NormalisationProfile, values: list[str]) -> BatchOutp
     SHA-256 e-mails go through the compiled kernel when the ``fast`` extra is installed
     (:mod:`~airflow_audience_provider.identifiers.kernel`; same results, about twice as fast).
     """
+    if uses_kernel(profile):
+        out = _process_with_kernel(values, profile)
+        if out is not None:
+            return out
     if profile.identifier_type is IdentifierType.EMAIL and profile.hash_algorithm in _FAST_HASHERS:
-        if uses_kernel(profile):
-            out = _process_with_kernel(values)
-            if out is not None:
-                return out
         return process_text(profile, "\n".join(values), len(values), values)
     return _process_values(profile, values)
 
 
+#: Identifier types the compiled kernel hashes (with SHA-256): e-mails and mobile advertising ids.
+KERNEL_TYPES = frozenset({IdentifierType.EMAIL, IdentifierType.MAID, IdentifierType.IDFA, IdentifierType.GAID})
+
+
 def uses_kernel(profile: NormalisationProfile) -> bool:
     """True when :func:`process_batch` runs this profile through the compiled kernel."""
-    if profile.identifier_type is not IdentifierType.EMAIL or profile.hash_algorithm is not HashAlgorithm.SHA256:
+    if profile.identifier_type not in KERNEL_TYPES or profile.hash_algorithm is not HashAlgorithm.SHA256:
         return False
     from airflow_audience_provider.identifiers.kernel import load_email_kernel
 
     return load_email_kernel() is not None
 
 
-def _process_with_kernel(values: list[str]) -> BatchOutput | None:
-    """SHA-256 e-mails through the kernel; rows it refuses are decided by the exact rule.
+def _process_with_kernel(values: list[str], profile: NormalisationProfile | None = None) -> BatchOutput | None:
+    """SHA-256 e-mails or MAIDs through the kernel; rows it refuses are decided by the exact rule.
 
     Returns None when the kernel raised (for instance on a string polars cannot hold, such as a
     lone surrogate): the caller then runs the pure-Python path on the batch.
+
+    :param profile: the profile (default: SHA-256 e-mails).
     """
     from airflow_audience_provider.identifiers.kernel import load_email_kernel
+    from airflow_audience_provider.identifiers.normalise import normaliser_for
 
     kernel = load_email_kernel()
     if kernel is None or not values:
         return None
+    maid = profile is not None and profile.identifier_type.family is IdentifierType.MAID
+    exact = normaliser_for(profile) if maid and profile is not None else normalise_email
     try:
-        out = kernel.run(values)
+        if maid and profile is not None:
+            out = kernel.run_maid(values, upper=profile.upper_case_maid)
+        else:
+            out = kernel.run(values)
     except Exception:
         return None
     text, bounds = out.digests, out.bounds
@@ -157,7 +169,7 @@ def _process_with_kernel(values: list[str]) -> BatchOutput | None:
         rescued: list[bytes] = []
         for i in out.refused:
             try:
-                rescued.append(normalise_email(values[i]).encode("utf-8"))
+                rescued.append(exact(values[i]).encode("utf-8"))
             except InvalidIdentifier as exc:
                 invalid.append((i, exc.reason))
         for key, more in hash_partition(rescued, HashAlgorithm.SHA256).items():

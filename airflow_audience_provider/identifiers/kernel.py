@@ -1,4 +1,5 @@
-"""The optional compiled per-batch step: e-mails trimmed, validated and SHA-256 hashed outside Python.
+"""The optional compiled per-batch step: e-mails and mobile advertising ids trimmed, validated and SHA-256
+hashed outside Python.
 
 Installed with the ``fast`` extra (``pip install "airflow-audience-provider[fast]"``): `polars`_
 runs the column operations (trim, regex, lower-case) and the `polars-hash`_ plugin the SHA-256,
@@ -51,6 +52,9 @@ PATTERN = rf"^(?:{_ATEXT}+(?:\.{_ATEXT}+)*@{_LABEL}(?:\.{_LABEL})+)$"
 #: The blanks the kernel trims: ASCII only (``str.strip`` trims more; such rows take the exact path).
 ASCII_BLANKS = " \t\n\r\x0b\x0c"
 _MAX_EMAIL = 254
+#: A mobile advertising id in its hyphenated UUID form, either case (``normalise._UUID_CORE``).
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 
 
 @dataclass(frozen=True)
@@ -78,15 +82,34 @@ class EmailKernel:
         self._keys = pl.Series([f"{i:02x}" for i in range(256)])
 
     def run(self, values: list[str]) -> KernelOutput:
-        """Process one batch. Raises whatever polars raises (the caller falls back to Python)."""
-        pl, plh = self._pl, self._plh
+        """Process one batch of e-mails. Raises whatever polars raises (the caller falls back to Python)."""
+        pl = self._pl
         frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)}).select(
             pl.col("v").str.strip_chars(ASCII_BLANKS)
         )
         frame = frame.with_columns(ok=pl.col("v").str.contains(PATTERN) & (pl.col("v").str.len_bytes() <= _MAX_EMAIL))
-        digests = (
-            frame.filter(pl.col("ok")).select(plh.col("v").str.to_lowercase().chash.sha2_256().alias("h")).to_series()
+        return self._hash_accepted(frame, upper=False)
+
+    def run_maid(self, values: list[str], *, upper: bool) -> KernelOutput:
+        """Process one batch of mobile advertising ids written as hyphenated UUIDs (either case).
+
+        Accepts what :func:`~airflow_audience_provider.identifiers.normalise.normalise_maid` accepts
+        in that form (after trimming ASCII blanks), except the all-zero id; every other row (the
+        32-digit form, other blanks, anything invalid) is left to the exact rule.
+        """
+        pl = self._pl
+        frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)}).select(
+            pl.col("v").str.strip_chars(ASCII_BLANKS)
         )
+        frame = frame.with_columns(
+            ok=pl.col("v").str.contains(UUID_PATTERN) & (pl.col("v").str.to_lowercase() != _ZERO_UUID)
+        )
+        return self._hash_accepted(frame, upper=upper)
+
+    def _hash_accepted(self, frame: Any, *, upper: bool) -> KernelOutput:
+        pl, plh = self._pl, self._plh
+        cased = plh.col("v").str.to_uppercase() if upper else plh.col("v").str.to_lowercase()
+        digests = frame.filter(pl.col("ok")).select(cased.chash.sha2_256().alias("h")).to_series()
         # Ordered by the first 60 bits (15 hex digits, an Int64): partition "3f" starts at the first
         # digest >= "3f" (a binary search only compares prefixes here), and each partition reaches
         # the plan phase as a run that is sorted but for ties of 60 bits, which the plan's exact
@@ -130,6 +153,12 @@ def _import_polars() -> tuple[Any, Any]:
 
 
 _SELF_TEST = [" Mail@Yandex.RU ", "a.b-c+d@sub.example.org", "not an e-mail", "x@y"]
+_SELF_TEST_MAID = [
+    " 6d92078a-8246-4ba4-ae5b-76104861e7dc ",
+    "ABCDEF01-2345-6789-ABCD-EF0123456789",
+    "00000000-0000-0000-0000-000000000000",
+    "not-a-uuid",
+]
 
 
 @functools.cache
@@ -149,6 +178,9 @@ def load_email_kernel() -> EmailKernel | None:
         out = kernel.run(_SELF_TEST)
         expected = sorted(hashlib.sha256(v.strip().lower().encode()).hexdigest() for v in _SELF_TEST[:2])
         ok = out.digests.split("\n") == expected and out.refused == [2, 3] and out.bounds[-1] == 2
+        maid = kernel.run_maid(_SELF_TEST_MAID, upper=True)
+        want = sorted(hashlib.sha256(v.strip().upper().encode()).hexdigest() for v in _SELF_TEST_MAID[:2])
+        ok = ok and maid.digests.split("\n") == want and maid.refused == [2, 3]
     except Exception as exc:  # a broken or incompatible install must not break uploads
         log.warning("The polars e-mail kernel failed its self-test (%s); using the Python path", exc)
         return None

@@ -1,0 +1,115 @@
+"""The compiled kernel for mobile advertising ids decides exactly what ``normalise_maid`` decides."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_audience_provider.identifiers import kernel
+from airflow_audience_provider.identifiers.hashing import _process_with_kernel, process_batch, uses_kernel
+from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_maid
+from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile, get_rule
+
+pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
+
+PROFILES = [
+    get_rule("criteo", "maid").profile,
+    get_rule("yandex_audience", "idfa").profile,
+    get_rule("yandex_audience", "gaid").profile,
+    NormalisationProfile(IdentifierType.MAID, HashAlgorithm.SHA256, maid_case="upper"),
+]
+
+
+@pytest.fixture(autouse=True)
+def fresh_kernel(monkeypatch):
+    monkeypatch.delenv(kernel.KERNEL_ENV, raising=False)
+    kernel.load_email_kernel.cache_clear()
+    yield
+    kernel.load_email_kernel.cache_clear()
+
+
+HEX = "0123456789abcdefABCDEF"
+#: Characters that sit near the edges: hex in both cases, look-alikes, separators, blanks.
+EDGE = HEX + "gG-_ :\t\u00a0\u2007\uff10\uff21\u212a0"
+
+
+def _uuid(draw_hex: str) -> str:
+    h = draw_hex
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+hex32 = st.text(alphabet=HEX, min_size=32, max_size=32)
+maid_like = st.one_of(
+    hex32.map(_uuid),  # the form the kernel takes
+    hex32,  # the 32-digit form: the exact rule's
+    st.just("00000000-0000-0000-0000-000000000000"),
+    st.just("00000000000000000000000000000000"),
+    st.tuples(hex32, st.integers(0, 35), st.sampled_from(EDGE)).map(  # one character changed
+        lambda t: _uuid(t[0])[: t[1]] + t[2] + _uuid(t[0])[t[1] + 1 :]
+    ),
+    st.tuples(hex32, st.integers(0, 35)).map(lambda t: _uuid(t[0])[: t[1]] + _uuid(t[0])[t[1] + 1 :]),  # one dropped
+    st.tuples(hex32, st.integers(0, 36), st.sampled_from(EDGE)).map(  # one inserted
+        lambda t: _uuid(t[0])[: t[1]] + t[2] + _uuid(t[0])[t[1] :]
+    ),
+    st.text(alphabet=EDGE, max_size=40),
+)
+blank = st.sampled_from(["", " ", "\t", "  ", "\u00a0", "\n", "\r", "\x0b", "\u3000"])
+value = st.tuples(blank, maid_like, blank).map("".join)
+
+
+def expected(profile: NormalisationProfile, values: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
+    case = "upper" if profile.upper_case_maid else "lower"
+    out, invalid = [], []
+    for i, v in enumerate(values):
+        try:
+            out.append(hashlib.sha256(normalise_maid(v, case).encode()).hexdigest())
+        except InvalidIdentifier as exc:
+            invalid.append((i, exc.reason))
+    return sorted(out), invalid
+
+
+def digests(out) -> list[str]:
+    return sorted(h for text in out.partitions.values() for h in text.split("\n"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=st.sampled_from(PROFILES), values=st.lists(value, min_size=1, max_size=40))
+def test_maid_kernel_gives_what_the_exact_rule_gives(profile: NormalisationProfile, values: list[str]) -> None:
+    want, want_invalid = expected(profile, values)
+    out = _process_with_kernel(values, profile)
+    assert out is not None
+    assert digests(out) == want
+    assert sorted(out.invalid) == want_invalid  # same rows, same reasons
+    assert out.count == len(want)
+    assert all(h[:2] == key for key, text in out.partitions.items() for h in text.split("\n"))
+
+
+def test_maid_profiles_use_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
+    values = [_uuid(hashlib.md5(str(i).encode()).hexdigest()) for i in range(300)]
+    values += [v.upper() for v in values[:50]] + ["bad", "00000000-0000-0000-0000-000000000000", "\u00a0" + values[7]]
+    for profile in PROFILES:
+        assert uses_kernel(profile)
+        with_kernel = process_batch(profile, values)
+        monkeypatch.setenv(kernel.KERNEL_ENV, "python")
+        kernel.load_email_kernel.cache_clear()
+        assert not uses_kernel(profile)
+        python = process_batch(profile, values)
+        monkeypatch.delenv(kernel.KERNEL_ENV)
+        kernel.load_email_kernel.cache_clear()
+        assert digests(with_kernel) == digests(python) and len(digests(python)) == 351
+        assert sorted(with_kernel.invalid) == python.invalid == [(350, "maid_syntax"), (351, "maid_zero")]
+
+
+def test_a_string_polars_cannot_hold_goes_to_the_python_path() -> None:
+    profile = PROFILES[0]
+    values = ["6d92078a-8246-4ba4-ae5b-76104861e7dc", "\ud800"]
+    assert _process_with_kernel(values, profile) is None  # the kernel refuses the batch...
+    out = process_batch(profile, values)  # ...and the exact path decides it
+    assert out.count == 1 and out.invalid == [(1, "maid_syntax")]
+
+
+def test_md5_maids_do_not_use_the_kernel() -> None:
+    assert not uses_kernel(NormalisationProfile(IdentifierType.MAID, HashAlgorithm.MD5))
