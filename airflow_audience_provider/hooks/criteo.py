@@ -140,19 +140,20 @@ def parse_criteo_error(response: requests.Response) -> ErrorInfo:
             details=[{k: p.get(k) for k in ("code", "title", "detail", "instance")} for p in problems],
         )
     elif "error" in body:  # the OAuth2 token endpoint (RFC 6749 §5.2)
-        return ErrorInfo(message=body.get("error_description") or body.get("error"), code=body.get("error"))
+        info = ErrorInfo(message=body.get("error_description") or body.get("error"), code=body.get("error"))
     else:
         info = ErrorInfo(message=body.get("message"), request_id=trace)
     if response.status_code == 403:
-        # A 403 from the API comes after a token was issued: the client id and secret are fine.
+        # A 403 (API or token endpoint, pitfall 17) is about consent or permission, not the secret.
         info.hint = CONSENT_HINT
     return info
 
 
 #: What a 403 of the API means (notes §3: missing consent, or a missing permission of the app).
 CONSENT_HINT = (
-    "the token is valid (the client id and secret are fine), but the application may not act on this "
-    "account or advertiser: its owner must grant the application consent (the consent link of the app in "
+    "Criteo answers 403 when the application may not act on the account or advertiser, not for a wrong "
+    "client id or secret (those get 401 invalid_client; the client id and secret are fine): its owner must "
+    "grant the application consent (the consent link of the app in "
     "the Criteo Partners Portal), and the app needs the Audience Read/Manage permissions; check also that "
     "the connection's account_id / advertiser_id is the one that consented"
 )
