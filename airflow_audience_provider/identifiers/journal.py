@@ -149,8 +149,9 @@ class Journal:
         if is_local(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp")
-            with open(tmp, "wb") as out:
-                _concat(parts, out)
+            if not _link_single(parts, tmp):
+                with open(tmp, "wb") as out:
+                    _concat(parts, out)
             os.replace(tmp, target)
         else:
             with target.open("wb") as out:
@@ -226,6 +227,24 @@ class Journal:
         delete(self.location)
         if old is not None and old.get("ids_file"):
             delete(self.directory / str(old["ids_file"]))
+
+
+def _link_single(parts: list[Path | None], target: Path) -> bool:
+    """Hard-link ``target`` to the only non-empty part, instead of copying it; False where that is not possible.
+
+    A full replace journals the whole new list (tens of MB): the engine's work file is complete
+    and never written again, so a second name for it holds the same bytes as a copy, at no cost.
+    Fails (and the caller copies) when the parts are on another file system than the journal.
+    """
+    present = [p for p in parts if p is not None and p.exists() and p.stat().st_size > 0]
+    if len(present) != 1:
+        return False
+    target.unlink(missing_ok=True)
+    try:
+        os.link(present[0], target)
+    except OSError:
+        return False
+    return True
 
 
 def _concat(parts: list[Path | None], out: IO[bytes]) -> None:

@@ -286,3 +286,50 @@ def test_journal_and_lease_on_object_storage() -> None:
     assert result["state"]["recovered"] and vendor.members == hashes(emails(40))
     assert not (directory / "journal.json").exists()
     assert [p.name for p in (directory / "lease").iterdir()]  # the lease lives beside the snapshot
+
+
+# ---- the journal's copy of the identifiers ----------------------------------------------------------
+
+
+def test_journal_links_a_single_part_and_copies_several(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from airflow_audience_provider.identifiers.journal import Journal
+
+    one, two, empty = tmp_path / "one.txt", tmp_path / "two.txt", tmp_path / "empty.txt"
+    one.write_text("a\nb\n")
+    two.write_text("c\n")
+    empty.write_text("")
+    journal = Journal(tmp_path / "state")
+
+    def begin(parts: list[Path | None]) -> Path:
+        journal.begin(run="r", owner="o", rule_key=RULE.key, kind="replace", parts=parts, inherited=0, token=None)
+        return tmp_path / "state" / "journal-ids-r.txt"
+
+    ids = begin([None, one, empty])
+    assert ids.read_text() == "a\nb\n" and ids.stat().st_ino == one.stat().st_ino  # a second name, no copy
+    one.unlink()  # the engine removes its work directory: the journal keeps the identifiers
+    assert ids.read_text() == "a\nb\n"
+    one.write_text("a\nb\n")
+    ids = begin([one, two])
+    assert ids.read_text() == "a\nb\nc\n" and ids.stat().st_ino != one.stat().st_ino
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)  # parts on another file system: copied
+    ids = begin([one])
+    assert ids.read_text() == "a\nb\n" and ids.stat().st_ino != one.stat().st_ino
+
+
+def test_failed_full_replace_is_recovered_from_the_linked_journal(tmp_path: Path) -> None:
+    vendor = RecordingSender()
+    vendor.fail_on_call = 3  # the replace and one chunk of additions land, then the run dies
+    with pytest.raises(SendError):
+        run(emails(50), vendor, tmp_path)
+    assert (state_dir(tmp_path) / "journal.json").exists()
+    vendor.fail_on_call = None
+    vendor.members.add("left-by-someone")
+    result = run(emails(40), vendor, tmp_path)
+    assert result["state"]["recovered"]
+    assert vendor.members == hashes(emails(40))
