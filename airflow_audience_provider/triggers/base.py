@@ -194,9 +194,11 @@ class AudiencePollingTrigger(BaseTrigger):
             return
         subject = self.describe_subject()
         try:
-            # Off the loop: the first hook of a vendor imports its module (requests, tenacity: ~0.5 s).
+            # Off the loop: the first hook of a vendor imports its module (requests, tenacity: ~0.5 s),
+            # and the transport may open the rate limiter's backend (a file lock, a Redis client).
             hook = await asyncio.to_thread(self._make_hook)
-            await hook.aget_conn()  # resolves the connection asynchronously, once
+            await hook.asettings()  # the connection, resolved asynchronously
+            await asyncio.to_thread(hook.get_conn)
         except AudienceError as exc:
             yield TriggerEvent(error_event(self.vendor, exc))
             return
