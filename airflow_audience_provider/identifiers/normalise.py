@@ -88,7 +88,7 @@ _PHONE_CHARS_RE = re.compile(r"[0-9+()\-.\s/]+(?:(?:ext|x|#)\.?\s*\d+)?", re.I)
 def normalise_email(value: str) -> str:
     """Trim and lower-case an e-mail address, then check its syntax.
 
-    Criteo (criteo.md §5.7) and Yandex.Audience (yandex_audience.md §6.3) both ask for trimmed,
+    Criteo and Yandex.Audience both ask for trimmed,
     lower-case addresses. Non-ASCII addresses are rejected (``email_non_ascii``): Yandex asks for
     "lower-case Latin", and neither vendor documents how it hashes internationalised addresses.
 
@@ -134,7 +134,7 @@ def normalise_maid(value: str, case: str = "lower") -> str:
 def normalise_mac(value: str) -> str:
     """Normalise a MAC address to 12 upper-case hex digits without separators.
 
-    Yandex.Audience wants a bare hex string, case free (yandex_audience.md §6.3); exports often
+    Yandex.Audience wants a bare hex string, case free; exports often
     write ``AE:12:34:56:D0:A1``, ``ae-12-34-56-d0-a1`` or ``ae12.3456.d0a1``, so ``:``, ``-``,
     ``.`` and blanks are removed first. The all-zero and broadcast addresses are rejected: they
     identify no device. Hashing goes over the 6 bytes the digits spell
@@ -156,7 +156,7 @@ def normalise_mac(value: str) -> str:
 def normalise_client_id(value: str) -> str:
     """Normalise a Yandex Metrica ClientID: a decimal unsigned 64-bit number, without leading zeros.
 
-    Assumption (the notes do not give the format): Metrica's Logs API types ClientID as UInt64,
+    Assumption (the Audience API reference does not give the format): Metrica's Logs API types ClientID as UInt64,
     so a value is 1 to 20 decimal digits and at most 2**64-1; 0 identifies nobody.
 
     :raises InvalidIdentifier: ``empty``, ``client_id_syntax`` (not only digits),
@@ -223,7 +223,7 @@ def normalise_phone(value: str, fmt: PhoneFormat = PhoneFormat.E164, default_reg
     A number starting with ``+`` or ``00`` (``007 999 ...``) is international. Other numbers are
     read in ``default_region`` (``8 (999) 555-11-11`` with ``"RU"`` is ``+79995551111``); a value of
     11 to 15 digits that is not a valid number there is then tried as international
-    (``79995551111`` is Yandex's own example, yandex_audience.md §6.3). Without a default region
+    (``79995551111`` is Yandex's own example). Without a default region
     only that international reading is tried, and a number it does not explain is refused as
     ``phone_no_country``: it is probably written the national way (``8 999 ...`` in Russia) and
     needs ``default_region``.

@@ -7,8 +7,8 @@ Rules are versioned (``version``). The version is written into every snapshot; w
 the stored hashes are no longer comparable, so the next sync is a full replace instead of a diff.
 Test vectors for every registered rule live in ``tests/identifiers/vectors/``.
 
-Sources of the rules are the project's vendor notes (``shared/vendors/criteo.md`` and
-``shared/vendors/yandex_audience.md``); each rule cites the section it follows in ``source``.
+The comment above each rule states the vendor facts it follows, from Criteo's developer portal
+(developers.criteo.com) and the Yandex.Audience API reference (yandex.ru/dev/audience).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class IdentifierType(StrEnum):
     #: Already SHA-256 hashed input (64 hex digits): validated and passed through.
     SHA256 = "sha256"
     #: Device MAC address (12 hex digits; separators ``:``, ``-``, ``.`` removed). Hashed over its
-    #: 6 raw bytes, not over the text (Yandex.Audience, yandex_audience.md §6.3).
+    #: 6 raw bytes, not over the text (as Yandex.Audience asks).
     MAC = "mac"
     #: Yandex Metrica ClientID: the unsigned 64-bit number Metrica gives a browser. It is
     #: Metrica's own pseudonymous id and is matched as written, so it is never hashed.
@@ -95,7 +95,7 @@ class NormalisationProfile:
     def hashes_raw_bytes(self) -> bool:
         """True when the hash is taken over the bytes a hex value spells, not over its text.
 
-        Yandex.Audience hashes a MAC address as its 6 raw bytes (yandex_audience.md §6.3):
+        Yandex.Audience hashes a MAC address as its 6 raw bytes:
         ``AE123456D0A1`` -> ``b"\\xae\\x12\\x34\\x56\\xd0\\xa1"`` -> SHA-256.
         """
         return self.identifier_type is IdentifierType.MAC
@@ -132,7 +132,7 @@ class VendorRule:
     :param bytes_per_row_overhead: bytes a row costs besides the value (newline, quotes, comma).
     :param header: bytes a file chunk starts with (a CSV header row), counted in the size limit.
     :param min_entries: fewest identifiers the vendor accepts for a list.
-    :param source: where the rule comes from (note file and section).
+    :param source: where the rule comes from (a short citation).
     :param api_identifier_types: ``(api, name)`` pairs where a vendor's APIs spell the type differently
         (Criteo Retail Media ``Email``, Marketing Solutions ``email``); an API not listed does not take it.
     """
@@ -219,11 +219,12 @@ def list_rules() -> list[VendorRule]:
 
 
 # --------------------------------------------------------------------------------------------
-# Criteo (shared/vendors/criteo.md)
+# Criteo (Retail Media and Marketing Solutions audience APIs, developers.criteo.com)
 # --------------------------------------------------------------------------------------------
-# §5.7 "Add / remove identifiers" and §7 "Limits summary": at most 50,000 identifiers per
-# add-remove request. §5.7 "Hashing / normalisation": the safe default is trim, lower-case,
-# SHA-256, lower-case hex (64 chars). Identifier type names: §5.7 (Retail Media, PascalCase).
+# At most 50,000 identifiers per add/remove request (Criteo's contact-list docs). Hashing: Retail
+# Media's rules are unverified; the safe default is trim, lower-case, SHA-256, lower-case hex (64
+# chars). Retail Media spells identifier types in PascalCase (``Email``), Marketing Solutions in
+# lower camel case (``email``).
 _CRITEO_CHUNK = 50_000
 _CRITEO_SRC = "shared/vendors/criteo.md §5.7 (add/remove, hashing), §7 (limits)"
 
@@ -241,7 +242,7 @@ register_rule(
 )
 # Phone version 2: with a default region, numbers written with 00 or as 11-15 bare digits are read
 # as international when the region does not explain them (version 1 refused them).
-# Phone: §11 lists the phone format as unverified ("E.164?"). Assumption: E.164 with the plus
+# Phone: Criteo does not document the phone format (unverified). Assumption: E.164 with the plus
 # sign, SHA-256 hashed like e-mail (the issue's rule: hash locally). Change with
 # ``rule.with_options(phone_format=PhoneFormat.DIGITS)`` once Criteo confirms otherwise.
 register_rule(
@@ -256,7 +257,7 @@ register_rule(
         source=_CRITEO_SRC + "; phone format unverified (§11), E.164 assumed",
     )
 )
-# Mobile advertising ids: §8 ``madid``. Whether Criteo matches hashed MAIDs is not documented
+# Mobile advertising ids: Marketing Solutions' ``madid``. Whether Criteo matches hashed MAIDs is not documented
 # (unverified); we hash by default because identifiers must not leave the process in clear text
 # unless the task asks for it: ``rule.with_options(hash_algorithm=HashAlgorithm.NONE)``.
 register_rule(
@@ -271,7 +272,7 @@ register_rule(
         source=_CRITEO_SRC + "; §8 madid; hashing of MAIDs unverified",
     )
 )
-# Customer ids: §5.1 ``CustomerId`` is the retailer's own id, matched against the retailer's
+# Customer ids: Retail Media's ``CustomerId`` is the retailer's own id, matched against the retailer's
 # records, so it is sent as given (trimmed): hashing it would make it unmatchable.
 register_rule(
     VendorRule(
@@ -299,12 +300,12 @@ register_rule(
 )
 
 # --------------------------------------------------------------------------------------------
-# Yandex.Audience (shared/vendors/yandex_audience.md)
+# Yandex.Audience (management API v1, yandex.ru/dev/audience)
 # --------------------------------------------------------------------------------------------
-# §5.3 and pitfall §10.4: MD5 uploads are refused since January 2025 -> SHA-256 only.
-# §6.2: file at most 1 GB, at least 100 entries. §6.3 CRM: CSV with a header row; phone as
+# MD5 uploads are refused since January 2025 -> SHA-256 only.
+# A file holds at most 1 GB and at least 100 entries. CRM: CSV with a header row; phone as
 # digits with country code and no plus; e-mail lower-case; each cell hashed separately.
-# Chunks are files (modify_data addition/subtraction/replace, §6.4): no per-file count limit,
+# Chunks are files (modify_data addition/subtraction/replace): no per-file count limit,
 # only the size limit. We keep 1 MiB of headroom under 1 GB for the multipart envelope.
 _YANDEX_MAX_BYTES = 1_000_000_000 - 1_048_576
 _YANDEX_SRC = "shared/vendors/yandex_audience.md §5.3, §6.2, §6.3, §10.4"
@@ -335,7 +336,7 @@ register_rule(
         source=_YANDEX_SRC,
     )
 )
-# §6.3 "Device IDs": GAID is written lower-case, IDFA upper-case, each id hashed on its own, so
+# Device ids: GAID is written lower-case, IDFA upper-case, each id hashed on its own, so
 # the case changes the hash. A UUID does not say whether it is an IDFA or a GAID: lists of one
 # platform use the ``idfa`` (upper-case) or ``gaid`` (lower-case) rule. The ``maid`` rule keeps
 # the lower-case (GAID) form for lists whose platform is unknown. Files of device ids have no
@@ -389,8 +390,8 @@ register_rule(
         source=_YANDEX_SRC + "; pre-hashed SHA-256 e-mails",
     )
 )
-# §6.3 "MAC": bare hex, no separators, case does not matter; hashed over the 6 raw bytes (the
-# notes' anchor: AE123456D0A1 -> f74c5e09...). Plain file (``upload_file``), confirm
+# MAC: bare hex, no separators, case does not matter; hashed over the 6 raw bytes (Yandex's
+# MD5 example: AE123456D0A1 -> c5c32c30...; SHA-256 f74c5e09...). Plain file (``upload_file``), confirm
 # ``content_type: "mac"``. Upper-case is the form the docs print; since hashing goes over the
 # bytes, the case of an unhashed upload is the only place it shows.
 register_rule(
@@ -405,8 +406,8 @@ register_rule(
         source=_YANDEX_SRC + "; §6.3 MAC (hashed over the raw bytes)",
     )
 )
-# §4 op 5 and §6.1: Metrica ClientIDs go into a plain file (``upload_file``; which upload path is
-# UNVERIFIED in the notes, upload_file is the one the plain-list examples use) and are confirmed
+# Metrica ClientIDs go into a plain file (``upload_file``; unverified: the API reference does not
+# say which upload path they use, upload_file is the one its plain-list examples use) and are confirmed
 # with ``segment/client_id/{id}/confirm`` and the Metrica ``counter_id``. That confirm has no
 # ``hashed`` flag: Yandex matches ClientIDs against its own Metrica data as written, so they are
 # sent unhashed (they are Metrica's pseudonymous ids, not contact data). Assumption: a ClientID
@@ -423,5 +424,5 @@ register_rule(
         source=_YANDEX_SRC + "; §4 op 5, §6.1 Metrica ClientID (sent as written: the confirm takes no hashed flag)",
     )
 )
-# No Yandex customer_id rule on purpose: §6.3 says every CRM row must carry a phone or an
+# No Yandex customer_id rule on purpose: every CRM row must carry a phone or an
 # e-mail; a file of external ids alone is not a valid CRM upload.
