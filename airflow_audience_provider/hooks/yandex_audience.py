@@ -2,20 +2,21 @@
 
 Method names follow the operations of the API, grouped as Yandex groups them (segments,
 permissions/grants, accounts, delegates, pixels), so the vendor's reference is the index.
-Everything below ``v1/management/`` is one path per operation (vendor notes §4).
+Everything below ``v1/management/`` is one path per operation (28 operations in the API reference).
 
 Authentication: the connection's password is an OAuth token sent as ``Authorization: OAuth
-<token>`` (not ``Bearer``, notes §2). The connection's login names the quota bucket (quotas are
-per login) and tells own segments from segments shared with the login.
+<token>`` (the word is ``OAuth``, not ``Bearer`` as in Direct). The connection's login names the
+quota bucket (quotas are per login) and tells own segments from segments shared with the login.
 
-**Quotas** (notes §9) are enforced on the client side by the shared rate limiter before a request
-leaves: segment create/modify requests 10 per minute, 100 per hour and 500 per day per login;
-5000 requests per day per login (reads and writes together, a conservative reading of the
-notes); 30 requests per second per IP (shared by every login on the host); reprocess 20 per
-login per 24 h. The numbers can be changed in the connection's extras (raised quotas). A quota
+**Quotas** (documented in the Yandex.Audience API reference, yandex.ru/dev/audience) are enforced
+on the client side by the shared rate limiter before a request leaves: segment create/modify
+requests 10 per minute, 100 per hour and 500 per day per login; 5000 requests per day per login
+(reads and writes together: Yandex counts reads and writes in separate groups, so one shared
+budget is the conservative reading); 30 requests per second per IP (shared by every login on the
+host); reprocess 20 per login per 24 h. The numbers can be changed in the connection's extras (raised quotas). A quota
 error from Yandex (HTTP 429, ``error_type`` ``quota``) names the quota and when it frees up.
 
-**Statuses** (notes §7): ``processed`` is done; ``processing_failed`` and ``few_data`` are
+**Statuses**: ``processed`` is done; ``processing_failed`` and ``few_data`` are
 failures (few_data comes with advice: add data or reprocess); ``is_processed`` and
 ``is_updated`` are in progress; ``uploaded`` is a draft that was never confirmed and never
 progresses, so waiting on it fails at once. Any other status is reported verbatim and waited on.
@@ -58,14 +59,14 @@ log = logging.getLogger(__name__)
 VENDOR = "yandex_audience"
 API_PREFIX = "v1/management"
 
-#: Segment statuses (notes §7). ``uploaded`` is handled separately (a draft never progresses).
+#: Segment statuses (one list for every segment type). ``uploaded`` is handled separately (a draft never progresses).
 YANDEX_AUDIENCE_SEGMENT_STATUS = StatusMap.of(
     done={"processed"},
     failed={"processing_failed", "few_data"},
     running={"is_processed", "is_updated"},
 )
 
-#: Confirm ``content_type`` values and the upload operation each needs (notes §6.1).
+#: Confirm ``content_type`` values and the upload operation each needs (CRM CSV with a header: upload_csv_file).
 CONTENT_TYPES = {"crm": "upload_csv_file", "idfa_gaid": "upload_file", "mac": "upload_file"}
 MODIFICATION_TYPES = ("addition", "subtraction", "replace")
 #: Slowest upload rate assumed when the read timeout of a file upload is scaled (bytes per second).
@@ -79,10 +80,10 @@ SEGMENTS_PAGE_SIZE = 10_000
 _YANDEX_MAIL_DOMAINS = re.compile(r"@(?:yandex\.(?:ru|com|by|kz|ua|com\.tr)|ya\.ru|narod\.ru)$")
 GEO_SEGMENT_TYPES = ("last", "regular", "home", "work", "condition")
 DELEGATE_PERMS = ("view", "edit")
-#: Moscow time (UTC+3, no DST): the daily quotas reset at its midnight (notes §9).
+#: Moscow time (UTC+3, no DST): the daily quotas reset at its midnight.
 MOSCOW = timezone(timedelta(hours=3))
 
-#: error_type -> our error class (notes §8.2). Unknown types fall back to the HTTP status.
+#: error_type -> our error class (Yandex's error_type catalogue). Unknown types fall back to the HTTP status.
 ERROR_TYPES: dict[str, type[AudienceError]] = {
     "invalid_parameter": AudienceValidationError,
     "missing_parameter": AudienceValidationError,
@@ -120,8 +121,9 @@ class YandexAudienceNoChangesError(AudienceValidationError):
 def quota_reset_seconds(text: str, now: float | None = None) -> float | None:
     """Seconds until a quota named in a Yandex message frees up, from the period it names.
 
-    Assumption (notes §9: "body says which quota", its wording unverified): the message names the
-    period ("per second/minute/hour/day"). Daily quotas reset at midnight Moscow time.
+    Assumption (Yandex documents only that a 429 body says which quota; the wording is unverified):
+    the message names the period ("per second/minute/hour/day"). Daily quotas reset at midnight
+    Moscow time.
     """
     lowered = text.lower()
     # "per <period>" first: a login named e.g. "holiday-ads" must not turn a minute quota into a daily one
@@ -224,7 +226,7 @@ def yandex_audience_rate_limits(
     requests_per_second: int = 30,
     reprocess_per_day: int = 20,
 ) -> dict[str, RateLimit]:
-    """The documented quotas (notes §9) as client-side windows per endpoint class.
+    """The documented quotas (Yandex.Audience API reference) as client-side windows per endpoint class.
 
     ``read``: every GET. ``write``: segment create/modify (uploads, confirm, modify_data, the
     create_* operations, rename, delete). ``reprocess``: reprocess. ``default``: other writes
@@ -413,7 +415,7 @@ class YandexAudienceHook(AudienceHook):
     def segment_url(self, segment_id: Any) -> str:
         """Link to the segment in the Audience web interface.
 
-        Assumption (the notes give no URL scheme): ``<web interface>/segments/<id>``; the base is
+        Assumption (Yandex documents no URL scheme for it): ``<web interface>/segments/<id>``; the base is
         the connection's ``web_app_url`` (default ``https://audience.yandex.ru``).
         """
         base = str(self.settings().get_extra("web_app_url", "https://audience.yandex.ru")).rstrip("/")
@@ -668,7 +670,7 @@ class YandexAudienceHook(AudienceHook):
         """Save a draft file segment and start processing: ``POST segment/{id}/confirm``.
 
         :param content_type: ``crm``, ``idfa_gaid`` or ``mac``.
-        :param hashed: whether the values are hashed (sent as a boolean, pitfall 15).
+        :param hashed: whether the values are hashed (sent as a boolean; very old docs used 0/1).
         :param hashing_alg: ``SHA256`` (MD5 is refused for new data since 2025).
         :param check_size: ``False`` lets a file under 100 entries through (then unusable in Direct).
         """
@@ -854,7 +856,7 @@ class YandexAudienceHook(AudienceHook):
     def _check_geo_type(geo_segment_type: str) -> None:
         if geo_segment_type not in GEO_SEGMENT_TYPES:
             raise AudienceValidationError(
-                f"geo_segment_type must be one of {', '.join(GEO_SEGMENT_TYPES)} (a string, pitfall 8), "
+                f"geo_segment_type must be one of {', '.join(GEO_SEGMENT_TYPES)} (a string, not a number), "
                 f"got {geo_segment_type!r}",
                 vendor=VENDOR,
             )
@@ -919,7 +921,7 @@ class YandexAudienceHook(AudienceHook):
         )
 
     def update_geo_points(self, segment_id: int | str, points: list[dict[str, Any]]) -> None:
-        """``POST segment/{id}/update_geo_points``: switched off by Yandex (notes §4.1 #11).
+        """``POST segment/{id}/update_geo_points``: switched off by Yandex (the API reference marks it so).
 
         Not sent: create a new geo segment instead.
 
@@ -975,7 +977,7 @@ class YandexAudienceHook(AudienceHook):
 
         :param lookalike_link: id of the source segment.
         :param lookalike_value: the similarity setting, passed through as is (its direction is
-            documented ambiguously, pitfall 14).
+            unverified: third-party clients disagree whether 1 is the closest or the widest).
         """
         return self._create(
             "segments/create_lookalike",
@@ -1035,7 +1037,7 @@ class YandexAudienceHook(AudienceHook):
         """Share a segment with another login: ``PUT segment/{id}/grant``.
 
         :param permission: ``view`` or ``edit``; sent only when given (used by clients, not in the
-            reference we read, notes pitfall 17).
+            API reference; unverified).
         """
         sid = self._id(segment_id)
         if comment is not None and len(comment) > 255:
@@ -1246,7 +1248,7 @@ class YandexAudienceSegmentSender:
         self.confirming = True
         try:
             if self.content_type == "client_id":
-                # ClientID files have their own confirm (notes §4.1 op 5): counter, no hashing flags.
+                # ClientID files have their own confirm (segment/client_id/{id}/confirm): counter, no hashing flags.
                 segment = self.hook.confirm_client_id_segment(draft["id"], self.name, self.counter_id)  # type: ignore[arg-type]
             else:
                 segment = self.hook.confirm_segment(
@@ -1259,7 +1261,7 @@ class YandexAudienceSegmentSender:
                     check_size=self._check_size(chunk),
                 )
         except AudienceError:
-            # Do not leave an unconfirmed draft behind (pitfall 2); the confirm error is the news.
+            # Do not leave an unconfirmed draft behind (it is never processed); the confirm error is the news.
             try:
                 self.hook.delete_segment(draft["id"])
             except AudienceError as cleanup:
@@ -1280,7 +1282,7 @@ class YandexAudienceSegmentSender:
         """Delete the draft uploaded but not yet confirmed, if any (the task is being stopped).
 
         Without this a stopped task would leave a nameless ``uploaded`` draft in the account
-        (pitfall 2; whether drafts expire is not documented).
+        (it is never processed; whether drafts expire is not documented).
         """
         if self.confirming:
             # The confirm may land: deleting now could delete the new segment. If it does not land, the
