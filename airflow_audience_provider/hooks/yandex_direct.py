@@ -5,7 +5,7 @@ Method names follow Direct's service and method names (``RetargetingLists.add`` 
 :meth:`YandexDirectHook.set_bids_audience_targets`, the v4 Live ``GetRetargetingGoals`` is
 :meth:`YandexDirectHook.get_retargeting_goals`), so Direct's reference is the index.
 
-The protocol, once, in :meth:`YandexDirectHook.call` (vendor notes ``yandex_direct.md`` §4):
+The protocol, once, in :meth:`YandexDirectHook.call` (Direct API v5 reference, yandex.ru/dev/direct):
 
 * every call is ``POST /json/v5/<service>`` with ``{"method": ..., "params": ...}``;
 * request-level errors come back **with HTTP 200** as ``{"error": {"error_code", "error_string",
@@ -23,18 +23,18 @@ The protocol, once, in :meth:`YandexDirectHook.call` (vendor notes ``yandex_dire
   a call whose estimated price would dip below the remaining points (minus the connection's
   ``units_reserve``) is not sent: :class:`YandexDirectUnitsError` says how many points are left.
 
-**From an Audience segment to a goal id** (notes §8.2, UNVERIFIED mapping): the ids usable in rules
-come from ``GetRetargetingGoals`` (v4 Live). This hook never assumes that an Audience segment id is
-a goal id, nor that the ``Type`` of an Audience goal says "audience". A segment named by *name* is
-the listed item with that name. A segment given by *id* is the listed goal numbered
-``audience_goal_id_offset + segment id`` (connection extra, default 2 000 000 000, our assumption
-about Direct's numbering), else an item field naming the segment id, else a non-Metrica goal
-numbered with the id itself, else its name when given along. An explicit ``{"goal_id": ...}``
-bypasses all that. In every case the goal must be listed by Direct (the segment is ``processed``
-and owned by or granted to the Direct login), otherwise a clear
-:class:`YandexDirectGoalNotFoundError` (not retried by Airflow) names what is missing and lists
-what Direct does list; :meth:`YandexDirectHook.audience_goals_status` is the status function of
-the wait until Direct lists a fresh segment.
+**From an Audience segment to a goal id** (UNVERIFIED mapping: Direct's docs only say to take the
+ids from ``GetRetargetingGoals``): the ids usable in rules come from ``GetRetargetingGoals`` (v4
+Live). This hook never assumes that an Audience segment id is a goal id, nor that the ``Type`` of an
+Audience goal says "audience". A segment named by *name* is the listed item with that name. A
+segment given by *id* is the listed goal numbered ``audience_goal_id_offset + segment id``
+(connection extra, default 2 000 000 000, our assumption about Direct's numbering), else an item
+field naming the segment id, else a non-Metrica goal numbered with the id itself, else its name when
+given along. An explicit ``{"goal_id": ...}`` bypasses all that. In every case the goal must be
+listed by Direct (the segment is ``processed`` and owned by or granted to the Direct login),
+otherwise a clear :class:`YandexDirectGoalNotFoundError` (not retried by Airflow) names what is
+missing and lists what Direct does list; :meth:`YandexDirectHook.audience_goals_status` is the
+status function of the wait until Direct lists a fresh segment.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ LIVE4_PATH = "/live/v4/json/"
 RULE_OPERATORS = ("ALL", "ANY", "NONE")
 LIST_TYPES = ("RETARGETING", "AUDIENCE")
 STRATEGY_PRIORITIES = ("LOW", "NORMAL", "HIGH")
-#: Rules per list and arguments per list: the web UI's limits; the API's are UNVERIFIED (notes §6.1).
+#: Rules per list and arguments per list: the web UI's limits; the API's are UNVERIFIED.
 MAX_RULES = 50
 MAX_ARGUMENTS = 250
 MAX_NAME = 250
@@ -87,7 +87,7 @@ LIFE_SPAN_DAYS = (1, 540)
 DEFAULT_LIFE_SPAN = 90
 #: The Crypta catalogues of ``Dictionaries.get`` used by ``AUDIENCE`` lists and interest targets.
 AUDIENCE_DICTIONARIES = ("AudienceInterests", "AudienceDemographicProfiles", "AudienceCriteriaTypes")
-#: Items per call (notes §5, §10.1); suspend/resume are UNVERIFIED and use the delete limit.
+#: Items per call (Direct's documented per-call limits); suspend/resume are UNVERIFIED and use the delete limit.
 BATCH = {
     ("retargetinglists", "add"): 1000,
     ("retargetinglists", "update"): 1000,
@@ -98,7 +98,7 @@ BATCH = {
     ("audiencetargets", "resume"): 10000,
 }
 PAGE_LIMIT = 10000
-#: AudienceTargets.get filter sizes (notes §10.1).
+#: AudienceTargets.get filter sizes (documented limits).
 TARGET_FILTER_LIMITS = {"Ids": 10000, "AdGroupIds": 1000, "CampaignIds": 100, "RetargetingListIds": 1000}
 
 RETARGETING_LIST_FIELDS = (
@@ -122,7 +122,7 @@ AUDIENCE_TARGET_FIELDS = (
     "State",
 )
 
-#: Request-level codes Direct marks transient (notes §9.2): OAuth server down, too many concurrent
+#: Request-level codes Direct's error list marks transient: OAuth server down, too many concurrent
 #: requests, internal errors. 152 (out of points) is not retried in the task: points come back hourly.
 TRANSIENT_CODES = frozenset({52, 506, 1000, 1001, 1002})
 _CLASS_BY_CODE: dict[int, type[AudienceError]] = {
@@ -154,7 +154,7 @@ class YandexDirectGoalNotFoundError(AudienceNotFoundError, AudienceNonRetryableE
     """Direct lists no goal for a Yandex.Audience segment or Metrica goal named in the rules.
 
     Not retried by Airflow: Direct lists a segment as soon as Audience reports it ``processed`` and it
-    is shared with the Direct login (notes section 8), so a missing one is a wrong id or name, or a
+    is owned by or granted to the Direct login (Direct help), so a missing one is a wrong id or name, or a
     missing grant; wait for processing with the Audience sensor before this task instead.
     """
 
@@ -162,7 +162,7 @@ class YandexDirectGoalNotFoundError(AudienceNotFoundError, AudienceNonRetryableE
 class YandexDirectUnitsError(AudienceRateLimitError):
     """Direct's points ("units") are used up (error 152), or too few are left for the next call.
 
-    Points come back hourly (notes §10.2); a task retry an hour later can succeed, so this is not a
+    Points come back hourly; a task retry an hour later can succeed, so this is not a
     non-retryable error. ``units`` carries the last ``Units`` header seen, if any.
     """
 
@@ -203,8 +203,9 @@ class Units:
 def estimate_units(service: str, method: str, items: int = 1) -> int:
     """A floor for the price of a call, used only to stop before a call Direct would refuse (152).
 
-    From the observed prices (notes §10.2, UNVERIFIED): ``get`` 2, a write 10 + 2 per object; failed
-    items cost more, so the estimate can only be too low, never block a call that would pass.
+    From prices observed in recorded traffic (UNVERIFIED: Direct's price list for these services was
+    not found): ``get`` 2, a write 10 + 2 per object; failed items cost more, so the estimate can
+    only be too low, never block a call that would pass.
     """
     if method in ("get", "GetRetargetingGoals"):
         return 2
@@ -264,7 +265,7 @@ def direct_body_error(response: requests.Response) -> ErrorInfo | None:
             error.get("error_detail"),
             error.get("request_id") or response.headers.get("RequestId"),
         )
-    if "error_code" in body:  # v4 Live: error_str, not error_string (notes §5)
+    if "error_code" in body:  # v4 Live: error_str, not error_string
         return _error_info(
             body.get("error_code"),
             body.get("error_str"),
@@ -427,7 +428,7 @@ def rules_signature(rules: Iterable[Mapping[str, Any]], compare_life_span: Itera
 
     Rule order and argument order do not matter. ``MembershipLifeSpan`` is compared only for the goal
     ids in ``compare_life_span`` (Metrica goals the caller set it for): Direct ignores it for segments
-    and may read it back as ``null`` (pitfall 11), which must not look like drift.
+    and may read it back as ``null``, which must not look like drift.
     """
     keep = set(compare_life_span)
     canonical = []
@@ -634,7 +635,7 @@ class YandexDirectHook(AudienceHook):
         offset = 0
         while True:
             result = self.call(service, "get", {**params, "Page": {"Limit": page_limit, "Offset": offset}})
-            page = result.get(collection) or []  # {"result": {}} when nothing matches (pitfall 8)
+            page = result.get(collection) or []  # {"result": {}}, no collection key, when nothing matches
             objects.extend(page)
             limited_by = result.get("LimitedBy")
             if limited_by is None or not page:
@@ -759,7 +760,7 @@ class YandexDirectHook(AudienceHook):
         states: Sequence[str] | None = None,
         field_names: Sequence[str] = AUDIENCE_TARGET_FIELDS,
     ) -> list[dict[str, Any]]:
-        """AudienceTargets.get. At least one id filter is required (pitfall 9); long filters are split."""
+        """AudienceTargets.get. At least one id filter is required (else Direct answers 8000); long ones are split."""
         filters = {
             "Ids": ids,
             "AdGroupIds": ad_group_ids,
@@ -943,7 +944,7 @@ class YandexDirectHook(AudienceHook):
         """Whether a GetRetargetingGoals item looks like a Yandex.Audience segment.
 
         Only a hint for choosing among equal names and for error messages: the ``Type`` strings are
-        UNVERIFIED (notes §6.4), so a type mentioning "audience", or an id in this connection's
+        UNVERIFIED, so a type mentioning "audience", or an id in this connection's
         Audience id range, counts.
         """
         kind = str(goal.get("Type") or "").lower()
@@ -1063,7 +1064,7 @@ class YandexDirectHook(AudienceHook):
     def resolve_goals(
         self, goal_ids: Sequence[int], goals: Sequence[Mapping[str, Any]] | None = None
     ) -> list[dict[str, Any]]:
-        """Check Metrica goal ids against GetRetargetingGoals (Direct does not validate them, pitfall 12).
+        """Check Metrica goal ids against GetRetargetingGoals (Direct accepts unknown ids at add time).
 
         :raises YandexDirectGoalNotFoundError: naming the goals Direct does not list for this login.
         """
@@ -1082,7 +1083,7 @@ class YandexDirectHook(AudienceHook):
     def retargeting_list_url(self, list_id: Any) -> str:
         """Link to the list in the Direct web interface (the "Retargeting and audiences" library).
 
-        Assumption (not in the vendor notes): the library opens at ``<web_ui_url>/dna/retargeting``
+        Assumption (not in Direct's documentation): the library opens at ``<web_ui_url>/dna/retargeting``
         and ``ulogin`` selects the client for agencies; the list id is passed along for reference.
         """
         base = str(self.settings().get_extra("web_ui_url", "https://direct.yandex.ru")).rstrip("/")
