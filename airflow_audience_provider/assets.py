@@ -86,12 +86,19 @@ class AssetEmitterMixin:
         from ``uri``. The object is also remembered for OpenLineage
         (:meth:`get_openlineage_facets_on_complete`), whether or not Asset events are emitted.
         """
-        from airflow_audience_provider.core.events import audience_event_extra
+        from airflow_audience_provider.core.events import AUDIENCE_EVENTS_XCOM, audience_event_extra
 
         shaped = audience_event_extra(uri, **extra)  # a bad field fails here, in every mode
         touched = self.__dict__.setdefault("_lineage_uris", [])
         if uri not in touched:
             touched.append(uri)
+        # Also in XCom, announced or not: the Audiences view reads the counts of an upload whose
+        # Asset event is left to a later sensor (emit_asset=False) from the same DAG run.
+        recorded = self.__dict__.setdefault("_audience_events", [])
+        recorded.append(shaped)
+        ti = context.get("ti")
+        if ti is not None:
+            ti.xcom_push(key=AUDIENCE_EVENTS_XCOM, value=list(recorded))
         if not self.emit_asset or not self.asset_alias:
             return
         from airflow.sdk import Asset, AssetAlias

@@ -85,6 +85,9 @@ def test_wheel_contents(dists):
     text = zipfile.ZipFile(dists["wheel"]).read(entry_points).decode()
     assert "[apache_airflow_provider]" in text
     assert "provider_info = airflow_audience_provider:get_provider_info" in text
+    # the Audiences view: its plugin registered, its app shipped
+    assert "[airflow.plugins]" in text and "audiences = airflow_audience_provider.ui.plugin:AudiencesPlugin" in text
+    assert "airflow_audience_provider/ui/app.py" in names
     # every vendor registered for the provider info ships its modules
     from airflow_audience_provider.connections import CONNECTION_SPECS
 

@@ -42,6 +42,8 @@ from typing import Any
 from urllib.parse import unquote
 
 AUDIENCE_EXTRA_VERSION = 1
+#: XCom key under which a task keeps the shapes it recorded, announced as Asset events or not.
+AUDIENCE_EVENTS_XCOM = "audience_events"
 
 #: keys taken from the Asset URI, present in every event.
 REQUIRED_KEYS = ("audience_extra_version", "vendor", "account", "kind", "object_id")

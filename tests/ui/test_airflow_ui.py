@@ -146,18 +146,18 @@ def airflow_env(ui_sandbox, tmp_path_factory) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def api_server(airflow_env) -> Iterator[str]:
+@contextlib.contextmanager
+def _serve(env: dict[str, str], log_name: str = "api-server.log") -> Iterator[str]:
     """``airflow api-server`` on 127.0.0.1:<free port>, one worker, in its own process group."""
     import requests
 
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
-    log_path = Path(airflow_env["AIRFLOW_HOME"]) / "api-server.log"
+    log_path = Path(env["AIRFLOW_HOME"]) / log_name
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [AIRFLOW_BIN, "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
-            env=airflow_env,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -178,6 +178,13 @@ def api_server(airflow_env) -> Iterator[str]:
         yield base_url
     finally:
         _stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def api_server(airflow_env) -> Iterator[str]:
+    """The API server with the simple auth manager, everyone admin (no login)."""
+    with _serve(airflow_env) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")
@@ -398,7 +405,10 @@ def test_example_run_emitted_asset_is_listed(api, example_run):
     assert events.status_code == 200, events.text
     emitted = [e for e in events.json()["asset_events"] if e["source_run_id"] == example_run["run_id"]]
     assert [e["source_task_id"] for e in emitted] == ["wait_for_reevaluation"]
-    assert emitted[0]["extra"]["size"] == example_run["tasks"]["wait_for_reevaluation"]["xcom"]["return_value"]["size"]
+    assert (
+        emitted[0]["extra"]["vendor_size"]
+        == example_run["tasks"]["wait_for_reevaluation"]["xcom"]["return_value"]["size"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- Chromium
@@ -723,3 +733,125 @@ def test_connection_list_test_button(browser, api, api_server, ui_sandbox, conn_
     assert "Test Connection Successful" in text, text[-2000:]
     if conn_type == "lytics" and port_in == "port_field":
         _screenshot(browser, "connection-list-test.png")
+
+
+# ---------------------------------------------------------------------------------------------- Audiences view
+AUDIENCE_EXAMPLES = (DAG_ID, "example_yandex_audience_crm_refresh", "example_criteo_contact_list_sync")
+
+
+def _example_events(example_runs, dag_ids=AUDIENCE_EXAMPLES) -> list[dict[str, Any]]:
+    return [event for dag_id in dag_ids for event in example_runs(dag_id)["asset_events"]]
+
+
+def test_audiences_nav_entry_is_registered(api):
+    answer = api.get("/api/v2/plugins")
+    assert answer.status_code == 200, answer.text
+    (plugin,) = [p for p in answer.json()["plugins"] if p["name"] == "audiences"]
+    (view,) = plugin["external_views"]
+    assert (view["name"], view["href"], view["destination"]) == ("Audiences", "/audiences/", "nav")
+
+
+@pytest.fixture(scope="module")
+def login_server(airflow_env) -> Iterator[str]:
+    """A second API server on the same DB that requires a login (user ``viewer``, role viewer)."""
+    passwords = Path(airflow_env["AIRFLOW_HOME"]) / "audiences-view-passwords.json"
+    passwords.write_text(json.dumps({"viewer": "viewer-password"}))
+    env = {
+        **airflow_env,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "viewer:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+    }
+    with _serve(env, "api-server-login.log") as base_url:
+        yield base_url
+
+
+def test_audiences_refuse_requests_without_a_login(login_server, example_run):
+    import requests
+
+    paths = ("/audiences/", "/audiences/api/audiences", "/audiences/audience/1", "/audiences/api/audiences/1")
+    for path in paths:
+        anonymous = requests.get(f"{login_server}{path}", timeout=HTTP_TIMEOUT)
+        assert anonymous.status_code == 401, (path, anonymous.status_code)
+        forged = requests.get(f"{login_server}{path}", headers={"Authorization": "Bearer x.y.z"}, timeout=HTTP_TIMEOUT)
+        assert forged.status_code in (401, 403), (path, forged.status_code)
+        assert "lytics" not in anonymous.text.lower() and "lytics" not in forged.text.lower()
+    # The same view with a login: the viewer reads every DAG here, so sees the example's segment.
+    login = requests.post(
+        f"{login_server}/auth/token", json={"username": "viewer", "password": "viewer-password"}, timeout=HTTP_TIMEOUT
+    )
+    assert login.status_code == 201, login.text
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    listed = requests.get(f"{login_server}/audiences/api/audiences", headers=headers, timeout=HTTP_TIMEOUT)
+    assert listed.status_code == 200, listed.text
+    segment_id = example_run["tasks"]["upsert_segment"]["xcom"]["return_value"]["segment_id"]
+    assert segment_id in {a["object_id"] for a in listed.json()["audiences"]}
+
+
+def test_audiences_api_lists_every_object_the_example_dags_touched(api, example_runs):
+    events = _example_events(example_runs)
+    answer = api.get("/audiences/api/audiences", page_size="200")
+    assert answer.status_code == 200, answer.text
+    listed = {f"{a['vendor']}://{a['account']}/{a['kind']}/{a['object_id']}": a for a in answer.json()["audiences"]}
+    assert {e["uri"] for e in events} <= set(listed)
+    criteo = [a for a in listed.values() if a["vendor"] == "criteo" and a["added"] is not None]
+    assert criteo and all(a["snapshot_size"] is not None for a in criteo)
+    by_dag = api.get("/audiences/api/audiences", dag_id=DAG_ID).json()["audiences"]
+    assert {a["vendor"] for a in by_dag} == {"lytics"}
+    # Counts, names and links only: no identifier (e-mail) from the example contact lists.
+    for audience in listed.values():
+        assert "@" not in json.dumps({k: v for k, v in audience.items() if k != "link"}), audience
+
+
+def _lytics_asset(api, example_run) -> tuple[int, int]:
+    """The Lytics segment's asset id and how many of its events report a size."""
+    uri = example_run["tasks"]["wait_for_reevaluation"]["xcom"]["return_value"]["asset_uri"]
+    events = [e for e in example_run["asset_events"] if e["uri"] == uri]
+    sized = [e for e in events if "vendor_size" in e["extra"] or "snapshot_size" in e["extra"]]
+    listed = api.get("/audiences/api/audiences", vendor="lytics").json()["audiences"]
+    (row,) = [a for a in listed if uri.endswith(f"/{a['object_id']}")]
+    return row["asset_id"], len(sized)
+
+
+@needs_browser
+def test_audiences_view_in_the_browser(browser, api, api_server, example_runs, example_run):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    _example_events(example_runs)  # every example DAG has run into the server's DB
+    asset_id, sized = _lytics_asset(api, example_run)
+    assert sized >= 1
+    wait = _wait(browser)
+
+    # The navigation entry opens the view inside the Airflow UI.
+    browser.get(f"{api_server}/")
+    nav = wait.until(
+        ec.element_to_be_clickable(
+            (
+                By.XPATH,
+                "//nav//*[normalize-space(.)='Audiences'] | //a[@aria-label='Audiences'] | //*[@title='Audiences']",
+            )
+        )
+    )
+    nav.click()
+    wait.until(lambda driver: driver.find_elements(By.TAG_NAME, "iframe"))
+    frame = browser.find_element(By.TAG_NAME, "iframe")
+    browser.switch_to.frame(frame)
+    try:
+        table = wait.until(ec.presence_of_element_located((By.ID, "audiences")))
+        text = table.text
+        for vendor in ("lytics", "yandex-audience", "criteo"):
+            assert vendor in text, text[:2000]
+    finally:
+        browser.switch_to.default_content()
+    _screenshot(browser, "audiences-table.png")
+
+    # One audience: the size plot has one point per event that reported a size, each a run link.
+    browser.get(f"{api_server}/audiences/audience/{asset_id}")
+    plot = wait.until(ec.presence_of_element_located((By.ID, "plot-size")))
+    points = plot.find_elements(By.CSS_SELECTOR, "circle.point")
+    assert len(points) == sized
+    links = [a.get_dom_attribute("href") for a in plot.find_elements(By.CSS_SELECTOR, "a")]
+    assert links and all(f"/dags/{DAG_ID}/runs/" in href for href in links)
+    assert browser.find_element(By.ID, "vendor-link").get_attribute("href").startswith("http")
+    _screenshot(browser, "audience-detail.png")

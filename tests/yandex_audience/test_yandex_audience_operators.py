@@ -78,7 +78,9 @@ def test_create_then_rerun_then_incremental_sync(ya, hook, context, snapshots):
     segment = ya.get_segment(sid)
     assert segment["name"] == "crm buyers" and segment["hashed"] is True and segment["used_hashing_alg"] == "SHA256"
     assert segment["valid_unique_quantity"] == 150
-    assert context["ti"].pushed == {"segment_id": sid, "yandex_audience_segment_url": first["url"]}
+    pushed = dict(context["ti"].pushed)
+    assert pushed.pop("audience_events") == [context["outlet_events"].added[0][2]]
+    assert pushed == {"segment_id": sid, "yandex_audience_segment_url": first["url"]}
     ((alias, uri, extra),) = context["outlet_events"].added
     assert (alias, uri) == ("yandex-audience-segments", f"yandex-audience://sandbox-login/segment/{sid}")
     assert extra == {
