@@ -282,6 +282,8 @@ def summarise(asset_id: int, uri: str, events: list[EventPoint]) -> AudienceRow 
     )
     for key in ("object_name", "state", "snapshot_size", "vendor_size", "match_rate", "drift", "link"):
         setattr(row, key, next((e.fields[key] for e in events if key in e.fields), None))
+    if row.drift is None and row.vendor_size is not None and row.snapshot_size is not None:
+        row.drift = row.vendor_size - row.snapshot_size  # the two sizes came from different tasks
     last_upload = next((e.fields for e in events if "rows" in e.fields or "added" in e.fields), None)
     if last_upload is not None:
         row.added = last_upload.get("added")

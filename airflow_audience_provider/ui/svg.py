@@ -8,7 +8,7 @@ from typing import Any
 
 COLOURS = ("#2b6cb0", "#dd6b20", "#38a169", "#805ad5")
 WIDTH, HEIGHT = 460, 180
-LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 28
+LEFT, RIGHT, TOP, BOTTOM = 56, 12, 24, 28
 
 
 @dataclass
@@ -92,7 +92,7 @@ def line_plot(series: list[Series], labels: list[str], hrefs: list[str | None], 
             parts.append(f'<a data-airflow href="{html.escape(href)}">{dot}</a>' if href else dot)
         parts.append("</g>")
         parts.append(
-            f'<text x="{legend_x}" y="{TOP + 10}" font-size="11" fill="{colour}">● {html.escape(s.name)}</text>'
+            f'<text x="{legend_x}" y="{TOP - 10}" font-size="11" fill="{colour}">● {html.escape(s.name)}</text>'
         )
         legend_x += 12 + 7 * len(s.name) + 14
     parts.append("</svg>")

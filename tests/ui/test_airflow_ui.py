@@ -803,24 +803,30 @@ def test_audiences_api_lists_every_object_the_example_dags_touched(api, example_
         assert "@" not in json.dumps({k: v for k, v in audience.items() if k != "link"}), audience
 
 
-def _lytics_asset(api, example_run) -> tuple[int, int]:
-    """The Lytics segment's asset id and how many of its events report a size."""
-    uri = example_run["tasks"]["wait_for_reevaluation"]["xcom"]["return_value"]["asset_uri"]
-    events = [e for e in example_run["asset_events"] if e["uri"] == uri]
-    sized = [e for e in events if "vendor_size" in e["extra"] or "snapshot_size" in e["extra"]]
-    listed = api.get("/audiences/api/audiences", vendor="lytics").json()["audiences"]
-    (row,) = [a for a in listed if uri.endswith(f"/{a['object_id']}")]
-    return row["asset_id"], len(sized)
+YANDEX_CRM_DAG = "example_yandex_audience_crm_refresh"
+
+
+def _second_crm_run(airflow_env, example_runs) -> tuple[str, list[str]]:
+    """The Yandex CRM example run a second time (five customers in, five out): its segment's
+    asset URI and both runs' ids, oldest first."""
+    first = example_runs(YANDEX_CRM_DAG)
+    outcome = run_dag_test(YANDEX_CRM_DAG, airflow_env, timeout=300, conf={"shift": 5})
+    assert outcome.ok, outcome.log[-4000:]
+    runs = read_run(airflow_env, YANDEX_CRM_DAG)["runs"]
+    uri = first["tasks"]["sync_crm"]["xcom"]["return_value"]["asset_uri"]
+    return uri, [run["run_id"] for run in runs]
 
 
 @needs_browser
-def test_audiences_view_in_the_browser(browser, api, api_server, example_runs, example_run):
+def test_audiences_view_in_the_browser(browser, api, api_server, airflow_env, example_runs):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
     _example_events(example_runs)  # every example DAG has run into the server's DB
-    asset_id, sized = _lytics_asset(api, example_run)
-    assert sized >= 1
+    uri, run_ids = _second_crm_run(airflow_env, example_runs)
+    assert len(run_ids) == 2
+    listed = api.get("/audiences/api/audiences", vendor="yandex-audience").json()["audiences"]
+    (asset_id,) = [a["asset_id"] for a in listed if uri.endswith(f"/segment/{a['object_id']}")]
     wait = _wait(browser)
 
     # The navigation entry opens the view inside the Airflow UI.
@@ -846,12 +852,15 @@ def test_audiences_view_in_the_browser(browser, api, api_server, example_runs, e
         browser.switch_to.default_content()
     _screenshot(browser, "audiences-table.png")
 
-    # One audience: the size plot has one point per event that reported a size, each a run link.
+    # One audience over two runs: each plot has a point per run and series (our size from the
+    # upload's record, the vendor's from the processing sensor), each linking to its DAG run.
     browser.get(f"{api_server}/audiences/audience/{asset_id}")
-    plot = wait.until(ec.presence_of_element_located((By.ID, "plot-size")))
-    points = plot.find_elements(By.CSS_SELECTOR, "circle.point")
-    assert len(points) == sized
-    links = [a.get_dom_attribute("href") for a in plot.find_elements(By.CSS_SELECTOR, "a")]
-    assert links and all(f"/dags/{DAG_ID}/runs/" in href for href in links)
+    expected = [f"/dags/{YANDEX_CRM_DAG}/runs/{urllib.parse.quote(run_id, safe='')}" for run_id in run_ids]
+    for plot_id in ("plot-size", "plot-changes"):
+        plot = wait.until(ec.presence_of_element_located((By.ID, plot_id)))
+        assert len(plot.find_elements(By.CSS_SELECTOR, "circle.point")) == 4, plot_id  # 2 runs x 2 series
+        links = [a.get_dom_attribute("href") for a in plot.find_elements(By.CSS_SELECTOR, "a")]
+        assert sorted(links) == sorted(expected * 2), (plot_id, links)
     assert browser.find_element(By.ID, "vendor-link").get_attribute("href").startswith("http")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#events tbody tr")) == 2
     _screenshot(browser, "audience-detail.png")
