@@ -64,8 +64,9 @@ class LyticsCreateOrUpdateSegmentOperator(_LyticsOperator):
 
     A rerun never creates a second segment: the slug is looked up first (Lytics would
     silently create ``<slug>_1`` otherwise). An unchanged definition sends no write.
-    The definition is validated by Lytics before anything is written, and checked locally
-    against the pitfalls (an ``ALIAS`` other than the slug, a ``FROM`` other than ``table``).
+    The definition is validated by Lytics before anything is written, and checked locally for
+    what would make an update rename the slug (an ``ALIAS`` other than the slug) or create another
+    segment (a ``FROM`` other than ``table``).
 
     .. seealso:: :ref:`howto/operator:LyticsCreateOrUpdateSegmentOperator`
 

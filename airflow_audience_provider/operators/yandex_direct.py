@@ -598,7 +598,7 @@ class YandexDirectAddAudienceTargetsOperator(_YandexDirectOperator):
         for group in todo:
             item: dict[str, Any] = {"AdGroupId": group, "RetargetingListId": list_id}
             if self.context_bid not in (None, ""):
-                item["ContextBid"] = round(float(self.context_bid) * 1_000_000)  # micros (pitfall 14)
+                item["ContextBid"] = round(float(self.context_bid) * 1_000_000)  # micros: currency x 1,000,000
             if self.strategy_priority:
                 item["StrategyPriority"] = str(self.strategy_priority).upper()
             items.append(item)

@@ -1,6 +1,8 @@
-"""Fake Criteo audience APIs (Retail Media stable + preview, Marketing Solutions) following the vendor notes.
+"""Fake Criteo audience APIs (Retail Media stable + preview, Marketing Solutions).
 
-Behaviour worth knowing when writing clients (``../shared/vendors/criteo.md``):
+Follows Criteo's OpenAPI specs and its developer portal (developers.criteo.com).
+
+Behaviour worth knowing when writing clients:
 
 * ``POST /oauth2/token`` (form ``client_id``, ``client_secret``, ``grant_type=client_credentials``)
   answers ``{"access_token", "token_type": "Bearer", "expires_in": 900, "refresh_token": null}``; a wrong
@@ -15,8 +17,8 @@ Behaviour worth knowing when writing clients (``../shared/vendors/criteo.md``):
 * Partial approval: bulk calls answer 200; refused items are left out of ``data`` and reported in
   ``warnings`` (create/update: ``name-must-not-be-empty``, ``name-must-be-unique`` within the
   account+retailer or advertiser, ``segment-not-found``, ``audience-not-found``) or in ``errors``
-  (delete of a segment used by an audience: ``segment-must-not-be-used-in-audience``, the seed's
-  example), each with ``instance`` ``@data/<index>``.
+  (delete of a segment used by an audience: ``segment-must-not-be-used-in-audience``, the example
+  of Criteo's "Audience Segments" page), each with ``instance`` ``@data/<index>``.
 * Contact lists: at most ``max_identifiers`` (50,000) per add/remove, else 400; an identifier type
   other than the segment's: 400 ``identifier-type-mismatch`` (the real behaviour is unverified).
   Invalid identifiers (an e-mail that is neither a SHA-256 hex nor has an ``@``; a phone that is
@@ -54,7 +56,7 @@ from airflow_audience_provider.sandbox.base import (
 __all__ = ["CriteoFake"]
 
 CLIENT_ID = "criteo-sandbox-client"
-CLIENT_SECRET = "criteo-sandbox-secret+/=7e1"  # '+' on purpose: it must be URL-encoded (pitfall 17)
+CLIENT_SECRET = "criteo-sandbox-secret+/=7e1"  # '+' on purpose: unencoded, Criteo answers invalid_client
 ACCOUNT_ID = "424242"
 RETAILER_IDS = ("311", "312")
 ADVERTISER_ID = "98765"
@@ -849,7 +851,7 @@ class CriteoFake(VendorFake):
                     data.append({"id": sid, "type": "AudienceSegmentSize", "attributes": {"size": size}})
         return self._answer({"data": data, "warnings": [], "errors": []}, version)
 
-    # -- Marketing Solutions in-market lookups and size estimation (notes §8)
+    # -- Marketing Solutions in-market lookups and size estimation
     #: A small fixed catalogue per country; sizes are deterministic so tests can assert them.
     _IN_MARKET_BRANDS: ClassVar[dict[str, list[tuple[str, str, int]]]] = {
         "FR": [("101", "Acme", 120_000), ("102", "Globex", 80_000)],

@@ -1,6 +1,6 @@
 """A small, real parser of Lytics FilterQL (SegmentQL) for the Lytics fake.
 
-Grammar (vendor notes section 5.3)::
+Grammar (Lytics' v1 API segment-create description and its agent-skills FilterQL grammar)::
 
     FILTER <phrase> [FROM <table>] [WITH name = "...", ...] [ALIAS <slug>]
     phrase     := AND ( phrase, ... ) | OR ( phrase, ... ) | NOT phrase | ( phrase ) | expression

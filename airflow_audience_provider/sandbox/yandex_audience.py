@@ -1,4 +1,4 @@
-"""Fake Yandex.Audience management API v1 following the vendor notes (``shared/vendors/yandex_audience.md``).
+"""Fake Yandex.Audience management API v1 following Yandex's API reference (yandex.ru/dev/audience).
 
 Behaviour worth knowing when writing clients:
 
@@ -28,11 +28,11 @@ Behaviour worth knowing when writing clients:
 * Quotas (429 ``quota``, the message names the quota and its period): per login 10/100/500
   segment writes per minute/hour/day (uploads, confirms, modify_data, create_*, rename, delete),
   5000 requests per day, 30 requests per second per IP; reprocess twice per segment and 20 per
-  login per 24 h. Every request counts, failed ones too (unverified, notes §9). All windows
-  slide on the fake's clock (:meth:`advance_time`) and are configurable.
-* ``segment/{id}/update_geo_points`` answers 400: the feature is switched off (notes §4.1 #11).
+  login per 24 h. Every request counts, failed ones too (unverified: clients say so, the reference
+  does not). All windows slide on the fake's clock (:meth:`advance_time`) and are configurable.
+* ``segment/{id}/update_geo_points`` answers 400: the feature is switched off (so the reference says).
 
-Strict choices where the notes leave a point open (each has a setting for the other reading):
+Strict choices where Yandex's documentation leaves a point open (each has a setting for the other reading):
 
 * ``modify_data`` on a segment still processing (``is_processed``/``is_updated``) is refused with 400
   ``invalid_parameter`` (clients say it needs ``processed``); ``modify_while_processing=1`` accepts it.

@@ -1,6 +1,7 @@
 """Fake Yandex Direct API v5 (RetargetingLists, AudienceTargets) and v4 Live GetRetargetingGoals.
 
-Follows ``../shared/vendors/yandex_direct.md``; what a client should expect from it:
+Follows Direct's API v5 and v4 Live reference (yandex.ru/dev/direct) and recorded real traffic; what a
+client should expect from it:
 
 * ``POST /json/v5/<service>`` (and ``/json/v501/<service>``) with ``{"method", "params"}``; the
   service name is case-sensitive (``retargetinglists``, ``audiencetargets``): anything else is 404.
@@ -38,8 +39,9 @@ Follows ``../shared/vendors/yandex_direct.md``; what a client should expect from
   Yandex.Audience fake instead, per Direct login (owner or grant).
 * ``Dictionaries.get`` (``POST /json/v5/dictionaries``) answers ``AudienceInterests``,
   ``AudienceDemographicProfiles`` and ``AudienceCriteriaTypes``. Direct
-  does not validate ``ExternalId`` at add time (pitfall 12): a list naming an unknown goal is created
-  with ``IsAvailable: "NO"``; ``MembershipLifeSpan`` of a segment reads back as ``null`` (pitfall 11).
+  does not validate ``ExternalId`` at add time: a list naming an unknown goal is created
+  with ``IsAvailable: "NO"``; ``MembershipLifeSpan`` of a segment reads back as ``null``
+  (Direct ignores it for segments).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ SERVICES = {
     "audiencetargets": ("add", "get", "delete", "suspend", "resume", "setBids"),
     "dictionaries": ("get",),
 }
-#: Dictionaries.get catalogues. Items carry what the notes saw (``Id``, ``InterestType``); the rest of
+#: Dictionaries.get catalogues. Items carry the fields clients were seen reading (``Id``, ``InterestType``); the rest of
 #: Direct's item fields are unverified, so the fake adds only a ``Name`` and ``ParentId`` of its own.
 DICTIONARIES: dict[str, list[dict[str, Any]]] = {
     "AudienceInterests": [
@@ -698,7 +700,7 @@ class YandexDirectFake(VendorFake):
             if not isinstance(item, dict) or "Id" not in item:
                 raise DirectError(8000, "Invalid request", "Field Id is required")
             unknown = set(item) - {"Id", "Name", "Description", "Rules"}
-            if unknown:  # Type is immutable and not part of the update item (pitfall 7)
+            if unknown:  # Type is immutable and not part of the update item
                 raise DirectError(8000, "Invalid request", f"Unknown field {sorted(unknown)[0]}")
         results = []
         for item in items:
