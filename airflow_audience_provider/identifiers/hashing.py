@@ -122,8 +122,10 @@ def process_batch(profile: NormalisationProfile, values: list[str]) -> BatchOutp
     return _process_values(profile, values)
 
 
-#: Identifier types the compiled kernel hashes (with SHA-256): e-mails and mobile advertising ids.
-KERNEL_TYPES = frozenset({IdentifierType.EMAIL, IdentifierType.MAID, IdentifierType.IDFA, IdentifierType.GAID})
+#: Identifier types the compiled kernel hashes (with SHA-256): e-mails, mobile advertising ids, MACs.
+KERNEL_TYPES = frozenset(
+    {IdentifierType.EMAIL, IdentifierType.MAID, IdentifierType.IDFA, IdentifierType.GAID, IdentifierType.MAC}
+)
 
 
 def uses_kernel(profile: NormalisationProfile) -> bool:
@@ -149,11 +151,13 @@ def _process_with_kernel(values: list[str], profile: NormalisationProfile | None
     kernel = load_email_kernel()
     if kernel is None or not values:
         return None
-    maid = profile is not None and profile.identifier_type.family is IdentifierType.MAID
-    exact = normaliser_for(profile) if maid and profile is not None else normalise_email
+    kind = profile.identifier_type.family if profile is not None else IdentifierType.EMAIL
+    exact = normaliser_for(profile) if profile is not None else normalise_email
     try:
-        if maid and profile is not None:
+        if kind is IdentifierType.MAID and profile is not None:
             out = kernel.run_maid(values, upper=profile.upper_case_maid)
+        elif kind is IdentifierType.MAC:
+            out = kernel.run_mac(values)
         else:
             out = kernel.run(values)
     except Exception:
@@ -169,7 +173,8 @@ def _process_with_kernel(values: list[str], profile: NormalisationProfile | None
         rescued: list[bytes] = []
         for i in out.refused:
             try:
-                rescued.append(exact(values[i]).encode("utf-8"))
+                v = exact(values[i])
+                rescued.append(bytes.fromhex(v) if kind is IdentifierType.MAC else v.encode("utf-8"))
             except InvalidIdentifier as exc:
                 invalid.append((i, exc.reason))
         for key, more in hash_partition(rescued, HashAlgorithm.SHA256).items():

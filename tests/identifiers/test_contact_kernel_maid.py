@@ -1,4 +1,4 @@
-"""The compiled kernel for mobile advertising ids decides exactly what ``normalise_maid`` decides."""
+"""The compiled kernel for mobile advertising ids and MAC addresses decides exactly what the exact rules decide."""
 
 from __future__ import annotations
 
@@ -113,3 +113,59 @@ def test_a_string_polars_cannot_hold_goes_to_the_python_path() -> None:
 
 def test_md5_maids_do_not_use_the_kernel() -> None:
     assert not uses_kernel(NormalisationProfile(IdentifierType.MAID, HashAlgorithm.MD5))
+
+
+# ---- MAC addresses: hashed over the 6 bytes the digits spell ---------------------------------------
+
+MAC = get_rule("yandex_audience", "mac").profile
+MAC_EDGE = HEX + ":-. \t_/gG\u00a0\uff21\ufb00"
+hex12 = st.text(alphabet=HEX, min_size=12, max_size=12)
+mac_like = st.one_of(
+    hex12,
+    st.tuples(hex12, st.sampled_from([":", "-", ".", " ", ""])).map(
+        lambda t: t[1].join(t[0][k : k + 2] for k in range(0, 12, 2))
+    ),
+    hex12.map(lambda h: f"{h[:4]}.{h[4:8]}.{h[8:]}"),
+    st.sampled_from(["000000000000", "FF:FF:FF:FF:FF:FF", "ff-ff-ff-ff-ff-ff", "00:00:00:00:00:00"]),
+    st.tuples(hex12, st.integers(0, 11), st.sampled_from(MAC_EDGE)).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] :]),
+    st.tuples(hex12, st.integers(0, 11)).map(lambda t: t[0][: t[1]] + t[0][t[1] + 1 :]),
+    st.text(alphabet=MAC_EDGE, max_size=20),
+)
+mac_value = st.tuples(blank, mac_like, blank).map("".join)
+
+
+def expected_mac(values: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
+    from airflow_audience_provider.identifiers.normalise import normalise_mac
+
+    out, invalid = [], []
+    for i, v in enumerate(values):
+        try:
+            out.append(hashlib.sha256(bytes.fromhex(normalise_mac(v))).hexdigest())
+        except InvalidIdentifier as exc:
+            invalid.append((i, exc.reason))
+    return sorted(out), invalid
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(mac_value, min_size=1, max_size=40))
+def test_mac_kernel_gives_what_the_exact_rule_gives(values: list[str]) -> None:
+    want, want_invalid = expected_mac(values)
+    out = _process_with_kernel(values, MAC)
+    assert out is not None
+    assert digests(out) == want
+    assert sorted(out.invalid) == want_invalid
+    assert out.count == len(want)
+    assert all(h[:2] == key for key, text in out.partitions.items() for h in text.split("\n"))
+
+
+def test_mac_profile_uses_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
+    values = [":".join(f"{(i * 7919 + k) % 256:02x}" for k in range(6)) for i in range(1, 400)]
+    values += ["zz:12", "FF-FF-FF-FF-FF-FF", "\u00a0AE:12:34:56:D0:A1"]
+    assert uses_kernel(MAC)
+    with_kernel = process_batch(MAC, values)
+    monkeypatch.setenv(kernel.KERNEL_ENV, "python")
+    kernel.load_email_kernel.cache_clear()
+    assert not uses_kernel(MAC)
+    python = process_batch(MAC, values)
+    assert digests(with_kernel) == digests(python) and len(digests(python)) == 400
+    assert sorted(with_kernel.invalid) == python.invalid == [(399, "mac_syntax"), (400, "mac_reserved")]
