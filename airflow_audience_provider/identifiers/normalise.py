@@ -300,7 +300,12 @@ def normaliser_for(profile: NormalisationProfile) -> Callable[[str], str]:
     raise ValueError(f"no normaliser for {t!r}")  # pragma: no cover - enum is exhaustive
 
 
+#: A ClientID ``normalise_client_id`` returns unchanged: no leading zero, at most 19 digits (so below
+#: 2**64); 20-digit values and leading zeros go through the per-value rule.
+_CLIENT_ID_BLOCK_RE = _block_pattern("[1-9][0-9]{0,18}")
+
 _BLOCK_PATTERNS: dict[IdentifierType, re.Pattern[bytes]] = {
+    IdentifierType.CLIENT_ID: _CLIENT_ID_BLOCK_RE,
     IdentifierType.EMAIL: _EMAIL_BLOCK_RE,
     IdentifierType.MAID: _UUID_BLOCK_RE,
     IdentifierType.IDFA: _UUID_BLOCK_RE,
