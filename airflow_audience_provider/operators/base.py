@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_audience_provider.assets import AssetEmitterMixin
-from airflow_audience_provider.core.errors import AudienceError, AudienceTimeoutError
+from airflow_audience_provider.core.errors import AudienceError, AudiencePartialFailure, AudienceTimeoutError
 from airflow_audience_provider.core.waiting import judge, log_judgement, outcome
 
 if TYPE_CHECKING:
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     from airflow_audience_provider.core.transport import Timeouts
 
 log = logging.getLogger(__name__)
+
+#: What an operator does when the vendor refuses some items of a multi-item call.
+PARTIAL_FAILURE_MODES = ("fail", "warn")
+
+
+def partial_failure_mode(name: str, value: str) -> str:
+    """``value`` when it is a partial-failure mode; ValueError naming the parameter otherwise."""
+    if value not in PARTIAL_FAILURE_MODES:
+        raise ValueError(f"{name} must be one of {PARTIAL_FAILURE_MODES}, got {value!r}")
+    return value
 
 
 class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
@@ -57,6 +68,35 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
     def hook(self) -> AudienceHook:
         """The vendor hook of this task, built on first use (after the connection id is rendered)."""
         raise NotImplementedError
+
+    def settle_partial_failure(
+        self,
+        failed: list[dict[str, Any]],
+        message: str,
+        *,
+        mode: str,
+        mode_name: str,
+        vendor: str,
+        before_failing: Callable[[], object] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The one "fail or warn" rule for items a vendor refused, after the others were applied.
+
+        ``fail`` raises :class:`AudiencePartialFailure` carrying ``failed`` (after ``before_failing``,
+        e.g. an XCom push of the partial result); ``warn`` logs the message and carries on.
+
+        :param failed: the refused items, each mapped to its input (JSON-safe).
+        :param message: the task's error text (also the warning).
+        :param mode: the operator's ``fail``/``warn`` setting; ``mode_name`` names that parameter.
+        :returns: ``failed`` (empty when nothing was refused).
+        """
+        if not failed:
+            return []
+        if mode == "fail":
+            if before_failing is not None:
+                before_failing()
+            raise AudiencePartialFailure(message, vendor=vendor, items=failed)
+        self.log.warning("%s (%s='warn': carrying on)", message, mode_name)
+        return failed
 
     def timeouts(self) -> Timeouts | None:
         """The connect and read timeouts the task sets over the connection's, if any."""

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.connections import CRITEO
 from airflow_audience_provider.links.criteo import CriteoAudienceLink, CriteoSegmentLink
-from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.operators.base import AudienceBaseOperator, partial_failure_mode
 from airflow_audience_provider.operators.contact_list import MODES, ContactListUploadOperator
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 SEGMENT_ASSET_ALIAS = "criteo-segments"
 AUDIENCE_ASSET_ALIAS = "criteo-audiences"
-PARTIAL_FAILURE_MODES = ("fail", "warn")
 UPLOAD_MODES = MODES
 
 
@@ -43,10 +42,8 @@ class _CriteoOperator(AudienceBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if on_partial_failure not in PARTIAL_FAILURE_MODES:
-            raise ValueError(f"on_partial_failure must be one of {PARTIAL_FAILURE_MODES}, got {on_partial_failure!r}")
         self.criteo_conn_id = criteo_conn_id
-        self.on_partial_failure = on_partial_failure
+        self.on_partial_failure = partial_failure_mode("on_partial_failure", on_partial_failure)
 
     @property
     def conn_id(self) -> str:
@@ -67,18 +64,26 @@ class _CriteoOperator(AudienceBaseOperator):
 
     def check_bulk(self, result: BulkResult, what: str) -> list[dict[str, Any]]:
         """Fail or warn on the refused items of a bulk call; returns them (JSON-safe)."""
-        from airflow_audience_provider.core.errors import AudiencePartialFailure
-
         failed = result.failed
         if not failed:
             return []
         message = (
             f"Criteo refused {len(failed)} of {len(result.items)} item(s) when {what}: {result.describe_failures()}"
         )
-        if self.on_partial_failure == "fail":
-            raise AudiencePartialFailure(message, vendor="criteo", items=failed)
-        self.log.warning("%s (on_partial_failure='warn': carrying on)", message)
-        return failed
+        return self.settle(failed, message)
+
+    def settle(
+        self, failed: list[dict[str, Any]], message: str, before_failing: Callable[[], object] | None = None
+    ) -> list[dict[str, Any]]:
+        """Fail or warn on refused items, as ``on_partial_failure`` says."""
+        return self.settle_partial_failure(
+            failed,
+            message,
+            mode=self.on_partial_failure,
+            mode_name="on_partial_failure",
+            vendor="criteo",
+            before_failing=before_failing,
+        )
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
@@ -262,8 +267,6 @@ class CriteoDeleteSegmentsOperator(_CriteoOperator):
         self.owner_id = owner_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudiencePartialFailure
-
         ids = _as_list(self.segment_ids)
         if not ids:
             return {"deleted": [], "missing": [], "not_deleted": []}
@@ -287,14 +290,10 @@ class CriteoDeleteSegmentsOperator(_CriteoOperator):
         summary = {"deleted": deleted, "missing": missing, "not_deleted": not_deleted}
         self.log.info("Criteo segments deleted %s, missing %s, not deleted %s", deleted, missing, not_deleted)
         self._remember_deleted(context, "segment", deleted)
-        if not_deleted:
-            message = "Criteo did not delete segment(s): " + " | ".join(
-                f"{n['id']}: {n['reason']}" for n in not_deleted
-            )
-            if self.on_partial_failure == "fail":
-                context["ti"].xcom_push(key="delete_result", value=summary)
-                raise AudiencePartialFailure(message, vendor="criteo", items=not_deleted)
-            self.log.warning("%s (on_partial_failure='warn': carrying on)", message)
+        message = "Criteo did not delete segment(s): " + " | ".join(f"{n['id']}: {n['reason']}" for n in not_deleted)
+        self.settle(
+            not_deleted, message, before_failing=lambda: context["ti"].xcom_push(key="delete_result", value=summary)
+        )
         return summary
 
 
@@ -596,8 +595,6 @@ class CriteoDeleteAudiencesOperator(_CriteoOperator):
         self.owner_id = owner_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudiencePartialFailure
-
         ids = _as_list(self.audience_ids)
         if not ids:
             return {"deleted": [], "missing": [], "not_deleted": []}
@@ -616,11 +613,6 @@ class CriteoDeleteAudiencesOperator(_CriteoOperator):
                 )
         summary = {"deleted": deleted, "missing": missing, "not_deleted": not_deleted}
         self._remember_deleted(context, "audience", deleted)
-        if not_deleted:
-            message = "Criteo did not delete audience(s): " + " | ".join(
-                f"{n['id']}: {n['reason']}" for n in not_deleted
-            )
-            if self.on_partial_failure == "fail":
-                raise AudiencePartialFailure(message, vendor="criteo", items=not_deleted)
-            self.log.warning("%s (on_partial_failure='warn': carrying on)", message)
+        message = "Criteo did not delete audience(s): " + " | ".join(f"{n['id']}: {n['reason']}" for n in not_deleted)
+        self.settle(not_deleted, message)
         return summary

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_audience_provider.connections import YANDEX_AUDIENCE
 from airflow_audience_provider.links.yandex_audience import YandexAudienceSegmentLink
-from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.operators.base import AudienceBaseOperator, partial_failure_mode
 from airflow_audience_provider.operators.contact_list import MODES, ContactListUploadOperator
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ CONTENT_TYPE_BY_IDENTIFIER = {
 
 class _YandexAudienceOperator(AudienceBaseOperator):
     default_asset_alias = ASSET_ALIAS
+    on_item_error = "fail"  # the multi-item operators take it as a parameter
 
     def __init__(self, *, yandex_audience_conn_id: str = YANDEX_AUDIENCE.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -70,6 +71,17 @@ class _YandexAudienceOperator(AudienceBaseOperator):
         result.update(fields)
         return result
 
+    def _settle_items(self, what: str, failures: list[dict[str, Any]]) -> None:
+        """Per-item failures of a multi-item operator, each mapped to its input: fail or warn (``on_item_error``)."""
+        lines = "; ".join(f"{f['input']}: {f['message']}" for f in failures)
+        self.settle_partial_failure(
+            failures,
+            f"{what}: {len(failures)} item(s) failed: {lines}",
+            mode=self.on_item_error,
+            mode_name="on_item_error",
+            vendor=VENDOR,
+        )
+
     def _emit(self, context: Context, result: dict[str, Any]) -> None:
         from airflow_audience_provider.core.events import upload_counts
 
@@ -91,19 +103,6 @@ class _YandexAudienceOperator(AudienceBaseOperator):
 
 def _segment_ref(value: Any) -> str:
     return str(value).strip()
-
-
-def _settle_items(operator: Any, what: str, failures: list[dict[str, Any]], on_item_error: str) -> None:
-    """Report per-item failures of a multi-item operator: fail (default) or warn, each mapped to its input."""
-    if not failures:
-        return
-    from airflow_audience_provider.core.errors import AudiencePartialFailure
-
-    lines = "; ".join(f"{f['input']}: {f['message']}" for f in failures)
-    if on_item_error == "warn":
-        operator.log.warning("%s: %d item(s) failed: %s", what, len(failures), lines)
-        return
-    raise AudiencePartialFailure(f"{what}: {len(failures)} item(s) failed: {lines}", items=failures, vendor=VENDOR)
 
 
 def _item_error(ref: Any, exc: Any) -> dict[str, Any]:
@@ -764,11 +763,9 @@ class YandexAudienceDeleteSegmentOperator(_YandexAudienceOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if on_item_error not in ("fail", "warn"):
-            raise ValueError("on_item_error must be 'fail' or 'warn'")
         self.segment_ids = segment_ids
         self.missing_ok = missing_ok
-        self.on_item_error = on_item_error
+        self.on_item_error = partial_failure_mode("on_item_error", on_item_error)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import (
@@ -798,7 +795,7 @@ class YandexAudienceDeleteSegmentOperator(_YandexAudienceOperator):
             self.log.info("Deleted Yandex.Audience segment %s", ref)
             # lineage only: delete operators emit no Asset events
             self.emit_asset_event(context, hook.segment_asset_uri(ref), {"action": "deleted"})
-        _settle_items(self, "Deleting Yandex.Audience segments", failed, self.on_item_error)
+        self._settle_items("Deleting Yandex.Audience segments", failed)
         return {"deleted": deleted, "missing": missing, "failed": failed}
 
 
@@ -858,13 +855,11 @@ class YandexAudienceGrantSegmentAccessOperator(_YandexAudienceOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if on_item_error not in ("fail", "warn"):
-            raise ValueError("on_item_error must be 'fail' or 'warn'")
         self.segment_id = segment_id
         self.user_logins = user_logins
         self.comment = comment
         self.permission = permission
-        self.on_item_error = on_item_error
+        self.on_item_error = partial_failure_mode("on_item_error", on_item_error)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import AudienceValidationError
@@ -889,7 +884,7 @@ class YandexAudienceGrantSegmentAccessOperator(_YandexAudienceOperator):
                 continue
             granted.append(login)
         self.log.info("Yandex.Audience segment %s: granted to %s, already granted to %s", sid, granted, unchanged)
-        _settle_items(self, f"Granting Yandex.Audience segment {sid}", failed, self.on_item_error)
+        self._settle_items(f"Granting Yandex.Audience segment {sid}", failed)
         return {"segment_id": int(sid), "granted": granted, "unchanged": unchanged, "failed": failed}
 
 

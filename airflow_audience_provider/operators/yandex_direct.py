@@ -24,14 +24,13 @@ from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists 
 
 from airflow_audience_provider.connections import YANDEX_DIRECT
 from airflow_audience_provider.links.yandex_direct import YandexDirectRetargetingListLink
-from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.operators.base import AudienceBaseOperator, partial_failure_mode
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
 
-ON_ITEM_ERROR = ("fail", "warn")
 #: Item codes that mean "already as you want it": a resend after an ambiguous failure is then harmless.
 ALREADY_EXISTS = 9801
 
@@ -55,11 +54,9 @@ class _YandexDirectOperator(AudienceBaseOperator):
     ) -> None:
         kwargs.setdefault("emit_asset", False)  # Direct objects have no Asset scheme
         super().__init__(**kwargs)
-        if on_item_error not in ON_ITEM_ERROR:
-            raise ValueError(f"on_item_error must be one of {ON_ITEM_ERROR}, got {on_item_error!r}")
         self.yandex_direct_conn_id = yandex_direct_conn_id
         self.client_login = client_login
-        self.on_item_error = on_item_error
+        self.on_item_error = partial_failure_mode("on_item_error", on_item_error)
 
     @property
     def conn_id(self) -> str:
@@ -108,23 +105,24 @@ class _YandexDirectOperator(AudienceBaseOperator):
 
     def _judge(self, context: Context, outcomes: list[dict[str, Any]], what: str) -> None:
         """Log every failed/warned item; fail the task on item errors unless ``on_item_error="warn"``."""
-        from airflow_audience_provider.core.errors import AudiencePartialFailure
         from airflow_audience_provider.hooks.yandex_direct import describe_outcome
 
         failed = [o for o in outcomes if o.get("errors")]
         for outcome in outcomes:
             if outcome.get("errors") or outcome.get("warnings"):
                 self.log.warning("Yandex Direct %s: %s", what, describe_outcome(outcome))
-        if failed and self.on_item_error == "fail":
-            context["ti"].xcom_push(key="outcomes", value=outcomes)
-            units = self._units()
-            lines = "; ".join(describe_outcome(o) for o in failed[:5]) + (" ..." if len(failed) > 5 else "")
-            raise AudiencePartialFailure(
-                f"Yandex Direct {what}: {len(failed)} of {len(outcomes)} items failed ({lines}); "
-                f"{units['spent']} units spent",
-                vendor="yandex_direct",
-                items=failed,
-            )
+        if not failed:
+            return
+        lines = "; ".join(describe_outcome(o) for o in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        self.settle_partial_failure(
+            failed,
+            f"Yandex Direct {what}: {len(failed)} of {len(outcomes)} items failed ({lines}); "
+            f"{self.hook.units_report()['spent']} units spent",
+            mode=self.on_item_error,
+            mode_name="on_item_error",
+            vendor="yandex_direct",
+            before_failing=lambda: context["ti"].xcom_push(key="outcomes", value=outcomes),
+        )
 
 
 def _compact(outcome: dict[str, Any], **fields: Any) -> dict[str, Any]:
