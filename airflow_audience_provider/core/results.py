@@ -62,6 +62,32 @@ class StatusMap:
             return Phase.RUNNING
         return Phase.UNKNOWN
 
+    def poll_result(
+        self,
+        status: str,
+        data: dict[str, Any] | None,
+        *,
+        subject: str,
+        done: str,
+        failed: str,
+        running: str | None = None,
+        unknown: str | None = None,
+    ) -> PollResult:
+        """One look at vendor work in ``status``: its phase by this map and the message for that phase.
+
+        :param subject: what is being waited for, for the default messages.
+        :param running: default ``"<subject> is <status>"``.
+        :param unknown: default ``"<subject> reports the unknown status '<status>'; still waiting"``.
+        """
+        phase = self.phase(status)
+        messages = {
+            Phase.DONE: done,
+            Phase.FAILED: failed,
+            Phase.RUNNING: running or f"{subject} is {status}",
+            Phase.UNKNOWN: unknown or f"{subject} reports the unknown status {status!r}; still waiting",
+        }
+        return PollResult(phase, status, messages[phase], data)
+
 
 class EventStatus(enum.StrEnum):
     SUCCESS = "success"

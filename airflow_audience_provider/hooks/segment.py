@@ -876,9 +876,8 @@ class SegmentHook(AudienceHook):
         audience = self.get_audience(audience_id, space)
         status = str(audience.get("status") or "")
         result = self._audience_result(space, audience)
-        phase = SEGMENT_AUDIENCE_STATUS.phase(status)
         subject = f"Segment audience {audience.get('name')!r} ({audience_id})"
-        if phase is Phase.DONE and status.strip().lower() != "disabled":
+        if SEGMENT_AUDIENCE_STATUS.phase(status) is Phase.DONE and status.strip().lower() != "disabled":
             due = _batch_edit_due(audience, changed_at, batch_compute_wait)
             if due is not None and time.time() < due:
                 result["computed_after"] = datetime.fromtimestamp(due, UTC).isoformat()
@@ -890,15 +889,13 @@ class SegmentHook(AudienceHook):
                     f"computed from {result['computed_after']} (batch_compute_wait {batch_compute_wait:g} s)",
                     result,
                 )
-        if phase is Phase.DONE:
-            message = f"{subject} is {status}; size {result['size']}"
-        elif phase is Phase.FAILED:
-            message = f"{subject} is {status}; Segment advises contacting its support for failed audiences"
-        elif phase is Phase.UNKNOWN:
-            message = f"{subject} reports the unknown status {status!r}; still waiting"
-        else:
-            message = f"{subject} is {status}"
-        return PollResult(phase, status, message, result)
+        return SEGMENT_AUDIENCE_STATUS.poll_result(
+            status,
+            result,
+            subject=subject,
+            done=f"{subject} is {status}; size {result['size']}",
+            failed=f"{subject} is {status}; Segment advises contacting its support for failed audiences",
+        )
 
     def audience_edit_status(self, audience_id: str, space_id: str | None = None) -> PollResult:
         """Whether the audience may be edited: done when its status is not in :data:`EDIT_LOCKED_STATUSES`.
@@ -934,18 +931,14 @@ class SegmentHook(AudienceHook):
             "audience_type": preview.get("audienceType"),
             "sample_count": len(preview.get("results") or []),
         }
-        phase = SEGMENT_PREVIEW_STATUS.phase(status)
-        if phase is Phase.FAILED:
-            message = (
-                f"Segment audience preview {preview_id} failed: {preview.get('failureReason') or 'no reason given'}"
-            )
-        elif phase is Phase.DONE:
-            message = f"Segment audience preview {preview_id} completed; size {result['size']}"
-        elif phase is Phase.UNKNOWN:
-            message = f"Segment audience preview {preview_id} reports the unknown status {status!r}; still waiting"
-        else:
-            message = f"Segment audience preview {preview_id} is {status}"
-        return PollResult(phase, status, message, result)
+        subject = f"Segment audience preview {preview_id}"
+        return SEGMENT_PREVIEW_STATUS.poll_result(
+            status,
+            result,
+            subject=subject,
+            done=f"{subject} completed; size {result['size']}",
+            failed=f"{subject} failed: {preview.get('failureReason') or 'no reason given'}",
+        )
 
     # -- connection test --------------------------------------------------------------------
 

@@ -1154,16 +1154,15 @@ class YandexAudienceHook(AudienceHook):
             )
         if status == "few_data":
             return PollResult(Phase.FAILED, status, _few_data_advice(segment.get("id")), data)
-        phase = YANDEX_AUDIENCE_SEGMENT_STATUS.phase(status)
-        if phase is Phase.DONE:
-            message = f"{label} is processed ({segment.get('cookies_matched_quantity')} matched ids)"
-        elif phase is Phase.FAILED:
-            message = f"{label} failed processing (status {status})"
-        elif phase is Phase.RUNNING:
-            message = f"{label} is still processing (status {status})"
-        else:
-            message = f"{label} has status {status!r}, unknown to this provider; still waiting"
-        return PollResult(phase, status, message, data)
+        return YANDEX_AUDIENCE_SEGMENT_STATUS.poll_result(
+            status,
+            data,
+            subject=label,
+            done=f"{label} is processed ({segment.get('cookies_matched_quantity')} matched ids)",
+            failed=f"{label} failed processing (status {status})",
+            running=f"{label} is still processing (status {status})",
+            unknown=f"{label} has status {status!r}, unknown to this provider; still waiting",
+        )
 
 
 class YandexAudienceSegmentSender:
