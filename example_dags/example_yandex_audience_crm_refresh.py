@@ -7,7 +7,9 @@
 3. ``wait_for_processing`` waits in the triggerer (deferrable) until Yandex has matched the segment
    (``processed``); ``few_data`` or ``processing_failed`` fail it. Each check costs one request of the
    login's daily budget of 5000, so it polls every five minutes.
-4. ``build_lookalike`` creates the lookalike segment from it once (idempotent by name).
+4. ``build_lookalike`` creates the lookalike segment from it once (idempotent by name), and
+   ``wait_for_lookalike`` waits in ``reschedule`` mode until Yandex has built it: between checks the
+   task gives its worker slot back, and no triggerer is needed.
 5. ``grant_agency`` shares both segments with the agency's Direct login, so they appear in its Direct
    goal list (Direct sees a segment only once it is processed and owned or granted).
 6. The sensor and the lookalike record Asset events ``yandex-audience://<login>/segment/<id>``.
@@ -108,6 +110,18 @@ with DAG(
     )
     # [END howto_operator_yandex_audience_lookalike]
 
+    # [START howto_sensor_yandex_audience_reschedule]
+    lookalike_ready = YandexAudienceSegmentProcessedSensor(
+        task_id="wait_for_lookalike",
+        segment_id="{{ ti.xcom_pull(task_ids='build_lookalike')['segment_id'] }}",
+        mode="reschedule",  # frees the worker slot between checks; no triggerer needed
+        deferrable=False,
+        poke_interval=POLL_SECONDS,
+        timeout=4 * 60 * 60,
+        emit_asset=False,  # build_lookalike has announced it already
+    )
+    # [END howto_sensor_yandex_audience_reschedule]
+
     # [START howto_operator_yandex_audience_grant]
     grant_crm = YandexAudienceGrantSegmentAccessOperator(
         task_id="grant_agency_crm",
@@ -126,4 +140,4 @@ with DAG(
     exported = export_crm()
     exported >> sync >> wait >> [lookalike, grant_crm]
     sync >> remove_export(exported)
-    lookalike >> grant_lookalike
+    lookalike >> lookalike_ready >> grant_lookalike
