@@ -15,7 +15,7 @@ OLD_VENV := .venv-oldest
 OLD_LOCK := requirements/oldest.lock
 OLD_STAMP := $(OLD_VENV)/.installed
 
-.PHONY: help env demo test test-fast test-oldest-fast test-matrix test-ui ui-deps bench soak docs lint dist lock sandbox clean
+.PHONY: help env demo test test-fast test-live test-oldest-fast test-matrix test-ui ui-deps bench soak docs lint dist lock sandbox clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,9 @@ test: $(STAMP) ## Run the whole test suite (unit, sandbox, example DAGs under re
 
 test-fast: $(STAMP) ## The test suite without the example-DAG runs
 	$(PY) -m pytest -q -m "not dag_run" --timeout=300 tests
+
+test-live: $(STAMP) ## Every example DAG on a running Airflow (api-server, scheduler, dag-processor, triggerer); CI runs it
+	AUDIENCE_LIVE_TESTS=1 $(PY) -m pytest -q -m live --timeout=900 tests/live
 
 # The UI test drives Debian's chromium through chromedriver; `make test-ui` installs them when missing.
 CHROMIUM ?= /usr/bin/chromium

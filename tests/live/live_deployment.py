@@ -1,0 +1,414 @@
+"""A real Airflow deployment for the live test: separate api-server, scheduler, dag-processor and
+triggerer processes on a throw-away ``AIRFLOW_HOME`` (SQLite), with the example DAGs and the sandbox.
+
+Every process is started in its own session (process group) and stopped with TERM, then KILL
+after a grace period, whatever happened before. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "example_dags"
+
+START_TIMEOUT = 180.0
+HTTP_TIMEOUT = 30.0
+STOP_GRACE = 20.0
+FINISHED = {"success", "failed"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Component:
+    """One Airflow (or Celery) process in its own process group, output in ``log_path``."""
+
+    name: str
+    command: list[str]
+    log_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # setsid: its own process group, killed as a whole
+                cwd=self.env["AIRFLOW_HOME"],
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace: float = STOP_GRACE) -> str:
+        """TERM the group, KILL it after ``grace`` seconds; returns how it ended."""
+        if self.process is None:
+            return "not started"
+        pgid = self.process.pid
+        how = "exited"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+            how = "terminated"
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            how = "killed"
+        # Children (e.g. LocalExecutor workers) may outlive the leader: KILL the group in any case.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        return how
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class TIObservation:
+    """States one task instance was seen in (in order, consecutive duplicates dropped) and its triggers."""
+
+    states: list[str] = field(default_factory=list)
+    trigger_classpaths: set[str] = field(default_factory=set)
+
+
+class StateSampler(threading.Thread):
+    """Samples task-instance states and trigger rows from the metadata DB twice a second.
+
+    Deferrals that end within one sample interval can be missed here; the trigger log files the
+    triggerer writes next to each task log are the second, complete witness.
+    """
+
+    def __init__(self, db_path: Path, interval: float = 0.5) -> None:
+        super().__init__(name="live-state-sampler", daemon=True)
+        self.db_path = db_path
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.seen: dict[tuple[str, str, str, int], TIObservation] = {}
+        self.triggers: dict[int, str] = {}
+        self.lock = threading.Lock()
+        self.errors = 0
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                self.sample()
+            except sqlite3.Error:
+                self.errors += 1
+
+    def sample(self) -> None:
+        uri = f"file:{self.db_path}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+            rows = db.execute(
+                "SELECT ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.state, t.classpath "
+                "FROM task_instance ti LEFT JOIN trigger t ON t.id = ti.trigger_id"
+            ).fetchall()
+            triggers = db.execute("SELECT id, classpath FROM trigger").fetchall()
+        with self.lock:
+            for dag_id, run_id, task_id, map_index, raw_state, classpath in rows:
+                obs = self.seen.setdefault((dag_id, run_id, task_id, map_index), TIObservation())
+                state = raw_state or "none"
+                if not obs.states or obs.states[-1] != state:
+                    obs.states.append(state)
+                if classpath:
+                    obs.trigger_classpaths.add(classpath)
+            for trigger_id, classpath in triggers:
+                self.triggers[trigger_id] = classpath
+
+    def observation(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> TIObservation:
+        with self.lock:
+            obs = self.seen.get((dag_id, run_id, task_id, map_index), TIObservation())
+            return TIObservation(list(obs.states), set(obs.trigger_classpaths))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=10)
+
+
+class Api:
+    """The REST API of the api-server, with a JWT from ``/auth/token`` (simple auth manager, all admins)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.client = httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT)
+        self.refresh_token()
+
+    def refresh_token(self) -> None:
+        answer = self.client.get("/auth/token")
+        answer.raise_for_status()
+        self.client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        answer = self.client.request(method, path, **kwargs)
+        if answer.status_code == 401:  # token expired during a long wait
+            self.refresh_token()
+            answer = self.client.request(method, path, **kwargs)
+        return answer
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = self.request(method, path, **kwargs)
+        if answer.status_code >= 400:
+            raise AssertionError(f"{method} {path}: {answer.status_code} {answer.text[:1000]}")
+        return answer.json()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- DAGs and runs ---------------------------------------------------------------------------
+    def dag_ids(self) -> list[str]:
+        return sorted(d["dag_id"] for d in self.json("GET", "/api/v2/dags", params={"limit": 100})["dags"])
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        return list(self.json("GET", "/api/v2/importErrors")["import_errors"])
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        body = {"logical_date": None, "conf": conf or {}}
+        return str(self.json("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)["dag_run_id"])
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return dict(self.json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"))
+
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> None:
+        self.json("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", json={"state": state})
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        return list(self.json("GET", path, params={"limit": 100})["task_instances"])
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        answer = self.request("GET", path, params={"map_index": map_index, "deserialize": True})
+        if answer.status_code == 404:
+            return None
+        if answer.status_code >= 400:
+            raise AssertionError(f"GET {path}: {answer.status_code} {answer.text[:500]}")
+        return answer.json()["value"]
+
+    def hitl_details(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        return list(self.json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/hitlDetails")["hitl_details"])
+
+    def respond(self, dag_id: str, run_id: str, task_id: str, option: str, map_index: int = -1) -> dict[str, Any]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails"
+        return dict(self.json("PATCH", path, json={"chosen_options": [option], "params_input": {}}))
+
+    def asset_events(self) -> list[dict[str, Any]]:
+        return list(self.json("GET", "/api/v2/assets/events", params={"limit": 100})["asset_events"])
+
+
+class LiveAirflow:
+    """api-server, scheduler, dag-processor and triggerer on ``home``; LocalExecutor by default.
+
+    :param extra_env: added to every process's environment (sandbox connections, example settings).
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        extra_env: dict[str, str],
+        parallelism: int = 4,
+        executor: str = "LocalExecutor",
+    ) -> None:
+        self.home = home
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.executor = executor
+        self.components: dict[str, Component] = {}
+        self.sampler: StateSampler | None = None
+        self.api: Api | None = None
+        self.stopped: dict[str, str] = {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env.update(
+            AIRFLOW_HOME=str(home),
+            AIRFLOW__CORE__DAGS_FOLDER=str(EXAMPLES),
+            AIRFLOW__CORE__LOAD_EXAMPLES="False",
+            AIRFLOW__CORE__EXECUTOR=executor,
+            AIRFLOW__CORE__PARALLELISM=str(parallelism),
+            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+            AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{self.base_url}/execution/",
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
+            AIRFLOW__API__BASE_URL=self.base_url,
+            AIRFLOW__API__HOST="127.0.0.1",
+            AIRFLOW__API__PORT=str(self.port),
+            AIRFLOW__API__SECRET_KEY=secrets.token_hex(16),
+            AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32),
+            # Runs come from the REST API only: no cron or Asset-scheduled runs of their own.
+            AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
+            AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(home / "logs"),
+            AIRFLOW__OPENLINEAGE__DISABLED="True",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra_env)
+        self.env = env
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "airflow.db"
+
+    @property
+    def task_log_folder(self) -> Path:
+        return self.home / "logs"
+
+    def _component(self, name: str, *args: str) -> Component:
+        component = Component(name, [AIRFLOW_BIN, *args], self.home / f"{name}.out", self.env)
+        self.components[name] = component
+        return component
+
+    def migrate(self, timeout: float = 300) -> float:
+        self.home.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        done = subprocess.run(
+            [AIRFLOW_BIN, "db", "migrate"], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return time.monotonic() - started
+
+    def start(self, extra_components: dict[str, list[str]] | None = None) -> float:
+        """Start every component and wait until the API reports them all healthy; returns the seconds taken."""
+        started = time.monotonic()
+        self._component("api-server", "api-server", "-H", "127.0.0.1", "-p", str(self.port), "-w", "1").start()
+        self._component("scheduler", "scheduler").start()
+        self._component("dag-processor", "dag-processor").start()
+        self._component("triggerer", "triggerer").start()
+        for name, command in (extra_components or {}).items():
+            component = Component(name, command, self.home / f"{name}.out", self.env)
+            self.components[name] = component
+            component.start()
+        self.wait_healthy()
+        self.api = Api(self.base_url)
+        self.sampler = StateSampler(self.db_path)
+        self.sampler.start()
+        return time.monotonic() - started
+
+    def check_alive(self) -> None:
+        for component in self.components.values():
+            if not component.alive():
+                code = component.process.returncode if component.process else None
+                raise RuntimeError(f"{component.name} exited with {code}:\n{component.tail()}")
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        with httpx.Client(timeout=5) as client:
+            while time.monotonic() < deadline:
+                self.check_alive()
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    last = client.get(f"{self.base_url}/api/v2/monitor/health").json()
+                    parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                    if all((last.get(p) or {}).get("status") == "healthy" for p in parts):
+                        return dict(last)
+                time.sleep(1)
+        raise TimeoutError(f"Airflow not healthy after {timeout:.0f} s: {last}\n{self.tails()}")
+
+    def wait_dags(self, dag_ids: list[str], timeout: float = START_TIMEOUT) -> None:
+        """Wait until the dag-processor has serialised every DAG in ``dag_ids``."""
+        assert self.api is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            errors = self.api.import_errors()
+            if errors:
+                raise AssertionError(f"DAG import errors: {errors}")
+            if set(dag_ids) <= set(self.api.dag_ids()):
+                return
+            time.sleep(1)
+        raise TimeoutError(f"DAGs not parsed after {timeout:.0f} s: {sorted(set(dag_ids) - set(self.api.dag_ids()))}")
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float) -> tuple[str, float]:
+        """Wait for the run to finish; returns (state, seconds) with state ``timeout`` if it did not."""
+        assert self.api is not None
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            state = self.api.run(dag_id, run_id)["state"]
+            if state in FINISHED:
+                return state, time.monotonic() - started
+            time.sleep(1)
+        return "timeout", time.monotonic() - started
+
+    def tails(self, chars: int = 1500) -> str:
+        return "\n".join(f"--- {c.name} ---\n{c.tail(chars)}" for c in self.components.values())
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Read the metadata DB (SQLite, read-only)."""
+        with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)) as db:
+            return db.execute(sql, args).fetchall()
+
+    def task_logs(self, dag_id: str | None = None) -> Iterator[Path]:
+        pattern = f"dag_id={dag_id}/**/*" if dag_id else "**/*"
+        for path in sorted(self.task_log_folder.glob(pattern)):
+            if path.is_file():
+                yield path
+
+    def stop(self) -> dict[str, str]:
+        """Stop everything (idempotent): components in reverse start order, TERM then KILL."""
+        if self.sampler is not None:
+            self.sampler.stop()
+        if self.api is not None:
+            self.api.close()
+            self.api = None
+        for name in reversed(list(self.components)):
+            if name not in self.stopped:
+                self.stopped[name] = self.components[name].stop()
+        return self.stopped
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass
+class RunRow:
+    dag_id: str
+    label: str
+    state: str
+    seconds: float
+    deferred: list[str]
+
+
+@dataclass
+class Results:
+    """The table the live test prints: one row per DAG run it started."""
+
+    rows: list[RunRow] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    executor: str = ""
+
+    def table(self) -> list[str]:
+        width = max([len(r.dag_id) for r in self.rows] + [3])
+        lines = [f"{'DAG':{width}s}  {'run':14s} {'state':8s} {'wall s':>7s}  tasks deferred"]
+        for r in self.rows:
+            deferred = ", ".join(r.deferred) or "-"
+            lines.append(f"{r.dag_id:{width}s}  {r.label:14s} {r.state:8s} {r.seconds:7.1f}  {deferred}")
+        if self.timings:
+            lines.append("  ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()) + f"  ({self.executor})")
+        return lines
+
+
+RESULTS = Results()

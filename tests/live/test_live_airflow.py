@@ -1,0 +1,556 @@
+"""Every example DAG on a running Airflow: api-server, scheduler, dag-processor and triggerer as
+separate processes (LocalExecutor, parallelism 4, SQLite) in a throw-away ``AIRFLOW_HOME``, the
+vendors served by the sandbox in this process.
+
+Each DAG is triggered through the REST API (JWT from ``/auth/token``); the runs are then checked
+from the REST API, the metadata DB and the log files the deployment wrote:
+
+- every run succeeds with the task states and XComs its example promises;
+- every deferrable task really deferred: the task instance was seen ``deferred`` with a trigger row,
+  and the triggerer wrote a trigger log ending in ``Trigger fired event``; a ``start_from_trigger``
+  task was never queued or running before its trigger fired;
+- one sensor waits in ``reschedule`` mode (``up_for_reschedule``, ``task_reschedule`` rows) and one
+  in ``poke`` mode (several checks in one run of the task);
+- the reviewed sync's human-in-the-loop approval: approved through the REST API, the difference is
+  sent; rejected, nothing reaches the vendor (the sandbox's request log);
+- the triggerer never warns about a blocked event loop; no secret and no clear-text identifier
+  appears in any log file.
+
+Opt-in (it starts a whole deployment): ``make test-live`` sets ``AUDIENCE_LIVE_TESTS=1``.
+``AUDIENCE_LIVE_HOME`` keeps the deployment's home (logs, DB) in a directory of your choice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from live_deployment import RESULTS, Api, LiveAirflow, RunRow
+
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(
+        os.environ.get("AUDIENCE_LIVE_TESTS") != "1",
+        reason="live test: starts a whole Airflow deployment; run it with `make test-live` (AUDIENCE_LIVE_TESTS=1)",
+    ),
+]
+
+LYTICS = "example_lytics_segment_refresh"
+LYTICS_DOWNSTREAM = "example_lytics_downstream"
+SEGMENT = "example_segment_audience_rollout"
+CRM = "example_yandex_audience_crm_refresh"
+REVIEWED = "example_yandex_audience_reviewed_sync"
+DIRECT = "example_yandex_direct_retargeting"
+CRITEO = "example_criteo_contact_list_sync"
+ALL_DAGS = [CRITEO, LYTICS_DOWNSTREAM, LYTICS, SEGMENT, CRM, REVIEWED, DIRECT]
+
+RUN_TIMEOUT = float(os.environ.get("AUDIENCE_LIVE_RUN_TIMEOUT", "300"))
+CRITEO_TIMEOUT = float(os.environ.get("AUDIENCE_LIVE_CRITEO_TIMEOUT", "150"))
+HITL_TIMEOUT = 180.0
+# How long asynchronous vendor work takes in the sandbox: long enough that every sensor's first
+# look finds the work unfinished, so deferral, rescheduling and poking really happen.
+PROCESSING_SECONDS = 12.0
+
+CRITEO_XFAIL = pytest.mark.xfail(
+    reason=(
+        "wait_until_live (start_from_trigger) stays deferred: the triggerer renders "
+        "ti.xcom_pull(...)[...], which sends GetXComSequenceSlice, refused by the 3.3 triggerer "
+        "supervisor (issue 13; the Criteo sensor fix is on its way)"
+    ),
+    strict=False,
+)
+
+# While the Criteo sensor's template cannot be rendered in the triggerer, the refused request leaves
+# the triggerer unable to deliver any later trigger event (every other deferred task then hangs):
+# the Criteo DAG runs alone, after the others.
+ISOLATE_CRITEO = True
+BLOCKED_LOOP_XFAIL = pytest.mark.xfail(
+    reason=(
+        "the triggerer warns 'async thread was blocked for ~2 s' when the first of our triggers starts "
+        "(the hook module is imported on the event loop; issue 13, being fixed with the triggers)"
+    ),
+    strict=False,
+)
+
+# Which tasks must go through the triggerer in each example, given the sandbox's processing time.
+EXPECTED_DEFERRED = {
+    LYTICS: {"wait_for_reevaluation"},
+    SEGMENT: {"preview_size", "wait_until_computed"},
+    CRM: {"wait_for_processing"},
+    CRITEO: {"wait_until_live"},
+}
+TRIGGER_FIRED = "Trigger fired event"
+BLOCKED_LOOP = re.compile(r"async thread was blocked for [0-9.]+ seconds")
+
+
+@dataclass
+class Run:
+    dag_id: str
+    label: str
+    conf: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    state: str = "not started"
+    seconds: float = 0.0
+    tasks: dict[str, str] = field(default_factory=dict)  # task_id (or task_id[map_index]) -> state
+    error: str = ""
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Scenario:
+    """Starts the runs in dependency chains (one thread each) and records what happened."""
+
+    def __init__(self, live: LiveAirflow, sandbox: Any) -> None:
+        self.live = live
+        self.sandbox = sandbox
+        self.runs: dict[tuple[str, str], Run] = {}
+        self.lock = threading.Lock()
+
+    def api(self) -> Api:
+        return Api(self.live.base_url)
+
+    def run(self, api: Api, dag_id: str, label: str = "manual", conf: dict | None = None, **kw: Any) -> Run:
+        run = Run(dag_id, label, dict(conf or {}))
+        with self.lock:
+            self.runs[(dag_id, label)] = run
+        started = time.monotonic()
+        run.run_id = api.trigger(dag_id, run.conf)
+        hook = kw.get("while_running")
+        if hook is not None:
+            hook(api, run)
+        timeout = kw.get("timeout", RUN_TIMEOUT)
+        run.state, _ = self.live.wait_run(dag_id, run.run_id, max(1.0, timeout - (time.monotonic() - started)))
+        run.seconds = time.monotonic() - started
+        if run.state == "timeout":
+            # Fail the run so its deferred tasks and triggers stop; the table shows the timeout.
+            api.set_run_state(dag_id, run.run_id, "failed")
+        run.tasks = {
+            ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""): str(ti["state"])
+            for ti in api.task_instances(dag_id, run.run_id)
+        }
+        return run
+
+    def chain(self, name: str, steps: Any) -> threading.Thread:
+        def body() -> None:
+            api = self.api()
+            try:
+                steps(api)
+            except Exception as exc:  # recorded; the tests report it
+                with self.lock:
+                    self.runs[(name, "chain error")] = Run(name, "chain error", state="error", error=repr(exc))
+            finally:
+                api.close()
+
+        thread = threading.Thread(target=body, name=f"live-{name}", daemon=True)
+        thread.start()
+        return thread
+
+    # -- the human-in-the-loop answers ----------------------------------------------------------
+    def answer(self, option: str) -> Any:
+        def while_running(api: Api, run: Run) -> None:
+            path = f"/api/v2/dags/{run.dag_id}/dagRuns/{run.run_id}/taskInstances/approve_plan/-1/hitlDetails"
+            deadline = time.monotonic() + HITL_TIMEOUT
+            while time.monotonic() < deadline:
+                answer = api.request("GET", path)
+                if answer.status_code == 200:
+                    run.notes["hitl_request"] = answer.json()
+                    audience = self.sandbox.fake("yandex_audience")
+                    run.notes["requests_before_answer"] = len(audience.requests)
+                    run.notes["hitl_response"] = api.respond(run.dag_id, run.run_id, "approve_plan", option)
+                    return
+                if api.run(run.dag_id, run.run_id)["state"] in ("success", "failed"):
+                    return
+                time.sleep(1)
+            run.notes["hitl_error"] = f"no approval request within {HITL_TIMEOUT:.0f} s"
+
+        return while_running
+
+    def play(self) -> None:
+        crm_done = threading.Event()
+
+        def lytics(api: Api) -> None:
+            self.run(api, LYTICS)
+            self.run(api, LYTICS_DOWNSTREAM)
+
+        def segment(api: Api) -> None:
+            self.run(api, SEGMENT)
+
+        def criteo(api: Api) -> None:
+            self.run(api, CRITEO, timeout=CRITEO_TIMEOUT)
+
+        def yandex(api: Api) -> None:
+            try:
+                self.run(api, CRM)
+            finally:
+                crm_done.set()
+            # One segment at a time on the Audience fake, so its request log tells the runs apart.
+            self.run(api, REVIEWED, "auto")
+            self.run(api, REVIEWED, "approve", {"shift": 200}, while_running=self.answer("Approve"))
+            self.run(api, REVIEWED, "reject", {"shift": 0}, while_running=self.answer("Reject"))
+
+        def direct(api: Api) -> None:
+            crm_done.wait(RUN_TIMEOUT + 30)
+            crm = self.runs.get((CRM, "manual"))
+            processed = api.xcom(CRM, crm.run_id, "wait_for_processing") if crm and crm.run_id else None
+            segment_id = (processed or {}).get("segment_id")
+            self.run(api, DIRECT, conf={"segment_id": segment_id} if segment_id else {})
+
+        threads = [
+            self.chain("lytics", lytics),
+            self.chain("segment", segment),
+            self.chain("yandex", yandex),
+            self.chain("direct", direct),
+        ]
+        if not ISOLATE_CRITEO:
+            threads.append(self.chain("criteo", criteo))
+        for thread in threads:
+            thread.join(timeout=RUN_TIMEOUT * 5)
+        if ISOLATE_CRITEO:
+            self.chain("criteo", criteo).join(timeout=CRITEO_TIMEOUT + 60)
+
+    def get(self, dag_id: str, label: str = "manual") -> Run:
+        run = self.runs.get((dag_id, label))
+        if run is None:
+            errors = [r.error for r in self.runs.values() if r.error]
+            pytest.fail(f"{dag_id} ({label}) was never started; chain errors: {errors}")
+        return run
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def live_sandbox():
+    from airflow_audience_provider.sandbox.server import SandboxServer
+
+    with SandboxServer() as sandbox:
+        for vendor in ("lytics", "segment", "yandex_audience"):
+            sandbox.fake(vendor).configure(processing_seconds=PROCESSING_SECONDS)
+        # Direct's retargeting goals follow the Audience fake's processed segments.
+        sandbox.fake("yandex_direct").use_audience_fake(sandbox.fake("yandex_audience"))
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def live(live_sandbox):
+    keep = os.environ.get("AUDIENCE_LIVE_HOME")
+    home = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="aap-live-"))
+    if keep:
+        shutil.rmtree(home, ignore_errors=True)
+    env = {**live_sandbox.env(), "AUDIENCE_EXAMPLE_POLL_SECONDS": "1"}
+    deployment = LiveAirflow(home, env, parallelism=4)
+    RESULTS.executor = deployment.executor
+    try:
+        RESULTS.timings["db migrate"] = deployment.migrate()
+        RESULTS.timings["start"] = deployment.start()
+        started = time.monotonic()
+        deployment.wait_dags(ALL_DAGS)
+        RESULTS.timings["parse"] = time.monotonic() - started
+        yield deployment
+    finally:
+        stopped = deployment.stop()
+        print(f"\nlive Airflow home: {home}; components stopped: {stopped}")
+        if not keep and os.environ.get("AUDIENCE_LIVE_KEEP") != "1":
+            shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def scenario(live, live_sandbox) -> Scenario:
+    play = Scenario(live, live_sandbox)
+    started = time.monotonic()
+    play.play()
+    RESULTS.timings["runs"] = time.monotonic() - started
+    for run in play.runs.values():
+        RESULTS.rows.append(
+            RunRow(
+                run.dag_id, run.label, run.state, run.seconds, sorted(_trigger_logs(live, run)) if run.run_id else []
+            )
+        )
+    return play
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _ti_dir(live: LiveAirflow, run: Run, task_id: str) -> Path:
+    return live.task_log_folder / f"dag_id={run.dag_id}" / f"run_id={run.run_id}" / f"task_id={task_id}"
+
+
+def _trigger_logs(live: LiveAirflow, run: Run) -> dict[str, str]:
+    """``{task_id: trigger log text}`` of every task of the run the triggerer ran a trigger for."""
+    found: dict[str, str] = {}
+    folder = live.task_log_folder / f"dag_id={run.dag_id}" / f"run_id={run.run_id}"
+    for path in sorted(folder.glob("task_id=*/**/*.trigger.*.log")):
+        task_id = next(p.name.split("=", 1)[1] for p in path.parents if p.name.startswith("task_id="))
+        found[task_id] = found.get(task_id, "") + path.read_text(errors="replace")
+    return found
+
+
+def _task_log(live: LiveAirflow, run: Run, task_id: str) -> str:
+    paths = sorted(p for p in _ti_dir(live, run, task_id).glob("**/attempt=*.log") if p.name.endswith(".log"))
+    return "".join(p.read_text(errors="replace") for p in paths if ".trigger." not in p.name)
+
+
+def _xcom(live: LiveAirflow, run: Run, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    assert live.api is not None
+    return live.api.xcom(run.dag_id, run.run_id, task_id, key, map_index)
+
+
+def _assert_success(run: Run, expected_tasks: dict[str, str]) -> None:
+    detail = f"{run.dag_id} ({run.label}) {run.state} after {run.seconds:.0f} s; tasks {run.tasks}; {run.error}"
+    assert run.state == "success", detail
+    assert run.tasks == expected_tasks, detail
+
+
+def _assert_deferred_through_triggerer(live: LiveAirflow, run: Run) -> None:
+    assert live.sampler is not None
+    trigger_logs = _trigger_logs(live, run)
+    for task_id in sorted(EXPECTED_DEFERRED.get(run.dag_id, ())):
+        seen = live.sampler.observation(run.dag_id, run.run_id, task_id)
+        where = f"{run.dag_id}.{task_id}: states seen {seen.states}"
+        assert "deferred" in seen.states, where
+        assert any(cp.startswith("airflow_audience_provider.triggers.") for cp in seen.trigger_classpaths), where
+        assert TRIGGER_FIRED in trigger_logs.get(task_id, ""), f"{where}; no fired trigger in its trigger log"
+        assert seen.states[-1] == "success", where
+        # Resumed on a worker after the trigger fired: deferred, then scheduled/queued/running again.
+        after = seen.states[seen.states.index("deferred") + 1 :]
+        assert "running" in after or seen.states[-1] == "success", where
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_deployment_is_healthy_and_parses_every_example(live):
+    health = live.wait_healthy(timeout=30)
+    for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
+        assert health[part]["status"] == "healthy", health
+    assert live.api is not None
+    assert live.api.import_errors() == []
+    examples = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "example_dags").glob("example_*.py"))
+    assert sorted(ALL_DAGS) == examples  # a new example must be added to this test
+
+
+def test_lytics_refresh_and_downstream(live, scenario):
+    run = scenario.get(LYTICS)
+    _assert_success(
+        run,
+        dict.fromkeys(["ensure_group", "upsert_segment", "reevaluate", "wait_for_reevaluation", "report"], "success"),
+    )
+    upsert = _xcom(live, run, "upsert_segment")
+    assert upsert["action"] == "created"
+    refreshed = _xcom(live, run, "wait_for_reevaluation")
+    assert refreshed["segment_id"] == upsert["segment_id"] and refreshed["size"] > 0
+    assert _xcom(live, run, "report")["size"] == refreshed["size"]
+    _assert_deferred_through_triggerer(live, run)
+    assert live.api is not None
+    uris = {e["uri"] for e in live.api.asset_events()}
+    assert refreshed["asset_uri"] in uris
+
+    downstream = scenario.get(LYTICS_DOWNSTREAM)
+    _assert_success(downstream, {"use_refreshed_audience": "success"})
+    assert _xcom(live, downstream, "use_refreshed_audience") == []  # started by hand: no triggering events
+
+
+def test_segment_rollout(live, scenario):
+    run = scenario.get(SEGMENT)
+    _assert_success(
+        run,
+        dict.fromkeys(
+            ["upsert_audience", "preview_size", "enable_audience", "wait_until_computed", "report"], "success"
+        ),
+    )
+    computed = _xcom(live, run, "wait_until_computed")
+    assert computed["audience_id"] == _xcom(live, run, "upsert_audience")["audience_id"]
+    assert computed["status"].lower() == "live" or computed["status"] == "computed", computed
+    assert _xcom(live, run, "report")["size"] == computed["size"]
+    _assert_deferred_through_triggerer(live, run)
+
+
+def test_yandex_audience_crm_refresh_with_a_reschedule_mode_sensor(live, scenario):
+    run = scenario.get(CRM)
+    _assert_success(
+        run,
+        dict.fromkeys(
+            [
+                "export_crm",
+                "sync_crm",
+                "wait_for_processing",
+                "build_lookalike",
+                "wait_for_lookalike",
+                "grant_agency_crm",
+                "grant_agency_lookalike",
+            ],
+            "success",
+        ),
+    )
+    synced = _xcom(live, run, "sync_crm")
+    assert synced["action"] == "created" and synced["counts"]["unique"] == 300
+    processed = _xcom(live, run, "wait_for_processing")
+    assert processed["status"] == "processed" and processed["segment_id"] == synced["segment_id"]
+    lookalike = _xcom(live, run, "build_lookalike")
+    ready = _xcom(live, run, "wait_for_lookalike")
+    assert ready["segment_id"] == lookalike["segment_id"] and ready["status"] == "processed"
+    _assert_deferred_through_triggerer(live, run)
+
+    # reschedule mode: the sensor gave its slot back between checks, without the triggerer.
+    assert live.sampler is not None
+    seen = live.sampler.observation(CRM, run.run_id, "wait_for_lookalike")
+    assert "up_for_reschedule" in seen.states and "deferred" not in seen.states, seen.states
+    reschedules = live.query(
+        "SELECT COUNT(*) FROM task_reschedule r JOIN task_instance ti ON ti.id = r.ti_id "
+        "WHERE ti.dag_id = ? AND ti.run_id = ? AND ti.task_id = 'wait_for_lookalike'",
+        CRM,
+        run.run_id,
+    )[0][0]
+    assert reschedules >= 1
+    assert "wait_for_lookalike" not in _trigger_logs(live, run)
+
+
+def test_yandex_direct_retargeting_from_the_processed_segment(live, scenario):
+    run = scenario.get(DIRECT)
+    assert run.state == "success", (run.state, run.tasks, run.error)
+    assert set(run.tasks.values()) == {"success"}, run.tasks
+    assert {t.split("[")[0] for t in run.tasks} == {
+        "segments_to_target",
+        "list_definition",
+        "upsert_retargeting_list",
+        "attach_to_ad_groups",
+    }
+    crm_segment = _xcom(live, scenario.get(CRM), "wait_for_processing")["segment_id"]
+    assert _xcom(live, run, "segments_to_target") == [int(crm_segment)]
+    upserted = _xcom(live, run, "upsert_retargeting_list", map_index=0)
+    assert upserted["retargeting_list_id"]
+
+
+def test_reviewed_sync_poke_mode_sensor_and_automatic_review(live, scenario):
+    run = scenario.get(REVIEWED, "auto")
+    _assert_success(
+        run,
+        {
+            "export_crm": "success",
+            "plan_sync": "success",
+            "review_plan": "success",
+            "within_limits": "success",
+            "approve_plan": "skipped",
+            "sync_crm": "success",
+            "wait_for_processing": "success",
+        },
+    )
+    assert _xcom(live, run, "sync_crm")["action"] == "created"
+    # poke mode: one run of the task checked several times, never rescheduled nor deferred.
+    assert live.sampler is not None
+    seen = live.sampler.observation(REVIEWED, run.run_id, "wait_for_processing")
+    assert not {"up_for_reschedule", "deferred"} & set(seen.states), seen.states
+    checks = _task_log(live, run, "wait_for_processing").count("vendor status")
+    assert checks >= 2, f"the poke-mode sensor checked {checks} time(s)"
+    assert _xcom(live, run, "wait_for_processing")["status"] == "processed"
+
+
+def test_reviewed_sync_approved_through_the_rest_api_sends_the_difference(live, scenario):
+    run = scenario.get(REVIEWED, "approve")
+    assert "hitl_error" not in run.notes, run.notes
+    request = run.notes["hitl_request"]
+    assert request["options"] == ["Approve", "Reject"]
+    assert "removes 200 members" in request["body"], request["body"]
+    assert run.notes["hitl_response"]["chosen_options"] == ["Approve"]
+    _assert_success(
+        run,
+        {
+            "export_crm": "success",
+            "plan_sync": "success",
+            "review_plan": "success",
+            "within_limits": "skipped",
+            "approve_plan": "success",
+            "sync_crm": "success",
+            "wait_for_processing": "success",
+        },
+    )
+    assert live.sampler is not None
+    waited = live.sampler.observation(REVIEWED, run.run_id, "approve_plan").states
+    assert {"awaiting_input", "deferred"} & set(waited), waited  # 3.3+: awaiting_input; 3.1/3.2: deferred
+    synced = _xcom(live, run, "sync_crm")
+    assert synced["action"] == "updated"
+    assert synced["counts"]["added"] == 200 and synced["counts"]["removed"] == 200
+
+
+def test_reviewed_sync_rejected_through_the_rest_api_sends_nothing(live, scenario, live_sandbox):
+    run = scenario.get(REVIEWED, "reject")
+    assert "hitl_error" not in run.notes, run.notes
+    assert run.notes["hitl_response"]["chosen_options"] == ["Reject"]
+    _assert_success(
+        run,
+        {
+            "export_crm": "success",
+            "plan_sync": "success",
+            "review_plan": "success",
+            "within_limits": "skipped",
+            "approve_plan": "success",
+            "sync_crm": "skipped",
+            "wait_for_processing": "skipped",
+        },
+    )
+    plan = _xcom(live, run, "plan_sync")
+    assert plan["counts"]["removed"] == 200 and plan["files"] == []
+    audience = live_sandbox.fake("yandex_audience")
+    after_answer = audience.requests[run.notes["requests_before_answer"] :]
+    writes = [(r["method"], r["path"]) for r in after_answer if r["method"] != "GET"]
+    assert writes == []
+
+
+@CRITEO_XFAIL
+def test_criteo_contact_list_sync_starts_in_the_triggerer(live, scenario):
+    run = scenario.get(CRITEO)
+    _assert_success(
+        run,
+        dict.fromkeys(
+            [
+                "export_customers",
+                "ensure_segment",
+                "ensure_exclusion",
+                "sync_contact_list",
+                "ensure_audience",
+                "wait_until_live",
+            ],
+            "success",
+        ),
+    )
+    live_at = _xcom(live, run, "wait_until_live")
+    assert live_at["segment_id"] == _xcom(live, run, "sync_contact_list")["segment_id"]
+    _assert_deferred_through_triggerer(live, run)
+    # start_from_trigger: straight from the scheduler to the triggerer, no worker before the event.
+    assert live.sampler is not None
+    states = live.sampler.observation(CRITEO, run.run_id, "wait_until_live").states
+    before = states[: states.index("deferred")]
+    assert not {"queued", "running"} & set(before), states
+    assert "Pausing task as DEFERRED" not in _task_log(live, run, "wait_until_live")
+
+
+@BLOCKED_LOOP_XFAIL
+def test_no_trigger_blocked_the_triggerer_event_loop(live, scenario):
+    text = live.components["triggerer"].log_path.read_text(errors="replace")
+    blocked = [line[:300] for line in text.splitlines() if BLOCKED_LOOP.search(line)]
+    assert blocked == []
+
+
+def test_no_secret_and_no_clear_text_identifier_in_any_log(live, scenario, live_sandbox):
+    import json
+    from urllib.parse import quote
+
+    secrets_: set[str] = set()
+    for value in live_sandbox.connections().values():
+        connection = json.loads(value)
+        if connection.get("password"):
+            secrets_ |= {connection["password"], quote(connection["password"], safe="")}
+    criteo = live_sandbox.fake("criteo")
+    with criteo.lock:
+        secrets_ |= {str(token) for token in getattr(criteo, "_tokens", {})}
+    identifiers = re.compile(r"[a-z0-9.]+@example\.com", re.IGNORECASE)  # the examples' sample e-mails
+    files = [p for p in live.home.rglob("*") if p.is_file() and (p.suffix in (".log", ".out") or ".log" in p.name)]
+    assert len(files) > 20
+    leaks = []
+    for path in files:
+        text = path.read_text(errors="replace")
+        leaks += [f"{path.relative_to(live.home)}: secret {s[:6]}..." for s in secrets_ if s and s in text]
+        leaks += [f"{path.relative_to(live.home)}: identifier {m[:3]}..." for m in set(identifiers.findall(text))]
+    assert leaks == []
