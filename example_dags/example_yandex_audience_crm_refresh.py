@@ -116,7 +116,8 @@ with DAG(
         segment_id="{{ ti.xcom_pull(task_ids='build_lookalike')['segment_id'] }}",
         mode="reschedule",  # frees the worker slot between checks; no triggerer needed
         deferrable=False,
-        poke_interval=POLL_SECONDS,
+        # Each check is a new worker process: reschedule mode is for waits of minutes, not seconds.
+        poke_interval=max(POLL_SECONDS, 15),
         timeout=4 * 60 * 60,
         emit_asset=False,  # build_lookalike has announced it already
     )

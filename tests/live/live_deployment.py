@@ -166,15 +166,22 @@ class Api:
         answer.raise_for_status()
         self.client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        answer = self.client.request(method, path, **kwargs)
-        if answer.status_code == 401:  # token expired during a long wait
-            self.refresh_token()
+    def request(self, method: str, path: str, retry: bool | None = None, **kwargs: Any) -> httpx.Response:
+        """One call; reads (and ``retry=True`` writes) are retried on 5xx: SQLite allows one writer
+        at a time, and a write that meets another answers 500 "Database error" (rolled back)."""
+        attempts = 4 if (method == "GET" if retry is None else retry) else 1
+        for attempt in range(attempts):
             answer = self.client.request(method, path, **kwargs)
+            if answer.status_code == 401:  # token expired during a long wait
+                self.refresh_token()
+                answer = self.client.request(method, path, **kwargs)
+            if answer.status_code < 500 or attempt == attempts - 1:
+                break
+            time.sleep(1 + attempt)
         return answer
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        answer = self.request(method, path, **kwargs)
+    def json(self, method: str, path: str, retry: bool | None = None, **kwargs: Any) -> Any:
+        answer = self.request(method, path, retry, **kwargs)
         if answer.status_code >= 400:
             raise AssertionError(f"{method} {path}: {answer.status_code} {answer.text[:1000]}")
         return answer.json()
@@ -191,7 +198,7 @@ class Api:
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         body = {"logical_date": None, "conf": conf or {}}
-        return str(self.json("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)["dag_run_id"])
+        return str(self.json("POST", f"/api/v2/dags/{dag_id}/dagRuns", retry=True, json=body)["dag_run_id"])
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return dict(self.json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"))
@@ -297,7 +304,10 @@ class LiveAirflow:
         self._component("api-server", "api-server", "-H", "127.0.0.1", "-p", str(self.port), "-w", "1").start()
         self._component("scheduler", "scheduler").start()
         self._component("dag-processor", "dag-processor").start()
-        self._component("triggerer", "triggerer").start()
+        triggerer = self._component("triggerer", "triggerer")
+        # asyncio debug: every step that holds the event loop > 0.1 s is logged with its task's name.
+        triggerer.env = {**self.env, "PYTHONASYNCIODEBUG": "1"}
+        triggerer.start()
         for name, command in (extra_components or {}).items():
             component = Component(name, command, self.home / f"{name}.out", self.env)
             self.components[name] = component
@@ -355,6 +365,16 @@ class LiveAirflow:
             time.sleep(1)
         return "timeout", time.monotonic() - started
 
+    def executor_events(self, dag_id: str, run_id: str, task_id: str) -> int:
+        """How many executor events the scheduler has processed for this task instance (its log)."""
+        text = self.components["scheduler"].log_path.read_text(errors="replace")
+        key = f"task_id='{task_id}', run_id='{run_id}'"
+        return sum(
+            1
+            for line in text.splitlines()
+            if "Received executor event" in line and f"dag_id='{dag_id}'" in line and key in line
+        )
+
     def tails(self, chars: int = 1500) -> str:
         return "\n".join(f"--- {c.name} ---\n{c.tail(chars)}" for c in self.components.values())
 
@@ -399,6 +419,7 @@ class Results:
     rows: list[RunRow] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     executor: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> list[str]:
         width = max([len(r.dag_id) for r in self.rows] + [3])
@@ -408,7 +429,7 @@ class Results:
             lines.append(f"{r.dag_id:{width}s}  {r.label:14s} {r.state:8s} {r.seconds:7.1f}  {deferred}")
         if self.timings:
             lines.append("  ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()) + f"  ({self.executor})")
-        return lines
+        return lines + self.notes
 
 
 RESULTS = Results()

@@ -55,30 +55,16 @@ ALL_DAGS = [CRITEO, LYTICS_DOWNSTREAM, LYTICS, SEGMENT, CRM, REVIEWED, DIRECT]
 RUN_TIMEOUT = float(os.environ.get("AUDIENCE_LIVE_RUN_TIMEOUT", "300"))
 CRITEO_TIMEOUT = float(os.environ.get("AUDIENCE_LIVE_CRITEO_TIMEOUT", "150"))
 HITL_TIMEOUT = 180.0
+ANSWER_DELAY = 90.0
 # How long asynchronous vendor work takes in the sandbox: long enough that every sensor's first
 # look finds the work unfinished, so deferral, rescheduling and poking really happen.
-PROCESSING_SECONDS = 12.0
+PROCESSING_SECONDS = 25.0
 
-CRITEO_XFAIL = pytest.mark.xfail(
-    reason=(
-        "wait_until_live (start_from_trigger) stays deferred: the triggerer renders "
-        "ti.xcom_pull(...)[...], which sends GetXComSequenceSlice, refused by the 3.3 triggerer "
-        "supervisor (issue 13; the Criteo sensor fix is on its way)"
-    ),
-    strict=False,
-)
 
-# While the Criteo sensor's template cannot be rendered in the triggerer, the refused request leaves
-# the triggerer unable to deliver any later trigger event (every other deferred task then hangs):
-# the Criteo DAG runs alone, after the others.
-ISOLATE_CRITEO = True
-BLOCKED_LOOP_XFAIL = pytest.mark.xfail(
-    reason=(
-        "the triggerer warns 'async thread was blocked for ~2 s' when the first of our triggers starts "
-        "(the hook module is imported on the event loop; issue 13, being fixed with the triggers)"
-    ),
-    strict=False,
-)
+# True runs the Criteo DAG alone, after the others. A request the triggerer's supervisor refuses
+# (as Criteo's templates once caused) leaves it unable to deliver any later trigger event, so
+# every other deferred task would hang too.
+ISOLATE_CRITEO = os.environ.get("AUDIENCE_LIVE_ISOLATE_CRITEO") == "1"
 
 # Which tasks must go through the triggerer in each example, given the sandbox's processing time.
 EXPECTED_DEFERRED = {
@@ -89,6 +75,9 @@ EXPECTED_DEFERRED = {
 }
 TRIGGER_FIRED = "Trigger fired event"
 BLOCKED_LOOP = re.compile(r"async thread was blocked for [0-9.]+ seconds")
+# asyncio debug mode (PYTHONASYNCIODEBUG=1 on the triggerer): "Executing <Task ...> took 1.583 seconds"
+SLOW_STEP = re.compile(r"Executing <.*> took ([0-9.]+) seconds")
+BLOCKED_THRESHOLD = 0.2  # [triggerer] default warning threshold
 
 
 @dataclass
@@ -157,9 +146,21 @@ class Scenario:
         def while_running(api: Api, run: Run) -> None:
             path = f"/api/v2/dags/{run.dag_id}/dagRuns/{run.run_id}/taskInstances/approve_plan/-1/hitlDetails"
             deadline = time.monotonic() + HITL_TIMEOUT
+            ti_path = f"/api/v2/dags/{run.dag_id}/dagRuns/{run.run_id}/taskInstances/approve_plan"
             while time.monotonic() < deadline:
                 answer = api.request("GET", path)
-                if answer.status_code == 200:
+                parked = api.request("GET", ti_path).json().get("state") in ("awaiting_input", "deferred")
+                if answer.status_code == 200 and parked:
+                    # Airflow 3.3.2 fails the task when the answer comes before the scheduler has
+                    # processed the executor's event for the parked attempt ("finished with state
+                    # success, but the task instance's state attribute is queued"). A person answers
+                    # minutes later; the test waits for that event instead.
+                    settle = time.monotonic() + ANSWER_DELAY
+                    while not self.live.executor_events(run.dag_id, run.run_id, "approve_plan"):
+                        if time.monotonic() > settle:
+                            run.notes["hitl_early"] = f"no executor event after {ANSWER_DELAY:.0f} s"
+                            break
+                        time.sleep(0.5)
                     run.notes["hitl_request"] = answer.json()
                     audience = self.sandbox.fake("yandex_audience")
                     run.notes["requests_before_answer"] = len(audience.requests)
@@ -380,6 +381,7 @@ def test_yandex_audience_crm_refresh_with_a_reschedule_mode_sensor(live, scenari
                 "wait_for_lookalike",
                 "grant_agency_crm",
                 "grant_agency_lookalike",
+                "remove_export",
             ],
             "success",
         ),
@@ -435,6 +437,7 @@ def test_reviewed_sync_poke_mode_sensor_and_automatic_review(live, scenario):
             "approve_plan": "skipped",
             "sync_crm": "success",
             "wait_for_processing": "success",
+            "remove_export": "success",
         },
     )
     assert _xcom(live, run, "sync_crm")["action"] == "created"
@@ -464,6 +467,7 @@ def test_reviewed_sync_approved_through_the_rest_api_sends_the_difference(live, 
             "approve_plan": "success",
             "sync_crm": "success",
             "wait_for_processing": "success",
+            "remove_export": "success",
         },
     )
     assert live.sampler is not None
@@ -488,6 +492,7 @@ def test_reviewed_sync_rejected_through_the_rest_api_sends_nothing(live, scenari
             "approve_plan": "success",
             "sync_crm": "skipped",
             "wait_for_processing": "skipped",
+            "remove_export": "success",
         },
     )
     plan = _xcom(live, run, "plan_sync")
@@ -498,7 +503,6 @@ def test_reviewed_sync_rejected_through_the_rest_api_sends_nothing(live, scenari
     assert writes == []
 
 
-@CRITEO_XFAIL
 def test_criteo_contact_list_sync_starts_in_the_triggerer(live, scenario):
     run = scenario.get(CRITEO)
     _assert_success(
@@ -511,6 +515,7 @@ def test_criteo_contact_list_sync_starts_in_the_triggerer(live, scenario):
                 "sync_contact_list",
                 "ensure_audience",
                 "wait_until_live",
+                "remove_export",
             ],
             "success",
         ),
@@ -526,11 +531,35 @@ def test_criteo_contact_list_sync_starts_in_the_triggerer(live, scenario):
     assert "Pausing task as DEFERRED" not in _task_log(live, run, "wait_until_live")
 
 
-@BLOCKED_LOOP_XFAIL
-def test_no_trigger_blocked_the_triggerer_event_loop(live, scenario):
+@pytest.mark.xfail(
+    reason=(
+        "on a loaded 2-core machine the first step of each of our triggers holds the triggerer's event "
+        "loop 0.13-0.21 s (asyncio debug names the trigger's task), and the triggerer then warns; "
+        "the fix belongs to the triggers (issue 13)"
+    ),
+    strict=False,
+)
+def test_no_trigger_of_ours_blocked_the_triggerer_event_loop(live, scenario):
+    """The triggerer runs with asyncio debug on: each blocking step is logged with the task that ran it.
+
+    A trigger's task is named after its task instance (``<dag>/<run>/<task>/<map>/<try> (ID n)``);
+    blocking steps of the triggerer's own tasks (e.g. deserialising a DAG when a trigger is
+    created) are Airflow's, and are listed in the table's footer instead.
+    """
     text = live.components["triggerer"].log_path.read_text(errors="replace")
-    blocked = [line[:300] for line in text.splitlines() if BLOCKED_LOOP.search(line)]
-    assert blocked == []
+    steps = [(line, float(m.group(1))) for line in text.splitlines() if (m := SLOW_STEP.search(line))]
+    ours = [(line, took) for line, took in steps if any(f"name='{dag_id}/" in line for dag_id in ALL_DAGS)]
+    others = [(line, took) for line, took in steps if (line, took) not in ours]
+    blocked = [line for line in text.splitlines() if BLOCKED_LOOP.search(line)]
+    RESULTS.notes.append(
+        f"triggerer: {len(blocked)} blocked-loop warning(s); asyncio steps over 0.1 s: "
+        f"{len(ours)} in our triggers (longest {max([t for _, t in ours] or [0]):.2f} s), "
+        f"{len(others)} in the triggerer itself (longest {max([t for _, t in others] or [0]):.2f} s)"
+    )
+    # The triggerer warns from BLOCKED_THRESHOLD seconds on; asyncio debug reports from 0.1 s.
+    assert [line[:300] for line, took in ours if took >= BLOCKED_THRESHOLD] == []
+    if blocked:
+        assert any(took >= BLOCKED_THRESHOLD for _, took in others), f"unattributed: {blocked}"
 
 
 def test_no_secret_and_no_clear_text_identifier_in_any_log(live, scenario, live_sandbox):
