@@ -25,7 +25,13 @@ pytestmark = pytest.mark.dag_run
 def filled_db(sandbox, tmp_path_factory):
     for vendor in ("yandex_audience", "lytics"):
         sandbox.fake(vendor).reset()
-    env = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
+    env = dag_test_env(
+        tmp_path_factory.mktemp("airflow_home"),
+        EXAMPLES,
+        sandbox,
+        AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
+        AUDIENCE_EXAMPLE_SETTLE_SECONDS="0.5",  # the Lytics wait ends on a size that stays put
+    )
     migrate_db(env)
     for dag_id, conf in ((YANDEX_DAG, None), (YANDEX_DAG, {"shift": 5}), (LYTICS_DAG, None)):
         outcome = run_dag_test(dag_id, env, timeout=300, conf=conf)
@@ -89,6 +95,7 @@ def test_table_lists_every_audience_touched_newest_first(session, runs):
     # The last upload sent the difference: five in, five out, nothing invalid; 300 in the list.
     assert (crm.added, crm.removed, crm.invalid, crm.snapshot_size) == (5, 5, 0, 300)
     assert crm.vendor_size is not None and crm.vendor_size > 0  # from the processing sensor
+    assert crm.drift == crm.vendor_size - 300  # the two sizes come from different tasks of the run
     assert crm.link == first["url"]
     lytics_row = page.rows[0]
     assert lytics_row.vendor_size == lytics["size"] and lytics_row.last_action == "reevaluated"

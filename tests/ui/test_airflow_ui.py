@@ -138,6 +138,7 @@ def airflow_env(ui_sandbox, tmp_path_factory) -> dict[str, str]:
         EXAMPLES,
         ui_sandbox,
         AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
+        AUDIENCE_EXAMPLE_SETTLE_SECONDS="0.5",  # the Lytics wait ends on a size that stays put
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
         AIRFLOW__CORE__TEST_CONNECTION="Enabled",
         AIRFLOW__CORE__PARALLELISM="2",
