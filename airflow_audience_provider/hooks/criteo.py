@@ -54,6 +54,7 @@ from airflow_audience_provider.core.errors import (
     AudienceValidationError,
 )
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
+from airflow_audience_provider.core.paging import paginate
 from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult
 from airflow_audience_provider.core.transport import (
@@ -499,15 +500,16 @@ class CriteoHook(AudienceHook):
     def _paged(self, path: str, body: dict[str, Any], page_size: int | None) -> Iterator[dict[str, Any]]:
         """POST search pages with offset/limit until ``meta.totalItems`` (pitfall 11: always pass both)."""
         limit = min(int(page_size or MAX_PAGE_SIZE[self.api]), MAX_PAGE_SIZE[self.api])
-        offset = 0
-        while True:
+
+        def page_at(offset: int) -> tuple[list[dict[str, Any]], int | None]:
             page = self._call("POST", path, params={"offset": offset, "limit": limit}, json=body, idempotent=True)
             data = [r for r in page.get("data") or [] if isinstance(r, dict)]
-            yield from data
             total = (page.get("meta") or {}).get("totalItems")
-            offset += len(data)
-            if not data or (total is not None and offset >= int(total)) or (total is None and len(data) < limit):
-                return
+            following = offset + len(data)
+            last = not data or (total is not None and following >= int(total)) or (total is None and len(data) < limit)
+            return data, None if last else following
+
+        return paginate(page_at, 0, endpoint=f"POST {path}", vendor="criteo")
 
     # -- segments -------------------------------------------------------------------------------
 

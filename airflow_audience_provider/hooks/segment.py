@@ -50,7 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -68,6 +68,7 @@ from airflow_audience_provider.core.errors import (
     AudienceValidationError,
 )
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
+from airflow_audience_provider.core.paging import MAX_PAGES, paginate
 from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
 from airflow_audience_provider.core.transport import (
@@ -452,16 +453,33 @@ class SegmentHook(AudienceHook):
 
     def list_spaces(self) -> list[dict[str, Any]]:
         """List Spaces: ``GET /spaces``."""
-        spaces: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"pagination.count": 200}
-        for _ in range(1000):
-            data = self._call("GET", "/spaces", params=params, version=self.operation_version("spaces"))
-            spaces.extend(s for s in data.get("spaces") or [] if isinstance(s, dict))
-            cursor = (data.get("pagination") or {}).get("next")
-            if not cursor or cursor == params.get("pagination.cursor"):
-                break
-            params = {**params, "pagination.cursor": cursor}
-        return spaces
+        version = self.operation_version("spaces")
+        return list(
+            self._cursor_pages(
+                lambda params: self._call("GET", "/spaces", params=params, version=version),
+                {"pagination.count": 200},
+                "spaces",
+                endpoint="GET /spaces",
+            )
+        )
+
+    def _cursor_pages(
+        self,
+        call: Callable[[dict[str, Any]], dict[str, Any]],
+        params: dict[str, Any],
+        key: str,
+        *,
+        endpoint: str,
+        max_pages: int = MAX_PAGES,
+    ) -> Iterator[dict[str, Any]]:
+        """The objects under ``key`` of every page of a cursor listing (``pagination.cursor`` = ``pagination.next``)."""
+
+        def page_at(cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+            data = call(params if cursor is None else {**params, "pagination.cursor": cursor})
+            following = (data.get("pagination") or {}).get("next") or None
+            return [o for o in data.get(key) or [] if isinstance(o, dict)], following
+
+        return paginate(page_at, None, endpoint=endpoint, vendor=VENDOR, max_pages=max_pages)
 
     def get_space(self, space_id: str) -> dict[str, Any]:
         """Get Space: ``GET /spaces/{spaceId}``."""
@@ -505,20 +523,15 @@ class SegmentHook(AudienceHook):
             params.update({"search.type": search_type, "search.query": search_query})
         if include_schedules:
             params["include"] = "schedules"
-        audiences: list[dict[str, Any]] = []
-        seen_cursors: set[str] = set()
-        for _ in range(max_pages):
+        path = self._audiences_path(space)
+
+        def call(page_params: dict[str, Any]) -> dict[str, Any]:
             try:
-                data = self._call("GET", self._audiences_path(space), params=params, endpoint_class="list_audiences")
+                return self._call("GET", path, params=page_params, endpoint_class="list_audiences")
             except AudienceNotFoundError as exc:
                 raise self._not_found(exc, space, "space") from exc
-            audiences.extend(a for a in data.get("audiences") or [] if isinstance(a, dict))
-            cursor = (data.get("pagination") or {}).get("next")
-            if not cursor or cursor in seen_cursors:  # a repeated cursor would loop forever
-                return audiences
-            seen_cursors.add(cursor)
-            params = {**params, "pagination.cursor": cursor}
-        raise AudienceError(f"Listing audiences of space {space} exceeded {max_pages} pages", vendor=VENDOR)
+
+        return list(self._cursor_pages(call, params, "audiences", endpoint=f"GET {path}", max_pages=max_pages))
 
     def find_audiences_by_name(self, name: str, space_id: str | None = None) -> list[dict[str, Any]]:
         """Audiences whose name is exactly ``name`` (Segment's NAME search may match more loosely)."""
@@ -671,25 +684,15 @@ class SegmentHook(AudienceHook):
         """
         space = self.space(space_id)
         path = self._audiences_path(space, self._seg(audience_id, "audience id"), "audience-references")
-        params: dict[str, Any] = {"pagination.count": 200}
-        found: list[dict[str, Any]] = []
-        for _ in range(1000):
+        version = self.operation_version("references")
+
+        def call(params: dict[str, Any]) -> dict[str, Any]:
             try:
-                data = self._call(
-                    "GET",
-                    path,
-                    params=params,
-                    version=self.operation_version("references"),
-                    endpoint_class="audience_references",
-                )
+                return self._call("GET", path, params=params, version=version, endpoint_class="audience_references")
             except AudienceNotFoundError as exc:
                 raise self._not_found(exc, space, f"audience {audience_id!r}") from exc
-            found.extend(a for a in data.get("audiences") or [] if isinstance(a, dict))
-            cursor = (data.get("pagination") or {}).get("next")
-            if not cursor or cursor == params.get("pagination.cursor"):
-                return found
-            params = {**params, "pagination.cursor": cursor}
-        return found
+
+        return list(self._cursor_pages(call, {"pagination.count": 200}, "audiences", endpoint=f"GET {path}"))
 
     # -- previews ---------------------------------------------------------------------------
 

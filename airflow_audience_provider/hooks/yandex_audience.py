@@ -50,6 +50,7 @@ from airflow_audience_provider.core.errors import (
     AudienceValidationError,
 )
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
+from airflow_audience_provider.core.paging import paginate
 from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
 from airflow_audience_provider.core.transport import ErrorInfo, Timeouts, VendorProfile, call_with_read_back
@@ -450,18 +451,16 @@ class YandexAudienceHook(AudienceHook):
         parameters would answer the same page again: a page without a new id ends the listing.
         """
         size = page_size or self.segments_page_size
-        offset = 0
         seen: set[Any] = set()
-        while True:
+
+        def page_at(offset: int) -> tuple[list[dict[str, Any]], int | None]:
             params = self._clean({"pixel": pixel, "limit": size, "offset": offset})
             page = list(self._unwrap(self._call("GET", "segments", params=params), "segments") or [])
             fresh = [s for s in page if s.get("id") not in seen]
-            for segment in fresh:
-                seen.add(segment.get("id"))
-                yield segment
-            if len(page) < size or not fresh:
-                return
-            offset += len(page)
+            seen.update(s.get("id") for s in fresh)
+            return fresh, None if len(page) < size or not fresh else offset + len(page)
+
+        return paginate(page_at, 0, endpoint="GET segments", vendor=VENDOR)
 
     #: segments asked for per ``GET segments`` page
     segments_page_size: int = SEGMENTS_PAGE_SIZE

@@ -64,6 +64,7 @@ from airflow_audience_provider.core.errors import (
     AudienceValidationError,
 )
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
+from airflow_audience_provider.core.paging import paginate
 from airflow_audience_provider.core.results import Phase, PollResult
 from airflow_audience_provider.core.transport import ErrorInfo, VendorProfile
 
@@ -631,20 +632,14 @@ class YandexDirectHook(AudienceHook):
         page_limit: int = PAGE_LIMIT,
     ) -> list[dict[str, Any]]:
         """``get`` every page: ``Page.Offset`` continues at ``LimitedBy`` until Direct stops sending it."""
-        objects: list[dict[str, Any]] = []
-        offset = 0
-        while True:
+
+        def page_at(offset: int) -> tuple[list[dict[str, Any]], int | None]:
             result = self.call(service, "get", {**params, "Page": {"Limit": page_limit, "Offset": offset}})
             page = result.get(collection) or []  # {"result": {}}, no collection key, when nothing matches
-            objects.extend(page)
             limited_by = result.get("LimitedBy")
-            if limited_by is None or not page:
-                return objects
-            if int(limited_by) <= offset:
-                raise AudienceServerError(
-                    f"Yandex Direct {service}.get paging does not advance (LimitedBy={limited_by})", vendor=VENDOR
-                )
-            offset = int(limited_by)
+            return page, None if limited_by is None or not page else int(limited_by)
+
+        return list(paginate(page_at, 0, endpoint=f"{service}.get", vendor=VENDOR))
 
     def write(
         self,

@@ -81,8 +81,9 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
     ) -> list[dict[str, Any]]:
         """The one "fail or warn" rule for items a vendor refused, after the others were applied.
 
-        ``fail`` raises :class:`AudiencePartialFailure` carrying ``failed`` (after ``before_failing``,
-        e.g. an XCom push of the partial result); ``warn`` logs the message and carries on.
+        ``fail`` raises :class:`~airflow_audience_provider.core.errors.AudiencePartialFailure`
+        carrying ``failed`` (after ``before_failing``, e.g. an XCom push of the partial result);
+        ``warn`` logs the message and carries on.
 
         :param failed: the refused items, each mapped to its input (JSON-safe).
         :param message: the task's error text (also the warning).
