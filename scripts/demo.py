@@ -103,6 +103,7 @@ def main() -> int:
             sandbox,
             AUDIENCE_EXAMPLE_POLL_SECONDS="1",
             AUDIENCE_EXAMPLE_BATCH_WAIT_SECONDS="5",
+            AUDIENCE_EXAMPLE_SETTLE_SECONDS="3",
         )
         step(2, total, "Creating a throw-away Airflow home in .demo/airflow_home (airflow db migrate, ~10 s)")
         migrate_db(env)

@@ -9,6 +9,7 @@ vendor account of the sandbox, and the sandbox, not the clients, counts what arr
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -185,6 +186,21 @@ CALLS_PER_WORKER = 45
 LATENCY_ALLOWANCE = 0.2
 
 
+def _wait_for_ready(worker: subprocess.Popen, timeout: float = 120) -> None:
+    """Read the worker's stdout up to its "ready" line (Airflow may log before it), within a deadline."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while "ready" not in seen.splitlines():
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([worker.stdout], [], [], left)[0]:
+            worker.kill()
+            raise AssertionError(f"worker not ready within {timeout} s: {worker.communicate()[1][-3000:]}")
+        chunk = os.read(worker.stdout.fileno(), 65536)  # raw reads: nothing waits in a Python buffer
+        if not chunk:  # the worker ended before it was ready
+            raise AssertionError(worker.communicate()[1][-3000:])
+        seen += chunk.decode("utf-8", "replace")
+
+
 def _hammer(fake, tmp_path: Path, backend_of: list[str]) -> list[str]:
     """Run one worker process per backend setting, each with its own AIRFLOW_HOME; start them together.
 
@@ -211,8 +227,7 @@ def _hammer(fake, tmp_path: Path, backend_of: list[str]) -> list[str]:
         )
     try:
         for worker in workers:
-            line = worker.stdout.readline()
-            assert line.strip() == "ready", worker.stderr.read()
+            _wait_for_ready(worker)
         for worker in workers:
             worker.stdin.write("go\n")
             worker.stdin.flush()
