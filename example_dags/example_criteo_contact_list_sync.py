@@ -65,7 +65,7 @@ with DAG(
         import logging
         from datetime import UTC
 
-        from airflow_audience_provider.hooks.criteo_cycle import latest_safe_upload_time
+        from airflow_audience_provider.domain.criteo_cycle import latest_safe_upload_time
 
         cutoff = latest_safe_upload_time(datetime.now(UTC), safety_margin=timedelta(minutes=30))
         logging.getLogger(__name__).info("Finish this upload before %s to make the next window", cutoff)

@@ -17,6 +17,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.connections import CRITEO
+from airflow_audience_provider.domain.criteo import BulkResult, algebra_segment_ids, canonical_algebra, validate_algebra
+from airflow_audience_provider.domain.criteo_cycle import next_computation_window
 from airflow_audience_provider.links.criteo import CriteoAudienceLink, CriteoSegmentLink
 from airflow_audience_provider.operators.base import AudienceBaseOperator, partial_failure_mode
 from airflow_audience_provider.operators.contact_list import MODES, ContactListUploadOperator
@@ -24,7 +26,7 @@ from airflow_audience_provider.operators.contact_list import MODES, ContactListU
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_audience_provider.hooks.criteo import BulkResult, CriteoHook
+    from airflow_audience_provider.hooks.criteo import CriteoHook
 
 SEGMENT_ASSET_ALIAS = "criteo-segments"
 AUDIENCE_ASSET_ALIAS = "criteo-audiences"
@@ -426,8 +428,6 @@ class CriteoUploadContactListOperator(ContactListUploadOperator, _CriteoOperator
     def vendor_count(self, hook: Any, when: str, recorded: dict[str, Any] | None) -> tuple[int | None, str] | None:
         # Statistics show the list as of the last 00:00 / 12:00 UTC computation: they are settled
         # only once a computation has run since our last change.
-        from airflow_audience_provider.hooks.criteo_cycle import next_computation_window
-
         if when != "before" or not self.fetch_statistics or not (recorded or {}).get("written_at"):
             return None
         if next_computation_window(str(recorded["written_at"])) > datetime.now(UTC):  # type: ignore[index]
@@ -511,7 +511,6 @@ class CriteoCreateOrUpdateAudienceOperator(_CriteoOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import AudienceValidationError
-        from airflow_audience_provider.hooks.criteo import algebra_segment_ids, canonical_algebra, validate_algebra
 
         hook = self.hook
         algebra = self.algebra

@@ -12,7 +12,7 @@ from airflow.triggers.base import StartTriggerArgs
 
 from airflow_audience_provider.assets import AssetEmitterMixin
 from airflow_audience_provider.connections import CRITEO
-from airflow_audience_provider.hooks.criteo_cycle import (
+from airflow_audience_provider.domain.criteo_cycle import (
     COMPUTATION_HOURS_UTC,
     PROPAGATION_DELAY,
     latest_safe_upload_time,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_audience_provider.hooks.criteo_cycle import COMPUTATION_HOURS_UTC, PROPAGATION_DELAY
+from airflow_audience_provider.domain.criteo_cycle import COMPUTATION_HOURS_UTC, PROPAGATION_DELAY
 from airflow_audience_provider.triggers.base import AudiencePollingTrigger
 
 if TYPE_CHECKING:

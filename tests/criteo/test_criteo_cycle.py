@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from airflow_audience_provider.core.errors import AudienceTimeoutError, AudienceValidationError
-from airflow_audience_provider.hooks.criteo_cycle import latest_safe_upload_time, live_at, next_computation_window
+from airflow_audience_provider.domain.criteo_cycle import latest_safe_upload_time, live_at, next_computation_window
 from airflow_audience_provider.sensors.criteo import _TRIGGERER_RENDERS_TEMPLATES, CriteoAudienceLiveSensor
 from airflow_audience_provider.triggers.criteo import CriteoComputationWindowTrigger
 
