@@ -48,7 +48,7 @@ test-fast: $(STAMP) ## The test suite without the example-DAG runs
 	$(PY) -m pytest -q -m "not dag_run" --timeout=300 tests
 
 test-live: $(STAMP) ## Every example DAG on a running Airflow (api-server, scheduler, dag-processor, triggerer); CI runs it
-	AUDIENCE_LIVE_TESTS=1 $(PY) -m pytest -q -m live --timeout=900 tests/live
+	AUDIENCE_LIVE_TESTS=1 $(PY) -m pytest -q -m live --timeout=1200 tests/live
 
 # The UI test drives Debian's chromium through chromedriver; `make test-ui` installs them when missing.
 CHROMIUM ?= /usr/bin/chromium

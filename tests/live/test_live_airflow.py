@@ -53,6 +53,9 @@ CRITEO = "example_criteo_contact_list_sync"
 ALL_DAGS = [CRITEO, LYTICS_DOWNSTREAM, LYTICS, SEGMENT, CRM, REVIEWED, DIRECT]
 
 RUN_TIMEOUT = float(os.environ.get("AUDIENCE_LIVE_RUN_TIMEOUT", "300"))
+# Every run of every chain ends by then (timed-out runs are set to failed); make test-live's
+# pytest --timeout (1200 s) leaves room for start-up and shutdown on top.
+SCENARIO_TIMEOUT = float(os.environ.get("AUDIENCE_LIVE_SCENARIO_TIMEOUT", "720"))
 CRITEO_TIMEOUT = float(os.environ.get("AUDIENCE_LIVE_CRITEO_TIMEOUT", "150"))
 HITL_TIMEOUT = 180.0
 ANSWER_DELAY = 90.0
@@ -101,6 +104,7 @@ class Scenario:
         self.sandbox = sandbox
         self.runs: dict[tuple[str, str], Run] = {}
         self.lock = threading.Lock()
+        self.deadline = time.monotonic() + SCENARIO_TIMEOUT
 
     def api(self) -> Api:
         return Api(self.live.base_url)
@@ -114,7 +118,7 @@ class Scenario:
         hook = kw.get("while_running")
         if hook is not None:
             hook(api, run)
-        timeout = kw.get("timeout", RUN_TIMEOUT)
+        timeout = min(kw.get("timeout", RUN_TIMEOUT), self.deadline - started)
         run.state, _ = self.live.wait_run(dag_id, run.run_id, max(1.0, timeout - (time.monotonic() - started)))
         run.seconds = time.monotonic() - started
         if run.state == "timeout":
@@ -205,9 +209,9 @@ class Scenario:
         if not ISOLATE_CRITEO:
             threads.append(self.chain("criteo", criteo))
         for thread in threads:
-            thread.join(timeout=RUN_TIMEOUT * 5)
+            thread.join(timeout=max(0.0, self.deadline - time.monotonic()) + 60)
         if ISOLATE_CRITEO:
-            self.chain("criteo", criteo).join(timeout=CRITEO_TIMEOUT + 60)
+            self.chain("criteo", criteo).join(timeout=max(0.0, self.deadline - time.monotonic()) + 60)
 
     def get(self, dag_id: str, label: str = "manual") -> Run:
         run = self.runs.get((dag_id, label))
