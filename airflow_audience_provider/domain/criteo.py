@@ -125,7 +125,7 @@ def map_partial_approval(
         else:
             applied = item_id is not None and str(item_id) in answered_ids
         # An item with its own problem failed; without one, it failed only when it is missing from
-        # the answer and the answer had problems (notes §4.3: empty data + problems = all failed).
+        # the answer and the answer had problems (empty data + problems = all failed).
         failed = bool(own) or (not applied and bool(problems))
         items.append(
             {
@@ -150,7 +150,7 @@ def validate_algebra(node: Any, path: str = "algebra") -> dict[str, Any]:
     """Check an audience algebra and return it in Criteo's shape (ids as strings).
 
     Each node has exactly one of ``audienceSegmentId`` (a segment id), ``and`` / ``or`` (a non-empty
-    list of nodes) or ``not`` (one node) (notes §5.9). ``segment`` is accepted as a short form of
+    list of nodes) or ``not`` (one node), as Criteo's algebra node types say. ``segment`` is accepted as a short form of
     ``audienceSegmentId``.
 
     :raises AudienceValidationError: naming the path of the first bad node.

@@ -1,8 +1,8 @@
 """Criteo's audience computation cycle: when does an upload reach live campaigns? (No I/O, cheap to import.)
 
 Criteo computes audiences daily at 00:00 and 12:00 UTC and a change takes about 5 hours more to
-reach live campaigns (vendor notes §6, Retail Media; whether Marketing Solutions follows the same
-windows is unverified). DAG authors use :func:`latest_safe_upload_time` to schedule uploads before
+reach live campaigns (Criteo's Retail Media audience docs; whether Marketing Solutions follows the
+same windows is unverified). DAG authors use :func:`latest_safe_upload_time` to schedule uploads before
 the cutoffs; the :class:`~airflow_audience_provider.sensors.criteo.CriteoAudienceLiveSensor` waits
 for :func:`live_at`.
 """
@@ -23,7 +23,7 @@ __all__ = [
     "next_computation_window",
 ]
 
-#: Hours (UTC) of the daily audience computations and the delay until changes are live (notes §6).
+#: Hours (UTC) of the daily audience computations and the delay until changes are live (Retail Media docs).
 COMPUTATION_HOURS_UTC: tuple[float, ...] = (0.0, 12.0)
 PROPAGATION_DELAY = timedelta(hours=5)
 
@@ -53,7 +53,7 @@ def next_computation_window(
     """The first audience computation at or after ``after`` (default: now).
 
     :param hours_utc: hours of the day (UTC, fractions allowed) at which Criteo computes audiences;
-        default 0 and 12 (notes §6).
+        default 0 and 12.
     :param interval_seconds: instead of ``hours_utc``, a computation every this many seconds since
         the UNIX epoch (for tests and demos that need windows seconds apart).
     """

@@ -5,14 +5,14 @@ Criteo's API reference is the index: ``bulk_create_audience_segments``, ``search
 ``add_remove_contact_list_by_audience_segment``, ``search_audiences``... Marketing Solutions
 operations that carry another name in that API have an alias (``create_audience_segments``,
 ``update_contact_list_by_audience_segment``, ...). One hook serves both APIs; the connection's
-``api`` extra picks the paths and body shapes (vendor notes §1, §8).
+``api`` extra picks the paths and body shapes (the two APIs differ in both).
 
 **Authentication**: OAuth2 client credentials (client id = login, secret = password) through
 :class:`~airflow_audience_provider.core.auth.OAuth2ClientCredentials`: the token is cached,
 refreshed 60 s before its 900 s lifetime runs out (also between the chunks of a long upload) and,
 on a 401, minted again once and the request resent (done by the core transport).
 
-**Partial approval** (notes §4.3): bulk calls answer 200 with per-item problems in ``warnings``
+**Partial approval**: bulk calls answer 200 with per-item problems in ``warnings``
 and/or ``errors``. Every bulk method returns a
 :class:`~airflow_audience_provider.domain.criteo.BulkResult` (built by
 :func:`~airflow_audience_provider.domain.criteo.map_partial_approval`) that maps each problem to its
@@ -21,10 +21,10 @@ task. A delete refused with ``segment-must-not-be-used-in-audience`` is explaine
 audiences that use the segment.
 
 **Retail Media audiences**: the stable API only searches audiences; create, update, delete and
-sizes exist in ``preview`` only (notes §1, pitfall 3), so those methods always call the preview
+sizes exist in ``preview`` only, so those methods always call the preview
 version. Marketing Solutions offers them in the stable version.
 
-**Computation cycle** (notes §6): Criteo computes audiences at 00:00 and 12:00 UTC; a change takes
+**Computation cycle** (Retail Media docs): Criteo computes audiences at 00:00 and 12:00 UTC; a change takes
 about 5 hours more to reach live campaigns.
 :func:`~airflow_audience_provider.domain.criteo_cycle.next_computation_window`,
 :func:`~airflow_audience_provider.domain.criteo_cycle.live_at` and
@@ -87,7 +87,7 @@ APIS = (RETAIL_MEDIA, MARKETING_SOLUTIONS)
 DEFAULT_API_VERSION = "2026-07"
 PREVIEW = "preview"
 
-#: Page sizes: RM search ``limit`` 0..500, MS 0..100 (notes §7, pitfall 11).
+#: Page sizes: RM search ``limit`` 0..500, MS 0..100 (both specs; the defaults disagree, so both are always sent).
 MAX_PAGE_SIZE = {RETAIL_MEDIA: 500, MARKETING_SOLUTIONS: 100}
 
 #: Identifier types a Retail Media contact-list segment can be created with (spec RmContactListCreateV1).
@@ -152,12 +152,12 @@ def parse_criteo_error(response: requests.Response) -> ErrorInfo:
     else:
         info = ErrorInfo(message=body.get("message"), request_id=trace)
     if response.status_code == 403:
-        # A 403 (API or token endpoint, pitfall 17) is about consent or permission, not the secret.
+        # A 403 (API or token endpoint) is about consent or permission, not the secret.
         info.hint = CONSENT_HINT
     return info
 
 
-#: What a 403 of the API means (notes §3: missing consent, or a missing permission of the app).
+#: What a 403 of the API means: missing consent, or a missing permission of the app.
 CONSENT_HINT = (
     "Criteo answers 403 when the application may not act on the account or advertiser, not for a wrong "
     "client id or secret (those get 401 invalid_client; the client id and secret are fine): its owner must "
@@ -170,7 +170,7 @@ CONSENT_HINT = (
 def criteo_retry_after(response: requests.Response) -> float | None:
     """Seconds to wait after a 429: ``Retry-After`` if sent, else ``x-ratelimit-reset``.
 
-    Notes §4.5: the reset header's format is unverified; epoch seconds, delta seconds and HTTP
+    The reset header's format is not documented (unverified); epoch seconds, delta seconds and HTTP
     dates are all read.
     """
     wait = parse_retry_after(response.headers.get("Retry-After"))
@@ -210,7 +210,7 @@ class CriteoHook(AudienceHook):
         parse_error=parse_criteo_error,
         request_id_headers=("x-criteo-trace-id", "X-Request-Id"),
         retry_after=criteo_retry_after,
-        # Notes §4.5: 250 calls per minute per app, all endpoints together.
+        # 250 calls per minute per app, all endpoints together (Criteo's Retail Media rate-limit page).
         rate_limits={"default": RateLimit((Window(250, 60.0, "250 calls per minute per Criteo app"),), max_wait=120)},
     )
 
@@ -224,7 +224,7 @@ class CriteoHook(AudienceHook):
         client_id = settings.require(settings.login, "client id (login field)")
         secret = settings.require(settings.password, "client secret (password field)")
         token_url = settings.get_extra("token_url") or f"{self.base_url(settings)}/oauth2/token"
-        # requests URL-encodes the form, so a secret with '+' stays intact (notes §3, pitfall 17).
+        # requests URL-encodes the form, so a secret with '+' stays intact (unencoded: invalid_client).
         # One token per process and app: every Criteo hook and trigger here reuses it until near expiry.
         return self.oauth2_client_credentials(settings, session, token_url, client_id, secret)
 
@@ -322,7 +322,7 @@ class CriteoHook(AudienceHook):
     # -- paging ---------------------------------------------------------------------------------
 
     def _paged(self, path: str, body: dict[str, Any], page_size: int | None) -> Iterator[dict[str, Any]]:
-        """POST search pages with offset/limit until ``meta.totalItems`` (pitfall 11: always pass both)."""
+        """POST search pages with offset/limit until ``meta.totalItems`` (always both: the defaults disagree)."""
         limit = min(int(page_size or MAX_PAGE_SIZE[self.api]), MAX_PAGE_SIZE[self.api])
 
         def page_at(offset: int) -> tuple[list[dict[str, Any]], int | None]:
@@ -376,7 +376,7 @@ class CriteoHook(AudienceHook):
     def find_segments_by_name(
         self, name: str, *, owner_id: str | None = None, retailer_id: str | None = None
     ) -> list[dict[str, Any]]:
-        """Segments with exactly this name (pitfall 2: no search by name, so pages are compared here)."""
+        """Segments with exactly this name (Criteo has no search by name, so pages are compared here)."""
         found = self.search_audience_segments(
             owner_id=owner_id, retailer_ids=[retailer_id] if retailer_id and self.is_retail_media else None
         )
@@ -427,7 +427,7 @@ class CriteoHook(AudienceHook):
         """Update segments: ``PATCH .../audience-segments``.
 
         :param updates: ``{"id": ..., "name": ..., "description": ...}`` dicts; a plain description is
-            wrapped as Criteo's ``{"value": ...}`` (pitfall 5).
+            wrapped as Criteo's ``{"value": ...}`` (on update only; create takes a plain string).
         """
         items = []
         for update in updates:
@@ -524,7 +524,7 @@ class CriteoHook(AudienceHook):
     ) -> dict[str, Any]:
         """Size of an unsaved events definition (RM preview ``audience-segments/estimate-size``).
 
-        Events segments cannot be created through the API (notes §9 pitfall 4: they are built in
+        Events segments cannot be created through the API (they are built in
         the retailer UI), but their reach can be estimated before asking for one.
 
         :param events: e.g. ``{"shopperActivity": "Buy", "lookbackDays": "Last30Days", "categoryIds": ["42"]}``.
@@ -663,7 +663,7 @@ class CriteoHook(AudienceHook):
         retried (nothing is double-counted: the counts come from the answer that succeeded).
 
         :returns: ``{"contact_list_id", "operation", "request_date", "identifier_type", "valid", "invalid",
-            "sample_invalid", "problems"}`` (RM and MS answers normalised; ids as strings, pitfall 10).
+            "sample_invalid", "problems"}`` (RM and MS answers normalised; ids as strings: RM ids are int64).
         :raises AudienceValidationError: more than 50,000 identifiers, an unknown operation or type.
         """
         if operation not in ("add", "remove"):
@@ -686,7 +686,7 @@ class CriteoHook(AudienceHook):
             answer = self._call(
                 "POST", f"{self._prefix()}/audience-segments/{sid}/contact-list/add-remove", json=body, idempotent=True
             )
-            data = answer.get("data") or {}  # flat (pitfall 8)
+            data = answer.get("data") or {}  # RM: fields directly in data (MS: data.attributes)
         else:
             if vendor_type == "gum":
                 if gum_caller_id is None:
@@ -735,7 +735,7 @@ class CriteoHook(AudienceHook):
     def clear_contact_list_by_audience_segment(self, segment_id: str) -> None:
         """Remove every identifier (the segment stays): RM ``POST .../contact-list/clear``, MS ``DELETE``.
 
-        Any 2xx counts (spec 204, docs 201, MS 200; pitfall 12). Clearing twice is harmless: retried.
+        Any 2xx counts (spec 204, docs 201, MS 200). Clearing twice is harmless: retried.
         """
         sid = self._path_id(segment_id)
         if self.is_retail_media:
@@ -753,8 +753,8 @@ class CriteoHook(AudienceHook):
         """Contact-list statistics: ``numberOfIdentifiers``, ``numberOfMatches``, ``matchRate``.
 
         RM ``GET /accounts/{account}/audience-segments/{id}/contact-list``; MS ``GET
-        /audience-segments/{id}/contact-list/statistics`` (pitfall 7). ``matchRate`` is returned as
-        Criteo gives it (0-1 or percent is unverified).
+        /audience-segments/{id}/contact-list/statistics`` (no account, a ``/statistics`` suffix).
+        ``matchRate`` is returned as Criteo gives it (0-1 or percent is unverified).
         """
         sid = self._path_id(segment_id)
         if self.is_retail_media:
@@ -773,7 +773,7 @@ class CriteoHook(AudienceHook):
 
     def _audiences_path(self, owner_id: str | None, action: str = "", *, write: bool = False) -> str:
         if self.is_retail_media:
-            # Stable RM offers only search; every write goes to preview (pitfall 3).
+            # Stable RM offers only search; every write goes to preview.
             version = PREVIEW if write else None
             return f"{self._accounts_path(owner_id, version)}/audiences{action}"
         return f"{self._prefix()}/audiences{action}"
@@ -959,7 +959,7 @@ class CriteoHook(AudienceHook):
         """Whether changes uploaded by ``uploaded_at`` are live: time-based, optionally confirmed by stats.
 
         Live = the first computation window at or after ``uploaded_at`` plus the propagation delay
-        (notes §6). With ``segment_id`` and ``min_identifiers``, the segment's contact-list statistics
+        (about 5 hours). With ``segment_id`` and ``min_identifiers``, the segment's contact-list statistics
         must also report at least that many identifiers (a confirmation Criteo does not document;
         statistics may lag, so this only adds a condition after the time has come).
         """
@@ -998,7 +998,7 @@ class CriteoHook(AudienceHook):
     # -- connection test ------------------------------------------------------------------------
 
     def probe(self) -> str:
-        """``GET /{version}/{api}/me`` (a valid token, no scope needed, notes §3), then the configured
+        """``GET /{version}/{api}/me`` (a valid token, no scope needed), then the configured
         account or advertiser: a token alone does not say that the app may use it.
 
         * Retail Media with ``account_id``: a one-item segment search in the account (needs the
