@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 
 from airflow_audience_provider.connections import LYTICS
+from airflow_audience_provider.domain.lytics import desired_segment_body, segment_changes, update_body
 from airflow_audience_provider.links.lytics import LyticsSegmentLink
 from airflow_audience_provider.operators.base import AudienceBaseOperator
 
@@ -130,8 +131,6 @@ class LyticsCreateOrUpdateSegmentOperator(_LyticsOperator):
         self.validate = validate
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.hooks.lytics import desired_segment_body, segment_changes, update_body
-
         hook = self.hook
         desired = desired_segment_body(
             name=self.name,

@@ -12,13 +12,13 @@ from airflow_audience_provider.core.errors import (
     AudienceRateLimitError,
     AudienceValidationError,
 )
-from airflow_audience_provider.hooks.lytics import (
-    LyticsHook,
+from airflow_audience_provider.domain.lytics import (
     desired_segment_body,
     segment_changes,
     segment_references,
     update_body,
 )
+from airflow_audience_provider.hooks.lytics import LyticsHook
 
 
 def body(slug: str, ql: str | None = None, **fields):
