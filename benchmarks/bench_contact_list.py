@@ -437,8 +437,9 @@ def measure_end_to_end(n: int, workers: int, work_dir: str) -> dict[str, Any]:
     """n e-mails synced into the Criteo fake over HTTP, then 1% of them replaced and synced again."""
     import logging
 
-    from airflow_audience_provider.hooks.criteo import CriteoChunkSender, CriteoHook
+    from airflow_audience_provider.hooks.criteo import CriteoHook
     from airflow_audience_provider.identifiers.sync import sync_contact_list
+    from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
 
     logging.getLogger("airflow_audience_provider").setLevel(logging.WARNING)  # no progress lines in the report
     proc, env = _start_sandbox(work_dir)

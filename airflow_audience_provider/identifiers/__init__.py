@@ -5,14 +5,15 @@ Vendor operators call :func:`~airflow_audience_provider.identifiers.sync.sync_co
 run, :func:`~airflow_audience_provider.identifiers.fanout.run_destinations` for one read feeding
 several destinations) with a rule from
 :func:`~airflow_audience_provider.identifiers.rules.get_rule` and a
-:class:`~airflow_audience_provider.identifiers.sync.ChunkSender` implemented by the vendor hook::
+:class:`~airflow_audience_provider.identifiers.sync.ChunkSender` of the vendor
+(:mod:`airflow_audience_provider.operators.senders`)::
 
     from airflow_audience_provider.identifiers import SyncOptions, get_rule, sync_contact_list
 
     result = sync_contact_list(
         "s3://crm-exports/loyal/2026-11-25.csv",  # or a path, an XCom reference, an iterable
         get_rule("criteo", "email"),
-        sender,  # the hook's ChunkSender for segment 730011223344
+        sender,  # CriteoChunkSender(hook, "730011223344")
         destination_key="730011223344",  # names the snapshot directory
         column="email",
         options=SyncOptions(max_invalid_share=0.05, max_removal_share=0.2),

@@ -1,7 +1,7 @@
 """Plan and execute a contact-list sync for one destination: guards, dry run, sending, snapshot.
 
-The vendor-neutral contract is :class:`ChunkSender`: the Criteo and Yandex.Audience hooks
-implement it with their HTTP transport; tests use
+The vendor-neutral contract is :class:`ChunkSender`: the Criteo and Yandex.Audience senders
+(:mod:`airflow_audience_provider.operators.senders`) implement it with their hooks; tests use
 :class:`~airflow_audience_provider.identifiers.testing.RecordingSender`.
 
 A run has three phases and sends nothing before the third:

@@ -421,7 +421,7 @@ class CriteoUploadContactListOperator(ContactListUploadOperator, _CriteoOperator
         context["ti"].xcom_push(key="segment_id", value=segment_id)
 
     def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> Any:
-        from airflow_audience_provider.hooks.criteo import CriteoChunkSender
+        from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
 
         return CriteoChunkSender(hook, str(self.segment_id).strip(), self._vendor_type)
 

@@ -328,7 +328,7 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator, _Yandex
         return self._segment is None
 
     def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> Any:
-        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceSegmentSender
+        from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender
 
         segment = self._segment
         return YandexAudienceSegmentSender(

@@ -357,9 +357,9 @@ def test_marketing_solutions_segments_contact_lists_and_audiences(ms_hook, crite
 
 
 def test_token_is_refreshed_between_the_chunks_of_a_long_upload(hook, criteo):
-    from airflow_audience_provider.hooks.criteo import CriteoChunkSender
     from airflow_audience_provider.identifiers import get_rule
     from airflow_audience_provider.identifiers.chunking import Chunk
+    from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
 
     sid = create_segment(hook, "long-upload")
     auth = hook.get_conn().auth

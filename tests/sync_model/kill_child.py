@@ -23,14 +23,16 @@ def main() -> int:
     timeouts = Timeouts(connect=5, read=job["read_timeout"])
     retry = RetryPolicy(max_attempts=job["attempts"], backoff_initial=0.01, backoff_max=0.05, max_retry_after=5)
     if job["vendor"] == "criteo":
-        from airflow_audience_provider.hooks.criteo import CriteoChunkSender, CriteoHook
+        from airflow_audience_provider.hooks.criteo import CriteoHook
+        from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
 
         hook: Any = CriteoHook("criteo_default", timeouts=timeouts, retry=retry)
         inner: Any = CriteoChunkSender(hook, job["segment_id"])
         rule = get_rule("criteo", "email").with_options(max_ids_per_chunk=20)
         key = f"retail_media-{job['segment_id']}"
     else:
-        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook, YandexAudienceSegmentSender
+        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+        from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender
 
         hook = YandexAudienceHook(timeouts=timeouts, retry=retry)
         inner = YandexAudienceSegmentSender(hook, "model segment", "crm", segment_id=job["segment_id"])

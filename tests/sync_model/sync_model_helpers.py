@@ -166,7 +166,7 @@ class CriteoTarget(Target):
         return hook
 
     def sender(self, hook: Any) -> Any:
-        from airflow_audience_provider.hooks.criteo import CriteoChunkSender
+        from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
 
         return CriteoChunkSender(hook, self.segment_id)
 
@@ -209,7 +209,7 @@ class YandexTarget(Target):
         return hook
 
     def sender(self, hook: Any) -> Any:
-        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceSegmentSender
+        from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender
 
         sender = YandexAudienceSegmentSender(hook, "model segment", "crm", segment_id=self.segment_id)
         if self.segment_id is None:

@@ -322,8 +322,8 @@ def test_a_failed_confirm_leaves_no_draft(ya, hook, context, snapshots):
 
 
 def test_files_stay_within_the_size_limit(ya, hook, snapshots):
-    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceSegmentSender
     from airflow_audience_provider.identifiers import get_rule, sync_contact_list
+    from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender
 
     ya.configure(max_file_bytes=3000)
     rule = get_rule("yandex_audience", "email").with_options(max_bytes_per_chunk=3000)

@@ -115,8 +115,8 @@ def test_a_kill_during_confirm_leaves_nothing_behind_after_the_rerun(ya, hook, c
 
 
 def test_twins_created_elsewhere_are_adopted_oldest_first_with_a_warning(ya, hook, context, snapshots, caplog):
-    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceSegmentSender
     from airflow_audience_provider.identifiers import get_rule, sync_contact_list
+    from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender
 
     ids = []
     for n in range(2):  # another tool created the segment twice

@@ -1,0 +1,109 @@
+"""The contact-list engine's sender for a Criteo contact-list segment: chunks to contact-list calls."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from airflow_audience_provider.core.errors import AudienceTransportError
+from airflow_audience_provider.identifiers.sync import ChunkResult
+
+if TYPE_CHECKING:
+    from airflow_audience_provider.hooks.criteo import CriteoHook
+
+log = logging.getLogger(__name__)
+
+
+class CriteoChunkSender:
+    """:class:`~airflow_audience_provider.identifiers.sync.ChunkSender` for one Criteo contact-list segment.
+
+    ``replace`` is clear then add (not atomic). The adds depend on the clear: a clear whose answer
+    never came (read timeout, dropped connection) may still be applied later and wipe them. So
+    a clear counts as confirmed only when no attempt of it had an unknown outcome; otherwise the
+    sender waits ``settle_seconds`` (for the abandoned request to land or die) and clears again,
+    at most ``clear_attempts`` times, then fails the chunk.
+
+    ``unsettled_until()`` tells the engine until when a request of unknown outcome may still land
+    (the engine keeps the lease until then). ``on_chunk`` is called with each chunk's normalised
+    answer (counts only), so the operator can report what Criteo accepted even when a later chunk
+    fails.
+
+    :param settle_seconds: how long an abandoned request may still be applied by Criteo
+        (assumption; default: the transport's ``settle_seconds``, three read timeouts).
+    :param clear_attempts: clears tried before a replace gives up.
+    """
+
+    def __init__(
+        self,
+        hook: CriteoHook,
+        segment_id: str,
+        identifier_type: str | None = None,
+        on_chunk: Callable[[str, dict[str, Any]], None] | None = None,
+        *,
+        settle_seconds: float | None = None,
+        clear_attempts: int = 3,
+    ) -> None:
+        self.hook = hook
+        self.segment_id = str(segment_id)
+        self.identifier_type = identifier_type
+        self.on_chunk = on_chunk
+        self.cleared = False
+        self.settle_seconds = settle_seconds
+        self.clear_attempts = clear_attempts
+
+    def unsettled_until(self) -> float:
+        """``time.monotonic()`` until which a request of this hook with unknown outcome may still land."""
+        transport = self.hook.get_conn()
+        if self.settle_seconds is None or transport.last_unknown_outcome is None:
+            return transport.unsettled_until()
+        return transport.last_unknown_outcome + self.settle_seconds
+
+    def _send(self, operation: str, chunk: Any) -> Any:
+        answer = self.hook.add_remove_contact_list_by_audience_segment(
+            self.segment_id, operation, chunk.identifiers, self.identifier_type or chunk.vendor_identifier_type
+        )
+        if self.on_chunk is not None:
+            self.on_chunk(operation, answer)
+        return ChunkResult(
+            accepted=answer["valid"],
+            rejected=answer["invalid"],
+            detail={"contact_list_id": answer["contact_list_id"], "request_date": answer["request_date"]},
+        )
+
+    def add(self, chunk: Any) -> Any:
+        return self._send("add", chunk)
+
+    def remove(self, chunk: Any) -> Any:
+        return self._send("remove", chunk)
+
+    def replace(self, chunk: Any) -> Any:
+        self.clear()
+        return self._send("add", chunk)
+
+    def clear(self) -> None:
+        """Clear, and confirm it: no attempt of the clear that succeeded had an unknown outcome."""
+        transport = self.hook.get_conn()
+        for attempt in range(1, self.clear_attempts + 1):
+            wait = self.unsettled_until() - time.monotonic()
+            if wait > 0:
+                log.warning("Waiting %.1f s for an unanswered Criteo request to settle before clearing", wait)
+                time.sleep(wait)
+            before = transport.last_unknown_outcome
+            self.hook.clear_contact_list_by_audience_segment(self.segment_id)
+            if transport.last_unknown_outcome == before:
+                self.cleared = True
+                return
+            log.warning(
+                "A clear of Criteo segment %s went unanswered before it succeeded (attempt %d of %d): the "
+                "unanswered one may still land, so the list is cleared again after it settles",
+                self.segment_id,
+                attempt,
+                self.clear_attempts,
+            )
+        raise AudienceTransportError(
+            f"could not confirm the clear of Criteo segment {self.segment_id}: every attempt had a request of "
+            "unknown outcome; nothing was added after it",
+            vendor="criteo",
+        )
