@@ -99,6 +99,29 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     return [str(v) for v in value]
 
 
+def _sort_deletions(
+    result: BulkResult, not_found_code: str, missing_ok: bool
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """A bulk delete's ids deleted and missing (when ``missing_ok``), and the items it refused."""
+    deleted, missing, refused = [], [], []
+    for item in result.items:
+        if item["status"] == "ok":
+            deleted.append(item["id"])
+        elif {p.get("code") for p in item["problems"]} == {not_found_code} and missing_ok:
+            missing.append(item["id"])
+        else:
+            refused.append(item)
+    return deleted, missing, refused
+
+
+def _codes(item: dict[str, Any]) -> str:
+    return ",".join(sorted({c for p in item["problems"] if (c := p.get("code"))}))
+
+
+def _reasons(item: dict[str, Any]) -> str:
+    return "; ".join(p.get("detail") or p.get("title") or "" for p in item["problems"])
+
+
 class CriteoCreateOrUpdateSegmentOperator(_CriteoOperator):
     """Create a Criteo contact-list segment, or update the one with the same name.
 
@@ -273,22 +296,16 @@ class CriteoDeleteSegmentsOperator(_CriteoOperator):
         if not ids:
             return {"deleted": [], "missing": [], "not_deleted": []}
         result = self.hook.bulk_delete_audience_segments(ids, owner_id=self.owner_id or None)
-        deleted, missing, not_deleted = [], [], []
-        for item in result.items:
-            codes = {p.get("code") for p in item["problems"]}
-            if item["status"] == "ok":
-                deleted.append(item["id"])
-            elif codes == {"segment-not-found"} and self.missing_ok:
-                missing.append(item["id"])
-            else:
-                not_deleted.append(
-                    {
-                        "id": item["id"],
-                        "code": ",".join(sorted(c for c in codes if c)) or None,
-                        "reason": "; ".join(p.get("detail") or p.get("title") or "" for p in item["problems"]),
-                        "used_by_audiences": item.get("used_by_audiences", []),
-                    }
-                )
+        deleted, missing, refused = _sort_deletions(result, "segment-not-found", self.missing_ok)
+        not_deleted = [
+            {
+                "id": item["id"],
+                "code": _codes(item) or None,
+                "reason": _reasons(item),
+                "used_by_audiences": item.get("used_by_audiences", []),
+            }
+            for item in refused
+        ]
         summary = {"deleted": deleted, "missing": missing, "not_deleted": not_deleted}
         self.log.info("Criteo segments deleted %s, missing %s, not deleted %s", deleted, missing, not_deleted)
         self._remember_deleted(context, "segment", deleted)
@@ -598,18 +615,8 @@ class CriteoDeleteAudiencesOperator(_CriteoOperator):
         if not ids:
             return {"deleted": [], "missing": [], "not_deleted": []}
         result = self.hook.bulk_delete_audiences(ids, owner_id=self.owner_id or None)
-        deleted, missing, not_deleted = [], [], []
-        for item in result.items:
-            codes = {p.get("code") for p in item["problems"]}
-            if item["status"] == "ok":
-                deleted.append(item["id"])
-            elif codes == {"audience-not-found"} and self.missing_ok:
-                missing.append(item["id"])
-            else:
-                reason = "; ".join(p.get("detail") or p.get("title") or "" for p in item["problems"])
-                not_deleted.append(
-                    {"id": item["id"], "code": ",".join(sorted(c for c in codes if c)), "reason": reason}
-                )
+        deleted, missing, refused = _sort_deletions(result, "audience-not-found", self.missing_ok)
+        not_deleted = [{"id": item["id"], "code": _codes(item), "reason": _reasons(item)} for item in refused]
         summary = {"deleted": deleted, "missing": missing, "not_deleted": not_deleted}
         self._remember_deleted(context, "audience", deleted)
         message = "Criteo did not delete audience(s): " + " | ".join(f"{n['id']}: {n['reason']}" for n in not_deleted)
