@@ -45,6 +45,7 @@ from airflow_audience_provider.core.errors import AudienceNotFoundError, Audienc
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
 from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
+from airflow_audience_provider.core.times import parse_time
 from airflow_audience_provider.core.transport import ErrorInfo, VendorProfile, call_with_read_back
 from airflow_audience_provider.domain.lytics import segment_references
 
@@ -111,16 +112,6 @@ def _size_settled(
         history.clear()
     history.append([now, float(size)])
     return len(history) >= polls
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class LyticsHook(AudienceHook):
@@ -438,7 +429,7 @@ class LyticsHook(AudienceHook):
                 f"Lytics segment {segment_id} is invalid: {segment.get('invalid_reason') or 'no reason given'}",
                 result,
             )
-        since = _parse_time(requested_at)
+        since = parse_time(requested_at)
         tracked = self._reevaluation_jobs(segment_id, since, job_id)
         phases = [(j, LYTICS_JOB_STATUS.phase(j.get("status"))) for j in tracked]
         for job, phase in phases:
@@ -506,7 +497,7 @@ class LyticsHook(AudienceHook):
         return [
             j
             for j in jobs
-            if since is None or ((created := _parse_time(j.get("created"))) and created >= since - JOB_CLOCK_SKEW)
+            if since is None or ((created := parse_time(j.get("created"))) and created >= since - JOB_CLOCK_SKEW)
         ]
 
     # -- connection test --------------------------------------------------------------------

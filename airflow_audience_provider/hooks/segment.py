@@ -71,6 +71,7 @@ from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
 from airflow_audience_provider.core.paging import MAX_PAGES, paginate
 from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
+from airflow_audience_provider.core.times import epoch_seconds
 from airflow_audience_provider.core.transport import (
     ErrorInfo,
     VendorProfile,
@@ -1130,23 +1131,13 @@ def _pending(current: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _parse_time(value: Any) -> float | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-
-
 def _batch_edit_due(audience: dict[str, Any], changed_at: str | None, wait: float) -> float | None:
     """When an edited BATCH audience counts as computed (epoch), or None when its status says it all."""
     if str((audience.get("computeCadence") or {}).get("type") or "").upper() != "BATCH" or wait <= 0:
         return None
-    changed = _parse_time(changed_at)
+    changed = epoch_seconds(changed_at)
     if changed is None:
-        updated, created = _parse_time(audience.get("updatedAt")), _parse_time(audience.get("createdAt"))
+        updated, created = epoch_seconds(audience.get("updatedAt")), epoch_seconds(audience.get("createdAt"))
         if updated is None or (created is not None and updated <= created + 1.0):
             return None  # never edited: Preparing/Computing came before this Live
         changed = updated

@@ -52,6 +52,7 @@ from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
 from airflow_audience_provider.core.paging import paginate
 from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
+from airflow_audience_provider.core.times import epoch_seconds
 from airflow_audience_provider.core.transport import ErrorInfo, Timeouts, VendorProfile, call_with_read_back
 
 log = logging.getLogger(__name__)
@@ -267,19 +268,6 @@ def same_login(a: str | None, b: str | None) -> bool:
     if not a or not b:
         return False
     return canonical_login(a) == canonical_login(b)
-
-
-def _epoch(value: Any) -> float | None:
-    """An ISO-8601 ``create_time`` (``Z`` or an offset) as seconds since the epoch, or None."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def _few_data_advice(segment_id: Any) -> str:
@@ -508,7 +496,7 @@ class YandexAudienceHook(AudienceHook):
         """
         found = [s for s in self.find_segments(name, segment_type) if s.get("status") != "uploaded"]
         if len(found) > 1 and adopt_oldest:
-            found.sort(key=lambda s: (_epoch(s.get("create_time")) or 0.0, int(s.get("id") or 0)))
+            found.sort(key=lambda s: (epoch_seconds(s.get("create_time")) or 0.0, int(s.get("id") or 0)))
             others = ", ".join(str(s.get("id")) for s in found[1:])
             log.warning(
                 "Several Yandex.Audience segments are named %r: using the oldest, %s; the others (%s) are left "
@@ -628,11 +616,11 @@ class YandexAudienceHook(AudienceHook):
                 continue
             if not name_matches(str(segment.get("name") or "")):
                 continue
-            created = _epoch(segment.get("create_time"))
+            created = epoch_seconds(segment.get("create_time"))
             if since is not None and created is not None and created < since:
                 continue
             drafts.append(segment)
-        return sorted(drafts, key=lambda d: (_epoch(d.get("create_time")) or 0.0, int(d.get("id") or 0)))
+        return sorted(drafts, key=lambda d: (epoch_seconds(d.get("create_time")) or 0.0, int(d.get("id") or 0)))
 
     def delete_orphaned_drafts(self, prefix: str) -> list[Any]:
         """Delete the unconfirmed drafts whose file name starts with ``prefix`` (a destination's drafts
