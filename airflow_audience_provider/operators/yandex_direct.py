@@ -23,6 +23,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 
 from airflow_audience_provider.connections import YANDEX_DIRECT
+from airflow_audience_provider.domain.yandex_direct import (
+    DEFAULT_LIFE_SPAN,
+    LIFE_SPAN_DAYS,
+    LIST_TYPES,
+    MAX_DESCRIPTION,
+    MAX_NAME,
+    describe_outcome,
+    rules_signature,
+    validate_rules,
+)
 from airflow_audience_provider.links.yandex_direct import YandexDirectRetargetingListLink
 from airflow_audience_provider.operators.base import AudienceBaseOperator, partial_failure_mode
 
@@ -105,8 +115,6 @@ class _YandexDirectOperator(AudienceBaseOperator):
 
     def _judge(self, context: Context, outcomes: list[dict[str, Any]], what: str) -> None:
         """Log every failed/warned item; fail the task on item errors unless ``on_item_error="warn"``."""
-        from airflow_audience_provider.hooks.yandex_direct import describe_outcome
-
         failed = [o for o in outcomes if o.get("errors")]
         for outcome in outcomes:
             if outcome.get("errors") or outcome.get("warnings"):
@@ -153,8 +161,6 @@ def build_rules(
     Metrica goal ids or ``{"goal_id": id, "membership_life_span": days}``. A goal without its own life
     span gets ``default_life_span`` (Direct requires one for Metrica goals).
     """
-    from airflow_audience_provider.hooks.yandex_direct import DEFAULT_LIFE_SPAN
-
     default_span = DEFAULT_LIFE_SPAN if default_life_span is None else default_life_span
     from airflow_audience_provider.core.errors import AudienceValidationError
 
@@ -289,14 +295,6 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
     def _execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import AudienceValidationError
         from airflow_audience_provider.core.transport import call_with_read_back
-        from airflow_audience_provider.hooks.yandex_direct import (
-            LIFE_SPAN_DAYS,
-            LIST_TYPES,
-            MAX_DESCRIPTION,
-            MAX_NAME,
-            rules_signature,
-            validate_rules,
-        )
 
         name = str(self.name or "").strip()
         if not name or len(name) > MAX_NAME:
@@ -428,7 +426,6 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
     def _judge_single(self, outcome: dict[str, Any], what: str) -> None:
         """One list per call: its item error is the task's error, whatever on_item_error says."""
         from airflow_audience_provider.core.errors import AudienceValidationError
-        from airflow_audience_provider.hooks.yandex_direct import describe_outcome
 
         for warning in outcome.get("warnings") or []:
             self.log.warning("Yandex Direct %s: warning %s %s", what, warning.get("code"), warning.get("message"))

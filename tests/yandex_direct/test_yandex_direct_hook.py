@@ -17,13 +17,8 @@ from airflow_audience_provider.core.errors import (
     AudienceValidationError,
 )
 from airflow_audience_provider.core.transport import RetryPolicy
-from airflow_audience_provider.hooks.yandex_direct import (
-    Units,
-    YandexDirectUnitsError,
-    item_results,
-    rules_signature,
-    validate_rules,
-)
+from airflow_audience_provider.domain.yandex_direct import item_results, rules_signature, validate_rules
+from airflow_audience_provider.hooks.yandex_direct import Units, YandexDirectUnitsError
 from airflow_audience_provider.sandbox.yandex_direct import AGENCY_TOKEN, AUDIENCE_GOAL_OFFSET
 
 SEGMENT_GOAL = AUDIENCE_GOAL_OFFSET + 1001

@@ -356,7 +356,7 @@ def test_direct_refuses_a_metrica_goal_without_a_life_span(hook):
     rules = [{"Operator": "ANY", "Arguments": [{"ExternalId": PURCHASE_GOAL}]}]
     (outcome,) = hook.add_retargeting_lists([{"Name": "no span", "Rules": rules}])
     assert outcome["errors"][0]["code"] == 5000 and "MembershipLifeSpan" in outcome["errors"][0]["details"]
-    from airflow_audience_provider.hooks.yandex_direct import validate_rules
+    from airflow_audience_provider.domain.yandex_direct import validate_rules
 
     with pytest.raises(AudienceValidationError, match="needs a membership life span"):
         validate_rules(rules, metrica_goals=[PURCHASE_GOAL])
