@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 
 from airflow_audience_provider.connections import SEGMENT
+from airflow_audience_provider.domain.segment import audience_body, audience_changes, canonical_query, check_definition
 from airflow_audience_provider.links.segment import SegmentAudienceLink
 from airflow_audience_provider.operators.base import AudienceBaseOperator
 
@@ -211,7 +212,6 @@ class SegmentCreateOrUpdateAudienceOperator(_SegmentOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_audience_provider.core.errors import AudienceValidationError
-        from airflow_audience_provider.hooks.segment import audience_body, audience_changes
 
         hook = self.hook
         space = hook.space(self.space_id)
@@ -500,7 +500,6 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         from airflow_audience_provider.core.results import Phase
-        from airflow_audience_provider.hooks.segment import canonical_query, check_definition
 
         hook = self.hook
         space = hook.space(self.space_id)

@@ -17,13 +17,8 @@ from airflow_audience_provider.core.errors import (
 from airflow_audience_provider.core.ratelimit import RateLimiter
 from airflow_audience_provider.core.results import Phase
 from airflow_audience_provider.core.transport import RetryPolicy
-from airflow_audience_provider.hooks.segment import (
-    SegmentAudienceLockedError,
-    SegmentHook,
-    audience_changes,
-    check_definition,
-    schedule_body,
-)
+from airflow_audience_provider.domain.segment import audience_changes, check_definition, schedule_body
+from airflow_audience_provider.hooks.segment import SegmentAudienceLockedError, SegmentHook
 
 QUERY = "event('Order Completed').within(30 days).count() >= 1"
 SEED = "aud_sandboxSeedAudience000000001"
@@ -481,7 +476,7 @@ def test_check_definition_ignores_parentheses_in_strings():
 
 
 def test_preview_options_are_checked_against_the_sdk_model(hook, segment):
-    from airflow_audience_provider.hooks.segment import preview_options
+    from airflow_audience_provider.domain.segment import preview_options
 
     with pytest.raises(AudienceValidationError, match="includeHistoricalData"):
         hook.create_audience_preview(QUERY, options={"includeHistoricalData": True})
