@@ -258,22 +258,17 @@ class CriteoHook(AudienceHook):
 
     def account(self, account_id: str | None = None) -> str:
         """The Retail Media account of a call: the argument or the connection's ``account_id``."""
-        value = account_id or self.settings().get_extra("account_id")
-        if not value:
-            raise AudienceConfigurationError(
-                f"No Criteo Retail Media account id: pass account_id or set extra 'account_id' "
-                f"of connection '{self.criteo_conn_id}'",
-                vendor="criteo",
-            )
-        return str(value)
+        return self._given_or_extra(account_id, "account_id", "Retail Media account id")
 
     def advertiser(self, advertiser_id: str | None = None) -> str:
         """The Marketing Solutions advertiser: the argument or the connection's ``advertiser_id``."""
-        value = advertiser_id or self.settings().get_extra("advertiser_id")
+        return self._given_or_extra(advertiser_id, "advertiser_id", "advertiser id")
+
+    def _given_or_extra(self, given: str | None, extra: str, what: str) -> str:
+        value = given or self.settings().get_extra(extra)
         if not value:
             raise AudienceConfigurationError(
-                f"No Criteo advertiser id: pass advertiser_id or set extra 'advertiser_id' "
-                f"of connection '{self.criteo_conn_id}'",
+                f"No Criteo {what}: pass {extra} or set extra '{extra}' of connection '{self.criteo_conn_id}'",
                 vendor="criteo",
             )
         return str(value)
