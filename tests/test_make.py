@@ -9,7 +9,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ("demo", "test", "test-live", "test-ui", "test-matrix", "bench", "soak", "docs", "lint", "dist")
+TARGETS = (
+    "demo",
+    "test",
+    "test-live",
+    "test-live-celery",
+    "test-ui",
+    "test-matrix",
+    "bench",
+    "soak",
+    "docs",
+    "lint",
+    "dist",
+)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -23,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+try:  # the CeleryExecutor deployment only: a client to check the broker is up
+    import redis
+except ImportError:  # pragma: no cover - redis is in the test lock
+    redis = None  # type: ignore[assignment]
 
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +96,63 @@ class Component:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+def redis_server_binary() -> str | None:
+    """Debian's ``redis-server``, installed with apt-get when missing and we are root."""
+    found = shutil.which("redis-server")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "install", "-y", "-q", "redis-server"], ["apt-get", "update", "-q"]):
+        subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
+        found = shutil.which("redis-server")
+        if found:
+            return found
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "redis-server"], env=env, capture_output=True, timeout=600, check=False
+    )
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port (no persistence), in its own process group."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed and could not be installed with apt-get (needs root)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.component = Component(
+            "redis-server",
+            [binary, *args, "--dir", str(workdir)],
+            workdir / "redis-server.out",
+            {**os.environ, "AIRFLOW_HOME": str(workdir)},
+        )
+
+    def url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.component.start()
+        client = redis.Redis.from_url(self.url(0))
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.ConnectionError:
+                    if time.monotonic() > deadline or not self.component.alive():
+                        raise RuntimeError(f"redis-server did not start:\n{self.component.tail()}") from None
+                    time.sleep(0.1)
+        finally:
+            client.close()
+
+    def stop(self) -> str:
+        return self.component.stop(grace=10)
 
 
 @dataclass
@@ -233,6 +296,11 @@ class Api:
 class LiveAirflow:
     """api-server, scheduler, dag-processor and triggerer on ``home``; LocalExecutor by default.
 
+    With ``executor="CeleryExecutor"`` and ``broker_url`` (a Redis URL), :meth:`start` also starts
+    one ``airflow celery worker`` per name in ``celery_workers``, each with its own ``AIRFLOW_HOME``
+    under ``home/workers/<name>`` (task logs, default snapshot and rate-limit directories) but the
+    same metadata DB and configuration; each records its own name as the task instances' hostname.
+
     :param extra_env: added to every process's environment (sandbox connections, example settings).
     """
 
@@ -242,8 +310,13 @@ class LiveAirflow:
         extra_env: dict[str, str],
         parallelism: int = 4,
         executor: str = "LocalExecutor",
+        broker_url: str | None = None,
+        celery_workers: tuple[str, ...] = (),
+        worker_concurrency: int = 2,
     ) -> None:
         self.home = home
+        self.celery_workers = celery_workers
+        self.worker_concurrency = worker_concurrency
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.executor = executor
@@ -272,8 +345,39 @@ class LiveAirflow:
             AIRFLOW__OPENLINEAGE__DISABLED="True",
             PYTHONUNBUFFERED="1",
         )
+        if broker_url is not None:
+            env.update(
+                # Explicit: the workers' AIRFLOW_HOME differs, the DB must not follow it.
+                AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+                AIRFLOW__CELERY__BROKER_URL=broker_url,
+                AIRFLOW__CELERY__RESULT_BACKEND=broker_url.rsplit("/", 1)[0] + "/1",
+                AIRFLOW__CELERY__WORKER_CONCURRENCY=str(worker_concurrency),
+                AIRFLOW__OPERATORS__DEFAULT_QUEUE="default",
+            )
         env.update(extra_env)
         self.env = env
+
+    def worker_home(self, name: str) -> Path:
+        return self.home / "workers" / name
+
+    def worker_env(self, name: str) -> dict[str, str]:
+        """One Celery worker's environment: its own home, log folder and log-server port."""
+        home = self.worker_home(name)
+        return {
+            **self.env,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            # The task instances' hostname: each worker its own name, although both run on this host.
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "live_hostname.worker_hostname",
+            "AUDIENCE_LIVE_WORKER_HOSTNAME": name,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p),
+        }
+
+    @property
+    def log_folders(self) -> list[Path]:
+        """Where task logs are: the deployment's log folder, then each Celery worker's."""
+        return [self.task_log_folder] + [self.worker_home(name) / "logs" for name in self.celery_workers]
 
     @property
     def db_path(self) -> Path:
@@ -296,6 +400,12 @@ class LiveAirflow:
         )
         if done.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        if self.celery_workers:
+            # Write-ahead logging: readers no longer block writers. The Celery workers' main
+            # processes keep a read transaction open, which in SQLite's default rollback-journal
+            # mode holds every writer (scheduler, api-server) until "database is locked".
+            with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
         return time.monotonic() - started
 
     def start(self, extra_components: dict[str, list[str]] | None = None) -> float:
@@ -308,11 +418,19 @@ class LiveAirflow:
         # asyncio debug: every step that holds the event loop > 0.1 s is logged with its task's name.
         triggerer.env = {**self.env, "PYTHONASYNCIODEBUG": "1"}
         triggerer.start()
+        for name in self.celery_workers:
+            self.worker_home(name).mkdir(parents=True, exist_ok=True)
+            command = [AIRFLOW_BIN, "celery", "worker", "--celery-hostname", f"{name}@%h", "--queues", "default"]
+            command += ["--concurrency", str(self.worker_concurrency), "--without-mingle", "--without-gossip"]
+            worker = Component(name, command, self.home / f"{name}.out", self.worker_env(name))
+            self.components[name] = worker
+            worker.start()
         for name, command in (extra_components or {}).items():
             component = Component(name, command, self.home / f"{name}.out", self.env)
             self.components[name] = component
             component.start()
         self.wait_healthy()
+        self.wait_workers_ready()
         self.api = Api(self.base_url)
         self.sampler = StateSampler(self.db_path)
         self.sampler.start()
@@ -337,6 +455,17 @@ class LiveAirflow:
                         return dict(last)
                 time.sleep(1)
         raise TimeoutError(f"Airflow not healthy after {timeout:.0f} s: {last}\n{self.tails()}")
+
+    def wait_workers_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until every Celery worker has logged that it is ready to take tasks."""
+        deadline = time.monotonic() + timeout
+        waiting = list(self.celery_workers)
+        while waiting and time.monotonic() < deadline:
+            self.check_alive()
+            waiting = [name for name in waiting if " ready." not in self.components[name].tail(200_000)]
+            time.sleep(1)
+        if waiting:
+            raise TimeoutError(f"Celery workers not ready after {timeout:.0f} s: {waiting}\n{self.tails()}")
 
     def wait_dags(self, dag_ids: list[str], timeout: float = START_TIMEOUT) -> None:
         """Wait until the dag-processor has serialised every DAG in ``dag_ids``."""
@@ -366,13 +495,18 @@ class LiveAirflow:
         return "timeout", time.monotonic() - started
 
     def executor_events(self, dag_id: str, run_id: str, task_id: str) -> int:
-        """How many executor events the scheduler has processed for this task instance (its log)."""
+        """How many executor events about a finished process the scheduler has processed for this task
+        instance (its log). CeleryExecutor also reports ``queued`` (the Celery task id) on sending:
+        those do not count."""
         text = self.components["scheduler"].log_path.read_text(errors="replace")
         key = f"task_id='{task_id}', run_id='{run_id}'"
         return sum(
             1
             for line in text.splitlines()
-            if "Received executor event" in line and f"dag_id='{dag_id}'" in line and key in line
+            if "Received executor event" in line
+            and "with state queued" not in line
+            and f"dag_id='{dag_id}'" in line
+            and key in line
         )
 
     def tails(self, chars: int = 1500) -> str:
@@ -385,9 +519,10 @@ class LiveAirflow:
 
     def task_logs(self, dag_id: str | None = None) -> Iterator[Path]:
         pattern = f"dag_id={dag_id}/**/*" if dag_id else "**/*"
-        for path in sorted(self.task_log_folder.glob(pattern)):
-            if path.is_file():
-                yield path
+        for folder in self.log_folders:
+            for path in sorted(folder.glob(pattern)):
+                if path.is_file():
+                    yield path
 
     def stop(self) -> dict[str, str]:
         """Stop everything (idempotent): components in reverse start order, TERM then KILL."""

@@ -16,6 +16,17 @@ from the REST API, the metadata DB and the log files the deployment wrote:
 - the triggerer never warns about a blocked event loop; no secret and no clear-text identifier
   appears in any log file.
 
+With ``AUDIENCE_LIVE_EXECUTOR=celery`` (``make test-live-celery``) the same runs go through the
+CeleryExecutor: a private ``redis-server`` on a loopback port is the broker, the result backend and
+the rate limiter's shared budget; two ``airflow celery worker`` processes, each with its own
+``AIRFLOW_HOME``, share only the metadata DB, the configuration and one directory for snapshots,
+journals, leases and the examples' exports. Then also:
+
+- tasks ran on both workers (the task instances' ``hostname``);
+- the busiest one-window request count per vendor account, over both workers, stayed within the
+  vendor's documented limit (the sandbox's ``/_sandbox/rates``);
+- a contact-list sync whose snapshot base is a local path warns loudly that it may be host-local.
+
 Opt-in (it starts a whole deployment): ``make test-live`` sets ``AUDIENCE_LIVE_TESTS=1``.
 ``AUDIENCE_LIVE_HOME`` keeps the deployment's home (logs, DB) in a directory of your choice.
 """
@@ -33,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_deployment import RESULTS, Api, LiveAirflow, RunRow
+from live_deployment import RESULTS, Api, LiveAirflow, RedisServer, RunRow
 
 pytestmark = [
     pytest.mark.live,
@@ -51,6 +62,19 @@ REVIEWED = "example_yandex_audience_reviewed_sync"
 DIRECT = "example_yandex_direct_retargeting"
 CRITEO = "example_criteo_contact_list_sync"
 ALL_DAGS = [CRITEO, LYTICS_DOWNSTREAM, LYTICS, SEGMENT, CRM, REVIEWED, DIRECT]
+
+CELERY = os.environ.get("AUDIENCE_LIVE_EXECUTOR", "local").lower() == "celery"
+CELERY_WORKERS = ("worker-a", "worker-b")
+celery_only = pytest.mark.skipif(not CELERY, reason="CeleryExecutor only (make test-live-celery)")
+# The vendors' documented limits our rate limiter enforces, as (requests, window seconds) per account.
+DOCUMENTED_LIMITS = {
+    "yandex_audience": (30, 1.0),  # 30 requests per second per IP
+    "criteo": (250, 60.0),  # 250 calls per minute per app
+}
+#: Arrival times at the sandbox differ from the clients' send times by the loopback latency; the
+#: peak is measured over a window this much shorter than the limit's.
+LATENCY_ALLOWANCE = 0.2
+SHARED_STATE_WARNING = "on this host only, but the executor is CeleryExecutor"
 
 RUN_TIMEOUT = float(os.environ.get("AUDIENCE_LIVE_RUN_TIMEOUT", "300"))
 # Every run of every chain ends by then (timed-out runs are set to failed); make test-live's
@@ -247,7 +271,22 @@ def live(live_sandbox):
         "AUDIENCE_EXAMPLE_SETTLE_SECONDS": "3",
         "AUDIENCE_EXAMPLE_BATCH_WAIT_SECONDS": "2",
     }
-    deployment = LiveAirflow(home, env, parallelism=4)
+    broker: RedisServer | None = None
+    if CELERY:
+        broker = RedisServer(home / "redis")
+        broker.start()
+        shared = home / "shared"  # stands in for storage every worker mounts (or object storage)
+        env.update(
+            AIRFLOW__AUDIENCE__SNAPSHOT_BASE_PATH=str(shared / "audience_snapshots"),
+            AIRFLOW__AUDIENCE__RATE_LIMIT_BACKEND=broker.url(2),
+            AUDIENCE_EXAMPLE_DATA_DIR=str(shared / "data"),
+        )
+        (shared / "data").mkdir(parents=True, exist_ok=True)
+        deployment = LiveAirflow(
+            home, env, parallelism=4, executor="CeleryExecutor", broker_url=broker.url(0), celery_workers=CELERY_WORKERS
+        )
+    else:
+        deployment = LiveAirflow(home, env, parallelism=4)
     RESULTS.executor = deployment.executor
     try:
         RESULTS.timings["db migrate"] = deployment.migrate()
@@ -258,6 +297,8 @@ def live(live_sandbox):
         yield deployment
     finally:
         stopped = deployment.stop()
+        if broker is not None:
+            stopped["redis-server"] = broker.stop()
         print(f"\nlive Airflow home: {home}; components stopped: {stopped}")
         if not keep and os.environ.get("AUDIENCE_LIVE_KEEP") != "1":
             shutil.rmtree(home, ignore_errors=True)
@@ -294,7 +335,9 @@ def _trigger_logs(live: LiveAirflow, run: Run) -> dict[str, str]:
 
 
 def _task_log(live: LiveAirflow, run: Run, task_id: str) -> str:
-    paths = sorted(p for p in _ti_dir(live, run, task_id).glob("**/attempt=*.log") if p.name.endswith(".log"))
+    relative = _ti_dir(live, run, task_id).relative_to(live.task_log_folder)
+    dirs = [folder / relative for folder in live.log_folders]
+    paths = sorted(p for d in dirs for p in d.glob("**/attempt=*.log") if p.name.endswith(".log"))
     return "".join(p.read_text(errors="replace") for p in paths if ".trigger." not in p.name)
 
 
@@ -585,3 +628,35 @@ def test_no_secret_and_no_clear_text_identifier_in_any_log(live, scenario, live_
         leaks += [f"{path.relative_to(live.home)}: secret {s[:6]}..." for s in secrets_ if s and s in text]
         leaks += [f"{path.relative_to(live.home)}: identifier {m[:3]}..." for m in set(identifiers.findall(text))]
     assert leaks == []
+
+
+# ---------------------------------------------------------------------------------------------- CeleryExecutor
+@celery_only
+def test_celery_tasks_ran_on_both_workers(live, scenario):
+    rows = live.query("SELECT hostname, COUNT(*) FROM task_instance WHERE state = 'success' GROUP BY hostname")
+    by_host = {host: count for host, count in rows}
+    RESULTS.notes.append(f"celery: successful task instances per worker {by_host}")
+    assert set(CELERY_WORKERS) <= set(by_host), by_host
+    assert set(by_host) <= {*CELERY_WORKERS, None, ""}, by_host  # start_from_trigger tasks may have none
+    for name in CELERY_WORKERS:  # each worker wrote its task logs into its own home
+        assert any((live.worker_home(name) / "logs").glob("dag_id=*/**/*.log")), name
+
+
+@celery_only
+def test_celery_request_rates_per_account_stay_within_the_documented_limits(live, scenario, live_sandbox):
+    peaks = []
+    for vendor, (limit, window) in sorted(DOCUMENTED_LIMITS.items()):
+        rates = live_sandbox.fake(vendor).request_rates(window - LATENCY_ALLOWANCE)
+        assert rates["total"]["requests"] > 0, f"{vendor}: no request reached the sandbox"
+        for account, seen in rates["accounts"].items():
+            peaks.append(f"{vendor} {seen['peak']}/{limit} per {window:.0f} s")
+            assert seen["peak"] <= limit, (vendor, account[:8], seen, limit)
+    RESULTS.notes.append("celery: busiest window per account " + "; ".join(peaks))
+
+
+@celery_only
+def test_celery_host_local_snapshot_base_is_warned_about_loudly(live, scenario):
+    run = scenario.get(CRM)
+    text = _task_log(live, run, "sync_crm")
+    assert SHARED_STATE_WARNING in text, text[-2000:]
+    assert "!!!" in text
