@@ -122,7 +122,16 @@ def test_example_dag_runs_from_the_wheel(wheel_venv, tmp_path):
 
     airflow_bin = str(wheel_venv / "bin" / "airflow")
     with SandboxServer(vendors=["lytics"], processing_seconds=0.5) as sandbox:
-        env = _venv_env(dag_test_env(tmp_path / "airflow_home", EXAMPLES, sandbox, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3"))
+        env = _venv_env(
+            dag_test_env(
+                tmp_path / "airflow_home",
+                EXAMPLES,
+                sandbox,
+                AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
+                # the fake lists no reevaluation job: the size counts as settled after equal readings 1 s apart
+                AUDIENCE_EXAMPLE_SETTLE_SECONDS="1",
+            )
+        )
         migrate_db(env, timeout=180, airflow_bin=airflow_bin)
         outcome = run_dag_test(DAG_ID, env, timeout=240, airflow_bin=airflow_bin)
         assert outcome.ok, outcome.log[-4000:]
