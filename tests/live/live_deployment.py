@@ -400,12 +400,12 @@ class LiveAirflow:
         )
         if done.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        if self.celery_workers:
-            # Write-ahead logging: readers no longer block writers. The Celery workers' main
-            # processes keep a read transaction open, which in SQLite's default rollback-journal
-            # mode holds every writer (scheduler, api-server) until "database is locked".
-            with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db:
-                db.execute("PRAGMA journal_mode=WAL")
+        # Write-ahead logging: readers no longer block writers. In SQLite's default rollback-journal
+        # mode a process that keeps a read transaction open (a Celery worker's main process does)
+        # holds every writer (scheduler, api-server) until "database is locked", which kills the
+        # scheduler; on a loaded machine it also happened with LocalExecutor.
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
         return time.monotonic() - started
 
     def start(self, extra_components: dict[str, list[str]] | None = None) -> float:
