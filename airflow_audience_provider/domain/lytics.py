@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow_audience_provider.core.errors import AudienceValidationError
 
-#: Fields the server owns (vendor notes §9 pitfall 11); stripped before a PUT and when diffing.
+#: Fields the server owns; stripped before a PUT and when diffing.
 SERVER_MANAGED_FIELDS = frozenset(
     {
         "id",
@@ -59,7 +59,7 @@ def with_table(segment_ql: str, table: str) -> str:
     """The statement with ``FROM <table>`` when it names no table.
 
     Lytics reads a statement without ``FROM`` as ``FROM user``, and an update that changes the
-    table creates another segment (pitfall 2), so the segment's table is always written out.
+    table creates another segment while answering success, so the segment's table is always written out.
     """
     code = _code_only(segment_ql)
     if _FROM.search(code):
@@ -91,7 +91,7 @@ class _QLUnsupported(ValueError):
 
 def parse_segment_ql(segment_ql: str) -> dict[str, Any] | None:
     """The parsed form (``models.Expr``: ``op``/``args``/``ident``/``val``) of the ``FILTER`` part,
-    in the shape the vendor notes show for Lytics' ``ast``, or None when the statement uses
+    in the shape of Lytics' ``ast`` (API v2 spec, ``models.Expr``), or None when the statement uses
     something this reader does not cover (functions, ``WITH`` settings): callers then fall back
     to comparing text, which at worst costs an unneeded update, never a missed one.
     """
@@ -226,10 +226,10 @@ def desired_segment_body(
     tags: list[str] | None = None,
     extra_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The Segment body for a create or update, checked against Lytics' pitfalls first.
+    """The Segment body for a create or update, checked first for what Lytics would misread.
 
-    * an ``ALIAS`` in the definition must equal ``slug_name`` (pitfall 3: else the slug changes);
-    * a ``FROM`` in the definition must equal ``table`` (pitfall 2: else another segment is made);
+    * an ``ALIAS`` in the definition must equal ``slug_name`` (else the slug changes);
+    * a ``FROM`` in the definition must equal ``table`` (else another segment is made);
       a definition without ``FROM`` gets ``FROM <table>`` written out.
     """
     problems = []
@@ -265,7 +265,7 @@ def desired_segment_body(
 def same_definition(current: dict[str, Any], segment_ql: str) -> bool:
     """Whether ``current`` already holds the definition ``segment_ql``.
 
-    Lytics may store its own rendering of a statement (pitfall 10), so the text alone would
+    Lytics may store its own rendering of a statement (e.g. back-ticks dropped), so the text alone would
     differ on every run: the statement's parsed form is compared with the server's ``ast``
     (and its table with the segment's). Where the statement cannot be read here, the text is
     compared, whitespace and back-ticks folded.
@@ -316,7 +316,7 @@ def segment_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[st
 def update_body(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """The full object for a PUT: the current segment minus server fields, with the changes applied.
 
-    Whether a Lytics segment PUT resets omitted fields is unverified (pitfall 13), so the
+    Whether a Lytics segment PUT resets omitted fields is unverified (a job PUT does), so the
     whole object is sent.
     """
     body = {k: v for k, v in current.items() if k not in SERVER_MANAGED_FIELDS}

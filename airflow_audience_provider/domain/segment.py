@@ -134,7 +134,7 @@ SCHEDULE_INTERVALS = ("15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
 
 
 def schedule_body(strategy: str, config: dict[str, Any]) -> dict[str, Any]:
-    """A schedule body, checked against the documented strategies (vendor notes section 5)."""
+    """A schedule body, checked against the documented strategies (``PERIODIC``, ``SPECIFIC_DAYS``)."""
     strategy = str(strategy or "").upper()
     config = dict(config or {})
     if strategy == "PERIODIC":

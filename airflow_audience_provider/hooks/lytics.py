@@ -1,15 +1,15 @@
 """Lytics Segment API hook (v2 management API, plus the v1 size and validate endpoints).
 
-Method names follow the Lytics operations in the seed document ("List Segments", "Reevaluate
-a Segment", ...), so the vendor's docs are the index. Paths follow the seed where it and the
-older published specs disagree; the alternative is noted where relevant.
+Method names follow the Lytics operations of its "Segment API" documentation page ("List Segments",
+"Reevaluate a Segment", ...), so the vendor's docs are the index. Paths follow that page where it
+and the older published API specs disagree; the alternative is noted where relevant.
 
 Authentication: the API token is sent as the raw ``Authorization`` value (no ``Bearer``), on
 v2 and v1 paths alike. ``account_id`` from the connection is sent on every v2 call so that a
 token with access to several accounts can never touch the wrong one; it is a v2 parameter, so
 v1 calls (sizes, validate, ad-hoc size) do not send it and act in the token's default account.
 
-**Reevaluate** posts to the seed's ``POST /v2/segment/{id}/reevaluate``; when that path answers
+**Reevaluate** posts to the documented ``POST /v2/segment/{id}/reevaluate``; when that path answers
 404, to ``POST /v2/segment/reevaluate`` with ``{"id"}`` (the form Lytics' own tooling uses). No
 document shows the answer's shape, so nothing is read from it.
 
@@ -51,7 +51,7 @@ from airflow_audience_provider.domain.lytics import segment_references
 
 log = logging.getLogger(__name__)
 
-#: Lytics job states (vendor notes §4.3, "Job status values seen by Lytics' tooling").
+#: Lytics job states (the values listed by Lytics' own tooling, its agent-skills recipes).
 LYTICS_JOB_STATUS = StatusMap.of(
     done={"completed"},
     failed={"failed", "deleted", "deleting"},
@@ -69,7 +69,7 @@ DEFAULT_SETTLE_INTERVAL = 600.0
 
 
 def parse_lytics_error(response: requests.Response) -> ErrorInfo:
-    """Read both Lytics envelopes: v2 ``errors[]`` and v1 ``message`` (vendor notes §5.2, §9.6)."""
+    """Read both Lytics envelopes: v2 ``errors[]`` and v1 ``message`` (a 401 is always v1)."""
     try:
         body = response.json()
     except ValueError:
@@ -131,7 +131,7 @@ class LyticsHook(AudienceHook):
         parse_error=parse_lytics_error,
         request_id_headers=("X-Request-Id",),
         rate_limits={
-            # Documented: ad-hoc size is throttled to 1 request per 10 s (vendor notes §8).
+            # Documented (v1 API spec): ad-hoc size is throttled to 1 request per 10 s.
             "adhoc_size": RateLimit((Window(1, 10.0, "1 ad-hoc size request per 10 s"),), max_wait=60),
         },
     )
@@ -178,7 +178,7 @@ class LyticsHook(AudienceHook):
     def segment_url(self, segment: dict[str, Any]) -> str:
         """Link to a segment in the Lytics web app.
 
-        Assumption (not in the vendor notes): audiences open at ``<web app>/audiences/<id>``,
+        Assumption (not in Lytics' documentation): audiences open at ``<web app>/audiences/<id>``,
         with ``?aid=<account>`` selecting the account. The base is the connection's
         ``web_app_url``.
         """
@@ -229,7 +229,7 @@ class LyticsHook(AudienceHook):
     def create_segment(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a Segment: ``POST /v2/segment``.
 
-        A create is not idempotent and Lytics silently renames a taken slug (pitfall 1), so an
+        A create is not idempotent and Lytics silently renames a taken slug (``<slug>_1``, never a 409), so an
         ambiguous failure is followed by a read-back by slug before anything is resent.
         """
         slug = body.get("slug_name")
@@ -253,7 +253,7 @@ class LyticsHook(AudienceHook):
         """Update a Segment: ``PUT /v2/segment/{id}`` and check Lytics updated *this* segment.
 
         An update whose ``FROM`` table differs can create another segment while answering
-        success (pitfall 2); a changed id in the answer is therefore an error.
+        success; a changed id in the answer is therefore an error.
         """
         updated = dict(
             self._data("PUT", f"/v2/segment/{self._path_id(segment_id)}", params=self._params(), json=body) or {}
@@ -286,7 +286,7 @@ class LyticsHook(AudienceHook):
         return {"deleted": list(segment_ids), "not_deleted": [], "segments": []}
 
     def reevaluate_segment(self, segment_id: str) -> dict[str, Any]:
-        """Reevaluate a Segment: ``POST /v2/segment/{id}/reevaluate`` (the seed's path), and on 404
+        """Reevaluate a Segment: ``POST /v2/segment/{id}/reevaluate`` (the documented path), and on 404
         ``POST /v2/segment/reevaluate`` with ``{"id"}`` (the form Lytics' tooling uses).
 
         Asking twice is harmless, so the call is retried like an idempotent one. Returns

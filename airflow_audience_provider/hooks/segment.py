@@ -1,4 +1,4 @@
-"""Twilio Segment Public API hook: Engage audiences of a space (vendor notes ``segment.md``).
+"""Twilio Segment Public API hook: Engage audiences of a space (reference: docs.segmentapis.com).
 
 Method names follow Segment's operations ("List Audiences", "Update Audience for Space",
 "Create Audience Preview", "Force Execute Audience Run", ...), so Segment's reference is the
@@ -8,18 +8,20 @@ where the operation offers it, else the operation's own (:data:`OPERATION_VERSIO
 ``audience-references`` exist in ``v1alpha`` only, schedules/runs have no ``v1beta`` (``v1`` is
 used instead). A ``Content-Type`` goes only with a body; Force Execute Audience Run has none.
 
-**Statuses** (vendor notes section 6) are mapped as data in :data:`SEGMENT_AUDIENCE_STATUS`:
+**Statuses** (the "Compute statuses" of Segment's Engage Audiences docs) are mapped as data in
+:data:`SEGMENT_AUDIENCE_STATUS`:
 ``Live``, ``Not Computing`` and ``Disabled`` are done; ``Failed`` and ``Error`` failed;
 ``Preparing``, ``Computing``, ``Backfilling``, ``Awaiting Destinations`` and ``Locked`` still
 working. The status is a free-text display string: it is compared case-insensitively and an
-unknown value is reported verbatim and waited on. Assumption (unverified in the notes): this
-mapping of the UI's compute statuses holds for the API. One documented exception: an edited
+unknown value is reported verbatim and waited on. Assumption (unverified: the docs describe the
+UI): this mapping of the UI's compute statuses holds for the API. One documented exception: an edited
 BATCH audience shows ``Live`` at once and applies the edit at its next scheduled compute, which
 the API does not report, so :meth:`SegmentHook.audience_compute_status` counts it as computed
 only ``batch_compute_wait`` seconds after the change.
 
 **The edit lock**: after an update Segment locks the audience until the change is
-incorporated. Following the notes, the audience counts as locked for edits while its status is
+incorporated, and Segment warns against editing before a (re)computation completes, so the
+audience counts as locked for edits while its status is
 one of :data:`EDIT_LOCKED_STATUSES` (``Locked``, ``Preparing``, ``Computing``, ``Backfilling``);
 :meth:`SegmentHook.audience_edit_status` is the status function the operators wait on before
 they edit. Assumption (unverified): the answer to an edit of a locked audience is 409 or 422;
@@ -35,9 +37,9 @@ API required it). The NAME search may match loosely, so names are compared exact
 (creating ``LINKED`` audiences, ``options`` in an update) before sending anything; previews take
 ``LINKED`` in every version.
 
-**Rate limits** per operation are enforced client-side (current values of the notes, section 8;
-the alpha values when the connection pins ``v1alpha``; any of them overridable with the
-connection's ``rate_limits`` extra). A 429 is retried by the transport after ``Retry-After``,
+**Rate limits** per operation are enforced client-side (the values Segment's API reference
+gives since 2025-10-09; the alpha values when the connection pins ``v1alpha``; any of them
+overridable with the connection's ``rate_limits`` extra). A 429 is retried by the transport after ``Retry-After``,
 else the body's ``data.msBeforeNext``, else ``X-RateLimit-Reset`` (an RFC 5322 date). Segment
 counts per token, so other users of the token spend the same budget: when an answer says
 ``X-RateLimit-Remaining: 0``, the next call of that operation waits for ``X-RateLimit-Reset``
@@ -107,15 +109,15 @@ OPERATION_VERSIONS: dict[str, tuple[str, ...]] = {
     "references": ("v1alpha",),
 }
 
-#: Audience compute statuses (vendor notes section 6), lower-cased; unknown ones keep waiting.
+#: Audience compute statuses (Engage docs, "Compute statuses"), lower-cased; unknown ones keep waiting.
 SEGMENT_AUDIENCE_STATUS = StatusMap.of(
     done={"live", "not computing", "disabled"},
     failed={"failed", "error"},
     running={"preparing", "computing", "backfilling", "awaiting destinations", "locked"},
 )
 
-#: Statuses during which the audience must not be edited (the lock after an update, and the
-#: notes' advice not to edit before a (re)computation has been incorporated).
+#: Statuses during which the audience must not be edited (the lock after an update, and Segment's
+#: warning that editing before a (re)computation completes can cause errors).
 EDIT_LOCKED_STATUSES = frozenset({"locked", "preparing", "computing", "backfilling"})
 
 #: How long after an edit a BATCH audience counts as computed: Segment applies the edit at the next
@@ -126,7 +128,7 @@ DEFAULT_BATCH_COMPUTE_WAIT = 24 * 3600.0
 SEGMENT_PREVIEW_STATUS = StatusMap.of(done={"completed"}, failed={"failed"}, running={"running"})
 
 MINUTE = 60.0
-#: Documented per-operation limits, requests per minute (vendor notes section 8, since 2025-10-09).
+#: Documented per-operation limits, requests per minute (Segment's API reference, since 2025-10-09).
 CURRENT_LIMITS: dict[str, int] = {
     "list_audiences": 60,
     "get_audience": 100,
@@ -138,7 +140,7 @@ CURRENT_LIMITS: dict[str, int] = {
     "audience_references": 25,
     "write_schedule": 50,
 }
-#: The alpha-era limits of the seed page (used with ``api_version = v1alpha``).
+#: The alpha-era limits of Segment's v1alpha Audiences reference page (used with ``api_version = v1alpha``).
 ALPHA_LIMITS: dict[str, int] = {
     **CURRENT_LIMITS,
     "list_audiences": 25,
@@ -359,7 +361,7 @@ class SegmentHook(AudienceHook):
         return version if version in offered else offered[0]
 
     def _check_alpha(self, *, audience_type: str | None = None, update_options: bool = False) -> None:
-        """Refuse what the v1alpha shapes do not have (vendor notes section 5) before sending it."""
+        """Refuse what the v1alpha shapes do not have (no ``LINKED`` type, no update ``options``) before sending it."""
         if self.api_version() != "v1alpha":
             return
         if audience_type is not None and str(audience_type).strip().upper() == "LINKED":
@@ -762,7 +764,7 @@ class SegmentHook(AudienceHook):
     def force_execute_audience_run(self, audience_id: str, space_id: str | None = None) -> dict[str, Any]:
         """Force Execute Audience Run: ``POST .../audiences/{id}/runs`` (LINKED audiences only).
 
-        Returns ``{"id"}`` of the started run. No endpoint reads a run's state (vendor notes).
+        Returns ``{"id"}`` of the started run. No endpoint reads a run's state (none is documented).
         """
         space = self.space(space_id)
         path = self._audiences_path(space, self._seg(audience_id, "audience id"), "runs")

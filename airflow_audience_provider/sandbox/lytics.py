@@ -1,6 +1,8 @@
-"""Fake Lytics API (segments, segment groups, jobs, v1 sizes/validate) following the vendor notes.
+"""Fake Lytics API (segments, segment groups, jobs, v1 sizes/validate).
 
-Behaviour worth knowing when writing clients (see ``../shared/vendors/lytics.md``):
+Follows Lytics' "Segment API" documentation page and its published v1/v2 API specs.
+
+Behaviour worth knowing when writing clients:
 
 * Auth: the raw token in ``Authorization`` (no ``Bearer``); v1 paths also accept
   ``?access_token=``. A missing/wrong token (or ``Bearer <token>``) gets 401 in the v1 shape
@@ -14,10 +16,10 @@ Behaviour worth knowing when writing clients (see ``../shared/vendors/lytics.md`
 * Create never answers 409: a taken slug becomes ``<slug>_1``, ``<slug>_2``... (slugs are unique
   per account, whatever the table). Update to a slug used by another segment: 400 ``Slug is already used.``
 * ``segment_ql`` is stored re-serialised from its parsed form (back-ticks dropped, keywords
-  upper-case, ``FROM``/``ALIAS`` at the end), as Lytics may do (pitfall 10);
+  upper-case, ``FROM``/``ALIAS`` at the end), as Lytics may do;
   ``configure(keep_segment_ql_text=1)`` stores the text as sent.
 * Update with a ``segment_ql`` that has no ``FROM`` resets the table to ``user``; for a non-user
-  segment the update then creates a *new* segment (new id) and still answers 200 (pitfall 2).
+  segment the update then creates a *new* segment (new id) and still answers 200.
   Update with a ``segment_ql`` whose ``ALIAS`` differs and no ``slug_name`` renames the slug.
 * ``GET /v2/segment/{id}``, ``/ancestors``, ``/jobs`` and reevaluate accept an id or a slug;
   ``PUT`` and ``DELETE`` need the 32-hex id. ``DELETE /v2/segment/a,b`` (comma-separated) answers
@@ -31,8 +33,8 @@ Behaviour worth knowing when writing clients (see ``../shared/vendors/lytics.md`
 
       POST /v2/segment/reevaluate {"id": ...}  -> 200 {"status": 200, "request_id": ...}
 
-  The answer carries nothing else (no document shows its shape). The seed's
-  ``POST /v2/segment/{id}/reevaluate`` answers 404 (no other source shows it) unless
+  The answer carries nothing else (no document shows its shape). The
+  ``POST /v2/segment/{id}/reevaluate`` of Lytics' Segment API page answers 404 (no other source shows it) unless
   ``configure(seed_reevaluate_path=1)``. The work is a job ``{"id", "name", "workflow":
   "segment_reevaluate", "status", "created", "updated", "config": {"segment_id": ...}, "aid",
   "account_id"}``, listed by ``GET /v2/segment/{id}/jobs`` only with
@@ -157,8 +159,8 @@ class LyticsFake(VendorFake):
         "delete_no_content": 0.0,
         # 1 = single-id DELETE answers {"id", "deleted": true} (else the batch handler's SegmentDeleteResp)
         "single_delete_answers_id": 0.0,
-        # Strict readings of points the vendor notes leave unverified (1 = the lenient reading):
-        # the seed's POST /v2/segment/{id}/reevaluate exists (else 404: only POST /v2/segment/reevaluate)
+        # Strict readings of points Lytics' documents leave unverified (1 = the lenient reading):
+        # the Segment API page's POST /v2/segment/{id}/reevaluate exists (else 404: only POST /v2/segment/reevaluate)
         "seed_reevaluate_path": 0.0,
         # a reevaluation is listed as a job of the segment (else no document shows one, so none is)
         "list_reevaluation_jobs": 0.0,
@@ -436,7 +438,7 @@ class LyticsFake(VendorFake):
             parsed = self._parse(fields["segment_ql"])
             if self.config.get("keep_segment_ql_text"):
                 return fields["segment_ql"], parsed
-            # Lytics may store its own rendering of the statement (pitfall 10).
+            # Lytics may store its own rendering of the statement.
             return ast_to_ql(parsed.ast, table=parsed.table, alias=parsed.alias), parsed
         try:
             text = ast_to_ql(fields["ast"], table=fields.get("table"), alias=fields.get("slug_name"))
@@ -454,7 +456,7 @@ class LyticsFake(VendorFake):
         if not _SLUG_RE.match(slug):
             raise ApiError(400, f"invalid slug_name {slug!r}: use letters, digits, _ and -")
         base, suffix = slug, 0
-        while self._slug_owner(slug) is not None:  # pitfall 1: silently renamed, never 409
+        while self._slug_owner(slug) is not None:  # a taken slug is silently renamed, never 409
             suffix += 1
             slug = f"{base}_{suffix}"
         is_public = bool(fields.get("is_public", False))
@@ -516,16 +518,16 @@ class LyticsFake(VendorFake):
             if "segment_ql" not in fields:
                 fields["table"] = fields.get("table") or seg["table"]
             segment_ql, parsed = self._definition(fields)
-        # pitfall 2: a segment_ql without FROM resets the table to user
+        # a segment_ql without FROM resets the table to user
         table = (parsed.table or "user") if parsed is not None else fields.get("table", seg["table"])
         if "slug_name" in fields:
             slug = fields["slug_name"]
         elif parsed is not None and parsed.alias:
-            slug = parsed.alias  # pitfall 3: ALIAS renames the slug
+            slug = parsed.alias  # an ALIAS renames the slug
         else:
             slug = seg["slug_name"]
         if table != seg["table"]:
-            # pitfall 2: the update misses the original and creates another segment, still "success"
+            # the update misses the original and creates another segment, still "success"
             merged = {k: v for k, v in seg.items() if k in _WRITABLE and not k.startswith("_")}
             merged.update(fields)
             merged.update({"segment_ql": segment_ql, "table": table, "slug_name": slug})
@@ -544,7 +546,7 @@ class LyticsFake(VendorFake):
             seg["is_public"] = fields["is_public"]
         seg["slug_name"] = slug
         if seg["is_public"]:
-            seg["public_name"] = slug  # kept when is_public goes back to false (pitfall 12)
+            seg["public_name"] = slug  # kept when is_public goes back to false
         seg["segment_ql"] = segment_ql
         seg["table"] = table
         if parsed is not None:

@@ -1,4 +1,4 @@
-"""Fake Twilio Segment Public API (Engage audiences of a space) following ``../shared/vendors/segment.md``.
+"""Fake Twilio Segment Public API (Engage audiences of a space) following Segment's API reference.
 
 Behaviour worth knowing when writing clients:
 
