@@ -47,7 +47,7 @@ test: $(STAMP) ## Run the whole test suite (unit, sandbox, example DAGs under re
 test-fast: $(STAMP) ## The test suite without the example-DAG runs
 	$(PY) -m pytest -q -m "not dag_run" --timeout=300 tests
 
-test-live: $(STAMP) ## Every example DAG on a running Airflow (api-server, scheduler, dag-processor, triggerer); CI runs it
+test-live: $(STAMP) ## Every example DAG on a running Airflow (api-server, scheduler, dag-processor, triggerer); run before a release
 	AUDIENCE_LIVE_TESTS=1 $(PY) -m pytest -q -m live --timeout=1200 tests/live
 
 test-live-celery: $(STAMP) ## test-live on CeleryExecutor: Redis broker, two workers with separate homes; run before each release
