@@ -2,8 +2,9 @@
 
 Usage: ``python tests/sync_model/soak.py [SCENARIOS] [--seed N] [--steps N] [--vendor criteo|yandex_audience]``
 (``SOAK_SCENARIOS`` / ``SOAK_SEED`` / ``SOAK_STEPS`` from the environment work too). Prints the
-seed first and ``N scenarios, M steps, 0 diverged`` last; exits non-zero on any divergence, after
-Hypothesis printed the shrunk failing scenario (the steps to replay) and its reproduction blob.
+seed first, one progress line per finished scenario, and ``N scenarios, M steps, 0 diverged``
+last; exits non-zero on any divergence, after Hypothesis printed the shrunk failing scenario
+(the steps to replay) and its reproduction blob.
 Rerun a failure with the same seed: ``python tests/sync_model/soak.py N --seed SEED``.
 """
 
@@ -35,6 +36,9 @@ def main() -> int:
     os.environ["AUDIENCE_SYNC_MODEL_STEPS"] = str(args.steps)
     os.environ["AUDIENCE_SYNC_MODEL_STATS"] = str(stats)
     print(f"sync-model soak: seed {args.seed}, {args.scenarios} scenarios per vendor, up to {args.steps} steps each")
+    sys.stdout.flush()
+    # pytest captures descriptors 1 and 2; a duplicate of stdout lets each finished scenario print a line.
+    os.environ["AUDIENCE_SYNC_MODEL_PROGRESS_FD"] = str(os.dup(sys.stdout.fileno()))
     target = str(HERE / "test_sync_model.py")
     if args.vendor:
         target += f"::test_sync_model[{args.vendor}]"

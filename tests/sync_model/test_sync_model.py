@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ SCENARIOS = int(os.environ.get("AUDIENCE_SYNC_MODEL_SCENARIOS", "0"))
 SOAK = SCENARIOS > 0
 STEPS = int(os.environ.get("AUDIENCE_SYNC_MODEL_STEPS", "10" if SOAK else "5"))
 CI_SCENARIOS = {"criteo": 6, "yandex_audience": 4}
+PROGRESS_START = [time.monotonic()]
+PROGRESS_VENDOR = [""]
 STATS: dict[str, int] = {"scenarios": 0, "steps": 0, "runs": 0, "failed_runs": 0, "kills": 0, "diverged": 0}
 
 FAULT_KINDS = ["503", "429", "drop", "slow", "slow_clear"]
@@ -227,6 +230,20 @@ class SyncMachine(RuleBasedStateMachine):
         finally:
             self.target.close()
             shutil.rmtree(self.dir, ignore_errors=True)
+            _progress()
+
+
+def _progress() -> None:
+    """In a soak, one line per finished scenario on the descriptor ``soak.py`` kept uncaptured."""
+    fd = os.environ.get("AUDIENCE_SYNC_MODEL_PROGRESS_FD")
+    if not fd:
+        return
+    elapsed = time.monotonic() - PROGRESS_START[0]
+    line = (
+        f"  {PROGRESS_VENDOR[0]}: scenario {STATS['scenarios']}/{SCENARIOS}, {STATS['steps']} steps, "
+        f"{STATS['kills']} killed runs, {STATS['diverged']} diverged, {elapsed / 60:.1f} min\n"
+    )
+    os.write(int(fd), line.encode())
 
 
 def _report(capsys: pytest.CaptureFixture[str], vendor: str) -> None:
@@ -252,6 +269,8 @@ def test_sync_model(vendor: str, request: pytest.FixtureRequest, tmp_path: Path,
     )
     for key in STATS:
         STATS[key] = 0
+    PROGRESS_START[0] = time.monotonic()
+    PROGRESS_VENDOR[0] = vendor
     config = settings(
         max_examples=SCENARIOS if SOAK else CI_SCENARIOS[vendor],
         stateful_step_count=STEPS,
