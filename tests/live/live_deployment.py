@@ -1,5 +1,7 @@
 """A real Airflow deployment for the live test: separate api-server, scheduler, dag-processor and
-triggerer processes on a throw-away ``AIRFLOW_HOME`` (SQLite), with the example DAGs and the sandbox.
+triggerer processes on a throw-away ``AIRFLOW_HOME``, with the example DAGs and the sandbox. The
+metadata DB is a private PostgreSQL cluster in that home (:class:`PostgresServer`): SQLite allows one
+writer at a time, and on a loaded machine "database is locked" killed the scheduler.
 
 Every process is started in its own session (process group) and stopped with TERM, then KILL
 after a grace period, whatever happened before. Every wait is bounded.
@@ -13,7 +15,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg2
 
 try:  # the CeleryExecutor deployment only: a client to check the broker is up
     import redis
@@ -155,6 +157,147 @@ class RedisServer:
         return self.component.stop(grace=10)
 
 
+def apt_install(package: str, found: Any) -> Any:
+    """``found()``, after ``apt-get install -y <package>`` (and ``apt-get update`` if that failed)
+    when it returned nothing and we are root; a clean CI machine may lack Debian's package."""
+    result = found()
+    if result or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return result
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", package]
+    for command in (install, ["apt-get", "update", "-q"], install):
+        subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
+        result = found()
+        if result:
+            return result
+    return None
+
+
+def postgres_bindir() -> Path | None:
+    """The directory of the newest installed PostgreSQL server's ``initdb``, ``postgres`` and ``pg_ctl``."""
+
+    def found() -> Path | None:
+        # Debian keeps them out of PATH, one directory per major version.
+        debian = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+            key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+        )
+        if debian:
+            return debian[-1].parent
+        on_path = shutil.which("initdb")
+        return Path(on_path).parent if on_path else None
+
+    return apt_install("postgresql", found)  # type: ignore[no-any-return]
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster for the deployment's metadata DB, in ``workdir``.
+
+    ``initdb`` makes it with one superuser, ``airflow``, trusted on loopback and on its unix
+    socket (in ``workdir``, not /var/run); the server listens on 127.0.0.1 only, on a free port,
+    and runs in its own process group. Durability is switched off: the cluster lives as long as
+    the test. PostgreSQL refuses to run as root, so as root initdb and the server run as the
+    ``postgres`` system user (``runuser``) and ``workdir`` belongs to it.
+    """
+
+    USER = "airflow"
+    DATABASE = "airflow"
+
+    def __init__(self, workdir: Path) -> None:
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL is not installed and could not be installed with apt-get (needs root)")
+        self.bindir = bindir
+        self.workdir = workdir
+        self.datadir = workdir / "data"
+        self.port = free_port()
+        self.component: Component | None = None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """Airflow's ``[database] sql_alchemy_conn``; Airflow derives ``postgresql+asyncpg://`` from it."""
+        return f"postgresql+psycopg2://{self.USER}@127.0.0.1:{self.port}/{self.DATABASE}"
+
+    def connect(self, dbname: str = DATABASE) -> Any:
+        """A psycopg2 connection in autocommit mode: no transaction stays open between reads."""
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user=self.USER, dbname=dbname, connect_timeout=10
+        )
+        connection.autocommit = True
+        return connection
+
+    def _as_owner(self, command: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+    def _prepare_workdir(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            return
+        for parent in self.workdir.parents:  # the postgres user must reach its directory
+            if not parent.stat().st_mode & 0o001:
+                raise RuntimeError(
+                    f"{parent} is not searchable by others: the postgres user cannot reach {self.workdir}"
+                )
+        shutil.chown(self.workdir, "postgres", "postgres")
+        self.workdir.chmod(0o700)
+
+    def start(self, timeout: float = START_TIMEOUT) -> float:
+        """initdb, start the server, create the database; returns the seconds taken."""
+        started = time.monotonic()
+        self._prepare_workdir()
+        initdb = [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", self.USER, "-E", "UTF8"]
+        initdb += ["--no-locale", "--auth-local=trust", "--auth-host=trust", "--no-sync"]
+        done = subprocess.run(
+            self._as_owner(initdb), capture_output=True, text=True, timeout=timeout, check=False, cwd=self.workdir
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.workdir),
+            "max_connections": "300",  # every Airflow process keeps a pool (5 + 10 overflow)
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+        }
+        command = [str(self.bindir / "postgres"), "-D", str(self.datadir)]
+        command += [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
+        self.component = Component(
+            "postgres",
+            self._as_owner(command),
+            self.workdir.parent / "postgres.out",
+            {**os.environ, "AIRFLOW_HOME": str(self.workdir)},
+        )
+        self.component.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with contextlib.closing(self.connect("postgres")) as connection, connection.cursor() as cursor:
+                    cursor.execute(f"CREATE DATABASE {self.DATABASE}")
+                return time.monotonic() - started
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline or not self.component.alive():
+                    raise RuntimeError(f"PostgreSQL did not start:\n{self.component.tail()}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> str:
+        """``pg_ctl stop -m fast`` (clients disconnected, clean shutdown), then TERM/KILL its process group."""
+        if self.component is None:
+            return "not started"
+        how = "pg_ctl stop failed"
+        if self.component.alive():
+            pg_ctl = [str(self.bindir / "pg_ctl"), "stop", "-D", str(self.datadir), "-m", "fast", "-w", "-t", "30"]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                done = subprocess.run(
+                    self._as_owner(pg_ctl), capture_output=True, timeout=60, check=False, cwd=self.workdir
+                )
+                if done.returncode == 0:
+                    how = "pg_ctl stop"
+        ended = self.component.stop(grace=10)  # the whole group, whatever pg_ctl managed
+        return how if how == "pg_ctl stop" else f"{how}; {ended}"
+
+
 @dataclass
 class TIObservation:
     """States one task instance was seen in (in order, consecutive duplicates dropped) and its triggers."""
@@ -170,9 +313,10 @@ class StateSampler(threading.Thread):
     triggerer writes next to each task log are the second, complete witness.
     """
 
-    def __init__(self, db_path: Path, interval: float = 0.5) -> None:
+    def __init__(self, database: PostgresServer, interval: float = 0.5) -> None:
         super().__init__(name="live-state-sampler", daemon=True)
-        self.db_path = db_path
+        self.database = database
+        self.connection: Any = None
         self.interval = interval
         self.stop_event = threading.Event()
         self.seen: dict[tuple[str, str, str, int], TIObservation] = {}
@@ -181,20 +325,33 @@ class StateSampler(threading.Thread):
         self.errors = 0
 
     def run(self) -> None:
-        while not self.stop_event.wait(self.interval):
-            try:
-                self.sample()
-            except sqlite3.Error:
-                self.errors += 1
+        try:
+            while not self.stop_event.wait(self.interval):
+                try:
+                    self.sample()
+                except psycopg2.Error:
+                    self.errors += 1
+                    self.close()  # reconnect on the next sample
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self.connection.close()
+            self.connection = None
 
     def sample(self) -> None:
-        uri = f"file:{self.db_path}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-            rows = db.execute(
+        if self.connection is None:
+            self.connection = self.database.connect()
+        with self.connection.cursor() as cursor:
+            cursor.execute(
                 "SELECT ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.state, t.classpath "
                 "FROM task_instance ti LEFT JOIN trigger t ON t.id = ti.trigger_id"
-            ).fetchall()
-            triggers = db.execute("SELECT id, classpath FROM trigger").fetchall()
+            )
+            rows = cursor.fetchall()
+            cursor.execute("SELECT id, classpath FROM trigger")
+            triggers = cursor.fetchall()
         with self.lock:
             for dag_id, run_id, task_id, map_index, raw_state, classpath in rows:
                 obs = self.seen.setdefault((dag_id, run_id, task_id, map_index), TIObservation())
@@ -230,8 +387,8 @@ class Api:
         self.client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
 
     def request(self, method: str, path: str, retry: bool | None = None, **kwargs: Any) -> httpx.Response:
-        """One call; reads (and ``retry=True`` writes) are retried on 5xx: SQLite allows one writer
-        at a time, and a write that meets another answers 500 "Database error" (rolled back)."""
+        """One call; reads (and ``retry=True`` writes) are retried on 5xx (a loaded api-server's
+        transient "Database error", rolled back)."""
         attempts = 4 if (method == "GET" if retry is None else retry) else 1
         for attempt in range(attempts):
             answer = self.client.request(method, path, **kwargs)
@@ -301,12 +458,14 @@ class LiveAirflow:
     under ``home/workers/<name>`` (task logs, default snapshot and rate-limit directories) but the
     same metadata DB and configuration; each records its own name as the task instances' hostname.
 
+    :param database: the metadata DB every process uses (also read by the test).
     :param extra_env: added to every process's environment (sandbox connections, example settings).
     """
 
     def __init__(
         self,
         home: Path,
+        database: PostgresServer,
         extra_env: dict[str, str],
         parallelism: int = 4,
         executor: str = "LocalExecutor",
@@ -315,6 +474,7 @@ class LiveAirflow:
         worker_concurrency: int = 2,
     ) -> None:
         self.home = home
+        self.database = database
         self.celery_workers = celery_workers
         self.worker_concurrency = worker_concurrency
         self.port = free_port()
@@ -329,6 +489,8 @@ class LiveAirflow:
             AIRFLOW_HOME=str(home),
             AIRFLOW__CORE__DAGS_FOLDER=str(EXAMPLES),
             AIRFLOW__CORE__LOAD_EXAMPLES="False",
+            # Explicit for every process: a Celery worker's AIRFLOW_HOME differs, the DB must not follow it.
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=database.sqlalchemy_url,
             AIRFLOW__CORE__EXECUTOR=executor,
             AIRFLOW__CORE__PARALLELISM=str(parallelism),
             AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
@@ -347,8 +509,6 @@ class LiveAirflow:
         )
         if broker_url is not None:
             env.update(
-                # Explicit: the workers' AIRFLOW_HOME differs, the DB must not follow it.
-                AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
                 AIRFLOW__CELERY__BROKER_URL=broker_url,
                 AIRFLOW__CELERY__RESULT_BACKEND=broker_url.rsplit("/", 1)[0] + "/1",
                 AIRFLOW__CELERY__WORKER_CONCURRENCY=str(worker_concurrency),
@@ -380,10 +540,6 @@ class LiveAirflow:
         return [self.task_log_folder] + [self.worker_home(name) / "logs" for name in self.celery_workers]
 
     @property
-    def db_path(self) -> Path:
-        return self.home / "airflow.db"
-
-    @property
     def task_log_folder(self) -> Path:
         return self.home / "logs"
 
@@ -400,12 +556,6 @@ class LiveAirflow:
         )
         if done.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        # Write-ahead logging: readers no longer block writers. In SQLite's default rollback-journal
-        # mode a process that keeps a read transaction open (a Celery worker's main process does)
-        # holds every writer (scheduler, api-server) until "database is locked", which kills the
-        # scheduler; on a loaded machine it also happened with LocalExecutor.
-        with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
         return time.monotonic() - started
 
     def start(self, extra_components: dict[str, list[str]] | None = None) -> float:
@@ -432,7 +582,7 @@ class LiveAirflow:
         self.wait_healthy()
         self.wait_workers_ready()
         self.api = Api(self.base_url)
-        self.sampler = StateSampler(self.db_path)
+        self.sampler = StateSampler(self.database)
         self.sampler.start()
         return time.monotonic() - started
 
@@ -513,9 +663,10 @@ class LiveAirflow:
         return "\n".join(f"--- {c.name} ---\n{c.tail(chars)}" for c in self.components.values())
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Read the metadata DB (SQLite, read-only)."""
-        with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)) as db:
-            return db.execute(sql, args).fetchall()
+        """Read the metadata DB (PostgreSQL; ``%s`` placeholders)."""
+        with contextlib.closing(self.database.connect()) as connection, connection.cursor() as cursor:
+            cursor.execute(sql, args)
+            return list(cursor.fetchall())
 
     def task_logs(self, dag_id: str | None = None) -> Iterator[Path]:
         pattern = f"dag_id={dag_id}/**/*" if dag_id else "**/*"

@@ -1,6 +1,6 @@
 """Every example DAG on a running Airflow: api-server, scheduler, dag-processor and triggerer as
-separate processes (LocalExecutor, parallelism 4, SQLite) in a throw-away ``AIRFLOW_HOME``, the
-vendors served by the sandbox in this process.
+separate processes (LocalExecutor, parallelism 4) in a throw-away ``AIRFLOW_HOME`` with a private
+PostgreSQL cluster as the metadata DB, the vendors served by the sandbox in this process.
 
 Each DAG is triggered through the REST API (JWT from ``/auth/token``); the runs are then checked
 from the REST API, the metadata DB and the log files the deployment wrote:
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_deployment import RESULTS, Api, LiveAirflow, RedisServer, RunRow
+from live_deployment import RESULTS, Api, LiveAirflow, PostgresServer, RedisServer, RunRow
 
 pytestmark = [
     pytest.mark.live,
@@ -271,6 +271,9 @@ def live(live_sandbox):
         "AUDIENCE_EXAMPLE_SETTLE_SECONDS": "3",
         "AUDIENCE_EXAMPLE_BATCH_WAIT_SECONDS": "2",
     }
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o711)  # mkdtemp's 0700: PostgreSQL's own user must reach its directory inside
+    database = PostgresServer(home / "postgres")
     broker: RedisServer | None = None
     if CELERY:
         broker = RedisServer(home / "redis")
@@ -283,12 +286,19 @@ def live(live_sandbox):
         )
         (shared / "data").mkdir(parents=True, exist_ok=True)
         deployment = LiveAirflow(
-            home, env, parallelism=4, executor="CeleryExecutor", broker_url=broker.url(0), celery_workers=CELERY_WORKERS
+            home,
+            database,
+            env,
+            parallelism=4,
+            executor="CeleryExecutor",
+            broker_url=broker.url(0),
+            celery_workers=CELERY_WORKERS,
         )
     else:
-        deployment = LiveAirflow(home, env, parallelism=4)
+        deployment = LiveAirflow(home, database, env, parallelism=4)
     RESULTS.executor = deployment.executor
     try:
+        RESULTS.timings["postgres"] = database.start()
         RESULTS.timings["db migrate"] = deployment.migrate()
         RESULTS.timings["start"] = deployment.start()
         started = time.monotonic()
@@ -299,6 +309,7 @@ def live(live_sandbox):
         stopped = deployment.stop()
         if broker is not None:
             stopped["redis-server"] = broker.stop()
+        stopped["postgres"] = database.stop()  # last: every Airflow process is gone
         print(f"\nlive Airflow home: {home}; components stopped: {stopped}")
         if not keep and os.environ.get("AUDIENCE_LIVE_KEEP") != "1":
             shutil.rmtree(home, ignore_errors=True)
@@ -447,7 +458,7 @@ def test_yandex_audience_crm_refresh_with_a_reschedule_mode_sensor(live, scenari
     assert "up_for_reschedule" in seen.states and "deferred" not in seen.states, seen.states
     reschedules = live.query(
         "SELECT COUNT(*) FROM task_reschedule r JOIN task_instance ti ON ti.id = r.ti_id "
-        "WHERE ti.dag_id = ? AND ti.run_id = ? AND ti.task_id = 'wait_for_lookalike'",
+        "WHERE ti.dag_id = %s AND ti.run_id = %s AND ti.task_id = 'wait_for_lookalike'",
         CRM,
         run.run_id,
     )[0][0]
