@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airflow_audience_provider.sandbox.criteo import CriteoFake
 
 
 def _token(criteo) -> str:
@@ -70,3 +74,23 @@ def test_statistics_follow_the_computation_windows_of_the_fakes_clock(criteo):
     assert count() == 0  # two minutes before the window
     criteo.advance_time(120)
     assert count() == 1
+
+
+_HEX = "0123456789abcdef"
+_identifier = st.one_of(
+    st.text(alphabet=_HEX, min_size=63, max_size=65),
+    st.text(alphabet=_HEX + "ABCDEF@ .\n+é", min_size=0, max_size=66),
+    st.sampled_from(["a" * 64, "A" * 64, "0" * 64 + "\n", "é" * 64, "x@y", " ", "+79161234567"]),
+    st.integers(),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.lists(_identifier, max_size=8), st.lists(st.text(alphabet=_HEX, min_size=64, max_size=64))),
+    st.sampled_from(["Email", "PhoneNumber", "CustomerId", "email", "madid"]),
+)
+def test_whole_list_validation_accepts_exactly_what_the_per_value_check_accepts(identifiers, id_type):
+    expected = [v for v in identifiers if CriteoFake._valid_identifier(v, id_type)]
+    assert CriteoFake._valid_identifiers(identifiers, id_type) == expected

@@ -1,0 +1,43 @@
+"""The transport's JSON body encoding: the same text as ``json.dumps``, faster for lists of plain ids."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airflow_audience_provider.core.transport import encode_json
+
+_ids = st.text(alphabet="0123456789abcdefXYZ", min_size=0, max_size=70)
+_awkward = st.text(min_size=0, max_size=6)
+_lists = st.one_of(
+    st.lists(st.text(alphabet="0123456789abcdefXYZ", min_size=1, max_size=70), min_size=15, max_size=40),
+    st.lists(st.one_of(_ids, _awkward), min_size=15, max_size=40),
+    st.lists(st.one_of(_ids, st.integers(), st.none()), min_size=15, max_size=40),
+)
+_json_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), _awkward, _lists
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_awkward, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_json_values)
+def test_encoding_is_exactly_json_dumps(value):
+    assert encode_json(value) == json.dumps(value, allow_nan=False).encode("utf-8")
+
+
+def test_ids_that_need_escaping_are_escaped():
+    ids = ["a" * 64] * 20 + ['quote"d', "back\\slash", "new\nline", "caf\u00e9", 'a", "b']
+    assert json.loads(encode_json({"identifiers": ids})) == {"identifiers": ids}
+
+
+def test_nan_is_refused_like_requests_does():
+    with pytest.raises(ValueError):
+        encode_json({"x": [math.nan]})
