@@ -27,7 +27,7 @@ from airflow_audience_provider.identifiers.normalise import (
     normalise_batch,
     normalise_email,
 )
-from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile
+from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile, PhoneFormat
 
 #: The 256 partition keys in their order.
 PARTITION_KEYS: tuple[str, ...] = tuple(f"{i:02x}" for i in range(256))
@@ -122,9 +122,16 @@ def process_batch(profile: NormalisationProfile, values: list[str]) -> BatchOutp
     return _process_values(profile, values)
 
 
-#: Identifier types the compiled kernel hashes (with SHA-256): e-mails, mobile advertising ids, MACs.
+#: Identifier types the compiled kernel hashes (with SHA-256): e-mails, mobile advertising ids, MACs, phones.
 KERNEL_TYPES = frozenset(
-    {IdentifierType.EMAIL, IdentifierType.MAID, IdentifierType.IDFA, IdentifierType.GAID, IdentifierType.MAC}
+    {
+        IdentifierType.EMAIL,
+        IdentifierType.MAID,
+        IdentifierType.IDFA,
+        IdentifierType.GAID,
+        IdentifierType.MAC,
+        IdentifierType.PHONE,
+    }
 )
 
 
@@ -158,6 +165,9 @@ def _process_with_kernel(values: list[str], profile: NormalisationProfile | None
             out = kernel.run_maid(values, upper=profile.upper_case_maid)
         elif kind is IdentifierType.MAC:
             out = kernel.run_mac(values)
+        elif kind is IdentifierType.PHONE and profile is not None:
+            digits = profile.phone_format is PhoneFormat.DIGITS
+            out = kernel.run_phone(values, digits_only=digits, default_region=profile.default_region)
         else:
             out = kernel.run(values)
     except Exception:

@@ -129,6 +129,14 @@ class EmailKernel:
         )
         return self._hash_accepted(frame, column=pl.col("digits").str.decode("hex"))
 
+    def run_phone(self, values: list[str], *, digits_only: bool, default_region: str | None) -> KernelOutput:
+        """Process one batch of phone numbers: those in international form are decided here
+        (:mod:`~airflow_audience_provider.identifiers.phone_fast`); every other row is left to the exact rule."""
+        from airflow_audience_provider.identifiers.phone_fast import phone_decider
+
+        frame = phone_decider(self._pl).decide(values, digits_only=digits_only, default_region=default_region)
+        return self._hash_accepted(frame)
+
     def _hash_accepted(self, frame: Any, *, upper: bool = False, column: Any = None) -> KernelOutput:
         pl, plh = self._pl, self._plh
         accepted = frame.filter(pl.col("ok"))

@@ -59,7 +59,7 @@ def test_process_batch_uses_the_kernel_and_the_python_path_agrees(monkeypatch) -
 
 def test_only_sha256_e_mails_use_the_kernel() -> None:
     assert not uses_kernel(NormalisationProfile(IdentifierType.EMAIL, HashAlgorithm.MD5))
-    assert not uses_kernel(NormalisationProfile(IdentifierType.PHONE))
+    assert not uses_kernel(NormalisationProfile(IdentifierType.PHONE, HashAlgorithm.MD5))
     assert not uses_kernel(NormalisationProfile(IdentifierType.SHA256, HashAlgorithm.NONE))
 
 

@@ -1,0 +1,229 @@
+"""The phone fast path (polars, from phonenumbers' metadata) decides exactly what ``normalise_phone`` decides."""
+
+from __future__ import annotations
+
+import hashlib
+
+import phonenumbers
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from phonenumbers.phonemetadata import PhoneMetadata
+
+from airflow_audience_provider.identifiers import kernel
+from airflow_audience_provider.identifiers.hashing import _process_with_kernel, process_batch, uses_kernel
+from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_phone
+from airflow_audience_provider.identifiers.rules import NormalisationProfile, PhoneFormat, get_rule
+
+pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
+
+CRITEO = get_rule("criteo", "phone").profile
+YANDEX = get_rule("yandex_audience", "phone").profile
+PROFILES = [
+    CRITEO,
+    YANDEX,
+    NormalisationProfile(CRITEO.identifier_type, CRITEO.hash_algorithm, PhoneFormat.E164, default_region="RU"),
+    NormalisationProfile(YANDEX.identifier_type, YANDEX.hash_algorithm, PhoneFormat.DIGITS, default_region="US"),
+    NormalisationProfile(CRITEO.identifier_type, CRITEO.hash_algorithm, PhoneFormat.E164, default_region="GB"),
+]
+_TYPE_NAMES = (
+    "fixed_line",
+    "mobile",
+    "toll_free",
+    "premium_rate",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+)
+
+
+def _examples() -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(country code, national significant number) of every example number; (code, national prefix)."""
+    examples: list[tuple[int, str]] = []
+    prefixes: list[tuple[int, str]] = []
+    for code, regions in sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()):
+        for region in regions:
+            metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+            if metadata is None:
+                continue
+            for name in (*_TYPE_NAMES, "general_desc"):
+                desc = getattr(metadata, name, None)
+                if desc is not None and desc.example_number:
+                    examples.append((code, desc.example_number))
+            if metadata.national_prefix:
+                prefixes.append((code, metadata.national_prefix))
+    return examples, prefixes
+
+
+EXAMPLES, NATIONAL_PREFIXES = _examples()
+CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+DIGITS = "0123456789"
+
+
+def _mutate(digits: str, op: int, pos: int, digit: str) -> str:
+    """Near-valid numbers: a digit dropped, doubled or changed (op 0-2), or the number unchanged (3)."""
+    if not digits:
+        return digits
+    pos %= len(digits)
+    if op == 0:
+        return digits[:pos] + digits[pos + 1 :]
+    if op == 1:
+        return digits[:pos] + digits[pos] + digits[pos:]
+    if op == 2:
+        return digits[:pos] + digit + digits[pos + 1 :]
+    return digits
+
+
+example = st.tuples(st.sampled_from(EXAMPLES), st.integers(0, 5), st.integers(0, 20), st.sampled_from(DIGITS)).map(
+    lambda t: (str(t[0][0]), _mutate(t[0][1], min(t[1], 3), t[2], t[3]))
+)
+random_national = st.tuples(st.sampled_from(CODES).map(str), st.text(alphabet=DIGITS, min_size=0, max_size=18))
+with_national_prefix = st.tuples(st.sampled_from(NATIONAL_PREFIXES), st.sampled_from(EXAMPLES)).map(
+    lambda t: (str(t[0][0]), t[0][1] + t[1][1])
+)
+number = st.one_of(example, example, random_national, with_national_prefix)
+#: How the number is written: E.164, bare digits, 00, national (no country code), or cut in groups.
+PUNCT = [" ", "-", "(", ")", ".", "/", "\t", "\u00a0", "x", "#", ";", ",", "+", "~", "\u2010", "a"]
+
+
+@st.composite
+def written(draw: st.DrawFn) -> str:
+    code, national = draw(number)
+    form = draw(st.sampled_from(["+", "+", "", "00", "national", "+ "]))
+    digits = national if form == "national" else code + national
+    if draw(st.booleans()):  # punctuation between digits
+        cuts = sorted(draw(st.lists(st.integers(0, len(digits)), max_size=5)))
+        pieces, last = [], 0
+        for cut in cuts:
+            pieces.append(digits[last:cut])
+            last = cut
+        pieces.append(digits[last:])
+        seps = draw(st.lists(st.sampled_from(PUNCT[:4] if draw(st.booleans()) else PUNCT), min_size=len(pieces)))
+        digits = "".join(p + s for p, s in zip(pieces, seps, strict=False))[: len(digits) + 2 * len(cuts)]
+    lead = "" if form == "national" else form
+    blank = st.sampled_from(["", " ", "  ", "\t", "\u00a0", "\n", "\x0b", "\u3000"])
+    return draw(blank) + lead + digits + draw(blank)
+
+
+def expected(profile: NormalisationProfile, values: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
+    out, invalid = [], []
+    for i, v in enumerate(values):
+        try:
+            out.append(
+                hashlib.sha256(normalise_phone(v, profile.phone_format, profile.default_region).encode()).hexdigest()
+            )
+        except InvalidIdentifier as exc:
+            invalid.append((i, exc.reason))
+    return sorted(out), invalid
+
+
+def digests(out) -> list[str]:
+    return sorted(h for text in out.partitions.values() for h in text.split("\n") if h)
+
+
+@pytest.fixture(autouse=True)
+def fresh_kernel(monkeypatch):
+    monkeypatch.delenv(kernel.KERNEL_ENV, raising=False)
+    kernel.load_email_kernel.cache_clear()
+    yield
+    kernel.load_email_kernel.cache_clear()
+
+
+def _decide(values: list[str], profile: NormalisationProfile):
+    from airflow_audience_provider.identifiers.phone_fast import phone_decider
+
+    k = kernel.load_email_kernel()
+    assert k is not None
+    digits = profile.phone_format is PhoneFormat.DIGITS
+    return phone_decider(k._pl).decide(values, digits_only=digits, default_region=profile.default_region)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=st.sampled_from(PROFILES), values=st.lists(written(), min_size=1, max_size=30))
+def test_fast_path_accepts_only_what_the_exact_rule_accepts_with_its_output(profile, values) -> None:
+    frame = _decide(values, profile)
+    for raw, (value, ok) in zip(values, frame.iter_rows(), strict=True):
+        if ok:
+            assert value == normalise_phone(raw, profile.phone_format, profile.default_region), raw
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=st.sampled_from(PROFILES), values=st.lists(written(), min_size=1, max_size=30))
+def test_phone_kernel_gives_what_the_exact_rule_gives(profile, values) -> None:
+    want, want_invalid = expected(profile, values)
+    out = _process_with_kernel(values, profile)
+    assert out is not None
+    assert digests(out) == want
+    assert sorted(out.invalid) == want_invalid  # same rows, same reasons
+    assert out.count == len(want)
+    assert all(h[:2] == key for key, text in out.partitions.items() for h in text.split("\n"))
+
+
+def test_every_example_number_in_international_form_is_decided_by_the_fast_path() -> None:
+    values = [f"+{code}{national}" for code, national in EXAMPLES]
+    exact = []
+    for v in values:
+        try:
+            exact.append(normalise_phone(v))
+        except InvalidIdentifier:
+            exact.append(None)
+    frame = _decide(values, CRITEO)
+    decided = [(value, want) for (value, ok), want in zip(frame.iter_rows(), exact, strict=True) if ok]
+    assert all(value == want for value, want in decided)
+    # Left to the exact rule: numbers a national prefix for parsing could strip (+7 800..., all of +54)
+    assert len(decided) > 0.97 * len(values)
+
+
+@pytest.mark.parametrize(
+    ("profile", "raw", "fast"),
+    [
+        (CRITEO, "+7 (999) 555-11-11", "+79995551111"),
+        (CRITEO, " +79995551111\t", "+79995551111"),
+        (YANDEX, "+7 999 555 11 11", "79995551111"),
+        (YANDEX, "79995551111", "79995551111"),  # bare digits read as international without a region
+        (CRITEO, "+1 (201) 555-0123", "+12015550123"),
+        (CRITEO, "+7 7172 58 74 03", "+77172587403"),  # Kazakhstan: +7 and leading digits 7
+        (CRITEO, "+44 7400 123456", "+447400123456"),
+        (CRITEO, "+39 06 6982 1234", "+390669821234"),  # Italian leading zero kept
+        (CRITEO, "+800 1234 5678", "+80012345678"),  # non-geographic code
+    ],
+)
+def test_common_international_forms_take_the_fast_path(profile, raw, fast) -> None:
+    assert normalise_phone(raw, profile.phone_format, profile.default_region) == fast
+    frame = _decide([raw], profile)
+    assert frame.row(0) == (fast, True)
+
+
+@pytest.mark.parametrize(
+    ("profile", "raw"),
+    [
+        (CRITEO, "8 (999) 555-11-11"),  # national form: needs the region
+        (PROFILES[3], "12015550123"),  # bare digits with a default region: the region reads them first
+        (CRITEO, "+7 999 555-11-11 ext. 12"),  # extension
+        (CRITEO, "+7\u00a0999\u00a05551111"),  # NBSP: phonenumbers' punctuation, not the fast path's
+        (CRITEO, "007 999 555 11 11"),
+        (CRITEO, "+7 1234"),  # invalid: the exact rule gives the reason
+    ],
+)
+def test_other_forms_are_left_to_the_exact_rule(profile, raw) -> None:
+    assert _decide([raw], profile).row(0) == (None, False)
+
+
+def test_phone_profiles_use_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
+    values = [f"+{code}{national}" for code, national in EXAMPLES[::7]] + ["8 999 555 11 11", "+7 1", "", "+7 (999) x"]
+    for profile in (CRITEO, YANDEX):
+        assert uses_kernel(profile)
+        with_kernel = process_batch(profile, values)
+        monkeypatch.setenv(kernel.KERNEL_ENV, "python")
+        kernel.load_email_kernel.cache_clear()
+        assert not uses_kernel(profile)
+        python = process_batch(profile, values)
+        monkeypatch.delenv(kernel.KERNEL_ENV)
+        kernel.load_email_kernel.cache_clear()
+        want, want_invalid = expected(profile, values)
+        assert digests(with_kernel) == digests(python) == want
+        assert sorted(with_kernel.invalid) == python.invalid == want_invalid
+        assert {reason for _, reason in want_invalid} >= {"phone_no_country", "phone_syntax"}
