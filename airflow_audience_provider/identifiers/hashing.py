@@ -114,7 +114,8 @@ def process_batch(profile: NormalisationProfile, values: list[str]) -> BatchOutp
     (:mod:`~airflow_audience_provider.identifiers.kernel`; same results, about twice as fast).
     """
     if uses_kernel(profile):
-        out = _process_with_kernel(values, profile)
+        through = _kernel_passes_through(profile)
+        out = _process_passthrough_with_kernel(values, profile) if through else _process_with_kernel(values, profile)
         if out is not None:
             return out
     if profile.identifier_type is IdentifierType.EMAIL and profile.hash_algorithm in _FAST_HASHERS:
@@ -135,9 +136,19 @@ KERNEL_TYPES = frozenset(
 )
 
 
+#: Identifier types the compiled kernel validates and passes through unhashed: pre-hashed SHA-256
+#: values, customer ids and Metrica ClientIDs.
+KERNEL_PASSTHROUGH_TYPES = frozenset({IdentifierType.SHA256, IdentifierType.CUSTOMER_ID, IdentifierType.CLIENT_ID})
+
+
+def _kernel_passes_through(profile: NormalisationProfile) -> bool:
+    return profile.identifier_type in KERNEL_PASSTHROUGH_TYPES and profile.hash_algorithm is HashAlgorithm.NONE
+
+
 def uses_kernel(profile: NormalisationProfile) -> bool:
     """True when :func:`process_batch` runs this profile through the compiled kernel."""
-    if profile.identifier_type not in KERNEL_TYPES or profile.hash_algorithm is not HashAlgorithm.SHA256:
+    hashed = profile.identifier_type in KERNEL_TYPES and profile.hash_algorithm is HashAlgorithm.SHA256
+    if not (hashed or _kernel_passes_through(profile)):
         return False
     from airflow_audience_provider.identifiers.kernel import load_email_kernel
 
@@ -188,6 +199,48 @@ def _process_with_kernel(values: list[str], profile: NormalisationProfile | None
             except InvalidIdentifier as exc:
                 invalid.append((i, exc.reason))
         for key, more in hash_partition(rescued, HashAlgorithm.SHA256).items():
+            partitions[key] = f"{partitions[key]}\n{more}" if key in partitions else more
+    return BatchOutput(len(values) - len(invalid), partitions, invalid)
+
+
+def _process_passthrough_with_kernel(values: list[str], profile: NormalisationProfile) -> BatchOutput | None:
+    """Pre-hashed SHA-256 values, customer ids or ClientIDs through the kernel; rows it refuses are
+    decided by the exact rule. None when the kernel raised (the caller runs the Python path).
+    """
+    from airflow_audience_provider.identifiers.kernel import load_email_kernel
+    from airflow_audience_provider.identifiers.normalise import normaliser_for
+
+    kernel = load_email_kernel()
+    if kernel is None or not values:
+        return None
+    kind = profile.identifier_type
+    partitions: dict[str, str] = {}
+    try:
+        if kind is IdentifierType.SHA256:
+            hexes = kernel.run_sha256(values)
+            text, bounds, refused = hexes.digests, hexes.bounds, hexes.refused
+            step = 65  # 64 hex digits and a newline
+            for key, lo, hi in zip(PARTITION_KEYS, bounds, bounds[1:], strict=False):
+                if hi > lo:
+                    partitions[key] = text[lo * step : hi * step - 1]
+        else:
+            clear = kernel.run_clear(values, client_id=kind is IdentifierType.CLIENT_ID)
+            text, offsets, refused = clear.text, clear.offsets, clear.refused
+            for key, lo, hi in zip(PARTITION_KEYS, offsets, offsets[1:], strict=False):
+                if hi > lo:
+                    partitions[key] = text[lo : hi - 1]
+    except Exception:
+        return None
+    invalid: list[tuple[int, str]] = []
+    if refused:
+        exact = normaliser_for(profile)
+        rescued: list[str] = []
+        for i in refused:
+            try:
+                rescued.append(exact(values[i]))
+            except InvalidIdentifier as exc:
+                invalid.append((i, exc.reason))
+        for key, more in partition_outputs(rescued, profile.hashed_output).items():
             partitions[key] = f"{partitions[key]}\n{more}" if key in partitions else more
     return BatchOutput(len(values) - len(invalid), partitions, invalid)
 

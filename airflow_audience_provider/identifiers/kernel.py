@@ -1,5 +1,6 @@
 """The optional compiled per-batch step: e-mails, mobile advertising ids and MAC addresses trimmed,
-validated and SHA-256 hashed outside Python.
+validated and SHA-256 hashed outside Python; pre-hashed SHA-256 values, customer ids and Metrica
+ClientIDs trimmed and validated (:meth:`EmailKernel.run_sha256`, :meth:`EmailKernel.run_clear`).
 
 Installed with the ``fast`` extra (``pip install "airflow-audience-provider[fast]"``): `polars`_
 runs the column operations (trim, regex, lower-case) and the `polars-hash`_ plugin the SHA-256,
@@ -37,6 +38,7 @@ import hashlib
 import logging
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,16 @@ _ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 MAC_SEPARATORS = r"[:\-. ]"
 MAC_CHARS = r"^[0-9A-Fa-f:\-. ]+$"
 _MAC_RESERVED = ("000000000000", "FFFFFFFFFFFF")
+#: A pre-hashed SHA-256 value in either case (``normalise._SHA256_RE`` after lower-casing).
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+#: A ClientID ``normalise_client_id`` returns unchanged: no leading zero, at most 19 digits (below 2**64).
+CLIENT_ID_PATTERN = r"^[1-9][0-9]{0,18}$"
+#: What ``normalise_opaque`` refuses inside a trimmed value (``normalise._CONTROL_RE``).
+OPAQUE_CONTROL = r"[\x00-\x1f\x7f]"
+#: The blanks ``str.strip`` removes besides ASCII ones and controls; a value the kernel's ASCII trim
+#: leaves starting or ending with one is left to the exact rule.
+OTHER_BLANKS = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_MAX_OPAQUE = 512
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,22 @@ class KernelOutput:
     refused: list[int]
 
 
+@dataclass(frozen=True)
+class ClearOutput:
+    """One batch of clear-text ids (customer ids, ClientIDs) through the kernel.
+
+    :param text: the accepted values, grouped by partition (CRC-32 of the value, as
+        :func:`~airflow_audience_provider.identifiers.hashing.partition_of`) and sorted within each,
+        joined with ``"\\n"``.
+    :param offsets: 257 character offsets into ``text``: partition ``k`` is ``text[offsets[k]:offsets[k + 1] - 1]``.
+    :param refused: indices (in the batch) of the rows the kernel did not accept.
+    """
+
+    text: str
+    offsets: list[int]
+    refused: list[int]
+
+
 class EmailKernel:
     """Trim, validate, lower-case and SHA-256 a batch of e-mails with polars (see module docstring)."""
 
@@ -84,6 +112,7 @@ class EmailKernel:
         self._pl = pl
         self._plh = plh
         self._keys = pl.Series([f"{i:02x}" for i in range(256)])
+        self._partition_numbers = pl.Series(range(256), dtype=pl.UInt32)
 
     def run(self, values: list[str]) -> KernelOutput:
         """Process one batch of e-mails. Raises whatever polars raises (the caller falls back to Python)."""
@@ -137,6 +166,65 @@ class EmailKernel:
         frame = phone_decider(self._pl).decide(values, digits_only=digits_only, default_region=default_region)
         return self._hash_accepted(frame)
 
+    def run_sha256(self, values: list[str]) -> KernelOutput:
+        """Process one batch of pre-hashed SHA-256 values: validated and lower-cased, not hashed again.
+
+        Accepts 64 hex digits in either case after trimming ASCII blanks, what
+        :func:`~airflow_audience_provider.identifiers.normalise.normalise_sha256` accepts in that
+        form; every other row is left to the exact rule.
+        """
+        pl = self._pl
+        frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)}).select(
+            pl.col("v").str.strip_chars(ASCII_BLANKS)
+        )
+        frame = frame.with_columns(ok=pl.col("v").str.contains(SHA256_PATTERN))
+        digests = frame.filter(pl.col("ok")).select(pl.col("v").str.to_lowercase()).to_series()
+        return self._ordered(frame, digests)
+
+    def run_clear(self, values: list[str], *, client_id: bool) -> ClearOutput:
+        """Process one batch of clear-text ids: customer ids (``client_id=False``) or Metrica ClientIDs.
+
+        Customer ids: accepts a value that, after trimming ASCII blanks, is 1 to 512 characters
+        long, holds no control character and neither starts nor ends with another blank, i.e. one
+        :func:`~airflow_audience_provider.identifiers.normalise.normalise_opaque` returns as the
+        kernel trimmed it. ClientIDs: accepts :data:`CLIENT_ID_PATTERN` after trimming ASCII
+        blanks, i.e. a value :func:`~airflow_audience_provider.identifiers.normalise.normalise_client_id`
+        returns unchanged. Every other row is left to the exact rule.
+
+        Partitions are the CRC-32 of the value's UTF-8 bytes (the partition function of clear-text
+        outputs, in the snapshot order too). polars has no CRC-32, so ``zlib.crc32`` runs over the
+        accepted values here (the one per-value step under the GIL); grouping, sorting and joining
+        run in polars.
+        """
+        pl = self._pl
+        frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)}).select(
+            pl.col("v").str.strip_chars(ASCII_BLANKS)
+        )
+        v = pl.col("v")
+        if client_id:
+            ok = v.str.contains(CLIENT_ID_PATTERN)
+        else:
+            length = v.str.len_chars()
+            refuse = f"{OPAQUE_CONTROL}|^[{OTHER_BLANKS}]|[{OTHER_BLANKS}]$"
+            ok = (length > 0) & (length <= _MAX_OPAQUE) & ~v.str.contains(refuse)
+        frame = frame.with_columns(ok=ok)
+        refused = frame.select(pl.arg_where(~pl.col("ok"))).to_series().to_list()
+        # Sorted here, in the read workers: each partition reaches the plan phase as a sorted run,
+        # which its exact sort then takes in one pass (a stable sort by partition keeps the order).
+        accepted = frame.filter(pl.col("ok")).to_series().sort()
+        if not len(accepted):
+            return ClearOutput("", [0] * 257, refused)
+        joined: str = accepted.str.join("\n").item()
+        crcs = list(map(zlib.crc32, joined.encode("utf-8").split(b"\n")))
+        keys = pl.Series(crcs, dtype=pl.UInt32) & 0xFF
+        ordered = pl.DataFrame({"k": keys, "v": accepted}).sort("k", maintain_order=True)
+        bounds = ordered.get_column("k").search_sorted(self._partition_numbers, "left")
+        ends = (ordered.get_column("v").str.len_chars().cast(pl.Int64) + 1).cum_sum()
+        starts = pl.concat([pl.Series([0], dtype=pl.Int64), ends])
+        offsets = starts.gather(bounds).to_list()
+        offsets.append(starts[-1])
+        return ClearOutput(ordered.get_column("v").str.join("\n").item(), offsets, refused)
+
     def _hash_accepted(self, frame: Any, *, upper: bool = False, column: Any = None) -> KernelOutput:
         pl, plh = self._pl, self._plh
         accepted = frame.filter(pl.col("ok"))
@@ -146,6 +234,11 @@ class EmailKernel:
             accepted = accepted.select(column.alias("v"))
             cased = plh.col("v")
         digests = accepted.select(cased.chash.sha2_256().alias("h")).to_series()
+        return self._ordered(frame, digests)
+
+    def _ordered(self, frame: Any, digests: Any) -> KernelOutput:
+        """The accepted rows' hex digests ordered and partitioned, and the refused rows of ``frame``."""
+        pl = self._pl
         # Ordered by the first 60 bits (15 hex digits, an Int64): partition "3f" starts at the first
         # digest >= "3f" (a binary search only compares prefixes here), and each partition reaches
         # the plan phase as a run that is sorted but for ties of 60 bits, which the plan's exact
@@ -197,6 +290,24 @@ _SELF_TEST_MAID = [
 ]
 
 
+def _self_test_passthrough(kernel: EmailKernel) -> bool:
+    """The unhashed outputs (pre-hashed values, customer ids, ClientIDs) on known values."""
+    digest = hashlib.sha256(b"x").hexdigest()
+    hexes = kernel.run_sha256([f" {digest.upper()}", "ab"])
+    ids = kernel.run_clear(["b", " a\t", "", "c\x00"], client_id=False)
+    want = sorted(["a", "b"], key=lambda v: (zlib.crc32(v.encode()) & 0xFF, v))
+    client = kernel.run_clear(["18446744073709551615", "0", "7"], client_id=True)
+    return (
+        hexes.digests == digest
+        and hexes.refused == [1]
+        and ids.text.split("\n") == want
+        and ids.refused == [2, 3]
+        and ids.offsets[-1] == 4
+        and client.refused == [0, 1]
+        and client.text == "7"
+    )
+
+
 @functools.cache
 def load_email_kernel() -> EmailKernel | None:
     """The kernel, or None when the ``fast`` extra is missing, disabled, or fails its self-test."""
@@ -220,6 +331,7 @@ def load_email_kernel() -> EmailKernel | None:
         mac = kernel.run_mac(["ae:12:34:56:d0:a1", " AE-12-34-56-D0-A2", "ff:ff:ff:ff:ff:ff", "zz"])
         want = sorted(hashlib.sha256(bytes.fromhex(v)).hexdigest() for v in ("AE123456D0A1", "AE123456D0A2"))
         ok = ok and mac.digests.split("\n") == want and mac.refused == [2, 3]
+        ok = ok and _self_test_passthrough(kernel)
     except Exception as exc:  # a broken or incompatible install must not break uploads
         log.warning("The polars e-mail kernel failed its self-test (%s); using the Python path", exc)
         return None

@@ -57,10 +57,9 @@ def test_process_batch_uses_the_kernel_and_the_python_path_agrees(monkeypatch) -
     assert with_kernel.count == python.count
 
 
-def test_only_sha256_e_mails_use_the_kernel() -> None:
+def test_md5_e_mails_and_phones_do_not_use_the_kernel() -> None:
     assert not uses_kernel(NormalisationProfile(IdentifierType.EMAIL, HashAlgorithm.MD5))
     assert not uses_kernel(NormalisationProfile(IdentifierType.PHONE, HashAlgorithm.MD5))
-    assert not uses_kernel(NormalisationProfile(IdentifierType.SHA256, HashAlgorithm.NONE))
 
 
 def test_a_batch_polars_cannot_hold_falls_back_to_python() -> None:
