@@ -7,6 +7,7 @@ size of a chunk is counted as the vendor file would hold it: the header, then ea
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -153,17 +154,42 @@ def iter_chunk_lists(values: Iterable[str], rule: VendorRule) -> Iterator[list[s
         return
     current = []
     used = 0
-    for v in it:
-        cost = len(v.encode("utf-8", "surrogatepass")) + overhead
-        if budget is not None and cost > budget:
-            raise ValueError(f"rule {rule.key}: a value longer than max_bytes_per_chunk cannot be sent")
-        if current and (len(current) >= max_ids or (budget is not None and used + cost > budget)):
+    while True:
+        # Blocks that fit the current chunk whole are taken with one size computation; only a block
+        # that would cross the byte limit is walked value by value.
+        room = max_ids - len(current)
+        block = list(itertools.islice(it, min(CHUNK_BLOCK, room) if room > 0 else 1))
+        if not block:
+            break
+        if room <= 0:  # the chunk is full and another value follows
             yield current
             current, used = [], 0
-        current.append(v)
-        used += cost
+            block.extend(itertools.islice(it, min(CHUNK_BLOCK, max_ids) - 1))
+        cost = _block_bytes(block, overhead) if budget is not None else 0
+        if budget is None or used + cost <= budget:
+            current.extend(block)
+            used += cost
+            continue
+        for v in block:
+            cost = len(v.encode("utf-8", "surrogatepass")) + overhead
+            if cost > budget:
+                raise ValueError(f"rule {rule.key}: a value longer than max_bytes_per_chunk cannot be sent")
+            if current and (len(current) >= max_ids or used + cost > budget):
+                yield current
+                current, used = [], 0
+            current.append(v)
+            used += cost
     if current:
         yield current
+
+
+#: Values sized at once when cutting variable-length values into chunks.
+CHUNK_BLOCK = 4096
+
+
+def _block_bytes(values: list[str], overhead: int) -> int:
+    """Bytes ``values`` take in a vendor file: their UTF-8 text plus ``overhead`` per row."""
+    return len("".join(values).encode("utf-8", "surrogatepass")) + overhead * len(values)
 
 
 class ChunkCounter:
@@ -183,15 +209,27 @@ class ChunkCounter:
         self.values += len(values)
         if self._fixed is not None:
             return  # computed from the count alone in chunks()
-        for v in values:
-            cost = len(v.encode("utf-8", "surrogatepass")) + self._overhead
-            if self._in_chunk and (
-                self._in_chunk >= self._max_ids or (self._budget is not None and self._used + cost > self._budget)
-            ):
+        start, budget = 0, self._budget
+        while start < len(values):
+            # As in iter_chunk_lists: a block that fits the current chunk whole is counted at once.
+            room = self._max_ids - self._in_chunk
+            if room <= 0:
                 self._chunks += 1
-                self._in_chunk, self._used = 0, 0
-            self._in_chunk += 1
-            self._used += cost
+                self._in_chunk, self._used, room = 0, 0, self._max_ids
+            block = values[start : start + min(CHUNK_BLOCK, room)]
+            start += len(block)
+            cost = _block_bytes(block, self._overhead) if budget is not None else 0
+            if budget is None or self._used + cost <= budget:
+                self._in_chunk += len(block)
+                self._used += cost
+                continue
+            for v in block:
+                cost = len(v.encode("utf-8", "surrogatepass")) + self._overhead
+                if self._in_chunk and (self._in_chunk >= self._max_ids or self._used + cost > budget):
+                    self._chunks += 1
+                    self._in_chunk, self._used = 0, 0
+                self._in_chunk += 1
+                self._used += cost
 
     @property
     def chunks(self) -> int:

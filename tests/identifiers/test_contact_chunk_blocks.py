@@ -1,0 +1,74 @@
+"""Cutting variable-length values (customer ids, ClientIDs) into chunks block by block gives the
+chunks the value-by-value rule gives."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airflow_audience_provider.identifiers import chunking
+from airflow_audience_provider.identifiers.chunking import ChunkCounter, _limits, iter_chunk_lists
+from airflow_audience_provider.identifiers.rules import VendorRule, get_rule
+
+BASE = get_rule("yandex_audience", "client_id")
+
+
+def reference_lists(values: list[str], rule: VendorRule) -> list[list[str]]:
+    """The value-by-value rule: a chunk ends before the value that would break a limit."""
+    max_ids, budget, overhead = _limits(rule)
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    used = 0
+    for v in values:
+        cost = len(v.encode("utf-8", "surrogatepass")) + overhead
+        if budget is not None and cost > budget:
+            raise ValueError("too long")
+        if current and (len(current) >= max_ids or (budget is not None and used + cost > budget)):
+            chunks.append(current)
+            current, used = [], 0
+        current.append(v)
+        used += cost
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def rule_with(max_ids: int | None, max_bytes: int | None) -> VendorRule:
+    return BASE.with_options(max_ids_per_chunk=max_ids, max_bytes_per_chunk=max_bytes)
+
+
+value = st.text(alphabet="ab\u00e9\u4e2d\U0001f600", min_size=1, max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    values=st.lists(value, max_size=60),
+    max_ids=st.one_of(st.none(), st.integers(1, 12)),
+    max_bytes=st.one_of(st.none(), st.integers(25, 60)),
+    block=st.integers(1, 9),
+    feeds=st.integers(1, 4),
+)
+def test_block_cutting_matches_the_value_by_value_rule(values, max_ids, max_bytes, block, feeds) -> None:
+    rule = rule_with(max_ids, max_bytes)
+    saved = chunking.CHUNK_BLOCK
+    chunking.CHUNK_BLOCK = block
+    try:
+        want = reference_lists(values, rule)
+        assert list(iter_chunk_lists(iter(values), rule)) == want
+        counter = ChunkCounter(rule)
+        step = max(1, len(values) // feeds)
+        for i in range(0, len(values), step):
+            counter.feed(values[i : i + step])
+        assert counter.chunks == len(want)
+        assert counter.values == len(values)
+    finally:
+        chunking.CHUNK_BLOCK = saved
+
+
+def test_a_value_longer_than_the_byte_limit_is_refused_after_the_chunks_before_it() -> None:
+    rule = rule_with(None, 12)
+    it = iter_chunk_lists(iter(["aaaa", "bbbb", "cccc", "x" * 20]), rule)
+    assert next(it) == ["aaaa", "bbbb"]
+    with pytest.raises(ValueError, match="longer than max_bytes_per_chunk"):
+        next(it)
