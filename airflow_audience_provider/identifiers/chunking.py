@@ -256,7 +256,8 @@ def iter_chunks_from_file(
     index = first_index
     if fixed is None:
         with open(path, encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
-            for values in iter_chunk_lists((line[:-1] for line in fh), rule):
+            lines = itertools.chain.from_iterable(_line_blocks(fh))
+            for values in iter_chunk_lists(lines, rule):
                 yield Chunk(operation, index, total, rule, values=values)
                 index += 1
         return
@@ -273,6 +274,21 @@ def iter_chunks_from_file(
         )
         offset += nbytes
         index += 1
+
+
+def _line_blocks(fh: IO[str], block: int = 1 << 20) -> Iterator[list[str]]:
+    """The lines of a text file (each ending with a newline), without the newlines, a block at a time."""
+    rest = ""
+    while data := fh.read(block):
+        data = rest + data
+        cut = data.rfind("\n")
+        if cut < 0:
+            rest = data
+            continue
+        rest = data[cut + 1 :]
+        yield data[:cut].split("\n")
+    if rest:
+        raise ValueError(f"{fh.name}: the last line has no newline")
 
 
 class FixedWidthChunker:

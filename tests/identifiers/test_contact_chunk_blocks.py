@@ -72,3 +72,28 @@ def test_a_value_longer_than_the_byte_limit_is_refused_after_the_chunks_before_i
     assert next(it) == ["aaaa", "bbbb"]
     with pytest.raises(ValueError, match="longer than max_bytes_per_chunk"):
         next(it)
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(value, max_size=40), max_ids=st.integers(1, 12), read=st.integers(1, 15))
+def test_chunks_read_back_from_a_work_file_match_the_value_by_value_rule(values, max_ids, read) -> None:
+    """Work files are read in blocks of ``read`` characters here, so blocks cut lines anywhere."""
+    import tempfile
+    from pathlib import Path
+
+    rule = rule_with(max_ids, 40)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "adds"
+        path.write_text("".join(f"{v}\n" for v in values), encoding="utf-8")
+        with open(path, encoding="utf-8", newline="\n") as fh:
+            assert [v for block in chunking._line_blocks(fh, read) for v in block] == values
+        chunks = list(chunking.iter_chunks_from_file(path, rule, "add", first_index=3))
+    assert [c.values for c in chunks] == reference_lists(values, rule)
+    assert [c.index for c in chunks] == list(range(3, 3 + len(chunks)))
+
+
+def test_a_work_file_whose_last_line_has_no_newline_is_refused(tmp_path) -> None:
+    path = tmp_path / "adds"
+    path.write_text("a\nb", encoding="utf-8")
+    with pytest.raises(ValueError, match="no newline"):
+        list(chunking.iter_chunks_from_file(path, rule_with(10, None), "add"))
