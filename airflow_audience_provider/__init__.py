@@ -83,6 +83,19 @@ def get_provider_info() -> dict[str, Any]:
                         "default": None,
                         "sensitive": True,
                     },
+                    "token_cache": {
+                        "description": "Where OAuth2 access tokens (Criteo) are shared, sealed with [core] "
+                        "fernet_key: file (the default when a Fernet key is set: "
+                        "$AIRFLOW_HOME/audience_tokens, shared by the task processes and the triggerer of "
+                        "one host), process (each process mints its own), file:///dir, or "
+                        "redis://host:port/db to share them between hosts (needs the redis extra). "
+                        "Without a Fernet key tokens stay in each process.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "redis://redis:6379/3",
+                        "default": None,
+                        "sensitive": True,
+                    },
                 },
             }
         },

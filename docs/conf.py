@@ -31,7 +31,7 @@ autodoc_typehints = "description"
 # names from Python, Airflow and requests cannot be linked and are ignored by pattern.
 nitpicky = True
 nitpick_ignore_regex = [
-    ("py:.*", r"(collections|datetime|enum|logging|os|pathlib|threading|typing|urllib\.parse)(\..+)?"),
+    ("py:.*", r"(collections|contextlib|datetime|enum|logging|os|pathlib|threading|typing|urllib\.parse)(\..+)?"),
     ("py:.*", r"(requests|starlette|airflow)(\..+)?"),
     ("py:.*", r"Context|Path|PathLike|timedelta|Asset|TaskInstanceKey|PokeReturnValue|BaseOperator"),
     ("py:class", r"airflow_audience_provider\..*\._\w+"),  # private base classes, shown by show-inheritance

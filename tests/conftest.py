@@ -15,6 +15,9 @@ os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_REPO / "example_dags")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+# Each test process keeps its OAuth tokens in memory (fakes revoke them on reset); the token-cache
+# tests choose a shared store explicitly.
+os.environ.setdefault("AIRFLOW__AUDIENCE__TOKEN_CACHE", "process")
 # The OpenLineage provider is installed for the lineage tests, which call the facet methods directly;
 # its listener stays off so no task run tries to send events anywhere (there is no network here).
 os.environ.setdefault("AIRFLOW__OPENLINEAGE__DISABLED", "True")

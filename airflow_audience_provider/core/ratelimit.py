@@ -298,18 +298,7 @@ class RedisBackend:
         with self._lock:
             if self._scripts is None:
                 if self._client is None:
-                    try:
-                        import redis
-                    except ImportError as exc:
-                        from airflow_audience_provider.core.errors import AudienceConfigurationError
-
-                        raise AudienceConfigurationError(
-                            "The Redis rate-limit backend needs the redis package: "
-                            "pip install 'airflow-audience-provider[redis]'"
-                        ) from exc
-                    self._client = redis.Redis.from_url(
-                        self.url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30
-                    )
+                    self._client = redis_from_url(self.url, CONFIG_OPTION)
                 self._scripts = (
                     self._client.register_script(_REDIS_ACQUIRE),
                     self._client.register_script(_REDIS_HOLD),
@@ -329,7 +318,7 @@ class RedisBackend:
         try:
             wait, culprit = acquire(keys=keys, args=args)
         except Exception as exc:
-            if _is_redis_error(exc):
+            if is_redis_error(exc):
                 self._warn(exc)
                 return self._fallback.try_acquire(budgets, now)
             raise
@@ -343,7 +332,7 @@ class RedisBackend:
         try:
             hold(keys=[self._key(key, "hold")], args=[repr(float(seconds))])
         except Exception as exc:
-            if not _is_redis_error(exc):
+            if not is_redis_error(exc):
                 raise
             self._warn(exc)
             self._fallback.hold(key, seconds, now)
@@ -355,15 +344,33 @@ class RedisBackend:
         log.warning(
             "Rate-limit backend Redis at %s cannot be reached (%s); budgets are kept per process until it "
             "answers again",
-            _redacted_url(self.url),
+            redacted_url(self.url),
             type(exc).__name__,
         )
 
     def __repr__(self) -> str:
-        return f"RedisBackend({_redacted_url(self.url)!r})"
+        return f"RedisBackend({redacted_url(self.url)!r})"
 
 
-def _is_redis_error(exc: Exception) -> bool:
+def redis_from_url(url: str, option: str) -> Any:
+    """A Redis client for ``url`` (``redis://``, ``rediss://``, ``unix://``) with bounded timeouts.
+
+    Shared by the Redis backends of ``[audience] <option>``; the ``redis`` package is imported here,
+    on first use (``pip install 'airflow-audience-provider[redis]'``).
+    """
+    try:
+        import redis
+    except ImportError as exc:
+        from airflow_audience_provider.core.errors import AudienceConfigurationError
+
+        raise AudienceConfigurationError(
+            f"[{CONFIG_SECTION}] {option} = redis://... needs the redis package: "
+            "pip install 'airflow-audience-provider[redis]'"
+        ) from exc
+    return redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30)
+
+
+def is_redis_error(exc: Exception) -> bool:
     """The server cannot be reached or answer in time (not: a script or protocol error, which is a bug)."""
     if isinstance(exc, OSError):
         return True
@@ -373,7 +380,7 @@ def _is_redis_error(exc: Exception) -> bool:
     )
 
 
-def _redacted_url(url: str) -> str:
+def redacted_url(url: str) -> str:
     """The URL without its password, for logs."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
@@ -441,17 +448,22 @@ _default_limiter: RateLimiter | None = None
 _default_lock = threading.Lock()
 
 
-def configured_backend() -> str | None:
-    """``[audience] rate_limit_backend`` from the environment or the Airflow configuration, if set."""
-    configured = os.environ.get("AIRFLOW__AUDIENCE__RATE_LIMIT_BACKEND")
+def configured_setting(option: str) -> str | None:
+    """``[audience] <option>`` from the environment or the Airflow configuration, if set."""
+    configured = os.environ.get(f"AIRFLOW__{CONFIG_SECTION.upper()}__{option.upper()}")
     if configured is None:
         try:
             from airflow.configuration import conf  # lazy: importing Airflow is slow
 
-            configured = conf.get(CONFIG_SECTION, CONFIG_OPTION, fallback=None)
-        except Exception:  # Airflow missing or misconfigured: the default backend
+            configured = conf.get(CONFIG_SECTION, option, fallback=None)
+        except Exception:  # Airflow missing or misconfigured: the default
             configured = None
     return configured.strip() if configured and configured.strip() else None
+
+
+def configured_backend() -> str | None:
+    """``[audience] rate_limit_backend`` from the environment or the Airflow configuration, if set."""
+    return configured_setting(CONFIG_OPTION)
 
 
 def limiter_from_setting(setting: str | None) -> RateLimiter:
@@ -471,7 +483,7 @@ def limiter_from_setting(setting: str | None) -> RateLimiter:
             from airflow_audience_provider.core.errors import AudienceConfigurationError
 
             raise AudienceConfigurationError(
-                f"[{CONFIG_SECTION}] {CONFIG_OPTION}: unknown backend {_redacted_url(setting)!r}; "
+                f"[{CONFIG_SECTION}] {CONFIG_OPTION}: unknown backend {redacted_url(setting)!r}; "
                 "use redis://host:port/db, memory, file or a directory"
             )
         return RateLimiter(Path(path))

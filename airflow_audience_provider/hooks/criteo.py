@@ -224,7 +224,7 @@ class CriteoHook(AudienceHook):
         secret = settings.require(settings.password, "client secret (password field)")
         token_url = settings.get_extra("token_url") or f"{self.base_url(settings)}/oauth2/token"
         # requests URL-encodes the form, so a secret with '+' stays intact (unencoded: invalid_client).
-        # One token per process and app: every Criteo hook and trigger here reuses it until near expiry.
+        # One token per app: hooks, triggers and, through [audience] token_cache, other processes reuse it.
         return self.oauth2_client_credentials(settings, session, token_url, client_id, secret)
 
     def budget_key(self, settings: ConnectionSettings) -> str:

@@ -582,7 +582,9 @@ class CriteoFake(VendorFake):
             return JSONResponse({"revoked": True})
 
         async def state(request: Request) -> Response:
-            return JSONResponse({"segments": self.segments, "audiences": self.audiences})
+            return JSONResponse(
+                {"segments": self.segments, "audiences": self.audiences, "tokens_issued": self.tokens_issued}
+            )
 
         async def members(request: Request) -> Response:
             try:
