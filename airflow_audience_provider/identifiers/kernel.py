@@ -61,6 +61,11 @@ _ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 MAC_SEPARATORS = r"[:\-. ]"
 MAC_CHARS = r"^[0-9A-Fa-f:\-. ]+$"
 _MAC_RESERVED = ("000000000000", "FFFFFFFFFFFF")
+_MAC_RESERVED_BYTES = [bytes(6), b"\xff" * 6]
+#: ``str.translate`` table deleting the separators ``normalise_mac`` removes.
+_MAC_DELETE = str.maketrans("", "", ":-. ")
+#: 12 hex digits in either case (what is left of a MAC the kernel takes once separators are removed).
+MAC_HEX12 = r"^[0-9A-Fa-f]{12}$"
 #: A pre-hashed SHA-256 value in either case (``normalise._SHA256_RE`` after lower-casing).
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 #: A ClientID ``normalise_client_id`` returns unchanged: no leading zero, at most 19 digits (below 2**64).
@@ -135,18 +140,31 @@ class EmailKernel:
             pl.col("v").str.strip_chars(ASCII_BLANKS)
         )
         frame = frame.with_columns(
-            ok=pl.col("v").str.contains(UUID_PATTERN) & (pl.col("v").str.to_lowercase() != _ZERO_UUID)
+            # the zero id has no letters, so comparing without lower-casing is case-blind
+            ok=pl.col("v").str.contains(UUID_PATTERN) & (pl.col("v") != _ZERO_UUID)
         )
         return self._hash_accepted(frame, upper=upper)
 
     def run_mac(self, values: list[str]) -> KernelOutput:
         """Process one batch of MAC addresses: SHA-256 over the 6 bytes the 12 hex digits spell.
 
-        Accepts values (after trimming ASCII blanks) made only of hex digits and the separators
-        ``normalise_mac`` removes, holding 12 hex digits, and not a reserved address; every other
-        row is left to the exact rule.
+        Accepts values made only of hex digits and the separators ``normalise_mac`` removes (a
+        space is one, so blanks around are too), holding 12 hex digits, and not a reserved address;
+        every other row is left to the exact rule.
         """
         pl = self._pl
+        joined = "\n".join(values)
+        if joined.count("\n") == len(values) - 1:
+            # One C pass over the batch removes the separators (a polars regex replace costs ~200
+            # ns per value); polars splits the text into the digits column, one row per value.
+            digits = pl.Series([joined.translate(_MAC_DELETE)], dtype=pl.String).str.split("\n").explode()
+            frame = pl.DataFrame({"digits": digits}).with_columns(
+                ok=pl.col("digits").str.contains(MAC_HEX12),
+                raw=pl.col("digits").str.decode("hex", strict=False),
+            )
+            frame = frame.with_columns(ok=(pl.col("ok") & ~pl.col("raw").is_in(_MAC_RESERVED_BYTES)).fill_null(False))
+            return self._hash_accepted(frame, column=pl.col("raw"))
+        # A value holds a newline, so lines are not rows: the same decision column by column.
         frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)}).select(
             pl.col("v").str.strip_chars(ASCII_BLANKS)
         )

@@ -158,6 +158,21 @@ def test_mac_kernel_gives_what_the_exact_rule_gives(values: list[str]) -> None:
     assert all(h[:2] == key for key, text in out.partitions.items() for h in text.split("\n"))
 
 
+line_blank = st.sampled_from(["", " ", "\t", "  ", "\u00a0", "\r", "\x0b", "\u3000"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(st.tuples(line_blank, mac_like, line_blank).map("".join), min_size=1, max_size=40))
+def test_mac_kernel_on_batches_without_newlines_gives_what_the_exact_rule_gives(values: list[str]) -> None:
+    """Batches whose values hold no newline take the kernel's whole-text separator removal."""
+    want, want_invalid = expected_mac(values)
+    out = _process_with_kernel(values, MAC)
+    assert out is not None
+    assert digests(out) == want
+    assert sorted(out.invalid) == want_invalid
+    assert out.count == len(want)
+
+
 def test_mac_profile_uses_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
     values = [":".join(f"{(i * 7919 + k) % 256:02x}" for k in range(6)) for i in range(1, 400)]
     values += ["zz:12", "FF-FF-FF-FF-FF-FF", "\u00a0AE:12:34:56:D0:A1"]
