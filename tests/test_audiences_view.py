@@ -7,14 +7,11 @@ an ordinary SQLAlchemy session on that file, as the API server would.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import REPO, migrated_airflow_env
 
-from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db, read_run, run_dag_test
+from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "example_dags"
 YANDEX_DAG = "example_yandex_audience_crm_refresh"
 LYTICS_DAG = "example_lytics_segment_refresh"
 
@@ -25,14 +22,12 @@ pytestmark = pytest.mark.dag_run
 def filled_db(sandbox, tmp_path_factory):
     for vendor in ("yandex_audience", "lytics"):
         sandbox.fake(vendor).reset()
-    env = dag_test_env(
-        tmp_path_factory.mktemp("airflow_home"),
-        EXAMPLES,
+    env = migrated_airflow_env(
         sandbox,
+        tmp_path_factory,
         AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
         AUDIENCE_EXAMPLE_SETTLE_SECONDS="0.5",  # the Lytics wait ends on a size that stays put
     )
-    migrate_db(env)
     for dag_id, conf in ((YANDEX_DAG, None), (YANDEX_DAG, {"shift": 5}), (LYTICS_DAG, None)):
         outcome = run_dag_test(dag_id, env, timeout=300, conf=conf)
         assert outcome.ok, outcome.log[-4000:]

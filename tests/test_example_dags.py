@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import EXAMPLES, migrated_airflow_env, reset_fake
 
-from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db, read_run, run_dag_test
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "example_dags"
+from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
 
 pytestmark = pytest.mark.dag_run
 
@@ -27,20 +23,14 @@ def test_example_dags_import_cleanly():
 
 @pytest.fixture(scope="module")
 def airflow_env(sandbox, tmp_path_factory):
-    env = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
-    migrate_db(env)
-    return env
+    return migrated_airflow_env(sandbox, tmp_path_factory, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
 
 
 @pytest.fixture(scope="module")
 def lytics_fake(sandbox):
-    fake = sandbox.fake("lytics")
-    fake.reset()
     # Long enough that the sensor's first poke finds the job still running, so it really defers;
     # the reevaluation is listed as a job, so the sensor ends on the job signal.
-    fake.configure(processing_seconds=4, list_reevaluation_jobs=1)
-    yield fake
-    fake.reset()
+    yield from reset_fake(sandbox, "lytics", processing_seconds=4, list_reevaluation_jobs=1)
 
 
 def _last_run(env, dag_id):

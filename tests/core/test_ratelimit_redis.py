@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +20,8 @@ from pathlib import Path
 import pytest
 
 redis = pytest.importorskip("redis", reason="the redis package (the 'redis' extra) is not installed")
+
+from helpers import free_port, redis_server_binary  # noqa: E402
 
 from airflow_audience_provider.core.ratelimit import (  # noqa: E402
     HOLD,
@@ -35,35 +35,13 @@ from airflow_audience_provider.core.ratelimit import (  # noqa: E402
 )
 
 
-def _redis_server_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "install", "-y", "-q", "redis-server"], ["apt-get", "update", "-q"]):
-        subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
-        found = shutil.which("redis-server")
-        if found:
-            return found
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "redis-server"], env=env, capture_output=True, timeout=600, check=False
-    )
-    return shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     """A private ``redis-server`` on 127.0.0.1 (no persistence), stopped after the module."""
-    binary = _redis_server_binary()
+    binary = redis_server_binary()
     if binary is None:
         pytest.skip("redis-server is not installed and could not be installed with apt-get (needs root)")
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
@@ -149,7 +127,7 @@ def test_redis_keys_reveal_no_account_and_expire(flushed):
 
 
 def test_unreachable_redis_falls_back_to_this_process_with_a_warning(caplog):
-    url = f"redis://:not-in-logs@127.0.0.1:{_free_port()}/0"  # nothing listens there
+    url = f"redis://:not-in-logs@127.0.0.1:{free_port()}/0"  # nothing listens there
     limiter = RateLimiter(backend=RedisBackend(url))
     limit = RateLimit((Window(1, 60.0),), max_wait=0.5)
     assert limiter.acquire("k", limit) == 0.0  # the request goes ahead...

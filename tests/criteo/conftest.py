@@ -8,11 +8,11 @@ documents at the end of each test.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 from criteo_openapi import SpecCheck
+from helpers import conn_setter, record_exchanges
 
 
 @pytest.fixture
@@ -41,30 +41,14 @@ def validate_exchanges(spec_check, monkeypatch):
     for the OpenAPI check at teardown."""
     from airflow_audience_provider.hooks.criteo import CriteoHook
 
-    real = CriteoHook.build_transport
-
-    def build_transport(self, settings):
-        transport = real(self, settings)
-        spec_check.attach(transport.session)
-        return transport
-
-    monkeypatch.setattr(CriteoHook, "build_transport", build_transport)
+    record_exchanges(monkeypatch, CriteoHook, spec_check)
     return spec_check
 
 
 @pytest.fixture
 def set_criteo_conn(criteo, monkeypatch):
     """Point a connection id at the fake with changed fields: ``set_criteo_conn("id", extra={"api": ...})``."""
-
-    def setter(conn_id: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> str:
-        conn = criteo.connection(criteo.base_url)
-        conn.update(fields)
-        conn = {k: v for k, v in conn.items() if v is not None}
-        conn["extra"] = {**conn.get("extra", {}), **(extra or {})}
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-        return conn_id
-
-    return setter
+    return conn_setter(criteo, monkeypatch)
 
 
 @pytest.fixture

@@ -8,14 +8,12 @@ live, so it really defers to its trigger, and short enough for a test.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
+from helpers import migrated_airflow_env, reset_fake
 
-from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db, read_run, run_dag_test
+from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "example_dags"
 DAG_ID = "example_criteo_contact_list_sync"
 TASKS = [
     "export_customers",
@@ -31,24 +29,18 @@ pytestmark = pytest.mark.dag_run
 
 @pytest.fixture(scope="module")
 def airflow_env(sandbox, tmp_path_factory):
-    env = dag_test_env(
-        tmp_path_factory.mktemp("airflow_home"),
-        EXAMPLES,
+    return migrated_airflow_env(
         sandbox,
+        tmp_path_factory,
         AUDIENCE_EXAMPLE_POLL_SECONDS="0.2",
         AUDIENCE_EXAMPLE_CRITEO_WINDOW_SECONDS="1",
         AUDIENCE_EXAMPLE_CRITEO_DELAY_SECONDS="10",
     )
-    migrate_db(env)
-    return env
 
 
 @pytest.fixture(scope="module")
 def criteo_fake(sandbox):
-    fake = sandbox.fake("criteo")
-    fake.reset()
-    yield fake
-    fake.reset()
+    yield from reset_fake(sandbox, "criteo")
 
 
 def test_sync_audience_and_wait_for_the_window_then_an_idempotent_rerun(airflow_env, criteo_fake):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import pytest
+from helpers import sha, write_emails
 
 from airflow_audience_provider.core.errors import AudienceError, AudiencePartialFailure, AudienceValidationError
 from airflow_audience_provider.operators.criteo import (
@@ -18,16 +16,6 @@ from airflow_audience_provider.operators.criteo import (
 
 # Every request the operators send and every answer they get is checked against Criteo's OpenAPI documents.
 pytestmark = pytest.mark.usefixtures("validate_exchanges")
-
-
-def sha(email: str) -> str:
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
-
-
-def write_emails(path: Path, emails: list[str]) -> dict[str, str]:
-    """A CSV export with an ``email`` column, as the upstream XCom dict the engine reads."""
-    path.write_text("email\n" + "\n".join(emails) + "\n")
-    return {"path": str(path), "format": "csv", "column": "email"}
 
 
 @pytest.fixture

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import pytest
+from helpers import sha, write_emails
 
 from airflow_audience_provider.core.errors import AudienceConfigurationError, AudienceError
 from airflow_audience_provider.operators.criteo import (
@@ -15,15 +15,6 @@ from airflow_audience_provider.operators.criteo import (
 )
 
 pytestmark = pytest.mark.usefixtures("validate_exchanges")
-
-
-def sha(email: str) -> str:
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
-
-
-def write_emails(path: Path, emails: list[str]) -> dict[str, str]:
-    path.write_text("email\n" + "\n".join(emails) + "\n")
-    return {"path": str(path), "format": "csv", "column": "email"}
 
 
 def segment(context) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import psycopg2
+from helpers import redis_server_binary
 
 try:  # the CeleryExecutor deployment only: a client to check the broker is up
     import redis
@@ -98,23 +99,6 @@ class Component:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
-
-
-def redis_server_binary() -> str | None:
-    """Debian's ``redis-server``, installed with apt-get when missing and we are root."""
-    found = shutil.which("redis-server")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "install", "-y", "-q", "redis-server"], ["apt-get", "update", "-q"]):
-        subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
-        found = shutil.which("redis-server")
-        if found:
-            return found
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "redis-server"], env=env, capture_output=True, timeout=600, check=False
-    )
-    return shutil.which("redis-server")
 
 
 class RedisServer:

@@ -6,10 +6,10 @@ The vendor is always the real Lytics fake over HTTP; only the Airflow task conte
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
+from helpers import conn_setter, record_exchanges
 from openapi_check import LyticsSpecCheck
 
 #: how long a reevaluation takes in the sandbox for these tests, and how often we look
@@ -28,14 +28,7 @@ def lytics_spec(_lytics_spec, monkeypatch):
     the operation) at teardown. A test that breaks the document on purpose sets ``enabled = False``."""
     from airflow_audience_provider.hooks.lytics import LyticsHook
 
-    real = LyticsHook.build_transport
-
-    def build_transport(self, settings):
-        transport = real(self, settings)
-        _lytics_spec.attach(transport.session)
-        return transport
-
-    monkeypatch.setattr(LyticsHook, "build_transport", build_transport)
+    record_exchanges(monkeypatch, LyticsHook, _lytics_spec)
     _lytics_spec.start("")
     _lytics_spec.enabled = True
     yield _lytics_spec
@@ -66,16 +59,7 @@ def hook(lytics):
 @pytest.fixture
 def set_lytics_conn(lytics, monkeypatch):
     """Point a connection id at the sandbox with changed fields: ``set_lytics_conn("id", password=None)``."""
-
-    def setter(conn_id: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> str:
-        conn = lytics.connection(lytics.base_url)
-        conn.update(fields)
-        conn = {k: v for k, v in conn.items() if v is not None}
-        conn["extra"] = {**conn.get("extra", {}), **(extra or {})}
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-        return conn_id
-
-    return setter
+    return conn_setter(lytics, monkeypatch)
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ every answer the fake gives).
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
+from helpers import conn_setter, record_exchanges
 from openapi_check import SegmentSpecCheck
 
 #: how long asynchronous work takes in the sandbox for these tests, and how often we look
@@ -41,14 +39,7 @@ def segment_spec(_segment_spec, monkeypatch):
     """
     from airflow_audience_provider.hooks.segment import SegmentHook
 
-    real = SegmentHook.build_transport
-
-    def build_transport(self, settings):
-        transport = real(self, settings)
-        _segment_spec.attach(transport.session)
-        return transport
-
-    monkeypatch.setattr(SegmentHook, "build_transport", build_transport)
+    record_exchanges(monkeypatch, SegmentHook, _segment_spec)
     _segment_spec.start("")
     _segment_spec.enabled = True
     yield _segment_spec
@@ -77,16 +68,7 @@ def hook(segment):
 @pytest.fixture
 def set_segment_conn(segment, monkeypatch):
     """Point a connection id at the sandbox with changed fields: ``set_segment_conn("id", password=None)``."""
-
-    def setter(conn_id: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> str:
-        conn = segment.connection(segment.base_url)
-        conn.update(fields)
-        conn = {k: v for k, v in conn.items() if v is not None}
-        conn["extra"] = {k: v for k, v in {**conn.get("extra", {}), **(extra or {})}.items() if v is not None}
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-        return conn_id
-
-    return setter
+    return conn_setter(segment, monkeypatch)
 
 
 @pytest.fixture

@@ -6,14 +6,11 @@ events); a third `airflow dags test` here would cost ~15 s on a loaded box for n
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import migrated_airflow_env, reset_fake
 
-from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db, read_run, run_dag_test
+from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "example_dags"
 DAG_ID = "example_segment_audience_rollout"
 NAME = "Recent purchasers (Airflow)"
 
@@ -22,23 +19,17 @@ pytestmark = pytest.mark.dag_run
 
 @pytest.fixture(scope="module")
 def airflow_env(sandbox, tmp_path_factory):
-    env = dag_test_env(
-        tmp_path_factory.mktemp("airflow_home"),
-        EXAMPLES,
+    return migrated_airflow_env(
         sandbox,
+        tmp_path_factory,
         AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
         AUDIENCE_EXAMPLE_BATCH_WAIT_SECONDS="2",
     )
-    migrate_db(env)
-    return env
 
 
 @pytest.fixture(scope="module")
 def segment_fake(sandbox):
-    fake = sandbox.fake("segment")
-    fake.reset()
-    yield fake
-    fake.reset()
+    yield from reset_fake(sandbox, "segment")
 
 
 def _last_run(env):

@@ -6,10 +6,10 @@ The vendor is always the real Yandex.Audience fake over HTTP; only the Airflow t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
+from helpers import conn_setter
 from yandex_audience_helpers import PROCESSING, FakeClock
 
 
@@ -62,13 +62,4 @@ def hook(ya, patch_limiter):
 @pytest.fixture
 def set_ya_conn(ya, monkeypatch):
     """Point a connection id at the sandbox with changed fields: ``set_ya_conn("id", password="x")``."""
-
-    def setter(conn_id: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> str:
-        conn = ya.connection(ya.base_url)
-        conn.update(fields)
-        conn = {k: v for k, v in conn.items() if v is not None}
-        conn["extra"] = {**conn.get("extra", {}), **(extra or {})}
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-        return conn_id
-
-    return setter
+    return conn_setter(ya, monkeypatch)

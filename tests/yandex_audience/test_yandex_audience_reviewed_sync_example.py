@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import migrated_airflow_env, reset_fake
 
-from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db, read_run, run_dag_test
+from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "example_dags"
 DAG_ID = "example_yandex_audience_reviewed_sync"
 
 pytestmark = pytest.mark.dag_run
@@ -17,17 +14,12 @@ pytestmark = pytest.mark.dag_run
 
 @pytest.fixture(scope="module")
 def audience(sandbox):
-    fake = sandbox.fake("yandex_audience")
-    fake.reset()
-    yield fake
-    fake.reset()
+    yield from reset_fake(sandbox, "yandex_audience")
 
 
 @pytest.fixture(scope="module")
 def airflow_env(sandbox, audience, tmp_path_factory):
-    env = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
-    migrate_db(env)
-    return env
+    return migrated_airflow_env(sandbox, tmp_path_factory, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
 
 
 def _segments_named(audience, name):

@@ -6,10 +6,10 @@ recording double.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
+from helpers import conn_setter
 
 
 @pytest.fixture
@@ -46,17 +46,7 @@ def hook(make_hook):
 @pytest.fixture
 def set_direct_conn(direct, monkeypatch):
     """Point a connection id at the sandbox with changed fields: ``set_direct_conn("id", password="x")``."""
-
-    def setter(conn_id: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> str:
-        conn = direct.connection(direct.base_url)
-        conn.update(fields)
-        conn = {k: v for k, v in conn.items() if v is not None}
-        merged = {**conn.get("extra", {}), **(extra or {})}
-        conn["extra"] = {k: v for k, v in merged.items() if v is not None}
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-        return conn_id
-
-    return setter
+    return conn_setter(direct, monkeypatch)
 
 
 @pytest.fixture

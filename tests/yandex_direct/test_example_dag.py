@@ -6,17 +6,14 @@ API becomes a Direct goal only once Audience reports it ``processed``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import requests
+from helpers import EXAMPLES, migrated_airflow_env
 
-from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db, read_run, run_dag_test
+from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
 from airflow_audience_provider.sandbox.yandex_direct import ADVERTISER as DIRECT_LOGIN
 from airflow_audience_provider.sandbox.yandex_direct import AUDIENCE_GOAL_OFFSET
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "example_dags"
 DAG_ID = "example_yandex_direct_retargeting"
 GROUPS = [5757000001, 5757000002]
 
@@ -25,9 +22,7 @@ pytestmark = pytest.mark.dag_run
 
 @pytest.fixture(scope="module")
 def airflow_env(sandbox, tmp_path_factory):
-    env = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
-    migrate_db(env)
-    return env
+    return migrated_airflow_env(sandbox, tmp_path_factory, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
 
 
 @pytest.fixture(scope="module")

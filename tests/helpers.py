@@ -1,0 +1,106 @@
+"""Helpers shared by tests in several directories: local servers, sandbox connections, example-DAG runs.
+
+Import it by name (``from helpers import ...``): ``tests/`` is on ``sys.path`` through its conftest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "example_dags"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str | None:
+    """Debian's ``redis-server``, installed with apt-get when missing and we are root; None if it cannot be."""
+    found = shutil.which("redis-server")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "install", "-y", "-q", "redis-server"], ["apt-get", "update", "-q"]):
+        subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
+        found = shutil.which("redis-server")
+        if found:
+            return found
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "redis-server"], env=env, capture_output=True, timeout=600, check=False
+    )
+    return shutil.which("redis-server")
+
+
+def sha(email: str) -> str:
+    """SHA-256 hex of an e-mail trimmed and lower-cased (what the vendors are sent)."""
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def write_emails(path: Path, emails: list[str]) -> dict[str, str]:
+    """A CSV export with an ``email`` column, as the upstream XCom dict the engine reads."""
+    path.write_text("email\n" + "\n".join(emails) + "\n")
+    return {"path": str(path), "format": "csv", "column": "email"}
+
+
+def conn_setter(fake: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``setter(conn_id, extra=..., **fields)``: point a connection id at ``fake`` with changed fields.
+
+    A field or extra given as None is left out of the connection.
+    """
+
+    def setter(conn_id: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> str:
+        conn = fake.connection(fake.base_url)
+        conn.update(fields)
+        conn = {k: v for k, v in conn.items() if v is not None}
+        merged = {**conn.get("extra", {}), **(extra or {})}
+        conn["extra"] = {k: v for k, v in merged.items() if v is not None}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return setter
+
+
+def record_exchanges(monkeypatch: pytest.MonkeyPatch, hook_class: type, spec_check: Any) -> None:
+    """Every ``hook_class`` the test builds (operators and sensors build their own) records its exchanges
+    in ``spec_check``."""
+    real = hook_class.build_transport
+
+    def build_transport(self, settings):
+        transport = real(self, settings)
+        spec_check.attach(transport.session)
+        return transport
+
+    monkeypatch.setattr(hook_class, "build_transport", build_transport)
+
+
+def migrated_airflow_env(sandbox: Any, tmp_path_factory: pytest.TempPathFactory, **env: str) -> dict[str, str]:
+    """The environment of ``airflow dags test`` on a fresh home with the example DAGs, its DB migrated."""
+    made = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, **env)
+    migrate_db(made)
+    return made
+
+
+def reset_fake(sandbox: Any, vendor: str, **config: Any) -> Iterator[Any]:
+    """For a fixture: ``vendor``'s fake, reset (then configured with ``config``) before and reset after."""
+    fake = sandbox.fake(vendor)
+    fake.reset()
+    if config:
+        fake.configure(**config)
+    yield fake
+    fake.reset()
