@@ -712,8 +712,17 @@ def _diff_in_memory(
         st.remove_counter.feed(removes)
 
 
-def _decide(mode: str, in_new: bool, in_old: bool, uncertain: bool) -> tuple[bool, bool, bool]:
-    """For one identifier: (in the target list, send an add, send a remove).
+def _sort_one(
+    v: str,
+    mode: str,
+    in_new: bool,
+    in_old: bool,
+    uncertain: bool,
+    snap: list[str],
+    adds: list[str],
+    removes: list[str],
+) -> bool:
+    """Put one identifier in the target list (``snap``), the adds or the removes; True when it is unchanged.
 
     The target is the input (``sync``), the snapshot plus the input (``add``) or the snapshot
     minus the input (``remove``). An identifier is sent when the confirmed state differs from the
@@ -725,7 +734,15 @@ def _decide(mode: str, in_new: bool, in_old: bool, uncertain: bool) -> tuple[boo
         target = in_old and not in_new
     else:
         target = in_new
-    return target, target and (not in_old or uncertain), (not target) and (in_old or uncertain)
+    if target:
+        snap.append(v)
+        if not in_old or uncertain:
+            adds.append(v)
+            return False
+    elif in_old or uncertain:
+        removes.append(v)
+        return False
+    return in_new
 
 
 def _diff_generic(
@@ -737,22 +754,15 @@ def _diff_generic(
     adds_fh: IO[str],
     removes_fh: IO[str],
 ) -> None:
-    """The diff of one partition in any mode, with uncertain identifiers (see :func:`_decide`)."""
+    """The diff of one partition in any mode, with uncertain identifiers (see :func:`_sort_one`)."""
     acc, mode = st.acc, st.dest.mode
     all_old_uncertain = st.recovery is not None and st.recovery.snapshot_uncertain
     snap: list[str] = []
     adds: list[str] = []
     removes: list[str] = []
     for v in sorted(new | old | unc):
-        in_new, in_old = v in new, v in old
-        target, add, remove = _decide(mode, in_new, in_old, v in unc or (in_old and all_old_uncertain))
-        if target:
-            snap.append(v)
-        if add:
-            adds.append(v)
-        elif remove:
-            removes.append(v)
-        elif in_new:
+        in_old = v in old
+        if _sort_one(v, mode, v in new, in_old, v in unc or (in_old and all_old_uncertain), snap, adds, removes):
             acc.unchanged += 1
     acc.added += len(adds)
     acc.removed += len(removes)
@@ -807,14 +817,7 @@ def _diff_streaming(
                     in_old = sign <= 0
                     uncertain = v in unc or (in_old and all_old_uncertain)
                     unc.discard(v)
-                    target, add, remove = _decide(mode, sign >= 0, in_old, uncertain)
-                    if target:
-                        snap_buf.append(v)
-                    if add:
-                        add_buf.append(v)
-                    elif remove:
-                        rem_buf.append(v)
-                    elif sign >= 0:
+                    if _sort_one(v, mode, sign >= 0, in_old, uncertain, snap_buf, add_buf, rem_buf):
                         acc.unchanged += 1
                 else:
                     if sign >= 0:

@@ -29,6 +29,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,24 @@ def is_local(location: Any) -> bool:
     return isinstance(location, Path) and not hasattr(location, "fs")
 
 
+@contextlib.contextmanager
+def _complete_temporary(location: Path, data: bytes) -> Iterator[Path]:
+    """A temporary file beside ``location`` holding all of ``data``; removed on leaving."""
+    location.parent.mkdir(parents=True, exist_ok=True)
+    tmp = location.with_name(f".{location.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_atomic(location: Any, data: bytes) -> None:
     """Replace ``location`` with ``data``: whole or not at all for any reader."""
     if is_local(location):
-        location.parent.mkdir(parents=True, exist_ok=True)
-        tmp = location.with_name(f".{location.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as out:
-                out.write(data)
+        with _complete_temporary(location, data) as tmp:
             os.replace(tmp, location)
-        finally:
-            tmp.unlink(missing_ok=True)
         return
     with location.open("wb") as out:
         out.write(data)
@@ -63,18 +71,12 @@ def write_atomic(location: Any, data: bytes) -> None:
 def create_exclusive(location: Any, data: bytes) -> bool:
     """Create ``location`` holding ``data`` only if it does not exist. True = we created it."""
     if is_local(location):
-        location.parent.mkdir(parents=True, exist_ok=True)
-        tmp = location.with_name(f".{location.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as out:
-                out.write(data)
+        with _complete_temporary(location, data) as tmp:
             try:
                 os.link(tmp, location)
             except FileExistsError:
                 return False
             return True
-        finally:
-            tmp.unlink(missing_ok=True)
     with contextlib.suppress(Exception):
         location.parent.mkdir(parents=True, exist_ok=True)
     try:
