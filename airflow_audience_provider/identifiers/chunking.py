@@ -11,6 +11,7 @@ import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -289,6 +290,86 @@ def _line_blocks(fh: IO[str], block: int = 1 << 20) -> Iterator[list[str]]:
         yield data[:cut].split("\n")
     if rest:
         raise ValueError(f"{fh.name}: the last line has no newline")
+
+
+class GrowingFile:
+    """A work file another thread is still writing: how many of its bytes are complete.
+
+    The writer flushes, then :meth:`publish` es the size; a reader in another thread waits for
+    the bytes it needs. :meth:`finish` gives the final size; :meth:`abort` makes every wait raise
+    (the writer failed: nothing more will come).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._size = 0
+        self._done = False
+        self._error: BaseException | None = None
+
+    def publish(self, size: int) -> None:
+        """The first ``size`` bytes are written and flushed."""
+        with self._cond:
+            self._size = max(self._size, size)
+            self._cond.notify_all()
+
+    def finish(self, size: int) -> None:
+        """The file is complete at ``size`` bytes."""
+        with self._cond:
+            self._size = size
+            self._done = True
+            self._cond.notify_all()
+
+    def abort(self, error: BaseException) -> None:
+        """The writer failed: readers waiting or arriving later raise ``error``."""
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` was called."""
+        return self._done
+
+    def wait_for(self, size: int) -> tuple[int, bool]:
+        """Wait until ``size`` bytes are complete or the file is; return ``(complete bytes, finished)``."""
+        with self._cond:
+            while self._error is None and not self._done and self._size < size:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            return self._size, self._done
+
+
+def iter_growing_chunks(
+    path: str | os.PathLike[str], rule: VendorRule, operation: str, growing: GrowingFile, *, first_index: int = 1
+) -> Iterator[Chunk]:
+    """:func:`iter_chunks_from_file` for a file of fixed-length values that is still being written.
+
+    A chunk is yielded once its bytes are complete and it is known whether another chunk follows
+    (a byte after it is written, or the file is finished), so a sender can start while the engine
+    still writes the file. ``Chunk.total`` is exact once the file is finished; before that it is
+    ``index + 1``, the chunks known to exist (so a sender can tell a one-chunk list from a longer one).
+    """
+    fixed = rule.profile.output_length
+    if fixed is None:
+        raise ValueError(f"rule {rule.key}: outputs have no fixed length")
+    size = fixed_chunk_size(rule, fixed)
+    width = fixed + 1
+    step = size * width
+    index, offset = first_index, 0
+    while True:
+        available, finished = growing.wait_for(offset + step + 1)
+        if finished and available % width:
+            raise ValueError(f"{path}: values are not all {fixed} characters long")
+        nbytes = min(step, available - offset)
+        if nbytes <= 0:
+            return
+        total = index - 1 + math.ceil((available - offset) / step) if finished else index + 1
+        yield Chunk(
+            operation, index, total, rule, path=os.fspath(path), offset=offset, nbytes=nbytes, count=nbytes // width
+        )
+        offset += nbytes
+        index += 1
 
 
 class FixedWidthChunker:

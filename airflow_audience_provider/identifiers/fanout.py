@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import logging
 import operator
+import os
 import shutil
 import tempfile
 import threading
@@ -33,8 +34,10 @@ from airflow_audience_provider.identifiers.chunking import (
     REPLACE,
     Chunk,
     ChunkCounter,
+    GrowingFile,
     ProgressLogger,
     iter_chunks_from_file,
+    iter_growing_chunks,
 )
 from airflow_audience_provider.identifiers.errors import (
     ContactListError,
@@ -320,6 +323,8 @@ def run_destinations(
 
     tmp = Path(tempfile.mkdtemp(prefix="aap-contacts-", dir=work_dir))
     spills = {p: PartitionSpill(tmp, f"p{i}", spill_bytes) for i, p in enumerate(profiles)}
+    # One destination's full replace may start sending while the plan still writes it.
+    stream = _Stream(next(iter(states.values()))) if len(states) == 1 and not dry_run else None
     try:
         try:
             _read_phase(source, groups, spills, batch_size, workers, mp_context)
@@ -327,10 +332,14 @@ def run_destinations(
             if not dry_run:
                 # The state is read under the lease: another run may be writing it until then.
                 _acquire_leases(states)
-            _plan_phase(groups, spills, tmp, max_partition_bytes)
+            _plan_phase(groups, spills, tmp, max_partition_bytes, stream)
             _check_after_plan(states, dry_run)
-        except ContactListError as exc:
-            if exc.result is None and len(states) == 1:
+            if stream is not None:
+                stream.finish()
+        except BaseException as exc:
+            if stream is not None:
+                stream.abort(exc)
+            if isinstance(exc, ContactListError) and exc.result is None and len(states) == 1:
                 exc.result = next(iter(states.values())).result(dry_run=dry_run)
             raise
         finally:
@@ -346,7 +355,10 @@ def run_destinations(
         first_cause: Exception | None = None
         for st in states.values():
             try:
-                _send(st)
+                if stream is not None and stream.started:
+                    stream.join()
+                else:
+                    _send(st)
             except Exception as exc:
                 first_cause = first_cause or exc
                 st.status = "failed"
@@ -364,6 +376,8 @@ def run_destinations(
             raise SendError(f"sending failed for {', '.join(failures)}", result=payload) from first_cause
         return results
     finally:
+        if stream is not None:
+            stream.stop()
         for st in states.values():
             _release(st)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -534,6 +548,7 @@ def _plan_phase(
     spills: dict[NormalisationProfile, PartitionSpill],
     tmp: Path,
     max_partition_bytes: int,
+    stream: _Stream | None = None,
 ) -> None:
     for gi, (profile, group) in enumerate(groups.items()):
         spill = spills[profile]
@@ -558,6 +573,8 @@ def _plan_phase(
                     _diff_in_memory(key, spill.read(key), group, readers, outs)
                 else:
                     _diff_streaming(key, spill, group, readers, outs, tmp)
+                if stream is not None:
+                    stream.poll(outs)
             for st in group:
                 reader = readers[st.dest.name]
                 if reader is not None:
@@ -979,7 +996,111 @@ def _send_phase(
         raise error
 
 
-def _send(st: _DestState) -> None:
+def _guards_settled(st: _DestState) -> bool:
+    """True when the guards of :func:`_check_after_plan` pass for this full replace whatever the rest of the plan adds.
+
+    For a full replace every guard depends only on the unique count, and more identifiers can
+    only make it pass: not empty, at least the vendor minimum, and few enough of the previous
+    list gone.
+    """
+    opts, acc, rule = st.dest.options, st.acc, st.dest.rule
+    if st.mode != FULL_REPLACE or st.dest.mode not in ("sync", "replace") or acc.unique == 0:
+        return False
+    if acc.unique < rule.min_entries and not opts.allow_below_minimum:
+        return False
+    previous = st.previous_count or 0
+    if previous and not opts.allow_mass_removal:
+        return max(previous - acc.unique, 0) <= previous * opts.max_removal_share
+    return True
+
+
+class _Stream:
+    """A full replace of one destination sent while the plan still writes its list.
+
+    The plan writes the new list (the snapshot file) in its final order, partition after
+    partition. Once :func:`_guards_settled` holds, no guard can stop the run any more, so a
+    sender thread runs :func:`_send` on that file while it grows: each chunk goes out as soon as
+    its bytes are written, with the lease check and the journal record before it as always (the
+    journal's ids file follows the growing file, see ``Journal.begin``). The last, partial chunk
+    and the snapshot commit wait until the plan ended and its guards were checked
+    (:meth:`finish`). Runs that can be stopped by the diff (incremental syncs, whose removal guard
+    needs every removal counted), dry runs, fan-outs and values of varying length send after the
+    plan as before.
+    """
+
+    def __init__(self, st: _DestState) -> None:
+        self.st = st
+        self.growing = GrowingFile()
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.thread is not None
+
+    def _eligible(self) -> bool:
+        st = self.st
+        journal = st.journal
+        from airflow_audience_provider.identifiers.state import is_local
+
+        return (
+            st.dest.sender is not None
+            and st.dest.rule.profile.output_length is not None
+            and st.snapshot_path is not None
+            and (journal is None or is_local(journal.directory))
+            and _guards_settled(st)
+        )
+
+    def poll(self, outs: dict[str, tuple[IO[str], IO[str], IO[str]]]) -> None:
+        """After each planned partition: publish the written bytes; start sending once the guards settled."""
+        if self.thread is None and not self._eligible():
+            return
+        snap_fh = outs[self.st.dest.name][2]
+        snap_fh.flush()
+        self.growing.publish(os.fstat(snap_fh.fileno()).st_size)
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="contact-list-stream", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            _send(self.st, self.growing)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        """The plan ended and its guards passed: the list is complete."""
+        if self.thread is not None:
+            assert self.st.add_counter is not None and self.st.remove_counter is not None
+            self.st.acc.chunks_total = self.st.add_counter.chunks + self.st.remove_counter.chunks
+            assert self.st.snapshot_path is not None
+            self.growing.finish(os.path.getsize(self.st.snapshot_path))
+
+    def abort(self, error: BaseException) -> None:
+        """The plan failed: the sender stops before its next chunk (its journal stays, as for any failed send)."""
+        self.growing.abort(SyncCancelled(f"the plan failed while sending: {type(error).__name__}"))
+        self.stop()
+
+    def join(self) -> None:
+        """Wait for the sender; raise what it raised."""
+        assert self.thread is not None
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Make sure the sender thread ended (it stops at its next chunk when the plan did not finish)."""
+        if self.thread is not None and self.thread.is_alive():
+            self.growing.abort(SyncCancelled("the sync stopped before its plan ended"))
+            self.thread.join()
+
+
+def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
+    """Send a destination's planned chunks, then store its snapshot and close its journal.
+
+    :param growing: the plan is still writing the full replace's list (:class:`_Stream`): its
+        chunks are sent as they are complete; the snapshot is stored only after the plan ended.
+    """
     dest, acc = st.dest, st.acc
     sender = dest.sender
     assert sender is not None
@@ -987,7 +1108,8 @@ def _send(st: _DestState) -> None:
     assert st.add_counter is not None and st.remove_counter is not None
     st.status = "sending"
     total = st.add_counter.chunks + st.remove_counter.chunks
-    acc.chunks_total = total
+    if growing is None:
+        acc.chunks_total = total  # else set by the plan when it ends
     progress = ProgressLogger(
         f"{dest.name} ({dest.rule.key})",
         total,
@@ -1013,6 +1135,8 @@ def _send(st: _DestState) -> None:
             acc.sent_add += res.accepted
         acc.vendor_rejected += res.rejected
         acc.chunks_sent += 1
+        if growing is not None and growing.finished and progress.total_chunks != acc.chunks_total:
+            progress.total_chunks, progress.total_ids = acc.chunks_total, acc.added + acc.removed
         progress.update(len(chunk))
         if journal is not None:
             journal.acked(len(chunk))
@@ -1033,14 +1157,16 @@ def _send(st: _DestState) -> None:
     if journal is not None and st.mode != NOOP:
         from airflow_audience_provider.identifiers.journal import KIND_DIFF, KIND_REPLACE, new_run_id
 
+        width = (dest.rule.profile.output_length or 0) + 1
         journal.begin(
             run=new_run_id(),
             owner=getattr(lease, "owner", ""),
             rule_key=dest.rule.key,
             kind=KIND_REPLACE if st.mode in (FULL_REPLACE, CLEAR) else KIND_DIFF,
-            parts=[st.inherited_path, adds_path, st.removes_path],
+            parts=[st.inherited_path] if growing is not None else [st.inherited_path, adds_path, st.removes_path],
             inherited=len(st.recovery.values) if st.recovery is not None else 0,
             token=getattr(lease, "token", None),
+            growing=(adds_path, width) if growing is not None else None,
         )
     try:
         if st.mode == CLEAR:
@@ -1051,7 +1177,12 @@ def _send(st: _DestState) -> None:
             sender.clear()
             acc.sent_remove = acc.removed
         elif st.mode in (FULL_REPLACE, INCREMENTAL, ONE_WAY):
-            adds = _unless_cancelled(iter_chunks_from_file(adds_path, dest.rule, ADD, total=total), cancel, before)
+            add_chunks = (
+                iter_growing_chunks(adds_path, dest.rule, ADD, growing)
+                if growing is not None
+                else iter_chunks_from_file(adds_path, dest.rule, ADD, total=total)
+            )
+            adds = _unless_cancelled(add_chunks, cancel, before)
             if st.mode == FULL_REPLACE:
                 # The replace must land before any addition, or it would wipe them.
                 if journal is not None:
@@ -1065,6 +1196,7 @@ def _send(st: _DestState) -> None:
                     _settle(sender)
             _send_phase(sender, adds, concurrency, done)
             # Removals after every addition: the list never dips below the new size.
+            total = st.add_counter.chunks + st.remove_counter.chunks  # final: the additions are all sent
             removes = _unless_cancelled(
                 iter_chunks_from_file(
                     st.removes_path, dest.rule, REMOVE, first_index=st.add_counter.chunks + 1, total=total

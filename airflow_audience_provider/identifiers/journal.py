@@ -77,6 +77,7 @@ class Journal:
         self.directory = directory
         self.meta: dict[str, Any] | None = None
         self._ids_name: str | None = None
+        self._growing: _GrowingPart | None = None
 
     @property
     def location(self) -> Any:
@@ -141,15 +142,30 @@ class Journal:
         parts: list[Path | None],
         inherited: int,
         token: int | None,
+        growing: tuple[Path, int] | None = None,
     ) -> None:
-        """Store the identifiers this run may touch (``parts`` concatenated) and open the journal."""
+        """Store the identifiers this run may touch (``parts`` concatenated) and open the journal.
+
+        :param growing: ``(path, line width)`` of a last part the engine is still writing (a full
+            replace that sends while it plans; local state only). Its lines reach the ids file
+            before :meth:`attempting` counts them: the ids file is a hard link of it when it is the
+            only part, else its new bytes are appended before each ``attempting``.
+        """
         old = self._read_quietly()
         self._ids_name = f"journal-ids-{run}.txt"
         target = self.directory / self._ids_name
+        self._growing = None
+        if growing is not None and not is_local(target):
+            raise ValueError("a journal can follow a growing file on local storage only")
         if is_local(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp")
-            if not _link_single(parts, tmp):
+            if growing is not None:
+                if any(_present(p) for p in parts) or not _link_single([growing[0]], tmp):
+                    with open(tmp, "wb") as out:
+                        _concat(parts, out)
+                    self._growing = _GrowingPart(growing[0], growing[1], inherited, target)
+            elif not _link_single(parts, tmp):
                 with open(tmp, "wb") as out:
                     _concat(parts, out)
             os.replace(tmp, target)
@@ -188,6 +204,8 @@ class Journal:
     def attempting(self, lines_through: int) -> None:
         """Before a chunk: the identifiers up to line ``lines_through`` (of this run's part) may change."""
         if self.meta is not None and lines_through > self.meta["attempted"]:
+            if self._growing is not None:
+                self._growing.copy_through(lines_through)
             self.meta["attempted"] = lines_through
             self._write()
 
@@ -227,6 +245,34 @@ class Journal:
         delete(self.location)
         if old is not None and old.get("ids_file"):
             delete(self.directory / str(old["ids_file"]))
+
+
+class _GrowingPart:
+    """Appends a growing work file's new bytes to the journal's ids file (copied, not linked)."""
+
+    def __init__(self, source: Path, width: int, inherited: int, ids_file: Path) -> None:
+        self.source = source
+        self.width = width
+        self.inherited = inherited
+        self.ids_file = ids_file
+        self.copied = 0
+
+    def copy_through(self, lines: int) -> None:
+        """Make the ids file hold this run's first ``lines`` lines (after the inherited ones)."""
+        needed = lines * self.width
+        if needed <= self.copied:
+            return
+        with open(self.source, "rb") as src, open(self.ids_file, "ab") as out:
+            src.seek(self.copied)
+            data = src.read(needed - self.copied)
+            out.write(data)
+        self.copied += len(data)
+        if self.copied < needed:
+            raise OSError(f"work file {self.source} holds fewer lines than the journal must record")
+
+
+def _present(part: Path | None) -> bool:
+    return part is not None and part.exists() and part.stat().st_size > 0
 
 
 def _link_single(parts: list[Path | None], target: Path) -> bool:

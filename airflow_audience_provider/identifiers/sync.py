@@ -4,7 +4,7 @@ The vendor-neutral contract is :class:`ChunkSender`: the Criteo and Yandex.Audie
 (:mod:`airflow_audience_provider.operators.senders`) implement it with their hooks; tests use
 :class:`~airflow_audience_provider.identifiers.testing.RecordingSender`.
 
-A run has three phases and sends nothing before the third:
+A run has three phases and sends nothing before its guards have passed:
 
 1. **read** every row once: normalise, validate, hash, spill to disk by partition; count invalid
    rows; bad input (undecodable bytes, missing column, wrong identifier type) raises here;
@@ -13,6 +13,13 @@ A run has three phases and sends nothing before the third:
    invalid share, vendor minimum, removal guard). A dry run stops here and returns the plan;
 3. **send** the chunks (additions first, so the list never dips, then removals), and only when
    every chunk was accepted, store the new snapshot.
+
+A full replace of a single destination overlaps 2 and 3: its guards depend only on how many
+unique identifiers the list has, and more can only make them pass, so once the planned part
+satisfies them a sender thread sends each chunk of the new list as the plan writes it (journal
+record and lease check before each chunk, as always); the snapshot is stored after the plan
+ended and every chunk was accepted. Incremental syncs (the removal guard needs every removal
+counted), dry runs and fan-outs to several destinations send after the plan.
 
 Around the send phase each destination's state directory (beside the snapshot, same storage)
 holds a **lease** (:mod:`~airflow_audience_provider.identifiers.lease`: one run sends at a time,
