@@ -1218,7 +1218,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             store.commit(
                 st.snapshot_path,
                 rule=dest.rule,
-                count=_count_lines(st.snapshot_path),
+                count=_count_lines(st.snapshot_path, dest.rule.profile.output_length),
                 extra={"full_replace_at": last_full} if last_full is not None else None,
             )
         if journal is not None:
@@ -1233,6 +1233,11 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
     st.status = "sent"
 
 
-def _count_lines(path: Path) -> int:
+def _count_lines(path: Path, width: int | None = None) -> int:
+    """Lines of a work file; from its size alone when every value has ``width`` characters."""
+    if width is not None:
+        size = os.path.getsize(path)
+        if size % (width + 1) == 0:
+            return size // (width + 1)
     with open(path, "rb") as fh:
         return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
