@@ -716,17 +716,10 @@ def _diff_in_memory(
         if st.dest.mode != "sync" or unc or (st.recovery is not None and st.recovery.snapshot_uncertain):
             _diff_generic(st, unique, old, unc or set(), snap_fh, adds_fh, removes_fh)
             continue
-        _write(snap_fh, new_sorted)
         adds = sorted(unique - old) if old else new_sorted
         removes = sorted(old - unique)
-        acc.added += len(adds)
-        acc.removed += len(removes)
         acc.unchanged += len(unique) - len(adds)
-        _write(adds_fh, adds)
-        _write(removes_fh, removes)
-        assert st.add_counter is not None and st.remove_counter is not None
-        st.add_counter.feed(adds)
-        st.remove_counter.feed(removes)
+        _record_diff(st, adds_fh, removes_fh, snap_fh, adds, removes, new_sorted)
 
 
 def _sort_one(
@@ -781,14 +774,7 @@ def _diff_generic(
         in_old = v in old
         if _sort_one(v, mode, v in new, in_old, v in unc or (in_old and all_old_uncertain), snap, adds, removes):
             acc.unchanged += 1
-    acc.added += len(adds)
-    acc.removed += len(removes)
-    _write(snap_fh, snap)
-    _write(adds_fh, adds)
-    _write(removes_fh, removes)
-    assert st.add_counter is not None and st.remove_counter is not None
-    st.add_counter.feed(adds)
-    st.remove_counter.feed(removes)
+    _record_diff(st, adds_fh, removes_fh, snap_fh, adds, removes, snap)
 
 
 def _diff_streaming(
@@ -846,16 +832,16 @@ def _diff_streaming(
                     else:
                         acc.unchanged += 1
                 if len(snap_buf) + len(rem_buf) >= 50_000:
-                    _flush_stream(st, adds_fh, removes_fh, snap_fh, add_buf, rem_buf, snap_buf)
+                    _record_diff(st, adds_fh, removes_fh, snap_fh, add_buf, rem_buf, snap_buf)
                     add_buf, rem_buf, snap_buf = [], [], []
             if generic:
                 # Uncertain identifiers in neither list are not in the target: remove them again.
                 rem_buf.extend(sorted(unc))
-            _flush_stream(st, adds_fh, removes_fh, snap_fh, add_buf, rem_buf, snap_buf)
+            _record_diff(st, adds_fh, removes_fh, snap_fh, add_buf, rem_buf, snap_buf)
     sorted_path.unlink(missing_ok=True)
 
 
-def _flush_stream(
+def _record_diff(
     st: _DestState,
     adds_fh: IO[str],
     removes_fh: IO[str],
@@ -864,6 +850,7 @@ def _flush_stream(
     removes: list[str],
     snap: list[str],
 ) -> None:
+    """Write a diff's adds, removes and target list, count them and feed the chunk counters."""
     assert st.add_counter is not None and st.remove_counter is not None
     st.acc.added += len(adds)
     st.acc.removed += len(removes)
