@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -52,6 +52,15 @@ class ConnectionSettings:
             if value not in (None, ""):
                 return value
         return default
+
+    def get_choice(self, key: str, default: str, choices: Collection[str], expected: str) -> str:
+        """An extra field trimmed and lower-cased, which must be one of ``choices`` (``expected`` says which)."""
+        value = str(self.get_extra(key, default)).strip().lower()
+        if value not in choices:
+            raise AudienceConfigurationError(
+                f"Airflow connection '{self.conn_id}': {key} must be {expected}, got {value!r}"
+            )
+        return value
 
     def require(self, value: str | None, field_label: str) -> str:
         if not value:
@@ -141,6 +150,20 @@ class AudienceHook(BaseHook):
     spec: ClassVar[ConnectionSpec]
     profile: ClassVar[VendorProfile]
     default_host: ClassVar[str]
+    conn_name_attr: ClassVar[str]
+    default_conn_name: ClassVar[str]
+    conn_type: ClassVar[str]
+    hook_name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A vendor hook names its ``spec``; the four attributes Airflow reads from a hook class come from it."""
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is not None:
+            cls.conn_name_attr = spec.conn_name_attr
+            cls.default_conn_name = spec.default_conn_name
+            cls.conn_type = spec.conn_type
+            cls.hook_name = spec.hook_name
 
     def __init__(
         self,

@@ -199,10 +199,6 @@ class CriteoHook(AudienceHook):
     """
 
     spec = CRITEO
-    conn_name_attr = CRITEO.conn_name_attr
-    default_conn_name = CRITEO.default_conn_name
-    conn_type = CRITEO.conn_type
-    hook_name = CRITEO.hook_name
     default_host = "https://api.criteo.com"
     profile: ClassVar[VendorProfile] = VendorProfile(
         name="criteo",

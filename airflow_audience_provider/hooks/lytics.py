@@ -121,10 +121,6 @@ class LyticsHook(AudienceHook):
     """
 
     spec = LYTICS
-    conn_name_attr = LYTICS.conn_name_attr
-    default_conn_name = LYTICS.default_conn_name
-    conn_type = LYTICS.conn_type
-    hook_name = LYTICS.hook_name
     default_host = "https://api.lytics.io"
     profile: ClassVar[VendorProfile] = VendorProfile(
         name="lytics",

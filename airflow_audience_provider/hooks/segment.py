@@ -258,10 +258,6 @@ class SegmentHook(AudienceHook):
     """
 
     spec = SEGMENT
-    conn_name_attr = SEGMENT.conn_name_attr
-    default_conn_name = SEGMENT.default_conn_name
-    conn_type = SEGMENT.conn_type
-    hook_name = SEGMENT.hook_name
     default_host = HOSTS["us"]
     profile: ClassVar[VendorProfile] = VendorProfile(
         name=VENDOR,
@@ -282,13 +278,7 @@ class SegmentHook(AudienceHook):
     # -- connection -------------------------------------------------------------------------
 
     def region(self, settings: ConnectionSettings | None = None) -> str:
-        settings = settings or self.settings()
-        region = str(settings.get_extra("region", "us")).strip().lower()
-        if region not in HOSTS:
-            raise AudienceConfigurationError(
-                f"Airflow connection '{settings.conn_id}': region must be 'us' or 'eu', got {region!r}"
-            )
-        return region
+        return (settings or self.settings()).get_choice("region", "us", HOSTS, "'us' or 'eu'")
 
     def base_url(self, settings: ConnectionSettings) -> str:
         region = self.region(settings)  # validated even when the host is set: links use it
@@ -335,14 +325,9 @@ class SegmentHook(AudienceHook):
         return _limits(limits)
 
     def api_version(self, settings: ConnectionSettings | None = None) -> str:
-        settings = settings or self.settings()
-        version = str(settings.get_extra("api_version", "v1")).strip().lower()
-        if version not in API_VERSIONS:
-            raise AudienceConfigurationError(
-                f"Airflow connection '{settings.conn_id}': api_version must be one of {', '.join(API_VERSIONS)}, "
-                f"got {version!r}"
-            )
-        return version
+        return (settings or self.settings()).get_choice(
+            "api_version", "v1", API_VERSIONS, f"one of {', '.join(API_VERSIONS)}"
+        )
 
     def media_type(self, version: str | None = None) -> str:
         return f"application/vnd.segment.{version or self.api_version()}+json"

@@ -286,10 +286,6 @@ class YandexAudienceHook(AudienceHook):
     """
 
     spec = YANDEX_AUDIENCE
-    conn_name_attr = YANDEX_AUDIENCE.conn_name_attr
-    default_conn_name = YANDEX_AUDIENCE.default_conn_name
-    conn_type = YANDEX_AUDIENCE.conn_type
-    hook_name = YANDEX_AUDIENCE.hook_name
     default_host = "https://api-audience.yandex.ru"
     profile: ClassVar[VendorProfile] = VendorProfile(
         name=VENDOR,

@@ -290,10 +290,6 @@ class YandexDirectHook(AudienceHook):
     """
 
     spec = YANDEX_DIRECT
-    conn_name_attr = YANDEX_DIRECT.conn_name_attr
-    default_conn_name = YANDEX_DIRECT.default_conn_name
-    conn_type = YANDEX_DIRECT.conn_type
-    hook_name = YANDEX_DIRECT.hook_name
     default_host = PRODUCTION_HOST
     profile: ClassVar[VendorProfile] = VendorProfile(
         name=VENDOR,
