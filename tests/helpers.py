@@ -89,6 +89,17 @@ def record_exchanges(monkeypatch: pytest.MonkeyPatch, hook_class: type, spec_che
     monkeypatch.setattr(hook_class, "build_transport", build_transport)
 
 
+def checked_exchanges(monkeypatch: pytest.MonkeyPatch, hook_class: type, spec_check: Any) -> Iterator[Any]:
+    """For an autouse fixture: every ``hook_class`` exchange of the test, validated by ``spec_check`` at
+    teardown unless the test set ``spec_check.enabled = False`` (it breaks the document on purpose)."""
+    record_exchanges(monkeypatch, hook_class, spec_check)
+    spec_check.start("")
+    spec_check.enabled = True
+    yield spec_check
+    if spec_check.enabled:
+        spec_check.assert_valid()
+
+
 def migrated_airflow_env(sandbox: Any, tmp_path_factory: pytest.TempPathFactory, **env: str) -> dict[str, str]:
     """The environment of ``airflow dags test`` on a fresh home with the example DAGs, its DB migrated."""
     made = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, **env)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import conn_setter, record_exchanges
+from helpers import checked_exchanges, conn_setter
 from openapi_check import LyticsSpecCheck
 
 #: how long a reevaluation takes in the sandbox for these tests, and how often we look
@@ -28,12 +28,7 @@ def lytics_spec(_lytics_spec, monkeypatch):
     the operation) at teardown. A test that breaks the document on purpose sets ``enabled = False``."""
     from airflow_audience_provider.hooks.lytics import LyticsHook
 
-    record_exchanges(monkeypatch, LyticsHook, _lytics_spec)
-    _lytics_spec.start("")
-    _lytics_spec.enabled = True
-    yield _lytics_spec
-    if _lytics_spec.enabled:
-        _lytics_spec.assert_valid()
+    yield from checked_exchanges(monkeypatch, LyticsHook, _lytics_spec)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ every answer the fake gives).
 from __future__ import annotations
 
 import pytest
-from helpers import conn_setter, record_exchanges
+from helpers import checked_exchanges, conn_setter
 from openapi_check import SegmentSpecCheck
 
 #: how long asynchronous work takes in the sandbox for these tests, and how often we look
@@ -39,12 +39,7 @@ def segment_spec(_segment_spec, monkeypatch):
     """
     from airflow_audience_provider.hooks.segment import SegmentHook
 
-    record_exchanges(monkeypatch, SegmentHook, _segment_spec)
-    _segment_spec.start("")
-    _segment_spec.enabled = True
-    yield _segment_spec
-    if _segment_spec.enabled:
-        _segment_spec.assert_valid()
+    yield from checked_exchanges(monkeypatch, SegmentHook, _segment_spec)
 
 
 @pytest.fixture

@@ -98,8 +98,20 @@ class Target:
     def rule(self) -> Any:
         raise NotImplementedError
 
-    def hook(self) -> Any:
+    def hook_class(self) -> Any:
         raise NotImplementedError
+
+    def hook(self) -> Any:
+        """A hook on the fake with short timeouts and retry waits and a private rate limiter."""
+        hook = self.hook_class()(
+            timeouts=Timeouts(connect=5, read=READ_TIMEOUT),
+            retry=RetryPolicy(max_attempts=ATTEMPTS, backoff_initial=0.01, backoff_max=0.05, max_retry_after=5),
+        )
+        transport = hook.get_conn()
+        transport.limiter = RateLimiter()
+        transport.settle_seconds = SETTLE
+        self.hooks.append(hook)
+        return hook
 
     def sender(self, hook: Any) -> Any:
         raise NotImplementedError
@@ -151,19 +163,10 @@ class CriteoTarget(Target):
     def key(self) -> str:
         return f"retail_media-{self.segment_id}"
 
-    def hook(self) -> Any:
+    def hook_class(self) -> Any:
         from airflow_audience_provider.hooks.criteo import CriteoHook
 
-        hook = CriteoHook(
-            "criteo_default",
-            timeouts=Timeouts(connect=5, read=READ_TIMEOUT),
-            retry=RetryPolicy(max_attempts=ATTEMPTS, backoff_initial=0.01, backoff_max=0.05, max_retry_after=5),
-        )
-        transport = hook.get_conn()
-        transport.limiter = RateLimiter()
-        transport.settle_seconds = SETTLE
-        self.hooks.append(hook)
-        return hook
+        return CriteoHook
 
     def sender(self, hook: Any) -> Any:
         from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
@@ -195,18 +198,10 @@ class YandexTarget(Target):
     def key(self) -> str:
         return "model-segment"
 
-    def hook(self) -> Any:
+    def hook_class(self) -> Any:
         from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
 
-        hook = YandexAudienceHook(
-            timeouts=Timeouts(connect=5, read=READ_TIMEOUT),
-            retry=RetryPolicy(max_attempts=ATTEMPTS, backoff_initial=0.01, backoff_max=0.05, max_retry_after=5),
-        )
-        transport = hook.get_conn()
-        transport.limiter = RateLimiter()
-        transport.settle_seconds = SETTLE
-        self.hooks.append(hook)
-        return hook
+        return YandexAudienceHook
 
     def sender(self, hook: Any) -> Any:
         from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender
