@@ -1154,6 +1154,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             inherited=len(st.recovery.values) if st.recovery is not None else 0,
             token=getattr(lease, "token", None),
             growing=(adds_path, width) if growing is not None else None,
+            snapshot_uncertain=st.recovery is not None and st.recovery.snapshot_uncertain,
         )
     try:
         if st.mode == CLEAR:

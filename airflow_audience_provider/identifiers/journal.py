@@ -11,11 +11,13 @@ acknowledged it, ``acked`` follows (one small write per chunk). When the run com
 snapshot is written first and the journal removed after; a failed run leaves its journal
 (``state: "failed"``), a killed one leaves it as it was.
 
-A run that finds a journal treats as **uncertain** the first ``attempted`` lines of the ids
-file, and, when that run was a full replace whose clear may have landed (``kind: "replace"``),
-every identifier of the snapshot too. It then plans against "last confirmed state + uncertain
-set": uncertain identifiers that belong in the list are (re)added, the others are (re)removed,
-so the vendor equals the new target whatever the interrupted run had applied.
+A run that finds a journal treats as **uncertain** the first ``inherited + attempted`` lines of
+the ids file, and, when that run was a full replace whose clear may have landed (``kind:
+"replace"``) or had itself inherited such a snapshot (``snapshot_uncertain``), every identifier
+of the snapshot too. Both carry over from one unfinished run to the next until a run completes.
+It then plans against "last confirmed state + uncertain set": uncertain identifiers that belong
+in the list are (re)added, the others are (re)removed, so the vendor equals the new target
+whatever the interrupted runs had applied.
 
 Unusable journals: a corrupt one, one whose ids file is missing, or one made with another rule
 make the run a full replace (logged with the reason); one written by a newer provider version is
@@ -111,8 +113,9 @@ class Journal:
             name = str(meta["ids_file"])
         except (KeyError, TypeError, ValueError):
             return Recovery(unusable=f"the journal {self.location} misses fields", previous=previous)
-        snapshot_uncertain = meta.get("kind") == KIND_REPLACE and bool(
-            meta.get("clear_attempted") or int(meta.get("attempted", 0)) > 0
+        # A run that itself inherited an uncertain snapshot and failed leaves it uncertain.
+        snapshot_uncertain = bool(meta.get("snapshot_uncertain")) or (
+            meta.get("kind") == KIND_REPLACE and bool(meta.get("clear_attempted") or int(meta.get("attempted", 0)) > 0)
         )
         values: set[str] = set()
         if limit > 0:
@@ -143,6 +146,7 @@ class Journal:
         inherited: int,
         token: int | None,
         growing: tuple[Path, int] | None = None,
+        snapshot_uncertain: bool = False,
     ) -> None:
         """Store the identifiers this run may touch (``parts`` concatenated) and open the journal.
 
@@ -150,6 +154,8 @@ class Journal:
             replace that sends while it plans; local state only). Its lines reach the ids file
             before :meth:`attempting` counts them: the ids file is a hard link of it when it is the
             only part, else its new bytes are appended before each ``attempting``.
+        :param snapshot_uncertain: the run inherited a snapshot whose every identifier is uncertain (an
+            unfinished full replace may have cleared it); the journal keeps saying so until a run completes.
         """
         old = self._read_quietly()
         self._ids_name = f"journal-ids-{run}.txt"
@@ -186,6 +192,8 @@ class Journal:
             "lease_token": token,
             "started_at": time.time(),
         }
+        if snapshot_uncertain:
+            self.meta["snapshot_uncertain"] = True
         self._write()
         if old is not None and old.get("ids_file") and old.get("ids_file") != self._ids_name:
             delete(self.directory / str(old["ids_file"]))

@@ -126,3 +126,32 @@ def test_yandex_failed_replace_then_original_list(yandex: YandexTarget) -> None:
     wait_quiet(yandex.fake)
     result = yandex.sync(original, "sync")
     assert result["state"]["snapshot_uncertain"] and yandex.members() == expected(original)
+
+
+def _exhaust_retries_at(target: CriteoTarget | YandexTarget, call: int) -> FaultAtChunk:
+    """The real sender, with 503s for every attempt of its ``call``-th request (the run fails there)."""
+    fault = {"kind": "status", "status": 503, "count": 3, "path_prefix": target.fault_prefix}
+    return FaultAtChunk(target.sender(target.hook()), target.fake, {call: [fault]})
+
+
+@pytest.mark.parametrize("vendor", ["criteo", "yandex_audience"])
+def test_uncertain_snapshot_survives_a_second_failed_run(request: pytest.FixtureRequest, vendor: str) -> None:
+    # Found by the soak (seed 20261207). A replace fails after its clear landed; the next run (an
+    # add) fails before sending anything. Its journal used to drop "the snapshot may have been
+    # cleared", so the final clean sync trusted the snapshot, sent only the journaled ids and
+    # reported "sent" with most of the list missing at the vendor.
+    target = request.getfixturevalue("criteo" if vendor == "criteo" else "yandex")
+    original = make_input(0, 110)
+    target.sync(original, "sync")
+    with pytest.raises(SendError):
+        target.sync(make_input(46, 123), "replace", sender=_exhaust_retries_at(target, 2))
+    with pytest.raises(SendError):
+        target.sync(make_input(51, 129), "add", sender=_exhaust_retries_at(target, 1))
+    wait_quiet(target.fake)
+    assert not expected(original) <= target.members()  # the replace's clear landed
+    result = target.sync(original, "sync")
+    wait_quiet(target.fake)
+    assert result["status"] == "sent"
+    missing, extra = expected(original) - target.members(), target.members() - expected(original)
+    assert (len(missing), len(extra)) == (0, 0), "a green sync left the vendor different from its input"
+    assert result["state"]["snapshot_uncertain"], result["state"]
