@@ -56,9 +56,9 @@ KIND_REPLACE = "replace"
 class Recovery:
     """What an unfinished run left: the uncertain identifiers, or why they cannot be known.
 
-    :param values: the uncertain identifiers (held in memory: they are at most one run's chunks).
-    :param snapshot_uncertain: the interrupted run was a full replace that may have cleared the
-        list: every identifier of the snapshot is uncertain too.
+    :param values: the uncertain identifiers (held in memory: the chunks the unfinished runs attempted).
+    :param snapshot_uncertain: the interrupted run, or one it inherited from, was a full replace
+        that may have cleared the list: every identifier of the snapshot is uncertain too.
     :param unusable: why the journal cannot be used (the run becomes a full replace), or None.
     :param previous: the journal's metadata (for the result and logs).
     """
