@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_audience_provider.connections import CONNECTION_SPECS
+
 __version__ = "0.1.0"
 
 _PKG = "airflow_audience_provider"
@@ -19,8 +21,6 @@ def get_provider_info() -> dict[str, Any]:
     Generated from ``airflow_audience_provider.connections.CONNECTION_SPECS``, the one
     place a vendor is registered.
     """
-    from airflow_audience_provider.connections import CONNECTION_SPECS
-
     specs = list(CONNECTION_SPECS.values())
 
     def modules(kind: str) -> list[dict[str, Any]]:

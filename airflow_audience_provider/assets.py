@@ -10,6 +10,9 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import SplitResult, quote
 
+from airflow_audience_provider.connections import CONNECTION_SPECS
+from airflow_audience_provider.core.events import AUDIENCE_EVENTS_XCOM, audience_event_extra
+
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
 
@@ -17,8 +20,6 @@ log = logging.getLogger(__name__)
 
 
 def _path_kinds(scheme: str) -> tuple[str, ...]:
-    from airflow_audience_provider.connections import CONNECTION_SPECS
-
     return next((s.asset_kinds for s in CONNECTION_SPECS.values() if s.asset_scheme == scheme), ())
 
 
@@ -86,8 +87,6 @@ class AssetEmitterMixin:
         from ``uri``. The object is also remembered for OpenLineage
         (:meth:`get_openlineage_facets_on_complete`), whether or not Asset events are emitted.
         """
-        from airflow_audience_provider.core.events import AUDIENCE_EVENTS_XCOM, audience_event_extra
-
         shaped = audience_event_extra(uri, **extra)  # a bad field fails here, in every mode
         touched = self.__dict__.setdefault("_lineage_uris", [])
         if uri not in touched:

@@ -25,7 +25,12 @@ from airflow.sdk import BaseHook
 
 from airflow_audience_provider.connections import RENAMED_EXTRAS, ConnectionSpec
 from airflow_audience_provider.core.auth import PROCESS_TOKENS, OAuth2ClientCredentials
-from airflow_audience_provider.core.errors import AudienceConfigurationError, AudienceError
+from airflow_audience_provider.core.errors import (
+    AudienceAuthenticationError,
+    AudienceConfigurationError,
+    AudienceError,
+    AudienceValidationError,
+)
 from airflow_audience_provider.core.ratelimit import RateLimit
 from airflow_audience_provider.core.transport import RetryPolicy, Timeouts, Transport, VendorProfile
 
@@ -308,8 +313,6 @@ class AudienceHook(BaseHook):
         :class:`~airflow_audience_provider.core.errors.AudienceAuthenticationError` naming the
         connection fields.
         """
-        from airflow_audience_provider.core.errors import AudienceAuthenticationError, AudienceValidationError
-
         token_transport = Transport(
             dataclasses.replace(self.profile, rate_limits=dict(self.rate_limits(settings))),  # the same budgets
             self.base_url(settings),

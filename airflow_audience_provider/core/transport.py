@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
+from airflow_audience_provider import __version__
 from airflow_audience_provider.core.auth import OAuth2ClientCredentials
 from airflow_audience_provider.core.errors import (
     AudienceAuthenticationError,
@@ -586,6 +587,4 @@ def _path_only(path: str) -> str:
 
 
 def _default_user_agent() -> str:
-    from airflow_audience_provider import __version__
-
     return f"airflow-audience-provider/{__version__} (+https://pypi.org/project/airflow-audience-provider/)"

@@ -39,6 +39,7 @@ from urllib.parse import quote
 
 import requests
 
+from airflow_audience_provider.assets import segment_uri
 from airflow_audience_provider.connections import LYTICS
 from airflow_audience_provider.core.auth import TokenHeaderAuth
 from airflow_audience_provider.core.errors import AudienceNotFoundError, AudienceValidationError
@@ -186,8 +187,6 @@ class LyticsHook(AudienceHook):
     def segment_asset_uri(self, segment: dict[str, Any]) -> str:
         """``lytics://<account>/segment/<id>``: the account is the connection's ``account_id``,
         else the segment's own account, so every task of a DAG names the same Asset."""
-        from airflow_audience_provider.assets import segment_uri
-
         account = self.account_id or segment.get("account_id") or segment.get("aid") or "default"
         return segment_uri("lytics", str(account), "segment", str(segment.get("id") or segment.get("segment_id")))
 

@@ -60,6 +60,7 @@ from urllib.parse import quote
 
 import requests
 
+from airflow_audience_provider.assets import segment_uri
 from airflow_audience_provider.connections import SEGMENT
 from airflow_audience_provider.core.auth import TokenHeaderAuth
 from airflow_audience_provider.core.errors import (
@@ -436,8 +437,6 @@ class SegmentHook(AudienceHook):
     @staticmethod
     def audience_asset_uri(space_id: str, audience_id: str) -> str:
         """``segment://<space id>/audience/<audience id>``."""
-        from airflow_audience_provider.assets import segment_uri
-
         return segment_uri(VENDOR, str(space_id), "audience", str(audience_id))
 
     # -- spaces -----------------------------------------------------------------------------

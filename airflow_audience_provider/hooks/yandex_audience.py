@@ -36,10 +36,12 @@ from urllib.parse import quote
 
 import requests
 
+from airflow_audience_provider.assets import segment_uri
 from airflow_audience_provider.connections import YANDEX_AUDIENCE
 from airflow_audience_provider.core.auth import TokenHeaderAuth
 from airflow_audience_provider.core.errors import (
     AudienceAuthenticationError,
+    AudienceConfigurationError,
     AudienceConflictError,
     AudienceError,
     AudienceNotFoundError,
@@ -53,7 +55,13 @@ from airflow_audience_provider.core.paging import paginate
 from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult, StatusMap
 from airflow_audience_provider.core.times import epoch_seconds
-from airflow_audience_provider.core.transport import ErrorInfo, Timeouts, VendorProfile, call_with_read_back
+from airflow_audience_provider.core.transport import (
+    ErrorInfo,
+    Timeouts,
+    VendorProfile,
+    call_with_read_back,
+    default_retry_after,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +205,6 @@ def _body_text(response: requests.Response, limit: int = 500) -> str:
 
 def _retry_after(response: requests.Response) -> float | None:
     """``Retry-After`` if Yandex sends one (unverified), else the period the quota message names."""
-    from airflow_audience_provider.core.transport import default_retry_after
-
     wait = default_retry_after(response)
     if wait is not None:
         return wait
@@ -330,8 +336,6 @@ class YandexAudienceHook(AudienceHook):
             except (TypeError, ValueError):
                 numbers[key] = 0
             if numbers[key] <= 0:
-                from airflow_audience_provider.core.errors import AudienceConfigurationError
-
                 raise AudienceConfigurationError(
                     f"Airflow connection '{settings.conn_id}': extra field '{key}' must be a positive integer, "
                     f"got {raw!r}"
@@ -357,8 +361,6 @@ class YandexAudienceHook(AudienceHook):
         import phonenumbers
 
         if region not in phonenumbers.SUPPORTED_REGIONS:
-            from airflow_audience_provider.core.errors import AudienceConfigurationError
-
             raise AudienceConfigurationError(
                 f"Airflow connection '{self.yandex_audience_conn_id}': extra field 'default_region' must be an "
                 f"ISO 3166 alpha-2 region such as 'RU', got {raw!r}"
@@ -407,8 +409,6 @@ class YandexAudienceHook(AudienceHook):
 
     def segment_asset_uri(self, segment_id: Any) -> str:
         """``yandex-audience://<login>/segment/<id>``; the login is the connection's (``default`` if unset)."""
-        from airflow_audience_provider.assets import segment_uri
-
         return segment_uri("yandex-audience", self.login or "default", "segment", str(segment_id))
 
     # ===================================================================== segments
