@@ -181,8 +181,10 @@ class EmailKernel:
         (:mod:`~airflow_audience_provider.identifiers.phone_fast`); every other row is left to the exact rule."""
         from airflow_audience_provider.identifiers.phone_fast import phone_decider
 
-        frame = phone_decider(self._pl).decide(values, digits_only=digits_only, default_region=default_region)
-        return self._hash_accepted(frame)
+        pl, plh = self._pl, self._plh
+        numbers, ok = phone_decider(pl).decide(values, digits_only=digits_only, default_region=default_region)
+        digests = pl.DataFrame([numbers]).select(plh.col("v").chash.sha2_256()).to_series()
+        return self._ordered(pl.DataFrame([ok]), digests)
 
     def run_sha256(self, values: list[str]) -> KernelOutput:
         """Process one batch of pre-hashed SHA-256 values: validated and lower-cased, not hashed again.

@@ -56,11 +56,12 @@ _TYPES = (
 class RegionCheck:
     """One region of a country code: when it is chosen, and when a number is valid in it.
 
-    Patterns run over ``LLN``: the national significant number after its length in two digits.
+    Patterns run over the row's key ``LLD``: the digits ``D`` (country code first) after their
+    count in two digits, so ``N``'s possible lengths are alternatives of ``LL`` before the code.
     """
 
     region: str
-    #: ``^(?:leading_digits)`` over ``N`` (the region is chosen when it matches), or None.
+    #: ``leading_digits`` at the start of ``N`` (the region is chosen when it matches), or None.
     leading: str | None
     #: the general description (lengths and pattern)
     general: str
@@ -73,38 +74,44 @@ class CodeCheck:
     """A country calling code's validity check, in ``region_code_for_number``'s region order."""
 
     code: str
-    #: ``^(?:national_prefix_for_parsing)`` of the main region: rows it matches go to the exact rule
+    #: ``national_prefix_for_parsing`` of the main region at the start of ``N``: rows it matches go to the exact rule
     national_prefix: str | None
     regions: tuple[RegionCheck, ...]
 
 
-def _desc_pattern(desc: Any) -> str | None:
-    """``LL(?:pattern)`` for one number description, or None when it cannot match."""
+def _desc_pattern(desc: Any, code: str) -> str | None:
+    """``LL`` + code + ``(?:pattern)`` for one number description, or None when it cannot match."""
     if desc is None or not desc.national_number_pattern:
         return None
+    width = len(code)
     lengths = tuple(desc.possible_length)
     if lengths:
-        usable = [f"{n:02d}" for n in lengths if 0 <= n <= 99]
+        usable = [f"{n + width:02d}" for n in lengths if 0 <= n + width <= 99]
         if not usable:
             return None
         prefix = "(?:" + "|".join(usable) + ")"
     else:
         prefix = "[0-9]{2}"
-    return f"{prefix}(?:{desc.national_number_pattern})"
+    return f"{prefix}{code}(?:{desc.national_number_pattern})"
 
 
-def _region_check(region: str, metadata: Any, multi: bool) -> RegionCheck | None:
-    general = _desc_pattern(metadata.general_desc)
+def _at_start_of_nsn(pattern: str, code: str) -> str:
+    """``re.match(pattern, N)`` as a search over the key."""
+    return f"^[0-9]{{2}}{code}(?:{pattern})"
+
+
+def _region_check(region: str, metadata: Any, code: str, multi: bool) -> RegionCheck | None:
+    general = _desc_pattern(metadata.general_desc, code)
     if general is None:
         return None
     names = list(_TYPES)
     if not metadata.same_mobile_and_fixed_line_pattern:
         names.append("mobile")
-    parts = [p for p in (_desc_pattern(getattr(metadata, name, None)) for name in names) if p is not None]
+    parts = [p for p in (_desc_pattern(getattr(metadata, name, None), code) for name in names) if p is not None]
     leading = metadata.leading_digits if multi else None
     return RegionCheck(
         region=region,
-        leading=f"^(?:{leading})" if leading is not None else None,
+        leading=_at_start_of_nsn(leading, code) if leading is not None else None,
         general=f"^(?:{general})$",
         any_type="^(?:" + "|".join(parts) + ")$" if parts else None,
     )
@@ -121,10 +128,11 @@ def build_code_check(code: int) -> CodeCheck | None:
     main = PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
     if main is None:
         return None
+    text = str(code)
     checks: list[RegionCheck] = []
     if len(regions) == 1:
         # region_code_for_number takes the only region without looking at the number
-        check = _region_check(regions[0], main, multi=False)
+        check = _region_check(regions[0], main, text, multi=False)
         if check is not None:
             checks.append(check)
     else:
@@ -132,22 +140,27 @@ def build_code_check(code: int) -> CodeCheck | None:
             metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
             if metadata is None:
                 continue
-            check = _region_check(region, metadata, multi=True)
+            check = _region_check(region, metadata, text, multi=True)
             if check is None:
                 if metadata.leading_digits is not None:
                     # chosen by its leading digits, and then never valid: a row it would take is refused
-                    checks.append(RegionCheck(region, f"^(?:{metadata.leading_digits})", "^$", None))
+                    checks.append(RegionCheck(region, _at_start_of_nsn(metadata.leading_digits, text), "^$", None))
                 continue
             checks.append(check)
     prefix = main.national_prefix_for_parsing
-    return CodeCheck(str(code), f"^(?:{prefix})" if prefix else None, tuple(checks))
+    return CodeCheck(text, _at_start_of_nsn(prefix, text) if prefix else None, tuple(checks))
 
 
-def _country_codes() -> tuple[list[str], list[str], list[str]]:
+def _country_code_pattern() -> str:
+    """The country code at the start of the key, tried with 1, 2 then 3 digits (``_extract_country_code``)."""
     import phonenumbers
 
-    codes = [str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE]
-    return [c for c in codes if len(c) == 1], [c for c in codes if len(c) == 2], [c for c in codes if len(c) == 3]
+    codes = sorted((str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE), key=lambda c: (len(c), c))
+    return "^[0-9]{2}(" + "|".join(codes) + ")"
+
+
+#: International form without punctuation (most rows): ``+`` and 3 to 40 digits.
+PLAIN = r"^\+[0-9]{3,40}$"
 
 
 class PhoneDecider:
@@ -156,101 +169,91 @@ class PhoneDecider:
     def __init__(self, pl: Any, *, self_check: bool = True) -> None:
         self._pl = pl
         self._self_check = self_check
-        self._codes = _country_codes()
+        self._code_pattern = _country_code_pattern()
         self._lock = threading.Lock()
         self._checks: dict[str, CodeCheck | None] = {}
 
-    def decide(self, values: list[str], *, digits_only: bool, default_region: str | None) -> Any:
-        """A frame of one row per value: ``v`` (the normalised number, or null) and ``ok``.
+    def decide(self, values: list[str], *, digits_only: bool, default_region: str | None) -> tuple[Any, Any]:
+        """The numbers decided valid, and a mask of their rows.
 
-        ``ok`` is True only for rows decided valid; ``v`` is ``+D`` or, with ``digits_only``, ``D``.
+        :returns: ``(numbers, ok)``: a polars Series of the accepted rows' normalised numbers (``+D``,
+            or ``D`` with ``digits_only``; in no particular order) and a Boolean Series with one
+            entry per value, True for the accepted rows.
         """
         pl = self._pl
         col = pl.col
-        n = len(values)
-        frame = pl.DataFrame({"raw": pl.Series(values, dtype=pl.String)}).select(
-            col("raw").str.strip_chars(ASCII_BLANKS).alias("t")
+        frame = pl.DataFrame({"t": pl.Series(values, dtype=pl.String).str.strip_chars(ASCII_BLANKS)})
+        frame = frame.with_row_index("i")
+        plain = frame.get_column("t").str.contains(PLAIN)
+        parts = [frame.filter(plain).select("i", col("t").str.slice(1).alias("d"))]
+        rest = frame.filter(~plain)
+        if len(rest):
+            rest = rest.filter(col("t").str.contains(SHAPE)).with_columns(
+                col("t").str.replace_all("[^0-9]", "").alias("d")
+            )
+            plus = col("t").str.starts_with("+")
+            if default_region is None:
+                # 11-15 bare digits are read as international when no default region is set
+                length = col("d").str.len_bytes()
+                plus = plus | ((length >= 11) & (length <= 15))
+            parts.append(rest.filter(plus).select("i", "d"))
+        candidates = pl.concat(parts).with_columns(col("d").str.len_bytes().alias("n"))
+        candidates = candidates.filter(col("n") >= 3).with_columns(
+            (col("n").cast(pl.String).str.zfill(2) + col("d")).alias("key")
         )
-        frame = frame.with_columns(
-            col("t").str.replace_all(r"[^0-9]", "").alias("d"),
-            col("t").str.starts_with("+").alias("plus"),
-        )
-        shape = col("t").str.contains(SHAPE)
-        if default_region is None:
-            # 11-15 bare digits are read as international when no default region is set
-            length = col("d").str.len_bytes()
-            shape = shape & (col("plus") | ((length >= 11) & (length <= 15)))
-        else:
-            shape = shape & col("plus")
-        one, two, three = self._codes
-        cc = (
-            pl.when(col("d").str.slice(0, 1).is_in(one))
-            .then(col("d").str.slice(0, 1))
-            .when(col("d").str.slice(0, 2).is_in(two))
-            .then(col("d").str.slice(0, 2))
-            .when(col("d").str.slice(0, 3).is_in(three))
-            .then(col("d").str.slice(0, 3))
-            .otherwise(None)
-        )
-        candidates = (
-            frame.with_row_index("i")
-            .filter(shape)
-            .select("i", "d", cc.alias("cc"))
-            .filter(col("cc").is_not_null() & (col("d").str.len_bytes() >= 3))
-        )
+        candidates = candidates.with_columns(col("key").str.extract(self._code_pattern, 1).alias("cc"))
         accepted: list[Any] = []
-        if len(candidates):
-            for (code,), part in candidates.partition_by("cc", as_dict=True, maintain_order=False).items():
-                check = self.check(code)
-                if check is not None:
-                    accepted.append(self._valid_rows(check, part))
-        return self._assemble(n, accepted, digits_only=digits_only)
+        for (code,), part in candidates.partition_by("cc", as_dict=True).items():
+            check = self.check(code) if code is not None else None
+            if check is not None:
+                accepted.append(self._valid_rows(check, part))
+        return self._assemble(len(values), accepted, digits_only=digits_only)
 
     def _valid_rows(self, check: CodeCheck, part: Any) -> Any:
-        """The rows of one country code that ``phonenumbers`` parses as given and finds valid."""
+        """The rows (``i``, ``d``) of one country code that ``phonenumbers`` parses as given and finds valid."""
         pl = self._pl
         col = pl.col
         width = len(check.code)
-        part = part.with_columns(col("d").str.slice(width).alias("nsn"))
-        part = part.filter((col("nsn").str.len_bytes() >= 2) & (col("nsn").str.len_bytes() <= 17))
+        part = part.filter((col("n") >= width + 2) & (col("n") <= width + 17))
         if check.national_prefix is not None:
-            part = part.filter(~col("nsn").str.contains(check.national_prefix))
-        part = part.with_columns((col("nsn").str.len_bytes().cast(pl.String).str.zfill(2) + col("nsn")).alias("key"))
+            part = part.filter(~col("key").str.contains(check.national_prefix))
         valid: list[Any] = []
         for region in check.regions:
             if not len(part):
                 break
             if region.leading is not None:
-                chosen = part.filter(col("nsn").str.contains(region.leading))
-                part = part.filter(~col("nsn").str.contains(region.leading))
-                if region.any_type is not None:
+                mask = part.get_column("key").str.contains(region.leading)
+                chosen = part.filter(mask)
+                if region.any_type is not None and len(chosen):
                     valid.append(chosen.filter(_valid_in(col, region)))
             elif region.any_type is not None:
                 mask = part.select(_valid_in(col, region)).to_series()
                 valid.append(part.filter(mask))
-                part = part.filter(~mask)
+            else:
+                continue
+            part = part.filter(~mask)
         if not valid:
             return part.clear().select("i", "d")
         return pl.concat([v.select("i", "d") for v in valid])
 
-    def decide_code(self, check: CodeCheck, values: list[str]) -> Any:
+    def decide_code(self, check: CodeCheck, values: list[str]) -> tuple[Any, Any]:
         """:meth:`decide` of ``+`` and digits of one country code with a given check (the self-check)."""
         pl = self._pl
-        frame = pl.DataFrame({"d": pl.Series([v.lstrip("+") for v in values], dtype=pl.String)})
-        frame = frame.with_row_index("i").filter(pl.col("d").str.starts_with(check.code))
+        col = pl.col
+        frame = pl.DataFrame({"d": pl.Series([v.lstrip("+") for v in values], dtype=pl.String)}).with_row_index("i")
+        frame = frame.filter(col("d").str.starts_with(check.code)).with_columns(col("d").str.len_bytes().alias("n"))
+        frame = frame.with_columns((col("n").cast(pl.String).str.zfill(2) + col("d")).alias("key"))
         return self._assemble(len(values), [self._valid_rows(check, frame)], digits_only=False)
 
-    def _assemble(self, n: int, accepted: list[Any], *, digits_only: bool) -> Any:
+    def _assemble(self, n: int, accepted: list[Any], *, digits_only: bool) -> tuple[Any, Any]:
         pl = self._pl
-        ok = pl.Series("ok", [False] * n, dtype=pl.Boolean)
-        out = pl.Series("v", [None] * n, dtype=pl.String)
-        if accepted:
-            rows = pl.concat(accepted)
-            if len(rows):
-                idx = rows["i"]
-                ok = ok.scatter(idx, True)
-                out = out.scatter(idx, rows["d"] if digits_only else "+" + rows["d"])
-        return pl.DataFrame([out, ok])
+        ok = pl.repeat(False, n, dtype=pl.Boolean, eager=True).alias("ok")
+        rows = pl.concat(accepted) if accepted else None
+        if rows is None or not len(rows):
+            return pl.Series("v", [], dtype=pl.String), ok
+        ok = ok.scatter(rows.get_column("i"), True)
+        digits = rows.get_column("d")
+        return (digits if digits_only else "+" + digits).alias("v"), ok
 
     def check(self, code: str) -> CodeCheck | None:
         """The country code's check, built once, or None when it cannot be decided here."""
@@ -305,15 +308,16 @@ def _examples_agree(decider: PhoneDecider, check: CodeCheck) -> bool:
                 samples += [base, base[:-1], base + base[-1]]
     if not samples:
         return True
-    frame = decider.decide_code(check, samples)
-    for raw, (value, ok) in zip(samples, frame.iter_rows(), strict=True):
-        try:
-            want: str | None = normalise_phone(raw)
-        except InvalidIdentifier:
-            want = None
-        if ok and value != want:
-            return False
-    return True
+    numbers, ok = decider.decide_code(check, samples)
+    decided = sorted(numbers.to_list())
+    want: list[str] = []
+    for raw, taken in zip(samples, ok.to_list(), strict=True):
+        if taken:
+            try:
+                want.append(normalise_phone(raw))
+            except InvalidIdentifier:
+                return False
+    return decided == sorted(want)
 
 
 @functools.cache
