@@ -17,8 +17,9 @@ default region, that computation reduces to:
   pattern matches all of ``N``;
 * the output is ``+D`` (E.164) or ``D`` (digits).
 
-Each length check and pattern is one regular expression over ``LLN`` (``N`` after its length in two
-digits), so a region's validity is two passes of polars' Rust regex engine over the column. Only
+Rows are grouped by country code and number of digits, so the length checks are decided once per
+group, and a region's validity is two passes of polars' Rust regex engine over the group's digits
+(the general pattern, and the types admitting that length as one alternation). Only
 rows decided valid are accepted: every other row (invalid ones too, so the reasons are the exact
 rule's) goes to ``normalise_phone``. A country code whose metadata has a pattern the Rust engine
 does not compile, or whose example numbers the emulation does not decide exactly as
@@ -52,21 +53,21 @@ _TYPES = (
 )
 
 
+#: A number description: its possible lengths of ``N`` (empty: any) and its national-number pattern.
+Desc = tuple[tuple[int, ...], str]
+
+
 @dataclass(frozen=True)
 class RegionCheck:
-    """One region of a country code: when it is chosen, and when a number is valid in it.
-
-    Patterns run over the row's key ``LLD``: the digits ``D`` (country code first) after their
-    count in two digits, so ``N``'s possible lengths are alternatives of ``LL`` before the code.
-    """
+    """One region of a country code: when it is chosen, and when a number is valid in it."""
 
     region: str
-    #: ``leading_digits`` at the start of ``N`` (the region is chosen when it matches), or None.
+    #: ``leading_digits`` (the region is chosen when it matches at the start of ``N``), or None.
     leading: str | None
-    #: the general description (lengths and pattern)
-    general: str
-    #: any number type (lengths and pattern), or None when the region has no type at all
-    any_type: str | None
+    #: the general description; None when the region has none (never valid)
+    general: Desc | None
+    #: the number types a valid number matches one of
+    types: tuple[Desc, ...]
 
 
 @dataclass(frozen=True)
@@ -74,47 +75,53 @@ class CodeCheck:
     """A country calling code's validity check, in ``region_code_for_number``'s region order."""
 
     code: str
-    #: ``national_prefix_for_parsing`` of the main region at the start of ``N``: rows it matches go to the exact rule
+    #: the main region's ``national_prefix_for_parsing``: rows it matches at the start of ``N`` go to the exact rule
     national_prefix: str | None
     regions: tuple[RegionCheck, ...]
 
+    def patterns(self, length: int) -> list[tuple[str | None, str | None]]:
+        """Per region, for digits ``D`` of ``length`` (code included): ``(leading, valid)`` patterns over ``D``.
 
-def _desc_pattern(desc: Any, code: str) -> str | None:
-    """``LL`` + code + ``(?:pattern)`` for one number description, or None when it cannot match."""
+        ``valid`` is None when no number of that length is valid in the region; the length checks
+        are decided here, so the patterns are plain ``^code(?:...)$`` matches.
+        """
+        nsn = length - len(self.code)
+        out: list[tuple[str | None, str | None]] = []
+        for region in self.regions:
+            valid: str | None = None
+            if region.general is not None and _admits(region.general, nsn):
+                alternatives = [pattern for desc in region.types if _admits(desc, nsn) for pattern in (desc[1],)]
+                if alternatives:
+                    # G and one type: (?=G) is not in Rust's engine, so G runs as its own pattern (see _valid_mask)
+                    valid = "|".join(f"(?:{p})" for p in alternatives)
+            leading = self._at_start(region.leading) if region.leading is not None else None
+            out.append((leading, valid))
+        return out
+
+    def _at_start(self, pattern: str) -> str:
+        return f"^{self.code}(?:{pattern})"
+
+
+def _admits(desc: Desc, nsn: int) -> bool:
+    return not desc[0] or nsn in desc[0]
+
+
+def _desc(desc: Any) -> Desc | None:
+    """``_is_number_matching_desc``'s inputs, or None when the description can never match."""
     if desc is None or not desc.national_number_pattern:
         return None
-    width = len(code)
     lengths = tuple(desc.possible_length)
-    if lengths:
-        usable = [f"{n + width:02d}" for n in lengths if 0 <= n + width <= 99]
-        if not usable:
-            return None
-        prefix = "(?:" + "|".join(usable) + ")"
-    else:
-        prefix = "[0-9]{2}"
-    return f"{prefix}{code}(?:{desc.national_number_pattern})"
-
-
-def _at_start_of_nsn(pattern: str, code: str) -> str:
-    """``re.match(pattern, N)`` as a search over the key."""
-    return f"^[0-9]{{2}}{code}(?:{pattern})"
-
-
-def _region_check(region: str, metadata: Any, code: str, multi: bool) -> RegionCheck | None:
-    general = _desc_pattern(metadata.general_desc, code)
-    if general is None:
+    if lengths and not any(n >= 0 for n in lengths):
         return None
+    return lengths, desc.national_number_pattern
+
+
+def _region_check(region: str, metadata: Any, multi: bool) -> RegionCheck:
     names = list(_TYPES)
     if not metadata.same_mobile_and_fixed_line_pattern:
         names.append("mobile")
-    parts = [p for p in (_desc_pattern(getattr(metadata, name, None), code) for name in names) if p is not None]
-    leading = metadata.leading_digits if multi else None
-    return RegionCheck(
-        region=region,
-        leading=_at_start_of_nsn(leading, code) if leading is not None else None,
-        general=f"^(?:{general})$",
-        any_type="^(?:" + "|".join(parts) + ")$" if parts else None,
-    )
+    types = tuple(d for d in (_desc(getattr(metadata, name, None)) for name in names) if d is not None)
+    return RegionCheck(region, metadata.leading_digits if multi else None, _desc(metadata.general_desc), types)
 
 
 def build_code_check(code: int) -> CodeCheck | None:
@@ -128,35 +135,32 @@ def build_code_check(code: int) -> CodeCheck | None:
     main = PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
     if main is None:
         return None
-    text = str(code)
     checks: list[RegionCheck] = []
     if len(regions) == 1:
         # region_code_for_number takes the only region without looking at the number
-        check = _region_check(regions[0], main, text, multi=False)
-        if check is not None:
-            checks.append(check)
+        checks.append(_region_check(regions[0], main, multi=False))
     else:
         for region in regions:
             metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
-            if metadata is None:
-                continue
-            check = _region_check(region, metadata, text, multi=True)
-            if check is None:
-                if metadata.leading_digits is not None:
-                    # chosen by its leading digits, and then never valid: a row it would take is refused
-                    checks.append(RegionCheck(region, _at_start_of_nsn(metadata.leading_digits, text), "^$", None))
-                continue
-            checks.append(check)
-    prefix = main.national_prefix_for_parsing
-    return CodeCheck(text, _at_start_of_nsn(prefix, text) if prefix else None, tuple(checks))
+            if metadata is not None:
+                checks.append(_region_check(region, metadata, multi=True))
+    return CodeCheck(str(code), main.national_prefix_for_parsing or None, tuple(checks))
 
 
-def _country_code_pattern() -> str:
-    """The country code at the start of the key, tried with 1, 2 then 3 digits (``_extract_country_code``)."""
+def _code_of_prefix() -> dict[str, str]:
+    """Country code of every 3-digit start of ``D``: ``_extract_country_code`` tries 1, 2, then 3 digits."""
     import phonenumbers
 
-    codes = sorted((str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE), key=lambda c: (len(c), c))
-    return "^[0-9]{2}(" + "|".join(codes) + ")"
+    codes = {str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE}
+    out: dict[str, str] = {}
+    for i in range(1000):
+        start = f"{i:03d}"
+        if start[0] == "0":
+            continue
+        code = next((start[:w] for w in (1, 2, 3) if start[:w] in codes), None)
+        if code is not None:
+            out[start] = code
+    return out
 
 
 #: International form without punctuation (most rows): ``+`` and 3 to 40 digits.
@@ -169,7 +173,7 @@ class PhoneDecider:
     def __init__(self, pl: Any, *, self_check: bool = True) -> None:
         self._pl = pl
         self._self_check = self_check
-        self._code_pattern = _country_code_pattern()
+        self._code_of = _code_of_prefix()
         self._lock = threading.Lock()
         self._checks: dict[str, CodeCheck | None] = {}
 
@@ -188,46 +192,49 @@ class PhoneDecider:
         parts = [frame.filter(plain).select("i", col("t").str.slice(1).alias("d"))]
         rest = frame.filter(~plain)
         if len(rest):
-            rest = rest.filter(col("t").str.contains(SHAPE)).with_columns(
-                col("t").str.replace_all("[^0-9]", "").alias("d")
-            )
+            digits = col("t")
+            for mark in "+ ()-":  # what SHAPE allows besides digits: literal removal is ~3x a regex replace
+                digits = digits.str.replace_all(mark, "", literal=True)
+            rest = rest.filter(col("t").str.contains(SHAPE)).with_columns(digits.alias("d"))
             plus = col("t").str.starts_with("+")
             if default_region is None:
                 # 11-15 bare digits are read as international when no default region is set
                 length = col("d").str.len_bytes()
                 plus = plus | ((length >= 11) & (length <= 15))
             parts.append(rest.filter(plus).select("i", "d"))
-        candidates = pl.concat(parts).with_columns(col("d").str.len_bytes().alias("n"))
-        candidates = candidates.filter(col("n") >= 3).with_columns(
-            (col("n").cast(pl.String).str.zfill(2) + col("d")).alias("key")
+        candidates = pl.concat(parts).with_columns(
+            col("d").str.len_bytes().alias("n"),
+            col("d").str.slice(0, 3).replace_strict(self._code_of, default=None, return_dtype=pl.String).alias("cc"),
         )
-        candidates = candidates.with_columns(col("key").str.extract(self._code_pattern, 1).alias("cc"))
+        candidates = candidates.filter(col("cc").is_not_null() & (col("n") >= 3))
         accepted: list[Any] = []
-        for (code,), part in candidates.partition_by("cc", as_dict=True).items():
-            check = self.check(code) if code is not None else None
-            if check is not None:
-                accepted.append(self._valid_rows(check, part))
+        for (code, length), part in candidates.partition_by("cc", "n", as_dict=True).items():
+            check = self.check(code)
+            if check is not None and 2 <= length - len(code) <= 17:
+                try:
+                    accepted.append(self._valid_rows(check, length, part))
+                except Exception:  # a pattern the Rust engine refuses: the exact rule decides these rows
+                    continue
         return self._assemble(len(values), accepted, digits_only=digits_only)
 
-    def _valid_rows(self, check: CodeCheck, part: Any) -> Any:
-        """The rows (``i``, ``d``) of one country code that ``phonenumbers`` parses as given and finds valid."""
+    def _valid_rows(self, check: CodeCheck, length: int, part: Any) -> Any:
+        """The rows (``i``, ``d``) of one code and length that ``phonenumbers`` parses as given and finds valid."""
         pl = self._pl
         col = pl.col
-        width = len(check.code)
-        part = part.filter((col("n") >= width + 2) & (col("n") <= width + 17))
         if check.national_prefix is not None:
-            part = part.filter(~col("key").str.contains(check.national_prefix))
+            part = part.filter(~col("d").str.contains(check._at_start(check.national_prefix)))
         valid: list[Any] = []
-        for region in check.regions:
+        for region, (leading, pattern) in zip(check.regions, check.patterns(length), strict=True):
             if not len(part):
                 break
-            if region.leading is not None:
-                mask = part.get_column("key").str.contains(region.leading)
-                chosen = part.filter(mask)
-                if region.any_type is not None and len(chosen):
-                    valid.append(chosen.filter(_valid_in(col, region)))
-            elif region.any_type is not None:
-                mask = part.select(_valid_in(col, region)).to_series()
+            if leading is not None:
+                mask = part.get_column("d").str.contains(leading)
+                if pattern is not None:
+                    chosen = part.filter(mask)
+                    if len(chosen):
+                        valid.append(chosen.filter(_valid_mask(col, check, region, pattern)))
+            elif pattern is not None:
+                mask = part.select(_valid_mask(col, check, region, pattern)).to_series()
                 valid.append(part.filter(mask))
             else:
                 continue
@@ -242,8 +249,11 @@ class PhoneDecider:
         col = pl.col
         frame = pl.DataFrame({"d": pl.Series([v.lstrip("+") for v in values], dtype=pl.String)}).with_row_index("i")
         frame = frame.filter(col("d").str.starts_with(check.code)).with_columns(col("d").str.len_bytes().alias("n"))
-        frame = frame.with_columns((col("n").cast(pl.String).str.zfill(2) + col("d")).alias("key"))
-        return self._assemble(len(values), [self._valid_rows(check, frame)], digits_only=False)
+        accepted = []
+        for (length,), part in frame.partition_by("n", as_dict=True).items():
+            if 2 <= length - len(check.code) <= 17:
+                accepted.append(self._valid_rows(check, length, part))
+        return self._assemble(len(values), accepted, digits_only=False)
 
     def _assemble(self, n: int, accepted: list[Any], *, digits_only: bool) -> tuple[Any, Any]:
         pl = self._pl
@@ -272,19 +282,22 @@ class PhoneDecider:
         pl = self._pl
         patterns = [check.national_prefix] if check.national_prefix else []
         for region in check.regions:
-            patterns += [p for p in (region.leading, region.general, region.any_type) if p is not None]
+            patterns += [region.leading] if region.leading is not None else []
+            patterns += [desc[1] for desc in (region.general, *region.types) if desc is not None]
         try:
             probe = pl.Series(["0"], dtype=pl.String)
             for pattern in patterns:
-                probe.str.contains(pattern)
+                probe.str.contains(check._at_start(pattern))
         except Exception:
             return False
         return not self._self_check or _examples_agree(self, check)
 
 
-def _valid_in(col: Any, region: RegionCheck) -> Any:
-    assert region.any_type is not None
-    return col("key").str.contains(region.general) & col("key").str.contains(region.any_type)
+def _valid_mask(col: Any, check: CodeCheck, region: RegionCheck, types: str) -> Any:
+    """The general description and one of the types admitting this length both match all of ``N``."""
+    assert region.general is not None
+    general = col("d").str.contains(f"^{check.code}(?:{region.general[1]})$")
+    return general & col("d").str.contains(f"^{check.code}(?:{types})$")
 
 
 def _examples_agree(decider: PhoneDecider, check: CodeCheck) -> bool:
