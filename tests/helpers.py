@@ -17,10 +17,30 @@ from typing import Any
 
 import pytest
 
+from airflow_audience_provider.core.ratelimit import RateLimiter
+from airflow_audience_provider.core.transport import RetryPolicy
 from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_dags"
+
+
+class FakeClock:
+    """A clock that only moves when something sleeps on it (or a test advances it)."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def free_port() -> int:
@@ -56,6 +76,16 @@ def write_emails(path: Path, emails: list[str]) -> dict[str, str]:
     """A CSV export with an ``email`` column, as the upstream XCom dict the engine reads."""
     path.write_text("email\n" + "\n".join(emails) + "\n")
     return {"path": str(path), "format": "csv", "column": "email"}
+
+
+def fast_hook(hook_class: type, *, own_limiter: bool = False) -> Iterator[Any]:
+    """For a fixture: ``hook_class`` on its default connection with short retry waits (and, with
+    ``own_limiter``, a private in-memory rate limiter), closed after the test."""
+    made = hook_class(retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))
+    if own_limiter:
+        made.get_conn().limiter = RateLimiter()
+    yield made
+    made.get_conn().close()
 
 
 def conn_setter(fake: Any, monkeypatch: pytest.MonkeyPatch) -> Any:

@@ -7,24 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-
-class FakeClock:
-    """A clock that only moves when something sleeps on it (or a test advances it)."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from helpers import FakeClock
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import checked_exchanges, conn_setter
+from helpers import checked_exchanges, conn_setter, fast_hook
 from openapi_check import LyticsSpecCheck
 
 #: how long a reevaluation takes in the sandbox for these tests, and how often we look
@@ -41,14 +41,9 @@ def lytics(lytics_sandbox):
 @pytest.fixture
 def hook(lytics):
     """A LyticsHook on the sandbox with short retry waits and its own in-memory rate limiter."""
-    from airflow_audience_provider.core.ratelimit import RateLimiter
-    from airflow_audience_provider.core.transport import RetryPolicy
     from airflow_audience_provider.hooks.lytics import LyticsHook
 
-    made = LyticsHook(retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))
-    made.get_conn().limiter = RateLimiter()
-    yield made
-    made.get_conn().close()
+    yield from fast_hook(LyticsHook, own_limiter=True)
 
 
 @pytest.fixture

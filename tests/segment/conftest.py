@@ -10,7 +10,7 @@ every answer the fake gives).
 from __future__ import annotations
 
 import pytest
-from helpers import checked_exchanges, conn_setter
+from helpers import checked_exchanges, conn_setter, fast_hook
 from openapi_check import SegmentSpecCheck
 
 #: how long asynchronous work takes in the sandbox for these tests, and how often we look
@@ -52,12 +52,9 @@ def segment(segment_sandbox):
 @pytest.fixture
 def hook(segment):
     """A SegmentHook on the sandbox with short retry waits."""
-    from airflow_audience_provider.core.transport import RetryPolicy
     from airflow_audience_provider.hooks.segment import SegmentHook
 
-    made = SegmentHook(retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))
-    yield made
-    made.get_conn().close()
+    yield from fast_hook(SegmentHook)
 
 
 @pytest.fixture

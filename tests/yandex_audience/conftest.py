@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import conn_setter
-from yandex_audience_helpers import PROCESSING, FakeClock
+from helpers import FakeClock, conn_setter, fast_hook
+from yandex_audience_helpers import PROCESSING
 
 
 @pytest.fixture
@@ -23,6 +23,11 @@ def ya(yandex_audience_sandbox):
         processing_seconds=PROCESSING, writes_per_minute=None, writes_per_hour=None, writes_per_day=None
     )
     return yandex_audience_sandbox
+
+
+@pytest.fixture
+def snapshots(tmp_path):
+    return str(tmp_path / "snapshots")
 
 
 @pytest.fixture
@@ -51,12 +56,9 @@ def patch_limiter(monkeypatch, limiter_clock):
 @pytest.fixture
 def hook(ya, patch_limiter):
     """A YandexAudienceHook on the sandbox with fast retries and a fake-clock limiter."""
-    from airflow_audience_provider.core.transport import RetryPolicy
     from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
 
-    made = YandexAudienceHook(retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))
-    yield made
-    made.get_conn().close()
+    yield from fast_hook(YandexAudienceHook)
 
 
 @pytest.fixture

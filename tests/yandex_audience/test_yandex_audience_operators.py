@@ -6,7 +6,7 @@ import hashlib
 import time
 
 import pytest
-from yandex_audience_helpers import PROCESSING, emails
+from yandex_audience_helpers import PROCESSING, emails, upload_operator
 
 from airflow_audience_provider.core.errors import (
     AudienceConfigurationError,
@@ -39,15 +39,8 @@ SHARED_ID = 30000002
 METRIKA_ID = 30000001
 
 
-@pytest.fixture
-def snapshots(tmp_path):
-    return str(tmp_path / "snapshots")
-
-
 def upload(snapshots, values, **overrides) -> YandexAudienceUploadContactListOperator:
-    kwargs = {"task_id": "upload", "segment_name": "crm buyers", "source": values, "snapshot_base": snapshots}
-    kwargs.update(overrides)
-    return YandexAudienceUploadContactListOperator(**kwargs)
+    return upload_operator(snapshots, values, "crm buyers", **overrides)
 
 
 def writes(fake) -> list[tuple[str, str, str]]:

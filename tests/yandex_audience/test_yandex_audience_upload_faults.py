@@ -14,22 +14,15 @@ import threading
 import time
 
 import pytest
-from yandex_audience_helpers import PROCESSING, emails
+from yandex_audience_helpers import PROCESSING, emails, upload_operator
 
 from airflow_audience_provider.operators.yandex_audience import YandexAudienceUploadContactListOperator
 
 UPLOAD = "/v1/management/segments/upload_csv_file"
 
 
-@pytest.fixture
-def snapshots(tmp_path):
-    return str(tmp_path / "snapshots")
-
-
 def upload(snapshots, values, **overrides) -> YandexAudienceUploadContactListOperator:
-    kwargs = {"task_id": "upload", "segment_name": "faulty", "source": values, "snapshot_base": snapshots}
-    kwargs.update(overrides)
-    return YandexAudienceUploadContactListOperator(**kwargs)
+    return upload_operator(snapshots, values, "faulty", **overrides)
 
 
 def uploads(fake) -> list[dict]:

@@ -5,20 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from yandex_audience_helpers import PROCESSING, emails
+from yandex_audience_helpers import PROCESSING, emails, upload_operator
 
 from airflow_audience_provider.operators.yandex_audience import YandexAudienceUploadContactListOperator
 
 
-@pytest.fixture
-def snapshots(tmp_path):
-    return str(tmp_path / "snapshots")
-
-
 def upload(snapshots, values, **overrides) -> YandexAudienceUploadContactListOperator:
-    kwargs = {"task_id": "upload", "segment_name": "upload path", "source": values, "snapshot_base": snapshots}
-    kwargs.update(overrides)
-    return YandexAudienceUploadContactListOperator(**kwargs)
+    return upload_operator(snapshots, values, "upload path", **overrides)
 
 
 def settle(fake, segment_id, want="processed", timeout=5.0):

@@ -1,26 +1,23 @@
-"""Constants and small doubles shared by the Yandex.Audience tests (a uniquely named module: a bare
+"""Constants and helpers shared by the Yandex.Audience tests (a uniquely named module: a bare
 ``from conftest import`` can pick another directory's conftest)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 #: how long processing takes in the sandbox for these tests, and how often we look
 PROCESSING = 0.2
 POLL = 0.05
 
 
-class FakeClock:
-    """A clock whose sleep only moves time forward (the client-side limiter never really waits)."""
+def upload_operator(snapshots: str, values: Any, default_name: str, **overrides: Any) -> Any:
+    """A ``YandexAudienceUploadContactListOperator`` (task ``upload``, segment ``default_name`` unless
+    ``overrides`` name another) that keeps its snapshots in ``snapshots``."""
+    from airflow_audience_provider.operators.yandex_audience import YandexAudienceUploadContactListOperator
 
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
+    kwargs = {"task_id": "upload", "segment_name": default_name, "source": values, "snapshot_base": snapshots}
+    kwargs.update(overrides)
+    return YandexAudienceUploadContactListOperator(**kwargs)
 
 
 def emails(n: int, start: int = 0) -> list[str]:
