@@ -84,6 +84,37 @@ def _last_window(ts: float) -> float:
     return max(c for c in candidates if c <= moment).timestamp()
 
 
+class _Outcome:
+    """A bulk answer being built: its ``data`` and the per-item ``warnings`` and ``errors``."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.data: list[dict[str, Any]] = []
+        self.warnings: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+
+    def warn(self, index: int, code: str, title: str, detail: str) -> None:
+        self.warnings.append(self.problem(index, code, title, detail))
+
+    def error(self, index: int, code: str, title: str, detail: str) -> None:
+        self.errors.append(self.problem(index, code, title, detail))
+
+    def problem(self, index: int, code: str, title: str, detail: str) -> dict[str, Any]:
+        """A problem about item ``index`` of the request, in Criteo's shape."""
+        return {
+            "traceId": self.request_id,
+            "traceIdentifier": self.request_id,
+            "type": "validation",
+            "code": code,
+            "instance": f"@data/{index}",
+            "title": title,
+            "detail": detail,
+        }
+
+    def body(self) -> dict[str, Any]:
+        return {"data": self.data, "warnings": self.warnings, "errors": self.errors}
+
+
 class CriteoFake(VendorFake):
     """In-memory Criteo Retail Media account and Marketing Solutions advertiser, served over HTTP.
 
@@ -384,18 +415,6 @@ class CriteoFake(VendorFake):
         if request.path_params.get("account") != self.account_id:
             raise ApiError(403, "The application has no consent for this account", "forbidden")
 
-    @staticmethod
-    def _problem(rid: str, code: str, index: int, title: str, detail: str) -> dict[str, Any]:
-        return {
-            "traceId": rid,
-            "traceIdentifier": rid,
-            "type": "validation",
-            "code": code,
-            "instance": f"@data/{index}",
-            "title": title,
-            "detail": detail,
-        }
-
     def _render_segment(self, seg: dict[str, Any]) -> dict[str, Any]:
         rm = seg["api"] == "retail_media"
         attributes: dict[str, Any] = {
@@ -649,10 +668,8 @@ class CriteoFake(VendorFake):
     async def _seg_create(self, request: Request) -> Response:
         version = self._version(request)
         items = self._items(await self._body(request))
-        rid = request_id_of(request)
         api = self._api_of(request)
-        data: list[dict[str, Any]] = []
-        warnings: list[dict[str, Any]] = []
+        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 attributes = item.get("attributes") or {}
@@ -660,38 +677,29 @@ class CriteoFake(VendorFake):
                 name = str(attributes.get("name") or "").strip()
                 retailer = str(attributes.get("retailerId") or "") if api == "retail_media" else None
                 if not name:
-                    warnings.append(
-                        self._problem(
-                            rid,
-                            "name-must-not-be-empty",
-                            index,
-                            "Name must not be empty",
-                            "Segment name property must not be empty",
-                        )
+                    bulk.warn(
+                        index,
+                        "name-must-not-be-empty",
+                        "Name must not be empty",
+                        "Segment name property must not be empty",
                     )
                     continue
                 if api == "retail_media" and retailer not in RETAILER_IDS:
-                    warnings.append(
-                        self._problem(
-                            rid,
-                            "retailer-not-found",
-                            index,
-                            "Retailer not found",
-                            f"Retailer {retailer!r} is not linked to account {owner}",
-                        )
+                    bulk.warn(
+                        index,
+                        "retailer-not-found",
+                        "Retailer not found",
+                        f"Retailer {retailer!r} is not linked to account {owner}",
                     )
                     continue
                 if api == "marketing_solutions" and owner != self.advertiser_id:
                     raise ApiError(403, f"No consent for advertiser {owner}", "insufficient-advertisers-permissions")
                 if attributes.get("events") is not None or attributes.get("contactList") is None:
-                    warnings.append(
-                        self._problem(
-                            rid,
-                            "segment-type-not-supported",
-                            index,
-                            "Only contact-list segments can be created",
-                            "Only contact-list segments can be created through the API",
-                        )
+                    bulk.warn(
+                        index,
+                        "segment-type-not-supported",
+                        "Only contact-list segments can be created",
+                        "Only contact-list segments can be created through the API",
                     )
                     continue
                 id_type = (attributes.get("contactList") or {}).get("identifierType") or "Email"
@@ -701,14 +709,8 @@ class CriteoFake(VendorFake):
                     s["name"] == name and s["retailerId"] == retailer for s in self._owned(self._segments, api, owner)
                 )
                 if taken:
-                    warnings.append(
-                        self._problem(
-                            rid,
-                            "name-must-be-unique",
-                            index,
-                            "Name must be unique",
-                            f"Segment name {name!r} is already used",
-                        )
+                    bulk.warn(
+                        index, "name-must-be-unique", "Name must be unique", f"Segment name {name!r} is already used"
                     )
                     continue
                 seg = self.add_segment(
@@ -718,56 +720,40 @@ class CriteoFake(VendorFake):
                     identifier_type=id_type,
                     description=attributes.get("description"),
                 )
-                data.append(seg)
-        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+                bulk.data.append(seg)
+        return self._answer(bulk.body(), version)
 
     async def _seg_update(self, request: Request) -> Response:
         version = self._version(request)
         items = self._items(await self._body(request))
-        rid = request_id_of(request)
         api, owner = self._owner_of(request)
-        data: list[dict[str, Any]] = []
-        warnings: list[dict[str, Any]] = []
+        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 seg = self._segments.get(str(item.get("id")))
                 attributes = item.get("attributes") or {}
                 if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
-                    warnings.append(
-                        self._problem(
-                            rid,
-                            "segment-not-found",
-                            index,
-                            "Segment not found",
-                            f"Segment {item.get('id')} is not found",
-                        )
-                    )
+                    bulk.warn(index, "segment-not-found", "Segment not found", f"Segment {item.get('id')} is not found")
                     continue
                 if "name" in attributes:
                     name = str(attributes.get("name") or "").strip()
                     if not name:
-                        warnings.append(
-                            self._problem(
-                                rid,
-                                "name-must-not-be-empty",
-                                index,
-                                "Name must not be empty",
-                                "Segment name property must not be empty",
-                            )
+                        bulk.warn(
+                            index,
+                            "name-must-not-be-empty",
+                            "Name must not be empty",
+                            "Segment name property must not be empty",
                         )
                         continue
                     if any(
                         s["name"] == name and s["id"] != seg["id"] and s["retailerId"] == seg["retailerId"]
                         for s in self._owned(self._segments, api, seg["owner"])
                     ):
-                        warnings.append(
-                            self._problem(
-                                rid,
-                                "name-must-be-unique",
-                                index,
-                                "Name must be unique",
-                                f"Segment name {name!r} is already used",
-                            )
+                        bulk.warn(
+                            index,
+                            "name-must-be-unique",
+                            "Name must be unique",
+                            f"Segment name {name!r} is already used",
                         )
                         continue
                     seg["name"] = name
@@ -777,55 +763,50 @@ class CriteoFake(VendorFake):
                         raise ApiError(400, "description must be an object {'value': ...}", "validation-error")
                     seg["description"] = (wrapper or {}).get("value")
                 seg["updatedAt"] = self.now()
-                data.append(self._render_segment(seg))
-        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+                bulk.data.append(self._render_segment(seg))
+        return self._answer(bulk.body(), version)
 
     async def _seg_delete(self, request: Request) -> Response:
         version = self._version(request)
         items = self._items(await self._body(request))
-        rid = request_id_of(request)
         api, owner = self._owner_of(request)
-        data: list[dict[str, Any]] = []
-        warnings: list[dict[str, Any]] = []
-        errors: list[dict[str, Any]] = []
+        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 sid = str(item.get("id"))
                 seg = self._segments.get(sid)
                 if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
-                    warnings.append(
-                        self._problem(
-                            rid, "segment-not-found", index, "Segment not found", f"Segment {sid} is not found"
-                        )
-                    )
+                    bulk.warn(index, "segment-not-found", "Segment not found", f"Segment {sid} is not found")
                     continue
                 if any(sid in self._uses(a["algebra"]) for a in self._audiences.values()):
-                    errors.append(
-                        self._problem(
-                            rid,
-                            "segment-must-not-be-used-in-audience",
-                            index,
-                            "Segment must not be used in an audience",
-                            "The segment must be removed from all audiences to be able to delete it",
-                        )
+                    bulk.error(
+                        index,
+                        "segment-must-not-be-used-in-audience",
+                        "Segment must not be used in an audience",
+                        "The segment must be removed from all audiences to be able to delete it",
                     )
                     continue
                 del self._segments[sid]
                 self._ops.pop(sid, None)
-                data.append({"id": sid, "type": item.get("type") or "AudienceSegment", "attributes": {}})
-        return self._answer({"data": data, "warnings": warnings, "errors": errors}, version)
+                bulk.data.append({"id": sid, "type": item.get("type") or "AudienceSegment", "attributes": {}})
+        return self._answer(bulk.body(), version)
+
+    def _search_pool(
+        self, request: Request, api: str, attributes: dict[str, Any], table: dict[str, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """What a search may see in ``table``: the RM account's objects, or those of the MS advertisers asked for."""
+        if api == "retail_media":
+            self._account(request)
+            return self._owned(table, api, self.account_id)
+        owners = {str(a) for a in attributes.get("advertiserIds") or [self.advertiser_id]}
+        return [o for o in table.values() if o["api"] == api and o["owner"] in owners]
 
     async def _seg_search(self, request: Request) -> Response:
         version = self._version(request)
         attributes = self._single(await self._body(request))
         api = self._api_of(request)
         with self.lock:
-            if api == "retail_media":
-                self._account(request)
-                pool = self._owned(self._segments, api, self.account_id)
-            else:
-                owners = {str(a) for a in attributes.get("advertiserIds") or [self.advertiser_id]}
-                pool = [s for s in self._segments.values() if s["api"] == api and s["owner"] in owners]
+            pool = self._search_pool(request, api, attributes, self._segments)
             if attributes.get("audienceSegmentIds"):
                 wanted = {str(i) for i in attributes["audienceSegmentIds"]}
                 pool = [s for s in pool if s["id"] in wanted]
@@ -1092,12 +1073,7 @@ class CriteoFake(VendorFake):
         attributes = self._single(await self._body(request))
         api = self._api_of(request)
         with self.lock:
-            if api == "retail_media":
-                self._account(request)
-                pool = self._owned(self._audiences, api, self.account_id)
-            else:
-                owners = {str(a) for a in attributes.get("advertiserIds") or [self.advertiser_id]}
-                pool = [a for a in self._audiences.values() if a["api"] == api and a["owner"] in owners]
+            pool = self._search_pool(request, api, attributes, self._audiences)
             if attributes.get("audienceIds"):
                 pool = [a for a in pool if a["id"] in {str(i) for i in attributes["audienceIds"]}]
             if attributes.get("audienceSegmentIds"):
@@ -1112,121 +1088,87 @@ class CriteoFake(VendorFake):
         version = self._version(request)
         self._preview_only(request, version)
         items = self._items(await self._body(request))
-        rid = request_id_of(request)
         api = self._api_of(request)
-        data: list[dict[str, Any]] = []
-        warnings: list[dict[str, Any]] = []
+        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 attributes = item.get("attributes") or {}
                 _, owner = self._owner_of(request, attributes)
                 name = str(attributes.get("name") or "").strip()
                 if not name:
-                    warnings.append(
-                        self._problem(
-                            rid,
-                            "name-must-not-be-empty",
-                            index,
-                            "Name must not be empty",
-                            "Audience name must not be empty",
-                        )
+                    bulk.warn(
+                        index, "name-must-not-be-empty", "Name must not be empty", "Audience name must not be empty"
                     )
                     continue
                 if any(a["name"] == name for a in self._owned(self._audiences, api, owner)):
-                    warnings.append(
-                        self._problem(
-                            rid,
-                            "name-must-be-unique",
-                            index,
-                            "Name must be unique",
-                            f"Audience name {name!r} is already used",
-                        )
+                    bulk.warn(
+                        index, "name-must-be-unique", "Name must be unique", f"Audience name {name!r} is already used"
                     )
                     continue
                 problem = self._algebra_problem(attributes.get("algebra"), api, owner)
                 if problem:
                     code = "segment-not-found" if "not found" in problem else "invalid-algebra"
-                    warnings.append(self._problem(rid, code, index, "Invalid algebra", problem))
+                    bulk.warn(index, code, "Invalid algebra", problem)
                     continue
                 aud = self.add_audience(
                     name, attributes["algebra"], api=api, retailer_id=str(attributes.get("retailerId") or "")
                 )
                 self._audiences[aud["id"]]["description"] = attributes.get("description")
-                data.append(self._render_audience(self._audiences[aud["id"]]))
-        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+                bulk.data.append(self._render_audience(self._audiences[aud["id"]]))
+        return self._answer(bulk.body(), version)
 
     async def _aud_update(self, request: Request) -> Response:
         version = self._version(request)
         self._preview_only(request, version)
         items = self._items(await self._body(request))
-        rid = request_id_of(request)
         api, _ = self._owner_of(request)
-        data: list[dict[str, Any]] = []
-        warnings: list[dict[str, Any]] = []
+        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 aud = self._audiences.get(str(item.get("id")))
                 attributes = item.get("attributes") or {}
                 if aud is None or aud["api"] != api:
-                    warnings.append(
-                        self._problem(
-                            rid,
-                            "audience-not-found",
-                            index,
-                            "Audience not found",
-                            f"Audience {item.get('id')} is not found",
-                        )
+                    bulk.warn(
+                        index, "audience-not-found", "Audience not found", f"Audience {item.get('id')} is not found"
                     )
                     continue
                 if "algebra" in attributes:
                     problem = self._algebra_problem(attributes["algebra"], api, aud["owner"])
                     if problem:
-                        warnings.append(self._problem(rid, "invalid-algebra", index, "Invalid algebra", problem))
+                        bulk.warn(index, "invalid-algebra", "Invalid algebra", problem)
                         continue
                     aud["algebra"] = attributes["algebra"]
                 if "name" in attributes:
                     if not str(attributes["name"] or "").strip():
-                        warnings.append(
-                            self._problem(
-                                rid,
-                                "name-must-not-be-empty",
-                                index,
-                                "Name must not be empty",
-                                "Audience name must not be empty",
-                            )
+                        bulk.warn(
+                            index, "name-must-not-be-empty", "Name must not be empty", "Audience name must not be empty"
                         )
                         continue
                     aud["name"] = str(attributes["name"]).strip()
                 if "description" in attributes:
                     aud["description"] = (attributes["description"] or {}).get("value")
                 aud["updatedAt"] = self.now()
-                data.append(self._render_audience(aud))
-        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+                bulk.data.append(self._render_audience(aud))
+        return self._answer(bulk.body(), version)
 
     async def _aud_delete(self, request: Request) -> Response:
         version = self._version(request)
         self._preview_only(request, version)
         items = self._items(await self._body(request))
-        rid = request_id_of(request)
         api, _ = self._owner_of(request)
-        data: list[dict[str, Any]] = []
-        warnings: list[dict[str, Any]] = []
+        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 aid = str(item.get("id"))
                 aud = self._audiences.get(aid)
                 if aud is None or aud["api"] != api:
-                    warnings.append(
-                        self._problem(
-                            rid, "audience-not-found", index, "Audience not found", f"Audience {aid} is not found"
-                        )
-                    )
+                    bulk.warn(index, "audience-not-found", "Audience not found", f"Audience {aid} is not found")
                     continue
                 del self._audiences[aid]
                 for target in self._targets.values():
                     target["audienceIds"] = [a for a in target["audienceIds"] if a != aid]
-                data.append({"id": aid, "type": item.get("type") or "Audience", "attributes": {}})
-        return self._answer({"data": data, "warnings": warnings, "errors": []}, version)
+                bulk.data.append({"id": aid, "type": item.get("type") or "Audience", "attributes": {}})
+        return self._answer(bulk.body(), version)
 
     def _universe(self, api: str) -> set[str]:
         return set().union(*(self._visible_members(s["id"]) for s in self._segments.values() if s["api"] == api))
