@@ -203,6 +203,10 @@ MP_TASK_ROWS = 32768
 #: Rows per batch for the compiled kernel: each call has a fixed cost (building frames, handing
 #: results back) that 65,536 rows make small; measured with ``make bench``.
 KERNEL_BATCH_ROWS = 65536
+#: Rows per kernel batch with parallel workers: half, so a list of a few hundred thousand rows
+#: still gives every worker several batches (200,000 rows in 65,536-row batches left two workers
+#: three batches and a remainder, so one waited). CPU time per row measured the same either way.
+KERNEL_PARALLEL_BATCH_ROWS = 32768
 
 
 def iter_processed(
@@ -224,7 +228,7 @@ def iter_processed(
     """
     kernel = all(uses_kernel(p) for p in profiles)
     if kernel:
-        batch_size = max(batch_size, KERNEL_BATCH_ROWS)
+        batch_size = max(batch_size, KERNEL_BATCH_ROWS if workers <= 1 else KERNEL_PARALLEL_BATCH_ROWS)
     if workers <= 1:
         for batch in source.iter_batches(batch_size):
             yield batch, _process_profiles(profiles, batch.values)

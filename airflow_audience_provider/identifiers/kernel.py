@@ -64,8 +64,6 @@ _MAC_RESERVED = ("000000000000", "FFFFFFFFFFFF")
 _MAC_RESERVED_BYTES = [bytes(6), b"\xff" * 6]
 #: ``str.translate`` table deleting the separators ``normalise_mac`` removes.
 _MAC_DELETE = str.maketrans("", "", ":-. ")
-#: 12 hex digits in either case (what is left of a MAC the kernel takes once separators are removed).
-MAC_HEX12 = r"^[0-9A-Fa-f]{12}$"
 #: A pre-hashed SHA-256 value in either case (``normalise._SHA256_RE`` after lower-casing).
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 #: A ClientID ``normalise_client_id`` returns unchanged: no leading zero, at most 19 digits (below 2**64).
@@ -160,8 +158,9 @@ class EmailKernel:
             digits = pl.Series([joined.translate(_MAC_DELETE)], dtype=pl.String).str.split("\n").explode()
             # One expression per call: polars runs several of one call on its thread pool (one
             # thread, shared by the read workers), a single one in the calling thread.
+            # 12 hex digits in either case decode to 6 bytes; anything else to fewer, or to null
             raw = digits.str.decode("hex", strict=False)
-            ok = digits.str.contains(MAC_HEX12) & ~raw.is_in(_MAC_RESERVED_BYTES)
+            ok = (raw.bin.size() == 6) & ~raw.is_in(_MAC_RESERVED_BYTES)
             frame = pl.DataFrame({"raw": raw, "ok": ok.fill_null(False)})
             return self._hash_accepted(frame, column=pl.col("raw"))
         # A value holds a newline, so lines are not rows: the same decision column by column.

@@ -88,6 +88,7 @@ def test_parallel_read_uses_threads_not_processes(monkeypatch) -> None:
 
     monkeypatch.setattr(fanout, "ProcessPoolExecutor", no_processes)
     monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 64)
+    monkeypatch.setattr(fanout, "KERNEL_PARALLEL_BATCH_ROWS", 64)
     values = [f" User{i}@Example.COM " if i % 7 else f"bad{i}" for i in range(1000)]
 
     def run(workers: int) -> list[tuple[int, int, list[tuple[int, str]], list[str]]]:

@@ -160,6 +160,7 @@ def test_parallel_read_uses_threads_not_processes(monkeypatch, profile) -> None:
 
     monkeypatch.setattr(fanout, "ProcessPoolExecutor", no_processes)
     monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 64)
+    monkeypatch.setattr(fanout, "KERNEL_PARALLEL_BATCH_ROWS", 64)
     if profile is SHA256:
         values = [hashlib.sha256(str(i).encode()).hexdigest() if i % 7 else f"bad{i}" for i in range(1000)]
     else:
@@ -174,3 +175,14 @@ def test_parallel_read_uses_threads_not_processes(monkeypatch, profile) -> None:
     one = run(1)
     assert len(one) == 16
     assert run(2) == one
+
+
+def test_parallel_workers_get_smaller_kernel_batches() -> None:
+    """Two workers get 32,768-row batches, so a mid-sized list still gives each several batches."""
+    values = [f"CUST-{i}" for i in range(70_000)]
+
+    def sizes(workers: int) -> list[int]:
+        return [len(b.values) for b, _ in iter_processed(IterableSource(values), (CUSTOMER_ID,), workers=workers)]
+
+    assert sizes(1) == [65_536, 4_464]
+    assert sizes(2) == [32_768, 32_768, 4_464]
