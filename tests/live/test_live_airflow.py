@@ -559,7 +559,7 @@ def test_reviewed_sync_rejected_through_the_rest_api_sends_nothing(live, scenari
     assert writes == []
 
 
-def test_criteo_contact_list_sync_starts_in_the_triggerer(live, scenario):
+def test_criteo_contact_list_sync_starts_in_the_triggerer(live, scenario, live_sandbox):
     run = scenario.get(CRITEO)
     _assert_success(
         run,
@@ -585,6 +585,9 @@ def test_criteo_contact_list_sync_starts_in_the_triggerer(live, scenario):
     before = states[: states.index("deferred")]
     assert not {"queued", "running"} & set(before), states
     assert "Pausing task as DEFERRED" not in _task_log(live, run, "wait_until_live")
+    # The token cache: one token per Airflow home (each its own Fernet key and directory), one renewal
+    # at most; without it each of the five Criteo tasks and the trigger minted their own.
+    assert live_sandbox.fake("criteo").tokens_issued <= 2 + len(live.celery_workers)
 
 
 @pytest.mark.xfail(
