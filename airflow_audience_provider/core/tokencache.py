@@ -238,7 +238,8 @@ class FileTokenStore:
                     break
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise
+                        self._warn(exc)  # a file system without flock: mint without the lock
+                        break
                     if time.monotonic() >= deadline:
                         log.info("Another process has been minting this OAuth token for long; minting here too")
                         break
