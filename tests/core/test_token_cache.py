@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import queue
 import stat
@@ -311,14 +312,14 @@ def test_processes_on_several_hosts_mint_one_token_through_redis(workers, criteo
     client.close()
 
 
-def test_an_unreachable_redis_keeps_tokens_per_process(criteo, caplog, capfd):
+def test_an_unreachable_redis_keeps_tokens_per_process(criteo, recorded):
     store = RedisTokenStore("redis://:not-in-logs@127.0.0.1:9/0", Sealer.from_key(FERNET_KEY), lock_seconds=1)
     cache = TokenCache(store)
     hooks_auth = [_auth(criteo, cache) for _ in range(2)]
     assert hooks_auth[0].token() == hooks_auth[1].token()
     assert criteo.tokens_issued == 1
-    logged = caplog.text + capfd.readouterr().out  # Airflow's log setup may take over on first use
-    assert "failed (ConnectionError)" in logged and "not-in-logs" not in logged
+    assert [level for level, _ in recorded.lines] == ["WARNING"]  # at most one a minute
+    assert "failed (ConnectionError)" in recorded.lines[0][1] and "not-in-logs" not in recorded.lines[0][1]
 
 
 # -- in this process ------------------------------------------------------------------------------
@@ -358,7 +359,7 @@ def test_threads_of_two_processes_share_one_token_through_one_directory(criteo, 
     assert criteo.tokens_issued == 1
 
 
-def test_a_directory_that_is_not_private_is_not_used(criteo, tmp_path, caplog):
+def test_a_directory_that_is_not_private_is_not_used(criteo, tmp_path, recorded):
     real = tmp_path / "elsewhere"
     real.mkdir(mode=0o755)
     (tmp_path / "tokens").symlink_to(real)
@@ -368,7 +369,7 @@ def test_a_directory_that_is_not_private_is_not_used(criteo, tmp_path, caplog):
     cache = TokenCache(store)
     assert _auth(criteo, cache).token() == _auth(criteo, cache).token()  # memory still works
     assert list(real.iterdir()) == []
-    assert "failed (UnsafeTokenDirectory)" in caplog.text
+    assert "failed (UnsafeTokenDirectory)" in recorded.lines[0][1]
 
 
 def test_a_directory_others_could_read_is_closed(tmp_path):
@@ -378,7 +379,7 @@ def test_a_directory_others_could_read_is_closed(tmp_path):
     assert stat.S_IMODE((tmp_path / "tokens").stat().st_mode) == 0o700
 
 
-def test_settings_choose_the_store(monkeypatch, tmp_path, caplog):
+def test_settings_choose_the_store(monkeypatch, tmp_path, recorded):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", FERNET_KEY)
     assert token_store_from_setting("process") is None
@@ -393,13 +394,34 @@ def test_settings_choose_the_store(monkeypatch, tmp_path, caplog):
     with pytest.raises(AudienceConfigurationError, match="token_cache"):
         token_store_from_setting("s3://bucket/tokens")
     # no usable key: nothing shared, and the reason is logged (never the key)
-    caplog.set_level("DEBUG", logger="airflow_audience_provider.core.tokencache")
     monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "")
     assert token_store_from_setting(None) is None
-    assert "fernet_key is not set" in caplog.text
+    reason = "OAuth tokens are kept per process, not shared between task processes: [core] fernet_key is not set"
+    assert recorded.lines == [("DEBUG", reason)]
     monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "not-a-fernet-key-123")
     assert token_store_from_setting("file") is None
-    assert "not a valid Fernet key" in caplog.text and "not-a-fernet-key-123" not in caplog.text
+    assert recorded.lines[1][0] == "WARNING" and "not a valid Fernet key" in recorded.lines[1][1]
+    assert "not-a-fernet-key-123" not in repr(recorded.lines)
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> Iterator[Recorded]:
+    """What the token cache logs (Airflow's own log setup may not propagate to pytest's capture)."""
+    handler = Recorded()
+    logger = logging.getLogger("airflow_audience_provider.core.tokencache")
+    monkeypatch.setattr(logger, "level", logging.DEBUG)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+class Recorded(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelname, record.getMessage()))
 
 
 def test_the_process_cache_reads_the_setting_once(monkeypatch, tmp_path):
