@@ -29,10 +29,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
@@ -65,19 +65,87 @@ T = TypeVar("T")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
+class JsonStrings(Sequence[str]):
+    """Hex strings kept as the text they were read from: the transport writes their JSON array from it.
+
+    For the digests of a chunk read from a work file, the array is the text with its newlines
+    replaced by ``", "``: no per-string object or escaping, and no per-string object at all unless
+    someone indexes the sequence.
+
+    :param lines: the strings as ASCII bytes, each followed by a newline (see :meth:`from_lines`).
+    :param count: how many strings.
+    """
+
+    def __init__(self, lines: bytes, count: int) -> None:
+        self.lines = lines
+        self._count = count
+        self._values: list[str] | None = None
+
+    @classmethod
+    def from_lines(cls, lines: bytes, count: int) -> JsonStrings | None:
+        """From ``count`` hex strings, one per line; None when the bytes hold anything else."""
+        if not lines.endswith(b"\n") or lines.translate(None, _HEX_LINES) or lines.count(b"\n") != count:
+            return None
+        return cls(lines, count)
+
+    def json_parts(self) -> list[bytes]:
+        """The JSON array, in pieces to be joined."""
+        return [b'["', self.lines[:-1].replace(b"\n", b'", "'), b'"]']
+
+    def _list(self) -> list[str]:
+        if self._values is None:
+            self._values = self.lines.decode("ascii").split("\n")[:-1]
+            if len(self._values) != self._count:
+                raise ValueError(f"{len(self._values)} strings where {self._count} were announced")
+        return self._values
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+
+_HEX_LINES = b"0123456789abcdefABCDEF\n"
+
+
 def encode_json(value: Any) -> bytes:
     """``json.dumps(value, allow_nan=False)`` as UTF-8 bytes, what ``requests`` sends for ``json=``.
 
     A list of ASCII letters-and-digits strings (hashed identifiers, numeric ids) needs no escaping
-    and is written with one ``join`` instead of escaping each string: the same JSON text, at a
-    third of the cost for a 50,000-identifier chunk.
+    and is written with one ``join`` instead of escaping each string, and :class:`JsonStrings`
+    with one ``replace`` of their text: the same JSON text, at a fraction of the cost for a
+    50,000-identifier chunk.
     """
-    return _encode(value).encode("utf-8")
+    raw: list[JsonStrings] = []
+    text = _encode(value, raw)
+    if not raw:
+        return text.encode("utf-8")
+    # Each JsonStrings left a "\x00<n>\x00" mark (json.dumps never writes a raw NUL): splice its bytes in.
+    out: list[bytes] = []
+    for i, piece in enumerate(text.split("\x00")):
+        if i % 2:
+            out.extend(raw[int(piece)].json_parts())
+        else:
+            out.append(piece.encode("utf-8"))
+    return b"".join(out)
 
 
-def _encode(value: Any) -> str:
+def _encode(value: Any, raw: list[JsonStrings]) -> str:
+    if isinstance(value, JsonStrings):
+        raw.append(value)
+        return f"\x00{len(raw) - 1}\x00"
     if type(value) is dict and all(type(k) is str for k in value):
-        return "{" + ", ".join(f"{_json.dumps(k)}: {_encode(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_json.dumps(k)}: {_encode(v, raw)}" for k, v in value.items()) + "}"
     if type(value) is list and len(value) > 16 and set(map(type, value)) == {str}:
         text = "".join(value)
         if text.isascii() and text.encode("ascii").isalnum() and all(value):

@@ -59,6 +59,7 @@ from airflow_audience_provider.core.ratelimit import RateLimit, Window
 from airflow_audience_provider.core.results import Phase, PollResult
 from airflow_audience_provider.core.transport import (
     ErrorInfo,
+    JsonStrings,
     VendorProfile,
     call_with_read_back,
     parse_retry_after,
@@ -668,7 +669,8 @@ class CriteoHook(AudienceHook):
         attributes: dict[str, Any] = {
             "operation": operation,
             "identifierType": vendor_type,
-            "identifiers": list(identifiers),
+            # JsonStrings (digests of a chunk) go into the body as written; anything else is copied.
+            "identifiers": identifiers if isinstance(identifiers, JsonStrings) else list(identifiers),
         }
         sid = self._path_id(segment_id)
         if self.is_retail_media:

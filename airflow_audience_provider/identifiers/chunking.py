@@ -70,13 +70,18 @@ class Chunk:
         """The values as a list (read from the work file for file-backed chunks, on each access)."""
         if self.values is not None:
             return self.values
+        return self.lines_bytes().decode("utf-8", "surrogatepass").split("\n")[:-1]
+
+    def lines_bytes(self) -> bytes:
+        """The values as UTF-8 text, each followed by a newline (read from the work file when file-backed)."""
+        if self.values is not None:
+            return "".join(f"{v}\n" for v in self.values).encode("utf-8", "surrogatepass")
         if self.text is not None:
-            return self.text.split("\n")[:-1]
+            return self.text.encode("utf-8", "surrogatepass")
         assert self.path is not None
         with open(self.path, "rb") as fh:
             fh.seek(self.offset)
-            data = fh.read(self.nbytes)
-        return data.decode("utf-8", "surrogatepass").split("\n")[:-1]
+            return fh.read(self.nbytes)
 
     def __len__(self) -> int:
         return len(self.values) if self.values is not None else self.count

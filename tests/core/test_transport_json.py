@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_audience_provider.core.transport import encode_json
+from airflow_audience_provider.core.transport import JsonStrings, encode_json
 
 _ids = st.text(alphabet="0123456789abcdefXYZ", min_size=0, max_size=70)
 _awkward = st.text(min_size=0, max_size=6)
@@ -41,3 +41,22 @@ def test_ids_that_need_escaping_are_escaped():
 def test_nan_is_refused_like_requests_does():
     with pytest.raises(ValueError):
         encode_json({"x": [math.nan]})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789abcdefABCDEF", min_size=1, max_size=70), min_size=1, max_size=40))
+def test_json_strings_are_written_as_the_json_of_their_list(values):
+    lines = "".join(f"{v}\n" for v in values).encode()
+    strings = JsonStrings.from_lines(lines, len(values))
+    assert strings is not None and list(strings) == values and len(strings) == len(values)
+    body = {"data": {"attributes": {"operation": "add", "identifiers": strings, "note": "\x00"}}}
+    plain = {"data": {"attributes": {"operation": "add", "identifiers": values, "note": "\x00"}}}
+    assert encode_json(body) == json.dumps(plain).encode()
+
+
+@pytest.mark.parametrize(
+    ("lines", "count"),
+    [(b"ab\ncd", 2), (b'ab\n"c\n', 2), (b"ab\ncd\n", 3), (b"ab\n\\u0041\n", 2), (b"caf\xc3\xa9\n", 1)],
+)
+def test_json_strings_refuse_anything_but_hex_lines_of_the_announced_count(lines, count):
+    assert JsonStrings.from_lines(lines, count) is None

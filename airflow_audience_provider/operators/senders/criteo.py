@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.core.errors import AudienceTransportError
+from airflow_audience_provider.core.transport import JsonStrings
 from airflow_audience_provider.identifiers.sync import ChunkResult
 
 if TYPE_CHECKING:
@@ -61,8 +62,12 @@ class CriteoChunkSender:
         return transport.last_unknown_outcome + self.settle_seconds
 
     def _send(self, operation: str, chunk: Any) -> Any:
+        identifiers: Sequence[str] = chunk.identifiers
+        if chunk.rule.profile.hashed_output:
+            # Hex digests: their JSON array is their text with quotes around each line.
+            identifiers = JsonStrings.from_lines(chunk.lines_bytes(), len(chunk)) or chunk.identifiers
         answer = self.hook.add_remove_contact_list_by_audience_segment(
-            self.segment_id, operation, chunk.identifiers, self.identifier_type or chunk.vendor_identifier_type
+            self.segment_id, operation, identifiers, self.identifier_type or chunk.vendor_identifier_type
         )
         if self.on_chunk is not None:
             self.on_chunk(operation, answer)
