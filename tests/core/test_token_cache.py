@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography.fernet import Fernet
 
 from airflow_audience_provider.core.auth import PROCESS_TOKENS, OAuth2ClientCredentials, TokenCache
@@ -168,6 +169,9 @@ def test_task_processes_of_one_host_mint_one_token_through_the_file_cache(worker
     assert criteo.tokens_issued == 1
     assert sum(minted) == 1
     assert me_statuses(criteo) == [200] * (2 * WORKERS)
+    # what a deployment beside the sandbox reads: the fake's control API counts tokens too
+    state = requests.get(f"{criteo.base_url}/_sandbox/criteo/state", timeout=30).json()
+    assert state["tokens_issued"] == 1
 
 
 def test_an_expired_entry_is_replaced_by_one_new_token_for_every_process(workers, criteo, tmp_path):
@@ -327,7 +331,6 @@ def test_an_unreachable_redis_keeps_tokens_per_process(criteo, recorded):
 
 def _auth(criteo, cache: TokenCache, secret: str | None = None) -> OAuth2ClientCredentials:
     """Client credentials against the fake's token endpoint (a plain POST over HTTP)."""
-    import requests
 
     def post(url: str, form: dict[str, str]) -> dict[str, Any]:
         return dict(requests.post(url, data=form, timeout=30).json())
