@@ -84,6 +84,19 @@ def _last_window(ts: float) -> float:
     return max(c for c in candidates if c <= moment).timestamp()
 
 
+#: The title Criteo gives each per-item problem code.
+_PROBLEM_TITLES = {
+    "name-must-not-be-empty": "Name must not be empty",
+    "name-must-be-unique": "Name must be unique",
+    "retailer-not-found": "Retailer not found",
+    "segment-not-found": "Segment not found",
+    "audience-not-found": "Audience not found",
+    "invalid-algebra": "Invalid algebra",
+    "segment-must-not-be-used-in-audience": "Segment must not be used in an audience",
+    "segment-type-not-supported": "Only contact-list segments can be created",
+}
+
+
 class _Outcome:
     """A bulk answer being built: its ``data`` and the per-item ``warnings`` and ``errors``."""
 
@@ -93,21 +106,21 @@ class _Outcome:
         self.warnings: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
 
-    def warn(self, index: int, code: str, title: str, detail: str) -> None:
-        self.warnings.append(self.problem(index, code, title, detail))
+    def warn(self, index: int, code: str, detail: str, title: str | None = None) -> None:
+        self.warnings.append(self.problem(index, code, detail, title))
 
-    def error(self, index: int, code: str, title: str, detail: str) -> None:
-        self.errors.append(self.problem(index, code, title, detail))
+    def error(self, index: int, code: str, detail: str, title: str | None = None) -> None:
+        self.errors.append(self.problem(index, code, detail, title))
 
-    def problem(self, index: int, code: str, title: str, detail: str) -> dict[str, Any]:
-        """A problem about item ``index`` of the request, in Criteo's shape."""
+    def problem(self, index: int, code: str, detail: str, title: str | None = None) -> dict[str, Any]:
+        """A problem about item ``index`` of the request, in Criteo's shape (``title``: the code's usual one)."""
         return {
             "traceId": self.request_id,
             "traceIdentifier": self.request_id,
             "type": "validation",
             "code": code,
             "instance": f"@data/{index}",
-            "title": title,
+            "title": title or _PROBLEM_TITLES[code],
             "detail": detail,
         }
 
@@ -665,11 +678,18 @@ class CriteoFake(VendorFake):
             return api, self.account_id
         return api, str((attributes or {}).get("advertiserId") or self.advertiser_id)
 
-    async def _seg_create(self, request: Request) -> Response:
+    async def _bulk_items(
+        self, request: Request, *, preview_only: bool = False
+    ) -> tuple[str, list[dict[str, Any]], _Outcome]:
+        """A bulk write's API version and items, and its answer to fill (preview-only operations refused first)."""
         version = self._version(request)
-        items = self._items(await self._body(request))
+        if preview_only:
+            self._preview_only(request, version)
+        return version, self._items(await self._body(request)), _Outcome(request_id_of(request))
+
+    async def _seg_create(self, request: Request) -> Response:
+        version, items, bulk = await self._bulk_items(request)
         api = self._api_of(request)
-        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 attributes = item.get("attributes") or {}
@@ -677,29 +697,16 @@ class CriteoFake(VendorFake):
                 name = str(attributes.get("name") or "").strip()
                 retailer = str(attributes.get("retailerId") or "") if api == "retail_media" else None
                 if not name:
-                    bulk.warn(
-                        index,
-                        "name-must-not-be-empty",
-                        "Name must not be empty",
-                        "Segment name property must not be empty",
-                    )
+                    bulk.warn(index, "name-must-not-be-empty", "Segment name property must not be empty")
                     continue
                 if api == "retail_media" and retailer not in RETAILER_IDS:
-                    bulk.warn(
-                        index,
-                        "retailer-not-found",
-                        "Retailer not found",
-                        f"Retailer {retailer!r} is not linked to account {owner}",
-                    )
+                    bulk.warn(index, "retailer-not-found", f"Retailer {retailer!r} is not linked to account {owner}")
                     continue
                 if api == "marketing_solutions" and owner != self.advertiser_id:
                     raise ApiError(403, f"No consent for advertiser {owner}", "insufficient-advertisers-permissions")
                 if attributes.get("events") is not None or attributes.get("contactList") is None:
                     bulk.warn(
-                        index,
-                        "segment-type-not-supported",
-                        "Only contact-list segments can be created",
-                        "Only contact-list segments can be created through the API",
+                        index, "segment-type-not-supported", "Only contact-list segments can be created through the API"
                     )
                     continue
                 id_type = (attributes.get("contactList") or {}).get("identifierType") or "Email"
@@ -709,9 +716,7 @@ class CriteoFake(VendorFake):
                     s["name"] == name and s["retailerId"] == retailer for s in self._owned(self._segments, api, owner)
                 )
                 if taken:
-                    bulk.warn(
-                        index, "name-must-be-unique", "Name must be unique", f"Segment name {name!r} is already used"
-                    )
+                    bulk.warn(index, "name-must-be-unique", f"Segment name {name!r} is already used")
                     continue
                 seg = self.add_segment(
                     name,
@@ -724,37 +729,25 @@ class CriteoFake(VendorFake):
         return self._answer(bulk.body(), version)
 
     async def _seg_update(self, request: Request) -> Response:
-        version = self._version(request)
-        items = self._items(await self._body(request))
+        version, items, bulk = await self._bulk_items(request)
         api, owner = self._owner_of(request)
-        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 seg = self._segments.get(str(item.get("id")))
                 attributes = item.get("attributes") or {}
                 if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
-                    bulk.warn(index, "segment-not-found", "Segment not found", f"Segment {item.get('id')} is not found")
+                    bulk.warn(index, "segment-not-found", f"Segment {item.get('id')} is not found")
                     continue
                 if "name" in attributes:
                     name = str(attributes.get("name") or "").strip()
                     if not name:
-                        bulk.warn(
-                            index,
-                            "name-must-not-be-empty",
-                            "Name must not be empty",
-                            "Segment name property must not be empty",
-                        )
+                        bulk.warn(index, "name-must-not-be-empty", "Segment name property must not be empty")
                         continue
                     if any(
                         s["name"] == name and s["id"] != seg["id"] and s["retailerId"] == seg["retailerId"]
                         for s in self._owned(self._segments, api, seg["owner"])
                     ):
-                        bulk.warn(
-                            index,
-                            "name-must-be-unique",
-                            "Name must be unique",
-                            f"Segment name {name!r} is already used",
-                        )
+                        bulk.warn(index, "name-must-be-unique", f"Segment name {name!r} is already used")
                         continue
                     seg["name"] = name
                 if "description" in attributes:
@@ -767,22 +760,19 @@ class CriteoFake(VendorFake):
         return self._answer(bulk.body(), version)
 
     async def _seg_delete(self, request: Request) -> Response:
-        version = self._version(request)
-        items = self._items(await self._body(request))
+        version, items, bulk = await self._bulk_items(request)
         api, owner = self._owner_of(request)
-        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 sid = str(item.get("id"))
                 seg = self._segments.get(sid)
                 if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
-                    bulk.warn(index, "segment-not-found", "Segment not found", f"Segment {sid} is not found")
+                    bulk.warn(index, "segment-not-found", f"Segment {sid} is not found")
                     continue
                 if any(sid in self._uses(a["algebra"]) for a in self._audiences.values()):
                     bulk.error(
                         index,
                         "segment-must-not-be-used-in-audience",
-                        "Segment must not be used in an audience",
                         "The segment must be removed from all audiences to be able to delete it",
                     )
                     continue
@@ -1085,30 +1075,23 @@ class CriteoFake(VendorFake):
         return self._answer(self._page(request, rendered, 500 if api == "retail_media" else 100), version)
 
     async def _aud_create(self, request: Request) -> Response:
-        version = self._version(request)
-        self._preview_only(request, version)
-        items = self._items(await self._body(request))
+        version, items, bulk = await self._bulk_items(request, preview_only=True)
         api = self._api_of(request)
-        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 attributes = item.get("attributes") or {}
                 _, owner = self._owner_of(request, attributes)
                 name = str(attributes.get("name") or "").strip()
                 if not name:
-                    bulk.warn(
-                        index, "name-must-not-be-empty", "Name must not be empty", "Audience name must not be empty"
-                    )
+                    bulk.warn(index, "name-must-not-be-empty", "Audience name must not be empty")
                     continue
                 if any(a["name"] == name for a in self._owned(self._audiences, api, owner)):
-                    bulk.warn(
-                        index, "name-must-be-unique", "Name must be unique", f"Audience name {name!r} is already used"
-                    )
+                    bulk.warn(index, "name-must-be-unique", f"Audience name {name!r} is already used")
                     continue
                 problem = self._algebra_problem(attributes.get("algebra"), api, owner)
                 if problem:
                     code = "segment-not-found" if "not found" in problem else "invalid-algebra"
-                    bulk.warn(index, code, "Invalid algebra", problem)
+                    bulk.warn(index, code, problem, title="Invalid algebra")
                     continue
                 aud = self.add_audience(
                     name, attributes["algebra"], api=api, retailer_id=str(attributes.get("retailerId") or "")
@@ -1118,31 +1101,24 @@ class CriteoFake(VendorFake):
         return self._answer(bulk.body(), version)
 
     async def _aud_update(self, request: Request) -> Response:
-        version = self._version(request)
-        self._preview_only(request, version)
-        items = self._items(await self._body(request))
+        version, items, bulk = await self._bulk_items(request, preview_only=True)
         api, _ = self._owner_of(request)
-        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 aud = self._audiences.get(str(item.get("id")))
                 attributes = item.get("attributes") or {}
                 if aud is None or aud["api"] != api:
-                    bulk.warn(
-                        index, "audience-not-found", "Audience not found", f"Audience {item.get('id')} is not found"
-                    )
+                    bulk.warn(index, "audience-not-found", f"Audience {item.get('id')} is not found")
                     continue
                 if "algebra" in attributes:
                     problem = self._algebra_problem(attributes["algebra"], api, aud["owner"])
                     if problem:
-                        bulk.warn(index, "invalid-algebra", "Invalid algebra", problem)
+                        bulk.warn(index, "invalid-algebra", problem)
                         continue
                     aud["algebra"] = attributes["algebra"]
                 if "name" in attributes:
                     if not str(attributes["name"] or "").strip():
-                        bulk.warn(
-                            index, "name-must-not-be-empty", "Name must not be empty", "Audience name must not be empty"
-                        )
+                        bulk.warn(index, "name-must-not-be-empty", "Audience name must not be empty")
                         continue
                     aud["name"] = str(attributes["name"]).strip()
                 if "description" in attributes:
@@ -1152,17 +1128,14 @@ class CriteoFake(VendorFake):
         return self._answer(bulk.body(), version)
 
     async def _aud_delete(self, request: Request) -> Response:
-        version = self._version(request)
-        self._preview_only(request, version)
-        items = self._items(await self._body(request))
+        version, items, bulk = await self._bulk_items(request, preview_only=True)
         api, _ = self._owner_of(request)
-        bulk = _Outcome(request_id_of(request))
         with self.lock:
             for index, item in enumerate(items):
                 aid = str(item.get("id"))
                 aud = self._audiences.get(aid)
                 if aud is None or aud["api"] != api:
-                    bulk.warn(index, "audience-not-found", "Audience not found", f"Audience {aid} is not found")
+                    bulk.warn(index, "audience-not-found", f"Audience {aid} is not found")
                     continue
                 del self._audiences[aid]
                 for target in self._targets.values():
