@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 
-from airflow_audience_provider.core.errors import AudienceConfigurationError, AudienceValidationError
+from airflow_audience_provider.core.errors import (
+    AudienceConfigurationError,
+    AudienceConflictError,
+    AudienceError,
+    AudienceValidationError,
+)
+from airflow_audience_provider.core.events import upload_counts
 from airflow_audience_provider.operators.base import AudienceBaseOperator
 
 if TYPE_CHECKING:
@@ -64,6 +70,7 @@ def executor_names() -> list[str]:
 
 def snapshot_base_is_shared(base: Any) -> bool:
     """True when ``base`` (None = the configured default) is object storage rather than a host-local path."""
+    # the contact-list engine: not at DAG parse
     from airflow_audience_provider.identifiers.snapshot import _is_remote, default_snapshot_base
 
     return _is_remote(base if base not in (None, "") else default_snapshot_base())
@@ -72,8 +79,6 @@ def snapshot_base_is_shared(base: Any) -> bool:
 def upload_asset_extra(operator: ContactListUploadOperator, result: dict[str, Any]) -> dict[str, Any]:
     """The fields of the Asset event an upload records (the audience event shape of
     :mod:`airflow_audience_provider.core.events`): the one place an upload builds them."""
-    from airflow_audience_provider.core.events import upload_counts
-
     fields = upload_counts(result.get("counts") or {}, mode=result.get("mode"))
     drift = result.get("drift")
     if isinstance(drift, dict) and (drift.get("checked") == "after" or result.get("engine_mode") == "noop"):
@@ -258,7 +263,7 @@ class ContactListUploadOperator(AudienceBaseOperator):
 
     def lookup_rule(self) -> VendorRule:
         """The vendor rule of ``identifier_type``."""
-        from airflow_audience_provider.identifiers import get_rule
+        from airflow_audience_provider.identifiers import get_rule  # the contact-list engine: not at DAG parse
 
         try:
             return get_rule(self.vendor, str(self.identifier_type).strip().lower())
@@ -301,7 +306,7 @@ class ContactListUploadOperator(AudienceBaseOperator):
 
     def sync_options(self, mode: str, cancel: threading.Event) -> Any:
         """The engine's options for this run."""
-        from airflow_audience_provider.identifiers import SyncOptions
+        from airflow_audience_provider.identifiers import SyncOptions  # the contact-list engine: not at DAG parse
 
         one_way = mode in ("add", "remove")
         refresh = self.full_refresh_every
@@ -334,6 +339,7 @@ class ContactListUploadOperator(AudienceBaseOperator):
         distributed = [name for name in executor_names() if name not in LOCAL_EXECUTORS]
         if not distributed:
             return
+        # the contact-list engine: not at DAG parse
         from airflow_audience_provider.identifiers import default_snapshot_base
 
         where = self.snapshot_base or default_snapshot_base()
@@ -345,8 +351,6 @@ class ContactListUploadOperator(AudienceBaseOperator):
             "or [audience] snapshot_base_path"
         )
         if self.require_shared_state:
-            from airflow_audience_provider.core.errors import AudienceConfigurationError
-
             raise AudienceConfigurationError(message + " (require_shared_state=True: nothing was sent)")
         log.warning("!!! %s !!!", message)
 
@@ -378,7 +382,7 @@ class ContactListUploadOperator(AudienceBaseOperator):
         return self._run(context, lease_deadline=lease_deadline)
 
     def _run(self, context: Context, lease_deadline: float | None = None) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceError, AudienceValidationError
+        # the contact-list engine: not at DAG parse
         from airflow_audience_provider.identifiers import ContactListError, SendError, sync_contact_list
 
         mode = self.canonical_mode(self.mode)
@@ -492,8 +496,6 @@ class ContactListUploadOperator(AudienceBaseOperator):
 
     def send_error(self, exc: Exception, partial: dict[str, Any]) -> Exception:
         """The task's error for a send that failed part way: the vendor's error, told with what was applied."""
-        from airflow_audience_provider.core.errors import AudienceError
-
         applied = self.describe_applied()
         note = (
             f"Upload to {self.describe_destination()} failed after {partial['chunks_sent']} of "
@@ -516,7 +518,7 @@ class ContactListUploadOperator(AudienceBaseOperator):
                 return None
             counts = engine.get("counts") or {}
             return {"count": int(counts.get("unique", 0)), "written_at": datetime.now(UTC).isoformat()}
-        from airflow_audience_provider.identifiers import snapshot_for
+        from airflow_audience_provider.identifiers import snapshot_for  # the contact-list engine: not at DAG parse
 
         try:
             header = snapshot_for(self._rule, self._key, self.snapshot_base).read_header()
@@ -589,12 +591,14 @@ class ContactListUploadOperator(AudienceBaseOperator):
         slot) and tries again; otherwise it waits in the worker. Either way it fails after
         ``lease_timeout`` seconds naming the holder, before sending anything.
         """
+        # the contact-list engine: not at DAG parse
         from airflow_audience_provider.identifiers import SyncOptions
         from airflow_audience_provider.identifiers.sync import lease_for
 
         lease = lease_for(self._rule, self._key, self.snapshot_base, SyncOptions())
         timeout = float(self.lease_timeout)
         if not self.deferrable:
+            # the contact-list engine: not at DAG parse
             from airflow_audience_provider.identifiers.lease import LeaseBusyError
 
             try:
@@ -632,8 +636,6 @@ class ContactListUploadOperator(AudienceBaseOperator):
 
     def lease_busy_error(self, reason: str) -> Exception:
         """The task's error when the destination's lease stayed busy: names the holder, nothing sent."""
-        from airflow_audience_provider.core.errors import AudienceConflictError
-
         return AudienceConflictError(f"{self.describe_destination()}: {reason}", vendor=self.vendor)
 
 

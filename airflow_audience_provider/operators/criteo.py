@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.connections import CRITEO
+from airflow_audience_provider.core.errors import AudienceValidationError
 from airflow_audience_provider.domain.criteo import BulkResult, algebra_segment_ids, canonical_algebra, validate_algebra
 from airflow_audience_provider.domain.criteo_cycle import next_computation_window
 from airflow_audience_provider.links.criteo import CriteoAudienceLink, CriteoSegmentLink
@@ -53,7 +54,7 @@ class _CriteoOperator(AudienceBaseOperator):
 
     @cached_property
     def hook(self) -> CriteoHook:
-        from airflow_audience_provider.hooks.criteo import CriteoHook
+        from airflow_audience_provider.hooks.criteo import CriteoHook  # the hook imports requests: not at DAG parse
 
         return CriteoHook(self.criteo_conn_id, timeouts=self.timeouts())
 
@@ -176,7 +177,7 @@ class CriteoCreateOrUpdateSegmentOperator(_CriteoOperator):
         self.owner_id = owner_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceValidationError
+        # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.criteo import RM_SEGMENT_IDENTIFIER_TYPES
 
         hook = self.hook
@@ -416,8 +417,6 @@ class CriteoUploadContactListOperator(ContactListUploadOperator, _CriteoOperator
         return f"{hook.api}-{str(self.segment_id).strip()}"
 
     def prepare(self, context: Context, hook: Any, rule: Any) -> None:
-        from airflow_audience_provider.core.errors import AudienceValidationError
-
         segment_id = str(self.segment_id).strip()
         owner = self.owner_id or None
         vendor_type = hook.vendor_identifier_type(rule.identifier_type.value)
@@ -438,6 +437,7 @@ class CriteoUploadContactListOperator(ContactListUploadOperator, _CriteoOperator
         context["ti"].xcom_push(key="segment_id", value=segment_id)
 
     def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> Any:
+        # the contact-list engine: not at DAG parse
         from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
 
         return CriteoChunkSender(hook, str(self.segment_id).strip(), self._vendor_type)
@@ -527,8 +527,6 @@ class CriteoCreateOrUpdateAudienceOperator(_CriteoOperator):
         self.owner_id = owner_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceValidationError
-
         hook = self.hook
         algebra = self.algebra
         if isinstance(algebra, str):

@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 
 from airflow_audience_provider.connections import LYTICS
+from airflow_audience_provider.core.errors import AudienceNotFoundError, AudienceValidationError
+from airflow_audience_provider.core.results import validate_event
 from airflow_audience_provider.domain.lytics import desired_segment_body, segment_changes, update_body
 from airflow_audience_provider.links.lytics import LyticsSegmentLink
 from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,7 +41,7 @@ class _LyticsOperator(AudienceBaseOperator):
 
     @cached_property
     def hook(self) -> LyticsHook:
-        from airflow_audience_provider.hooks.lytics import LyticsHook
+        from airflow_audience_provider.hooks.lytics import LyticsHook  # the hook imports requests: not at DAG parse
 
         return LyticsHook(self.lytics_conn_id, timeouts=self.timeouts())
 
@@ -147,8 +150,6 @@ class LyticsCreateOrUpdateSegmentOperator(_LyticsOperator):
             hook.validate_segment_ql(desired["segment_ql"])
         current = hook.find_segment(self.slug_name)
         if current is not None and current.get("table", self.table) != self.table:
-            from airflow_audience_provider.core.errors import AudienceValidationError
-
             # Slugs are unique per account: the slug belongs to a segment of another table.
             raise AudienceValidationError(
                 f"Lytics slug {self.slug_name!r} is used by segment {current.get('id')} of table "
@@ -207,8 +208,6 @@ class LyticsDeleteSegmentOperator(_LyticsOperator):
         self.force = force
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError, AudienceValidationError
-
         hook = self.hook
         keys = [self.segments] if isinstance(self.segments, str) else list(self.segments)
         deleted: list[str] = []
@@ -300,8 +299,6 @@ class LyticsReevaluateSegmentOperator(_LyticsOperator):
             status_kwargs["settle_polls"] = int(self.settle_polls)
         if self.settle_interval is not None:
             status_kwargs["settle_interval"] = float(self.settle_interval)
-        from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
-
         done = self.wait_for(
             LyticsReevaluationTrigger,
             status_kwargs,
@@ -313,8 +310,6 @@ class LyticsReevaluateSegmentOperator(_LyticsOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger; the event carries everything (defer kwargs can be lost)."""
-        from airflow_audience_provider.core.results import validate_event
-
         event = validate_event(event, "lytics")
         return self._finish(context, {**event.get("result", {}), "status": "completed"})
 
@@ -383,8 +378,6 @@ class LyticsDeleteSegmentGroupOperator(_LyticsOperator):
         self.missing_ok = missing_ok
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError
-
         hook = self.hook
         match = next((g for g in hook.list_segment_groups() if self.group in (g.get("id"), g.get("name"))), None)
         if match is None:

@@ -24,9 +24,17 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 
 from airflow_audience_provider.connections import SEGMENT
+from airflow_audience_provider.core.errors import (
+    AudienceError,
+    AudienceNotFoundError,
+    AudienceTimeoutError,
+    AudienceValidationError,
+)
+from airflow_audience_provider.core.results import Phase, validate_event
 from airflow_audience_provider.domain.segment import audience_body, audience_changes, canonical_query, check_definition
 from airflow_audience_provider.links.segment import SegmentAudienceLink
 from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.triggers.segment import SegmentAudienceEditableTrigger, SegmentAudiencePreviewTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -72,7 +80,7 @@ class _SegmentOperator(AudienceBaseOperator):
 
     @cached_property
     def hook(self) -> SegmentHook:
-        from airflow_audience_provider.hooks.segment import SegmentHook
+        from airflow_audience_provider.hooks.segment import SegmentHook  # the hook imports requests: not at DAG parse
 
         return SegmentHook(self.segment_conn_id, timeouts=self.timeouts())
 
@@ -98,9 +106,8 @@ class _SegmentOperator(AudienceBaseOperator):
 
     def _edit(self, space: str, audience_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Wait for the edit lock to clear (in the worker, or deferred to the triggerer), then send one PATCH."""
-        from airflow_audience_provider.core.errors import AudienceTimeoutError
+        # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.segment import SegmentAudienceLockedError
-        from airflow_audience_provider.triggers.segment import SegmentAudienceEditableTrigger
 
         try:
             self.wait_for(
@@ -122,8 +129,7 @@ class _SegmentOperator(AudienceBaseOperator):
 
     def resume_after_lock(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Back from the triggerer: the lock has cleared, so run again from a fresh read."""
-        from airflow_audience_provider.core.errors import AudienceTimeoutError
-        from airflow_audience_provider.core.results import validate_event
+        # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.segment import SegmentAudienceLockedError
 
         try:
@@ -137,8 +143,6 @@ class _SegmentOperator(AudienceBaseOperator):
 
     def _resolve(self, space: str, audience_id: str | None, audience_name: str | None) -> dict[str, Any] | None:
         """The audience by id, else by exact name; None when it does not exist."""
-        from airflow_audience_provider.core.errors import AudienceValidationError
-
         hook = self.hook
         if bool(audience_id) == bool(audience_name):
             raise AudienceValidationError("Pass exactly one of audience_id and audience_name", vendor="segment")
@@ -211,8 +215,6 @@ class SegmentCreateOrUpdateAudienceOperator(_SegmentOperator):
         self.target_entity = target_entity
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceValidationError
-
         hook = self.hook
         space = hook.space(self.space_id)
         # Checked locally first, so bad input fails before any call.
@@ -279,8 +281,6 @@ class _SegmentSetEnabledOperator(_SegmentOperator):
         self.audience_name = audience_name
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError
-
         hook = self.hook
         space = hook.space(self.space_id)
         audience = self._resolve(space, self.audience_id or None, self.audience_name or None)
@@ -370,8 +370,6 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
         self.check_references = check_references
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError, AudienceValidationError
-
         hook = self.hook
         space = hook.space(self.space_id)
         audience = self._resolve(space, self.audience_id or None, self.audience_name or None)
@@ -402,8 +400,6 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
 
     def _consumers(self, hook: Any, audience: dict[str, Any], space: str) -> tuple[list[dict[str, Any]], bool]:
         """The audiences referencing this one, and whether the check could be made."""
-        from airflow_audience_provider.core.errors import AudienceError, AudienceValidationError
-
         if self.check_references is False:
             return [], False
         try:
@@ -499,8 +495,6 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
         self.batch_compute_wait = batch_compute_wait
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        from airflow_audience_provider.core.results import Phase
-
         hook = self.hook
         space = hook.space(self.space_id)
         check_definition(self.definition)
@@ -548,8 +542,6 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
         context["ti"].xcom_push(key="preview_id", value=preview_id)
         self.log.info("Segment audience preview %s started", preview_id)
         status_kwargs = {"preview_id": preview_id, "space_id": space}
-        from airflow_audience_provider.triggers.segment import SegmentAudiencePreviewTrigger
-
         done = self.wait_for(
             SegmentAudiencePreviewTrigger,
             status_kwargs,
@@ -561,14 +553,10 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger; the event carries the preview's result."""
-        from airflow_audience_provider.core.results import validate_event
-
         event = validate_event(event, "segment")
         return self._finish({**(event.get("result") or {}), "source": "preview"})
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceValidationError
-
         size = result.get("size")
         if size is not None and self.min_size is not None and size < self.min_size:
             raise AudienceValidationError(

@@ -17,6 +17,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_audience_provider.connections import YANDEX_AUDIENCE
+from airflow_audience_provider.core.errors import (
+    AudienceConfigurationError,
+    AudienceNotFoundError,
+    AudiencePermissionError,
+    AudienceValidationError,
+)
+from airflow_audience_provider.core.events import upload_counts
 from airflow_audience_provider.links.yandex_audience import YandexAudienceSegmentLink
 from airflow_audience_provider.operators.base import AudienceBaseOperator, partial_failure_mode
 from airflow_audience_provider.operators.contact_list import MODES, ContactListUploadOperator
@@ -56,6 +63,7 @@ class _YandexAudienceOperator(AudienceBaseOperator):
 
     @cached_property
     def hook(self) -> YandexAudienceHook:
+        # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
 
         return YandexAudienceHook(self.yandex_audience_conn_id, timeouts=self.timeouts())
@@ -83,8 +91,6 @@ class _YandexAudienceOperator(AudienceBaseOperator):
         )
 
     def _emit(self, context: Context, result: dict[str, Any]) -> None:
-        from airflow_audience_provider.core.events import upload_counts
-
         counts = result.get("counts")
         fields = upload_counts(counts, mode=result.get("mode")) if counts else {}
         self.emit_asset_event(
@@ -256,8 +262,6 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator, _Yandex
 
     def _check_content_type(self, identifier_type: str, content_type: str) -> None:
         """Refuse combinations Yandex would refuse only after the upload (or never notice)."""
-        from airflow_audience_provider.core.errors import AudienceConfigurationError
-
         expected = CONTENT_TYPE_BY_IDENTIFIER.get(identifier_type)
         if expected is not None and content_type != expected:
             raise AudienceConfigurationError(
@@ -291,8 +295,6 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator, _Yandex
         return f"{slug}-{digest}"
 
     def prepare(self, context: Context, hook: Any, rule: Any) -> None:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError, AudienceValidationError
-
         content_type = self.content_type or CONTENT_TYPE_BY_IDENTIFIER.get(rule.identifier_type.value, "crm")
         self._check_content_type(rule.identifier_type.value, content_type)
         self._content_type = content_type
@@ -328,6 +330,7 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator, _Yandex
         return self._segment is None
 
     def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> Any:
+        # the hook imports requests: not at DAG parse
         from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender
 
         segment = self._segment
@@ -417,8 +420,6 @@ class _CreateSegmentOperator(_YandexAudienceOperator):
         raise NotImplementedError
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceValidationError
-
         hook = self.hook
         existing = hook.find_segment(self.name, self.segment_type)
         if existing is None:
@@ -768,12 +769,6 @@ class YandexAudienceDeleteSegmentOperator(_YandexAudienceOperator):
         self.on_item_error = partial_failure_mode("on_item_error", on_item_error)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import (
-            AudienceNotFoundError,
-            AudiencePermissionError,
-            AudienceValidationError,
-        )
-
         hook = self.hook
         ids = self.segment_ids if isinstance(self.segment_ids, list | tuple) else [self.segment_ids]
         deleted: list[str] = []
@@ -862,8 +857,6 @@ class YandexAudienceGrantSegmentAccessOperator(_YandexAudienceOperator):
         self.on_item_error = partial_failure_mode("on_item_error", on_item_error)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceValidationError
-
         hook = self.hook
         sid = _segment_ref(self.segment_id)
         self._push_segment(context, sid)
@@ -910,8 +903,6 @@ class YandexAudienceRevokeSegmentAccessOperator(_YandexAudienceOperator):
         self.missing_ok = missing_ok
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError
-
         hook = self.hook
         sid = _segment_ref(self.segment_id)
         logins = [self.user_logins] if isinstance(self.user_logins, str) else list(self.user_logins)
@@ -980,8 +971,6 @@ class YandexAudienceRemoveDelegateOperator(_YandexAudienceOperator):
         self.missing_ok = missing_ok
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError
-
         try:
             self.hook.delete_delegate(self.user_login)
         except AudienceNotFoundError:
@@ -1009,8 +998,6 @@ class YandexAudienceCreateOrUpdatePixelOperator(_YandexAudienceOperator):
         self.pixel_id = pixel_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError
-
         hook = self.hook
         pixels = hook.list_pixels()
         if self.pixel_id not in (None, ""):
@@ -1050,8 +1037,6 @@ class YandexAudienceDeletePixelOperator(_YandexAudienceOperator):
         self.missing_ok = missing_ok
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError
-
         hook = self.hook
         pid = _segment_ref(self.pixel_id)
         try:

@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 
+from airflow_audience_provider.assets import segment_uri
 from airflow_audience_provider.connections import YANDEX_DIRECT
+from airflow_audience_provider.core.errors import AudienceNotFoundError, AudienceValidationError
+from airflow_audience_provider.core.results import validate_event
 from airflow_audience_provider.domain.yandex_direct import (
     DEFAULT_LIFE_SPAN,
     LIFE_SPAN_DAYS,
@@ -35,6 +38,7 @@ from airflow_audience_provider.domain.yandex_direct import (
 )
 from airflow_audience_provider.links.yandex_direct import YandexDirectRetargetingListLink
 from airflow_audience_provider.operators.base import AudienceBaseOperator, partial_failure_mode
+from airflow_audience_provider.triggers.yandex_direct import YandexDirectSegmentsListedTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -74,6 +78,7 @@ class _YandexDirectOperator(AudienceBaseOperator):
 
     @cached_property
     def hook(self) -> YandexDirectHook:
+        # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
 
         return YandexDirectHook(
@@ -96,8 +101,6 @@ class _YandexDirectOperator(AudienceBaseOperator):
         """Report a retargeting list this task changed to OpenLineage, as
         ``yandex-direct://<client login>/retargeting-list/<id>``. Lineage only: Direct objects have
         no Asset scheme, so no Asset event is emitted."""
-        from airflow_audience_provider.assets import segment_uri
-
         uri = segment_uri("yandex-direct", self.hook.client_login or "default", "retargeting-list", str(list_id))
         self.emit_asset_event(context, uri, {"action": action})
 
@@ -162,8 +165,6 @@ def build_rules(
     span gets ``default_life_span`` (Direct requires one for Metrica goals).
     """
     default_span = DEFAULT_LIFE_SPAN if default_life_span is None else default_life_span
-    from airflow_audience_provider.core.errors import AudienceValidationError
-
     if not isinstance(rules, list | tuple):
         raise AudienceValidationError(f"rules must be a list of rule dicts, got {type(rules).__name__}")
     direct_rules: list[dict[str, Any]] = []
@@ -293,7 +294,7 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
         self.max_arguments = max_arguments
 
     def _execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceValidationError
+        # core.transport imports requests: not at DAG parse
         from airflow_audience_provider.core.transport import call_with_read_back
 
         name = str(self.name or "").strip()
@@ -317,8 +318,6 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
         hook = self.hook
         segments = _rule_segments(self.rules)
         if segments and self.wait_for_segments:
-            from airflow_audience_provider.triggers.yandex_direct import YandexDirectSegmentsListedTrigger
-
             # A segment processed or granted a moment ago may not be listed yet: wait, do not fail for good.
             self.wait_for(
                 YandexDirectSegmentsListedTrigger,
@@ -418,15 +417,11 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume once Direct lists the segments (or fail on the trigger's timeout, naming what is missing)."""
-        from airflow_audience_provider.core.results import validate_event
-
         validate_event(event, "yandex_direct")
         return self.execute(context)
 
     def _judge_single(self, outcome: dict[str, Any], what: str) -> None:
         """One list per call: its item error is the task's error, whatever on_item_error says."""
-        from airflow_audience_provider.core.errors import AudienceValidationError
-
         for warning in outcome.get("warnings") or []:
             self.log.warning("Yandex Direct %s: warning %s %s", what, warning.get("code"), warning.get("message"))
         if outcome.get("errors"):
@@ -468,8 +463,6 @@ class YandexDirectDeleteRetargetingListsOperator(_YandexDirectOperator):
         self.missing_ok = missing_ok
 
     def _execute(self, context: Context) -> dict[str, Any]:
-        from airflow_audience_provider.core.errors import AudienceNotFoundError
-
         hook = self.hook
         wanted = [int(i) for i in (self.retargeting_list_ids or [])]
         missing: list[Any] = []
@@ -572,6 +565,7 @@ class YandexDirectAddAudienceTargetsOperator(_YandexDirectOperator):
         self.strategy_priority = strategy_priority
 
     def _execute(self, context: Context) -> dict[str, Any]:
+        # core.transport imports requests: not at DAG parse
         from airflow_audience_provider.core.transport import call_with_read_back
 
         hook = self.hook
@@ -787,8 +781,6 @@ _SNAKE = {"Id": "target_id", "AdGroupId": "ad_group_id", "CampaignId": "campaign
 
 
 def _direct_bid(bid: dict[str, Any]) -> dict[str, Any]:
-    from airflow_audience_provider.core.errors import AudienceValidationError
-
     if not isinstance(bid, dict):
         raise AudienceValidationError(f"A bid must be a dict, got {bid!r}", vendor="yandex_direct")
     item: dict[str, Any] = {}

@@ -65,6 +65,7 @@ def load_fake_class(vendor: str) -> type[VendorFake]:
 
 def __getattr__(name: str) -> Any:
     if name == "SandboxServer":
+        # sandbox.server imports this package: a cycle at the top
         from airflow_audience_provider.sandbox.server import SandboxServer
 
         return SandboxServer

@@ -63,7 +63,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from airflow_audience_provider.sandbox.base import ApiError, VendorFake, control_error, json_object_body, rfc3339
+from airflow_audience_provider.sandbox.base import (
+    ApiError,
+    VendorFake,
+    control_error,
+    json_object_body,
+    request_id_of,
+    rfc3339,
+)
 
 __all__ = ["YandexAudienceFake"]
 
@@ -294,8 +301,6 @@ class YandexAudienceFake(VendorFake):
 
         async def api_error(request: Request, exc: Exception) -> Response:
             assert isinstance(exc, ApiError)
-            from airflow_audience_provider.sandbox.base import request_id_of
-
             return self.error_response(
                 request.url.path,
                 exc.status,
@@ -314,8 +319,6 @@ class YandexAudienceFake(VendorFake):
         path = request.url.path
         if not path.startswith(PREFIX + "/"):
             return None
-        from airflow_audience_provider.sandbox.base import request_id_of
-
         rid = request_id_of(request)
         header = request.headers.get("authorization") or ""
         scheme, _, token = header.partition(" ")

@@ -66,7 +66,7 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
 
     @classmethod
     def build_hook(cls, conn_id: str) -> CriteoHook:
-        from airflow_audience_provider.hooks.criteo import CriteoHook
+        from airflow_audience_provider.hooks.criteo import CriteoHook  # the hook imports requests: not at DAG parse
 
         return CriteoHook(conn_id)
 

@@ -27,7 +27,7 @@ class LyticsReevaluationTrigger(AudiencePollingTrigger):
 
     @classmethod
     def build_hook(cls, conn_id: str) -> LyticsHook:
-        from airflow_audience_provider.hooks.lytics import LyticsHook
+        from airflow_audience_provider.hooks.lytics import LyticsHook  # the hook imports requests: not at DAG parse
 
         return LyticsHook(conn_id)
 

@@ -19,7 +19,7 @@ class _SegmentTrigger(AudiencePollingTrigger):
 
     @classmethod
     def build_hook(cls, conn_id: str) -> SegmentHook:
-        from airflow_audience_provider.hooks.segment import SegmentHook
+        from airflow_audience_provider.hooks.segment import SegmentHook  # the hook imports requests: not at DAG parse
 
         return SegmentHook(conn_id)
 

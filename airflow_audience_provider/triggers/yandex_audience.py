@@ -25,6 +25,7 @@ class YandexAudienceSegmentProcessedTrigger(AudiencePollingTrigger):
 
     @classmethod
     def build_hook(cls, conn_id: str) -> YandexAudienceHook:
+        # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
 
         return YandexAudienceHook(conn_id)

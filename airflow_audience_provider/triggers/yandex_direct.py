@@ -28,6 +28,7 @@ class YandexDirectSegmentsListedTrigger(AudiencePollingTrigger):
 
     @classmethod
     def build_hook(cls, conn_id: str) -> YandexDirectHook:
+        # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
 
         return YandexDirectHook(conn_id)

@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from airflow_audience_provider.ui import queries
+from airflow_audience_provider.ui.plugin import URL_PREFIX
 from airflow_audience_provider.ui.svg import Series, line_plot
 
 ICON = (
@@ -188,8 +189,6 @@ def _n(value: Any) -> str:
 
 def _root(request: Request) -> str:
     """The API server's base path (the part of root_path before this app's prefix)."""
-    from airflow_audience_provider.ui.plugin import URL_PREFIX
-
     root_path = str(request.scope.get("root_path") or "")
     return root_path[: -len(URL_PREFIX)] if root_path.endswith(URL_PREFIX) else root_path
 

@@ -22,6 +22,7 @@ class LazyAudiencesApp:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self._app is None:
+            # FastAPI and the app: on the first request, not at plugin load
             from airflow_audience_provider.ui.app import create_app
 
             self._app = create_app()

@@ -16,7 +16,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_audience_provider.core.events import read_audience_extra
+from airflow_audience_provider.connections import CONNECTION_SPECS
+from airflow_audience_provider.core.events import AUDIENCE_EVENTS_XCOM, read_audience_extra
 
 #: how many recent events of an audience are read to fill its row's latest sizes and counts.
 ROW_EVENTS = 20
@@ -26,8 +27,6 @@ MAX_POINTS = 500
 
 def vendor_schemes() -> tuple[str, ...]:
     """The Asset URI schemes our operators emit (``lytics``, ``criteo``, ...)."""
-    from airflow_audience_provider.connections import CONNECTION_SPECS
-
     return tuple(sorted({s.asset_scheme for s in CONNECTION_SPECS.values() if s.asset_scheme}))
 
 
@@ -205,8 +204,6 @@ def _fill_from_xcom(session: Any, points: list[EventPoint]) -> None:
 
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
-
-    from airflow_audience_provider.core.events import AUDIENCE_EVENTS_XCOM
 
     if not points:
         return
