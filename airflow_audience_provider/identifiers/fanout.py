@@ -56,6 +56,8 @@ from airflow_audience_provider.identifiers.hashing import (
     process_text,
     uses_kernel,
 )
+from airflow_audience_provider.identifiers.journal import KIND_DIFF, KIND_REPLACE, Journal, new_run_id
+from airflow_audience_provider.identifiers.lease import DestinationLease
 from airflow_audience_provider.identifiers.normalise import REASON_HINTS, detect_type
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
 from airflow_audience_provider.identifiers.snapshot import SnapshotReader
@@ -68,6 +70,7 @@ from airflow_audience_provider.identifiers.sorting import (
     merge_diff,
 )
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IdentifierSource, RawBatch
+from airflow_audience_provider.identifiers.state import is_local
 from airflow_audience_provider.identifiers.sync import ChunkResult, ChunkSender, Destination, summarise
 
 if TYPE_CHECKING:
@@ -446,8 +449,6 @@ def _acquire_lease(st: _DestState) -> None:
         return
     if dest.snapshot is None or not opts.use_lease:
         return
-    from airflow_audience_provider.identifiers.lease import DestinationLease
-
     st.lease = DestinationLease(
         dest.snapshot.directory / "lease", ttl=opts.lease_ttl, max_clock_skew=opts.max_clock_skew
     )
@@ -612,8 +613,6 @@ def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) ->
             if reader is None:
                 st.full_replace_reason = f"the snapshot was made with rule {meta.get('rule')}"
     if store is not None and dest.keep_state:
-        from airflow_audience_provider.identifiers.journal import Journal
-
         st.journal = Journal(store.directory)
         rec = st.journal.recover(dest.rule.key)
         st.recovery = rec
@@ -1032,8 +1031,6 @@ class _Stream:
     def _eligible(self) -> bool:
         st = self.st
         journal = st.journal
-        from airflow_audience_provider.identifiers.state import is_local
-
         return (
             st.dest.sender is not None
             and st.dest.rule.profile.output_length is not None
@@ -1146,8 +1143,6 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             journal.clear_stale()
         journal = st.journal = None
     if journal is not None and st.mode != NOOP:
-        from airflow_audience_provider.identifiers.journal import KIND_DIFF, KIND_REPLACE, new_run_id
-
         width = (dest.rule.profile.output_length or 0) + 1
         journal.begin(
             run=new_run_id(),

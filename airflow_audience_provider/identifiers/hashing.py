@@ -21,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
+from airflow_audience_provider.identifiers.kernel import load_email_kernel
 from airflow_audience_provider.identifiers.normalise import (
     InvalidIdentifier,
     email_text_unordered,
     normalise_batch,
     normalise_email,
+    normaliser_for,
 )
 from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile, PhoneFormat
 
@@ -150,8 +152,6 @@ def uses_kernel(profile: NormalisationProfile) -> bool:
     hashed = profile.identifier_type in KERNEL_TYPES and profile.hash_algorithm is HashAlgorithm.SHA256
     if not (hashed or _kernel_passes_through(profile)):
         return False
-    from airflow_audience_provider.identifiers.kernel import load_email_kernel
-
     return load_email_kernel() is not None
 
 
@@ -163,9 +163,6 @@ def _process_with_kernel(values: list[str], profile: NormalisationProfile | None
 
     :param profile: the profile (default: SHA-256 e-mails).
     """
-    from airflow_audience_provider.identifiers.kernel import load_email_kernel
-    from airflow_audience_provider.identifiers.normalise import normaliser_for
-
     kernel = load_email_kernel()
     if kernel is None or not values:
         return None
@@ -207,9 +204,6 @@ def _process_passthrough_with_kernel(values: list[str], profile: NormalisationPr
     """Pre-hashed SHA-256 values, customer ids or ClientIDs through the kernel; rows it refuses are
     decided by the exact rule. None when the kernel raised (the caller runs the Python path).
     """
-    from airflow_audience_provider.identifiers.kernel import load_email_kernel
-    from airflow_audience_provider.identifiers.normalise import normaliser_for
-
     kernel = load_email_kernel()
     if kernel is None or not values:
         return None

@@ -42,6 +42,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_audience_provider.identifiers.phone_fast import phone_decider
+
 log = logging.getLogger(__name__)
 
 #: Environment variable choosing the per-batch step: ``auto`` (the kernel when installed) or ``python``.
@@ -178,8 +180,6 @@ class EmailKernel:
     def run_phone(self, values: list[str], *, digits_only: bool, default_region: str | None) -> KernelOutput:
         """Process one batch of phone numbers: those in international form are decided here
         (:mod:`~airflow_audience_provider.identifiers.phone_fast`); every other row is left to the exact rule."""
-        from airflow_audience_provider.identifiers.phone_fast import phone_decider
-
         pl, plh = self._pl, self._plh
         numbers, ok = phone_decider(pl).decide(values, digits_only=digits_only, default_region=default_region)
         digests = pl.DataFrame([numbers]).select(plh.col("v").chash.sha2_256()).to_series()

@@ -34,6 +34,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_phone
+
 #: The values the fast path reads, after trimming ASCII blanks: an optional ``+``, then digits,
 #: spaces, brackets and hyphens (all ``phonenumbers`` punctuation), at most 40 characters.
 SHAPE = r"^\+?[0-9 ()\-]{1,40}$"
@@ -304,8 +306,6 @@ def _examples_agree(decider: PhoneDecider, check: CodeCheck) -> bool:
     """Decide the code's example numbers (and each with its last digit dropped or doubled) both ways."""
     import phonenumbers
     from phonenumbers.phonemetadata import PhoneMetadata
-
-    from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_phone
 
     code = int(check.code)
     samples: list[str] = []

@@ -63,8 +63,10 @@ from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from airflow_audience_provider.identifiers.chunking import Chunk
+from airflow_audience_provider.identifiers.lease import DestinationLease
 from airflow_audience_provider.identifiers.rules import VendorRule
 from airflow_audience_provider.identifiers.snapshot import SnapshotStore
+from airflow_audience_provider.identifiers.sources import open_source
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +218,6 @@ def lease_for(rule: VendorRule, destination_key: str, base: Any = None, options:
     A deferrable operator calls ``lease.try_acquire()`` and defers while it returns False, then
     passes the acquired lease to :func:`sync_contact_list` (``lease=``).
     """
-    from airflow_audience_provider.identifiers.lease import DestinationLease
-
     opts = options or SyncOptions()
     return DestinationLease(
         snapshot_for(rule, destination_key, base).directory / "lease",
@@ -271,8 +271,8 @@ def sync_contact_list(
     :raises ContactListError: subclasses for bad input and guards; the exception's ``result``
         holds the counts so far.
     """
+    # fanout imports this module: a cycle at the top
     from airflow_audience_provider.identifiers.fanout import run_destinations
-    from airflow_audience_provider.identifiers.sources import open_source
 
     if sender is None and not dry_run:
         raise ValueError("a sender is needed unless dry_run=True")
