@@ -62,10 +62,11 @@ class CriteoChunkSender:
         return transport.last_unknown_outcome + self.settle_seconds
 
     def _send(self, operation: str, chunk: Any) -> Any:
-        identifiers: Sequence[str] = chunk.identifiers
-        if chunk.rule.profile.hashed_output:
-            # Hex digests: their JSON array is their text with quotes around each line.
-            identifiers = JsonStrings.from_lines(chunk.lines_bytes(), len(chunk)) or chunk.identifiers
+        # Hex digests: their JSON array is their text with quotes around each line (no list of strings).
+        hex_lines = (
+            JsonStrings.from_lines(chunk.lines_bytes(), len(chunk)) if chunk.rule.profile.hashed_output else None
+        )
+        identifiers: Sequence[str] = hex_lines if hex_lines is not None else chunk.identifiers
         answer = self.hook.add_remove_contact_list_by_audience_segment(
             self.segment_id, operation, identifiers, self.identifier_type or chunk.vendor_identifier_type
         )
