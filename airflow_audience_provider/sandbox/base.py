@@ -6,7 +6,7 @@ and implements
 
 * :meth:`VendorFake.reset_state` - (re)build the initial state,
 * :meth:`VendorFake.routes` - the vendor's HTTP API as Starlette routes,
-* :meth:`VendorFake.error_response` - an error in the vendor's envelope,
+* :meth:`VendorFake.error_envelope` - an error (:class:`ErrorReply`) in the vendor's envelope,
 * :meth:`VendorFake.connection` - the Airflow connection (JSON form) that points at the fake,
 
 and optionally :meth:`VendorFake.check_request` (authentication before routing),
@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
@@ -125,6 +125,19 @@ class ApiError(Exception):
         self.message = message
         self.code = code
         self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """An error a fake answers with, before it is written in the vendor's envelope."""
+
+    path: str
+    status: int
+    message: str
+    request_id: str
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -454,8 +467,13 @@ class VendorFake:
         *,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        **details: Any,
     ) -> Response:
-        """An error in the vendor's envelope for a request to ``path``."""
+        """An error in the vendor's envelope for a request to ``path`` (``details``: vendor-specific fields)."""
+        return self.error_envelope(ErrorReply(path, status, message, request_id, code, dict(headers or {}), details))
+
+    def error_envelope(self, error: ErrorReply) -> Response:
+        """``error`` as the vendor writes it."""
         raise NotImplementedError
 
     def check_request(self, request: Request) -> Response | None:

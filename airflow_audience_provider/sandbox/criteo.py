@@ -46,6 +46,7 @@ from starlette.routing import BaseRoute, Route
 
 from airflow_audience_provider.sandbox.base import (
     ApiError,
+    ErrorReply,
     VendorFake,
     control_error,
     json_object_body,
@@ -302,20 +303,11 @@ class CriteoFake(VendorFake):
             },
         }
 
-    def error_response(
-        self,
-        path: str,
-        status: int,
-        message: str,
-        request_id: str,
-        *,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        if path == "/oauth2/token" and status in (400, 401):
-            return JSONResponse(
-                {"error": code or "invalid_client", "error_description": message}, status, headers=headers
-            )
+    def error_envelope(self, reply: ErrorReply) -> Response:
+        status = reply.status
+        if reply.path == "/oauth2/token" and status in (400, 401):
+            body = {"error": reply.code or "invalid_client", "error_description": reply.message}
+            return JSONResponse(body, status, headers=reply.headers)
         kind = {400: "validation", 401: "authentication", 403: "authorization", 404: "validation", 429: "quota"}
         default_code = {
             400: "validation-error",
@@ -326,15 +318,15 @@ class CriteoFake(VendorFake):
             429: "too-many-requests",
         }
         problem = {
-            "traceId": request_id,
-            "traceIdentifier": request_id,
+            "traceId": reply.request_id,
+            "traceIdentifier": reply.request_id,
             "type": kind.get(status, "availability" if status >= 500 else "unknown"),
-            "code": code or default_code.get(status, "internal-error" if status >= 500 else "error"),
-            "instance": path,
-            "title": message,
-            "detail": message,
+            "code": reply.code or default_code.get(status, "internal-error" if status >= 500 else "error"),
+            "instance": reply.path,
+            "title": reply.message,
+            "detail": reply.message,
         }
-        return JSONResponse({"errors": [problem], "warnings": []}, status, headers=headers)
+        return JSONResponse({"errors": [problem], "warnings": []}, status, headers=reply.headers)
 
     def check_request(self, request: Request) -> Response | None:
         path = request.url.path

@@ -69,6 +69,7 @@ from starlette.routing import BaseRoute, Route
 
 from airflow_audience_provider.sandbox.base import (
     ApiError,
+    ErrorReply,
     VendorFake,
     control_error,
     json_object_body,
@@ -297,22 +298,14 @@ class LyticsFake(VendorFake):
         """Lytics-style request id."""
         return new_hex_id()[:20]
 
-    def error_response(
-        self,
-        path: str,
-        status: int,
-        message: str,
-        request_id: str,
-        *,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
+    def error_envelope(self, reply: ErrorReply) -> Response:
         """401 in the v1 shape everywhere, v1 shape under ``/api``, the v2 envelope elsewhere."""
-        headers = dict(headers or {})
+        status, headers = reply.status, reply.headers
         if status == 401:
             return JSONResponse({"message": "Not authorized", "status": 401}, status, headers=headers)
-        if path.startswith("/api/"):
-            return JSONResponse({"status": status, "message": message, "data": None}, status, headers=headers)
+        if reply.path.startswith("/api/"):
+            return JSONResponse({"status": status, "message": reply.message, "data": None}, status, headers=headers)
+        code = reply.code
         if code is None:
             code = _V2_CODES.get(status, "INTERNAL-019" if status >= 500 else "UNKNOWN-000")
         body = {
@@ -321,11 +314,11 @@ class LyticsFake(VendorFake):
                 {
                     "code": code,
                     "level": "error",
-                    "message": message,
+                    "message": reply.message,
                     "timestamp": rfc3339(self.now()),
                 }
             ],
-            "request_id": request_id,
+            "request_id": reply.request_id,
         }
         return JSONResponse(body, status, headers=headers)
 

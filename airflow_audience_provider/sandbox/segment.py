@@ -65,6 +65,7 @@ from starlette.routing import BaseRoute, Route
 
 from airflow_audience_provider.sandbox.base import (
     ApiError,
+    ErrorReply,
     VendorFake,
     control_error,
     json_object_body,
@@ -255,26 +256,18 @@ class SegmentFake(VendorFake):
             },
         }
 
-    def error_response(
-        self,
-        path: str,
-        status: int,
-        message: str,
-        request_id: str,
-        *,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
+    def error_envelope(self, reply: ErrorReply) -> Response:
         """The ``RequestErrorEnvelope``: ``{"errors": [{"type", "message", "status"}]}``."""
+        status = reply.status
         error: dict[str, Any] = {
-            "type": code or _TYPES.get(status, "RequestError"),
-            "message": message,
+            "type": reply.code or _TYPES.get(status, "RequestError"),
+            "message": reply.message,
             "status": status,
         }
-        retry_after = (headers or {}).get("Retry-After")
+        retry_after = reply.headers.get("Retry-After")
         if status == 429 and retry_after is not None:
             error["data"] = {"remainingPoints": 0, "msBeforeNext": int(float(retry_after) * 1000)}
-        return JSONResponse({"errors": [error]}, status, headers=dict(headers or {}))
+        return JSONResponse({"errors": [error]}, status, headers=reply.headers)
 
     def check_request(self, request: Request) -> Response | None:
         """Bearer token before routing (``/app`` pages excepted)."""

@@ -65,6 +65,7 @@ from starlette.routing import BaseRoute, Route
 
 from airflow_audience_provider.sandbox.base import (
     ApiError,
+    ErrorReply,
     VendorFake,
     control_error,
     json_object_body,
@@ -277,22 +278,17 @@ class YandexAudienceFake(VendorFake):
             "extra": {"web_app_url": f"{base_url}/app", "processing_poll_interval": 0.25},
         }
 
-    def error_response(
-        self,
-        path: str,
-        status: int,
-        message: str,
-        request_id: str,
-        *,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-        location: str | None = None,
-    ) -> Response:
-        error_type = code or _ERROR_TYPES.get(status, "backend_error" if status >= 500 else "invalid_parameter")
-        error: dict[str, Any] = {"error_type": error_type, "message": message}
+    def error_envelope(self, reply: ErrorReply) -> Response:
+        """``details`` may name the ``location`` of the bad parameter."""
+        status = reply.status
+        error_type = reply.code or _ERROR_TYPES.get(status, "backend_error" if status >= 500 else "invalid_parameter")
+        error: dict[str, Any] = {"error_type": error_type, "message": reply.message}
+        location = reply.details.get("location")
         if location:
             error["location"] = location
-        return JSONResponse({"errors": [error], "code": status, "message": message}, status, headers=headers or {})
+        return JSONResponse(
+            {"errors": [error], "code": status, "message": reply.message}, status, headers=reply.headers
+        )
 
     def create_app(self) -> Any:
         app = super().create_app()

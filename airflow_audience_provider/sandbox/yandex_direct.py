@@ -56,7 +56,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from airflow_audience_provider.sandbox.base import VendorFake, control_error, request_id_of
+from airflow_audience_provider.sandbox.base import ErrorReply, VendorFake, control_error, request_id_of
 
 __all__ = ["YandexDirectFake"]
 
@@ -330,24 +330,21 @@ class YandexDirectFake(VendorFake):
         }
 
     # ------------------------------------------------------------------ envelopes
-    def error_response(
-        self,
-        path: str,
-        status: int,
-        message: str,
-        request_id: str,
-        *,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
+    def error_envelope(self, reply: ErrorReply) -> Response:
         """v5 ``{"error": {...}}`` (v4 Live: top-level ``error_code``/``error_str``) with ``RequestId``."""
+        code, status, message = reply.code, reply.status, reply.message
         number = int(code) if code and str(code).isdigit() else (506 if status == 429 else 1000)
-        headers = {**(headers or {}), "RequestId": request_id}
-        if path.startswith("/live/"):
+        headers = {**reply.headers, "RequestId": reply.request_id}
+        if reply.path.startswith("/live/"):
             body: dict[str, Any] = {"error_code": number, "error_str": message, "error_detail": ""}
         else:
             body = {
-                "error": {"request_id": request_id, "error_code": number, "error_string": message, "error_detail": ""}
+                "error": {
+                    "request_id": reply.request_id,
+                    "error_code": number,
+                    "error_string": message,
+                    "error_detail": "",
+                }
             }
         return JSONResponse(body, status_code=status, headers=headers)
 
