@@ -21,13 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import requests
 from requests.auth import AuthBase
 
-if TYPE_CHECKING:
-    from airflow_audience_provider.core.tokencache import TokenStore
+from airflow_audience_provider.core.errors import AudienceAuthenticationError
+from airflow_audience_provider.core.tokencache import CachedToken, TokenStore, configured_token_store
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,6 @@ class TokenCache:
         """The shared level, resolved from the configuration once per process if so asked."""
         with self._lock:
             if self._store is _UNRESOLVED:
-                from airflow_audience_provider.core.tokencache import configured_token_store
-
                 self._store = None  # a configuration error below surfaces once, then memory only
                 self._store = configured_token_store()
             return self._store  # type: ignore[no-any-return]
@@ -193,8 +191,6 @@ class OAuth2ClientCredentials(AuthBase):
                     return slot.token  # type: ignore[return-value]
                 token = self._mint(slot)
                 if math.isfinite(slot.expires_at):  # a token without a lifetime stays in the process
-                    from airflow_audience_provider.core.tokencache import CachedToken
-
                     store.put(self._shared_key, CachedToken(token, slot.expires_at, slot.refresh_at), self._clock())
             return token
 
@@ -218,8 +214,6 @@ class OAuth2ClientCredentials(AuthBase):
         )
         token = answer.get("access_token")
         if not token:
-            from airflow_audience_provider.core.errors import AudienceAuthenticationError
-
             raise AudienceAuthenticationError("The token endpoint answered without an access_token")
         mask_secret(token)
         slot.token = str(token)

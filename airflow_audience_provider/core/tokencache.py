@@ -421,6 +421,7 @@ def token_store_from_setting(setting: str | None) -> TokenStore | None:
         return FileTokenStore(default_directory(), sealer)
     path = setting[len("file://") :] if setting.startswith("file://") else setting
     if "://" in path or not os.path.isabs(path):
+        # core.errors imports Airflow, and this module imports none
         from airflow_audience_provider.core.errors import AudienceConfigurationError
 
         raise AudienceConfigurationError(
