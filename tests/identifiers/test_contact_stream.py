@@ -118,3 +118,25 @@ def test_a_guard_that_blocks_the_full_replace_stops_it_before_any_chunk(tmp_path
         emails(80), bumped, sender, destination_key="seg", snapshot_base=tmp_path, options=options
     )
     assert result["mode"] == "full_replace" and sender.members == hashes(80)
+
+
+@pytest.mark.parametrize("kernel_copy", ["available", "refused", "missing"])
+def test_a_snapshot_commit_stores_the_whole_list_whichever_way_it_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copy: str
+) -> None:
+    import os
+
+    if kernel_copy == "refused":
+
+        def refuse(*args: Any) -> int:
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    elif kernel_copy == "missing":
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    values = sorted(hashes(3000))
+    data = tmp_path / "work.txt"
+    data.write_text("".join(f"{v}\n" for v in values))
+    store = SnapshotStore(RULE.vendor, "seg", tmp_path / "state")
+    store.commit(data, rule=RULE, count=len(values))
+    assert store.read_values() == values and store.read_header()["count"] == 3000
