@@ -115,16 +115,18 @@ class ApiError(Exception):
     :param message: human-readable message.
     :param code: vendor error code (the fake picks a default per status when ``None``).
     :param headers: extra response headers (e.g. ``Retry-After``).
+    :param details: vendor-specific fields of the envelope (e.g. Yandex.Audience's ``location``).
     """
 
     def __init__(
-        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None, **details: Any
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or {}
+        self.details = details
 
 
 @dataclass(frozen=True)
@@ -531,6 +533,7 @@ class VendorFake:
                 request_id_of(request),
                 code=exc.code,
                 headers=exc.headers,
+                **exc.details,
             )
 
         async def server_error(request: Request, exc: Exception) -> Response:

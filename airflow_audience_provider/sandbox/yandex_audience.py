@@ -107,9 +107,7 @@ _WRITE_PATHS = re.compile(
 
 
 def _fail(status: int, error_type: str, message: str, location: str | None = None) -> ApiError:
-    error = ApiError(status, message, error_type)
-    error.location = location  # type: ignore[attr-defined]
-    return error
+    return ApiError(status, message, error_type, location=location)
 
 
 class YandexAudienceFake(VendorFake):
@@ -289,26 +287,6 @@ class YandexAudienceFake(VendorFake):
         return JSONResponse(
             {"errors": [error], "code": status, "message": reply.message}, status, headers=reply.headers
         )
-
-    def create_app(self) -> Any:
-        app = super().create_app()
-        # ApiError raised with a location: render it in the envelope (base handler drops it).
-        inner = app.app  # type: ignore[attr-defined]
-
-        async def api_error(request: Request, exc: Exception) -> Response:
-            assert isinstance(exc, ApiError)
-            return self.error_response(
-                request.url.path,
-                exc.status,
-                exc.message,
-                request_id_of(request),
-                code=exc.code,
-                headers=exc.headers,
-                location=getattr(exc, "location", None),
-            )
-
-        inner.exception_handlers[ApiError] = api_error
-        return app
 
     def check_request(self, request: Request) -> Response | None:
         """OAuth check, then the quotas (per IP, daily per login, segment writes per login)."""
