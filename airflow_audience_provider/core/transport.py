@@ -88,9 +88,9 @@ class JsonStrings(Sequence[str]):
             return None
         return cls(lines, count)
 
-    def json_parts(self) -> list[bytes]:
-        """The JSON array, in pieces to be joined."""
-        return [b'["', self.lines[:-1].replace(b"\n", b'", "'), b'"]']
+    def json_parts(self) -> list[bytes | memoryview]:
+        """The JSON array, in pieces to be joined (a view drops the last separator without a copy)."""
+        return [b'["', memoryview(self.lines.replace(b"\n", b'", "'))[:-4], b'"]']
 
     def _list(self) -> list[str]:
         if self._values is None:
@@ -131,7 +131,7 @@ def encode_json(value: Any) -> bytes:
     if not raw:
         return text.encode("utf-8")
     # Each JsonStrings left a "\x00<n>\x00" mark (json.dumps never writes a raw NUL): splice its bytes in.
-    out: list[bytes] = []
+    out: list[bytes | memoryview] = []
     for i, piece in enumerate(text.split("\x00")):
         if i % 2:
             out.extend(raw[int(piece)].json_parts())
