@@ -184,6 +184,23 @@ class CriteoFake(VendorFake):
         self._next_id[kind] = value + 1
         return str(value)
 
+    def _new_record(
+        self, kind: str, api: str, retailer_id: str, name: str, description: str | None, at: float, **fields: Any
+    ) -> dict[str, Any]:
+        """A stored segment or audience (``kind``): what both hold, with ``fields`` before the times."""
+        rm = api == "retail_media"
+        return {
+            "id": self._new_id(f"{'rm' if rm else 'ms'}_{kind}"),
+            "api": api,
+            "owner": self.account_id if rm else self.advertiser_id,
+            "retailerId": retailer_id if rm else None,
+            "name": name,
+            "description": description,
+            **fields,
+            "createdAt": at,
+            "updatedAt": at,
+        }
+
     def add_segment(
         self,
         name: str,
@@ -199,18 +216,16 @@ class CriteoFake(VendorFake):
         with self.lock:
             now = self.now() if at is None else at
             rm = api == "retail_media"
-            seg: dict[str, Any] = {
-                "id": self._new_id("rm_segment" if rm else "ms_segment"),
-                "api": api,
-                "owner": self.account_id if rm else self.advertiser_id,
-                "retailerId": retailer_id if rm else None,
-                "name": name,
-                "description": description,
-                "type": kind,
-                "identifierType": identifier_type if (rm and kind == "ContactList") else None,
-                "createdAt": now,
-                "updatedAt": now,
-            }
+            seg = self._new_record(
+                "segment",
+                api,
+                retailer_id,
+                name,
+                description,
+                now,
+                type=kind,
+                identifierType=identifier_type if (rm and kind == "ContactList") else None,
+            )
             self._segments[seg["id"]] = seg
             self._ops[seg["id"]] = []
             return self._render_segment(seg)
@@ -220,19 +235,7 @@ class CriteoFake(VendorFake):
     ) -> dict[str, Any]:
         """Create an audience directly."""
         with self.lock:
-            rm = api == "retail_media"
-            now = self.now()
-            aud: dict[str, Any] = {
-                "id": self._new_id("rm_audience" if rm else "ms_audience"),
-                "api": api,
-                "owner": self.account_id if rm else self.advertiser_id,
-                "retailerId": retailer_id if rm else None,
-                "name": name,
-                "description": None,
-                "algebra": algebra,
-                "createdAt": now,
-                "updatedAt": now,
-            }
+            aud = self._new_record("audience", api, retailer_id, name, None, self.now(), algebra=algebra)
             self._audiences[aud["id"]] = aud
             return self._render_audience(aud)
 
@@ -420,21 +423,29 @@ class CriteoFake(VendorFake):
         if request.path_params.get("account") != self.account_id:
             raise ApiError(403, "The application has no consent for this account", "forbidden")
 
+    @staticmethod
+    def _attributes(obj: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """What a rendered segment and audience share: name, description, ``fields``, times and owner."""
+        attributes: dict[str, Any] = {
+            "name": obj["name"],
+            "description": obj["description"],
+            **fields,
+            "createdAt": _iso(obj["createdAt"]),
+            "updatedAt": _iso(obj["updatedAt"]),
+        }
+        if obj["api"] == "retail_media":
+            attributes.update(
+                accountId=obj["owner"], retailerId=obj["retailerId"], channels=["Onsite", "Offsite"], createdById=None
+            )
+        else:
+            attributes["advertiserId"] = obj["owner"]
+        return attributes
+
     def _render_segment(self, seg: dict[str, Any]) -> dict[str, Any]:
         rm = seg["api"] == "retail_media"
-        attributes: dict[str, Any] = {
-            "name": seg["name"],
-            "description": seg["description"],
-            "type": seg["type"],
-            "createdAt": _iso(seg["createdAt"]),
-            "updatedAt": _iso(seg["updatedAt"]),
-        }
+        attributes = self._attributes(seg, type=seg["type"])
         if rm:
             attributes.update(
-                accountId=seg["owner"],
-                retailerId=seg["retailerId"],
-                channels=["Onsite", "Offsite"],
-                createdById=None,
                 contactList=(
                     {"identifierType": seg["identifierType"], "isReadOnly": False, "sharingStatus": "NotShared"}
                     if seg["type"] == "ContactList"
@@ -447,7 +458,7 @@ class CriteoFake(VendorFake):
                 ),
             )
         else:
-            attributes.update(advertiserId=seg["owner"], contactList={"isReadOnly": False})
+            attributes["contactList"] = {"isReadOnly": False}
         return {
             "id": seg["id"],
             "type": "RetailMediaAudienceSegment" if rm else "AudienceSegment",
@@ -456,21 +467,9 @@ class CriteoFake(VendorFake):
 
     def _render_audience(self, aud: dict[str, Any]) -> dict[str, Any]:
         rm = aud["api"] == "retail_media"
-        attributes: dict[str, Any] = {
-            "name": aud["name"],
-            "description": aud["description"],
-            "algebra": aud["algebra"],
-            "createdAt": _iso(aud["createdAt"]),
-            "updatedAt": _iso(aud["updatedAt"]),
-        }
-        if rm:
-            attributes.update(
-                accountId=aud["owner"], retailerId=aud["retailerId"], channels=["Onsite", "Offsite"], createdById=None
-            )
-        else:
-            attributes.update(
-                advertiserId=aud["owner"], adSetIds=sorted(k for k, v in self._ad_sets.items() if v == aud["id"])
-            )
+        attributes = self._attributes(aud, algebra=aud["algebra"])
+        if not rm:
+            attributes["adSetIds"] = sorted(k for k, v in self._ad_sets.items() if v == aud["id"])
         return {"id": aud["id"], "type": "RetailMediaAudience" if rm else "Audience", "attributes": attributes}
 
     def _owned(self, store: dict[str, dict[str, Any]], api: str, owner: str) -> list[dict[str, Any]]:
