@@ -132,7 +132,7 @@ class VendorRule:
     :param bytes_per_row_overhead: bytes a row costs besides the value (newline, quotes, comma).
     :param header: bytes a file chunk starts with (a CSV header row), counted in the size limit.
     :param min_entries: fewest identifiers the vendor accepts for a list.
-    :param source: where the rule comes from (a short citation).
+    :param source: the vendor documentation the rule follows and the facts it rests on (quoted in errors).
     :param api_identifier_types: ``(api, name)`` pairs where a vendor's APIs spell the type differently
         (Criteo Retail Media ``Email``, Marketing Solutions ``email``); an API not listed does not take it.
     """
@@ -226,7 +226,7 @@ def list_rules() -> list[VendorRule]:
 # chars). Retail Media spells identifier types in PascalCase (``Email``), Marketing Solutions in
 # lower camel case (``email``).
 _CRITEO_CHUNK = 50_000
-_CRITEO_SRC = "shared/vendors/criteo.md §5.7 (add/remove, hashing), §7 (limits)"
+_CRITEO_SRC = "Criteo audience-segment API, developers.criteo.com: at most 50,000 identifiers per add/remove request"
 
 register_rule(
     VendorRule(
@@ -237,7 +237,8 @@ register_rule(
         vendor_identifier_type="Email",
         max_ids_per_chunk=_CRITEO_CHUNK,
         api_identifier_types=(("retail_media", "Email"), ("marketing_solutions", "email")),
-        source=_CRITEO_SRC,
+        source=_CRITEO_SRC
+        + "; e-mails trimmed, lower-cased and SHA-256 hashed (Retail Media's own rule is unverified)",
     )
 )
 # Phone version 2: with a default region, numbers written with 00 or as 11-15 bare digits are read
@@ -254,7 +255,7 @@ register_rule(
         vendor_identifier_type="PhoneNumber",
         max_ids_per_chunk=_CRITEO_CHUNK,
         api_identifier_types=(("retail_media", "PhoneNumber"), ("marketing_solutions", "phoneNumber")),
-        source=_CRITEO_SRC + "; phone format unverified (§11), E.164 assumed",
+        source=_CRITEO_SRC + "; phone format undocumented (unverified): E.164 assumed",
     )
 )
 # Mobile advertising ids: Marketing Solutions' ``madid``. Whether Criteo matches hashed MAIDs is not documented
@@ -269,7 +270,7 @@ register_rule(
         vendor_identifier_type="madid",
         max_ids_per_chunk=_CRITEO_CHUNK,
         api_identifier_types=(("marketing_solutions", "madid"),),
-        source=_CRITEO_SRC + "; §8 madid; hashing of MAIDs unverified",
+        source=_CRITEO_SRC + "; Marketing Solutions type madid; whether hashed MAIDs match is unverified",
     )
 )
 # Customer ids: Retail Media's ``CustomerId`` is the retailer's own id, matched against the retailer's
@@ -283,7 +284,7 @@ register_rule(
         vendor_identifier_type="CustomerId",
         max_ids_per_chunk=_CRITEO_CHUNK,
         api_identifier_types=(("retail_media", "CustomerId"),),
-        source=_CRITEO_SRC + "; §5.1 CustomerId (retailer id, not hashed)",
+        source=_CRITEO_SRC + "; Retail Media CustomerId is the retailer's own id, sent unhashed",
     )
 )
 register_rule(
@@ -308,7 +309,8 @@ register_rule(
 # Chunks are files (modify_data addition/subtraction/replace): no per-file count limit,
 # only the size limit. We keep 1 MiB of headroom under 1 GB for the multipart envelope.
 _YANDEX_MAX_BYTES = 1_000_000_000 - 1_048_576
-_YANDEX_SRC = "shared/vendors/yandex_audience.md §5.3, §6.2, §6.3, §10.4"
+_YANDEX_SRC = "Yandex.Audience API reference, yandex.ru/dev/audience: files of at most 1 GB and at least 100 entries"
+_YANDEX_SHA256 = "each value hashed on its own with SHA-256 (MD5 refused since January 2025)"
 
 register_rule(
     VendorRule(
@@ -320,7 +322,7 @@ register_rule(
         max_bytes_per_chunk=_YANDEX_MAX_BYTES,
         header="email\n",
         min_entries=100,
-        source=_YANDEX_SRC,
+        source=_YANDEX_SRC + "; e-mails lower-cased, " + _YANDEX_SHA256,
     )
 )
 register_rule(
@@ -333,7 +335,7 @@ register_rule(
         max_bytes_per_chunk=_YANDEX_MAX_BYTES,
         header="phone\n",
         min_entries=100,
-        source=_YANDEX_SRC,
+        source=_YANDEX_SRC + "; phones as digits with the country code, " + _YANDEX_SHA256,
     )
 )
 # Device ids: GAID is written lower-case, IDFA upper-case, each id hashed on its own, so
@@ -350,7 +352,9 @@ register_rule(
         vendor_identifier_type="idfa_gaid",
         max_bytes_per_chunk=_YANDEX_MAX_BYTES,
         min_entries=100,
-        source=_YANDEX_SRC + "; §6.3 device ids (GAID lower-case assumed)",
+        source=_YANDEX_SRC
+        + "; a device id of unknown platform is written lower-case like a GAID (unverified), "
+        + _YANDEX_SHA256,
     )
 )
 register_rule(
@@ -362,7 +366,7 @@ register_rule(
         vendor_identifier_type="idfa_gaid",
         max_bytes_per_chunk=_YANDEX_MAX_BYTES,
         min_entries=100,
-        source=_YANDEX_SRC + "; §6.3 device ids (IDFA upper-case)",
+        source=_YANDEX_SRC + "; IDFAs written upper-case, " + _YANDEX_SHA256,
     )
 )
 register_rule(
@@ -374,7 +378,7 @@ register_rule(
         vendor_identifier_type="idfa_gaid",
         max_bytes_per_chunk=_YANDEX_MAX_BYTES,
         min_entries=100,
-        source=_YANDEX_SRC + "; §6.3 device ids (GAID lower-case)",
+        source=_YANDEX_SRC + "; GAIDs written lower-case, " + _YANDEX_SHA256,
     )
 )
 register_rule(
@@ -403,7 +407,7 @@ register_rule(
         vendor_identifier_type="mac",
         max_bytes_per_chunk=_YANDEX_MAX_BYTES,
         min_entries=100,
-        source=_YANDEX_SRC + "; §6.3 MAC (hashed over the raw bytes)",
+        source=_YANDEX_SRC + "; MACs hashed with SHA-256 over their 6 bytes, not their text",
     )
 )
 # Metrica ClientIDs go into a plain file (``upload_file``; unverified: the API reference does not
@@ -421,7 +425,9 @@ register_rule(
         vendor_identifier_type="client_id",
         max_bytes_per_chunk=_YANDEX_MAX_BYTES,
         min_entries=100,
-        source=_YANDEX_SRC + "; §4 op 5, §6.1 Metrica ClientID (sent as written: the confirm takes no hashed flag)",
+        source=_YANDEX_SRC
+        + "; Metrica ClientIDs sent as written (segment/client_id/{id}/confirm takes no hashed flag); "
+        "their upload path and format are unverified",
     )
 )
 # No Yandex customer_id rule on purpose: every CRM row must carry a phone or an

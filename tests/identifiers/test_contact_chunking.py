@@ -25,10 +25,10 @@ CRITEO_CUSTOMER = get_rule("criteo", "customer_id")
 YANDEX_EMAIL = get_rule("yandex_audience", "email")
 
 
-def test_stock_limits_follow_the_vendor_notes() -> None:
-    assert CRITEO_EMAIL.max_ids_per_chunk == 50_000  # criteo.md §5.7 / §7
+def test_stock_limits_follow_the_vendor_docs() -> None:
+    assert CRITEO_EMAIL.max_ids_per_chunk == 50_000  # Criteo: at most 50,000 identifiers per add/remove request
     assert fixed_chunk_size(CRITEO_EMAIL, 64) == 50_000
-    # Yandex: 1 GB per file (§6.2), header "email\n", 65 bytes per hashed row.
+    # Yandex: 1 GB per file and at least 100 entries, header "email\n", 65 bytes per hashed row.
     per_file = fixed_chunk_size(YANDEX_EMAIL, 64)
     assert len(YANDEX_EMAIL.header) + per_file * 65 <= 1_000_000_000
     assert YANDEX_EMAIL.min_entries == 100

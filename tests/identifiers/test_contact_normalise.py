@@ -271,7 +271,7 @@ def test_pre_hashed_values() -> None:
 
 
 def test_yandex_published_vectors() -> None:
-    """Digests printed in yandex_audience.md §6.3 (computed independently of this code)."""
+    """Yandex's examples: MD5 digests printed in its docs, SHA-256 ones computed independently of this code."""
     rule = get_rule("yandex_audience", "email")
     assert hash_value(normalise_email(" Mail@Yandex.ru "), rule.profile.hash_algorithm) == (
         "bd93ea95f242f02313eccf0ab0bb7fe5121a052de42d2cb7bd332fb9f537cbfa"
@@ -281,7 +281,7 @@ def test_yandex_published_vectors() -> None:
     assert normalised == "79995551111"
     assert hash_value(normalised, "sha256") == "22846ab8f79870871eb44f653419a4a5069301827d8ae75b6c2a88e4989a364e"
     assert hash_value("mail@yandex.ru", "md5") == "3c56ff8fef0f6c65b36b2d25720fe276"
-    # MAC: hashed over the 6 raw bytes; both digests are the ones printed in §6.3.
+    # MAC: hashed over the 6 raw bytes; the MD5 is the one the Yandex.Audience API reference prints.
     mac = normalise_mac("ae:12:34:56:d0:a1")
     assert mac == "AE123456D0A1"
     assert hash_value(mac, "md5", raw_bytes=True) == "c5c32c30c07abbb7580a0925d995fee4"

@@ -166,7 +166,7 @@ def test_mac_addresses_are_hashed_over_their_bytes(ya, hook, context, snapshots)
     assert [w[1] for w in writes(ya)][:2] == ["segments/upload_file", f"segment/{result['segment_id']}/confirm"]
     segment = ya.get_segment(result["segment_id"])
     assert segment["content_type"] == "mac" and segment["hashed"] is True
-    # Yandex's rule (notes §6.3): SHA-256 of the 6 bytes, not of the text, whatever the separators.
+    # Yandex's rule (Audience API reference, MAC files): SHA-256 of the 6 bytes, not the text, any separators.
     expected = sorted(hashlib.sha256(bytes.fromhex(m.replace(":", ""))).hexdigest() for m in macs)
     assert ya.segment_values(result["segment_id"]) == expected
 
