@@ -712,34 +712,24 @@ class YandexAudienceFake(VendorFake):
         return self._seg_answer(seg)
 
     async def _h_create_metrika(self, request: Request) -> Response:
-        body = self._object(await self._json(request), "segment")
-        with self.lock:
-            name = self._name(body, "segment")
-            kind = body.get("metrika_segment_type")
-            if kind not in ("counter_id", "goal_id", "segment_id"):
-                raise _fail(
-                    400, "invalid_parameter", "metrika_segment_type must be counter_id, goal_id or segment_id",
-                    "segment.metrika_segment_type",
-                )  # fmt: skip
-            ref = self._int(body, "metrika_segment_id", "segment", low=1)
-            return self._create(
-                "metrika", name, metrika_segment_type=kind, metrika_segment_id=ref,
-                device_matching_type=body.get("device_matching_type") or "CROSS_DEVICE",
-            )  # fmt: skip
+        return await self._create_from_metrica(request, "metrika", ("counter_id", "goal_id", "segment_id"))
 
     async def _h_create_appmetrica(self, request: Request) -> Response:
+        return await self._create_from_metrica(request, "app_metrica", ("api_key", "segment_id"))
+
+    async def _create_from_metrica(self, request: Request, source: str, kinds: tuple[str, ...]) -> Response:
+        """A segment of a Metrica or AppMetrica object: ``<source>_segment_type`` (one of ``kinds``) and ``_id``."""
         body = self._object(await self._json(request), "segment")
+        type_field, id_field = f"{source}_segment_type", f"{source}_segment_id"
         with self.lock:
             name = self._name(body, "segment")
-            kind = body.get("app_metrica_segment_type")
-            if kind not in ("api_key", "segment_id"):
-                raise _fail(
-                    400, "invalid_parameter", "app_metrica_segment_type must be api_key or segment_id",
-                    "segment.app_metrica_segment_type",
-                )  # fmt: skip
-            ref = self._int(body, "app_metrica_segment_id", "segment", low=1)
+            kind = body.get(type_field)
+            if kind not in kinds:
+                allowed = f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+                raise _fail(400, "invalid_parameter", f"{type_field} must be {allowed}", f"segment.{type_field}")
+            ref = self._int(body, id_field, "segment", low=1)
             return self._create(
-                "appmetrica", name, app_metrica_segment_type=kind, app_metrica_segment_id=ref,
+                source.replace("_", ""), name, **{type_field: kind, id_field: ref},
                 device_matching_type=body.get("device_matching_type") or "CROSS_DEVICE",
             )  # fmt: skip
 
