@@ -11,7 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +50,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def apt_install(package: str, found: Callable[[], Any]) -> Any:
+    """``found()``; when it finds nothing and we are root, again after ``apt-get install -y <package>``
+    (and ``apt-get update`` first if that failed): a clean CI machine may lack Debian's package."""
+    result = found()
+    if result or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return result
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", package]
+    for command in (install, ["apt-get", "update", "-q"], install):
+        subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
+        result = found()
+        if result:
+            return result
+    return None
+
+
 def redis_server_binary() -> str | None:
     """Debian's ``redis-server``, installed with apt-get when missing and we are root; None if it cannot be."""
-    found = shutil.which("redis-server")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "install", "-y", "-q", "redis-server"], ["apt-get", "update", "-q"]):
-        subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
-        found = shutil.which("redis-server")
-        if found:
-            return found
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "redis-server"], env=env, capture_output=True, timeout=600, check=False
-    )
-    return shutil.which("redis-server")
+    return apt_install("redis-server", lambda: shutil.which("redis-server"))  # type: ignore[no-any-return]
 
 
 def sha(email: str) -> str:

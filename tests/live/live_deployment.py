@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import psycopg2
-from helpers import redis_server_binary
+from helpers import apt_install, redis_server_binary
 
 try:  # the CeleryExecutor deployment only: a client to check the broker is up
     import redis
@@ -139,22 +139,6 @@ class RedisServer:
 
     def stop(self) -> str:
         return self.component.stop(grace=10)
-
-
-def apt_install(package: str, found: Any) -> Any:
-    """``found()``, after ``apt-get install -y <package>`` (and ``apt-get update`` if that failed)
-    when it returned nothing and we are root; a clean CI machine may lack Debian's package."""
-    result = found()
-    if result or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return result
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", package]
-    for command in (install, ["apt-get", "update", "-q"], install):
-        subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
-        result = found()
-        if result:
-            return result
-    return None
 
 
 def postgres_bindir() -> Path | None:
@@ -524,6 +508,11 @@ class LiveAirflow:
         return [self.task_log_folder] + [self.worker_home(name) / "logs" for name in self.celery_workers]
 
     @property
+    def loop_cpu_log(self) -> Path:
+        """The triggerer's event-loop steps that used 0.02 s of CPU or more (live_loop_cpu.py)."""
+        return self.home / "triggerer-loop-cpu.txt"
+
+    @property
     def task_log_folder(self) -> Path:
         return self.home / "logs"
 
@@ -549,8 +538,10 @@ class LiveAirflow:
         self._component("scheduler", "scheduler").start()
         self._component("dag-processor", "dag-processor").start()
         triggerer = self._component("triggerer", "triggerer")
-        # asyncio debug: every step that holds the event loop > 0.1 s is logged with its task's name.
-        triggerer.env = {**self.env, "PYTHONASYNCIODEBUG": "1"}
+        # Every event-loop step's CPU time (live_loop_cpu.py), and asyncio debug: every step that
+        # holds the loop > 0.1 s of wall time is logged with its task's name.
+        triggerer.command = [sys.executable, str(Path(__file__).with_name("live_loop_cpu.py")), "triggerer"]
+        triggerer.env = {**self.env, "PYTHONASYNCIODEBUG": "1", "AUDIENCE_LIVE_LOOP_LOG": str(self.loop_cpu_log)}
         triggerer.start()
         for name in self.celery_workers:
             self.worker_home(name).mkdir(parents=True, exist_ok=True)
