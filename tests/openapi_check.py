@@ -241,7 +241,8 @@ def describe(exc: Exception) -> str:
 
 # -- Segment ------------------------------------------------------------------------------------
 
-#: Segment's Public API 73.2.0 rebuilt from its Python SDK (copy of ../shared/specs; provenance in SOURCES.md).
+#: Segment's Public API 73.2.0 rebuilt from github.com/segmentio/public-api-sdk-python at 35b3d8b (2026-08-20):
+#: no current OpenAPI document of Segment's is public.
 SEGMENT_DOCUMENT = (
     Path(__file__).resolve().parent / "segment" / "specs" / "segment-public-api-73.2.0-from-python-sdk.yaml"
 )
@@ -283,7 +284,7 @@ class SegmentSpecCheck(OpenApiCheck):
 
 # -- Lytics -------------------------------------------------------------------------------------
 
-#: The excerpt of Lytics' API v2 document: every segment path it has (provenance in SOURCES.md).
+#: The excerpt of Lytics' API v2 document (docs.lytics.com/reference): every segment path it has.
 LYTICS_DOCUMENT = Path(__file__).resolve().parent / "sandbox" / "specs" / "lytics-api-v2-openapi.segments-excerpt.json"
 
 

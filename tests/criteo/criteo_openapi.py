@@ -6,7 +6,7 @@ body) is checked against the document of its version: ``/2026-07/retail-media`` 
 ``/2026-07/marketing-solutions`` against ``criteo-marketingsolutions-2026-07.json``. Other
 versions (the deprecated ``2026-01`` the tests use for the Sunset headers) and the OAuth token
 endpoint, which the documents do not describe, are skipped. Error answers are not checked: the
-documents list success codes only (vendor notes §4.4). The checking itself is
+documents list success codes only. The checking itself is
 ``tests/openapi_check.py``, shared with the other vendors.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from openapi_check import OpenApiCheck
 
-#: Copies of ../shared/specs (see ../shared/specs/SOURCES.md for their origin and checksums).
+#: Byte-identical copies of github.com/criteo/criteo-api-sdk-generator api-specifications/ at dadf349 (2026-08-17).
 SPECS = Path(__file__).resolve().parent / "specs"
 DOCUMENTS = {
     ("2026-07", "retail-media"): "criteo-retailmedia-2026-07.json",

@@ -75,7 +75,7 @@ def test_account_id_is_sent_on_every_v2_call_and_no_v1_call(hook, lytics):
     hook.get_segment_jobs(seg["id"])
     hook.get_segment_ancestors(seg["id"])
     hook.list_segment_groups()
-    hook.reevaluate_segment(seg["id"])  # the seed's path (404), then the body form
+    hook.reevaluate_segment(seg["id"])  # the documented path (404), then the body form
     hook.get_segment_sizes([seg["id"]])
     hook.validate_segment_ql("FILTER * FROM user")
     assert hook.size_segment_ql("FILTER * FROM user") > 0

@@ -1,6 +1,6 @@
 """Reevaluate and LyticsHook.reevaluation_status: the heuristic defined in hooks/lytics.py.
 
-The fake takes the strict readings by default: the seed's ``/v2/segment/{id}/reevaluate`` answers
+The fake takes the strict readings by default: the documented ``/v2/segment/{id}/reevaluate`` answers
 404, the answer carries nothing, and no job of the segment is listed; ``configure`` switches each
 one. The wait must end correctly both ways: on a completed job, or on a settled size.
 """

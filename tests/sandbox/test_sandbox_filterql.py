@@ -1,4 +1,5 @@
-"""The FilterQL validator used by the Lytics fake: the grammar of the vendor notes, section 5.3."""
+"""The FilterQL validator used by the Lytics fake: the grammar of Lytics' v1 segment-create reference
+(``FILTER <phrase> [FROM <table>] [WITH ...] [ALIAS <slug>]``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The Lytics fake over real HTTP: auth, every endpoint, envelopes against the spec, pitfalls, lifecycle."""
+"""The Lytics fake over real HTTP: auth, every endpoint, envelopes against the spec, the server's surprises
+(a taken slug renamed, not refused; an update without FROM making another segment), lifecycle."""
 
 from __future__ import annotations
 

@@ -42,10 +42,10 @@ def api(segment_sandbox, answers_check):
     check.assert_valid()
 
 
-#: The 2022 spec's envelope and pagination schemas (it predates audiences; the audience shapes come from the notes).
+#: The 2022 spec's envelope and pagination schemas (it predates audiences; the audience shapes come from the SDK).
 SPEC = json.loads((Path(__file__).parent / "specs" / "segment-public-api-2022.envelope-excerpt.json").read_text())
 
-#: AudienceSummary as the vendor notes (SDK 73.2.0) describe it; GET/LIST add computeCadence and size.
+#: AudienceSummary as Segment's Python SDK 73.2.0 models it; GET/LIST add computeCadence and size.
 AUDIENCE_SUMMARY = {
     "type": "object",
     "required": ["id", "spaceId", "name", "key", "enabled", "definition", "audienceType",

