@@ -361,7 +361,7 @@ def redis_from_url(url: str, option: str) -> Any:
     try:
         import redis
     except ImportError as exc:
-        # local: core.errors imports Airflow, and this module imports none
+        # core.errors imports Airflow, and this module imports none
         from airflow_audience_provider.core.errors import AudienceConfigurationError
 
         raise AudienceConfigurationError(
@@ -481,7 +481,7 @@ def limiter_from_setting(setting: str | None) -> RateLimiter:
     if setting and setting != "file":
         path = setting[len("file://") :] if setting.startswith("file://") else setting
         if "://" in path:
-            # local: core.errors imports Airflow, and this module imports none
+            # core.errors imports Airflow, and this module imports none
             from airflow_audience_provider.core.errors import AudienceConfigurationError
 
             raise AudienceConfigurationError(

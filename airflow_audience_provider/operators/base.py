@@ -103,7 +103,6 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
         """The connect and read timeouts the task sets over the connection's, if any."""
         if not (self.connect_timeout or self.read_timeout):
             return None
-        # core.transport imports requests: not at DAG parse
         from airflow_audience_provider.core.transport import Timeouts  # requests: not at DAG parse
 
         return Timeouts(
