@@ -50,6 +50,7 @@ __all__ = [
     "CONTROL_PREFIX",
     "FAULT_KINDS",
     "ApiError",
+    "ErrorReply",
     "FakeRateLimiter",
     "Fault",
     "FaultInjector",
