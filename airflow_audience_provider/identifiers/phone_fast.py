@@ -81,6 +81,7 @@ class CodeCheck:
     national_prefix: str | None
     regions: tuple[RegionCheck, ...]
 
+    @functools.cache  # noqa: B019 - a few checks per process, kept for its lifetime anyway
     def patterns(self, length: int) -> list[tuple[str | None, str | None]]:
         """Per region, for digits ``D`` of ``length`` (code included): ``(leading, valid)`` patterns over ``D``.
 
@@ -92,7 +93,7 @@ class CodeCheck:
         for region in self.regions:
             valid: str | None = None
             if region.general is not None and _admits(region.general, nsn):
-                alternatives = [pattern for desc in region.types if _admits(desc, nsn) for pattern in (desc[1],)]
+                alternatives = [desc[1] for desc in region.types if _admits(desc, nsn)]
                 if alternatives:
                     # G and one type: (?=G) is not in Rust's engine, so G runs as its own pattern (see _valid_mask)
                     valid = "|".join(f"(?:{p})" for p in alternatives)
