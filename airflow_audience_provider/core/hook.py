@@ -161,14 +161,14 @@ class AudienceHook(BaseHook):
     hook_name: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A vendor hook names its ``spec``; the four attributes Airflow reads from a hook class come from it."""
+        """A vendor hook names its ``spec``; the attributes Airflow reads from a hook class come from it
+        (unless the class sets them itself)."""
         super().__init_subclass__(**kwargs)
         spec = cls.__dict__.get("spec")
         if spec is not None:
-            cls.conn_name_attr = spec.conn_name_attr
-            cls.default_conn_name = spec.default_conn_name
-            cls.conn_type = spec.conn_type
-            cls.hook_name = spec.hook_name
+            for attr in ("conn_name_attr", "default_conn_name", "conn_type", "hook_name"):
+                if attr not in cls.__dict__:
+                    setattr(cls, attr, getattr(spec, attr))
 
     def __init__(
         self,
