@@ -51,6 +51,7 @@ from airflow_audience_provider.identifiers.errors import (
 )
 from airflow_audience_provider.identifiers.hashing import (
     BatchOutput,
+    exact_share,
     partition_of,
     process_batch,
     process_text,
@@ -210,6 +211,9 @@ KERNEL_BATCH_ROWS = 65536
 #: still gives every worker several batches (200,000 rows in 65,536-row batches left two workers
 #: three batches and a remainder, so one waited). CPU time per row measured the same either way.
 KERNEL_PARALLEL_BATCH_ROWS = 32768
+#: Above this share of a first batch left to the exact rule (phones in national form), parallel
+#: workers are processes: two threads would run those rows one at a time under the GIL.
+PROCESSES_ABOVE_EXACT_SHARE = 0.3
 
 
 def iter_processed(
@@ -236,12 +240,19 @@ def iter_processed(
         for batch in source.iter_batches(batch_size):
             yield batch, _process_profiles(profiles, batch.values)
         return
+    batches: Iterator[RawBatch] = iter(source.iter_batches(batch_size if kernel else max(batch_size, MP_TASK_ROWS)))
+    if kernel:
+        first = next(batches, None)
+        if first is None:
+            return
+        batches = itertools.chain([first], batches)
+        kernel = read_in_threads(profiles, first.values)
     if kernel:
         # The compiled kernel releases the GIL: threads of this process run batches in parallel
         # without pickling, and no process is forked after polars started its thread pool.
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="identifiers") as threads:
             ahead: collections.deque[tuple[RawBatch, Future[list[BatchOutput]]]] = collections.deque()
-            for batch in source.iter_batches(batch_size):
+            for batch in batches:
                 ahead.append((batch, threads.submit(_process_profiles, profiles, batch.values)))
                 while len(ahead) > workers * 2:
                     done, fut = ahead.popleft()
@@ -256,13 +267,30 @@ def iter_processed(
     pending: collections.deque[tuple[RawBatch, Future[list[BatchOutput] | None]]] = collections.deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         # Bounded look-ahead keeps memory flat while every worker stays busy.
-        for batch in source.iter_batches(max(batch_size, MP_TASK_ROWS)):
+        for batch in batches:
             values = batch.values
             pending.append((batch, pool.submit(process_profiles_text, profiles, "\n".join(values), len(values))))
             while len(pending) > workers * 2:
                 yield _result(profiles, *pending.popleft())
         while pending:
             yield _result(profiles, *pending.popleft())
+
+
+def read_in_threads(profiles: tuple[NormalisationProfile, ...], first: list[str]) -> bool:
+    """Whether parallel read workers for these kernel profiles are threads (else processes), from the first batch.
+
+    The kernel releases the GIL, but rows its fast path leaves to the exact rule (phones written
+    the national way) do not: above :data:`PROCESSES_ABOVE_EXACT_SHARE` of them, processes are faster.
+    """
+    share = sum(exact_share(p, first) for p in profiles) / len(profiles)
+    threads = share <= PROCESSES_ABOVE_EXACT_SHARE
+    if share:
+        log.info(
+            "Read workers: %s; the fast path left %.0f%% of the first batch to the exact rule",
+            "threads" if threads else "processes",
+            share * 100,
+        )
+    return threads
 
 
 def _result(

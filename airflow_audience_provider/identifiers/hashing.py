@@ -155,6 +155,32 @@ def uses_kernel(profile: NormalisationProfile) -> bool:
     return load_email_kernel() is not None
 
 
+#: Kernel types whose fast path decides only some written forms of a valid value (phones: the
+#: international form); the other rows go to the exact rule, which holds the GIL.
+PARTIAL_KERNEL_TYPES = frozenset({IdentifierType.PHONE})
+#: Rows of a batch :func:`exact_share` runs through the fast path: an evenly spaced sample.
+EXACT_SHARE_SAMPLE = 2048
+
+
+def exact_share(profile: NormalisationProfile, values: list[str]) -> float:
+    """Share of ``values`` (a sample of them) the kernel leaves to the exact rule.
+
+    0.0 for profiles whose kernel decides every valid form or that do not use it; 1.0 when the
+    kernel raised on the sample (the batch then runs the pure-Python path).
+    """
+    if profile.identifier_type.family not in PARTIAL_KERNEL_TYPES or not values or not uses_kernel(profile):
+        return 0.0
+    kernel = load_email_kernel()
+    assert kernel is not None
+    sample = values[:: max(1, len(values) // EXACT_SHARE_SAMPLE)]
+    digits = profile.phone_format is PhoneFormat.DIGITS
+    try:
+        out = kernel.run_phone(sample, digits_only=digits, default_region=profile.default_region)
+    except Exception:
+        return 1.0
+    return len(out.refused) / len(sample)
+
+
 def _process_with_kernel(values: list[str], profile: NormalisationProfile | None = None) -> BatchOutput | None:
     """SHA-256 e-mails or MAIDs through the kernel; rows it refuses are decided by the exact rule.
 
