@@ -149,6 +149,14 @@ class AudienceTimeoutError(AudienceError):
     """Waiting for asynchronous vendor work ran past its deadline."""
 
 
+class AudienceOutcomeUnknownError(AudienceNonRetryableError):
+    """A non-idempotent write went unanswered and reading back could not tell whether it was applied.
+
+    It is not resent (a resend could apply it twice) and Airflow does not retry the task: check the
+    object at the vendor, then rerun the task if the write is still wanted.
+    """
+
+
 #: HTTP status -> error class, used by the transport when the vendor's parser has no opinion.
 ERROR_BY_STATUS: dict[int, type[AudienceError]] = {
     400: AudienceValidationError,

@@ -45,9 +45,11 @@ from airflow_audience_provider.core.errors import (
     AudienceConflictError,
     AudienceError,
     AudienceNotFoundError,
+    AudienceOutcomeUnknownError,
     AudiencePermissionError,
     AudienceRateLimitError,
     AudienceServerError,
+    AudienceTransportError,
     AudienceValidationError,
 )
 from airflow_audience_provider.core.hook import AudienceHook, ConnectionSettings
@@ -988,23 +990,54 @@ class YandexAudienceHook(AudienceHook):
     def reprocess_segment(self, segment_id: int | str) -> bool:
         """Re-run matching (useful for ``few_data``): ``PUT segment/{id}/reprocess``.
 
-        Yandex allows two per segment per day and 20 per login per 24 h. After a timeout or a 5xx
-        the segment's status is read back: processing again means the reprocess was applied, and
-        it is not sent a second time.
+        Yandex allows two per segment per day and 20 per login per 24 h. A reprocess is never resent.
+        After a timeout, a dropped connection or a 5xx the segment's status is read back, again
+        every :attr:`reprocess_read_back_interval` seconds while the unanswered request may still land
+        (the transport's ``unsettled_until``): processing again means the reprocess was applied.
+        A segment that still reads done may never have been reprocessed, or may have been
+        reprocessed and finished already; nothing tells the two apart, so that is
+        :class:`~airflow_audience_provider.core.errors.AudienceOutcomeUnknownError`.
         """
         sid = self._id(segment_id)
-
-        def send() -> bool:
-            # Not resent blindly: each run counts against the two a day, and a resend of an applied
-            # reprocess is refused (the segment is processing again).
+        try:
             body = self._call("PUT", f"segment/{sid}/reprocess", endpoint_class="reprocess", idempotent=False)
-            return bool(body.get("success", True)) if isinstance(body, dict) else True
+        except (AudienceServerError, AudienceTransportError) as exc:
+            try:
+                status = self._read_back_reprocess(sid)
+            except AudienceError as unread:
+                status = f"unknown: reading it back failed too ({unread.message})"
+            if status is None:
+                log.warning(
+                    "Reprocessing Yandex.Audience segment %s failed ambiguously (%s) but had been applied",
+                    sid,
+                    exc.message,
+                )
+                return True
+            raise AudienceOutcomeUnknownError(
+                f"Reprocessing Yandex.Audience segment {sid} went unanswered ({exc.message}); its status is "
+                f"{status}: it may never have been reprocessed, or been reprocessed and finished already. "
+                "Not resent (a resend would be a second run, of two allowed a day): check the segment, "
+                "then rerun the task if a reprocess is still wanted",
+                vendor=VENDOR,
+            ) from exc
+        return bool(body.get("success", True)) if isinstance(body, dict) else True
 
-        def read_back() -> bool | None:
-            status = self.get_segment(sid).get("status")
-            return True if YANDEX_AUDIENCE_SEGMENT_STATUS.phase(str(status)) is Phase.RUNNING else None
+    #: Seconds between read-backs of a segment whose reprocess went unanswered.
+    reprocess_read_back_interval: float = 10.0
 
-        return call_with_read_back(send, read_back, what=f"Reprocessing Yandex.Audience segment {sid}")
+    def _read_back_reprocess(self, sid: str) -> str | None:
+        """None once the segment reads processing again (the reprocess was applied); else its last status.
+
+        Read once, then again while an unanswered request of this hook may still land.
+        """
+        while True:
+            status = str(self.get_segment(sid).get("status"))
+            if status == "is_processed":  # what a reprocess starts (modify_data's is_updated is not it)
+                return None
+            left = self.transport.unsettled_until() - time.monotonic()
+            if left <= 0:
+                return status
+            time.sleep(min(left, self.reprocess_read_back_interval))
 
     # ===================================================================== grants
 

@@ -11,11 +11,13 @@ from airflow_audience_provider.core.errors import (
     AudienceAuthenticationError,
     AudienceConflictError,
     AudienceNotFoundError,
+    AudienceOutcomeUnknownError,
     AudiencePermissionError,
     AudienceRateLimitError,
     AudienceValidationError,
 )
 from airflow_audience_provider.core.results import Phase
+from airflow_audience_provider.core.transport import Timeouts
 from airflow_audience_provider.hooks.yandex_audience import (
     YandexAudienceHook,
     YandexAudienceNoChangesError,
@@ -238,10 +240,13 @@ def test_rename_delete_reprocess(ya, hook):
         hook.reprocess_segment(segment["id"])
     assert busy.value.code == "reprocess_wrong_status"
     wait_status(hook, segment["id"])
+    ya.configure(processing_seconds=3600)  # still processing when read, however loaded the machine
     assert hook.reprocess_segment(segment["id"]) is True
     assert hook.segment_status(segment["id"]).vendor_status == "is_processed"
+    ya.advance_time(3600)
     wait_status(hook, segment["id"])
     hook.reprocess_segment(segment["id"])
+    ya.advance_time(3600)
     wait_status(hook, segment["id"])
     with pytest.raises(AudienceRateLimitError) as quota:
         hook.reprocess_segment(segment["id"])  # twice per segment per day
@@ -410,10 +415,54 @@ def test_authentication_error_type(ya, set_ya_conn, patch_limiter):
 def test_reprocess_whose_answer_is_lost_is_read_back_not_resent(ya, hook):
     segment = file_segment(hook)
     wait_status(hook, segment["id"])
-    ya.faults.inject("lost", path_prefix=f"/v1/management/segment/{segment['id']}/reprocess", method="PUT")
+    ya.configure(processing_seconds=3600)  # the reprocess still runs when it is read back, however late
+    reprocess = f"/v1/management/segment/{segment['id']}/reprocess"
+    ya.faults.inject("lost", path_prefix=reprocess, method="PUT")
     assert hook.reprocess_segment(segment["id"]) is True
-    assert api_calls(ya, "PUT").count(("PUT", f"/v1/management/segment/{segment['id']}/reprocess")) == 1
+    assert api_calls(ya, "PUT").count(("PUT", reprocess)) == 1
     assert ya.get_segment(segment["id"])["status"] == "is_processed"  # applied once, not refused as busy
+
+
+@pytest.mark.parametrize(
+    ("fault", "applied"),
+    [
+        ("lost", True),  # applied, and already finished when read back
+        ("status", False),  # answered 500, not applied
+    ],
+)
+def test_reprocess_of_unknown_outcome_that_reads_done_is_not_resent(ya, hook, fault, applied):
+    segment = file_segment(hook)
+    wait_status(hook, segment["id"])
+    ya.configure(processing_seconds=0)  # a reprocess finishes at once: its read-back sees the segment done
+    hook.get_conn().settle_seconds = 0.0
+    reprocess = f"/v1/management/segment/{segment['id']}/reprocess"
+    ya.faults.inject(fault, path_prefix=reprocess, method="PUT", status=500)
+    with pytest.raises(AudienceOutcomeUnknownError) as caught:
+        hook.reprocess_segment(segment["id"])
+    assert "Not resent" in caught.value.message and "'processed'" not in caught.value.message
+    assert "status is processed" in caught.value.message
+    assert api_calls(ya, "PUT").count(("PUT", reprocess)) == 1
+    assert ya.requests[-1]["method"] == "GET"  # read back, nothing sent after it
+    ya.configure(reprocess_per_segment_per_day=2 if applied else 1)
+    hook.reprocess_segment(segment["id"])  # the day's last reprocess: the unanswered one counted only if applied
+    ya.advance_time(1)
+    with pytest.raises(AudienceRateLimitError):
+        hook.reprocess_segment(segment["id"])
+
+
+def test_reprocess_that_lands_after_its_timeout_is_read_back_until_it_lands(ya, hook):
+    segment = file_segment(hook)
+    wait_status(hook, segment["id"])
+    ya.configure(processing_seconds=3600)
+    transport = hook.get_conn()
+    transport.timeouts = Timeouts(connect=10.0, read=1.0)
+    transport.settle_seconds = 60.0  # bounds the read-backs; ends as soon as the reprocess shows
+    hook.reprocess_read_back_interval = 0.1
+    reprocess = f"/v1/management/segment/{segment['id']}/reprocess"
+    ya.faults.inject("slow", path_prefix=reprocess, method="PUT", delay=2.0)  # applied after the client gave up
+    assert hook.reprocess_segment(segment["id"]) is True
+    assert api_calls(ya, "PUT").count(("PUT", reprocess)) == 1
+    assert ya.get_segment(segment["id"])["status"] == "is_processed"
 
 
 def test_quota_answer_without_its_period_fails_fast_with_the_body_text(ya, hook, limiter_clock):
