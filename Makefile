@@ -47,10 +47,10 @@ test: $(STAMP) ## Run the whole test suite (unit, sandbox, example DAGs under re
 test-fast: $(STAMP) ## The test suite without the example-DAG runs
 	$(PY) -m pytest -q -m "not dag_run" --timeout=300 tests
 
-test-live: $(STAMP) ## Every example DAG on a running Airflow (api-server, scheduler, dag-processor, triggerer); run before a release
+test-live: $(STAMP) ## Every example DAG on a running Airflow (api-server, scheduler, dag-processor, triggerer) on PostgreSQL; CI runs it
 	AUDIENCE_LIVE_TESTS=1 $(PY) -m pytest -q -m live --timeout=1200 tests/live
 
-test-live-celery: $(STAMP) ## test-live on CeleryExecutor: Redis broker, two workers with separate homes; run before each release
+test-live-celery: $(STAMP) ## test-live on CeleryExecutor: Redis broker, two workers with separate homes; CI runs it
 	AUDIENCE_LIVE_TESTS=1 AUDIENCE_LIVE_EXECUTOR=celery $(PY) -m pytest -q -m live --timeout=1200 tests/live
 
 # The UI test drives Debian's chromium through chromedriver; `make test-ui` installs them when missing.
