@@ -25,6 +25,11 @@ os.environ.setdefault("AIRFLOW__OPENLINEAGE__DISABLED", "True")
 # ---- sandbox fixtures (below this line) ----
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Hypothesis' default 200 ms per-example deadline is a wall-clock assertion: a loaded CI box trips it.
+settings.register_profile("audience", deadline=None)
+settings.load_profile("audience")
 
 
 @pytest.fixture(scope="session")
