@@ -211,9 +211,8 @@ KERNEL_BATCH_ROWS = 65536
 #: still gives every worker several batches (200,000 rows in 65,536-row batches left two workers
 #: three batches and a remainder, so one waited). CPU time per row measured the same either way.
 KERNEL_PARALLEL_BATCH_ROWS = 32768
-#: Above this share of a first batch left to the exact rule (phones in national form), parallel
-#: workers are processes: two threads would run those rows one at a time under the GIL.
-PROCESSES_ABOVE_EXACT_SHARE = 0.3
+#: Above this share of the first batch left to the exact rule (it holds the GIL) processes beat threads (0.5-0.8).
+PROCESSES_ABOVE_EXACT_SHARE = 0.6
 
 
 def iter_processed(

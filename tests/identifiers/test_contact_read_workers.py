@@ -56,6 +56,7 @@ def test_national_phones_read_in_processes_international_in_threads() -> None:
     assert not read_in_threads((CRITEO_RU,), phones(4000))
     assert not read_in_threads((CRITEO_RU, YANDEX_RU), phones(4000))
     assert read_in_threads((CRITEO_RU,), phones(4000, international_every=1))
+    assert read_in_threads((CRITEO_RU,), phones(4000, international_every=2))  # half: threads still win
     assert read_in_threads((EMAIL,), ["a@b.c", "bad"])
 
 
