@@ -329,6 +329,8 @@ class Transport:
         self.last_unknown_outcome: float | None = None
         #: Seconds such a request may still be applied by the vendor (assumption); None = 3 read timeouts.
         self.settle_seconds: float | None = None
+        #: Seconds between read-backs of a write whose answer was lost, while it may still land.
+        self.read_back_interval: float = 5.0
 
     # -- public API -------------------------------------------------------------------------
 
@@ -621,12 +623,16 @@ def call_with_read_back(
     *,
     attempts: int = 3,
     what: str = "request",
+    transport: Transport | None = None,
 ) -> T:
     """Safely repeat a non-idempotent call: after an ambiguous failure, look before resending.
 
     ``send`` performs the write (e.g. create a segment); ``read_back`` looks for its effect
     (e.g. the segment by slug) and returns it, or None if the write did not happen. Ambiguous
     failures are 5xx answers and transport errors after the request may have reached the vendor.
+    With ``transport``, a write not found yet is read back again every ``read_back_interval``
+    seconds while the unanswered request may still land (:meth:`Transport.unsettled_until`), and
+    resent only after that: a request that lands after its read timeout is not doubled.
     """
     last: AudienceError | None = None
     for attempt in range(1, attempts + 1):
@@ -635,6 +641,13 @@ def call_with_read_back(
         except (AudienceServerError, AudienceTransportError) as exc:
             last = exc
             found = read_back()
+            while found is None and transport is not None:
+                left = transport.unsettled_until() - time.monotonic()
+                if left <= 0:
+                    break
+                log.info("%s not found yet; reading back again while it may still land (%.0f s)", what, left)
+                time.sleep(min(left, transport.read_back_interval))
+                found = read_back()
             if found is not None:
                 log.warning("%s failed ambiguously (%s) but had been applied; using it", what, exc.message)
                 return found

@@ -407,7 +407,9 @@ class CriteoHook(AudienceHook):
                 return {"data": existing, "warnings": [], "errors": []}
             return None
 
-        body = call_with_read_back(send, read_back, what=f"Creating {len(items)} Criteo segment(s)")
+        body = call_with_read_back(
+            send, read_back, what=f"Creating {len(items)} Criteo segment(s)", transport=self.transport
+        )
         return map_partial_approval("create_segments", items, body, match_by="name")
 
     create_audience_segments = bulk_create_audience_segments
@@ -821,7 +823,10 @@ class CriteoHook(AudienceHook):
             return None
 
         body = call_with_read_back(
-            lambda: self._call("POST", path, json={"data": items}), read_back, what="Creating Criteo audience(s)"
+            lambda: self._call("POST", path, json={"data": items}),
+            read_back,
+            what="Creating Criteo audience(s)",
+            transport=self.transport,
         )
         return map_partial_approval("create_audiences", items, body, match_by="name")
 

@@ -235,7 +235,9 @@ class LyticsHook(AudienceHook):
         def read_back() -> dict[str, Any] | None:
             return self.find_segment(slug) if slug else None
 
-        created = call_with_read_back(send, read_back, what=f"Creating Lytics segment {slug!r}")
+        created = call_with_read_back(
+            send, read_back, what=f"Creating Lytics segment {slug!r}", transport=self.transport
+        )
         if slug and created.get("slug_name") not in (None, slug):
             log.warning(
                 "Lytics stored the new segment under slug %r instead of %r: the slug was taken",
@@ -374,6 +376,7 @@ class LyticsHook(AudienceHook):
             lambda: dict(self._data("POST", "/v2/segment/group", params=self._params(), json=body) or {}),
             read_back,
             what=f"Creating Lytics segment group {name!r}",
+            transport=self.transport,
         )
 
     def update_segment_group(self, group_id: str, **fields: Any) -> dict[str, Any]:

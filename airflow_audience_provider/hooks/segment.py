@@ -609,7 +609,10 @@ class SegmentHook(AudienceHook):
             return dict(data.get("audience") or {})
 
         return call_with_read_back(
-            send, lambda: self.find_audience_by_name(name, space), what=f"Creating Segment audience {name!r}"
+            send,
+            lambda: self.find_audience_by_name(name, space),
+            what=f"Creating Segment audience {name!r}",
+            transport=self.transport,
         )
 
     def update_audience_for_space(self, audience_id: str, space_id: str | None = None, **fields: Any) -> dict[str, Any]:

@@ -562,9 +562,9 @@ class YandexAudienceHook(AudienceHook):
 
         The file is sent under a name unique to this call (``<stem>-<random>.<ext>``); the draft's
         ``name`` is that file name until it is confirmed (assumption, as the sandbox does: Yandex
-        names a draft after its file). Before resending, the abandoned request is given time to land,
-        then the segment list is read: a draft of that name is adopted (extra copies are deleted),
-        otherwise the file is sent again.
+        names a draft after its file). Before resending, the segment list is read, again while the
+        abandoned request may still land: a draft of that name is adopted (extra copies are deleted),
+        otherwise the file is sent again once the abandoned request has settled.
         """
         stem, dot, ext = filename.rpartition(".")
         unique = f"{stem or filename}-{uuid.uuid4().hex[:12]}{dot}{ext if stem else ''}"
@@ -581,7 +581,6 @@ class YandexAudienceHook(AudienceHook):
             return dict(self._unwrap(body, "segment"))
 
         def read_back() -> dict[str, Any] | None:
-            self._wait_for_abandoned(2 * timeouts.read)
             drafts = self.find_drafts(lambda name: name == unique)
             if not drafts:
                 return None
@@ -591,17 +590,9 @@ class YandexAudienceHook(AudienceHook):
             log.info("Adopted the draft %s of a lost upload instead of uploading again", keep.get("id"))
             return keep
 
-        return call_with_read_back(send, read_back, what=f"Uploading a file to Yandex.Audience ({path})")
-
-    def _wait_for_abandoned(self, most: float) -> None:
-        """Sleep until an abandoned request of this hook may have landed (at most ``most`` seconds)."""
-        abandoned = self.transport.last_unknown_outcome
-        if abandoned is None:
-            return
-        left = min(abandoned + most, self.transport.unsettled_until() or abandoned + most) - time.monotonic()
-        if left > 0:
-            log.info("Waiting %.0f s for a request whose answer was lost to land before reading back", left)
-            time.sleep(min(left, most))
+        return call_with_read_back(
+            send, read_back, what=f"Uploading a file to Yandex.Audience ({path})", transport=self.transport
+        )
 
     def find_drafts(self, name_matches: Callable[[str], bool], since: float | None = None) -> list[dict[str, Any]]:
         """The login's own unconfirmed drafts (``uploaded``) whose name matches, oldest first.
@@ -688,7 +679,9 @@ class YandexAudienceHook(AudienceHook):
             current = self.get_segment(sid)
             return current if current.get("status") != "uploaded" and current.get("name") == name else None
 
-        return call_with_read_back(send, read_back, what=f"Confirming Yandex.Audience segment {sid}")
+        return call_with_read_back(
+            send, read_back, what=f"Confirming Yandex.Audience segment {sid}", transport=self.transport
+        )
 
     def confirm_client_id_segment(self, segment_id: int | str, name: str, counter_id: int | str) -> dict[str, Any]:
         """Save a draft whose file holds Metrica ClientIDs: ``POST segment/client_id/{id}/confirm``."""
@@ -707,7 +700,9 @@ class YandexAudienceHook(AudienceHook):
             current = self.get_segment(sid)
             return current if current.get("status") != "uploaded" else None
 
-        return call_with_read_back(send, read_back, what=f"Confirming Yandex.Audience ClientID segment {sid}")
+        return call_with_read_back(
+            send, read_back, what=f"Confirming Yandex.Audience ClientID segment {sid}", transport=self.transport
+        )
 
     def modify_data(
         self,
@@ -790,7 +785,9 @@ class YandexAudienceHook(AudienceHook):
         def read_back() -> dict[str, Any] | None:
             return self.find_segment(name, segment_type)
 
-        return call_with_read_back(send, read_back, what=f"Creating Yandex.Audience {segment_type} segment {name!r}")
+        return call_with_read_back(
+            send, read_back, what=f"Creating Yandex.Audience {segment_type} segment {name!r}", transport=self.transport
+        )
 
     def create_metrika_segment(
         self,
@@ -992,8 +989,8 @@ class YandexAudienceHook(AudienceHook):
 
         Yandex allows two per segment per day and 20 per login per 24 h. A reprocess is never resent.
         After a timeout, a dropped connection or a 5xx the segment's status is read back, again
-        every :attr:`reprocess_read_back_interval` seconds while the unanswered request may still land
-        (the transport's ``unsettled_until``): processing again means the reprocess was applied.
+        every ``read_back_interval`` seconds of the transport while the unanswered request may still
+        land (``unsettled_until``): processing again means the reprocess was applied.
         A segment that still reads done may never have been reprocessed, or may have been
         reprocessed and finished already; nothing tells the two apart, so that is
         :class:`~airflow_audience_provider.core.errors.AudienceOutcomeUnknownError`.
@@ -1022,9 +1019,6 @@ class YandexAudienceHook(AudienceHook):
             ) from exc
         return bool(body.get("success", True)) if isinstance(body, dict) else True
 
-    #: Seconds between read-backs of a segment whose reprocess went unanswered.
-    reprocess_read_back_interval: float = 10.0
-
     def _read_back_reprocess(self, sid: str) -> str | None:
         """None once the segment reads processing again (the reprocess was applied); else its last status.
 
@@ -1037,7 +1031,7 @@ class YandexAudienceHook(AudienceHook):
             left = self.transport.unsettled_until() - time.monotonic()
             if left <= 0:
                 return status
-            time.sleep(min(left, self.reprocess_read_back_interval))
+            time.sleep(min(left, self.transport.read_back_interval))
 
     # ===================================================================== grants
 
@@ -1115,7 +1109,9 @@ class YandexAudienceHook(AudienceHook):
         def read_back() -> dict[str, Any] | None:
             return next((p for p in self.list_pixels() if p.get("name") == name), None)
 
-        return call_with_read_back(send, read_back, what=f"Creating Yandex.Audience pixel {name!r}")
+        return call_with_read_back(
+            send, read_back, what=f"Creating Yandex.Audience pixel {name!r}", transport=self.transport
+        )
 
     def update_pixel(self, pixel_id: int | str, name: str) -> dict[str, Any]:
         """Rename a pixel: ``PUT pixel/{id}``."""

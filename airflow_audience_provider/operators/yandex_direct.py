@@ -363,7 +363,9 @@ class YandexDirectCreateOrUpdateRetargetingListOperator(_YandexDirectOperator):
                 found = hook.find_retargeting_lists_by_name(name)
                 return int(found[0]["Id"]) if found else None
 
-            list_id = call_with_read_back(send, read_back, what=f"Creating retargeting list {name!r}")
+            list_id = call_with_read_back(
+                send, read_back, what=f"Creating retargeting list {name!r}", transport=hook.transport
+            )
             action, changed = "created", ["Name", "Rules", *(["Description"] if self.description is not None else [])]
         else:
             list_id = int(current["Id"])

@@ -73,7 +73,9 @@ def test_hook_create_after_a_dropped_post_reads_back_then_resends_once(lytics_sa
     from airflow_audience_provider.hooks.lytics import LyticsHook
 
     lytics_sandbox.faults.inject("drop", count=1, path_prefix="/v2/segment", method="POST")
-    created = LyticsHook().create_segment(
+    hook = LyticsHook()
+    hook.get_conn().settle_seconds = 0.0  # the fake applies nothing of a dropped request later
+    created = hook.create_segment(
         {"name": "Read back", "slug_name": "read_back", "segment_ql": "FILTER * FROM user ALIAS read_back"}
     )
     assert created["slug_name"] == "read_back"
@@ -84,3 +86,21 @@ def test_hook_create_after_a_dropped_post_reads_back_then_resends_once(lytics_sa
         ("POST", "/v2/segment", 201),
     ]
     assert [s["slug_name"] for s in lytics_sandbox.segments].count("read_back") == 1
+
+
+def test_hook_create_that_lands_after_its_timeout_is_read_back_until_it_lands(lytics_sandbox):
+    """Against the fake: the POST is applied after the client gave up; read back until it shows, not resent."""
+    from airflow_audience_provider.core.transport import Timeouts
+    from airflow_audience_provider.hooks.lytics import LyticsHook
+
+    hook = LyticsHook()
+    transport = hook.get_conn()
+    transport.timeouts = Timeouts(connect=10.0, read=1.0)
+    transport.settle_seconds = 60.0  # bounds the read-backs; ends as soon as the segment shows
+    transport.read_back_interval = 0.1
+    lytics_sandbox.faults.inject("slow", count=1, path_prefix="/v2/segment", method="POST", delay=2.0)
+    created = hook.create_segment({"name": "Late", "slug_name": "late", "segment_ql": "FILTER * FROM user ALIAS late"})
+    assert created["slug_name"] == "late"
+    posts = [r for r in lytics_sandbox.requests if (r["method"], r["path"]) == ("POST", "/v2/segment")]
+    assert len(posts) == 1
+    assert [s["slug_name"] for s in lytics_sandbox.segments].count("late") == 1

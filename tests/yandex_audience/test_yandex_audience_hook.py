@@ -457,12 +457,24 @@ def test_reprocess_that_lands_after_its_timeout_is_read_back_until_it_lands(ya, 
     transport = hook.get_conn()
     transport.timeouts = Timeouts(connect=10.0, read=1.0)
     transport.settle_seconds = 60.0  # bounds the read-backs; ends as soon as the reprocess shows
-    hook.reprocess_read_back_interval = 0.1
+    transport.read_back_interval = 0.1
     reprocess = f"/v1/management/segment/{segment['id']}/reprocess"
     ya.faults.inject("slow", path_prefix=reprocess, method="PUT", delay=2.0)  # applied after the client gave up
     assert hook.reprocess_segment(segment["id"]) is True
     assert api_calls(ya, "PUT").count(("PUT", reprocess)) == 1
     assert ya.get_segment(segment["id"])["status"] == "is_processed"
+
+
+def test_create_that_lands_after_its_timeout_is_read_back_until_it_lands_not_resent(ya, hook):
+    transport = hook.get_conn()
+    transport.timeouts = Timeouts(connect=10.0, read=1.0)
+    transport.settle_seconds = 60.0  # bounds the read-backs; ends as soon as the segment shows
+    transport.read_back_interval = 0.1
+    create = "/v1/management/segments/create_metrika"
+    ya.faults.inject("slow", path_prefix=create, method="POST", delay=2.0)  # applied after the client gave up
+    created = hook.create_metrika_segment("landed late", "counter_id", 1)
+    assert [s["id"] for s in ya.segments() if s["name"] == "landed late"] == [created["id"]]
+    assert api_calls(ya, "POST").count(("POST", create)) == 1
 
 
 def test_quota_answer_without_its_period_fails_fast_with_the_body_text(ya, hook, limiter_clock):
