@@ -13,7 +13,6 @@ Every token, static or minted, is handed to Airflow's secret masker so it cannot
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -27,6 +26,7 @@ import requests
 from requests.auth import AuthBase
 
 from airflow_audience_provider.core.errors import AudienceAuthenticationError
+from airflow_audience_provider.core.offload import to_thread
 from airflow_audience_provider.core.tokencache import CachedToken, TokenStore, configured_token_store
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class OAuth2ClientCredentials(AuthBase):
 
     async def atoken(self) -> str:
         """:meth:`token` for coroutines: a mint (or the wait for another's) runs in a worker thread."""
-        return await asyncio.to_thread(self.token)
+        return await to_thread(self.token)
 
     def invalidate(self, token: str | None = None) -> None:
         """Forget the cached token, here and in the shared store; with ``token``, only if it is still

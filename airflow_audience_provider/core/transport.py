@@ -21,7 +21,6 @@ runs the same code in a worker thread so the event loop never blocks.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import itertools
 import json as _json
@@ -49,6 +48,7 @@ from airflow_audience_provider.core.errors import (
     AudienceValidationError,
     error_class_for_status,
 )
+from airflow_audience_provider.core.offload import to_thread
 from airflow_audience_provider.core.ratelimit import (
     Budget,
     QuotaWouldBlock,
@@ -457,10 +457,10 @@ class Transport:
 
     async def arequest(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """:meth:`request` for triggers: runs in a worker thread, never blocking the event loop."""
-        return await asyncio.to_thread(self.request, method, path, **kwargs)
+        return await to_thread(self.request, method, path, **kwargs)
 
     async def ajson(self, method: str, path: str, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(self.json, method, path, **kwargs)
+        return await to_thread(self.json, method, path, **kwargs)
 
     def close(self) -> None:
         self.session.close()

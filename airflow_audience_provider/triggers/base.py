@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_audience_provider.core.errors import AudienceError
+from airflow_audience_provider.core.offload import to_thread
 from airflow_audience_provider.core.results import EventStatus, PollResult, make_event
 from airflow_audience_provider.core.waiting import Judgement, error_event, final_event, judge, log_judgement
 
@@ -196,9 +197,9 @@ class AudiencePollingTrigger(BaseTrigger):
         try:
             # Off the loop: the first hook of a vendor imports its module (requests, tenacity: ~0.5 s),
             # and the transport may open the rate limiter's backend (a file lock, a Redis client).
-            hook = await asyncio.to_thread(self._make_hook)
+            hook = await to_thread(self._make_hook)
             await hook.asettings()  # the connection, resolved asynchronously
-            await asyncio.to_thread(hook.get_conn)
+            await to_thread(hook.get_conn)
         except AudienceError as exc:
             yield TriggerEvent(error_event(self.vendor, exc))
             return
@@ -217,7 +218,7 @@ class AudiencePollingTrigger(BaseTrigger):
         last: PollResult | None = None
         while True:
             try:
-                answer: PollResult | Exception = await asyncio.to_thread(status_fn, **self.status_kwargs)
+                answer: PollResult | Exception = await to_thread(status_fn, **self.status_kwargs)
             except Exception as exc:
                 answer = exc
             judgement: Judgement = judge(answer, failures, self.max_consecutive_failures)
