@@ -15,7 +15,7 @@ OLD_VENV := .venv-oldest
 OLD_LOCK := requirements/oldest.lock
 OLD_STAMP := $(OLD_VENV)/.installed
 
-.PHONY: help env demo test test-fast test-live test-live-celery test-oldest-fast test-matrix test-ui ui-deps bench soak docs lint dist lock sandbox clean
+.PHONY: help env demo test test-fast test-live test-live-celery test-live-oldest test-oldest-fast test-matrix test-ui ui-deps bench soak docs lint dist lock sandbox clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ test-live: $(STAMP) ## Every example DAG on a running Airflow (api-server, sched
 
 test-live-celery: $(STAMP) ## test-live on CeleryExecutor: Redis broker, two workers with separate homes; CI runs it
 	AUDIENCE_LIVE_TESTS=1 AUDIENCE_LIVE_EXECUTOR=celery $(PY) -m pytest -q -m live --timeout=1200 tests/live
+
+test-live-oldest: $(OLD_STAMP) ## test-live on the oldest supported Airflow (3.1, .venv-oldest); not in CI yet
+	AUDIENCE_LIVE_TESTS=1 $(OLD_VENV)/bin/python -m pytest -q -m live --timeout=1200 tests/live
 
 # The UI test drives Debian's chromium through chromedriver; `make test-ui` installs them when missing.
 CHROMIUM ?= /usr/bin/chromium

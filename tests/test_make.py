@@ -14,6 +14,7 @@ TARGETS = (
     "test",
     "test-live",
     "test-live-celery",
+    "test-live-oldest",
     "test-ui",
     "test-matrix",
     "bench",
