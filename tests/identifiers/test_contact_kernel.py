@@ -7,52 +7,31 @@ import logging
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from kernel_helpers import assert_kernel_gives, forbid_process_pools, kernel_and_python, partition_values, read_batches
 from test_contact_fast_paths import EMAIL, expected, values_strategy
 
 from airflow_audience_provider.identifiers import fanout, kernel
-from airflow_audience_provider.identifiers.fanout import iter_processed
 from airflow_audience_provider.identifiers.hashing import _process_with_kernel, process_batch, uses_kernel
 from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile
-from airflow_audience_provider.identifiers.sources import IterableSource
 
 pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
-
-
-@pytest.fixture(autouse=True)
-def fresh_kernel(monkeypatch):
-    monkeypatch.delenv(kernel.KERNEL_ENV, raising=False)
-    kernel.load_email_kernel.cache_clear()
-    yield
-    kernel.load_email_kernel.cache_clear()
-
-
-def digests(out) -> list[str]:
-    return sorted(h for text in out.partitions.values() for h in text.split("\n"))
+pytestmark = pytest.mark.usefixtures("fresh_kernel")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values_strategy)
 def test_kernel_accepts_exactly_what_the_exact_rule_accepts(values: list[str]) -> None:
-    want_out, want_invalid = expected(values)
-    out = _process_with_kernel(values) if values else None
     if not values:
         return
-    assert out is not None
-    assert digests(out) == sorted(hashlib.sha256(v.encode()).hexdigest() for v in want_out)
-    assert out.count == len(want_out)
-    assert sorted(out.invalid) == want_invalid
-    assert all(h[:2] == key for key, text in out.partitions.items() for h in text.split("\n"))
+    want_out, want_invalid = expected(values)
+    want_digests = sorted(hashlib.sha256(v.encode()).hexdigest() for v in want_out)
+    assert_kernel_gives(_process_with_kernel(values), (want_digests, want_invalid))
 
 
 def test_process_batch_uses_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
     values = [f" User{i}@Example.COM " if i % 9 else f"bad{i}" for i in range(500)] + ["\u00a0nbsp@example.com"]
-    assert uses_kernel(EMAIL)
-    with_kernel = process_batch(EMAIL, values)
-    monkeypatch.setenv(kernel.KERNEL_ENV, "python")
-    kernel.load_email_kernel.cache_clear()
-    assert not uses_kernel(EMAIL)
-    python = process_batch(EMAIL, values)
-    assert digests(with_kernel) == digests(python) and len(digests(python)) == 445
+    with_kernel, python = kernel_and_python(monkeypatch, EMAIL, values)
+    assert partition_values(with_kernel) == partition_values(python) and len(partition_values(python)) == 445
     assert sorted(with_kernel.invalid) == python.invalid
     assert with_kernel.count == python.count
 
@@ -82,24 +61,11 @@ def test_a_kernel_that_fails_its_self_test_is_not_used(monkeypatch, caplog) -> N
 
 def test_parallel_read_uses_threads_not_processes(monkeypatch) -> None:
     """With the kernel, workers are threads (no fork after polars started its pool), results in order."""
-
-    def no_processes(*args, **kwargs):
-        raise AssertionError("a process pool was started")
-
-    monkeypatch.setattr(fanout, "ProcessPoolExecutor", no_processes)
-    monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 64)
-    monkeypatch.setattr(fanout, "KERNEL_PARALLEL_BATCH_ROWS", 64)
+    forbid_process_pools(monkeypatch, 64)
     values = [f" User{i}@Example.COM " if i % 7 else f"bad{i}" for i in range(1000)]
-
-    def run(workers: int) -> list[tuple[int, int, list[tuple[int, str]], list[str]]]:
-        return [
-            (b.first_line, o[0].count, sorted(o[0].invalid), digests(o[0]))
-            for b, o in iter_processed(IterableSource(values), (EMAIL,), batch_size=64, workers=workers)
-        ]
-
-    one = run(1)
+    one = read_batches(values, (EMAIL,), batch_size=64, workers=1)
     assert len(one) == 16
-    assert run(2) == one
+    assert read_batches(values, (EMAIL,), batch_size=64, workers=2) == one
 
 
 def test_process_pools_avoid_fork_once_polars_is_loaded() -> None:

@@ -7,13 +7,14 @@ import hashlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_helpers import Outcome, assert_kernel_gives, exact_outcome, kernel_and_python, partition_values
 
-from airflow_audience_provider.identifiers import kernel
 from airflow_audience_provider.identifiers.hashing import _process_with_kernel, process_batch, uses_kernel
-from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_maid
+from airflow_audience_provider.identifiers.normalise import normalise_mac, normalise_maid
 from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile, get_rule
 
 pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
+pytestmark = pytest.mark.usefixtures("fresh_kernel")
 
 PROFILES = [
     get_rule("criteo", "maid").profile,
@@ -21,14 +22,6 @@ PROFILES = [
     get_rule("yandex_audience", "gaid").profile,
     NormalisationProfile(IdentifierType.MAID, HashAlgorithm.SHA256, maid_case="upper"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def fresh_kernel(monkeypatch):
-    monkeypatch.delenv(kernel.KERNEL_ENV, raising=False)
-    kernel.load_email_kernel.cache_clear()
-    yield
-    kernel.load_email_kernel.cache_clear()
 
 
 HEX = "0123456789abcdefABCDEF"
@@ -60,46 +53,23 @@ blank = st.sampled_from(["", " ", "\t", "  ", "\u00a0", "\n", "\r", "\x0b", "\u3
 value = st.tuples(blank, maid_like, blank).map("".join)
 
 
-def expected(profile: NormalisationProfile, values: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
+def expected(profile: NormalisationProfile, values: list[str]) -> Outcome:
     case = "upper" if profile.upper_case_maid else "lower"
-    out, invalid = [], []
-    for i, v in enumerate(values):
-        try:
-            out.append(hashlib.sha256(normalise_maid(v, case).encode()).hexdigest())
-        except InvalidIdentifier as exc:
-            invalid.append((i, exc.reason))
-    return sorted(out), invalid
-
-
-def digests(out) -> list[str]:
-    return sorted(h for text in out.partitions.values() for h in text.split("\n"))
+    return exact_outcome(lambda v: hashlib.sha256(normalise_maid(v, case).encode()).hexdigest(), values)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(profile=st.sampled_from(PROFILES), values=st.lists(value, min_size=1, max_size=40))
 def test_maid_kernel_gives_what_the_exact_rule_gives(profile: NormalisationProfile, values: list[str]) -> None:
-    want, want_invalid = expected(profile, values)
-    out = _process_with_kernel(values, profile)
-    assert out is not None
-    assert digests(out) == want
-    assert sorted(out.invalid) == want_invalid  # same rows, same reasons
-    assert out.count == len(want)
-    assert all(h[:2] == key for key, text in out.partitions.items() for h in text.split("\n"))
+    assert_kernel_gives(_process_with_kernel(values, profile), expected(profile, values))
 
 
 def test_maid_profiles_use_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
     values = [_uuid(hashlib.md5(str(i).encode()).hexdigest()) for i in range(300)]
     values += [v.upper() for v in values[:50]] + ["bad", "00000000-0000-0000-0000-000000000000", "\u00a0" + values[7]]
     for profile in PROFILES:
-        assert uses_kernel(profile)
-        with_kernel = process_batch(profile, values)
-        monkeypatch.setenv(kernel.KERNEL_ENV, "python")
-        kernel.load_email_kernel.cache_clear()
-        assert not uses_kernel(profile)
-        python = process_batch(profile, values)
-        monkeypatch.delenv(kernel.KERNEL_ENV)
-        kernel.load_email_kernel.cache_clear()
-        assert digests(with_kernel) == digests(python) and len(digests(python)) == 351
+        with_kernel, python = kernel_and_python(monkeypatch, profile, values)
+        assert partition_values(with_kernel) == partition_values(python) and len(partition_values(python)) == 351
         assert sorted(with_kernel.invalid) == python.invalid == [(350, "maid_syntax"), (351, "maid_zero")]
 
 
@@ -134,28 +104,14 @@ mac_like = st.one_of(
 mac_value = st.tuples(blank, mac_like, blank).map("".join)
 
 
-def expected_mac(values: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
-    from airflow_audience_provider.identifiers.normalise import normalise_mac
-
-    out, invalid = [], []
-    for i, v in enumerate(values):
-        try:
-            out.append(hashlib.sha256(bytes.fromhex(normalise_mac(v))).hexdigest())
-        except InvalidIdentifier as exc:
-            invalid.append((i, exc.reason))
-    return sorted(out), invalid
+def expected_mac(values: list[str]) -> Outcome:
+    return exact_outcome(lambda v: hashlib.sha256(bytes.fromhex(normalise_mac(v))).hexdigest(), values)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values=st.lists(mac_value, min_size=1, max_size=40))
 def test_mac_kernel_gives_what_the_exact_rule_gives(values: list[str]) -> None:
-    want, want_invalid = expected_mac(values)
-    out = _process_with_kernel(values, MAC)
-    assert out is not None
-    assert digests(out) == want
-    assert sorted(out.invalid) == want_invalid
-    assert out.count == len(want)
-    assert all(h[:2] == key for key, text in out.partitions.items() for h in text.split("\n"))
+    assert_kernel_gives(_process_with_kernel(values, MAC), expected_mac(values))
 
 
 line_blank = st.sampled_from(["", " ", "\t", "  ", "\u00a0", "\r", "\x0b", "\u3000"])
@@ -176,22 +132,12 @@ mac_length_edges = st.one_of(
 )
 def test_mac_kernel_on_batches_without_newlines_gives_what_the_exact_rule_gives(values: list[str]) -> None:
     """Batches whose values hold no newline take the kernel's whole-text separator removal."""
-    want, want_invalid = expected_mac(values)
-    out = _process_with_kernel(values, MAC)
-    assert out is not None
-    assert digests(out) == want
-    assert sorted(out.invalid) == want_invalid
-    assert out.count == len(want)
+    assert_kernel_gives(_process_with_kernel(values, MAC), expected_mac(values))
 
 
 def test_mac_profile_uses_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
     values = [":".join(f"{(i * 7919 + k) % 256:02x}" for k in range(6)) for i in range(1, 400)]
     values += ["zz:12", "FF-FF-FF-FF-FF-FF", "\u00a0AE:12:34:56:D0:A1"]
-    assert uses_kernel(MAC)
-    with_kernel = process_batch(MAC, values)
-    monkeypatch.setenv(kernel.KERNEL_ENV, "python")
-    kernel.load_email_kernel.cache_clear()
-    assert not uses_kernel(MAC)
-    python = process_batch(MAC, values)
-    assert digests(with_kernel) == digests(python) and len(digests(python)) == 400
+    with_kernel, python = kernel_and_python(monkeypatch, MAC, values)
+    assert partition_values(with_kernel) == partition_values(python) and len(partition_values(python)) == 400
     assert sorted(with_kernel.invalid) == python.invalid == [(399, "mac_syntax"), (400, "mac_reserved")]

@@ -8,9 +8,9 @@ import hashlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_helpers import exact_outcome, forbid_process_pools, kernel_and_python, partition_values, read_batches
 from test_contact_client_id_block import value as client_id_value
 
-from airflow_audience_provider.identifiers import fanout, kernel
 from airflow_audience_provider.identifiers.fanout import iter_processed
 from airflow_audience_provider.identifiers.hashing import (
     _process_passthrough_with_kernel,
@@ -18,45 +18,23 @@ from airflow_audience_provider.identifiers.hashing import (
     process_batch,
     uses_kernel,
 )
-from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normaliser_for
+from airflow_audience_provider.identifiers.normalise import normaliser_for
 from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile, get_rule
 from airflow_audience_provider.identifiers.sources import IterableSource
 
 pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
+pytestmark = pytest.mark.usefixtures("fresh_kernel")
 
 SHA256 = get_rule("criteo", "sha256").profile
 CUSTOMER_ID = get_rule("criteo", "customer_id").profile
 CLIENT_ID = get_rule("yandex_audience", "client_id").profile
 
 
-@pytest.fixture(autouse=True)
-def fresh_kernel(monkeypatch):
-    monkeypatch.delenv(kernel.KERNEL_ENV, raising=False)
-    kernel.load_email_kernel.cache_clear()
-    yield
-    kernel.load_email_kernel.cache_clear()
-
-
-def exact(profile: NormalisationProfile, values: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
-    fn = normaliser_for(profile)
-    out, invalid = [], []
-    for i, v in enumerate(values):
-        try:
-            out.append(fn(v))
-        except InvalidIdentifier as exc:
-            invalid.append((i, exc.reason))
-    return sorted(out), invalid
-
-
-def outputs(out) -> list[str]:
-    return sorted(v for text in out.partitions.values() for v in text.split("\n"))
-
-
 def check(profile: NormalisationProfile, values: list[str]) -> None:
-    want, want_invalid = exact(profile, values)
+    want, want_invalid = exact_outcome(normaliser_for(profile), values)
     out = _process_passthrough_with_kernel(values, profile)
     assert out is not None
-    assert outputs(out) == want  # same values (with repeats)
+    assert partition_values(out) == want  # same values (with repeats)
     assert sorted(out.invalid) == want_invalid  # same rows, same reasons
     assert out.count == len(want)
     hashed = profile.hashed_output
@@ -112,12 +90,7 @@ def test_customer_id_kernel_gives_what_the_exact_rule_gives(values: list[str]) -
 def test_partitions_are_sorted_runs_with_the_python_path_keys(monkeypatch) -> None:
     """Partition keys are the CRC-32 ones of the Python path (the snapshot order); each arrives sorted."""
     values = [f"CUST-{i * 7919 % 100000:06d}" for i in range(3000)] + ["", " \u00a0CUST-1\u3000", "a\x00b"]
-    assert uses_kernel(CUSTOMER_ID)
-    with_kernel = process_batch(CUSTOMER_ID, values)
-    monkeypatch.setenv(kernel.KERNEL_ENV, "python")
-    kernel.load_email_kernel.cache_clear()
-    assert not uses_kernel(CUSTOMER_ID)
-    python = process_batch(CUSTOMER_ID, values)
+    with_kernel, python = kernel_and_python(monkeypatch, CUSTOMER_ID, values)
     assert {k: sorted(t.split("\n")) for k, t in with_kernel.partitions.items()} == {
         k: sorted(t.split("\n")) for k, t in python.partitions.items()
     }
@@ -154,27 +127,14 @@ def test_only_unhashed_profiles_of_these_types_pass_through_the_kernel() -> None
 @pytest.mark.parametrize("profile", [SHA256, CUSTOMER_ID, CLIENT_ID])
 def test_parallel_read_uses_threads_not_processes(monkeypatch, profile) -> None:
     """These types no longer start a process pool per sync with two workers."""
-
-    def no_processes(*args, **kwargs):
-        raise AssertionError("a process pool was started")
-
-    monkeypatch.setattr(fanout, "ProcessPoolExecutor", no_processes)
-    monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 64)
-    monkeypatch.setattr(fanout, "KERNEL_PARALLEL_BATCH_ROWS", 64)
+    forbid_process_pools(monkeypatch, 64)
     if profile is SHA256:
         values = [hashlib.sha256(str(i).encode()).hexdigest() if i % 7 else f"bad{i}" for i in range(1000)]
     else:
         values = [f" {i + 1}" if i % 7 else f"x{i}\x01" for i in range(1000)]
-
-    def run(workers: int) -> list[tuple[int, int, list[tuple[int, str]], list[str]]]:
-        return [
-            (b.first_line, o[0].count, sorted(o[0].invalid), outputs(o[0]))
-            for b, o in iter_processed(IterableSource(values), (profile,), batch_size=64, workers=workers)
-        ]
-
-    one = run(1)
+    one = read_batches(values, (profile,), batch_size=64, workers=1)
     assert len(one) == 16
-    assert run(2) == one
+    assert read_batches(values, (profile,), batch_size=64, workers=2) == one
 
 
 def test_parallel_workers_get_smaller_kernel_batches() -> None:

@@ -9,15 +9,17 @@ import phonenumbers
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_helpers import Outcome, assert_kernel_gives, exact_outcome, kernel_and_python, partition_values
+from phonenumbers import PhoneNumberType
 from phonenumbers.phonemetadata import PhoneMetadata
 
-from airflow_audience_provider.identifiers import kernel
-from airflow_audience_provider.identifiers.hashing import _process_with_kernel, process_batch, uses_kernel
+from airflow_audience_provider.identifiers.hashing import _process_with_kernel
 from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_phone
 from airflow_audience_provider.identifiers.phone_fast import PhoneDecider, phone_decider
 from airflow_audience_provider.identifiers.rules import NormalisationProfile, PhoneFormat, get_rule
 
 pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
+pytestmark = pytest.mark.usefixtures("fresh_kernel")
 
 CRITEO = get_rule("criteo", "phone").profile
 YANDEX = get_rule("yandex_audience", "phone").profile
@@ -28,17 +30,11 @@ PROFILES = [
     NormalisationProfile(YANDEX.identifier_type, YANDEX.hash_algorithm, PhoneFormat.DIGITS, default_region="US"),
     NormalisationProfile(CRITEO.identifier_type, CRITEO.hash_algorithm, PhoneFormat.E164, default_region="GB"),
 ]
-_TYPE_NAMES = (
-    "fixed_line",
-    "mobile",
-    "toll_free",
-    "premium_rate",
-    "shared_cost",
-    "voip",
-    "personal_number",
-    "pager",
-    "uan",
-    "voicemail",
+#: The metadata attribute of every number type ``phonenumbers`` names (two have no description of their own).
+_TYPE_NAMES = tuple(
+    name.lower()
+    for name, value in vars(PhoneNumberType).items()
+    if name.isupper() and isinstance(value, int) and name not in ("FIXED_LINE_OR_MOBILE", "UNKNOWN")
 )
 
 
@@ -107,28 +103,15 @@ def written(draw: st.DrawFn) -> str:
     return draw(blank) + lead + digits + draw(blank)
 
 
-def expected(profile: NormalisationProfile, values: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
-    out, invalid = [], []
-    for i, v in enumerate(values):
-        try:
-            out.append(
-                hashlib.sha256(normalise_phone(v, profile.phone_format, profile.default_region).encode()).hexdigest()
-            )
-        except InvalidIdentifier as exc:
-            invalid.append((i, exc.reason))
-    return sorted(out), invalid
+def expected(profile: NormalisationProfile, values: list[str]) -> Outcome:
+    def digest(raw: str) -> str:
+        return hashlib.sha256(normalise_phone(raw, profile.phone_format, profile.default_region).encode()).hexdigest()
+
+    return exact_outcome(digest, values)
 
 
 def digests(out) -> list[str]:
-    return sorted(h for text in out.partitions.values() for h in text.split("\n") if h)
-
-
-@pytest.fixture(autouse=True)
-def fresh_kernel(monkeypatch):
-    monkeypatch.delenv(kernel.KERNEL_ENV, raising=False)
-    kernel.load_email_kernel.cache_clear()
-    yield
-    kernel.load_email_kernel.cache_clear()
+    return partition_values(out, skip_empty=True)
 
 
 @functools.cache
@@ -165,13 +148,7 @@ def test_fast_path_accepts_only_what_the_exact_rule_accepts_with_its_output(prof
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(profile=st.sampled_from(PROFILES), values=st.lists(written(), min_size=1, max_size=30))
 def test_phone_kernel_gives_what_the_exact_rule_gives(profile, values) -> None:
-    want, want_invalid = expected(profile, values)
-    out = _process_with_kernel(values, profile)
-    assert out is not None
-    assert digests(out) == want
-    assert sorted(out.invalid) == want_invalid  # same rows, same reasons
-    assert out.count == len(want)
-    assert all(h[:2] == key for key, text in out.partitions.items() for h in text.split("\n"))
+    assert_kernel_gives(_process_with_kernel(values, profile), expected(profile, values), skip_empty=True)
 
 
 def test_every_example_number_in_international_form_is_decided_by_the_fast_path() -> None:
@@ -227,14 +204,7 @@ def test_other_forms_are_left_to_the_exact_rule(profile, raw) -> None:
 def test_phone_profiles_use_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
     values = [f"+{code}{national}" for code, national in EXAMPLES[::7]] + ["8 999 555 11 11", "+7 1", "", "+7 (999) x"]
     for profile in (CRITEO, YANDEX):
-        assert uses_kernel(profile)
-        with_kernel = process_batch(profile, values)
-        monkeypatch.setenv(kernel.KERNEL_ENV, "python")
-        kernel.load_email_kernel.cache_clear()
-        assert not uses_kernel(profile)
-        python = process_batch(profile, values)
-        monkeypatch.delenv(kernel.KERNEL_ENV)
-        kernel.load_email_kernel.cache_clear()
+        with_kernel, python = kernel_and_python(monkeypatch, profile, values)
         want, want_invalid = expected(profile, values)
         assert digests(with_kernel) == digests(python) == want
         assert sorted(with_kernel.invalid) == python.invalid == want_invalid

@@ -6,26 +6,19 @@ import dataclasses
 import logging
 
 import pytest
+from kernel_helpers import read_batches
 
-from airflow_audience_provider.identifiers import fanout, kernel
-from airflow_audience_provider.identifiers.fanout import iter_processed, read_in_threads
+from airflow_audience_provider.identifiers import fanout
+from airflow_audience_provider.identifiers.fanout import read_in_threads
 from airflow_audience_provider.identifiers.hashing import exact_share
 from airflow_audience_provider.identifiers.rules import get_rule
-from airflow_audience_provider.identifiers.sources import IterableSource
 
 pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
+pytestmark = pytest.mark.usefixtures("fresh_kernel")
 
 CRITEO_RU = dataclasses.replace(get_rule("criteo", "phone").profile, default_region="RU")
 YANDEX_RU = dataclasses.replace(get_rule("yandex_audience", "phone").profile, default_region="RU")
 EMAIL = get_rule("criteo", "email").profile
-
-
-@pytest.fixture(autouse=True)
-def fresh_kernel(monkeypatch):
-    monkeypatch.delenv(kernel.KERNEL_ENV, raising=False)
-    kernel.load_email_kernel.cache_clear()
-    yield
-    kernel.load_email_kernel.cache_clear()
 
 
 def phones(n: int, international_every: int = 0) -> list[str]:
@@ -70,19 +63,9 @@ def test_two_workers_give_what_one_gives_on_the_path_chosen(
     monkeypatch.setattr(fanout, "MP_TASK_ROWS", 256)
     values = phones(1500, international_every)
     profiles = (CRITEO_RU, YANDEX_RU)
-
-    def run(workers: int) -> list[tuple[int, list[tuple[int, list[tuple[int, str]], list[str]]]]]:
-        return [
-            (
-                b.first_line,
-                [(o.count, o.invalid, sorted(h for t in o.partitions.values() for h in t.split("\n"))) for o in outs],
-            )
-            for b, outs in iter_processed(IterableSource(values), profiles, batch_size=256, workers=workers)
-        ]
-
-    one = run(1)
+    one = read_batches(values, profiles, batch_size=256, workers=1)
     with caplog.at_level(logging.INFO, logger=fanout.__name__):
-        two = run(2)
+        two = read_batches(values, profiles, batch_size=256, workers=2)
     assert two == one
     assert len(one) == 6 and sum(o[0] for _, outs in one for o in outs[:1]) == 1500 - 16
     chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Read workers:")]
