@@ -195,30 +195,38 @@ def _rows(n: int, start: int, valid: Callable[[int, bool], str], invalid: Callab
         yield valid(i - 50 if dup else i, dup)
 
 
-def synthetic_phones(n: int, start: int = 0) -> Iterator[str]:
-    """Russian mobiles: 3/4 as ``+7...`` digits, 1/4 written with spaces and brackets (also international)."""
+def _ru_mobiles(
+    n: int, start: int, common: Callable[[int, str], str], other: Callable[[int, str], str], prefix: str
+) -> Iterator[str]:
+    """Russian mobiles (code 9xx, 7-digit subscriber): 3/4 written ``common``, 1/4 and the duplicates ``other``."""
 
     def valid(j: int, dup: bool) -> str:
         sub = f"{(_mix(j) % 10**7):07d}"
-        code = 900 + j % 100
-        if dup or j % 4 == 3:
-            return f" +7 ({code}) {sub[:3]}-{sub[3:5]}-{sub[5:]} "
-        return f"+7{code}{sub}"
+        return (other if dup or j % 4 == 3 else common)(900 + j % 100, sub)
 
-    return _rows(n, start, valid, lambda i: f"+7 {i % 1000}")
+    return _rows(n, start, valid, lambda i: f"{prefix} {i % 1000}")
+
+
+def synthetic_phones(n: int, start: int = 0) -> Iterator[str]:
+    """Russian mobiles: 3/4 as ``+7...`` digits, 1/4 written with spaces and brackets (also international)."""
+    return _ru_mobiles(
+        n,
+        start,
+        lambda code, sub: f"+7{code}{sub}",
+        lambda code, sub: f" +7 ({code}) {sub[:3]}-{sub[3:5]}-{sub[5:]} ",
+        "+7",
+    )
 
 
 def synthetic_phones_national(n: int, start: int = 0) -> Iterator[str]:
     """Russian mobiles as a CRM exports them (``8 (9xx) ...``, ``8 9xx ...``): all left to the exact rule."""
-
-    def valid(j: int, dup: bool) -> str:
-        sub = f"{(_mix(j) % 10**7):07d}"
-        code = 900 + j % 100
-        if dup or j % 4 == 3:
-            return f"8 {code} {sub[:3]} {sub[3:5]} {sub[5:]}"
-        return f"8 ({code}) {sub[:3]}-{sub[3:5]}-{sub[5:]}"
-
-    return _rows(n, start, valid, lambda i: f"8 {i % 1000}")
+    return _ru_mobiles(
+        n,
+        start,
+        lambda code, sub: f"8 ({code}) {sub[:3]}-{sub[3:5]}-{sub[5:]}",
+        lambda code, sub: f"8 {code} {sub[:3]} {sub[3:5]} {sub[5:]}",
+        "8",
+    )
 
 
 def synthetic_maids(n: int, start: int = 0) -> Iterator[str]:
