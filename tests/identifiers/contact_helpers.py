@@ -1,8 +1,14 @@
-"""Helpers shared by the contact-list engine tests (small data only)."""
+"""Helpers shared by the contact-list engine tests: small data, and the exact rule applied row by row."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+
+from airflow_audience_provider.identifiers.normalise import InvalidIdentifier
+
+#: (the outputs; the invalid rows as (index, reason))
+Outcome = tuple[list[str], list[tuple[int, str]]]
 
 
 def sha(value: str) -> str:
@@ -18,3 +24,14 @@ def emails(n: int, start: int = 0) -> list[str]:
 def normalised_emails(n: int, start: int = 0) -> list[str]:
     """The normalised form of :func:`emails`."""
     return [f"user{i}.name@example{i % 7}.com" for i in range(start, start + n)]
+
+
+def exact_outcome(decide: Callable[[str], str], values: list[str], *, sort: bool = True) -> Outcome:
+    """What the exact rule ``decide`` gives row by row: its outputs (sorted if ``sort``), invalid rows with reasons."""
+    out, invalid = [], []
+    for i, v in enumerate(values):
+        try:
+            out.append(decide(v))
+        except InvalidIdentifier as exc:
+            invalid.append((i, exc.reason))
+    return (sorted(out) if sort else out), invalid

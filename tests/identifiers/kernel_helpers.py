@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
+from contact_helpers import Outcome
 
 from airflow_audience_provider.identifiers import fanout, kernel
 from airflow_audience_provider.identifiers.fanout import iter_processed
 from airflow_audience_provider.identifiers.hashing import BatchOutput, process_batch, uses_kernel
-from airflow_audience_provider.identifiers.normalise import InvalidIdentifier
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
 from airflow_audience_provider.identifiers.sources import IterableSource
 
-#: (the outputs, sorted; the invalid rows as (index, reason))
-Outcome = tuple[list[str], list[tuple[int, str]]]
 #: Per batch: its first line, then per profile (count, invalid rows, outputs sorted)
 Batches = list[tuple[int, list[tuple[int, list[tuple[int, str]], list[str]]]]]
-
-
-def exact_outcome(decide: Callable[[str], str], values: list[str]) -> Outcome:
-    """What the exact rule ``decide`` gives row by row: sorted outputs, and each invalid row with its reason."""
-    out, invalid = [], []
-    for i, v in enumerate(values):
-        try:
-            out.append(decide(v))
-        except InvalidIdentifier as exc:
-            invalid.append((i, exc.reason))
-    return sorted(out), invalid
 
 
 def partition_values(out: BatchOutput, *, skip_empty: bool = False) -> list[str]:

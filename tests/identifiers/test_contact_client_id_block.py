@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from contact_helpers import Outcome, exact_outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_audience_provider.identifiers.hashing import process_batch
-from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_batch, normalise_client_id
+from airflow_audience_provider.identifiers.normalise import normalise_batch, normalise_client_id
 from airflow_audience_provider.identifiers.rules import get_rule
 
 PROFILE = get_rule("yandex_audience", "client_id").profile
@@ -22,14 +23,8 @@ blank = st.sampled_from(["", " ", "\t", "\r", "\x0b", "\x0c", "\u00a0", "\x1c", 
 value = st.tuples(blank, client_id, blank).map("".join)
 
 
-def exact(values: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
-    out, invalid = [], []
-    for i, v in enumerate(values):
-        try:
-            out.append(normalise_client_id(v))
-        except InvalidIdentifier as exc:
-            invalid.append((i, exc.reason))
-    return out, invalid
+def exact(values: list[str]) -> Outcome:
+    return exact_outcome(normalise_client_id, values, sort=False)
 
 
 @settings(max_examples=400)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from contact_helpers import Outcome, exact_outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_helpers import Outcome, assert_kernel_gives, exact_outcome, kernel_and_python, partition_values
+from kernel_helpers import assert_kernel_gives, kernel_and_python, partition_values
 
 from airflow_audience_provider.identifiers.hashing import _process_with_kernel, process_batch, uses_kernel
 from airflow_audience_provider.identifiers.normalise import normalise_mac, normalise_maid

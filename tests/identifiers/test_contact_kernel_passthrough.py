@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from contact_helpers import exact_outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_helpers import exact_outcome, forbid_process_pools, kernel_and_python, partition_values, read_batches
+from kernel_helpers import forbid_process_pools, kernel_and_python, partition_values, read_batches
 from test_contact_client_id_block import value as client_id_value
 
 from airflow_audience_provider.identifiers.fanout import iter_processed

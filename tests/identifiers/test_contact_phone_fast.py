@@ -7,9 +7,10 @@ import hashlib
 
 import phonenumbers
 import pytest
+from contact_helpers import Outcome, exact_outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_helpers import Outcome, assert_kernel_gives, exact_outcome, kernel_and_python, partition_values
+from kernel_helpers import assert_kernel_gives, kernel_and_python, partition_values
 from phonenumbers import PhoneNumberType
 from phonenumbers.phonemetadata import PhoneMetadata
 
