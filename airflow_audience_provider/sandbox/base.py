@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -56,6 +57,9 @@ __all__ = [
     "FaultInjector",
     "RequestRates",
     "VendorFake",
+    "control_body",
+    "control_call",
+    "control_error",
     "new_hex_id",
     "request_id_of",
     "rfc3339",
@@ -550,7 +554,8 @@ class VendorFake:
 
 
 # ---------------------------------------------------------------------- control API
-async def _json_body(request: Request) -> dict[str, Any]:
+async def control_body(request: Request) -> dict[str, Any]:
+    """The JSON object body of a control request (``{}`` when empty); ``ValueError`` for anything else."""
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -568,6 +573,15 @@ def control_error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+async def control_call(request: Request, call: Callable[[dict[str, Any]], object], need: str) -> Response:
+    """A vendor control endpoint: ``call(body)``, then ``{"ok": true}``; a bad body is a 400 saying what is needed."""
+    try:
+        call(await control_body(request))
+    except (KeyError, TypeError, ValueError) as exc:
+        return control_error(f"need {need}: {exc}")
+    return JSONResponse({"ok": True})
+
+
 def _control_routes(fake: VendorFake) -> list[BaseRoute]:
     async def health(request: Request) -> Response:
         return JSONResponse({"vendor": fake.name, "status": "ok", "base_url": fake.base_url})
@@ -583,7 +597,7 @@ def _control_routes(fake: VendorFake) -> list[BaseRoute]:
             fake.faults.clear()
             return JSONResponse({"faults": []})
         try:
-            body = await _json_body(request)
+            body = await control_body(request)
             allowed = {"kind", "count", "path_prefix", "method", "status", "retry_after", "delay"}
             unknown = set(body) - allowed
             if unknown:
@@ -615,14 +629,14 @@ def _control_routes(fake: VendorFake) -> list[BaseRoute]:
         if request.method == "GET":
             return JSONResponse({"config": dict(fake.config)})
         try:
-            return JSONResponse({"config": fake.configure(**await _json_body(request))})
+            return JSONResponse({"config": fake.configure(**await control_body(request))})
         except ValueError as exc:
             return control_error(str(exc))
 
     async def clock(request: Request) -> Response:
         if request.method == "POST":
             try:
-                body = await _json_body(request)
+                body = await control_body(request)
                 fake.advance_time(float(body.get("advance", 0)))
             except (TypeError, ValueError) as exc:
                 return control_error(str(exc))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
@@ -678,99 +679,110 @@ class CriteoFake(VendorFake):
             self._preview_only(request, version)
         return version, self._items(await self._body(request)), _Outcome(request_id_of(request))
 
-    async def _seg_create(self, request: Request) -> Response:
-        version, items, bulk = await self._bulk_items(request)
-        api = self._api_of(request)
+    def _each_item(
+        self, version: str, items: list[dict[str, Any]], bulk: _Outcome, write: Callable[[int, dict[str, Any]], None]
+    ) -> Response:
+        """``write(index, item)`` for every item of a bulk write, under the lock; then the partial-approval answer."""
         with self.lock:
             for index, item in enumerate(items):
-                attributes = item.get("attributes") or {}
-                _, owner = self._owner_of(request, attributes)
-                name = str(attributes.get("name") or "").strip()
-                retailer = str(attributes.get("retailerId") or "") if api == "retail_media" else None
-                if not name:
-                    bulk.warn(index, "name-must-not-be-empty", "Segment name property must not be empty")
-                    continue
-                if api == "retail_media" and retailer not in RETAILER_IDS:
-                    bulk.warn(index, "retailer-not-found", f"Retailer {retailer!r} is not linked to account {owner}")
-                    continue
-                if api == "marketing_solutions" and owner != self.advertiser_id:
-                    raise ApiError(403, f"No consent for advertiser {owner}", "insufficient-advertisers-permissions")
-                if attributes.get("events") is not None or attributes.get("contactList") is None:
-                    bulk.warn(
-                        index, "segment-type-not-supported", "Only contact-list segments can be created through the API"
-                    )
-                    continue
-                id_type = (attributes.get("contactList") or {}).get("identifierType") or "Email"
-                if api == "retail_media" and id_type not in RM_SEGMENT_TYPES:
-                    raise ApiError(400, f"Unknown identifierType {id_type!r}", "validation-error")
-                taken = any(
-                    s["name"] == name and s["retailerId"] == retailer for s in self._owned(self._segments, api, owner)
-                )
-                if taken:
-                    bulk.warn(index, "name-must-be-unique", f"Segment name {name!r} is already used")
-                    continue
-                seg = self.add_segment(
-                    name,
-                    api=api,
-                    retailer_id=retailer or "",
-                    identifier_type=id_type,
-                    description=attributes.get("description"),
-                )
-                bulk.data.append(seg)
+                write(index, item)
         return self._answer(bulk.body(), version)
+
+    async def _seg_create(self, request: Request) -> Response:
+        version, items, bulk = await self._bulk_items(request)
+
+        def create(index: int, item: dict[str, Any]) -> None:
+            attributes = item.get("attributes") or {}
+            api, owner = self._owner_of(request, attributes)
+            name = str(attributes.get("name") or "").strip()
+            retailer = str(attributes.get("retailerId") or "") if api == "retail_media" else None
+            if not name:
+                bulk.warn(index, "name-must-not-be-empty", "Segment name property must not be empty")
+                return
+            if api == "retail_media" and retailer not in RETAILER_IDS:
+                bulk.warn(index, "retailer-not-found", f"Retailer {retailer!r} is not linked to account {owner}")
+                return
+            if api == "marketing_solutions" and owner != self.advertiser_id:
+                raise ApiError(403, f"No consent for advertiser {owner}", "insufficient-advertisers-permissions")
+            if attributes.get("events") is not None or attributes.get("contactList") is None:
+                bulk.warn(
+                    index, "segment-type-not-supported", "Only contact-list segments can be created through the API"
+                )
+                return
+            id_type = (attributes.get("contactList") or {}).get("identifierType") or "Email"
+            if api == "retail_media" and id_type not in RM_SEGMENT_TYPES:
+                raise ApiError(400, f"Unknown identifierType {id_type!r}", "validation-error")
+            taken = any(
+                s["name"] == name and s["retailerId"] == retailer for s in self._owned(self._segments, api, owner)
+            )
+            if taken:
+                bulk.warn(index, "name-must-be-unique", f"Segment name {name!r} is already used")
+                return
+            seg = self.add_segment(
+                name,
+                api=api,
+                retailer_id=retailer or "",
+                identifier_type=id_type,
+                description=attributes.get("description"),
+            )
+            bulk.data.append(seg)
+
+        return self._each_item(version, items, bulk, create)
 
     async def _seg_update(self, request: Request) -> Response:
         version, items, bulk = await self._bulk_items(request)
         api, owner = self._owner_of(request)
-        with self.lock:
-            for index, item in enumerate(items):
-                seg = self._segments.get(str(item.get("id")))
-                attributes = item.get("attributes") or {}
-                if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
-                    bulk.warn(index, "segment-not-found", f"Segment {item.get('id')} is not found")
-                    continue
-                if "name" in attributes:
-                    name = str(attributes.get("name") or "").strip()
-                    if not name:
-                        bulk.warn(index, "name-must-not-be-empty", "Segment name property must not be empty")
-                        continue
-                    if any(
-                        s["name"] == name and s["id"] != seg["id"] and s["retailerId"] == seg["retailerId"]
-                        for s in self._owned(self._segments, api, seg["owner"])
-                    ):
-                        bulk.warn(index, "name-must-be-unique", f"Segment name {name!r} is already used")
-                        continue
-                    seg["name"] = name
-                if "description" in attributes:
-                    wrapper = attributes["description"]
-                    if wrapper is not None and not isinstance(wrapper, dict):
-                        raise ApiError(400, "description must be an object {'value': ...}", "validation-error")
-                    seg["description"] = (wrapper or {}).get("value")
-                seg["updatedAt"] = self.now()
-                bulk.data.append(self._render_segment(seg))
-        return self._answer(bulk.body(), version)
+
+        def update(index: int, item: dict[str, Any]) -> None:
+            seg = self._segments.get(str(item.get("id")))
+            attributes = item.get("attributes") or {}
+            if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
+                bulk.warn(index, "segment-not-found", f"Segment {item.get('id')} is not found")
+                return
+            if "name" in attributes:
+                name = str(attributes.get("name") or "").strip()
+                if not name:
+                    bulk.warn(index, "name-must-not-be-empty", "Segment name property must not be empty")
+                    return
+                if any(
+                    s["name"] == name and s["id"] != seg["id"] and s["retailerId"] == seg["retailerId"]
+                    for s in self._owned(self._segments, api, seg["owner"])
+                ):
+                    bulk.warn(index, "name-must-be-unique", f"Segment name {name!r} is already used")
+                    return
+                seg["name"] = name
+            if "description" in attributes:
+                wrapper = attributes["description"]
+                if wrapper is not None and not isinstance(wrapper, dict):
+                    raise ApiError(400, "description must be an object {'value': ...}", "validation-error")
+                seg["description"] = (wrapper or {}).get("value")
+            seg["updatedAt"] = self.now()
+            bulk.data.append(self._render_segment(seg))
+
+        return self._each_item(version, items, bulk, update)
 
     async def _seg_delete(self, request: Request) -> Response:
         version, items, bulk = await self._bulk_items(request)
         api, owner = self._owner_of(request)
-        with self.lock:
-            for index, item in enumerate(items):
-                sid = str(item.get("id"))
-                seg = self._segments.get(sid)
-                if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
-                    bulk.warn(index, "segment-not-found", f"Segment {sid} is not found")
-                    continue
-                if any(sid in self._uses(a["algebra"]) for a in self._audiences.values()):
-                    bulk.error(
-                        index,
-                        "segment-must-not-be-used-in-audience",
-                        "The segment must be removed from all audiences to be able to delete it",
-                    )
-                    continue
-                del self._segments[sid]
-                self._ops.pop(sid, None)
-                bulk.data.append({"id": sid, "type": item.get("type") or "AudienceSegment", "attributes": {}})
-        return self._answer(bulk.body(), version)
+
+        def delete(index: int, item: dict[str, Any]) -> None:
+            sid = str(item.get("id"))
+            seg = self._segments.get(sid)
+            if seg is None or seg["api"] != api or (api == "retail_media" and seg["owner"] != owner):
+                bulk.warn(index, "segment-not-found", f"Segment {sid} is not found")
+                return
+            if any(sid in self._uses(a["algebra"]) for a in self._audiences.values()):
+                bulk.error(
+                    index,
+                    "segment-must-not-be-used-in-audience",
+                    "The segment must be removed from all audiences to be able to delete it",
+                )
+                return
+            del self._segments[sid]
+            self._ops.pop(sid, None)
+            bulk.data.append({"id": sid, "type": item.get("type") or "AudienceSegment", "attributes": {}})
+
+        return self._each_item(version, items, bulk, delete)
 
     def _search_pool(
         self, request: Request, api: str, attributes: dict[str, Any], table: dict[str, dict[str, Any]]
@@ -782,12 +794,24 @@ class CriteoFake(VendorFake):
         owners = {str(a) for a in attributes.get("advertiserIds") or [self.advertiser_id]}
         return [o for o in table.values() if o["api"] == api and o["owner"] in owners]
 
-    async def _seg_search(self, request: Request) -> Response:
+    async def _search(
+        self,
+        request: Request,
+        table: dict[str, dict[str, Any]],
+        narrow: Callable[[list[dict[str, Any]], dict[str, Any]], list[dict[str, Any]]],
+        render: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> Response:
+        """A search of ``table``: what the caller may see, ``narrow``-ed by the filters, rendered by id, paged."""
         version = self._version(request)
         attributes = self._single(await self._body(request))
         api = self._api_of(request)
         with self.lock:
-            pool = self._search_pool(request, api, attributes, self._segments)
+            pool = narrow(self._search_pool(request, api, attributes, table), attributes)
+            rendered = [render(o) for o in sorted(pool, key=lambda o: int(o["id"]))]
+        return self._answer(self._page(request, rendered, 500 if api == "retail_media" else 100), version)
+
+    async def _seg_search(self, request: Request) -> Response:
+        def narrow(pool: list[dict[str, Any]], attributes: dict[str, Any]) -> list[dict[str, Any]]:
             if attributes.get("audienceSegmentIds"):
                 wanted = {str(i) for i in attributes["audienceSegmentIds"]}
                 pool = [s for s in pool if s["id"] in wanted]
@@ -795,8 +819,9 @@ class CriteoFake(VendorFake):
                 pool = [s for s in pool if s["retailerId"] in {str(r) for r in attributes["retailerIds"]}]
             if attributes.get("audienceSegmentTypes"):
                 pool = [s for s in pool if s["type"] in attributes["audienceSegmentTypes"]]
-            rendered = [self._render_segment(s) for s in sorted(pool, key=lambda s: int(s["id"]))]
-        return self._answer(self._page(request, rendered, 500 if api == "retail_media" else 100), version)
+            return pool
+
+        return await self._search(request, self._segments, narrow, self._render_segment)
 
     async def _seg_sizes(self, request: Request) -> Response:
         version = self._version(request)
@@ -1050,11 +1075,7 @@ class CriteoFake(VendorFake):
             raise ApiError(404, "This audience operation exists in the preview version only", "resource-not-found")
 
     async def _aud_search(self, request: Request) -> Response:
-        version = self._version(request)
-        attributes = self._single(await self._body(request))
-        api = self._api_of(request)
-        with self.lock:
-            pool = self._search_pool(request, api, attributes, self._audiences)
+        def narrow(pool: list[dict[str, Any]], attributes: dict[str, Any]) -> list[dict[str, Any]]:
             if attributes.get("audienceIds"):
                 pool = [a for a in pool if a["id"] in {str(i) for i in attributes["audienceIds"]}]
             if attributes.get("audienceSegmentIds"):
@@ -1062,77 +1083,80 @@ class CriteoFake(VendorFake):
                 pool = [a for a in pool if self._uses(a["algebra"]) & wanted]
             if attributes.get("retailerIds"):
                 pool = [a for a in pool if a["retailerId"] in {str(r) for r in attributes["retailerIds"]}]
-            rendered = [self._render_audience(a) for a in sorted(pool, key=lambda a: int(a["id"]))]
-        return self._answer(self._page(request, rendered, 500 if api == "retail_media" else 100), version)
+            return pool
+
+        return await self._search(request, self._audiences, narrow, self._render_audience)
 
     async def _aud_create(self, request: Request) -> Response:
         version, items, bulk = await self._bulk_items(request, preview_only=True)
-        api = self._api_of(request)
-        with self.lock:
-            for index, item in enumerate(items):
-                attributes = item.get("attributes") or {}
-                _, owner = self._owner_of(request, attributes)
-                name = str(attributes.get("name") or "").strip()
-                if not name:
-                    bulk.warn(index, "name-must-not-be-empty", "Audience name must not be empty")
-                    continue
-                if any(a["name"] == name for a in self._owned(self._audiences, api, owner)):
-                    bulk.warn(index, "name-must-be-unique", f"Audience name {name!r} is already used")
-                    continue
-                problem = self._algebra_problem(attributes.get("algebra"), api, owner)
-                if problem:
-                    code = "segment-not-found" if "not found" in problem else "invalid-algebra"
-                    bulk.warn(index, code, problem, title="Invalid algebra")
-                    continue
-                aud = self.add_audience(
-                    name, attributes["algebra"], api=api, retailer_id=str(attributes.get("retailerId") or "")
-                )
-                self._audiences[aud["id"]]["description"] = attributes.get("description")
-                bulk.data.append(self._render_audience(self._audiences[aud["id"]]))
-        return self._answer(bulk.body(), version)
+
+        def create(index: int, item: dict[str, Any]) -> None:
+            attributes = item.get("attributes") or {}
+            api, owner = self._owner_of(request, attributes)
+            name = str(attributes.get("name") or "").strip()
+            if not name:
+                bulk.warn(index, "name-must-not-be-empty", "Audience name must not be empty")
+                return
+            if any(a["name"] == name for a in self._owned(self._audiences, api, owner)):
+                bulk.warn(index, "name-must-be-unique", f"Audience name {name!r} is already used")
+                return
+            problem = self._algebra_problem(attributes.get("algebra"), api, owner)
+            if problem:
+                code = "segment-not-found" if "not found" in problem else "invalid-algebra"
+                bulk.warn(index, code, problem, title="Invalid algebra")
+                return
+            aud = self.add_audience(
+                name, attributes["algebra"], api=api, retailer_id=str(attributes.get("retailerId") or "")
+            )
+            self._audiences[aud["id"]]["description"] = attributes.get("description")
+            bulk.data.append(self._render_audience(self._audiences[aud["id"]]))
+
+        return self._each_item(version, items, bulk, create)
 
     async def _aud_update(self, request: Request) -> Response:
         version, items, bulk = await self._bulk_items(request, preview_only=True)
         api, _ = self._owner_of(request)
-        with self.lock:
-            for index, item in enumerate(items):
-                aud = self._audiences.get(str(item.get("id")))
-                attributes = item.get("attributes") or {}
-                if aud is None or aud["api"] != api:
-                    bulk.warn(index, "audience-not-found", f"Audience {item.get('id')} is not found")
-                    continue
-                if "algebra" in attributes:
-                    problem = self._algebra_problem(attributes["algebra"], api, aud["owner"])
-                    if problem:
-                        bulk.warn(index, "invalid-algebra", problem)
-                        continue
-                    aud["algebra"] = attributes["algebra"]
-                if "name" in attributes:
-                    if not str(attributes["name"] or "").strip():
-                        bulk.warn(index, "name-must-not-be-empty", "Audience name must not be empty")
-                        continue
-                    aud["name"] = str(attributes["name"]).strip()
-                if "description" in attributes:
-                    aud["description"] = (attributes["description"] or {}).get("value")
-                aud["updatedAt"] = self.now()
-                bulk.data.append(self._render_audience(aud))
-        return self._answer(bulk.body(), version)
+
+        def update(index: int, item: dict[str, Any]) -> None:
+            aud = self._audiences.get(str(item.get("id")))
+            attributes = item.get("attributes") or {}
+            if aud is None or aud["api"] != api:
+                bulk.warn(index, "audience-not-found", f"Audience {item.get('id')} is not found")
+                return
+            if "algebra" in attributes:
+                problem = self._algebra_problem(attributes["algebra"], api, aud["owner"])
+                if problem:
+                    bulk.warn(index, "invalid-algebra", problem)
+                    return
+                aud["algebra"] = attributes["algebra"]
+            if "name" in attributes:
+                if not str(attributes["name"] or "").strip():
+                    bulk.warn(index, "name-must-not-be-empty", "Audience name must not be empty")
+                    return
+                aud["name"] = str(attributes["name"]).strip()
+            if "description" in attributes:
+                aud["description"] = (attributes["description"] or {}).get("value")
+            aud["updatedAt"] = self.now()
+            bulk.data.append(self._render_audience(aud))
+
+        return self._each_item(version, items, bulk, update)
 
     async def _aud_delete(self, request: Request) -> Response:
         version, items, bulk = await self._bulk_items(request, preview_only=True)
         api, _ = self._owner_of(request)
-        with self.lock:
-            for index, item in enumerate(items):
-                aid = str(item.get("id"))
-                aud = self._audiences.get(aid)
-                if aud is None or aud["api"] != api:
-                    bulk.warn(index, "audience-not-found", f"Audience {aid} is not found")
-                    continue
-                del self._audiences[aid]
-                for target in self._targets.values():
-                    target["audienceIds"] = [a for a in target["audienceIds"] if a != aid]
-                bulk.data.append({"id": aid, "type": item.get("type") or "Audience", "attributes": {}})
-        return self._answer(bulk.body(), version)
+
+        def delete(index: int, item: dict[str, Any]) -> None:
+            aid = str(item.get("id"))
+            aud = self._audiences.get(aid)
+            if aud is None or aud["api"] != api:
+                bulk.warn(index, "audience-not-found", f"Audience {aid} is not found")
+                return
+            del self._audiences[aid]
+            for target in self._targets.values():
+                target["audienceIds"] = [a for a in target["audienceIds"] if a != aid]
+            bulk.data.append({"id": aid, "type": item.get("type") or "Audience", "attributes": {}})
+
+        return self._each_item(version, items, bulk, delete)
 
     def _universe(self, api: str) -> set[str]:
         return set().union(*(self._visible_members(s["id"]) for s in self._segments.values() if s["api"] == api))
@@ -1207,23 +1231,27 @@ class CriteoFake(VendorFake):
             return self._target_answer(line_item, version)
 
     async def _targeting_append(self, request: Request) -> Response:
-        version = self._version(request)
-        attributes = self._single(await self._body(request))
-        line_item = request.path_params["line_item"]
-        with self.lock:
-            ids = self._known_audiences(attributes.get("audienceIds"))
-            target = self._targets.setdefault(line_item, {"scope": "include", "audienceIds": []})
-            target["audienceIds"] = target["audienceIds"] + [i for i in ids if i not in target["audienceIds"]]
-            return self._target_answer(line_item, version)
+        return await self._retarget(request, append=True)
 
     async def _targeting_delete(self, request: Request) -> Response:
+        return await self._retarget(request, append=False)
+
+    async def _retarget(self, request: Request, *, append: bool) -> Response:
+        """Append known audiences to a line item's targeting, or take audiences out of it."""
         version = self._version(request)
         attributes = self._single(await self._body(request))
         line_item = request.path_params["line_item"]
         with self.lock:
-            ids = {str(i) for i in attributes.get("audienceIds") or []}
+            if append:
+                ids = self._known_audiences(attributes.get("audienceIds"))
+            else:
+                ids = [str(i) for i in attributes.get("audienceIds") or []]
             target = self._targets.setdefault(line_item, {"scope": "include", "audienceIds": []})
-            target["audienceIds"] = [i for i in target["audienceIds"] if i not in ids]
+            current = target["audienceIds"]
+            if append:
+                target["audienceIds"] = current + [i for i in ids if i not in current]
+            else:
+                target["audienceIds"] = [i for i in current if i not in ids]
             return self._target_answer(line_item, version)
 
     async def _ad_set_audience(self, request: Request) -> Response:

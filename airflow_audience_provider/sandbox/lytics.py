@@ -71,6 +71,7 @@ from airflow_audience_provider.sandbox.base import (
     ApiError,
     ErrorReply,
     VendorFake,
+    control_body,
     control_error,
     json_object_body,
     new_hex_id,
@@ -933,11 +934,8 @@ class LyticsFake(VendorFake):
         """``/_sandbox/lytics/{fail_reevaluation,stall_reevaluation,export_job,state}``."""
 
         async def body_of(request: Request) -> dict[str, Any]:
-            try:
-                body = json.loads(await request.body() or b"{}")
-            except ValueError as exc:
-                raise ValueError(f"body is not JSON: {exc}") from None
-            if not isinstance(body, dict) or not isinstance(body.get("segment_id"), str):
+            body = await control_body(request)
+            if not isinstance(body.get("segment_id"), str):
                 raise ValueError("body must be a JSON object with 'segment_id'")
             return body
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
-import json
 import math
 import re
 import secrets
@@ -67,6 +66,8 @@ from airflow_audience_provider.sandbox.base import (
     ApiError,
     ErrorReply,
     VendorFake,
+    control_body,
+    control_call,
     control_error,
     json_object_body,
     request_id_of,
@@ -777,34 +778,23 @@ class SegmentFake(VendorFake):
     def control_routes(self) -> list[BaseRoute]:
         """``/_sandbox/segment/{fail_compute,set_status,fail_preview,state}``."""
 
-        async def body_of(request: Request) -> dict[str, Any]:
-            try:
-                body = json.loads(await request.body() or b"{}")
-            except ValueError as exc:
-                raise ValueError(f"body is not JSON: {exc}") from None
-            if not isinstance(body, dict):
-                raise ValueError("body must be a JSON object")
-            return body
-
         async def fail_compute(request: Request) -> Response:
-            try:
-                body = await body_of(request)
-                self.fail_next_compute(str(body["audience_id"]), str(body.get("status", "Failed")))
-            except (KeyError, ValueError) as exc:
-                return control_error(f"need audience_id: {exc}")
-            return JSONResponse({"ok": True})
+            return await control_call(
+                request,
+                lambda body: self.fail_next_compute(str(body["audience_id"]), str(body.get("status", "Failed"))),
+                "audience_id",
+            )
 
         async def set_status(request: Request) -> Response:
-            try:
-                body = await body_of(request)
-                self.set_status(str(body["audience_id"]), str(body["status"]))
-            except (KeyError, ValueError) as exc:
-                return control_error(f"need audience_id and status: {exc}")
-            return JSONResponse({"ok": True})
+            return await control_call(
+                request,
+                lambda body: self.set_status(str(body["audience_id"]), str(body["status"])),
+                "audience_id and status",
+            )
 
         async def fail_preview(request: Request) -> Response:
             try:
-                body = await body_of(request)
+                body = await control_body(request)
             except ValueError as exc:
                 return control_error(str(exc))
             self.fail_next_preview(str(body.get("reason") or "Preview failed"))

@@ -54,7 +54,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import re
 from collections import deque
 from typing import Any, ClassVar
@@ -67,7 +66,7 @@ from airflow_audience_provider.sandbox.base import (
     ApiError,
     ErrorReply,
     VendorFake,
-    control_error,
+    control_call,
     json_object_body,
     request_id_of,
     rfc3339,
@@ -995,12 +994,13 @@ class YandexAudienceFake(VendorFake):
     # ------------------------------------------------------------------ control API
     def control_routes(self) -> list[BaseRoute]:
         async def fail(request: Request) -> Response:
-            try:
-                body = json.loads(await request.body() or b"{}")
-                self.fail_next_processing(int(body["segment_id"]), str(body.get("status") or "processing_failed"))
-            except (KeyError, TypeError, ValueError) as exc:
-                return control_error(f"need segment_id (and status): {exc}")
-            return JSONResponse({"ok": True})
+            return await control_call(
+                request,
+                lambda body: self.fail_next_processing(
+                    int(body["segment_id"]), str(body.get("status") or "processing_failed")
+                ),
+                "segment_id (and status)",
+            )
 
         async def state(request: Request) -> Response:
             return JSONResponse(

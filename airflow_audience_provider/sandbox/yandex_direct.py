@@ -56,7 +56,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from airflow_audience_provider.sandbox.base import ErrorReply, VendorFake, control_error, request_id_of
+from airflow_audience_provider.sandbox.base import ErrorReply, VendorFake, control_call, request_id_of
 
 __all__ = ["YandexDirectFake"]
 
@@ -911,20 +911,20 @@ class YandexDirectFake(VendorFake):
         ``{"id", "name", "status"?}``, ``GET .../state``."""
 
         async def units(request: Request) -> Response:
-            try:
-                body = json.loads(await request.body() or b"{}")
-                self.set_units(int(body["remaining"]), body.get("login", ADVERTISER))
-            except (ValueError, KeyError, TypeError) as exc:
-                return control_error(f"need {{'remaining': int}}: {exc}")
-            return JSONResponse({"ok": True})
+            return await control_call(
+                request,
+                lambda body: self.set_units(int(body["remaining"]), body.get("login", ADVERTISER)),
+                "{'remaining': int}",
+            )
 
         async def segments(request: Request) -> Response:
-            try:
-                body = json.loads(await request.body() or b"{}")
-                self.add_audience_segment(int(body["id"]), str(body["name"]), str(body.get("status", "processed")))
-            except (ValueError, KeyError, TypeError) as exc:
-                return control_error(f"need {{'id': int, 'name': str}}: {exc}")
-            return JSONResponse({"ok": True})
+            return await control_call(
+                request,
+                lambda body: self.add_audience_segment(
+                    int(body["id"]), str(body["name"]), str(body.get("status", "processed"))
+                ),
+                "{'id': int, 'name': str}",
+            )
 
         async def state(request: Request) -> Response:
             with self.lock:
