@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from airflow.sdk import BaseOperator
 
@@ -16,11 +17,15 @@ from airflow_audience_provider.core.errors import AudienceError, AudiencePartial
 from airflow_audience_provider.core.waiting import judge, log_judgement, outcome
 
 if TYPE_CHECKING:
+    from airflow_audience_provider.connections import ConnectionSpec
     from airflow_audience_provider.core.hook import AudienceHook
     from airflow_audience_provider.core.results import PollResult
     from airflow_audience_provider.core.transport import Timeouts
 
 log = logging.getLogger(__name__)
+
+#: The vendor hook an operator builds; a vendor base names it: ``AudienceBaseOperator["CriteoHook"]``.
+HookT = TypeVar("HookT", bound="AudienceHook")
 
 #: What an operator does when the vendor refuses some items of a multi-item call.
 PARTIAL_FAILURE_MODES = ("fail", "warn")
@@ -33,10 +38,11 @@ def partial_failure_mode(name: str, value: str) -> str:
     return value
 
 
-class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
-    """Base of the vendor operators. Each vendor base names its connection attribute
-    (``<vendor>_conn_id``, returned by :attr:`conn_id`) and builds its hook in a cached ``hook``
-    property that imports the hook class on first use, so DAG parsing stays cheap.
+class AudienceBaseOperator(AssetEmitterMixin, BaseOperator, Generic[HookT]):
+    """Base of the vendor operators. Each vendor base names its connection type (``spec``, as its
+    hook does): the attribute holding the connection id (``<vendor>_conn_id``, returned by
+    :attr:`conn_id`) and the hook class, which the cached ``hook`` property imports on first use, so
+    DAG parsing stays cheap.
 
     :param connect_timeout: seconds to wait for a connection, overriding the Airflow connection.
     :param read_timeout: seconds to wait for each read, overriding the Airflow connection.
@@ -59,15 +65,24 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
 
+    #: the vendor's connection type: names the connection-id attribute and the hook class.
+    spec: ClassVar[ConnectionSpec]
+
     @property
     def conn_id(self) -> str:
         """The Airflow connection id: the vendor base's ``<vendor>_conn_id`` (possibly rendered)."""
-        raise NotImplementedError
+        return getattr(self, self.spec.conn_name_attr)
 
     @cached_property
-    def hook(self) -> AudienceHook:
+    def hook(self) -> HookT:
         """The vendor hook of this task, built on first use (after the connection id is rendered)."""
-        raise NotImplementedError
+        module, _, name = self.spec.hook_class.rpartition(".")
+        hook_class = getattr(importlib.import_module(module), name)  # the hook imports requests: not at DAG parse
+        return hook_class(self.conn_id, timeouts=self.timeouts(), **self.hook_options())
+
+    def hook_options(self) -> dict[str, Any]:
+        """The vendor hook's own arguments, besides the connection id and the timeouts."""
+        return {}
 
     def settle_partial_failure(
         self,

@@ -34,7 +34,7 @@ from airflow_audience_provider.core.errors import (
     AudienceValidationError,
 )
 from airflow_audience_provider.core.events import upload_counts
-from airflow_audience_provider.operators.base import AudienceBaseOperator
+from airflow_audience_provider.operators.base import AudienceBaseOperator, HookT
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -100,7 +100,7 @@ def native_source(value: Any) -> Any:
     return value
 
 
-class ContactListUploadOperator(AudienceBaseOperator):
+class ContactListUploadOperator(AudienceBaseOperator[HookT]):
     """Base of the contact-list upload operators (one upload path for every vendor).
 
     Subclasses set :attr:`vendor` and implement :meth:`destination_key`, :meth:`prepare`,

@@ -13,7 +13,6 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.connections import CRITEO
@@ -27,14 +26,15 @@ from airflow_audience_provider.operators.contact_list import MODES, ContactListU
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_audience_provider.hooks.criteo import CriteoHook
+    from airflow_audience_provider.hooks.criteo import CriteoHook  # noqa: F401 (the vendor base's hook type, quoted)
 
 SEGMENT_ASSET_ALIAS = "criteo-segments"
 AUDIENCE_ASSET_ALIAS = "criteo-audiences"
 UPLOAD_MODES = MODES
 
 
-class _CriteoOperator(AudienceBaseOperator):
+class _CriteoOperator(AudienceBaseOperator["CriteoHook"]):
+    spec = CRITEO
     default_asset_alias = SEGMENT_ASSET_ALIAS
 
     def __init__(
@@ -47,16 +47,6 @@ class _CriteoOperator(AudienceBaseOperator):
         super().__init__(**kwargs)
         self.criteo_conn_id = criteo_conn_id
         self.on_partial_failure = partial_failure_mode("on_partial_failure", on_partial_failure)
-
-    @property
-    def conn_id(self) -> str:
-        return self.criteo_conn_id
-
-    @cached_property
-    def hook(self) -> CriteoHook:
-        from airflow_audience_provider.hooks.criteo import CriteoHook  # the hook imports requests: not at DAG parse
-
-        return CriteoHook(self.criteo_conn_id, timeouts=self.timeouts())
 
     def _remember_deleted(self, context: Context, kind: str, ids: list[str]) -> None:
         """Report deleted objects to OpenLineage: they changed. Delete operators do not emit Asset
@@ -317,7 +307,7 @@ class CriteoDeleteSegmentsOperator(_CriteoOperator):
         return summary
 
 
-class CriteoUploadContactListOperator(ContactListUploadOperator, _CriteoOperator):
+class CriteoUploadContactListOperator(ContactListUploadOperator["CriteoHook"], _CriteoOperator):
     """Upload identifiers to a Criteo contact-list segment with the contact-list engine.
 
     Identifiers are read from a file or an upstream result, normalised, validated and hashed by the

@@ -7,7 +7,6 @@ name before anything is created, so a retried task updates instead of duplicatin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
@@ -23,27 +22,18 @@ from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_audience_provider.hooks.lytics import LyticsHook
+    from airflow_audience_provider.hooks.lytics import LyticsHook  # noqa: F401 (the vendor base's hook type, quoted)
 
 ASSET_ALIAS = "lytics-segments"
 
 
-class _LyticsOperator(AudienceBaseOperator):
+class _LyticsOperator(AudienceBaseOperator["LyticsHook"]):
+    spec = LYTICS
     default_asset_alias = ASSET_ALIAS
 
     def __init__(self, *, lytics_conn_id: str = LYTICS.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.lytics_conn_id = lytics_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.lytics_conn_id
-
-    @cached_property
-    def hook(self) -> LyticsHook:
-        from airflow_audience_provider.hooks.lytics import LyticsHook  # the hook imports requests: not at DAG parse
-
-        return LyticsHook(self.lytics_conn_id, timeouts=self.timeouts())
 
     def _segment_result(self, context: Context, segment: dict[str, Any], **fields: Any) -> dict[str, Any]:
         """Push the id and link at once, and build the small XCom result."""

@@ -18,7 +18,6 @@ retries (the lock clears by itself).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
@@ -39,12 +38,12 @@ from airflow_audience_provider.triggers.segment import SegmentAudienceEditableTr
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_audience_provider.hooks.segment import SegmentHook
+    from airflow_audience_provider.hooks.segment import SegmentHook  # noqa: F401 (the vendor base's hook type, quoted)
 
 ASSET_ALIAS = "segment-audiences"
 
 
-class _SegmentOperator(AudienceBaseOperator):
+class _SegmentOperator(AudienceBaseOperator["SegmentHook"]):
     """Shared arguments: the connection, the space, and how long to wait for the edit lock.
 
     :param segment_conn_id: the Segment connection.
@@ -54,6 +53,7 @@ class _SegmentOperator(AudienceBaseOperator):
     :param deferrable: wait for the lock in the triggerer (default: ``[operators] default_deferrable``).
     """
 
+    spec = SEGMENT
     default_asset_alias = ASSET_ALIAS
     ui_color = "#e8f5e9"
 
@@ -73,16 +73,6 @@ class _SegmentOperator(AudienceBaseOperator):
         self.lock_timeout = lock_timeout
         self.lock_poll_interval = lock_poll_interval
         self.deferrable = deferrable
-
-    @property
-    def conn_id(self) -> str:
-        return self.segment_conn_id
-
-    @cached_property
-    def hook(self) -> SegmentHook:
-        from airflow_audience_provider.hooks.segment import SegmentHook  # the hook imports requests: not at DAG parse
-
-        return SegmentHook(self.segment_conn_id, timeouts=self.timeouts())
 
     def _publish(self, context: Context, space: str, audience: dict[str, Any], **fields: Any) -> dict[str, Any]:
         """Push the id and the link at once, and build the small XCom result."""

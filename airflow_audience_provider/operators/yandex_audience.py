@@ -13,7 +13,6 @@ import hashlib
 import re
 import threading
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_audience_provider.connections import YANDEX_AUDIENCE
@@ -49,24 +48,14 @@ CONTENT_TYPE_BY_IDENTIFIER = {
 }
 
 
-class _YandexAudienceOperator(AudienceBaseOperator):
+class _YandexAudienceOperator(AudienceBaseOperator["YandexAudienceHook"]):
+    spec = YANDEX_AUDIENCE
     default_asset_alias = ASSET_ALIAS
     on_item_error = "fail"  # the multi-item operators take it as a parameter
 
     def __init__(self, *, yandex_audience_conn_id: str = YANDEX_AUDIENCE.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.yandex_audience_conn_id = yandex_audience_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.yandex_audience_conn_id
-
-    @cached_property
-    def hook(self) -> YandexAudienceHook:
-        # the hook imports requests: not at DAG parse
-        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
-
-        return YandexAudienceHook(self.yandex_audience_conn_id, timeouts=self.timeouts())
 
     def _push_segment(self, context: Context, segment_id: Any) -> None:
         """Push the id and the link as soon as the segment exists, so a failed task still links to it."""
@@ -115,7 +104,7 @@ def _item_error(ref: Any, exc: Any) -> dict[str, Any]:
     return {"input": ref, "error": type(exc).__name__, "code": exc.code, "message": exc.message}
 
 
-class YandexAudienceUploadContactListOperator(ContactListUploadOperator, _YandexAudienceOperator):
+class YandexAudienceUploadContactListOperator(ContactListUploadOperator["YandexAudienceHook"], _YandexAudienceOperator):
     """Create or update a Yandex.Audience file segment from a contact list, idempotently by name.
 
     The list (e-mails, phones, mobile advertising ids, MAC addresses, Metrica ClientIDs, or SHA-256

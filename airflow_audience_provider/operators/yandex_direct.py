@@ -17,7 +17,6 @@ carries the points this task spent (``units``), read from Direct's ``Units`` hea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
 ALREADY_EXISTS = 9801
 
 
-class _YandexDirectOperator(AudienceBaseOperator):
+class _YandexDirectOperator(AudienceBaseOperator["YandexDirectHook"]):
     """Shared by the Yandex Direct operators: connection, Client-Login, item-error policy, units.
 
     :param yandex_direct_conn_id: Airflow connection of type ``yandex_direct``.
@@ -57,6 +56,8 @@ class _YandexDirectOperator(AudienceBaseOperator):
     :param on_item_error: ``"fail"`` (default) fails the task when an item failed, after the others
         were applied; ``"warn"`` logs it and succeeds.
     """
+
+    spec = YANDEX_DIRECT
 
     def __init__(
         self,
@@ -72,18 +73,8 @@ class _YandexDirectOperator(AudienceBaseOperator):
         self.client_login = client_login
         self.on_item_error = partial_failure_mode("on_item_error", on_item_error)
 
-    @property
-    def conn_id(self) -> str:
-        return self.yandex_direct_conn_id
-
-    @cached_property
-    def hook(self) -> YandexDirectHook:
-        # the hook imports requests: not at DAG parse
-        from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
-
-        return YandexDirectHook(
-            self.yandex_direct_conn_id, client_login=self.client_login or None, timeouts=self.timeouts()
-        )
+    def hook_options(self) -> dict[str, Any]:
+        return {"client_login": self.client_login or None}
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Run the operation; whatever happens, log the points this task spent (Direct charges errors too)."""
