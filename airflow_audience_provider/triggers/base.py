@@ -1,8 +1,8 @@
 """The one way to wait: a polling trigger with a deadline and a consecutive-failure budget.
 
-A vendor trigger names its hook and one *status function* of that hook (the same function
-the sensor's ``poke`` calls), so poke mode, reschedule mode, deferrable mode and operator
-waits all judge the vendor's answer by the same code. The trigger:
+A vendor trigger names its hook class and one *status method* of that hook (the same method
+the sensor's ``poke`` calls) in :meth:`~AudiencePollingTrigger.polls`, so poke mode, reschedule
+mode, deferrable mode and operator waits all judge the vendor's answer by the same code. The trigger:
 
 * builds its hook (the first one imports the vendor module) and runs each status call in a
   worker thread and resolves the connection asynchronously, so the triggerer's event loop
@@ -24,7 +24,8 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -33,11 +34,24 @@ from airflow_audience_provider.core.offload import to_thread
 from airflow_audience_provider.core.results import EventStatus, PollResult, make_event
 from airflow_audience_provider.core.waiting import Judgement, error_event, final_event, judge, log_judgement
 
+if TYPE_CHECKING:
+    from airflow_audience_provider.core.hook import AudienceHook
+
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class HookStatus:
+    """What a wait polls: a vendor hook class and its status method, e.g.
+    ``HookStatus(LyticsHook, LyticsHook.reevaluation_status)``."""
+
+    hook_class: type[AudienceHook]
+    #: the status method as defined on ``hook_class``; it is called on the hook, ``hook.<method>(**status_kwargs)``
+    method: Callable[..., PollResult]
+
+
 class AudiencePollingTrigger(BaseTrigger):
-    """Poll the hook's status function (:meth:`status_function`) until done, failed or the deadline.
+    """Poll the hook's status method (named by :meth:`polls`) until done, failed or the deadline.
 
     :param conn_id: the Airflow connection id (never the token: kwargs are stored in the DB).
     :param status_kwargs: JSON-simple arguments of the status function.
@@ -118,15 +132,25 @@ class AudiencePollingTrigger(BaseTrigger):
             },
         )
 
-    @classmethod
-    def build_hook(cls, conn_id: str) -> Any:
-        """The vendor hook for ``conn_id``; the vendor module imports its hook class here, on first use."""
+    @staticmethod
+    def polls() -> HookStatus:
+        """The vendor hook class and the status method this trigger polls: the one its sensor's ``poke`` calls.
+
+        The vendor trigger imports its hook class inside this method, on first use: hook modules
+        import requests, which DAG parsing must not load.
+        """
         raise NotImplementedError
 
-    @staticmethod
-    def status_function(hook: Any) -> Callable[..., PollResult]:
-        """The hook's status function this trigger polls: the one its sensor's ``poke`` calls."""
-        raise NotImplementedError
+    @classmethod
+    def build_hook(cls, conn_id: str) -> Any:
+        """The vendor hook for ``conn_id``: an instance of the class :meth:`polls` names."""
+        return cls.polls().hook_class(conn_id)
+
+    @classmethod
+    def status_function(cls, hook: Any) -> Callable[..., PollResult]:
+        """``hook``'s status method that :meth:`polls` names, bound to ``hook`` (so a subclass's override runs)."""
+        status_function: Callable[..., PollResult] = getattr(hook, cls.polls().method.__name__)
+        return status_function
 
     def _make_hook(self) -> Any:
         return self.build_hook(self.conn_id)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from airflow_audience_provider.domain.criteo_cycle import COMPUTATION_HOURS_UTC, PROPAGATION_DELAY
-from airflow_audience_provider.triggers.base import AudiencePollingTrigger
-
-if TYPE_CHECKING:
-    from airflow_audience_provider.core.results import PollResult
-    from airflow_audience_provider.hooks.criteo import CriteoHook
+from airflow_audience_provider.triggers.base import AudiencePollingTrigger, HookStatus
 
 
 def _text(value: Any) -> str:
@@ -64,15 +60,11 @@ class CriteoComputationWindowTrigger(AudiencePollingTrigger):
         "min_identifiers": _optional_int,
     }
 
-    @classmethod
-    def build_hook(cls, conn_id: str) -> CriteoHook:
+    @staticmethod
+    def polls() -> HookStatus:
         from airflow_audience_provider.hooks.criteo import CriteoHook  # the hook imports requests: not at DAG parse
 
-        return CriteoHook(conn_id)
-
-    @staticmethod
-    def status_function(hook: CriteoHook) -> Callable[..., PollResult]:
-        return hook.computation_status
+        return HookStatus(CriteoHook, CriteoHook.computation_status)
 
     def __init__(
         self,

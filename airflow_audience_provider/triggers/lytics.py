@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from airflow_audience_provider.triggers.base import AudiencePollingTrigger
-
-if TYPE_CHECKING:
-    from airflow_audience_provider.core.results import PollResult
-    from airflow_audience_provider.hooks.lytics import LyticsHook
+from airflow_audience_provider.triggers.base import AudiencePollingTrigger, HookStatus
 
 
 class LyticsReevaluationTrigger(AudiencePollingTrigger):
@@ -25,12 +18,8 @@ class LyticsReevaluationTrigger(AudiencePollingTrigger):
     vendor = "lytics"
     subject = "reevaluation of Lytics segment {segment_id}"
 
-    @classmethod
-    def build_hook(cls, conn_id: str) -> LyticsHook:
+    @staticmethod
+    def polls() -> HookStatus:
         from airflow_audience_provider.hooks.lytics import LyticsHook  # the hook imports requests: not at DAG parse
 
-        return LyticsHook(conn_id)
-
-    @staticmethod
-    def status_function(hook: LyticsHook) -> Callable[..., PollResult]:
-        return hook.reevaluation_status
+        return HookStatus(LyticsHook, LyticsHook.reevaluation_status)

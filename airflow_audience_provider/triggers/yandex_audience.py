@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from airflow_audience_provider.triggers.base import AudiencePollingTrigger
-
-if TYPE_CHECKING:
-    from airflow_audience_provider.core.results import PollResult
-    from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+from airflow_audience_provider.triggers.base import AudiencePollingTrigger, HookStatus
 
 
 class YandexAudienceSegmentProcessedTrigger(AudiencePollingTrigger):
@@ -23,13 +16,9 @@ class YandexAudienceSegmentProcessedTrigger(AudiencePollingTrigger):
     vendor = "yandex_audience"
     subject = "processing of Yandex.Audience segment {segment_id}"
 
-    @classmethod
-    def build_hook(cls, conn_id: str) -> YandexAudienceHook:
+    @staticmethod
+    def polls() -> HookStatus:
         # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
 
-        return YandexAudienceHook(conn_id)
-
-    @staticmethod
-    def status_function(hook: YandexAudienceHook) -> Callable[..., PollResult]:
-        return hook.segment_status
+        return HookStatus(YandexAudienceHook, YandexAudienceHook.segment_status)

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from airflow_audience_provider.triggers.base import AudiencePollingTrigger
-
-if TYPE_CHECKING:
-    from airflow_audience_provider.core.results import PollResult
-    from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
+from airflow_audience_provider.triggers.base import AudiencePollingTrigger, HookStatus
 
 
 class YandexDirectSegmentsListedTrigger(AudiencePollingTrigger):
@@ -26,13 +19,9 @@ class YandexDirectSegmentsListedTrigger(AudiencePollingTrigger):
     vendor = "yandex_direct"
     subject = "Yandex Direct to list the Yandex.Audience segments {segments}"
 
-    @classmethod
-    def build_hook(cls, conn_id: str) -> YandexDirectHook:
+    @staticmethod
+    def polls() -> HookStatus:
         # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
 
-        return YandexDirectHook(conn_id)
-
-    @staticmethod
-    def status_function(hook: YandexDirectHook) -> Callable[..., PollResult]:
-        return hook.audience_goals_status
+        return HookStatus(YandexDirectHook, YandexDirectHook.audience_goals_status)
