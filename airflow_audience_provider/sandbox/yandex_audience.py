@@ -598,12 +598,17 @@ class YandexAudienceFake(VendorFake):
                 "file",
             )
 
+    def _unconfirmed_upload(self, sid: str) -> dict[str, Any]:
+        """Segment ``sid``, which must be an upload not confirmed yet. Called under ``lock``."""
+        seg = self._segment(sid)
+        if seg["type"] != "uploading" or seg["_confirmed"]:
+            raise _fail(400, "invalid_parameter", f"Segment {seg['id']} is not an unconfirmed upload", "segment.id")
+        return seg
+
     async def _h_confirm(self, request: Request) -> Response:
         body = self._object(await self._json(request), "segment")
         with self.lock:
-            seg = self._segment(request.path_params["sid"])
-            if seg["type"] != "uploading" or seg["_confirmed"]:
-                raise _fail(400, "invalid_parameter", f"Segment {seg['id']} is not an unconfirmed upload", "segment.id")
+            seg = self._unconfirmed_upload(request.path_params["sid"])
             name = self._name(body, "segment")
             content_type = body.get("content_type")
             if content_type not in CONTENT_TYPES:
@@ -643,9 +648,7 @@ class YandexAudienceFake(VendorFake):
     async def _h_confirm_client_id(self, request: Request) -> Response:
         body = self._object(await self._json(request), "segment")
         with self.lock:
-            seg = self._segment(request.path_params["sid"])
-            if seg["type"] != "uploading" or seg["_confirmed"]:
-                raise _fail(400, "invalid_parameter", f"Segment {seg['id']} is not an unconfirmed upload", "segment.id")
+            seg = self._unconfirmed_upload(request.path_params["sid"])
             if seg["_kind"] != "plain":
                 raise _fail(400, "invalid_parameter", "ClientID segments need a plain file (upload_file)", "file")
             name = self._name(body, "segment")

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -146,6 +146,11 @@ def _note(code: int, message: str, details: str = "") -> dict[str, Any]:
     if details:
         note["Details"] = details
     return note
+
+
+def _not_found(what: str, object_id: Any) -> dict[str, Any]:
+    """The result of an id that names no object (``what``: e.g. ``"Audience target"``)."""
+    return {"Errors": [_note(8800, "Object not found", f"{what} {object_id}")]}
 
 
 @dataclass
@@ -530,13 +535,22 @@ class YandexDirectFake(VendorFake):
         return result, 2
 
     @staticmethod
-    def _field_names(params: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
-        names = params.get("FieldNames")
-        if not isinstance(names, list) or not names:
-            raise DirectError(8000, "Invalid request", "Field FieldNames is required")
+    def _array(params: dict[str, Any], key: str, at_most: int | None = None, what: str = "objects") -> list[Any]:
+        """``params[key]``: a non-empty array (else error 8000) of at most ``at_most`` ``what`` (else 9300)."""
+        items = params.get(key)
+        if not isinstance(items, list) or not items:
+            raise DirectError(8000, "Invalid request", f"Field {key} is required")
+        if at_most is not None and len(items) > at_most:
+            raise DirectError(9300, "Too many objects in request", f"At most {at_most} {what} per call")
+        return items
+
+    @classmethod
+    def _names(cls, params: dict[str, Any], key: str, allowed: Container[str]) -> list[str]:
+        """``params[key]``: a non-empty array of names, each one of ``allowed``."""
+        names = cls._array(params, key)
         bad = [n for n in names if n not in allowed]
         if bad:
-            raise DirectError(8000, "Invalid request", f"Unknown value {bad[0]!r} in FieldNames")
+            raise DirectError(8000, "Invalid request", f"Unknown value {bad[0]!r} in {key}")
         return names
 
     @staticmethod
@@ -546,13 +560,13 @@ class YandexDirectFake(VendorFake):
             raise DirectError(8000, "Invalid request", "Field SelectionCriteria.Ids is required")
         return criteria["Ids"]
 
+    def _each_id(self, params: dict[str, Any], result_of: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+        """A write by ``SelectionCriteria.Ids``: ``result_of(id)`` for each id, in order."""
+        self._begin()
+        return [result_of(object_id) for object_id in self._ids(params)]
+
     def _dictionaries_get(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        names = params.get("DictionaryNames")
-        if not isinstance(names, list) or not names:
-            raise DirectError(8000, "Invalid request", "Field DictionaryNames is required")
-        unknown = [n for n in names if n not in DICTIONARIES]
-        if unknown:
-            raise DirectError(8000, "Invalid request", f"Unknown value {unknown[0]!r} in DictionaryNames")
+        names = self._names(params, "DictionaryNames", DICTIONARIES)
         return {name: [dict(i) for i in DICTIONARIES[name]] for name in names}, 1
 
     def _metrica_goal_ids(self, account: Account) -> set[int]:
@@ -628,11 +642,7 @@ class YandexDirectFake(VendorFake):
     # ------------------------------------------------------------------ RetargetingLists
     def _retargetinglists_add(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self._begin()
-        items = params.get("RetargetingLists")
-        if not isinstance(items, list) or not items:
-            raise DirectError(8000, "Invalid request", "Field RetargetingLists is required")
-        if len(items) > 1000:
-            raise DirectError(9300, "Too many objects in request", "At most 1000 lists per call")
+        items = self._array(params, "RetargetingLists", at_most=1000, what="lists")
         results: list[dict[str, Any]] = []
         count = len(account.lists)
         for item in items:
@@ -678,7 +688,7 @@ class YandexDirectFake(VendorFake):
         return []
 
     def _retargetinglists_get(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        names = self._field_names(params, LIST_FIELDS)
+        names = self._names(params, "FieldNames", LIST_FIELDS)
         criteria = params.get("SelectionCriteria") or {}
         ids, types = criteria.get("Ids"), criteria.get("Types")
         items = [
@@ -690,9 +700,7 @@ class YandexDirectFake(VendorFake):
 
     def _retargetinglists_update(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self._begin()
-        items = params.get("RetargetingLists")
-        if not isinstance(items, list) or not items:
-            raise DirectError(8000, "Invalid request", "Field RetargetingLists is required")
+        items = self._array(params, "RetargetingLists")
         for item in items:
             if not isinstance(item, dict) or "Id" not in item:
                 raise DirectError(8000, "Invalid request", "Field Id is required")
@@ -723,28 +731,21 @@ class YandexDirectFake(VendorFake):
         return {"UpdateResults": results}, self._write_cost(results)
 
     def _retargetinglists_delete(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        self._begin()
-        results = []
-        for list_id in self._ids(params):
+        def delete(list_id: Any) -> dict[str, Any]:
             if list_id not in account.lists:
-                results.append({"Errors": [_note(8800, "Object not found", f"Retargeting list {list_id}")]})
-            elif any(t["RetargetingListId"] == list_id for t in account.targets.values()):
-                results.append(
-                    {"Errors": [_note(8301, "Cannot delete object", "The list is used by audience targets")]}
-                )
-            else:
-                self._stage(account, "lists", list_id, None)
-                results.append({"Id": list_id})
+                return _not_found("Retargeting list", list_id)
+            if any(t["RetargetingListId"] == list_id for t in account.targets.values()):
+                return {"Errors": [_note(8301, "Cannot delete object", "The list is used by audience targets")]}
+            self._stage(account, "lists", list_id, None)
+            return {"Id": list_id}
+
+        results = self._each_id(params, delete)
         return {"DeleteResults": results}, self._write_cost(results)
 
     # ------------------------------------------------------------------ AudienceTargets
     def _audiencetargets_add(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self._begin()
-        items = params.get("AudienceTargets")
-        if not isinstance(items, list) or not items:
-            raise DirectError(8000, "Invalid request", "Field AudienceTargets is required")
-        if len(items) > 1000:
-            raise DirectError(9300, "Too many objects in request", "At most 1000 targets per call")
+        items = self._array(params, "AudienceTargets", at_most=1000, what="targets")
         results = []
         pending: list[dict[str, Any]] = []
         for item in items:
@@ -815,7 +816,7 @@ class YandexDirectFake(VendorFake):
         }
         if not isinstance(criteria, dict) or not any(filters.values()):
             raise DirectError(4001, "Invalid SelectionCriteria", "Give Ids, AdGroupIds, CampaignIds or list ids")
-        names = self._field_names(params, TARGET_FIELDS)
+        names = self._names(params, "FieldNames", TARGET_FIELDS)
         keys = {
             "Ids": "Id",
             "AdGroupIds": "AdGroupId",
@@ -833,34 +834,31 @@ class YandexDirectFake(VendorFake):
         return self._page(params, items, "AudienceTargets")
 
     def _audiencetargets_delete(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        self._begin()
-        results = []
-        for target_id in self._ids(params):
+        def delete(target_id: Any) -> dict[str, Any]:
             if target_id not in account.targets:
-                results.append({"Errors": [_note(8800, "Object not found", f"Audience target {target_id}")]})
-            else:
-                self._stage(account, "targets", target_id, None)
-                results.append({"Id": target_id})
+                return _not_found("Audience target", target_id)
+            self._stage(account, "targets", target_id, None)
+            return {"Id": target_id}
+
+        results = self._each_id(params, delete)
         return {"DeleteResults": results}, self._write_cost(results)
 
     def _switch(self, account: Account, params: dict[str, Any], state: str) -> list[dict[str, Any]]:
-        self._begin()
-        results = []
-        for target_id in self._ids(params):
+        def switch(target_id: Any) -> dict[str, Any]:
             target = account.targets.get(target_id)
             if target is None:
-                results.append({"Errors": [_note(8800, "Object not found", f"Audience target {target_id}")]})
-            elif target["State"] == state:
+                return _not_found("Audience target", target_id)
+            if target["State"] == state:
                 code, text = (
                     (10242, "Audience target already suspended")
                     if state == "SUSPENDED"
                     else (10243, "Audience target not suspended")
                 )
-                results.append({"Id": target_id, "Warnings": [_note(code, text)]})
-            else:
-                self._stage(account, "targets", target_id, {**target, "State": state})
-                results.append({"Id": target_id})
-        return results
+                return {"Id": target_id, "Warnings": [_note(code, text)]}
+            self._stage(account, "targets", target_id, {**target, "State": state})
+            return {"Id": target_id}
+
+        return self._each_id(params, switch)
 
     def _audiencetargets_suspend(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         results = self._switch(account, params, "SUSPENDED")
@@ -872,9 +870,7 @@ class YandexDirectFake(VendorFake):
 
     def _audiencetargets_setbids(self, account: Account, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self._begin()
-        bids = params.get("Bids")
-        if not isinstance(bids, list) or not bids:
-            raise DirectError(8000, "Invalid request", "Field Bids is required")
+        bids = self._array(params, "Bids")
         kinds = {k for b in bids if isinstance(b, dict) for k in ("Id", "AdGroupId", "CampaignId") if k in b}
         if len(kinds) > 1:
             raise DirectError(4005, "Mixed id kinds", "Use only one of Id, AdGroupId, CampaignId per request")
