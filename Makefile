@@ -53,7 +53,7 @@ test-live: $(STAMP) ## Every example DAG on a running Airflow (api-server, sched
 test-live-celery: $(STAMP) ## test-live on CeleryExecutor: Redis broker, two workers with separate homes; CI runs it
 	AUDIENCE_LIVE_TESTS=1 AUDIENCE_LIVE_EXECUTOR=celery $(PY) -m pytest -q -m live --timeout=1200 tests/live
 
-test-live-oldest: $(OLD_STAMP) ## test-live on the oldest supported Airflow (3.1, .venv-oldest); not in CI yet
+test-live-oldest: $(OLD_STAMP) ## test-live on the oldest supported Airflow (3.1, .venv-oldest); CI runs it
 	AUDIENCE_LIVE_TESTS=1 $(OLD_VENV)/bin/python -m pytest -q -m live --timeout=1200 tests/live
 
 # The UI test drives Debian's chromium through chromedriver; `make test-ui` installs them when missing.
