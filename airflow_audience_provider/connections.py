@@ -186,26 +186,15 @@ YANDEX_AUDIENCE = ConnectionSpec(
             "number",
             1_000_000,
         ),
-        ConnField(
-            "writes_per_minute",
-            "Segment writes per minute",
-            "Client-side quota on segment create/modify requests per login (Yandex documents 10).",
-            "integer",
-            10,
-        ),
-        ConnField(
-            "writes_per_hour",
-            "Segment writes per hour",
-            "Client-side quota on segment create/modify requests per login (Yandex documents 100).",
-            "integer",
-            100,
-        ),
-        ConnField(
-            "writes_per_day",
-            "Segment writes per day",
-            "Client-side quota on segment create/modify requests per login (Yandex documents 500).",
-            "integer",
-            500,
+        *(
+            ConnField(
+                f"writes_per_{period}",
+                f"Segment writes per {period}",
+                f"Client-side quota on segment create/modify requests per login (Yandex documents {quota}).",
+                "integer",
+                quota,
+            )
+            for period, quota in (("minute", 10), ("hour", 100), ("day", 500))
         ),
         ConnField(
             "requests_per_day",

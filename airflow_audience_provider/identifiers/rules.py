@@ -343,44 +343,23 @@ register_rule(
 # platform use the ``idfa`` (upper-case) or ``gaid`` (lower-case) rule. The ``maid`` rule keeps
 # the lower-case (GAID) form for lists whose platform is unknown. Files of device ids have no
 # header (plain list, ``upload_file``); all three are confirmed as ``idfa_gaid``.
-register_rule(
-    VendorRule(
-        vendor="yandex_audience",
-        identifier_type=IdentifierType.MAID,
-        version="1",
-        profile=NormalisationProfile(IdentifierType.MAID, HashAlgorithm.SHA256, maid_case="lower"),
-        vendor_identifier_type="idfa_gaid",
-        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
-        min_entries=100,
-        source=_YANDEX_SRC
-        + "; a device id of unknown platform is written lower-case like a GAID (unverified), "
-        + _YANDEX_SHA256,
+for _device_type, _case, _written in (
+    (IdentifierType.MAID, "lower", "a device id of unknown platform is written lower-case like a GAID (unverified)"),
+    (IdentifierType.IDFA, "upper", "IDFAs written upper-case"),
+    (IdentifierType.GAID, "lower", "GAIDs written lower-case"),
+):
+    register_rule(
+        VendorRule(
+            vendor="yandex_audience",
+            identifier_type=_device_type,
+            version="1",
+            profile=NormalisationProfile(_device_type, HashAlgorithm.SHA256, maid_case=_case),
+            vendor_identifier_type="idfa_gaid",
+            max_bytes_per_chunk=_YANDEX_MAX_BYTES,
+            min_entries=100,
+            source=f"{_YANDEX_SRC}; {_written}, {_YANDEX_SHA256}",
+        )
     )
-)
-register_rule(
-    VendorRule(
-        vendor="yandex_audience",
-        identifier_type=IdentifierType.IDFA,
-        version="1",
-        profile=NormalisationProfile(IdentifierType.IDFA, HashAlgorithm.SHA256, maid_case="upper"),
-        vendor_identifier_type="idfa_gaid",
-        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
-        min_entries=100,
-        source=_YANDEX_SRC + "; IDFAs written upper-case, " + _YANDEX_SHA256,
-    )
-)
-register_rule(
-    VendorRule(
-        vendor="yandex_audience",
-        identifier_type=IdentifierType.GAID,
-        version="1",
-        profile=NormalisationProfile(IdentifierType.GAID, HashAlgorithm.SHA256, maid_case="lower"),
-        vendor_identifier_type="idfa_gaid",
-        max_bytes_per_chunk=_YANDEX_MAX_BYTES,
-        min_entries=100,
-        source=_YANDEX_SRC + "; GAIDs written lower-case, " + _YANDEX_SHA256,
-    )
-)
 register_rule(
     VendorRule(
         vendor="yandex_audience",
