@@ -168,7 +168,15 @@ def iter_text_blocks(fh: IO[bytes], encoding: str, origin: str) -> Iterator[tupl
         yield text, line
 
 
-class TextSource:
+class _FileSource:
+    """A source read from one file: its path and the name errors give it."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = path
+        self.origin = describe_path(path)
+
+
+class TextSource(_FileSource):
     """Newline-delimited text: one identifier per line. Empty lines are skipped (not rows).
 
     :param path: local path, URL or ObjectStoragePath.
@@ -177,10 +185,9 @@ class TextSource:
     """
 
     def __init__(self, path: PathLike, *, encoding: str = "utf-8", skip_header: bool = False) -> None:
-        self.path = path
+        super().__init__(path)
         self.encoding = encoding
         self.skip_header = skip_header
-        self.origin = describe_path(path)
 
     def iter_batches(self, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[RawBatch]:
         """Yield batches of lines."""
@@ -216,7 +223,7 @@ def _iter_lines_keepends(fh: IO[bytes], encoding: str, origin: str) -> Iterator[
             yield last
 
 
-class CsvSource:
+class CsvSource(_FileSource):
     """A delimited file with (by default) a header row; one column holds the identifiers.
 
     :param path: local path, URL or ObjectStoragePath.
@@ -238,13 +245,12 @@ class CsvSource:
     ) -> None:
         if isinstance(column, str) and not has_header:
             raise ValueError("a column name needs has_header=True; give a 0-based index instead")
-        self.path = path
+        super().__init__(path)
         self.column = column
         self.delimiter = delimiter
         self.encoding = encoding
         self.has_header = has_header
         self.quotechar = quotechar
-        self.origin = describe_path(path)
 
     def iter_batches(self, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[RawBatch]:
         """Yield batches of the identifier column."""
@@ -301,7 +307,7 @@ class CsvSource:
         return names.index(want)
 
 
-class JsonLinesSource:
+class JsonLinesSource(_FileSource):
     """JSON lines: one object per line; ``field`` holds the identifier.
 
     A malformed line is an error (file, line, column), not an invalid row: it usually means the
@@ -310,10 +316,9 @@ class JsonLinesSource:
     """
 
     def __init__(self, path: PathLike, field: str, *, encoding: str = "utf-8") -> None:
-        self.path = path
+        super().__init__(path)
         self.field = field
         self.encoding = encoding
-        self.origin = describe_path(path)
 
     def iter_batches(self, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[RawBatch]:
         """Yield batches of the field's values."""
@@ -366,13 +371,12 @@ def _as_text(value: object) -> str:
     return "\x00" + type(value).__name__
 
 
-class ParquetSource:
+class ParquetSource(_FileSource):
     """One column of a Parquet file, read in record batches. Needs the ``parquet`` extra (pyarrow)."""
 
     def __init__(self, path: PathLike, column: str) -> None:
-        self.path = path
+        super().__init__(path)
         self.column = column
-        self.origin = describe_path(path)
 
     def iter_batches(self, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[RawBatch]:
         """Yield batches of the column; nulls become empty values (invalid)."""
