@@ -13,7 +13,7 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_audience_provider.connections import CRITEO
 from airflow_audience_provider.core.errors import AudienceValidationError
@@ -34,6 +34,14 @@ UPLOAD_MODES = MODES
 
 
 class _CriteoOperator(AudienceBaseOperator["CriteoHook"]):
+    """Shared by the Criteo operators: the connection, the account and the partial-failure policy.
+
+    :param criteo_conn_id: the Criteo connection.
+    :param owner_id: Retail Media account or Marketing Solutions advertiser; default from the
+        connection (templated).
+    :param on_partial_failure: ``fail`` (default) or ``warn`` when Criteo refuses some items.
+    """
+
     spec = CRITEO
     default_asset_alias = SEGMENT_ASSET_ALIAS
 
@@ -41,17 +49,19 @@ class _CriteoOperator(AudienceBaseOperator["CriteoHook"]):
         self,
         *,
         criteo_conn_id: str = CRITEO.default_conn_name,
+        owner_id: str | None = None,
         on_partial_failure: str = "fail",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.criteo_conn_id = criteo_conn_id
+        self.owner_id = owner_id
         self.on_partial_failure = partial_failure_mode("on_partial_failure", on_partial_failure)
 
     def _remember_deleted(self, context: Context, kind: str, ids: list[str]) -> None:
         """Report deleted objects to OpenLineage: they changed. Delete operators do not emit Asset
         events (``emits_assets`` is off), so this records lineage only."""
-        owner = self.hook.owner(getattr(self, "owner_id", None) or None)
+        owner = self.hook.owner(self.owner_id or None)
         for object_id in ids:
             self.emit_asset_event(context, self.hook.asset_uri(kind, str(object_id), owner), {"action": "deleted"})
 
@@ -113,7 +123,43 @@ def _reasons(item: dict[str, Any]) -> str:
     return "; ".join(p.get("detail") or p.get("title") or "" for p in item["problems"])
 
 
-class CriteoCreateOrUpdateSegmentOperator(_CriteoOperator):
+class _CriteoCreateOrUpdateOperator(_CriteoOperator):
+    """Shared by the create-or-update operators: the object's name (its idempotency key), retailer
+    and description, and how the object found or written is published.
+
+    :param name: the object's name, its idempotency key (templated).
+    :param retailer_id: Retail Media retailer (templated); not used by Marketing Solutions.
+    :param description: (templated); None leaves it as it is.
+    """
+
+    #: ``segment`` or ``audience``: the kind of object in XCom keys, links, asset URIs and logs.
+    kind: ClassVar[str]
+
+    def __init__(
+        self, *, name: str, retailer_id: str | None = None, description: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+        self.retailer_id = retailer_id
+        self.description = description
+
+    def _publish(self, context: Context, object_id: str, owner: str, name: str, action: str) -> tuple[str, str]:
+        """Push the id and the link, log the action and emit the Asset event; returns the link and the asset URI."""
+        hook = self.hook
+        if self.kind == "segment":
+            url = hook.segment_url(object_id, owner)
+            CriteoSegmentLink.persist(context, url)
+        else:
+            url = hook.audience_url(object_id, owner)
+            CriteoAudienceLink.persist(context, url)
+        context["ti"].xcom_push(key=f"{self.kind}_id", value=object_id)
+        asset_uri = hook.asset_uri(self.kind, object_id, owner)
+        self.log.info("Criteo %s %r (%s): %s", self.kind, name, object_id, action)
+        self.emit_asset_event(context, asset_uri, {"object_name": name, "action": action, "link": url})
+        return url, asset_uri
+
+
+class CriteoCreateOrUpdateSegmentOperator(_CriteoCreateOrUpdateOperator):
     """Create a Criteo contact-list segment, or update the one with the same name.
 
     The name is the idempotency key within the account and retailer (Retail Media) or the advertiser
@@ -148,23 +194,11 @@ class CriteoCreateOrUpdateSegmentOperator(_CriteoOperator):
     operator_extra_links = (CriteoSegmentLink(),)
     emits_assets = True
     ui_color = "#fff0e6"
+    kind = "segment"
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        retailer_id: str | None = None,
-        identifier_type: str = "Email",
-        description: str | None = None,
-        owner_id: str | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, identifier_type: str = "Email", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.name = name
-        self.retailer_id = retailer_id
         self.identifier_type = identifier_type
-        self.description = description
-        self.owner_id = owner_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         # the hook imports requests: not at DAG parse
@@ -233,12 +267,7 @@ class CriteoCreateOrUpdateSegmentOperator(_CriteoOperator):
             if result.data:
                 segment, action = result.data[0], "updated"
         segment_id = str(segment["id"])
-        url = hook.segment_url(segment_id, owner)
-        CriteoSegmentLink.persist(context, url)
-        context["ti"].xcom_push(key="segment_id", value=segment_id)
-        asset_uri = hook.asset_uri("segment", segment_id, owner)
-        self.log.info("Criteo segment %r (%s): %s", name, segment_id, action)
-        self.emit_asset_event(context, asset_uri, {"object_name": name, "action": action, "link": url})
+        url, asset_uri = self._publish(context, segment_id, owner, name, action)
         return {
             "segment_id": segment_id,
             "name": name,
@@ -274,13 +303,11 @@ class CriteoDeleteSegmentsOperator(_CriteoOperator):
         *,
         segment_ids: str | Sequence[str],
         missing_ok: bool = True,
-        owner_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.segment_ids = segment_ids
         self.missing_ok = missing_ok
-        self.owner_id = owner_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         ids = _as_list(self.segment_ids)
@@ -392,13 +419,11 @@ class CriteoUploadContactListOperator(ContactListUploadOperator["CriteoHook"], _
         *,
         segment_id: str,
         fetch_statistics: bool = True,
-        owner_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.segment_id = segment_id
         self.fetch_statistics = fetch_statistics
-        self.owner_id = owner_id
 
     def describe_destination(self) -> str:
         return f"Criteo segment {str(self.segment_id).strip()}"
@@ -468,7 +493,7 @@ class CriteoUploadContactListOperator(ContactListUploadOperator["CriteoHook"], _
         return result
 
 
-class CriteoCreateOrUpdateAudienceOperator(_CriteoOperator):
+class CriteoCreateOrUpdateAudienceOperator(_CriteoCreateOrUpdateOperator):
     """Create a Criteo audience from an algebra of segments, or update the one with the same name.
 
     The algebra is a nested dict whose nodes have exactly one of ``audienceSegmentId`` (or ``segment``),
@@ -498,23 +523,11 @@ class CriteoCreateOrUpdateAudienceOperator(_CriteoOperator):
     emits_assets = True
     default_asset_alias = AUDIENCE_ASSET_ALIAS
     ui_color = "#fff7e6"
+    kind = "audience"
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        algebra: dict[str, Any] | str,
-        retailer_id: str | None = None,
-        description: str | None = None,
-        owner_id: str | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, algebra: dict[str, Any] | str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.name = name
         self.algebra = algebra
-        self.retailer_id = retailer_id
-        self.description = description
-        self.owner_id = owner_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         hook = self.hook
@@ -559,12 +572,7 @@ class CriteoCreateOrUpdateAudienceOperator(_CriteoOperator):
         if audience is None:
             return {"audience_id": None, "name": name, "action": "failed", "problems": problems}
         audience_id = str(audience["id"])
-        url = hook.audience_url(audience_id, owner)
-        CriteoAudienceLink.persist(context, url)
-        context["ti"].xcom_push(key="audience_id", value=audience_id)
-        asset_uri = hook.asset_uri("audience", audience_id, owner)
-        self.log.info("Criteo audience %r (%s): %s", name, audience_id, action)
-        self.emit_asset_event(context, asset_uri, {"object_name": name, "action": action, "link": url})
+        url, asset_uri = self._publish(context, audience_id, owner, name, action)
         return {
             "audience_id": audience_id,
             "name": name,
@@ -590,13 +598,10 @@ class CriteoDeleteAudiencesOperator(_CriteoOperator):
     template_fields: Sequence[str] = ("audience_ids", "owner_id", "criteo_conn_id")
     ui_color = "#ffe6e6"
 
-    def __init__(
-        self, *, audience_ids: str | Sequence[str], missing_ok: bool = True, owner_id: str | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, *, audience_ids: str | Sequence[str], missing_ok: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.audience_ids = audience_ids
         self.missing_ok = missing_ok
-        self.owner_id = owner_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         ids = _as_list(self.audience_ids)
