@@ -82,7 +82,7 @@ soak: $(STAMP) ## Sync model (faults, kills, overlapping runs) for SCENARIOS sce
 	$(PY) tests/sync_model/soak.py $(SCENARIOS) $(if $(SEED),--seed $(SEED))
 
 docs: $(STAMP) ## Build the Sphinx docs with warnings as errors
-	$(PY) -m sphinx -W --keep-going -b html -q docs docs/_build/html
+	$(PY) -m sphinx -E -W --keep-going -b html -q docs docs/_build/html
 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from typing import Any
 
 sys.path.insert(0, os.path.abspath(".."))
 # autodoc imports the modules, which import Airflow: give it a throw-away home and no examples.
@@ -44,3 +45,21 @@ html_theme = "alabaster"
 html_static_path = ["_static"]
 html_theme_options = {"description": "Audiences in step with your warehouse, from Airflow"}
 intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
+
+
+def _link_bare_class_name(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """Link a bare class name from a quoted annotation (``"CriteoHook"``) to the one class of ours so named."""
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or node.get("reftype") != "class" or "." in target:
+        return None
+    domain = env.get_domain("py")
+    names = [
+        n for n, *_ in domain.get_objects() if n.startswith("airflow_audience_provider.") and n.endswith("." + target)
+    ]
+    if len(names) != 1:
+        return None
+    return domain.resolve_xref(env, node["refdoc"], app.builder, "class", names[0], node, contnode)
+
+
+def setup(app: Any) -> None:
+    app.connect("missing-reference", _link_bare_class_name)
