@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf exists from 3.2 only
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_audience_provider.assets import AssetEmitterMixin
 from airflow_audience_provider.core.errors import AudienceError
 from airflow_audience_provider.core.results import PollResult, validate_event
 from airflow_audience_provider.core.waiting import Verdict, judge, log_judgement, outcome
@@ -20,13 +21,16 @@ from airflow_audience_provider.triggers.base import AudiencePollingTrigger
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_audience_provider.connections import ConnectionSpec
+
 log = logging.getLogger(__name__)
 
 
-class AudienceWaitSensor(BaseSensorOperator):
+class AudienceWaitSensor(AssetEmitterMixin, BaseSensorOperator):
     """Wait for a vendor's asynchronous work; fail when the vendor reports failure.
 
-    Subclasses set ``trigger_class`` (which names the hook and its status function) and
+    Subclasses set ``spec`` (the vendor's connection type, which names the ``<vendor>_conn_id``
+    attribute) and ``trigger_class`` (which names the hook and its status function) and
     implement ``status_kwargs()``. A vendor failure state fails the task: it never counts
     as done. Unknown vendor states are logged verbatim and the sensor keeps waiting until
     its ``timeout``.
@@ -34,8 +38,13 @@ class AudienceWaitSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer instead of a worker slot (default: Airflow's
         ``[operators] default_deferrable``).
     :param max_consecutive_failures: transient API errors in a row tolerated while waiting.
+    :param emit_asset: when the wait ends well, record an Asset event for the vendor object through
+        the alias ``asset_alias`` (for the sensors that emit them).
+    :param asset_alias: name of the AssetAlias the events are added to; default: the vendor's.
     """
 
+    #: the vendor's connection type: names the connection-id attribute.
+    spec: ClassVar[ConnectionSpec]
     trigger_class: ClassVar[type[AudiencePollingTrigger]]
     template_fields: Sequence[str] = ()
 
@@ -44,8 +53,11 @@ class AudienceWaitSensor(BaseSensorOperator):
         *,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         max_consecutive_failures: int = 3,
+        emit_asset: bool = True,
+        asset_alias: str | None = None,
         **kwargs: Any,
     ) -> None:
+        self._asset_outlets(kwargs, emit_asset, asset_alias)
         super().__init__(**kwargs)
         self.deferrable = deferrable
         self.max_consecutive_failures = max_consecutive_failures
@@ -55,7 +67,9 @@ class AudienceWaitSensor(BaseSensorOperator):
 
     @property
     def conn_id(self) -> str:
-        raise NotImplementedError
+        """The Airflow connection id: the sensor's ``<vendor>_conn_id`` (possibly rendered)."""
+        conn_id: str = getattr(self, self.spec.conn_name_attr)
+        return conn_id
 
     def status_kwargs(self, context: Context) -> dict[str, Any]:
         """The status function's arguments. Default: the trigger's ``status_fields``, read

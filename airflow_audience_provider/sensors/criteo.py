@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from airflow import __version__ as _airflow_version
 from airflow.triggers.base import StartTriggerArgs
 
-from airflow_audience_provider.assets import AssetEmitterMixin
 from airflow_audience_provider.connections import CRITEO
 from airflow_audience_provider.domain.criteo_cycle import (
     COMPUTATION_HOURS_UTC,
@@ -37,7 +36,7 @@ def _is_template(value: Any) -> bool:
     return isinstance(value, str) and any(mark in value for mark in ("{{", "{%", "{#"))
 
 
-class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
+class CriteoAudienceLiveSensor(AudienceWaitSensor):
     """Wait until the changes of an upstream Criteo upload are live in campaigns.
 
     Criteo computes audiences at 00:00 and 12:00 UTC; changes reach live campaigns about 5 hours
@@ -73,6 +72,7 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
     :return: ``{"uploaded_at", "computation_window", "live_at", "segment_id", "statistics"?, "asset_uri"}``.
     """
 
+    spec = CRITEO
     trigger_class = CriteoComputationWindowTrigger
     template_fields: Sequence[str] = ("uploaded_at", "segment_id", "owner_id", "min_identifiers", "criteo_conn_id")
     operator_extra_links = (CriteoSegmentLink(),)
@@ -99,11 +99,8 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
         timeout: float = 24 * 60 * 60,
         start_from_trigger: bool | None = None,
         deferrable: bool = True,
-        emit_asset: bool = True,
-        asset_alias: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self._asset_outlets(kwargs, emit_asset, asset_alias)
         super().__init__(poke_interval=poke_interval, timeout=timeout, deferrable=deferrable, **kwargs)
         delay = propagation_delay.total_seconds() if isinstance(propagation_delay, timedelta) else propagation_delay
         next_computation_window(0, hours_utc=hours_utc, interval_seconds=interval_seconds)  # validates both
@@ -145,10 +142,6 @@ class CriteoAudienceLiveSensor(AssetEmitterMixin, AudienceWaitSensor):
                 stacklevel=3,
             )
         return not templated
-
-    @property
-    def conn_id(self) -> str:
-        return self.criteo_conn_id
 
     def on_start(self, context: Context) -> None:
         if self.segment_id:

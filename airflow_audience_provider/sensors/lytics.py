@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_audience_provider.assets import AssetEmitterMixin
 from airflow_audience_provider.connections import LYTICS
 from airflow_audience_provider.links.lytics import LyticsSegmentLink
 from airflow_audience_provider.sensors.base import AudienceWaitSensor
@@ -15,7 +14,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
+class LyticsSegmentReevaluatedSensor(AudienceWaitSensor):
     """Wait until a Lytics segment reevaluation has finished.
 
     Lytics documents no completion signal, so this is a heuristic (documented in
@@ -46,6 +45,7 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
     :param asset_alias: defaults to ``lytics-segments``.
     """
 
+    spec = LYTICS
     trigger_class = LyticsReevaluationTrigger
     template_fields: Sequence[str] = ("segment_id", "requested_at", "job_id", "lytics_conn_id")
     operator_extra_links = (LyticsSegmentLink(),)
@@ -62,13 +62,10 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
         lytics_conn_id: str = LYTICS.default_conn_name,
         poke_interval: float = 60,
         timeout: float = 6 * 60 * 60,
-        emit_asset: bool = True,
-        asset_alias: str | None = None,
         settle_polls: int | None = None,
         settle_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
-        self._asset_outlets(kwargs, emit_asset, asset_alias)
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.segment_id = segment_id
         self.requested_at = requested_at
@@ -78,10 +75,6 @@ class LyticsSegmentReevaluatedSensor(AssetEmitterMixin, AudienceWaitSensor):
         self.settle_interval = settle_interval
         #: size readings kept between pokes of this try, ``[[time, size], ...]``
         self._size_history: list[list[float]] = []
-
-    @property
-    def conn_id(self) -> str:
-        return self.lytics_conn_id
 
     def status_kwargs(self, context: Context) -> dict[str, Any]:
         # A template like "{{ ti.xcom_pull('reevaluate')['job_id'] }}" renders a missing job id

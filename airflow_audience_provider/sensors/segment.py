@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_audience_provider.assets import AssetEmitterMixin
 from airflow_audience_provider.connections import SEGMENT
 from airflow_audience_provider.links.segment import SegmentAudienceLink
 from airflow_audience_provider.sensors.base import AudienceWaitSensor
@@ -15,7 +14,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
+class SegmentAudienceComputedSensor(AudienceWaitSensor):
     """Wait until a Segment Engage audience has computed.
 
     Works in poke, reschedule and deferrable modes, all judging the audience's ``status`` by
@@ -49,6 +48,7 @@ class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
     :param asset_alias: defaults to ``segment-audiences``.
     """
 
+    spec = SEGMENT
     trigger_class = SegmentAudienceComputedTrigger
     template_fields: Sequence[str] = ("audience_id", "space_id", "changed_at", "segment_conn_id")
     operator_extra_links = (SegmentAudienceLink(),)
@@ -64,23 +64,16 @@ class SegmentAudienceComputedSensor(AssetEmitterMixin, AudienceWaitSensor):
         segment_conn_id: str = SEGMENT.default_conn_name,
         poke_interval: float = 5 * 60,
         timeout: float = 30 * 60 * 60,
-        emit_asset: bool = True,
-        asset_alias: str | None = None,
         changed_at: str | None = None,
         batch_compute_wait: float | None = None,
         **kwargs: Any,
     ) -> None:
-        self._asset_outlets(kwargs, emit_asset, asset_alias)
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.audience_id = audience_id
         self.space_id = space_id
         self.segment_conn_id = segment_conn_id
         self.changed_at = changed_at
         self.batch_compute_wait = batch_compute_wait
-
-    @property
-    def conn_id(self) -> str:
-        return self.segment_conn_id
 
     def status_kwargs(self, context: Context) -> dict[str, Any]:
         # The space is resolved here, so the trigger's kwargs name it even when the task did not.

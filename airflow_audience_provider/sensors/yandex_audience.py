@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_audience_provider.assets import AssetEmitterMixin
 from airflow_audience_provider.connections import YANDEX_AUDIENCE
 from airflow_audience_provider.links.yandex_audience import YandexAudienceSegmentLink
 from airflow_audience_provider.sensors.base import AudienceWaitSensor
@@ -15,7 +14,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class YandexAudienceSegmentProcessedSensor(AssetEmitterMixin, AudienceWaitSensor):
+class YandexAudienceSegmentProcessedSensor(AudienceWaitSensor):
     """Wait until a Yandex.Audience segment is ``processed`` (usable in Direct and Adfox).
 
     Works in poke, reschedule and deferrable modes. ``processing_failed`` fails the task;
@@ -41,6 +40,7 @@ class YandexAudienceSegmentProcessedSensor(AssetEmitterMixin, AudienceWaitSensor
         "cookies_matched_quantity", "url", "asset_uri"}``.
     """
 
+    spec = YANDEX_AUDIENCE
     trigger_class = YandexAudienceSegmentProcessedTrigger
     template_fields: Sequence[str] = ("segment_id", "yandex_audience_conn_id")
     operator_extra_links = (YandexAudienceSegmentLink(),)
@@ -55,18 +55,11 @@ class YandexAudienceSegmentProcessedSensor(AssetEmitterMixin, AudienceWaitSensor
         yandex_audience_conn_id: str = YANDEX_AUDIENCE.default_conn_name,
         poke_interval: float = 300,
         timeout: float = 4 * 60 * 60,
-        emit_asset: bool = True,
-        asset_alias: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self._asset_outlets(kwargs, emit_asset, asset_alias)
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.segment_id = segment_id
         self.yandex_audience_conn_id = yandex_audience_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.yandex_audience_conn_id
 
     def status_kwargs(self, context: Context) -> dict[str, Any]:
         return {"segment_id": str(self.segment_id).strip()}
