@@ -212,7 +212,7 @@ def _process_with_kernel(values: list[str], profile: NormalisationProfile | None
     for key, lo, hi in zip(PARTITION_KEYS, bounds, bounds[1:], strict=False):
         if hi > lo:
             partitions[key] = text[lo * step : hi * step - 1]
-    invalid: list[tuple[int, str]] = []
+    invalid: list[tuple[int, str]] = list(out.invalid)  # rows the kernel decided invalid (phones)
     if out.refused:
         rescued: list[bytes] = []
         for i in out.refused:
@@ -223,6 +223,8 @@ def _process_with_kernel(values: list[str], profile: NormalisationProfile | None
                 invalid.append((i, exc.reason))
         for key, more in hash_partition(rescued, HashAlgorithm.SHA256).items():
             partitions[key] = f"{partitions[key]}\n{more}" if key in partitions else more
+        if out.invalid:
+            invalid.sort()  # both kinds of invalid rows, in row order
     return BatchOutput(len(values) - len(invalid), partitions, invalid)
 
 

@@ -39,7 +39,7 @@ import logging
 import os
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_audience_provider.identifiers.phone_fast import phone_decider
@@ -86,12 +86,15 @@ class KernelOutput:
         (so grouped by partition, in partition order), joined with ``"\\n"``.
     :param bounds: 257 offsets (in digests) of the 256 hash-prefix partitions: partition ``k`` is
         digests ``bounds[k]`` to ``bounds[k + 1]``.
-    :param refused: indices (in the batch) of the rows the kernel did not accept.
+    :param refused: indices (in the batch) of the rows left to the exact rule.
+    :param invalid: rows the kernel decided invalid, as ``(index, reason)`` in index order, with the
+        exact rule's reason (phones only; other kernels leave every invalid row to the exact rule).
     """
 
     digests: str
     bounds: list[int]
     refused: list[int]
+    invalid: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -178,12 +181,12 @@ class EmailKernel:
         return self._hash_accepted(frame, column=pl.col("digits").str.decode("hex"))
 
     def run_phone(self, values: list[str], *, digits_only: bool, default_region: str | None) -> KernelOutput:
-        """Process one batch of phone numbers: those in international form are decided here
-        (:mod:`~airflow_audience_provider.identifiers.phone_fast`); every other row is left to the exact rule."""
+        """Process one batch of phone numbers: those in international form, valid or not, are decided
+        here (:mod:`~airflow_audience_provider.identifiers.phone_fast`); every other row is left to the exact rule."""
         pl, plh = self._pl, self._plh
-        numbers, ok = phone_decider(pl).decide(values, digits_only=digits_only, default_region=default_region)
-        digests = pl.DataFrame([numbers]).select(plh.col("v").chash.sha2_256()).to_series()
-        return self._ordered(pl.DataFrame([ok]), digests)
+        decision = phone_decider(pl).decide(values, digits_only=digits_only, default_region=default_region)
+        digests = pl.DataFrame([decision.numbers]).select(plh.col("v").chash.sha2_256()).to_series()
+        return self._ordered(None, digests, refused=decision.refused, invalid=decision.invalid)
 
     def run_sha256(self, values: list[str]) -> KernelOutput:
         """Process one batch of pre-hashed SHA-256 values: validated and lower-cased, not hashed again.
@@ -255,8 +258,15 @@ class EmailKernel:
         digests = accepted.select(cased.chash.sha2_256().alias("h")).to_series()
         return self._ordered(frame, digests)
 
-    def _ordered(self, frame: Any, digests: Any) -> KernelOutput:
-        """The accepted rows' hex digests ordered and partitioned, and the refused rows of ``frame``."""
+    def _ordered(
+        self,
+        frame: Any,
+        digests: Any,
+        *,
+        refused: list[int] | None = None,
+        invalid: list[tuple[int, str]] | None = None,
+    ) -> KernelOutput:
+        """The accepted rows' digests ordered and partitioned, and the refused rows of ``frame`` (or ``refused``)."""
         pl = self._pl
         # Ordered by the first 60 bits (15 hex digits, an Int64): partition "3f" starts at the first
         # digest >= "3f" (a binary search only compares prefixes here), and each partition reaches
@@ -265,11 +275,12 @@ class EmailKernel:
         # sorting the strings, and it runs here, in the read workers, in parallel.
         prefix = digests.str.slice(0, 15).str.to_integer(base=16)
         digests = digests.gather(prefix.arg_sort())
-        refused = frame.select(pl.arg_where(~pl.col("ok"))).to_series().to_list()
+        if refused is None:
+            refused = frame.select(pl.arg_where(~pl.col("ok"))).to_series().to_list()
         bounds = digests.search_sorted(self._keys, "left").to_list()
         bounds.append(len(digests))
         text = digests.str.join("\n").item() if len(digests) else ""
-        return KernelOutput(text, bounds, refused)
+        return KernelOutput(text, bounds, refused, invalid or [])
 
 
 #: polars reads its thread-pool size from this variable when the pool starts.

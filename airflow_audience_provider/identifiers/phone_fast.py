@@ -19,11 +19,13 @@ default region, that computation reduces to:
 
 Rows are grouped by country code and number of digits, so the length checks are decided once per
 group, and a region's validity is two passes of polars' Rust regex engine over the group's digits
-(the general pattern, and the types admitting that length as one alternation). Only
-rows decided valid are accepted: every other row (invalid ones too, so the reasons are the exact
-rule's) goes to ``normalise_phone``. A country code whose metadata has a pattern the Rust engine
-does not compile, or whose example numbers the emulation does not decide exactly as
-``phonenumbers`` does, is never decided here. Property tests compare both paths
+(the general pattern, and the types admitting that length as one alternation). Rows decided
+valid are accepted; rows whose refusal and reason follow from the same reading (``parse`` would
+raise, or takes the number as given and ``is_valid_number`` refuses it; see
+:meth:`PhoneDecider.decide`) are decided invalid with ``normalise_phone``'s reason; every other
+row goes to ``normalise_phone``. A country code whose metadata has a pattern the Rust engine does
+not compile, or whose example numbers the emulation does not decide exactly as ``phonenumbers``
+does, is never decided here (only its rows ``parse`` refuses are). Property tests compare both paths
 (``tests/identifiers/test_contact_phone_fast.py``).
 """
 
@@ -170,6 +172,26 @@ def _code_of_prefix() -> dict[str, str]:
 PLAIN = r"^\+[0-9]{3,40}$"
 
 
+#: The exact rule's reasons the fast path gives (``normalise_phone``'s).
+EMPTY, SYNTAX, NO_COUNTRY, INVALID = "empty", "phone_syntax", "phone_no_country", "phone_invalid"
+
+
+@dataclass(frozen=True)
+class PhoneDecision:
+    """One batch through :meth:`PhoneDecider.decide`.
+
+    :param numbers: the accepted rows' normalised numbers (a polars String Series, in no particular order).
+    :param ok: a polars Boolean Series, one entry per row, True for the accepted rows.
+    :param invalid: rows decided invalid, as ``(index, reason)`` in index order, with the exact rule's reason.
+    :param refused: indices of the rows left to the exact rule (neither accepted nor decided invalid).
+    """
+
+    numbers: Any
+    ok: Any
+    invalid: list[tuple[int, str]]
+    refused: list[int]
+
+
 class PhoneDecider:
     """Decides batches of phone numbers in polars (see the module docstring); one per process."""
 
@@ -180,52 +202,96 @@ class PhoneDecider:
         self._lock = threading.Lock()
         self._checks: dict[str, CodeCheck | None] = {}
 
-    def decide(self, values: list[str], *, digits_only: bool, default_region: str | None) -> tuple[Any, Any]:
-        """The numbers decided valid, and a mask of their rows.
+    def decide(self, values: list[str], *, digits_only: bool, default_region: str | None) -> PhoneDecision:
+        """Accept the valid numbers of a batch, decide the invalid rows whose reason is certain, refuse the rest.
 
-        :returns: ``(numbers, ok)``: a polars Series of the accepted rows' normalised numbers (``+D``,
-            or ``D`` with ``digits_only``; in no particular order) and a Boolean Series with one
-            entry per value, True for the accepted rows.
+        Rows read as ``+`` and digits (or as 11-15 bare digits without a default region) are
+        ``phone_syntax`` (``phone_no_country`` when bare) when ``parse`` would raise: fewer than 3
+        digits, no country code at the start, fewer than 2 digits after it, or more than 17 with no
+        national prefix for parsing at the start; and ``phone_invalid`` (``phone_no_country``) when
+        ``parse`` takes them as given and ``is_valid_number`` refuses them. Without a default region,
+        bare digits not starting ``00`` and not 11-15 digits long are ``phone_no_country``, and blank
+        rows are ``empty``. Everything else not accepted is refused (left to the exact rule).
         """
         pl = self._pl
         col = pl.col
+        n_rows = len(values)
         frame = pl.DataFrame({"t": pl.Series(values, dtype=pl.String).str.strip_chars(ASCII_BLANKS)})
         frame = frame.with_row_index("i")
         plain = frame.get_column("t").str.contains(PLAIN)
-        parts = [frame.filter(plain).select("i", col("t").str.slice(1).alias("d"))]
+        parts = [frame.filter(plain).select("i", col("t").str.slice(1).alias("d"), pl.lit(True).alias("plus"))]
+        early: list[Any] = []  # (i, r): rows decided invalid before grouping
         rest = frame.filter(~plain)
         if len(rest):
+            early.append(rest.filter(col("t") == "").select("i", pl.lit(EMPTY).alias("r")))
             digits = col("t")
             for mark in "+ ()-":  # what SHAPE allows besides digits: literal removal is ~3x a regex replace
                 digits = digits.str.replace_all(mark, "", literal=True)
-            rest = rest.filter(col("t").str.contains(SHAPE)).with_columns(digits.alias("d"))
-            plus = col("t").str.starts_with("+")
+            rest = rest.filter(col("t").str.contains(SHAPE)).with_columns(
+                digits.alias("d"), col("t").str.starts_with("+").alias("plus")
+            )
+            parts.append(rest.filter(col("plus")).select("i", "d", "plus"))
             if default_region is None:
-                # 11-15 bare digits are read as international when no default region is set
+                # without a region, bare digits are read as international when 11-15 digits long, and
+                # are otherwise phone_no_country; "00" starts an international prefix (exact rule)
+                bare = rest.filter(~col("plus") & ~col("t").str.starts_with("00"))
                 length = col("d").str.len_bytes()
-                plus = plus | ((length >= 11) & (length <= 15))
-            parts.append(rest.filter(plus).select("i", "d"))
+                international = (length >= 11) & (length <= 15)
+                parts.append(bare.filter(international).select("i", "d", "plus"))
+                early.append(bare.filter(~international).select("i", pl.lit(NO_COUNTRY).alias("r")))
         candidates = pl.concat(parts).with_columns(
             col("d").str.len_bytes().alias("n"),
             col("d").str.slice(0, 3).replace_strict(self._code_of, default=None, return_dtype=pl.String).alias("cc"),
         )
-        candidates = candidates.filter(col("cc").is_not_null() & (col("n") >= 3))
+        # parse raises: under 3 digits, no country code, or under 2 digits after the code
+        parsed = col("cc").is_not_null() & (col("n") >= 3) & (col("n") - col("cc").str.len_bytes() >= 2)
+        early.append(candidates.filter(~parsed).select("i", _reason(pl, SYNTAX)))
         accepted: list[Any] = []
-        for (code, length), part in candidates.partition_by("cc", "n", as_dict=True).items():
+        decided: list[Any] = []  # (i, plus): rows parse takes as given, so valid or phone_invalid
+        for (code, length), part in candidates.filter(parsed).partition_by("cc", "n", as_dict=True).items():
             check = self.check(code)
-            if check is not None and 2 <= length - len(code) <= 17:
-                try:
-                    accepted.append(self._valid_rows(check, length, part))
-                except Exception:  # a pattern the Rust engine refuses: the exact rule decides these rows
+            if check is None:
+                continue
+            try:
+                given = self._as_given(check, part)
+                if length - len(code) > 17:  # too long, and no national prefix to strip
+                    early.append(given.select("i", _reason(pl, SYNTAX)))
                     continue
-        return self._assemble(len(values), accepted, digits_only=digits_only)
+                valid = self._valid_rows(check, length, given)
+            except Exception:  # a pattern the Rust engine refuses: the exact rule decides these rows
+                continue
+            accepted.append(valid)
+            decided.append(given.select("i", "plus"))
+        return self._decision(n_rows, accepted, decided, early, digits_only=digits_only)
+
+    def _decision(
+        self, n: int, accepted: list[Any], decided: list[Any], early: list[Any], *, digits_only: bool
+    ) -> PhoneDecision:
+        pl = self._pl
+        numbers, ok = self._assemble(n, accepted, digits_only=digits_only)
+        if decided:
+            # rows decided but not accepted are phone_invalid (phone_no_country when written bare)
+            rows = pl.concat(decided)
+            rows = rows.filter(~ok.gather(rows.get_column("i")))
+            early.append(rows.select("i", _reason(pl, INVALID)))
+        bad = pl.concat(early).sort("i") if early else None
+        known = ok
+        invalid: list[tuple[int, str]] = []
+        if bad is not None and len(bad):
+            known = ok.clone().scatter(bad.get_column("i"), True)  # scatter writes in place
+            invalid = list(zip(bad.get_column("i").to_list(), bad.get_column("r").to_list(), strict=True))
+        return PhoneDecision(numbers, ok, invalid, known.not_().arg_true().to_list())
+
+    def _as_given(self, check: CodeCheck, part: Any) -> Any:
+        """The rows ``parse`` takes as given: no national prefix for parsing at the start of ``N``."""
+        if check.national_prefix is None:
+            return part
+        return part.filter(~self._pl.col("d").str.contains(check._at_start(check.national_prefix)))
 
     def _valid_rows(self, check: CodeCheck, length: int, part: Any) -> Any:
-        """The rows (``i``, ``d``) of one code and length that ``phonenumbers`` parses as given and finds valid."""
+        """The rows (``i``, ``d``) of one code and length, taken as given by ``parse``, that are valid."""
         pl = self._pl
         col = pl.col
-        if check.national_prefix is not None:
-            part = part.filter(~col("d").str.contains(check._at_start(check.national_prefix)))
         valid: list[Any] = []
         for region, (leading, pattern) in zip(check.regions, check.patterns(length), strict=True):
             if not len(part):
@@ -255,7 +321,7 @@ class PhoneDecider:
         accepted = []
         for (length,), part in frame.partition_by("n", as_dict=True).items():
             if 2 <= length - len(check.code) <= 17:
-                accepted.append(self._valid_rows(check, length, part))
+                accepted.append(self._valid_rows(check, length, self._as_given(check, part)))
         return self._assemble(len(values), accepted, digits_only=False)
 
     def _assemble(self, n: int, accepted: list[Any], *, digits_only: bool) -> tuple[Any, Any]:
@@ -294,6 +360,11 @@ class PhoneDecider:
         except Exception:
             return False
         return not self._self_check or _examples_agree(self, check)
+
+
+def _reason(pl: Any, reason: str) -> Any:
+    """``reason`` for rows written with ``+``, ``phone_no_country`` for bare digits (read without a region)."""
+    return pl.when(pl.col("plus")).then(pl.lit(reason)).otherwise(pl.lit(NO_COUNTRY)).alias("r")
 
 
 def _valid_mask(col: Any, check: CodeCheck, region: RegionCheck, types: str) -> Any:

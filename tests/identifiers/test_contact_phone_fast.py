@@ -16,7 +16,7 @@ from phonenumbers.phonemetadata import PhoneMetadata
 
 from airflow_audience_provider.identifiers.hashing import _process_with_kernel
 from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_phone
-from airflow_audience_provider.identifiers.phone_fast import PhoneDecider, phone_decider
+from airflow_audience_provider.identifiers.phone_fast import PhoneDecider, PhoneDecision, phone_decider
 from airflow_audience_provider.identifiers.rules import NormalisationProfile, PhoneFormat, get_rule
 
 pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
@@ -104,6 +104,14 @@ def written(draw: st.DrawFn) -> str:
     return draw(blank) + lead + digits + draw(blank)
 
 
+#: Strings of the fast path's characters: short and long digit runs, stray brackets, a lone ``+``, blanks.
+shaped = st.one_of(
+    st.text(alphabet="+0123456789 ()-", max_size=45),
+    st.tuples(st.sampled_from(["+", "", " +", "00", "+0"]), st.text(alphabet=DIGITS, max_size=40)).map("".join),
+    st.sampled_from(["", " ", "\t", "+", "+7 37", "+7 137", "+7 837", "+7 5", "+0 12", "+999 123", "+380 1"]),
+)
+
+
 def expected(profile: NormalisationProfile, values: list[str]) -> Outcome:
     def digest(raw: str) -> str:
         return hashlib.sha256(normalise_phone(raw, profile.phone_format, profile.default_region).encode()).hexdigest()
@@ -123,11 +131,24 @@ def _unchecked() -> PhoneDecider:
     return PhoneDecider(polars, self_check=False)
 
 
+def _decision(values: list[str], profile: NormalisationProfile) -> PhoneDecision:
+    digits = profile.phone_format is PhoneFormat.DIGITS
+    return _unchecked().decide(values, digits_only=digits, default_region=profile.default_region)
+
+
 def _decide(values: list[str], profile: NormalisationProfile) -> tuple[list[str], list[bool]]:
     """The fast path's numbers (sorted) and which rows it took."""
-    digits = profile.phone_format is PhoneFormat.DIGITS
-    numbers, ok = _unchecked().decide(values, digits_only=digits, default_region=profile.default_region)
-    return sorted(numbers.to_list()), ok.to_list()
+    decision = _decision(values, profile)
+    return sorted(decision.numbers.to_list()), decision.ok.to_list()
+
+
+def _reason(raw: str, profile: NormalisationProfile) -> str | None:
+    """The exact rule's reason for refusing ``raw``, or None when it accepts it."""
+    try:
+        normalise_phone(raw, profile.phone_format, profile.default_region)
+    except InvalidIdentifier as exc:
+        return exc.reason
+    return None
 
 
 def _exact(raw: str, profile: NormalisationProfile = CRITEO) -> str | None:
@@ -150,6 +171,74 @@ def test_fast_path_accepts_only_what_the_exact_rule_accepts_with_its_output(prof
 @given(profile=st.sampled_from(PROFILES), values=st.lists(written(), min_size=1, max_size=30))
 def test_phone_kernel_gives_what_the_exact_rule_gives(profile, values) -> None:
     assert_kernel_gives(_process_with_kernel(values, profile), expected(profile, values), skip_empty=True)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=st.sampled_from(PROFILES), values=st.lists(st.one_of(written(), shaped), min_size=1, max_size=30))
+def test_fast_path_decides_invalid_rows_with_the_exact_rules_reason_and_refuses_the_rest(profile, values) -> None:
+    decision = _decision(values, profile)
+    for i, reason in decision.invalid:
+        assert _reason(values[i], profile) == reason, values[i]
+    taken = [i for i, took in enumerate(decision.ok.to_list()) if took]
+    assert [i for i, _ in decision.invalid] == sorted({i for i, _ in decision.invalid})
+    # every row is accepted, decided invalid or left to the exact rule, exactly once
+    assert sorted(taken + [i for i, _ in decision.invalid] + decision.refused) == list(range(len(values)))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=st.sampled_from(PROFILES), values=st.lists(st.one_of(written(), shaped), min_size=1, max_size=30))
+def test_phone_kernel_gives_the_exact_rules_reasons_on_invalid_rows(profile, values) -> None:
+    assert_kernel_gives(_process_with_kernel(values, profile), expected(profile, values), skip_empty=True)
+
+
+def test_a_code_the_fast_path_cannot_decide_is_left_to_the_exact_rule() -> None:
+    import polars
+
+    decider = PhoneDecider(polars, self_check=False)
+    decider._checks["7"] = None  # as for a code whose patterns Rust refuses or whose examples disagree
+    values = ["+79995551111", "+7 37", "+7 5", "+0 12", "79995551111", "+44 7400 123456"]
+    decision = decider.decide(values, digits_only=False, default_region=None)
+    assert decision.numbers.to_list() == ["+447400123456"]
+    # the reasons that do not depend on the code's metadata are still decided
+    assert decision.invalid == [(2, "phone_syntax"), (3, "phone_syntax")]
+    assert decision.refused == [0, 1, 4]
+
+
+@pytest.mark.parametrize(
+    ("profile", "raw", "reason"),
+    [
+        (CRITEO, "+7 37", "phone_invalid"),  # parsed, not valid
+        (CRITEO, "+7 (137)", "phone_invalid"),
+        (CRITEO, "+7 1234", "phone_invalid"),
+        (CRITEO, "+7 5", "phone_syntax"),  # under 3 digits
+        (CRITEO, "+0 12", "phone_syntax"),  # no country code
+        (CRITEO, "+999 123", "phone_syntax"),
+        (CRITEO, "+380 1", "phone_syntax"),  # 1 digit after the code
+        (CRITEO, "+44 123456789012345678", "phone_syntax"),  # over 17 digits after the code
+        (CRITEO, "+44 12345678901234567", "phone_invalid"),  # 17: parsed, not valid
+        (CRITEO, "  ", "empty"),
+        (CRITEO, "999 555 11 11", "phone_no_country"),  # bare digits, not 11-15 of them
+        (CRITEO, "8 (999) 555-11-11", "phone_no_country"),  # national form without a default region
+        (YANDEX, "79995551", "phone_no_country"),
+        (YANDEX, "71234567890", "phone_no_country"),  # 11 bare digits, not a valid number
+        (PROFILES[2], "+7 37", "phone_invalid"),  # the same with a default region
+    ],
+)
+def test_invalid_international_forms_are_decided_with_the_exact_reason(profile, raw, reason) -> None:
+    assert _reason(raw, profile) == reason
+    decision = _decision([raw], profile)
+    assert (decision.invalid, decision.refused) == ([(0, reason)], [])
+
+
+def test_the_bench_phones_leave_only_the_national_prefix_rows_to_the_exact_rule() -> None:
+    """Russian mobiles as ``+7...`` and ``+7 (9xx) xxx-xx-xx``, 1% invalid (``+7 NNN``): only ``+7 8..`` is refused."""
+    values = [f"+7{900 + i % 100}{i * 7919 % 10**7:07d}" for i in range(300)]
+    values += [f" +7 ({900 + i}) {i * 7919 % 1000:03d}-{i:02d}-11 " for i in range(90)]
+    values += [f"+7 {i % 1000}" for i in range(37, 3000, 100)]
+    assert all(_exact(v) for v in values[:390])
+    decision = _decision(values, CRITEO)
+    assert all(decision.ok.to_list()[:390])
+    assert [values[i] for i in decision.refused] == [v for v in values if v.startswith("+7 8")]
 
 
 def test_every_example_number_in_international_form_is_decided_by_the_fast_path() -> None:
@@ -190,16 +279,17 @@ def test_common_international_forms_take_the_fast_path(profile, raw, fast) -> No
 @pytest.mark.parametrize(
     ("profile", "raw"),
     [
-        (CRITEO, "8 (999) 555-11-11"),  # national form: needs the region
+        (PROFILES[2], "8 (999) 555-11-11"),  # national form, read in the default region
         (PROFILES[3], "12015550123"),  # bare digits with a default region: the region reads them first
         (CRITEO, "+7 999 555-11-11 ext. 12"),  # extension
         (CRITEO, "+7\u00a0999\u00a05551111"),  # NBSP: phonenumbers' punctuation, not the fast path's
         (CRITEO, "007 999 555 11 11"),
-        (CRITEO, "+7 1234"),  # invalid: the exact rule gives the reason
+        (CRITEO, "+7 837"),  # invalid, but a national prefix (8) could be stripped: the exact rule decides
     ],
 )
 def test_other_forms_are_left_to_the_exact_rule(profile, raw) -> None:
     assert _decide([raw], profile) == ([], [False])
+    assert _decision([raw], profile).refused == [0]
 
 
 def test_phone_profiles_use_the_kernel_and_the_python_path_agrees(monkeypatch) -> None:
