@@ -465,7 +465,6 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
         audience_name: str | None = None,
         min_size: int | None = None,
         max_size: int | None = None,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 10,
         timeout: float = 30 * 60,
         batch_compute_wait: float | None = None,
@@ -479,7 +478,6 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
         self.audience_name = audience_name
         self.min_size = min_size
         self.max_size = max_size
-        self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.batch_compute_wait = batch_compute_wait
