@@ -33,12 +33,13 @@ Behaviour worth knowing when writing clients:
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -72,6 +73,85 @@ MS_AMENDMENT_TYPES = ("email", "madid", "identityLink", "gum", "phoneNumber")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _HEX_DIGITS = b"0123456789abcdef"
+_DIGEST_ARRAY_KEY = b'"identifiers": ["'
+# Stands in for the digest array while the rest of the body is parsed; a JSON escape, so a body
+# without any backslash cannot hold this string itself.
+_SPLICED = "\x00identifiers"
+
+
+class DigestArray(Sequence[str]):
+    """Lower-case SHA-256 hex digests kept as the JSON array text they arrived in (``"<hex>", "<hex>"``).
+
+    An amendment records them as they are; the strings are made when someone reads the list
+    (:meth:`CriteoFake.members`), not for each request.
+    """
+
+    def __init__(self, text: bytes, count: int) -> None:
+        self.text = text
+        self._count = count
+
+    def _list(self) -> list[str]:
+        return self.text[1:-1].decode("ascii").split('", "')
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+
+def split_digest_body(raw: bytes) -> tuple[dict[str, Any], DigestArray] | None:
+    """``json.loads(raw)`` for an amendment body whose ``identifiers`` are lower-case SHA-256 hex digests.
+
+    The array (``["<64 hex>", "<64 hex>", ...]``, as hashing clients write it) is checked with a
+    few whole-buffer operations instead of a JSON parse; the rest of the body is parsed with the
+    array replaced by a placeholder string. Returns ``(body, digests)`` where ``body`` is
+    ``json.loads(raw)`` except that ``body["data"]["attributes"]["identifiers"]`` is ``digests``
+    (the same strings); None whenever that cannot be shown (any other layout, a backslash
+    anywhere, a key written twice): the caller then parses the whole body.
+    """
+    start = raw.find(_DIGEST_ARRAY_KEY)
+    if start < 0 or b"\\" in raw:
+        return None
+    opening = start + len(_DIGEST_ARRAY_KEY) - 2  # the "["
+    closing = raw.find(b"]", opening)
+    if closing < 0:
+        return None
+    inner = raw[opening + 1 : closing]
+    # n strings of 64 characters: '"' at 0 and 65, ',' at 66, ' ' at 67 of every 68 bytes (the last
+    # without ", "), and those 4n - 2 are the only bytes that are not lower-case hex digits.
+    n = (len(inner) + 2) // 68
+    if (
+        n < 1
+        or len(inner) != 68 * n - 2
+        or inner[0::68] != b'"' * n
+        or inner[65::68] != b'"' * n
+        or inner[66::68] != b"," * (n - 1)
+        or inner[67::68] != b" " * (n - 1)
+        or len(inner.translate(None, _HEX_DIGITS)) != 4 * n - 2
+    ):
+        return None
+    try:
+        body = json.loads(raw[:opening] + b'"\\u0000identifiers"' + raw[closing + 1 :])
+    except ValueError:
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    attributes = data.get("attributes") if isinstance(data, dict) else None
+    # The placeholder can only come from the splice: it stood where the value of identifiers is.
+    if not isinstance(attributes, dict) or attributes.get("identifiers") != _SPLICED:
+        return None
+    digests = DigestArray(inner, n)
+    attributes["identifiers"] = digests
+    return body, digests
 
 
 def _iso(ts: float) -> str:
@@ -163,7 +243,8 @@ class CriteoFake(VendorFake):
         self._calls: deque[float] = deque()
         self._segments: dict[str, dict[str, Any]] = {}
         self._audiences: dict[str, dict[str, Any]] = {}
-        self._ops: dict[str, list[tuple[float, str, frozenset[str]]]] = {}
+        # (time, operation, identifiers): the set is built when :meth:`members` is asked, not per request.
+        self._ops: dict[str, list[tuple[float, str, Sequence[str]]]] = {}
         self._targets: dict[str, dict[str, Any]] = {}
         self._ad_sets: dict[str, str] = {}
         self._amendments = 0
@@ -258,9 +339,9 @@ class CriteoFake(VendorFake):
                 if as_of is not None and at > as_of:
                     break
                 if op == "add":
-                    members |= ids
+                    members.update(ids)
                 elif op == "remove":
-                    members -= ids
+                    members.difference_update(ids)
                 else:
                     members = set()
             return members
@@ -997,7 +1078,9 @@ class CriteoFake(VendorFake):
 
     async def _amend(self, request: Request) -> Response:
         version = self._version(request)
-        body = await self._body(request)
+        # Digests as hashing clients send them: checked whole and split, not parsed string by string.
+        split = split_digest_body(await request.body())
+        body, digests = split if split is not None else (await self._body(request), None)
         api = self._api_of(request)
         data = body.get("data")
         if not isinstance(data, dict) or not isinstance(data.get("attributes"), dict):
@@ -1009,7 +1092,7 @@ class CriteoFake(VendorFake):
         identifiers = attributes.get("identifiers")
         if operation not in ("add", "remove"):
             raise ApiError(400, "operation must be add or remove", "validation-error")
-        if not isinstance(identifiers, list):
+        if digests is None and not isinstance(identifiers, list):
             raise ApiError(400, "identifiers must be an array", "validation-error")
         limit = int(self.config.get("max_identifiers") or 50_000)
         if len(identifiers) > limit:
@@ -1031,10 +1114,11 @@ class CriteoFake(VendorFake):
                     f"Segment {seg['id']} holds {seg['identifierType']} identifiers, not {id_type}",
                     "identifier-type-mismatch",
                 )
-            valid = self._valid_identifiers(identifiers, id_type)
+            # Lower-case SHA-256 digests are valid for every identifier type.
+            valid = digests if digests is not None else self._valid_identifiers(identifiers, id_type)
             invalid = len(identifiers) - len(valid)
             now = self.now()
-            self._ops[seg["id"]].append((now, operation, frozenset(valid)))
+            self._ops[seg["id"]].append((now, operation, valid))
             self._amendments += 1
         fields = {
             "contactListId": int(seg["id"]),
@@ -1055,7 +1139,7 @@ class CriteoFake(VendorFake):
         version = self._version(request)
         with self.lock:
             seg = self._segment_for_list(request)
-            self._ops[seg["id"]].append((self.now(), "clear", frozenset()))
+            self._ops[seg["id"]].append((self.now(), "clear", []))
         if self._api_of(request) == "retail_media":
             return self._answer(None, version, 204)
         body = {

@@ -94,3 +94,157 @@ _identifier = st.one_of(
 def test_whole_list_validation_accepts_exactly_what_the_per_value_check_accepts(identifiers, id_type):
     expected = [v for v in identifiers if CriteoFake._valid_identifier(v, id_type)]
     assert CriteoFake._valid_identifiers(identifiers, id_type) == expected
+
+
+_digest = st.text(alphabet=_HEX, min_size=64, max_size=64)
+_near_digest = st.one_of(_digest, st.text(alphabet=_HEX + 'ABCDEF", \\]\x00', min_size=62, max_size=66))
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12), st.sampled_from(["\x00identifiers"]))
+
+
+@st.composite
+def _amendment_bodies(draw: st.DrawFn) -> bytes:
+    """Bodies of an add/remove call as clients write them, and texts close to that layout."""
+    import json
+
+    digests = draw(st.lists(_digest, max_size=6))
+    array = '["' + '", "'.join(digests) + '"]' if digests else "[]"
+    if draw(st.booleans()):  # a string that is not a digest, or a stray character, in the array
+        items = draw(st.lists(_near_digest, min_size=1, max_size=4))
+        array = "[" + ", ".join(json.dumps(v) if draw(st.booleans()) else f'"{v}"' for v in items) + "]"
+    if digests and draw(st.booleans()):  # one character of the array's text changed or moved
+        i = draw(st.integers(1, len(array) - 2))
+        j = draw(st.integers(1, len(array) - 2))
+        chars = list(array)
+        if draw(st.booleans()):
+            chars[i] = draw(st.sampled_from('"," A]\\\x00') | st.sampled_from(_HEX))
+        else:
+            chars.insert(j, chars.pop(i))
+        array = "".join(chars)
+    extra = draw(st.dictionaries(st.sampled_from(["identifierType", "x", "identifiers", "operation"]), _scalar))
+    head = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in extra.items())
+    attributes = draw(
+        st.sampled_from(
+            [
+                '{"operation": "add", "identifiers": ARRAY}',
+                '{"identifiers": ARRAY, "operation": "remove", "identifierType": "Email"}',
+                "{HEAD, " + '"identifiers": ARRAY}',
+                '{"identifiers": ARRAY, ' + "HEAD}",
+                '{"identifiers": ARRAY, "identifiers": ARRAY}',
+                '{"identifiers": ARRAY, "identifiers": "\\u0000identifiers"}',
+                '{"identifiers": ARRAY',
+                '{"identifiers": ARRAY}}',
+                '{"note": "\\"identifiers\\": [", "identifiers": ARRAY}',
+                '{"nested": {"identifiers": ARRAY}}',
+            ]
+        )
+    )
+    attributes = attributes.replace("HEAD", head or '"a": 1').replace("ARRAY", array)
+    body = draw(
+        st.sampled_from(
+            [
+                '{"data": {"type": "AddRemoveContactlist", "attributes": ATTR}}',
+                '{"data": {"attributes": ATTR, "type": "ContactlistAmendment"}}',
+                '{"data": ATTR}',
+                '[{"data": {"attributes": ATTR}}]',
+                '{"data": {"attributes": ATTR}, "data": {"attributes": {"identifiers": []}}}',
+            ]
+        )
+    )
+    text = body.replace("ATTR", attributes)
+    return text.encode("utf-8")
+
+
+@settings(max_examples=500, deadline=None)
+@given(_amendment_bodies())
+def test_digest_body_split_is_the_json_parse_or_declines(raw):
+    """The fake's split of digest arrays gives what ``json.loads`` gives, or leaves the body to it."""
+    import json
+
+    from airflow_audience_provider.sandbox.criteo import split_digest_body
+
+    split = split_digest_body(raw)
+    if split is None:
+        return
+    body, digests = split
+    assert body["data"]["attributes"]["identifiers"] is digests
+    body["data"]["attributes"]["identifiers"] = list(digests)
+    assert body == json.loads(raw)
+    assert len(digests) == len(list(digests)) and all(len(d) == 64 and not d.strip(_HEX) for d in digests)
+
+
+def test_digest_body_split_takes_what_hashing_clients_send():
+    import hashlib
+
+    from airflow_audience_provider.core.transport import JsonStrings, encode_json
+    from airflow_audience_provider.sandbox.criteo import split_digest_body
+
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1000)]
+    lines = "".join(d + "\n" for d in digests).encode()
+    for identifiers in (digests, JsonStrings(lines, len(digests))):
+        attributes = {"operation": "add", "identifierType": "Email", "identifiers": identifiers}
+        raw = encode_json({"data": {"type": "AddRemoveContactlist", "attributes": attributes}})
+        split = split_digest_body(raw)
+        assert split is not None and list(split[1]) == digests and len(split[1]) == 1000
+
+
+def test_amendments_of_digests_are_validated_as_before(criteo):
+    """Digest bodies take the fake's fast path; what it refuses or counts stays the same."""
+    headers = {"Authorization": f"Bearer {_token(criteo)}", "Content-Type": "application/json"}
+    sid = criteo.add_segment("digests")["id"]
+    url = f"{criteo.base_url}/2026-07/retail-media/audience-segments/{sid}/contact-list/add-remove"
+    digests = ["ab" * 32, "cd" * 32, "ef" * 32]
+    array = '["' + '", "'.join(digests) + '"]'
+
+    def post(attributes: str) -> requests.Response:
+        body = '{"data": {"type": "AddRemoveContactlist", "attributes": ' + attributes + "}}"
+        return requests.post(url, data=body.encode(), headers=headers, timeout=10)
+
+    ok = post('{"operation": "add", "identifierType": "Email", "identifiers": ' + array + "}")
+    assert ok.status_code == 200 and ok.json()["data"]["nbValidIdentifiers"] == 3
+    assert ok.json()["data"]["nbInvalidIdentifiers"] == 0
+    assert criteo.members(sid) == set(digests)
+    removed = post('{"operation": "remove", "identifierType": "Email", "identifiers": ' + array[:67] + "]}")
+    assert removed.status_code == 200 and criteo.members(sid) == set(digests[1:])
+    truncated = post('{"operation": "add", "identifierType": "Email", "identifiers": ' + array)
+    assert truncated.status_code == 400 and truncated.json()["errors"][0]["code"] == "invalid-json"
+    bad_op = post('{"operation": "upsert", "identifierType": "Email", "identifiers": ' + array + "}")
+    assert bad_op.status_code == 400 and bad_op.json()["errors"][0]["code"] == "validation-error"
+    bad_type = post('{"operation": "add", "identifierType": "Phone", "identifiers": ' + array + "}")
+    assert bad_type.status_code == 400
+    overridden = post('{"operation": "add", "identifierType": "Email", "identifiers": ' + array + ', "identifiers": 1}')
+    assert overridden.status_code == 400 and "array" in overridden.json()["errors"][0]["detail"]
+    mixed = post('{"operation": "add", "identifierType": "Email", "identifiers": ["' + "AB" * 32 + '", "x"]}')
+    assert mixed.status_code == 200 and mixed.json()["data"]["nbInvalidIdentifiers"] == 2
+    criteo.configure(max_identifiers=2)
+    too_many = post('{"operation": "add", "identifierType": "Email", "identifiers": ' + array + "}")
+    assert too_many.status_code == 400 and too_many.json()["errors"][0]["code"] == "too-many-identifiers"
+    assert criteo.members(sid) == set(digests[1:])
+
+
+def test_digest_body_split_declines_every_one_character_change_of_the_array():
+    """Each byte of a two-digest array replaced, dropped, or moved a few places: a parse or a decline."""
+    import json
+
+    from airflow_audience_provider.sandbox.criteo import split_digest_body
+
+    array = '["' + "0123456789abcdef" * 4 + '", "' + "fedcba9876543210" * 4 + '"]'
+    variants = set()
+    for i in range(1, len(array) - 1):
+        for c in '"," A]\\\x00g':
+            variants.add(array[:i] + c + array[i + 1 :])
+        variants.add(array[:i] + array[i + 1 :])
+        for j in range(max(1, i - 3), min(len(array) - 1, i + 4)):
+            chars = list(array)
+            chars.insert(j, chars.pop(i))
+            variants.add("".join(chars))
+    split_some = 0
+    for variant in variants:
+        raw = ('{"data": {"attributes": {"operation": "add", "identifiers": ' + variant + "}}}").encode()
+        split = split_digest_body(raw)
+        if split is None:
+            continue
+        split_some += 1
+        body, digests = split
+        body["data"]["attributes"]["identifiers"] = list(digests)
+        assert body == json.loads(raw), variant
+    assert split_some > 100  # hex digits replaced by hex digits still take the fast path
