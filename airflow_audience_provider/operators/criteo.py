@@ -26,7 +26,7 @@ from airflow_audience_provider.operators.contact_list import MODES, ContactListU
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_audience_provider.hooks.criteo import CriteoHook  # noqa: F401 (the vendor base's hook type, quoted)
+    from airflow_audience_provider.hooks.criteo import CriteoHook
 
 SEGMENT_ASSET_ALIAS = "criteo-segments"
 AUDIENCE_ASSET_ALIAS = "criteo-audiences"
@@ -44,6 +44,12 @@ class _CriteoOperator(AudienceBaseOperator["CriteoHook"]):
 
     spec = CRITEO
     default_asset_alias = SEGMENT_ASSET_ALIAS
+
+    @staticmethod
+    def hook_class() -> type[CriteoHook]:
+        from airflow_audience_provider.hooks.criteo import CriteoHook  # the hook imports requests: not at DAG parse
+
+        return CriteoHook
 
     def __init__(
         self,

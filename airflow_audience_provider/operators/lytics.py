@@ -22,7 +22,7 @@ from airflow_audience_provider.triggers.lytics import LyticsReevaluationTrigger
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_audience_provider.hooks.lytics import LyticsHook  # noqa: F401 (the vendor base's hook type, quoted)
+    from airflow_audience_provider.hooks.lytics import LyticsHook
 
 ASSET_ALIAS = "lytics-segments"
 
@@ -30,6 +30,12 @@ ASSET_ALIAS = "lytics-segments"
 class _LyticsOperator(AudienceBaseOperator["LyticsHook"]):
     spec = LYTICS
     default_asset_alias = ASSET_ALIAS
+
+    @staticmethod
+    def hook_class() -> type[LyticsHook]:
+        from airflow_audience_provider.hooks.lytics import LyticsHook  # the hook imports requests: not at DAG parse
+
+        return LyticsHook
 
     def __init__(self, *, lytics_conn_id: str = LYTICS.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)

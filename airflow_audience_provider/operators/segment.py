@@ -38,7 +38,7 @@ from airflow_audience_provider.triggers.segment import SegmentAudienceEditableTr
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_audience_provider.hooks.segment import SegmentHook  # noqa: F401 (the vendor base's hook type, quoted)
+    from airflow_audience_provider.hooks.segment import SegmentHook
 
 ASSET_ALIAS = "segment-audiences"
 
@@ -56,6 +56,12 @@ class _SegmentOperator(AudienceBaseOperator["SegmentHook"]):
     spec = SEGMENT
     default_asset_alias = ASSET_ALIAS
     ui_color = "#e8f5e9"
+
+    @staticmethod
+    def hook_class() -> type[SegmentHook]:
+        from airflow_audience_provider.hooks.segment import SegmentHook  # the hook imports requests: not at DAG parse
+
+        return SegmentHook
 
     def __init__(
         self,

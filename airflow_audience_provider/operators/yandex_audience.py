@@ -53,6 +53,13 @@ class _YandexAudienceOperator(AudienceBaseOperator["YandexAudienceHook"]):
     default_asset_alias = ASSET_ALIAS
     on_item_error = "fail"  # the multi-item operators take it as a parameter
 
+    @staticmethod
+    def hook_class() -> type[YandexAudienceHook]:
+        # the hook imports requests: not at DAG parse
+        from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+
+        return YandexAudienceHook
+
     def __init__(self, *, yandex_audience_conn_id: str = YANDEX_AUDIENCE.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.yandex_audience_conn_id = yandex_audience_conn_id

@@ -59,6 +59,13 @@ class _YandexDirectOperator(AudienceBaseOperator["YandexDirectHook"]):
 
     spec = YANDEX_DIRECT
 
+    @staticmethod
+    def hook_class() -> type[YandexDirectHook]:
+        # the hook imports requests: not at DAG parse
+        from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
+
+        return YandexDirectHook
+
     def __init__(
         self,
         *,
