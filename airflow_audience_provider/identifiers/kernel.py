@@ -185,7 +185,9 @@ class EmailKernel:
         here (:mod:`~airflow_audience_provider.identifiers.phone_fast`); every other row is left to the exact rule."""
         pl, plh = self._pl, self._plh
         decision = phone_decider(pl).decide(values, digits_only=digits_only, default_region=default_region)
-        digests = pl.DataFrame([decision.numbers]).select(plh.col("v").chash.sha2_256()).to_series()
+        # one chunk: over several, polars hashes chunk by chunk on its thread pool, shared by the read workers
+        numbers = decision.numbers.rechunk()
+        digests = pl.DataFrame([numbers]).select(plh.col("v").chash.sha2_256()).to_series()
         return self._ordered(None, digests, refused=decision.refused, invalid=decision.invalid)
 
     def run_sha256(self, values: list[str]) -> KernelOutput:

@@ -199,6 +199,11 @@ class PhoneDecider:
         self._pl = pl
         self._self_check = self_check
         self._code_of = _code_of_prefix()
+        packed: list[int | None] = [None] * 1000
+        for start, code in self._code_of.items():
+            packed[int(start)] = int(code) * 64 + len(code) + 2
+        #: per 3-digit start of D: its country code * 64 + the fewest digits parse takes with it
+        self._packed_codes = pl.Series(packed, dtype=pl.Int32)
         self._lock = threading.Lock()
         self._checks: dict[str, CodeCheck | None] = {}
 
@@ -212,127 +217,166 @@ class PhoneDecider:
         ``parse`` takes them as given and ``is_valid_number`` refuses them. Without a default region,
         bare digits not starting ``00`` and not 11-15 digits long are ``phone_no_country``, and blank
         rows are ``empty``. Everything else not accepted is refused (left to the exact rule).
+
+        Every step is one polars call over a Series or a single expression: those run in the
+        calling thread with the GIL released, where calls over several columns would queue on
+        polars' thread pool, which the read workers share.
         """
         pl = self._pl
-        col = pl.col
         n_rows = len(values)
-        frame = pl.DataFrame({"t": pl.Series(values, dtype=pl.String).str.strip_chars(ASCII_BLANKS)})
-        frame = frame.with_row_index("i")
-        plain = frame.get_column("t").str.contains(PLAIN)
-        parts = [frame.filter(plain).select("i", col("t").str.slice(1).alias("d"), pl.lit(True).alias("plus"))]
-        early: list[Any] = []  # (i, r): rows decided invalid before grouping
-        rest = frame.filter(~plain)
-        if len(rest):
-            early.append(rest.filter(col("t") == "").select("i", pl.lit(EMPTY).alias("r")))
-            digits = col("t")
-            for mark in "+ ()-":  # what SHAPE allows besides digits: literal removal is ~3x a regex replace
-                digits = digits.str.replace_all(mark, "", literal=True)
-            rest = rest.filter(col("t").str.contains(SHAPE)).with_columns(
-                digits.alias("d"), col("t").str.starts_with("+").alias("plus")
-            )
-            parts.append(rest.filter(col("plus")).select("i", "d", "plus"))
-            if default_region is None:
-                # without a region, bare digits are read as international when 11-15 digits long, and
-                # are otherwise phone_no_country; "00" starts an international prefix (exact rule)
-                bare = rest.filter(~col("plus") & ~col("t").str.starts_with("00"))
-                length = col("d").str.len_bytes()
-                international = (length >= 11) & (length <= 15)
-                parts.append(bare.filter(international).select("i", "d", "plus"))
-                early.append(bare.filter(~international).select("i", pl.lit(NO_COUNTRY).alias("r")))
-        candidates = pl.concat(parts).with_columns(
-            col("d").str.len_bytes().alias("n"),
-            col("d").str.slice(0, 3).replace_strict(self._code_of, default=None, return_dtype=pl.String).alias("cc"),
-        )
-        # parse raises: under 3 digits, no country code, or under 2 digits after the code
-        parsed = col("cc").is_not_null() & (col("n") >= 3) & (col("n") - col("cc").str.len_bytes() >= 2)
-        early.append(candidates.filter(~parsed).select("i", _reason(pl, SYNTAX)))
-        accepted: list[Any] = []
-        decided: list[Any] = []  # (i, plus): rows parse takes as given, so valid or phone_invalid
-        for (code, length), part in candidates.filter(parsed).partition_by("cc", "n", as_dict=True).items():
-            check = self.check(code)
-            if check is None:
-                continue
-            try:
-                given = self._as_given(check, part)
-                if length - len(code) > 17:  # too long, and no national prefix to strip
-                    early.append(given.select("i", _reason(pl, SYNTAX)))
-                    continue
-                valid = self._valid_rows(check, length, given)
-            except Exception:  # a pattern the Rust engine refuses: the exact rule decides these rows
-                continue
-            accepted.append(valid)
-            decided.append(given.select("i", "plus"))
-        return self._decision(n_rows, accepted, decided, early, digits_only=digits_only)
+        t = pl.Series("t", values, dtype=pl.String).str.strip_chars(ASCII_BLANKS)
+        rows = pl.int_range(n_rows, dtype=pl.UInt32, eager=True)
+        plain = t.str.contains(PLAIN)
+        n_plain = plain.sum()
+        if n_plain == n_rows:
+            found = _Rows(rows, t.str.slice(1), pl.repeat(True, n_rows, dtype=pl.Boolean, eager=True))
+            early = _Rows.empty(pl)
+        else:
+            found, early = self._read_rest(t, rows, plain, n_plain, default_region)
+        return self._decide_found(n_rows, found, early, self.check, digits_only=digits_only)
 
-    def _decision(
-        self, n: int, accepted: list[Any], decided: list[Any], early: list[Any], *, digits_only: bool
+    def _read_rest(
+        self, t: Any, rows: Any, plain: Any, n_plain: int, default_region: str | None
+    ) -> tuple[_Rows, _Rows]:
+        """The rows read as ``+`` and digits (or bare digits), and the rows decided before reading digits."""
+        pl = self._pl
+        rest_rows, rest = rows.filter(~plain), t.filter(~plain)
+        blank = rest == ""
+        early = _Rows(rest_rows.filter(blank), None, None, pl.repeat(EMPTY, blank.sum(), dtype=pl.String, eager=True))
+        shaped = rest.str.contains(SHAPE)
+        rest_rows, rest = rest_rows.filter(shaped), rest.filter(shaped)
+        digits = pl.col("t")
+        for mark in "+ ()-":  # what SHAPE allows besides digits: literal removal is ~3x a regex replace
+            digits = digits.str.replace_all(mark, "", literal=True)
+        d = rest.to_frame().select(digits).to_series()
+        plus = rest.str.starts_with("+")
+        found = [
+            _Rows(
+                rows.filter(plain), t.filter(plain).str.slice(1), pl.repeat(True, n_plain, dtype=pl.Boolean, eager=True)
+            ),
+            _Rows(rest_rows.filter(plus), d.filter(plus), plus.filter(plus)),
+        ]
+        if default_region is None:
+            # without a region, bare digits are read as international when 11-15 digits long, and
+            # are otherwise phone_no_country; "00" starts an international prefix (exact rule)
+            bare = ~plus & ~rest.str.starts_with("00")
+            length = d.str.len_bytes()
+            international = (length >= 11) & (length <= 15)
+            take = bare & international
+            found.append(_Rows(rest_rows.filter(take), d.filter(take), plus.filter(take)))
+            other = bare & ~international
+            no_country = pl.repeat(NO_COUNTRY, other.sum(), dtype=pl.String, eager=True)
+            early = _Rows.concat(pl, [early, _Rows(rest_rows.filter(other), None, None, no_country)])
+        return _Rows.concat(pl, found), early
+
+    def _decide_found(
+        self, n_rows: int, found: _Rows, early: _Rows, checks: Any, *, digits_only: bool
     ) -> PhoneDecision:
+        """Decide the rows read as digits ``D`` (``found``), grouped by country code and length."""
         pl = self._pl
-        numbers, ok = self._assemble(n, accepted, digits_only=digits_only)
-        if decided:
-            # rows decided but not accepted are phone_invalid (phone_no_country when written bare)
-            rows = pl.concat(decided)
-            rows = rows.filter(~ok.gather(rows.get_column("i")))
-            early.append(rows.select("i", _reason(pl, INVALID)))
-        bad = pl.concat(early).sort("i") if early else None
-        known = ok
-        invalid: list[tuple[int, str]] = []
-        if bad is not None and len(bad):
-            known = ok.clone().scatter(bad.get_column("i"), True)  # scatter writes in place
-            invalid = list(zip(bad.get_column("i").to_list(), bad.get_column("r").to_list(), strict=True))
-        return PhoneDecision(numbers, ok, invalid, known.not_().arg_true().to_list())
+        # The code and its length (packed as code * 64 + length + 2) from the first 3 digits as an
+        # index into a table: 1 or 2 digits, or a leading 0, index a row of "0xx", which is null.
+        packed = self._packed_codes.gather(found.digits.str.slice(0, 3).str.to_integer(strict=False))
+        n = found.digits.str.len_bytes().cast(pl.Int32)
+        shortest = packed % 64
+        # parse raises: under 3 digits, no country code, or under 2 digits after the code
+        parsed = (n >= shortest).fill_null(False)
+        keys = packed - shortest + n  # code * 64 + number of digits
+        bad = [found.filter(~parsed).with_reason(pl, SYNTAX)] if not parsed.all() else []
+        if bad:
+            found, keys = found.filter(parsed), keys.filter(parsed)
+        groups = keys.unique().sort()
+        if len(groups) > 1:
+            order = keys.arg_sort()
+            found, keys = found.gather(order), keys.gather(order)
+        starts = keys.search_sorted(groups, "left").to_list()
+        ends = [*starts[1:], len(keys)] if starts else []
+        valid_masks: list[Any] = []
+        decided_masks: list[Any] = []
+        long_masks: list[Any] = []
+        for group, lo, hi in zip(groups.to_list(), starts, ends, strict=True):
+            size = hi - lo
+            valid = decided = too_long = None
+            check = checks(str(group // 64))
+            if check is not None:
+                digits = found.digits.slice(lo, size)
+                try:
+                    given = self._as_given(check, digits)
+                    if group % 64 - len(check.code) > 17:  # too long, and no national prefix to strip
+                        decided = too_long = given
+                    else:
+                        valid, decided = self._valid_mask(check, group % 64, digits, given), given
+                except Exception:  # a pattern the Rust engine refuses: the exact rule decides these rows
+                    valid = decided = too_long = None
+            no = pl.repeat(False, size, dtype=pl.Boolean, eager=True)
+            valid_masks.append(no if valid is None else valid)
+            decided_masks.append(no if decided is None else decided)
+            long_masks.append(no if too_long is None else too_long)
+        if valid_masks:
+            # one chunk each, so that the rows they select are one chunk too (see _Rows.concat)
+            valid_all, decided_all = pl.concat(valid_masks, rechunk=True), pl.concat(decided_masks, rechunk=True)
+            too_long_all = pl.concat(long_masks, rechunk=True)
+            if too_long_all.any():
+                bad.append(found.filter(too_long_all).with_reason(pl, SYNTAX))
+            invalid = decided_all & ~valid_all & ~too_long_all
+            if invalid.any():
+                bad.append(found.filter(invalid).with_reason(pl, INVALID))
+            accepted = found.filter(valid_all)
+        else:
+            accepted = _Rows.empty(pl)
+        numbers = accepted.digits if digits_only else "+" + accepted.digits
+        ok = pl.repeat(False, n_rows, dtype=pl.Boolean, eager=True).scatter(accepted.rows, True)
+        decided_bad = _Rows.concat(pl, [early, *bad])
+        if not len(decided_bad.rows):
+            return PhoneDecision(numbers.alias("v"), ok, [], (~ok).arg_true().to_list())
+        known = ok.clone().scatter(decided_bad.rows, True)  # scatter writes in place
+        order = decided_bad.rows.arg_sort()
+        reasons = zip(
+            decided_bad.rows.gather(order).to_list(), decided_bad.reasons.gather(order).to_list(), strict=True
+        )
+        return PhoneDecision(numbers.alias("v"), ok, list(reasons), (~known).arg_true().to_list())
 
-    def _as_given(self, check: CodeCheck, part: Any) -> Any:
-        """The rows ``parse`` takes as given: no national prefix for parsing at the start of ``N``."""
+    def _as_given(self, check: CodeCheck, digits: Any) -> Any:
+        """Mask of the rows ``parse`` takes as given: no national prefix for parsing at the start of ``N``."""
         if check.national_prefix is None:
-            return part
-        return part.filter(~self._pl.col("d").str.contains(check._at_start(check.national_prefix)))
+            return self._pl.repeat(True, len(digits), dtype=self._pl.Boolean, eager=True)
+        return ~digits.str.contains(check._at_start(check.national_prefix))
 
-    def _valid_rows(self, check: CodeCheck, length: int, part: Any) -> Any:
-        """The rows (``i``, ``d``) of one code and length, taken as given by ``parse``, that are valid."""
+    def _valid_mask(self, check: CodeCheck, length: int, digits: Any, given: Any) -> Any:
+        """Mask of the rows of one code and length, among those taken as given (``given``), that are valid."""
         pl = self._pl
-        col = pl.col
+        positions = pl.int_range(len(digits), dtype=pl.UInt32, eager=True)
+        if not given.all():
+            digits, positions = digits.filter(given), positions.filter(given)
         valid: list[Any] = []
         for region, (leading, pattern) in zip(check.regions, check.patterns(length), strict=True):
-            if not len(part):
+            if not len(digits):
                 break
             if leading is not None:
-                mask = part.get_column("d").str.contains(leading)
-                if pattern is not None:
-                    chosen = part.filter(mask)
-                    if len(chosen):
-                        valid.append(chosen.filter(_valid_mask(col, check, region, pattern)))
+                chosen = digits.str.contains(leading)
+                if pattern is not None and chosen.any():
+                    sub = digits.filter(chosen)
+                    valid.append(positions.filter(chosen).filter(_valid(check, region, pattern, sub)))
             elif pattern is not None:
-                mask = part.select(_valid_mask(col, check, region, pattern)).to_series()
-                valid.append(part.filter(mask))
+                chosen = _valid(check, region, pattern, digits)
+                valid.append(positions.filter(chosen))
             else:
                 continue
-            part = part.filter(~mask)
-        if not valid:
-            return part.clear().select("i", "d")
-        return pl.concat([v.select("i", "d") for v in valid])
+            digits, positions = digits.filter(~chosen), positions.filter(~chosen)
+        mask = pl.repeat(False, len(given), dtype=pl.Boolean, eager=True)
+        return mask.scatter(pl.concat(valid), True) if valid else mask
 
     def decide_code(self, check: CodeCheck, values: list[str]) -> tuple[Any, Any]:
         """:meth:`decide` of ``+`` and digits of one country code with a given check (the self-check)."""
         pl = self._pl
-        col = pl.col
-        frame = pl.DataFrame({"d": pl.Series([v.lstrip("+") for v in values], dtype=pl.String)}).with_row_index("i")
-        frame = frame.filter(col("d").str.starts_with(check.code)).with_columns(col("d").str.len_bytes().alias("n"))
-        accepted = []
-        for (length,), part in frame.partition_by("n", as_dict=True).items():
-            if 2 <= length - len(check.code) <= 17:
-                accepted.append(self._valid_rows(check, length, self._as_given(check, part)))
-        return self._assemble(len(values), accepted, digits_only=False)
-
-    def _assemble(self, n: int, accepted: list[Any], *, digits_only: bool) -> tuple[Any, Any]:
-        pl = self._pl
-        ok = pl.repeat(False, n, dtype=pl.Boolean, eager=True).alias("ok")
-        rows = pl.concat(accepted) if accepted else None
-        if rows is None or not len(rows):
-            return pl.Series("v", [], dtype=pl.String), ok
-        ok = ok.scatter(rows.get_column("i"), True)
-        digits = rows.get_column("d")
-        return (digits if digits_only else "+" + digits).alias("v"), ok
+        digits = pl.Series("d", [v.lstrip("+") for v in values], dtype=pl.String)
+        rows = pl.int_range(len(values), dtype=pl.UInt32, eager=True)
+        mine = digits.str.starts_with(check.code)
+        found = _Rows(rows.filter(mine), digits.filter(mine), pl.repeat(True, mine.sum(), dtype=pl.Boolean, eager=True))
+        decision = self._decide_found(
+            len(values), found, _Rows.empty(pl), lambda code: check if code == check.code else None, digits_only=False
+        )
+        return decision.numbers, decision.ok
 
     def check(self, code: str) -> CodeCheck | None:
         """The country code's check, built once, or None when it cannot be decided here."""
@@ -362,16 +406,51 @@ class PhoneDecider:
         return not self._self_check or _examples_agree(self, check)
 
 
-def _reason(pl: Any, reason: str) -> Any:
-    """``reason`` for rows written with ``+``, ``phone_no_country`` for bare digits (read without a region)."""
-    return pl.when(pl.col("plus")).then(pl.lit(reason)).otherwise(pl.lit(NO_COUNTRY)).alias("r")
-
-
-def _valid_mask(col: Any, check: CodeCheck, region: RegionCheck, types: str) -> Any:
+def _valid(check: CodeCheck, region: RegionCheck, types: str, digits: Any) -> Any:
     """The general description and one of the types admitting this length both match all of ``N``."""
     assert region.general is not None
-    general = col("d").str.contains(f"^{check.code}(?:{region.general[1]})$")
-    return general & col("d").str.contains(f"^{check.code}(?:{types})$")
+    general = digits.str.contains(f"^{check.code}(?:{region.general[1]})$")
+    return general & digits.str.contains(f"^{check.code}(?:{types})$")
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Rows of a batch (indices) with their digits and whether written with ``+``, or with a reason."""
+
+    rows: Any
+    digits: Any
+    plus: Any
+    reasons: Any = None
+
+    @staticmethod
+    def empty(pl: Any) -> _Rows:
+        text = pl.Series([], dtype=pl.String)
+        return _Rows(pl.Series([], dtype=pl.UInt32), text, pl.Series([], dtype=pl.Boolean), text)
+
+    @staticmethod
+    def concat(pl: Any, parts: list[_Rows]) -> _Rows:
+        parts = [p for p in parts if len(p.rows)] or parts[:1]
+        if len(parts) == 1:
+            return parts[0]
+
+        def joined(name: str) -> Any:
+            columns = [getattr(p, name) for p in parts]
+            # one chunk: polars runs some expressions over a many-chunk column chunk by chunk on its
+            # thread pool, which the read workers share (the SHA-256 of the numbers among them)
+            return None if any(c is None for c in columns) else pl.concat(columns, rechunk=True)
+
+        return _Rows(joined("rows"), joined("digits"), joined("plus"), joined("reasons"))
+
+    def filter(self, mask: Any) -> _Rows:
+        return _Rows(self.rows.filter(mask), self.digits.filter(mask), self.plus.filter(mask))
+
+    def gather(self, order: Any) -> _Rows:
+        return _Rows(self.rows.gather(order), self.digits.gather(order), self.plus.gather(order))
+
+    def with_reason(self, pl: Any, reason: str) -> _Rows:
+        """These rows, decided invalid: ``reason`` when written with ``+``, else ``phone_no_country``."""
+        reasons = pl.Series([reason, NO_COUNTRY], dtype=pl.String).gather((~self.plus).cast(pl.UInt32))
+        return _Rows(self.rows, None, None, reasons)
 
 
 def _examples_agree(decider: PhoneDecider, check: CodeCheck) -> bool:
