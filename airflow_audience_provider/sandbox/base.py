@@ -55,6 +55,8 @@ __all__ = [
     "FakeRateLimiter",
     "Fault",
     "FaultInjector",
+    "Quota",
+    "QuotaUse",
     "RequestRates",
     "VendorFake",
     "control_body",
@@ -251,8 +253,34 @@ class FaultInjector:
             self._faults.clear()
 
 
+@dataclass(frozen=True)
+class Quota:
+    """At most ``limit`` hits of ``key`` in any sliding window of ``seconds`` (``limit=None``: counted, not limited).
+
+    ``message`` is the fake's wording of a refusal by this quota, for the vendor's error answer.
+    """
+
+    key: str
+    limit: float | None
+    seconds: float
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class QuotaUse:
+    """A quota's window at a check: the hits in it, and when its oldest hit leaves it (``now + seconds`` when empty)."""
+
+    quota: Quota
+    count: int
+    resets_at: float
+
+
 class FakeRateLimiter:
-    """Sliding one-second window per key (thread-safe)."""
+    """Sliding-window quotas per key (thread-safe): a hit drops the hits older than a window, is
+    refused when a window is full, else recorded in every window.
+
+    The fakes keep their vendors' answers (status, body, headers); this class only counts.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -260,14 +288,32 @@ class FakeRateLimiter:
 
     def allow(self, key: str, per_second: float, now: float) -> bool:
         """Record a hit for ``key`` unless ``per_second`` hits already happened in the last second."""
+        return self.hit(now, Quota(key, per_second, 1.0)) is None
+
+    def hit(self, now: float, *quotas: Quota) -> QuotaUse | None:
+        """Record a hit at ``now`` in every quota's window, unless one is full (``limit`` hits or more).
+
+        :returns: ``None`` when the hit is recorded; else the first full window (nothing is recorded).
+        """
         with self._lock:
-            hits = self._hits.setdefault(key, deque())
-            while hits and hits[0] <= now - 1.0:
-                hits.popleft()
-            if len(hits) >= per_second:
-                return False
-            hits.append(now)
-            return True
+            for quota in quotas:
+                use = self._use(quota, now)
+                if quota.limit is not None and use.count >= quota.limit:
+                    return use
+            for quota in quotas:
+                self._hits[quota.key].append(now)
+        return None
+
+    def use(self, quota: Quota, now: float) -> QuotaUse:
+        """The hits of ``quota`` in its window at ``now`` (without recording one)."""
+        with self._lock:
+            return self._use(quota, now)
+
+    def _use(self, quota: Quota, now: float) -> QuotaUse:
+        hits = self._hits.setdefault(quota.key, deque())
+        while hits and hits[0] <= now - quota.seconds:
+            hits.popleft()
+        return QuotaUse(quota, len(hits), (hits[0] if hits else now) + quota.seconds)
 
     def clear(self) -> None:
         """Forget all hits."""

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, overload
@@ -49,6 +48,8 @@ from starlette.routing import BaseRoute, Route
 from airflow_audience_provider.sandbox.base import (
     ApiError,
     ErrorReply,
+    FakeRateLimiter,
+    Quota,
     VendorFake,
     control_error,
     json_object_body,
@@ -240,7 +241,7 @@ class CriteoFake(VendorFake):
         self._secret = CLIENT_SECRET
         self._issued = 0
         self._tokens: dict[str, float] = {}
-        self._calls: deque[float] = deque()
+        self._quotas = FakeRateLimiter()
         self._segments: dict[str, dict[str, Any]] = {}
         self._audiences: dict[str, dict[str, Any]] = {}
         # (time, operation, identifiers): the set is built when :meth:`members` is asked, not per request.
@@ -428,11 +429,8 @@ class CriteoFake(VendorFake):
                 return self.error_response(path, 401, "Expired token", rid, code="authorization-token-expired")
             limit = int(self.config.get("calls_per_minute") or 0)
             window = float(self.config.get("rate_window_seconds") or 60.0)
-            wall = time.time()
-            while self._calls and self._calls[0] <= wall - window:
-                self._calls.popleft()
-            if limit and len(self._calls) >= limit:
-                reset = self._calls[0] + window
+            full = self._quotas.hit(time.time(), Quota("calls", limit or None, window))
+            if full is not None:
                 return self.error_response(
                     path,
                     429,
@@ -441,10 +439,9 @@ class CriteoFake(VendorFake):
                     headers={
                         "x-ratelimit-limit": str(limit),
                         "x-ratelimit-remaining": "0",
-                        "x-ratelimit-reset": f"{reset:.3f}",
+                        "x-ratelimit-reset": f"{full.resets_at:.3f}",
                     },
                 )
-            self._calls.append(wall)
         return None
 
     def rate_limit_key(self, request: Request) -> str | None:

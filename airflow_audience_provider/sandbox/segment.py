@@ -55,7 +55,6 @@ import math
 import re
 import secrets
 import string
-from collections import deque
 from typing import Any, ClassVar
 
 from starlette.requests import Request
@@ -65,6 +64,8 @@ from starlette.routing import BaseRoute, Route
 from airflow_audience_provider.sandbox.base import (
     ApiError,
     ErrorReply,
+    FakeRateLimiter,
+    Quota,
     VendorFake,
     control_body,
     control_call,
@@ -184,8 +185,7 @@ class SegmentFake(VendorFake):
         """Initial workspace: one space with one live audience, ``Sandbox seed audience``."""
         self._audiences: dict[str, dict[str, Any]] = {}
         self._previews: dict[str, dict[str, Any]] = {}
-        self._hits: dict[str, deque[float]] = {}
-        self._preview_hits: deque[float] = deque()
+        self._quotas = FakeRateLimiter()
         self._next_compute: dict[str, str] = {}
         self._next_preview_failure: str | None = None
         self.refused_edits = 0
@@ -407,27 +407,19 @@ class SegmentFake(VendorFake):
             return {}
         window = float(self.config.get("rate_window_seconds") or 60.0)
         now = self.now()
-        hits = self._hits.setdefault(operation, deque())
-        while hits and hits[0] <= now - window:
-            hits.popleft()
+        calls = Quota(operation, limit, window, "Too many requests")
+        quotas = [calls]
         if operation == "create_audience_preview":
-            quota = self.config.get("preview_monthly_quota")
-            while self._preview_hits and self._preview_hits[0] <= now - 30 * 86400:
-                self._preview_hits.popleft()
-            if quota is not None and len(self._preview_hits) >= quota:
-                wait = self._preview_hits[0] + 30 * 86400 - now
-                raise self._too_many(wait, len(self._preview_hits), now, "Monthly audience preview quota exhausted")
-        if len(hits) >= limit:
-            wait = hits[0] + window - now
-            raise self._too_many(wait, len(hits), now, "Too many requests")
-        hits.append(now)
-        if operation == "create_audience_preview":
-            self._preview_hits.append(now)
-        reset = (hits[0] + window) if hits else now + window
+            monthly = self.config.get("preview_monthly_quota")
+            quotas.insert(0, Quota("previews-monthly", monthly, 30 * 86400, "Monthly audience preview quota exhausted"))
+        full = self._quotas.hit(now, *quotas)
+        if full is not None:
+            raise self._too_many(full.resets_at - now, full.count, now, full.quota.message)
+        used = self._quotas.use(calls, now)
         return {
-            "X-RateLimit-Consumed": str(len(hits)),
-            "X-RateLimit-Remaining": str(max(0, int(limit) - len(hits))),
-            "X-RateLimit-Reset": email.utils.formatdate(reset, usegmt=True),
+            "X-RateLimit-Consumed": str(used.count),
+            "X-RateLimit-Remaining": str(max(0, int(limit) - used.count)),
+            "X-RateLimit-Reset": email.utils.formatdate(used.resets_at, usegmt=True),
         }
 
     def _too_many(self, wait: float, consumed: int, now: float, message: str) -> ApiError:

@@ -55,7 +55,6 @@ import csv
 import hashlib
 import io
 import re
-from collections import deque
 from typing import Any, ClassVar
 
 from starlette.requests import Request
@@ -65,6 +64,8 @@ from starlette.routing import BaseRoute, Route
 from airflow_audience_provider.sandbox.base import (
     ApiError,
     ErrorReply,
+    FakeRateLimiter,
+    Quota,
     VendorFake,
     control_call,
     json_object_body,
@@ -150,8 +151,7 @@ class YandexAudienceFake(VendorFake):
         self._next_id = 30_000_001
         self._next_pixel = 7001
         self._forced: dict[int, str] = {}
-        self._hits: dict[str, deque[float]] = {}
-        self._reprocess: dict[str, deque[float]] = {}
+        self._quotas = FakeRateLimiter()
         seeded = self.now() - 30 * 86400
         self._accounts = [{"user_login": "client-login-1", "perm": "edit", "created_at": rfc3339(seeded)}]
         own = self._new_segment("metrika", "Site visitors (Metrica)", at=seeded)
@@ -322,22 +322,19 @@ class YandexAudienceFake(VendorFake):
                     checks.append(
                         (f"{key}:{self.login}", key, seconds, f"segment create/modify requests per {label} for login")
                     )
+            quotas = []
             for key, setting, seconds, label in checks:
                 limit = self.config.get(setting)
-                if limit is None:
-                    continue
-                hits = self._hits.setdefault(key, deque())
-                while hits and hits[0] <= now - seconds:
-                    hits.popleft()
-                if len(hits) >= limit:
+                if limit is not None:
                     text = f"Request quota exceeded: {int(limit)} {label} {self.login}".rstrip()
-                    if not self.config.get("quota_names_period"):
-                        group = {"ip": "ip", "day": "user_login"}.get(key.split(":")[0], "client_write")
-                        text = f"Quota exceeded: {group}"
-                    return self.error_response(path, 429, text, rid, code="quota")
-            for key, setting, _seconds, _label in checks:
-                if self.config.get(setting) is not None:
-                    self._hits.setdefault(key, deque()).append(now)
+                    quotas.append(Quota(key, limit, seconds, text))
+            full = self._quotas.hit(now, *quotas)
+            if full is not None:
+                text = full.quota.message
+                if not self.config.get("quota_names_period"):
+                    group = {"ip": "ip", "day": "user_login"}.get(full.quota.key.split(":")[0], "client_write")
+                    text = f"Quota exceeded: {group}"
+                return self.error_response(path, 429, text, rid, code="quota")
         return None
 
     def rate_limit_key(self, request: Request) -> str | None:
@@ -864,7 +861,7 @@ class YandexAudienceFake(VendorFake):
             status = self._status(seg)
             if status not in ("processed", "few_data", "processing_failed"):
                 raise _fail(400, "reprocess_wrong_status", f"Segment {seg['id']} is {status}; it cannot be reprocessed")
-            now = self.now()
+            quotas = []
             for key, setting, what in (
                 (
                     f"seg:{seg['id']}",
@@ -878,15 +875,13 @@ class YandexAudienceFake(VendorFake):
                 ),
             ):
                 limit = self.config.get(setting)
-                hits = self._reprocess.setdefault(key, deque())
-                while hits and hits[0] <= now - 86400:
-                    hits.popleft()
-                if limit is not None and len(hits) >= limit:
-                    if not self.config.get("quota_names_period"):
-                        raise _fail(429, "quota", "Reprocess quota exceeded")
-                    raise _fail(429, "quota", f"Reprocess quota exceeded: {int(limit)} {what}")
-            for key in (f"seg:{seg['id']}", f"login:{self.login}"):
-                self._reprocess[key].append(now)
+                text = "" if limit is None else f"Reprocess quota exceeded: {int(limit)} {what}"
+                quotas.append(Quota(f"reprocess-{key}", limit, 86400.0, text))
+            full = self._quotas.hit(self.now(), *quotas)
+            if full is not None:
+                if not self.config.get("quota_names_period"):
+                    raise _fail(429, "quota", "Reprocess quota exceeded")
+                raise _fail(429, "quota", full.quota.message)
             self._start(seg, "is_processed")
             return self._success()
 

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import requests
 
-from airflow_audience_provider.sandbox.base import RequestRates
+from airflow_audience_provider.sandbox.base import FakeRateLimiter, Quota, RequestRates
 
 
 def _get(fake, token: str | None = None) -> requests.Response:
@@ -23,6 +23,25 @@ def test_peak_is_the_busiest_half_open_window() -> None:
     assert RequestRates.peak([], 1.0) == 0
     # a stamp exactly one window older is outside the window, as in the client-side limiter
     assert RequestRates.peak([0.0, 1.0], 1.0) == 1
+
+
+def test_quota_window_slides_and_a_full_window_records_nothing() -> None:
+    limiter = FakeRateLimiter()
+    minute, day = Quota("minute", 2, 60.0, "per minute"), Quota("day", 3, 86400.0)
+    assert limiter.hit(0.0, minute, day) is None
+    assert limiter.hit(10.0, minute, day) is None
+    full = limiter.hit(20.0, minute, day)
+    assert full is not None and full.quota is minute and full.count == 2 and full.resets_at == 60.0
+    assert limiter.use(day, 20.0).count == 2  # the refused hit is in no window
+    assert limiter.hit(60.0, minute, day) is None  # the hit at 0.0 has left the minute
+    full = limiter.hit(70.5, minute, day)
+    assert full is not None and full.quota is day and full.count == 3
+    assert limiter.use(minute, 70.5).count == 1
+    unlimited = Quota("counted", None, 1.0)
+    assert all(limiter.hit(100.0, unlimited) is None for _ in range(5))
+    assert limiter.use(unlimited, 100.5).count == 5
+    assert limiter.use(Quota("empty", 1, 30.0), 5.0).resets_at == 35.0
+    assert limiter.allow("second", 1, 0.0) and not limiter.allow("second", 1, 0.5) and limiter.allow("second", 1, 1.0)
 
 
 def test_rates_are_counted_per_account_without_secrets(lytics_sandbox) -> None:
