@@ -9,9 +9,9 @@ and implements
 * :meth:`VendorFake.error_envelope` - an error (:class:`ErrorReply`) in the vendor's envelope,
 * :meth:`VendorFake.connection` - the Airflow connection (JSON form) that points at the fake,
 
-and optionally :meth:`VendorFake.check_request` (authentication before routing),
-:meth:`VendorFake.rate_limit_key`, :meth:`VendorFake.rate_account` and
-:meth:`VendorFake.control_routes` (vendor specific ``/_sandbox/<name>/...`` endpoints).
+and optionally :meth:`VendorFake.check_request` (authentication before routing; it raises
+:class:`ApiError` to refuse a request), :meth:`VendorFake.rate_limit_key`, :meth:`VendorFake.rate_account`
+and :meth:`VendorFake.control_routes` (vendor specific ``/_sandbox/<name>/...`` endpoints).
 :meth:`VendorFake.create_app` turns it into an ASGI app.
 
 Every request that reaches a fake (answered, refused or faulted alike) is counted per account
@@ -116,7 +116,7 @@ def request_id_of(request: Request) -> str:
 
 
 class ApiError(Exception):
-    """Raise from a vendor route to answer an error in the vendor's envelope.
+    """Raise from a vendor route or :meth:`VendorFake.check_request` to answer an error in the vendor's envelope.
 
     :param status: HTTP status.
     :param message: human-readable message.
@@ -501,7 +501,7 @@ class VendorFake:
     # ------------------------------------------------------------------ vendor hooks
     def new_request_id(self) -> str:
         """A fresh request id (vendors may override the format)."""
-        return uuid.uuid4().hex
+        return new_hex_id()
 
     def routes(self) -> list[BaseRoute]:
         """The vendor API as Starlette routes."""
@@ -525,13 +525,24 @@ class VendorFake:
         """An error in the vendor's envelope for a request to ``path`` (``details``: vendor-specific fields)."""
         return self.error_envelope(ErrorReply(path, status, message, request_id, code, dict(headers or {}), details))
 
+    def api_error_response(self, request: Request, error: ApiError) -> Response:
+        """``error``, raised while answering ``request``, in the vendor's envelope."""
+        return self.error_response(
+            request.url.path,
+            error.status,
+            error.message,
+            request_id_of(request),
+            code=error.code,
+            headers=error.headers,
+            **error.details,
+        )
+
     def error_envelope(self, error: ErrorReply) -> Response:
         """``error`` as the vendor writes it."""
         raise NotImplementedError
 
-    def check_request(self, request: Request) -> Response | None:
-        """Checks done before routing (authentication); return a response to reject the request."""
-        return None
+    def check_request(self, request: Request) -> None:
+        """Checks done before routing (authentication); raise :class:`ApiError` to reject the request."""
 
     def rate_limit_key(self, request: Request) -> str | None:
         """Key of the general rate limit (default: the ``Authorization`` header); ``None`` = not limited."""
@@ -577,15 +588,7 @@ class VendorFake:
 
         async def api_error(request: Request, exc: Exception) -> Response:
             assert isinstance(exc, ApiError)
-            return self.error_response(
-                request.url.path,
-                exc.status,
-                exc.message,
-                request_id_of(request),
-                code=exc.code,
-                headers=exc.headers,
-                **exc.details,
-            )
+            return self.api_error_response(request, exc)
 
         async def server_error(request: Request, exc: Exception) -> Response:
             return self.error_response(
@@ -769,8 +772,12 @@ class _SandboxMiddleware:
                 return
 
         request = Request(scope, receive)
-        rejection = fake.check_request(request)
-        if rejection is None:
+        rejection: Response | None = None
+        try:
+            fake.check_request(request)
+        except ApiError as exc:
+            rejection = fake.api_error_response(request, exc)
+        else:
             limit = fake.config.get("rate_limit_per_second")
             key = fake.rate_limit_key(request)
             if limit is not None and key is not None and not fake._rate_limiter.allow(key, limit, fake.now()):

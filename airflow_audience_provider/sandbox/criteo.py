@@ -414,35 +414,30 @@ class CriteoFake(VendorFake):
         }
         return JSONResponse({"errors": [problem], "warnings": []}, status, headers=reply.headers)
 
-    def check_request(self, request: Request) -> Response | None:
-        path = request.url.path
-        if path == "/oauth2/token":
-            return None
-        rid = request_id_of(request)
+    def check_request(self, request: Request) -> None:
+        if request.url.path == "/oauth2/token":
+            return
         header = request.headers.get("authorization") or ""
         token = header[7:] if header.lower().startswith("bearer ") else ""
         with self.lock:
             expires = self._tokens.get(token)
             if expires is None:
-                return self.error_response(path, 401, "Invalid token", rid, code="authorization-token-invalid")
+                raise ApiError(401, "Invalid token", "authorization-token-invalid")
             if self.now() >= expires:
-                return self.error_response(path, 401, "Expired token", rid, code="authorization-token-expired")
+                raise ApiError(401, "Expired token", "authorization-token-expired")
             limit = int(self.config.get("calls_per_minute") or 0)
             window = float(self.config.get("rate_window_seconds") or 60.0)
             full = self._quotas.hit(time.time(), Quota("calls", limit or None, window))
             if full is not None:
-                return self.error_response(
-                    path,
+                raise ApiError(
                     429,
                     f"API rate limit exceeded: {limit} calls per {window:g} s",
-                    rid,
                     headers={
                         "x-ratelimit-limit": str(limit),
                         "x-ratelimit-remaining": "0",
                         "x-ratelimit-reset": f"{full.resets_at:.3f}",
                     },
                 )
-        return None
 
     def rate_limit_key(self, request: Request) -> str | None:
         return None  # the per-minute quota above replaces the base's per-second one

@@ -323,32 +323,23 @@ class LyticsFake(VendorFake):
         }
         return JSONResponse(body, status, headers=headers)
 
-    def check_request(self, request: Request) -> Response | None:
+    def check_request(self, request: Request) -> None:
         """Token check before routing (``/v2`` and ``/api``), then the v2 ``account_id`` check."""
         path = request.url.path
         is_v2 = path == "/v2" or path.startswith("/v2/")
         is_v1 = path == "/api" or path.startswith("/api/")
         if not (is_v1 or is_v2):
-            return None
+            return
         token = request.headers.get("authorization")
         if token is None and is_v1:
             token = request.query_params.get("access_token")
         if token != self.token:
-            return self.error_response(path, 401, "Not authorized", request_id_of(request))
+            raise ApiError(401, "Not authorized")
         account = request.query_params.get("account_id")
         if is_v1 and account is not None and not self.config.get("v1_accepts_account_id"):
-            return self.error_response(
-                path, 400, "unknown query parameter account_id (a v2 parameter)", request_id_of(request)
-            )
+            raise ApiError(400, "unknown query parameter account_id (a v2 parameter)")
         if is_v2 and account is not None and account not in (self.account_id, str(self.aid)):
-            return self.error_response(
-                path,
-                404,
-                f"account {account!r} not found",
-                request_id_of(request),
-                code="ACCOUNT-NOTFOUND-021",
-            )
-        return None
+            raise ApiError(404, f"account {account!r} not found", "ACCOUNT-NOTFOUND-021")
 
     def rate_limit_key(self, request: Request) -> str | None:
         """The token (header or v1 query parameter)."""

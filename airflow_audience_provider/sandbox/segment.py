@@ -71,7 +71,6 @@ from airflow_audience_provider.sandbox.base import (
     control_call,
     control_error,
     json_object_body,
-    request_id_of,
     rfc3339,
 )
 
@@ -270,15 +269,12 @@ class SegmentFake(VendorFake):
             error["data"] = {"remainingPoints": 0, "msBeforeNext": int(float(retry_after) * 1000)}
         return JSONResponse({"errors": [error]}, status, headers=reply.headers)
 
-    def check_request(self, request: Request) -> Response | None:
+    def check_request(self, request: Request) -> None:
         """Bearer token before routing (``/app`` pages excepted)."""
         if request.url.path.startswith("/app"):
-            return None
+            return
         if request.headers.get("authorization") != f"Bearer {self.token}":
-            return self.error_response(
-                request.url.path, 401, "Unauthorized: missing or invalid token", request_id_of(request)
-            )
-        return None
+            raise ApiError(401, "Unauthorized: missing or invalid token")
 
     # ------------------------------------------------------------------ internals (under lock)
     def _store(self, body: dict[str, Any], *, at: float, audience_id: str | None = None) -> dict[str, Any]:

@@ -69,7 +69,6 @@ from airflow_audience_provider.sandbox.base import (
     VendorFake,
     control_call,
     json_object_body,
-    request_id_of,
     rfc3339,
 )
 
@@ -287,20 +286,17 @@ class YandexAudienceFake(VendorFake):
             {"errors": [error], "code": status, "message": reply.message}, status, headers=reply.headers
         )
 
-    def check_request(self, request: Request) -> Response | None:
+    def check_request(self, request: Request) -> None:
         """OAuth check, then the quotas (per IP, daily per login, segment writes per login)."""
         path = request.url.path
         if not path.startswith(PREFIX + "/"):
-            return None
-        rid = request_id_of(request)
+            return
         header = request.headers.get("authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme != "OAuth" or token not in (self.token, NO_RIGHTS_TOKEN):
-            return self.error_response(path, 401, "OAuth token is missing or invalid", rid, code="unauthorized")
+            raise ApiError(401, "OAuth token is missing or invalid", "unauthorized")
         if token == NO_RIGHTS_TOKEN:
-            return self.error_response(
-                path, 403, "The OAuth application has no Yandex.Audience rights", rid, code="access_denied"
-            )
+            raise ApiError(403, "The OAuth application has no Yandex.Audience rights", "access_denied")
         with self.lock:
             now = self.now()
             ip = request.client.host if request.client else "unknown"
@@ -334,8 +330,7 @@ class YandexAudienceFake(VendorFake):
                 if not self.config.get("quota_names_period"):
                     group = {"ip": "ip", "day": "user_login"}.get(full.quota.key.split(":")[0], "client_write")
                     text = f"Quota exceeded: {group}"
-                return self.error_response(path, 429, text, rid, code="quota")
-        return None
+                raise ApiError(429, text, "quota")
 
     def rate_limit_key(self, request: Request) -> str | None:
         return request.headers.get("authorization")
