@@ -32,6 +32,7 @@ does, is never decided here (only its rows ``parse`` refuses are). Property test
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -85,10 +86,11 @@ class CodeCheck:
 
     @functools.cache  # noqa: B019 - a few checks per process, kept for its lifetime anyway
     def patterns(self, length: int) -> list[tuple[str | None, str | None]]:
-        """Per region, for digits ``D`` of ``length`` (code included): ``(leading, valid)`` patterns over ``D``.
+        """Per region, for digits ``D`` of ``length`` (code included): ``(leading, valid)`` patterns.
 
-        ``valid`` is None when no number of that length is valid in the region; the length checks
-        are decided here, so the patterns are plain ``^code(?:...)$`` matches.
+        ``leading`` runs over ``+D``; ``valid`` (the types admitting that length, as one alternation,
+        see :func:`_valid`) is None when no number of that length is valid in the region. The length
+        checks are decided here, so the patterns are plain matches of all of ``N``.
         """
         nsn = length - len(self.code)
         out: list[tuple[str | None, str | None]] = []
@@ -104,7 +106,8 @@ class CodeCheck:
         return out
 
     def _at_start(self, pattern: str) -> str:
-        return f"^{self.code}(?:{pattern})"
+        """``pattern`` matching at the start of ``N``, over ``+D``."""
+        return f"^\\+{self.code}(?:{pattern})"
 
 
 def _admits(desc: Desc, nsn: int) -> bool:
@@ -218,163 +221,177 @@ class PhoneDecider:
         bare digits not starting ``00`` and not 11-15 digits long are ``phone_no_country``, and blank
         rows are ``empty``. Everything else not accepted is refused (left to the exact rule).
 
-        Every step is one polars call over a Series or a single expression: those run in the
-        calling thread with the GIL released, where calls over several columns would queue on
-        polars' thread pool, which the read workers share.
+        Every step is one polars call over a one-chunk Series or a single expression: those run in
+        the calling thread with the GIL released, where calls over several columns or chunks run
+        on polars' thread pool, which the read workers share.
         """
         pl = self._pl
-        n_rows = len(values)
         t = pl.Series("t", values, dtype=pl.String).str.strip_chars(ASCII_BLANKS)
-        rows = pl.int_range(n_rows, dtype=pl.UInt32, eager=True)
         plain = t.str.contains(PLAIN)
-        n_plain = plain.sum()
-        if n_plain == n_rows:
-            found = _Rows(rows, t.str.slice(1), pl.repeat(True, n_rows, dtype=pl.Boolean, eager=True))
-            early = _Rows.empty(pl)
+        if plain.all():
+            found, early = _Rows(pl.int_range(len(values), dtype=pl.UInt32, eager=True), t, plain), list[_Rows]()
         else:
-            found, early = self._read_rest(t, rows, plain, n_plain, default_region)
-        return self._decide_found(n_rows, found, early, self.check, digits_only=digits_only)
+            found, early = self._read_rest(t, plain, default_region)
+        return self._decide_found(found, early, plain & False, self.check, digits_only=digits_only)
 
-    def _read_rest(
-        self, t: Any, rows: Any, plain: Any, n_plain: int, default_region: str | None
-    ) -> tuple[_Rows, _Rows]:
-        """The rows read as ``+`` and digits (or bare digits), and the rows decided before reading digits."""
+    def _read_rest(self, t: Any, plain: Any, default_region: str | None) -> tuple[_Rows, list[_Rows]]:
+        """The rows read as ``+D`` (``found``), and rows decided invalid before that."""
         pl = self._pl
+        rows = pl.int_range(len(t), dtype=pl.UInt32, eager=True)
         rest_rows, rest = rows.filter(~plain), t.filter(~plain)
+        early: list[_Rows] = []
         blank = rest == ""
-        early = _Rows(rest_rows.filter(blank), None, None, pl.repeat(EMPTY, blank.sum(), dtype=pl.String, eager=True))
+        if blank.any():
+            early.append(_Rows(rest_rows.filter(blank), reason=EMPTY))
         shaped = rest.str.contains(SHAPE)
         rest_rows, rest = rest_rows.filter(shaped), rest.filter(shaped)
-        digits = pl.col("t")
-        for mark in "+ ()-":  # what SHAPE allows besides digits: literal removal is ~3x a regex replace
-            digits = digits.str.replace_all(mark, "", literal=True)
-        d = rest.to_frame().select(digits).to_series()
+        text = pl.col("t")
+        for mark in " ()-":  # what SHAPE allows besides + and digits: literal removal is ~3x a regex replace
+            text = text.str.replace_all(mark, "", literal=True)
+        text = rest.to_frame().select(text).to_series()  # +D, or D for bare digits
         plus = rest.str.starts_with("+")
-        found = [
-            _Rows(
-                rows.filter(plain), t.filter(plain).str.slice(1), pl.repeat(True, n_plain, dtype=pl.Boolean, eager=True)
-            ),
-            _Rows(rest_rows.filter(plus), d.filter(plus), plus.filter(plus)),
-        ]
+        found = [_Rows(rows.filter(plain), t.filter(plain), plain.filter(plain))]
+        found.append(_Rows(rest_rows.filter(plus), text.filter(plus), plus.filter(plus)))
         if default_region is None:
             # without a region, bare digits are read as international when 11-15 digits long, and
             # are otherwise phone_no_country; "00" starts an international prefix (exact rule)
             bare = ~plus & ~rest.str.starts_with("00")
-            length = d.str.len_bytes()
+            length = text.str.len_bytes()
             international = (length >= 11) & (length <= 15)
             take = bare & international
-            found.append(_Rows(rest_rows.filter(take), d.filter(take), plus.filter(take)))
+            if take.any():
+                found.append(_Rows(rest_rows.filter(take), "+" + text.filter(take), plus.filter(take)))
             other = bare & ~international
-            no_country = pl.repeat(NO_COUNTRY, other.sum(), dtype=pl.String, eager=True)
-            early = _Rows.concat(pl, [early, _Rows(rest_rows.filter(other), None, None, no_country)])
+            if other.any():
+                early.append(_Rows(rest_rows.filter(other), reason=NO_COUNTRY))
         return _Rows.concat(pl, found), early
 
     def _decide_found(
-        self, n_rows: int, found: _Rows, early: _Rows, checks: Any, *, digits_only: bool
+        self, found: _Rows, early: list[_Rows], zeros: Any, checks: Any, *, digits_only: bool
     ) -> PhoneDecision:
-        """Decide the rows read as digits ``D`` (``found``), grouped by country code and length."""
+        """Decide the rows read as ``+D`` (``found``), grouped by country code and length.
+
+        :param zeros: a new all-False Boolean Series, one entry per row of the batch.
+        :param checks: the check of a country code (a string), or None when it cannot be decided here.
+        """
         pl = self._pl
+        text = found.text
         # The code and its length (packed as code * 64 + length + 2) from the first 3 digits as an
         # index into a table: 1 or 2 digits, or a leading 0, index a row of "0xx", which is null.
-        packed = self._packed_codes.gather(found.digits.str.slice(0, 3).str.to_integer(strict=False))
-        n = found.digits.str.len_bytes().cast(pl.Int32)
+        packed = self._packed_codes.gather(text.str.slice(1, 3).str.to_integer(strict=False))
+        n = text.str.len_bytes().cast(pl.Int32) - 1
         shortest = packed % 64
         # parse raises: under 3 digits, no country code, or under 2 digits after the code
         parsed = (n >= shortest).fill_null(False)
         keys = packed - shortest + n  # code * 64 + number of digits
-        bad = [found.filter(~parsed).with_reason(pl, SYNTAX)] if not parsed.all() else []
-        if bad:
+        bad = list(early)
+        if not parsed.all():
+            bad.append(found.filter(~parsed).with_reason(SYNTAX))
             found, keys = found.filter(parsed), keys.filter(parsed)
-        groups = keys.unique().sort()
-        if len(groups) > 1:
-            order = keys.arg_sort()
-            found, keys = found.gather(order), keys.gather(order)
-        starts = keys.search_sorted(groups, "left").to_list()
-        ends = [*starts[1:], len(keys)] if starts else []
-        valid_masks: list[Any] = []
-        decided_masks: list[Any] = []
-        long_masks: list[Any] = []
-        for group, lo, hi in zip(groups.to_list(), starts, ends, strict=True):
-            size = hi - lo
-            valid = decided = too_long = None
-            check = checks(str(group // 64))
-            if check is not None:
-                digits = found.digits.slice(lo, size)
-                try:
-                    given = self._as_given(check, digits)
-                    if group % 64 - len(check.code) > 17:  # too long, and no national prefix to strip
-                        decided = too_long = given
-                    else:
-                        valid, decided = self._valid_mask(check, group % 64, digits, given), given
-                except Exception:  # a pattern the Rust engine refuses: the exact rule decides these rows
-                    valid = decided = too_long = None
-            no = pl.repeat(False, size, dtype=pl.Boolean, eager=True)
-            valid_masks.append(no if valid is None else valid)
-            decided_masks.append(no if decided is None else decided)
-            long_masks.append(no if too_long is None else too_long)
-        if valid_masks:
-            # one chunk each, so that the rows they select are one chunk too (see _Rows.concat)
-            valid_all, decided_all = pl.concat(valid_masks, rechunk=True), pl.concat(decided_masks, rechunk=True)
-            too_long_all = pl.concat(long_masks, rechunk=True)
-            if too_long_all.any():
-                bad.append(found.filter(too_long_all).with_reason(pl, SYNTAX))
-            invalid = decided_all & ~valid_all & ~too_long_all
-            if invalid.any():
-                bad.append(found.filter(invalid).with_reason(pl, INVALID))
-            accepted = found.filter(valid_all)
-        else:
-            accepted = _Rows.empty(pl)
-        numbers = accepted.digits if digits_only else "+" + accepted.digits
-        ok = pl.repeat(False, n_rows, dtype=pl.Boolean, eager=True).scatter(accepted.rows, True)
-        decided_bad = _Rows.concat(pl, [early, *bad])
-        if not len(decided_bad.rows):
-            return PhoneDecision(numbers.alias("v"), ok, [], (~ok).arg_true().to_list())
-        known = ok.clone().scatter(decided_bad.rows, True)  # scatter writes in place
-        order = decided_bad.rows.arg_sort()
-        reasons = zip(
-            decided_bad.rows.gather(order).to_list(), decided_bad.reasons.gather(order).to_list(), strict=True
-        )
-        return PhoneDecision(numbers.alias("v"), ok, list(reasons), (~known).arg_true().to_list())
-
-    def _as_given(self, check: CodeCheck, digits: Any) -> Any:
-        """Mask of the rows ``parse`` takes as given: no national prefix for parsing at the start of ``N``."""
-        if check.national_prefix is None:
-            return self._pl.repeat(True, len(digits), dtype=self._pl.Boolean, eager=True)
-        return ~digits.str.contains(check._at_start(check.national_prefix))
-
-    def _valid_mask(self, check: CodeCheck, length: int, digits: Any, given: Any) -> Any:
-        """Mask of the rows of one code and length, among those taken as given (``given``), that are valid."""
-        pl = self._pl
-        positions = pl.int_range(len(digits), dtype=pl.UInt32, eager=True)
-        if not given.all():
-            digits, positions = digits.filter(given), positions.filter(given)
-        valid: list[Any] = []
-        for region, (leading, pattern) in zip(check.regions, check.patterns(length), strict=True):
-            if not len(digits):
-                break
-            if leading is not None:
-                chosen = digits.str.contains(leading)
-                if pattern is not None and chosen.any():
-                    sub = digits.filter(chosen)
-                    valid.append(positions.filter(chosen).filter(_valid(check, region, pattern, sub)))
-            elif pattern is not None:
-                chosen = _valid(check, region, pattern, digits)
-                valid.append(positions.filter(chosen))
-            else:
+        accepted: list[_Rows] = []
+        for key, group in self._groups(found, keys):
+            check = checks(str(key // 64))
+            if check is None:
                 continue
-            digits, positions = digits.filter(~chosen), positions.filter(~chosen)
-        mask = pl.repeat(False, len(given), dtype=pl.Boolean, eager=True)
-        return mask.scatter(pl.concat(valid), True) if valid else mask
+            try:
+                valid, invalid, syntax = self._decide_group(check, key % 64, group)
+            except Exception:  # a pattern the Rust engine refuses: the exact rule decides these rows
+                continue
+            accepted += [valid] if valid is not None else []
+            bad += [invalid.with_reason(INVALID)] if invalid is not None else []
+            bad += [syntax.with_reason(SYNTAX)] if syntax is not None else []
+        taken = _Rows.concat(pl, accepted) if accepted else found.slice(0, 0)
+        numbers = taken.text.str.slice(1) if digits_only else taken.text
+        ok = zeros.scatter(taken.rows, True)
+        bad = [part for part in bad if len(part.rows)]
+        if not bad:
+            return PhoneDecision(numbers.alias("v"), ok, [], (~ok).arg_true().to_list())
+        known = ok.clone().scatter(pl.concat([part.rows for part in bad]), True)  # scatter writes in place
+        # few rows (the invalid ones): their reasons are put together in Python
+        reasons = sorted(itertools.chain.from_iterable(part.reasons_by_row() for part in bad))
+        return PhoneDecision(numbers.alias("v"), ok, reasons, (~known).arg_true().to_list())
+
+    def _groups(self, found: _Rows, keys: Any) -> list[tuple[int, _Rows]]:
+        """The rows of each key (country code * 64 + number of digits)."""
+        if not len(keys):
+            return []
+        low, high = keys.min(), keys.max()
+        if low == high:  # the usual batch: one country and one length
+            return [(low, found)]
+        distinct = keys.unique().sort()
+        if len(distinct) <= 8:
+            return [(key, found.filter(keys == key)) for key in distinct.to_list()]
+        order = keys.arg_sort()
+        found, keys = found.gather(order), keys.gather(order)
+        starts = keys.search_sorted(distinct, "left").to_list()
+        ends = [*starts[1:], len(keys)]
+        return [(k, found.slice(a, b - a)) for k, a, b in zip(distinct.to_list(), starts, ends, strict=True)]
+
+    def _decide_group(
+        self, check: CodeCheck, length: int, group: _Rows
+    ) -> tuple[_Rows | None, _Rows | None, _Rows | None]:
+        """The rows of one code and length: ``(valid, invalid, too long)``, None for none.
+
+        Rows whose ``N`` starts with a national prefix for parsing are in none (exact rule).
+        """
+        if check.national_prefix is not None:
+            given = ~group.text.str.contains(check._at_start(check.national_prefix))
+            if not given.all():
+                group = group.filter(given)
+        if not len(group.rows):
+            return None, None, None
+        if length - len(check.code) > 17:  # too long, and no national prefix to strip
+            return None, None, group
+        valid = self._valid_mask(check, length, group.text)
+        if valid is None:
+            return None, group, None
+        if valid.all():
+            return group, None, None
+        return group.filter(valid), group.filter(~valid), None
+
+    def _valid_mask(self, check: CodeCheck, length: int, text: Any) -> Any | None:
+        """Mask of the valid rows of one code and length (``+D``), taken as given; None when none is."""
+        pl = self._pl
+        steps = [(r, lead, p) for r, (lead, p) in zip(check.regions, check.patterns(length), strict=True)]
+        if all(p is None for _, _, p in steps):
+            return None  # no region has a number of this length
+        mask = None  # valid rows decided by the first region (over all rows)
+        later: list[Any] = []  # positions of valid rows decided by later regions
+        rest, positions = text, None
+        for region, leading, pattern in steps:
+            if leading is None and pattern is None:
+                continue  # region_code_for_number passes over a region it cannot type
+            if not len(rest):
+                break
+            valid = None if pattern is None else _valid(check, region, pattern, rest)
+            chosen: Any = valid if leading is None else rest.str.contains(leading)
+            if valid is not None:
+                valid = valid if leading is None else valid & chosen
+                if positions is None:
+                    mask = valid
+                else:
+                    later.append(positions.filter(valid))
+            if chosen.all():
+                break
+            positions = chosen.not_().arg_true() if positions is None else positions.filter(~chosen)
+            rest = rest.filter(~chosen)
+        if mask is None:
+            if not later:
+                return None
+            mask = text.str.len_bytes() < 0  # all False
+        if later:
+            mask = mask.clone().scatter(pl.concat(later), True)  # scatter writes in place
+        return mask
 
     def decide_code(self, check: CodeCheck, values: list[str]) -> tuple[Any, Any]:
         """:meth:`decide` of ``+`` and digits of one country code with a given check (the self-check)."""
         pl = self._pl
-        digits = pl.Series("d", [v.lstrip("+") for v in values], dtype=pl.String)
+        text = pl.Series("t", values, dtype=pl.String)
+        mine = text.str.starts_with("+" + check.code)
         rows = pl.int_range(len(values), dtype=pl.UInt32, eager=True)
-        mine = digits.str.starts_with(check.code)
-        found = _Rows(rows.filter(mine), digits.filter(mine), pl.repeat(True, mine.sum(), dtype=pl.Boolean, eager=True))
+        found = _Rows(rows.filter(mine), text.filter(mine), mine.filter(mine))
         decision = self._decide_found(
-            len(values), found, _Rows.empty(pl), lambda code: check if code == check.code else None, digits_only=False
+            found, [], mine & False, lambda code: check if code == check.code else None, digits_only=False
         )
         return decision.numbers, decision.ok
 
@@ -406,51 +423,56 @@ class PhoneDecider:
         return not self._self_check or _examples_agree(self, check)
 
 
-def _valid(check: CodeCheck, region: RegionCheck, types: str, digits: Any) -> Any:
-    """The general description and one of the types admitting this length both match all of ``N``."""
+def _valid(check: CodeCheck, region: RegionCheck, types: str, text: Any) -> Any:
+    """Over ``+D``: the general description and one of the types admitting this length both match all of ``N``."""
     assert region.general is not None
-    general = digits.str.contains(f"^{check.code}(?:{region.general[1]})$")
-    return general & digits.str.contains(f"^{check.code}(?:{types})$")
+    general = text.str.contains(f"^\\+{check.code}(?:{region.general[1]})$")
+    return general & text.str.contains(f"^\\+{check.code}(?:{types})$")
 
 
 @dataclass(frozen=True)
 class _Rows:
-    """Rows of a batch (indices) with their digits and whether written with ``+``, or with a reason."""
+    """Rows of a batch (indices) read as ``+D`` and whether written with ``+``; or decided invalid, with a reason."""
 
     rows: Any
-    digits: Any
-    plus: Any
-    reasons: Any = None
-
-    @staticmethod
-    def empty(pl: Any) -> _Rows:
-        text = pl.Series([], dtype=pl.String)
-        return _Rows(pl.Series([], dtype=pl.UInt32), text, pl.Series([], dtype=pl.Boolean), text)
+    text: Any = None
+    plus: Any = None
+    #: the reason of rows decided invalid (``phone_no_country`` instead for those not written with ``+``)
+    reason: str | None = None
 
     @staticmethod
     def concat(pl: Any, parts: list[_Rows]) -> _Rows:
+        """Rows read as ``+D``, one after the other."""
         parts = [p for p in parts if len(p.rows)] or parts[:1]
         if len(parts) == 1:
             return parts[0]
 
         def joined(name: str) -> Any:
-            columns = [getattr(p, name) for p in parts]
             # one chunk: polars runs some expressions over a many-chunk column chunk by chunk on its
             # thread pool, which the read workers share (the SHA-256 of the numbers among them)
-            return None if any(c is None for c in columns) else pl.concat(columns, rechunk=True)
+            return pl.concat([getattr(p, name) for p in parts], rechunk=True)
 
-        return _Rows(joined("rows"), joined("digits"), joined("plus"), joined("reasons"))
+        return _Rows(joined("rows"), joined("text"), joined("plus"))
 
     def filter(self, mask: Any) -> _Rows:
-        return _Rows(self.rows.filter(mask), self.digits.filter(mask), self.plus.filter(mask))
+        return _Rows(self.rows.filter(mask), self.text.filter(mask), self.plus.filter(mask))
 
     def gather(self, order: Any) -> _Rows:
-        return _Rows(self.rows.gather(order), self.digits.gather(order), self.plus.gather(order))
+        return _Rows(self.rows.gather(order), self.text.gather(order), self.plus.gather(order))
 
-    def with_reason(self, pl: Any, reason: str) -> _Rows:
+    def slice(self, offset: int, length: int) -> _Rows:
+        return _Rows(self.rows.slice(offset, length), self.text.slice(offset, length), self.plus.slice(offset, length))
+
+    def with_reason(self, reason: str) -> _Rows:
         """These rows, decided invalid: ``reason`` when written with ``+``, else ``phone_no_country``."""
-        reasons = pl.Series([reason, NO_COUNTRY], dtype=pl.String).gather((~self.plus).cast(pl.UInt32))
-        return _Rows(self.rows, None, None, reasons)
+        return _Rows(self.rows, plus=self.plus, reason=reason)
+
+    def reasons_by_row(self) -> list[tuple[int, str]]:
+        assert self.reason is not None
+        if self.plus is None:
+            return [(i, self.reason) for i in self.rows.to_list()]
+        reasons = (NO_COUNTRY, self.reason)
+        return [(i, reasons[p]) for i, p in zip(self.rows.to_list(), self.plus.to_list(), strict=True)]
 
 
 def _examples_agree(decider: PhoneDecider, check: CodeCheck) -> bool:
