@@ -70,6 +70,8 @@ from starlette.routing import BaseRoute, Route
 from airflow_audience_provider.sandbox.base import (
     ApiError,
     ErrorReply,
+    FakeRateLimiter,
+    Quota,
     VendorFake,
     control_body,
     control_error,
@@ -184,7 +186,7 @@ class LyticsFake(VendorFake):
         self._groups: dict[str, dict[str, Any]] = {}
         self._jobs: dict[str, dict[str, Any]] = {}
         self._next_outcome: dict[str, str] = {}
-        self._size_calls: dict[str, float] = {}
+        self._size_calls = FakeRateLimiter()
         seeded_at = self.now() - 30 * 86400
         for slug, name, kind, ql in (
             ("all_users", "All users", "segment", "FILTER * FROM user ALIAS all_users"),
@@ -891,15 +893,14 @@ class LyticsFake(VendorFake):
         window = float(self.config.get("size_throttle_seconds") or 0.0)
         with self.lock:
             now = self.now()
-            last = self._size_calls.get(key)
-            if window and last is not None and now - last < window:
-                wait = max(1, math.ceil(window - (now - last)))
+            full = self._size_calls.hit(now, Quota(key, 1 if window else None, window))
+            if full is not None:
+                wait = max(1, math.ceil(full.resets_at - now))
                 raise ApiError(
                     429,
                     f"Too Many Requests: segment size is limited to 1 request per {window:g} seconds",
                     headers={"Retry-After": str(wait)},
                 )
-            self._size_calls[key] = now
         text = await self._text(request)
         parsed = self._parse(text)
         canonical = json.dumps(parsed.ast, sort_keys=True) + (parsed.table or "user")
