@@ -451,6 +451,18 @@ def _unsettled_source(sender: Any) -> Callable[[], float] | None:
     return None
 
 
+def _sender_concurrency(sender: Any) -> int:
+    """The chunks a sender takes in flight at once: its ``send_concurrency`` (through adapters), else 1."""
+    for _ in range(4):
+        declared = getattr(sender, "send_concurrency", None)
+        if isinstance(declared, int) and declared >= 1:
+            return declared
+        sender = getattr(sender, "inner", None) or getattr(sender, "sender", None)
+        if sender is None:
+            break
+    return 1
+
+
 def _acquire_leases(states: dict[str, _DestState]) -> None:
     # One order for every run, so two fan-outs over the same destinations cannot hold one each.
     ordered = sorted(states.values(), key=lambda s: str(s.dest.snapshot.location) if s.dest.snapshot else s.dest.name)
@@ -1156,7 +1168,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
         if journal is not None:
             journal.acked(len(chunk))
 
-    concurrency = dest.options.send_concurrency
+    concurrency = dest.options.send_concurrency or _sender_concurrency(sender)
     cancel = dest.options.cancel
     # A full replace sends the whole new list: that is the new snapshot file.
     whole_input = st.mode == FULL_REPLACE or (st.mode == ONE_WAY and dest.mode == "add")

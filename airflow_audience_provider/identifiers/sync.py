@@ -93,7 +93,10 @@ class ChunkSender(Protocol):
     """Transport of one destination (one segment / one list). Raise on any failure.
 
     Each method is called with chunks already within the vendor's limits. Retries, rate limits
-    and token refresh belong to the implementation (the shared HTTP core).
+    and token refresh belong to the implementation (the shared HTTP core). A sender may declare
+    ``send_concurrency`` (an int attribute): the chunks it takes in flight at once unless
+    :class:`SyncOptions` says otherwise (1 when it declares none); its ``add`` and ``remove`` are
+    then called from that many threads.
     """
 
     def add(self, chunk: Chunk) -> ChunkResult:
@@ -127,9 +130,11 @@ class SyncOptions:
     :param allow_mass_removal: let a sync remove any share (the removal guard is off).
     :param allow_below_minimum: send even if the list is below the vendor minimum (Yandex: 100).
     :param full_replace: ignore the snapshot and replace the whole list.
-    :param send_concurrency: chunks in flight at once (threads). 1 = one after the other. Raise it
-        only where the vendor's quotas allow (Criteo: 250 calls/minute per app; Yandex.Audience:
-        10 writes/minute per login, so keep 1 there).
+    :param send_concurrency: chunks in flight at once (threads); 1 = one after the other. None
+        (default): what the sender declares (``send_concurrency``: 2 for Criteo, whose quota is
+        250 calls/minute per app), else 1. Raise it only where the vendor's quotas allow
+        (Yandex.Audience: 10 writes/minute per login, so keep 1 there). The replace (or clear)
+        goes alone, before any addition, and removals start only after every addition.
     :param progress_every_chunks: log a progress line every this many chunks...
     :param progress_every_seconds: ...or this many seconds, whichever comes first.
     :param cancel: when set (an operator's ``on_kill`` sets it), no further chunk is sent and the
@@ -154,7 +159,7 @@ class SyncOptions:
     allow_mass_removal: bool = False
     allow_below_minimum: bool = False
     full_replace: bool = False
-    send_concurrency: int = 1
+    send_concurrency: int | None = None
     progress_every_chunks: int = 20
     progress_every_seconds: float = 30.0
     cancel: threading.Event | None = field(default=None, compare=False, repr=False)
@@ -170,7 +175,7 @@ class SyncOptions:
             raise ValueError("lease_timeout and max_clock_skew must be >= 0 and lease_ttl > 0")
         if self.full_refresh_every is not None and self.full_refresh_every <= timedelta(0):
             raise ValueError(f"full_refresh_every must be positive, got {self.full_refresh_every!r}")
-        if self.send_concurrency < 1:
+        if self.send_concurrency is not None and self.send_concurrency < 1:
             raise ValueError(f"send_concurrency must be at least 1, got {self.send_concurrency!r}")
         for name in ("max_invalid_share", "max_removal_share"):
             value = getattr(self, name)

@@ -223,6 +223,10 @@ class YandexTarget(Target):
 class FaultAtChunk:
     """Arms faults in the fake just before the sender's n-th call (1-based), then calls the real sender.
 
+    With several chunks in flight (``send_concurrency``), a call with faults goes alone: it waits
+    for the calls in flight to end and no other starts before it ends, so its faults hit its own
+    requests.
+
     :param plan: call number -> list of ``fake.faults.inject`` keyword dicts.
     """
 
@@ -230,29 +234,41 @@ class FaultAtChunk:
     fake: Any
     plan: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     calls: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    in_flight: int = 0
+    alone: bool = False
 
-    def _arm(self) -> None:
+    def _call(self, method: str, *args: Any) -> Any:
         with self.lock:
             self.calls += 1
-            for fault in self.plan.get(self.calls, []):
+            faults = self.plan.get(self.calls, [])
+            self.lock.wait_for(lambda: not self.alone)
+            if faults:
+                self.alone = True
+                self.lock.wait_for(lambda: self.in_flight == 0)
+            self.in_flight += 1
+            for fault in faults:
                 self.fake.faults.inject(**fault)
+        try:
+            return getattr(self.inner, method)(*args)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+                if faults:
+                    self.alone = False
+                self.lock.notify_all()
 
     def add(self, chunk: Any) -> Any:
-        self._arm()
-        return self.inner.add(chunk)
+        return self._call("add", chunk)
 
     def remove(self, chunk: Any) -> Any:
-        self._arm()
-        return self.inner.remove(chunk)
+        return self._call("remove", chunk)
 
     def replace(self, chunk: Any) -> Any:
-        self._arm()
-        return self.inner.replace(chunk)
+        return self._call("replace", chunk)
 
     def clear(self) -> None:
-        self._arm()
-        self.inner.clear()
+        self._call("clear")
 
 
 def run_killed(target: Target, rows: list[str], mode: str, kill_at: int, after_send: bool) -> int:

@@ -10,10 +10,14 @@ Each fails on the engine before the journal, the lease, the confirmed clear and 
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sync_model_helpers import (
+    ATTEMPTS,
     SLOW,
     CriteoTarget,
     FaultAtChunk,
@@ -155,3 +159,84 @@ def test_uncertain_snapshot_survives_a_second_failed_run(request: pytest.Fixture
     missing, extra = expected(original) - target.members(), target.members() - expected(original)
     assert (len(missing), len(extra)) == (0, 0), "a green sync left the vendor different from its input"
     assert result["state"]["snapshot_uncertain"], result["state"]
+
+
+class TwoInFlight:
+    """The real sender, with chunks ``first`` and ``first + 1`` in flight together and one of them failing.
+
+    Both calls enter the sender (each journaled by the engine) before either sends; the failing
+    one then sends with its faults armed, and the other sends only once that call has failed, so
+    it is applied at the vendor after the engine saw the failure.
+    """
+
+    def __init__(self, target: CriteoTarget, first: int, failing: int, faults: list[dict[str, Any]]) -> None:
+        self.inner = target.sender(target.hook())
+        self.fake = target.fake
+        self.state = target.snapshot_base
+        self.pair = (first, first + 1)
+        self.failing = failing
+        self.faults = faults
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.both_in = threading.Barrier(2, timeout=30)
+        self.failed = threading.Event()
+        self.journaled_at_barrier: int | None = None
+
+    def _call(self, method: str, chunk: Any) -> Any:
+        with self.lock:
+            self.calls += 1
+            n = self.calls
+        if n not in self.pair:
+            return getattr(self.inner, method)(chunk)
+        if self.both_in.wait() == 0:  # one of the two threads: what the journal says now
+            (journal,) = self.state.rglob("journal.json")
+            self.journaled_at_barrier = json.loads(journal.read_text())["attempted"]
+        if n == self.failing:
+            for fault in self.faults:
+                self.fake.faults.inject(**fault)
+            try:
+                return getattr(self.inner, method)(chunk)
+            finally:
+                self.failed.set()
+        assert self.failed.wait(30)
+        return getattr(self.inner, method)(chunk)
+
+    def add(self, chunk: Any) -> Any:
+        return self._call("add", chunk)
+
+    def remove(self, chunk: Any) -> Any:
+        return self._call("remove", chunk)
+
+    def replace(self, chunk: Any) -> Any:
+        return self._call("replace", chunk)
+
+    def clear(self) -> None:
+        self._call("clear", None)
+
+
+@pytest.mark.parametrize("fault", ["503", "timeout"])
+@pytest.mark.parametrize(("first", "which"), [(1, "earlier"), (1, "later"), (4, "earlier"), (4, "later")])
+def test_two_chunks_in_flight_one_fails_then_the_next_run_converges(
+    criteo: CriteoTarget, fault: str, first: int, which: str
+) -> None:
+    # Criteo's sender sends two chunks at once. 60 additions then 60 removals in chunks of 20:
+    # calls 1-3 add, 4-6 remove. One of a pair fails (every attempt answered 503, or every
+    # attempt slower than the read timeout, applied after the client gave up); the other is
+    # applied after the failure. The next run gets the original list back.
+    original = make_input(0, 120)
+    criteo.sync(original, "sync")
+    if fault == "503":
+        faults = [{"kind": "status", "status": 503, "count": ATTEMPTS, "path_prefix": criteo.fault_prefix}]
+    else:
+        faults = [{"kind": "slow", "delay": SLOW, "count": ATTEMPTS, "path_prefix": criteo.fault_prefix}]
+    sender = TwoInFlight(criteo, first, first if which == "earlier" else first + 1, faults)
+    with pytest.raises(SendError):
+        criteo.sync(make_input(60, 120), "sync", sender=sender)
+    assert sender.calls == first + 1  # no chunk started after the failure
+    assert sender.journaled_at_barrier == 20 * (first + 1)  # both journaled before either request
+    wait_quiet(criteo.fake)
+    assert criteo.members() not in (expected(original), expected(make_input(60, 120)))
+    result = criteo.sync(original, "sync")
+    wait_quiet(criteo.fake)
+    assert result["status"] == "sent" and result["state"]["recovered"]
+    assert criteo.members() == expected(original)

@@ -29,12 +29,21 @@ class CriteoChunkSender:
     ``unsettled_until()`` tells the engine until when a request of unknown outcome may still land
     (the engine keeps the lease until then). ``on_chunk`` is called with each chunk's normalised
     answer (counts only), so the operator can report what Criteo accepted even when a later chunk
-    fails.
+    fails; it runs on the thread that sent the chunk.
+
+    Two chunks are in flight at once (``send_concurrency``; ``SyncOptions.send_concurrency``
+    overrides it): Criteo allows 250 calls per minute per app, and the second request is encoded
+    and uploaded while Criteo processes the first. Adds are idempotent and commute; the engine
+    sends the replace alone, removals after every addition, and journals each chunk before its
+    request.
 
     :param settle_seconds: how long an abandoned request may still be applied by Criteo
         (assumption; default: the transport's ``settle_seconds``, three read timeouts).
     :param clear_attempts: clears tried before a replace gives up.
     """
+
+    #: Chunks in flight at once unless the sync's options say otherwise.
+    send_concurrency = 2
 
     def __init__(
         self,
