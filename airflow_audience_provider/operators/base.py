@@ -40,8 +40,8 @@ def partial_failure_mode(name: str, value: str) -> str:
 class AudienceBaseOperator(AssetEmitterMixin, BaseOperator, Generic[HookT]):
     """Base of the vendor operators. Each vendor base names its connection type (``spec``, as its
     hook does): the attribute holding the connection id (``<vendor>_conn_id``, returned by
-    :attr:`conn_id`); it names its hook class in :meth:`hook_class`, which imports it on first use,
-    so DAG parsing stays cheap.
+    :attr:`conn_id`); it builds its hook from that attribute in :meth:`make_hook`, which imports
+    the hook class on first use, so DAG parsing stays cheap.
 
     :param connect_timeout: seconds to wait for a connection, overriding the Airflow connection.
     :param read_timeout: seconds to wait for each read, overriding the Airflow connection.
@@ -72,19 +72,15 @@ class AudienceBaseOperator(AssetEmitterMixin, BaseOperator, Generic[HookT]):
         """The Airflow connection id: the vendor base's ``<vendor>_conn_id`` (possibly rendered)."""
         return getattr(self, self.spec.conn_name_attr)
 
-    @staticmethod
-    def hook_class() -> type[HookT]:
-        """The vendor hook class; the vendor base imports it here, on first use: hook modules import requests."""
+    def make_hook(self) -> HookT:
+        """A new vendor hook on this task's connection; the vendor base imports its hook class here, on first
+        use (hook modules import requests, which DAG parsing must not load)."""
         raise NotImplementedError
 
     @cached_property
     def hook(self) -> HookT:
-        """The vendor hook of this task, built on first use (after the connection id is rendered)."""
-        return self.hook_class()(self.conn_id, timeouts=self.timeouts(), **self.hook_options())
-
-    def hook_options(self) -> dict[str, Any]:
-        """The vendor hook's own arguments, besides the connection id and the timeouts."""
-        return {}
+        """The vendor hook of this task, built by :meth:`make_hook` on first use (after templates are rendered)."""
+        return self.make_hook()
 
     def settle_partial_failure(
         self,

@@ -45,11 +45,10 @@ class _CriteoOperator(AudienceBaseOperator["CriteoHook"]):
     spec = CRITEO
     default_asset_alias = SEGMENT_ASSET_ALIAS
 
-    @staticmethod
-    def hook_class() -> type[CriteoHook]:
+    def make_hook(self) -> CriteoHook:
         from airflow_audience_provider.hooks.criteo import CriteoHook  # the hook imports requests: not at DAG parse
 
-        return CriteoHook
+        return CriteoHook(self.criteo_conn_id, timeouts=self.timeouts())
 
     def __init__(
         self,

@@ -31,11 +31,10 @@ class _LyticsOperator(AudienceBaseOperator["LyticsHook"]):
     spec = LYTICS
     default_asset_alias = ASSET_ALIAS
 
-    @staticmethod
-    def hook_class() -> type[LyticsHook]:
+    def make_hook(self) -> LyticsHook:
         from airflow_audience_provider.hooks.lytics import LyticsHook  # the hook imports requests: not at DAG parse
 
-        return LyticsHook
+        return LyticsHook(self.lytics_conn_id, timeouts=self.timeouts())
 
     def __init__(self, *, lytics_conn_id: str = LYTICS.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -57,11 +57,10 @@ class _SegmentOperator(AudienceBaseOperator["SegmentHook"]):
     default_asset_alias = ASSET_ALIAS
     ui_color = "#e8f5e9"
 
-    @staticmethod
-    def hook_class() -> type[SegmentHook]:
+    def make_hook(self) -> SegmentHook:
         from airflow_audience_provider.hooks.segment import SegmentHook  # the hook imports requests: not at DAG parse
 
-        return SegmentHook
+        return SegmentHook(self.segment_conn_id, timeouts=self.timeouts())
 
     def __init__(
         self,

@@ -53,12 +53,11 @@ class _YandexAudienceOperator(AudienceBaseOperator["YandexAudienceHook"]):
     default_asset_alias = ASSET_ALIAS
     on_item_error = "fail"  # the multi-item operators take it as a parameter
 
-    @staticmethod
-    def hook_class() -> type[YandexAudienceHook]:
+    def make_hook(self) -> YandexAudienceHook:
         # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
 
-        return YandexAudienceHook
+        return YandexAudienceHook(self.yandex_audience_conn_id, timeouts=self.timeouts())
 
     def __init__(self, *, yandex_audience_conn_id: str = YANDEX_AUDIENCE.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)

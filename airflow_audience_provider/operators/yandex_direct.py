@@ -59,12 +59,13 @@ class _YandexDirectOperator(AudienceBaseOperator["YandexDirectHook"]):
 
     spec = YANDEX_DIRECT
 
-    @staticmethod
-    def hook_class() -> type[YandexDirectHook]:
+    def make_hook(self) -> YandexDirectHook:
         # the hook imports requests: not at DAG parse
         from airflow_audience_provider.hooks.yandex_direct import YandexDirectHook
 
-        return YandexDirectHook
+        return YandexDirectHook(
+            self.yandex_direct_conn_id, timeouts=self.timeouts(), client_login=self.client_login or None
+        )
 
     def __init__(
         self,
@@ -79,9 +80,6 @@ class _YandexDirectOperator(AudienceBaseOperator["YandexDirectHook"]):
         self.yandex_direct_conn_id = yandex_direct_conn_id
         self.client_login = client_login
         self.on_item_error = partial_failure_mode("on_item_error", on_item_error)
-
-    def hook_options(self) -> dict[str, Any]:
-        return {"client_login": self.client_login or None}
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Run the operation; whatever happens, log the points this task spent (Direct charges errors too)."""
