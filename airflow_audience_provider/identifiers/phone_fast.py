@@ -83,6 +83,10 @@ class CodeCheck:
     #: the main region's ``national_prefix_for_parsing``: rows it matches at the start of ``N`` go to the exact rule
     national_prefix: str | None
     regions: tuple[RegionCheck, ...]
+    #: the fewest digits of ``N`` any region's general description admits (None: a region admits any length)
+    shortest: int | None = None
+    #: whether the main region rewrites ``N`` when it strips a national prefix (its ``national_prefix_transform_rule``)
+    transforms: bool = True
 
     @functools.cache  # noqa: B019 - a few checks per process, kept for its lifetime anyway
     def patterns(self, length: int) -> list[tuple[str | None, str | None]]:
@@ -152,7 +156,10 @@ def build_code_check(code: int) -> CodeCheck | None:
             metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
             if metadata is not None:
                 checks.append(_region_check(region, metadata, multi=True))
-    return CodeCheck(str(code), main.national_prefix_for_parsing or None, tuple(checks))
+    lengths = [r.general[0] for r in checks if r.general is not None]
+    shortest = min(min(n for n in ls if n >= 0) for ls in lengths) if lengths and all(lengths) else None
+    transforms = bool(main.national_prefix_transform_rule)
+    return CodeCheck(str(code), main.national_prefix_for_parsing or None, tuple(checks), shortest, transforms)
 
 
 def _code_of_prefix() -> dict[str, str]:
@@ -332,8 +339,12 @@ class PhoneDecider:
     ) -> tuple[_Rows | None, _Rows | None, _Rows | None]:
         """The rows of one code and length: ``(valid, invalid, too long)``, None for none.
 
-        Rows whose ``N`` starts with a national prefix for parsing are in none (exact rule).
+        Rows whose ``N`` starts with a national prefix for parsing are in none (exact rule), unless
+        ``N`` is shorter than any number of the code: stripping a prefix (without a transform rule)
+        only shortens it, so every reading ``parse`` can make is invalid.
         """
+        if check.shortest is not None and length - len(check.code) < check.shortest and not check.transforms:
+            return None, group, None
         if check.national_prefix is not None:
             given = ~group.text.str.contains(check._at_start(check.national_prefix))
             if not given.all():
