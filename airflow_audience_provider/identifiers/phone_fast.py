@@ -92,9 +92,10 @@ class CodeCheck:
     def patterns(self, length: int) -> list[tuple[str | None, str | None]]:
         """Per region, for digits ``D`` of ``length`` (code included): ``(leading, valid)`` patterns.
 
-        ``leading`` runs over ``+D``; ``valid`` (the types admitting that length, as one alternation,
-        see :func:`_valid`) is None when no number of that length is valid in the region. The length
-        checks are decided here, so the patterns are plain matches of all of ``N``.
+        ``leading`` is the region's ``leading_digits`` (matched at the start of ``N``); ``valid`` (the
+        types admitting that length, as one alternation, see :func:`_valid`) is None when no number of
+        that length is valid in the region. The length checks are decided here, so the patterns are
+        plain matches of all of ``N``.
         """
         nsn = length - len(self.code)
         out: list[tuple[str | None, str | None]] = []
@@ -105,8 +106,7 @@ class CodeCheck:
                 if alternatives:
                     # G and one type: (?=G) is not in Rust's engine, so G runs as its own pattern (see _valid_mask)
                     valid = "|".join(f"(?:{p})" for p in alternatives)
-            leading = self._at_start(region.leading) if region.leading is not None else None
-            out.append((leading, valid))
+            out.append((region.leading, valid))
         return out
 
     def _at_start(self, pattern: str) -> str:
@@ -346,7 +346,7 @@ class PhoneDecider:
         if check.shortest is not None and length - len(check.code) < check.shortest and not check.transforms:
             return None, group, None
         if check.national_prefix is not None:
-            given = ~group.text.str.contains(check._at_start(check.national_prefix))
+            given = ~_starts_with(group.text, check.code, check.national_prefix)
             if not given.all():
                 group = group.filter(given)
         if not len(group.rows):
@@ -375,7 +375,7 @@ class PhoneDecider:
             if not len(rest):
                 break
             valid = None if pattern is None else _valid(check, region, pattern, rest)
-            chosen: Any = valid if leading is None else rest.str.contains(leading)
+            chosen: Any = valid if leading is None else _starts_with(rest, check.code, leading)
             if valid is not None:
                 valid = valid if leading is None else valid & chosen
                 if positions is None:
@@ -432,6 +432,13 @@ class PhoneDecider:
         except Exception:
             return False
         return not self._self_check or _examples_agree(self, check)
+
+
+def _starts_with(text: Any, code: str, pattern: str) -> Any:
+    """Over ``+D``: whether ``pattern`` matches at the start of ``N`` (a literal compare for plain digits)."""
+    if pattern.isascii() and pattern.isdigit():  # most national prefixes ("0", "8"): ~5x faster than a regex
+        return text.str.starts_with(f"+{code}{pattern}")
+    return text.str.contains(f"^\\+{code}(?:{pattern})")
 
 
 def _valid(check: CodeCheck, region: RegionCheck, types: str, text: Any) -> Any:
