@@ -237,6 +237,12 @@ class ChunkCounter:
                 self._in_chunk += 1
                 self._used += cost
 
+    def feed_count(self, n: int) -> None:
+        """Account for ``n`` values of the rule's fixed length (their count is all the chunks depend on)."""
+        if self._fixed is None:
+            raise ValueError(f"rule {self.rule.key}: outputs have no fixed length")
+        self.values += n
+
     @property
     def chunks(self) -> int:
         """Chunks needed for everything fed so far."""

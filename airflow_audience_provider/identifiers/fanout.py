@@ -58,6 +58,7 @@ from airflow_audience_provider.identifiers.hashing import (
     uses_kernel,
 )
 from airflow_audience_provider.identifiers.journal import KIND_DIFF, KIND_REPLACE, Journal, new_run_id
+from airflow_audience_provider.identifiers.kernel import load_email_kernel
 from airflow_audience_provider.identifiers.lease import DestinationLease
 from airflow_audience_provider.identifiers.normalise import REASON_HINTS, detect_type
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
@@ -65,10 +66,13 @@ from airflow_audience_provider.identifiers.snapshot import SnapshotReader
 from airflow_audience_provider.identifiers.sorting import (
     DEFAULT_MAX_PARTITION_BYTES,
     DEFAULT_SPILL_BYTES,
+    PREFIX_DIGITS,
+    ColumnarSpill,
     CountingIterator,
     PartitionSpill,
     external_sorted_unique,
     merge_diff,
+    sorted_unique_frame,
 )
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IdentifierSource, RawBatch
 from airflow_audience_provider.identifiers.state import is_local
@@ -91,9 +95,13 @@ NOOP = "noop"
 ONE_WAY = "one_way"
 
 
-def _process_profiles(profiles: tuple[NormalisationProfile, ...], values: list[str]) -> list[BatchOutput]:
-    """One batch through every profile (in this process)."""
-    return [process_batch(p, values) for p in profiles]
+def _process_profiles(
+    profiles: tuple[NormalisationProfile, ...], values: list[str], columnar: tuple[bool, ...] = ()
+) -> list[BatchOutput]:
+    """One batch through every profile (in this process); ``columnar[i]``: profile ``i``'s digests as a frame."""
+    if not columnar:
+        return [process_batch(p, values) for p in profiles]
+    return [process_batch(p, values, columnar=c) for p, c in zip(profiles, columnar, strict=True)]
 
 
 def process_profiles_text(
@@ -221,6 +229,7 @@ def iter_processed(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 1,
     mp_context: str | None = None,
+    columnar: tuple[bool, ...] = (),
 ) -> Iterator[tuple[RawBatch, list[BatchOutput]]]:
     """Read the source once; run each batch through every profile, in order.
 
@@ -231,13 +240,16 @@ def iter_processed(
     Either way they come back in order as
     :class:`~airflow_audience_provider.identifiers.hashing.BatchOutput` (counts, invalid indices and the
     partitioned hex digests).
+
+    :param columnar: per profile, whether batches the kernel runs hand their digests over as a
+        polars frame (:class:`~airflow_audience_provider.identifiers.sorting.ColumnarSpill`).
     """
     kernel = all(uses_kernel(p) for p in profiles)
     if kernel:
         batch_size = max(batch_size, KERNEL_BATCH_ROWS if workers <= 1 else KERNEL_PARALLEL_BATCH_ROWS)
     if workers <= 1:
         for batch in source.iter_batches(batch_size):
-            yield batch, _process_profiles(profiles, batch.values)
+            yield batch, _process_profiles(profiles, batch.values, columnar)
         return
     batches: Iterator[RawBatch] = iter(source.iter_batches(batch_size if kernel else max(batch_size, MP_TASK_ROWS)))
     if kernel:
@@ -252,7 +264,7 @@ def iter_processed(
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="identifiers") as threads:
             ahead: collections.deque[tuple[RawBatch, Future[list[BatchOutput]]]] = collections.deque()
             for batch in batches:
-                ahead.append((batch, threads.submit(_process_profiles, profiles, batch.values)))
+                ahead.append((batch, threads.submit(_process_profiles, profiles, batch.values, columnar)))
                 while len(ahead) > workers * 2:
                     done, fut = ahead.popleft()
                     yield done, fut.result()
@@ -356,7 +368,11 @@ def run_destinations(
     profiles = tuple(groups)
 
     tmp = Path(tempfile.mkdtemp(prefix="aap-contacts-", dir=work_dir))
-    spills = {p: PartitionSpill(tmp, f"p{i}", spill_bytes) for i, p in enumerate(profiles)}
+    spills: dict[NormalisationProfile, PartitionSpill | ColumnarSpill] = {}
+    for i, p in enumerate(profiles):
+        pl = _columnar_polars(p)
+        name = f"p{i}"
+        spills[p] = PartitionSpill(tmp, name, spill_bytes) if pl is None else ColumnarSpill(pl, tmp, name, spill_bytes)
     # One destination's full replace may start sending while the plan still writes it.
     stream = _Stream(next(iter(states.values()))) if len(states) == 1 and not dry_run else None
     try:
@@ -513,7 +529,7 @@ def _release(st: _DestState) -> None:
 def _read_phase(
     source: IdentifierSource,
     groups: dict[NormalisationProfile, list[_DestState]],
-    spills: dict[NormalisationProfile, PartitionSpill],
+    spills: dict[NormalisationProfile, PartitionSpill | ColumnarSpill],
     batch_size: int,
     workers: int,
     mp_context: str | None,
@@ -522,13 +538,18 @@ def _read_phase(
     first = True
     rows = 0
     started = last_log = time.monotonic()
-    for batch, outputs in _iter_processed(source, profiles, batch_size, workers, mp_context):
+    columnar = tuple(isinstance(spills[p], ColumnarSpill) for p in profiles)
+    for batch, outputs in _iter_processed(source, profiles, batch_size, workers, mp_context, columnar):
         n = len(batch.values)
         rows += n
         for profile, out in zip(profiles, outputs, strict=True):
             if first:
                 _check_wrong_type(profile, batch, out)
-            spills[profile].add(out.partitions, out.count)
+            spill = spills[profile]
+            if out.frame is not None and isinstance(spill, ColumnarSpill):
+                spill.add_frame(out.frame, out.count)
+            else:
+                spill.add(out.partitions, out.count)
             for st in groups[profile]:
                 acc = st.acc
                 acc.rows += n
@@ -545,6 +566,9 @@ def _read_phase(
         if now - last_log >= _READ_PROGRESS_SECONDS:
             log.info("Read %d rows from %s (%.0f rows/s)", rows, source.origin, rows / (now - started))
             last_log = now
+    for spill in spills.values():
+        if isinstance(spill, ColumnarSpill):
+            spill.finish()
 
 
 def _check_after_read(states: dict[str, _DestState], dry_run: bool) -> None:
@@ -589,7 +613,7 @@ def _open_out(path: Path) -> IO[str]:
 
 def _plan_phase(
     groups: dict[NormalisationProfile, list[_DestState]],
-    spills: dict[NormalisationProfile, PartitionSpill],
+    spills: dict[NormalisationProfile, PartitionSpill | ColumnarSpill],
     tmp: Path,
     max_partition_bytes: int,
     stream: _Stream | None = None,
@@ -612,13 +636,20 @@ def _plan_phase(
                 outs[st.dest.name] = (_open_out(st.adds_path), _open_out(st.removes_path), _open_out(st.snapshot_path))
                 st.add_counter = ChunkCounter(st.dest.rule)
                 st.remove_counter = ChunkCounter(st.dest.rule)
-            for key in spill.partition_keys():
-                if spill.partition_bytes(key) <= max_partition_bytes:
-                    _diff_in_memory(key, spill.read(key), group, readers, outs)
-                else:
-                    _diff_streaming(key, spill, group, readers, outs, tmp)
-                if stream is not None:
-                    stream.poll(outs)
+            if isinstance(spill, ColumnarSpill):
+                for keys, frame in spill.blocks():
+                    unique = sorted_unique_frame(spill.polars, frame)
+                    _plan_block_columnar(keys, unique, frame.height, group, readers, outs)
+                    if stream is not None:
+                        stream.poll(outs)
+            else:
+                for key in spill.partition_keys():
+                    if spill.partition_bytes(key) <= max_partition_bytes:
+                        _diff_in_memory(key, spill.read(key), group, readers, outs)
+                    else:
+                        _diff_streaming(key, spill, group, readers, outs, tmp)
+                    if stream is not None:
+                        stream.poll(outs)
             for st in group:
                 reader = readers[st.dest.name]
                 if reader is not None:
@@ -630,6 +661,19 @@ def _plan_phase(
                     fh.close()
             for fh in handles:
                 fh.close()
+
+
+def _columnar_polars(profile: NormalisationProfile) -> Any:
+    """polars when this profile's digests stay columnar from the kernel through the plan, else None.
+
+    That is for hex digests (hashed outputs of a fixed length) with the ``fast`` extra;
+    ``AUDIENCE_IDENTIFIERS_KERNEL=python`` turns it off with the kernel (the pure-Python path).
+    """
+    length = profile.output_length
+    if not profile.hashed_output or length is None or length < PREFIX_DIGITS or not uses_kernel(profile):
+        return None
+    kernel = load_email_kernel()
+    return kernel.polars if kernel is not None else None
 
 
 def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) -> SnapshotReader | None:
@@ -721,6 +765,62 @@ def sorted_unique(values: list[str]) -> list[str]:
     return [ordered[0], *itertools.compress(rest, keep)]
 
 
+def _plan_block_columnar(
+    keys: tuple[str, ...],
+    unique: Any,
+    count: int,
+    group: list[_DestState],
+    readers: dict[str, SnapshotReader | None],
+    outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
+) -> None:
+    """:func:`_diff_in_memory` for a block of consecutive partitions (``keys``) planned in polars.
+
+    :param unique: the block's values, sorted and without duplicates (a polars String Series).
+    :param count: the block's values before de-duplication.
+
+    A full replace (no diff base) writes the block as one text joined in polars; a diff against the
+    snapshot goes partition by partition through :func:`_diff_sorted`, as in the Python plan.
+    """
+    n = len(unique)
+    joined: str | None = None
+    diffed: list[_DestState] = []
+    for st in group:
+        if readers[st.dest.name] is not None:
+            diffed.append(st)
+            continue
+        acc = st.acc
+        acc.duplicate += count - n
+        acc.unique += n
+        assert st.add_counter is not None and st.remove_counter is not None
+        if joined is None:
+            joined = unique.str.join("\n").item() if n else ""
+        _, removes_fh, snap_fh = outs[st.dest.name]
+        _write_text(snap_fh, joined)
+        if st.mode == ONE_WAY and st.dest.mode == "remove":
+            acc.removed += n
+            _write_text(removes_fh, joined)
+            st.remove_counter.feed_count(n)
+        else:
+            # Full replace: the additions are the new snapshot; _send reads that file instead.
+            acc.added += n
+            st.add_counter.feed_count(n)
+    if not diffed:
+        return
+    starts: list[int] = unique.search_sorted(type(unique)(keys, dtype=unique.dtype), "left").to_list()
+    starts.append(n)
+    duplicates = count - n  # counted once, with the block's first partition
+    for i, key in enumerate(keys):
+        values = unique.slice(starts[i], starts[i + 1] - starts[i]).to_list()
+        _diff_sorted(key, values, duplicates, diffed, readers, outs)
+        duplicates = 0
+
+
+def _write_text(fh: IO[str], text: str) -> None:
+    if text:
+        fh.write(text)
+        fh.write("\n")
+
+
 def _diff_in_memory(
     key: str,
     values: list[str],
@@ -729,7 +829,18 @@ def _diff_in_memory(
     outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
 ) -> None:
     new_sorted = sorted_unique(values)
-    duplicates = len(values) - len(new_sorted)
+    _diff_sorted(key, new_sorted, len(values) - len(new_sorted), group, readers, outs)
+
+
+def _diff_sorted(
+    key: str,
+    new_sorted: list[str],
+    duplicates: int,
+    group: list[_DestState],
+    readers: dict[str, SnapshotReader | None],
+    outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
+) -> None:
+    """Plan one partition of the new list (sorted, without duplicates) for each destination of ``group``."""
     unique_set: set[str] | None = None
     for st in group:
         acc = st.acc

@@ -106,18 +106,29 @@ class BatchOutput:
     count: int
     partitions: dict[str, str]
     invalid: list[tuple[int, str]]
+    #: with ``columnar=True`` and the kernel: the outputs as a polars DataFrame (``p``, ``h``,
+    #: ordered by ``p``, see :func:`~airflow_audience_provider.identifiers.sorting.hex_frame`)
+    #: instead of ``partitions``.
+    frame: Any = None
 
 
-def process_batch(profile: NormalisationProfile, values: list[str]) -> BatchOutput:
+def process_batch(profile: NormalisationProfile, values: list[str], *, columnar: bool = False) -> BatchOutput:
     """Normalise, validate, hash and partition one batch of raw values.
 
     This is a module-level function of picklable arguments so a process pool can run it.
     SHA-256 e-mails go through the compiled kernel when the ``fast`` extra is installed
     (:mod:`~airflow_audience_provider.identifiers.kernel`; same results, about twice as fast).
+
+    :param columnar: hand hex digests the kernel produced over as ``frame`` (the engine's columnar
+        plan); partitions of text otherwise, and always on the Python path.
     """
     if uses_kernel(profile):
         through = _kernel_passes_through(profile)
-        out = _process_passthrough_with_kernel(values, profile) if through else _process_with_kernel(values, profile)
+        out = (
+            _process_passthrough_with_kernel(values, profile, columnar=columnar)
+            if through
+            else _process_with_kernel(values, profile, columnar=columnar)
+        )
         if out is not None:
             return out
     if profile.identifier_type is IdentifierType.EMAIL and profile.hash_algorithm in _FAST_HASHERS:
@@ -181,7 +192,9 @@ def exact_share(profile: NormalisationProfile, values: list[str]) -> float:
     return len(out.refused) / len(sample)
 
 
-def _process_with_kernel(values: list[str], profile: NormalisationProfile | None = None) -> BatchOutput | None:
+def _process_with_kernel(
+    values: list[str], profile: NormalisationProfile | None = None, *, columnar: bool = False
+) -> BatchOutput | None:
     """SHA-256 e-mails or MAIDs through the kernel; rows it refuses are decided by the exact rule.
 
     Returns None when the kernel raised (for instance on a string polars cannot hold, such as a
@@ -206,6 +219,8 @@ def _process_with_kernel(values: list[str], profile: NormalisationProfile | None
             out = kernel.run(values)
     except Exception:
         return None
+    if columnar:
+        return _columnar_output(values, out, exact, kind is IdentifierType.MAC)
     text, bounds = out.digests, out.bounds
     step = 65  # 64 hex digits and a newline
     partitions: dict[str, str] = {}
@@ -228,7 +243,37 @@ def _process_with_kernel(values: list[str], profile: NormalisationProfile | None
     return BatchOutput(len(values) - len(invalid), partitions, invalid)
 
 
-def _process_passthrough_with_kernel(values: list[str], profile: NormalisationProfile) -> BatchOutput | None:
+def _columnar_output(
+    values: list[str], out: Any, exact: Callable[[str], str], raw_bytes: bool, hashing: bool = True
+) -> BatchOutput:
+    """The kernel's frame, with the rows it refused decided by the exact rule (and hashed unless ``hashing`` is off)."""
+    from airflow_audience_provider.identifiers.sorting import hex_frame
+
+    frame = out.frame
+    invalid: list[tuple[int, str]] = list(getattr(out, "invalid", ()))  # rows the kernel decided invalid (phones)
+    rescued: list[str] = []
+    for i in out.refused:
+        try:
+            v = exact(values[i])
+        except InvalidIdentifier as exc:
+            invalid.append((i, exc.reason))
+            continue
+        if not hashing:
+            rescued.append(v)
+            continue
+        data = bytes.fromhex(v) if raw_bytes else v.encode("utf-8")
+        rescued.append(_FAST_HASHERS[HashAlgorithm.SHA256](data).hexdigest())
+    if rescued:
+        pl = load_email_kernel().polars  # type: ignore[union-attr]
+        frame = pl.concat([frame, hex_frame(pl, rescued)]).sort("p", multithreaded=False)
+    if getattr(out, "invalid", None) and out.refused:
+        invalid.sort()  # both kinds of invalid rows, in row order
+    return BatchOutput(len(values) - len(invalid), {}, invalid, frame)
+
+
+def _process_passthrough_with_kernel(
+    values: list[str], profile: NormalisationProfile, *, columnar: bool = False
+) -> BatchOutput | None:
     """Pre-hashed SHA-256 values, customer ids or ClientIDs through the kernel; rows it refuses are
     decided by the exact rule. None when the kernel raised (the caller runs the Python path).
     """
@@ -240,6 +285,8 @@ def _process_passthrough_with_kernel(values: list[str], profile: NormalisationPr
     try:
         if kind is IdentifierType.SHA256:
             hexes = kernel.run_sha256(values)
+            if columnar:
+                return _columnar_output(values, hexes, normaliser_for(profile), False, hashing=False)
             text, bounds, refused = hexes.digests, hexes.bounds, hexes.refused
             step = 65  # 64 hex digits and a newline
             for key, lo, hi in zip(PARTITION_KEYS, bounds, bounds[1:], strict=False):

@@ -39,7 +39,7 @@ import logging
 import os
 import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from airflow_audience_provider.identifiers.phone_fast import phone_decider
@@ -78,23 +78,42 @@ OTHER_BLANKS = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _MAX_OPAQUE = 512
 
 
-@dataclass(frozen=True)
 class KernelOutput:
     """One batch through the kernel.
 
     :param digests: the accepted values' SHA-256 hex digests, ordered by their first 15 hex digits
-        (so grouped by partition, in partition order), joined with ``"\\n"``.
+        (so grouped by partition, in partition order), joined with ``"\\n"``; None to have them
+        joined from ``frame`` on first use.
     :param bounds: 257 offsets (in digests) of the 256 hash-prefix partitions: partition ``k`` is
         digests ``bounds[k]`` to ``bounds[k + 1]``.
     :param refused: indices (in the batch) of the rows left to the exact rule.
     :param invalid: rows the kernel decided invalid, as ``(index, reason)`` in index order, with the
         exact rule's reason (phones only; other kernels leave every invalid row to the exact rule).
+    :param frame: the same digests as a polars DataFrame in the same order: ``p`` (their first 15
+        hex digits, an Int64) and ``h`` (the digest); what the plan phase's columnar path takes.
     """
 
-    digests: str
-    bounds: list[int]
-    refused: list[int]
-    invalid: list[tuple[int, str]] = field(default_factory=list)
+    def __init__(
+        self,
+        digests: str | None,
+        bounds: list[int],
+        refused: list[int],
+        invalid: list[tuple[int, str]] | None = None,
+        frame: Any = None,
+    ) -> None:
+        self._digests = digests
+        self.bounds = bounds
+        self.refused = refused
+        self.invalid = invalid if invalid is not None else []
+        self.frame = frame
+
+    @property
+    def digests(self) -> str:
+        """The digests as one text (joined on first use: the columnar path never needs it)."""
+        if self._digests is None:
+            h = self.frame.get_column("h")
+            self._digests = h.str.join("\n").item() if len(h) else ""
+        return self._digests
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,11 @@ class EmailKernel:
         self._plh = plh
         self._keys = pl.Series([f"{i:02x}" for i in range(256)])
         self._partition_numbers = pl.Series(range(256), dtype=pl.UInt32)
+
+    @property
+    def polars(self) -> Any:
+        """The polars module the kernel runs on (the plan phase's columnar de-duplication uses it too)."""
+        return self._pl
 
     def run(self, values: list[str]) -> KernelOutput:
         """Process one batch of e-mails. Raises whatever polars raises (the caller falls back to Python)."""
@@ -276,13 +300,14 @@ class EmailKernel:
         # sort then merges in a few comparisons per value. Sorting on an integer costs half of
         # sorting the strings, and it runs here, in the read workers, in parallel.
         prefix = digests.str.slice(0, 15).str.to_integer(base=16)
-        digests = digests.gather(prefix.arg_sort())
+        order = prefix.arg_sort()
+        digests = digests.gather(order)
         if refused is None:
             refused = frame.select(pl.arg_where(~pl.col("ok"))).to_series().to_list()
         bounds = digests.search_sorted(self._keys, "left").to_list()
         bounds.append(len(digests))
-        text = digests.str.join("\n").item() if len(digests) else ""
-        return KernelOutput(text, bounds, refused, invalid or [])
+        ordered = pl.DataFrame([prefix.gather(order).alias("p"), digests.alias("h")])
+        return KernelOutput(None, bounds, refused, invalid or [], ordered)
 
 
 #: polars reads its thread-pool size from this variable when the pool starts.

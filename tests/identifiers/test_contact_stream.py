@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from contact_helpers import emails, normalised_emails, sha
 
-from airflow_audience_provider.identifiers import SyncOptions, fanout, get_rule, sync_contact_list
+from airflow_audience_provider.identifiers import SyncOptions, fanout, get_rule, sorting, sync_contact_list
 from airflow_audience_provider.identifiers.chunking import Chunk
 from airflow_audience_provider.identifiers.errors import RemovalGuardError, SendError
 from airflow_audience_provider.identifiers.snapshot import SnapshotStore
@@ -65,13 +65,21 @@ def test_the_first_chunk_is_sent_before_the_plan_ends(tmp_path: Path, monkeypatc
     first_sent = threading.Event()
     seen = {}
     plan_partition = fanout._diff_in_memory
+    plan_block = fanout._plan_block_columnar  # the plan with the fast extra: blocks of partitions
 
     def last_partition_waits(key: str, *args: Any) -> None:
         if key == "ff":  # the plan cannot end before the sender got its first chunk
             seen["sent_during_plan"] = first_sent.wait(10)
         plan_partition(key, *args)
 
+    def last_block_waits(keys: tuple[str, ...], *args: Any) -> None:
+        if "ff" in keys:
+            seen["sent_during_plan"] = first_sent.wait(10)
+        plan_block(keys, *args)
+
     monkeypatch.setattr(fanout, "_diff_in_memory", last_partition_waits)
+    monkeypatch.setattr(fanout, "_plan_block_columnar", last_block_waits)
+    monkeypatch.setattr(sorting, "COLUMNAR_BLOCK_ROWS", 100)  # several blocks of 2,000 values, as of 1M
     sender = RecordingSender(before_call=lambda op: first_sent.set())
     result = run(emails(2000), sender, tmp_path)
     assert seen == {"sent_during_plan": True}

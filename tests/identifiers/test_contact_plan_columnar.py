@@ -1,0 +1,219 @@
+"""The columnar plan (digests kept as polars frames from the kernel to the plan) equals the Python plan.
+
+With the ``fast`` extra, hex digests stay columnar: the kernel's frames are buffered or spilled as
+Arrow IPC by :class:`~airflow_audience_provider.identifiers.sorting.ColumnarSpill`, and each of its
+buckets is de-duplicated by :func:`~airflow_audience_provider.identifiers.sorting.sorted_unique_frame`.
+Without it (or with ``AUDIENCE_IDENTIFIERS_KERNEL=python``) the text spill and the Python plan run.
+Both must send the same chunks, write the same snapshot and count the same rows, for any input,
+spill threshold, batch size, previous snapshot and mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_audience_provider.identifiers import fanout, get_rule, kernel, sorting
+from airflow_audience_provider.identifiers.chunking import Chunk
+from airflow_audience_provider.identifiers.fanout import run_destinations
+from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
+from airflow_audience_provider.identifiers.rules import VendorRule
+from airflow_audience_provider.identifiers.snapshot import SnapshotStore
+from airflow_audience_provider.identifiers.sorting import ColumnarSpill, hex_frame, sorted_unique_frame
+from airflow_audience_provider.identifiers.sources import IterableSource
+from airflow_audience_provider.identifiers.sync import ChunkResult, Destination, SyncOptions
+
+pytestmark = pytest.mark.skipif(kernel.load_email_kernel() is None, reason="needs the fast extra (polars)")
+
+
+@dataclass
+class ChunkLog:
+    """Records every call with its identifiers in order (the chunks themselves must be equal)."""
+
+    calls: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
+
+    def add(self, chunk: Chunk) -> ChunkResult:
+        return self._log("add", chunk)
+
+    def remove(self, chunk: Chunk) -> ChunkResult:
+        return self._log("remove", chunk)
+
+    def replace(self, chunk: Chunk) -> ChunkResult:
+        return self._log("replace", chunk)
+
+    def clear(self) -> None:
+        self.calls.append(("clear", 0, ()))
+
+    def _log(self, op: str, chunk: Chunk) -> ChunkResult:
+        self.calls.append((op, chunk.total, tuple(chunk.identifiers)))
+        return ChunkResult(len(chunk))
+
+
+def _dress(i: int, style: int) -> str:
+    """One e-mail in a raw form: the same address is written several ways (duplicates after normalising)."""
+    forms = [
+        f"user{i}@example.com",
+        f"  USER{i}@Example.COM\t",
+        f"\xa0user{i}@example.com",  # a no-break space: the kernel refuses it, the exact rule takes it
+        f"user{i}.example.com",  # invalid
+    ]
+    return forms[style % len(forms)]
+
+
+ROWS = st.lists(st.tuples(st.integers(0, 400), st.integers(0, 7)), max_size=300)
+
+
+def _sync(
+    rule: VendorRule, values: list[str], base: Path, work: Path, mode: str, spill_bytes: int, workers: int
+) -> tuple[dict[str, Any], list[Any], list[str]]:
+    sender = ChunkLog()
+    options = SyncOptions(
+        allow_mass_removal=True, allow_below_minimum=True, allow_empty=True, max_invalid_share=1.0, lease_timeout=0
+    )
+    dest = Destination(
+        "d", rule, sender, SnapshotStore(rule.vendor, "seg", base), mode=mode, options=options, keep_state=True
+    )
+    result = run_destinations(
+        IterableSource(values), [dest], workers=workers, work_dir=str(work), spill_bytes=spill_bytes, batch_size=16
+    )["d"]
+    result.pop("snapshot")
+    result["state"].pop("lease_token")
+    return result, sender.calls, SnapshotStore(rule.vendor, "seg", base).read_values()
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    monkeypatch.setenv(kernel.KERNEL_ENV, path)
+    kernel.load_email_kernel.cache_clear()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    first=ROWS,
+    second=ROWS,
+    mode=st.sampled_from(["sync", "add", "remove", "replace"]),
+    spill_bytes=st.sampled_from([1, 700, 5000, 32 << 20]),
+    workers=st.sampled_from([1, 2]),
+)
+def test_columnar_plan_sends_and_stores_what_the_python_plan_does(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    first: list[tuple[int, int]],
+    second: list[tuple[int, int]],
+    mode: str,
+    spill_bytes: int,
+    workers: int,
+) -> None:
+    """A first sync (no snapshot) and a second one in ``mode`` (against the first's snapshot), both ways."""
+    rule = get_rule("criteo", "email")
+    # Small kernel batches: many frames per list, duplicates across batches, spills between them.
+    monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 16)
+    monkeypatch.setattr(fanout, "KERNEL_PARALLEL_BATCH_ROWS", 16)
+    planned = []
+    monkeypatch.setattr(
+        fanout, "sorted_unique_frame", lambda pl, frame: planned.append(1) or sorted_unique_frame(pl, frame)
+    )
+    runs = {}
+    for path in ("python", "auto"):
+        _use(monkeypatch, path)
+        root = tmp_path_factory.mktemp(path)
+        base, work = root / "state", root / "work"
+        work.mkdir()
+        one = _sync(
+            rule, [_dress(i, s) for i, s in first], base, work, "sync", spill_bytes, 1 if path == "python" else workers
+        )
+        two = _sync(
+            rule, [_dress(i, s) for i, s in second], base, work, mode, spill_bytes, 1 if path == "python" else workers
+        )
+        runs[path] = (one, two)
+    monkeypatch.delenv(kernel.KERNEL_ENV)
+    kernel.load_email_kernel.cache_clear()
+    assert runs["auto"] == runs["python"]
+    assert planned  # the columnar plan ran
+
+
+@pytest.mark.parametrize(
+    ("rule_key", "make"),
+    [
+        (("yandex_audience", "sha256"), lambda i: hashlib.sha256(str(i % 150).encode()).hexdigest().upper()),
+        (("yandex_audience", "mac"), lambda i: f"ae:12:34:56:{i % 150 // 256:02x}:{i % 150 % 256:02x}"),
+        (("criteo", "maid"), lambda i: f"6d92078a-8246-4ba4-ae5b-{i % 150:012x}"),
+        # phones: the kernel decides some invalid rows itself (with the exact rule's reason)
+        (("criteo", "phone"), lambda i: f"+7 999 {i % 150:03d}-45-67" if i % 9 else f"+7 12{i % 150}"),
+    ],
+)
+def test_columnar_plan_of_other_digest_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule_key: tuple[str, str], make: Any
+) -> None:
+    """Pre-hashed values, MACs and MAIDs (with duplicates and spills) give the same plan both ways."""
+    rule = get_rule(*rule_key)
+    monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 32)
+    values = [make(i) for i in range(400)] + ["not valid"]
+    runs = {}
+    for path in ("python", "auto"):
+        _use(monkeypatch, path)
+        (tmp_path / path / "work").mkdir(parents=True)
+        runs[path] = _sync(rule, values, tmp_path / path / "state", tmp_path / path / "work", "sync", 3000, 1)
+    monkeypatch.delenv(kernel.KERNEL_ENV)
+    kernel.load_email_kernel.cache_clear()
+    assert runs["auto"] == runs["python"]
+    assert runs["auto"][0]["counts"]["duplicate"] > 200
+
+
+#: Digests that share their first 15 hex digits (the columnar sort key) and differ after it.
+COLLIDING = st.lists(
+    st.tuples(
+        st.sampled_from(["0" * 15, "7" * 15, "f" * 15]), st.text(alphabet="0123456789abcdef", min_size=49, max_size=49)
+    ),
+    max_size=40,
+).map(lambda pairs: [a + b for a, b in pairs])
+HEX = st.integers(0, 200).map(lambda i: hashlib.sha256(str(i).encode()).hexdigest())
+
+
+@settings(max_examples=200)
+@given(st.lists(HEX, max_size=60), COLLIDING)
+def test_sorted_unique_frame_is_sorted_set(values: list[str], colliding: list[str]) -> None:
+    """Exact even where different digests share the 60-bit prefix the frame is sorted by."""
+    pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
+    values = values + colliding + colliding[:3]
+    assert sorted_unique_frame(pl, hex_frame(pl, values)).to_list() == sorted(set(values))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batches=st.lists(st.lists(HEX, max_size=50), max_size=8),
+    spill_bytes=st.sampled_from([1, 2000, 32 << 20]),
+    block_rows=st.sampled_from([1, 20, 65536]),
+)
+def test_spill_blocks_give_back_every_value_once_in_key_order(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    batches: list[list[str]],
+    spill_bytes: int,
+    block_rows: int,
+) -> None:
+    """Whatever was spilled or kept: blocks cover the 256 partitions once, in order, each value in its partition."""
+    pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
+    monkeypatch.setattr(sorting, "COLUMNAR_BLOCK_ROWS", block_rows)
+    spill = ColumnarSpill(pl, tmp_path_factory.mktemp("spill"), "p", spill_bytes)
+    try:
+        for values in batches:
+            spill.add_frame(hex_frame(pl, values), len(values))
+        spill.finish()
+        keys: list[str] = []
+        got: list[str] = []
+        for block_keys, frame in spill.blocks():
+            assert frame.height <= block_rows or len(block_keys) == 1
+            assert all(h[:2] in block_keys for h in frame.get_column("h").to_list())
+            keys.extend(block_keys)
+            got.extend(frame.get_column("h").to_list())
+        assert tuple(keys) == PARTITION_KEYS
+        assert sorted(got) == sorted(v for values in batches for v in values)
+        assert spill.count == sum(map(len, batches))
+    finally:
+        spill.close()
