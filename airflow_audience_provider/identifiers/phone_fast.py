@@ -1,9 +1,9 @@
 """Phone numbers in international form decided for a whole batch in polars, from ``phonenumbers``' own metadata.
 
 :func:`~airflow_audience_provider.identifiers.normalise.normalise_phone` (``phonenumbers.parse``,
-``is_valid_number``, ``format_number``) costs ~18 µs per number. For a number written ``+`` and
-digits (spaces, brackets and hyphens allowed), or as 11-15 bare digits when the rule has no
-default region, that computation reduces to:
+``is_valid_number``, ``format_number``) costs ~18 µs per number. For a number written ``+`` (or
+``00``, which ``normalise_phone`` reads as ``+``) and digits (spaces, brackets and hyphens
+allowed), or as 11-15 bare digits when the rule has no default region, that computation reduces to:
 
 * the digits ``D`` (``phonenumbers`` drops that punctuation; no letter, ``#``, ``;`` or ``,``
   means no extension), the country code (the first 1, 2 or 3 digits that are a code, in that
@@ -220,7 +220,8 @@ class PhoneDecider:
     def decide(self, values: list[str], *, digits_only: bool, default_region: str | None) -> PhoneDecision:
         """Accept the valid numbers of a batch, decide the invalid rows whose reason is certain, refuse the rest.
 
-        Rows read as ``+`` and digits (or as 11-15 bare digits without a default region) are
+        Rows read as ``+`` and digits (written ``+`` or ``00`` and digits, or as 11-15 bare digits
+        without a default region) are
         ``phone_syntax`` (``phone_no_country`` when bare) when ``parse`` would raise: fewer than 3
         digits, no country code at the start, fewer than 2 digits after it, or more than 17 with no
         national prefix for parsing at the start; and ``phone_invalid`` (``phone_no_country``) when
@@ -259,10 +260,13 @@ class PhoneDecider:
         plus = rest.str.starts_with("+")
         found = [_Rows(rows.filter(plain), t.filter(plain), plain.filter(plain))]
         found.append(_Rows(rest_rows.filter(plus), text.filter(plus), plus.filter(plus)))
+        idd = rest.str.starts_with("00")  # read as "+" and the rest, whatever the default region
+        if idd.any():
+            found.append(_Rows(rest_rows.filter(idd), "+" + text.filter(idd).str.slice(2), idd.filter(idd)))
         if default_region is None:
             # without a region, bare digits are read as international when 11-15 digits long, and
-            # are otherwise phone_no_country; "00" starts an international prefix (exact rule)
-            bare = ~plus & ~rest.str.starts_with("00")
+            # are otherwise phone_no_country
+            bare = ~plus & ~idd
             length = text.str.len_bytes()
             international = (length >= 11) & (length <= 15)
             take = bare & international

@@ -212,6 +212,8 @@ def test_a_code_the_fast_path_cannot_decide_is_left_to_the_exact_rule() -> None:
         (CRITEO, "+7 1234", "phone_invalid"),
         (CRITEO, "+7 5", "phone_syntax"),  # under 3 digits
         (CRITEO, "+0 12", "phone_syntax"),  # no country code
+        (PROFILES[2], "00 7 37", "phone_invalid"),  # 00 read as +, whatever the default region
+        (CRITEO, "00", "phone_syntax"),
         (CRITEO, "+999 123", "phone_syntax"),
         (CRITEO, "+380 1", "phone_syntax"),  # 1 digit after the code
         (CRITEO, "+44 123456789012345678", "phone_syntax"),  # over 17 digits after the code
@@ -271,6 +273,8 @@ def test_the_self_check_accepts_every_country_code_of_the_installed_metadata() -
         (CRITEO, "+44 7400 123456", "+447400123456"),
         (CRITEO, "+39 06 6982 1234", "+390669821234"),  # Italian leading zero kept
         (CRITEO, "+800 1234 5678", "+80012345678"),  # non-geographic code
+        (CRITEO, "007 999 555 11 11", "+79995551111"),  # 00: the international call prefix
+        (PROFILES[2], "00 (44) 7400 123456", "+447400123456"),  # whatever the default region
     ],
 )
 def test_common_international_forms_take_the_fast_path(profile, raw, fast) -> None:
@@ -285,7 +289,6 @@ def test_common_international_forms_take_the_fast_path(profile, raw, fast) -> No
         (PROFILES[3], "12015550123"),  # bare digits with a default region: the region reads them first
         (CRITEO, "+7 999 555-11-11 ext. 12"),  # extension
         (CRITEO, "+7\u00a0999\u00a05551111"),  # NBSP: phonenumbers' punctuation, not the fast path's
-        (CRITEO, "007 999 555 11 11"),
         (CRITEO, "+7 800 555 35 35"),  # a national prefix (8) parse could strip: the exact rule decides
         (CRITEO, "+54 12"),  # too short, but Argentina's prefix rule rewrites N: the exact rule decides
     ],
