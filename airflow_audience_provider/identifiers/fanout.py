@@ -18,6 +18,7 @@ import logging
 import operator
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -62,7 +63,7 @@ from airflow_audience_provider.identifiers.kernel import load_email_kernel
 from airflow_audience_provider.identifiers.lease import DestinationLease
 from airflow_audience_provider.identifiers.normalise import REASON_HINTS, detect_type
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
-from airflow_audience_provider.identifiers.snapshot import SnapshotReader
+from airflow_audience_provider.identifiers.snapshot import PreparedSnapshot, SnapshotReader, SnapshotStore
 from airflow_audience_provider.identifiers.sorting import (
     DEFAULT_MAX_PARTITION_BYTES,
     DEFAULT_SPILL_BYTES,
@@ -1305,6 +1306,12 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             growing=(adds_path, width) if growing is not None else None,
             snapshot_uncertain=st.recovery is not None and st.recovery.snapshot_uncertain,
         )
+    # The new snapshot is copied beside the old one while the chunks go out (once the plan ended).
+    prep = (
+        _SnapshotCopy(store, st.snapshot_path, growing)
+        if store is not None and dest.keep_state and st.mode in (FULL_REPLACE, INCREMENTAL)
+        else None
+    )
     try:
         if st.mode == CLEAR:
             if lease is not None:
@@ -1357,6 +1364,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
                 rule=dest.rule,
                 count=_count_lines(st.snapshot_path, dest.rule.profile.output_length),
                 extra={"full_replace_at": last_full} if last_full is not None else None,
+                prepared=prep.take() if prep is not None else None,
             )
         if journal is not None:
             if st.mode == NOOP:
@@ -1367,7 +1375,57 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
         if journal is not None:
             journal.failed(f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if prep is not None:
+            prep.discard()
     st.status = "sent"
+
+
+class _SnapshotCopy:
+    """:meth:`SnapshotStore.prepare` in a thread, once the plan has written the whole list.
+
+    The copy (tens of MB for a million digests) runs in the kernel while the last chunks are
+    sent; :meth:`take` waits for it, :meth:`discard` drops it when the run does not commit.
+    """
+
+    def __init__(self, store: SnapshotStore, path: Path, growing: GrowingFile | None) -> None:
+        self._lock = threading.Lock()
+        self._result: PreparedSnapshot | None = None
+        self._dropped = False
+        self._thread = threading.Thread(
+            target=self._run, args=(store, path, growing), name="contact-list-snapshot", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, store: SnapshotStore, path: Path, growing: GrowingFile | None) -> None:
+        try:
+            if growing is not None:
+                growing.wait_for(sys.maxsize)  # returns once the plan finished the list, raises if it failed
+            prepared = store.prepare(path)
+        except BaseException as exc:  # the commit copies the list itself
+            log.debug("The snapshot was not copied ahead of the commit: %s", exc)
+            return
+        with self._lock:
+            if self._dropped:
+                if prepared is not None:
+                    prepared.discard()
+                return
+            self._result = prepared
+
+    def take(self) -> PreparedSnapshot | None:
+        """The copy, once made (None if it could not be)."""
+        self._thread.join()
+        with self._lock:
+            result, self._result = self._result, None
+        return result
+
+    def discard(self) -> None:
+        """Drop the copy, now or when it is made."""
+        with self._lock:
+            self._dropped = True
+            result, self._result = self._result, None
+        if result is not None:
+            result.discard()
 
 
 def _count_lines(path: Path, width: int | None = None) -> int:

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 HEADER_PREFIX = "#aap-snapshot "
 FORMAT_VERSION = 1
+#: The header line of a prepared snapshot: spaces, then the header written over them at commit.
+PREPARED_HEADER_BYTES = 512
 _READ_BYTES = 1 << 20
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._-]{1,80}")
 
@@ -199,6 +202,20 @@ def _copy_rest(src: IO[bytes], out: IO[bytes]) -> None:
     out.flush()
 
 
+class PreparedSnapshot:
+    """A new snapshot's list already copied beside the snapshot and on disk, its header still blank.
+
+    :meth:`SnapshotStore.commit` writes the header over the blank line and renames the file into
+    place; :meth:`discard` removes it when the run does not commit.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class SnapshotStore:
     """Where one destination's snapshot lives.
 
@@ -298,10 +315,41 @@ class SnapshotStore:
         )
         return reader, meta, fh
 
-    def commit(self, data_path: Path, *, rule: VendorRule, count: int, extra: dict[str, Any] | None = None) -> None:
+    def prepare(self, data_path: Path) -> PreparedSnapshot | None:
+        """Copy ``data_path`` beside the snapshot and flush it to disk, ahead of :meth:`commit`.
+
+        Lets the copy of a large list run while its last chunks are still being sent; the commit
+        then only writes the header and renames. None on object storage (one upload at commit).
+        """
+        if self._remote:
+            return None
+        loc = self.location
+        loc.parent.mkdir(parents=True, exist_ok=True)
+        tmp = loc.with_name(f".{loc.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as out, open(data_path, "rb") as src:
+                out.write(b" " * (PREPARED_HEADER_BYTES - 1) + b"\n")
+                out.flush()
+                _copy_rest(src, out)
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return PreparedSnapshot(tmp)
+
+    def commit(
+        self,
+        data_path: Path,
+        *,
+        rule: VendorRule,
+        count: int,
+        extra: dict[str, Any] | None = None,
+        prepared: PreparedSnapshot | None = None,
+    ) -> None:
         """Store ``data_path`` (ordered values, one per line) as the new snapshot, atomically.
 
         :param extra: more header fields (e.g. ``full_replace_at``, the time of the last full replace).
+        :param prepared: ``data_path`` already copied by :meth:`prepare`: only the header is written.
         """
         meta = {
             **(extra or {}),
@@ -321,6 +369,21 @@ class SnapshotStore:
                 out.write(header.encode())
                 shutil.copyfileobj(src, out, 1 << 20)
             return
+        self._remove_leftovers(keep=prepared.path if prepared is not None else None)
+        line = header.encode()
+        if prepared is not None and len(line) <= PREPARED_HEADER_BYTES:
+            # JSON allows the spaces that pad the header to the blank line's size.
+            try:
+                with open(prepared.path, "r+b") as out:
+                    out.write(line[:-1] + b" " * (PREPARED_HEADER_BYTES - len(line)) + b"\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(prepared.path, loc)
+            finally:
+                prepared.discard()
+            return
+        if prepared is not None:
+            prepared.discard()
         loc.parent.mkdir(parents=True, exist_ok=True)
         tmp = loc.with_name(f".{loc.name}.{os.getpid()}.tmp")
         try:
@@ -332,6 +395,13 @@ class SnapshotStore:
             os.replace(tmp, loc)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _remove_leftovers(self, keep: Path | None) -> None:
+        """Delete copies of earlier runs that ended before their commit (killed while sending)."""
+        loc = self.location
+        for path in loc.parent.glob(f".{loc.name}.*.tmp"):
+            if path != keep:
+                path.unlink(missing_ok=True)
 
     def read_values(self) -> list[str]:
         """All values of the snapshot (tests and small lists only)."""

@@ -22,7 +22,7 @@ from airflow_audience_provider.identifiers import (
     sync_contact_list,
 )
 from airflow_audience_provider.identifiers.errors import SendError
-from airflow_audience_provider.identifiers.snapshot import SnapshotStore
+from airflow_audience_provider.identifiers.snapshot import PREPARED_HEADER_BYTES, SnapshotStore
 from airflow_audience_provider.identifiers.testing import RecordingSender
 
 RULE = get_rule("criteo", "email").with_options(max_ids_per_chunk=10)
@@ -54,6 +54,9 @@ def test_sync_replace_sync_converges(tmp_path: Path) -> None:
     again = run(emails(30), vendor, tmp_path, "sync")
     # The replace recorded its list: the sync sends the difference instead of a no-op.
     assert again["mode"] == "incremental" and vendor.members == hashes(emails(30))
+    # Each run copied its snapshot while sending: the header line is the prepared blank one.
+    with open(state_dir(tmp_path) / SnapshotStore.FILE_NAME, "rb") as fh:
+        assert len(fh.readline()) == PREPARED_HEADER_BYTES
 
 
 def test_add_and_remove_update_the_snapshot(tmp_path: Path) -> None:
@@ -134,6 +137,7 @@ def test_failed_run_then_another_input_converges(tmp_path: Path, mode: str) -> N
     assert vendor.members == hashes(emails(50))
     assert not (state_dir(tmp_path) / "journal.json").exists()
     assert run(emails(50), vendor, tmp_path)["mode"] == "noop"
+    assert not list(state_dir(tmp_path).glob(".*.tmp"))  # the failed run's early snapshot copy is gone
 
 
 def test_corrupt_journal_means_a_full_replace(tmp_path: Path) -> None:
@@ -333,3 +337,34 @@ def test_failed_full_replace_is_recovered_from_the_linked_journal(tmp_path: Path
     result = run(emails(40), vendor, tmp_path)
     assert result["state"]["recovered"]
     assert vendor.members == hashes(emails(40))
+
+
+# ---- the snapshot copied while the last chunks are sent ----------------------------------------
+
+
+@pytest.mark.parametrize("extra", [None, {"full_replace_at": 1765000000.123456}, {"note": "x" * 600}])
+def test_prepared_snapshot_commits_the_same_snapshot(tmp_path: Path, extra: dict[str, Any] | None) -> None:
+    values = sorted(sha(e) for e in emails(40))
+    data = tmp_path / "list.txt"
+    data.write_text("".join(v + "\n" for v in values))
+    plain, early = SnapshotStore("criteo", "plain", tmp_path), SnapshotStore("criteo", "early", tmp_path)
+    plain.commit(data, rule=RULE, count=len(values), extra=extra)
+    prepared = early.prepare(data)
+    assert prepared is not None and prepared.path.parent == early.directory
+    early.commit(data, rule=RULE, count=len(values), extra=extra, prepared=prepared)
+    assert early.read_values() == plain.read_values() == values
+    assert early.read_header() == {**plain.read_header(), "written_at": early.read_header()["written_at"]}
+    reader, meta, fh = early.open(RULE)
+    assert reader is not None and fh is not None and meta is not None and meta["count"] == 40
+    fh.close()
+    assert not list(early.directory.glob(".*.tmp")) and not prepared.path.exists()
+
+
+def test_commit_removes_copies_left_by_killed_runs(tmp_path: Path) -> None:
+    data = tmp_path / "list.txt"
+    data.write_text(sha("a@x.com") + "\n")
+    store = SnapshotStore("criteo", "seg", tmp_path)
+    left = store.prepare(data)  # a run killed before its commit leaves this behind
+    assert left is not None and left.path.exists()
+    store.commit(data, rule=RULE, count=1, prepared=store.prepare(data))
+    assert not list(store.directory.glob(".*.tmp")) and store.read_values() == [sha("a@x.com")]
