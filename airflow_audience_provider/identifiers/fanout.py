@@ -383,7 +383,7 @@ def run_destinations(
             if not dry_run:
                 # The state is read under the lease: another run may be writing it until then.
                 _acquire_leases(states)
-            _plan_phase(groups, spills, tmp, max_partition_bytes, stream)
+            _plan_phase(groups, spills, tmp, max_partition_bytes, stream, workers)
             _check_after_plan(states, dry_run)
             if stream is not None:
                 stream.finish()
@@ -618,6 +618,7 @@ def _plan_phase(
     tmp: Path,
     max_partition_bytes: int,
     stream: _Stream | None = None,
+    workers: int = 1,
 ) -> None:
     for gi, (profile, group) in enumerate(groups.items()):
         spill = spills[profile]
@@ -638,9 +639,9 @@ def _plan_phase(
                 st.add_counter = ChunkCounter(st.dest.rule)
                 st.remove_counter = ChunkCounter(st.dest.rule)
             if isinstance(spill, ColumnarSpill):
-                for keys, frame in spill.blocks():
-                    unique = sorted_unique_frame(spill.polars, frame)
-                    _plan_block_columnar(keys, unique, frame.height, group, readers, outs)
+                joins = any(readers[st.dest.name] is None for st in group)
+                for keys, (unique, count, joined) in _columnar_blocks(spill, joins, workers):
+                    _plan_block_columnar(keys, unique, count, group, readers, outs, joined)
                     if stream is not None:
                         stream.poll(outs)
             else:
@@ -766,6 +767,39 @@ def sorted_unique(values: list[str]) -> list[str]:
     return [ordered[0], *itertools.compress(rest, keep)]
 
 
+def _columnar_block(pl: Any, frame: Any, join: bool) -> tuple[Any, int, str | None]:
+    """One block's sorted unique values, its count of values, and (``join``) the values as one text."""
+    unique = sorted_unique_frame(pl, frame)
+    joined = (unique.str.join("\n").item() if len(unique) else "") if join else None
+    return unique, frame.height, joined
+
+
+def _columnar_blocks(
+    spill: ColumnarSpill, join: bool, workers: int
+) -> Iterator[tuple[tuple[str, ...], tuple[Any, int, str | None]]]:
+    """:func:`_columnar_block` of each of the spill's blocks, in order.
+
+    With ``workers > 1`` the blocks are computed in that many threads, a few blocks ahead of the
+    caller (who writes them in order): polars releases the GIL, so the plan uses every core the
+    read phase used.
+    """
+    pl = spill.polars
+    if workers <= 1:
+        for keys, frame in spill.blocks():
+            yield keys, _columnar_block(pl, frame, join)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="contact-plan") as threads:
+        ahead: collections.deque[tuple[tuple[str, ...], Future[tuple[Any, int, str | None]]]] = collections.deque()
+        for keys, frame in spill.blocks():
+            ahead.append((keys, threads.submit(_columnar_block, pl, frame, join)))
+            while len(ahead) > workers:
+                done, fut = ahead.popleft()
+                yield done, fut.result()
+        while ahead:
+            done, fut = ahead.popleft()
+            yield done, fut.result()
+
+
 def _plan_block_columnar(
     keys: tuple[str, ...],
     unique: Any,
@@ -773,6 +807,7 @@ def _plan_block_columnar(
     group: list[_DestState],
     readers: dict[str, SnapshotReader | None],
     outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
+    joined: str | None = None,
 ) -> None:
     """:func:`_diff_in_memory` for a block of consecutive partitions (``keys``) planned in polars.
 

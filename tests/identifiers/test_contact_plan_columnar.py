@@ -99,6 +99,7 @@ def _use(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     mode=st.sampled_from(["sync", "add", "remove", "replace"]),
     spill_bytes=st.sampled_from([1, 700, 5000, 32 << 20]),
     workers=st.sampled_from([1, 2]),
+    block_rows=st.sampled_from([8, 65536]),
 )
 def test_columnar_plan_sends_and_stores_what_the_python_plan_does(
     tmp_path_factory: pytest.TempPathFactory,
@@ -108,8 +109,13 @@ def test_columnar_plan_sends_and_stores_what_the_python_plan_does(
     mode: str,
     spill_bytes: int,
     workers: int,
+    block_rows: int,
 ) -> None:
-    """A first sync (no snapshot) and a second one in ``mode`` (against the first's snapshot), both ways."""
+    """A first sync (no snapshot) and a second one in ``mode`` (against the first's snapshot), both ways.
+
+    With two workers the columnar plan computes blocks in two threads; small blocks give many of them.
+    """
+    monkeypatch.setattr(sorting, "COLUMNAR_BLOCK_ROWS", block_rows)
     rule = get_rule("criteo", "email")
     # Small kernel batches: many frames per list, duplicates across batches, spills between them.
     monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 16)
