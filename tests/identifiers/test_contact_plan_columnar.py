@@ -223,3 +223,51 @@ def test_spill_blocks_give_back_every_value_once_in_key_order(
         assert spill.count == sum(map(len, batches))
     finally:
         spill.close()
+
+
+def test_fan_out_and_batches_the_kernel_cannot_hold_plan_the_same_both_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two destinations of one profile (one diffed against its snapshot, one full replace), and a batch
+    with a lone surrogate (the kernel raises, the batch takes the Python path and reaches the columnar
+    spill as text)."""
+    monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 32)
+    first = [_dress(i, i) for i in range(300)]
+    second = [_dress(i, i // 3) for i in range(100, 420)] + ["b\udcff@example.com"]
+    options = SyncOptions(allow_mass_removal=True, max_invalid_share=1.0, lease_timeout=0)
+    texts: list[int] = []
+    add_text = ColumnarSpill.add
+    monkeypatch.setattr(
+        ColumnarSpill, "add", lambda self, parts, count: texts.append(1) or add_text(self, parts, count)
+    )
+    runs = {}
+    for path in ("python", "auto"):
+        _use(monkeypatch, path)
+        work = tmp_path / path / "work"
+        work.mkdir(parents=True)
+        outcome = []
+        for values in (first, second):
+            senders = {"criteo": ChunkLog(), "yandex": ChunkLog()}
+            dests = [
+                Destination(
+                    "criteo",
+                    get_rule("criteo", "email"),
+                    senders["criteo"],
+                    SnapshotStore("criteo", "seg", tmp_path / path / "state"),
+                    options=options,
+                ),
+                Destination("yandex", get_rule("yandex_audience", "email"), senders["yandex"], None, options=options),
+            ]
+            results = run_destinations(IterableSource(values), dests, work_dir=str(work), spill_bytes=2000)
+            for r in results.values():
+                r.pop("snapshot")
+                r["state"].pop("lease_token")
+            outcome.append((results, {k: s.calls for k, s in senders.items()}))
+        outcome.append(SnapshotStore("criteo", "seg", tmp_path / path / "state").read_values())
+        runs[path] = outcome
+    monkeypatch.delenv(kernel.KERNEL_ENV)
+    kernel.load_email_kernel.cache_clear()
+    assert runs["auto"] == runs["python"]
+    assert runs["auto"][1][0]["criteo"]["mode"] == "incremental"
+    assert runs["auto"][1][0]["yandex"]["mode"] == "full_replace"
+    assert texts == [1]  # the surrogate's batch reached the columnar spill as text
