@@ -245,6 +245,17 @@ def test_the_bench_phones_leave_no_row_to_the_exact_rule() -> None:
     assert decision.refused == []
 
 
+@pytest.mark.parametrize("profile", [CRITEO, YANDEX, PROFILES[2]])
+def test_the_accepted_numbers_are_one_chunk(profile) -> None:
+    """Polars hashes a column of several chunks chunk by chunk on its thread pool, which the read
+    workers share (two workers then queue on it): the numbers handed to the hash must be one chunk."""
+    values = ["+79995551111", " +7 (999) 555-11-12 ", "007 999 555 11 13", "79995551114", "+44 7400 123456", "+7 37"]
+    values = values * 50
+    decision = _decision(values, profile)
+    assert len(decision.numbers) >= 200
+    assert decision.numbers.n_chunks() == 1
+
+
 def test_every_example_number_in_international_form_is_decided_by_the_fast_path() -> None:
     values = [f"+{code}{national}" for code, national in EXAMPLES]
     numbers, ok = _decide(values, CRITEO)
