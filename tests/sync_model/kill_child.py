@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 
@@ -41,17 +42,22 @@ def main() -> int:
     hook.get_conn().limiter = RateLimiter()
     hook.get_conn().settle_seconds = job["settle"]
     calls = [0]
+    lock = threading.Lock()
 
     def call(method: str, *args: Any) -> Any:
-        calls[0] += 1
-        if calls[0] == job["kill_at"] and not job["after_send"]:
+        with lock:  # several chunks may be in flight (send_concurrency)
+            calls[0] += 1
+            number = calls[0]
+        if number == job["kill_at"] and not job["after_send"]:
             os.kill(os.getpid(), signal.SIGKILL)
         result = getattr(inner, method)(*args)
-        if calls[0] == job["kill_at"]:
+        if number == job["kill_at"]:
             os.kill(os.getpid(), signal.SIGKILL)
         return result
 
     class KillingSender:
+        send_concurrency = int(job.get("concurrency", 1))
+
         def add(self, chunk: Any) -> Any:
             return call("add", chunk)
 

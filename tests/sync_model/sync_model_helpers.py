@@ -271,14 +271,17 @@ class FaultAtChunk:
         self._call("clear")
 
 
-def run_killed(target: Target, rows: list[str], mode: str, kill_at: int, after_send: bool) -> int:
+def run_killed(target: Target, rows: list[str], mode: str, kill_at: int, after_send: bool, concurrency: int = 1) -> int:
     """Run one sync in a subprocess that SIGKILLs itself at its ``kill_at``-th sender call.
 
     ``after_send``: the request was answered (the vendor applied it) but the run had not recorded
-    it; otherwise it dies just before sending. Returns the exit code (-9 when the kill happened).
+    it; otherwise it dies just before sending. ``concurrency``: chunks in flight at once (the other
+    one may be anywhere in its request when the kill comes). Returns the exit code (-9 when the
+    kill happened).
     """
     args = {
         **target.child_args(),
+        "concurrency": concurrency,
         "rows": rows,
         "mode": mode,
         "kill_at": kill_at,

@@ -240,3 +240,19 @@ def test_two_chunks_in_flight_one_fails_then_the_next_run_converges(
     wait_quiet(criteo.fake)
     assert result["status"] == "sent" and result["state"]["recovered"]
     assert criteo.members() == expected(original)
+
+
+@pytest.mark.parametrize(("kill_at", "after_send"), [(2, False), (2, True), (5, False), (5, True)])
+def test_killed_with_two_chunks_in_flight_then_the_next_run_converges(
+    criteo: CriteoTarget, kill_at: int, after_send: bool
+) -> None:
+    # The worker dies at a chunk while the chunk before or after it is in flight (calls 1-3 add,
+    # 4-6 remove); wherever the other request was, the next run repairs the list.
+    original = make_input(0, 120)
+    criteo.sync(original, "sync")
+    assert run_killed(criteo, make_input(60, 120), "sync", kill_at=kill_at, after_send=after_send, concurrency=2) == -9
+    wait_quiet(criteo.fake)
+    result = criteo.sync(original, "sync")
+    wait_quiet(criteo.fake)
+    assert result["status"] == "sent" and result["state"]["recovered"]
+    assert criteo.members() == expected(original)
