@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,12 +222,12 @@ class PhoneDecider:
         """Accept the valid numbers of a batch, decide the invalid rows whose reason is certain, refuse the rest.
 
         Rows read as ``+`` and digits (written ``+`` or ``00`` and digits, or as 11-15 bare digits
-        without a default region) are
-        ``phone_syntax`` (``phone_no_country`` when bare) when ``parse`` would raise: fewer than 3
-        digits, no country code at the start, fewer than 2 digits after it, or more than 17 with no
-        national prefix for parsing at the start; and ``phone_invalid`` (``phone_no_country``) when
-        ``parse`` takes them as given and ``is_valid_number`` refuses them. Without a default region,
-        bare digits not starting ``00`` and not 11-15 digits long are ``phone_no_country``, and blank
+        without a default region) are ``phone_syntax`` (``phone_no_country`` when bare) when
+        ``parse`` would raise: fewer than 3 digits, no country code at the start, fewer than 2
+        digits after it, or more than 17 with no national prefix for parsing at the start; and
+        ``phone_invalid`` (``phone_no_country``) when ``parse`` takes them as given, or every
+        reading it can make is shorter than any number of the code, and ``is_valid_number``
+        refuses them. Without a default region, other bare digits are ``phone_no_country``; blank
         rows are ``empty``. Everything else not accepted is refused (left to the exact rule).
 
         Every step is one polars call over a one-chunk Series or a single expression: those run in
@@ -278,7 +279,13 @@ class PhoneDecider:
         return _Rows.concat(pl, found), early
 
     def _decide_found(
-        self, found: _Rows, early: list[_Rows], zeros: Any, checks: Any, *, digits_only: bool
+        self,
+        found: _Rows,
+        early: list[_Rows],
+        zeros: Any,
+        checks: Callable[[str], CodeCheck | None],
+        *,
+        digits_only: bool,
     ) -> PhoneDecision:
         """Decide the rows read as ``+D`` (``found``), grouped by country code and length.
 
