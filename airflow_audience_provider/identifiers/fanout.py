@@ -767,16 +767,24 @@ def sorted_unique(values: list[str]) -> list[str]:
     return [ordered[0], *itertools.compress(rest, keep)]
 
 
-def _columnar_block(pl: Any, frame: Any, join: bool) -> tuple[Any, int, str | None]:
+def _columnar_block(pl: Any, frame: Any, join: bool) -> tuple[Any, int, bytes | None]:
     """One block's sorted unique values, its count of values, and (``join``) the values as one text."""
     unique = sorted_unique_frame(pl, frame)
-    joined = (unique.str.join("\n").item() if len(unique) else "") if join else None
-    return unique, frame.height, joined
+    return unique, frame.height, _joined(pl, unique) if join else None
+
+
+def _joined(pl: Any, unique: Any) -> bytes:
+    """The values joined by newlines, as the bytes of the work files (hex digits are ASCII).
+
+    Taken as bytes: writing the text polars returns through the work file's text layer cost 3x as
+    much (15 against 5 ms per 200,000 digests).
+    """
+    return unique.str.join("\n").cast(pl.Binary).item() if len(unique) else b""
 
 
 def _columnar_blocks(
     spill: ColumnarSpill, join: bool, workers: int
-) -> Iterator[tuple[tuple[str, ...], tuple[Any, int, str | None]]]:
+) -> Iterator[tuple[tuple[str, ...], tuple[Any, int, bytes | None]]]:
     """:func:`_columnar_block` of each of the spill's blocks, in order.
 
     With ``workers > 1`` the blocks are computed in that many threads, a few blocks ahead of the
@@ -789,7 +797,7 @@ def _columnar_blocks(
             yield keys, _columnar_block(pl, frame, join)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="contact-plan") as threads:
-        ahead: collections.deque[tuple[tuple[str, ...], Future[tuple[Any, int, str | None]]]] = collections.deque()
+        ahead: collections.deque[tuple[tuple[str, ...], Future[tuple[Any, int, bytes | None]]]] = collections.deque()
         for keys, frame in spill.blocks():
             ahead.append((keys, threads.submit(_columnar_block, pl, frame, join)))
             while len(ahead) > workers:
@@ -807,18 +815,18 @@ def _plan_block_columnar(
     group: list[_DestState],
     readers: dict[str, SnapshotReader | None],
     outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
-    joined: str | None = None,
+    joined: bytes | None = None,
 ) -> None:
     """:func:`_diff_in_memory` for a block of consecutive partitions (``keys``) planned in polars.
 
     :param unique: the block's values, sorted and without duplicates (a polars String Series).
     :param count: the block's values before de-duplication.
+    :param joined: the values' lines (:func:`_joined`), if computed already.
 
     A full replace (no diff base) writes the block as one text joined in polars; a diff against the
     snapshot goes partition by partition through :func:`_diff_sorted`, as in the Python plan.
     """
     n = len(unique)
-    joined: str | None = None
     diffed: list[_DestState] = []
     for st in group:
         if readers[st.dest.name] is not None:
@@ -829,12 +837,12 @@ def _plan_block_columnar(
         acc.unique += n
         assert st.add_counter is not None and st.remove_counter is not None
         if joined is None:
-            joined = unique.str.join("\n").item() if n else ""
+            joined = _joined(load_email_kernel().polars, unique)  # type: ignore[union-attr]
         _, removes_fh, snap_fh = outs[st.dest.name]
-        _write_text(snap_fh, joined)
+        _write_bytes(snap_fh, joined)
         if st.mode == ONE_WAY and st.dest.mode == "remove":
             acc.removed += n
-            _write_text(removes_fh, joined)
+            _write_bytes(removes_fh, joined)
             st.remove_counter.feed_count(n)
         else:
             # Full replace: the additions are the new snapshot; _send reads that file instead.
@@ -851,10 +859,12 @@ def _plan_block_columnar(
         duplicates = 0
 
 
-def _write_text(fh: IO[str], text: str) -> None:
-    if text:
-        fh.write(text)
-        fh.write("\n")
+def _write_bytes(fh: IO[str], data: bytes) -> None:
+    """Append ``data`` and a newline to a work file opened as text (after what its text layer holds)."""
+    if data:
+        fh.flush()
+        fh.buffer.write(data)  # type: ignore[attr-defined]
+        fh.buffer.write(b"\n")  # type: ignore[attr-defined]
 
 
 def _diff_in_memory(
