@@ -213,6 +213,7 @@ class PreparedSnapshot:
         self.path = path
 
     def discard(self) -> None:
+        """Remove the copy (nothing happens if the commit already moved it into place)."""
         self.path.unlink(missing_ok=True)
 
 
