@@ -94,7 +94,7 @@ class CodeCheck:
         """Per region, for digits ``D`` of ``length`` (code included): ``(leading, valid)`` patterns.
 
         ``leading`` is the region's ``leading_digits`` (matched at the start of ``N``); ``valid`` (the
-        types admitting that length, as one alternation, see :func:`_valid`) is None when no number of
+        types admitting that length, as one alternation, see ``_valid``) is None when no number of
         that length is valid in the region. The length checks are decided here, so the patterns are
         plain matches of all of ``N``.
         """
