@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 import logging
+import operator
 import os
 import re
 import shutil
@@ -128,13 +129,14 @@ class SnapshotReader:
 
     def _check_order(self, lines: list[str]) -> None:
         keyed = [(partition_of(v, self._hashed), v) for v in lines] if not self._hashed else None
+        # Neighbours compared by C loops (map over operator.lt), no Python bytecode per value.
         if self._hashed:
-            ordered = all(a < b for a, b in itertools.pairwise(lines))
+            ordered = all(map(operator.lt, lines, itertools.islice(lines, 1, None)))
             first: tuple[str, str] = (lines[0][:2], lines[0])
             last: tuple[str, str] = (lines[-1][:2], lines[-1])
         else:
             assert keyed is not None
-            ordered = all(a < b for a, b in itertools.pairwise(keyed))
+            ordered = all(map(operator.lt, keyed, itertools.islice(keyed, 1, None)))
             first, last = keyed[0], keyed[-1]
         if not ordered or (self._last is not None and not self._last < first) or not all(lines):
             raise SnapshotError(
