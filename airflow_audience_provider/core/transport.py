@@ -28,10 +28,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
@@ -57,6 +57,7 @@ from airflow_audience_provider.core.ratelimit import (
     Window,
     default_rate_limiter,
 )
+from airflow_audience_provider.lazy_strings import LazyStrings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ T = TypeVar("T")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
-class JsonStrings(Sequence[str]):
+class JsonStrings(LazyStrings):
     """Hex strings kept as the text they were read from: the transport writes their JSON array from it.
 
     For the digests of a chunk read from a work file, the array is the text with its newlines
@@ -77,9 +78,8 @@ class JsonStrings(Sequence[str]):
     """
 
     def __init__(self, lines: bytes, count: int) -> None:
+        super().__init__(count)
         self.lines = lines
-        self._count = count
-        self._values: list[str] | None = None
 
     @classmethod
     def from_lines(cls, lines: bytes, count: int) -> JsonStrings | None:
@@ -92,27 +92,8 @@ class JsonStrings(Sequence[str]):
         """The JSON array, in pieces to be joined (a view drops the last separator without a copy)."""
         return [b'["', memoryview(self.lines.replace(b"\n", b'", "'))[:-4], b'"]']
 
-    def _list(self) -> list[str]:
-        if self._values is None:
-            self._values = self.lines.decode("ascii").split("\n")[:-1]
-            if len(self._values) != self._count:
-                raise ValueError(f"{len(self._values)} strings where {self._count} were announced")
-        return self._values
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        return self._list()[index]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._list())
+    def split(self) -> list[str]:
+        return self.lines.decode("ascii").split("\n")[:-1]
 
 
 _HEX_LINES = b"0123456789abcdefABCDEF\n"

@@ -36,15 +36,16 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, overload
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from airflow_audience_provider.lazy_strings import LazyStrings
 from airflow_audience_provider.sandbox.base import (
     ApiError,
     ErrorReply,
@@ -80,7 +81,7 @@ _DIGEST_ARRAY_KEY = b'"identifiers": ["'
 _SPLICED = "\x00identifiers"
 
 
-class DigestArray(Sequence[str]):
+class DigestArray(LazyStrings):
     """Lower-case SHA-256 hex digests kept as the JSON array text they arrived in (``"<hex>", "<hex>"``).
 
     An amendment records them as they are; the strings are made when someone reads the list
@@ -88,26 +89,11 @@ class DigestArray(Sequence[str]):
     """
 
     def __init__(self, text: bytes, count: int) -> None:
+        super().__init__(count)
         self.text = text
-        self._count = count
 
-    def _list(self) -> list[str]:
+    def split(self) -> list[str]:
         return self.text[1:-1].decode("ascii").split('", "')
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        return self._list()[index]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._list())
 
 
 def split_digest_body(raw: bytes) -> tuple[dict[str, Any], DigestArray] | None:
