@@ -423,7 +423,7 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
 class SegmentPreviewAudienceOperator(_SegmentOperator):
     """Preview an audience definition and return its size before committing it.
 
-    Previews are scarce (5 per minute and 700 per month per space): the client-side limiter
+    Previews are scarce (5 per minute per token, 700 per month per space): the client-side limiter
     waits out the first and fails at once on the second. With ``audience_name``, an audience
     of that name whose definition is already the same is not previewed again: its computed
     size is returned instead (``source: "audience"``), so a daily DAG spends no quota while
@@ -441,7 +441,7 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
     :param batch_compute_wait: that wait, in seconds (default 24 h).
     :param min_size: fail the task when the preview is smaller (a guard before enabling).
     :param max_size: fail the task when the preview is larger.
-    :param deferrable: wait for the preview in the triggerer.
+    :param deferrable: wait for the preview in the triggerer (default: ``[operators] default_deferrable``).
     :param poll_interval: seconds between looks at the preview.
     :param timeout: seconds to wait for the preview at most.
     :return: ``{"preview_id", "space_id", "status", "size", "size_type", "audience_type",
