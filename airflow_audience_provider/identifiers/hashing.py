@@ -107,7 +107,7 @@ class BatchOutput:
     partitions: dict[str, str]
     invalid: list[tuple[int, str]]
     #: with ``columnar=True`` and the kernel: the outputs as a polars DataFrame (``p``, ``h``,
-    #: ordered by ``p``, see :func:`~airflow_audience_provider.identifiers.sorting.hex_frame`)
+    #: in no particular order, see :func:`~airflow_audience_provider.identifiers.sorting.hex_frame`)
     #: instead of ``partitions``.
     frame: Any = None
 
@@ -265,7 +265,7 @@ def _columnar_output(
         rescued.append(_FAST_HASHERS[HashAlgorithm.SHA256](data).hexdigest())
     if rescued:
         pl = load_email_kernel().polars  # type: ignore[union-attr]
-        frame = pl.concat([frame, hex_frame(pl, rescued)]).sort("p", multithreaded=False)
+        frame = pl.concat([frame, hex_frame(pl, rescued)])
     if getattr(out, "invalid", None) and out.refused:
         invalid.sort()  # both kinds of invalid rows, in row order
     return BatchOutput(len(values) - len(invalid), {}, invalid, frame)

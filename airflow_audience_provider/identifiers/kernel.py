@@ -76,6 +76,8 @@ OPAQUE_CONTROL = r"[\x00-\x1f\x7f]"
 #: leaves starting or ending with one is left to the exact rule.
 OTHER_BLANKS = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _MAX_OPAQUE = 512
+#: Hex digits of a digest's prefix, the order of the kernel's outputs and of the columnar plan: 60 bits, an Int64.
+PREFIX_DIGITS = 15
 
 
 class KernelOutput:
@@ -83,37 +85,63 @@ class KernelOutput:
 
     :param digests: the accepted values' SHA-256 hex digests, ordered by their first 15 hex digits
         (so grouped by partition, in partition order), joined with ``"\\n"``; None to have them
-        joined from ``frame`` on first use.
+        ordered and joined from ``frame`` on first use.
     :param bounds: 257 offsets (in digests) of the 256 hash-prefix partitions: partition ``k`` is
-        digests ``bounds[k]`` to ``bounds[k + 1]``.
+        digests ``bounds[k]`` to ``bounds[k + 1]``; None to have them computed with ``digests``.
     :param refused: indices (in the batch) of the rows left to the exact rule.
     :param invalid: rows the kernel decided invalid, as ``(index, reason)`` in index order, with the
         exact rule's reason (phones only; other kernels leave every invalid row to the exact rule).
-    :param frame: the same digests as a polars DataFrame in the same order: ``p`` (their first 15
-        hex digits, an Int64) and ``h`` (the digest); what the plan phase's columnar path takes.
+    :param frame: the same digests as a polars DataFrame in no particular order: ``p`` (their first
+        15 hex digits, an Int64) and ``h`` (the digest); what the plan phase's columnar path takes
+        (it sorts by ``p`` where it needs to, so the kernel does not).
+    :param keys: the 256 partition keys as a polars Series (to compute ``bounds`` from ``frame``).
     """
 
     def __init__(
         self,
         digests: str | None,
-        bounds: list[int],
+        bounds: list[int] | None,
         refused: list[int],
         invalid: list[tuple[int, str]] | None = None,
         frame: Any = None,
+        *,
+        keys: Any = None,
     ) -> None:
         self._digests = digests
-        self.bounds = bounds
+        self._bounds = bounds
         self.refused = refused
         self.invalid = invalid if invalid is not None else []
         self.frame = frame
+        self._keys = keys
 
     @property
     def digests(self) -> str:
-        """The digests as one text (joined on first use: the columnar path never needs it)."""
+        """The digests as one text, ordered (computed on first use: the columnar path never needs it)."""
         if self._digests is None:
-            h = self.frame.get_column("h")
-            self._digests = h.str.join("\n").item() if len(h) else ""
+            self._order()
+        assert self._digests is not None
         return self._digests
+
+    @property
+    def bounds(self) -> list[int]:
+        """The partitions' offsets in :attr:`digests` (computed on first use)."""
+        if self._bounds is None:
+            self._order()
+        assert self._bounds is not None
+        return self._bounds
+
+    def _order(self) -> None:
+        # Ordered by the first 60 bits (15 hex digits, an Int64): partition "3f" starts at the first
+        # digest >= "3f" (a binary search only compares prefixes here), and each partition reaches
+        # the Python plan as a run that is sorted but for ties of 60 bits, which the plan's exact
+        # sort then merges in a few comparisons per value. Sorting on an integer costs half of
+        # sorting the strings, and it runs here, in the read workers, in parallel.
+        self.frame = self.frame.sort("p", multithreaded=False)
+        h = self.frame.get_column("h")
+        bounds: list[int] = h.search_sorted(self._keys, "left").to_list()
+        bounds.append(len(h))
+        self._bounds = bounds
+        self._digests = h.str.join("\n").item() if len(h) else ""
 
 
 @dataclass(frozen=True)
@@ -212,7 +240,7 @@ class EmailKernel:
         # one chunk: over several, polars hashes chunk by chunk on its thread pool, shared by the read workers
         numbers = decision.numbers.rechunk()
         digests = pl.DataFrame([numbers]).select(plh.col("v").chash.sha2_256()).to_series()
-        return self._ordered(None, digests, refused=decision.refused, invalid=decision.invalid)
+        return self._output(None, digests, refused=decision.refused, invalid=decision.invalid)
 
     def run_sha256(self, values: list[str]) -> KernelOutput:
         """Process one batch of pre-hashed SHA-256 values: validated and lower-cased, not hashed again.
@@ -227,7 +255,7 @@ class EmailKernel:
         )
         frame = frame.with_columns(ok=pl.col("v").str.contains(SHA256_PATTERN))
         digests = frame.filter(pl.col("ok")).select(pl.col("v").str.to_lowercase()).to_series()
-        return self._ordered(frame, digests)
+        return self._output(frame, digests)
 
     def run_clear(self, values: list[str], *, client_id: bool) -> ClearOutput:
         """Process one batch of clear-text ids: customer ids (``client_id=False``) or Metrica ClientIDs.
@@ -282,9 +310,9 @@ class EmailKernel:
             accepted = accepted.select(column.alias("v"))
             cased = plh.col("v")
         digests = accepted.select(cased.chash.sha2_256().alias("h")).to_series()
-        return self._ordered(frame, digests)
+        return self._output(frame, digests)
 
-    def _ordered(
+    def _output(
         self,
         frame: Any,
         digests: Any,
@@ -292,22 +320,15 @@ class EmailKernel:
         refused: list[int] | None = None,
         invalid: list[tuple[int, str]] | None = None,
     ) -> KernelOutput:
-        """The accepted rows' digests ordered and partitioned, and the refused rows of ``frame`` (or ``refused``)."""
+        """The accepted rows' digests with their prefixes, and the refused rows of ``frame`` (or ``refused``)."""
         pl = self._pl
-        # Ordered by the first 60 bits (15 hex digits, an Int64): partition "3f" starts at the first
-        # digest >= "3f" (a binary search only compares prefixes here), and each partition reaches
-        # the plan phase as a run that is sorted but for ties of 60 bits, which the plan's exact
-        # sort then merges in a few comparisons per value. Sorting on an integer costs half of
-        # sorting the strings, and it runs here, in the read workers, in parallel.
-        prefix = digests.str.slice(0, 15).str.to_integer(base=16)
-        order = prefix.arg_sort()
-        digests = digests.gather(order)
+        # The prefix only: ordering the batch is left to whoever needs it (KernelOutput._order for
+        # the Python plan; the columnar spill sorts all buffered batches at once anyway).
+        prefix = digests.str.slice(0, PREFIX_DIGITS).str.to_integer(base=16)
         if refused is None:
             refused = frame.select(pl.arg_where(~pl.col("ok"))).to_series().to_list()
-        bounds = digests.search_sorted(self._keys, "left").to_list()
-        bounds.append(len(digests))
-        ordered = pl.DataFrame([prefix.gather(order).alias("p"), digests.alias("h")])
-        return KernelOutput(None, bounds, refused, invalid or [], ordered)
+        unordered = pl.DataFrame([prefix.alias("p"), digests.alias("h")])
+        return KernelOutput(None, None, refused, invalid or [], unordered, keys=self._keys)
 
 
 #: polars reads its thread-pool size from this variable when the pool starts.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
+from airflow_audience_provider.identifiers.kernel import PREFIX_DIGITS
 
 DEFAULT_SPILL_BYTES = 32 << 20
 DEFAULT_MAX_PARTITION_BYTES = 16 << 20  # in memory a partition takes ~4x its file size (set + sorted list)
@@ -129,8 +130,6 @@ class PartitionSpill:
         self._segments = []
 
 
-#: Hex digits of a digest's prefix the columnar path orders by: 60 bits, an Int64 (the kernel's order).
-PREFIX_DIGITS = 15
 #: Key ranges of a columnar spill segment, each its own IPC stream (256 / 64 = 4 partitions each).
 COLUMNAR_BUCKETS = 64
 #: Values the columnar plan takes in one block at most: 4 MB of digests (of 1, 4, 16, 64 or 256
@@ -169,7 +168,7 @@ def sorted_unique_frame(pl: Any, frame: Any) -> Any:
 class ColumnarSpill:
     """:class:`PartitionSpill` for hex digests kept as polars columns from the kernel to the plan.
 
-    Batches arrive as the kernel's frames (``p``, ``h``, ordered by ``p``) and stay in memory until
+    Batches arrive as the kernel's frames (``p``, ``h``, in any order) and stay in memory until
     they pass ``spill_bytes`` (counted as the text spill would count them). A spill sorts them by
     ``p`` and writes :data:`COLUMNAR_BUCKETS` key ranges to one segment file, each an Arrow IPC
     stream with the digests laid out in order (so the plan reads them sequentially). Once anything
@@ -206,7 +205,7 @@ class ColumnarSpill:
         self.add_frame(hex_frame(self._pl, text.split("\n") if text else []), count)
 
     def add_frame(self, frame: Any, count: int) -> None:
-        """Add one batch's digests (``p``, ``h``, ordered by ``p``); ``count`` valid outputs."""
+        """Add one batch's digests (``p``, ``h``, in any order); ``count`` valid outputs."""
         self.count += count
         if frame.height:
             self._frames.append(frame)
@@ -254,6 +253,9 @@ class ColumnarSpill:
         A block is a run of consecutive partitions of at most :data:`COLUMNAR_BLOCK_ROWS` values
         (a bigger partition is a block of its own); an empty list gives one empty block.
         """
+        if self._frames:
+            # what stayed in memory, sorted once (batches arrive in no particular order)
+            self._frames = [self._pl.concat(self._frames).sort("p", multithreaded=False)]
         memory = [(f, self._partition_offsets(f)) for f in self._frames]
         counts = [0] * 256
         for offsets in [*self._offsets, *(o for _, o in memory)]:

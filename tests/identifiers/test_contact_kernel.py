@@ -11,7 +11,12 @@ from kernel_helpers import assert_kernel_gives, forbid_process_pools, kernel_and
 from test_contact_fast_paths import EMAIL, expected, values_strategy
 
 from airflow_audience_provider.identifiers import fanout, kernel
-from airflow_audience_provider.identifiers.hashing import _process_with_kernel, process_batch, uses_kernel
+from airflow_audience_provider.identifiers.hashing import (
+    PARTITION_KEYS,
+    _process_with_kernel,
+    process_batch,
+    uses_kernel,
+)
 from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile
 
 pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
@@ -97,3 +102,23 @@ def test_polars_gets_a_one_thread_pool_unless_the_task_chose_one(preset, expecte
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.split("\n")[-2] == expected
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values_strategy)
+def test_kernel_frame_is_unordered_and_digests_are_ordered_on_demand(values: list[str]) -> None:
+    """The frame (the columnar path's input) holds each digest with its 60-bit prefix, in any order;
+    ``digests`` and ``bounds`` (the Python plan's input) are the same digests ordered by prefix."""
+    k = kernel.load_email_kernel()
+    if k is None or not values:
+        return
+    out = k.run(values)
+    frame_digests = out.frame.get_column("h").to_list()
+    assert out.frame.get_column("p").to_list() == [int(h[: kernel.PREFIX_DIGITS], 16) for h in frame_digests]
+    ordered = out.digests.split("\n") if out.digests else []
+    assert sorted(ordered) == sorted(frame_digests)
+    assert [h[: kernel.PREFIX_DIGITS] for h in ordered] == sorted(h[: kernel.PREFIX_DIGITS] for h in ordered)
+    bounds = out.bounds
+    assert len(bounds) == 257 and bounds[0] == 0 and bounds[-1] == len(ordered)
+    for key, lo, hi in zip(PARTITION_KEYS, bounds, bounds[1:], strict=False):
+        assert all(h[:2] == key for h in ordered[lo:hi])

@@ -195,6 +195,7 @@ def test_sorted_unique_frame_is_sorted_set(values: list[str], colliding: list[st
     batches=st.lists(st.lists(HEX, max_size=50), max_size=8),
     spill_bytes=st.sampled_from([1, 2000, 32 << 20]),
     block_rows=st.sampled_from([1, 20, 65536]),
+    reverse=st.booleans(),
 )
 def test_spill_blocks_give_back_every_value_once_in_key_order(
     tmp_path_factory: pytest.TempPathFactory,
@@ -202,14 +203,17 @@ def test_spill_blocks_give_back_every_value_once_in_key_order(
     batches: list[list[str]],
     spill_bytes: int,
     block_rows: int,
+    reverse: bool,
 ) -> None:
-    """Whatever was spilled or kept: blocks cover the 256 partitions once, in order, each value in its partition."""
+    """Whatever was spilled or kept, and in whatever order a batch's rows came (the kernel does not
+    order them): blocks cover the 256 partitions once, in order, each value in its partition."""
     pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
     monkeypatch.setattr(sorting, "COLUMNAR_BLOCK_ROWS", block_rows)
     spill = ColumnarSpill(pl, tmp_path_factory.mktemp("spill"), "p", spill_bytes)
     try:
         for values in batches:
-            spill.add_frame(hex_frame(pl, values), len(values))
+            frame = hex_frame(pl, values)
+            spill.add_frame(frame.reverse() if reverse else frame, len(values))
         spill.finish()
         keys: list[str] = []
         got: list[str] = []
