@@ -81,7 +81,7 @@ SCENARIOS ?= 200
 soak: $(STAMP) ## Sync model (faults, kills, overlapping runs) for SCENARIOS scenarios per vendor; SEED=n replays
 	$(PY) tests/sync_model/soak.py $(SCENARIOS) $(if $(SEED),--seed $(SEED))
 
-docs: $(STAMP) ## Build the Sphinx docs with warnings as errors
+docs: $(STAMP) ## Build the Sphinx docs (nitpicky, every page reread: -E) with warnings as errors
 	$(PY) -m sphinx -E -W --keep-going -b html -q docs docs/_build/html
 
 lint: $(STAMP) ## ruff and mypy
