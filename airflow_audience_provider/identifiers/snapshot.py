@@ -14,8 +14,11 @@ It lives at ``<base>/<vendor>/<destination key>/snapshot.txt``. The base is a lo
 
 Writes are atomic: locally a temporary file in the same directory is renamed over the old one;
 on object storage the whole file is one object written in a single upload, which readers see
-either complete or not at all. The engine writes a snapshot only after the destination accepted
-every chunk, so a failed run never records identifiers that were not sent.
+either complete or not at all. The engine commits a snapshot only after the destination accepted
+every chunk, so a failed run never records identifiers that were not sent. Locally the new list
+may be copied beside the old snapshot earlier (:meth:`SnapshotStore.prepare`, while the last
+chunks are sent) under a blank first line, which the commit overwrites with the header padded
+with spaces before the rename.
 """
 
 from __future__ import annotations
