@@ -18,7 +18,7 @@ either complete or not at all. The engine commits a snapshot only after the dest
 every chunk, so a failed run never records identifiers that were not sent. Locally the new list
 may be copied beside the old snapshot earlier (:meth:`SnapshotStore.prepare`, while the last
 chunks are sent) under a blank first line, which the commit overwrites with the header padded
-with spaces before the rename.
+with spaces before the rename (a header longer than that line is written by a full copy).
 """
 
 from __future__ import annotations
