@@ -1,5 +1,6 @@
 # The project's command index. `make help` lists the targets.
-# Everything runs in .venv, created from the committed lock with uv (bootstrapped with pip).
+# Everything runs in .venv (the oldest-Airflow targets in .venv-oldest), created from the committed
+# locks with uv (bootstrapped with pip).
 
 PYTHON ?= python3.11
 UV_VERSION ?= 0.13.9

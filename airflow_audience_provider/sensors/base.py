@@ -30,10 +30,11 @@ class AudienceWaitSensor(AssetEmitterMixin, BaseSensorOperator):
     """Wait for a vendor's asynchronous work; fail when the vendor reports failure.
 
     Subclasses set ``spec`` (the vendor's connection type, which names the ``<vendor>_conn_id``
-    attribute) and ``trigger_class`` (which names the hook and its status function) and
-    implement ``status_kwargs()``. A vendor failure state fails the task: it never counts
-    as done. Unknown vendor states are logged verbatim and the sensor keeps waiting until
-    its ``timeout``.
+    attribute) and ``trigger_class`` (which names the hook and its status function), and
+    implement ``status_kwargs()`` unless the trigger's ``status_fields`` name the status
+    arguments (the default reads them from the sensor's attributes). A vendor failure state
+    fails the task: it never counts as done. Unknown vendor states are logged verbatim and the
+    sensor keeps waiting until its ``timeout``.
 
     :param deferrable: wait in the triggerer instead of a worker slot (default: Airflow's
         ``[operators] default_deferrable``).
