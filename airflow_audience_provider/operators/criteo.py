@@ -185,7 +185,9 @@ class CriteoCreateOrUpdateSegmentOperator(_CriteoCreateOrUpdateOperator):
     :param on_partial_failure: ``fail`` (default) or ``warn`` when Criteo refuses the item.
     :param emit_asset: record an Asset event ``criteo://<account>/segment/<id>`` (alias ``criteo-segments``).
     :return: ``{"segment_id", "name", "retailer_id", "identifier_type", "action", "url", "asset_uri",
-        "problems"}``; ``action`` is ``created``, ``updated`` or ``unchanged``.
+        "problems"}``; ``action`` is ``created``, ``updated`` or ``unchanged``, or ``failed`` (with
+        ``on_partial_failure="warn"``, when Criteo refused the create: ``segment_id`` None, and only
+        ``name`` and ``problems`` besides).
     """
 
     template_fields: Sequence[str] = (
@@ -519,7 +521,9 @@ class CriteoCreateOrUpdateAudienceOperator(_CriteoCreateOrUpdateOperator):
     :param owner_id: account or advertiser; default from the connection (templated).
     :param on_partial_failure: ``fail`` (default) or ``warn``.
     :param emit_asset: record an Asset event ``criteo://<account>/audience/<id>`` (alias ``criteo-audiences``).
-    :return: ``{"audience_id", "name", "action", "segment_ids", "url", "asset_uri", "problems"}``.
+    :return: ``{"audience_id", "name", "action", "segment_ids", "url", "asset_uri", "problems"}``;
+        ``action`` ``failed`` (``on_partial_failure="warn"``, Criteo refused the create) comes with
+        ``audience_id`` None, ``name`` and ``problems`` only.
     """
 
     template_fields: Sequence[str] = ("name", "algebra", "retailer_id", "description", "owner_id", "criteo_conn_id")
