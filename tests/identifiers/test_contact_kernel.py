@@ -7,6 +7,7 @@ import logging
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kernel_helpers import assert_kernel_gives, forbid_process_pools, kernel_and_python, partition_values, read_batches
 from test_contact_fast_paths import EMAIL, expected, values_strategy
 
@@ -17,6 +18,7 @@ from airflow_audience_provider.identifiers.hashing import (
     process_batch,
     uses_kernel,
 )
+from airflow_audience_provider.identifiers.normalise import InvalidIdentifier, normalise_email
 from airflow_audience_provider.identifiers.rules import HashAlgorithm, IdentifierType, NormalisationProfile
 
 pytest.importorskip("polars_hash", reason="the fast extra (polars, polars-hash) is not installed")
@@ -122,3 +124,24 @@ def test_kernel_frame_is_unordered_and_digests_are_ordered_on_demand(values: lis
     assert len(bounds) == 257 and bounds[0] == 0 and bounds[-1] == len(ordered)
     for key, lo, hi in zip(PARTITION_KEYS, bounds, bounds[1:], strict=False):
         assert all(h[:2] == key for h in ordered[lo:hi])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet=st.sampled_from(" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u3000a.Z-@é"), max_size=12),
+            st.integers(250, 260).map(lambda n: " " + "a" * n + "\t"),
+            st.sampled_from(["", "   ", "n/a", "-", "a@b.c", "\x1ca@b.cc", "x" * 255]),
+        ),
+        max_size=20,
+    )
+)
+def test_e_mail_reasons_decided_by_the_kernel_are_the_exact_rules(values: list[str]) -> None:
+    """Rows the kernel refused and then decides itself (plain ASCII without ``@``) get ``normalise_email``'s reason."""
+    left, invalid = kernel._email_reasons(values, list(range(len(values))))
+    assert sorted(left + [i for i, _ in invalid]) == list(range(len(values)))
+    for i, reason in invalid:
+        with pytest.raises(InvalidIdentifier) as exc:
+            normalise_email(values[i])
+        assert exc.value.reason == reason
