@@ -187,9 +187,9 @@ def test_parallel_read_workers_send_the_same_hashes(ya, hook, context, snapshots
     used: list[int] = []
     read = fanout._iter_processed
 
-    def spy(source, profiles, batch_size, workers, mp_context):
+    def spy(source, profiles, batch_size, workers, *rest):
         used.append(workers)
-        return read(source, profiles, batch_size, workers, mp_context)
+        return read(source, profiles, batch_size, workers, *rest)
 
     monkeypatch.setattr(fanout, "_iter_processed", spy)
     values = [*emails(400), "bad address", " USER7@example.COM "]  # one invalid, one duplicate
