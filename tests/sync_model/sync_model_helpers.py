@@ -219,8 +219,27 @@ class YandexTarget(Target):
         return {"vendor": "yandex_audience", "segment_id": self.segment_id}
 
 
+class ThroughCall:
+    """A chunk sender whose four operations all go through ``self._call(method, *args)``."""
+
+    def _call(self, method: str, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def add(self, chunk: Any) -> Any:
+        return self._call("add", chunk)
+
+    def remove(self, chunk: Any) -> Any:
+        return self._call("remove", chunk)
+
+    def replace(self, chunk: Any) -> Any:
+        return self._call("replace", chunk)
+
+    def clear(self) -> None:
+        self._call("clear")
+
+
 @dataclass
-class FaultAtChunk:
+class FaultAtChunk(ThroughCall):
     """Arms faults in the fake just before the sender's n-th call (1-based), then calls the real sender.
 
     With several chunks in flight (``send_concurrency``), a call with faults goes alone: it waits
@@ -257,18 +276,6 @@ class FaultAtChunk:
                 if faults:
                     self.alone = False
                 self.lock.notify_all()
-
-    def add(self, chunk: Any) -> Any:
-        return self._call("add", chunk)
-
-    def remove(self, chunk: Any) -> Any:
-        return self._call("remove", chunk)
-
-    def replace(self, chunk: Any) -> Any:
-        return self._call("replace", chunk)
-
-    def clear(self) -> None:
-        self._call("clear")
 
 
 def run_killed(target: Target, rows: list[str], mode: str, kill_at: int, after_send: bool, concurrency: int = 1) -> int:

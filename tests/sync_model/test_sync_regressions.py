@@ -21,6 +21,7 @@ from sync_model_helpers import (
     SLOW,
     CriteoTarget,
     FaultAtChunk,
+    ThroughCall,
     YandexTarget,
     expected,
     in_threads,
@@ -161,7 +162,7 @@ def test_uncertain_snapshot_survives_a_second_failed_run(request: pytest.Fixture
     assert result["state"]["snapshot_uncertain"], result["state"]
 
 
-class TwoInFlight:
+class TwoInFlight(ThroughCall):
     """The real sender, with chunks ``first`` and ``first + 1`` in flight together and one of them failing.
 
     Both calls enter the sender (each journaled by the engine) before either sends; the failing
@@ -182,7 +183,7 @@ class TwoInFlight:
         self.failed = threading.Event()
         self.journaled_at_barrier: int | None = None
 
-    def _call(self, method: str, chunk: Any) -> Any:
+    def _call(self, method: str, chunk: Any = None) -> Any:
         with self.lock:
             self.calls += 1
             n = self.calls
@@ -200,18 +201,6 @@ class TwoInFlight:
                 self.failed.set()
         assert self.failed.wait(30)
         return getattr(self.inner, method)(chunk)
-
-    def add(self, chunk: Any) -> Any:
-        return self._call("add", chunk)
-
-    def remove(self, chunk: Any) -> Any:
-        return self._call("remove", chunk)
-
-    def replace(self, chunk: Any) -> Any:
-        return self._call("replace", chunk)
-
-    def clear(self) -> None:
-        self._call("clear", None)
 
 
 @pytest.mark.parametrize("fault", ["503", "timeout"])
