@@ -447,11 +447,15 @@ def test_chunks_are_sent_concurrently_when_allowed(tmp_path: Path) -> None:
     # Three add calls must be open at the same time to pass the barrier: proof of concurrency
     # without timing anything (the timeout only keeps a broken engine from hanging the suite).
     barrier = threading.Barrier(3, timeout=10)
+    lock = threading.Lock()
     held = {"adds": 0}
 
     def hold_first_adds(op: str) -> None:
-        if op == "add" and held["adds"] < 3:
-            held["adds"] += 1
+        with lock:  # send threads: an update lost between them would send a 4th add to wait alone
+            hold = op == "add" and held["adds"] < 3
+            if hold:
+                held["adds"] += 1
+        if hold:
             barrier.wait()
 
     sender = RecordingSender(before_call=hold_first_adds)
