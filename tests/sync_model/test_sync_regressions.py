@@ -30,6 +30,7 @@ from sync_model_helpers import (
     wait_quiet,
 )
 
+from airflow_audience_provider.identifiers import fanout
 from airflow_audience_provider.identifiers.errors import SendError
 
 
@@ -166,11 +167,20 @@ class TwoInFlight(ThroughCall):
     """The real sender, with chunks ``first`` and ``first + 1`` in flight together and one of them failing.
 
     Both calls enter the sender (each journaled by the engine) before either sends; the failing
-    one then sends with its faults armed, and the other sends only once that call has failed, so
-    it is applied at the vendor after the engine saw the failure.
+    one then sends with its faults armed, and the other sends only once the engine's wait for its
+    chunks in flight returned the failure, so it is applied at the vendor after the engine saw it.
+    (Waiting for the failing call to return is not enough: the other could be answered before
+    the pool marks the failed chunk done, and the engine would rightly start the next chunk.)
     """
 
-    def __init__(self, target: CriteoTarget, first: int, failing: int, faults: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        target: CriteoTarget,
+        first: int,
+        failing: int,
+        faults: list[dict[str, Any]],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
         self.inner = target.sender(target.hook())
         self.fake = target.fake
         self.state = target.snapshot_base
@@ -180,8 +190,17 @@ class TwoInFlight(ThroughCall):
         self.calls = 0
         self.lock = threading.Lock()
         self.both_in = threading.Barrier(2, timeout=30)
-        self.failed = threading.Event()
+        self.failure_seen = threading.Event()
         self.journaled_at_barrier: int | None = None
+        real_wait = fanout.wait
+
+        def wait_seeing_failures(fs: Any, *args: Any, **kwargs: Any) -> Any:
+            done, not_done = real_wait(fs, *args, **kwargs)
+            if any(f.exception() is not None for f in done):
+                self.failure_seen.set()
+            return done, not_done
+
+        monkeypatch.setattr(fanout, "wait", wait_seeing_failures)
 
     def _call(self, method: str, chunk: Any = None) -> Any:
         with self.lock:
@@ -195,18 +214,15 @@ class TwoInFlight(ThroughCall):
         if n == self.failing:
             for fault in self.faults:
                 self.fake.faults.inject(**fault)
-            try:
-                return getattr(self.inner, method)(chunk)
-            finally:
-                self.failed.set()
-        assert self.failed.wait(30)
+            return getattr(self.inner, method)(chunk)
+        assert self.failure_seen.wait(30)
         return getattr(self.inner, method)(chunk)
 
 
 @pytest.mark.parametrize("fault", ["503", "timeout"])
 @pytest.mark.parametrize(("first", "which"), [(1, "earlier"), (1, "later"), (4, "earlier"), (4, "later")])
 def test_two_chunks_in_flight_one_fails_then_the_next_run_converges(
-    criteo: CriteoTarget, fault: str, first: int, which: str
+    criteo: CriteoTarget, fault: str, first: int, which: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Criteo's sender sends two chunks at once. 60 additions then 60 removals in chunks of 20:
     # calls 1-3 add, 4-6 remove. One of a pair fails (every attempt answered 503, or every
@@ -218,7 +234,7 @@ def test_two_chunks_in_flight_one_fails_then_the_next_run_converges(
         faults = [{"kind": "status", "status": 503, "count": ATTEMPTS, "path_prefix": criteo.fault_prefix}]
     else:
         faults = [{"kind": "slow", "delay": SLOW, "count": ATTEMPTS, "path_prefix": criteo.fault_prefix}]
-    sender = TwoInFlight(criteo, first, first if which == "earlier" else first + 1, faults)
+    sender = TwoInFlight(criteo, first, first if which == "earlier" else first + 1, faults, monkeypatch)
     with pytest.raises(SendError):
         criteo.sync(make_input(60, 120), "sync", sender=sender)
     assert sender.calls == first + 1  # no chunk started after the failure
