@@ -833,10 +833,9 @@ class SegmentHook(AudienceHook):
 
     # -- status functions (sensor poke, triggers and operator waits) -----------------------
 
-    def _audience_result(self, space: str, audience: dict[str, Any]) -> dict[str, Any]:
+    def audience_summary(self, space: str, audience: dict[str, Any]) -> dict[str, Any]:
+        """The small JSON result operators return for an audience: its ids, name, state and links."""
         audience_id = str(audience.get("id"))
-        raw_size = audience.get("size")
-        size: dict[str, Any] = raw_size if isinstance(raw_size, dict) else {}
         return {
             "audience_id": audience_id,
             "space_id": space,
@@ -844,11 +843,19 @@ class SegmentHook(AudienceHook):
             "key": audience.get("key"),
             "enabled": audience.get("enabled"),
             "status": audience.get("status"),
+            "url": self.audience_url(space, audience_id),
+            "asset_uri": self.audience_asset_uri(space, audience_id),
+        }
+
+    def _audience_result(self, space: str, audience: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`audience_summary` with the audience's sizes and compute cadence (the status functions' result)."""
+        raw_size = audience.get("size")
+        size: dict[str, Any] = raw_size if isinstance(raw_size, dict) else {}
+        return {
+            **self.audience_summary(space, audience),
             "size": size.get("count"),
             "unique_size": size.get("uniqueCount"),
             "compute_cadence": (audience.get("computeCadence") or {}).get("type"),
-            "url": self.audience_url(space, audience_id),
-            "asset_uri": self.audience_asset_uri(space, audience_id),
         }
 
     def audience_compute_status(

@@ -141,6 +141,9 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
     vendor_label: ClassVar[str]
     #: deprecated mode names still accepted -> the mode they mean.
     mode_aliases: ClassVar[dict[str, str]] = {}
+    template_fields_renderers = {"source_options": "json"}
+    #: an upload that sent data records an Asset event of its list.
+    emits_assets = True
 
     def __init__(
         self,

@@ -416,9 +416,7 @@ class CriteoUploadContactListOperator(ContactListUploadOperator["CriteoHook"], _
         "owner_id",
         "criteo_conn_id",
     )
-    template_fields_renderers = {"source_options": "json"}
     operator_extra_links = (CriteoSegmentLink(),)
-    emits_assets = True
     ui_color = "#fff0e6"
 
     def __init__(

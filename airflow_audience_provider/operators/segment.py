@@ -81,21 +81,9 @@ class _SegmentOperator(AudienceBaseOperator["SegmentHook"]):
 
     def _publish(self, context: Context, space: str, audience: dict[str, Any], **fields: Any) -> dict[str, Any]:
         """Push the id and the link at once, and build the small XCom result."""
-        hook = self.hook
-        audience_id = str(audience.get("id"))
-        url = hook.audience_url(space, audience_id)
-        SegmentAudienceLink.persist(context, url)
-        context["ti"].xcom_push(key="audience_id", value=audience_id)
-        result = {
-            "audience_id": audience_id,
-            "space_id": space,
-            "name": audience.get("name"),
-            "key": audience.get("key"),
-            "enabled": audience.get("enabled"),
-            "status": audience.get("status"),
-            "url": url,
-            "asset_uri": hook.audience_asset_uri(space, audience_id),
-        }
+        result = self.hook.audience_summary(space, audience)
+        SegmentAudienceLink.persist(context, result["url"])
+        context["ti"].xcom_push(key="audience_id", value=result["audience_id"])
         result.update(fields)
         return result
 

@@ -208,9 +208,7 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator["YandexA
         "snapshot_base",
         "yandex_audience_conn_id",
     )
-    template_fields_renderers = {"source_options": "json"}
     operator_extra_links = (YandexAudienceSegmentLink(),)
-    emits_assets = True
     ui_color = "#fff3cc"
 
     def __init__(
