@@ -713,18 +713,8 @@ class CriteoHook(AudienceHook):
             "problems": problems,
         }
 
-    def update_contact_list_by_audience_segment(
-        self,
-        segment_id: str,
-        operation: str,
-        identifiers: Sequence[str],
-        identifier_type: str,
-        gum_caller_id: int | None = None,
-    ) -> dict[str, Any]:
-        """Marketing Solutions name of :meth:`add_remove_contact_list_by_audience_segment`."""
-        return self.add_remove_contact_list_by_audience_segment(
-            segment_id, operation, identifiers, identifier_type, gum_caller_id
-        )
+    #: Marketing Solutions name of :meth:`add_remove_contact_list_by_audience_segment` (the same method).
+    update_contact_list_by_audience_segment = add_remove_contact_list_by_audience_segment
 
     def clear_contact_list_by_audience_segment(self, segment_id: str) -> None:
         """Remove every identifier (the segment stays): RM ``POST .../contact-list/clear``, MS ``DELETE``.
