@@ -13,6 +13,7 @@ Memory stays flat as the list grows:
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import os
@@ -24,6 +25,10 @@ from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
 from airflow_audience_provider.identifiers.kernel import PREFIX_DIGITS
 
 DEFAULT_SPILL_BYTES = 32 << 20
+#: A columnar list stays in memory, never spilled, while it is below this many times ``spill_bytes``
+#: (96 MiB of digests by default, ~1.5M values): writing and reading back the spill cost ~12% of a
+#: 1M-value sync's CPU, and past it the first spill writes segments of ``spill_bytes`` each.
+KEEP_FACTOR = 3
 DEFAULT_MAX_PARTITION_BYTES = 16 << 20  # in memory a partition takes ~4x its file size (set + sorted list)
 DEFAULT_RUN_ITEMS = 200_000
 
@@ -168,22 +173,33 @@ def sorted_unique_frame(pl: Any, frame: Any) -> Any:
 class ColumnarSpill:
     """:class:`PartitionSpill` for hex digests kept as polars columns from the kernel to the plan.
 
-    Batches arrive as the kernel's frames (``p``, ``h``, in any order) and stay in memory until
-    they pass ``spill_bytes`` (counted as the text spill would count them). A spill sorts them by
-    ``p`` and writes :data:`COLUMNAR_BUCKETS` key ranges to one segment file, each an Arrow IPC
-    stream with the digests laid out in order (so the plan reads them sequentially). Once anything
-    was spilled, :meth:`finish` spills the rest too. The plan then takes :meth:`blocks` of
+    Batches arrive as the kernel's frames (``p``, ``h``, in any order) and stay in memory while
+    the whole list is below ``keep_bytes`` (counted as the text spill would count them); then,
+    and from there on whenever the buffered frames pass ``spill_bytes``, they are spilled. A spill
+    sorts up to ``spill_bytes`` of frames by ``p`` and writes :data:`COLUMNAR_BUCKETS` key ranges
+    to one segment file, each an Arrow IPC stream with the digests laid out in order (so the plan
+    reads them sequentially). Once anything was spilled, :meth:`finish` spills the rest too. A
+    list that never passed ``keep_bytes`` is planned from memory. The plan then takes :meth:`blocks` of
     consecutive partitions of at most :data:`COLUMNAR_BLOCK_ROWS` values, so the work per value,
     and the memory (one bucket's pieces and one block), are the same at any list size.
 
     :param pl: the polars module.
+    :param keep_bytes: the in-memory budget before the first spill (default ``KEEP_FACTOR * spill_bytes``).
     """
 
-    def __init__(self, pl: Any, directory: Path, name: str, spill_bytes: int = DEFAULT_SPILL_BYTES) -> None:
+    def __init__(
+        self,
+        pl: Any,
+        directory: Path,
+        name: str,
+        spill_bytes: int = DEFAULT_SPILL_BYTES,
+        keep_bytes: int | None = None,
+    ) -> None:
         self._pl = pl
         self.directory = directory
         self.name = name
         self.spill_bytes = spill_bytes
+        self.keep_bytes = KEEP_FACTOR * spill_bytes if keep_bytes is None else keep_bytes
         self._frames: list[Any] = []
         self._rows = 0
         self._segments: list[IO[bytes]] = []
@@ -210,7 +226,7 @@ class ColumnarSpill:
         if frame.height:
             self._frames.append(frame)
             self._rows += frame.height
-        if self._rows * _HEX_ROW_BYTES >= self.spill_bytes:
+        if self._rows * _HEX_ROW_BYTES >= (self.spill_bytes if self._segments else self.keep_bytes):
             self.flush()
 
     def _partition_offsets(self, frame: Any) -> list[int]:
@@ -220,12 +236,21 @@ class ColumnarSpill:
         return offsets
 
     def flush(self) -> None:
-        """Write the buffered frames, sorted, to a new segment file: one IPC stream per bucket."""
-        if not self._frames:
-            return
-        pl = self._pl
-        whole = pl.concat(self._frames).sort("p", multithreaded=False)
+        """Write the buffered frames to new segment files of about ``spill_bytes`` each."""
+        frames = collections.deque(self._frames)
         self._frames, self._rows = [], 0
+        while frames:  # each group is dropped once written, so memory falls as segments are written
+            group = [frames.popleft()]
+            rows = group[0].height
+            while frames and (rows + frames[0].height) * _HEX_ROW_BYTES <= self.spill_bytes:
+                rows += frames[0].height
+                group.append(frames.popleft())
+            self._write_segment(group)
+
+    def _write_segment(self, frames: list[Any]) -> None:
+        """Write frames, sorted, to a new segment file: one IPC stream per bucket."""
+        pl = self._pl
+        whole = pl.concat(frames).sort("p", multithreaded=False)
         offsets = self._partition_offsets(whole)
         fh = open(self.directory / f"{self.name}-{len(self._segments)}.ipc", "w+b")  # noqa: SIM115 - closed in close()
         self._segments.append(fh)

@@ -194,6 +194,7 @@ def test_sorted_unique_frame_is_sorted_set(values: list[str], colliding: list[st
 @given(
     batches=st.lists(st.lists(HEX, max_size=50), max_size=8),
     spill_bytes=st.sampled_from([1, 2000, 32 << 20]),
+    keep_bytes=st.sampled_from([None, 0, 5000]),
     block_rows=st.sampled_from([1, 20, 65536]),
     reverse=st.booleans(),
 )
@@ -202,6 +203,7 @@ def test_spill_blocks_give_back_every_value_once_in_key_order(
     monkeypatch: pytest.MonkeyPatch,
     batches: list[list[str]],
     spill_bytes: int,
+    keep_bytes: int | None,
     block_rows: int,
     reverse: bool,
 ) -> None:
@@ -209,7 +211,7 @@ def test_spill_blocks_give_back_every_value_once_in_key_order(
     order them): blocks cover the 256 partitions once, in order, each value in its partition."""
     pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
     monkeypatch.setattr(sorting, "COLUMNAR_BLOCK_ROWS", block_rows)
-    spill = ColumnarSpill(pl, tmp_path_factory.mktemp("spill"), "p", spill_bytes)
+    spill = ColumnarSpill(pl, tmp_path_factory.mktemp("spill"), "p", spill_bytes, keep_bytes)
     try:
         for values in batches:
             frame = hex_frame(pl, values)
@@ -227,6 +229,30 @@ def test_spill_blocks_give_back_every_value_once_in_key_order(
         assert spill.count == sum(map(len, batches))
     finally:
         spill.close()
+
+
+def test_spill_keeps_a_list_below_its_budget_in_memory_and_spills_the_rest_in_segments(tmp_path: Path) -> None:
+    """Nothing reaches disk while the list is below ``keep_bytes``; past it, segments of ``spill_bytes``."""
+    pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
+    values = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(100)]
+    batches = [values[i : i + 10] for i in range(0, 100, 10)]
+    kept = ColumnarSpill(pl, tmp_path / "kept", "p", spill_bytes=65 * 20, keep_bytes=65 * 200)
+    spilled = ColumnarSpill(pl, tmp_path / "spilled", "p", spill_bytes=65 * 20, keep_bytes=65 * 55)
+    for spill in (kept, spilled):
+        spill.directory.mkdir()
+        try:
+            for i, batch in enumerate(batches):
+                spill.add_frame(hex_frame(pl, batch), len(batch))
+                if spill is spilled and i == 4:  # 50 values, below 55
+                    assert not list(spill.directory.iterdir())
+            spill.finish()
+            files = sorted(spill.directory.iterdir())
+            got = [h for _, frame in spill.blocks() for h in sorted(frame.get_column("h").to_list())]
+            assert got == sorted(values)
+        finally:
+            spill.close()
+        # the first spill (60 values) in segments of 20, then the last 40 values in two more
+        assert len(files) == (0 if spill is kept else 5)
 
 
 def test_fan_out_and_batches_the_kernel_cannot_hold_plan_the_same_both_ways(
