@@ -652,7 +652,9 @@ class _AudienceTargetsByIdOperator(_YandexDirectOperator):
         "client_login",
         "yandex_direct_conn_id",
     )
+    #: what the call does, for the failure message ("suspend", "resume", "delete")
     method = ""
+    #: the past tense for the log line
     verb = ""
 
     def __init__(
@@ -686,12 +688,16 @@ class _AudienceTargetsByIdOperator(_YandexDirectOperator):
         )
         return [int(t["Id"]) for t in found]
 
+    def _apply(self, ids: list[int]) -> list[dict[str, Any]]:
+        """Send the one Direct call of this operator for these target ids."""
+        raise NotImplementedError
+
     def _execute(self, context: Context) -> dict[str, Any]:
         ids = self._select()
         if not ids:
             self.log.info("No audience targets selected; nothing to %s", self.verb)
             return {"done": [], "failed": [], "outcomes": [], "units": self._units()}
-        raw = getattr(self.hook, f"{self.method}_audience_targets")(ids)
+        raw = self._apply(ids)
         outcomes = [_compact(o, target_id=o["input"]) for o in raw]
         self.log.info(
             "%s %d audience targets (%d failed)",
@@ -718,6 +724,9 @@ class YandexDirectSuspendAudienceTargetsOperator(_AudienceTargetsByIdOperator):
 
     method, verb = "suspend", "suspended"
 
+    def _apply(self, ids: list[int]) -> list[dict[str, Any]]:
+        return self.hook.suspend_audience_targets(ids)
+
 
 class YandexDirectResumeAudienceTargetsOperator(_AudienceTargetsByIdOperator):
     """Unpause audience targets (running ones succeed with Direct's warning 10243).
@@ -729,6 +738,9 @@ class YandexDirectResumeAudienceTargetsOperator(_AudienceTargetsByIdOperator):
 
     method, verb = "resume", "resumed"
 
+    def _apply(self, ids: list[int]) -> list[dict[str, Any]]:
+        return self.hook.resume_audience_targets(ids)
+
 
 class YandexDirectDeleteAudienceTargetsOperator(_AudienceTargetsByIdOperator):
     """Remove audience targets (e.g. before deleting their retargeting list).
@@ -739,6 +751,9 @@ class YandexDirectDeleteAudienceTargetsOperator(_AudienceTargetsByIdOperator):
     """
 
     method, verb = "delete", "deleted"
+
+    def _apply(self, ids: list[int]) -> list[dict[str, Any]]:
+        return self.hook.delete_audience_targets(ids)
 
 
 class YandexDirectSetAudienceTargetBidsOperator(_YandexDirectOperator):
