@@ -186,6 +186,9 @@ class OpenApiCheck:
             if self.check_media_types and self.check_requests:
                 found.extend(f"request {label}: {problem}" for problem in self.media_problems(key, prepared))
             api = self._api(key, self._base_of(prepared))
+            if isinstance(prepared.body, bytearray):  # a body built in one buffer (encode_json): same bytes
+                prepared = prepared.copy()
+                prepared.body = bytes(prepared.body)
             request = RequestsOpenAPIRequest(self.for_validation(prepared))
             if self.check_requests:
                 try:

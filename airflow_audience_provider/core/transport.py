@@ -27,6 +27,7 @@ import json as _json
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -71,7 +72,8 @@ class JsonStrings(LazyStrings):
 
     For the digests of a chunk read from a work file, the array is the text with its newlines
     replaced by ``", "``: no per-string object or escaping, and no per-string object at all unless
-    someone indexes the sequence.
+    someone indexes the sequence. :meth:`reading` defers the read to :func:`encode_json`, which
+    reads the text straight into the request body's buffer and checks it there.
 
     :param lines: the strings as ASCII bytes, each followed by a newline (see :meth:`from_lines`).
     :param count: how many strings.
@@ -79,46 +81,141 @@ class JsonStrings(LazyStrings):
 
     def __init__(self, lines: bytes, count: int) -> None:
         super().__init__(count)
-        self.lines = lines
+        self._lines: bytes | None = lines
+        #: Bytes of the text (newlines included).
+        self.nbytes = len(lines)
+        self._read_into: Callable[[memoryview], None] | None = None
 
     @classmethod
     def from_lines(cls, lines: bytes, count: int) -> JsonStrings | None:
         """From ``count`` hex strings, one per line; None when the bytes hold anything else."""
-        if not lines.endswith(b"\n") or lines.translate(None, _HEX_LINES) or lines.count(b"\n") != count:
+        # Deleting the hex digits must leave exactly the count newlines.
+        if not lines.endswith(b"\n") or lines.translate(None, _HEX) != b"\n" * count:
             return None
         return cls(lines, count)
 
+    @classmethod
+    def reading(cls, nbytes: int, count: int, read_into: Callable[[memoryview], None]) -> JsonStrings:
+        """``count`` strings, one per line in ``nbytes`` bytes that ``read_into(view)`` writes into ``view``.
+
+        Nothing is read here: :func:`encode_json` reads the text into the body and checks there that
+        it is hex strings, one per line (else the body is written from the strings as any list).
+        """
+        strings = cls(b"", count)
+        strings._lines, strings.nbytes, strings._read_into = None, nbytes, read_into
+        return strings
+
+    @property
+    def lines(self) -> bytes:
+        """The text: the strings, each followed by a newline."""
+        if self._lines is None:
+            assert self._read_into is not None
+            buffer = bytearray(self.nbytes)
+            self._read_into(memoryview(buffer))
+            self._lines = bytes(buffer)
+        return self._lines
+
+    def read_into(self, view: memoryview) -> None:
+        """Write the text into ``view`` (``nbytes`` long)."""
+        if self._lines is None and self._read_into is not None:
+            self._read_into(view)
+        else:
+            view[:] = self.lines
+
     def json_parts(self) -> list[bytes | memoryview]:
         """The JSON array, in pieces to be joined (a view drops the last separator without a copy)."""
+        if not len(self):
+            return [b"[]"]
         return [b'["', memoryview(self.lines.replace(b"\n", b'", "'))[:-4], b'"]']
 
     def split(self) -> list[str]:
-        return self.lines.decode("ascii").split("\n")[:-1]
+        return self.lines.decode("utf-8", "surrogatepass").split("\n")[:-1]
 
 
-_HEX_LINES = b"0123456789abcdefABCDEF\n"
+_HEX = b"0123456789abcdefABCDEF"
+_scratch = threading.local()
 
 
-def encode_json(value: Any) -> bytes:
+def _scratch_buffer(size: int) -> bytearray:
+    """This thread's buffer of ``size`` bytes for building a body: reused while sizes repeat.
+
+    The chunks of a sync are mostly of one size, so a sender thread writes each body into memory
+    it touched already instead of fresh pages (whose first-touch faults cost as much as the copy).
+    """
+    buffer: bytearray | None = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) != size:
+        buffer = _scratch.buffer = bytearray(size)
+    return buffer
+
+
+def encode_json(value: Any) -> bytes | bytearray:
     """``json.dumps(value, allow_nan=False)`` as UTF-8 bytes, what ``requests`` sends for ``json=``.
 
     A list of ASCII letters-and-digits strings (hashed identifiers, numeric ids) needs no escaping
     and is written with one ``join`` instead of escaping each string, and :class:`JsonStrings`
     with one ``replace`` of their text: the same JSON text, at a fraction of the cost for a
-    50,000-identifier chunk.
+    50,000-identifier chunk. A body holding one :class:`JsonStrings` is built in one buffer (its
+    text read into it, checked, then one ``replace``) and returned as a ``bytearray``.
     """
     raw: list[JsonStrings] = []
     text = _encode(value, raw)
     if not raw:
         return text.encode("utf-8")
     # Each JsonStrings left a "\x00<n>\x00" mark (json.dumps never writes a raw NUL): splice its bytes in.
+    pieces = text.split("\x00")
+    if len(raw) == 1:
+        body = _spliced(pieces[0].encode("utf-8"), raw[0], pieces[2].encode("utf-8"))
+        if body is not None:
+            return body
+    if any(JsonStrings.from_lines(strings.lines, len(strings)) is None for strings in raw if len(strings)):
+        # Text that is not hex strings, one per line: written as the list of its strings.
+        return _json.dumps(_plain(value), allow_nan=False).encode("utf-8")
     out: list[bytes | memoryview] = []
-    for i, piece in enumerate(text.split("\x00")):
+    for i, piece in enumerate(pieces):
         if i % 2:
             out.extend(raw[int(piece)].json_parts())
         else:
             out.append(piece.encode("utf-8"))
     return b"".join(out)
+
+
+def _spliced(head: bytes, strings: JsonStrings, tail: bytes) -> bytearray | None:
+    """``head``, the JSON array of ``strings``, ``tail``; None unless the text is hex strings, one per line.
+
+    The text is read into a buffer between ``head + '["'`` and ``']' + tail``, its last newline
+    becomes the closing quote, and one ``replace`` turns the other newlines into ``", "`` (JSON
+    text has no raw newline, so only the text's newlines are replaced).
+    """
+    count, nbytes = len(strings), strings.nbytes
+    if count == 0 or nbytes == 0 or b"\n" in head or b"\n" in tail:
+        return None
+    start = len(head) + 2
+    end = start + nbytes
+    buffer = _scratch_buffer(end + 1 + len(tail))
+    with memoryview(buffer) as view:
+        view[:start] = head + b'["'
+        strings.read_into(view[start:end])
+        view[end] = 0x5D  # "]"
+        view[end + 1 :] = tail
+    if buffer[end - 1] != 0x0A:
+        return None
+    buffer[end - 1] = 0x22  # the text's last newline becomes the closing quote
+    # Deleting the hex digits leaves what it leaves of head and tail, and count - 1 newlines between.
+    expected = head.translate(None, _HEX) + b'["' + b"\n" * (count - 1) + b'"]' + tail.translate(None, _HEX)
+    if buffer.translate(None, _HEX) != expected:
+        return None
+    return buffer.replace(b"\n", b'", "')
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with each :class:`JsonStrings` as the list of its strings."""
+    if isinstance(value, JsonStrings):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _encode(value: Any, raw: list[JsonStrings]) -> str:

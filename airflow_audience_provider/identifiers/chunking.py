@@ -83,6 +83,20 @@ class Chunk:
             fh.seek(self.offset)
             return fh.read(self.nbytes)
 
+    def read_lines_into(self, view: memoryview) -> None:
+        """Write :meth:`lines_bytes` into ``view`` (``nbytes`` long); file-backed chunks read straight into it."""
+        if self.path is None:
+            view[:] = self.lines_bytes()
+            return
+        with open(self.path, "rb", buffering=0) as fh:
+            fh.seek(self.offset)
+            done = 0
+            while done < len(view):
+                n = fh.readinto(view[done:])
+                if not n:
+                    raise OSError(f"work file {self.path} ended early")
+                done += n
+
     def __len__(self) -> int:
         return len(self.values) if self.values is not None else self.count
 

@@ -60,3 +60,38 @@ def test_json_strings_are_written_as_the_json_of_their_list(values):
 )
 def test_json_strings_refuse_anything_but_hex_lines_of_the_announced_count(lines, count):
     assert JsonStrings.from_lines(lines, count) is None
+
+
+def _reading(lines: bytes, count: int) -> JsonStrings:
+    return JsonStrings.reading(len(lines), count, lambda view: view.__setitem__(slice(None), lines))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.text(alphabet="0123456789abcdefABCDEF", min_size=0, max_size=70), min_size=1, max_size=40),
+    _awkward,
+)
+def test_json_strings_read_into_the_body_are_written_as_the_json_of_their_list(values, note):
+    """The text is read into the body's buffer (reused between bodies of one size) and checked there."""
+    lines = "".join(f"{v}\n" for v in values).encode()
+    for strings in (_reading(lines, len(values)), JsonStrings(lines, len(values))):
+        body = {"data": {"attributes": {"operation": "add", "identifiers": strings, "note": note}}}
+        plain = {"data": {"attributes": {"operation": "add", "identifiers": values, "note": note}}}
+        assert encode_json(body) == json.dumps(plain).encode()
+
+
+@pytest.mark.parametrize(
+    ("lines", "count"),
+    [(b'ab\n"c\n', 2), (b"ab\n\\u0041\n", 2), (b"caf\xc3\xa9\n", 1), (b"AB x\n", 1)],
+)
+def test_json_strings_read_into_the_body_that_are_not_hex_lines_are_written_as_their_list(lines, count):
+    """Read text that is not hex strings, one per line, gives the JSON of the list of its strings."""
+    body = {"identifiers": _reading(lines, count), "n": 1}
+    values = lines.decode("utf-8").split("\n")[:-1]
+    assert encode_json(body) == json.dumps({"identifiers": values, "n": 1}).encode()
+
+
+@pytest.mark.parametrize(("lines", "count"), [(b"ab\ncd\n", 3), (b"ab\ncd", 2)])
+def test_json_strings_read_into_the_body_refuse_a_wrong_count(lines, count):
+    with pytest.raises(ValueError):
+        encode_json({"identifiers": _reading(lines, count)})

@@ -66,6 +66,10 @@ def test_fixed_length_chunks_from_file(n: int, max_ids: int, tmp_path_factory: p
     chunks = list(iter_chunks_from_file(path, rule, "add", total=99))
     assert [v for c in chunks for v in c.identifiers] == values
     assert all(1 <= len(c) <= max_ids and c.total == 99 for c in chunks)
+    for c in chunks:  # what a sender reads into a request body: the chunk's lines, read straight from the file
+        view = memoryview(bytearray(c.nbytes))
+        c.read_lines_into(view)
+        assert view.tobytes() == c.lines_bytes()
     assert [c.index for c in chunks] == list(range(1, len(chunks) + 1))
     counter = ChunkCounter(rule)
     counter.feed(values)

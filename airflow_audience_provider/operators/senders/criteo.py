@@ -72,10 +72,15 @@ class CriteoChunkSender:
 
     def _send(self, operation: str, chunk: Any) -> Any:
         # Hex digests: their JSON array is their text with quotes around each line (no list of strings).
-        hex_lines = (
-            JsonStrings.from_lines(chunk.lines_bytes(), len(chunk)) if chunk.rule.profile.hashed_output else None
-        )
-        identifiers: Sequence[str] = hex_lines if hex_lines is not None else chunk.identifiers
+        # A work file's bytes are read into the request body itself when the body is written.
+        identifiers: Sequence[str]
+        if not chunk.rule.profile.hashed_output:
+            identifiers = chunk.identifiers
+        elif chunk.path is not None:
+            identifiers = JsonStrings.reading(chunk.nbytes, len(chunk), chunk.read_lines_into)
+        else:
+            hex_lines = JsonStrings.from_lines(chunk.lines_bytes(), len(chunk))
+            identifiers = hex_lines if hex_lines is not None else chunk.identifiers
         answer = self.hook.add_remove_contact_list_by_audience_segment(
             self.segment_id, operation, identifiers, self.identifier_type or chunk.vendor_identifier_type
         )
