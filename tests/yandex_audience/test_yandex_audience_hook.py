@@ -115,12 +115,15 @@ def test_segment_of_another_login(ya, hook):
 
 
 def test_file_segment_lifecycle_upload_confirm_process_modify(ya, hook):
+    ya.configure(processing_seconds=3600)  # still processing when read, however loaded the machine
     draft = hook.upload_csv_file(crm_csv(150))
     assert draft["status"] == "uploaded"
     assert hook.segment_status(draft["id"]).phase is Phase.FAILED  # a draft never progresses
     confirmed = hook.confirm_segment(draft["id"], "crm buyers", "crm")
     assert confirmed["status"] == "is_processed"
     assert hook.segment_status(draft["id"]).phase is Phase.RUNNING
+    ya.advance_time(3600)
+    ya.configure(processing_seconds=PROCESSING)  # the changes below are awaited
     done = wait_status(hook, draft["id"])
     assert done.phase is Phase.DONE and done.vendor_status == "processed"
     assert done.data["segment_id"] == draft["id"]

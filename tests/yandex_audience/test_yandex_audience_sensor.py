@@ -32,6 +32,16 @@ def segment_id(hook):
     return draft["id"]
 
 
+@pytest.fixture
+def slow_segment_id(ya, hook):
+    """A segment still processing until the test moves the fake's clock on (a first look sees it
+    running however loaded the machine; 0.2 s of processing could be over by then)."""
+    ya.configure(processing_seconds=3600)
+    draft = hook.upload_csv_file(crm())
+    hook.confirm_segment(draft["id"], "crm", "crm")
+    return draft["id"]
+
+
 def sensor_for(segment_id, **kwargs) -> YandexAudienceSegmentProcessedSensor:
     kwargs.setdefault("poke_interval", POLL)
     kwargs.setdefault("timeout", 10)
@@ -43,10 +53,11 @@ def test_defaults_respect_the_daily_budget():
     assert sensor.poke_interval == 300 and sensor.timeout == 4 * 60 * 60
 
 
-def test_poke_false_then_done(ya, hook, context, segment_id):
+def test_poke_false_then_done(ya, hook, context, slow_segment_id):
+    segment_id = slow_segment_id
     sensor = sensor_for(segment_id)
     assert sensor.poke(context) is False  # is_processed
-    time.sleep(PROCESSING * 1.5)
+    ya.advance_time(3600)
     done = sensor.poke(context)
     assert isinstance(done, PokeReturnValue) and done.is_done
     assert done.xcom_value["status"] == "processed" and done.xcom_value["segment_id"] == segment_id
@@ -59,11 +70,11 @@ def test_poke_mode_execute_and_link(ya, hook, context, segment_id):
     assert context["ti"].pushed["yandex_audience_segment_url"] == f"{ya.base_url}/app/segments/{segment_id}"
 
 
-def test_reschedule_mode_pokes_once(ya, hook, context, segment_id):
+def test_reschedule_mode_pokes_once(ya, hook, context, slow_segment_id):
     from airflow_compat import AirflowRescheduleException
 
     with pytest.raises(AirflowRescheduleException):
-        sensor_for(segment_id, mode="reschedule").execute(context)
+        sensor_for(slow_segment_id, mode="reschedule").execute(context)
 
 
 @pytest.mark.parametrize(
@@ -112,13 +123,15 @@ def test_trigger_serialize_round_trip():
 
 
 @pytest.mark.asyncio
-async def test_deferrable_path(ya, hook, context, segment_id):
+async def test_deferrable_path(ya, hook, context, slow_segment_id):
+    segment_id = slow_segment_id
     sensor = sensor_for(segment_id, deferrable=True)
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(context)
     trigger = deferred.value.trigger
     assert isinstance(trigger, YandexAudienceSegmentProcessedTrigger)
     assert trigger.status_kwargs == {"segment_id": str(segment_id)} and trigger.poll_interval == POLL
+    ya.advance_time(3600)
     event = (await anext(trigger.run())).payload
     assert event["status"] == "success" and event["vendor_status"] == "processed"
     result = sensor.execute_complete(context, event)
