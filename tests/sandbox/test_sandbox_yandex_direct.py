@@ -166,10 +166,13 @@ def test_audience_targets_rules(fake):
 
 
 def test_concurrency_limit_answers_506(fake):
-    fake.configure(max_concurrent=1, request_seconds=0.4)
+    fake.configure(max_concurrent=1, request_seconds=1.0)
     slow = threading.Thread(target=post, args=(fake, "retargetinglists", "get", {"FieldNames": ["Id"]}))
     slow.start()
-    time.sleep(0.15)  # the slow request holds the only slot
+    deadline = time.monotonic() + 10
+    while fake.account().in_flight == 0:  # polled: the slow request holds the only slot (thread starts vary)
+        assert time.monotonic() < deadline, "the slow request never reached the fake"
+        time.sleep(0.01)
     refused = post(fake, "retargetinglists", "get", {"FieldNames": ["Id"]})
     slow.join()
     assert error_of(refused)["error_code"] == 506

@@ -245,6 +245,14 @@ def test_write_is_not_blindly_resent_after_a_5xx(hook, direct, api_calls):
     assert len(api_calls()) == 1
 
 
+def holding_the_slot(direct, timeout: float = 10.0) -> None:
+    """Wait until a request holds the advertiser's only slot (polled: thread starts vary under load)."""
+    deadline = time.monotonic() + timeout
+    while direct.account().in_flight == 0:
+        assert time.monotonic() < deadline, "the blocking request never reached the fake"
+        time.sleep(0.01)
+
+
 def test_too_many_concurrent_requests_506_is_retried(make_hook, direct, api_calls):
     direct.configure(max_concurrent=1, request_seconds=0.3)
     patient = RetryPolicy(backoff_initial=0.2, backoff_max=0.4)  # outlasts the 0.3 s the slot is held
@@ -257,13 +265,13 @@ def test_too_many_concurrent_requests_506_is_retried(make_hook, direct, api_call
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(h,)) for h in hooks]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    blocker = threading.Thread(target=run, args=(hooks[0],))
+    blocker.start()
+    holding_the_slot(direct)
+    run(hooks[1])
+    blocker.join()
     assert errors == []
-    assert len(api_calls()) >= 3  # one of the two was refused with 506 at least once, then retried
+    assert len(api_calls()) >= 3  # the second was refused with 506 at least once, then retried
 
 
 def test_506_on_a_write_is_resent_because_direct_refused_it(make_hook, direct):
@@ -271,7 +279,7 @@ def test_506_on_a_write_is_resent_because_direct_refused_it(make_hook, direct):
     blocker = make_hook()
     thread = threading.Thread(target=blocker.get_retargeting_lists)
     thread.start()
-    time.sleep(0.1)  # let the blocker take the only slot
+    holding_the_slot(direct)
     patient = RetryPolicy(backoff_initial=0.2, backoff_max=0.4)
     (outcome,) = make_hook(retry=patient).add_retargeting_lists([a_list("during a busy moment", SEGMENT_GOAL)])
     thread.join()
