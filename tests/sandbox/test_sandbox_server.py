@@ -117,11 +117,11 @@ def test_drop_fault_is_a_connection_error(lytics_sandbox) -> None:
 
 
 def test_slow_fault_trips_read_timeout(lytics_sandbox) -> None:
-    lytics_sandbox.faults.inject("slow", delay=1.0)
-    started = time.monotonic()
+    lytics_sandbox.faults.inject("slow", delay=2.0)
     with pytest.raises(requests.ReadTimeout):
         _get(lytics_sandbox, timeout=(2, 0.15))
-    assert time.monotonic() - started < 0.9
+    (slow,) = lytics_sandbox.requests
+    assert slow["status"] is None  # the client gave up before the answer (no wall-clock bound)
     assert _get(lytics_sandbox, timeout=(2, 0.5)).status_code == 200
 
 
