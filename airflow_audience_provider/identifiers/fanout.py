@@ -63,7 +63,12 @@ from airflow_audience_provider.identifiers.kernel import load_email_kernel
 from airflow_audience_provider.identifiers.lease import DestinationLease
 from airflow_audience_provider.identifiers.normalise import REASON_HINTS, detect_type
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
-from airflow_audience_provider.identifiers.snapshot import PreparedSnapshot, SnapshotReader, SnapshotStore
+from airflow_audience_provider.identifiers.snapshot import (
+    ColumnarSnapshotReader,
+    PreparedSnapshot,
+    SnapshotReader,
+    SnapshotStore,
+)
 from airflow_audience_provider.identifiers.sorting import (
     DEFAULT_MAX_PARTITION_BYTES,
     DEFAULT_SPILL_BYTES,
@@ -73,7 +78,7 @@ from airflow_audience_provider.identifiers.sorting import (
     PartitionSpill,
     external_sorted_unique,
     merge_diff,
-    sorted_unique_frame,
+    sorted_unique_rows,
 )
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IdentifierSource, RawBatch
 from airflow_audience_provider.identifiers.state import is_local
@@ -638,10 +643,15 @@ def _plan_phase(
                 outs[st.dest.name] = (_open_out(st.adds_path), _open_out(st.removes_path), _open_out(st.snapshot_path))
                 st.add_counter = ChunkCounter(st.dest.rule)
                 st.remove_counter = ChunkCounter(st.dest.rule)
+            columns: dict[str, ColumnarSnapshotReader] = {}
             if isinstance(spill, ColumnarSpill):
-                joins = any(readers[st.dest.name] is None for st in group)
+                for st in group:
+                    reader = readers[st.dest.name]
+                    if reader is not None and _diffs_in_columns(st, reader):
+                        columns[st.dest.name] = ColumnarSnapshotReader(spill.polars, reader)
+                joins = any(readers[st.dest.name] is None or st.dest.name in columns for st in group)
                 for keys, (unique, count, joined) in _columnar_blocks(spill, joins, workers):
-                    _plan_block_columnar(keys, unique, count, group, readers, outs, joined)
+                    _plan_block_columnar(keys, unique, count, group, readers, outs, joined, columns)
                     if stream is not None:
                         stream.poll(outs)
             else:
@@ -653,9 +663,9 @@ def _plan_phase(
                     if stream is not None:
                         stream.poll(outs)
             for st in group:
-                reader = readers[st.dest.name]
-                if reader is not None:
-                    reader.finish()
+                diff_base = columns.get(st.dest.name) or readers[st.dest.name]
+                if diff_base is not None:
+                    diff_base.finish()
                 st.acc.check()
         finally:
             for triple in outs.values():
@@ -663,6 +673,24 @@ def _plan_phase(
                     fh.close()
             for fh in handles:
                 fh.close()
+
+
+def _diffs_in_columns(st: _DestState, reader: SnapshotReader) -> bool:
+    """Whether the columnar plan diffs this destination against its snapshot in polars.
+
+    That is an incremental ``sync`` of hex digests with no uncertain identifier: the new list is
+    the target, and each value is an addition, a removal or unchanged. Every other case (``add``
+    and ``remove`` modes, identifiers an unfinished run left uncertain) goes through
+    :func:`_diff_sorted` partition by partition.
+    """
+    recovery = st.recovery
+    return (
+        st.mode == INCREMENTAL
+        and st.dest.mode == "sync"
+        and reader.hashed
+        and not st.uncertain
+        and not (recovery is not None and recovery.snapshot_uncertain)
+    )
 
 
 def _columnar_polars(profile: NormalisationProfile) -> Any:
@@ -768,9 +796,9 @@ def sorted_unique(values: list[str]) -> list[str]:
 
 
 def _columnar_block(pl: Any, frame: Any, join: bool) -> tuple[Any, int, bytes | None]:
-    """One block's sorted unique values, its count of values, and (``join``) the values as one text."""
-    unique = sorted_unique_frame(pl, frame)
-    return unique, frame.height, _joined(pl, unique) if join else None
+    """One block's sorted unique rows (``p``, ``h``), its count of values, and (``join``) the values as one text."""
+    unique = sorted_unique_rows(pl, frame)
+    return unique, frame.height, _joined(pl, unique.get_column("h")) if join else None
 
 
 def _joined(pl: Any, unique: Any) -> bytes:
@@ -816,19 +844,29 @@ def _plan_block_columnar(
     readers: dict[str, SnapshotReader | None],
     outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
     joined: bytes | None = None,
+    columns: dict[str, ColumnarSnapshotReader] | None = None,
 ) -> None:
     """:func:`_diff_in_memory` for a block of consecutive partitions (``keys``) planned in polars.
 
-    :param unique: the block's values, sorted and without duplicates (a polars String Series).
+    :param unique: the block's values, sorted and without duplicates (a polars frame: ``p``, ``h``).
     :param count: the block's values before de-duplication.
     :param joined: the values' lines (:func:`_joined`), if computed already.
+    :param columns: destinations diffed in polars (:func:`_diffs_in_columns`), with their snapshot's reader.
 
-    A full replace (no diff base) writes the block as one text joined in polars; a diff against the
+    A full replace (no diff base) writes the block as one text joined in polars, and so does an
+    incremental sync diffed in polars (:func:`_diff_block_columnar`); any other diff against the
     snapshot goes partition by partition through :func:`_diff_sorted`, as in the Python plan.
     """
+    prefixes, unique = unique.get_column("p"), unique.get_column("h")
     n = len(unique)
     diffed: list[_DestState] = []
     for st in group:
+        column = columns.get(st.dest.name) if columns else None
+        if column is not None:
+            if joined is None:
+                joined = _joined(column.polars, unique)
+            _diff_block_columnar(st, keys, unique, prefixes, count, joined, column, outs[st.dest.name])
+            continue
         if readers[st.dest.name] is not None:
             diffed.append(st)
             continue
@@ -857,6 +895,71 @@ def _plan_block_columnar(
         values = unique.slice(starts[i], starts[i + 1] - starts[i]).to_list()
         _diff_sorted(key, values, duplicates, diffed, readers, outs)
         duplicates = 0
+
+
+def _diff_block_columnar(
+    st: _DestState,
+    keys: tuple[str, ...],
+    unique: Any,
+    prefixes: Any,
+    count: int,
+    joined: bytes,
+    column: ColumnarSnapshotReader,
+    files: tuple[IO[str], IO[str], IO[str]],
+) -> None:
+    """:func:`_diff_sorted` of a block for an incremental ``sync``, in polars: the same files and counts.
+
+    Both lists are sorted and without duplicates, so a value is in the other list exactly where a
+    binary search for it lands on an equal value.
+    """
+    pl = column.polars
+    old = column.take(keys)
+    n = len(unique)
+    acc = st.acc
+    acc.duplicate += count - n
+    acc.unique += n
+    adds, removes = _merge_diff_columns(unique, prefixes, old)
+    acc.unchanged += n - len(adds)
+    acc.added += len(adds)
+    acc.removed += len(removes)
+    adds_fh, removes_fh, snap_fh = files
+    _write_bytes(adds_fh, joined if len(adds) == n else _joined(pl, adds))
+    _write_bytes(removes_fh, _joined(pl, removes))
+    _write_bytes(snap_fh, joined)
+    assert st.add_counter is not None and st.remove_counter is not None
+    st.add_counter.feed_count(len(adds))
+    st.remove_counter.feed_count(len(removes))
+
+
+def _merge_diff_columns(new: Any, p_new: Any, old: Any) -> tuple[Any, Any]:
+    """:func:`~airflow_audience_provider.identifiers.sorting.merge_diff` of two sorted String Series
+    of hex digests without duplicates: the values only in ``new`` and those only in ``old``, each sorted.
+
+    Values are matched by their 60-bit prefixes (``p_new`` for ``new``; integers, where looking up
+    the strings reads scattered memory), then the matched pairs' strings are compared. Where two
+    values of one list share a prefix, or two different values of the two lists do, the strings
+    are searched instead.
+    """
+    if not len(new) or not len(old):
+        return new, old
+    # The same function of the value gives both lists' prefixes (the kernel's).
+    p_old = old.str.slice(0, PREFIX_DIGITS).str.to_integer(base=16, strict=False)
+    if not p_old.null_count() and _strictly_increasing(p_new) and _strictly_increasing(p_old):
+        in_old, in_new = p_new.is_in(p_old.implode()), p_old.is_in(p_new.implode())
+        # Prefixes are unique in each list and both lists are in their order: the matched rows pair up.
+        if (new.filter(in_old) == old.filter(in_new)).all():
+            return new.filter(~in_old), old.filter(~in_new)
+    return new.filter(~_found_in(new, old)), old.filter(~_found_in(old, new))
+
+
+def _found_in(values: Any, other: Any) -> Any:
+    """Per value of ``values``, whether ``other`` holds it (both sorted String Series, ``other`` not empty)."""
+    at = other.search_sorted(values, "left").clip(0, len(other) - 1)
+    return other.gather(at) == values
+
+
+def _strictly_increasing(keys: Any) -> bool:
+    return len(keys) < 2 or bool((keys.slice(1) > keys.slice(0, len(keys) - 1)).all())
 
 
 def _write_bytes(fh: IO[str], data: bytes) -> None:

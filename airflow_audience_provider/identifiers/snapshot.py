@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from airflow_audience_provider.identifiers.errors import SnapshotError
-from airflow_audience_provider.identifiers.hashing import partition_of
+from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS, partition_of
 from airflow_audience_provider.identifiers.rules import VendorRule
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ FORMAT_VERSION = 1
 #: The header line of a prepared snapshot: spaces, then the header written over them at commit.
 PREPARED_HEADER_BYTES = 512
 _READ_BYTES = 1 << 20
+#: Text the columnar reader splits at once (~64,000 digests).
+_COLUMNAR_READ_BYTES = 4 << 20
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._-]{1,80}")
 
 
@@ -106,6 +108,16 @@ class SnapshotReader:
         self._eof = False
         self._last: tuple[str, str] | None = None
         self.count = 0
+
+    @property
+    def hashed(self) -> bool:
+        """Whether the values are hex digests (their order is plain sorted order)."""
+        return self._hashed
+
+    @property
+    def origin(self) -> str:
+        """The snapshot's location, for messages."""
+        return self._origin
 
     def _fill(self) -> bool:
         """Load the next block of lines; False at end of file."""
@@ -181,6 +193,103 @@ class SnapshotReader:
                 f"snapshot {self._origin} is truncated: header says {self._expected} values, found {self.count}"
             )
         return self.count
+
+
+class ColumnarSnapshotReader:
+    """A hashed snapshot's values as polars String Series, block of partitions by block, with the
+    checks of :class:`SnapshotReader` (strictly increasing, no blank line, every value in a
+    partition asked for, the header's count).
+
+    It takes over ``reader``'s stream, which must not have been read from. Text is read in blocks
+    of :data:`_COLUMNAR_READ_BYTES` and split into values by polars, so no Python string is made
+    per value.
+
+    :param pl: the polars module.
+    """
+
+    def __init__(self, pl: Any, reader: SnapshotReader) -> None:
+        if not reader.hashed or reader.count or reader._buf:
+            raise ValueError("a columnar snapshot reader needs a hashed snapshot's unread stream")
+        self._pl = pl
+        self._reader = reader
+        self._pending = pl.Series("h", [], dtype=pl.String)
+        self._carry = ""
+        self._eof = False
+        self._last: str | None = None
+
+    @property
+    def polars(self) -> Any:
+        """The polars module."""
+        return self._pl
+
+    @property
+    def count(self) -> int:
+        """Values read so far."""
+        return self._reader.count
+
+    def _error(self, what: str) -> SnapshotError:
+        return SnapshotError(f"snapshot {self._reader.origin} {what}")
+
+    def _read(self) -> None:
+        """Read, split and check the next block of values (append them to the pending ones)."""
+        pl = self._pl
+        data = self._reader._fh.read(_COLUMNAR_READ_BYTES)
+        if not data:
+            self._eof = True
+            text, self._carry = self._carry, ""
+            if not text:  # the file ended with a newline
+                return
+        else:
+            data = self._carry + data
+            cut = data.rfind("\n")
+            if cut < 0:
+                self._carry = data
+                return
+            text, self._carry = data[:cut], data[cut + 1 :]  # complete lines (one blank line if empty)
+        try:
+            values = pl.Series("h", [text], dtype=pl.String).str.split("\n").list.explode()
+        except Exception:  # text polars cannot hold (a lone surrogate): no list of digests
+            raise self._error("has a value outside the partition order") from None
+        first = values[0]
+        ordered = (values.slice(1) > values.slice(0, len(values) - 1)).all() and (
+            self._last is None or self._last < first
+        )
+        if not ordered or not values.str.len_bytes().min():
+            raise self._error("is not in sorted order or has blank lines; delete it to force a full replace")
+        self._last = values[-1]
+        self._reader.count += len(values)
+        self._pending = pl.concat([self._pending, values]) if len(self._pending) else values
+
+    def take(self, keys: tuple[str, ...]) -> Any:
+        """The values of partitions ``keys`` (consecutive, asked for in key order) as a sorted String Series."""
+        pl = self._pl
+        end = PARTITION_KEYS[int(keys[-1], 16) + 1] if keys[-1] != PARTITION_KEYS[-1] else None
+        while not self._eof and (end is None or not len(self._pending) or self._pending[-1] < end):
+            self._read()
+        pending = self._pending
+        cut = len(pending) if end is None else pending.search_sorted(end, "left")
+        values, self._pending = pending.slice(0, cut), pending.slice(cut)
+        if len(values):
+            # Each value lies between its partition's key and the key followed by the last character.
+            edges = pl.Series([k for key in keys for k in (key, key + "\U0010ffff")], dtype=pl.String)
+            bounds = values.search_sorted(edges, "left").to_list()
+            if (
+                bounds[0] != 0
+                or bounds[-1] != cut
+                or any(bounds[i] != bounds[i + 1] for i in range(1, len(bounds) - 1, 2))
+            ):
+                raise self._error("has a value outside the partition order")
+        return values
+
+    def finish(self) -> int:
+        """:meth:`SnapshotReader.finish`: nothing left over, and the count the header says."""
+        if len(self._pending) or self._carry:
+            raise self._error("has values that belong to no partition")
+        while not self._eof:
+            self._read()
+            if len(self._pending):
+                raise self._error("has values that belong to no partition")
+        return self._reader.finish()
 
 
 def _copy_rest(src: IO[bytes], out: IO[bytes]) -> None:

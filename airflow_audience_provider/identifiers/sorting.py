@@ -154,20 +154,29 @@ def hex_frame(pl: Any, digests: Any) -> Any:
 def sorted_unique_frame(pl: Any, frame: Any) -> Any:
     """``sorted(set(digests))`` of a columnar frame (``p``, ``h``; any row order), as a polars String Series.
 
+    See :func:`sorted_unique_rows`.
+    """
+    return sorted_unique_rows(pl, frame).get_column("h")
+
+
+def sorted_unique_rows(pl: Any, frame: Any) -> Any:
+    """The rows of a columnar frame (``p``, ``h``; any row order) with distinct digests, sorted by digest.
+
     The digests are sorted by their 60-bit prefix (an integer sort, a tenth of the cost of sorting
     the strings). Rows with the prefix of their predecessor are then either the same digest
     (dropped) or, where two different digests share 60 bits, the whole frame is sorted again by
     the strings. Every call runs in the calling thread and releases the GIL.
     """
     if not frame.height:
-        return pl.Series("h", [], dtype=pl.String)
+        return pl.DataFrame([pl.Series("p", [], dtype=pl.Int64), pl.Series("h", [], dtype=pl.String)])
     frame = frame.sort("p", multithreaded=False)
     prefix, digests = frame.get_column("p"), frame.get_column("h")
     same = (prefix == prefix.shift(1)).fill_null(False)
     if same.any() and (digests.filter(same) != digests.shift(1).filter(same)).any():
-        digests = digests.sort(multithreaded=False)
+        frame = frame.sort("h", multithreaded=False)
+        digests = frame.get_column("h")
         same = (digests == digests.shift(1)).fill_null(False)
-    return digests.filter(~same)
+    return frame.filter(~same)
 
 
 class ColumnarSpill:

@@ -25,7 +25,12 @@ from airflow_audience_provider.identifiers.fanout import run_destinations
 from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
 from airflow_audience_provider.identifiers.rules import VendorRule
 from airflow_audience_provider.identifiers.snapshot import SnapshotStore
-from airflow_audience_provider.identifiers.sorting import ColumnarSpill, hex_frame, sorted_unique_frame
+from airflow_audience_provider.identifiers.sorting import (
+    ColumnarSpill,
+    hex_frame,
+    sorted_unique_frame,
+    sorted_unique_rows,
+)
 from airflow_audience_provider.identifiers.sources import IterableSource
 from airflow_audience_provider.identifiers.sync import ChunkResult, Destination, SyncOptions
 
@@ -122,7 +127,7 @@ def test_columnar_plan_sends_and_stores_what_the_python_plan_does(
     monkeypatch.setattr(fanout, "KERNEL_PARALLEL_BATCH_ROWS", 16)
     planned = []
     monkeypatch.setattr(
-        fanout, "sorted_unique_frame", lambda pl, frame: planned.append(1) or sorted_unique_frame(pl, frame)
+        fanout, "sorted_unique_rows", lambda pl, frame: planned.append(1) or sorted_unique_rows(pl, frame)
     )
     runs = {}
     for path in ("python", "auto"):
@@ -188,6 +193,8 @@ def test_sorted_unique_frame_is_sorted_set(values: list[str], colliding: list[st
     pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
     values = values + colliding + colliding[:3]
     assert sorted_unique_frame(pl, hex_frame(pl, values)).to_list() == sorted(set(values))
+    rows = sorted_unique_rows(pl, hex_frame(pl, values))
+    assert rows.get_column("p").to_list() == [int(h[:15], 16) for h in sorted(set(values))]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -301,3 +308,97 @@ def test_fan_out_and_batches_the_kernel_cannot_hold_plan_the_same_both_ways(
     assert runs["auto"][1][0]["criteo"]["mode"] == "incremental"
     assert runs["auto"][1][0]["yandex"]["mode"] == "full_replace"
     assert texts == [1]  # the surrogate's batch reached the columnar spill as text
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(HEX, max_size=60),
+    st.lists(HEX, max_size=60),
+    COLLIDING,
+    COLLIDING,
+)
+def test_columnar_diff_is_the_set_difference(
+    new: list[str], old: list[str], more_new: list[str], more_old: list[str]
+) -> None:
+    """Values only in the new list and only in the old one, also where different digests share the
+    60-bit prefix the lists are matched by (in one list, or across the two)."""
+    pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
+    a, b = sorted(set(new + more_new)), sorted(set(old + more_old))
+    rows = sorted_unique_rows(pl, hex_frame(pl, a))
+    adds, removes = fanout._merge_diff_columns(
+        rows.get_column("h"), rows.get_column("p"), pl.Series(b, dtype=pl.String)
+    )
+    assert adds.to_list() == sorted(set(a) - set(b))
+    assert removes.to_list() == sorted(set(b) - set(a))
+
+
+def _snapshot_text(values: list[str]) -> str:
+    return "".join(f"{v}\n" for v in values)
+
+
+SNAPSHOT_DAMAGE = st.sampled_from(["none", "swap", "blank", "duplicate", "outside", "short", "truncated", "extra"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values=st.lists(HEX, min_size=2, max_size=80, unique=True).map(sorted),
+    damage=SNAPSHOT_DAMAGE,
+    at=st.integers(0, 10_000),
+    read_bytes=st.sampled_from([7, 65, 200, 4 << 20]),
+    cuts=st.lists(st.integers(1, 255), max_size=6),
+)
+def test_columnar_snapshot_reader_reads_and_refuses_what_the_python_reader_does(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    values: list[str],
+    damage: str,
+    at: int,
+    read_bytes: int,
+    cuts: list[int],
+) -> None:
+    """Blocks of partitions read in polars give each partition's values; a damaged snapshot (out of
+    order, a blank line, a value in no partition, fewer values than the header says) is refused."""
+    from airflow_audience_provider.identifiers import snapshot
+
+    pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
+    monkeypatch.setattr(snapshot, "_COLUMNAR_READ_BYTES", read_bytes)
+    lines = list(values)
+    i = at % (len(lines) - 1)
+    count = len(lines)
+    if damage == "swap":
+        lines[i], lines[i + 1] = lines[i + 1], lines[i]
+    elif damage == "blank":
+        lines.insert(i, "")
+    elif damage == "duplicate":
+        lines.insert(i, lines[i])
+    elif damage == "outside":  # between two partitions' keys: no partition holds it
+        lines.append("fg" + "0" * 62)
+    elif damage == "short":
+        lines.insert(0, "0")
+    elif damage == "truncated":
+        count += 1
+    elif damage == "extra":
+        lines.append("zz")
+    path = tmp_path_factory.mktemp("snap") / "s.txt"
+    path.write_text(_snapshot_text(lines))
+    edges = sorted(set(cuts))
+    blocks = [PARTITION_KEYS[lo:hi] for lo, hi in zip([0, *edges], [*edges, 256], strict=True)]
+
+    def read(columnar: bool) -> Any:
+        with open(path, encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
+            reader = snapshot.SnapshotReader(fh, hashed=True, origin="s", expected_count=count)
+            try:
+                if columnar:
+                    col = snapshot.ColumnarSnapshotReader(pl, reader)
+                    got = [col.take(keys).to_list() for keys in blocks]
+                    col.finish()
+                else:
+                    got = [[v for key in keys for v in reader.iter_partition(key)] for keys in blocks]
+                    reader.finish()
+            except snapshot.SnapshotError:
+                return "refused"
+        return got
+
+    python = read(False)
+    assert read(True) == python
+    assert (python == "refused") == (damage != "none")
