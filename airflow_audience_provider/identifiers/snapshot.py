@@ -201,7 +201,7 @@ class ColumnarSnapshotReader:
     partition asked for, the header's count).
 
     It takes over ``reader``'s stream, which must not have been read from. Text is read in blocks
-    of :data:`_COLUMNAR_READ_BYTES` and split into values by polars, so no Python string is made
+    of 4 MiB and split into values by polars, so no Python string is made
     per value.
 
     :param pl: the polars module.
