@@ -33,6 +33,7 @@ Behaviour worth knowing when writing clients:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -113,22 +114,27 @@ def split_digest_body(raw: bytes) -> tuple[dict[str, Any], DigestArray] | None:
     closing = raw.find(b"]", opening)
     if closing < 0:
         return None
-    inner = raw[opening + 1 : closing]
-    # n strings of 64 characters: '"' at 0 and 65, ',' at 66, ' ' at 67 of every 68 bytes (the last
-    # without ", "), and those 4n - 2 are the only bytes that are not lower-case hex digits.
-    n = (len(inner) + 2) // 68
+    # The array's text is raw[first:closing]: n strings of 64 characters, '"' at 0 and 65, ',' at 66,
+    # ' ' at 67 of every 68 bytes (the last without ", "), and those 4n - 2 are the only bytes that
+    # are not lower-case hex digits. Checked in raw itself, before any copy.
+    first = opening + 1
+    size = closing - first
+    n = (size + 2) // 68
     if (
         n < 1
-        or len(inner) != 68 * n - 2
-        or inner[0::68] != b'"' * n
-        or inner[65::68] != b'"' * n
-        or inner[66::68] != b"," * (n - 1)
-        or inner[67::68] != b" " * (n - 1)
-        or len(inner.translate(None, _HEX_DIGITS)) != 4 * n - 2
+        or size != 68 * n - 2
+        or raw[first:closing:68] != _repeated(b'"', n)
+        or raw[first + 65 : closing : 68] != _repeated(b'"', n)
+        or raw[first + 66 : closing : 68] != _repeated(b",", n - 1)
+        or raw[first + 67 : closing : 68] != _repeated(b" ", n - 1)
     ):
         return None
+    head, tail = raw[:first], raw[closing:]
+    outside = len(head.translate(None, _HEX_DIGITS)) + len(tail.translate(None, _HEX_DIGITS))
+    if len(raw.translate(None, _HEX_DIGITS)) != 4 * n - 2 + outside:
+        return None
     try:
-        body = json.loads(raw[:opening] + b'"\\u0000identifiers"' + raw[closing + 1 :])
+        body = json.loads(raw[:opening] + b'"\\u0000identifiers"' + tail[1:])
     except ValueError:
         return None
     data = body.get("data") if isinstance(body, dict) else None
@@ -136,9 +142,16 @@ def split_digest_body(raw: bytes) -> tuple[dict[str, Any], DigestArray] | None:
     # The placeholder can only come from the splice: it stood where the value of identifiers is.
     if not isinstance(attributes, dict) or attributes.get("identifiers") != _SPLICED:
         return None
-    digests = DigestArray(inner, n)
+    # A copy of the array alone: keeping the whole body instead costs more (measured: ~2 ms per request).
+    digests = DigestArray(raw[first:closing], n)
     attributes["identifiers"] = digests
     return body, digests
+
+
+@functools.lru_cache(maxsize=8)
+def _repeated(byte: bytes, n: int) -> bytes:
+    """``byte * n``, kept for the next request of the same size."""
+    return byte * n
 
 
 def _iso(ts: float) -> str:
