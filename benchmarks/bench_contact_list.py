@@ -467,6 +467,41 @@ def fanout_concurrency(sender: Any) -> int:
     return _sender_concurrency(sender)
 
 
+def _process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` so far, from /proc (Linux); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Phases:
+    """Seconds from the start of a sync at which the engine's read and plan phases ended (first run only)."""
+
+    def __init__(self) -> None:
+        from airflow_audience_provider.identifiers import fanout
+
+        self.start = 0.0
+        self.marks: dict[str, float] = {}
+        for name, label in (("_read_phase", "read_end"), ("_plan_phase", "plan_end")):
+            setattr(fanout, name, self._wrap(getattr(fanout, name), label))
+
+    def _wrap(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.marks.setdefault(label, time.perf_counter() - self.start)
+
+        return inner
+
+    def arm(self) -> None:
+        self.marks.clear()
+        self.start = time.perf_counter()
+
+
 def measure_end_to_end(n: int, workers: int, work_dir: str) -> dict[str, Any]:
     """n e-mails synced into the Criteo fake over HTTP, then 1% of them replaced and synced again."""
     import logging
@@ -504,13 +539,17 @@ def measure_end_to_end(n: int, workers: int, work_dir: str) -> dict[str, Any]:
         requests_sent = 0
         send_seconds = 0.0  # wall time with at least one request in flight (two overlap: the sender's default)
         in_flight, busy_since, lock = 0, 0.0, threading.Lock()
+        sender_cpu = 0.0  # CPU of the threads sending chunks, inside the sender (body, HTTP, answer)
+        spans: list[tuple[float, float]] = []  # each chunk's request, in seconds from the sync's start
+        phases = _Phases()
 
         class TimedSender(CriteoChunkSender):
             def _send(self, operation: str, chunk: Any) -> Any:
-                nonlocal requests_sent, send_seconds, in_flight, busy_since
+                nonlocal requests_sent, send_seconds, in_flight, busy_since, sender_cpu
+                began, cpu = time.perf_counter(), time.thread_time()
                 with lock:
                     if in_flight == 0:
-                        busy_since = time.perf_counter()
+                        busy_since = began
                     in_flight += 1
                 try:
                     return super()._send(operation, chunk)
@@ -518,6 +557,8 @@ def measure_end_to_end(n: int, workers: int, work_dir: str) -> dict[str, Any]:
                     with lock:
                         in_flight -= 1
                         requests_sent += 1
+                        sender_cpu += time.thread_time() - cpu
+                        spans.append((began - phases.start, time.perf_counter() - phases.start))
                         if in_flight == 0:
                             send_seconds += time.perf_counter() - busy_since
 
@@ -539,12 +580,21 @@ def measure_end_to_end(n: int, workers: int, work_dir: str) -> dict[str, Any]:
         first_input = list(synthetic_emails(n))
         engine_only = best_time(lambda: full_engine(first_input, workers, work_dir), 2)
         sender = TimedSender(hook, segment_id)
+        fake_cpu = _process_cpu(proc.pid)
+        phases.arm()
         t = time.perf_counter()
         first = sync_contact_list(
             first_input, RULE, sender, destination_key=segment_id, snapshot_base=str(snapshots), workers=workers
         )
         wall = time.perf_counter() - t
-        first_requests, first_send = requests_sent, send_seconds
+        fake_after = _process_cpu(proc.pid)
+        first_requests, first_send, first_cpu = requests_sent, send_seconds, sender_cpu
+        timeline = {
+            **{k: round(v, 3) for k, v in phases.marks.items()},
+            "first_request_start": round(min(s for s, _ in spans), 3) if spans else None,
+            "last_request_end": round(max(e for _, e in spans), 3) if spans else None,
+            "end": round(wall, 3),
+        }
         changed = n // 100
         second_input = list(
             _chain(synthetic_emails(n - changed, start=changed), synthetic_emails(changed, start=10 * n))
@@ -568,6 +618,11 @@ def measure_end_to_end(n: int, workers: int, work_dir: str) -> dict[str, Any]:
             "seconds_outside_requests": round(wall - first_send, 2),
             "requests_per_second_while_sending": round(first_requests / first_send, 2) if first_send else None,
             "requests_per_second_overall": round(first_requests / wall, 2),
+            "timeline_seconds": timeline,
+            "client_sender_cpu_ms_per_request": round(1000 * first_cpu / first_requests, 2) if first_requests else None,
+            "fake_cpu_ms_per_request": round(1000 * (fake_after - fake_cpu) / (first_requests + 1), 2)
+            if fake_cpu is not None and fake_after is not None and first_requests
+            else None,
             "rate_limit_wait_seconds": round(waits["rate_limit_seconds"], 3),
             "retry_sleep_seconds": round(waits["retry_sleep_seconds"], 3),
             "incremental": {
