@@ -55,6 +55,7 @@ def test_an_edited_batch_audience_counts_as_computed_after_the_wait(hook, segmen
 
 
 def test_an_edited_realtime_audience_is_judged_by_its_status(hook, segment, wait_until):
+    segment.configure(processing_seconds=30)  # still locked at the first look, however loaded the machine
     audience_id = computed(hook, segment, REALTIME, wait_until)
     hook.update_audience_for_space(audience_id, definition={"query": REALTIME.replace(">= 1", ">= 2")})
     assert hook.audience_compute_status(audience_id).phase is Phase.RUNNING  # Locked, then Computing
