@@ -7,13 +7,14 @@ size of a chunk is counted as the vendor file would hold it: the header, then ea
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -213,7 +214,12 @@ def _block_bytes(values: list[str], overhead: int) -> int:
 
 
 class ChunkCounter:
-    """Counts the chunks a stream of values will need without keeping the values."""
+    """Counts the chunks a stream of values will need without keeping the values.
+
+    Values fed by their sizes (:meth:`feed_sizes`) also give where each chunk lies in the work file
+    written in the same order (:attr:`file_chunks`), so the chunks can point into it instead of
+    being read back and cut again.
+    """
 
     def __init__(self, rule: VendorRule) -> None:
         self.rule = rule
@@ -223,12 +229,34 @@ class ChunkCounter:
         self._chunks = 0
         self._in_chunk = 0
         self._used = 0
+        #: (values, bytes in the work file) of each finished chunk; None once values came by :meth:`feed`
+        self._bounds: list[tuple[int, int]] | None = []
+        self._file_bytes = 0
+
+    @property
+    def file_chunks(self) -> list[tuple[int, int]] | None:
+        """``(values, bytes)`` of each chunk in the work file (one value and a newline a line), in order.
+
+        None when some values were fed by :meth:`feed` (their sizes were not all counted) or the
+        values have a fixed length (:func:`iter_chunks_from_file` computes those chunks itself).
+        """
+        if self._bounds is None or self._fixed is not None:
+            return None
+        return [*self._bounds, (self._in_chunk, self._file_bytes)] if self._in_chunk else list(self._bounds)
+
+    def _close_chunk(self) -> None:
+        self._chunks += 1
+        if self._bounds is not None:
+            self._bounds.append((self._in_chunk, self._file_bytes))
+        self._in_chunk, self._used, self._file_bytes = 0, 0, 0
 
     def feed(self, values: list[str]) -> None:
         """Account for values in stream order."""
         self.values += len(values)
         if self._fixed is not None:
             return  # computed from the count alone in chunks()
+        if values:
+            self._bounds = None
         start, budget = 0, self._budget
         while start < len(values):
             # As in iter_chunk_lists: a block that fits the current chunk whole is counted at once.
@@ -251,6 +279,44 @@ class ChunkCounter:
                 self._in_chunk += 1
                 self._used += cost
 
+    def feed_sizes(self, cumulative: Sequence[int]) -> None:
+        """:meth:`feed` of values given by their sizes: ``cumulative[j]`` is the UTF-8 bytes of the first ``j``.
+
+        ``cumulative`` has one entry more than there are values (``cumulative[0] == 0``); any
+        sequence will do (a polars Series is indexed a few times per chunk, never walked). Chunk
+        ends are found by bisection, where :meth:`feed` walks the values.
+        """
+        n = len(cumulative) - 1
+        self.values += n
+        if self._fixed is not None or n <= 0:
+            return
+        budget, overhead = self._budget, self._overhead
+        costs = _Costs(cumulative, overhead)
+        start = 0
+        while start < n:
+            room = self._max_ids - self._in_chunk
+            if room <= 0:  # the chunk is full and another value follows
+                self._close_chunk()
+                room = self._max_ids
+            end = min(n, start + room)
+            if budget is not None:
+                base = costs[start]
+                # the last value that still fits the chunk's bytes (costs grow with every value)
+                end = max(bisect.bisect_right(costs, base + budget - self._used, start, end + 1) - 1, start)
+                if end == start:
+                    if self._in_chunk:  # the next value opens a new chunk
+                        self._close_chunk()
+                        continue
+                    # a value alone over the budget still takes a chunk of its own; it cannot be
+                    # sent, which the chunks read back from the file say (iter_chunk_lists)
+                    end = start + 1
+                    self._bounds = None
+                self._used += costs[end] - base
+            if self._bounds is not None:  # a line per value: its UTF-8 bytes and a newline
+                self._file_bytes += int(cumulative[end]) - int(cumulative[start]) + end - start
+            self._in_chunk += end - start
+            start = end
+
     def feed_count(self, n: int) -> None:
         """Account for ``n`` values of the rule's fixed length (their count is all the chunks depend on)."""
         if self._fixed is None:
@@ -265,21 +331,52 @@ class ChunkCounter:
         return self._chunks + (1 if self._in_chunk else 0)
 
 
+class _Costs:
+    """Cumulative costs in a vendor file of values given by cumulative UTF-8 sizes: ``sizes[j] + overhead * j``."""
+
+    def __init__(self, sizes: Sequence[int], overhead: int) -> None:
+        self._sizes = sizes
+        self._overhead = overhead
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def __getitem__(self, j: int) -> int:
+        return int(self._sizes[j]) + self._overhead * j
+
+
 def iter_chunks_from_file(
-    path: str | os.PathLike[str], rule: VendorRule, operation: str, *, first_index: int = 1, total: int = 0
+    path: str | os.PathLike[str],
+    rule: VendorRule,
+    operation: str,
+    *,
+    first_index: int = 1,
+    total: int = 0,
+    bounds: list[tuple[int, int]] | None = None,
 ) -> Iterator[Chunk]:
     """Chunks of a work file of values, one per line (the engine's additions or removals).
 
     Fixed-length values (hex digests) give file-backed chunks: offsets are computed, nothing is
-    read until a sender asks. Other values are read line by line into list-backed chunks.
+    read until a sender asks. Other values are read line by line into list-backed chunks, unless
+    ``bounds`` says where each chunk lies (:attr:`ChunkCounter.file_chunks`): then they are
+    file-backed too.
 
     :param operation: operation of every chunk (the engine turns the first one of a full replace
         into ``"replace"``).
     :param first_index: index of the first chunk.
     :param total: total chunks of the run, for ``Chunk.total``.
+    :param bounds: ``(values, bytes)`` of each chunk of a file of values of varying length; used
+        only when they cover the file exactly.
     """
     fixed = rule.profile.output_length
     index = first_index
+    if fixed is None and bounds is not None and sum(nbytes for _, nbytes in bounds) == os.path.getsize(path):
+        offset = 0
+        for count, nbytes in bounds:
+            yield Chunk(operation, index, total, rule, path=os.fspath(path), offset=offset, nbytes=nbytes, count=count)
+            offset += nbytes
+            index += 1
+        return
     if fixed is None:
         with open(path, encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
             lines = itertools.chain.from_iterable(_line_blocks(fh))

@@ -53,6 +53,7 @@ from airflow_audience_provider.identifiers.errors import (
 from airflow_audience_provider.identifiers.hashing import (
     BatchOutput,
     exact_share,
+    kernel_takes_clear_text,
     partition_of,
     process_batch,
     process_text,
@@ -78,6 +79,7 @@ from airflow_audience_provider.identifiers.sorting import (
     PartitionSpill,
     external_sorted_unique,
     merge_diff,
+    sorted_unique_clear_frame,
     sorted_unique_rows,
 )
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IdentifierSource, RawBatch
@@ -378,7 +380,11 @@ def run_destinations(
     for i, p in enumerate(profiles):
         pl = _columnar_polars(p)
         name = f"p{i}"
-        spills[p] = PartitionSpill(tmp, name, spill_bytes) if pl is None else ColumnarSpill(pl, tmp, name, spill_bytes)
+        spills[p] = (
+            PartitionSpill(tmp, name, spill_bytes)
+            if pl is None
+            else ColumnarSpill(pl, tmp, name, spill_bytes, clear=not p.hashed_output)
+        )
     # One destination's full replace may start sending while the plan still writes it.
     stream = _Stream(next(iter(states.values()))) if len(states) == 1 and not dry_run else None
     try:
@@ -627,6 +633,8 @@ def _plan_phase(
 ) -> None:
     for gi, (profile, group) in enumerate(groups.items()):
         spill = spills[profile]
+        if isinstance(spill, ColumnarSpill) and spill.text_spill is not None:
+            spill = spill.text_spill  # a clear-text value polars cannot hold: the Python plan
         readers: dict[str, SnapshotReader | None] = {}
         handles: list[IO[str]] = []
         outs: dict[str, tuple[IO[str], IO[str], IO[str]]] = {}
@@ -650,8 +658,8 @@ def _plan_phase(
                     if reader is not None and _diffs_in_columns(st, reader):
                         columns[st.dest.name] = ColumnarSnapshotReader(spill.polars, reader)
                 joins = any(readers[st.dest.name] is None or st.dest.name in columns for st in group)
-                for keys, (unique, count, joined) in _columnar_blocks(spill, joins, workers):
-                    _plan_block_columnar(keys, unique, count, group, readers, outs, joined, columns)
+                for keys, block in _columnar_blocks(spill, joins, workers):
+                    _plan_block_columnar(keys, block, group, readers, outs, columns)
                     if stream is not None:
                         stream.poll(outs)
             else:
@@ -694,13 +702,16 @@ def _diffs_in_columns(st: _DestState, reader: SnapshotReader) -> bool:
 
 
 def _columnar_polars(profile: NormalisationProfile) -> Any:
-    """polars when this profile's digests stay columnar from the kernel through the plan, else None.
+    """polars when this profile's outputs stay columnar from the kernel through the plan, else None.
 
-    That is for hex digests (hashed outputs of a fixed length) with the ``fast`` extra;
-    ``AUDIENCE_IDENTIFIERS_KERNEL=python`` turns it off with the kernel (the pure-Python path).
+    That is for hex digests (hashed outputs of a fixed length) and for the clear-text ids the kernel
+    decides (customer ids, ClientIDs) with the ``fast`` extra; ``AUDIENCE_IDENTIFIERS_KERNEL=python``
+    turns it off with the kernel (the pure-Python path).
     """
     length = profile.output_length
-    if not profile.hashed_output or length is None or length < PREFIX_DIGITS or not uses_kernel(profile):
+    if kernel_takes_clear_text(profile):
+        pass
+    elif not profile.hashed_output or length is None or length < PREFIX_DIGITS or not uses_kernel(profile):
         return None
     kernel = load_email_kernel()
     return kernel.polars if kernel is not None else None
@@ -795,10 +806,40 @@ def sorted_unique(values: list[str]) -> list[str]:
     return [ordered[0], *itertools.compress(rest, keep)]
 
 
-def _columnar_block(pl: Any, frame: Any, join: bool) -> tuple[Any, int, bytes | None]:
-    """One block's sorted unique rows (``p``, ``h``), its count of values, and (``join``) the values as one text."""
-    unique = sorted_unique_rows(pl, frame)
-    return unique, frame.height, _joined(pl, unique.get_column("h")) if join else None
+@dataclass
+class _ColumnarBlock:
+    """One block of the columnar plan, computed in a plan thread (:func:`_columnar_block`).
+
+    :param unique: the block's rows (``p``, ``h``), sorted (by partition, then value, for clear
+        text) and without duplicate values.
+    :param count: the block's values before de-duplication.
+    :param joined: the values' lines (:func:`_joined`), when a destination writes them whole.
+    :param starts: clear text: the offsets in ``unique`` of the 256 partitions, and its length.
+    :param sizes: clear text: the cumulative UTF-8 bytes of the values (``sizes[j]``: of the
+        first ``j``), for the chunk counters.
+    """
+
+    unique: Any
+    count: int
+    joined: bytes | None = None
+    starts: list[int] | None = None
+    sizes: Any = None
+
+
+def _columnar_block(pl: Any, frame: Any, join: bool, edges: Any = None) -> _ColumnarBlock:
+    """One block's sorted unique rows, its count of values, and (``join``) the values as one text.
+
+    :param edges: clear text: the first ``p`` of each partition (``ColumnarSpill.partition_edges``).
+    """
+    if edges is None:
+        unique = sorted_unique_rows(pl, frame)
+        return _ColumnarBlock(unique, frame.height, _joined(pl, unique.get_column("h")) if join else None)
+    unique = sorted_unique_clear_frame(pl, frame, edges)
+    values = unique.get_column("h")
+    starts: list[int] = unique.get_column("p").search_sorted(edges, "left").to_list()
+    starts.append(len(values))
+    sizes = pl.concat([pl.Series([0], dtype=pl.Int64), values.str.len_bytes().cast(pl.Int64).cum_sum()])
+    return _ColumnarBlock(unique, frame.height, _joined(pl, values) if join else None, starts, sizes)
 
 
 def _joined(pl: Any, unique: Any) -> bytes:
@@ -812,7 +853,7 @@ def _joined(pl: Any, unique: Any) -> bytes:
 
 def _columnar_blocks(
     spill: ColumnarSpill, join: bool, workers: int
-) -> Iterator[tuple[tuple[str, ...], tuple[Any, int, bytes | None]]]:
+) -> Iterator[tuple[tuple[str, ...], _ColumnarBlock]]:
     """:func:`_columnar_block` of each of the spill's blocks, in order.
 
     With ``workers > 1`` the blocks are computed in that many threads, a few blocks ahead of the
@@ -820,14 +861,15 @@ def _columnar_blocks(
     read phase used.
     """
     pl = spill.polars
+    edges = spill.partition_edges if spill.clear else None
     if workers <= 1:
         for keys, frame in spill.blocks():
-            yield keys, _columnar_block(pl, frame, join)
+            yield keys, _columnar_block(pl, frame, join, edges)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="contact-plan") as threads:
-        ahead: collections.deque[tuple[tuple[str, ...], Future[tuple[Any, int, bytes | None]]]] = collections.deque()
+        ahead: collections.deque[tuple[tuple[str, ...], Future[_ColumnarBlock]]] = collections.deque()
         for keys, frame in spill.blocks():
-            ahead.append((keys, threads.submit(_columnar_block, pl, frame, join)))
+            ahead.append((keys, threads.submit(_columnar_block, pl, frame, join, edges)))
             while len(ahead) > workers:
                 done, fut = ahead.popleft()
                 yield done, fut.result()
@@ -838,26 +880,24 @@ def _columnar_blocks(
 
 def _plan_block_columnar(
     keys: tuple[str, ...],
-    unique: Any,
-    count: int,
+    block: _ColumnarBlock,
     group: list[_DestState],
     readers: dict[str, SnapshotReader | None],
     outs: dict[str, tuple[IO[str], IO[str], IO[str]]],
-    joined: bytes | None = None,
     columns: dict[str, ColumnarSnapshotReader] | None = None,
 ) -> None:
     """:func:`_diff_in_memory` for a block of consecutive partitions (``keys``) planned in polars.
 
-    :param unique: the block's values, sorted and without duplicates (a polars frame: ``p``, ``h``).
-    :param count: the block's values before de-duplication.
-    :param joined: the values' lines (:func:`_joined`), if computed already.
+    :param block: the block's sorted unique rows, its count of values and, if computed already,
+        its values' lines.
     :param columns: destinations diffed in polars (:func:`_diffs_in_columns`), with their snapshot's reader.
 
     A full replace (no diff base) writes the block as one text joined in polars, and so does an
     incremental sync diffed in polars (:func:`_diff_block_columnar`); any other diff against the
     snapshot goes partition by partition through :func:`_diff_sorted`, as in the Python plan.
     """
-    prefixes, unique = unique.get_column("p"), unique.get_column("h")
+    prefixes, unique = block.unique.get_column("p"), block.unique.get_column("h")
+    count, joined = block.count, block.joined
     n = len(unique)
     diffed: list[_DestState] = []
     for st in group:
@@ -878,18 +918,26 @@ def _plan_block_columnar(
             joined = _joined(load_email_kernel().polars, unique)  # type: ignore[union-attr]
         _, removes_fh, snap_fh = outs[st.dest.name]
         _write_bytes(snap_fh, joined)
+        counter = st.add_counter
         if st.mode == ONE_WAY and st.dest.mode == "remove":
             acc.removed += n
             _write_bytes(removes_fh, joined)
-            st.remove_counter.feed_count(n)
+            counter = st.remove_counter
         else:
             # Full replace: the additions are the new snapshot; _send reads that file instead.
             acc.added += n
-            st.add_counter.feed_count(n)
+        if block.sizes is not None:
+            counter.feed_sizes(block.sizes)
+        else:
+            counter.feed_count(n)
     if not diffed:
         return
-    starts: list[int] = unique.search_sorted(type(unique)(keys, dtype=unique.dtype), "left").to_list()
-    starts.append(n)
+    if block.starts is not None:  # clear text: partitions located by their numbers
+        first = int(keys[0], 16)
+        starts = block.starts[first : first + len(keys) + 1]
+    else:  # digests begin with their partition's key
+        starts = unique.search_sorted(type(unique)(keys, dtype=unique.dtype), "left").to_list()
+        starts.append(n)
     duplicates = count - n  # counted once, with the block's first partition
     for i, key in enumerate(keys):
         values = unique.slice(starts[i], starts[i + 1] - starts[i]).to_list()
@@ -1472,7 +1520,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             add_chunks = (
                 iter_growing_chunks(adds_path, dest.rule, ADD, growing)
                 if growing is not None
-                else iter_chunks_from_file(adds_path, dest.rule, ADD, total=total)
+                else iter_chunks_from_file(adds_path, dest.rule, ADD, total=total, bounds=st.add_counter.file_chunks)
             )
             adds = _unless_cancelled(add_chunks, cancel, before)
             if st.mode == FULL_REPLACE:
@@ -1491,7 +1539,12 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             total = st.add_counter.chunks + st.remove_counter.chunks  # final: the additions are all sent
             removes = _unless_cancelled(
                 iter_chunks_from_file(
-                    st.removes_path, dest.rule, REMOVE, first_index=st.add_counter.chunks + 1, total=total
+                    st.removes_path,
+                    dest.rule,
+                    REMOVE,
+                    first_index=st.add_counter.chunks + 1,
+                    total=total,
+                    bounds=st.remove_counter.file_chunks,
                 ),
                 cancel,
                 before,

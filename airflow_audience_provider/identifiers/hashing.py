@@ -107,7 +107,8 @@ class BatchOutput:
     partitions: dict[str, str]
     invalid: list[tuple[int, str]]
     #: with ``columnar=True`` and the kernel: the outputs as a polars DataFrame (``p``, ``h``,
-    #: in no particular order, see :func:`~airflow_audience_provider.identifiers.sorting.hex_frame`)
+    #: in no particular order, see :func:`~airflow_audience_provider.identifiers.sorting.hex_frame`
+    #: and, for clear text, :func:`~airflow_audience_provider.identifiers.sorting.clear_frame`)
     #: instead of ``partitions``.
     frame: Any = None
 
@@ -119,8 +120,8 @@ def process_batch(profile: NormalisationProfile, values: list[str], *, columnar:
     SHA-256 e-mails go through the compiled kernel when the ``fast`` extra is installed
     (:mod:`~airflow_audience_provider.identifiers.kernel`; same results, about twice as fast).
 
-    :param columnar: hand hex digests the kernel produced over as ``frame`` (the engine's columnar
-        plan); partitions of text otherwise, and always on the Python path.
+    :param columnar: hand hex digests or clear-text ids the kernel produced over as ``frame`` (the
+        engine's columnar plan); partitions of text otherwise, and always on the Python path.
     """
     if uses_kernel(profile):
         through = _kernel_passes_through(profile)
@@ -271,6 +272,36 @@ def _columnar_output(
     return BatchOutput(len(values) - len(invalid), {}, invalid, frame)
 
 
+def _columnar_clear_output(values: list[str], out: Any, exact: Callable[[str], str]) -> BatchOutput | None:
+    """The kernel's clear-text frame, with the rows it refused decided by the exact rule.
+
+    None when a value the exact rule accepted cannot be held by polars (a lone surrogate): the
+    caller then runs the pure-Python path on the batch.
+    """
+    from airflow_audience_provider.identifiers.sorting import clear_frame
+
+    frame = out.frame
+    invalid: list[tuple[int, str]] = []
+    rescued: list[str] = []
+    for i in out.refused:
+        try:
+            rescued.append(exact(values[i]))
+        except InvalidIdentifier as exc:
+            invalid.append((i, exc.reason))
+    if rescued:
+        pl = load_email_kernel().polars  # type: ignore[union-attr]
+        try:
+            frame = pl.concat([frame, clear_frame(pl, rescued)])
+        except UnicodeError:
+            return None
+    return BatchOutput(len(values) - len(invalid), {}, invalid, frame)
+
+
+def kernel_takes_clear_text(profile: NormalisationProfile) -> bool:
+    """True when the profile's outputs are clear text (customer ids, ClientIDs) that the compiled kernel decides."""
+    return not profile.hashed_output and _kernel_passes_through(profile) and uses_kernel(profile)
+
+
 def _process_passthrough_with_kernel(
     values: list[str], profile: NormalisationProfile, *, columnar: bool = False
 ) -> BatchOutput | None:
@@ -292,6 +323,9 @@ def _process_passthrough_with_kernel(
             for key, lo, hi in zip(PARTITION_KEYS, bounds, bounds[1:], strict=False):
                 if hi > lo:
                     partitions[key] = text[lo * step : hi * step - 1]
+        elif columnar:
+            out = kernel.run_clear_frame(values, client_id=kind is IdentifierType.CLIENT_ID)
+            return _columnar_clear_output(values, out, normaliser_for(profile))
         else:
             clear = kernel.run_clear(values, client_id=kind is IdentifierType.CLIENT_ID)
             text, offsets, refused = clear.text, clear.offsets, clear.refused

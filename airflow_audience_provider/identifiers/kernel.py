@@ -301,21 +301,10 @@ class EmailKernel:
         run in polars.
         """
         pl = self._pl
-        frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)}).select(
-            pl.col("v").str.strip_chars(ASCII_BLANKS)
-        )
-        v = pl.col("v")
-        if client_id:
-            ok = v.str.contains(CLIENT_ID_PATTERN)
-        else:
-            length = v.str.len_chars()
-            refuse = f"{OPAQUE_CONTROL}|^[{OTHER_BLANKS}]|[{OTHER_BLANKS}]$"
-            ok = (length > 0) & (length <= _MAX_OPAQUE) & ~v.str.contains(refuse)
-        frame = frame.with_columns(ok=ok)
-        refused = frame.select(pl.arg_where(~pl.col("ok"))).to_series().to_list()
+        accepted, refused = self._clear_accepted(values, client_id=client_id)
         # Sorted here, in the read workers: each partition reaches the plan phase as a sorted run,
         # which its exact sort then takes in one pass (a stable sort by partition keeps the order).
-        accepted = frame.filter(pl.col("ok")).to_series().sort()
+        accepted = accepted.sort()
         if not len(accepted):
             return ClearOutput("", [0] * 257, refused)
         joined: str = accepted.str.join("\n").item()
@@ -328,6 +317,36 @@ class EmailKernel:
         offsets = starts.gather(bounds).to_list()
         offsets.append(starts[-1])
         return ClearOutput(ordered.get_column("v").str.join("\n").item(), offsets, refused)
+
+    def run_clear_frame(self, values: list[str], *, client_id: bool) -> KernelOutput:
+        """:meth:`run_clear` for the columnar plan: the accepted values as a frame in no particular order.
+
+        The frame has the columns of the digests' frames: ``h`` the value and ``p`` its partition
+        number (the low byte of its CRC-32) shifted to where a digest's prefix holds its first two
+        hex digits, so :class:`~airflow_audience_provider.identifiers.sorting.ColumnarSpill` groups
+        both alike. Nothing is sorted here: the plan sorts each block once.
+        """
+        from airflow_audience_provider.identifiers.sorting import clear_frame
+
+        accepted, refused = self._clear_accepted(values, client_id=client_id)
+        return KernelOutput(None, None, refused, None, clear_frame(self._pl, accepted), keys=self._keys)
+
+    def _clear_accepted(self, values: list[str], *, client_id: bool) -> tuple[Any, list[int]]:
+        """The values :meth:`run_clear` accepts, trimmed (a String Series), and the indices of the others."""
+        pl = self._pl
+        frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)}).select(
+            pl.col("v").str.strip_chars(ASCII_BLANKS)
+        )
+        v = pl.col("v")
+        if client_id:
+            ok = v.str.contains(CLIENT_ID_PATTERN)
+        else:
+            length = v.str.len_chars()
+            refuse = f"{OPAQUE_CONTROL}|^[{OTHER_BLANKS}]|[{OTHER_BLANKS}]$"
+            ok = (length > 0) & (length <= _MAX_OPAQUE) & ~v.str.contains(refuse)
+        frame = frame.with_columns(ok=ok)
+        refused = frame.select(pl.arg_where(~pl.col("ok"))).to_series().to_list()
+        return frame.filter(pl.col("ok")).to_series(), refused
 
     def _hash_accepted(self, frame: Any, *, upper: bool = False, column: Any = None) -> KernelOutput:
         pl, plh = self._pl, self._plh
@@ -403,8 +422,12 @@ def _self_test_passthrough(kernel: EmailKernel) -> bool:
     ids = kernel.run_clear(["b", " a\t", "", "c\x00"], client_id=False)
     want = sorted(["a", "b"], key=lambda v: (zlib.crc32(v.encode()) & 0xFF, v))
     client = kernel.run_clear(["18446744073709551615", "0", "7"], client_id=True)
+    frame = kernel.run_clear_frame(["b", " a\t", "", "c\x00"], client_id=False)
+    rows = sorted(zip(frame.frame.get_column("h").to_list(), frame.frame.get_column("p").to_list(), strict=True))
     return (
-        hexes.digests == digest
+        rows == [(v, (zlib.crc32(v.encode()) & 0xFF) << (4 * PREFIX_DIGITS - 8)) for v in ("a", "b")]
+        and frame.refused == [2, 3]
+        and hexes.digests == digest
         and hexes.refused == [1]
         and ids.text.split("\n") == want
         and ids.refused == [2, 3]

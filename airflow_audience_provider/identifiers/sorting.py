@@ -17,6 +17,7 @@ import collections
 import heapq
 import itertools
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -151,6 +152,48 @@ def hex_frame(pl: Any, digests: Any) -> Any:
     return pl.DataFrame([p, h]).sort("p", multithreaded=False)
 
 
+#: Bits a clear-text value's partition number is shifted by in ``p``: where a digest's prefix holds its first byte.
+PARTITION_SHIFT = 4 * PREFIX_DIGITS - 8
+
+
+def clear_frame(pl: Any, values: Any) -> Any:
+    """Clear-text values (a list or a polars String Series) as the columnar path's frame: ``p``, ``h``, in no order.
+
+    ``h`` is the value and ``p`` its partition number (the low byte of the CRC-32 of its UTF-8
+    bytes, :func:`~airflow_audience_provider.identifiers.hashing.partition_of`) shifted by
+    :data:`PARTITION_SHIFT`, so partition edges are those of digests. polars has no CRC-32:
+    ``zlib.crc32`` runs over the values' bytes here, the one per-value step under the GIL.
+
+    :raises UnicodeError: a value polars cannot hold (a lone surrogate).
+    """
+    h = pl.Series("h", values, dtype=pl.String)
+    crcs = list(map(zlib.crc32, h.cast(pl.Binary).to_list()))
+    p = (pl.Series("p", crcs, dtype=pl.UInt32) & 0xFF).cast(pl.Int64) * (1 << PARTITION_SHIFT)
+    return pl.DataFrame([p, h])
+
+
+def sorted_unique_clear_frame(pl: Any, frame: Any, edges: Any) -> Any:
+    """``sorted(set(values))`` of each partition of a clear-text frame (``p``, ``h``; rows in any order).
+
+    The order of clear-text snapshots: by partition, then by value. polars orders strings by
+    their UTF-8 bytes, which is the order of their code points, i.e. Python's. The rows are
+    grouped by ``p``, each partition's values sorted on their own (a third cheaper than sorting
+    the block's strings at once, and no gather of ``p``), then repeats dropped. Returns the frame.
+
+    :param edges: the least ``p`` of each of the 256 partitions (:attr:`ColumnarSpill.partition_edges`).
+    """
+    if not frame.height:
+        return frame
+    frame = frame.sort("p", multithreaded=False)
+    offsets: list[int] = frame.get_column("p").search_sorted(edges, "left").to_list()
+    offsets.append(frame.height)
+    values = frame.get_column("h")
+    parts = [values.slice(lo, hi - lo).sort(multithreaded=False) for lo, hi in itertools.pairwise(offsets) if hi > lo]
+    values = pl.concat(parts) if len(parts) > 1 else parts[0]
+    # equal values share their partition, so a value equal to its predecessor is a repeat
+    return pl.DataFrame([frame.get_column("p"), values]).filter((values != values.shift(1)).fill_null(True))
+
+
 def sorted_unique_frame(pl: Any, frame: Any) -> Any:
     """``sorted(set(digests))`` of a columnar frame (``p``, ``h``; any row order), as a polars String Series.
 
@@ -192,8 +235,14 @@ class ColumnarSpill:
     consecutive partitions of at most :data:`COLUMNAR_BLOCK_ROWS` values, so the work per value,
     and the memory (one bucket's pieces and one block), are the same at any list size.
 
+    Clear-text values (``clear``) take the same path with ``h`` the value and ``p`` its partition
+    number (:func:`clear_frame`); their bytes are counted as they are. A clear-text value polars
+    cannot hold (a lone surrogate, which the exact rule accepts) moves everything to a
+    :class:`PartitionSpill` (:attr:`text_spill`), and the Python plan runs.
+
     :param pl: the polars module.
     :param keep_bytes: the in-memory budget before the first spill (default ``KEEP_FACTOR * spill_bytes``).
+    :param clear: the values are clear text, not hex digests.
     """
 
     def __init__(
@@ -203,20 +252,24 @@ class ColumnarSpill:
         name: str,
         spill_bytes: int = DEFAULT_SPILL_BYTES,
         keep_bytes: int | None = None,
+        *,
+        clear: bool = False,
     ) -> None:
         self._pl = pl
         self.directory = directory
         self.name = name
         self.spill_bytes = spill_bytes
         self.keep_bytes = KEEP_FACTOR * spill_bytes if keep_bytes is None else keep_bytes
+        self.clear = clear
         self._frames: list[Any] = []
-        self._rows = 0
+        self._bytes = 0
+        self._text: PartitionSpill | None = None
         self._segments: list[IO[bytes]] = []
         #: per segment: (offset, length) of each bucket's IPC stream, and the 257 row offsets of the partitions
         self._pieces: list[list[tuple[int, int]]] = []
         self._offsets: list[list[int]] = []
         self._cache: dict[tuple[int, int], Any] = {}
-        self._partition_edges = pl.Series([k << (4 * PREFIX_DIGITS - 8) for k in range(256)], dtype=pl.Int64)
+        self._partition_edges = pl.Series([k << PARTITION_SHIFT for k in range(256)], dtype=pl.Int64)
         self.count = 0
 
     @property
@@ -224,19 +277,78 @@ class ColumnarSpill:
         """The polars module."""
         return self._pl
 
+    @property
+    def partition_edges(self) -> Any:
+        """The least ``p`` of each of the 256 partitions (an Int64 Series)."""
+        return self._partition_edges
+
+    @property
+    def text_spill(self) -> PartitionSpill | None:
+        """Where every value went once a clear-text value did not fit polars (the Python plan then runs); else None."""
+        return self._text
+
     def add(self, partitions: dict[str, str], count: int) -> None:
         """Add a batch's partitioned text outputs (a batch the kernel did not take)."""
-        text = "\n".join(t for t in partitions.values() if t)
-        self.add_frame(hex_frame(self._pl, text.split("\n") if text else []), count)
+        if self._text is None:
+            text = "\n".join(t for t in partitions.values() if t)
+            values = text.split("\n") if text else []
+            try:
+                frame = clear_frame(self._pl, values) if self.clear else hex_frame(self._pl, values)
+            except UnicodeError:
+                if not self.clear:
+                    raise
+                self._to_text()
+            else:
+                self.add_frame(frame, count)
+                return
+        assert self._text is not None
+        self._text.add(partitions, count)
+        self.count += count
 
     def add_frame(self, frame: Any, count: int) -> None:
-        """Add one batch's digests (``p``, ``h``, in any order); ``count`` valid outputs."""
+        """Add one batch's values (``p``, ``h``, in any order); ``count`` valid outputs."""
         self.count += count
+        if self._text is not None:
+            self._text.add(self._frame_partitions(frame), count)
+            return
         if frame.height:
             self._frames.append(frame)
-            self._rows += frame.height
-        if self._rows * _HEX_ROW_BYTES >= (self.spill_bytes if self._segments else self.keep_bytes):
+            self._bytes += self._frame_bytes(frame)
+        if self._bytes >= (self.spill_bytes if self._segments else self.keep_bytes):
             self.flush()
+
+    def _frame_bytes(self, frame: Any) -> int:
+        """A frame's bytes as the text spill would count them (a line per value)."""
+        if self.clear:
+            return int(frame.get_column("h").str.len_bytes().sum()) + frame.height
+        return frame.height * _HEX_ROW_BYTES
+
+    def _frame_partitions(self, frame: Any) -> dict[str, str]:
+        """A frame's values as :meth:`PartitionSpill.add` takes them: partition key -> values joined by newlines."""
+        frame = frame.sort("p", multithreaded=False)
+        offsets = self._partition_offsets(frame)
+        values = frame.get_column("h")
+        return {
+            PARTITION_KEYS[k]: values.slice(offsets[k], offsets[k + 1] - offsets[k]).str.join("\n").item()
+            for k in range(256)
+            if offsets[k + 1] > offsets[k]
+        }
+
+    def _to_text(self) -> None:
+        """Move every value so far, in memory or spilled, to a :class:`PartitionSpill` that takes the rest."""
+        text = PartitionSpill(self.directory, f"{self.name}-text", self.spill_bytes)
+        for frame in self._frames:
+            text.add(self._frame_partitions(frame), 0)
+        for segment, pieces in enumerate(self._pieces):
+            for bucket in range(len(pieces)):
+                text.add(self._frame_partitions(self._piece(segment, bucket)), 0)
+                self._cache.clear()
+        text.count = self.count
+        self._text = text
+        self._frames, self._bytes = [], 0
+        for fh in self._segments:
+            fh.close()
+        self._segments, self._pieces, self._offsets = [], [], []
 
     def _partition_offsets(self, frame: Any) -> list[int]:
         """Row offsets of the 256 partitions in a frame ordered by ``p``, and its height."""
@@ -246,14 +358,15 @@ class ColumnarSpill:
 
     def flush(self) -> None:
         """Write the buffered frames to new segment files of about ``spill_bytes`` each."""
-        frames = collections.deque(self._frames)
-        self._frames, self._rows = [], 0
+        frames = collections.deque((f, self._frame_bytes(f)) for f in self._frames)
+        self._frames, self._bytes = [], 0
         while frames:  # each group is dropped once written, so memory falls as segments are written
-            group = [frames.popleft()]
-            rows = group[0].height
-            while frames and (rows + frames[0].height) * _HEX_ROW_BYTES <= self.spill_bytes:
-                rows += frames[0].height
-                group.append(frames.popleft())
+            first, size = frames.popleft()
+            group = [first]
+            while frames and size + frames[0][1] <= self.spill_bytes:
+                more, more_size = frames.popleft()
+                size += more_size
+                group.append(more)
             self._write_segment(group)
 
     def _write_segment(self, frames: list[Any]) -> None:
@@ -278,7 +391,7 @@ class ColumnarSpill:
 
     def finish(self) -> None:
         """The read is over: once anything went to disk, the rest goes too (the plan holds little at a time)."""
-        if self._segments:
+        if self._text is None and self._segments:
             self.flush()
 
     def blocks(self) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -342,6 +455,8 @@ class ColumnarSpill:
         for fh in self._segments:
             fh.close()
         self._segments = []
+        if self._text is not None:
+            self._text.close()
 
 
 class CountingIterator:

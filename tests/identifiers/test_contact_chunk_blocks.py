@@ -97,3 +97,69 @@ def test_a_work_file_whose_last_line_has_no_newline_is_refused(tmp_path) -> None
     path.write_text("a\nb", encoding="utf-8")
     with pytest.raises(ValueError, match="no newline"):
         list(chunking.iter_chunks_from_file(path, rule_with(10, None), "add"))
+
+
+def _cumulative(values: list[str]) -> list[int]:
+    sizes = [0]
+    for v in values:
+        sizes.append(sizes[-1] + len(v.encode("utf-8")))
+    return sizes
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    values=st.lists(value, max_size=60),
+    max_ids=st.one_of(st.none(), st.integers(1, 12)),
+    max_bytes=st.one_of(st.none(), st.integers(25, 60)),
+    feeds=st.integers(1, 4),
+)
+def test_counting_by_sizes_gives_the_chunks_and_their_place_in_the_work_file(
+    tmp_path_factory: pytest.TempPathFactory,
+    values: list[str],
+    max_ids: int | None,
+    max_bytes: int | None,
+    feeds: int,
+) -> None:
+    """``feed_sizes`` (the columnar plan's counter) counts what ``feed`` counts, and the file
+    positions it records give, as file-backed chunks, the lists the value-by-value rule gives."""
+    rule = rule_with(max_ids, max_bytes)
+    want = reference_lists(values, rule)
+    counter = ChunkCounter(rule)
+    step = max(1, len(values) // feeds)
+    for i in range(0, len(values), step):
+        counter.feed_sizes(_cumulative(values[i : i + step]))
+    assert counter.chunks == len(want)
+    assert counter.values == len(values)
+    path = tmp_path_factory.mktemp("work") / "adds"
+    path.write_bytes("".join(f"{v}\n" for v in values).encode("utf-8"))
+    bounds = counter.file_chunks
+    assert bounds is not None
+    chunks = list(chunking.iter_chunks_from_file(path, rule, "add", first_index=2, total=9, bounds=bounds))
+    assert [c.identifiers for c in chunks] == want
+    assert [c.path for c in chunks] == [str(path)] * len(want)  # pointing into the file, not read back
+    assert [(c.index, c.total, len(c)) for c in chunks] == [(2 + i, 9, len(w)) for i, w in enumerate(want)]
+    assert [c.file_size for c in chunks] == [len(chunking.render_file(rule, w)) for w in want]
+
+
+def test_a_value_longer_than_the_byte_limit_is_still_refused_when_counted_by_size(tmp_path) -> None:
+    """No file positions then: the chunks are read back and cut, which refuses the value as before."""
+    rule = rule_with(None, 12)
+    values = ["aaaa", "bbbb", "cccc", "x" * 20]
+    counter = ChunkCounter(rule)
+    counter.feed_sizes(_cumulative(values))
+    assert counter.file_chunks is None
+    path = tmp_path / "adds"
+    path.write_text("".join(f"{v}\n" for v in values), encoding="utf-8")
+    it = chunking.iter_chunks_from_file(path, rule, "add", bounds=counter.file_chunks)
+    assert next(it).identifiers == ["aaaa", "bbbb"]
+    with pytest.raises(ValueError, match="longer than max_bytes_per_chunk"):
+        next(it)
+
+
+def test_values_counted_one_by_one_give_no_file_positions() -> None:
+    """The Python plan feeds lists: its chunks are read back from the file as before."""
+    counter = ChunkCounter(BASE)
+    counter.feed_sizes(_cumulative(["a", "b"]))
+    assert counter.file_chunks == [(2, 4)]
+    counter.feed(["c"])
+    assert counter.file_chunks is None

@@ -11,6 +11,7 @@ spill threshold, batch size, previous snapshot and mode.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from airflow_audience_provider.identifiers import fanout, get_rule, kernel, sorting
 from airflow_audience_provider.identifiers.chunking import Chunk
 from airflow_audience_provider.identifiers.fanout import run_destinations
-from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
+from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS, partition_of, sort_key
 from airflow_audience_provider.identifiers.rules import VendorRule
 from airflow_audience_provider.identifiers.snapshot import SnapshotStore
 from airflow_audience_provider.identifiers.sorting import (
@@ -402,3 +403,209 @@ def test_columnar_snapshot_reader_reads_and_refuses_what_the_python_reader_does(
     python = read(False)
     assert read(True) == python
     assert (python == "refused") == (damage != "none")
+
+
+# --- clear text (customer ids, ClientIDs): the columnar plan sorts by partition, then by value ---
+
+#: Ids that share long prefixes, are prefixes of one another, hold non-ASCII characters of 2 to 4
+#: UTF-8 bytes, and differ only in their last characters.
+CLEAR_ID = st.one_of(
+    st.text(alphabet="aAz09-\u00e9\u0436\u4e2d\U0001f600", min_size=1, max_size=6),
+    st.text(alphabet="0123456789", max_size=4).map(lambda s: "CUST-0000" + s),
+    st.text(alphabet="\u00e9\u00ea\U0001f600", min_size=1, max_size=3).map(lambda s: "\u0436" + s),
+)
+
+
+def _dress_clear(value: str, style: int) -> str:
+    """One id in a raw form: blanks around (a duplicate once trimmed), a no-break space (the kernel
+    refuses it, the exact rule trims it), or invalid (empty, a control character)."""
+    forms = [value, value, f"  {value}\t", f"\xa0{value}", "", f"{value}\x01"]
+    return forms[style % len(forms)]
+
+
+CLEAR_ROWS = st.lists(st.tuples(CLEAR_ID, st.integers(0, 11)), max_size=120)
+CLEAR_ENDS = ("", "0", "00", "\u00e9", "\U0001f600", "a")
+
+
+@dataclass
+class IndexedChunkLog(ChunkLog):
+    """:class:`ChunkLog` that also records each chunk's index."""
+
+    def _log(self, op: str, chunk: Chunk) -> ChunkResult:
+        self.calls.append((op, chunk.index, chunk.total, tuple(chunk.identifiers)))  # type: ignore[arg-type]
+        return ChunkResult(len(chunk))
+
+
+def _sync_clear(
+    rule: VendorRule, values: list[str], base: Path, work: Path, mode: str, spill_bytes: int, workers: int
+) -> tuple[dict[str, Any], list[Any], bytes]:
+    """One sync; its result, the sender's calls and the stored snapshot's bytes after the header."""
+    sender = IndexedChunkLog()
+    options = SyncOptions(
+        allow_mass_removal=True, allow_below_minimum=True, allow_empty=True, max_invalid_share=1.0, lease_timeout=0
+    )
+    store = SnapshotStore(rule.vendor, "seg", base)
+    dest = Destination("d", rule, sender, store, mode=mode, options=options, keep_state=True)
+    result = run_destinations(
+        IterableSource(values), [dest], workers=workers, work_dir=str(work), spill_bytes=spill_bytes, batch_size=16
+    )["d"]
+    result.pop("snapshot")
+    result["state"].pop("lease_token")
+    data = store.location.read_bytes().split(b"\n", 1)[1] if store.location.exists() else b""
+    return result, sender.calls, data
+
+
+def _both_ways(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+    rule: VendorRule,
+    lists: list[tuple[list[str], str]],
+    spill_bytes: int,
+    workers: int,
+) -> dict[str, list[Any]]:
+    """The syncs of ``lists`` (values, mode) one after the other, on the Python path and on the kernel's."""
+    runs = {}
+    for path in ("python", "auto"):
+        _use(monkeypatch, path)
+        root = tmp_path_factory.mktemp(path)
+        (root / "work").mkdir()
+        runs[path] = [
+            _sync_clear(
+                rule, values, root / "state", root / "work", mode, spill_bytes, 1 if path == "python" else workers
+            )
+            for values, mode in lists
+        ]
+    monkeypatch.delenv(kernel.KERNEL_ENV)
+    kernel.load_email_kernel.cache_clear()
+    return runs
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    first=CLEAR_ROWS,
+    second=CLEAR_ROWS,
+    first_mode=st.sampled_from(["sync", "add", "remove"]),
+    mode=st.sampled_from(["sync", "add", "remove", "replace"]),
+    spill_bytes=st.sampled_from([1, 300, 32 << 20]),
+    workers=st.sampled_from([1, 2]),
+    block_rows=st.sampled_from([8, 65536]),
+    limits=st.sampled_from([(None, None), (3, None), (None, 40), (5, 60)]),
+)
+def test_clear_text_columnar_plan_sends_and_stores_what_the_python_plan_does(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    first: list[tuple[str, int]],
+    second: list[tuple[str, int]],
+    first_mode: str,
+    mode: str,
+    spill_bytes: int,
+    workers: int,
+    block_rows: int,
+    limits: tuple[int | None, int | None],
+) -> None:
+    """Customer ids: a first sync without a snapshot (full replace, or one-way add/remove that keeps
+    none), then one in ``mode``; the same results, chunks (with their indices) and snapshot bytes."""
+    monkeypatch.setattr(sorting, "COLUMNAR_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 16)
+    monkeypatch.setattr(fanout, "KERNEL_PARALLEL_BATCH_ROWS", 16)
+    planned: list[int] = []
+    plan = sorting.sorted_unique_clear_frame
+    monkeypatch.setattr(fanout, "sorted_unique_clear_frame", lambda *a: planned.append(1) or plan(*a))
+    max_ids, max_bytes = limits
+    rule = get_rule("criteo", "customer_id").with_options(max_ids_per_chunk=max_ids, max_bytes_per_chunk=max_bytes)
+    # each row gives a family of ids (prefixes of one another), so partitions hold several values
+    lists = [
+        ([_dress_clear(v + end, s) for v, s in rows for end in CLEAR_ENDS], m)
+        for rows, m in ((first, first_mode), (second, mode))
+    ]
+    runs = _both_ways(monkeypatch, tmp_path_factory, rule, lists, spill_bytes, workers)
+    assert runs["auto"] == runs["python"]
+    assert planned or not any(r[0]["counts"]["unique"] for r in runs["auto"])  # the columnar plan ran
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    first=st.lists(st.tuples(st.integers(0, 10**20), st.integers(0, 4)), max_size=120),
+    second=st.lists(st.tuples(st.integers(0, 10**20), st.integers(0, 4)), max_size=120),
+    spill_bytes=st.sampled_from([1, 32 << 20]),
+)
+def test_client_id_columnar_plan_sends_and_stores_what_the_python_plan_does(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    first: list[tuple[int, int]],
+    second: list[tuple[int, int]],
+    spill_bytes: int,
+) -> None:
+    """ClientIDs of every length (leading zeros and zero go to the exact rule), in files of a few values."""
+    monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 16)
+    rule = get_rule("yandex_audience", "client_id").with_options(max_bytes_per_chunk=80)
+
+    def dress(n: int, style: int) -> str:
+        return [str(n), str(n), f" {n} ", f"0{n}", f"x{n}"][style]
+
+    lists = [([dress(n, s) for n, s in rows], "sync") for rows in (first, second)]
+    runs = _both_ways(monkeypatch, tmp_path_factory, rule, lists, spill_bytes, 2)
+    assert runs["auto"] == runs["python"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(CLEAR_ID, max_size=80), st.integers(0, 3))
+def test_sorted_unique_clear_frame_is_the_snapshot_order(values: list[str], pieces: int) -> None:
+    """By partition (the CRC-32 of the UTF-8 bytes), then by code point, each value once, whatever
+    order and however many pieces the rows come in."""
+    pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
+    values = values + values[: len(values) // 2]
+    frames = [sorting.clear_frame(pl, values[i :: pieces + 1]) for i in range(pieces + 1)]
+    edges = pl.Series([k << sorting.PARTITION_SHIFT for k in range(256)], dtype=pl.Int64)
+    got = sorting.sorted_unique_clear_frame(pl, pl.concat(frames), edges)
+    want = sorted(set(values), key=lambda v: sort_key(v, False))
+    assert got.get_column("h").to_list() == want
+    assert [int(p) >> sorting.PARTITION_SHIFT for p in got.get_column("p").to_list()] == [
+        int(partition_of(v, False), 16) for v in want
+    ]
+
+
+@pytest.mark.parametrize("spill_bytes", [1, 32 << 20])
+@pytest.mark.parametrize("where", ["first batch", "last batch", "kernel refused"])
+def test_clear_text_polars_cannot_hold_goes_to_the_python_plan(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, spill_bytes: int, where: str
+) -> None:
+    """A customer id with a lone surrogate (the exact rule keeps it; polars cannot hold it) moves
+    what the columnar spill holds, in memory or spilled, to the text spill: the Python plan runs."""
+    monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 16)
+    odd = "\xa0id\udcff" if where == "kernel refused" else "id\udcff"
+    values = [f"c{i % 70}" for i in range(200)]
+    values.insert(0 if where == "first batch" else len(values), odd)
+    moved: list[int] = []
+    to_text = ColumnarSpill._to_text
+    monkeypatch.setattr(ColumnarSpill, "_to_text", lambda self: moved.append(1) or to_text(self))
+    rule = get_rule("criteo", "customer_id").with_options(max_ids_per_chunk=40)
+    second = values[50:] if odd in values[50:] else [odd, *values[50:]]
+    runs = _both_ways(monkeypatch, tmp_path_factory, rule, [(values, "sync"), (second, "sync")], spill_bytes, 1)
+    assert runs["auto"] == runs["python"]
+    assert moved == [1, 1]
+    assert runs["auto"][0][2].decode("utf-8", "surrogatepass").count("id\udcff") == 1
+
+
+def test_clear_text_without_the_fast_extra(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where polars cannot be imported the kernel is off and the Python plan gives the same sync."""
+    values = [f" c{i % 90}\xe9 " for i in range(300)] + ["", "CUST-1", "CUST-10"]
+    rule = get_rule("criteo", "customer_id").with_options(max_ids_per_chunk=25)
+    runs = {}
+    for name in ("without polars", "auto"):
+        with monkeypatch.context() as m:
+            if name == "without polars":
+                m.setitem(sys.modules, "polars", None)  # import polars raises ImportError
+            kernel.load_email_kernel.cache_clear()
+            assert (kernel.load_email_kernel() is None) is (name == "without polars")
+            root = tmp_path_factory.mktemp("extra")
+            (root / "work").mkdir()
+            runs[name] = [
+                _sync_clear(rule, vals, root / "state", root / "work", "sync", 500, 1)
+                for vals in (values, [*values[:50], "new"])
+            ]
+    kernel.load_email_kernel.cache_clear()
+    assert runs["auto"] == runs["without polars"]
+    assert runs["auto"][1][0]["mode"] == "incremental"
