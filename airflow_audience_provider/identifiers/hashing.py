@@ -107,8 +107,9 @@ class BatchOutput:
     partitions: dict[str, str]
     invalid: list[tuple[int, str]]
     #: with ``columnar=True`` and the kernel: the outputs as a polars DataFrame (``p``, ``h``,
-    #: in no particular order, see :func:`~airflow_audience_provider.identifiers.sorting.hex_frame`
-    #: and, for clear text, :func:`~airflow_audience_provider.identifiers.sorting.clear_frame`)
+    #: digests ordered by ``p``, see :func:`~airflow_audience_provider.identifiers.sorting.hex_frame`;
+    #: clear text in no particular order, see
+    #: :func:`~airflow_audience_provider.identifiers.sorting.clear_frame`)
     #: instead of ``partitions``.
     frame: Any = None
 
@@ -267,6 +268,9 @@ def _columnar_output(
     if rescued:
         pl = load_email_kernel().polars  # type: ignore[union-attr]
         frame = pl.concat([frame, hex_frame(pl, rescued)])
+    # Ordered here, in the read workers (in parallel with two): a list kept in memory is then
+    # planned from each batch's slices, with no sort of the whole list in the plan's thread.
+    frame = frame.sort("p", multithreaded=False)
     if getattr(out, "invalid", None) and out.refused:
         invalid.sort()  # both kinds of invalid rows, in row order
     return BatchOutput(len(values) - len(invalid), {}, invalid, frame)

@@ -400,9 +400,9 @@ class ColumnarSpill:
         A block is a run of consecutive partitions of at most :data:`COLUMNAR_BLOCK_ROWS` values
         (a bigger partition is a block of its own); an empty list gives one empty block.
         """
-        if self._frames:
-            # what stayed in memory, sorted once (batches arrive in no particular order)
-            self._frames = [self._pl.concat(self._frames).sort("p", multithreaded=False)]
+        # What stayed in memory: each batch ordered by itself (the read workers order the kernel's),
+        # so a block is made of every batch's slice of its partitions.
+        self._frames = [f if f.get_column("p").is_sorted() else f.sort("p", multithreaded=False) for f in self._frames]
         memory = [(f, self._partition_offsets(f)) for f in self._frames]
         counts = [0] * 256
         for offsets in [*self._offsets, *(o for _, o in memory)]:
