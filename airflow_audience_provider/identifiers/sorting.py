@@ -27,9 +27,10 @@ from airflow_audience_provider.identifiers.kernel import PREFIX_DIGITS
 
 DEFAULT_SPILL_BYTES = 32 << 20
 #: A columnar list stays in memory, never spilled, while it is below this many times ``spill_bytes``
-#: (96 MiB of digests by default, ~1.5M values): writing and reading back the spill cost ~12% of a
-#: 1M-value sync's CPU, and past it the first spill writes segments of ``spill_bytes`` each.
-KEEP_FACTOR = 3
+#: (64 MiB of digests by default, ~1M values): writing and reading back the spill cost ~12% of a
+#: 1M-value sync's CPU, and past it the first spill writes segments of ``spill_bytes`` each. The
+#: peak of a long list (the budget, then spills) stays within 1.25x that of a list kept whole.
+KEEP_FACTOR = 2
 DEFAULT_MAX_PARTITION_BYTES = 16 << 20  # in memory a partition takes ~4x its file size (set + sorted list)
 DEFAULT_RUN_ITEMS = 200_000
 
