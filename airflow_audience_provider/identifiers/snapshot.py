@@ -33,13 +33,14 @@ import re
 import shutil
 import time
 import uuid
-from bisect import bisect_left
+import zlib
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from airflow_audience_provider.identifiers.errors import SnapshotError
-from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS, partition_of
+from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
 from airflow_audience_provider.identifiers.rules import VendorRule
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class SnapshotReader:
         self._origin = origin
         self._expected = expected_count
         self._buf: list[str] = []
+        #: clear text: the partition key of each value of ``_buf``
+        self._keys: list[str] = []
         self._pos = 0
         self._carry = ""
         self._eof = False
@@ -143,14 +146,16 @@ class SnapshotReader:
         return False
 
     def _check_order(self, lines: list[str]) -> None:
-        keyed = [(partition_of(v, self._hashed), v) for v in lines] if not self._hashed else None
         # Neighbours compared by C loops (map over operator.lt), no Python bytecode per value.
         if self._hashed:
             ordered = all(map(operator.lt, lines, itertools.islice(lines, 1, None)))
             first: tuple[str, str] = (lines[0][:2], lines[0])
             last: tuple[str, str] = (lines[-1][:2], lines[-1])
         else:
-            assert keyed is not None
+            # partition_of of every line, its CRC-32s taken by one map over the block's bytes
+            data = "\n".join(lines).encode("utf-8", "surrogatepass").split(b"\n")
+            self._keys = [PARTITION_KEYS[crc & 0xFF] for crc in map(zlib.crc32, data)]
+            keyed = list(zip(self._keys, lines, strict=True))
             ordered = all(map(operator.lt, keyed, itertools.islice(keyed, 1, None)))
             first, last = keyed[0], keyed[-1]
         if not ordered or (self._last is not None and not self._last < first) or not all(lines):
@@ -174,15 +179,15 @@ class SnapshotReader:
                 if end < len(buf):
                     return
             else:
-                while self._pos < len(buf):
-                    k = partition_of(buf[self._pos], False)
-                    if k == key:
-                        yield buf[self._pos]
-                        self._pos += 1
-                    elif k > key:
-                        return
-                    else:
-                        raise SnapshotError(f"snapshot {self._origin} has a value outside the partition order")
+                # the keys of a checked block never decrease: the partition is one run of them
+                keys = self._keys
+                if keys[self._pos] < key:
+                    raise SnapshotError(f"snapshot {self._origin} has a value outside the partition order")
+                end = bisect_right(keys, key, self._pos)
+                yield from buf[self._pos : end]
+                self._pos = end
+                if end < len(buf):
+                    return
 
     def finish(self) -> int:
         """Check nothing is left over and the count matches the header; return the count."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_audience_provider.identifiers.fanout import sorted_unique
-from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
+from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS, partition_of, sort_key
 from airflow_audience_provider.identifiers.sorting import PartitionSpill
 
 #: Lines as the engine stores them: no newline inside, anything else allowed.
@@ -92,3 +94,64 @@ def test_spill_writes_one_file_per_spill(tmp_path: Path) -> None:
         assert list(spill.iter_lines("ff", block=3)) == ["ff-0", "ff-1", "ff-2"]
     finally:
         spill.close()
+
+
+def _reference_partitions(lines: list[str], blocks: list[tuple[str, ...]], count: int) -> Any:
+    """What a clear-text snapshot reader must give: each block's values (checked value by value), or "refused"."""
+    keyed = [(partition_of(v, False), v) for v in lines]
+    if not all(lines) or any(a >= b for a, b in itertools.pairwise(keyed)) or len(lines) != count:
+        return "refused"
+    got, i = [], 0
+    for keys in blocks:
+        block = []
+        for key in keys:
+            while i < len(keyed) and keyed[i][0] == key:
+                block.append(keyed[i][1])
+                i += 1
+            if i < len(keyed) and keyed[i][0] < key:
+                return "refused"
+        got.append(block)
+    return got
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values=st.lists(LINE.filter(bool), min_size=2, max_size=80, unique=True),
+    damage=st.sampled_from(["none", "swap", "blank", "duplicate", "truncated", "extra"]),
+    at=st.integers(0, 10_000),
+    read_bytes=st.sampled_from([5, 40, 1 << 20]),
+    cuts=st.lists(st.integers(1, 255), max_size=6),
+)
+def test_clear_text_snapshot_reader_gives_each_partition_and_refuses_damage(
+    tmp_path_factory, monkeypatch, values: list[str], damage: str, at: int, read_bytes: int, cuts: list[int]
+) -> None:
+    """The reader takes each block's partition keys once and finds a partition by bisection: the
+    values and refusals of the value-by-value rule, whatever the read blocks cut (surrogates too)."""
+    from airflow_audience_provider.identifiers import snapshot
+
+    monkeypatch.setattr(snapshot, "_READ_BYTES", read_bytes)
+    lines = sorted(values, key=lambda v: sort_key(v, False))
+    i = at % (len(lines) - 1)
+    count = len(lines)
+    if damage == "swap":
+        lines[i], lines[i + 1] = lines[i + 1], lines[i]
+    elif damage == "blank":
+        lines.insert(i, "")
+    elif damage == "duplicate":
+        lines.insert(i, lines[i])
+    elif damage == "truncated":
+        count += 1
+    elif damage == "extra":
+        count -= 1
+    edges = sorted(set(cuts))
+    blocks = [PARTITION_KEYS[lo:hi] for lo, hi in zip([0, *edges], [*edges, 256], strict=True)]
+    path = tmp_path_factory.mktemp("snap") / "s.txt"
+    path.write_bytes("".join(f"{v}\n" for v in lines).encode("utf-8", "surrogatepass"))
+    with open(path, encoding="utf-8", errors="surrogatepass", newline="\n") as fh:
+        reader = snapshot.SnapshotReader(fh, hashed=False, origin="s", expected_count=count)
+        try:
+            got: Any = [[v for key in keys for v in reader.iter_partition(key)] for keys in blocks]
+            reader.finish()
+        except snapshot.SnapshotError:
+            got = "refused"
+    assert got == _reference_partitions(lines, blocks, count)
