@@ -107,9 +107,8 @@ class BatchOutput:
     partitions: dict[str, str]
     invalid: list[tuple[int, str]]
     #: with ``columnar=True`` and the kernel: the outputs as a polars DataFrame (``p``, ``h``,
-    #: digests ordered by ``p``, see :func:`~airflow_audience_provider.identifiers.sorting.hex_frame`;
-    #: clear text in no particular order, see
-    #: :func:`~airflow_audience_provider.identifiers.sorting.clear_frame`)
+    #: ordered by ``p``, see :func:`~airflow_audience_provider.identifiers.sorting.hex_frame` and,
+    #: for clear text, :func:`~airflow_audience_provider.identifiers.sorting.clear_frame`)
     #: instead of ``partitions``.
     frame: Any = None
 
@@ -298,7 +297,8 @@ def _columnar_clear_output(values: list[str], out: Any, exact: Callable[[str], s
             frame = pl.concat([frame, clear_frame(pl, rescued)])
         except UnicodeError:
             return None
-    return BatchOutput(len(values) - len(invalid), {}, invalid, frame)
+    # Grouped by partition here, in the read workers, as digests are (_columnar_output).
+    return BatchOutput(len(values) - len(invalid), {}, invalid, frame.sort("p", multithreaded=False))
 
 
 def kernel_takes_clear_text(profile: NormalisationProfile) -> bool:
