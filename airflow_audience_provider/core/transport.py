@@ -392,6 +392,8 @@ class Transport:
         self._sleep = sleep
         #: Count of HTTP requests actually sent (retries included); handy in logs and tests.
         self.requests_sent = 0
+        #: Guards the two counters above and below against requests sent from several threads.
+        self._counters = threading.Lock()
         #: Endpoints already reported as deprecated (one warning per endpoint and transport).
         self.deprecations_seen: dict[str, dict[str, str]] = {}
         #: Appended to authentication and permission errors, e.g. which connection field to fix.
@@ -456,7 +458,8 @@ class Transport:
             nonlocal auth_refreshed
             self._throttle(endpoint_class, label)
             try:
-                self.requests_sent += 1
+                with self._counters:
+                    self.requests_sent += 1
                 response = self.session.request(
                     method,
                     url,
@@ -470,7 +473,9 @@ class Transport:
                 )
             except requests.RequestException as exc:
                 if _reached_server(exc):
-                    self.last_unknown_outcome = time.monotonic()
+                    with self._counters:  # keep the latest: two threads may store out of order
+                        now = time.monotonic()
+                        self.last_unknown_outcome = max(now, self.last_unknown_outcome or now)
                 ambiguous = not idempotent and _reached_server(exc)
                 error = AudienceTransportError(
                     f"{label} failed: {type(exc).__name__}"
