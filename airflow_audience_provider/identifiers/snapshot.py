@@ -122,28 +122,37 @@ class SnapshotReader:
         """The snapshot's location, for messages."""
         return self._origin
 
-    def _fill(self) -> bool:
-        """Load the next block of lines; False at end of file."""
+    def read_text(self, size: int) -> str | None:
+        """The next complete lines, read ``size`` characters at a time, without their last newline.
+
+        At the end of the file, what follows the last newline; None once nothing is left. Blank
+        lines come back as empty lines (an empty string mid-file is one blank line).
+        """
         while not self._eof:
-            data = self._fh.read(_READ_BYTES)
+            data = self._fh.read(size)
             if not data:
                 self._eof = True
-                lines = [self._carry] if self._carry else []
-                self._carry = ""
-            else:
-                data = self._carry + data
-                cut = data.rfind("\n")
-                if cut < 0:
-                    self._carry = data
-                    continue
-                lines, self._carry = data[:cut].split("\n"), data[cut + 1 :]
-            if not lines:
+                text, self._carry = self._carry, ""
+                return text or None
+            data = self._carry + data
+            cut = data.rfind("\n")
+            if cut < 0:
+                self._carry = data
                 continue
-            self._check_order(lines)
-            self._buf, self._pos = lines, 0
-            self.count += len(lines)
-            return True
-        return False
+            text, self._carry = data[:cut], data[cut + 1 :]
+            return text
+        return None
+
+    def _fill(self) -> bool:
+        """Load the next block of lines; False at end of file."""
+        text = self.read_text(_READ_BYTES)
+        if text is None:
+            return False
+        lines = text.split("\n")
+        self._check_order(lines)
+        self._buf, self._pos = lines, 0
+        self.count += len(lines)
+        return True
 
     def _check_order(self, lines: list[str]) -> None:
         # Neighbours compared by C loops (map over operator.lt), no Python bytecode per value.
@@ -218,7 +227,6 @@ class ColumnarSnapshotReader:
         self._pl = pl
         self._reader = reader
         self._pending = pl.Series("h", [], dtype=pl.String)
-        self._carry = ""
         self._eof = False
         self._last: str | None = None
 
@@ -238,19 +246,10 @@ class ColumnarSnapshotReader:
     def _read(self) -> None:
         """Read, split and check the next block of values (append them to the pending ones)."""
         pl = self._pl
-        data = self._reader._fh.read(_COLUMNAR_READ_BYTES)
-        if not data:
+        text = self._reader.read_text(_COLUMNAR_READ_BYTES)
+        if text is None:
             self._eof = True
-            text, self._carry = self._carry, ""
-            if not text:  # the file ended with a newline
-                return
-        else:
-            data = self._carry + data
-            cut = data.rfind("\n")
-            if cut < 0:
-                self._carry = data
-                return
-            text, self._carry = data[:cut], data[cut + 1 :]  # complete lines (one blank line if empty)
+            return
         try:
             values = pl.Series("h", [text], dtype=pl.String).str.split("\n").list.explode()
         except Exception:  # text polars cannot hold (a lone surrogate): no list of digests
@@ -288,7 +287,7 @@ class ColumnarSnapshotReader:
 
     def finish(self) -> int:
         """:meth:`SnapshotReader.finish`: nothing left over, and the count the header says."""
-        if len(self._pending) or self._carry:
+        if len(self._pending):
             raise self._error("has values that belong to no partition")
         while not self._eof:
             self._read()
