@@ -26,7 +26,8 @@ Behaviour worth knowing when writing clients:
   real code is unverified) and counted in :attr:`SegmentFake.refused_edits`.
   :meth:`fail_next_compute` makes the next computation end ``Failed`` (or ``Error``),
   :meth:`stall_next_compute` keeps it ``Computing``, :meth:`set_status` forces any status.
-* Definitions: a query must have balanced quotes/parentheses, start with an extractor
+* Definitions: a query must have balanced quotes/parentheses (a backslash escapes the next
+  character, so ``\\'`` does not end a string), start with an extractor
   (``event(``, ``trait(``, ``entity(``, ``NOT``, ``ANY``, ``ALL`` or ``(``) and contain a comparison;
   else 422 ``ValidationFailure`` with ``field: definition.query``.
 * Previews: ``RUNNING`` for p, then ``COMPLETED`` with ``size`` and sampled ``results`` (or
@@ -122,9 +123,14 @@ def _size_of(query: str, salt: str = "") -> int:
 def _definition_problem(query: Any) -> str | None:
     if not isinstance(query, str) or not query.strip():
         return "definition.query is required"
-    depth, quoted = 0, False
+    # A backslash escapes the next character: Segment documents it for a literal "." in a name.
+    depth, quoted, escaping = 0, False, False
     for char in query:
-        if char == "'":
+        if escaping:
+            escaping = False
+        elif char == "\\":
+            escaping = True
+        elif char == "'":
             quoted = not quoted
         elif not quoted and char == "(":
             depth += 1

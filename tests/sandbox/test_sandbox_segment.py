@@ -120,6 +120,24 @@ def test_validation_errors_name_each_field(api):
     assert {e["field"] for e in errors} == {"name", "audienceType", "definition.query"}
 
 
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("trait('it\\'s') = 'yes'", None),  # an escaped quote stays inside the string
+        ("trait('a\\.b') = 'yes'", None),  # the escape Segment documents: a literal "." in a name
+        ("trait('a\\') = 'yes'", "definition.query has an unterminated string literal"),  # the string runs on
+        ("trait('x') = 'y\\'", "definition.query has an unterminated string literal"),
+    ],
+)
+def test_definition_check_honours_backslash_escapes(api, query, problem):
+    response = api("POST", json={"name": "Escapes", "audienceType": "USERS", "definition": {"query": query}})
+    if problem is None:
+        assert response.status_code == 200, response.text
+        return
+    errors = check_error(response, 422, "ValidationFailure")
+    assert errors["message"] == problem and errors["field"] == "definition.query"
+
+
 def test_not_found_names_space_and_audience(api, segment_sandbox):
     assert "aud_x" in check_error(api("GET", "/aud_x"), 404, "NotFound")["message"]
     other = requests.get(
