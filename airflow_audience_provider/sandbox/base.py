@@ -389,7 +389,8 @@ class VendorFake:
     #: Airflow connection id the sandbox's connection is generated for (e.g. ``"lytics_default"``).
     conn_id: ClassVar[str] = ""
     #: Settings changeable at run time (``configure`` / ``POST /_sandbox/config``). Every value is a
-    #: non-negative number or ``None`` (= off).
+    #: non-negative number or ``None`` (= off). A fake extends these two, which every fake has:
+    #: ``{**VendorFake.default_config, "processing_seconds": ..., <its own settings>}``.
     default_config: ClassVar[dict[str, float | None]] = {
         "processing_seconds": 2.0,
         "rate_limit_per_second": None,

@@ -156,8 +156,8 @@ class LyticsFake(VendorFake):
     name: ClassVar[str] = "lytics"
     conn_id: ClassVar[str] = "lytics_default"
     default_config: ClassVar[dict[str, float | None]] = {
+        **VendorFake.default_config,
         "processing_seconds": 3.0,
-        "rate_limit_per_second": None,
         "size_throttle_seconds": 10.0,
         # 1 = single-id DELETE answers 204 with no body (the skills say many v2 deletes do)
         "delete_no_content": 0.0,

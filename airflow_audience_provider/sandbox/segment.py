@@ -161,8 +161,8 @@ class SegmentFake(VendorFake):
     name: ClassVar[str] = "segment"
     conn_id: ClassVar[str] = "segment_default"
     default_config: ClassVar[dict[str, float | None]] = {
+        **VendorFake.default_config,
         "processing_seconds": 3.0,
-        "rate_limit_per_second": None,
         "rate_window_seconds": 60.0,
         "limit_list_audiences": 60,
         "limit_get_audience": 100,

@@ -115,8 +115,8 @@ class YandexAudienceFake(VendorFake):
     name: ClassVar[str] = "yandex_audience"
     conn_id: ClassVar[str] = "yandex_audience_default"
     default_config: ClassVar[dict[str, float | None]] = {
+        **VendorFake.default_config,
         "processing_seconds": 3.0,
-        "rate_limit_per_second": None,
         "writes_per_minute": 10,
         "writes_per_hour": 100,
         "writes_per_day": 500,

@@ -176,8 +176,8 @@ class YandexDirectFake(VendorFake):
     name: ClassVar[str] = "yandex_direct"
     conn_id: ClassVar[str] = "yandex_direct_default"
     default_config: ClassVar[dict[str, float | None]] = {
+        **VendorFake.default_config,
         "processing_seconds": 0.0,  # Direct itself is synchronous; kept for the shared CLI flag
-        "rate_limit_per_second": None,
         "units_daily_limit": 160000.0,
         "max_concurrent": 5.0,
         "request_seconds": 0.0,
