@@ -36,7 +36,7 @@ nitpick_ignore_regex = [
     ("py:.*", r"(requests|starlette|airflow)(\..+)?"),
     ("py:.*", r"Context|Path|PathLike|timedelta|Asset|TaskInstanceKey|PokeReturnValue|BaseOperator"),
     ("py:class", r"airflow_audience_provider\..*\._\w+"),  # private base classes, shown by show-inheritance
-    ("py:class", r"airflow_audience_provider\.core\.transport\.T"),  # a TypeVar
+    ("py:class", r"airflow_audience_provider\.core\.(transport|offload)\.T"),  # TypeVars
 ]
 suppress_warnings: list[str] = []
 templates_path: list[str] = []

@@ -646,6 +646,7 @@ __all__: Sequence[str] = (
     "DEFAULT_DRIFT_TOLERANCE",
     "MODES",
     "ContactListUploadOperator",
+    "UnknownIdentifierTypeError",
     "executor_names",
     "snapshot_base_is_shared",
     "upload_asset_extra",

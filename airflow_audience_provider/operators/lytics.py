@@ -246,7 +246,7 @@ class LyticsReevaluateSegmentOperator(_LyticsOperator):
     :param settle_polls: the size counts as settled after this many equal readings (0: only a
         completed job of the segment ends the wait; default 3).
     :param settle_interval: the least seconds between two size readings that count (default 600).
-    :return: ``{"segment_id", "slug_name", "requested_at", "size", "url", "status"}`` (plus
+    :return: ``{"segment_id", "slug_name", "name", "size", "url", "asset_uri", "requested_at", "status"}`` (plus
         ``job_id`` and ``signal``, ``job`` or ``size_settled``, after a wait).
     """
 

@@ -317,7 +317,7 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
     Other audiences may use this one through ``trait('<key>')``; what Segment does to them is
     unverified, so the operator lists the consumers (``audience-references``, v1alpha) first and
     refuses, naming them, unless ``force=True``. That endpoint exists in the alpha version only:
-    where the workspace does not offer it (403, 404, 405, 415 or 501), the removal goes ahead
+    where the workspace does not offer it (403, 404, 405, 410, 415 or 501), the removal goes ahead
     with a warning, unless ``check_references=True`` asked for the check. Keys are never reused
     by Segment: re-creating a removed audience gives it a new key.
 

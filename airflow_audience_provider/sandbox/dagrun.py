@@ -6,7 +6,7 @@ Used by ``make demo`` and by the test suite, and useful for testing your own DAG
         env = dag_test_env(airflow_home, dags_folder, sandbox)
         migrate_db(env)
         outcome = run_dag_test("my_dag", env)
-        print(outcome.ok, read_run(airflow_home_env=env, dag_id="my_dag"))
+        print(outcome.ok, read_run(env, "my_dag"))
 
 Reading the run needs the metadata DB of that ``AIRFLOW_HOME``; :func:`read_run` does it in a
 subprocess so the caller's own Airflow configuration is left alone.
