@@ -326,6 +326,41 @@ def test_journal_links_a_single_part_and_copies_several(tmp_path: Path, monkeypa
     assert ids.read_text() == "a\nb\n" and ids.stat().st_ino != one.stat().st_ino
 
 
+def test_journal_records_are_rewritten_in_place(tmp_path: Path) -> None:
+    """Per-chunk records reuse the file and stay valid JSON: no create or rename (they wait behind an fsync)."""
+    from airflow_audience_provider.identifiers.journal import Journal
+
+    directory = tmp_path / "state"
+    journal = Journal(directory)
+    journal.begin(run="r", owner="o", rule_key=RULE.key, kind="diff", parts=[None], inherited=0, token=None)
+    location = directory / "journal.json"
+    inode = location.stat().st_ino
+    for lines in (10, 20, 30):
+        journal.attempting(lines)
+        journal.acked(10)
+        meta = json.loads(location.read_bytes())
+        assert (meta["attempted"], meta["acked"]) == (lines, lines)
+        assert location.stat().st_ino == inode
+    assert journal.recover(RULE.key) is not None and not journal.recover(RULE.key).unusable
+    # A shorter record leaves spaces behind it; a record over a page is renamed in, then written in place again.
+    assert journal.meta is not None
+    journal.meta["owner"] = ""
+    journal.acked(0)
+    assert json.loads(location.read_bytes())["owner"] == "" and location.read_bytes().endswith(b" ")
+    journal.meta["note"] = "y" * 5000
+    journal.acked(0)
+    assert json.loads(location.read_bytes())["note"] == "y" * 5000 and location.stat().st_ino != inode
+    del journal.meta["note"]
+    journal.acked(0)
+    inode = location.stat().st_ino
+    journal.attempting(40)
+    assert json.loads(location.read_bytes())["attempted"] == 40 and location.stat().st_ino == inode
+    journal.failed("x" * 300)
+    assert json.loads(location.read_bytes())["state"] == "failed"
+    journal.finish()
+    assert not location.exists() and [p.name for p in directory.iterdir()] == []
+
+
 def test_failed_full_replace_is_recovered_from_the_linked_journal(tmp_path: Path) -> None:
     vendor = RecordingSender()
     vendor.fail_on_call = 3  # the replace and one chunk of additions land, then the run dies
