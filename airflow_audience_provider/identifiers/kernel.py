@@ -296,9 +296,9 @@ class EmailKernel:
         returns unchanged. Every other row is left to the exact rule.
 
         Partitions are the CRC-32 of the value's UTF-8 bytes (the partition function of clear-text
-        outputs, in the snapshot order too). polars has no CRC-32, so ``zlib.crc32`` runs over the
-        accepted values here (the one per-value step under the GIL); grouping, sorting and joining
-        run in polars.
+        outputs, in the snapshot order too), taken in polars
+        (:func:`~airflow_audience_provider.identifiers.sorting.crc32_low_bytes`), as are grouping,
+        sorting and joining.
         """
         pl = self._pl
         accepted, refused = self._clear_accepted(values, client_id=client_id)
@@ -307,9 +307,9 @@ class EmailKernel:
         accepted = accepted.sort()
         if not len(accepted):
             return ClearOutput("", [0] * 257, refused)
-        joined: str = accepted.str.join("\n").item()
-        crcs = list(map(zlib.crc32, joined.encode("utf-8").split(b"\n")))
-        keys = pl.Series(crcs, dtype=pl.UInt32) & 0xFF
+        from airflow_audience_provider.identifiers.sorting import crc32_low_bytes
+
+        keys = crc32_low_bytes(pl, accepted).cast(pl.UInt32)
         ordered = pl.DataFrame({"k": keys, "v": accepted}).sort("k", maintain_order=True)
         bounds = ordered.get_column("k").search_sorted(self._partition_numbers, "left")
         ends = (ordered.get_column("v").str.len_chars().cast(pl.Int64) + 1).cum_sum()

@@ -162,15 +162,97 @@ def clear_frame(pl: Any, values: Any) -> Any:
 
     ``h`` is the value and ``p`` its partition number (the low byte of the CRC-32 of its UTF-8
     bytes, :func:`~airflow_audience_provider.identifiers.hashing.partition_of`) shifted by
-    :data:`PARTITION_SHIFT`, so partition edges are those of digests. polars has no CRC-32:
-    ``zlib.crc32`` runs over the values' bytes here, the one per-value step under the GIL.
+    :data:`PARTITION_SHIFT`, so partition edges are those of digests. The CRC-32's low byte is
+    taken in polars (:func:`crc32_low_bytes`), off the GIL.
 
     :raises UnicodeError: a value polars cannot hold (a lone surrogate).
     """
     h = pl.Series("h", values, dtype=pl.String)
-    crcs = list(map(zlib.crc32, h.cast(pl.Binary).to_list()))
-    p = (pl.Series("p", crcs, dtype=pl.UInt32) & 0xFF).cast(pl.Int64) * (1 << PARTITION_SHIFT)
-    return pl.DataFrame([p, h])
+    p = crc32_low_bytes(pl, h).cast(pl.Int64) * (1 << PARTITION_SHIFT)
+    return pl.DataFrame([p.alias("p"), h])
+
+
+#: Longest value, in bytes, whose CRC-32 :func:`crc32_low_bytes` takes in polars (a lane of the
+#: sum below must not carry, so at most 255); longer values take ``zlib.crc32``.
+CRC_COLUMN_BYTES = 64
+#: The 8 bits of a byte, each in its own byte (lane) of a 64-bit word: a sum of at most 255 keeps each bit's parity.
+_LANES = 0x0101010101010101
+#: Multiplying the lanes' low bits by this puts lane ``i`` at bit ``56 + i``, with no carries.
+_GATHER_LANES = 0x0102040810204080
+
+
+class _CrcTables:
+    """Tables of :func:`crc32_low_bytes`: per distance from the end and byte, its term of the CRC's low byte."""
+
+    def __init__(self, pl: Any) -> None:
+        # CRC-32 is affine in the message bits: crc(m) = raw(m) ^ crc(zeros of len(m)), where raw
+        # (zero start, no final inversion) is linear, so raw(m) is the XOR of the terms of m's
+        # bytes, each depending only on the byte and its distance from the end; leading zero bytes
+        # add nothing to raw, so values right-aligned with zeros share one table.
+        spread = [sum(((b >> i) & 1) << (8 * i) for i in range(8)) for b in range(256)]
+        lanes = [
+            spread[(zlib.crc32(bytes((b,)) + bytes(d), 0xFFFFFFFF) ^ 0xFFFFFFFF) & 0xFF]
+            for d in range(CRC_COLUMN_BYTES)
+            for b in range(256)
+        ]
+        #: the low byte's bits, one per byte lane, of the byte ``b`` at distance ``d``: index ``256 * d + b``
+        self.lanes = pl.Series(lanes, dtype=pl.UInt64)
+        #: the low byte of the CRC-32 of ``n`` zero bytes, at index ``n``
+        self.zeros = pl.Series([zlib.crc32(bytes(n)) & 0xFF for n in range(CRC_COLUMN_BYTES + 1)], dtype=pl.UInt64)
+        self._offsets: dict[int, Any] = {}
+
+    def offsets(self, pl: Any, width: int) -> Any:
+        """The table index of column ``k`` of a ``width``-byte row: 256 times its distance from the end."""
+        found = self._offsets.get(width)
+        if found is None:
+            row = [256 * (width - 1 - k) for k in range(width)]
+            found = self._offsets[width] = pl.Series([row], dtype=pl.Array(pl.UInt16, width))
+        return found
+
+
+_crc_tables: _CrcTables | None = None
+
+
+def crc32_low_bytes(pl: Any, values: Any) -> Any:
+    """``zlib.crc32(v.encode("utf-8")) & 0xFF`` of every value of a String Series, as a UInt64 Series.
+
+    Computed column-wise in polars, which releases the GIL (``zlib.crc32`` per value holds it,
+    ~80-100 ns per value with its bytes objects): ASCII values of at most
+    :data:`CRC_COLUMN_BYTES` bytes are right-aligned with zero bytes into a byte matrix, each byte
+    is looked up in a table by its value and its distance from the end, the lookups summed per row
+    (one bit of the low byte per byte lane, its parity kept), and the length's constant XORed in.
+    Other values (non-ASCII, longer) take ``zlib.crc32``; a batch mostly of them takes it whole.
+    """
+    global _crc_tables
+    n = len(values)
+    size = values.str.len_bytes()
+    other = (size > CRC_COLUMN_BYTES) | (values.str.len_chars() != size)
+    others = other.sum()
+    if others * 2 > n:
+        crcs = map(zlib.crc32, values.cast(pl.Binary).to_list())
+        return pl.Series(list(crcs), dtype=pl.UInt64) & 0xFF
+    tables = _crc_tables
+    if tables is None:
+        tables = _crc_tables = _CrcTables(pl)
+    index = None
+    ascii_values = values
+    if others:
+        index = other.arg_true()
+        ascii_values = values.clone().scatter(index, "")
+        size = size.clone().scatter(index, 0)
+    width = size.max() or 0
+    if not width:
+        low = tables.zeros.gather(size)
+    else:
+        rows = ascii_values.str.pad_start(width, "\x00").cast(pl.Binary)
+        rows = rows.bin.reinterpret(dtype=pl.Array(pl.UInt8, width))
+        at = (rows.cast(pl.Array(pl.UInt16, width)) + tables.offsets(pl, width)).explode()
+        lanes = tables.lanes.gather(at).reshape((n, width)).arr.sum() & _LANES
+        low = (lanes * _GATHER_LANES) // (1 << 56) ^ tables.zeros.gather(size)
+    if index is not None:
+        crcs = map(zlib.crc32, values.gather(index).cast(pl.Binary).to_list())
+        low = low.scatter(index, pl.Series([c & 0xFF for c in crcs], dtype=pl.UInt64))
+    return low
 
 
 def sorted_unique_clear_frame(pl: Any, frame: Any, edges: Any) -> Any:
