@@ -422,6 +422,7 @@ class SegmentPreviewAudienceOperator(_SegmentOperator):
     :param definition: the audience query, or a path to a ``.segmentql`` file (templated).
     :param audience_type: ``USERS``, ``ACCOUNTS`` or ``LINKED`` (templated).
     :param options: ``filterByExternalIds``, ``backfillEventDataDays`` (templated).
+    :param target_entity: the data-graph entity of a LINKED definition (templated).
     :param audience_name: skip the preview when this audience already has this definition, is
         enabled and has computed (templated); an edited BATCH audience counts as computed only
         ``batch_compute_wait`` seconds after its last change (see

@@ -64,6 +64,7 @@ class CriteoAudienceLiveSensor(AudienceWaitSensor):
         for the statistics confirmation.
     :param min_identifiers: confirm with the statistics: at least this many identifiers (templated).
     :param owner_id: account or advertiser of the statistics read; default from the connection (templated).
+    :param criteo_conn_id: the Criteo connection (templated).
     :param start_from_trigger: start directly in the triggerer. Default: yes where the triggerer can
         render the templated arguments (Airflow 3.3+, or none is templated), else on a worker. True on
         an older Airflow with templated arguments warns and starts on a worker.
