@@ -149,7 +149,7 @@ class AudienceHook(BaseHook):
 
     :param conn_id: the Airflow connection id.
     :param timeouts: (connect, read) timeouts overriding the connection's.
-    :param retry: retry policy overriding the defaults and the connection's ``max_retries``.
+    :param retry: retry policy overriding the defaults and the connection's ``max_attempts``.
     """
 
     spec: ClassVar[ConnectionSpec]

@@ -24,8 +24,8 @@ incorporated, and Segment warns against editing before a (re)computation complet
 audience counts as locked for edits while its status is
 one of :data:`EDIT_LOCKED_STATUSES` (``Locked``, ``Preparing``, ``Computing``, ``Backfilling``);
 :meth:`SegmentHook.audience_edit_status` is the status function the operators wait on before
-they edit. Assumption (unverified): the answer to an edit of a locked audience is 409 or 422;
-:meth:`SegmentHook.update_audience_for_space` reads the audience back on either and raises
+they edit. Assumption (unverified): the answer to an edit of a locked audience is 409, 422 or 423;
+:meth:`SegmentHook.update_audience_for_space` reads the audience back on any of them and raises
 :class:`SegmentAudienceLockedError` when it is locked.
 
 **Query parameters**: object parameters use the dot notation the docs show for pagination
@@ -43,7 +43,7 @@ overridable with the connection's ``rate_limits`` extra). A 429 is retried by th
 else the body's ``data.msBeforeNext``, else ``X-RateLimit-Reset`` (an RFC 5322 date). Segment
 counts per token, so other users of the token spend the same budget: when an answer says
 ``X-RateLimit-Remaining: 0``, the next call of that operation waits for ``X-RateLimit-Reset``
-(at most ``max_header_pause`` seconds) instead of collecting a 429. The monthly preview quota
+(at most a minute, the profile's ``max_budget_pause``) instead of collecting a 429. The monthly preview quota
 (700) belongs to the space, whichever token spends it, and is counted per space.
 """
 
@@ -621,7 +621,7 @@ class SegmentHook(AudienceHook):
         ``fields``: any of ``enabled``, ``name``, ``description``, ``definition`` (``{"query"}``),
         ``options``. The audience is locked afterwards until Segment has incorporated the change.
 
-        :raises SegmentAudienceLockedError: when Segment refuses the edit (409/422) and the
+        :raises SegmentAudienceLockedError: when Segment refuses the edit (409/422/423) and the
             audience reads back as locked.
         """
         space = self.space(space_id)

@@ -13,8 +13,9 @@ on the client side by the shared rate limiter before a request leaves: segment c
 requests 10 per minute, 100 per hour and 500 per day per login; 5000 requests per day per login
 (reads and writes together: Yandex counts reads and writes in separate groups, so one shared
 budget is the conservative reading); 30 requests per second per IP (shared by every login on the
-host); reprocess 20 per login per 24 h. The numbers can be changed in the connection's extras (raised quotas). A quota
-error from Yandex (HTTP 429, ``error_type`` ``quota``) names the quota and when it frees up.
+host); reprocess 20 per login per 24 h. All but the reprocess one can be changed in the
+connection's extras (raised quotas). A quota error from Yandex (HTTP 429, ``error_type``
+``quota``) names the quota and when it frees up.
 
 **Statuses**: ``processed`` is done; ``processing_failed`` and ``few_data`` are
 failures (few_data comes with advice: add data or reprocess); ``is_processed`` and
