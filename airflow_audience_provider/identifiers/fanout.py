@@ -983,7 +983,7 @@ def _merge_diff_columns(new: Any, p_new: Any, old: Any) -> tuple[Any, Any]:
     """:func:`~airflow_audience_provider.identifiers.sorting.merge_diff` of two sorted String Series
     of hex digests without duplicates: the values only in ``new`` and those only in ``old``, each sorted.
 
-    Values are matched by their 60-bit prefixes (``p_new`` for ``new``; integers, where looking up
+    Values are matched by their 48-bit prefixes (``p_new`` for ``new``; integers, where looking up
     the strings reads scattered memory), then the matched pairs' strings are compared. Where two
     values of one list share a prefix, or two different values of the two lists do, the strings
     are searched instead.

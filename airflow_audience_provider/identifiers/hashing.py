@@ -248,7 +248,7 @@ def _columnar_output(
     values: list[str], out: Any, exact: Callable[[str], str], raw_bytes: bool, hashing: bool = True
 ) -> BatchOutput:
     """The kernel's frame, with the rows it refused decided by the exact rule (and hashed unless ``hashing`` is off)."""
-    from airflow_audience_provider.identifiers.sorting import hex_frame
+    from airflow_audience_provider.identifiers.sorting import hex_frame, sort_by_prefix
 
     frame = out.frame
     invalid: list[tuple[int, str]] = list(getattr(out, "invalid", ()))  # rows the kernel decided invalid (phones)
@@ -269,7 +269,7 @@ def _columnar_output(
         frame = pl.concat([frame, hex_frame(pl, rescued)])
     # Ordered here, in the read workers (in parallel with two): a list kept in memory is then
     # planned from each batch's slices, with no sort of the whole list in the plan's thread.
-    frame = frame.sort("p", multithreaded=False)
+    frame = sort_by_prefix(load_email_kernel().polars, frame)  # type: ignore[union-attr]
     if getattr(out, "invalid", None) and out.refused:
         invalid.sort()  # both kinds of invalid rows, in row order
     return BatchOutput(len(values) - len(invalid), {}, invalid, frame)
@@ -281,7 +281,7 @@ def _columnar_clear_output(values: list[str], out: Any, exact: Callable[[str], s
     None when a value the exact rule accepted cannot be held by polars (a lone surrogate): the
     caller then runs the pure-Python path on the batch.
     """
-    from airflow_audience_provider.identifiers.sorting import clear_frame
+    from airflow_audience_provider.identifiers.sorting import clear_frame, sort_by_prefix
 
     frame = out.frame
     invalid: list[tuple[int, str]] = []
@@ -298,7 +298,8 @@ def _columnar_clear_output(values: list[str], out: Any, exact: Callable[[str], s
         except UnicodeError:
             return None
     # Grouped by partition here, in the read workers, as digests are (_columnar_output).
-    return BatchOutput(len(values) - len(invalid), {}, invalid, frame.sort("p", multithreaded=False))
+    pl = load_email_kernel().polars  # type: ignore[union-attr]
+    return BatchOutput(len(values) - len(invalid), {}, invalid, sort_by_prefix(pl, frame))
 
 
 def kernel_takes_clear_text(profile: NormalisationProfile) -> bool:

@@ -78,8 +78,10 @@ OPAQUE_CONTROL = r"[\x00-\x1f\x7f]"
 #: leaves starting or ending with one is left to the exact rule.
 OTHER_BLANKS = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _MAX_OPAQUE = 512
-#: Hex digits of a digest's prefix, the order of the kernel's outputs and of the columnar plan: 60 bits, an Int64.
-PREFIX_DIGITS = 15
+#: Hex digits of a digest's prefix, the order of the kernel's outputs and of the columnar plan: 48 bits, an Int64.
+#: A slice of at most 12 bytes is held inside polars' string view, so reading it back touches no
+#: other memory: 15 digits cost ~50 ns per value to cut and parse, 12 cost ~34.
+PREFIX_DIGITS = 12
 
 
 #: Printable ASCII and the ASCII blanks: a value made of these only is trimmed alike by the kernel and
@@ -157,9 +159,9 @@ class KernelOutput:
         return self._bounds
 
     def _order(self) -> None:
-        # Ordered by the first 60 bits (15 hex digits, an Int64): partition "3f" starts at the first
+        # Ordered by the first 48 bits (PREFIX_DIGITS hex digits, an Int64): partition "3f" starts at the first
         # digest >= "3f" (a binary search only compares prefixes here), and each partition reaches
-        # the Python plan as a run that is sorted but for ties of 60 bits, which the plan's exact
+        # the Python plan as a run that is sorted but for ties of 48 bits, which the plan's exact
         # sort then merges in a few comparisons per value. Sorting on an integer costs half of
         # sorting the strings, and it runs here, in the read workers, in parallel.
         self.frame = self.frame.sort("p", multithreaded=False)

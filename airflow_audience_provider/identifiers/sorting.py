@@ -146,11 +146,29 @@ COLUMNAR_BLOCK_ROWS = 65536
 _HEX_ROW_BYTES = 65
 
 
+def sort_by_prefix(pl: Any, frame: Any) -> Any:
+    """``frame`` (``p``, ``h``) ordered by ``p``, rows of equal ``p`` in their order: one sort of integers.
+
+    ``p`` (at most ``4 * PREFIX_DIGITS`` bits) and the row number are packed into one UInt64 and
+    sorted as plain integers, then the rows are gathered in that order: for the read workers'
+    batches in no order this costs ~24 ns per row, where ``DataFrame.sort`` (an argument sort of
+    pairs) cost ~32. A frame too long for the row number to fit beside ``p`` is sorted as before.
+    """
+    n = frame.height
+    bits = (n - 1).bit_length() if n > 1 else 0
+    if n < 2 or 4 * PREFIX_DIGITS + bits > 64:
+        return frame.sort("p", multithreaded=False)
+    low = (1 << bits) - 1
+    key = (pl.col("p").cast(pl.UInt64) * (1 << bits)) | pl.int_range(n, dtype=pl.UInt64)
+    order = frame.select((key.sort() & low).cast(pl.get_index_type())).to_series()
+    return frame.gather(order)
+
+
 def hex_frame(pl: Any, digests: Any) -> Any:
     """Hex digests (a list or a polars Series) as the columnar path's frame: ``p`` (prefix), ``h``, ordered by ``p``."""
     h = pl.Series("h", digests, dtype=pl.String)
     p = h.str.slice(0, PREFIX_DIGITS).str.to_integer(base=16).alias("p")
-    return pl.DataFrame([p, h]).sort("p", multithreaded=False)
+    return sort_by_prefix(pl, pl.DataFrame([p, h]))
 
 
 #: Bits a clear-text value's partition number is shifted by in ``p``: where a digest's prefix holds its first byte.
@@ -288,9 +306,9 @@ def sorted_unique_frame(pl: Any, frame: Any) -> Any:
 def sorted_unique_rows(pl: Any, frame: Any) -> Any:
     """The rows of a columnar frame (``p``, ``h``; any row order) with distinct digests, sorted by digest.
 
-    The digests are sorted by their 60-bit prefix (an integer sort, a tenth of the cost of sorting
+    The digests are sorted by their 48-bit prefix (an integer sort, a tenth of the cost of sorting
     the strings). Rows with the prefix of their predecessor are then either the same digest
-    (dropped) or, where two different digests share 60 bits, the whole frame is sorted again by
+    (dropped) or, where two different digests share 48 bits, the whole frame is sorted again by
     the strings. Every call runs in the calling thread and releases the GIL.
     """
     if not frame.height:

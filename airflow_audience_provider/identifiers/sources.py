@@ -17,6 +17,7 @@ import csv
 import gzip
 import itertools
 import json
+import operator
 import os
 import pathlib
 from collections.abc import Iterable, Iterator
@@ -425,14 +426,18 @@ class IterableSource:
 
     def iter_batches(self, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[RawBatch]:
         """Yield batches; the "line" of a value is its 1-based position."""
-        it = iter(self.values)
+        values = self.values
+        parts: Iterable[list[Any]]
+        if isinstance(values, list):  # cut by slicing: no iterator step per value
+            parts = (values[i : i + batch_size] for i in range(0, len(values), batch_size))
+        else:
+            it = iter(values)
+            parts = iter(lambda: list(itertools.islice(it, batch_size)), [])
         position = 1
-        while True:
-            part = list(itertools.islice(it, batch_size))
-            if not part:
-                return
-            if set(map(type, part)) != {str}:  # C-level check; the common case is all str
-                part = [self._text(v, position + i) for i, v in enumerate(part)]
+        for raw in parts:
+            part = raw
+            if operator.countOf(map(type, raw), str) != len(raw):  # C-level check; the common case is all str
+                part = [self._text(v, position + i) for i, v in enumerate(raw)]
             yield RawBatch(part, self.origin, first_line=position)
             position += len(part)
 

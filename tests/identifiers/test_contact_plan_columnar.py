@@ -29,6 +29,7 @@ from airflow_audience_provider.identifiers.snapshot import SnapshotStore
 from airflow_audience_provider.identifiers.sorting import (
     ColumnarSpill,
     hex_frame,
+    sort_by_prefix,
     sorted_unique_frame,
     sorted_unique_rows,
 )
@@ -177,10 +178,11 @@ def test_columnar_plan_of_other_digest_rules(
     assert runs["auto"][0]["counts"]["duplicate"] > 200
 
 
-#: Digests that share their first 15 hex digits (the columnar sort key) and differ after it.
+#: Digests that share their first PREFIX_DIGITS hex digits (the columnar sort key) and differ after it.
 COLLIDING = st.lists(
     st.tuples(
-        st.sampled_from(["0" * 15, "7" * 15, "f" * 15]), st.text(alphabet="0123456789abcdef", min_size=49, max_size=49)
+        st.sampled_from([c * kernel.PREFIX_DIGITS for c in "07f"]),
+        st.text(alphabet="0123456789abcdef", min_size=64 - kernel.PREFIX_DIGITS, max_size=64 - kernel.PREFIX_DIGITS),
     ),
     max_size=40,
 ).map(lambda pairs: [a + b for a, b in pairs])
@@ -190,12 +192,43 @@ HEX = st.integers(0, 200).map(lambda i: hashlib.sha256(str(i).encode()).hexdiges
 @settings(max_examples=200)
 @given(st.lists(HEX, max_size=60), COLLIDING)
 def test_sorted_unique_frame_is_sorted_set(values: list[str], colliding: list[str]) -> None:
-    """Exact even where different digests share the 60-bit prefix the frame is sorted by."""
+    """Exact even where different digests share the 48-bit prefix the frame is sorted by."""
     pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
     values = values + colliding + colliding[:3]
     assert sorted_unique_frame(pl, hex_frame(pl, values)).to_list() == sorted(set(values))
     rows = sorted_unique_rows(pl, hex_frame(pl, values))
-    assert rows.get_column("p").to_list() == [int(h[:15], 16) for h in sorted(set(values))]
+    assert rows.get_column("p").to_list() == [int(h[: kernel.PREFIX_DIGITS], 16) for h in sorted(set(values))]
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.one_of(HEX, COLLIDING.map(lambda v: v[0] if v else "0" * 64)), max_size=80),
+    st.sampled_from([0, 1, 2, 7, 255]),
+)
+def test_sort_by_prefix_is_a_stable_sort_by_p(values: list[str], partitions: int) -> None:
+    """The packed integer sort of the read workers orders rows as a stable sort by ``p`` would,
+    for digest prefixes (equal ones too) and for clear-text partition numbers (few distinct ``p``)."""
+    pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
+    digests = pl.DataFrame(
+        [
+            pl.Series("p", [int(v[: kernel.PREFIX_DIGITS], 16) for v in values], dtype=pl.Int64),
+            pl.Series("h", values, dtype=pl.String),
+        ]
+    )
+    clear = pl.DataFrame(
+        [
+            pl.Series(
+                "p",
+                [(i * 37 % (partitions + 1)) << sorting.PARTITION_SHIFT for i in range(len(values))],
+                dtype=pl.Int64,
+            ),
+            pl.Series("h", [f"id{i}" for i in range(len(values))], dtype=pl.String),
+        ]
+    )
+    for frame in (digests, clear):
+        got = sort_by_prefix(pl, frame)
+        assert got.rows() == frame.sort("p", maintain_order=True).rows()
+        assert got.schema == frame.schema
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -322,7 +355,7 @@ def test_columnar_diff_is_the_set_difference(
     new: list[str], old: list[str], more_new: list[str], more_old: list[str]
 ) -> None:
     """Values only in the new list and only in the old one, also where different digests share the
-    60-bit prefix the lists are matched by (in one list, or across the two)."""
+    48-bit prefix the lists are matched by (in one list, or across the two)."""
     pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
     a, b = sorted(set(new + more_new)), sorted(set(old + more_old))
     rows = sorted_unique_rows(pl, hex_frame(pl, a))

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from airflow_audience_provider.identifiers.errors import SourceError, WrongIdentifierTypeError
 from airflow_audience_provider.identifiers.sources import (
@@ -128,6 +130,22 @@ def test_iterable_source_positions_and_types() -> None:
     with pytest.raises(SourceError) as exc:
         read_all(IterableSource([b"ok", b"\xff"]))
     assert exc.value.line == 2
+
+
+@given(
+    st.lists(st.one_of(st.text(max_size=5), st.binary(max_size=3), st.none(), st.integers(), st.booleans())),
+    st.integers(1, 7),
+)
+def test_iterable_source_batches_a_list_as_any_iterable(values: list[object], batch_size: int) -> None:
+    """A list is cut by slicing, any other iterable through an iterator: the same batches either way."""
+
+    def batches(source: IterableSource) -> list[tuple[list[str], int]] | str:
+        try:
+            return [(b.values, b.first_line) for b in source.iter_batches(batch_size)]
+        except SourceError as exc:
+            return f"{exc.line}"
+
+    assert batches(IterableSource(values)) == batches(IterableSource(iter(values)))
 
 
 def test_open_source_formats_and_xcom_reference(tmp_path: Path) -> None:
