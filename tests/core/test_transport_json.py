@@ -95,3 +95,24 @@ def test_json_strings_read_into_the_body_that_are_not_hex_lines_are_written_as_t
 def test_json_strings_read_into_the_body_refuse_a_wrong_count(lines, count):
     with pytest.raises(ValueError):
         encode_json({"identifiers": _reading(lines, count)})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=70),
+    st.integers(min_value=1, max_value=30),
+    st.lists(st.tuples(st.integers(min_value=0), st.sampled_from('0aF\ng"\\ xZ')), max_size=3),
+)
+def test_json_strings_of_one_width_read_into_the_body(width, count, edits):
+    """Lines of one width take the pattern check: same JSON as the list of the strings, or the same refusal."""
+    lines = bytearray(("0123456789abcdefABCDEF" * 4)[:width].encode() + b"\n") * count
+    for position, char in edits:
+        lines[position % len(lines)] = ord(char)
+    lines = bytes(lines)
+    body = {"identifiers": _reading(lines, count), "n": 1}
+    values = lines.decode("ascii").split("\n")[:-1] if lines.endswith(b"\n") else None
+    if values is None or len(values) != count:
+        with pytest.raises(ValueError):
+            encode_json(body)
+        return
+    assert encode_json(body) == json.dumps({"identifiers": values, "n": 1}).encode()
