@@ -513,6 +513,8 @@ def measure_end_to_end(n: int, workers: int, work_dir: str) -> dict[str, Any]:
     logging.getLogger("airflow_audience_provider").setLevel(logging.WARNING)  # no progress lines in the report
     proc, env = _start_sandbox(work_dir)
     os.environ.update(env)
+    # The default file backend of rate budgets, as in a deployment, kept in the run's work dir.
+    os.environ.setdefault("AUDIENCE_RATELIMIT_DIR", os.path.join(work_dir, "ratelimits"))
     try:
         hook = CriteoHook()
         created = hook.bulk_create_audience_segments(

@@ -472,7 +472,7 @@ def limiter_from_setting(setting: str | None) -> RateLimiter:
     ``file`` (the default directory), ``file:///path`` or a directory path; ``None`` = the default.
 
     The default is the file backend under ``AUDIENCE_RATELIMIT_DIR`` if set (``""`` = memory),
-    else under ``$AIRFLOW_HOME/audience_ratelimits`` when ``AIRFLOW_HOME`` is set, else memory.
+    else under ``$AIRFLOW_HOME/audience_ratelimits`` (``~/airflow`` when ``AIRFLOW_HOME`` is unset, as in Airflow).
     """
     if setting and setting.startswith(("redis://", "rediss://", "unix://")):
         return RateLimiter(backend=RedisBackend(setting))
@@ -490,8 +490,10 @@ def limiter_from_setting(setting: str | None) -> RateLimiter:
             )
         return RateLimiter(Path(path))
     directory = os.environ.get("AUDIENCE_RATELIMIT_DIR")
-    if directory is None and os.environ.get("AIRFLOW_HOME"):
-        directory = os.path.join(os.environ["AIRFLOW_HOME"], "audience_ratelimits")
+    if directory is None:
+        # Airflow's own default home when AIRFLOW_HOME is unset, so task processes still share budgets.
+        home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+        directory = os.path.join(home, "audience_ratelimits")
     return RateLimiter(Path(directory) if directory else None)
 
 

@@ -423,8 +423,11 @@ class Transport:
         #: ``time.monotonic()`` of the last attempt abandoned after it may have reached the vendor
         #: (read timeout, dropped connection): that request may still be applied later.
         self.last_unknown_outcome: float | None = None
-        #: Seconds such a request may still be applied by the vendor (assumption); None = 3 read timeouts.
+        #: Seconds such a request may still be applied by the vendor (assumption); None = 3 of that
+        #: request's read timeouts (an upload's own, larger timeout counts, not the connection's).
         self.settle_seconds: float | None = None
+        #: The latest ``abandoned at + 3 read timeouts`` of the abandoned requests (0 = none).
+        self._settle_deadline: float = 0.0
         #: Seconds between read-backs of a write whose answer was lost, while it may still land.
         self.read_back_interval: float = 5.0
 
@@ -489,9 +492,11 @@ class Transport:
                 )
             except requests.RequestException as exc:
                 if _reached_server(exc):
+                    read_timeout = float((timeouts or self.timeouts).read)
                     with self._counters:  # keep the latest: two threads may store out of order
                         now = time.monotonic()
                         self.last_unknown_outcome = max(now, self.last_unknown_outcome or now)
+                        self._settle_deadline = max(self._settle_deadline, now + 3 * read_timeout)
                 ambiguous = not idempotent and _reached_server(exc)
                 error = AudienceTransportError(
                     f"{label} failed: {type(exc).__name__}"
@@ -535,8 +540,10 @@ class Transport:
         """``time.monotonic()`` until which an abandoned request of this transport may still land (0 = none)."""
         if self.last_unknown_outcome is None:
             return 0.0
-        settle = self.settle_seconds if self.settle_seconds is not None else 3 * float(self.timeouts.read)
-        return self.last_unknown_outcome + settle
+        if self.settle_seconds is not None:
+            return self.last_unknown_outcome + self.settle_seconds
+        with self._counters:
+            return max(self._settle_deadline, self.last_unknown_outcome + 3 * float(self.timeouts.read))
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """:meth:`request` and decode the JSON answer; ``None`` for an empty body (204)."""

@@ -217,6 +217,15 @@ def test_backend_setting_chooses_the_ledger(tmp_path, monkeypatch):
     monkeypatch.setenv("AUDIENCE_RATELIMIT_DIR", str(tmp_path / "dir"))
     assert limiter_from_setting(None).backend.state_dir == tmp_path / "dir"
     assert limiter_from_setting("file").backend.state_dir == tmp_path / "dir"
+    monkeypatch.delenv("AUDIENCE_RATELIMIT_DIR")
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))
+    assert limiter_from_setting(None).backend.state_dir == tmp_path / "home" / "audience_ratelimits"
+    # Without AIRFLOW_HOME, Airflow's own default home: task processes of one host still share budgets.
+    monkeypatch.delenv("AIRFLOW_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert limiter_from_setting(None).backend.state_dir == tmp_path / "user" / "airflow" / "audience_ratelimits"
+    monkeypatch.setenv("AUDIENCE_RATELIMIT_DIR", "")
+    assert isinstance(limiter_from_setting(None).backend, MemoryBackend)
     monkeypatch.setenv("AIRFLOW__AUDIENCE__RATE_LIMIT_BACKEND", "memory")
     monkeypatch.setattr(ratelimit, "_default_limiter", None)
     assert isinstance(ratelimit.default_rate_limiter().backend, MemoryBackend)

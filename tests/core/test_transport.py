@@ -169,6 +169,26 @@ def test_per_call_timeouts_override_the_transport(lytics_sandbox, make_transport
         transport.request("GET", LIST, timeouts=Timeouts(connect=2.0, read=0.2))
 
 
+def test_an_abandoned_request_settles_over_its_own_longer_read_timeout(lytics_sandbox, make_transport):
+    # An upload given a longer read timeout than the connection's may still land for 3 of its own.
+    lytics_sandbox.faults.inject("slow", count=1, path_prefix=LIST, method="POST", delay=1.0)
+    transport = make_transport(retry={**FAST, "max_attempts": 1}, timeouts=Timeouts(connect=2.0, read=0.1))
+    assert transport.unsettled_until() == 0.0
+    with pytest.raises(AudienceTransportError, match="read back"):
+        transport.request("POST", LIST, json=new_segment("slow"), timeouts=Timeouts(connect=2.0, read=0.3))
+    assert transport.last_unknown_outcome is not None
+    assert transport.unsettled_until() == pytest.approx(transport.last_unknown_outcome + 0.9)
+
+
+def test_an_abandoned_request_settles_no_sooner_than_the_connections_read_timeouts(lytics_sandbox, make_transport):
+    lytics_sandbox.faults.inject("slow", count=1, path_prefix=LIST, method="POST", delay=1.0)
+    transport = make_transport(retry={**FAST, "max_attempts": 1}, timeouts=Timeouts(connect=2.0, read=30.0))
+    with pytest.raises(AudienceTransportError, match="read back"):
+        transport.request("POST", LIST, json=new_segment("slow"), timeouts=Timeouts(connect=2.0, read=0.2))
+    assert transport.last_unknown_outcome is not None
+    assert transport.unsettled_until() == pytest.approx(transport.last_unknown_outcome + 90.0)
+
+
 def test_attempts_bound(lytics_sandbox, make_transport, clock):
     lytics_sandbox.faults.inject("status", count=10, path_prefix=LIST, status=503)
     with pytest.raises(AudienceServerError):
