@@ -19,7 +19,7 @@ OLD_STAMP := $(OLD_VENV)/.installed
 .PHONY: help env demo test test-fast test-live test-live-celery test-live-oldest test-oldest-fast test-matrix test-ui ui-deps bench soak docs lint dist lock sandbox clean
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)

@@ -329,7 +329,8 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
     :param force: remove even when other audiences reference it.
     :param check_references: ``None`` (default): check where the references endpoint is offered,
         warn where it is not; ``True``: refuse when the check cannot be made; ``False``: do not check.
-    :return: ``{"audience_id", "space_id", "removed", "references_checked"}``.
+    :return: ``{"audience_id", "space_id", "removed", "references_checked"}``; an audience already
+        gone gives ``removed`` and ``references_checked`` False.
     """
 
     template_fields: Sequence[str] = ("audience_id", "audience_name", "space_id", "segment_conn_id")
@@ -363,7 +364,7 @@ class SegmentRemoveAudienceOperator(_SegmentOperator):
                     f"Segment audience {wanted!r} was not found in space {space!r}", vendor="segment"
                 )
             self.log.info("Segment audience %r does not exist in space %s; nothing to remove", wanted, space)
-            return {"audience_id": self.audience_id, "space_id": space, "removed": False}
+            return {"audience_id": self.audience_id, "space_id": space, "removed": False, "references_checked": False}
         consumers, checked = self._consumers(hook, audience, space)
         if consumers and not self.force:
             names = ", ".join(f"{c.get('name')} ({c.get('id')})" for c in consumers)

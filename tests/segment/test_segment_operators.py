@@ -210,7 +210,12 @@ def test_remove_and_rerun(segment, context):
         "removed": True,
         "references_checked": True,
     }
-    assert op.execute(context)["removed"] is False
+    assert op.execute(context) == {
+        "audience_id": None,
+        "space_id": segment.space_id,
+        "removed": False,
+        "references_checked": False,
+    }
     with pytest.raises(AudienceNotFoundError):
         SegmentRemoveAudienceOperator(task_id="rm", audience_name="Buyers", missing_ok=False).execute(context)
 
