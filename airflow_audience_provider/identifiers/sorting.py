@@ -195,6 +195,8 @@ def clear_frame(pl: Any, values: Any) -> Any:
 CRC_COLUMN_BYTES = 64
 #: The 8 bits of a byte, each in its own byte (lane) of a 64-bit word: a sum of at most 255 keeps each bit's parity.
 _LANES = 0x0101010101010101
+#: Bytes of table lookups :func:`crc32_low_bytes` gathers at once (8 per byte of the values), 8 MiB.
+_CRC_GATHER_BYTES = 8 << 20
 #: Multiplying the lanes' low bits by this puts lane ``i`` at bit ``56 + i``, with no carries.
 _GATHER_LANES = 0x0102040810204080
 
@@ -219,13 +221,18 @@ class _CrcTables:
         self.zeros = pl.Series([zlib.crc32(bytes(n)) & 0xFF for n in range(CRC_COLUMN_BYTES + 1)], dtype=pl.UInt64)
         self._offsets: dict[int, Any] = {}
 
-    def offsets(self, pl: Any, width: int) -> Any:
-        """The table index of column ``k`` of a ``width``-byte row: 256 times its distance from the end."""
-        found = self._offsets.get(width)
-        if found is None:
+    def offsets(self, pl: Any, width: int, rows: int, most: int) -> Any:
+        """The table index of every byte of ``rows`` rows of ``width`` bytes: 256 times its distance from the end.
+
+        Kept for the last few widths, for ``most`` rows (at least ``rows``), as one tiled Series sliced.
+        """
+        cache = self._offsets  # replaced, never changed in place: read workers share it
+        found = cache.get(width)
+        if found is None or len(found) < width * rows:
             row = [256 * (width - 1 - k) for k in range(width)]
-            found = self._offsets[width] = pl.Series([row], dtype=pl.Array(pl.UInt16, width))
-        return found
+            found = pl.Series(row * max(rows, most), dtype=pl.UInt16)
+            self._offsets = dict([*list(cache.items())[-3:], (width, found)])
+        return found.slice(0, width * rows)
 
 
 _crc_tables: _CrcTables | None = None
@@ -264,8 +271,14 @@ def crc32_low_bytes(pl: Any, values: Any) -> Any:
     else:
         rows = ascii_values.str.pad_start(width, "\x00").cast(pl.Binary)
         rows = rows.bin.reinterpret(dtype=pl.Array(pl.UInt8, width))
-        at = (rows.cast(pl.Array(pl.UInt16, width)) + tables.offsets(pl, width)).explode()
-        lanes = tables.lanes.gather(at).reshape((n, width)).arr.sum() & _LANES
+        at = rows.explode().cast(pl.UInt16)
+        step = max(1, _CRC_GATHER_BYTES // (8 * width))  # rows per gather: its output stays small
+        sums = []
+        for lo in range(0, n, step):
+            k = min(step, n - lo)
+            where = at.slice(lo * width, k * width) + tables.offsets(pl, width, k, step)
+            sums.append(tables.lanes.gather(where).reshape((k, width)).arr.sum())
+        lanes = (sums[0] if len(sums) == 1 else pl.concat(sums)) & _LANES
         low = (lanes * _GATHER_LANES) // (1 << 56) ^ tables.zeros.gather(size)
     if index is not None:
         crcs = map(zlib.crc32, values.gather(index).cast(pl.Binary).to_list())

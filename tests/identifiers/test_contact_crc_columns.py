@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -43,10 +44,12 @@ def _low_bytes(values: list[str]) -> list[int]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.one_of(TEXT, AROUND_LIMIT, DIGITS, st.just("")), max_size=60))
-def test_low_byte_is_zlibs(values: list[str]) -> None:
-    """Mixed lengths (empty, up to past the limit), NULs, controls, non-ASCII: the same byte as zlib."""
-    assert _low_bytes(values) == [zlib.crc32(v.encode("utf-8")) & 0xFF for v in values]
+@given(st.lists(st.one_of(TEXT, AROUND_LIMIT, DIGITS, st.just("")), max_size=60), st.sampled_from([8 << 20, 1, 700]))
+def test_low_byte_is_zlibs(values: list[str], gather_bytes: int) -> None:
+    """Mixed lengths (empty, up to past the limit), NULs, controls, non-ASCII, the lookups gathered in
+    one piece or several: the same byte as zlib."""
+    with mock.patch.object(sorting, "_CRC_GATHER_BYTES", gather_bytes):
+        assert _low_bytes(values) == [zlib.crc32(v.encode("utf-8")) & 0xFF for v in values]
 
 
 @settings(max_examples=100, deadline=None)
