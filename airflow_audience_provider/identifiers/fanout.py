@@ -868,7 +868,7 @@ def _columnar_blocks(
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="contact-plan") as threads:
         ahead: collections.deque[tuple[tuple[str, ...], Future[_ColumnarBlock]]] = collections.deque()
-        for keys, frame in spill.blocks():
+        for keys, frame in spill.blocks(workers):
             ahead.append((keys, threads.submit(_columnar_block, pl, frame, join, edges)))
             while len(ahead) > workers:
                 done, fut = ahead.popleft()

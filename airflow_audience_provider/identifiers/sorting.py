@@ -142,6 +142,8 @@ COLUMNAR_BUCKETS = 64
 #: Values the columnar plan takes in one block at most: 4 MB of digests (of 1, 4, 16, 64 or 256
 #: blocks per 1M values, 16 measured fastest), small enough to be sorted and joined in cache.
 COLUMNAR_BLOCK_ROWS = 65536
+#: Below this many full blocks per plan thread, :meth:`ColumnarSpill.blocks` cuts the list into equal blocks.
+BALANCED_BLOCKS = 4
 #: Bytes per value the spill threshold counts for a digest (as its line in a text spill).
 _HEX_ROW_BYTES = 65
 
@@ -508,11 +510,14 @@ class ColumnarSpill:
         if self._text is None and self._segments:
             self.flush()
 
-    def blocks(self) -> Iterator[tuple[tuple[str, ...], Any]]:
+    def blocks(self, workers: int = 1) -> Iterator[tuple[tuple[str, ...], Any]]:
         """``(partition keys, their values with duplicates in no particular order as one frame)``, in key order.
 
         A block is a run of consecutive partitions of at most :data:`COLUMNAR_BLOCK_ROWS` values
-        (a bigger partition is a block of its own); an empty list gives one empty block.
+        (a bigger partition is a block of its own); an empty list gives one empty block. With
+        ``workers`` plan threads, a list of fewer than :data:`BALANCED_BLOCKS` blocks per thread
+        is cut into a multiple of ``workers`` blocks of about equal size, so no thread idles in the
+        last round (200,000 values made three full blocks and a small one for two threads).
         """
         # What stayed in memory: each batch ordered by itself (the read workers order the kernel's),
         # so a block is made of every batch's slice of its partitions.
@@ -522,12 +527,19 @@ class ColumnarSpill:
         for offsets in [*self._offsets, *(o for _, o in memory)]:
             for k in range(256):
                 counts[k] += offsets[k + 1] - offsets[k]
-        start, rows = 0, 0
+        total = sum(counts)
+        share = 0.0  # cut where the running count passes each multiple of it
+        if workers > 1 and 0 < total < BALANCED_BLOCKS * workers * COLUMNAR_BLOCK_ROWS:
+            share = total / (workers * -(-total // (workers * COLUMNAR_BLOCK_ROWS)))
+        start, rows, seen, cuts = 0, 0, 0, 1
         for k in range(256):
-            if k > start and rows + counts[k] > COLUMNAR_BLOCK_ROWS:
+            due = share > 0 and seen >= cuts * share
+            if k > start and (due or rows + counts[k] > COLUMNAR_BLOCK_ROWS):
                 yield PARTITION_KEYS[start:k], self._block(start, k, memory)
                 start, rows = k, 0
+                cuts += 1 if due else 0
             rows += counts[k]
+            seen += counts[k]
         yield PARTITION_KEYS[start:], self._block(start, 256, memory)
         self._cache.clear()
 

@@ -238,6 +238,7 @@ def test_sort_by_prefix_is_a_stable_sort_by_p(values: list[str], partitions: int
     keep_bytes=st.sampled_from([None, 0, 5000]),
     block_rows=st.sampled_from([1, 20, 65536]),
     reverse=st.booleans(),
+    workers=st.sampled_from([1, 2, 3]),
 )
 def test_spill_blocks_give_back_every_value_once_in_key_order(
     tmp_path_factory: pytest.TempPathFactory,
@@ -247,9 +248,11 @@ def test_spill_blocks_give_back_every_value_once_in_key_order(
     keep_bytes: int | None,
     block_rows: int,
     reverse: bool,
+    workers: int,
 ) -> None:
     """Whatever was spilled or kept, and in whatever order a batch's rows came (the kernel does not
-    order them): blocks cover the 256 partitions once, in order, each value in its partition."""
+    order them), however many plan threads the blocks are cut for: blocks cover the 256 partitions
+    once, in order, each value in its partition."""
     pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
     monkeypatch.setattr(sorting, "COLUMNAR_BLOCK_ROWS", block_rows)
     spill = ColumnarSpill(pl, tmp_path_factory.mktemp("spill"), "p", spill_bytes, keep_bytes)
@@ -260,7 +263,7 @@ def test_spill_blocks_give_back_every_value_once_in_key_order(
         spill.finish()
         keys: list[str] = []
         got: list[str] = []
-        for block_keys, frame in spill.blocks():
+        for block_keys, frame in spill.blocks(workers):
             assert frame.height <= block_rows or len(block_keys) == 1
             assert all(h[:2] in block_keys for h in frame.get_column("h").to_list())
             keys.extend(block_keys)
@@ -270,6 +273,29 @@ def test_spill_blocks_give_back_every_value_once_in_key_order(
         assert spill.count == sum(map(len, batches))
     finally:
         spill.close()
+
+
+@pytest.mark.parametrize(
+    ("rows", "workers", "blocks"), [(3000, 2, 6), (2000, 2, 4), (3000, 3, 6), (1000, 2, 2), (3000, 1, 5)]
+)
+def test_spill_blocks_of_a_short_list_balance_the_plan_threads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rows: int, workers: int, blocks: int
+) -> None:
+    """A list of a few blocks is cut into a multiple of the threads' count of blocks of about equal
+    size (within a partition or two), not into full blocks and a remainder; one thread keeps full blocks."""
+    pl = kernel.load_email_kernel().polars  # type: ignore[union-attr]
+    monkeypatch.setattr(sorting, "COLUMNAR_BLOCK_ROWS", 700)
+    values = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(rows)]
+    spill = ColumnarSpill(pl, tmp_path, "p", 32 << 20, None)
+    try:
+        spill.add_frame(hex_frame(pl, values), len(values))
+        spill.finish()
+        sizes = [frame.height for _, frame in spill.blocks(workers)]
+    finally:
+        spill.close()
+    assert len(sizes) == blocks and sum(sizes) == rows
+    if workers > 1:
+        assert max(sizes) - min(sizes) <= 2 * 3 * rows // 256  # a partition holds ~rows/256 values
 
 
 def test_spill_keeps_a_list_below_its_budget_in_memory_and_spills_the_rest_in_segments(tmp_path: Path) -> None:
