@@ -10,7 +10,8 @@ about 1% invalid rows and 1% duplicates (same address, other case and blanks). R
    slows both sides alike):
 
    * *pipeline*: normalise, validate, hash, chunk (read phase of the engine plus cutting the
-     hashes into 50,000-identifier chunks), one worker and ``--workers`` workers;
+     hashes into 50,000-identifier chunks), one worker and ``--workers`` workers (read workers:
+     after a one-worker read the full engine's columnar plan may use a second thread);
    * *full engine*: the same plus de-duplication, snapshot diff, the snapshot file and handing
      every chunk to a no-op sender (everything a real sync does except the network);
 

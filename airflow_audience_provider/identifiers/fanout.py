@@ -658,7 +658,7 @@ def _plan_phase(
                     if reader is not None and _diffs_in_columns(st, reader):
                         columns[st.dest.name] = ColumnarSnapshotReader(spill.polars, reader)
                 joins = any(readers[st.dest.name] is None or st.dest.name in columns for st in group)
-                for keys, block in _columnar_blocks(spill, joins, workers):
+                for keys, block in _columnar_blocks(spill, joins, max(workers, plan_threads())):
                     _plan_block_columnar(keys, block, group, readers, outs, columns)
                     if stream is not None:
                         stream.poll(outs)
@@ -851,6 +851,21 @@ def _joined(pl: Any, unique: Any) -> bytes:
     return unique.str.join("\n").cast(pl.Binary).item() if len(unique) else b""
 
 
+#: Threads the columnar plan computes its blocks in when the read had one worker (and the machine
+#: has a second CPU): the sorting and joining run in polars without the GIL, so a second core
+#: takes half of them while this thread writes. ``workers`` counts read workers only.
+PLAN_THREADS = 2
+
+
+def plan_threads() -> int:
+    """Threads of the columnar plan at least (:data:`PLAN_THREADS`, at most the CPUs this process may use)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(PLAN_THREADS, cpus))
+
+
 def _columnar_blocks(
     spill: ColumnarSpill, join: bool, workers: int
 ) -> Iterator[tuple[tuple[str, ...], _ColumnarBlock]]:
@@ -858,7 +873,7 @@ def _columnar_blocks(
 
     With ``workers > 1`` the blocks are computed in that many threads, a few blocks ahead of the
     caller (who writes them in order): polars releases the GIL, so the plan uses every core the
-    read phase used.
+    read phase used (and a second one after a one-worker read, see :data:`PLAN_THREADS`).
     """
     pl = spill.polars
     edges = spill.partition_edges if spill.clear else None
