@@ -197,6 +197,8 @@ def clear_frame(pl: Any, values: Any) -> Any:
 CRC_COLUMN_BYTES = 64
 #: The 8 bits of a byte, each in its own byte (lane) of a 64-bit word: a sum of at most 255 keeps each bit's parity.
 _LANES = 0x0101010101010101
+#: Fewer values than this take ``zlib.crc32`` in :func:`crc32_low_bytes` (less CPU than polars' fixed cost).
+CRC_COLUMN_MIN_ROWS = 4096
 #: Bytes of table lookups :func:`crc32_low_bytes` gathers at once (8 per byte of the values), 8 MiB.
 _CRC_GATHER_BYTES = 8 << 20
 #: Multiplying the lanes' low bits by this puts lane ``i`` at bit ``56 + i``, with no carries.
@@ -212,11 +214,13 @@ class _CrcTables:
         # bytes, each depending only on the byte and its distance from the end; leading zero bytes
         # add nothing to raw, so values right-aligned with zeros share one table.
         spread = [sum(((b >> i) & 1) << (8 * i) for i in range(8)) for b in range(256)]
-        lanes = [
-            spread[(zlib.crc32(bytes((b,)) + bytes(d), 0xFFFFFFFF) ^ 0xFFFFFFFF) & 0xFF]
-            for d in range(CRC_COLUMN_BYTES)
-            for b in range(256)
-        ]
+        lanes: list[int] = []
+        for d in range(CRC_COLUMN_BYTES):
+            row = [0]  # the term of byte b is the XOR of those of its bits: doubled one bit at a time
+            for i in range(8):
+                bit = spread[(zlib.crc32(bytes((1 << i,)) + bytes(d), 0xFFFFFFFF) ^ 0xFFFFFFFF) & 0xFF]
+                row += [x ^ bit for x in row]
+            lanes += row
         #: the low byte's bits, one per byte lane, of the byte ``b`` at distance ``d``: index ``256 * d + b``
         self.lanes = pl.Series(lanes, dtype=pl.UInt64)
         #: the low byte of the CRC-32 of ``n`` zero bytes, at index ``n``
@@ -248,31 +252,33 @@ def crc32_low_bytes(pl: Any, values: Any) -> Any:
     :data:`CRC_COLUMN_BYTES` bytes are right-aligned with zero bytes into a byte matrix, each byte
     is looked up in a table by its value and its distance from the end, the lookups summed per row
     (one bit of the low byte per byte lane, its parity kept), and the length's constant XORed in.
-    Other values (non-ASCII, longer) take ``zlib.crc32``; a batch mostly of them takes it whole.
+    Other values (non-ASCII, longer) take ``zlib.crc32``, and so does a batch mostly of them or
+    of fewer than :data:`CRC_COLUMN_MIN_ROWS` values (the polars calls cost ~0.4 ms a batch).
     """
     global _crc_tables
     n = len(values)
-    size = values.str.len_bytes()
-    other = (size > CRC_COLUMN_BYTES) | (values.str.len_chars() != size)
-    others = other.sum()
-    if others * 2 > n:
-        crcs = map(zlib.crc32, values.cast(pl.Binary).to_list())
-        return pl.Series(list(crcs), dtype=pl.UInt64) & 0xFF
+    if n < CRC_COLUMN_MIN_ROWS:
+        return _zlib_low_bytes(pl, values)
     tables = _crc_tables
     if tables is None:
         tables = _crc_tables = _CrcTables(pl)
-    index = None
-    ascii_values = values
-    if others:
-        index = other.arg_true()
-        ascii_values = values.clone().scatter(index, "")
-        size = size.clone().scatter(index, 0)
+    size = values.str.len_bytes()
     width = size.max() or 0
+    if not width:
+        return tables.zeros.gather(size)  # every value is empty
+    rows = _byte_rows(pl, values, width) if width <= CRC_COLUMN_BYTES else None
+    index = None
+    if rows is None or rows.null_count():  # a value is too long, or not ASCII (padded past the width)
+        other = (size > CRC_COLUMN_BYTES) | (values.str.len_chars() != size)
+        if other.sum() * 2 > n:
+            return _zlib_low_bytes(pl, values)
+        index = other.arg_true()
+        size = size.clone().scatter(index, 0)
+        width = size.max() or 0
+        rows = _byte_rows(pl, values.clone().scatter(index, ""), width)
     if not width:
         low = tables.zeros.gather(size)
     else:
-        rows = ascii_values.str.pad_start(width, "\x00").cast(pl.Binary)
-        rows = rows.bin.reinterpret(dtype=pl.Array(pl.UInt8, width))
         at = rows.explode().cast(pl.UInt16)
         step = max(1, _CRC_GATHER_BYTES // (8 * width))  # rows per gather: its output stays small
         sums = []
@@ -283,9 +289,21 @@ def crc32_low_bytes(pl: Any, values: Any) -> Any:
         lanes = (sums[0] if len(sums) == 1 else pl.concat(sums)) & _LANES
         low = (lanes * _GATHER_LANES) // (1 << 56) ^ tables.zeros.gather(size)
     if index is not None:
-        crcs = map(zlib.crc32, values.gather(index).cast(pl.Binary).to_list())
-        low = low.scatter(index, pl.Series([c & 0xFF for c in crcs], dtype=pl.UInt64))
+        low = low.scatter(index, _zlib_low_bytes(pl, values.gather(index)))
     return low
+
+
+def _byte_rows(pl: Any, values: Any, width: int) -> Any:
+    """Values right-aligned with zero bytes as ``width``-byte arrays; null where the bytes are more (not ASCII)."""
+    if not width:
+        return None  # every value is empty
+    rows = values.str.pad_start(width, "\x00").cast(pl.Binary)
+    return rows.bin.reinterpret(dtype=pl.Array(pl.UInt8, width))
+
+
+def _zlib_low_bytes(pl: Any, values: Any) -> Any:
+    """:func:`crc32_low_bytes` by ``zlib.crc32`` per value."""
+    return pl.Series(list(map(zlib.crc32, values.cast(pl.Binary).to_list())), dtype=pl.UInt64) & 0xFF
 
 
 def sorted_unique_clear_frame(pl: Any, frame: Any, edges: Any) -> Any:

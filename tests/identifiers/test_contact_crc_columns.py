@@ -38,9 +38,11 @@ def _polars() -> object:
     return kernel.load_email_kernel().polars  # type: ignore[union-attr]
 
 
-def _low_bytes(values: list[str]) -> list[int]:
+def _low_bytes(values: list[str], min_rows: int = 0) -> list[int]:
+    """:func:`sorting.crc32_low_bytes`, by default in polars however few the values."""
     pl = _polars()
-    return sorting.crc32_low_bytes(pl, pl.Series(values, dtype=pl.String)).to_list()  # type: ignore[attr-defined]
+    with mock.patch.object(sorting, "CRC_COLUMN_MIN_ROWS", min_rows):
+        return sorting.crc32_low_bytes(pl, pl.Series(values, dtype=pl.String)).to_list()  # type: ignore[attr-defined]
 
 
 @settings(max_examples=400, deadline=None)
@@ -68,10 +70,18 @@ def test_low_byte_of_long_and_edge_values() -> None:
     assert _low_bytes(values) == [zlib.crc32(v.encode("utf-8")) & 0xFF for v in values]
 
 
+def test_low_byte_of_few_values_is_zlibs_too() -> None:
+    """Below the polars path's row count the values take zlib."""
+    values = ["CUST-1", "é", ""] * 10
+    want = [zlib.crc32(v.encode("utf-8")) & 0xFF for v in values]
+    assert _low_bytes(values, min_rows=len(values) + 1) == _low_bytes(values) == want
+
+
 @settings(max_examples=100, deadline=None)
-@given(st.lists(TEXT, max_size=40))
-def test_clear_frame_partitions_are_partition_of(values: list[str]) -> None:
+@given(st.lists(TEXT, max_size=40), st.sampled_from([0, 4096]))
+def test_clear_frame_partitions_are_partition_of(values: list[str], min_rows: int) -> None:
     """``clear_frame``'s ``p`` is the snapshot's partition (``partition_of``) shifted into place."""
-    frame = sorting.clear_frame(_polars(), values)
+    with mock.patch.object(sorting, "CRC_COLUMN_MIN_ROWS", min_rows):
+        frame = sorting.clear_frame(_polars(), values)
     got = [int(p) >> sorting.PARTITION_SHIFT for p in frame.get_column("p").to_list()]
     assert got == [int(partition_of(v, False), 16) for v in values]

@@ -565,6 +565,7 @@ def test_clear_text_columnar_plan_sends_and_stores_what_the_python_plan_does(
     """Customer ids: a first sync without a snapshot (full replace, or one-way add/remove that keeps
     none), then one in ``mode``; the same results, chunks (with their indices) and snapshot bytes."""
     monkeypatch.setattr(sorting, "COLUMNAR_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(sorting, "CRC_COLUMN_MIN_ROWS", 0)  # partitions taken in polars, as in large batches
     monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 16)
     monkeypatch.setattr(fanout, "KERNEL_PARALLEL_BATCH_ROWS", 16)
     planned: list[int] = []
@@ -597,6 +598,7 @@ def test_client_id_columnar_plan_sends_and_stores_what_the_python_plan_does(
 ) -> None:
     """ClientIDs of every length (leading zeros and zero go to the exact rule), in files of a few values."""
     monkeypatch.setattr(fanout, "KERNEL_BATCH_ROWS", 16)
+    monkeypatch.setattr(sorting, "CRC_COLUMN_MIN_ROWS", 0)
     rule = get_rule("yandex_audience", "client_id").with_options(max_bytes_per_chunk=80)
 
     def dress(n: int, style: int) -> str:
