@@ -247,7 +247,9 @@ def iter_processed(
     it releases the GIL), otherwise in a pool of worker processes that receive newline-joined text.
     Either way they come back in order as
     :class:`~airflow_audience_provider.identifiers.hashing.BatchOutput` (counts, invalid indices and the
-    partitioned hex digests).
+    partitioned hex digests). With one worker and the kernel, that worker is one thread too, so
+    the source's next batch is read (and the caller handles the last one) while it runs; without
+    the kernel one worker runs in this thread.
 
     :param columnar: per profile, whether batches the kernel runs hand their digests over as a
         polars frame (:class:`~airflow_audience_provider.identifiers.sorting.ColumnarSpill`).
@@ -255,12 +257,12 @@ def iter_processed(
     kernel = all(uses_kernel(p) for p in profiles)
     if kernel:
         batch_size = max(batch_size, KERNEL_BATCH_ROWS if workers <= 1 else KERNEL_PARALLEL_BATCH_ROWS)
-    if workers <= 1:
+    if workers <= 1 and not kernel:
         for batch in source.iter_batches(batch_size):
             yield batch, _process_profiles(profiles, batch.values, columnar)
         return
     batches: Iterator[RawBatch] = iter(source.iter_batches(batch_size if kernel else max(batch_size, MP_TASK_ROWS)))
-    if kernel:
+    if kernel and workers > 1:
         first = next(batches, None)
         if first is None:
             return
@@ -268,12 +270,15 @@ def iter_processed(
         kernel = read_in_threads(profiles, first.values)
     if kernel:
         # The compiled kernel releases the GIL: threads of this process run batches in parallel
-        # without pickling, and no process is forked after polars started its thread pool.
+        # without pickling, and no process is forked after polars started its thread pool. One
+        # worker is one such thread too: this thread reads the next batch from the source (and
+        # the caller takes the last one) while it runs.
+        ahead_limit = workers * 2 if workers > 1 else 1
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="identifiers") as threads:
             ahead: collections.deque[tuple[RawBatch, Future[list[BatchOutput]]]] = collections.deque()
             for batch in batches:
                 ahead.append((batch, threads.submit(_process_profiles, profiles, batch.values, columnar)))
-                while len(ahead) > workers * 2:
+                while len(ahead) > ahead_limit:
                     done, fut = ahead.popleft()
                     yield done, fut.result()
             while ahead:
