@@ -11,7 +11,8 @@ about 1% invalid rows and 1% duplicates (same address, other case and blanks). R
 
    * *pipeline*: normalise, validate, hash, chunk (read phase of the engine plus cutting the
      hashes into 50,000-identifier chunks), one worker and ``--workers`` workers (read workers:
-     after a one-worker read the full engine's columnar plan may use a second thread);
+     with one worker the source is read and the full engine's plan is computed on other threads,
+     so the ``_1_cpu`` cases pin the process to one CPU; the one-worker targets are judged on them);
    * *full engine*: the same plus de-duplication, snapshot diff, the snapshot file and handing
      every chunk to a no-op sender (everything a real sync does except the network);
 
@@ -28,6 +29,7 @@ about 1% invalid rows and 1% duplicates (same address, other case and blanks). R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -145,6 +147,38 @@ def set_kernel(choice: str) -> bool:
     return uses_kernel(RULE.profile)
 
 
+@contextlib.contextmanager
+def one_cpu() -> Iterator[None]:
+    """Pin every thread of this process (and the threads they start) to one CPU, then restore.
+
+    "1 worker" is one read worker; the engine may still run the source read and the plan on other
+    threads. The ``_1_cpu`` cases measure what one core does, which the one-worker targets ask.
+    """
+    if not hasattr(os, "sched_setaffinity"):  # not Linux: the case runs unpinned
+        yield
+        return
+    allowed = os.sched_getaffinity(0)
+    _pin_all({min(allowed)})
+    try:
+        yield
+    finally:
+        _pin_all(allowed)  # threads started while pinned (pools) included
+
+
+def _pin_all(cpus: set[int]) -> None:
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def pinned(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with one_cpu():
+            return fn()
+
+    return run
+
+
 def measure_throughput(n: int, workers: int, repeat: int, work_dir: str) -> dict[str, Any]:
     values = list(synthetic_emails(n))
     timings: dict[str, float] = {}
@@ -159,6 +193,9 @@ def measure_throughput(n: int, workers: int, repeat: int, work_dir: str) -> dict
         cases[f"{prefix}pipeline_{workers}_workers"] = (choice, lambda: pipeline(values, workers))
         cases[f"{prefix}full_engine_1_worker"] = (choice, lambda: full_engine(values, 1, work_dir))
         cases[f"{prefix}full_engine_{workers}_workers"] = (choice, lambda: full_engine(values, workers, work_dir))
+        if label == "installed":
+            cases["pipeline_1_worker_1_cpu"] = (choice, pinned(lambda: pipeline(values, 1)))
+            cases["full_engine_1_worker_1_cpu"] = (choice, pinned(lambda: full_engine(values, 1, work_dir)))
     # Interleave the cases so load from other processes on the machine hits all of them.
     for _ in range(repeat):
         for name, (choice, fn) in cases.items():
@@ -816,9 +853,10 @@ def main() -> None:
             report["throughput"] = measure_throughput(throughput_rows, w, repeat, tmp)
             print(json.dumps(report["throughput"], indent=2))
             t = report["throughput"]["ratio_to_bare_loop"]
-            checks["pipeline_1_worker >= 0.6"] = t["pipeline_1_worker"] >= 0.6
+            # The one-worker targets are judged on one CPU (the engine may add a read and a plan thread).
+            checks["pipeline_1_worker_1_cpu >= 0.6"] = t["pipeline_1_worker_1_cpu"] >= 0.6
             checks[f"pipeline_{w}_workers > 1.0"] = t[f"pipeline_{w}_workers"] > 1.0
-            checks["e-mail full_engine_1_worker >= 0.7"] = t["full_engine_1_worker"] >= 0.7
+            checks["e-mail full_engine_1_worker_1_cpu >= 0.7"] = t["full_engine_1_worker_1_cpu"] >= 0.7
             checks[f"e-mail full_engine_{w}_workers >= 1.0"] = t[f"full_engine_{w}_workers"] >= 1.0
         if wanted("rules", args.skip_rules):
             print(f"every rule over {rule_rows:,} rows ...", file=sys.stderr)
