@@ -382,8 +382,9 @@ class CriteoUploadContactListOperator(ContactListUploadOperator["CriteoHook"], _
         (host-local; use shared storage in production) (templated).
     :param require_shared_state: refuse to run with a host-local ``snapshot_base`` and a distributed executor.
     :param read_workers: parallel workers that normalise and hash the list: threads with the
-        ``fast`` extra (its compiled kernel releases the GIL), processes without. 1 (default) works
-        in the task's own thread; 2 suits a worker slot with two cores.
+        ``fast`` extra (its compiled kernel releases the GIL), processes without. 1 (default): one
+        worker (with the ``fast`` extra a thread, while the task's thread reads the source, and
+        the plan may use a second CPU where one is free); 2 suits a worker slot with two cores.
     :param max_identifiers_per_request: fewer than Criteo's limit per request (the rule's 50,000).
     :param max_invalid_share: fail before sending when more rows than this share are invalid.
     :param max_removal_share: ``sync`` fails before sending when it would remove more than this share.

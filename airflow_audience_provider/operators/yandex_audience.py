@@ -185,8 +185,9 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator["YandexA
     :param lease_poll_interval: seconds between attempts to take the lease.
     :param deferrable: wait for the lease in the triggerer (default: ``[operators] default_deferrable``).
     :param read_workers: parallel workers that normalise and hash the list: threads with the
-        ``fast`` extra (its compiled kernel releases the GIL), processes without. 1 (default) works
-        in the task's own thread; 2 suits a worker slot with two cores.
+        ``fast`` extra (its compiled kernel releases the GIL), processes without. 1 (default): one
+        worker (with the ``fast`` extra a thread, while the task's thread reads the source, and
+        the plan may use a second CPU where one is free); 2 suits a worker slot with two cores.
     :param emit_asset: record an Asset event ``yandex-audience://<login>/segment/<id>`` when data was sent.
     :return: ``{"segment_id", "name", "status", "action", "mode", "content_type", "counts", "url",
         "asset_uri", "files", "drift"}`` and the counts every upload reports (``rows``, ``valid``,
