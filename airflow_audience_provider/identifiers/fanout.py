@@ -18,6 +18,7 @@ import logging
 import operator
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -1602,10 +1603,10 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
 
 
 class _SnapshotCopy:
-    """:meth:`SnapshotStore.prepare` in a thread: the list copied as the plan writes it, synced once it ended.
+    """:meth:`SnapshotStore.prepare` in a thread, once the plan has written the whole list.
 
-    The copy (tens of MB for a million digests) runs in the kernel while chunks are sent;
-    :meth:`take` waits for it, :meth:`discard` drops it when the run does not commit.
+    The copy (tens of MB for a million digests) runs in the kernel while the last chunks are
+    sent; :meth:`take` waits for it, :meth:`discard` drops it when the run does not commit.
     """
 
     def __init__(self, store: SnapshotStore, path: Path, growing: GrowingFile | None) -> None:
@@ -1619,7 +1620,9 @@ class _SnapshotCopy:
 
     def _run(self, store: SnapshotStore, path: Path, growing: GrowingFile | None) -> None:
         try:
-            prepared = store.prepare(path, growing)  # copies as the plan writes; raises if the plan failed
+            if growing is not None:
+                growing.wait_for(sys.maxsize)  # returns once the plan finished the list, raises if it failed
+            prepared = store.prepare(path)
         except BaseException as exc:  # the commit copies the list itself
             log.debug("The snapshot was not copied ahead of the commit: %s", exc)
             return

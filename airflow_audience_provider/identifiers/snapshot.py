@@ -37,14 +37,11 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from airflow_audience_provider.identifiers.errors import SnapshotError
 from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
 from airflow_audience_provider.identifiers.rules import VendorRule
-
-if TYPE_CHECKING:
-    from airflow_audience_provider.identifiers.chunking import GrowingFile
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +52,6 @@ PREPARED_HEADER_BYTES = 512
 _READ_BYTES = 1 << 20
 #: Text the columnar reader splits at once (~64,000 digests).
 _COLUMNAR_READ_BYTES = 4 << 20
-#: Bytes of a list still being planned that :meth:`SnapshotStore.prepare` copies at a time.
-_PREPARE_STEP_BYTES = 8 << 20
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._-]{1,80}")
 
 
@@ -301,19 +296,19 @@ class ColumnarSnapshotReader:
         return self._reader.finish()
 
 
-def _copy_rest(src: IO[bytes], out: IO[bytes], start: int = 0, end: int | None = None) -> int:
-    """Append bytes ``start`` to ``end`` (default: the end) of ``src`` to ``out`` (both local, ``out`` flushed).
+def _copy_rest(src: IO[bytes], out: IO[bytes]) -> None:
+    """Append the whole of ``src`` to ``out`` (both local, ``out`` flushed): in the kernel where it can.
 
     ``os.copy_file_range`` copies tens of MB without passing them through this process; where
-    the platform or the file systems refuse, the bytes are copied by hand. Returns ``end``.
+    the platform or the file systems refuse, the bytes are copied by hand.
     """
-    size = os.fstat(src.fileno()).st_size if end is None else end
-    done = start
+    size = os.fstat(src.fileno()).st_size
+    done = 0
     copy = getattr(os, "copy_file_range", None)
     if copy is not None:
         try:
             while done < size:
-                n = copy(src.fileno(), out.fileno(), size - done, done)  # from offset done; out's position moves
+                n = copy(src.fileno(), out.fileno(), size - done)
                 if n == 0:
                     break
                 done += n
@@ -321,30 +316,8 @@ def _copy_rest(src: IO[bytes], out: IO[bytes], start: int = 0, end: int | None =
             pass  # e.g. EXDEV on older kernels, ENOSYS, EINVAL: copy the rest by hand
     src.seek(done)
     out.seek(0, os.SEEK_END)
-    while done < size:
-        block = src.read(min(size - done, 1 << 20))
-        if not block:
-            raise OSError(f"{src.name} ended at byte {done} of {size}")
-        out.write(block)
-        done += len(block)
+    shutil.copyfileobj(src, out, 1 << 20)
     out.flush()
-    return done
-
-
-def _copy_growing(src: IO[bytes], out: IO[bytes], growing: GrowingFile) -> int:
-    """Copy ``src`` while another thread still appends to it; return the bytes copied.
-
-    The plan writes the new list in its final order and publishes the bytes that are complete, so
-    each published prefix is final and is copied while the plan still runs. Returns once the file
-    is finished (the caller copies what is left); raises what ``growing`` raises when the plan
-    failed. Nothing is synced here: an fsync while the plan appends to its files can stall them.
-    """
-    done = 0
-    while True:
-        available, finished = growing.wait_for(done + _PREPARE_STEP_BYTES)
-        if finished:
-            return done
-        done = _copy_rest(src, out, done, available)
 
 
 class PreparedSnapshot:
@@ -461,15 +434,11 @@ class SnapshotStore:
         )
         return reader, meta, fh
 
-    def prepare(self, data_path: Path, growing: GrowingFile | None = None) -> PreparedSnapshot | None:
+    def prepare(self, data_path: Path) -> PreparedSnapshot | None:
         """Copy ``data_path`` beside the snapshot and flush it to disk, ahead of :meth:`commit`.
 
         Lets the copy of a large list run while its last chunks are still being sent; the commit
         then only writes the header and renames. None on object storage (one upload at commit).
-
-        :param growing: the plan is still writing ``data_path`` (a full replace sent while it is
-            planned): its complete bytes are copied step by step as they are written, and the
-            call returns once the file is finished, copied and synced. Raises if the plan failed.
         """
         if self._remote:
             return None
@@ -480,8 +449,7 @@ class SnapshotStore:
             with open(tmp, "wb") as out, open(data_path, "rb") as src:
                 out.write(b" " * (PREPARED_HEADER_BYTES - 1) + b"\n")
                 out.flush()
-                copied = _copy_growing(src, out, growing) if growing is not None else 0
-                _copy_rest(src, out, copied)
+                _copy_rest(src, out)
                 os.fsync(out.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -395,48 +395,6 @@ def test_prepared_snapshot_commits_the_same_snapshot(tmp_path: Path, extra: dict
     assert not list(early.directory.glob(".*.tmp")) and not prepared.path.exists()
 
 
-@pytest.mark.parametrize("fail", [False, True])
-def test_snapshot_is_copied_while_the_plan_writes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
-) -> None:
-    """The copy follows the published bytes (several steps); a plan that fails leaves no copy behind."""
-    from airflow_audience_provider.identifiers import snapshot
-    from airflow_audience_provider.identifiers.chunking import GrowingFile
-
-    monkeypatch.setattr(snapshot, "_PREPARE_STEP_BYTES", 65 * 7)
-    values = sorted(sha(e) for e in emails(100))
-    data, growing = tmp_path / "list.txt", GrowingFile()
-    store, plain = SnapshotStore("criteo", "early", tmp_path), SnapshotStore("criteo", "plain", tmp_path)
-    copies: list[Any] = []
-    errors: list[BaseException] = []
-
-    def prepare() -> None:
-        try:
-            copies.append(store.prepare(data, growing))
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=prepare)
-    with open(data, "w") as fh:
-        thread.start()
-        for i in range(0, 100, 9):  # steps that do not fall on the copy's
-            fh.write("".join(v + "\n" for v in values[i : i + 9]))
-            fh.flush()
-            growing.publish(fh.tell())
-            if fail and i > 40:
-                growing.abort(RuntimeError("the plan failed"))
-                break
-    if not fail:
-        growing.finish(data.stat().st_size)
-    thread.join()
-    if fail:
-        assert len(errors) == 1 and not copies and not list(store.directory.glob(".*.tmp"))
-        return
-    plain.commit(data, rule=RULE, count=len(values))
-    store.commit(data, rule=RULE, count=len(values), prepared=copies[0])
-    assert store.read_values() == plain.read_values() == values
-
-
 def test_commit_removes_copies_left_by_killed_runs(tmp_path: Path) -> None:
     data = tmp_path / "list.txt"
     data.write_text(sha("a@x.com") + "\n")
