@@ -87,6 +87,9 @@ class Journal:
         self.meta: dict[str, Any] | None = None
         self._ids_name: str | None = None
         self._growing: _GrowingPart | None = None
+        self._ids_sync: _SyncedFile | None = None
+        self._ids_base = 0
+        self._growing_width_value: int | None = None
         self._record: _InPlaceRecord | None = None
 
     @property
@@ -169,8 +172,10 @@ class Journal:
         self._ids_name = f"journal-ids-{run}.txt"
         target = self.directory / self._ids_name
         self._growing = None
+        self._close()
         if growing is not None and not is_local(target):
             raise ValueError("a journal can follow a growing file on local storage only")
+        self._growing_width_value = growing[1] if growing is not None else None
         if is_local(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp")
@@ -179,10 +184,18 @@ class Journal:
                     with open(tmp, "wb") as out:
                         _concat(parts, out)
                     self._growing = _GrowingPart(growing[0], growing[1], inherited, target)
+                    self._ids_base = tmp.stat().st_size
+                else:
+                    self._ids_base = 0
             elif not _link_single(parts, tmp):
                 with open(tmp, "wb") as out:
                     _concat(parts, out)
             os.replace(tmp, target)
+            # Its bytes reach the disk before the journal points at them; its name with the journal's (below).
+            self._ids_sync = _SyncedFile(target)
+            if growing is None:  # complete: nothing more to sync
+                self._ids_sync.close()
+                self._ids_sync = None
         else:
             with target.open("wb") as out:
                 _concat(parts, out)
@@ -202,10 +215,13 @@ class Journal:
         }
         if snapshot_uncertain:
             self.meta["snapshot_uncertain"] = True
-        self._close()
-        self._write()
+        self._write(sync=True)  # a new file: its data, then its name and the ids file's (one directory sync)
         if old is not None and old.get("ids_file") and old.get("ids_file") != self._ids_name:
             delete(self.directory / str(old["ids_file"]))
+
+    def _growing_width(self) -> int:
+        assert self._growing_width_value is not None
+        return self._growing_width_value
 
     def _read_quietly(self) -> dict[str, Any] | None:
         try:
@@ -213,13 +229,21 @@ class Journal:
         except StateFileError:
             return None
 
-    def _write(self) -> None:
+    def _write(self, *, sync: bool = False) -> None:
+        """Store the record; ``sync``: on disk before returning (a record recovery relies on).
+
+        A new local file is always synced with its directory entry; object storage is durable per upload.
+        """
         assert self.meta is not None
         self.meta["updated_at"] = time.time()
         data = dump_json(self.meta)
         if self._record is not None and self._record.write(data):
+            if sync:
+                os.fdatasync(self._record.fd)
             return
-        self._close()
+        if self._record is not None:
+            self._record.close()
+            self._record = None
         location = self.location
         if is_local(location) and hasattr(os, "pwrite"):
             self._record = _InPlaceRecord.create(location, data)
@@ -230,23 +254,28 @@ class Journal:
         if self._record is not None:
             self._record.close()
             self._record = None
+        if self._ids_sync is not None:
+            self._ids_sync.close()
+            self._ids_sync = None
 
     def attempting(self, lines_through: int) -> None:
         """Before a chunk: the identifiers up to line ``lines_through`` (of this run's part) may change."""
         if self.meta is not None and lines_through > self.meta["attempted"]:
             if self._growing is not None:
                 self._growing.copy_through(lines_through)
+            if self._ids_sync is not None:  # a growing ids file: its lines are on disk before the record counts them
+                self._ids_sync.sync_through(self._ids_base + lines_through * self._growing_width())
             self.meta["attempted"] = lines_through
-            self._write()
+            self._write(sync=True)
 
     def clearing(self) -> None:
         """Before a clear (or a replace): every identifier of the snapshot becomes uncertain."""
         if self.meta is not None and not self.meta.get("clear_attempted"):
             self.meta["clear_attempted"] = True
-            self._write()
+            self._write(sync=True)
 
     def acked(self, lines: int) -> None:
-        """After a chunk: ``lines`` more identifiers were acknowledged."""
+        """After a chunk: ``lines`` more identifiers were acknowledged (informational: not synced)."""
         if self.meta is not None:
             self.meta["acked"] += lines
             self._write()
@@ -266,6 +295,10 @@ class Journal:
         """The run completed and its snapshot is stored: remove the journal."""
         ids = self._ids_name or (self.meta or {}).get("ids_file")
         self._close()
+        if is_local(self.location):
+            # The snapshot's rename is on disk before the journal's removal can be: else a host crash
+            # could keep the removal and lose the rename, and the next run would trust the old snapshot.
+            _sync_directory(self.directory)
         delete(self.location)
         if ids:
             delete(self.directory / str(ids))
@@ -305,7 +338,9 @@ class _InPlaceRecord:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            os.fdatasync(fd)
             os.replace(tmp, location)
+            _sync_directory(location.parent)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -329,6 +364,36 @@ class _InPlaceRecord:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+class _SyncedFile:
+    """The journal's ids file, synced to disk once at :meth:`Journal.begin` and then as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.synced = 0
+        self.sync_through(1)
+
+    def sync_through(self, size: int) -> None:
+        """Make the file's first ``size`` bytes durable (one ``fdatasync`` unless an earlier one covered them)."""
+        if size <= self.synced:
+            return
+        present = os.fstat(self.fd).st_size
+        os.fdatasync(self.fd)
+        self.synced = present
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the directory's entries (files created, renamed or removed in it) durable."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _GrowingPart:

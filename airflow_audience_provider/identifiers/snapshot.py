@@ -378,6 +378,13 @@ class SnapshotStore:
         if not loc.exists():
             return False
         loc.unlink()
+        if not self._remote:
+            # On disk before the untracked send that follows: a host crash must not bring it back.
+            fd = os.open(loc.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return True
 
     def describe(self) -> str:
