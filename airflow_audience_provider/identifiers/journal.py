@@ -17,6 +17,19 @@ ignores them), so a killed process leaves the old record or the new one, never a
 created or renamed per chunk: those wait behind a concurrent ``fsync`` on ext4 (the snapshot's),
 a write in place does not.
 
+**Durability on local storage.** A killed process loses nothing written (the page cache
+survives it); a host crash or power loss loses what was not synced, so everything recovery reads
+is on disk before the request it guards is sent: the ids file's bytes (``fdatasync`` at
+:meth:`Journal.begin`, and of each growing part's new lines before the record counting them),
+``journal.json`` when it is created (``fdatasync``, rename, then an ``fsync`` of the directory,
+which also makes the ids file's name durable), and each ``attempting``/``clearing`` record (one
+``fdatasync`` in place; the size rarely changes, so ext4 flushes one page without a journal
+commit). ``acked`` and ``failed`` records are informational and not synced: a crash can only
+make the next run re-send a chunk that had landed. At completion the snapshot is fsynced and
+renamed, then the directory is fsynced before the journal is removed: a crash leaves the old
+snapshot with its journal, or the new snapshot with or without it, never the old snapshot alone.
+Object storage needs none of this (each upload is durable when it returns).
+
 A run that finds a journal treats as **uncertain** the first ``inherited + attempted`` lines of
 the ids file, and, when that run was a full replace whose clear may have landed (``kind:
 "replace"``) or had itself inherited such a snapshot (``snapshot_uncertain``), every identifier
