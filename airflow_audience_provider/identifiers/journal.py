@@ -23,8 +23,8 @@ is on disk before the request it guards is sent: the ids file's bytes (``fdatasy
 :meth:`Journal.begin`, and of each growing part's new lines before the record counting them),
 ``journal.json`` when it is created (``fdatasync``, rename, then an ``fsync`` of the directory,
 which also makes the ids file's name durable), and each ``attempting``/``clearing`` record (one
-``fdatasync`` in place; the size rarely changes, so ext4 flushes one page without a journal
-commit). ``acked`` and ``failed`` records are informational and not synced: a crash can only
+``fdatasync`` in place: the file's size rarely changes, so this is one page's data flush, not a
+metadata commit). ``acked`` and ``failed`` records are informational and not synced: a crash can only
 make the next run re-send a chunk that had landed. At completion the snapshot is fsynced and
 renamed, then the directory is fsynced before the journal is removed: a crash leaves the old
 snapshot with its journal, or the new snapshot with or without it, never the old snapshot alone.
@@ -61,6 +61,7 @@ from airflow_audience_provider.identifiers.state import (
     dump_json,
     is_local,
     read_json,
+    sync_directory,
     write_atomic,
 )
 
@@ -311,7 +312,7 @@ class Journal:
         if is_local(self.location):
             # The snapshot's rename is on disk before the journal's removal can be: else a host crash
             # could keep the removal and lose the rename, and the next run would trust the old snapshot.
-            _sync_directory(self.directory)
+            sync_directory(self.directory)
         delete(self.location)
         if ids:
             delete(self.directory / str(ids))
@@ -353,7 +354,7 @@ class _InPlaceRecord:
                 view = view[os.write(fd, view) :]
             os.fdatasync(fd)
             os.replace(tmp, location)
-            _sync_directory(location.parent)
+            sync_directory(location.parent)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -398,15 +399,6 @@ class _SyncedFile:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make the directory's entries (files created, renamed or removed in it) durable."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _GrowingPart:

@@ -42,6 +42,7 @@ from typing import IO, Any
 from airflow_audience_provider.identifiers.errors import SnapshotError
 from airflow_audience_provider.identifiers.hashing import PARTITION_KEYS
 from airflow_audience_provider.identifiers.rules import VendorRule
+from airflow_audience_provider.identifiers.state import sync_directory
 
 log = logging.getLogger(__name__)
 
@@ -380,11 +381,7 @@ class SnapshotStore:
         loc.unlink()
         if not self._remote:
             # On disk before the untracked send that follows: a host crash must not bring it back.
-            fd = os.open(loc.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            sync_directory(loc.parent)
         return True
 
     def describe(self) -> str:

@@ -24,6 +24,7 @@ Guarantees by backend:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -109,6 +110,22 @@ def delete(location: Any) -> None:
     """Remove the file if it exists."""
     with contextlib.suppress(FileNotFoundError):
         location.unlink()
+
+
+def sync_directory(directory: Path) -> None:
+    """Make the directory's entries (files created, renamed or removed in it) durable.
+
+    A file system that cannot sync a directory (EINVAL, EBADF: some FUSE and network ones) is
+    skipped, as PostgreSQL does: its entries are as durable as it makes them.
+    """
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def list_names(directory: Any) -> list[str]:

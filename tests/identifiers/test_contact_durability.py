@@ -163,3 +163,41 @@ def test_the_snapshot_rename_is_durable_before_the_journal_is_removed(
     snapshot = state / SnapshotStore.FILE_NAME
     assert seen["names"].get(SnapshotStore.FILE_NAME) == snapshot.stat().st_ino
     assert not (state / "journal.json").exists()
+
+
+def test_a_stateless_send_syncs_the_snapshot_away_before_it_sends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(emails(30), RecordingSender(), tmp_path)
+    spy = DiskSpy(monkeypatch)
+    state = SnapshotStore(RULE.vendor, "seg", tmp_path).directory
+    seen: list[bool] = []
+
+    class Checking(RecordingSender):
+        def replace(self, chunk: Chunk) -> ChunkResult:
+            with spy.lock:
+                seen.append(SnapshotStore.FILE_NAME not in spy.durable_names.get(state, {SnapshotStore.FILE_NAME: 0}))
+            return super().replace(chunk)
+
+    options = SyncOptions(lease_timeout=0)
+    sync_contact_list(
+        emails(5, start=100), RULE, Checking(), destination_key="seg", snapshot_base=tmp_path, incremental=False,
+        options=options,
+    )  # fmt: skip
+    assert seen == [True]
+
+
+def test_a_file_system_that_cannot_sync_a_directory_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    real_fsync = os.fsync
+
+    def no_directory_sync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_directory_sync)
+    vendor = RecordingSender()
+    assert run(emails(30), vendor, tmp_path)["status"] == "sent"
+    assert vendor.members == {sha(v) for v in normalised_emails(30, 0)}
