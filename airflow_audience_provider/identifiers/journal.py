@@ -61,6 +61,7 @@ from airflow_audience_provider.identifiers.state import (
     dump_json,
     is_local,
     read_json,
+    sync_data,
     sync_directory,
     write_atomic,
 )
@@ -253,7 +254,7 @@ class Journal:
         data = dump_json(self.meta)
         if self._record is not None and self._record.write(data):
             if sync:
-                os.fdatasync(self._record.fd)
+                sync_data(self._record.fd)
             return
         if self._record is not None:
             self._record.close()
@@ -352,7 +353,7 @@ class _InPlaceRecord:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fdatasync(fd)
+            sync_data(fd)
             os.replace(tmp, location)
             sync_directory(location.parent)
         except BaseException:
@@ -393,7 +394,7 @@ class _SyncedFile:
         if size <= self.synced:
             return
         present = os.fstat(self.fd).st_size
-        os.fdatasync(self.fd)
+        sync_data(self.fd)
         self.synced = present
 
     def close(self) -> None:

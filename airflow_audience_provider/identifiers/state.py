@@ -112,6 +112,11 @@ def delete(location: Any) -> None:
         location.unlink()
 
 
+def sync_data(fd: int) -> None:
+    """Flush an open file's data to disk: ``fdatasync``, or ``fsync`` where there is none (macOS)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
 def sync_directory(directory: Path) -> None:
     """Make the directory's entries (files created, renamed or removed in it) durable.
 

@@ -201,3 +201,21 @@ def test_a_file_system_that_cannot_sync_a_directory_is_skipped(tmp_path: Path, m
     vendor = RecordingSender()
     assert run(emails(30), vendor, tmp_path)["status"] == "sent"
     assert vendor.members == {sha(v) for v in normalised_emails(30, 0)}
+
+
+def test_a_platform_without_fdatasync_syncs_files_with_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # macOS has no fdatasync: the journal's records and ids file are then synced with fsync.
+    monkeypatch.delattr(os, "fdatasync")
+    real_fsync = os.fsync
+    files: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            files.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sender = RecordingSender()
+    run(emails(100), sender, tmp_path)
+    assert sender.calls
+    assert len(files) >= 2  # at least the new journal and its one record before the request
