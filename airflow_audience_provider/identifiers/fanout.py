@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from airflow_audience_provider.identifiers.accounting import Accounting
 from airflow_audience_provider.identifiers.chunking import (
@@ -273,17 +273,13 @@ def iter_processed(
         # without pickling, and no process is forked after polars started its thread pool. One
         # worker is one such thread too: this thread reads the next batch from the source (and
         # the caller takes the last one) while it runs.
-        ahead_limit = workers * 2 if workers > 1 else 1
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="identifiers") as threads:
-            ahead: collections.deque[tuple[RawBatch, Future[list[BatchOutput]]]] = collections.deque()
-            for batch in batches:
-                ahead.append((batch, threads.submit(_process_profiles, profiles, batch.values, columnar)))
-                while len(ahead) > ahead_limit:
-                    done, fut = ahead.popleft()
-                    yield done, fut.result()
-            while ahead:
-                done, fut = ahead.popleft()
-                yield done, fut.result()
+        yield from _ordered_in_threads(
+            ((batch, batch.values) for batch in batches),
+            lambda values: _process_profiles(profiles, values, columnar),
+            threads=workers,
+            ahead=workers * 2 if workers > 1 else 1,
+            name="identifiers",
+        )
         return
     import multiprocessing
 
@@ -886,15 +882,37 @@ def _columnar_blocks(
         for keys, frame in spill.blocks():
             yield keys, _columnar_block(pl, frame, join, edges)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="contact-plan") as threads:
-        ahead: collections.deque[tuple[tuple[str, ...], Future[_ColumnarBlock]]] = collections.deque()
-        for keys, frame in spill.blocks(workers):
-            ahead.append((keys, threads.submit(_columnar_block, pl, frame, join, edges)))
-            while len(ahead) > workers:
-                done, fut = ahead.popleft()
+    yield from _ordered_in_threads(
+        spill.blocks(workers),
+        lambda frame: _columnar_block(pl, frame, join, edges),
+        threads=workers,
+        ahead=workers,
+        name="contact-plan",
+    )
+
+
+K = TypeVar("K")
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+def _ordered_in_threads(
+    items: Iterable[tuple[K, A]], fn: Callable[[A], R], *, threads: int, ahead: int, name: str
+) -> Iterator[tuple[K, R]]:
+    """``(key, fn(arg))`` for each ``(key, arg)``, in order, computed in ``threads`` threads.
+
+    At most ``ahead`` results wait beyond the one being yielded, so memory stays bounded while the
+    caller consumes them; an error of ``fn`` is raised where its item would have been yielded.
+    """
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
+        pending: collections.deque[tuple[K, Future[R]]] = collections.deque()
+        for key, arg in items:
+            pending.append((key, pool.submit(fn, arg)))
+            while len(pending) > ahead:
+                done, fut = pending.popleft()
                 yield done, fut.result()
-        while ahead:
-            done, fut = ahead.popleft()
+        while pending:
+            done, fut = pending.popleft()
             yield done, fut.result()
 
 
