@@ -220,8 +220,8 @@ class CriteoFake(VendorFake):
     name: ClassVar[str] = "criteo"
     conn_id: ClassVar[str] = "criteo_default"
     default_config: ClassVar[dict[str, float | None]] = {
+        **VendorFake.default_config,
         "processing_seconds": 0.0,
-        "rate_limit_per_second": None,
         "token_lifetime_seconds": 900.0,
         "calls_per_minute": 250.0,
         "rate_window_seconds": 60.0,
