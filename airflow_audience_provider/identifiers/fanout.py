@@ -739,7 +739,7 @@ def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) ->
                 st.full_replace_reason = f"the snapshot was made with rule {meta.get('rule')}"
     if store is not None and dest.keep_state:
         st.journal = Journal(store.directory)
-        rec = st.journal.recover(dest.rule.key)
+        rec = st.journal.recover(dest.rule.key, dest.rule.profile.output_length)
         st.recovery = rec
         if rec is not None and rec.unusable:
             st.notes.append(

@@ -38,9 +38,11 @@ It then plans against "last confirmed state + uncertain set": uncertain identifi
 in the list are (re)added, the others are (re)removed, so the vendor equals the new target
 whatever the interrupted runs had applied.
 
-Unusable journals: a corrupt one, one whose ids file is missing, or one made with another rule
-make the run a full replace (logged with the reason); one written by a newer provider version is
-refused with instructions.
+Unusable journals: a corrupt one, one whose ids file is missing or holds fewer well-formed lines
+than ``inherited + attempted`` (complete lines, no NUL byte, digests of the rule's length: a crash
+the file system did not keep the synced bytes through, zeros left by one, a hand edit), or one
+made with another rule make the run a full replace (logged with the reason); one written by a
+newer provider version is refused with instructions.
 """
 
 from __future__ import annotations
@@ -113,9 +115,11 @@ class Journal:
 
     # -- reading what a previous run left ---------------------------------------------------
 
-    def recover(self, rule_key: str) -> Recovery | None:
+    def recover(self, rule_key: str, output_length: int | None = None) -> Recovery | None:
         """Read an unfinished run's journal; None when there is none.
 
+        :param output_length: the fixed length of the rule's values (hex digests), None when they vary;
+            an ids file whose counted lines are not all such values is unusable.
         :raises StateFileError: written by a newer provider version (refused: upgrade first).
         """
         fix = "delete it to make the next run a full replace"
@@ -151,12 +155,11 @@ class Journal:
             except FileNotFoundError:
                 return Recovery(unusable=f"the journal's identifier file {src} is missing", previous=previous)
             with fh:
-                for i, line in enumerate(fh):
-                    if i >= limit:
-                        break
-                    value = line.decode("utf-8", "surrogatepass").rstrip("\n")
-                    if value:
-                        values.add(value)
+                problem = _read_ids(fh, limit, output_length, values)
+            if problem is not None:
+                # Fewer or malformed lines (a host crash the file system did not keep the synced bytes
+                # through, zeros left by one, a hand edit): some uncertain identifiers are unknown.
+                return Recovery(unusable=f"the journal's identifier file {src} {problem}", previous=previous)
         return Recovery(values=values, snapshot_uncertain=snapshot_uncertain, previous=previous)
 
     # -- writing this run's journal ---------------------------------------------------------
@@ -424,6 +427,40 @@ class _GrowingPart:
         self.copied += len(data)
         if self.copied < needed:
             raise OSError(f"work file {self.source} holds fewer lines than the journal must record")
+
+
+def _read_ids(fh: IO[bytes], limit: int, width: int | None, values: set[str]) -> str | None:
+    """Add the first ``limit`` lines of an ids file to ``values``; what is wrong with them, or None.
+
+    Every counted line must be complete (newline-terminated), not blank, without NUL bytes, and, for
+    values of a fixed ``width`` (hex digests), exactly that many hex digits.
+    """
+    if width is not None:
+        data = fh.read(limit * (width + 1))
+        lines = data.count(b"\n")
+        if len(data) < limit * (width + 1) or lines < limit:
+            return f"holds fewer identifiers than the {limit} the journal counts"
+        digits = data.replace(b"\n", b"")
+        try:
+            ok = len(digits) == limit * width and data[width :: width + 1] == b"\n" * limit
+            ok = ok and len(bytes.fromhex(digits.decode("ascii"))) * 2 == len(digits)
+        except (UnicodeDecodeError, ValueError):
+            ok = False
+        if not ok:
+            return f"holds lines that are not {width}-digit hex values"
+        values.update(data.decode("ascii").split("\n")[:-1])
+        return None
+    count = 0
+    for line in fh:
+        if count >= limit:
+            break
+        if not line.endswith(b"\n") or len(line) < 2 or b"\0" in line:
+            return f"holds fewer complete identifiers than the {limit} the journal counts"
+        values.add(line[:-1].decode("utf-8", "surrogatepass"))
+        count += 1
+    if count < limit:
+        return f"holds fewer identifiers than the {limit} the journal counts"
+    return None
 
 
 def _present(part: Path | None) -> bool:

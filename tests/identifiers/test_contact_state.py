@@ -150,6 +150,48 @@ def test_corrupt_journal_means_a_full_replace(tmp_path: Path) -> None:
     assert vendor.members == hashes(emails(20))
 
 
+@pytest.mark.parametrize("damage", ["short", "empty", "zeros", "torn line"])
+def test_journal_whose_ids_file_lost_lines_means_a_full_replace(tmp_path: Path, damage: str) -> None:
+    vendor = RecordingSender()
+    run(emails(50), vendor, tmp_path)
+    vendor.fail_on_call = len(vendor.calls) + 5  # 30 adds and 10 removes land, then the run dies
+    with pytest.raises(SendError):
+        run(emails(50, start=30), vendor, tmp_path)
+    vendor.fail_on_call = None
+    meta = json.loads((state_dir(tmp_path) / "journal.json").read_bytes())
+    ids = state_dir(tmp_path) / meta["ids_file"]
+    data = ids.read_bytes()
+    # What a host crash can leave when the file system did not keep the synced bytes (or a hand edit).
+    ids.write_bytes(
+        {"short": data[: 65 * 7], "empty": b"", "zeros": b"\0" * len(data), "torn line": data[: 65 * 20 - 10]}[damage]
+    )
+    result = run(emails(50), vendor, tmp_path)
+    assert vendor.members == hashes(emails(50))
+    assert result["mode"] == "full_replace" and "identifier file" in result["state"]["notes"][0]
+
+
+def test_journal_of_clear_text_values_whose_ids_file_lost_lines_means_a_full_replace(tmp_path: Path) -> None:
+    rule = get_rule("criteo", "customer_id").with_options(max_ids_per_chunk=10)
+    vendor = RecordingSender()
+    ids = [f"cust-{i}" for i in range(50)]
+
+    def sync(values: list[str]) -> dict:
+        options = SyncOptions(allow_mass_removal=True, lease_timeout=0)
+        return sync_contact_list(values, rule, vendor, destination_key="seg", snapshot_base=tmp_path, options=options)
+
+    sync(ids)
+    vendor.fail_on_call = len(vendor.calls) + 5
+    with pytest.raises(SendError):
+        sync([f"cust-{i}" for i in range(30, 80)])
+    vendor.fail_on_call = None
+    directory = SnapshotStore(rule.vendor, "seg", tmp_path).directory
+    journal_ids = directory / json.loads((directory / "journal.json").read_bytes())["ids_file"]
+    journal_ids.write_bytes(journal_ids.read_bytes()[:40])
+    result = sync(ids)
+    assert vendor.members == set(ids)
+    assert result["mode"] == "full_replace" and "identifier file" in result["state"]["notes"][0]
+
+
 def test_journal_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     vendor = RecordingSender()
     run(emails(20), vendor, tmp_path)
@@ -331,8 +373,10 @@ def test_journal_records_are_rewritten_in_place(tmp_path: Path) -> None:
     from airflow_audience_provider.identifiers.journal import Journal
 
     directory = tmp_path / "state"
+    part = tmp_path / "adds.txt"
+    part.write_text("".join(sha(str(i)) + "\n" for i in range(40)))
     journal = Journal(directory)
-    journal.begin(run="r", owner="o", rule_key=RULE.key, kind="diff", parts=[None], inherited=0, token=None)
+    journal.begin(run="r", owner="o", rule_key=RULE.key, kind="diff", parts=[part], inherited=0, token=None)
     location = directory / "journal.json"
     inode = location.stat().st_ino
     for lines in (10, 20, 30):
@@ -341,7 +385,8 @@ def test_journal_records_are_rewritten_in_place(tmp_path: Path) -> None:
         meta = json.loads(location.read_bytes())
         assert (meta["attempted"], meta["acked"]) == (lines, lines)
         assert location.stat().st_ino == inode
-    assert journal.recover(RULE.key) is not None and not journal.recover(RULE.key).unusable
+    recovery = journal.recover(RULE.key, RULE.profile.output_length)
+    assert recovery is not None and recovery.values == {sha(str(i)) for i in range(30)}
     # A shorter record leaves spaces behind it; a record over a page is renamed in, then written in place again.
     assert journal.meta is not None
     journal.meta["owner"] = ""
