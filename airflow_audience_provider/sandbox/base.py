@@ -8,6 +8,7 @@ and implements
 * :meth:`VendorFake.routes` - the vendor's HTTP API as Starlette routes,
 * :meth:`VendorFake.error_envelope` - an error (:class:`ErrorReply`) in the vendor's envelope,
 * :meth:`VendorFake.connection` - the Airflow connection (JSON form) that points at the fake,
+* :meth:`VendorFake.state` - its vendor data as JSON, for ``GET /_sandbox/<name>/state``,
 
 and optionally :meth:`VendorFake.check_request` (authentication before routing; it raises
 :class:`ApiError` to refuse a request), :meth:`VendorFake.rate_limit_key`, :meth:`VendorFake.rate_account`
@@ -512,6 +513,10 @@ class VendorFake:
         """Vendor-specific control routes; by convention under ``/_sandbox/<name>/``."""
         return []
 
+    def state(self) -> dict[str, Any]:
+        """The vendor data as JSON, answered by ``GET /_sandbox/<name>/state``."""
+        raise NotImplementedError
+
     def error_response(
         self,
         path: str,
@@ -692,6 +697,10 @@ def _control_routes(fake: VendorFake) -> list[BaseRoute]:
                 return control_error(str(exc))
         return JSONResponse({"now": rfc3339(fake.now())})
 
+    async def vendor_state(request: Request) -> Response:
+        with fake.lock:  # rendered under the lock: a fake's state may hold its live records
+            return JSONResponse(fake.state())
+
     p = CONTROL_PREFIX
     return [
         Route(f"{p}/health", health, methods=["GET"]),
@@ -701,6 +710,7 @@ def _control_routes(fake: VendorFake) -> list[BaseRoute]:
         Route(f"{p}/rates", rates, methods=["GET", "DELETE"]),
         Route(f"{p}/config", config, methods=["GET", "POST"]),
         Route(f"{p}/clock", clock, methods=["GET", "POST"]),
+        Route(f"{p}/{fake.name}/state", vendor_state, methods=["GET"]),
     ]
 
 

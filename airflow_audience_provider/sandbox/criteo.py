@@ -669,17 +669,16 @@ class CriteoFake(VendorFake):
             Route(ms + "/ad-sets/{ad_set}/audience", self._ad_set_audience, methods=["PUT"]),
         ]
 
+    def state(self) -> dict[str, Any]:
+        """Segments, audiences and how many tokens were issued."""
+        return {"segments": self.segments, "audiences": self.audiences, "tokens_issued": self.tokens_issued}
+
     def control_routes(self) -> list[BaseRoute]:
-        """``/_sandbox/criteo/{revoke_tokens,state}``."""
+        """``/_sandbox/criteo/{revoke_tokens,members/{segment}}``."""
 
         async def revoke(request: Request) -> Response:
             self.revoke_tokens()
             return JSONResponse({"revoked": True})
-
-        async def state(request: Request) -> Response:
-            return JSONResponse(
-                {"segments": self.segments, "audiences": self.audiences, "tokens_issued": self.tokens_issued}
-            )
 
         async def members(request: Request) -> Response:
             try:
@@ -690,7 +689,6 @@ class CriteoFake(VendorFake):
         p = f"/_sandbox/{self.name}"
         return [
             Route(p + "/revoke_tokens", revoke, methods=["POST"]),
-            Route(p + "/state", state, methods=["GET"]),
             Route(p + "/members/{segment}", members, methods=["GET"]),
         ]
 

@@ -922,8 +922,12 @@ class LyticsFake(VendorFake):
         return HTMLResponse(page)
 
     # ------------------------------------------------------------------ control routes
+    def state(self) -> dict[str, Any]:
+        """Segments, segment groups and jobs."""
+        return {"segments": self.segments, "groups": self.groups, "jobs": self.jobs()}
+
     def control_routes(self) -> list[BaseRoute]:
-        """``/_sandbox/lytics/{fail_reevaluation,stall_reevaluation,export_job,state}``."""
+        """``/_sandbox/lytics/{fail_reevaluation,stall_reevaluation,export_job}``."""
 
         async def body_of(request: Request) -> dict[str, Any]:
             body = await control_body(request)
@@ -954,13 +958,9 @@ class LyticsFake(VendorFake):
                 return control_error(str(exc))
             return JSONResponse({"job": self.add_export_job(body["segment_id"], body.get("status", "sleeping"))})
 
-        async def state(request: Request) -> Response:
-            return JSONResponse({"segments": self.segments, "groups": self.groups, "jobs": self.jobs()})
-
         p = f"/_sandbox/{self.name}"
         return [
             Route(f"{p}/fail_reevaluation", fail, methods=["POST"]),
             Route(f"{p}/stall_reevaluation", stall, methods=["POST"]),
             Route(f"{p}/export_job", export_job, methods=["POST"]),
-            Route(f"{p}/state", state, methods=["GET"]),
         ]

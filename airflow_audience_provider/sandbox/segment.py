@@ -769,8 +769,12 @@ class SegmentFake(VendorFake):
         return wrapped
 
     # ------------------------------------------------------------------ control routes
+    def state(self) -> dict[str, Any]:
+        """Audiences and how many edits were refused."""
+        return {"audiences": self.audiences, "refused_edits": self.refused_edits}
+
     def control_routes(self) -> list[BaseRoute]:
-        """``/_sandbox/segment/{fail_compute,set_status,fail_preview,state}``."""
+        """``/_sandbox/segment/{fail_compute,set_status,fail_preview}``."""
 
         async def fail_compute(request: Request) -> Response:
             return await control_call(
@@ -794,15 +798,11 @@ class SegmentFake(VendorFake):
             self.fail_next_preview(str(body.get("reason") or "Preview failed"))
             return JSONResponse({"ok": True})
 
-        async def state(request: Request) -> Response:
-            return JSONResponse({"audiences": self.audiences, "refused_edits": self.refused_edits})
-
         p = f"/_sandbox/{self.name}"
         return [
             Route(f"{p}/fail_compute", fail_compute, methods=["POST"]),
             Route(f"{p}/set_status", set_status, methods=["POST"]),
             Route(f"{p}/fail_preview", fail_preview, methods=["POST"]),
-            Route(f"{p}/state", state, methods=["GET"]),
         ]
 
 

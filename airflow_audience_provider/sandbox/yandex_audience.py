@@ -985,6 +985,15 @@ class YandexAudienceFake(VendorFake):
             return self._success()
 
     # ------------------------------------------------------------------ control API
+    def state(self) -> dict[str, Any]:
+        """Every segment (those the login cannot see too), pixels, delegates and processed segments."""
+        return {
+            "segments": self.segments(include_invisible=True),
+            "pixels": self.pixels(True),
+            "delegates": self.delegates(),
+            "processed": self.processed_segments(),
+        }
+
     def control_routes(self) -> list[BaseRoute]:
         async def fail(request: Request) -> Response:
             return await control_call(
@@ -995,13 +1004,6 @@ class YandexAudienceFake(VendorFake):
                 "segment_id (and status)",
             )
 
-        async def state(request: Request) -> Response:
-            return JSONResponse(
-                {"segments": self.segments(include_invisible=True), "pixels": self.pixels(True),
-                 "delegates": self.delegates(), "processed": self.processed_segments()}
-            )  # fmt: skip
-
         return [
             Route("/_sandbox/yandex_audience/fail_next_processing", fail, methods=["POST"]),
-            Route("/_sandbox/yandex_audience/state", state, methods=["GET"]),
         ]

@@ -902,9 +902,21 @@ class YandexDirectFake(VendorFake):
         return {"SetBidsResults": results}, self._write_cost(results)
 
     # ------------------------------------------------------------------ control API
+    def state(self) -> dict[str, Any]:
+        """Per login: its retargeting lists, audience targets and units spent."""
+        with self.lock:
+            return {
+                login: {
+                    "lists": list(a.lists.values()),
+                    "targets": list(a.targets.values()),
+                    "units_spent": a.units_spent,
+                }
+                for login, a in self.accounts.items()
+            }
+
     def control_routes(self) -> list[BaseRoute]:
         """``POST /_sandbox/yandex_direct/units`` ``{"remaining", "login"?}``, ``.../segments``
-        ``{"id", "name", "status"?}``, ``GET .../state``."""
+        ``{"id", "name", "status"?}``."""
 
         async def units(request: Request) -> Response:
             return await control_call(
@@ -922,24 +934,10 @@ class YandexDirectFake(VendorFake):
                 "{'id': int, 'name': str}",
             )
 
-        async def state(request: Request) -> Response:
-            with self.lock:
-                return JSONResponse(
-                    {
-                        login: {
-                            "lists": list(a.lists.values()),
-                            "targets": list(a.targets.values()),
-                            "units_spent": a.units_spent,
-                        }
-                        for login, a in self.accounts.items()
-                    }
-                )
-
         prefix = "/_sandbox/yandex_direct"
         return [
             Route(f"{prefix}/units", units, methods=["POST"]),
             Route(f"{prefix}/segments", segments, methods=["POST"]),
-            Route(f"{prefix}/state", state, methods=["GET"]),
         ]
 
 
