@@ -480,6 +480,61 @@ def _unsettled_source(sender: Any) -> Callable[[], float] | None:
     return None
 
 
+def _landing_window(sender: Any) -> float:
+    """Seconds after it was sent that a request of this sender may still be applied by the vendor.
+
+    The read timeout (the client gives up), then the settle time of an abandoned request: the
+    sender's or its transport's ``settle_seconds``, else three read timeouts (as the transport
+    assumes). 0 for a sender without a transport (tests' in-memory senders).
+    """
+    settle: float | None = None
+    for _ in range(4):
+        if settle is None and isinstance(getattr(sender, "settle_seconds", None), (int, float)):
+            settle = float(sender.settle_seconds)
+        conn = getattr(getattr(sender, "hook", None), "get_conn", None)
+        if callable(conn):
+            transport = conn()
+            timeouts = getattr(transport, "timeouts", None)
+            if timeouts is not None:
+                read = float(timeouts.read)
+                if settle is None and isinstance(getattr(transport, "settle_seconds", None), (int, float)):
+                    settle = float(transport.settle_seconds)
+                return read + (settle if settle is not None else 3 * read)
+        sender = getattr(sender, "inner", None) or getattr(sender, "sender", None)
+        if sender is None:
+            break
+    return 0.0
+
+
+def _outwait_lost_holder(st: _DestState, cancel: threading.Event | None) -> None:
+    """Before the first request of a run that took over a lease its holder never released: wait
+    until the requests that holder sent before its lease expired can no longer land.
+
+    A crashed or killed run cannot keep its lease until its abandoned requests settle (as a live
+    one does); one that lands after this run's opposite request would undo it while this run
+    reports success.
+    """
+    took_over = getattr(st.lease, "took_over", None)
+    if took_over is None or st.dest.sender is None:
+        return
+    skew = float(getattr(st.lease, "max_clock_skew", 0.0))
+    until = took_over.expires_at + skew + _landing_window(st.dest.sender)
+    delay = until - time.time()
+    if delay <= 0:
+        return
+    log.warning(
+        "%s: waiting %.1f s before sending, until requests of the run whose lease was taken over can no longer land",
+        st.dest.name,
+        delay,
+    )
+    st.notes.append(f"waited {delay:.0f} s for the requests of the run whose lease was taken over to settle")
+    if cancel is not None:
+        cancel.wait(delay)
+        _check_cancel(cancel)
+    else:
+        time.sleep(delay)
+
+
 def _sender_concurrency(sender: Any) -> int:
     """The chunks a sender takes in flight at once: its ``send_concurrency`` (through adapters), else 1."""
     for _ in range(4):
@@ -1520,6 +1575,8 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
     whole_input = st.mode == FULL_REPLACE or (st.mode == ONE_WAY and dest.mode == "add")
     adds_path = st.snapshot_path if whole_input else st.adds_path
     _check_cancel(cancel)
+    if st.mode != NOOP:
+        _outwait_lost_holder(st, cancel)
     if store is not None and (not dest.keep_state or st.mode == ONE_WAY) and st.mode != NOOP:
         # What this run sends is not tracked: the next sync must not trust the old snapshot.
         if store.invalidate():

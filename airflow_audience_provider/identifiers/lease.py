@@ -19,7 +19,9 @@ was released::
   raises :class:`LeaseLostError` when a higher token exists, our file is gone, or our own
   expiry passed (renewals failed): a run whose lease was lost sends nothing more.
 * **Release**: our token file is rewritten with ``released: true``. A run that crashed never
-  releases; its lease expires after ``ttl`` and the next run takes it over (logged).
+  releases; its lease expires after ``ttl`` and the next run takes it over (logged,
+  ``took_over``); the engine then waits for the crashed run's requests in
+  flight to settle before it sends.
 
 Clock skew: expiry is written by the holder's clock and judged by the taker's. A taker waits
 until ``expires_at + max_clock_skew`` by its own clock, and a holder stops sending once its own

@@ -50,7 +50,10 @@ that depends on it):
   upload + confirm for a new segment); later chunks (``addition``) depend on it.
 * Across runs: an add and a later remove of the same identifier depend on each other; a run
   whose sender reports requests of unknown outcome (``unsettled_until``) keeps its lease until
-  they have had ``settle_seconds`` to land, so the next run cannot be overtaken by them.
+  they have had ``settle_seconds`` to land, so the next run cannot be overtaken by them. A run
+  that takes over the lease of a run that never released it (crashed, killed) sends nothing
+  until the old lease's expiry plus ``max_clock_skew``, a read timeout and the settle time have
+  passed: the dead run's requests in flight land before this run's.
 """
 
 from __future__ import annotations

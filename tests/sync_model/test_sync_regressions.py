@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sync_model_helpers
 from sync_model_helpers import (
     ATTEMPTS,
     SLOW,
@@ -257,6 +258,28 @@ def test_killed_with_two_chunks_in_flight_then_the_next_run_converges(
     criteo.sync(original, "sync")
     assert run_killed(criteo, make_input(60, 120), "sync", kill_at=kill_at, after_send=after_send, concurrency=2) == -9
     wait_quiet(criteo.fake)
+    result = criteo.sync(original, "sync")
+    wait_quiet(criteo.fake)
+    assert result["status"] == "sent" and result["state"]["recovered"]
+    assert criteo.members() == expected(original)
+
+
+def test_killed_run_whose_request_lands_late_does_not_overtake_the_next_run(
+    criteo: CriteoTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed run cannot keep its lease until its abandoned request settles; the run taking the
+    lease over waits for it instead. Here the lease expires long before the abandoned request lands
+    (as with the defaults: a 120 s lease, then 60 s of clock skew, against 3 read timeouts of 60 s)."""
+    monkeypatch.setattr(sync_model_helpers, "SETTLE", 6.0)  # abandoned requests land within 6 s
+    monkeypatch.setattr(sync_model_helpers, "LEASE_TTL", 1.0)
+    monkeypatch.setattr(sync_model_helpers, "LEASE_SKEW", 0.2)
+    original = make_input(0, 40)
+    criteo.sync(original, "sync")
+    # The killed run's one addition: its first attempt answers after the read timeout (the client
+    # resends it and the resend is answered), then the run dies; the abandoned attempt lands 4 s later.
+    criteo.fake.faults.inject("slow", path_prefix=criteo.fault_prefix + "/contact-list/add-remove", delay=4.0)
+    assert run_killed(criteo, make_input(0, 60), "sync", kill_at=1, after_send=True) == -9
+    # The next run takes the expired lease over and removes the killed run's additions again.
     result = criteo.sync(original, "sync")
     wait_quiet(criteo.fake)
     assert result["status"] == "sent" and result["state"]["recovered"]
