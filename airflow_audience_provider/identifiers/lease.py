@@ -15,9 +15,11 @@ was released::
   next token's file. :meth:`DestinationLease.acquire` waits (polling) up to a timeout; operators
   that defer call ``try_acquire`` and defer when it returns False.
 * **Hold**: a heartbeat thread rewrites our own token file with a later expiry every
-  ``ttl / 3`` seconds. Before each chunk the engine calls :meth:`DestinationLease.check`, which
-  raises :class:`LeaseLostError` when a higher token exists, our file is gone, or our own
-  expiry passed (renewals failed): a run whose lease was lost sends nothing more.
+  ``ttl / 3`` seconds; a renewal that fails is tried again every ``ttl / 12`` seconds until the
+  lease expires, so a storage hiccup does not let the lease lapse under a chunk still in
+  flight. Before each chunk the engine calls :meth:`DestinationLease.check`, which raises
+  :class:`LeaseLostError` when a higher token exists, our file is gone, our own expiry passed,
+  or the last renewal failed: a run whose lease was lost sends nothing more.
 * **Release**: our token file is rewritten with ``released: true``. A run that crashed never
   releases; its lease expires after ``ttl`` and the next run takes it over (logged,
   ``took_over``); the engine then waits for the crashed run's requests in
@@ -245,13 +247,14 @@ class DestinationLease:
     def renew(self) -> None:
         """Extend our lease by ``ttl`` (the heartbeat calls this); raises LeaseLostError if lost."""
         with self._lock:
-            self._check_locked()
+            self._check_locked(renewing=True)
             self._write_own()
+            self._renew_error = None
 
-    def _check_locked(self) -> None:
+    def _check_locked(self, *, renewing: bool = False) -> None:
         if self.token is None:
             raise LeaseLostError(f"this run does not hold the lease {self.directory}")
-        if self._renew_error is not None:
+        if self._renew_error is not None and not renewing:
             raise LeaseLostError(
                 f"the lease {self.directory} could not be renewed ({self._renew_error}); no further chunk is sent"
             )
@@ -279,15 +282,21 @@ class DestinationLease:
         self._heartbeat.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        # A failed renewal is tried again (sooner) until the lease expires: a chunk still in flight
+        # must not outlive the lease. No chunk starts while the last renewal failed.
+        while not self._stop.wait(self.ttl / 3 if self._renew_error is None else self.ttl / 12):
+            failing = self._renew_error is not None
             try:
                 self.renew()
             except LeaseLostError:
                 return
             except Exception as exc:
                 self._renew_error = exc
-                log.error("Renewing the lease %s failed: %s", self.directory, exc)
-                return
+                if not failing:
+                    log.error("Renewing the lease %s failed (trying again until it expires): %s", self.directory, exc)
+                continue
+            if failing:
+                log.warning("Renewed the lease %s again after a failed renewal", self.directory)
 
     def release(self) -> None:
         """Give the lease up (idempotent). Leaves it alone if it was taken over meanwhile."""

@@ -289,6 +289,37 @@ def test_run_whose_lease_is_lost_sends_nothing_more(tmp_path: Path) -> None:
     assert len(vendor.calls) == 2  # the chunk in hand when it was stolen, none after
 
 
+def test_a_failed_lease_renewal_is_tried_again_so_the_lease_does_not_lapse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storage hiccup on one renewal must not let the lease expire under a chunk still in flight
+    (another run could take it over while that chunk's requests go on)."""
+    from airflow_audience_provider.identifiers import lease as lease_module
+
+    real_write = lease_module.write_atomic
+    lock = threading.Lock()
+    writes: list[int] = []
+    renewed_after_the_failure = threading.Event()
+
+    def flaky_write(location: Any, data: bytes) -> None:
+        with lock:
+            writes.append(1)
+            number = len(writes)
+        if number == 1:
+            raise OSError("the storage did not answer")
+        real_write(location, data)
+        renewed_after_the_failure.set()
+
+    monkeypatch.setattr(lease_module, "write_atomic", flaky_write)
+    lease = DestinationLease(tmp_path / "lease", ttl=6.0, max_clock_skew=0.0)
+    assert lease.try_acquire()
+    try:
+        assert renewed_after_the_failure.wait(10), "the heartbeat gave up after one failed renewal"
+        lease.check()  # renewed again: the lease never lapsed, so the run may go on
+    finally:
+        lease.release()
+
+
 def test_corrupt_lease_is_refused_with_instructions(tmp_path: Path) -> None:
     lease_dir = state_dir(tmp_path) / "lease"
     lease_dir.mkdir(parents=True)
