@@ -172,11 +172,18 @@ class FileBackend:
 
     Several budgets are locked in the order of their file names, so two processes taking the same
     budgets cannot deadlock. File names are hashes: they do not reveal the account.
+
+    Each budget's file stays open in this process (reopened after a fork, since a forked child's
+    copy would share the parent's lock, and when the file was removed meanwhile). A ledger is
+    rewritten in place and padded with spaces to the file's size (JSON ignores them): a request
+    costs a lock, a read and a write, no open, truncate or close.
     """
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self._lock = threading.Lock()  # flock is per open file, not per thread: serialise threads too
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
 
     def try_acquire(self, budgets: Sequence[Budget], now: float) -> tuple[float, Window | None]:
         with self._locked([b.key for b in budgets]) as ledgers:
@@ -189,27 +196,50 @@ class FileBackend:
     def _path(self, key: str) -> Path:
         return self.state_dir / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
+    def _open(self, key: str) -> int:
+        """This process's descriptor of the budget's file (under ``self._lock``)."""
+        if self._pid != os.getpid():  # a forked child: the parent's descriptors share its locks
+            for inherited in self._fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(inherited)
+            self._fds.clear()
+            self._pid = os.getpid()
+        fd = self._fds.get(key)
+        if fd is None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._path(key), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            self._fds[key] = fd
+        return fd
+
+    def _lock_file(self, key: str) -> tuple[int, int]:
+        """Lock the budget's file; ``(descriptor, size)``. A file removed meanwhile is reopened by its name."""
+        for _ in range(3):
+            fd = self._open(key)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            info = os.fstat(fd)
+            if info.st_nlink > 0:
+                return fd, info.st_size
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(self._fds.pop(key))
+        raise OSError(f"the rate-limit ledger {self._path(key)} keeps being removed")
+
     @contextlib.contextmanager
     def _locked(self, keys: list[str]) -> Iterator[dict[str, _Ledger]]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         ordered = sorted(set(keys), key=lambda k: self._path(k).name)
         with self._lock, contextlib.ExitStack() as stack:
-            handles = {}
+            files: dict[str, tuple[int, int]] = {}
             for key in ordered:
-                handle = stack.enter_context(open(self._path(key), "a+", encoding="utf-8"))
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
-                handles[key] = handle
+                fd, size = self._lock_file(key)
+                stack.callback(fcntl.flock, fd, fcntl.LOCK_UN)
+                files[key] = (fd, size)
             ledgers = {}
-            for key, handle in handles.items():
-                handle.seek(0)
-                ledgers[key] = _Ledger.from_json(handle.read())
+            for key, (fd, size) in files.items():
+                raw = os.pread(fd, size, 0) if size else b""
+                ledgers[key] = _Ledger.from_json(raw.decode("utf-8", "replace"))
             yield ledgers
-            for key, handle in handles.items():
-                handle.seek(0)
-                handle.truncate()
-                handle.write(ledgers[key].to_json())
-                handle.flush()
+            for key, (fd, size) in files.items():
+                data = ledgers[key].to_json().encode()
+                os.pwrite(fd, data.ljust(size, b" "), 0)  # never shorter than the file: no truncate
 
 
 def _decide(ledgers: dict[str, _Ledger], budgets: Sequence[Budget], now: float) -> tuple[float, Window | None]:

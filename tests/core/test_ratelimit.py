@@ -134,6 +134,50 @@ def test_file_ledger_is_shared_across_processes(tmp_path):
     assert 3000 < int(wait) <= 3600  # the slot the first process took, minus the time in between
 
 
+def test_a_removed_ledger_file_is_reopened_and_shared(clock, tmp_path):
+    """The backend keeps each ledger open; a file removed meanwhile is recreated by name, not kept as an orphan."""
+    limit = RateLimit((Window(1, 10.0),), max_wait=60)
+    first, second = limiter_on(clock, tmp_path), limiter_on(clock, tmp_path)
+    assert first.acquire("k", limit) == 0.0
+    (ledger,) = tmp_path.iterdir()
+    ledger.unlink()  # e.g. someone cleaned the directory: the budget starts again
+    assert first.acquire("k", limit) == 0.0
+    assert second.acquire("k", limit) == pytest.approx(10.0)  # the slot the first took in the new file
+
+
+def test_a_shorter_ledger_is_padded_in_place(clock, tmp_path):
+    limiter = limiter_on(clock, tmp_path)
+    limiter.hold("k", 30.0)
+    (ledger,) = tmp_path.iterdir()
+    size, inode = ledger.stat().st_size, ledger.stat().st_ino
+    limiter.hold("k", 0.0)  # lifted: a shorter ledger over the longer one
+    assert ledger.stat().st_size == size and ledger.stat().st_ino == inode
+    assert ledger.read_bytes().endswith(b" ") and json.loads(ledger.read_text()) == {}
+    assert limiter.acquire("k", RateLimit.per_second(1)) == 0.0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_locks_the_ledger_through_its_own_descriptor(clock, tmp_path):
+    """A child's copy of the parent's descriptor would share the parent's lock: the child reopens the file."""
+    import fcntl
+
+    limiter = limiter_on(clock, tmp_path)
+    backend = limiter.backend
+    limiter.acquire("k", RateLimit.per_second(5))
+    with backend._locked(["k"]):  # the parent holds the lock
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                fcntl.flock(backend._open("k"), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 # -- several budgets at once: all or none ---------------------------------------------------------
 
 
