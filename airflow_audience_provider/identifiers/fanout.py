@@ -1389,18 +1389,36 @@ def _call(sender: ChunkSender, chunk: Chunk) -> ChunkResult:
 
 
 def _send_phase(
-    sender: ChunkSender, chunks: Iterable[Chunk], concurrency: int, done: Callable[[Chunk, ChunkResult], None]
+    sender: ChunkSender,
+    chunks: Iterable[Chunk],
+    concurrency: int,
+    done: Callable[[Chunk, ChunkResult], None],
+    fence: Callable[[], None] | None = None,
 ) -> None:
     """Send chunks, at most ``concurrency`` at a time; stop at the first failure and re-raise it.
 
     Results are recorded (``done``) in this thread, so accounting needs no lock. On a failure no
-    new chunk is started; chunks already in flight finish and are counted.
+    new chunk is started; chunks already in flight finish and are counted. With several in flight,
+    the next chunk is taken from ``chunks`` (which writes its journal record) while the others are
+    in flight, so it starts as soon as a slot frees; ``fence`` (the cancel and lease checks) runs
+    just before each chunk is handed to the sender.
     """
     if concurrency <= 1:
-        for chunk in chunks:
+        for chunk in chunks:  # taken (checked and journaled) just before it is sent
             done(chunk, _call(sender, chunk))
         return
     error: BaseException | None = None
+    stopped: BaseException | None = None  # raised by the chunk source or the fence: no further chunk
+    source = iter(chunks)
+
+    def take() -> Chunk | None:
+        nonlocal stopped
+        try:
+            return next(source, None)
+        except BaseException as exc:
+            stopped = exc
+            return None
+
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="contact-list-send") as pool:
         in_flight: dict[Future[ChunkResult], Chunk] = {}
 
@@ -1414,16 +1432,27 @@ def _send_phase(
                 else:
                     done(chunk, fut.result())
 
-        for chunk in chunks:
-            if error is not None:
+        nxt = take()
+        finished: set[Future[ChunkResult]] = set()
+        while nxt is not None and not any(f.exception() is not None for f in finished):
+            try:
+                if fence is not None:
+                    fence()
+            except BaseException as exc:
+                stopped = exc
                 break
-            in_flight[pool.submit(_call, sender, chunk)] = chunk
-            if len(in_flight) >= concurrency:
+            in_flight[pool.submit(_call, sender, nxt)] = nxt
+            collect(finished)  # the answers that freed the slot: recorded once the next chunk is on its way
+            nxt = take()  # ready (and journaled) before a slot frees
+            finished = set()
+            if nxt is not None and len(in_flight) >= concurrency:
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                collect(finished)
+        collect(finished)
         collect(list(in_flight))  # Future.exception() waits for each
     if error is not None:
         raise error
+    if stopped is not None:
+        raise stopped
 
 
 def _guards_settled(st: _DestState) -> bool:
@@ -1556,6 +1585,11 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
         if journal is not None:
             journal.attempting(sent_lines)
 
+    def fence() -> None:
+        _check_cancel(cancel)
+        if lease is not None:
+            lease.check()
+
     def done(chunk: Chunk, res: ChunkResult) -> None:
         if chunk.operation == REMOVE:
             acc.sent_remove += res.accepted
@@ -1629,7 +1663,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
                     # The additions depend on the replace: a replace request of unknown outcome
                     # could still land and wipe them, so wait until it cannot.
                     _settle(sender)
-            _send_phase(sender, adds, concurrency, done)
+            _send_phase(sender, adds, concurrency, done, fence)
             # Removals after every addition: the list never dips below the new size.
             total = st.add_counter.chunks + st.remove_counter.chunks  # final: the additions are all sent
             removes = _unless_cancelled(
@@ -1644,7 +1678,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
                 cancel,
                 before,
             )
-            _send_phase(sender, removes, concurrency, done)
+            _send_phase(sender, removes, concurrency, done, fence)
         if st.mode != NOOP:
             _settle(sender)
             if lease is not None:

@@ -14,6 +14,7 @@ from contact_helpers import emails, normalised_emails, sha
 from airflow_audience_provider.identifiers import SyncOptions, fanout, get_rule, sorting, sync_contact_list
 from airflow_audience_provider.identifiers.chunking import Chunk
 from airflow_audience_provider.identifiers.errors import RemovalGuardError, SendError
+from airflow_audience_provider.identifiers.lease import LeaseLostError
 from airflow_audience_provider.identifiers.snapshot import SnapshotStore
 from airflow_audience_provider.identifiers.sync import ChunkResult
 from airflow_audience_provider.identifiers.testing import RecordingSender
@@ -148,3 +149,39 @@ def test_a_snapshot_commit_stores_the_whole_list_whichever_way_it_copies(
     store = SnapshotStore(RULE.vendor, "seg", tmp_path / "state")
     store.commit(data, rule=RULE, count=len(values))
     assert store.read_values() == values and store.read_header()["count"] == 3000
+
+
+def _chunks(n: int) -> list[Chunk]:
+    return [Chunk(operation="add", index=i, total=n, rule=RULE, values=[sha(f"{i}@x.com")]) for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 3])
+def test_chunks_in_flight_are_counted_when_the_chunk_source_stops(stop_at: int) -> None:
+    # Two in flight: the next chunk is taken (and journaled) while they are, so a source that stops
+    # (cancelled, lease lost, the plan failed) stops with requests in flight; they are still counted.
+    chunks = _chunks(3)
+    sender = RecordingSender()
+    done: list[int] = []
+
+    def source() -> Any:
+        yield from chunks[: stop_at - 1]
+        raise fanout.SyncCancelled("stopped")
+
+    with pytest.raises(fanout.SyncCancelled):
+        fanout._send_phase(sender, source(), 2, lambda chunk, res: done.append(chunk.index))
+    assert sorted(done) == list(range(1, stop_at)) and len(sender.calls) == stop_at - 1
+
+
+def test_the_fence_runs_before_each_chunk_is_handed_to_the_sender() -> None:
+    chunks = _chunks(4)
+    sender = RecordingSender()
+    fenced: list[int] = []
+
+    def fence() -> None:
+        fenced.append(len(sender.calls))
+        if len(fenced) == 3:
+            raise LeaseLostError("lost")
+
+    with pytest.raises(LeaseLostError):
+        fanout._send_phase(sender, iter(chunks), 2, lambda chunk, res: None, fence)
+    assert len(sender.calls) == 2  # the third chunk was taken but never sent
