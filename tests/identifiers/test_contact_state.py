@@ -479,3 +479,88 @@ def test_commit_removes_copies_left_by_killed_runs(tmp_path: Path) -> None:
     assert left is not None and left.path.exists()
     store.commit(data, rule=RULE, count=1, prepared=store.prepare(data))
     assert not list(store.directory.glob(".*.tmp")) and store.read_values() == [sha("a@x.com")]
+
+
+@pytest.mark.parametrize("write_back", ["available", "missing"])
+@pytest.mark.parametrize("kernel_copy", ["available", "refused"])
+def test_a_snapshot_prepared_in_written_back_steps_holds_the_whole_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_back: str, kernel_copy: str
+) -> None:
+    import itertools
+    import os
+
+    from airflow_audience_provider.identifiers import snapshot, state
+
+    monkeypatch.setattr(snapshot, "WRITE_BACK_STEP", 4096 + 3 * 65)  # steps that cut lines
+    monkeypatch.setattr(snapshot, "WRITE_BACK_QUEUE", 2)
+    ranges: list[tuple[int, int, bool]] = []
+    real = state.write_back
+
+    def recording(fd: int, offset: int, nbytes: int, *, wait: bool = False) -> bool:
+        ranges.append((offset, nbytes, wait))
+        return real(fd, offset, nbytes, wait=wait) if write_back == "available" else False
+
+    monkeypatch.setattr(snapshot, "write_back", recording)
+    if kernel_copy == "refused":
+
+        def refuse(*args: Any) -> int:
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    values = sorted(sha(e) for e in emails(1000))
+    data = tmp_path / "list.txt"
+    data.write_text("".join(v + "\n" for v in values))
+    store = SnapshotStore("criteo", "seg", tmp_path)
+    store.commit(data, rule=RULE, count=len(values), prepared=store.prepare(data))
+    assert store.read_values() == values and store.read_header()["count"] == 1000
+    if kernel_copy == "available" and hasattr(os, "copy_file_range"):
+        # Every step handed to writeback once, in order, and waited for once more than the queue holds.
+        started = [(o, n) for o, n, wait in ranges if not wait]
+        assert started[0][0] == PREPARED_HEADER_BYTES and sum(n for _, n in started) == 65 * 1000
+        assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(started))
+        assert [(o, n) for o, n, wait in ranges if wait] == started[: max(len(started) - 2, 0)]
+    else:
+        assert ranges == []  # copied by hand: nothing to write back early
+
+
+def test_write_back_starts_writeback_or_says_it_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    from airflow_audience_provider.identifiers import state
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert state.write_back(fd, 0, 0) is False
+        assert state.write_back(fd, 0, 10000, wait=True) is sys.platform.startswith("linux")
+        monkeypatch.setattr(state, "_sync_file_range", False)  # a platform without it
+        assert state.write_back(fd, 0, 10000) is False
+    finally:
+        os.close(fd)
+
+
+def test_a_growing_ids_file_is_written_back_between_its_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from airflow_audience_provider.identifiers import journal
+
+    started: list[tuple[int, int]] = []
+    synced: list[int] = []
+    monkeypatch.setattr(journal, "write_back", lambda fd, offset, nbytes, **_: started.append((offset, nbytes)))
+    monkeypatch.setattr(journal, "sync_data", lambda fd: synced.append(os.fstat(fd).st_size))
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"a\n" * 10)
+    ids = journal._SyncedFile(path)
+    try:
+        assert synced == [20] and started == []
+        with path.open("ab") as out:
+            out.write(b"b\n" * 5)
+        ids.sync_through(20)  # already durable: the new bytes only go to writeback
+        ids.sync_through(20)
+        assert synced == [20] and started == [(20, 10)]
+        ids.sync_through(30)  # a record counts them: a real sync
+        assert synced == [20, 30] and ids.synced == 30
+    finally:
+        ids.close()
