@@ -27,6 +27,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -184,6 +185,7 @@ class FileBackend:
         self._lock = threading.Lock()  # flock is per open file, not per thread: serialise threads too
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
+        weakref.finalize(self, _close_all, self._fds)  # a backend dropped (tests make many) leaves no descriptor open
 
     def try_acquire(self, budgets: Sequence[Budget], now: float) -> tuple[float, Window | None]:
         with self._locked([b.key for b in budgets]) as ledgers:
@@ -199,10 +201,7 @@ class FileBackend:
     def _open(self, key: str) -> int:
         """This process's descriptor of the budget's file (under ``self._lock``)."""
         if self._pid != os.getpid():  # a forked child: the parent's descriptors share its locks
-            for inherited in self._fds.values():
-                with contextlib.suppress(OSError):
-                    os.close(inherited)
-            self._fds.clear()
+            _close_all(self._fds)
             self._pid = os.getpid()
         fd = self._fds.get(key)
         if fd is None:
@@ -240,6 +239,13 @@ class FileBackend:
             for key, (fd, size) in files.items():
                 data = ledgers[key].to_json().encode()
                 os.pwrite(fd, data.ljust(size, b" "), 0)  # never shorter than the file: no truncate
+
+
+def _close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
 
 
 def _decide(ledgers: dict[str, _Ledger], budgets: Sequence[Budget], now: float) -> tuple[float, Window | None]:

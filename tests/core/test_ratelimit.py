@@ -156,6 +156,23 @@ def test_a_shorter_ledger_is_padded_in_place(clock, tmp_path):
     assert limiter.acquire("k", RateLimit.per_second(1)) == 0.0
 
 
+def test_a_dropped_file_backend_closes_its_ledgers(clock, tmp_path):
+    import gc
+
+    limiter = limiter_on(clock, tmp_path)
+    limiter.acquire("k", RateLimit.per_second(5))
+    (fd,) = limiter.backend._fds.values()
+    (ledger,) = tmp_path.iterdir()
+    assert os.fstat(fd).st_ino == ledger.stat().st_ino  # open while the backend lives
+    del limiter
+    gc.collect()
+    try:
+        reused = os.fstat(fd).st_ino  # the number may have been given to another file since
+    except OSError:
+        reused = None
+    assert reused != ledger.stat().st_ino
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_locks_the_ledger_through_its_own_descriptor(clock, tmp_path):
     """A child's copy of the parent's descriptor would share the parent's lock: the child reopens the file."""
