@@ -28,7 +28,9 @@ Behaviour worth knowing when writing clients:
 * 250 calls per minute per client id (``calls_per_minute``, ``rate_window_seconds``): over it, 429 with
   ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and ``x-ratelimit-reset`` (epoch seconds) and no
   ``Retry-After``. The window runs on the wall clock, not the movable one, so moving the clock
-  never makes a client sleep for hours.
+  never makes a client sleep for hours. It counts every call of the app to every list for the
+  fake's whole life (a full sync of 1M identifiers is 21 calls: about 12 such syncs a minute);
+  ``calls_per_minute`` 0 turns it off.
 """
 
 from __future__ import annotations

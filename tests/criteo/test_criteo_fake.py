@@ -33,6 +33,24 @@ def test_quota_answers_429_with_the_ratelimit_headers(criteo):
     assert refused.json()["errors"][0]["type"] == "quota"
 
 
+def test_quota_counts_every_lists_calls_in_one_window_and_zero_turns_it_off(criteo):
+    """One app's amendments of different lists share the window (a long session's syncs add up)."""
+    criteo.configure(calls_per_minute=2, rate_window_seconds=30)
+    headers = {"Authorization": f"Bearer {_token(criteo)}", "Content-Type": "application/json"}
+    body = {"data": {"type": "AddRemoveContactlist", "attributes": {"operation": "add", "identifiers": ["ab" * 32]}}}
+
+    def amend(name: str) -> requests.Response:
+        sid = criteo.add_segment(name)["id"]
+        url = f"{criteo.base_url}/2026-07/retail-media/audience-segments/{sid}/contact-list/add-remove"
+        return requests.post(url, json=body, headers=headers, timeout=10)
+
+    assert [amend(name).status_code for name in ("first", "second")] == [200, 200]
+    refused = amend("third")
+    assert refused.status_code == 429 and refused.headers["x-ratelimit-remaining"] == "0"
+    criteo.configure(calls_per_minute=0)
+    assert amend("fourth").status_code == 200
+
+
 def test_deprecated_version_answers_with_sunset_headers_and_unknown_versions_404(criteo):
     headers = {"Authorization": f"Bearer {_token(criteo)}"}
     old = requests.get(f"{criteo.base_url}/2026-01/retail-media/me", headers=headers, timeout=10)
