@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: Methods that change nothing at the vendor.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class JsonStrings(LazyStrings):
@@ -423,6 +425,10 @@ class Transport:
         #: ``time.monotonic()`` of the last attempt abandoned after it may have reached the vendor
         #: (read timeout, dropped connection): that request may still be applied later.
         self.last_unknown_outcome: float | None = None
+        #: ``time.monotonic()`` of the last write (not GET/HEAD/OPTIONS) answered with a 5xx: behind a
+        #: gateway that gave up (504) the vendor may still apply it. Not part of :meth:`unsettled_until`;
+        #: callers whose next request depends on such a write read it (the contact-list chunk senders).
+        self.last_server_error: float | None = None
         #: Seconds such a request may still be applied by the vendor (assumption); None = 3 of that
         #: request's read timeouts (an upload's own, larger timeout counts, not the connection's).
         self.settle_seconds: float | None = None
@@ -508,6 +514,9 @@ class Transport:
                 raise error from exc
             self._observe(response, endpoint_class)
             status = response.status_code
+            if status >= 500 and method not in _SAFE_METHODS:
+                with self._counters:
+                    self.last_server_error = max(time.monotonic(), self.last_server_error or 0.0)
             self._warn_deprecation(response, label)
             if 200 <= status < 300 and self.profile.body_error is not None:
                 info = self.profile.body_error(response)

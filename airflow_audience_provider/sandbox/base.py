@@ -71,7 +71,7 @@ __all__ = [
 #: Path prefix of the sandbox control API (no auth, no faults, not logged).
 CONTROL_PREFIX = "/_sandbox"
 #: Fault kinds understood by :meth:`FaultInjector.inject`.
-FAULT_KINDS = ("status", "drop", "slow", "lost")
+FAULT_KINDS = ("status", "drop", "slow", "lost", "late")
 #: Query parameters whose values are secrets and are redacted in the request log.
 SECRET_QUERY_PARAMS = frozenset({"access_token", "key", "token", "api_key", "apikey", "client_secret"})
 
@@ -196,7 +196,10 @@ class FaultInjector:
             ``Retry-After: <retry_after>`` header when given); ``"drop"`` - close the connection
             without answering (clients see a connection error); ``"slow"`` - wait ``delay``
             seconds, then answer normally (to trip client read timeouts); ``"lost"`` - apply the
-            request, then close the connection without answering (the outcome the client cannot know).
+            request, then close the connection without answering (the outcome the client cannot know);
+            ``"late"`` - answer ``status`` at once (a gateway that gave up, e.g. 504) and apply the
+            request ``delay`` seconds later anyway (the backend went on); its log entry gets
+            ``"applied": True`` then.
         :param count: how many matching requests are affected (>= 1).
         :param path_prefix: only requests whose path starts with this; ``None`` = any path.
         :param method: only this HTTP method; ``None`` = any method.
@@ -213,8 +216,8 @@ class FaultInjector:
         delay = float(delay)
         if delay < 0:
             raise ValueError("delay must be >= 0")
-        if kind == "slow" and delay == 0:
-            raise ValueError("a 'slow' fault needs delay > 0")
+        if kind in ("slow", "late") and delay == 0:
+            raise ValueError(f"a {kind!r} fault needs delay > 0")
         if retry_after is not None:
             retry_after = float(retry_after)
             if retry_after < 0:
@@ -721,6 +724,23 @@ class _SandboxMiddleware:
     def __init__(self, fake: VendorFake, app: ASGIApp) -> None:
         self.fake = fake
         self.app = app
+        #: requests answered with an error that are still to be applied ("late" faults)
+        self._late: set[asyncio.Future[None]] = set()
+
+    async def _apply_late(
+        self, scope: Scope, receive: Receive, delay: float, fake: VendorFake, entry: dict[str, Any] | None
+    ) -> None:
+        """Apply a request already answered with an error, ``delay`` seconds later (a "late" fault)."""
+        await asyncio.sleep(delay)
+
+        async def discard(message: Any) -> None:
+            return None
+
+        try:
+            await self.app(scope, receive, discard)
+        finally:
+            if entry is not None:
+                fake._update_log(entry, applied=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -773,6 +793,14 @@ class _SandboxMiddleware:
                 # undo it, as on a real server (the request is applied, its answer comes too late).
                 receive = await _buffered(receive)
                 await asyncio.sleep(fault.delay)
+            elif fault.kind == "late":
+                receive = await _buffered(receive)
+                response = fake.error_response(path, fault.status, _reason(fault.status), request_id)
+                await response(scope, receive, send_with_id)
+                later = asyncio.ensure_future(self._apply_late(scope, receive, fault.delay, fake, entry))
+                self._late.add(later)
+                later.add_done_callback(self._late.discard)
+                return
             elif fault.kind == "status":
                 extra = {}
                 if fault.retry_after is not None:

@@ -74,7 +74,11 @@ def wait_quiet(fake: Any, timeout: float = 15.0) -> None:
     """Wait until the fake answered every request it will answer (slow ones land late)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pending = [r for r in fake.requests if r["status"] is None and r.get("fault") != "drop"]
+        pending = [
+            r
+            for r in fake.requests
+            if (r["status"] is None and r.get("fault") != "drop") or (r.get("fault") == "late" and not r.get("applied"))
+        ]
         if not pending:
             return
         time.sleep(0.05)

@@ -287,3 +287,28 @@ def test_killed_run_whose_request_lands_late_does_not_overtake_the_next_run(
     wait_quiet(criteo.fake)
     assert result["status"] == "sent" and result["state"]["recovered"]
     assert criteo.members() == expected(original)
+
+
+def test_a_clear_answered_504_and_applied_late_does_not_wipe_the_additions(criteo: CriteoTarget) -> None:
+    criteo.sync(make_input(0, 100), "sync")
+    # A gateway answers 504 while Criteo goes on and applies the clear a second later; the client
+    # resends the clear, which is answered. Before, that counted as a confirmed clear: the additions
+    # went out at once and the late clear wiped them.
+    criteo.fake.faults.inject("late", path_prefix=criteo.clear_prefix, status=504, delay=SLOW)
+    rows = make_input(50, 100)
+    result = criteo.sync(rows, "replace")
+    wait_quiet(criteo.fake)
+    assert result["status"] == "sent"
+    assert criteo.members() == expected(rows)
+
+
+def test_yandex_replace_answered_504_and_applied_late_does_not_wipe_the_additions(yandex: YandexTarget) -> None:
+    yandex.sync(make_input(0, 150), "sync")
+    wait_quiet(yandex.fake)
+    # Yandex answers ``timeout`` (504) for a replace that ran too long and applies it a second later.
+    yandex.fake.faults.inject("late", path_prefix=yandex.fault_prefix, method="POST", status=504, delay=SLOW)
+    rows = make_input(100, 150)  # a replace file of 60, then additions of 60 and 30
+    result = yandex.sync(rows, "replace")
+    wait_quiet(yandex.fake)
+    assert result["status"] == "sent"
+    assert yandex.members() == expected(rows)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_audience_provider.core.errors import AudienceTransportError
 from airflow_audience_provider.core.transport import JsonStrings
 from airflow_audience_provider.identifiers.sync import ChunkResult
+from airflow_audience_provider.operators.senders import unsettled_until
 
 if TYPE_CHECKING:
     from airflow_audience_provider.hooks.criteo import CriteoHook
@@ -21,7 +22,8 @@ class CriteoChunkSender:
     """:class:`~airflow_audience_provider.identifiers.sync.ChunkSender` for one Criteo contact-list segment.
 
     ``replace`` is clear then add (not atomic). The adds depend on the clear: a clear whose answer
-    never came (read timeout, dropped connection) may still be applied later and wipe them. So
+    never came (read timeout, dropped connection), or came as a 5xx (a gateway that gave up while
+    Criteo went on), may still be applied later and wipe them. So
     a clear counts as confirmed only when no attempt of it had an unknown outcome; otherwise the
     sender waits ``settle_seconds`` (for the abandoned request to land or die) and clears again,
     at most ``clear_attempts`` times, then fails the chunk.
@@ -64,11 +66,10 @@ class CriteoChunkSender:
         self.clear_attempts = clear_attempts
 
     def unsettled_until(self) -> float:
-        """``time.monotonic()`` until which a request of this hook with unknown outcome may still land."""
-        transport = self.hook.get_conn()
-        if self.settle_seconds is None or transport.last_unknown_outcome is None:
-            return transport.unsettled_until()
-        return transport.last_unknown_outcome + self.settle_seconds
+        """``time.monotonic()`` until which a request of this hook with unknown outcome may still land
+        (one given up on, or a write answered with a 5xx)."""
+        transport = self.hook.get_conn()  # its writes are this sender's add-remove and clear calls
+        return unsettled_until(transport, transport.last_server_error, self.settle_seconds)
 
     def _send(self, operation: str, chunk: Any) -> Any:
         # Hex digests: their JSON array is their text with quotes around each line (no list of strings).
@@ -110,9 +111,9 @@ class CriteoChunkSender:
             if wait > 0:
                 log.warning("Waiting %.1f s for an unanswered Criteo request to settle before clearing", wait)
                 time.sleep(wait)
-            before = transport.last_unknown_outcome
+            before = (transport.last_unknown_outcome, transport.last_server_error)
             self.hook.clear_contact_list_by_audience_segment(self.segment_id)
-            if transport.last_unknown_outcome == before:
+            if (transport.last_unknown_outcome, transport.last_server_error) == before:
                 self.cleared = True
                 return
             log.warning(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_audience_provider.core.errors import AudienceError, AudienceValidationError
 from airflow_audience_provider.hooks.yandex_audience import CONTENT_TYPES, VENDOR, YandexAudienceNoChangesError
 from airflow_audience_provider.identifiers import ChunkResult, SyncCancelled, render_file
+from airflow_audience_provider.operators.senders import unsettled_until
 
 if TYPE_CHECKING:
     from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
@@ -73,6 +74,15 @@ class YandexAudienceSegmentSender:
         self.pending_draft: int | str | None = None
         #: True while a confirm is in flight: its outcome is unknown, so the draft is not deleted then
         self.confirming = False
+        #: ``time.monotonic()`` of the last ``modify_data`` attempt answered with a 5xx (it may still land)
+        self._modify_error_at: float | None = None
+
+    def unsettled_until(self) -> float:
+        """``time.monotonic()`` until which a request of this hook with unknown outcome may still land
+        (one given up on, or a ``modify_data`` answered with a 5xx: Yandex answers ``timeout`` 504 for
+        a request that ran too long). The engine sends no addition after a replace, and keeps the
+        lease, until then. Uploads and confirms answered 5xx are read back instead (the hook's)."""
+        return unsettled_until(self.hook.get_conn(), self._modify_error_at)
 
     @property
     def _is_csv(self) -> bool:
@@ -152,12 +162,17 @@ class YandexAudienceSegmentSender:
                 vendor=VENDOR,
             )
         content, filename = self._file(chunk)
+        transport = self.hook.get_conn()
+        before = transport.last_server_error
         try:
             self.hook.modify_data(self.segment_id, content, modification_type, check_size=check_size, filename=filename)
         except YandexAudienceNoChangesError:
             # The same file was applied already (a resend after an ambiguous failure): a no-op.
             self.calls.append({"operation": modification_type, "entries": len(chunk), "no_changes": True})
             return ChunkResult(accepted=len(chunk), detail={"operation": modification_type, "no_changes": True})
+        finally:
+            if transport.last_server_error != before:  # an attempt was answered 5xx: it may still land
+                self._modify_error_at = transport.last_server_error
         self.calls.append({"operation": modification_type, "entries": len(chunk)})
         return ChunkResult(accepted=len(chunk), detail={"operation": modification_type})
 
