@@ -196,7 +196,8 @@ class FaultInjector:
             ``Retry-After: <retry_after>`` header when given); ``"drop"`` - close the connection
             without answering (clients see a connection error); ``"slow"`` - wait ``delay``
             seconds, then answer normally (to trip client read timeouts); ``"lost"`` - apply the
-            request, then close the connection without answering (the outcome the client cannot know);
+            request, then close the connection without answering (the outcome the client cannot know;
+            its log entry gets ``"applied": True`` once applied);
             ``"late"`` - answer ``status`` at once (a gateway that gave up, e.g. 504) and apply the
             request ``delay`` seconds later anyway (the backend went on); its log entry gets
             ``"applied": True`` then.
@@ -829,7 +830,11 @@ class _SandboxMiddleware:
             async def discard(message: Any) -> None:
                 return None
 
-            await self.app(scope, receive, discard)
+            try:
+                await self.app(scope, receive, discard)
+            finally:
+                if entry is not None:
+                    fake._update_log(entry, applied=True)
             await _drop_connection(send)
             return
         await self.app(scope, receive, send_with_id)

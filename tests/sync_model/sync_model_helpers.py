@@ -77,7 +77,8 @@ def wait_quiet(fake: Any, timeout: float = 15.0) -> None:
         pending = [
             r
             for r in fake.requests
-            if (r["status"] is None and r.get("fault") != "drop") or (r.get("fault") == "late" and not r.get("applied"))
+            if (r["status"] is None and r.get("fault") != "drop" and not r.get("applied"))
+            or (r.get("fault") == "late" and not r.get("applied"))
         ]
         if not pending:
             return

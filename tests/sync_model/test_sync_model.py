@@ -2,7 +2,8 @@
 
 Hypothesis drives random sequences of runs against one destination: inputs that shift, carry
 duplicates and invalid rows; the four modes; fault plans armed at a random chunk (5xx, 429 with
-Retry-After, dropped connections, answers slower than the read timeout, a slow clear); failures
+Retry-After, dropped connections, answers slower than the read timeout, a slow clear, requests applied
+but never answered, and 504 answers for requests applied later); failures
 that exhaust the retries; SIGKILL of a worker process at a random chunk; two runs at once.
 
 The model keeps the list the destination should hold after the last successful run (``None``
@@ -58,7 +59,7 @@ PROGRESS_START = [time.monotonic()]
 PROGRESS_VENDOR = [""]
 STATS: dict[str, int] = {"scenarios": 0, "steps": 0, "runs": 0, "failed_runs": 0, "kills": 0, "diverged": 0}
 
-FAULT_KINDS = ["503", "429", "drop", "slow", "slow_clear"]
+FAULT_KINDS = ["503", "429", "drop", "slow", "slow_clear", "lost", "late", "late_clear"]
 
 
 def fault_dicts(target: Target, kind: str) -> list[dict[str, Any]]:
@@ -71,6 +72,12 @@ def fault_dicts(target: Target, kind: str) -> list[dict[str, Any]]:
         return [{"kind": "drop", "path_prefix": prefix}]
     if kind == "slow":
         return [{"kind": "slow", "delay": SLOW, "path_prefix": prefix}]
+    if kind == "lost":  # applied, then the connection closes unanswered
+        return [{"kind": "lost", "path_prefix": prefix}]
+    if kind == "late":  # answered 504 at once, applied SLOW seconds later
+        return [{"kind": "late", "status": 504, "delay": SLOW, "path_prefix": prefix}]
+    if kind == "late_clear":
+        return [{"kind": "late", "status": 504, "delay": SLOW, "path_prefix": target.clear_prefix or prefix}]
     return [{"kind": "slow", "delay": SLOW, "path_prefix": target.clear_prefix or prefix}]
 
 
