@@ -733,6 +733,12 @@ class _SandboxMiddleware:
     ) -> None:
         """Apply a request already answered with an error, ``delay`` seconds later (a "late" fault)."""
         await asyncio.sleep(delay)
+        await self._apply_unanswered(scope, receive, fake, entry)
+
+    async def _apply_unanswered(
+        self, scope: Scope, receive: Receive, fake: VendorFake, entry: dict[str, Any] | None
+    ) -> None:
+        """Apply a request whose answer the client never gets; its log entry is marked ``applied``."""
 
         async def discard(message: Any) -> None:
             return None
@@ -826,15 +832,7 @@ class _SandboxMiddleware:
             await rejection(scope, receive, send_with_id)
             return
         if fault is not None and fault.kind == "lost":
-
-            async def discard(message: Any) -> None:
-                return None
-
-            try:
-                await self.app(scope, receive, discard)
-            finally:
-                if entry is not None:
-                    fake._update_log(entry, applied=True)
+            await self._apply_unanswered(scope, receive, fake, entry)
             await _drop_connection(send)
             return
         await self.app(scope, receive, send_with_id)
