@@ -545,6 +545,10 @@ class Transport:
         except _RetryableAttempt as final:
             raise final.error from final.__cause__
 
+    def settle_window(self) -> float:
+        """Seconds a request of unknown outcome may still land: ``settle_seconds``, else three read timeouts."""
+        return self.settle_seconds if self.settle_seconds is not None else 3 * float(self.timeouts.read)
+
     def unsettled_until(self) -> float:
         """``time.monotonic()`` until which an abandoned request of this transport may still land (0 = none)."""
         if self.last_unknown_outcome is None:
@@ -552,7 +556,7 @@ class Transport:
         if self.settle_seconds is not None:
             return self.last_unknown_outcome + self.settle_seconds
         with self._counters:
-            return max(self._settle_deadline, self.last_unknown_outcome + 3 * float(self.timeouts.read))
+            return max(self._settle_deadline, self.last_unknown_outcome + self.settle_window())
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """:meth:`request` and decode the JSON answer; ``None`` for an empty body (204)."""

@@ -15,10 +15,8 @@ def unsettled_until(transport: Any, answered_at: float | None, settle_seconds: f
     the transport's ``last_server_error`` is any write's). ``settle_seconds`` (default: the
     transport's, else three read timeouts) is how long after either they may land.
     """
-    settle = settle_seconds if settle_seconds is not None else transport.settle_seconds
-    if settle is None:
-        settle = 3 * float(transport.timeouts.read)
+    settle = settle_seconds if settle_seconds is not None else transport.settle_window()
     abandoned = transport.unsettled_until()
     if settle_seconds is not None and transport.last_unknown_outcome is not None:
         abandoned = transport.last_unknown_outcome + settle_seconds
-    return max(abandoned, answered_at + float(settle) if answered_at is not None else 0.0)
+    return max(abandoned, answered_at + settle if answered_at is not None else 0.0)
