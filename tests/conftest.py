@@ -66,6 +66,15 @@ def _fresh_oauth_tokens():
     PROCESS_TOKENS.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits(monkeypatch, tmp_path_factory):
+    """Each test starts with full client-side budgets, on file ledgers of its own (the product's default
+    backend): a budget earlier tests spent (Criteo's 250 calls a minute) is no wait of this one."""
+    from airflow_audience_provider.core import ratelimit
+
+    monkeypatch.setattr(ratelimit, "_default_limiter", ratelimit.RateLimiter(tmp_path_factory.mktemp("ratelimits")))
+
+
 @pytest.fixture
 def lytics_sandbox(sandbox, monkeypatch):
     """The :class:`~airflow_audience_provider.sandbox.lytics.LyticsFake`, reset; its URL is ``.base_url``."""
