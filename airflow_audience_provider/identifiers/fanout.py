@@ -84,7 +84,13 @@ from airflow_audience_provider.identifiers.sorting import (
 )
 from airflow_audience_provider.identifiers.sources import DEFAULT_BATCH_SIZE, IdentifierSource, RawBatch
 from airflow_audience_provider.identifiers.state import is_local
-from airflow_audience_provider.identifiers.sync import ChunkResult, ChunkSender, Destination, summarise
+from airflow_audience_provider.identifiers.sync import (
+    ChunkResult,
+    ChunkSender,
+    Destination,
+    sender_remote_id,
+    summarise,
+)
 
 if TYPE_CHECKING:
     from airflow_audience_provider.identifiers.journal import Journal, Recovery
@@ -773,6 +779,18 @@ def _columnar_polars(profile: NormalisationProfile) -> Any:
     return kernel.polars if kernel is not None else None
 
 
+def _other_list(meta: dict[str, Any], remote_id: str | None) -> str | None:
+    """Why a snapshot does not describe the remote list ``remote_id`` (None: it does, or nothing is checked)."""
+    if remote_id is None:
+        return None
+    recorded = meta.get("remote_id")
+    if recorded is None:
+        return f"does not record which remote list it describes (now {remote_id}; written by an older version)"
+    if str(recorded) != str(remote_id):
+        return f"describes remote list {recorded}, the destination is now {remote_id} (deleted and created again?)"
+    return None
+
+
 def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) -> SnapshotReader | None:
     """Read the destination's snapshot and journal; choose the engine mode; return the diff base.
 
@@ -792,6 +810,11 @@ def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) ->
             st.snapshot_meta = meta
             if reader is None:
                 st.full_replace_reason = f"the snapshot was made with rule {meta.get('rule')}"
+            elsewhere = _other_list(meta, dest.options.remote_id)
+            if reader is not None and elsewhere is not None:
+                log.warning("Snapshot %s %s: this run does not diff against it.", store.describe(), elsewhere)
+                st.full_replace_reason = f"the snapshot {elsewhere}"
+                reader = None
     if store is not None and dest.keep_state:
         st.journal = Journal(store.directory)
         rec = st.journal.recover(dest.rule.key, dest.rule.profile.output_length)
@@ -1693,7 +1716,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
                 st.snapshot_path,
                 rule=dest.rule,
                 count=_count_lines(st.snapshot_path, dest.rule.profile.output_length),
-                extra={"full_replace_at": last_full} if last_full is not None else None,
+                extra=_snapshot_extra(last_full, sender_remote_id(sender, dest.options)),
                 prepared=prep.take() if prep is not None else None,
             )
         if journal is not None:
@@ -1709,6 +1732,16 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
         if prep is not None:
             prep.discard()
     st.status = "sent"
+
+
+def _snapshot_extra(last_full: float | None, remote_id: str | None) -> dict[str, Any] | None:
+    """The snapshot header's fields besides the rule and count: last full replace, remote list id."""
+    extra: dict[str, Any] = {}
+    if last_full is not None:
+        extra["full_replace_at"] = last_full
+    if remote_id is not None:
+        extra["remote_id"] = remote_id
+    return extra or None
 
 
 class _SnapshotCopy:

@@ -122,6 +122,13 @@ class ChunkSender(Protocol):
         ...
 
 
+def sender_remote_id(sender: Any, options: SyncOptions) -> str | None:
+    """The vendor's id of the list the sender wrote to: its ``remote_id`` (a sender that may create
+    the list declares it), else the one the options name."""
+    remote = getattr(sender, "remote_id", None)
+    return str(remote) if remote is not None else options.remote_id
+
+
 @dataclass
 class SyncOptions:
     """Safety and behaviour switches of one destination's sync.
@@ -154,6 +161,11 @@ class SyncOptions:
         that write one destination; an expired lease is taken over only this much later.
     :param full_refresh_every: in ``sync`` mode, force a full replace when the last one is older
         than this (the time is kept in the snapshot); None = only when needed.
+    :param remote_id: the vendor's id of the list this destination key names now (a destination
+        keyed by something the user can reuse, e.g. a segment name). The snapshot records the id it
+        was written for; a snapshot of another list, or one that records none, is not diffed
+        against (a full replace, or in ``add``/``remove`` a send that keeps no state). None = the
+        key itself identifies the list (nothing is checked).
     """
 
     allow_empty: bool = False
@@ -172,6 +184,7 @@ class SyncOptions:
     lease_ttl: float = 120.0
     max_clock_skew: float = 60.0
     full_refresh_every: timedelta | None = None
+    remote_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.lease_timeout < 0 or self.lease_ttl <= 0 or self.max_clock_skew < 0:

@@ -219,6 +219,15 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
         """True when the vendor knows the snapshot cannot be diffed against (e.g. a new segment)."""
         return False
 
+    def remote_id(self) -> str | None:
+        """The vendor's id of the list found by :meth:`prepare`, when :meth:`destination_key` is not that id.
+
+        A key the user can reuse (a segment name) may name another list after a delete and a create:
+        the snapshot records this id and is not diffed against when it records another one, or none.
+        None (default): the key is the vendor's id itself, nothing to check.
+        """
+        return None
+
     def vendor_count(self, hook: Any, when: str, recorded: dict[str, Any] | None) -> tuple[int | None, str] | None:
         """The vendor's own count of identifiers in the list, and what it is (for the drift check).
 
@@ -331,6 +340,7 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
             lease_timeout=0.0,
             lease_poll_interval=float(self.lease_poll_interval),
             full_refresh_every=refresh,
+            remote_id=self.remote_id(),
         )
 
     # -- where state lives -------------------------------------------------------------------
@@ -529,6 +539,9 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
             return None
         if not header or header.get("rule") != self._rule.key or header.get("count") is None:
             return None
+        remote = self.remote_id()
+        if remote is not None and str(header.get("remote_id")) != remote:
+            return None  # the snapshot is of another list (or does not say which): no count to compare
         return header
 
     def check_drift(

@@ -323,6 +323,11 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator["YandexA
     def force_full_replace(self) -> bool:
         return self._segment is None
 
+    def remote_id(self) -> str | None:
+        # The key is the segment's name: a segment deleted and created again under it has a new id.
+        segment = self.__dict__.get("_segment")
+        return str(segment["id"]) if segment else None
+
     def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> Any:
         # the hook imports requests: not at DAG parse
         from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender

@@ -528,3 +528,27 @@ def test_a_blocked_destination_stops_all_before_any_send(tmp_path: Path) -> None
     with pytest.raises(MinimumEntriesError):
         run_destinations(IterableSource(emails(50)), dests)
     assert a.calls == [] and b.calls == []
+
+
+# ---- the remote list a snapshot describes -------------------------------------------------------
+
+
+def test_a_snapshot_of_another_remote_list_is_not_diffed_against(tmp_path: Path, sender: RecordingSender) -> None:
+    run(emails(30), sender, tmp_path, options=SyncOptions(remote_id="A"))
+    store = SnapshotStore(SMALL_CHUNKS.vendor, "seg-1", tmp_path)
+    assert store.read_header()["remote_id"] == "A"  # type: ignore[index]
+    # The key now names another list (deleted and created again), holding something else.
+    other = RecordingSender(members={sha("stranger@example.com")})
+    result = run(emails(31), other, tmp_path, options=SyncOptions(remote_id="B"))
+    assert result["mode"] == "full_replace"
+    assert "describes remote list A, the destination is now B" in result["state"]["full_replace_reason"]
+    assert other.members == set(stored(tmp_path)) == {sha(e.strip().lower()) for e in emails(31)}
+    assert store.read_header()["remote_id"] == "B"  # type: ignore[index]
+    # add to a third list: the input is sent as it is and the state is unknown (no snapshot)
+    third = RecordingSender()
+    result = run(emails(3, start=100), third, tmp_path, mode="add", options=SyncOptions(remote_id="C"))
+    assert result["mode"] == "one_way" and len(third.members) == 3
+    assert store.read_header() is None
+    assert run(emails(31), third, tmp_path, options=SyncOptions(remote_id="C"))["mode"] == "full_replace"
+    # Without a remote id (the key is the vendor's id) nothing is checked.
+    assert run(emails(31), third, tmp_path)["mode"] == "noop"

@@ -57,3 +57,66 @@ def _hash(email: str) -> str:
     import hashlib
 
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def _segment_by_hand(hook, name, values):
+    """Another tool's file segment named ``name`` holding ``values`` (e-mails), as Yandex processes it."""
+    from airflow_audience_provider.identifiers import get_rule, render_file
+
+    content = render_file(get_rule("yandex_audience", "email"), sorted(_hash(v) for v in values))
+    draft = hook.upload_csv_file(content)
+    hook.confirm_segment(draft["id"], name, "crm", hashed=True, hashing_alg="SHA256", check_size=False)
+    return draft["id"]
+
+
+def test_a_segment_recreated_by_hand_under_the_same_name_gets_the_whole_list(ya, hook, context, snapshots):
+    sid = upload(snapshots, emails(150)).execute(context)["segment_id"]
+    settle(ya, sid)
+    # Someone deletes the segment and builds another of the same name holding a different list.
+    hook.delete_segment(sid)
+    other = _segment_by_hand(hook, "upload path", emails(120, start=500))
+    settle(ya, other)
+    result = upload(snapshots, emails(150) + emails(5, start=900)).execute(context)
+    assert result["segment_id"] == other and result["action"] == "updated"
+    assert result["engine_mode"] == "full_replace"
+    reason = result["state"]["full_replace_reason"]
+    assert f"remote list {sid}, the destination is now {other}" in reason
+    assert result["drift"] is None  # the snapshot's count is of the deleted segment: nothing to compare
+    settle(ya, other)
+    assert ya.segment_values(other) == sorted(_hash(e) for e in emails(150) + emails(5, start=900))
+    # The new segment's id is recorded: the next run is incremental again.
+    again = upload(snapshots, emails(150) + emails(6, start=900)).execute(context)
+    assert again["engine_mode"] == "incremental" and again["files"] == [{"operation": "addition", "entries": 1}]
+
+
+def test_a_segment_deleted_and_created_again_by_the_operator_gets_the_whole_list(ya, hook, context, snapshots):
+    sid = upload(snapshots, emails(150)).execute(context)["segment_id"]
+    settle(ya, sid)
+    hook.delete_segment(sid)
+    result = upload(snapshots, emails(150)).execute(context)
+    assert result["action"] == "created" and result["segment_id"] != sid
+    settle(ya, result["segment_id"])
+    assert ya.segment_values(result["segment_id"]) == sorted(_hash(e) for e in emails(150))
+
+
+def test_a_snapshot_without_a_segment_id_is_a_full_replace(ya, hook, context, snapshots):
+    """Snapshots written before the segment id was recorded: which segment they describe is unknown."""
+    import json
+
+    from airflow_audience_provider.identifiers import get_rule, snapshot_for
+
+    op = upload(snapshots, emails(150))
+    sid = op.execute(context)["segment_id"]
+    settle(ya, sid)
+    store = snapshot_for(get_rule("yandex_audience", "email"), op.destination_key(hook), snapshots)
+    path = store.location
+    header, rest = path.read_text().split("\n", 1)
+    prefix = "#aap-snapshot "
+    meta = json.loads(header[len(prefix) :])
+    assert meta["remote_id"] == str(sid)
+    del meta["remote_id"]
+    path.write_text(prefix + json.dumps(meta, sort_keys=True) + "\n" + rest)
+    result = upload(snapshots, emails(150)).execute(context)
+    assert result["engine_mode"] == "full_replace"
+    assert "does not record which" in result["state"]["full_replace_reason"]
+    assert upload(snapshots, emails(150)).execute(context)["engine_mode"] == "noop"

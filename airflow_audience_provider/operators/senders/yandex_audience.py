@@ -77,6 +77,11 @@ class YandexAudienceSegmentSender:
         #: ``time.monotonic()`` of the last ``modify_data`` attempt answered with a 5xx (it may still land)
         self._modify_error_at: float | None = None
 
+    @property
+    def remote_id(self) -> str | None:
+        """The segment's id, once it exists: the snapshot records which segment it describes."""
+        return str(self.segment_id) if self.segment_id is not None else None
+
     def unsettled_until(self) -> float:
         """``time.monotonic()`` until which a request of this hook with unknown outcome may still land
         (one given up on, or a ``modify_data`` answered with a 5xx: Yandex answers ``timeout`` 504 for
