@@ -1,4 +1,4 @@
-"""Regressions of issue 12's failures 1-4, on the real Criteo fake with the real hook and chunk sender.
+"""Four ways a sync once left the vendor unlike its input, on the real Criteo fake, hook and chunk sender:
 
 1. a full replace whose clear answers late (after the client gave up and resent it);
 2. a failed or killed run followed by a different input;

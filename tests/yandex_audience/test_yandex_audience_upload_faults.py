@@ -1,4 +1,4 @@
-"""Yandex.Audience uploads under faults: each of issue 12's failures of the upload path, against the fake.
+"""Yandex.Audience uploads under faults: each way the upload path once diverged or duplicated, against the fake.
 
 Faults are the sandbox's own (``ya.faults.inject``: a 5xx answer, an answer slower than the read
 timeout, a request applied whose answer is lost); a kill is a ``SystemExit`` raised inside the
