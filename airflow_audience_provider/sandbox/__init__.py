@@ -3,7 +3,8 @@
 The sandbox lets tests, the demo and users exercise the provider without network access:
 each vendor fake keeps its state in memory, checks authentication like the vendor, answers
 in the vendor's envelopes, runs asynchronous work on a clock, and can be told to misbehave
-(5xx/429 bursts, dropped connections, slow answers).
+(5xx/429 bursts, dropped connections, slow answers, requests applied whose answer is lost,
+requests answered with an error and applied later).
 
 Importing this package is cheap: the web stack (Starlette, uvicorn) is imported only when a
 fake or the server is used.
