@@ -33,7 +33,9 @@ autodoc_typehints = "description"
 nitpicky = True
 nitpick_ignore_regex = [
     ("py:.*", r"(collections|contextlib|datetime|enum|logging|os|pathlib|threading|typing|urllib\.parse)(\..+)?"),
-    ("py:.*", r"(requests|starlette|airflow)(\..+)?"),
+    ("py:.*", r"(requests|starlette|fastapi|airflow)(\..+)?"),
+    # FastAPI's Depends(...) inside an Annotated parameter, rendered as its repr's keyword arguments.
+    ("py:class", r"(dependency|use_cache|scope)=.*"),
     ("py:.*", r"Context|Path|PathLike|timedelta|Asset|TaskInstanceKey|PokeReturnValue|BaseOperator"),
     ("py:class", r"airflow_audience_provider\..*\._\w+"),  # private base classes, shown by show-inheritance
     ("py:class", r"airflow_audience_provider\.core\.(transport|offload)\.T"),  # TypeVars

@@ -402,7 +402,9 @@ class VendorFake:
     }
 
     def __init__(self, processing_seconds: float | None = None, **config: float | None) -> None:
+        #: Guards every piece of the fake's state (re-entrant).
         self.lock = threading.RLock()
+        #: Injected faults (:meth:`FaultInjector.inject`), also set through ``POST /_sandbox/faults``.
         self.faults = FaultInjector()
         self.base_url: str | None = None
         self._requests: list[dict[str, Any]] = []

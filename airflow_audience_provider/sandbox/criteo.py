@@ -24,7 +24,7 @@ Behaviour worth knowing when writing clients:
   Invalid identifiers (an e-mail that is neither a SHA-256 hex nor has an ``@``; a phone that is
   neither SHA-256 nor ``+digits``) are counted in ``nbInvalidIdentifiers``. Contact-list statistics
   show the identifiers as of the last computation window (00:00 / 12:00 UTC on the fake's clock)
-  unless ``stats_after_window`` is 0; move the clock with :meth:`advance_time`.
+  unless ``stats_after_window`` is 0; move the clock with :meth:`~.VendorFake.advance_time`.
 * 250 calls per minute per client id (``calls_per_minute``, ``rate_window_seconds``): over it, 429 with
   ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and ``x-ratelimit-reset`` (epoch seconds) and no
   ``Retry-After``. The window runs on the wall clock, not the movable one, so moving the clock
@@ -324,11 +324,13 @@ class CriteoFake(VendorFake):
 
     @property
     def segments(self) -> list[dict[str, Any]]:
+        """Every audience segment, as the API renders it."""
         with self.lock:
             return [self._render_segment(s) for s in self._segments.values()]
 
     @property
     def audiences(self) -> list[dict[str, Any]]:
+        """Every audience, as the API renders it."""
         with self.lock:
             return [self._render_audience(a) for a in self._audiences.values()]
 
@@ -365,6 +367,7 @@ class CriteoFake(VendorFake):
             self._tokens.clear()
 
     def line_item_targets(self, line_item_id: str) -> dict[str, Any]:
+        """A line item's audience targeting: ``{"scope", "audienceIds"}``."""
         with self.lock:
             return dict(self._targets.get(str(line_item_id), {"scope": "include", "audienceIds": []}))
 

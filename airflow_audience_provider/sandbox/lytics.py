@@ -145,12 +145,13 @@ def _truthy(value: str | None) -> bool:
 
 
 class LyticsFake(VendorFake):
-    """In-memory Lytics account served over HTTP. All state lives behind :attr:`lock`.
+    """In-memory Lytics account served over HTTP. All state lives behind :attr:`~.VendorFake.lock`.
 
     Python API for tests: :meth:`create_segment`, :meth:`get_segment`, :attr:`segments`,
     :meth:`segment_size`, :meth:`jobs`, :meth:`add_export_job`, :meth:`fail_next_reevaluation`,
-    :meth:`stall_next_reevaluation`, plus the base class' :attr:`faults`, :attr:`requests`,
-    :meth:`configure`, :meth:`advance_time` and :meth:`reset`.
+    :meth:`stall_next_reevaluation`, plus the base class' :attr:`~.VendorFake.faults`,
+    :meth:`~.VendorFake.requests`, :meth:`~.VendorFake.configure`, :meth:`~.VendorFake.advance_time` and
+    :meth:`~.VendorFake.reset`.
     """
 
     name: ClassVar[str] = "lytics"

@@ -12,7 +12,7 @@ Behaviour worth knowing when writing clients:
   anything but ``v1alpha``/``application/json`` on ``audience-references``, ``GET /spaces`` and
   ``GET /spaces/{id}``) answers 415 (the real answer is unverified). Force Execute Audience Run
   takes no body: a body or a ``Content-Type`` answers 400. The request log keeps the
-  ``Content-Type``; :attr:`SegmentFake.accepts` the ``Accept`` of each call.
+  ``Content-Type``; ``SegmentFake.accepts`` the ``Accept`` of each call.
 * Answers follow the 73.2.0 schemas: ``options.filterByExternalIds`` is always present (default
   ``user_id``, ``email``, ``android.idfa``, ``ios.idfa``), ``size.type`` is the unit counted
   (``ENTITIES`` for LINKED audiences), ``GET /spaces`` is paginated.
@@ -23,15 +23,15 @@ Behaviour worth knowing when writing clients:
   p, then ``Live`` with a size derived from the definition. Any PATCH locks it: ``Locked`` for
   p/3 then ``Computing`` until p, then ``Live``. Disabled audiences read ``Disabled`` (after the
   lock). An edit while ``Locked`` is refused with ``locked_edit_status`` (409 by default; the
-  real code is unverified) and counted in :attr:`SegmentFake.refused_edits`.
-  :meth:`fail_next_compute` makes the next computation end ``Failed`` (or ``Error``),
-  :meth:`stall_next_compute` keeps it ``Computing``, :meth:`set_status` forces any status.
+  real code is unverified) and counted in ``SegmentFake.refused_edits``.
+  :meth:`SegmentFake.fail_next_compute` makes the next computation end ``Failed`` (or ``Error``),
+  :meth:`SegmentFake.stall_next_compute` keeps it ``Computing``, :meth:`SegmentFake.set_status` forces any status.
 * Definitions: a query must have balanced quotes/parentheses (a backslash escapes the next
   character, so ``\\'`` does not end a string), start with an extractor
   (``event(``, ``trait(``, ``entity(``, ``NOT``, ``ANY``, ``ALL`` or ``(``) and contain a comparison;
   else 422 ``ValidationFailure`` with ``field: definition.query``.
 * Previews: ``RUNNING`` for p, then ``COMPLETED`` with ``size`` and sampled ``results`` (or
-  ``FAILED`` with ``failureReason`` after :meth:`fail_next_preview`).
+  ``FAILED`` with ``failureReason`` after :meth:`SegmentFake.fail_next_preview`).
 * Pagination: ``pagination.count`` (1-200, default 200) and an opaque ``pagination.cursor``;
   ``pagination.next`` is null on the last page. Search: ``search.type`` NAME/KEY/DEFINITION with a
   case-insensitive substring ``search.query``.
@@ -78,6 +78,7 @@ from airflow_audience_provider.sandbox.base import (
 __all__ = ["SANDBOX_SPACE_ID", "SegmentFake"]
 
 SANDBOX_TOKEN = "segment-sandbox-token-7c41e0d2"
+#: The id of the workspace's one Engage space ("Sandbox space").
 SANDBOX_SPACE_ID = "spa_9aQ1Lj62S4bomZKLF4DPqW"
 SANDBOX_WORKSPACE_SLUG = "sandbox-workspace"
 SANDBOX_USER = "usr_sandboxApiToken"
@@ -150,12 +151,13 @@ def _definition_problem(query: Any) -> str | None:
 
 
 class SegmentFake(VendorFake):
-    """In-memory Segment workspace with one Engage space. All state lives behind :attr:`lock`.
+    """In-memory Segment workspace with one Engage space. All state lives behind :attr:`~.VendorFake.lock`.
 
     Python API for tests: :meth:`create_audience`, :meth:`audience`, :attr:`audiences`,
     :meth:`fail_next_compute`, :meth:`stall_next_compute`, :meth:`set_status`,
-    :meth:`fail_next_preview`, :attr:`refused_edits`, :attr:`accepts`, plus the base class'
-    :attr:`faults`, :attr:`requests`, :meth:`configure`, :meth:`advance_time` and :meth:`reset`.
+    :meth:`fail_next_preview`, ``refused_edits``, ``accepts``, plus the base class'
+    :attr:`~.VendorFake.faults`, :meth:`~.VendorFake.requests`, :meth:`~.VendorFake.configure`,
+    :meth:`~.VendorFake.advance_time` and :meth:`~.VendorFake.reset`.
     """
 
     name: ClassVar[str] = "segment"
@@ -193,7 +195,9 @@ class SegmentFake(VendorFake):
         self._quotas = FakeRateLimiter()
         self._next_compute: dict[str, str] = {}
         self._next_preview_failure: str | None = None
+        # PATCHes of a locked audience refused so far.
         self.refused_edits = 0
+        # The ``Accept`` header of each call, in order.
         self.accepts: list[str | None] = []
         seeded = self.now() - 30 * 86400
         self._store(

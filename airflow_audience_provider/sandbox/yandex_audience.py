@@ -4,7 +4,7 @@ Behaviour worth knowing when writing clients:
 
 * Everything lives under ``/v1/management/``. Auth: exactly ``Authorization: OAuth <token>``;
   missing, wrong or ``Bearer`` tokens get 401 ``unauthorized``; the token
-  :data:`NO_RIGHTS_TOKEN` is valid but lacks Audience rights: 403 ``access_denied``.
+  ``NO_RIGHTS_TOKEN`` is valid but lacks Audience rights: 403 ``access_denied``.
 * Errors: ``{"errors": [{"error_type", "message", "location"?}], "code": <status>, "message"}``.
 * Ids are integers. Single objects come wrapped (``{"segment": {...}}``), lists as
   ``{"segments": [...]}``; deletes answer ``{"success": true}``.
@@ -29,7 +29,7 @@ Behaviour worth knowing when writing clients:
   segment writes per minute/hour/day (uploads, confirms, modify_data, create_*, rename, delete),
   5000 requests per day, 30 requests per second per IP; reprocess twice per segment and 20 per
   login per 24 h. Every request counts, failed ones too (unverified: clients say so, the reference
-  does not). All windows slide on the fake's clock (:meth:`advance_time`) and are configurable.
+  does not). All windows slide on the fake's clock (:meth:`~.VendorFake.advance_time`) and are configurable.
 * ``segment/{id}/update_geo_points`` answers 400: the feature is switched off (so the reference says).
 
 Strict choices where Yandex's documentation leaves a point open (each has a setting for the other reading):
@@ -44,9 +44,11 @@ Strict choices where Yandex's documentation leaves a point open (each has a sett
   a larger ``limit`` is refused with 400.
 * ``quota_names_period=0`` words 429 messages without the quota's period.
 
-Python API for tests and other fakes: :meth:`segments`, :meth:`get_segment`,
-:meth:`processed_segments` (for the Yandex Direct fake), :meth:`fail_next_processing`,
-:meth:`grants`, :meth:`pixels`, :meth:`delegates`.
+Python API for tests and other fakes: :meth:`YandexAudienceFake.segments`,
+:meth:`YandexAudienceFake.get_segment`, :meth:`YandexAudienceFake.processed_segments` (for the
+Yandex Direct fake), :meth:`YandexAudienceFake.fail_next_processing`,
+:meth:`YandexAudienceFake.grants`, :meth:`YandexAudienceFake.pixels`,
+:meth:`YandexAudienceFake.delegates`.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def _fail(status: int, error_type: str, message: str, location: str | None = Non
 
 
 class YandexAudienceFake(VendorFake):
-    """In-memory Yandex.Audience account of :data:`SANDBOX_LOGIN`. All state lives behind :attr:`lock`."""
+    """In-memory Yandex.Audience account of ``SANDBOX_LOGIN``. All state lives behind :attr:`~.VendorFake.lock`."""
 
     name: ClassVar[str] = "yandex_audience"
     conn_id: ClassVar[str] = "yandex_audience_default"
@@ -251,14 +253,17 @@ class YandexAudienceFake(VendorFake):
             self._forced[int(segment_id)] = status
 
     def grants(self, segment_id: int | str) -> list[dict[str, Any]]:
+        """The grants of a segment, as ``GET segment/{id}/grants`` lists them."""
         with self.lock:
             return [dict(g) for g in self._segments[int(segment_id)]["_grants"].values()]
 
     def pixels(self, include_deleted: bool = False) -> list[dict[str, Any]]:
+        """The account's pixels as the API renders them; deleted ones only with ``include_deleted``."""
         with self.lock:
             return [self._render_pixel(p) for p in self._pixels.values() if include_deleted or not p["_deleted"]]
 
     def delegates(self) -> list[dict[str, Any]]:
+        """The account's delegates (login and permission)."""
         with self.lock:
             return [dict(d) for d in self._delegates.values()]
 

@@ -58,7 +58,7 @@ from starlette.routing import BaseRoute, Route
 
 from airflow_audience_provider.sandbox.base import ErrorReply, VendorFake, control_call, request_id_of
 
-__all__ = ["YandexDirectFake"]
+__all__ = ["Account", "YandexDirectFake"]
 
 SANDBOX_TOKEN = "direct-sandbox-token-7d1e"
 AGENCY_TOKEN = "direct-agency-token-3b9a"
@@ -168,7 +168,7 @@ class Account:
 class YandexDirectFake(VendorFake):
     """In-memory Direct advertisers (``sandbox-advertiser`` and the agency's ``sandbox-client``).
 
-    Python API for tests: :attr:`accounts`, :meth:`account`, :meth:`set_units`,
+    Python API for tests: ``accounts``, :meth:`account`, :meth:`set_units`,
     :meth:`add_audience_segment`, :meth:`set_segment_status`, :meth:`set_goal_source`,
     :meth:`use_audience_fake`, :meth:`goals`, plus the base class' faults, request log, config, reset.
     """
@@ -188,6 +188,7 @@ class YandexDirectFake(VendorFake):
     }
 
     def reset_state(self) -> None:
+        # Direct login -> its Account (points spent, retargeting lists, ad groups).
         self.accounts: dict[str, Account] = {}
         for login in (ADVERTISER, *AGENCY_CLIENTS):
             account = Account(login)
@@ -209,6 +210,7 @@ class YandexDirectFake(VendorFake):
 
     # ------------------------------------------------------------------ test API
     def account(self, login: str = ADVERTISER) -> Account:
+        """The state of one Direct login."""
         return self.accounts[login]
 
     def set_units(self, remaining: int, login: str = ADVERTISER) -> None:
@@ -235,6 +237,7 @@ class YandexDirectFake(VendorFake):
             self._segments.append(segment)
 
     def set_segment_status(self, segment_id: int, status: str) -> None:
+        """Set the status of a segment of the fake's own goal source (``processed``, ``is_processed``...)."""
         with self.lock:
             for segment in self._segments:
                 if segment["id"] == int(segment_id):
