@@ -37,6 +37,9 @@ from airflow_audience_provider.sensors.yandex_audience import YandexAudienceSegm
 # Yandex counts every status check against a daily budget: poll every few minutes. The demo and the
 # tests shorten this through the environment.
 POLL_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_POLL_SECONDS", "300"))
+# A running Airflow may fail a task that reschedules every second, so reschedule-mode checks are at
+# least 15 s apart; under ``airflow dags test`` (no scheduler) the tests shorten this too.
+RESCHEDULE_SECONDS = float(os.environ.get("AUDIENCE_EXAMPLE_RESCHEDULE_SECONDS") or max(POLL_SECONDS, 15))
 AGENCY_LOGIN = "agency-direct-login"
 # Where the stand-in CRM export is written: every worker must read it, so with several workers point
 # AUDIENCE_EXAMPLE_DATA_DIR at shared storage. Files are private to the user and removed after the sync.
@@ -117,7 +120,7 @@ with DAG(
         mode="reschedule",  # frees the worker slot between checks; no triggerer needed
         deferrable=False,
         # Each check is a new worker process: reschedule mode is for waits of minutes, not seconds.
-        poke_interval=max(POLL_SECONDS, 15),
+        poke_interval=RESCHEDULE_SECONDS,
         timeout=4 * 60 * 60,
         emit_asset=False,  # build_lookalike has announced it already
     )

@@ -134,10 +134,22 @@ def checked_exchanges(monkeypatch: pytest.MonkeyPatch, hook_class: type, spec_ch
         spec_check.assert_valid()
 
 
+_MIGRATED_DBS: dict[int, Path] = {}
+
+
 def migrated_airflow_env(sandbox: Any, tmp_path_factory: pytest.TempPathFactory, **env: str) -> dict[str, str]:
-    """The environment of ``airflow dags test`` on a fresh home with the example DAGs, its DB migrated."""
+    """The environment of ``airflow dags test`` on a fresh home with the example DAGs, its DB migrated.
+
+    ``airflow db migrate`` runs once per session; each home gets a copy of that empty migrated DB
+    (it holds nothing of its home) and writes its own ``airflow.cfg`` on first use.
+    """
     made = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, **env)
-    migrate_db(made)
+    template = _MIGRATED_DBS.get(id(tmp_path_factory))
+    if template is None:
+        template_env = dag_test_env(tmp_path_factory.mktemp("airflow_home_migrated"), EXAMPLES)
+        migrate_db(template_env)
+        template = _MIGRATED_DBS[id(tmp_path_factory)] = Path(template_env["AIRFLOW_HOME"]) / "airflow.db"
+    shutil.copyfile(template, Path(made["AIRFLOW_HOME"]) / "airflow.db")
     return made
 
 

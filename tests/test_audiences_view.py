@@ -27,6 +27,7 @@ def filled_db(sandbox, tmp_path_factory):
         tmp_path_factory,
         AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
         AUDIENCE_EXAMPLE_SETTLE_SECONDS="0.5",  # the Lytics wait ends on a size that stays put
+        AUDIENCE_EXAMPLE_RESCHEDULE_SECONDS="1",  # no scheduler here to race a quick reschedule
     )
     for dag_id, conf in ((YANDEX_DAG, None), (YANDEX_DAG, {"shift": 5}), (LYTICS_DAG, None)):
         outcome = run_dag_test(dag_id, env, timeout=300, conf=conf)

@@ -1,6 +1,6 @@
 """example_criteo_contact_list_sync end to end under real Airflow (``airflow dags test``) against the sandbox.
 
-Computation windows are one second apart and the propagation delay ten seconds here: long enough
+Computation windows are one second apart and the propagation delay five seconds here: long enough
 that the sensor's first look (a few task start-ups after the upload) finds the changes not yet
 live, so it really defers to its trigger, and short enough for a test.
 """
@@ -34,7 +34,7 @@ def airflow_env(sandbox, tmp_path_factory):
         tmp_path_factory,
         AUDIENCE_EXAMPLE_POLL_SECONDS="0.2",
         AUDIENCE_EXAMPLE_CRITEO_WINDOW_SECONDS="1",
-        AUDIENCE_EXAMPLE_CRITEO_DELAY_SECONDS="10",
+        AUDIENCE_EXAMPLE_CRITEO_DELAY_SECONDS="5",
     )
 
 

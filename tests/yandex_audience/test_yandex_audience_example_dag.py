@@ -25,7 +25,10 @@ def audience(sandbox):
 
 @pytest.fixture(scope="module")
 def airflow_env(sandbox, audience, tmp_path_factory):
-    return migrated_airflow_env(sandbox, tmp_path_factory, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3")
+    # No scheduler under `airflow dags test`: the reschedule sensor need not keep 15 s between checks.
+    return migrated_airflow_env(
+        sandbox, tmp_path_factory, AUDIENCE_EXAMPLE_POLL_SECONDS="0.3", AUDIENCE_EXAMPLE_RESCHEDULE_SECONDS="1"
+    )
 
 
 def test_crm_refresh_end_to_end_then_incremental_rerun(airflow_env, audience):
