@@ -12,7 +12,10 @@ What it does, once for all vendors:
   back first (see :func:`call_with_read_back`);
 * one refresh-and-retry on 401 for OAuth2 client-credentials auth;
 * the client-side rate limiter (:mod:`.ratelimit`) per vendor and endpoint class;
-* typed errors (:mod:`airflow_audience_provider.core.errors`) carrying the HTTP status, vendor code and request id.
+* typed errors (:mod:`airflow_audience_provider.core.errors`) carrying the HTTP status, vendor code and request id;
+* send guards (:meth:`Transport.guard_sends`): checks run before every attempt of a write, retries
+  included, that stop the call by raising (the contact-list engine's lease: a run that may no
+  longer write sends no further attempt).
 
 A vendor supplies a :class:`VendorProfile`: how to read its error envelope and request ids,
 its reset headers and its documented quotas. Triggers use :meth:`Transport.arequest`, which
@@ -30,7 +33,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Any, TypeVar
@@ -360,6 +364,11 @@ class VendorProfile:
     max_budget_pause: float = 60.0
 
 
+#: ``guard(timeouts, landing)``, called before each attempt of a write with the attempt's timeouts and
+#: the seconds after its start during which the vendor may still apply it; it raises to stop the call.
+SendGuard = Callable[[Timeouts, float], None]
+
+
 class _RetryableAttempt(Exception):
     """Internal: one attempt failed in a way worth retrying; carries the final error to raise."""
 
@@ -436,8 +445,35 @@ class Transport:
         self._settle_deadline: float = 0.0
         #: Seconds between read-backs of a write whose answer was lost, while it may still land.
         self.read_back_interval: float = 5.0
+        #: Checks run before every attempt of a write (see :meth:`guard_sends`).
+        self._send_guards: list[SendGuard] = []
 
     # -- public API -------------------------------------------------------------------------
+
+    @contextmanager
+    def guard_sends(self, guard: SendGuard) -> Iterator[None]:
+        """Run ``guard(timeouts, landing)`` before every attempt of a write (not GET/HEAD/OPTIONS) while inside.
+
+        It runs after the rate limiter's wait, just before the request is sent, on first attempts
+        and retries alike; ``landing`` is :meth:`landing_window` of the attempt's timeouts. An
+        exception it raises stops the call unsent and propagates unchanged (it is never retried).
+        """
+        with self._counters:
+            self._send_guards.append(guard)
+        try:
+            yield
+        finally:
+            with self._counters:
+                self._send_guards.remove(guard)
+
+    def landing_window(self, timeouts: Timeouts | None = None) -> float:
+        """Seconds after it was sent that a request with ``timeouts`` may still be applied by the vendor.
+
+        Its read timeout (the client gives up), then the settle time of an abandoned request:
+        ``settle_seconds``, else three read timeouts (as :meth:`unsettled_until` assumes).
+        """
+        read = float((timeouts or self.timeouts).read)
+        return read + (self.settle_seconds if self.settle_seconds is not None else 3 * read)
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -482,6 +518,13 @@ class Transport:
         def attempt() -> requests.Response:
             nonlocal auth_refreshed
             self._throttle(endpoint_class, label)
+            if method not in _SAFE_METHODS and self._send_guards:
+                attempt_timeouts = timeouts or self.timeouts
+                landing = self.landing_window(attempt_timeouts)
+                with self._counters:
+                    guards = list(self._send_guards)
+                for guard in guards:
+                    guard(attempt_timeouts, landing)
             try:
                 with self._counters:
                     self.requests_sent += 1
