@@ -486,30 +486,82 @@ def _unsettled_source(sender: Any) -> Callable[[], float] | None:
     return None
 
 
+def _sender_transport(sender: Any) -> Any:
+    """The transport of the sender's ``hook`` (through adapters), or None (tests' in-memory senders)."""
+    for _ in range(4):
+        conn = getattr(getattr(sender, "hook", None), "get_conn", None)
+        if callable(conn):
+            transport = conn()
+            if getattr(transport, "timeouts", None) is not None:
+                return transport
+        sender = getattr(sender, "inner", None) or getattr(sender, "sender", None)
+        if sender is None:
+            break
+    return None
+
+
 def _landing_window(sender: Any) -> float:
     """Seconds after it was sent that a request of this sender may still be applied by the vendor.
 
-    The read timeout (the client gives up), then the settle time of an abandoned request: the
-    sender's or its transport's ``settle_seconds``, else three read timeouts (as the transport
-    assumes). 0 for a sender without a transport (tests' in-memory senders).
+    The connection's read timeout (the client gives up), then the settle time of an abandoned
+    request: the sender's or its transport's ``settle_seconds``, else three read timeouts (as the
+    transport assumes). A request with a longer read timeout (a large upload) records its own
+    window in the lease before it starts (:meth:`DestinationLease.may_send`). 0 for a sender
+    without a transport (tests' in-memory senders).
     """
     settle: float | None = None
     for _ in range(4):
         if settle is None and isinstance(getattr(sender, "settle_seconds", None), (int, float)):
             settle = float(sender.settle_seconds)
-        conn = getattr(getattr(sender, "hook", None), "get_conn", None)
-        if callable(conn):
-            transport = conn()
-            timeouts = getattr(transport, "timeouts", None)
-            if timeouts is not None:
-                read = float(timeouts.read)
-                if settle is None and isinstance(getattr(transport, "settle_seconds", None), (int, float)):
-                    settle = float(transport.settle_seconds)
-                return read + (settle if settle is not None else 3 * read)
+        transport = _sender_transport(sender)
+        if transport is not None:
+            read = float(transport.timeouts.read)
+            if settle is None and isinstance(getattr(transport, "settle_seconds", None), (int, float)):
+                settle = float(transport.settle_seconds)
+            return read + (settle if settle is not None else 3 * read)
         sender = getattr(sender, "inner", None) or getattr(sender, "sender", None)
         if sender is None:
             break
     return 0.0
+
+
+@contextlib.contextmanager
+def _lease_guards_sends(st: _DestState) -> Iterator[None]:
+    """While inside, every attempt of a write by the sender's transport asks the lease first.
+
+    The lease is checked before each chunk, but the transport retries a request it was handed
+    (5xx, 429, timeouts) possibly for minutes: each attempt, retries included, must start while
+    the lease is ours and far enough from its expiry (:meth:`DestinationLease.may_send`), or the
+    run fails with LeaseLostError instead of writing under a lease another run may hold.
+    """
+    lease, transport = st.lease, _sender_transport(st.dest.sender)
+    may_send = getattr(lease, "may_send", None)
+    if transport is None or not callable(may_send) or not callable(getattr(transport, "guard_sends", None)):
+        yield
+        return
+
+    def guard(timeouts: Any, landing: float) -> None:
+        may_send(float(timeouts.connect) + float(timeouts.read), landing)
+
+    with transport.guard_sends(guard):
+        yield
+
+
+def _takeover_wait_until(st: _DestState) -> float | None:
+    """Wall-clock time before which a run that took over an unreleased lease must not send (None: no wait).
+
+    The old lease's expiry, plus ``max_clock_skew``, plus the longest time after it was sent that
+    a request of the old holder may still land: the window its record carries (a large upload's),
+    or this run's own if longer or not recorded (older versions). The old holder started no
+    attempt after its expiry (see :meth:`DestinationLease.may_send`).
+    """
+    took_over = getattr(st.lease, "took_over", None)
+    if took_over is None or st.dest.sender is None:
+        return None
+    skew = float(getattr(st.lease, "max_clock_skew", 0.0))
+    recorded = getattr(took_over, "landing_window", None)
+    window = max(float(recorded) if recorded is not None else 0.0, _landing_window(st.dest.sender))
+    return float(took_over.expires_at) + skew + window
 
 
 def _outwait_lost_holder(st: _DestState, cancel: threading.Event | None) -> None:
@@ -520,11 +572,9 @@ def _outwait_lost_holder(st: _DestState, cancel: threading.Event | None) -> None
     one does); one that lands after this run's opposite request would undo it while this run
     reports success.
     """
-    took_over = getattr(st.lease, "took_over", None)
-    if took_over is None or st.dest.sender is None:
+    until = _takeover_wait_until(st)
+    if until is None:
         return
-    skew = float(getattr(st.lease, "max_clock_skew", 0.0))
-    until = took_over.expires_at + skew + _landing_window(st.dest.sender)
     delay = until - time.time()
     if delay <= 0:
         return
@@ -574,12 +624,17 @@ def _acquire_lease(st: _DestState) -> None:
         st.lease = dest.lease
         st.own_lease = True
         if st.lease.token is None:
+            if getattr(st.lease, "landing_window", 0.0) is None and dest.sender is not None:
+                st.lease.landing_window = _landing_window(dest.sender)  # in the record it writes
             st.lease.acquire(opts.lease_timeout, opts.lease_poll_interval)
         return
     if dest.snapshot is None or not opts.use_lease:
         return
     st.lease = DestinationLease(
-        dest.snapshot.directory / "lease", ttl=opts.lease_ttl, max_clock_skew=opts.max_clock_skew
+        dest.snapshot.directory / "lease",
+        ttl=opts.lease_ttl,
+        max_clock_skew=opts.max_clock_skew,
+        landing_window=_landing_window(dest.sender) if dest.sender is not None else None,
     )
     st.own_lease = True
     try:
@@ -1660,6 +1715,8 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
         if store is not None and dest.keep_state and st.mode in (FULL_REPLACE, INCREMENTAL)
         else None
     )
+    guarded = contextlib.ExitStack()
+    guarded.enter_context(_lease_guards_sends(st))  # every attempt of a write, retries too, asks the lease
     try:
         if st.mode == CLEAR:
             if lease is not None:
@@ -1729,6 +1786,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             journal.failed(f"{type(exc).__name__}: {exc}")
         raise
     finally:
+        guarded.close()
         if prep is not None:
             prep.discard()
     st.status = "sent"

@@ -8,7 +8,7 @@ The highest token is the current lease; its file holds the owner, the expiry and
 was released::
 
     {"format": 1, "token": 7, "owner": "worker-3:4121:9f2c...", "expires_at": 1765097000.0,
-     "released": false, ...}
+     "released": false, "landing_window": 240.0, ...}
 
 * **Acquire** (:meth:`DestinationLease.try_acquire`): the newest lease is free when it was
   released or expired more than ``max_clock_skew`` seconds ago by our clock; then we create the
@@ -19,11 +19,30 @@ was released::
   lease expires, so a storage hiccup does not let the lease lapse under a chunk still in
   flight. Before each chunk the engine calls :meth:`DestinationLease.check`, which raises
   :class:`LeaseLostError` when a higher token exists, our file is gone, our own expiry passed,
-  or the last renewal failed: a run whose lease was lost sends nothing more.
+  or the last renewal failed: a run whose lease was lost sends nothing more. A request already
+  under way is retried by the transport (5xx, 429, timeouts), so the engine also guards every
+  attempt of a write (:meth:`DestinationLease.may_send`, through
+  :meth:`~airflow_audience_provider.core.transport.Transport.guard_sends`): no attempt starts once
+  our expiry is less than one attempt's connect and read timeouts away (at most ``ttl / 2``; a
+  late heartbeat is made up by renewing first), so a run whose renewals keep failing stops
+  retrying before its lease can be taken over, and fails with :class:`LeaseLostError`.
+* **Landing window**: the record carries ``landing_window``, the longest time after it was sent
+  that a request of the holder may still be applied by the vendor (its read timeout plus the
+  settle time). It is written when the lease is taken and rewritten before a request with a
+  longer one starts (a large upload's read timeout grows with its file). A record without it
+  (older versions) means the taker's own default.
 * **Release**: our token file is rewritten with ``released: true``. A run that crashed never
   releases; its lease expires after ``ttl`` and the next run takes it over (logged,
   ``took_over``); the engine then waits for the crashed run's requests in
-  flight to settle before it sends.
+  flight to settle before it sends: until the old expiry plus ``max_clock_skew`` plus the old
+  record's ``landing_window`` (or its own, if longer). Any attempt of the old holder started
+  before its expiry, so it cannot land after that.
+
+Durability (local storage): the file of a new token and every renewal are fsynced, file then
+directory, before the lease counts as taken or renewed. Otherwise a host crash could lose them:
+the next run would reuse the token without knowing a run had held it (and not wait for that
+run's requests), or read an older expiry or a shorter landing window than the holder relied on.
+A release is not synced: losing one only makes the next run wait as for a crashed holder.
 
 Clock skew: expiry is written by the holder's clock and judged by the taker's. A taker waits
 until ``expires_at + max_clock_skew`` by its own clock, and a holder stops sending once its own
@@ -75,6 +94,8 @@ class LeaseInfo:
     expires_at: float
     released: bool
     acquired_at: float
+    #: seconds after it was sent that a request of the holder may still land (None: not recorded)
+    landing_window: float | None = None
 
     def describe(self) -> str:
         state = "released" if self.released else f"expires {utc_iso(self.expires_at)}"
@@ -90,6 +111,9 @@ class DestinationLease:
     :param max_clock_skew: assumed bound on the clock difference between hosts (seconds).
     :param owner: text naming this run in the lease file (default: host, pid, random suffix).
     :param clock: wall clock (seconds since the epoch); tests pass their own.
+    :param landing_window: seconds after it was sent that a request of this run may still be applied
+        by the vendor, written in the record (the engine sets it from the sender's transport;
+        :meth:`may_send` raises it before a longer request).
     """
 
     def __init__(
@@ -100,6 +124,7 @@ class DestinationLease:
         max_clock_skew: float = 60.0,
         owner: str | None = None,
         clock: Any = time.time,
+        landing_window: float | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError(f"lease ttl must be positive, got {ttl!r}")
@@ -107,6 +132,7 @@ class DestinationLease:
         self.ttl = float(ttl)
         self.max_clock_skew = float(max_clock_skew)
         self.owner = owner or default_owner()
+        self.landing_window = landing_window
         self._clock = clock
         self.token: int | None = None
         self._expires_at = 0.0
@@ -140,12 +166,14 @@ class DestinationLease:
         if meta is None:
             return None
         try:
+            window = meta.get("landing_window")
             return LeaseInfo(
                 token=int(meta["token"]),
                 owner=str(meta["owner"]),
                 expires_at=float(meta["expires_at"]),
                 released=bool(meta.get("released", False)),
                 acquired_at=float(meta.get("acquired_at", 0.0)),
+                landing_window=float(window) if window is not None else None,
             )
         except (KeyError, TypeError, ValueError):
             raise StateFileError(f"the lease file {self._path(token)} misses a field; {fix}") from None
@@ -181,7 +209,9 @@ class DestinationLease:
             "expires_at": expires,
             "released": False,
         }
-        if not create_exclusive(self._path(token), dump_json(body)):
+        if self.landing_window is not None:
+            body["landing_window"] = self.landing_window
+        if not create_exclusive(self._path(token), dump_json(body), durable=True):
             return False  # another run created this token first
         self.token, self._expires_at, self._acquired_at = token, expires, now
         if info is not None and not info.released:
@@ -240,7 +270,10 @@ class DestinationLease:
             "released": released,
             "renewed_at": now,
         }
-        write_atomic(self._path(self.token), dump_json(body))
+        if self.landing_window is not None:
+            body["landing_window"] = self.landing_window
+        # A lost release only makes the next run wait: not worth a sync.
+        write_atomic(self._path(self.token), dump_json(body), durable=not released)
         if not released:
             self._expires_at = expires
 
@@ -275,6 +308,42 @@ class DestinationLease:
         """Fencing check before a chunk: raise :class:`LeaseLostError` unless we still hold the lease."""
         with self._lock:
             self._check_locked()
+
+    def may_send(self, reach: float, landing: float) -> None:
+        """Check before each attempt of a write (retries too): raise :class:`LeaseLostError` unless it may start.
+
+        The attempt may start while our expiry is more than ``min(reach, ttl / 2)`` seconds away
+        (a renewal is made here first when the heartbeat is late). Before an attempt that may land
+        later than the record's ``landing_window`` says, the record is rewritten with ``landing``,
+        so a run taking the lease over waits for it. No storage access otherwise.
+
+        :param reach: seconds the client may wait for the attempt (connect plus read timeout).
+        :param landing: seconds after it was sent that the vendor may still apply it.
+        """
+        with self._lock:
+            margin = min(reach, self.ttl / 2)
+            longer = landing > (self.landing_window or 0.0)
+            if longer or self._clock() >= self._expires_at - margin:
+                previous = self.landing_window
+                try:
+                    self._check_locked(renewing=True)
+                    self.landing_window = max(landing, previous or 0.0)
+                    self._write_own()
+                except LeaseLostError:
+                    self.landing_window = previous
+                    raise
+                except Exception as exc:
+                    self.landing_window = previous
+                    raise LeaseLostError(
+                        f"the lease {self.directory} could not be renewed before a request ({exc}); "
+                        "the request was not sent"
+                    ) from exc
+                self._renew_error = None
+            if self._clock() >= self._expires_at - margin:
+                raise LeaseLostError(
+                    f"the lease {self.directory} (token {self.token}) expires at {utc_iso(self._expires_at)}, "
+                    f"within {margin:.1f} s of a request that may take that long; it was not sent"
+                )
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()

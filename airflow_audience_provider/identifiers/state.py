@@ -13,7 +13,8 @@ Guarantees by backend:
 * **local paths** (``Path`` or ``file://``): writes go to a temporary file that is renamed over
   the target (atomic on POSIX); an exclusive create is ``os.link`` of a complete temporary file
   (fails if the target exists; atomic on local file systems and NFSv3+), so no reader ever sees
-  a half-written file;
+  a half-written file; with ``durable=True`` the file is fsynced before its rename or link and
+  the directory after it, so a host crash cannot lose it (the lease's records use this);
 * **object storage** (``ObjectStoragePath``): an object is written in one upload, so readers
   see it complete or not at all; an exclusive create is ``open(mode="xb")``, which fsspec
   backends implement with a conditional write where the store has one (local, memory, S3
@@ -48,37 +49,51 @@ def is_local(location: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _complete_temporary(location: Path, data: bytes) -> Iterator[Path]:
-    """A temporary file beside ``location`` holding all of ``data``; removed on leaving."""
+def _complete_temporary(location: Path, data: bytes, durable: bool = False) -> Iterator[Path]:
+    """A temporary file beside ``location`` holding all of ``data`` (on disk when ``durable``); removed on leaving."""
     location.parent.mkdir(parents=True, exist_ok=True)
     tmp = location.with_name(f".{location.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as out:
             out.write(data)
+            if durable:
+                out.flush()
+                sync_data(out.fileno())
         yield tmp
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(location: Any, data: bytes) -> None:
-    """Replace ``location`` with ``data``: whole or not at all for any reader."""
+def write_atomic(location: Any, data: bytes, *, durable: bool = False) -> None:
+    """Replace ``location`` with ``data``: whole or not at all for any reader.
+
+    ``durable`` (local paths): the data, then the rename, are on disk before this returns (a host
+    crash leaves the new file, or the old one); object storage is durable per upload anyway.
+    """
     if is_local(location):
-        with _complete_temporary(location, data) as tmp:
+        with _complete_temporary(location, data, durable) as tmp:
             os.replace(tmp, location)
+        if durable:
+            sync_directory(location.parent)
         return
     with location.open("wb") as out:
         out.write(data)
 
 
-def create_exclusive(location: Any, data: bytes) -> bool:
-    """Create ``location`` holding ``data`` only if it does not exist. True = we created it."""
+def create_exclusive(location: Any, data: bytes, *, durable: bool = False) -> bool:
+    """Create ``location`` holding ``data`` only if it does not exist. True = we created it.
+
+    ``durable`` (local paths): the file and its name are on disk before this returns True.
+    """
     if is_local(location):
-        with _complete_temporary(location, data) as tmp:
+        with _complete_temporary(location, data, durable) as tmp:
             try:
                 os.link(tmp, location)
             except FileExistsError:
                 return False
-            return True
+        if durable:
+            sync_directory(location.parent)
+        return True
     with contextlib.suppress(Exception):
         location.parent.mkdir(parents=True, exist_ok=True)
     try:

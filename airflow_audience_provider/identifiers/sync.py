@@ -52,8 +52,10 @@ that depends on it):
   whose sender reports requests of unknown outcome (``unsettled_until``) keeps its lease until
   they have had ``settle_seconds`` to land, so the next run cannot be overtaken by them. A run
   that takes over the lease of a run that never released it (crashed, killed) sends nothing
-  until the old lease's expiry plus ``max_clock_skew``, a read timeout and the settle time have
-  passed: the dead run's requests in flight land before this run's.
+  until the old lease's expiry plus ``max_clock_skew`` plus the landing window in the old lease
+  record (the holder's longest read timeout and the settle time) have passed: the dead run's
+  requests in flight land before this run's. Every attempt of a write, retries included, asks
+  the lease first, so no attempt of a run starts after its lease's expiry.
 """
 
 from __future__ import annotations

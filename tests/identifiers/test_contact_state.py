@@ -301,13 +301,13 @@ def test_a_failed_lease_renewal_is_tried_again_so_the_lease_does_not_lapse(
     writes: list[int] = []
     renewed_after_the_failure = threading.Event()
 
-    def flaky_write(location: Any, data: bytes) -> None:
+    def flaky_write(location: Any, data: bytes, **kw: Any) -> None:
         with lock:
             writes.append(1)
             number = len(writes)
         if number == 1:
             raise OSError("the storage did not answer")
-        real_write(location, data)
+        real_write(location, data, **kw)
         renewed_after_the_failure.set()
 
     monkeypatch.setattr(lease_module, "write_atomic", flaky_write)
@@ -318,6 +318,76 @@ def test_a_failed_lease_renewal_is_tried_again_so_the_lease_does_not_lapse(
         lease.check()  # renewed again: the lease never lapsed, so the run may go on
     finally:
         lease.release()
+
+
+def test_no_attempt_starts_within_one_attempt_of_the_lease_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``may_send`` (asked before every attempt of a write) passes while the expiry is more than the
+    attempt's reach away, renews first when the heartbeat is late, and refuses when it cannot."""
+    from airflow_audience_provider.identifiers import lease as lease_module
+
+    now = [1000.0]
+    broken = threading.Event()
+    real_write = lease_module.write_atomic
+
+    def write(location: Any, data: bytes, **kw: Any) -> None:
+        if broken.is_set():
+            raise OSError("the storage did not answer")
+        real_write(location, data, **kw)
+
+    monkeypatch.setattr(lease_module, "write_atomic", write)
+    lease = DestinationLease(tmp_path / "lease", ttl=300, max_clock_skew=5, clock=lambda: now[0], landing_window=20)
+    assert lease.try_acquire()  # expires at 1300
+    try:
+        lease.may_send(reach=70, landing=20)  # 300 s left: no storage access needed
+        now[0] = 1240.0  # 60 s left, less than the attempt's 70: renewed first, then it may start
+        lease.may_send(reach=70, landing=20)
+        assert json.loads(lease._path(lease.token).read_text())["expires_at"] == 1540.0
+        now[0] = 1380.0  # 160 s left: a 1000 s upload may start (the margin is at most ttl / 2)
+        lease.may_send(reach=1000, landing=20)
+        assert json.loads(lease._path(lease.token).read_text())["expires_at"] == 1540.0  # no renewal needed
+        broken.set()
+        now[0] = 1480.0  # 60 s left and the renewal fails: refused
+        with pytest.raises(LeaseLostError, match="could not be renewed before a request"):
+            lease.may_send(reach=70, landing=20)
+        lease.may_send(reach=10, landing=20)  # a short one may still go
+        now[0] = 1541.0
+        with pytest.raises(LeaseLostError, match="expired"):
+            lease.may_send(reach=10, landing=20)
+    finally:
+        broken.clear()
+        lease.release()
+
+
+def test_the_lease_record_carries_the_longest_landing_window(tmp_path: Path) -> None:
+    now = [1000.0]
+    holder = DestinationLease(tmp_path / "lease", ttl=30, max_clock_skew=5, clock=lambda: now[0], landing_window=24)
+    assert holder.try_acquire()
+    path = holder._path(holder.token)
+    assert json.loads(path.read_text())["landing_window"] == 24
+    holder.may_send(reach=5, landing=400)  # a large upload: recorded before it starts
+    assert json.loads(path.read_text())["landing_window"] == 400
+    holder.may_send(reach=5, landing=24)
+    holder.renew()
+    assert json.loads(path.read_text())["landing_window"] == 400  # kept by renewals
+    holder._stop.set()  # the holder dies without releasing
+    now[0] += 100
+    taker = DestinationLease(tmp_path / "lease", ttl=30, max_clock_skew=5, clock=lambda: now[0])
+    assert taker.try_acquire()
+    assert taker.took_over is not None and taker.took_over.landing_window == 400
+    taker.release()
+
+
+def test_a_lease_record_of_an_older_version_is_read_without_a_landing_window(tmp_path: Path) -> None:
+    lease_dir = tmp_path / "lease"
+    lease_dir.mkdir()
+    old = {"format": 1, "token": 3, "owner": "old-worker", "acquired_at": 1.0, "expires_at": 2.0, "released": False}
+    (lease_dir / "000000000003.json").write_text(json.dumps(old))
+    taker = DestinationLease(lease_dir, ttl=30, max_clock_skew=5)
+    assert taker.try_acquire() and taker.token == 4
+    assert taker.took_over is not None and taker.took_over.landing_window is None
+    taker.release()
 
 
 def test_corrupt_lease_is_refused_with_instructions(tmp_path: Path) -> None:
