@@ -90,6 +90,8 @@ class StatusMap:
 
 
 class EventStatus(enum.StrEnum):
+    """How a wait ended, as its trigger event reports it."""
+
     SUCCESS = "success"
     FAILED = "failed"  # the vendor's job failed
     ERROR = "error"  # we could not find out (API errors beyond the failure budget)

@@ -19,6 +19,8 @@ from airflow_audience_provider.core.results import EventStatus, Phase, PollResul
 
 
 class Verdict(enum.StrEnum):
+    """What one poll means for a wait (see :func:`judge`)."""
+
     DONE = "done"  # the vendor finished the work
     FAILED = "failed"  # the vendor reports that the work failed
     WAIT = "wait"  # still working, or a transient error within the budget

@@ -505,6 +505,7 @@ def _concat(parts: list[Path | None], out: IO[bytes]) -> None:
 
 
 def new_run_id() -> str:
+    """A run id: the UTC time to the second and 8 random hex digits (``20261208T023000-1a2b3c4d``)."""
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 

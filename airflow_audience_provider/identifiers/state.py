@@ -220,6 +220,7 @@ def read_json(location: Any, *, what: str, fmt: int, fix: str) -> dict[str, Any]
 
 
 def dump_json(meta: dict[str, Any]) -> bytes:
+    """``meta`` as the JSON bytes the state files hold (keys sorted)."""
     return json.dumps(meta, sort_keys=True).encode()
 
 
@@ -229,4 +230,5 @@ def default_owner() -> str:
 
 
 def utc_iso(ts: float) -> str:
+    """Epoch seconds as an ISO 8601 UTC time to the second (``2026-12-08T02:30:00Z``)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -68,12 +68,15 @@ def migrate_db(env: dict[str, str], timeout: float = 300, airflow_bin: str | Non
 
 @dataclass
 class DagTestOutcome:
+    """How one ``airflow dags test`` run ended: its return code and log."""
+
     dag_id: str
     returncode: int
     log: str
 
     @property
     def ok(self) -> bool:
+        """Whether the run succeeded (return code 0)."""
         return self.returncode == 0
 
 

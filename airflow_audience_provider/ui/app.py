@@ -42,6 +42,7 @@ def allowed_dag_ids(user: Annotated[Any, Depends(get_user)]) -> set[str]:
 
 
 def create_app() -> FastAPI:
+    """The view's FastAPI app: the HTML pages and their JSON twins (see the module docstring)."""
     app = FastAPI(title="Audiences", docs_url=None, redoc_url=None, openapi_url=None)
     # Asset read access for every data endpoint; the events are then filtered to readable DAGs.
     guarded = [Depends(requires_access_asset("GET"))]

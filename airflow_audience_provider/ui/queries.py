@@ -45,6 +45,8 @@ class EventPoint:
 
 @dataclass
 class AudienceRow:
+    """One audience of the view: its Asset, the vendor object, and the figures of its latest event."""
+
     asset_id: int
     uri: str
     vendor: str
@@ -71,6 +73,8 @@ class AudienceRow:
 
 @dataclass
 class AudiencePage:
+    """One page of the audiences table, with the number of audiences on every page."""
+
     rows: list[AudienceRow]
     total: int
     page: int

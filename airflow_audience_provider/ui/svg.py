@@ -13,6 +13,8 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 12, 24, 28
 
 @dataclass
 class Series:
+    """One line of a plot: its name and one value per x position."""
+
     name: str
     values: list[Any]  # one per x position; None where the event did not report it
 
