@@ -317,6 +317,10 @@ class DestinationLease:
         later than the record's ``landing_window`` says, the record is rewritten with ``landing``,
         so a run taking the lease over waits for it. No storage access otherwise.
 
+        A taker waits ``landing`` (read timeout + settle) past our expiry plus skew; an attempt
+        started ``margin`` before our expiry is sent within its connect timeout, so that covers it
+        while the connect timeout is at most ``margin`` (``ttl / 2``: 60 s against 10 s by default).
+
         :param reach: seconds the client may wait for the attempt (connect plus read timeout).
         :param landing: seconds after it was sent that the vendor may still apply it.
         """
