@@ -72,6 +72,8 @@ class Accounting:
     sent_add: int = 0
     sent_remove: int = 0
     vendor_rejected: int = 0
+    #: identifiers sent that the vendor's answers neither accepted nor reported invalid
+    vendor_unaccounted: int = 0
     chunks_sent: int = 0
     chunks_total: int = 0
     invalid_reasons: Counter[str] = field(default_factory=Counter)
@@ -108,6 +110,7 @@ class Accounting:
             "sent_add": self.sent_add,
             "sent_remove": self.sent_remove,
             "vendor_rejected": self.vendor_rejected,
+            "vendor_unaccounted": self.vendor_unaccounted,
             "chunks_sent": self.chunks_sent,
             "chunks_total": self.chunks_total,
             "invalid_reasons": dict(sorted(self.invalid_reasons.items())),

@@ -1674,6 +1674,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
         else:
             acc.sent_add += res.accepted
         acc.vendor_rejected += res.rejected
+        acc.vendor_unaccounted += max(len(chunk) - res.accepted - res.rejected, 0)
         acc.chunks_sent += 1
         if growing is not None and growing.finished and progress.total_chunks != acc.chunks_total:
             progress.total_chunks, progress.total_ids = acc.chunks_total, acc.added + acc.removed
@@ -1763,6 +1764,15 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             _settle(sender)
             if lease is not None:
                 lease.check()  # still ours: nobody else sent meanwhile, so the snapshot is true
+        if acc.vendor_unaccounted:
+            # Some identifiers may be missing: keep the old snapshot and leave the journal as a failed
+            # run's, so the next run treats what this one sent as uncertain and sends it again.
+            reason = f"the vendor's answers accounted for {acc.vendor_unaccounted} identifier(s) fewer than were sent"
+            st.notes.append(f"{reason}: the snapshot was not advanced; the next run sends them again")
+            if journal is not None:
+                journal.failed(reason)
+            st.status = "partial"
+            return
         if store is not None and dest.keep_state and st.mode not in (NOOP, ONE_WAY):
             # Only now, with every chunk accepted, may the snapshot say these identifiers were sent.
             meta = st.snapshot_meta or {}

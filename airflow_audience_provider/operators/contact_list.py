@@ -458,6 +458,7 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
             result["sent"],
             result["drift"],
         )
+        self.settle_unaccounted(context, result)
         self.settle_drift(result["drift"])
         if self.should_emit(result):
             self.emit_asset_event(context, result["asset_uri"], upload_asset_extra(self, result))
@@ -492,6 +493,7 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
             "removed": removed,
             "sent": int(counts.get("sent_add", 0)) + int(counts.get("sent_remove", 0)),
             "vendor_rejected": int(counts.get("vendor_rejected", 0)),
+            "vendor_unaccounted": int(counts.get("vendor_unaccounted", 0)),
             "chunks_sent": int(counts.get("chunks_sent", 0)),
             "chunks_total": int(counts.get("chunks_total", 0)),
             "invalid_reasons": counts.get("invalid_reasons", {}),
@@ -506,6 +508,32 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
         result.setdefault("url", None)
         result.setdefault("asset_uri", None)
         return result
+
+    def settle_unaccounted(self, context: Context, result: dict[str, Any]) -> None:
+        """Fail or warn (``on_partial_failure``, default ``fail``) when the vendor's answers accounted for
+        fewer identifiers than were sent: counts only, never identifiers.
+
+        The engine did not advance the snapshot, so the next run sends this run's identifiers again.
+        """
+        unaccounted = int(result.get("vendor_unaccounted", 0))
+        if not unaccounted:
+            return
+        accepted, invalid = int(result["sent"]), int(result["vendor_rejected"])
+        sent = accepted + invalid + unaccounted
+        message = (
+            f"{self.vendor_label} accounted for {accepted + invalid:,} of the {sent:,} identifier(s) sent to "
+            f"{self.describe_destination()} ({accepted:,} accepted, {invalid:,} reported invalid, {unaccounted:,} "
+            "neither): they may be missing from the list; the snapshot was not advanced, so the next run sends "
+            "them again"
+        )
+        self.settle_partial_failure(
+            [{"sent": sent, "accepted": accepted, "invalid": invalid, "unaccounted": unaccounted}],
+            message,
+            mode=getattr(self, "on_partial_failure", "fail"),
+            mode_name="on_partial_failure",
+            vendor=self.vendor,
+            before_failing=lambda: context["ti"].xcom_push(key="upload_result", value=result),
+        )
 
     def send_error(self, exc: Exception, partial: dict[str, Any]) -> Exception:
         """The task's error for a send that failed part way: the vendor's error, told with what was applied."""

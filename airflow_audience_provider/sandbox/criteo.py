@@ -250,6 +250,7 @@ class CriteoFake(VendorFake):
         self._ad_sets: dict[str, str] = {}
         self._amendments = 0
         self._amendment_faults: list[tuple[int, int]] = []  # (after this many amendments, status), one each
+        self._short_answers: list[tuple[int, bool]] = []  # (identifiers dropped, omit the invalid count), one each
         self._next_id = {
             "rm_segment": 730011223344,
             "ms_segment": 120001,
@@ -354,6 +355,18 @@ class CriteoFake(VendorFake):
         answer ``status`` (without applying anything)."""
         with self.lock:
             self._amendment_faults.extend([(int(after), int(status))] * int(count))
+
+    def short_count_amendments(self, dropped: int, count: int = 1, *, omit_invalid_count: bool = False) -> None:
+        """The next ``count`` add/remove calls leave their last ``dropped`` valid identifiers out and count
+        only what they applied: ``nbValidIdentifiers`` + ``nbInvalidIdentifiers`` is less than was sent.
+
+        Criteo documents both counts as optional and does not say they add up to what was sent (nor
+        how it treats duplicates), so such an answer is allowed; the fake takes the strict reading:
+        the identifiers not counted were not applied. ``omit_invalid_count``: the answer has no
+        ``nbInvalidIdentifiers`` at all.
+        """
+        with self.lock:
+            self._short_answers.extend([(int(dropped), bool(omit_invalid_count))] * int(count))
 
     def revoke_tokens(self) -> None:
         """Every issued token stops working (a 401 ``authorization-token-invalid`` follows)."""
@@ -1110,6 +1123,9 @@ class CriteoFake(VendorFake):
             # Lower-case SHA-256 digests are valid for every identifier type.
             valid = digests if digests is not None else self._valid_identifiers(identifiers, id_type)
             invalid = len(identifiers) - len(valid)
+            dropped, omit_invalid = self._short_answers.pop(0) if self._short_answers else (0, False)
+            if dropped:
+                valid = list(valid)[: max(len(valid) - dropped, 0)]
             now = self.now()
             self._ops[seg["id"]].append((now, operation, valid))
             self._amendments += 1
@@ -1122,6 +1138,8 @@ class CriteoFake(VendorFake):
             "nbInvalidIdentifiers": invalid,
             "sampleInvalidIdentifiers": ["<redacted>"] * min(invalid, 3),
         }
+        if omit_invalid:
+            del fields["nbInvalidIdentifiers"]
         if api == "retail_media":
             answer = {"type": "AddRemoveContactlistResult", "data": fields, "errors": [], "warnings": []}
         else:

@@ -350,3 +350,52 @@ def test_upload_source_rendered_into_a_template_string_is_read_back(criteo, cont
         task_id="u", segment_id=sid, source=source, mode="add", snapshot_base=str(tmp_path / "snap")
     ).execute(context)
     assert result["sent"] == 1
+
+
+def test_an_answer_accounting_for_fewer_identifiers_than_sent_fails_the_upload(criteo, context, tmp_path):
+    sid = upsert(context)["segment_id"]
+    emails = [f"user{n}@example.com" for n in range(20)]
+    source = write_emails(tmp_path / "ids.csv", emails)
+    snapshots = str(tmp_path / "snap")
+    # One answer counts two identifiers fewer than its chunk held, and gives no invalid count.
+    criteo.short_count_amendments(dropped=2, omit_invalid_count=True)
+    op = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5
+    )
+    with pytest.raises(AudiencePartialFailure, match="accounted for 18 of the 20 identifier") as caught:
+        op.execute(context)
+    assert len(criteo.members(sid)) == 18
+    assert caught.value.items == [{"sent": 20, "accepted": 18, "invalid": 0, "unaccounted": 2}]
+    assert not any(e in str(caught.value) or sha(e) in str(caught.value) for e in emails)  # counts, never ids
+    partial = context["ti"].pushed["upload_result"]
+    assert partial["vendor_unaccounted"] == 2 and partial["criteo_valid"] == 18
+    # The snapshot was not advanced: the rerun sends the list again and it is whole.
+    rerun = CriteoUploadContactListOperator(
+        task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5
+    ).execute(context)
+    assert rerun["vendor_unaccounted"] == 0 and criteo.members(sid) == {sha(e) for e in emails}
+
+
+def test_a_short_count_with_on_partial_failure_warn_is_sent_again_by_the_next_sync(criteo, context, tmp_path):
+    sid = upsert(context)["segment_id"]
+    snapshots = str(tmp_path / "snap")
+
+    def sync(values, **kwargs):
+        source = write_emails(tmp_path / "ids.csv", values)
+        return CriteoUploadContactListOperator(
+            task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5,
+            **kwargs,
+        ).execute(context)  # fmt: skip
+
+    first = [f"user{n}@example.com" for n in range(10)]
+    assert sync(first)["engine_mode"] == "full_replace"
+    more = first + [f"new{n}@example.com" for n in range(10)]
+    criteo.short_count_amendments(dropped=3)  # the counts present, and adding up to 3 fewer than sent
+    warned = sync(more, on_partial_failure="warn")
+    assert warned["status"] == "sent" and warned["vendor_unaccounted"] == 3
+    assert any("snapshot was not advanced" in note for note in warned["state"]["notes"])
+    assert len(criteo.members(sid)) == 17
+    # The next sync does not trust the unaccounted identifiers: it sends them again.
+    again = sync(more)
+    assert again["vendor_unaccounted"] == 0 and criteo.members(sid) == {sha(e) for e in more}
+    assert sync(more)["engine_mode"] == "noop"
