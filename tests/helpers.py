@@ -19,6 +19,7 @@ import pytest
 
 from airflow_audience_provider.core.ratelimit import RateLimiter
 from airflow_audience_provider.core.transport import RetryPolicy
+from airflow_audience_provider.sandbox import dagrun
 from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,6 +152,12 @@ def migrated_airflow_env(sandbox: Any, tmp_path_factory: pytest.TempPathFactory,
         template = _MIGRATED_DBS[id(tmp_path_factory)] = Path(template_env["AIRFLOW_HOME"]) / "airflow.db"
     shutil.copyfile(template, Path(made["AIRFLOW_HOME"]) / "airflow.db")
     return made
+
+
+def read_run(env: dict[str, str], dag_id: str) -> dict[str, Any]:
+    """:func:`~airflow_audience_provider.sandbox.dagrun.read_run` in this process, which imports Airflow
+    anyway: no interpreter start (some seconds of imports) per read."""
+    return dagrun.read_run(env, dag_id, in_process=True)
 
 
 def reset_fake(sandbox: Any, vendor: str, **config: Any) -> Iterator[Any]:

@@ -8,9 +8,9 @@ an ordinary SQLAlchemy session on that file, as the API server would.
 from __future__ import annotations
 
 import pytest
-from helpers import REPO, migrated_airflow_env
+from helpers import REPO, migrated_airflow_env, read_run
 
-from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
+from airflow_audience_provider.sandbox.dagrun import run_dag_test
 
 YANDEX_DAG = "example_yandex_audience_crm_refresh"
 LYTICS_DAG = "example_lytics_segment_refresh"

@@ -9,11 +9,13 @@ Used by ``make demo`` and by the test suite, and useful for testing your own DAG
         print(outcome.ok, read_run(env, "my_dag"))
 
 Reading the run needs the metadata DB of that ``AIRFLOW_HOME``; :func:`read_run` does it in a
-subprocess so the caller's own Airflow configuration is left alone.
+subprocess (or, with ``in_process=True``, through an engine of its own on the home's SQLite file),
+so the caller's own Airflow configuration is left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -123,32 +125,33 @@ def run_dag_test(
     return DagTestOutcome(dag_id, returncode, "".join(lines))
 
 
-_READER = r"""
-import json, sys
-from airflow.models.dagrun import DagRun
-from airflow.models.taskinstance import TaskInstance
-from airflow.models.xcom import XComModel
-from airflow.utils.session import create_session
+def collect_run(session: Any, dag_id: str) -> dict[str, Any]:
+    """Task states, XComs and Asset events of every run of ``dag_id``, read through ``session``."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
 
-dag_id = sys.argv[1]
-out = {"dag_id": dag_id, "runs": []}
-try:  # the tasks in dependency order, and whether the DAG is scheduled on Assets
-    from airflow.models.serialized_dag import SerializedDagModel
-    dag = SerializedDagModel.get_dag(dag_id)
-    upstream = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
-    order, done = [], set()
-    while len(order) < len(upstream):
-        ready = sorted(t for t, ups in upstream.items() if t not in done and ups <= done)
-        if not ready:
-            break
-        order += ready
-        done.update(ready)
-    out["order"] = order
-    out["asset_scheduled"] = "Asset" in type(dag.timetable).__name__
-    out["description"] = dag.description
-except Exception as exc:  # an unserialised DAG: keep the database order
-    out["order_error"] = repr(exc)
-with create_session() as session:
+    out: dict[str, Any] = {"dag_id": dag_id, "runs": []}
+    try:  # the tasks in dependency order, and whether the DAG is scheduled on Assets
+        from airflow.models.serialized_dag import SerializedDagModel
+
+        dag = SerializedDagModel.get_dag(dag_id, session=session)
+        if dag is None:
+            raise LookupError(f"{dag_id} is not serialised")
+        upstream = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
+        order: list[str] = []
+        done: set[str] = set()
+        while len(order) < len(upstream):
+            ready = sorted(t for t, ups in upstream.items() if t not in done and ups <= done)
+            if not ready:
+                break
+            order += ready
+            done.update(ready)
+        out["order"] = order
+        out["asset_scheduled"] = "Asset" in type(dag.timetable).__name__
+        out["description"] = dag.description
+    except Exception as exc:  # an unserialised DAG: keep the database order
+        out["order_error"] = repr(exc)
     runs = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id).all()
     for run in runs:
         tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id)
@@ -159,28 +162,59 @@ with create_session() as session:
                 XComModel.dag_id == dag_id, XComModel.run_id == run.run_id, XComModel.task_id == ti.task_id
             ):
                 value = row.value
-                try:
+                with contextlib.suppress(ValueError):
                     value = json.loads(value) if isinstance(value, (str, bytes)) else value
-                except ValueError:
-                    pass
                 xcoms[row.key] = value
             tasks[ti.task_id] = {"state": str(ti.state), "try_number": ti.try_number, "xcom": xcoms}
         out["runs"].append({"run_id": run.run_id, "state": str(run.state), "tasks": tasks})
     try:
         from airflow.models.asset import AssetEvent, AssetModel
-        events = session.query(AssetEvent, AssetModel).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(
-            AssetEvent.source_dag_id == dag_id)
+
+        events = (
+            session.query(AssetEvent, AssetModel)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetEvent.source_dag_id == dag_id)
+        )
         out["asset_events"] = [
             {"uri": model.uri, "task_id": event.source_task_id, "extra": event.extra} for event, model in events
         ]
     except Exception as exc:  # the asset tables moved between Airflow versions
         out["asset_events_error"] = repr(exc)
+    return out
+
+
+_READER = r"""
+import json, sys
+from airflow.utils.session import create_session
+from airflow_audience_provider.sandbox.dagrun import collect_run
+
+with create_session() as session:
+    out = collect_run(session, sys.argv[1])
 print("AUDIENCE-RUN-JSON " + json.dumps(out, default=str))
 """
 
 
-def read_run(env: dict[str, str], dag_id: str) -> dict[str, Any]:
-    """Task states, XComs and Asset events of every run of ``dag_id`` in that AIRFLOW_HOME."""
+def read_run(env: dict[str, str], dag_id: str, in_process: bool = False) -> dict[str, Any]:
+    """Task states, XComs and Asset events of every run of ``dag_id`` in that AIRFLOW_HOME.
+
+    :param in_process: read the home's default SQLite DB (``$AIRFLOW_HOME/airflow.db``) in this
+        process, through its own engine, instead of starting Python with ``env`` (some seconds of
+        Airflow imports). For callers that import Airflow anyway, such as a test suite; an ``env``
+        naming another database (``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``) is read the usual way.
+    """
+    database = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    if in_process and "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env and database.is_file():
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import Session
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(f"sqlite:///{database}", poolclass=NullPool)
+        try:
+            with Session(engine) as session:
+                out = collect_run(session, dag_id)
+        finally:
+            engine.dispose()
+        return json.loads(json.dumps(out, default=str))  # the values the subprocess would print
     done = subprocess.run(
         [sys.executable, "-c", _READER, dag_id], env=env, capture_output=True, text=True, timeout=120, check=False
     )

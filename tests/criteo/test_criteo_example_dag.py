@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from helpers import migrated_airflow_env, reset_fake
+from helpers import migrated_airflow_env, read_run, reset_fake
 
-from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
+from airflow_audience_provider.sandbox.dagrun import run_dag_test
 
 DAG_ID = "example_criteo_contact_list_sync"
 TASKS = [

@@ -7,9 +7,9 @@ events); a third `airflow dags test` here would cost ~15 s on a loaded box for n
 from __future__ import annotations
 
 import pytest
-from helpers import migrated_airflow_env, reset_fake
+from helpers import migrated_airflow_env, read_run, reset_fake
 
-from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
+from airflow_audience_provider.sandbox.dagrun import run_dag_test
 
 DAG_ID = "example_segment_audience_rollout"
 NAME = "Recent purchasers (Airflow)"

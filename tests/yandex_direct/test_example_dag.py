@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import requests
-from helpers import EXAMPLES, migrated_airflow_env
+from helpers import EXAMPLES, migrated_airflow_env, read_run
 
-from airflow_audience_provider.sandbox.dagrun import read_run, run_dag_test
+from airflow_audience_provider.sandbox.dagrun import run_dag_test
 from airflow_audience_provider.sandbox.yandex_direct import ADVERTISER as DIRECT_LOGIN
 from airflow_audience_provider.sandbox.yandex_direct import AUDIENCE_GOAL_OFFSET
 
