@@ -26,7 +26,7 @@ extensions = [
     "sphinx.ext.intersphinx",
 ]
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
 autodoc_typehints = "description"
 # A dead reference to our own code fails the build. The build has no network, so no intersphinx:
 # names from Python, Airflow and requests cannot be linked and are ignored by pattern.

@@ -1,9 +1,10 @@
 """Every public class and function of the package is rendered in the Sphinx docs.
 
 A module's public names are its top-level classes and functions without a leading underscore
-(only those in ``__all__`` when it has one). Each needs a docstring (autodoc skips undocumented
-members) and an ``automodule`` directive of its module under ``docs/`` that renders it: one with
-members (the default), or one whose ``:members:`` list names it.
+(only those in ``__all__`` when it has one). Each needs a docstring (without one the reference
+shows a bare signature) and an ``automodule`` directive of its module under ``docs/`` that renders
+it: one with members (the default, undocumented members included), or one whose ``:members:`` list
+names it.
 """
 
 from __future__ import annotations
@@ -91,4 +92,4 @@ def test_every_public_class_and_function_is_rendered() -> None:
         if listed is not None:
             missing += [f"{module}.{name}" for name in names if name not in listed]
     assert not missing, f"not rendered in docs/: {missing}"
-    assert not undocumented, f"public but without a docstring (autodoc skips them): {undocumented}"
+    assert not undocumented, f"public but without a docstring: {undocumented}"
