@@ -1,8 +1,9 @@
 """The Python snippets of the docs and README call our operators and sensors with arguments they take.
 
 Each ``.. code-block:: python`` of ``docs/`` and each fenced Python block of ``README.md`` is parsed;
-every call of a class of ``operators/`` or ``sensors/`` by its name must use only keyword arguments
-its ``__init__`` chain (through ``**kwargs`` up to Airflow's ``BaseOperator``) accepts.
+every call of a class of ``operators/`` or ``sensors/``, or of a name the snippet imports from this
+package, must use only keyword arguments it accepts (for a class, its ``__init__`` chain through
+``**kwargs`` up to Airflow's ``BaseOperator``); every imported name must exist.
 """
 
 from __future__ import annotations
@@ -59,8 +60,27 @@ def _classes() -> dict[str, type]:
     return found
 
 
-def _accepted(cls: type) -> set[str]:
-    """Keyword arguments ``cls(...)`` accepts: each ``__init__`` up the MRO while they pass ``**kwargs`` on."""
+def _imported(tree: ast.Module) -> dict[str, object]:
+    """The names a snippet imports from this package (``from airflow_audience_provider.x import Name``)."""
+    found: dict[str, object] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("airflow_audience_provider"):
+            module = importlib.import_module(node.module or "")
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
+                found[alias.asname or alias.name] = getattr(module, alias.name)
+    return found
+
+
+def _accepted(target: object) -> set[str]:
+    """Keyword arguments ``target(...)`` accepts: a function's parameters, or for a class each
+    ``__init__`` up the MRO while they pass ``**kwargs`` on."""
+    if not inspect.isclass(target):
+        parameters = inspect.signature(target).parameters  # type: ignore[arg-type]
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return {"*"}
+        return {n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL}
+    cls = target
     accepted: set[str] = set()
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is object:
@@ -81,8 +101,8 @@ def test_docs_have_python_snippets() -> None:
 
 @pytest.mark.parametrize(("where", "source"), BLOCKS, ids=[where for where, _ in BLOCKS])
 def test_snippet_keyword_arguments_exist(where: str, source: str) -> None:
-    classes = _classes()
     tree = ast.parse(source)
+    classes: dict[str, object] = {**_classes(), **_imported(tree)}
     wrong = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
@@ -97,5 +117,6 @@ def test_snippet_keyword_arguments_exist(where: str, source: str) -> None:
                 wrong.append(f"{name}: no such operator or sensor")
             continue
         accepted = _accepted(classes[name])
-        wrong.extend(f"{name}({kw.arg}=...)" for kw in node.keywords if kw.arg and kw.arg not in accepted)
+        if "*" not in accepted:
+            wrong.extend(f"{name}({kw.arg}=...)" for kw in node.keywords if kw.arg and kw.arg not in accepted)
     assert not wrong, f"{where}: arguments the classes do not take: {wrong}"
