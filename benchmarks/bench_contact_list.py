@@ -522,9 +522,7 @@ def _start_sandbox(tmp: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
 
 def fanout_concurrency(sender: Any) -> int:
     """Chunks the engine keeps in flight for this sender with default options."""
-    from airflow_audience_provider.identifiers.fanout import _sender_concurrency
-
-    return _sender_concurrency(sender)
+    return int(sender.send_concurrency)
 
 
 def _process_cpu(pid: int) -> float | None:

@@ -452,77 +452,17 @@ def run_destinations(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _settle(sender: Any) -> None:
+def _settle(sender: ChunkSender) -> None:
     """Wait until requests of unknown outcome (timeouts) have had time to land at the vendor.
 
-    A sender may expose ``unsettled_until()`` (a ``time.monotonic()`` deadline): a request it
-    gave up on may still be applied until then, so nothing that depends on it may follow, and
-    the lease is kept until then so the next run is not overtaken by it.
+    Until the sender's ``unsettled_until()`` (a ``time.monotonic()`` deadline) a request it gave
+    up on may still be applied, so nothing that depends on it may follow, and the lease is kept
+    until then so the next run is not overtaken by it.
     """
-    until = _unsettled_source(sender)
-    if until is None:
-        return
-    delay = float(until()) - time.monotonic()
+    delay = sender.unsettled_until() - time.monotonic()
     if delay > 0:
         log.info("Waiting %.1f s for requests of unknown outcome to settle before going on", delay)
         time.sleep(delay)
-
-
-def _unsettled_source(sender: Any) -> Callable[[], float] | None:
-    """The sender's ``unsettled_until``; else that of the transport of its ``hook`` (through adapters)."""
-    seen = 0
-    while sender is not None and seen < 4:
-        until = getattr(sender, "unsettled_until", None)
-        if callable(until):
-            return until  # type: ignore[no-any-return]
-        hook = getattr(sender, "hook", None)
-        conn = getattr(hook, "get_conn", None)
-        if callable(conn):
-            transport = conn()
-            if callable(getattr(transport, "unsettled_until", None)):
-                return transport.unsettled_until  # type: ignore[no-any-return]
-        sender = getattr(sender, "inner", None) or getattr(sender, "sender", None)
-        seen += 1
-    return None
-
-
-def _sender_transport(sender: Any) -> Any:
-    """The transport of the sender's ``hook`` (through adapters), or None (tests' in-memory senders)."""
-    for _ in range(4):
-        conn = getattr(getattr(sender, "hook", None), "get_conn", None)
-        if callable(conn):
-            transport = conn()
-            if getattr(transport, "timeouts", None) is not None:
-                return transport
-        sender = getattr(sender, "inner", None) or getattr(sender, "sender", None)
-        if sender is None:
-            break
-    return None
-
-
-def _landing_window(sender: Any) -> float:
-    """Seconds after it was sent that a request of this sender may still be applied by the vendor.
-
-    The connection's read timeout (the client gives up), then the settle time of an abandoned
-    request: the sender's or its transport's ``settle_seconds``, else three read timeouts (as the
-    transport assumes). A request with a longer read timeout (a large upload) records its own
-    window in the lease before it starts (:meth:`DestinationLease.may_send`). 0 for a sender
-    without a transport (tests' in-memory senders).
-    """
-    settle: float | None = None
-    for _ in range(4):
-        if settle is None and isinstance(getattr(sender, "settle_seconds", None), (int, float)):
-            settle = float(sender.settle_seconds)
-        transport = _sender_transport(sender)
-        if transport is not None:
-            read = float(transport.timeouts.read)
-            if settle is None and isinstance(getattr(transport, "settle_seconds", None), (int, float)):
-                settle = float(transport.settle_seconds)
-            return read + (settle if settle is not None else 3 * read)
-        sender = getattr(sender, "inner", None) or getattr(sender, "sender", None)
-        if sender is None:
-            break
-    return 0.0
 
 
 @contextlib.contextmanager
@@ -534,9 +474,9 @@ def _lease_guards_sends(st: _DestState) -> Iterator[None]:
     the lease is ours and far enough from its expiry (:meth:`DestinationLease.may_send`), or the
     run fails with LeaseLostError instead of writing under a lease another run may hold.
     """
-    lease, transport = st.lease, _sender_transport(st.dest.sender)
+    lease, transport = st.lease, st.dest.sender.transport if st.dest.sender is not None else None
     may_send = getattr(lease, "may_send", None)
-    if transport is None or not callable(may_send) or not callable(getattr(transport, "guard_sends", None)):
+    if transport is None or not callable(may_send):
         yield
         return
 
@@ -560,7 +500,7 @@ def _takeover_wait_until(st: _DestState) -> float | None:
         return None
     skew = float(getattr(st.lease, "max_clock_skew", 0.0))
     recorded = getattr(took_over, "landing_window", None)
-    window = max(float(recorded) if recorded is not None else 0.0, _landing_window(st.dest.sender))
+    window = max(float(recorded) if recorded is not None else 0.0, st.dest.sender.landing_window())
     return float(took_over.expires_at) + skew + window
 
 
@@ -591,18 +531,6 @@ def _outwait_lost_holder(st: _DestState, cancel: threading.Event | None) -> None
         time.sleep(delay)
 
 
-def _sender_concurrency(sender: Any) -> int:
-    """The chunks a sender takes in flight at once: its ``send_concurrency`` (through adapters), else 1."""
-    for _ in range(4):
-        declared = getattr(sender, "send_concurrency", None)
-        if isinstance(declared, int) and declared >= 1:
-            return declared
-        sender = getattr(sender, "inner", None) or getattr(sender, "sender", None)
-        if sender is None:
-            break
-    return 1
-
-
 def _acquire_leases(states: dict[str, _DestState]) -> None:
     # One order for every run, so two fan-outs over the same destinations cannot hold one each.
     ordered = sorted(states.values(), key=lambda s: str(s.dest.snapshot.location) if s.dest.snapshot else s.dest.name)
@@ -625,7 +553,7 @@ def _acquire_lease(st: _DestState) -> None:
         st.own_lease = True
         if st.lease.token is None:
             if getattr(st.lease, "landing_window", 0.0) is None and dest.sender is not None:
-                st.lease.landing_window = _landing_window(dest.sender)  # in the record it writes
+                st.lease.landing_window = dest.sender.landing_window()  # in the record it writes
             st.lease.acquire(opts.lease_timeout, opts.lease_poll_interval)
         return
     if dest.snapshot is None or not opts.use_lease:
@@ -634,7 +562,7 @@ def _acquire_lease(st: _DestState) -> None:
         dest.snapshot.directory / "lease",
         ttl=opts.lease_ttl,
         max_clock_skew=opts.max_clock_skew,
-        landing_window=_landing_window(dest.sender) if dest.sender is not None else None,
+        landing_window=dest.sender.landing_window() if dest.sender is not None else None,
     )
     st.own_lease = True
     try:
@@ -1682,7 +1610,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
         if journal is not None:
             journal.acked(len(chunk))
 
-    concurrency = dest.options.send_concurrency or _sender_concurrency(sender)
+    concurrency = dest.options.send_concurrency or sender.send_concurrency
     cancel = dest.options.cancel
     # A full replace sends the whole new list: that is the new snapshot file.
     whole_input = st.mode == FULL_REPLACE or (st.mode == ONE_WAY and dest.mode == "add")

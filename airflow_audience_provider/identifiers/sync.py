@@ -65,13 +65,16 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from airflow_audience_provider.identifiers.chunking import Chunk
 from airflow_audience_provider.identifiers.lease import DestinationLease
 from airflow_audience_provider.identifiers.rules import VendorRule
 from airflow_audience_provider.identifiers.snapshot import SnapshotStore
 from airflow_audience_provider.identifiers.sources import open_source
+
+if TYPE_CHECKING:
+    from airflow_audience_provider.core.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +101,37 @@ class ChunkSender(Protocol):
     """Transport of one destination (one segment / one list). Raise on any failure.
 
     Each method is called with chunks already within the vendor's limits. Retries, rate limits
-    and token refresh belong to the implementation (the shared HTTP core). A sender may declare
-    ``send_concurrency`` (an int attribute): the chunks it takes in flight at once unless
-    :class:`SyncOptions` says otherwise (1 when it declares none); its ``add`` and ``remove`` are
-    then called from that many threads.
+    and token refresh belong to the implementation (the shared HTTP core). Besides the four
+    operations a sender states how the engine must pace, guard and wait for it:
+    :attr:`send_concurrency`, :attr:`transport`, :meth:`unsettled_until` and :meth:`landing_window`.
     """
+
+    @property
+    def send_concurrency(self) -> int:
+        """Chunks in flight at once unless :class:`SyncOptions` says otherwise; ``add`` and ``remove``
+        are then called from that many threads (a plain class attribute satisfies this)."""
+        ...
+
+    @property
+    def transport(self) -> Transport | None:
+        """The HTTP transport its requests go through (None: an in-memory sender); while the
+        engine holds the lease, every write attempt of it asks the lease first."""
+        ...
+
+    def unsettled_until(self) -> float:
+        """``time.monotonic()`` until which a request of unknown outcome may still land (0 = none).
+
+        The engine sends nothing that depends on such a request, and keeps the lease, until then.
+        """
+        ...
+
+    def landing_window(self) -> float:
+        """Seconds after it was sent that a request may still be applied by the vendor (0 = at once).
+
+        A run that took over the lease of a run that never released it waits this long past the
+        old lease's expiry before it sends.
+        """
+        ...
 
     def add(self, chunk: Chunk) -> ChunkResult:
         """Add the chunk's identifiers to the list."""

@@ -38,10 +38,22 @@ class RecordingSender:
     before_call: Callable[[str], None] | None = None
     calls: list[tuple[str, int]] = field(default_factory=list)
     chunk_sizes: list[int] = field(default_factory=list)
+    #: One chunk at a time unless the sync's options say otherwise.
+    send_concurrency = 1
+    #: No HTTP: nothing for the lease to guard.
+    transport = None
 
     def __post_init__(self) -> None:
         # Senders may be called from several threads (SyncOptions.send_concurrency).
         self._lock = threading.Lock()
+
+    def unsettled_until(self) -> float:
+        """Nothing is ever of unknown outcome in memory."""
+        return 0.0
+
+    def landing_window(self) -> float:
+        """A call is applied before it returns."""
+        return 0.0
 
     def _enter(self, op: str, chunk: Chunk | None) -> None:
         with self._lock:

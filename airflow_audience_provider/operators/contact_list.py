@@ -39,7 +39,7 @@ from airflow_audience_provider.operators.base import AudienceBaseOperator, HookT
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_audience_provider.identifiers import VendorRule
+    from airflow_audience_provider.identifiers import ChunkSender, VendorRule
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
     def prepare(self, context: Context, hook: Any, rule: VendorRule) -> None:
         """Find the remote list and check it can take this rule's identifiers (before anything is read)."""
 
-    def make_sender(self, context: Context, hook: Any, rule: VendorRule, cancel: threading.Event) -> Any:
+    def make_sender(self, context: Context, hook: Any, rule: VendorRule, cancel: threading.Event) -> ChunkSender:
         """The vendor's :class:`~airflow_audience_provider.identifiers.sync.ChunkSender` for this destination."""
         raise NotImplementedError
 

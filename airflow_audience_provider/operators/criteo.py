@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_audience_provider.hooks.criteo import CriteoHook
+    from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
 
 SEGMENT_ASSET_ALIAS = "criteo-segments"
 AUDIENCE_ASSET_ALIAS = "criteo-audiences"
@@ -457,7 +458,7 @@ class CriteoUploadContactListOperator(ContactListUploadOperator["CriteoHook"], _
         CriteoSegmentLink.persist(context, hook.segment_url(segment_id, owner))
         context["ti"].xcom_push(key="segment_id", value=segment_id)
 
-    def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> Any:
+    def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> CriteoChunkSender:
         # the contact-list engine: not at DAG parse
         from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
 

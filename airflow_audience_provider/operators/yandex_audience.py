@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
+    from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender
 
 ASSET_ALIAS = "yandex-audience-segments"
 VENDOR = "yandex_audience"
@@ -328,7 +329,9 @@ class YandexAudienceUploadContactListOperator(ContactListUploadOperator["YandexA
         segment = self.__dict__.get("_segment")
         return str(segment["id"]) if segment else None
 
-    def make_sender(self, context: Context, hook: Any, rule: Any, cancel: threading.Event) -> Any:
+    def make_sender(
+        self, context: Context, hook: Any, rule: Any, cancel: threading.Event
+    ) -> YandexAudienceSegmentSender:
         # the hook imports requests: not at DAG parse
         from airflow_audience_provider.operators.senders.yandex_audience import YandexAudienceSegmentSender
 

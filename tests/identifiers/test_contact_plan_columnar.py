@@ -44,6 +44,14 @@ class ChunkLog:
     """Records every call with its identifiers in order (the chunks themselves must be equal)."""
 
     calls: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
+    send_concurrency = 1
+    transport = None
+
+    def unsettled_until(self) -> float:
+        return 0.0
+
+    def landing_window(self) -> float:
+        return 0.0
 
     def add(self, chunk: Chunk) -> ChunkResult:
         return self._log("add", chunk)

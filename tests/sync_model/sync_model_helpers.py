@@ -225,10 +225,27 @@ class YandexTarget(Target):
 
 
 class ThroughCall:
-    """A chunk sender whose four operations all go through ``self._call(method, *args)``."""
+    """A chunk sender whose four operations all go through ``self._call(method, *args)``; it paces
+    and settles as the sender it wraps (``self.inner``)."""
+
+    inner: Any
 
     def _call(self, method: str, *args: Any) -> Any:
         raise NotImplementedError
+
+    @property
+    def send_concurrency(self) -> int:
+        return int(self.inner.send_concurrency)
+
+    @property
+    def transport(self) -> Any:
+        return self.inner.transport
+
+    def unsettled_until(self) -> float:
+        return float(self.inner.unsettled_until())
+
+    def landing_window(self) -> float:
+        return float(self.inner.landing_window())
 
     def add(self, chunk: Any) -> Any:
         return self._call("add", chunk)

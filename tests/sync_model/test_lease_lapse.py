@@ -160,7 +160,7 @@ def test_a_run_taking_over_waits_for_the_window_the_old_record_carries(
     from airflow_audience_provider.identifiers.sync import Destination
 
     sender = criteo.sender(criteo.hook())
-    own = fanout._landing_window(sender)
+    own = sender.landing_window()
     assert own == sync_model_helpers.READ_TIMEOUT + sync_model_helpers.SETTLE
     window = {None: None, "longer": own + 30.0, "shorter": own / 2}[recorded]
     lease_dir = tmp_path / "lease"

@@ -3,10 +3,13 @@ which turns the contact-list engine's chunks into that vendor's hook calls."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_audience_provider.core.transport import Transport
 
 
-def unsettled_until(transport: Any, answered_at: float | None, settle_seconds: float | None = None) -> float:
+def unsettled_until(transport: Transport, answered_at: float | None, settle_seconds: float | None = None) -> float:
     """``time.monotonic()`` until which a write of ``transport`` with an unknown outcome may still land.
 
     Those are the requests it gave up on (:meth:`~airflow_audience_provider.core.transport.Transport.unsettled_until`)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_audience_provider.core.errors import AudienceTransportError
-from airflow_audience_provider.core.transport import JsonStrings
+from airflow_audience_provider.core.transport import JsonStrings, Transport
 from airflow_audience_provider.identifiers.sync import ChunkResult
 from airflow_audience_provider.operators.senders import unsettled_until
 
@@ -65,11 +65,23 @@ class CriteoChunkSender:
         self.settle_seconds = settle_seconds
         self.clear_attempts = clear_attempts
 
+    @property
+    def transport(self) -> Transport:
+        """The hook's transport: every request of this sender goes through it."""
+        return self.hook.get_conn()
+
     def unsettled_until(self) -> float:
         """``time.monotonic()`` until which a request of this hook with unknown outcome may still land
         (one given up on, or a write answered with a 5xx)."""
         transport = self.hook.get_conn()  # its writes are this sender's add-remove and clear calls
         return unsettled_until(transport, transport.last_server_error, self.settle_seconds)
+
+    def landing_window(self) -> float:
+        """Seconds after it was sent that a request of this sender may still be applied by Criteo."""
+        transport = self.hook.get_conn()
+        if self.settle_seconds is None:
+            return transport.landing_window()
+        return float(transport.timeouts.read) + self.settle_seconds
 
     def _send(self, operation: str, chunk: Any) -> Any:
         # Hex digests: their JSON array is their text with quotes around each line (no list of strings).

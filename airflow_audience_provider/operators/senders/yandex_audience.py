@@ -13,6 +13,7 @@ from airflow_audience_provider.identifiers import ChunkResult, SyncCancelled, re
 from airflow_audience_provider.operators.senders import unsettled_until
 
 if TYPE_CHECKING:
+    from airflow_audience_provider.core.transport import Transport
     from airflow_audience_provider.hooks.yandex_audience import YandexAudienceHook
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class YandexAudienceSegmentSender:
     :param draft_prefix: the start of the file name of every draft this destination uploads, so the
         drafts a killed run left behind can be found and deleted by the next run.
     """
+
+    #: One chunk at a time: Yandex.Audience allows 10 writes per minute per login.
+    send_concurrency = 1
 
     def __init__(
         self,
@@ -82,12 +86,21 @@ class YandexAudienceSegmentSender:
         """The segment's id, once it exists: the snapshot records which segment it describes."""
         return str(self.segment_id) if self.segment_id is not None else None
 
+    @property
+    def transport(self) -> Transport:
+        """The hook's transport: every request of this sender goes through it."""
+        return self.hook.get_conn()
+
     def unsettled_until(self) -> float:
         """``time.monotonic()`` until which a request of this hook with unknown outcome may still land
         (one given up on, or a ``modify_data`` answered with a 5xx: Yandex answers ``timeout`` 504 for
         a request that ran too long). The engine sends no addition after a replace, and keeps the
         lease, until then. Uploads and confirms answered 5xx are read back instead (the hook's)."""
         return unsettled_until(self.hook.get_conn(), self._modify_error_at)
+
+    def landing_window(self) -> float:
+        """Seconds after it was sent that a request of this sender may still be applied by Yandex."""
+        return self.hook.get_conn().landing_window()
 
     @property
     def _is_csv(self) -> bool:
