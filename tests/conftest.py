@@ -75,6 +75,15 @@ def _fresh_rate_limits(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(ratelimit, "_default_limiter", ratelimit.RateLimiter(tmp_path_factory.mktemp("ratelimits")))
 
 
+@pytest.fixture(scope="session")
+def crm_refresh_runs(sandbox, tmp_path_factory):
+    """The Yandex.Audience CRM refresh example run twice under ``airflow dags test``, once per session:
+    its end-to-end test checks these runs and the Audiences view reads them (see ``run_crm_refresh_twice``)."""
+    from helpers import run_crm_refresh_twice
+
+    return run_crm_refresh_twice(sandbox, tmp_path_factory)
+
+
 @pytest.fixture
 def lytics_sandbox(sandbox, monkeypatch):
     """The :class:`~airflow_audience_provider.sandbox.lytics.LyticsFake`, reset; its URL is ``.base_url``."""

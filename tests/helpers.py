@@ -168,3 +168,49 @@ def reset_fake(sandbox: Any, vendor: str, **config: Any) -> Iterator[Any]:
         fake.configure(**config)
     yield fake
     fake.reset()
+
+
+CRM_REFRESH_DAG = "example_yandex_audience_crm_refresh"
+
+
+def audience_fake_state(fake: Any) -> dict[str, Any]:
+    """What the Yandex.Audience fake holds now: its segments (also by id), their grantees, the processed ones."""
+    segments = fake.segments()
+    return {
+        "segments": segments,
+        "by_id": {s["id"]: s for s in segments},
+        "grantees": {s["id"]: [g["user_login"] for g in fake.grants(s["id"])] for s in segments},
+        "processed": fake.processed_segments(),
+    }
+
+
+def run_crm_refresh_twice(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The Yandex.Audience CRM refresh example under ``airflow dags test``: a first run, then a run whose
+    export shifted by five customers, in one fresh home against a freshly reset fake.
+
+    Returns ``env`` and, for ``first`` and ``second``: the outcome, ``read_run`` right after it and
+    :func:`audience_fake_state` right after it. The fake is reset again afterwards.
+    """
+    fake = sandbox.fake("yandex_audience")
+    fake.reset()
+    # Long enough that the sensor's first poke finds the segment still processing, so it really
+    # defers (Airflow 3.1 starts tasks more slowly than 3.3).
+    fake.configure(processing_seconds=4)
+    env = migrated_airflow_env(
+        sandbox,
+        tmp_path_factory,
+        AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
+        # No scheduler under `airflow dags test`: the reschedule sensor need not keep 15 s between checks.
+        AUDIENCE_EXAMPLE_RESCHEDULE_SECONDS="1",
+        AUDIENCE_EXAMPLE_SETTLE_SECONDS="0.5",  # for the Lytics runs the Audiences view adds to this home
+    )
+    runs: dict[str, Any] = {"env": env}
+    try:
+        for name, conf in (("first", None), ("second", {"shift": 5})):
+            outcome = dagrun.run_dag_test(CRM_REFRESH_DAG, env, timeout=300, conf=conf)
+            runs[name] = {"outcome": outcome, "read": read_run(env, CRM_REFRESH_DAG), "fake": audience_fake_state(fake)}
+            if not outcome.ok:
+                break
+    finally:
+        fake.reset()
+    return runs

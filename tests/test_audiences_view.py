@@ -1,14 +1,15 @@
 """The Audiences view's queries and pages over a real metadata DB filled by running the example DAGs.
 
 ``airflow dags test`` runs the Yandex.Audience CRM refresh twice (a new segment, then a shifted
-list) and the Lytics refresh once into a fresh SQLite DB; the view's queries then read it through
-an ordinary SQLAlchemy session on that file, as the API server would.
+list; the session's ``crm_refresh_runs``, which the example's own test checks) and the Lytics
+refresh once into a fresh SQLite DB; the view's queries then read it through an ordinary
+SQLAlchemy session on that file, as the API server would.
 """
 
 from __future__ import annotations
 
 import pytest
-from helpers import REPO, migrated_airflow_env, read_run
+from helpers import REPO, read_run
 
 from airflow_audience_provider.sandbox.dagrun import run_dag_test
 
@@ -19,22 +20,16 @@ pytestmark = pytest.mark.dag_run
 
 
 @pytest.fixture(scope="module")
-def filled_db(sandbox, tmp_path_factory):
-    for vendor in ("yandex_audience", "lytics"):
-        sandbox.fake(vendor).reset()
-    env = migrated_airflow_env(
-        sandbox,
-        tmp_path_factory,
-        AUDIENCE_EXAMPLE_POLL_SECONDS="0.3",
-        AUDIENCE_EXAMPLE_SETTLE_SECONDS="0.5",  # the Lytics wait ends on a size that stays put
-        AUDIENCE_EXAMPLE_RESCHEDULE_SECONDS="1",  # no scheduler here to race a quick reschedule
-    )
-    for dag_id, conf in ((YANDEX_DAG, None), (YANDEX_DAG, {"shift": 5}), (LYTICS_DAG, None)):
-        outcome = run_dag_test(dag_id, env, timeout=300, conf=conf)
-        assert outcome.ok, outcome.log[-4000:]
+def filled_db(sandbox, crm_refresh_runs):
+    # The session's two CRM refresh runs (tests/conftest.py), then a Lytics refresh into the same DB.
+    for run in ("first", "second"):
+        assert crm_refresh_runs[run]["outcome"].ok, crm_refresh_runs[run]["outcome"].log[-4000:]
+    env = crm_refresh_runs["env"]
+    sandbox.fake("lytics").reset()
+    outcome = run_dag_test(LYTICS_DAG, env, timeout=300)  # the home's settle interval is 0.5 s
+    assert outcome.ok, outcome.log[-4000:]
     yield env, {dag_id: read_run(env, dag_id) for dag_id in (YANDEX_DAG, LYTICS_DAG)}
-    for vendor in ("yandex_audience", "lytics"):
-        sandbox.fake(vendor).reset()
+    sandbox.fake("lytics").reset()
 
 
 @pytest.fixture(scope="module")
