@@ -172,10 +172,11 @@ class SyncOptions:
     :param allow_below_minimum: send even if the list is below the vendor minimum (Yandex: 100).
     :param full_replace: ignore the snapshot and replace the whole list.
     :param send_concurrency: chunks in flight at once (threads); 1 = one after the other. None
-        (default): what the sender declares (``send_concurrency``: 2 for Criteo, whose quota is
-        250 calls/minute per app), else 1. Raise it only where the vendor's quotas allow
-        (Yandex.Audience: 10 writes/minute per login, so keep 1 there). The replace (or clear)
-        goes alone, before any addition, and removals start only after every addition.
+        (default): what the sender declares (:attr:`ChunkSender.send_concurrency`: 2 for Criteo,
+        whose quota is 250 calls/minute per app; 1 for Yandex.Audience). Raise it only where the
+        vendor's quotas allow (Yandex.Audience: 10 writes/minute per login, so keep 1 there). The
+        replace (or clear) goes alone, before any addition, and removals start only after every
+        addition.
     :param progress_every_chunks: log a progress line every this many chunks...
     :param progress_every_seconds: ...or this many seconds, whichever comes first.
     :param cancel: when set (an operator's ``on_kill`` sets it), no further chunk is sent and the
