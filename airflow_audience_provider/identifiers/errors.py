@@ -25,7 +25,14 @@ class ContactListError(Exception):
 class SourceError(ContactListError):
     """The input cannot be read as asked: undecodable bytes, a missing column, bad JSON.
 
-    :param location: file (or source description), line and column, e.g. ``"users.csv:17:4"``.
+    :param message: what is wrong.
+    :param origin: the file (or a description of the source).
+    :param line: the line, when known.
+    :param column: the column (number or name), when known.
+    :param result: the run's counts so far.
+
+    The message reads ``"<origin>, line <line>, column <column>: <message>"``, e.g.
+    ``"users.csv, line 17, column email: ..."``.
     """
 
     def __init__(
