@@ -69,6 +69,7 @@ from airflow_audience_provider.identifiers.snapshot import (
     PreparedSnapshot,
     SnapshotReader,
     SnapshotStore,
+    rule_mismatch,
 )
 from airflow_audience_provider.identifiers.sorting import (
     DEFAULT_MAX_PARTITION_BYTES,
@@ -792,7 +793,7 @@ def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) ->
             st.previous_rule = meta.get("rule")
             st.snapshot_meta = meta
             if reader is None:
-                st.full_replace_reason = f"the snapshot was made with rule {meta.get('rule')}"
+                st.full_replace_reason = f"the snapshot {rule_mismatch(meta, dest.rule)}"
             elsewhere = _other_list(meta, dest.options.remote_id)
             if reader is not None and elsewhere is not None:
                 log.warning("Snapshot %s %s: this run does not diff against it.", store.describe(), elsewhere)
@@ -800,7 +801,7 @@ def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) ->
                 reader = None
     if store is not None and dest.keep_state:
         st.journal = Journal(store.directory)
-        rec = st.journal.recover(dest.rule.key, dest.rule.profile.output_length)
+        rec = st.journal.recover(dest.rule.key, dest.rule.profile.output_length, dest.rule.fingerprint)
         st.recovery = rec
         if rec is not None and rec.unusable:
             st.notes.append(
@@ -1637,6 +1638,7 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             token=getattr(lease, "token", None),
             growing=(adds_path, width) if growing is not None else None,
             snapshot_uncertain=st.recovery is not None and st.recovery.snapshot_uncertain,
+            rule_fingerprint=dest.rule.fingerprint,
         )
     # The new snapshot is copied beside the old one while the chunks go out (once the plan ended).
     prep = (

@@ -118,11 +118,15 @@ class Journal:
 
     # -- reading what a previous run left ---------------------------------------------------
 
-    def recover(self, rule_key: str, output_length: int | None = None) -> Recovery | None:
+    def recover(
+        self, rule_key: str, output_length: int | None = None, rule_fingerprint: str | None = None
+    ) -> Recovery | None:
         """Read an unfinished run's journal; None when there is none.
 
         :param output_length: the fixed length of the rule's values (hex digests), None when they vary;
             an ids file whose counted lines are not all such values is unusable.
+        :param rule_fingerprint: the rule's settings fingerprint; a journal that records another one
+            (the rule re-registered under the same version) is unusable.
         :raises StateFileError: written by a newer provider version (refused: upgrade first).
         """
         fix = "delete it to make the next run a full replace"
@@ -139,6 +143,13 @@ class Journal:
             return Recovery(
                 unusable=f"the unfinished run's journal was made with rule {meta.get('rule')!r}, this run uses "
                 f"{rule_key!r}; its identifiers are not comparable",
+                previous=previous,
+            )
+        recorded = meta.get("rule_fingerprint")
+        if rule_fingerprint is not None and recorded is not None and recorded != rule_fingerprint:
+            return Recovery(
+                unusable=f"the unfinished run's journal was made with other settings of rule {rule_key!r} "
+                f"(fingerprint {recorded}, now {rule_fingerprint}); its identifiers are not comparable",
                 previous=previous,
             )
         try:
@@ -179,6 +190,7 @@ class Journal:
         token: int | None,
         growing: tuple[Path, int] | None = None,
         snapshot_uncertain: bool = False,
+        rule_fingerprint: str | None = None,
     ) -> None:
         """Store the identifiers this run may touch (``parts`` concatenated) and open the journal.
 
@@ -188,6 +200,7 @@ class Journal:
             only part, else its new bytes are appended before each ``attempting``.
         :param snapshot_uncertain: the run inherited a snapshot whose every identifier is uncertain (an
             unfinished full replace may have cleared it); the journal keeps saying so until a run completes.
+        :param rule_fingerprint: the rule's settings fingerprint (see ``VendorRule.fingerprint``).
         """
         old = self._read_quietly()
         self._ids_name = f"journal-ids-{run}.txt"
@@ -225,6 +238,7 @@ class Journal:
             "run": run,
             "owner": owner,
             "rule": rule_key,
+            "rule_fingerprint": rule_fingerprint,
             "kind": kind,
             "ids_file": self._ids_name,
             "inherited": inherited,

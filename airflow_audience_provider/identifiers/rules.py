@@ -5,6 +5,9 @@ reads the rule. Adding a vendor means registering rules with :func:`register_rul
 
 Rules are versioned (``version``). The version is written into every snapshot; when it changes,
 the stored hashes are no longer comparable, so the next sync is a full replace instead of a diff.
+So is a fingerprint of the rule's settings (:attr:`VendorRule.fingerprint`): a rule re-registered
+under the same version with other settings also makes the next sync a full replace, with the
+reason logged.
 Test vectors for every registered rule live in ``tests/identifiers/vectors/``.
 
 The comment above each rule states the vendor facts it follows, from Criteo's developer portal
@@ -14,6 +17,8 @@ The comment above each rule states the vendor facts it follows, from Criteo's de
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -160,6 +165,34 @@ class VendorRule:
     def key(self) -> str:
         """Stable text key, e.g. ``"criteo/email@1"``."""
         return f"{self.vendor}/{self.identifier_type.value}@{self.version}"
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of what decides the values sent and what the vendor reads them as: the identifier
+        type, every normalisation and hashing setting of the profile and the vendor's type name.
+
+        Chunk limits and documentation are left out (they change no value). Snapshots record it
+        beside :attr:`key`: a rule re-registered under the same version with other settings is not
+        diffed against the old rule's values.
+        """
+        settings = {f.name: str(getattr(self.profile, f.name)) for f in dataclasses.fields(NormalisationProfile)}
+        settings.update(vendor=self.vendor, vendor_identifier_type=self.vendor_identifier_type)
+        text = json.dumps(settings, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def shipped(self) -> bool:
+        """True for a rule this package registers, or one derived from it by :meth:`with_options`,
+        while the registry still holds the package's own rule (no re-registration replaced it)."""
+        base_version = self.version.split("+custom(", 1)[0]
+        base_key = f"{self.vendor}/{self.identifier_type.value}@{base_version}"
+        expected = _SHIPPED.get(base_key)
+        if expected is None:
+            return False
+        if base_version == self.version:
+            return self.fingerprint == expected
+        registered = _RULES.get((self.vendor, self.identifier_type))
+        return registered is not None and registered.key == base_key and registered.fingerprint == expected
 
     def with_options(self, **changes: object) -> VendorRule:
         """Return a copy with rule or profile fields changed, and a version that says so.
@@ -411,3 +444,7 @@ register_rule(
 )
 # No Yandex customer_id rule on purpose: every CRM row must carry a phone or an
 # e-mail; a file of external ids alone is not a valid CRM upload.
+
+#: Fingerprints of the rules this package registers, by key: a snapshot that records no
+#: fingerprint (written before they were recorded) is trusted only for these.
+_SHIPPED: dict[str, str] = {rule.key: rule.fingerprint for rule in _RULES.values()}

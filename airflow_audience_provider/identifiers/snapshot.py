@@ -95,6 +95,32 @@ def _is_remote(location: object) -> bool:
     return getattr(location, "protocol", "") not in ("", "file", "local")
 
 
+def rule_mismatch(meta: dict[str, Any], rule: VendorRule) -> str | None:
+    """Why values recorded under ``meta`` (a snapshot or journal header) are not comparable with
+    ``rule``'s, or None when they are.
+
+    The rule key must match, and so must the rule's fingerprint (its settings): a rule
+    re-registered under the same version with other settings does not match. A header without a
+    fingerprint (written before they were recorded) matches only a rule this package ships.
+    """
+    if meta.get("rule") != rule.key:
+        return f"was made with rule {meta.get('rule')}, this run uses {rule.key}"
+    recorded = meta.get("rule_fingerprint")
+    if recorded is None:
+        if rule.shipped:
+            return None
+        return (
+            f"records no settings fingerprint of rule {rule.key} (written by an older version), and that rule "
+            "is not the one this package ships: whether its settings changed is unknown"
+        )
+    if recorded != rule.fingerprint:
+        return (
+            f"was made with other settings under the same key {rule.key} (fingerprint {recorded}, now "
+            f"{rule.fingerprint}): the rule was re-registered without a new version"
+        )
+    return None
+
+
 class SnapshotReader:
     """Reads a snapshot's values partition by partition, checking their order as it goes.
 
@@ -446,13 +472,12 @@ class SnapshotStore:
         except BaseException:
             fh.close()
             raise
-        if meta.get("rule") != rule.key:
+        mismatch = rule_mismatch(meta, rule)
+        if mismatch is not None:
             log.warning(
-                "Snapshot %s was made with rule %s, this run uses %s: its hashes are not comparable, "
-                "so this run is a full replace.",
+                "Snapshot %s %s: its values are not comparable, so this run is a full replace.",
                 self.describe(),
-                meta.get("rule"),
-                rule.key,
+                mismatch,
             )
             fh.close()
             return None, meta, None
@@ -502,6 +527,7 @@ class SnapshotStore:
             **(extra or {}),
             "format": FORMAT_VERSION,
             "rule": rule.key,
+            "rule_fingerprint": rule.fingerprint,
             "vendor": rule.vendor,
             "identifier_type": rule.identifier_type.value,
             "hashed": rule.profile.hashed_output,

@@ -399,3 +399,34 @@ def test_a_short_count_with_on_partial_failure_warn_is_sent_again_by_the_next_sy
     again = sync(more)
     assert again["vendor_unaccounted"] == 0 and criteo.members(sid) == {sha(e) for e in more}
     assert sync(more)["engine_mode"] == "noop"
+
+
+def test_a_rule_changed_under_the_same_version_replaces_the_list(criteo, context, tmp_path, monkeypatch):
+    import dataclasses
+
+    from airflow_audience_provider.identifiers import rules
+
+    stock = rules.get_rule("criteo", "phone")
+    sid = upsert(context, name="phones", identifier_type="PhoneNumber")["segment_id"]
+    phones = [f"+4915112345{n:03d}" for n in range(20)]
+    source = write_emails(tmp_path / "phones.csv", phones)
+    snapshots = str(tmp_path / "snap")
+
+    def sync():
+        return CriteoUploadContactListOperator(
+            task_id="u", segment_id=sid, source=source, identifier_type="phone", snapshot_base=snapshots
+        ).execute(context)
+
+    assert sync()["engine_mode"] == "full_replace"
+    assert criteo.members(sid) == {sha(p) for p in phones}
+    # A custom rule edited in place: digits without the plus, the version left as it was.
+    edited = dataclasses.replace(
+        stock, profile=dataclasses.replace(stock.profile, phone_format=rules.PhoneFormat.DIGITS)
+    )
+    monkeypatch.setitem(rules._RULES, ("criteo", rules.IdentifierType.PHONE), edited)
+    assert edited.key == stock.key and edited.fingerprint != stock.fingerprint
+    result = sync()
+    assert result["engine_mode"] == "full_replace"
+    assert "other settings under the same key" in result["state"]["full_replace_reason"]
+    assert criteo.members(sid) == {sha(p.lstrip("+")) for p in phones}
+    assert sync()["engine_mode"] == "noop"

@@ -552,3 +552,56 @@ def test_a_snapshot_of_another_remote_list_is_not_diffed_against(tmp_path: Path,
     assert run(emails(31), third, tmp_path, options=SyncOptions(remote_id="C"))["mode"] == "full_replace"
     # Without a remote id (the key is the vendor's id) nothing is checked.
     assert run(emails(31), third, tmp_path)["mode"] == "noop"
+
+
+# ---- rule settings recorded beside the rule key ---------------------------------------------------
+
+
+def _drop_fingerprint(base: Path, rule: Any) -> None:
+    """Make the snapshot look written before fingerprints were recorded."""
+    path = SnapshotStore(rule.vendor, "seg-1", base).location
+    header, rest = path.read_text().split("\n", 1)
+    prefix = "#aap-snapshot "
+    meta = json.loads(header[len(prefix) :])
+    assert meta.pop("rule_fingerprint") == rule.fingerprint
+    path.write_text(prefix + json.dumps(meta, sort_keys=True) + "\n" + rest)
+
+
+def test_a_rule_re_registered_with_other_settings_under_its_version_is_a_full_replace(
+    tmp_path: Path, sender: RecordingSender
+) -> None:
+    import dataclasses
+
+    run(emails(30), sender, tmp_path)
+    edited = dataclasses.replace(
+        SMALL_CHUNKS, profile=dataclasses.replace(SMALL_CHUNKS.profile, hash_algorithm=HashAlgorithm.MD5)
+    )
+    assert edited.key == SMALL_CHUNKS.key and edited.fingerprint != SMALL_CHUNKS.fingerprint
+    # chunk limits change no value: same fingerprint
+    assert dataclasses.replace(SMALL_CHUNKS, max_ids_per_chunk=3).fingerprint == SMALL_CHUNKS.fingerprint
+    result = run(emails(30), sender, tmp_path, rule=edited)
+    assert result["mode"] == "full_replace"
+    assert "other settings under the same key" in result["state"]["full_replace_reason"]
+    assert sender.members == set(stored(tmp_path, edited)) and all(len(v) == 32 for v in sender.members)
+
+
+def test_a_snapshot_without_a_fingerprint_is_trusted_only_for_a_shipped_rule(
+    tmp_path: Path, sender: RecordingSender
+) -> None:
+    import dataclasses
+
+    assert SMALL_CHUNKS.shipped  # the package's rule with options
+    run(emails(30), sender, tmp_path)
+    _drop_fingerprint(tmp_path, SMALL_CHUNKS)
+    assert run(emails(30), sender, tmp_path)["mode"] == "noop"
+    # A rule of the user's own (here: another vendor key) may have changed before the upgrade.
+    custom = dataclasses.replace(SMALL_CHUNKS, vendor="acme")
+    assert not custom.shipped
+    other = tmp_path / "custom"
+    run(emails(30), sender, other, rule=custom)
+    _drop_fingerprint(other, custom)
+    result = run(emails(30), sender, other, rule=custom)
+    assert (
+        result["mode"] == "full_replace" and "records no settings fingerprint" in result["state"]["full_replace_reason"]
+    )
+    assert run(emails(30), sender, other, rule=custom)["mode"] == "noop"
