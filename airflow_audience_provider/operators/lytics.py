@@ -360,6 +360,8 @@ class LyticsCreateOrUpdateSegmentGroupOperator(_LyticsOperator):
 class LyticsDeleteSegmentGroupOperator(_LyticsOperator):
     """Delete a Lytics segment group by id or name; the segments in it are kept.
 
+    .. seealso:: :ref:`howto/operator:LyticsDeleteSegmentGroupOperator`
+
     :param group: the group's id or name (templated).
     :param missing_ok: a missing group counts as deleted.
     :return: ``{"group_id", "deleted"}``.
