@@ -24,6 +24,8 @@ from airflow_audience_provider.sandbox.dagrun import dag_test_env, migrate_db
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_dags"
+#: Put first on PYTHONPATH of the tests' ``airflow dags test`` processes (its sitecustomize says why).
+DAG_TEST_SITE = Path(__file__).resolve().parent / "dagtest_site"
 
 
 class FakeClock:
@@ -142,9 +144,11 @@ def migrated_airflow_env(sandbox: Any, tmp_path_factory: pytest.TempPathFactory,
     """The environment of ``airflow dags test`` on a fresh home with the example DAGs, its DB migrated.
 
     ``airflow db migrate`` runs once per session; each home gets a copy of that empty migrated DB
-    (it holds nothing of its home) and writes its own ``airflow.cfg`` on first use.
+    (it holds nothing of its home) and writes its own ``airflow.cfg`` on first use. The processes
+    run with :data:`DAG_TEST_SITE` on their ``PYTHONPATH``.
     """
     made = dag_test_env(tmp_path_factory.mktemp("airflow_home"), EXAMPLES, sandbox, **env)
+    made["PYTHONPATH"] = os.pathsep.join(p for p in (str(DAG_TEST_SITE), made.get("PYTHONPATH")) if p)
     template = _MIGRATED_DBS.get(id(tmp_path_factory))
     if template is None:
         template_env = dag_test_env(tmp_path_factory.mktemp("airflow_home_migrated"), EXAMPLES)
