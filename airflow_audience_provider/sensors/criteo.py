@@ -70,6 +70,9 @@ class CriteoAudienceLiveSensor(AudienceWaitSensor):
         an older Airflow with templated arguments warns and starts on a worker.
     :param emit_asset: when live, record an Asset event ``criteo://<account>/segment/<id>``
         (alias ``criteo-segments``).
+    :param poke_interval: seconds between looks, on a worker or in the triggerer (default 300).
+    :param timeout: seconds to wait at most (default 24 h).
+    :param deferrable: wait in the triggerer (default True).
     :return: ``{"uploaded_at", "computation_window", "live_at", "segment_id", "statistics"?, "asset_uri"}``.
     """
 

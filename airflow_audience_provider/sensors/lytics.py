@@ -43,6 +43,8 @@ class LyticsSegmentReevaluatedSensor(AudienceWaitSensor):
     :param emit_asset: when the reevaluation is done, record an Asset event
         ``lytics://<account>/segment/<id>`` (with the new size) through the alias ``asset_alias``.
     :param asset_alias: defaults to ``lytics-segments``.
+    :param poke_interval: seconds between checks (default 60).
+    :param timeout: seconds to wait at most (default 6 h).
     """
 
     spec = LYTICS

@@ -46,6 +46,8 @@ class SegmentAudienceComputedSensor(AudienceWaitSensor):
     :param emit_asset: when computed, record an Asset event ``segment://<space>/audience/<id>``
         (with the size and status) through the alias ``asset_alias``.
     :param asset_alias: defaults to ``segment-audiences``.
+    :param poke_interval: seconds between checks (default 300).
+    :param timeout: seconds to wait at most (default 30 h).
     """
 
     spec = SEGMENT
