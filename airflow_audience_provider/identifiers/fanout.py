@@ -61,7 +61,7 @@ from airflow_audience_provider.identifiers.hashing import (
 )
 from airflow_audience_provider.identifiers.journal import KIND_DIFF, KIND_REPLACE, Journal, new_run_id
 from airflow_audience_provider.identifiers.kernel import load_email_kernel
-from airflow_audience_provider.identifiers.lease import DestinationLease
+from airflow_audience_provider.identifiers.lease import DestinationLease, takeover_safe_at
 from airflow_audience_provider.identifiers.normalise import REASON_HINTS, detect_type
 from airflow_audience_provider.identifiers.rules import NormalisationProfile
 from airflow_audience_provider.identifiers.snapshot import (
@@ -491,18 +491,15 @@ def _lease_guards_sends(st: _DestState) -> Iterator[None]:
 def _takeover_wait_until(st: _DestState) -> float | None:
     """Wall-clock time before which a run that took over an unreleased lease must not send (None: no wait).
 
-    The old lease's expiry, plus ``max_clock_skew``, plus the longest time after it was sent that
-    a request of the old holder may still land: the window its record carries (a large upload's),
-    or this run's own if longer or not recorded (older versions). The old holder started no
-    attempt after its expiry (see :meth:`DestinationLease.may_send`).
+    :func:`~airflow_audience_provider.identifiers.lease.takeover_safe_at` of the record taken over,
+    with this run's own landing window: the moment a deferrable operator waited for in the
+    triggerer before it took the lease, so then there is nothing left to wait here.
     """
     took_over = getattr(st.lease, "took_over", None)
     if took_over is None or st.dest.sender is None:
         return None
     skew = float(getattr(st.lease, "max_clock_skew", 0.0))
-    recorded = getattr(took_over, "landing_window", None)
-    window = max(float(recorded) if recorded is not None else 0.0, st.dest.sender.landing_window())
-    return float(took_over.expires_at) + skew + window
+    return takeover_safe_at(took_over, max_clock_skew=skew, landing_window=st.dest.sender.landing_window())
 
 
 def _outwait_lost_holder(st: _DestState, cancel: threading.Event | None) -> None:
@@ -516,7 +513,7 @@ def _outwait_lost_holder(st: _DestState, cancel: threading.Event | None) -> None
     until = _takeover_wait_until(st)
     if until is None:
         return
-    delay = until - time.time()
+    delay = until - float(getattr(st.lease, "now", time.time)())  # by the clock the lease is judged by
     if delay <= 0:
         return
     log.warning(

@@ -35,8 +35,10 @@ was released::
   releases; its lease expires after ``ttl`` and the next run takes it over (logged,
   ``took_over``); the engine then waits for the crashed run's requests in
   flight to settle before it sends: until the old expiry plus ``max_clock_skew`` plus the old
-  record's ``landing_window`` (or its own, if longer). Any attempt of the old holder started
-  before its expiry, so it cannot land after that.
+  record's ``landing_window`` (or its own, if longer): :func:`takeover_safe_at`, the one formula
+  for that moment. Any attempt of the old holder started before its expiry, so it cannot land
+  after that. A deferrable operator waits for that moment in the triggerer before it takes the
+  lease (:meth:`DestinationLease.abandoned`), so the engine has nothing left to wait.
 
 Durability (local storage): the file of a new token and every renewal are fsynced, file then
 directory, before the lease counts as taken or renewed. Otherwise a host crash could lose them:
@@ -77,6 +79,15 @@ LEASE_FORMAT = 1
 _SUFFIX = ".json"
 
 
+def host_clock() -> float:
+    """This host's wall clock in seconds since the epoch: what a lease's expiry is judged by by default."""
+    return time.time()
+
+
+def _host_clock() -> float:
+    return host_clock()  # looked up at each call, so a test can shift the clock of every lease
+
+
 class LeaseBusyError(ContactListError):
     """Another run holds the destination's lease (and the wait for it timed out); nothing was sent."""
 
@@ -102,6 +113,19 @@ class LeaseInfo:
         return f"token {self.token} held by {self.owner} since {utc_iso(self.acquired_at)} ({state})"
 
 
+def takeover_safe_at(info: LeaseInfo, *, max_clock_skew: float, landing_window: float | None) -> float:
+    """Wall-clock time after which no request of the run that held ``info`` and never released it can land.
+
+    The old lease's expiry, plus ``max_clock_skew``, plus the longest time after it was sent that a
+    request of the old holder may still be applied: the window its record carries (a large
+    upload's), or the taker's own ``landing_window`` if longer or not recorded (older versions).
+    The old holder started no attempt after its expiry (see :meth:`DestinationLease.may_send`).
+    """
+    recorded = info.landing_window if info.landing_window is not None else 0.0
+    own = landing_window if landing_window is not None else 0.0
+    return float(info.expires_at) + float(max_clock_skew) + max(float(recorded), float(own))
+
+
 class DestinationLease:
     """The lease of one destination.
 
@@ -110,7 +134,7 @@ class DestinationLease:
     :param ttl: seconds a lease lasts without renewal (the heartbeat renews every ``ttl / 3``).
     :param max_clock_skew: assumed bound on the clock difference between hosts (seconds).
     :param owner: text naming this run in the lease file (default: host, pid, random suffix).
-    :param clock: wall clock (seconds since the epoch); tests pass their own.
+    :param clock: wall clock (seconds since the epoch; default :func:`host_clock`); tests pass their own.
     :param landing_window: seconds after it was sent that a request of this run may still be applied
         by the vendor, written in the record (the engine sets it from the sender's transport;
         :meth:`may_send` raises it before a longer request).
@@ -123,7 +147,7 @@ class DestinationLease:
         ttl: float = 120.0,
         max_clock_skew: float = 60.0,
         owner: str | None = None,
-        clock: Any = time.time,
+        clock: Any = None,
         landing_window: float | None = None,
     ) -> None:
         if ttl <= 0:
@@ -133,7 +157,7 @@ class DestinationLease:
         self.max_clock_skew = float(max_clock_skew)
         self.owner = owner or default_owner()
         self.landing_window = landing_window
-        self._clock = clock
+        self._clock = clock if clock is not None else _host_clock
         self.token: int | None = None
         self._expires_at = 0.0
         self._acquired_at = 0.0
@@ -188,6 +212,24 @@ class DestinationLease:
 
     def _is_free(self, info: LeaseInfo | None, now: float) -> bool:
         return info is None or info.released or now > info.expires_at + self.max_clock_skew
+
+    def now(self) -> float:
+        """The time by this lease's clock: expiry and the wait after a takeover are judged by it."""
+        return float(self._clock())
+
+    def abandoned(self, info: LeaseInfo | None, now: float | None = None) -> bool:
+        """True when ``info`` was never released and expired more than ``max_clock_skew`` ago.
+
+        Its holder crashed or was killed: :meth:`try_acquire` would take it over now, and the taker
+        must not send before :func:`takeover_safe_at`.
+        """
+        if info is None or info.released:
+            return False
+        return self._is_free(info, self.now() if now is None else now)
+
+    def takeover_safe_at(self, info: LeaseInfo) -> float:
+        """:func:`takeover_safe_at` for ``info`` with this lease's skew and landing window."""
+        return takeover_safe_at(info, max_clock_skew=self.max_clock_skew, landing_window=self.landing_window)
 
     # -- acquiring --------------------------------------------------------------------------
 

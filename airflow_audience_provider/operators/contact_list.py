@@ -18,8 +18,8 @@ distributed executor (Celery, Kubernetes, Edge...) put them on shared storage
 from __future__ import annotations
 
 import logging
+import math
 import threading
-import time
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -391,7 +391,26 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
     def execute_after_lease_wait(
         self, context: Context, event: dict[str, Any] | None = None, lease_deadline: float | None = None
     ) -> dict[str, Any]:
-        """Resumed after waiting in the triggerer for the destination's lease: try again."""
+        """Resumed after waiting in the triggerer for the destination's lease: try again.
+
+        ``event`` is the timer's moment; ``lease_deadline`` (seconds since the epoch) the time after
+        which the task fails naming the holder. Without it (kwargs lost), ``lease_timeout`` starts again.
+        """
+        if event is not None and not isinstance(event, (datetime, str, dict)):
+            raise AudienceError(
+                f"{self.describe_destination()}: unexpected event from the lease timer: {type(event).__name__}",
+                vendor=self.vendor,
+            )
+        if lease_deadline is not None and (
+            isinstance(lease_deadline, bool)
+            or not isinstance(lease_deadline, (int, float))
+            or not math.isfinite(lease_deadline)
+        ):
+            raise AudienceError(
+                f"{self.describe_destination()}: lease_deadline must be seconds since the epoch, "
+                f"got {lease_deadline!r}",
+                vendor=self.vendor,
+            )
         return self._run(context, lease_deadline=lease_deadline)
 
     def _run(self, context: Context, lease_deadline: float | None = None) -> dict[str, Any]:
@@ -634,6 +653,12 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
         While another run holds it, a deferrable task waits in the triggerer (a timer, no worker
         slot) and tries again; otherwise it waits in the worker. Either way it fails after
         ``lease_timeout`` seconds naming the holder, before sending anything.
+
+        A lease whose holder died without releasing it is taken over, but nothing is sent until
+        that run's requests can no longer land (:func:`~airflow_audience_provider.identifiers.lease.takeover_safe_at`).
+        A deferrable task waits for that moment in the triggerer *before* it takes the lease (a
+        deferred task has no heartbeat to keep a lease), so the engine has nothing left to wait; a
+        task that is not deferrable takes the lease and the engine waits in the worker.
         """
         # the contact-list engine: not at DAG parse
         from airflow_audience_provider.identifiers import SyncOptions
@@ -650,29 +675,53 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
             except LeaseBusyError as exc:
                 raise self.lease_busy_error(str(exc)) from None
             return lease
+        # The moment to wait for after a dead holder is computed with the window the engine uses:
+        # the sender's, which is its transport's.
+        lease.landing_window = self.hook.get_conn().landing_window()
+        now = lease.now()
+        deadline = float(deadline) if deadline is not None else now + timeout
+        info = lease.current()
+        if lease.abandoned(info, now):
+            safe_at = lease.takeover_safe_at(info)
+            if safe_at > now:
+                # Taking it now would hold a lease no heartbeat keeps while deferred; and releasing a
+                # lease taken over would tell the next run that nothing of the dead run is in flight.
+                return self.defer_for_lease(
+                    lease, info, now, deadline, until=safe_at, why="stopped without releasing it; its requests may land"
+                )
         if lease.try_acquire():
             return lease
-        now = time.time()
-        deadline = float(deadline) if deadline else now + timeout
         info = lease.current()
+        wait_until = now + max(float(self.lease_poll_interval), 1.0)
+        return self.defer_for_lease(lease, info, now, deadline, until=wait_until, why="is sending to it")
+
+    def defer_for_lease(self, lease: Any, info: Any, now: float, deadline: float, *, until: float, why: str) -> Any:
+        """Defer until ``until`` (at most ``deadline``), then try the lease again; past the deadline, fail."""
         holder = info.describe() if info is not None else "another run"
+        timeout = float(self.lease_timeout)
         if now >= deadline:
             raise self.lease_busy_error(
                 f"another run is sending to this destination ({holder}); waited {timeout:.0f} s for its lease "
                 f"{lease.directory}; nothing was sent. Retry later or raise lease_timeout"
+                + (
+                    f" (that run {why} until {datetime.fromtimestamp(until, UTC).isoformat(timespec='seconds')})"
+                    if until > now and lease.abandoned(info, now)
+                    else ""
+                )
             )
-        wait = max(min(float(self.lease_poll_interval), deadline - now), 1.0)
+        moment = min(until, deadline)
         self.log.info(
-            "%s is being written by another run (%s); waiting %.0f s in the triggerer, then trying again (until %s)",
+            "%s: the run holding its lease (%s) %s; waiting in the triggerer until %s, then trying again (until %s)",
             self.describe_destination(),
             holder,
-            wait,
+            why,
+            datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds"),
             datetime.fromtimestamp(deadline, UTC).isoformat(timespec="seconds"),
         )
-        from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
         self.defer(
-            trigger=TimeDeltaTrigger(timedelta(seconds=wait)),
+            trigger=DateTimeTrigger(datetime.fromtimestamp(max(moment, now + 1.0), UTC)),
             method_name="execute_after_lease_wait",
             kwargs={"lease_deadline": deadline},
         )

@@ -379,6 +379,29 @@ def test_the_lease_record_carries_the_longest_landing_window(tmp_path: Path) -> 
     taker.release()
 
 
+def test_a_lease_never_released_is_abandoned_once_expired_past_the_skew(tmp_path: Path) -> None:
+    from airflow_audience_provider.identifiers.lease import takeover_safe_at
+
+    now = [1000.0]
+    holder = DestinationLease(tmp_path / "lease", ttl=30, max_clock_skew=5, clock=lambda: now[0], landing_window=40)
+    other = DestinationLease(tmp_path / "lease", ttl=30, max_clock_skew=5, clock=lambda: now[0], landing_window=24)
+    assert holder.try_acquire()
+    assert not other.abandoned(other.current())  # live
+    holder._stop.set()  # killed: never released
+    now[0] += 35
+    assert not other.abandoned(other.current())  # expired, but within the skew margin
+    now[0] += 1
+    record = other.current()
+    assert record is not None and other.abandoned(record)
+    # the recorded window (40) is longer than the taker's own (24); an unrecorded one counts as 0
+    assert other.takeover_safe_at(record) == 1030.0 + 5 + 40
+    assert takeover_safe_at(record, max_clock_skew=5, landing_window=50) == 1030.0 + 5 + 50
+    assert takeover_safe_at(record, max_clock_skew=5, landing_window=None) == 1030.0 + 5 + 40
+    assert other.try_acquire() and other.took_over == record
+    other.release()
+    assert not other.abandoned(other.current())  # released: nothing of a dead run in flight
+
+
 def test_a_lease_record_of_an_older_version_is_read_without_a_landing_window(tmp_path: Path) -> None:
     lease_dir = tmp_path / "lease"
     lease_dir.mkdir()
