@@ -792,6 +792,10 @@ def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) ->
             if reader is None:
                 st.full_replace_reason = f"the snapshot {rule_mismatch(meta, dest.rule)}"
             elsewhere = _other_list(meta, dest.options.remote_id)
+            if dest.options.new_list:
+                # The list it describes is gone and the new one is empty: nothing in it to keep or remove.
+                elsewhere = "describes a remote list that does not exist any more (the destination does not exist yet)"
+                st.previous_count = None
             if reader is not None and elsewhere is not None:
                 log.warning("Snapshot %s %s: this run does not diff against it.", store.describe(), elsewhere)
                 st.full_replace_reason = f"the snapshot {elsewhere}"
@@ -824,9 +828,17 @@ def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) ->
     if not dest.keep_state:
         reader = None
     opts, mode = dest.options, dest.mode
-    full = mode == "replace" or opts.full_replace
+    # Adding to a list that does not exist yet makes it the input: a full replace, whose state is then known.
+    new_add = opts.new_list and mode == "add"
+    full = mode == "replace" or opts.full_replace or new_add
     if full:
-        st.full_replace_reason = st.full_replace_reason or ("mode replace" if mode == "replace" else "full_replace")
+        st.full_replace_reason = st.full_replace_reason or (
+            "mode replace"
+            if mode == "replace"
+            else "the destination does not exist yet"
+            if new_add
+            else "full_replace"
+        )
     elif mode == "sync" and reader is None:
         full = True
         st.full_replace_reason = st.full_replace_reason or "no snapshot"
@@ -835,7 +847,7 @@ def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) ->
         if not isinstance(last, (int, float)) or time.time() - last >= opts.full_refresh_every.total_seconds():
             full = True
             st.full_replace_reason = f"full_refresh_every ({opts.full_refresh_every}) has passed"
-    if mode in ("add", "remove") and reader is None:
+    if mode in ("add", "remove") and reader is None and not new_add:
         st.mode = ONE_WAY
         return None
     if full:

@@ -198,6 +198,10 @@ class SyncOptions:
         was written for; a snapshot of another list, or one that records none, is not diffed
         against (a full replace, or in ``add``/``remove`` a send that keeps no state). None = the
         key itself identifies the list (nothing is checked).
+    :param new_list: the remote list does not exist yet; this run creates it with its first request.
+        It is empty, so a snapshot under this key describes a list that is gone: it is neither diffed
+        against nor counted by the removal guard, and in ``add`` mode the run makes the new list the
+        input (what adding to an empty list does) and records it, like a full replace.
     """
 
     allow_empty: bool = False
@@ -217,6 +221,7 @@ class SyncOptions:
     max_clock_skew: float = 60.0
     full_refresh_every: timedelta | None = None
     remote_id: str | None = None
+    new_list: bool = False
 
     def __post_init__(self) -> None:
         if self.lease_timeout < 0 or self.lease_ttl <= 0 or self.max_clock_skew < 0:

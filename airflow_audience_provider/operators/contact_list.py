@@ -216,7 +216,12 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
         raise NotImplementedError
 
     def force_full_replace(self) -> bool:
-        """True when the vendor knows the snapshot cannot be diffed against (e.g. a new segment)."""
+        """True when the remote list does not exist yet and this run creates it (e.g. a new segment).
+
+        Then a snapshot under this destination's key describes a list that is gone: a ``sync`` is a full
+        replace, an ``add`` makes the new list the input, and the removal guard does not count the old list
+        (:attr:`~airflow_audience_provider.identifiers.sync.SyncOptions.new_list`).
+        """
         return False
 
     def remote_id(self) -> str | None:
@@ -341,6 +346,7 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
             lease_poll_interval=float(self.lease_poll_interval),
             full_refresh_every=refresh,
             remote_id=self.remote_id(),
+            new_list=self.force_full_replace(),
         )
 
     # -- where state lives -------------------------------------------------------------------

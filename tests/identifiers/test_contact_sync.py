@@ -605,3 +605,20 @@ def test_a_snapshot_without_a_fingerprint_is_trusted_only_for_a_shipped_rule(
         result["mode"] == "full_replace" and "records no settings fingerprint" in result["state"]["full_replace_reason"]
     )
     assert run(emails(30), sender, other, rule=custom)["mode"] == "noop"
+
+
+def test_a_list_that_does_not_exist_yet_is_neither_diffed_against_nor_guarded_by_its_old_snapshot(
+    tmp_path: Path, sender: RecordingSender
+) -> None:
+    """``new_list``: the snapshot under this key is of a list that is gone; the new one is empty."""
+    run(emails(30), sender, tmp_path, options=SyncOptions(remote_id="A"))
+    # add to the new list: all of the input goes, as a full replace whose state is recorded
+    created = RecordingSender()
+    result = run(emails(30), created, tmp_path, mode="add", options=SyncOptions(new_list=True))
+    assert result["mode"] == "full_replace" and result["state"]["full_replace_reason"]
+    assert created.members == set(stored(tmp_path)) == {sha(e.strip().lower()) for e in emails(30)}
+    assert result["snapshot_previous_count"] is None
+    # a sync of a much smaller list into a new list removes nothing: the removal guard does not count the old one
+    fresh = RecordingSender()
+    result = run(emails(3, start=100), fresh, tmp_path, options=SyncOptions(new_list=True, full_replace=True))
+    assert result["mode"] == "full_replace" and len(fresh.members) == 3

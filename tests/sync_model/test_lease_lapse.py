@@ -114,6 +114,13 @@ def test_a_retry_after_the_lease_lapsed_is_not_sent(criteo: CriteoTarget, monkey
     assert isinstance(outcome["a"].__cause__, LeaseLostError)
     # The first sync's two chunks, A's answered 503, B's removal; A's retry never went out.
     assert [r["status"] for r in criteo.fake.requests if r["path"] == add_remove] == [200, 200, 503, 200]
+    # A's guard went with its failed run: the same hook (one cached on an operator) serves the next run,
+    # whose writes ask only that run's lease.
+    assert transport_a._send_guards == []
+    transport_a._sleep = lambda seconds: None
+    store.failing.clear()
+    assert criteo.sync(make_input(0, 50), "sync", sender=criteo.sender(hook_a))["status"] == "sent"
+    assert criteo.members() == expected(make_input(0, 50))
 
 
 def test_the_lease_record_carries_the_longest_upload_window(

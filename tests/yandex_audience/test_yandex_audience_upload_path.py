@@ -120,3 +120,42 @@ def test_a_snapshot_without_a_segment_id_is_a_full_replace(ya, hook, context, sn
     assert result["engine_mode"] == "full_replace"
     assert "does not record which" in result["state"]["full_replace_reason"]
     assert upload(snapshots, emails(150)).execute(context)["engine_mode"] == "noop"
+
+
+def test_add_to_a_deleted_segment_creates_it_with_the_input_instead_of_trusting_its_snapshot(
+    ya, hook, context, snapshots
+):
+    """The old segment's snapshot says the input is there: diffed against it, add sent nothing and
+    ended green with no segment at all."""
+    sid = upload(snapshots, emails(150)).execute(context)["segment_id"]
+    settle(ya, sid)
+    hook.delete_segment(sid)
+    result = upload(snapshots, emails(150), mode="add").execute(context)
+    assert result["action"] == "created" and result["segment_id"] != sid
+    assert result["engine_mode"] == "full_replace"
+    assert "does not exist yet" in result["state"]["full_replace_reason"]
+    new = result["segment_id"]
+    settle(ya, new)
+    assert ya.segment_values(new) == sorted(_hash(e) for e in emails(150))
+    # The new segment's list is recorded with its id: the next add sends only what is new.
+    again = upload(snapshots, emails(2, start=2000), mode="add").execute(context)
+    assert again["engine_mode"] == "incremental" and again["files"] == [{"operation": "addition", "entries": 2}]
+    assert again["segment_id"] == new
+
+
+def test_add_to_a_segment_that_never_existed_creates_it(ya, hook, context, snapshots):
+    result = upload(snapshots, emails(150), segment_name="added fresh", mode="add").execute(context)
+    assert result["action"] == "created" and result["files"] == [{"operation": "upload+confirm", "entries": 150}]
+    settle(ya, result["segment_id"])
+    assert ya.segment_values(result["segment_id"]) == sorted(_hash(e) for e in emails(150))
+
+
+def test_the_removal_guard_does_not_count_a_deleted_segment_s_list(ya, hook, context, snapshots):
+    """A new segment is empty: a smaller list removes nothing from it (the guard counted the old snapshot's 1000)."""
+    sid = upload(snapshots, emails(1000)).execute(context)["segment_id"]
+    settle(ya, sid)
+    hook.delete_segment(sid)
+    result = upload(snapshots, emails(150, start=5000)).execute(context)
+    assert result["action"] == "created" and result["segment_id"] != sid
+    settle(ya, result["segment_id"])
+    assert ya.segment_values(result["segment_id"]) == sorted(_hash(e) for e in emails(150, start=5000))
