@@ -833,11 +833,7 @@ def _open_state(st: _DestState, handles: list[IO[str]], inherited_path: Path) ->
     full = mode == "replace" or opts.full_replace or new_add
     if full:
         st.full_replace_reason = st.full_replace_reason or (
-            "mode replace"
-            if mode == "replace"
-            else "the destination does not exist yet"
-            if new_add
-            else "full_replace"
+            "mode replace" if mode == "replace" else "the destination does not exist yet" if new_add else "full_replace"
         )
     elif mode == "sync" and reader is None:
         full = True
