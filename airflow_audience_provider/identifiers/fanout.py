@@ -1699,17 +1699,14 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
             _settle(sender)
             if lease is not None:
                 lease.check()  # still ours: nobody else sent meanwhile, so the snapshot is true
-        if acc.vendor_unaccounted:
-            # Some identifiers may be missing: keep the old snapshot and leave the journal as a failed
-            # run's, so the next run treats what this one sent as uncertain and sends it again.
-            reason = f"the vendor's answers accounted for {acc.vendor_unaccounted} identifier(s) fewer than were sent"
-            st.notes.append(f"{reason}: the snapshot was not advanced; the next run sends them again")
-            if journal is not None:
-                journal.failed(reason)
-            st.status = "partial"
-            return
-        if store is not None and dest.keep_state and st.mode not in (NOOP, ONE_WAY):
-            # Only now, with every chunk accepted, may the snapshot say these identifiers were sent.
+        # Some identifiers may be missing when the vendor's answers account for fewer than were sent:
+        # the snapshot then records this run's target with its journal left as a failed run's, so every
+        # identifier it sent stays uncertain against that target and the next run, in any mode, sends
+        # it again as that run's target says. (Against the old snapshot, a green remove would be undone
+        # by the next add, and a green add by the next remove.) Without a journal nothing is recorded.
+        partial = acc.vendor_unaccounted > 0
+        if store is not None and dest.keep_state and st.mode not in (NOOP, ONE_WAY) and (journal or not partial):
+            # Only now, with every chunk acknowledged, may the snapshot say these identifiers were sent.
             meta = st.snapshot_meta or {}
             full = st.mode in (FULL_REPLACE, CLEAR)
             same_rule = st.previous_rule == dest.rule.key
@@ -1721,6 +1718,14 @@ def _send(st: _DestState, growing: GrowingFile | None = None) -> None:
                 extra=_snapshot_extra(last_full, sender_remote_id(sender, dest.options)),
                 prepared=prep.take() if prep is not None else None,
             )
+        if partial:
+            reason = f"the vendor's answers accounted for {acc.vendor_unaccounted} identifier(s) fewer than were sent"
+            kept = "they stay uncertain" if journal is not None else "the snapshot was not advanced"
+            st.notes.append(f"{reason}: {kept}; the next run sends them again")
+            if journal is not None:
+                journal.failed(reason)
+            st.status = "partial"
+            return
         if journal is not None:
             if st.mode == NOOP:
                 journal.clear_stale()

@@ -538,7 +538,8 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
         """Fail or warn (``on_partial_failure``, default ``fail``) when the vendor's answers accounted for
         fewer identifiers than were sent: counts only, never identifiers.
 
-        The engine did not advance the snapshot, so the next run sends this run's identifiers again.
+        The engine keeps every identifier this run sent uncertain (its journal stays, as a failed run's), so
+        the next run, in any mode, sends them again as its own target says.
         """
         unaccounted = int(result.get("vendor_unaccounted", 0))
         if not unaccounted:
@@ -548,8 +549,8 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
         message = (
             f"{self.vendor_label} accounted for {accepted + invalid:,} of the {sent:,} identifier(s) sent to "
             f"{self.describe_destination()} ({accepted:,} accepted, {invalid:,} reported invalid, {unaccounted:,} "
-            "neither): they may be missing from the list; the snapshot was not advanced, so the next run sends "
-            "them again"
+            "neither): they may be missing from the list; they stay uncertain in the destination's state, so the "
+            "next run sends them again"
         )
         self.settle_partial_failure(
             [{"sent": sent, "accepted": accepted, "invalid": invalid, "unaccounted": unaccounted}],

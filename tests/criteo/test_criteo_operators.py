@@ -369,7 +369,7 @@ def test_an_answer_accounting_for_fewer_identifiers_than_sent_fails_the_upload(c
     assert not any(e in str(caught.value) or sha(e) in str(caught.value) for e in emails)  # counts, never ids
     partial = context["ti"].pushed["upload_result"]
     assert partial["vendor_unaccounted"] == 2 and partial["criteo_valid"] == 18
-    # The snapshot was not advanced: the rerun sends the list again and it is whole.
+    # The identifiers sent stay uncertain: the rerun sends the list again and it is whole.
     rerun = CriteoUploadContactListOperator(
         task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5
     ).execute(context)
@@ -393,12 +393,58 @@ def test_a_short_count_with_on_partial_failure_warn_is_sent_again_by_the_next_sy
     criteo.short_count_amendments(dropped=3)  # the counts present, and adding up to 3 fewer than sent
     warned = sync(more, on_partial_failure="warn")
     assert warned["status"] == "sent" and warned["vendor_unaccounted"] == 3
-    assert any("snapshot was not advanced" in note for note in warned["state"]["notes"])
+    assert any("they stay uncertain" in note for note in warned["state"]["notes"])
     assert len(criteo.members(sid)) == 17
     # The next sync does not trust the unaccounted identifiers: it sends them again.
     again = sync(more)
     assert again["vendor_unaccounted"] == 0 and criteo.members(sid) == {sha(e) for e in more}
     assert sync(more)["engine_mode"] == "noop"
+
+
+def test_a_short_counted_remove_that_ended_green_is_not_undone_by_the_next_add(criteo, context, tmp_path):
+    """The unaccounted identifiers stay uncertain against the state the green run reached: kept against
+    the old snapshot instead, the next add re-added every identifier the remove had taken out."""
+    sid = upsert(context)["segment_id"]
+    snapshots = str(tmp_path / "snap")
+
+    def upload(values, mode, **kwargs):
+        source = write_emails(tmp_path / f"{mode}.csv", values)
+        return CriteoUploadContactListOperator(
+            task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5,
+            mode=mode, **kwargs,
+        ).execute(context)  # fmt: skip
+
+    base = [f"user{n}@example.com" for n in range(20)]
+    gone, joining = base[:5], [f"new{n}@example.com" for n in range(3)]
+    upload(base, "sync")
+    criteo.short_count_amendments(dropped=2)  # two of the five removals are not applied
+    removed = upload(gone, "remove", on_partial_failure="warn")
+    assert removed["status"] == "sent" and removed["vendor_unaccounted"] == 2
+    assert len(criteo.members(sid)) == 17
+    upload(joining, "add")
+    assert criteo.members(sid) == {sha(e) for e in base[5:] + joining}
+    assert upload(base[5:] + joining, "sync")["engine_mode"] == "noop"
+
+
+def test_a_short_counted_add_that_ended_green_is_not_undone_by_the_next_remove(criteo, context, tmp_path):
+    sid = upsert(context)["segment_id"]
+    snapshots = str(tmp_path / "snap")
+
+    def upload(values, mode, **kwargs):
+        source = write_emails(tmp_path / f"{mode}.csv", values)
+        return CriteoUploadContactListOperator(
+            task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5,
+            mode=mode, **kwargs,
+        ).execute(context)  # fmt: skip
+
+    base = [f"user{n}@example.com" for n in range(20)]
+    joining = [f"new{n}@example.com" for n in range(5)]
+    upload(base, "sync")
+    criteo.short_count_amendments(dropped=2)
+    added = upload(joining, "add", on_partial_failure="warn")
+    assert added["status"] == "sent" and added["vendor_unaccounted"] == 2
+    upload(base[:1], "remove")
+    assert criteo.members(sid) == {sha(e) for e in base[1:] + joining}
 
 
 def test_a_rule_changed_under_the_same_version_replaces_the_list(criteo, context, tmp_path, monkeypatch):
