@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 #: Airflow configuration option naming the ledger backend (also ``AIRFLOW__AUDIENCE__RATE_LIMIT_BACKEND``).
 CONFIG_SECTION, CONFIG_OPTION = "audience", "rate_limit_backend"
 
+#: A client window stays closed this share of its length longer than the vendor's (see :attr:`Window.span`).
+WINDOW_MARGIN_FRACTION = 0.02
+#: The longest margin, in seconds, whatever the window's length.
+WINDOW_MARGIN_MAX = 0.25
+
 
 @dataclass(frozen=True)
 class Window:
@@ -59,6 +64,18 @@ class Window:
 
     def describe(self) -> str:
         return self.label or f"{self.limit} requests per {self.seconds:g} s"
+
+    @property
+    def span(self) -> float:
+        """How long a stamp counts on the client: ``seconds`` plus a safety margin.
+
+        The vendor's window starts when a request arrives, a network trip after our stamp; a
+        slot freed exactly ``seconds`` after the stamp could reach the vendor before its own
+        window has ended, and be answered 429. The margin is :data:`WINDOW_MARGIN_FRACTION` of
+        the window, at most :data:`WINDOW_MARGIN_MAX` seconds (20 ms on a 1 s window, 0.25 s on
+        a minute or longer).
+        """
+        return self.seconds + min(self.seconds * WINDOW_MARGIN_FRACTION, WINDOW_MARGIN_MAX)
 
 
 @dataclass(frozen=True)
@@ -100,10 +117,10 @@ class _Ledger:
         worst, culprit = 0.0, None
         for index, window in enumerate(windows):
             stamps = self.stamps.setdefault(index, deque())
-            while stamps and stamps[0] <= now - window.seconds:
+            while stamps and stamps[0] <= now - window.span:
                 stamps.popleft()
             if len(stamps) >= window.limit:
-                wait = stamps[len(stamps) - window.limit] + window.seconds - now
+                wait = stamps[len(stamps) - window.limit] + window.span - now
                 if wait > worst:
                     worst, culprit = wait, window
         if self.held_until - now > worst:
@@ -265,7 +282,7 @@ def _decide(ledgers: dict[str, _Ledger], budgets: Sequence[Budget], now: float) 
 # One round trip per request: trim every window, check them and the holds, then record in all or none.
 # Windows run on the Redis server's clock, so workers whose clocks disagree still share one window.
 # KEYS: one sorted set per window, then one hold key per budget.
-# ARGV: member, number of windows, number of holds, then limit and seconds of each window.
+# ARGV: member, number of windows, number of holds, then limit and span (seconds plus margin) of each window.
 _REDIS_ACQUIRE = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
@@ -350,7 +367,7 @@ class RedisBackend:
         keys = [self._key(b.key, f"w{i}") for b, i, _w in windows] + [self._key(b.key, "hold") for b in budgets]
         args: list[Any] = [uuid.uuid4().hex, len(windows), len(budgets)]
         for _b, _i, window in windows:
-            args += [window.limit, repr(float(window.seconds))]
+            args += [window.limit, repr(float(window.span))]
         try:
             wait, culprit = acquire(keys=keys, args=args)
         except Exception as exc:

@@ -82,7 +82,7 @@ def test_window_on_redis_and_refusal_without_sleeping(flushed):
     assert [limiter.acquire("acct", limit) for _ in range(3)] == [0.0, 0.0, 0.0]
     with pytest.raises(QuotaWouldBlock) as caught:
         limiter.acquire("acct", limit)
-    assert 25 < caught.value.wait <= 30 and caught.value.window.label == "3 per 30 s"
+    assert 25 < caught.value.wait <= 30.25 and caught.value.window.label == "3 per 30 s"
     assert limiter.acquire("other-acct", limit) == 0.0  # another key, another budget
 
 
@@ -92,7 +92,7 @@ def test_limiters_in_one_redis_share_the_budget_and_wait_for_a_slot(flushed):
     assert first.acquire("shared", limit) == 0.0
     assert second.acquire("shared", limit) == 0.0
     waited = second.acquire("shared", limit)  # both slots taken, one by each limiter: it waits
-    assert 0 < waited <= 0.5
+    assert 0 < waited <= Window(2, 0.5).span
 
 
 def test_several_budgets_on_redis_are_taken_all_or_none(flushed):
@@ -122,7 +122,7 @@ def test_redis_keys_reveal_no_account_and_expire(flushed):
     keys = client.keys("*")
     assert len(keys) == 1 and keys[0].startswith("{audience-ratelimit}:")
     assert "secretive" not in keys[0]
-    assert 0 < client.pttl(keys[0]) <= 2000  # a one-second window is kept about two seconds
+    assert 0 < client.pttl(keys[0]) <= 2020  # a one-second window (and its margin) is kept about two seconds
     client.close()
 
 

@@ -321,7 +321,7 @@ def test_client_side_quota_waits_then_refuses_without_sending(lytics_sandbox, ma
     with pytest.raises(AudienceRateLimitError) as caught:
         transport.request("GET", LIST)
     assert caught.value.code == "client_quota"
-    assert caught.value.retry_after == pytest.approx(60.0)
+    assert caught.value.retry_after == pytest.approx(60.25)  # the window plus the client's margin
     assert len(api_requests(lytics_sandbox)) == 2  # the third never left the client
 
 
@@ -332,7 +332,7 @@ def test_endpoint_class_selects_the_quota(lytics_sandbox, make_transport, clock)
     for _ in range(2):
         transport.request("POST", "/api/segment/size", data=b"FILTER * FROM user", endpoint_class="adhoc_size")
     transport.request("GET", LIST)  # another class: not throttled
-    assert clock.sleeps == [pytest.approx(10.0)]
+    assert clock.sleeps == [pytest.approx(10.2)]  # 10 s plus the client's margin
 
 
 @pytest.mark.asyncio
@@ -369,7 +369,7 @@ def test_scoped_windows_share_one_budget_across_classes_and_accounts(lytics_sand
     with pytest.raises(AudienceRateLimitError) as caught:
         one.request("GET", LIST, endpoint_class="write")
     assert "3 requests per day per login" in caught.value.message
-    assert caught.value.retry_after == pytest.approx(86400.0)
+    assert caught.value.retry_after == pytest.approx(86400.25)
     other.request("GET", LIST, endpoint_class="read")  # another account has its own daily budget
     assert len(api_requests(lytics_sandbox)) == 4
     assert set(limiter.backend._ledgers) == {

@@ -273,6 +273,31 @@ def test_rate_limit_storm_is_waited_out_with_the_ratelimit_headers(hook, criteo)
     assert refused, "the fake should have answered 429 at least once"
 
 
+def test_the_client_window_frees_after_the_vendors_so_the_boundary_call_gets_no_429(hook, criteo):
+    """The client stamps a call before sending it; the vendor's window starts at its arrival, later.
+
+    The first call arrives 40 ms after its stamp (a slow trip); the third may go once that stamp has
+    left the client's window, and must not reach the vendor before the first call has left its own.
+    """
+    import dataclasses
+
+    from airflow_audience_provider.core.ratelimit import RateLimit, Window
+
+    window = Window(2, 8.0, "2 calls per 8 s")
+    assert window.span - window.seconds > 0.04  # the margin covers the slow trip below
+    criteo.configure(calls_per_minute=window.limit, rate_window_seconds=window.seconds)
+    transport = hook.get_conn()
+    transport.profile = dataclasses.replace(
+        transport.profile, rate_limits={"default": RateLimit((window,), max_wait=30)}
+    )
+    transport.auth.token()  # fetched now: the trips below are the calls alone
+    criteo.faults.inject("slow", delay=0.04, path_prefix="/2026-07/retail-media/me")
+    for _ in range(3):
+        transport.request("GET", "/2026-07/retail-media/me")
+    statuses = [r["status"] for r in criteo.requests if r["path"] == "/2026-07/retail-media/me"]
+    assert statuses == [200, 200, 200]  # no 429: the third call waited for the vendor's window too
+
+
 def test_persistent_5xx_gives_a_server_error(hook, criteo):
     criteo.faults.inject("status", status=500, count=10, path_prefix="/2026-07/retail-media/me")
     with pytest.raises(AudienceServerError):
