@@ -79,6 +79,19 @@ def sha(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()
 
 
+def documented_upload_keys(table: str) -> set[str]:
+    """The keys of the upload result the contact-list guide lists in its table titled ``table``."""
+    import re
+
+    text = (REPO / "docs" / "guides" / "contact_lists.rst").read_text(encoding="utf-8")
+    start = text.index(f".. list-table:: {table}\n")
+    end = text.find(".. list-table::", start + 1)
+    body = text[start : end if end != -1 else len(text)]
+    keys = set(re.findall(r"^   \* - ``(\w+)``$", body, flags=re.MULTILINE))
+    assert keys, f"no keys in the table {table!r}"
+    return keys
+
+
 def write_emails(path: Path, emails: list[str]) -> dict[str, str]:
     """A CSV export with an ``email`` column, as the upstream XCom dict the engine reads."""
     path.write_text("email\n" + "\n".join(emails) + "\n")

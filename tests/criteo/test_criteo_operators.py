@@ -224,6 +224,31 @@ def test_40_chunk_upload_failing_for_good_reports_what_was_accepted(criteo, cont
     assert rerun["valid"] == 200 and criteo.members(sid) == {sha(e) for e in emails}
 
 
+def test_the_upload_results_keys_are_the_documented_ones(criteo, context, tmp_path, fast_conn):
+    """docs/guides/contact_lists.rst lists every key of the result, sent, planned and failed alike."""
+    from helpers import documented_upload_keys
+
+    common = documented_upload_keys("Every upload")
+    own = documented_upload_keys("Criteo (CriteoUploadContactListOperator)")
+    sid = upsert(context)["segment_id"]
+    snapshots = str(tmp_path / "snap")
+
+    def upload(emails, **kwargs):
+        return CriteoUploadContactListOperator(
+            task_id="u", segment_id=sid, source=emails, snapshot_base=snapshots, **kwargs
+        ).execute(context)
+
+    sent = upload([f"user{n}@example.com" for n in range(10)], fetch_statistics=True)
+    assert sent["status"] == "sent" and set(sent) == (common | own) - {"blocked_by"}
+    planned = upload([f"user{n}@example.com" for n in range(12)], plan_only=True)
+    assert planned["status"] == "planned" and set(planned) == common | own
+    criteo.fail_amendments(after=0, count=3, status=500)  # every attempt of the only chunk fails
+    with pytest.raises(AudienceError):
+        upload([f"user{n}@example.com" for n in range(15)], read_timeout=1.0)  # the lease is kept 3 read timeouts
+    failed = context["ti"].pushed["upload_result"]
+    assert failed["status"] == "failed" and set(failed) == (common | own) - {"blocked_by"}
+
+
 def test_on_kill_sends_no_further_chunk_and_the_next_sync_completes(criteo, context, tmp_path, fast_conn, monkeypatch):
     from airflow_audience_provider.hooks.criteo import CriteoHook
     from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender

@@ -98,6 +98,26 @@ def test_create_then_rerun_then_incremental_sync(ya, hook, context, snapshots):
     assert len(named(ya, "crm buyers")) == 1  # never a twin
 
 
+def test_the_upload_results_keys_are_the_documented_ones(ya, hook, context, snapshots):
+    """docs/guides/contact_lists.rst lists every key of the result, sent, planned and failed alike."""
+    from helpers import documented_upload_keys
+
+    from airflow_audience_provider.core.errors import AudienceError
+
+    keys = documented_upload_keys("Every upload") | documented_upload_keys(
+        "Yandex.Audience (YandexAudienceUploadContactListOperator)"
+    )
+    sent = upload(snapshots, emails(150)).execute(context)
+    assert sent["upload_status"] == "sent" and set(sent) == keys - {"blocked_by"}
+    planned = upload(snapshots, emails(160), plan_only=True).execute(context)
+    assert planned["upload_status"] == "planned" and set(planned) == keys
+    ya.faults.inject("status", count=1, path_prefix="/v1/management/segments/upload_csv_file", status=400)
+    with pytest.raises(AudienceError):
+        upload(snapshots, emails(150), segment_name="another list").execute(context)
+    failed = context["ti"].pushed["upload_result"]
+    assert failed["upload_status"] == "failed" and set(failed) == keys - {"blocked_by"}
+
+
 def test_replace_addition_subtraction_modes(ya, hook, context, snapshots):
     sid = upload(snapshots, emails(150)).execute(context)["segment_id"]
     ya.clear_requests()
