@@ -268,7 +268,8 @@ class FaultAtChunk(ThroughCall):
     for the calls in flight to end and no other starts before it ends, so its faults hit its own
     requests.
 
-    :param plan: call number -> list of ``fake.faults.inject`` keyword dicts.
+    :param plan: call number -> list of ``fake.faults.inject`` keyword dicts; a dict of kind
+        ``short_count`` arms :func:`arm_short_count` instead (the next amendment answers short).
     """
 
     inner: Any
@@ -289,7 +290,10 @@ class FaultAtChunk(ThroughCall):
                 self.lock.wait_for(lambda: self.in_flight == 0)
             self.in_flight += 1
             for fault in faults:
-                self.fake.faults.inject(**fault)
+                if fault["kind"] == "short_count":
+                    arm_short_count(self.fake, fault["dropped"])
+                else:
+                    self.fake.faults.inject(**fault)
         try:
             return getattr(self.inner, method)(*args)
         finally:
@@ -298,6 +302,19 @@ class FaultAtChunk(ThroughCall):
                 if faults:
                     self.alone = False
                 self.lock.notify_all()
+
+
+def arm_short_count(fake: Any, dropped: int) -> None:
+    """The fake's next add/remove answer leaves its last ``dropped`` identifiers out, unapplied and uncounted."""
+    fake.short_count_amendments(dropped=dropped)
+
+
+def disarm_short_counts(fake: Any) -> None:
+    """Forget short answers armed but not given (the run ended before another amendment)."""
+    pending = getattr(fake, "_short_answers", None)
+    if pending is not None:
+        with fake.lock:
+            pending.clear()
 
 
 def run_killed(target: Target, rows: list[str], mode: str, kill_at: int, after_send: bool, concurrency: int = 1) -> int:
