@@ -102,8 +102,9 @@ class ChunkSender(Protocol):
 
     Each method is called with chunks already within the vendor's limits. Retries, rate limits
     and token refresh belong to the implementation (the shared HTTP core). Besides the four
-    operations a sender states how the engine must pace, guard and wait for it:
-    :attr:`send_concurrency`, :attr:`transport`, :meth:`unsettled_until` and :meth:`landing_window`.
+    operations a sender states how the engine must pace, guard and wait for it, and which list it wrote to:
+    :attr:`send_concurrency`, :attr:`transport`, :meth:`unsettled_until`, :meth:`landing_window` and
+    :attr:`remote_id`.
     """
 
     @property
@@ -116,6 +117,12 @@ class ChunkSender(Protocol):
     def transport(self) -> Transport | None:
         """The HTTP transport its requests go through (None: an in-memory sender); while the
         engine holds the lease, every write attempt of it asks the lease first."""
+        ...
+
+    @property
+    def remote_id(self) -> str | None:
+        """The vendor's id of the list it wrote to; None when it does not know it or did not create the
+        list (then the snapshot records :attr:`SyncOptions.remote_id`)."""
         ...
 
     def unsettled_until(self) -> float:
@@ -153,10 +160,10 @@ class ChunkSender(Protocol):
         ...
 
 
-def sender_remote_id(sender: Any, options: SyncOptions) -> str | None:
+def sender_remote_id(sender: ChunkSender, options: SyncOptions) -> str | None:
     """The vendor's id of the list the sender wrote to: its ``remote_id`` (a sender that may create
-    the list declares it), else the one the options name."""
-    remote = getattr(sender, "remote_id", None)
+    the list knows it), else the one the options name."""
+    remote = sender.remote_id
     return str(remote) if remote is not None else options.remote_id
 
 

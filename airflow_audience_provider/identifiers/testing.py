@@ -11,9 +11,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from airflow_audience_provider.identifiers.chunking import Chunk
 from airflow_audience_provider.identifiers.sync import ChunkResult
+
+if TYPE_CHECKING:
+    from airflow_audience_provider.identifiers.sync import ChunkSender
 
 
 class SimulatedSendError(RuntimeError):
@@ -42,6 +46,8 @@ class RecordingSender:
     send_concurrency = 1
     #: No HTTP: nothing for the lease to guard.
     transport = None
+    #: No remote list: the snapshot records the one the sync's options name, if any.
+    remote_id = None
 
     def __post_init__(self) -> None:
         # Senders may be called from several threads (SyncOptions.send_concurrency).
@@ -105,3 +111,9 @@ class RecordingSender:
     def operations(self) -> list[str]:
         """Operation names in call order."""
         return [op for op, _ in self.calls]
+
+
+if TYPE_CHECKING:
+
+    def _is_chunk_sender(sender: RecordingSender) -> ChunkSender:
+        return sender  # mypy: RecordingSender implements every member of the protocol

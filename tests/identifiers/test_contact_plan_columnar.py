@@ -46,6 +46,7 @@ class ChunkLog:
     calls: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     send_concurrency = 1
     transport = None
+    remote_id = None
 
     def unsettled_until(self) -> float:
         return 0.0

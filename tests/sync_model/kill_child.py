@@ -59,6 +59,10 @@ def main() -> int:
         send_concurrency = int(job.get("concurrency", 1))
         transport = None  # the child run's writes are not guarded by its lease
 
+        @property
+        def remote_id(self) -> str | None:
+            return inner.remote_id
+
         def unsettled_until(self) -> float:
             return 0.0  # the child run does not wait for its own unanswered requests
 

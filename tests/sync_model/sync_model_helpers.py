@@ -241,6 +241,10 @@ class ThroughCall:
     def transport(self) -> Any:
         return self.inner.transport
 
+    @property
+    def remote_id(self) -> str | None:
+        return self.inner.remote_id
+
     def unsettled_until(self) -> float:
         return float(self.inner.unsettled_until())
 

@@ -66,6 +66,11 @@ class CriteoChunkSender:
         self.clear_attempts = clear_attempts
 
     @property
+    def remote_id(self) -> str | None:
+        """None: the destination key is the segment id, which names the list (nothing to record)."""
+        return None
+
+    @property
     def transport(self) -> Transport:
         """The hook's transport: every request of this sender goes through it."""
         return self.hook.get_conn()
