@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -501,3 +502,51 @@ def test_a_rule_changed_under_the_same_version_replaces_the_list(criteo, context
     assert "other settings under the same key" in result["state"]["full_replace_reason"]
     assert criteo.members(sid) == {sha(p.lstrip("+")) for p in phones}
     assert sync()["engine_mode"] == "noop"
+
+
+def test_an_unfinished_run_then_a_rule_changed_under_the_same_version_replaces_the_list(
+    criteo, context, tmp_path, fast_conn, monkeypatch
+):
+    import dataclasses
+
+    from airflow_audience_provider.identifiers import rules
+    from airflow_audience_provider.operators.senders.criteo import CriteoChunkSender
+
+    stock = rules.get_rule("criteo", "phone")
+    sid = upsert(context, name="phones", identifier_type="PhoneNumber")["segment_id"]
+    before = [f"+4915112345{n:03d}" for n in range(20)]
+    after = [f"+4915112345{n:03d}" for n in range(2, 26)]  # 2 removals (within the guard), 6 additions
+    snapshots = tmp_path / "snap"
+
+    def sync(phones, name):
+        return CriteoUploadContactListOperator(
+            task_id="u", segment_id=sid, source=write_emails(tmp_path / name, phones), identifier_type="phone",
+            snapshot_base=str(snapshots), max_identifiers_per_request=5,
+            read_timeout=1.0,  # the answered-5xx amendments may still land: the lease is kept 3 read timeouts
+        ).execute(context)  # fmt: skip
+
+    assert sync(before, "before.csv")["engine_mode"] == "full_replace"
+    # The next sync fails part way: its first addition lands, the second fails on every attempt (3).
+    done = sum(r["path"].endswith("/add-remove") and r["status"] == 200 for r in criteo.requests)
+    criteo.fail_amendments(after=done + 1, count=3, status=500)
+    with monkeypatch.context() as one_at_a_time:
+        one_at_a_time.setattr(CriteoChunkSender, "send_concurrency", 1)  # the faults hit one chunk's attempts
+        with pytest.raises(AudienceError, match="failed after 1 of 3 chunk"):
+            sync(after, "after.csv")
+    (journal,) = snapshots.rglob("journal.json")
+    assert json.loads(journal.read_text())["rule_fingerprint"] == stock.fingerprint
+    partial = criteo.members(sid)
+    assert len(partial) == 25 and partial > {sha(p) for p in before}  # neither list
+    # Then the rule is edited in place (digits without the plus, the version left as it was).
+    edited = dataclasses.replace(
+        stock, profile=dataclasses.replace(stock.profile, phone_format=rules.PhoneFormat.DIGITS)
+    )
+    monkeypatch.setitem(rules._RULES, ("criteo", rules.IdentifierType.PHONE), edited)
+    assert edited.key == stock.key and edited.fingerprint != stock.fingerprint
+    # Neither the journal's identifiers nor the snapshot's are comparable: the whole list is replaced.
+    result = sync(after, "after.csv")
+    assert result["engine_mode"] == "full_replace" and result["status"] == "sent"
+    assert "other settings" in " ".join(result["state"]["notes"])
+    assert criteo.members(sid) == {sha(p.lstrip("+")) for p in after}
+    assert not journal.exists()
+    assert sync(after, "after.csv")["engine_mode"] == "noop"
