@@ -433,6 +433,7 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
         # The lease comes first: the destination is looked up (or created) by one run at a time.
         lease = None if self.plan_only else self.acquire_lease(context, lease_deadline)
         try:
+            self.outwait_lost_holder(lease, cancel)
             self.prepare(context, hook, rule)
             before = self.check_drift(hook, "before") if not self.plan_only else None
             sender = None if self.plan_only else self.make_sender(context, hook, rule, cancel)
@@ -664,8 +665,9 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
         A lease whose holder died without releasing it is taken over, but nothing is sent until
         that run's requests can no longer land (:func:`~airflow_audience_provider.identifiers.lease.takeover_safe_at`).
         A deferrable task waits for that moment in the triggerer *before* it takes the lease (a
-        deferred task has no heartbeat to keep a lease), so the engine has nothing left to wait; a
-        task that is not deferrable takes the lease and the engine waits in the worker.
+        deferred task has no heartbeat to keep a lease); a task that is not deferrable takes the
+        lease and waits in the worker (:meth:`outwait_lost_holder`) before ``prepare``. Either way
+        the engine has nothing left to wait.
         """
         # the contact-list engine: not at DAG parse
         from airflow_audience_provider.identifiers import SyncOptions
@@ -673,6 +675,9 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
 
         lease = lease_for(self._rule, self._key, self.snapshot_base, SyncOptions())
         timeout = float(self.lease_timeout)
+        # The moment to wait for after a dead holder is computed with the window the engine uses:
+        # the sender's, which is its transport's.
+        lease.landing_window = self.hook.get_conn().landing_window()
         if not self.deferrable:
             # the contact-list engine: not at DAG parse
             from airflow_audience_provider.identifiers.lease import LeaseBusyError
@@ -682,9 +687,6 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
             except LeaseBusyError as exc:
                 raise self.lease_busy_error(str(exc)) from None
             return lease
-        # The moment to wait for after a dead holder is computed with the window the engine uses:
-        # the sender's, which is its transport's.
-        lease.landing_window = self.hook.get_conn().landing_window()
         now = lease.now()
         deadline = float(deadline) if deadline is not None else now + timeout
         info = lease.current()
@@ -701,6 +703,45 @@ class ContactListUploadOperator(AudienceBaseOperator[HookT]):
         info = lease.current()
         wait_until = now + max(float(self.lease_poll_interval), 1.0)
         return self.defer_for_lease(lease, info, now, deadline, until=wait_until, why="is sending to it")
+
+    def outwait_lost_holder(self, lease: Any, cancel: threading.Event) -> None:
+        """After taking over the lease of a run that died, wait in the worker until its requests can no longer land.
+
+        Runs before ``prepare``: a confirm or upload of the dead run landing after this run looked
+        up, created or cleaned the destination could make a second segment or confirm a draft
+        being deleted. The heartbeat keeps the lease meanwhile; ``on_kill`` ends the wait. The
+        moment is :meth:`~airflow_audience_provider.identifiers.lease.DestinationLease.takeover_safe_at`
+        by the lease's clock, the one the engine computes too, so the engine does not wait again.
+        """
+        info = getattr(lease, "took_over", None)
+        if lease is None or info is None:
+            return
+        safe_at = lease.takeover_safe_at(info)
+        delay = safe_at - lease.now()
+        if delay <= 0:
+            return
+        self.log.warning(
+            "%s: took over the lease of a run that stopped without releasing it (%s); waiting %.1f s before "
+            "any request, until its requests can no longer land",
+            self.describe_destination(),
+            info.describe(),
+            delay,
+        )
+        while delay > 0:
+            if cancel.wait(delay):
+                raise AudienceError(
+                    f"{self.describe_destination()}: stopped while waiting for the requests of the run whose lease "
+                    "was taken over to settle; nothing was sent",
+                    vendor=self.vendor,
+                )
+            delay = safe_at - lease.now()  # by the lease's clock, which a wait by the host's may not match
+        # the contact-list engine: not at DAG parse
+        from airflow_audience_provider.identifiers.lease import LeaseLostError
+
+        try:
+            lease.check()  # the heartbeat kept it through the wait
+        except LeaseLostError as exc:
+            raise self.lease_busy_error(f"{exc}; nothing was sent") from None
 
     def defer_for_lease(self, lease: Any, info: Any, now: float, deadline: float, *, until: float, why: str) -> Any:
         """Defer until ``until`` (at most ``deadline``), then try the lease again; past the deadline, fail."""
