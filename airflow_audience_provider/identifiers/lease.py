@@ -320,11 +320,23 @@ class DestinationLease:
             self._expires_at = expires
 
     def renew(self) -> None:
-        """Extend our lease by ``ttl`` (the heartbeat calls this); raises LeaseLostError if lost."""
+        """Extend our lease by ``ttl`` (the heartbeat calls this); raises LeaseLostError if lost.
+
+        A write that fails is recorded (no chunk starts until a renewal succeeds) and raised.
+        """
         with self._lock:
             self._check_locked(renewing=True)
+            self._write_own_recorded()
+
+    def _write_own_recorded(self) -> None:
+        # The write and its outcome are one change under the lock: the newest renewal's result
+        # stands, and a failure cannot overwrite a later success.
+        try:
             self._write_own()
-            self._renew_error = None
+        except Exception as exc:
+            self._renew_error = exc
+            raise
+        self._renew_error = None
 
     def _check_locked(self, *, renewing: bool = False) -> None:
         if self.token is None:
@@ -374,7 +386,7 @@ class DestinationLease:
                 try:
                     self._check_locked(renewing=True)
                     self.landing_window = max(landing, previous or 0.0)
-                    self._write_own()
+                    self._write_own_recorded()
                 except LeaseLostError:
                     self.landing_window = previous
                     raise
@@ -384,7 +396,6 @@ class DestinationLease:
                         f"the lease {self.directory} could not be renewed before a request ({exc}); "
                         "the request was not sent"
                     ) from exc
-                self._renew_error = None
             if self._clock() >= self._expires_at - margin:
                 raise LeaseLostError(
                     f"the lease {self.directory} (token {self.token}) expires at {utc_iso(self._expires_at)}, "
@@ -405,8 +416,7 @@ class DestinationLease:
                 self.renew()
             except LeaseLostError:
                 return
-            except Exception as exc:
-                self._renew_error = exc
+            except Exception as exc:  # recorded by renew(), under the lock
                 if not failing:
                     log.error("Renewing the lease %s failed (trying again until it expires): %s", self.directory, exc)
                 continue
