@@ -85,10 +85,10 @@ soak: $(STAMP) ## Sync model (faults, kills, overlapping runs) for SCENARIOS sce
 docs: $(STAMP) ## Build the Sphinx docs (nitpicky, every page reread: -E) with warnings as errors
 	$(PY) -m sphinx -E -W --keep-going -b html -q docs docs/_build/html
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff and mypy (the package and the benchmarks)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check airflow_audience_provider
-	$(VENV)/bin/mypy airflow_audience_provider
+	$(VENV)/bin/mypy airflow_audience_provider benchmarks
 
 dist: $(STAMP) ## Build the wheel and sdist into dist/
 	$(PY) -m build --no-isolation --outdir dist .

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -77,10 +78,20 @@ def synthetic_emails(n: int, start: int = 0) -> Iterator[str]:
 class NullSender:
     """Accepts every chunk and counts; keeps no identifiers (so memory shows the engine only)."""
 
+    send_concurrency = 1
+    transport = None  # no HTTP: nothing of it can land late
+    remote_id = None
+
     def __init__(self) -> None:
         self.added = 0
         self.removed = 0
         self.requests = 0
+
+    def unsettled_until(self) -> float:
+        return 0.0
+
+    def landing_window(self) -> float:
+        return 0.0
 
     def add(self, chunk: Chunk) -> ChunkResult:
         self.added += len(chunk)
@@ -374,13 +385,11 @@ def measure_rules(n: int, workers: int, repeat: int, work_dir: str, rounds: int 
     for label, rule, generator in cases_by_label:
         values = list(generator(n))
         cases: dict[str, Callable[[], Any]] = {
-            "bare_sha256_loop": lambda values=values: bare_loop(values),
-            "pipeline_1_worker": lambda values=values, rule=rule: rule_pipeline(values, rule, 1),
-            f"pipeline_{workers}_workers": lambda values=values, rule=rule: rule_pipeline(values, rule, workers),
-            "full_engine_1_worker": lambda values=values, rule=rule: rule_full_engine(values, rule, 1, work_dir),
-            f"full_engine_{workers}_workers": lambda values=values, rule=rule: rule_full_engine(
-                values, rule, workers, work_dir
-            ),
+            "bare_sha256_loop": functools.partial(bare_loop, values),
+            "pipeline_1_worker": functools.partial(rule_pipeline, values, rule, 1),
+            f"pipeline_{workers}_workers": functools.partial(rule_pipeline, values, rule, workers),
+            "full_engine_1_worker": functools.partial(rule_full_engine, values, rule, 1, work_dir),
+            f"full_engine_{workers}_workers": functools.partial(rule_full_engine, values, rule, workers, work_dir),
         }
         runs: dict[str, list[float]] = {name: [] for name in cases}
         start = time.perf_counter()
@@ -433,7 +442,12 @@ class _Stopwatch:
 
         for name, fn in originals.items():
             setattr(cls, name, timed(fn))
-        return lambda: [setattr(cls, name, fn) for name, fn in originals.items()] and None
+
+        def restore() -> None:
+            for name, fn in originals.items():
+                setattr(cls, name, fn)
+
+        return restore
 
 
 def measure_state_cost(n: int, workers: int, repeat: int, work_dir: str) -> dict[str, Any]:
