@@ -214,7 +214,7 @@ class _Outcome:
 class CriteoFake(VendorFake):
     """In-memory Criteo Retail Media account and Marketing Solutions advertiser, served over HTTP.
 
-    Python API for tests: :attr:`segments`, :attr:`audiences`, :meth:`members`, :meth:`add_segment`,
+    Python API for tests: :attr:`segments`, :attr:`audiences`, :meth:`members`, :meth:`recount`, :meth:`add_segment`,
     :meth:`add_audience`, :meth:`revoke_tokens`, :meth:`rotate_secret`, :meth:`line_item_targets`,
     plus the base class' faults, request log, configure, advance_time and reset.
     """
@@ -246,6 +246,10 @@ class CriteoFake(VendorFake):
         self._audiences: dict[str, dict[str, Any]] = {}
         # (time, operation, identifiers): the set is built when :meth:`members` is asked, not per request.
         self._ops: dict[str, list[tuple[float, str, Sequence[str]]]] = {}
+        # Per list, and apart for "now" and "as of a time": the members after its first n operations (n, set),
+        # brought forward as later ones are asked for, so a count costs the operations since the last one
+        # asked, not the list's whole history.
+        self._views: dict[tuple[str, bool], tuple[int, set[str]]] = {}
         self._targets: dict[str, dict[str, Any]] = {}
         self._ad_sets: dict[str, str] = {}
         self._amendments = 0
@@ -338,17 +342,45 @@ class CriteoFake(VendorFake):
     def members(self, segment_id: str, *, as_of: float | None = None) -> set[str]:
         """The identifiers in a contact list now (or as of a time on the fake's clock)."""
         with self.lock:
-            members: set[str] = set()
-            for at, op, ids in self._ops.get(str(segment_id), []):
-                if as_of is not None and at > as_of:
-                    break
-                if op == "add":
-                    members.update(ids)
-                elif op == "remove":
-                    members.difference_update(ids)
-                else:
-                    members = set()
-            return members
+            return set(self._members_view(str(segment_id), as_of))
+
+    def recount(self, segment_id: str, *, as_of: float | None = None) -> int:
+        """The list's size replayed from its first operation (what :meth:`members` maintains), for tests."""
+        with self.lock:
+            return len(self._replay(self._ops.get(str(segment_id), []), 0, set(), as_of)[1])
+
+    @staticmethod
+    def _replay(
+        ops: list[tuple[float, str, Sequence[str]]], start: int, members: set[str], as_of: float | None
+    ) -> tuple[int, set[str]]:
+        """Apply ``ops[start:]`` up to ``as_of`` to ``members`` (changed in place): (operations applied, set)."""
+        index = start
+        for at, op, ids in ops[start:]:
+            if as_of is not None and at > as_of:
+                break
+            if op == "add":
+                members.update(ids)
+            elif op == "remove":
+                members.difference_update(ids)
+            else:
+                members.clear()
+            index += 1
+        return index, members
+
+    def _members_view(self, segment_id: str, as_of: float | None) -> set[str]:
+        """The list's members as of ``as_of``; call it under the lock, and do not change the set.
+
+        The kept view moves forward only: a time before its last operation replays from the start.
+        """
+        ops = self._ops.get(segment_id, [])
+        key = (segment_id, as_of is None)
+        applied, members = self._views.get(key, (0, set()))
+        if applied > len(ops) or (applied and as_of is not None and ops[applied - 1][0] > as_of):
+            applied, members = 0, set()
+        applied, members = self._replay(ops, applied, members, as_of)
+        if segment_id in self._ops:
+            self._views[key] = (applied, members)
+        return members
 
     def fail_amendments(self, after: int, count: int = 1, status: int = 500) -> None:
         """Deterministic mid-upload faults: once ``after`` add/remove calls succeeded, the next ``count``
@@ -612,8 +644,9 @@ class CriteoFake(VendorFake):
         return set().union(*(self._uses(c) for c in (node.get("and") or node.get("or") or [])))
 
     def _visible_members(self, segment_id: str) -> set[str]:
+        """What statistics and sizes show (under the lock; the caller must not change the set)."""
         as_of = _last_window(self.now()) if self.config.get("stats_after_window") else None
-        return self.members(segment_id, as_of=as_of)
+        return self._members_view(segment_id, as_of)
 
     def _evaluate(self, node: dict[str, Any], universe: set[str]) -> set[str]:
         if node.get("audienceSegmentId") is not None:
@@ -867,6 +900,8 @@ class CriteoFake(VendorFake):
                 return
             del self._segments[sid]
             self._ops.pop(sid, None)
+            self._views.pop((sid, True), None)
+            self._views.pop((sid, False), None)
             bulk.data.append({"id": sid, "type": item.get("type") or "AudienceSegment", "attributes": {}})
 
         return self._each_item(version, items, bulk, delete)
@@ -987,7 +1022,8 @@ class CriteoFake(VendorFake):
             raise ApiError(400, "events.shopperActivity and events.lookbackDays are required", "validation-error")
         days = int("".join(ch for ch in str(events["lookbackDays"]) if ch.isdigit()) or 0)
         size = days * 1_000 * (1 + len(events.get("categoryIds") or []) + len(events.get("brandIds") or []))
-        universe = max(len(self._universe("retail_media")), 1)
+        with self.lock:  # the members' views are the fake's state
+            universe = max(len(self._universe("retail_media")), 1)
         body = {
             "data": {
                 "type": "AudienceSegmentSizeEstimation",

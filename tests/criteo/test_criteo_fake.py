@@ -266,3 +266,51 @@ def test_digest_body_split_declines_every_one_character_change_of_the_array():
         body["data"]["attributes"]["identifiers"] = list(digests)
         assert body == json.loads(raw), variant
     assert split_some > 100  # hex digits replaced by hex digits still take the fast path
+
+
+def test_statistics_kept_count_equals_a_recount_after_random_adds_removes_and_clears(criteo):
+    """The fake keeps each list's members between requests; its answers equal a replay from the first operation."""
+    import hashlib
+    import random
+    from datetime import UTC, datetime
+
+    criteo.configure(calls_per_minute=0)
+    token = _token(criteo)
+    headers = {"Authorization": f"Bearer {token}"}
+    sid = criteo.add_segment("churning")["id"]
+    base = f"{criteo.base_url}/2026-07/retail-media"
+    stats_url = f"{base}/accounts/424242/audience-segments/{sid}/contact-list"
+    pool = [hashlib.sha256(str(n).encode()).hexdigest() for n in range(40)]
+    rng = random.Random(20261208)
+    model: set[str] = set()  # the list now
+    computed: set[str] = set()  # the list as of the last computation window
+
+    def count() -> int:
+        answer = requests.get(stats_url, headers=headers, timeout=10)
+        return answer.json()["data"]["attributes"]["numberOfIdentifiers"]
+
+    for step in range(80):
+        choice = rng.random()
+        if choice < 0.08:
+            reply = requests.post(f"{base}/audience-segments/{sid}/contact-list/clear", headers=headers, timeout=10)
+            assert reply.status_code == 204
+            model.clear()
+        else:
+            operation = "add" if choice < 0.6 else "remove"
+            ids = rng.sample(pool, rng.randint(1, 12))
+            body = {"data": {"attributes": {"operation": operation, "identifierType": "Email", "identifiers": ids}}}
+            reply = requests.post(f"{base}/audience-segments/{sid}/contact-list/add-remove", json=body,
+                                  headers=headers, timeout=10)  # fmt: skip
+            assert reply.status_code == 200
+            (model.update if operation == "add" else model.difference_update)(ids)
+        if step % 20 == 10:  # statistics as of the computation window: the next window takes the list now
+            criteo.configure(stats_after_window=1)
+            assert count() == len(computed)  # the operations since the last window are not shown yet
+            now = datetime.fromtimestamp(criteo.now(), UTC)
+            criteo.advance_time((12 - now.hour % 12) * 3600 - now.minute * 60 - now.second + 1)
+            headers["Authorization"] = f"Bearer {_token(criteo)}"
+            computed = set(model)
+            assert count() == len(computed)
+            criteo.configure(stats_after_window=0)
+        assert count() == len(model) == criteo.recount(sid)
+        assert criteo.members(sid) == model
