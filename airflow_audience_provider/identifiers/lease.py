@@ -31,7 +31,8 @@ was released::
   settle time). It is written when the lease is taken and rewritten before a request with a
   longer one starts (a large upload's read timeout grows with its file). A record without it
   (older versions) means the taker's own default.
-* **Release**: our token file is rewritten with ``released: true``. A run that crashed never
+* **Release**: our token file is rewritten with ``released: true`` (not before
+  :func:`takeover_safe_at` of a lease taken over: see below). A run that crashed never
   releases; its lease expires after ``ttl`` and the next run takes it over (logged,
   ``took_over``); the engine then waits for the crashed run's requests in
   flight to settle before it sends: until the old expiry plus ``max_clock_skew`` plus the old
@@ -167,6 +168,7 @@ class DestinationLease:
         self._renew_error: BaseException | None = None
         #: the lease this run took over from a run that had not released it (crashed), if any
         self.took_over: LeaseInfo | None = None
+        self._takeover_safe_at = 0.0  # before it, a lease taken over is not marked released
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -243,6 +245,10 @@ class DestinationLease:
             return False
         token = (info.token if info is not None else 0) + 1
         expires = now + self.ttl
+        window = self.landing_window
+        if info is not None and not info.released and info.landing_window is not None:
+            # Taking over: a run taking over from this one in turn waits for the dead run's requests too.
+            window = max(window or 0.0, info.landing_window)
         body = {
             "format": LEASE_FORMAT,
             "token": token,
@@ -251,13 +257,15 @@ class DestinationLease:
             "expires_at": expires,
             "released": False,
         }
-        if self.landing_window is not None:
-            body["landing_window"] = self.landing_window
+        if window is not None:
+            body["landing_window"] = window
         if not create_exclusive(self._path(token), dump_json(body), durable=True):
             return False  # another run created this token first
         self.token, self._expires_at, self._acquired_at = token, expires, now
+        self.landing_window = window
         if info is not None and not info.released:
             self.took_over = info
+            self._takeover_safe_at = self.takeover_safe_at(info)
             log.warning(
                 "Took over the expired lease of %s (%s): that run stopped without releasing it "
                 "(crashed or killed); its journal tells this run what may be half applied.",
@@ -424,13 +432,28 @@ class DestinationLease:
                 log.warning("Renewed the lease %s again after a failed renewal", self.directory)
 
     def release(self) -> None:
-        """Give the lease up (idempotent). Leaves it alone if it was taken over meanwhile."""
+        """Give the lease up (idempotent). Leaves it alone if it was taken over meanwhile.
+
+        A lease taken over from a run that never released it is not marked released before
+        :meth:`takeover_safe_at` (a run stopped during its wait): that would tell the next run that
+        nothing of the dead run is in flight. It expires by itself, and its record carries the dead
+        run's landing window, so the next run waits as after a crash.
+        """
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
             self._heartbeat = None
         with self._lock:
             if self.token is None:
+                return
+            if self.now() < self._takeover_safe_at:
+                log.warning(
+                    "Left the lease %s to expire unreleased: requests of the run whose lease it took over may "
+                    "still land until %s",
+                    self.directory,
+                    utc_iso(self._takeover_safe_at),
+                )
+                self.token = None
                 return
             try:
                 tokens = self._tokens()

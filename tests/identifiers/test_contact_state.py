@@ -221,6 +221,7 @@ def test_lease_is_exclusive_and_fenced(tmp_path: Path) -> None:
         first.check()
     first.release()  # does not release someone else's lease
     assert not DestinationLease(tmp_path / "lease", clock=lambda: now[0]).try_acquire()
+    now[0] += 30  # past the moment the first holder's requests can land: the takeover may be released
     second.release()
     third = DestinationLease(tmp_path / "lease", clock=lambda: now[0])
     assert third.try_acquire() and third.token == 3 and third.took_over is None
@@ -398,6 +399,7 @@ def test_a_lease_never_released_is_abandoned_once_expired_past_the_skew(tmp_path
     assert takeover_safe_at(record, max_clock_skew=5, landing_window=50) == 1030.0 + 5 + 50
     assert takeover_safe_at(record, max_clock_skew=5, landing_window=None) == 1030.0 + 5 + 40
     assert other.try_acquire() and other.took_over == record
+    now[0] = 1075.0  # released once the dead run's requests can no longer land (not before)
     other.release()
     assert not other.abandoned(other.current())  # released: nothing of a dead run in flight
 

@@ -87,12 +87,14 @@ def test_a_takeover_waits_before_the_first_request_not_after_prepare(ya, hook, c
     assert after is not None and after.token == record.token + 1 and after.released
 
 
-def test_on_kill_ends_the_wait_with_nothing_sent(ya, hook, context, snapshots, shift, monkeypatch):
+def test_on_kill_ends_the_wait_with_nothing_sent_and_the_lease_unreleased(
+    ya, hook, context, snapshots, shift, monkeypatch
+):
     from airflow_audience_provider.core.errors import AudienceError
     from airflow_audience_provider.identifiers import lease as lease_module
 
     op = upload(snapshots)
-    dead_run(op, hook, shift, window=7200.0, ahead=3600.0)  # only on_kill ends a wait of an hour
+    record, _ = dead_run(op, hook, shift, window=7200.0, ahead=3600.0)  # only on_kill ends a wait of an hour
     ya.clear_requests()
     # The kill arrives once the task holds the lease: when its record is written.
     original = lease_module.create_exclusive
@@ -110,3 +112,8 @@ def test_on_kill_ends_the_wait_with_nothing_sent(ya, hook, context, snapshots, s
     finally:
         killer.join()
     assert ya.requests == []
+    # Not released: the next run still waits for the dead run's requests (its window is carried over).
+    after = lease_of(op, hook).current()
+    assert after is not None and after.token == record.token + 1
+    assert not after.released and after.landing_window == 7200.0
+    assert lease_of(op, hook).takeover_safe_at(after) >= lease_of(op, hook).takeover_safe_at(record)
