@@ -23,22 +23,6 @@ from airflow_audience_provider.identifiers.errors import SendError
 from airflow_audience_provider.identifiers.lease import LeaseLostError
 
 
-@pytest.fixture
-def criteo(criteo_sandbox, tmp_path: Path):
-    target = CriteoTarget(criteo_sandbox, tmp_path / "state")
-    yield target
-    wait_quiet(criteo_sandbox)
-    target.close()
-
-
-@pytest.fixture
-def yandex(yandex_audience_sandbox, tmp_path: Path):
-    target = YandexTarget(yandex_audience_sandbox, tmp_path / "state")
-    yield target
-    wait_quiet(yandex_audience_sandbox)
-    target.close()
-
-
 class FailingRenewals:
     """The lease store as seen by one run: once ``failing`` is set, rewrites of that run's lease file fail."""
 

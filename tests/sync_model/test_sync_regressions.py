@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,22 +32,6 @@ from sync_model_helpers import (
 
 from airflow_audience_provider.identifiers import fanout
 from airflow_audience_provider.identifiers.errors import SendError
-
-
-@pytest.fixture
-def criteo(criteo_sandbox, tmp_path: Path):
-    target = CriteoTarget(criteo_sandbox, tmp_path / "state")
-    yield target
-    wait_quiet(criteo_sandbox)
-    target.close()
-
-
-@pytest.fixture
-def yandex(yandex_audience_sandbox, tmp_path: Path):
-    target = YandexTarget(yandex_audience_sandbox, tmp_path / "state")
-    yield target
-    wait_quiet(yandex_audience_sandbox)
-    target.close()
 
 
 def test_1_late_clear_does_not_wipe_the_additions(criteo: CriteoTarget) -> None:
