@@ -427,10 +427,8 @@ def test_a_short_count_with_on_partial_failure_warn_is_sent_again_by_the_next_sy
     assert sync(more)["engine_mode"] == "noop"
 
 
-def test_a_short_counted_remove_that_ended_green_is_not_undone_by_the_next_add(criteo, context, tmp_path):
-    """The unaccounted identifiers stay uncertain against the state the green run reached: kept against
-    the old snapshot instead, the next add re-added every identifier the remove had taken out."""
-    sid = upsert(context)["segment_id"]
+def short_count_uploader(context, tmp_path, sid):
+    """``upload(values, mode, **kwargs)``: one Criteo upload of these e-mails, five per request, one snapshot store."""
     snapshots = str(tmp_path / "snap")
 
     def upload(values, mode, **kwargs):
@@ -439,6 +437,15 @@ def test_a_short_counted_remove_that_ended_green_is_not_undone_by_the_next_add(c
             task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5,
             mode=mode, **kwargs,
         ).execute(context)  # fmt: skip
+
+    return upload
+
+
+def test_a_short_counted_remove_that_ended_green_is_not_undone_by_the_next_add(criteo, context, tmp_path):
+    """The unaccounted identifiers stay uncertain against the state the green run reached: kept against
+    the old snapshot instead, the next add re-added every identifier the remove had taken out."""
+    sid = upsert(context)["segment_id"]
+    upload = short_count_uploader(context, tmp_path, sid)
 
     base = [f"user{n}@example.com" for n in range(20)]
     gone, joining = base[:5], [f"new{n}@example.com" for n in range(3)]
@@ -454,14 +461,7 @@ def test_a_short_counted_remove_that_ended_green_is_not_undone_by_the_next_add(c
 
 def test_a_short_counted_add_that_ended_green_is_not_undone_by_the_next_remove(criteo, context, tmp_path):
     sid = upsert(context)["segment_id"]
-    snapshots = str(tmp_path / "snap")
-
-    def upload(values, mode, **kwargs):
-        source = write_emails(tmp_path / f"{mode}.csv", values)
-        return CriteoUploadContactListOperator(
-            task_id="u", segment_id=sid, source=source, snapshot_base=snapshots, max_identifiers_per_request=5,
-            mode=mode, **kwargs,
-        ).execute(context)  # fmt: skip
+    upload = short_count_uploader(context, tmp_path, sid)
 
     base = [f"user{n}@example.com" for n in range(20)]
     joining = [f"new{n}@example.com" for n in range(5)]

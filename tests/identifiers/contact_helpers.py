@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from airflow_audience_provider.identifiers.normalise import InvalidIdentifier
 
@@ -35,3 +37,19 @@ def exact_outcome(decide: Callable[[str], str], values: list[str], *, sort: bool
         except InvalidIdentifier as exc:
             invalid.append((i, exc.reason))
     return (sorted(out) if sort else out), invalid
+
+
+def break_lease_writes(monkeypatch: Any) -> threading.Event:
+    """Make the lease's file writes fail while the returned event is set (the storage did not answer)."""
+    from airflow_audience_provider.identifiers import lease as lease_module
+
+    broken = threading.Event()
+    real_write = lease_module.write_atomic
+
+    def write(location: Any, data: bytes, **kw: Any) -> None:
+        if broken.is_set():
+            raise OSError("the storage did not answer")
+        real_write(location, data, **kw)
+
+    monkeypatch.setattr(lease_module, "write_atomic", write)
+    return broken

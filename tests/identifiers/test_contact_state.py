@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from contact_helpers import emails, sha
+from contact_helpers import break_lease_writes, emails, sha
 
 from airflow_audience_provider.identifiers import (
     DestinationLease,
@@ -326,18 +326,9 @@ def test_no_attempt_starts_within_one_attempt_of_the_lease_expiry(
 ) -> None:
     """``may_send`` (asked before every attempt of a write) passes while the expiry is more than the
     attempt's reach away, renews first when the heartbeat is late, and refuses when it cannot."""
-    from airflow_audience_provider.identifiers import lease as lease_module
 
     now = [1000.0]
-    broken = threading.Event()
-    real_write = lease_module.write_atomic
-
-    def write(location: Any, data: bytes, **kw: Any) -> None:
-        if broken.is_set():
-            raise OSError("the storage did not answer")
-        real_write(location, data, **kw)
-
-    monkeypatch.setattr(lease_module, "write_atomic", write)
+    broken = break_lease_writes(monkeypatch)
     lease = DestinationLease(tmp_path / "lease", ttl=300, max_clock_skew=5, clock=lambda: now[0], landing_window=20)
     assert lease.try_acquire()  # expires at 1300
     try:

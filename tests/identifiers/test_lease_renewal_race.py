@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from contact_helpers import break_lease_writes
 
 from airflow_audience_provider.identifiers.lease import DestinationLease
 
@@ -80,18 +81,9 @@ def test_a_failed_heartbeat_does_not_undo_a_later_may_send_renewal(
 
 
 def test_a_failed_renewal_stops_chunks_until_one_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_audience_provider.identifiers import lease as lease_module
     from airflow_audience_provider.identifiers.lease import LeaseLostError
 
-    broken = threading.Event()
-    real_write = lease_module.write_atomic
-
-    def write(location: Any, data: bytes, **kw: Any) -> None:
-        if broken.is_set():
-            raise OSError("the storage did not answer")
-        real_write(location, data, **kw)
-
-    monkeypatch.setattr(lease_module, "write_atomic", write)
+    broken = break_lease_writes(monkeypatch)
     lease = DestinationLease(tmp_path / "lease", ttl=300, max_clock_skew=5, clock=lambda: 1000.0, landing_window=20)
     lease._stop = OneBeat()
     lease._stop.beaten.set()  # no heartbeat beat: the renewals below are the only ones
